@@ -1,0 +1,69 @@
+//! # sf-manifest: the ShardForge snapshot format
+//!
+//! A snapshot lives under a prefix URL: shard data, an immutable manifest
+//! per build, run records, and one mutable pointer, `_CURRENT`. This crate
+//! owns that format (compatible with shardyfusion's format v4) and the
+//! protocol that publishes it:
+//!
+//! - [`format`]: key encodings, keys, the sharding spec;
+//! - [`manifest`]: the SQLite manifest codec (no I/O: bytes in, bytes out);
+//! - [`current`], [`run_record`], [`layout`]: the other objects and their keys;
+//! - [`storage`]: URL + options -> object store and path (`file://`,
+//!   `s3://`, `gs://`, `az://`, `memory://`);
+//! - [`store`]: the [`ManifestStore`] trait and its publish protocol
+//!   (create-if-absent manifests, compare-and-swap on `_CURRENT`), history.
+//!
+//! The codec and types build without any engine; `store` (on by default)
+//! adds object_store and tokio.
+//!
+//! ```
+//! use sf_manifest::{BuildMeta, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId,
+//!                   ShardingSpec, StorageOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> sf_manifest::Result<()> {
+//! let store = ObjectManifestStore::open("memory://doc/snap", &StorageOptions::new())?;
+//! let run = RunId::new("run1")?;
+//! let build = BuildMeta::new(run, 4, store.prefix_url(), "id", ShardingSpec::hash(), KeyEncoding::U64Be);
+//! let manifest = Manifest { build, shards: vec![] };
+//!
+//! // First publish: nothing observed, so _CURRENT is created.
+//! let first = store.publish(&manifest, None).await?;
+//! assert_eq!(store.load_current().await?.expect("published").pointer, first.pointer);
+//!
+//! // A publisher holding a stale view loses, and overwrites nothing.
+//! let err = store.publish(&manifest, None).await.unwrap_err();
+//! assert_eq!(err.kind(), sf_manifest::ErrorKind::Conflict);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod current;
+pub mod error;
+pub mod format;
+pub mod ids;
+pub mod json;
+pub mod layout;
+#[cfg(feature = "store")]
+pub mod local;
+pub mod manifest;
+pub mod run_record;
+#[cfg(feature = "store")]
+pub mod storage;
+#[cfg(feature = "store")]
+pub mod store;
+
+pub use current::CurrentPointer;
+pub use error::{Error, ErrorKind, Result};
+pub use format::{
+    CelType, FORMAT_VERSION, HashAlgorithm, Key, KeyEncoding, RoutingValue, ShardingSpec, ShardingStrategy,
+};
+pub use ids::{Attempt, DbId, RunId, Timestamp};
+pub use manifest::{BuildMeta, MANIFEST_CONTENT_TYPE, Manifest, ShardRow, WriterInfo};
+pub use run_record::{RunRecord, RunStatus};
+#[cfg(feature = "store")]
+pub use storage::{Location, StorageOptions, resolve};
+#[cfg(feature = "store")]
+pub use store::{
+    CurrentState, CurrentVersion, HistoryEntry, ManifestStore, ObjectManifestStore, Published, PublishedManifest,
+};
