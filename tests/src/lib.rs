@@ -1,0 +1,189 @@
+//! Helpers for ShardForge's cross-crate tests: fixture locations, the
+//! reference's manifest dumps, and the S3 test server's settings.
+//!
+//! Tests that need S3 call [`s3_prefix`]; it reads the server the test
+//! script started (`scripts/test.sh`) from the environment and panics with
+//! instructions when there is none, so those tests never pass silently.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Folder of the reference snapshots (copied from shardyfusion v4).
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/shardyfusion-v4")
+}
+
+/// `expected.json` of the fixtures.
+pub fn expected() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture_dir().join("expected.json")).expect("read expected.json");
+    serde_json::from_str(&text).expect("expected.json is JSON")
+}
+
+/// Maps a fixture URL (`s3://golden/...`, `s3://goldenslate/...`) to its
+/// folder in the copy.
+pub fn fixture_path_for(url: &str) -> PathBuf {
+    let rest = url.strip_prefix("s3://").expect("fixture URLs are s3://");
+    let (bucket, key) = rest.split_once('/').expect("bucket/key");
+    let folder = match bucket {
+        "golden" => "sqlite-bucket-golden",
+        "goldenslate" => "slatedb-bucket-goldenslate",
+        other => panic!("unknown fixture bucket {other}"),
+    };
+    fixture_dir().join(folder).join(key)
+}
+
+/// A value in the reference's Python-repr dumps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PyValue {
+    /// `None`
+    None,
+    /// An int.
+    Int(i64),
+    /// A str.
+    Str(String),
+}
+
+/// One manifest of a `manifest_dump_*.txt` file.
+#[derive(Debug, Clone)]
+pub struct DumpedManifest {
+    /// The `=== <ref>` header, or empty when the dump has none.
+    pub manifest_ref: String,
+    /// The `build_meta` row.
+    pub build_meta: BTreeMap<String, PyValue>,
+    /// The `shards` rows in order.
+    pub shards: Vec<BTreeMap<String, PyValue>>,
+    /// `CREATE TABLE` statements as dumped.
+    pub schema: String,
+}
+
+/// Parses a `manifest_dump_*.txt` file.
+pub fn parse_manifest_dump(text: &str) -> Vec<DumpedManifest> {
+    let mut out: Vec<DumpedManifest> = Vec::new();
+    let mut in_schema = false;
+    for line in text.lines() {
+        if let Some(r) = line.strip_prefix("===") {
+            out.push(DumpedManifest {
+                manifest_ref: r.trim().to_string(),
+                build_meta: BTreeMap::new(),
+                shards: Vec::new(),
+                schema: String::new(),
+            });
+            in_schema = false;
+            continue;
+        }
+        if let Some(d) = line.strip_prefix("build_meta ") {
+            if out.last().is_none_or(|m| !m.build_meta.is_empty()) {
+                out.push(DumpedManifest {
+                    manifest_ref: String::new(),
+                    build_meta: BTreeMap::new(),
+                    shards: Vec::new(),
+                    schema: String::new(),
+                });
+            }
+            out.last_mut().expect("pushed").build_meta = parse_py_dict(d);
+            in_schema = false;
+        } else if let Some(d) = line.strip_prefix("shards ") {
+            out.last_mut()
+                .expect("a build_meta line first")
+                .shards
+                .push(parse_py_dict(d));
+        } else if line.starts_with("CREATE TABLE") || in_schema {
+            in_schema = !line.starts_with(')');
+            let m = out.last_mut().expect("a header first");
+            m.schema.push_str(line);
+            m.schema.push('\n');
+        }
+    }
+    out
+}
+
+/// Parses a Python dict literal of str keys and None/int/str values.
+pub fn parse_py_dict(s: &str) -> BTreeMap<String, PyValue> {
+    let chars: Vec<char> = s.trim().chars().collect();
+    let mut i = 0;
+    let mut out = BTreeMap::new();
+    let skip_ws = |i: &mut usize| {
+        while *i < chars.len() && chars[*i].is_whitespace() {
+            *i += 1;
+        }
+    };
+    let parse_str = |i: &mut usize| -> String {
+        let quote = chars[*i];
+        *i += 1;
+        let mut s = String::new();
+        while chars[*i] != quote {
+            if chars[*i] == '\\' {
+                *i += 1;
+                s.push(match chars[*i] {
+                    'n' => '\n',
+                    't' => '\t',
+                    c => c,
+                });
+            } else {
+                s.push(chars[*i]);
+            }
+            *i += 1;
+        }
+        *i += 1;
+        s
+    };
+    assert_eq!(chars[i], '{', "dict literal: {s}");
+    i += 1;
+    loop {
+        skip_ws(&mut i);
+        if chars[i] == '}' {
+            break;
+        }
+        let key = parse_str(&mut i);
+        skip_ws(&mut i);
+        assert_eq!(chars[i], ':');
+        i += 1;
+        skip_ws(&mut i);
+        let value = if chars[i] == '\'' || chars[i] == '"' {
+            PyValue::Str(parse_str(&mut i))
+        } else if chars[i..].starts_with(&['N', 'o', 'n', 'e']) {
+            i += 4;
+            PyValue::None
+        } else {
+            let start = i;
+            while chars[i] == '-' || chars[i].is_ascii_digit() {
+                i += 1;
+            }
+            PyValue::Int(chars[start..i].iter().collect::<String>().parse().expect("int"))
+        };
+        out.insert(key, value);
+        skip_ws(&mut i);
+        if chars[i] == ',' {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Environment variable naming the bucket the S3 test server serves.
+pub const S3_BUCKET_VAR: &str = "SF_TEST_S3_BUCKET";
+
+/// A fresh `s3://` prefix for one test on the S3 test server.
+///
+/// Panics, telling how to run the suite, when no server is configured.
+pub fn s3_prefix(test: &str) -> String {
+    let bucket = std::env::var(S3_BUCKET_VAR).unwrap_or_default();
+    let endpoint = std::env::var("AWS_ENDPOINT").unwrap_or_default();
+    if bucket.is_empty() || endpoint.is_empty() {
+        panic!(
+            "this test needs the S3 test server, and {S3_BUCKET_VAR} or AWS_ENDPOINT is not set. \
+             Run the suite with `./scripts/test.sh`: it installs and starts an S3 server on 127.0.0.1, \
+             sets these variables, runs the tests and stops the server."
+        );
+    }
+    assert!(
+        endpoint.contains("127.0.0.1") || endpoint.contains("localhost"),
+        "AWS_ENDPOINT must be a loopback address in tests, got {endpoint}"
+    );
+    format!("s3://{bucket}/{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh `memory://` prefix.
+pub fn memory_prefix(test: &str) -> String {
+    format!("memory://{test}-{}/snap", uuid::Uuid::new_v4().simple())
+}
