@@ -41,6 +41,8 @@
 pub mod current;
 pub mod error;
 pub mod format;
+#[cfg(feature = "store")]
+pub mod gc;
 pub mod ids;
 pub mod json;
 pub mod layout;
