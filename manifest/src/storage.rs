@@ -140,6 +140,26 @@ impl Location {
     }
 }
 
+static REGISTERED: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = LazyLock::new(Default::default);
+
+/// Makes [`resolve`] return `store` for every URL under `base`
+/// (`scheme://authority`, any scheme): a way to hand in a preconfigured or
+/// wrapped store (a custom client, a fault-injecting wrapper in tests).
+pub fn register_store(base: &str, store: Arc<dyn ObjectStore>) {
+    REGISTERED
+        .lock()
+        .expect("store registry poisoned")
+        .insert(base.trim_end_matches('/').to_string(), store);
+}
+
+/// Undoes [`register_store`].
+pub fn unregister_store(base: &str) {
+    REGISTERED
+        .lock()
+        .expect("store registry poisoned")
+        .remove(base.trim_end_matches('/'));
+}
+
 static MEMORY_STORES: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = LazyLock::new(Default::default);
 static CLOUD_STORES: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = LazyLock::new(Default::default);
 static LOCAL_STORE: LazyLock<Arc<dyn ObjectStore>> = LazyLock::new(|| Arc::new(LocalStore::new()));
@@ -172,6 +192,16 @@ pub fn resolve(url: &str, options: &StorageOptions) -> Result<Location> {
         ));
     }
     let scheme = parsed.scheme().to_ascii_lowercase();
+    let base = format!("{scheme}://{}", parsed.host_str().unwrap_or(""));
+    let registered = REGISTERED.lock().expect("store registry poisoned").get(&base).cloned();
+    if let Some(store) = registered {
+        let path = url_path(&parsed).map_err(invalid)?;
+        return Ok(Location {
+            store,
+            url: normalised(&base, &path),
+            path,
+        });
+    }
     match scheme.as_str() {
         "file" => {
             let path = parsed
@@ -378,6 +408,17 @@ mod tests {
             .expect_err("no =")
             .to_string();
         assert!(!err.contains("SUPERSECRETSUPERSECRET"), "{err}");
+    }
+
+    #[test]
+    fn registered_stores_win() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        register_store("custom://box", Arc::clone(&store));
+        let l = resolve("custom://box/a/b", &StorageOptions::new()).expect("registered");
+        assert!(Arc::ptr_eq(&l.store, &store));
+        assert_eq!(l.url, "custom://box/a/b");
+        unregister_store("custom://box");
+        assert!(resolve("custom://box/a/b", &StorageOptions::new()).is_err());
     }
 
     #[test]

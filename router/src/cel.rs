@@ -78,6 +78,8 @@ impl ContextValue {
 /// How the expression's result becomes a db id.
 #[derive(Debug)]
 enum Resolve {
+    /// No resolution: only raw tokens are read (inference from data).
+    Raw,
     Direct {
         num_dbs: u32,
     },
@@ -150,6 +152,22 @@ impl CelRouting {
         routing_values: Option<&[RoutingValue]>,
         num_dbs: u32,
     ) -> Result<Self> {
+        Self::compile_with(expr, columns, routing_values, Some(num_dbs))
+    }
+
+    /// Compiles `expr` to read raw tokens only ([`Scope::token`]), as when
+    /// routing values or a direct expression's `num_dbs` are inferred from
+    /// the data.
+    pub fn compile_tokens(expr: &str, columns: &BTreeMap<String, CelType>) -> Result<Self> {
+        Self::compile_with(expr, columns, None, None)
+    }
+
+    fn compile_with(
+        expr: &str,
+        columns: &BTreeMap<String, CelType>,
+        routing_values: Option<&[RoutingValue]>,
+        num_dbs: Option<u32>,
+    ) -> Result<Self> {
         let compile_err = |reason: String| Error::CelCompile {
             expr: expr.to_string(),
             reason,
@@ -163,9 +181,10 @@ impl CelRouting {
         let program = env
             .compile(expr)
             .map_err(|e| compile_err(format!("does not compile: {e}")))?;
-        let resolve = match routing_values {
-            None => Resolve::Direct { num_dbs },
-            Some(values) => {
+        let resolve = match (routing_values, num_dbs) {
+            (_, None) => Resolve::Raw,
+            (None, Some(num_dbs)) => Resolve::Direct { num_dbs },
+            (Some(values), Some(num_dbs)) => {
                 sf_manifest::format::validate_routing_values(values).map_err(|e| Error::Spec(e.to_string()))?;
                 if values.len() != num_dbs as usize {
                     return Err(Error::Spec(format!(
@@ -233,7 +252,11 @@ impl CelRouting {
                 };
             }
         };
-        match self.token(value) {
+        let checked = match self.resolve {
+            Resolve::Raw => token_of(&self.expr, &value).map(|_| ()),
+            _ => self.token(value).map(|_| ()),
+        };
+        match checked {
             Err(e @ Error::CelResultType { .. }) => Err(Error::CelCompile {
                 expr: self.expr.clone(),
                 reason: e
@@ -270,6 +293,10 @@ impl CelRouting {
             wanted,
         };
         match &self.resolve {
+            Resolve::Raw => Err(Error::Spec(format!(
+                "CEL expression {:?} was compiled to read tokens, not to route",
+                self.expr
+            ))),
             Resolve::Direct { num_dbs } => {
                 let id: Option<u64> = match &value {
                     Value::Int(i) => u64::try_from(*i).ok(),
@@ -308,6 +335,28 @@ impl CelRouting {
     }
 }
 
+/// A raw CEL result as a routing token.
+fn token_of(expr: &str, value: &Value) -> Result<RoutingValue> {
+    match value {
+        Value::Int(i) => Ok(RoutingValue::Int(*i)),
+        Value::UInt(u) => i64::try_from(*u)
+            .map(RoutingValue::Int)
+            .map_err(|_| Error::DbIdOutOfRange {
+                value: u.to_string(),
+                num_dbs: u32::MAX,
+                row: None,
+            }),
+        Value::String(s) => Ok(RoutingValue::Str(s.as_ref().clone())),
+        Value::Bytes(b) => Ok(RoutingValue::Str(sf_manifest::format::bytes_as_text(b))),
+        v => Err(Error::CelResultType {
+            expr: expr.to_string(),
+            row: None,
+            found: format!("a {}", v.type_of()),
+            wanted: "routing tokens are int, uint, string or bytes",
+        }),
+    }
+}
+
 /// One evaluation context of a [`CelRouting`]; set the columns, then route.
 #[allow(missing_debug_implementations)]
 pub struct Scope<'r> {
@@ -327,12 +376,24 @@ impl Scope<'_> {
 
     /// Evaluates with the current bindings.
     pub fn route(&self) -> Result<Routed> {
-        let value = self.routing.program.execute(&self.ctx).map_err(|e| Error::CelEval {
+        let value = self.eval()?;
+        self.routing.token(value)
+    }
+
+    /// Evaluates with the current bindings and returns the raw result as a
+    /// routing token (for inferring routing values or `num_dbs` from data):
+    /// an int (or a uint that fits one), or text (bytes as
+    /// [`bytes_as_text`](sf_manifest::format::bytes_as_text)).
+    pub fn token(&self) -> Result<RoutingValue> {
+        token_of(&self.routing.expr, &self.eval()?)
+    }
+
+    fn eval(&self) -> Result<Value> {
+        self.routing.program.execute(&self.ctx).map_err(|e| Error::CelEval {
             expr: self.routing.expr.clone(),
             row: None,
             reason: e.to_string(),
-        })?;
-        self.routing.token(value)
+        })
     }
 }
 

@@ -14,9 +14,9 @@ use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type,
     UInt64Type,
 };
-use sf_manifest::CelType;
+use sf_manifest::{CelType, RoutingValue};
 
-use crate::cel::{ContextValue, Routed};
+use crate::cel::{CelRouting, ContextValue, Routed, Scope};
 use crate::error::{Error, Result};
 use crate::key::{hash_bytes, hash_i64};
 use crate::router::{KEY_VARIABLE, Router};
@@ -112,44 +112,8 @@ impl Router {
 
     fn route_cel_batch(&self, batch: &RecordBatch, key_col: &str) -> Result<UInt32Array> {
         let cel = self.cel().expect("CEL path");
-        // Resolve every declared column once per batch.
-        let mut inputs: Vec<(&str, CelType, ArrayRef)> = Vec::with_capacity(cel.columns().len());
-        for (name, ty) in cel.columns() {
-            let array = match batch.column_by_name(name) {
-                Some(a) => Arc::clone(a),
-                None if name == KEY_VARIABLE => column(batch, key_col)?,
-                None => {
-                    return Err(Error::MissingColumn {
-                        column: name.clone(),
-                        hint: format!(
-                            " from the input; the CEL expression reads it (input columns: {})",
-                            batch
-                                .schema()
-                                .fields()
-                                .iter()
-                                .map(|f| f.name().as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    });
-                }
-            };
-            check_cel_column(name, *ty, array.data_type())?;
-            inputs.push((name.as_str(), *ty, array));
-        }
-        let mut scope = cel.scope();
         let mut out = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
-            for (name, ty, array) in &inputs {
-                if array.is_null(row) {
-                    return Err(Error::Null {
-                        column: name.to_string(),
-                        row,
-                    });
-                }
-                let v = cel_value(array.as_ref(), row, *ty).map_err(|e| e.at_row(row))?;
-                scope.set_cel(name, v);
-            }
+        for_each_cel_row(cel, batch, key_col, |row, scope, inputs| {
             match scope.route().map_err(|e| e.at_row(row))? {
                 Routed::Db(d) => out.push(d),
                 Routed::UnknownToken => {
@@ -169,9 +133,79 @@ impl Router {
                     });
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(UInt32Array::from(out))
     }
+}
+
+/// The raw CEL result of every row of `batch` as a routing token (see
+/// [`Scope::token`](crate::cel::Scope::token)); used to infer categorical
+/// routing values, or a direct expression's `num_dbs`, from the data.
+pub fn cel_tokens(cel: &CelRouting, batch: &RecordBatch, key_col: &str) -> Result<Vec<RoutingValue>> {
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for_each_cel_row(cel, batch, key_col, |row, scope, _| {
+        out.push(scope.token().map_err(|e| e.at_row(row))?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+type CelInputs<'a> = Vec<(&'a str, CelType, ArrayRef)>;
+
+/// Binds each row's declared CEL columns in one reused scope and calls `f`.
+fn for_each_cel_row<'c>(
+    cel: &'c CelRouting,
+    batch: &RecordBatch,
+    key_col: &str,
+    mut f: impl FnMut(usize, &Scope<'c>, &CelInputs<'c>) -> Result<()>,
+) -> Result<()> {
+    // Resolve every declared column once per batch.
+    let mut inputs: CelInputs<'c> = Vec::with_capacity(cel.columns().len());
+    for (name, ty) in cel.columns() {
+        let array = match batch.column_by_name(name) {
+            Some(a) => Arc::clone(a),
+            None if name == KEY_VARIABLE => column(batch, key_col)?,
+            None => {
+                return Err(Error::MissingColumn {
+                    column: name.clone(),
+                    hint: format!(
+                        " from the input; the CEL expression reads it (input columns: {})",
+                        batch
+                            .schema()
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        };
+        if !cel_column_type_fits(*ty, array.data_type()) {
+            return Err(Error::UnsupportedType {
+                column: name.clone(),
+                data_type: array.data_type().to_string(),
+                hint: format!("cel_columns declares it {ty}"),
+            });
+        }
+        inputs.push((name.as_str(), *ty, array));
+    }
+    let mut scope = cel.scope();
+    for row in 0..batch.num_rows() {
+        for (name, ty, array) in &inputs {
+            if array.is_null(row) {
+                return Err(Error::Null {
+                    column: name.to_string(),
+                    row,
+                });
+            }
+            let v = cel_value(array.as_ref(), row, *ty).map_err(|e| e.at_row(row))?;
+            scope.set_cel(name, v);
+        }
+        f(row, &scope, &inputs)?;
+    }
+    Ok(())
 }
 
 fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
@@ -190,8 +224,9 @@ fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
     })
 }
 
-fn check_cel_column(name: &str, ty: CelType, dt: &DataType) -> Result<()> {
-    let ok = match ty {
+/// Whether an Arrow column of type `dt` can feed a CEL column declared `ty`.
+pub fn cel_column_type_fits(ty: CelType, dt: &DataType) -> bool {
+    match ty {
         CelType::Int | CelType::Uint => dt.is_integer(),
         CelType::Double => dt.is_integer() || matches!(dt, DataType::Float32 | DataType::Float64),
         CelType::String => matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
@@ -205,15 +240,6 @@ fn check_cel_column(name: &str, ty: CelType, dt: &DataType) -> Result<()> {
                 | DataType::BinaryView
         ),
         CelType::Bool => matches!(dt, DataType::Boolean),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::UnsupportedType {
-            column: name.to_string(),
-            data_type: dt.to_string(),
-            hint: format!("cel_columns declares it {ty}"),
-        })
     }
 }
 
@@ -244,7 +270,7 @@ fn bytes_at(array: &dyn Array, row: usize) -> Option<&[u8]> {
 }
 
 /// The value of `array[row]` as a CEL value of type `ty` (types checked by
-/// [`check_cel_column`] before).
+/// [`cel_column_type_fits`] before).
 fn cel_value(array: &dyn Array, row: usize, ty: CelType) -> Result<cel::Value> {
     let range = |v: i128| Error::WrongType {
         what: "routing column value".into(),

@@ -31,11 +31,12 @@
 
 pub mod cel;
 pub mod error;
-mod kernel;
+pub mod kernel;
 pub mod key;
 mod router;
 
 pub use cel::{CelRouting, ContextValue, Routed};
 pub use error::{Error, Result};
+pub use kernel::{cel_column_type_fits, cel_tokens};
 pub use key::{canonical_bytes, decode_key, encode_key, parse_key, shard_hash};
 pub use router::{KEY_VARIABLE, Router, key_as_context};
