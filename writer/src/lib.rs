@@ -2,3 +2,18 @@
 //!
 //! Job configuration, planning on DataFusion, shard writers (SQLite and
 //! SlateDB), rate limiting, winner selection and publishing.
+
+pub mod adapter;
+pub mod config;
+pub mod error;
+pub mod exec;
+pub mod finish;
+pub mod input;
+pub mod job;
+pub mod partition;
+pub mod plan;
+pub mod progress;
+pub mod ratelimit;
+pub mod value;
+
+pub use error::{Error, Result};

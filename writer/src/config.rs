@@ -1,0 +1,765 @@
+//! The job configuration (`job.toml`), its environment overrides, and its
+//! validation into an immutable [`JobPlan`].
+//!
+//! Every key is documented in the README's configuration reference with its
+//! default. Unknown keys are errors. An environment variable
+//! `SF_<SECTION>__<KEY>` overrides a key (`SF_ROUTING__NUM_DBS=16`,
+//! `SF_OUTPUT__PREFIX=s3://b/p`, `SF_KEY_COL=id`,
+//! `SF_OUTPUT__SQLITE__CACHE_MIB=32`); its value is read as TOML when it
+//! parses as such (numbers, booleans, arrays) and as a string otherwise.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sf_manifest::{CelType, KeyEncoding, RoutingValue, RunId, StorageOptions};
+
+use crate::adapter::{BackendConfig, DuplicatePolicy, SlateDbSettings, SqliteSettings};
+use crate::error::{Error, Result};
+use crate::ratelimit::RateLimits;
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "SF_";
+
+/// The whole `job.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Name of the key column.
+    pub key_col: String,
+    /// `u64be`, `u32be`, `utf8` or `raw`; default from the key column's type.
+    #[serde(default)]
+    pub key_encoding: Option<KeyEncoding>,
+    /// Name given to the computed shard id column (must not clash with an
+    /// input column).
+    #[serde(default = "default_shard_id_col")]
+    pub shard_id_col: String,
+    /// Where rows come from.
+    pub input: InputConfig,
+    /// How a row becomes its value.
+    #[serde(default)]
+    pub value: ValueConfig,
+    /// How rows are routed to shards.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Where and how shards are written.
+    pub output: OutputConfig,
+    /// Writing knobs.
+    #[serde(default)]
+    pub write: WriteConfig,
+    /// object_store options for every URL of the job (`endpoint`, `region`,
+    /// `allow_http`, ...). Credentials belong in the environment.
+    #[serde(default)]
+    pub storage: BTreeMap<String, String>,
+    /// Running on a Ballista cluster instead of embedded.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+fn default_shard_id_col() -> String {
+    "_shard_id".to_string()
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `df://host:port` of the scheduler.
+    pub scheduler: Option<String>,
+    /// Session settings applied to every session on the cluster.
+    #[serde(default)]
+    pub session: BTreeMap<String, toml::Value>,
+}
+
+/// The format of an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    /// Parquet files.
+    Parquet,
+    /// CSV files.
+    Csv,
+    /// Newline-delimited JSON files.
+    Json,
+    /// A SQL query over `[input.tables.*]`.
+    Sql,
+}
+
+/// `[input]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// `parquet`, `csv`, `json` or `sql`.
+    pub format: InputFormat,
+    /// A file, a folder or a glob (URL or local path; relative paths are
+    /// relative to the job file). Not for `sql`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The query, for `format = "sql"`.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// Named inputs the query reads, for `format = "sql"`.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableConfig>,
+    /// CSV options.
+    #[serde(default)]
+    pub csv: CsvOptions,
+}
+
+/// `[input.tables.NAME]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `parquet`, `csv` or `json`.
+    pub format: InputFormat,
+    /// A file, a folder or a glob.
+    pub path: String,
+    /// CSV options.
+    #[serde(default)]
+    pub csv: CsvOptions,
+}
+
+/// CSV reading options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsvOptions {
+    /// Whether the first line names the columns.
+    pub has_header: bool,
+    /// Field separator (one byte).
+    pub delimiter: char,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            has_header: true,
+            delimiter: ',',
+        }
+    }
+}
+
+/// `[value]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueConfig {
+    /// Store this column's bytes as the value.
+    #[serde(default)]
+    pub binary_col: Option<String>,
+    /// Store these columns as a JSON object.
+    #[serde(default)]
+    pub json_cols: Option<Vec<String>>,
+}
+
+/// Routing strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// xxh3 of the key.
+    #[default]
+    Hash,
+    /// A CEL expression.
+    Cel,
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// `hash` or `cel`.
+    pub strategy: Strategy,
+    /// Number of shards.
+    pub num_dbs: Option<u32>,
+    /// Hash routing: choose num_dbs so no shard holds more keys than this.
+    pub max_keys_per_shard: Option<u64>,
+    /// CEL: the expression.
+    pub expr: Option<String>,
+    /// CEL: column name -> type (int, uint, string, bytes, double, bool).
+    pub columns: BTreeMap<String, CelType>,
+    /// CEL categorical: the tokens; db id = index. Omit to infer them from
+    /// the data (sorted distinct values) — unless `num_dbs` makes the
+    /// expression direct.
+    pub routing_values: Option<Vec<RoutingValue>>,
+    /// CEL: `direct` (the result is the db id) or `categorical` (a token).
+    /// Default: categorical when `routing_values` is given or `num_dbs` is
+    /// not, else direct.
+    pub mode: Option<CelMode>,
+    /// Re-check the routing of a sample of rows with the row router.
+    pub verify_routing: bool,
+    /// Rows in that sample.
+    pub verify_sample_size: usize,
+}
+
+/// How a CEL result becomes a db id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CelMode {
+    /// The result is the db id.
+    Direct,
+    /// The result is a token looked up in `routing_values`.
+    Categorical,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            strategy: Strategy::Hash,
+            num_dbs: None,
+            max_keys_per_shard: None,
+            expr: None,
+            columns: BTreeMap::new(),
+            routing_values: None,
+            mode: None,
+            verify_routing: true,
+            verify_sample_size: 10_000,
+        }
+    }
+}
+
+/// Shard storage backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite files.
+    #[default]
+    Sqlite,
+    /// SlateDB databases.
+    Slatedb,
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Snapshot prefix URL (or local path).
+    pub prefix: String,
+    /// `sqlite` or `slatedb`.
+    #[serde(default)]
+    pub backend: Backend,
+    /// Run id; default a random 32-hex id.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// SQLite settings.
+    #[serde(default)]
+    pub sqlite: SqliteSettings,
+    /// SlateDB settings.
+    #[serde(default)]
+    pub slatedb: SlateDbSettings,
+}
+
+/// `[write]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriteConfig {
+    /// Rows per batch, read and written.
+    pub batch_size: usize,
+    /// Rows per second per shard attempt (unlimited when absent).
+    pub max_writes_per_second: Option<f64>,
+    /// Key+value bytes per second per shard attempt (unlimited when absent).
+    pub max_write_bytes_per_second: Option<f64>,
+    /// Write each shard's keys in order.
+    pub sort_within_shard: bool,
+    /// `last_wins` or `error`.
+    pub on_duplicate: DuplicatePolicy,
+    /// Retries of a shard's upload after a retryable failure.
+    pub shard_retries: u32,
+    /// First backoff between retries, doubling up to `retry_max_backoff_ms`.
+    pub retry_backoff_ms: u64,
+    /// Largest backoff.
+    pub retry_max_backoff_ms: u64,
+    /// Shards uploading at once in one process.
+    pub upload_concurrency: usize,
+    /// Where shards are staged locally (default: the system temp folder).
+    pub work_dir: Option<PathBuf>,
+    /// Re-read every winning shard and check its checksum before publishing.
+    pub verify_checksums: bool,
+    /// Memory the engine may use for sorting and buffering before it spills
+    /// to `work_dir`, in MiB (embedded runs).
+    pub memory_limit_mib: u64,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        WriteConfig {
+            batch_size: 8192,
+            max_writes_per_second: None,
+            max_write_bytes_per_second: None,
+            sort_within_shard: true,
+            on_duplicate: DuplicatePolicy::LastWins,
+            shard_retries: 3,
+            retry_backoff_ms: 200,
+            retry_max_backoff_ms: 10_000,
+            upload_concurrency: 8,
+            work_dir: None,
+            verify_checksums: true,
+            memory_limit_mib: 2048,
+        }
+    }
+}
+
+/// Retries of one shard's upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub retries: u32,
+    /// First backoff.
+    pub backoff_ms: u64,
+    /// Largest backoff.
+    pub max_backoff_ms: u64,
+}
+
+impl RetryPolicy {
+    /// Backoff before retry number `n` (1-based).
+    pub fn backoff(&self, n: u32) -> std::time::Duration {
+        let ms = self
+            .backoff_ms
+            .saturating_mul(1u64 << n.saturating_sub(1).min(20))
+            .min(self.max_backoff_ms);
+        std::time::Duration::from_millis(ms)
+    }
+}
+
+/// Loads a job file, applies `SF_...` overrides from `env`, resolves paths
+/// relative to the file, and validates what can be validated without
+/// reading the input.
+pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<JobConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(path.display().to_string(), format!("cannot read: {e}")))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &path.display().to_string(), &base, env)
+}
+
+/// [`load`] from text; `origin` names the text in errors, `base` is the
+/// folder relative paths start from.
+pub fn parse(
+    text: &str,
+    origin: &str,
+    base: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<JobConfig> {
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| Error::config(origin, e.to_string().trim_end().to_string()))?;
+    let mut overrides: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    overrides.sort();
+    for (var, value) in &overrides {
+        apply_override(&mut doc, var, value)?;
+    }
+    let mut config: JobConfig = if overrides.is_empty() {
+        // Straight from the text, so errors point at a line and column.
+        toml::from_str(text)
+            .map_err(|e: toml::de::Error| Error::config(origin, e.to_string().trim_end().to_string()))?
+    } else {
+        toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| {
+            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+            Error::config(
+                origin,
+                format!(
+                    "{} (with overrides from {})",
+                    e.to_string().trim_end(),
+                    names.join(", ")
+                ),
+            )
+        })?
+    };
+    config.resolve_paths(base);
+    config.validate()?;
+    Ok(config)
+}
+
+fn apply_override(doc: &mut toml::Table, var: &str, value: &str) -> Result<()> {
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(Error::config(var, "is not SF_<SECTION>__<KEY> (empty part)"));
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut table = doc;
+    for part in &path[..path.len() - 1] {
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::config(var, format!("{part} is a value, not a section")))?;
+    }
+    table.insert(path[path.len() - 1].clone(), parsed);
+    Ok(())
+}
+
+fn resolve_local(base: &Path, p: &str) -> String {
+    if p.contains("://") || Path::new(p).is_absolute() {
+        p.to_string()
+    } else {
+        base.join(p).to_string_lossy().into_owned()
+    }
+}
+
+impl JobConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        if let Some(p) = &self.input.path {
+            self.input.path = Some(resolve_local(base, p));
+        }
+        for t in self.input.tables.values_mut() {
+            t.path = resolve_local(base, &t.path);
+        }
+        self.output.prefix = resolve_local(base, &self.output.prefix);
+        if let Some(w) = &self.write.work_dir {
+            self.write.work_dir = Some(PathBuf::from(resolve_local(base, &w.to_string_lossy())));
+        }
+    }
+
+    /// Checks everything that does not need the input's schema.
+    pub fn validate(&self) -> Result<()> {
+        if self.key_col.trim().is_empty() {
+            return Err(Error::config("key_col", "must name the key column"));
+        }
+        if self.shard_id_col.trim().is_empty() {
+            return Err(Error::config("shard_id_col", "must not be empty"));
+        }
+        if self.shard_id_col == self.key_col {
+            return Err(Error::config("shard_id_col", "must differ from key_col"));
+        }
+        let i = &self.input;
+        match i.format {
+            InputFormat::Sql => {
+                if i.sql.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                    return Err(Error::config(
+                        "input.sql",
+                        "format = \"sql\" needs a query in input.sql",
+                    ));
+                }
+                if i.tables.is_empty() {
+                    return Err(Error::config(
+                        "input.tables",
+                        "format = \"sql\" needs at least one [input.tables.NAME] for the query to read",
+                    ));
+                }
+                if i.path.is_some() {
+                    return Err(Error::config(
+                        "input.path",
+                        "format = \"sql\" reads [input.tables.*]; give their paths there",
+                    ));
+                }
+                for (name, t) in &i.tables {
+                    if t.format == InputFormat::Sql {
+                        return Err(Error::config(
+                            format!("input.tables.{name}.format"),
+                            "must be parquet, csv or json",
+                        ));
+                    }
+                    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(Error::config(
+                            format!("input.tables.{name}"),
+                            "table names are letters, digits and underscores",
+                        ));
+                    }
+                }
+            }
+            _ => {
+                if i.path.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                    return Err(Error::config("input.path", "needs a file, folder or glob to read"));
+                }
+                if i.sql.is_some() || !i.tables.is_empty() {
+                    return Err(Error::config(
+                        "input.sql",
+                        "input.sql and input.tables need format = \"sql\"",
+                    ));
+                }
+            }
+        }
+        for (key, csv) in std::iter::once(("input.csv".to_string(), &i.csv))
+            .chain(i.tables.iter().map(|(n, t)| (format!("input.tables.{n}.csv"), &t.csv)))
+        {
+            if !csv.delimiter.is_ascii() {
+                return Err(Error::config(format!("{key}.delimiter"), "must be one ASCII character"));
+            }
+        }
+        if self.value.binary_col.is_some() && self.value.json_cols.is_some() {
+            return Err(Error::config("value", "set binary_col or json_cols, not both"));
+        }
+        if self.value.json_cols.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::config(
+                "value.json_cols",
+                "must name at least one column (omit it for all columns)",
+            ));
+        }
+        let r = &self.routing;
+        if r.num_dbs == Some(0) {
+            return Err(Error::config("routing.num_dbs", "must be at least 1"));
+        }
+        match r.strategy {
+            Strategy::Hash => {
+                if r.num_dbs.is_some() == r.max_keys_per_shard.is_some() {
+                    return Err(Error::config(
+                        "routing",
+                        "hash routing needs exactly one of num_dbs or max_keys_per_shard",
+                    ));
+                }
+                if r.max_keys_per_shard == Some(0) {
+                    return Err(Error::config("routing.max_keys_per_shard", "must be at least 1"));
+                }
+                if r.expr.is_some() || !r.columns.is_empty() || r.routing_values.is_some() || r.mode.is_some() {
+                    return Err(Error::config(
+                        "routing",
+                        "expr, columns, routing_values and mode are for strategy = \"cel\"",
+                    ));
+                }
+            }
+            Strategy::Cel => {
+                if r.expr.as_deref().is_none_or(|e| e.trim().is_empty()) {
+                    return Err(Error::config("routing.expr", "strategy = \"cel\" needs an expression"));
+                }
+                if r.columns.is_empty() {
+                    return Err(Error::config(
+                        "routing.columns",
+                        "strategy = \"cel\" needs the columns the expression reads, with types (e.g. columns = { region = \"string\" })",
+                    ));
+                }
+                if r.max_keys_per_shard.is_some() {
+                    return Err(Error::config("routing.max_keys_per_shard", "is for hash routing"));
+                }
+                if let Some(values) = &r.routing_values {
+                    sf_manifest::format::validate_routing_values(values)
+                        .map_err(|e| Error::config("routing.routing_values", e.to_string()))?;
+                    if r.mode == Some(CelMode::Direct) {
+                        return Err(Error::config(
+                            "routing.routing_values",
+                            "mode = \"direct\" takes no routing_values",
+                        ));
+                    }
+                    if let Some(n) = r.num_dbs
+                        && n as usize != values.len()
+                    {
+                        return Err(Error::config(
+                            "routing.num_dbs",
+                            format!(
+                                "is {n} but routing_values has {} values (one shard per value)",
+                                values.len()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if r.verify_routing && r.verify_sample_size == 0 {
+            return Err(Error::config(
+                "routing.verify_sample_size",
+                "must be at least 1 when verify_routing is on",
+            ));
+        }
+        if let Some(id) = &self.output.run_id {
+            RunId::new(id.clone()).map_err(|e| Error::config("output.run_id", e.to_string()))?;
+        }
+        if self.output.prefix.trim().is_empty() {
+            return Err(Error::config("output.prefix", "needs the snapshot's prefix URL"));
+        }
+        sf_manifest::resolve(&self.output.prefix, &self.storage_options())
+            .map_err(|e| Error::config("output.prefix", e.to_string()))?;
+        match self.output.backend {
+            Backend::Sqlite => self.output.sqlite.validate()?,
+            Backend::Slatedb => {
+                self.output.slatedb.validate()?;
+                if !self.write.sort_within_shard {
+                    return Err(Error::config(
+                        "write.sort_within_shard",
+                        "the slatedb backend writes keys in order; sort_within_shard = false is for sqlite only",
+                    ));
+                }
+            }
+        }
+        let w = &self.write;
+        if w.batch_size == 0 {
+            return Err(Error::config("write.batch_size", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("write.max_writes_per_second", w.max_writes_per_second),
+            ("write.max_write_bytes_per_second", w.max_write_bytes_per_second),
+        ] {
+            if let Some(v) = v
+                && !(v > 0.0 && v.is_finite())
+            {
+                return Err(Error::config(
+                    key,
+                    format!("{v} is not a positive rate; omit it for no limit"),
+                ));
+            }
+        }
+        if w.memory_limit_mib < 16 {
+            return Err(Error::config("write.memory_limit_mib", "must be at least 16"));
+        }
+        if w.upload_concurrency == 0 {
+            return Err(Error::config("write.upload_concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The `[storage]` options.
+    pub fn storage_options(&self) -> StorageOptions {
+        self.storage.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The backend with its settings.
+    pub fn backend(&self) -> BackendConfig {
+        match self.output.backend {
+            Backend::Sqlite => BackendConfig::Sqlite(self.output.sqlite.clone()),
+            Backend::Slatedb => BackendConfig::Slatedb(self.output.slatedb.clone()),
+        }
+    }
+
+    /// Write limits per shard attempt.
+    pub fn limits(&self) -> RateLimits {
+        RateLimits {
+            rows_per_second: self.write.max_writes_per_second,
+            bytes_per_second: self.write.max_write_bytes_per_second,
+        }
+    }
+
+    /// Upload retries.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            retries: self.write.shard_retries,
+            backoff_ms: self.write.retry_backoff_ms,
+            max_backoff_ms: self.write.retry_max_backoff_ms.max(self.write.retry_backoff_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+key_col = "id"
+[input]
+format = "parquet"
+path = "data/users.parquet"
+[routing]
+num_dbs = 8
+[output]
+prefix = "out/snap"
+"#;
+
+    fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<JobConfig> {
+        parse(
+            text,
+            "job.toml",
+            Path::new("/jobs"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn minimal_job_gets_documented_defaults() {
+        let c = parse_env(MINIMAL, &[]).expect("parse");
+        assert_eq!(c.shard_id_col, "_shard_id");
+        assert_eq!(c.input.path.as_deref(), Some("/jobs/data/users.parquet"));
+        assert_eq!(c.output.prefix, "/jobs/out/snap");
+        assert_eq!(c.output.backend, Backend::Sqlite);
+        assert!(c.routing.verify_routing);
+        assert_eq!(c.routing.verify_sample_size, 10_000);
+        assert_eq!(c.write.batch_size, 8192);
+        assert!(c.write.sort_within_shard);
+        assert_eq!(c.write.on_duplicate, DuplicatePolicy::LastWins);
+        assert_eq!(c.write.shard_retries, 3);
+        assert_eq!(c.output.sqlite, SqliteSettings::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_place() {
+        let e = parse_env(&format!("{MINIMAL}\n[write]\nbatchsize = 3\n"), &[]).expect_err("unknown");
+        let m = e.to_string();
+        assert!(m.contains("job.toml") && m.contains("batchsize"), "{m}");
+        assert!(m.contains("line"), "mentions where: {m}");
+        let e = parse_env(MINIMAL, &[("SF_ROUTING__NUMDBS", "4")]).expect_err("unknown override");
+        assert!(e.to_string().contains("SF_ROUTING__NUMDBS"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let c = parse_env(
+            MINIMAL,
+            &[
+                ("SF_ROUTING__NUM_DBS", "16"),
+                ("SF_OUTPUT__PREFIX", "s3://bucket/other"),
+                ("SF_WRITE__SORT_WITHIN_SHARD", "false"),
+                ("SF_OUTPUT__SQLITE__CACHE_MIB", "32"),
+                ("SF_KEY_COL", "user_id"),
+                ("OTHER", "ignored"),
+            ],
+        )
+        .expect("parse");
+        assert_eq!(c.routing.num_dbs, Some(16));
+        assert_eq!(c.output.prefix, "s3://bucket/other");
+        assert!(!c.write.sort_within_shard);
+        assert_eq!(c.output.sqlite.cache_mib, 32);
+        assert_eq!(c.key_col, "user_id");
+    }
+
+    #[test]
+    fn contradictions_are_config_errors() {
+        let cases = [
+            ("[value]\nbinary_col = \"a\"\njson_cols = [\"b\"]\n", "not both"),
+            ("[write]\nbatch_size = 0\n", "write.batch_size"),
+            ("[write]\nmax_writes_per_second = -1.0\n", "positive rate"),
+            ("shard_id_col = \"id\"\n", "must differ"),
+        ];
+        for (extra, want) in cases {
+            let text = if extra.starts_with('[') {
+                format!("{MINIMAL}\n{extra}")
+            } else {
+                format!("{extra}{MINIMAL}")
+            };
+            let e = parse_env(&text, &[]).expect_err(want);
+            assert!(e.to_string().contains(want), "{want}: {e}");
+            assert_eq!(e.kind(), sf_manifest::ErrorKind::Config);
+        }
+        let both = MINIMAL.replace("num_dbs = 8", "num_dbs = 8\nmax_keys_per_shard = 10");
+        assert!(
+            parse_env(&both, &[])
+                .expect_err("both")
+                .to_string()
+                .contains("exactly one")
+        );
+        let cel = MINIMAL.replace("num_dbs = 8", "strategy = \"cel\"\nexpr = \"region\"");
+        assert!(
+            parse_env(&cel, &[])
+                .expect_err("cel columns")
+                .to_string()
+                .contains("routing.columns")
+        );
+        let slate = format!("{MINIMAL}\n[write]\nsort_within_shard = false\n")
+            .replace("[output]", "[output]\nbackend = \"slatedb\"");
+        assert!(
+            parse_env(&slate, &[])
+                .expect_err("slatedb unsorted")
+                .to_string()
+                .contains("slatedb")
+        );
+        let sql = MINIMAL.replace("format = \"parquet\"", "format = \"sql\"");
+        assert!(parse_env(&sql, &[]).expect_err("sql").to_string().contains("input.sql"));
+        let bad_run = MINIMAL.replace("[output]", "[output]\nrun_id = \"a/b\"");
+        assert!(
+            parse_env(&bad_run, &[])
+                .expect_err("run id")
+                .to_string()
+                .contains("output.run_id")
+        );
+    }
+
+    #[test]
+    fn retry_backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            retries: 5,
+            backoff_ms: 100,
+            max_backoff_ms: 350,
+        };
+        let waits: Vec<u64> = (1..=4).map(|n| p.backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, vec![100, 200, 350, 350]);
+    }
+}

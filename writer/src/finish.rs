@@ -1,0 +1,246 @@
+//! The driver's last step: pick winners, check them, publish, clean up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Value, json};
+use sf_manifest::{
+    Attempt, BuildMeta, CurrentVersion, DbId, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId,
+    ShardRow, ShardingSpec, WriterInfo, gc,
+};
+
+use crate::adapter::{ShardBackend, ShardContent};
+use crate::error::{Error, Result};
+use crate::exec::ShardResult;
+
+/// Everything [`finish`] needs.
+pub(crate) struct FinishInput<'a> {
+    pub store: &'a ObjectManifestStore,
+    pub backend: Arc<dyn ShardBackend>,
+    pub results: Vec<ShardResult>,
+    pub run_id: RunId,
+    pub num_dbs: u32,
+    pub key_col: String,
+    pub key_encoding: KeyEncoding,
+    pub sharding: ShardingSpec,
+    pub expected: Option<CurrentVersion>,
+    pub verify_checksums: bool,
+    pub upload_concurrency: usize,
+}
+
+/// What [`finish`] did.
+pub(crate) struct Finished {
+    pub manifest_ref: String,
+    pub shards_written: u32,
+    pub rows: u64,
+    pub duplicates: u64,
+    pub bytes: u64,
+    pub rows_per_shard: Vec<u64>,
+    pub retries: u32,
+    pub losers_deleted: usize,
+}
+
+/// The winner order of FORMAT.md: the smallest
+/// `(attempt, task_attempt_id or 2^63-1, db_url)`.
+pub fn winner_key(r: &ShardResult) -> (Attempt, i64, String) {
+    (
+        r.attempt.unwrap_or(Attempt(u32::MAX)),
+        r.task_attempt_id.unwrap_or(i64::MAX),
+        r.db_url.clone().unwrap_or_default(),
+    )
+}
+
+/// One winner per non-empty shard; errors when a shard has no result at
+/// all or a result names a shard outside `0..num_dbs`.
+pub fn pick_winners(results: &[ShardResult], num_dbs: u32) -> Result<BTreeMap<DbId, ShardResult>> {
+    if let Some(bad) = results.iter().find(|r| r.db_id.0 >= num_dbs) {
+        return Err(Error::Internal(format!(
+            "a task reported shard {} but the build has {num_dbs} shards; nothing was published",
+            bad.db_id
+        )));
+    }
+    let seen: BTreeSet<DbId> = results.iter().map(|r| r.db_id).collect();
+    if seen.len() != num_dbs as usize {
+        let missing: Vec<String> = (0..num_dbs)
+            .map(DbId)
+            .filter(|d| !seen.contains(d))
+            .map(|d| d.to_string())
+            .take(20)
+            .collect();
+        return Err(Error::Internal(format!(
+            "no result for shards {}; nothing was published",
+            missing.join(", ")
+        )));
+    }
+    let mut winners: BTreeMap<DbId, ShardResult> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.attempt.is_some()) {
+        match winners.get(&r.db_id) {
+            Some(w) if winner_key(w) <= winner_key(r) => {}
+            _ => {
+                winners.insert(r.db_id, r.clone());
+            }
+        }
+    }
+    Ok(winners)
+}
+
+pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
+    let winners = pick_winners(&input.results, input.num_dbs)?;
+
+    if input.verify_checksums {
+        let backend = Arc::clone(&input.backend);
+        futures::stream::iter(winners.values().cloned())
+            .map(|w| {
+                let backend = Arc::clone(&backend);
+                let store = input.store;
+                async move {
+                    let url = w.db_url.clone().unwrap_or_default();
+                    let location = store.locate(&url, None)?;
+                    let content = ShardContent {
+                        row_count: w.row_count,
+                        duplicates: w.duplicates,
+                        min_key: w.min_key.clone(),
+                        max_key: w.max_key.clone(),
+                        checksum: w.checksum.clone().unwrap_or_default(),
+                    };
+                    backend.verify(&location, w.db_id, &content).await
+                }
+            })
+            .buffer_unordered(input.upload_concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
+
+    let shards = winners
+        .values()
+        .map(|w| {
+            let key = |k: &Option<Vec<u8>>| {
+                k.as_deref()
+                    .map(|b| sf_router::decode_key(b, input.key_encoding))
+                    .transpose()
+            };
+            let mut extra = BTreeMap::new();
+            if let Some(c) = &w.checksum {
+                extra.insert(sf_manifest::manifest::CHECKSUM_KEY.to_string(), Value::from(c.clone()));
+            }
+            Ok(ShardRow {
+                db_id: w.db_id,
+                db_url: w.db_url.clone(),
+                attempt: w.attempt.unwrap_or(Attempt(0)),
+                row_count: w.row_count,
+                db_bytes: w.db_bytes,
+                min_key: key(&w.min_key)?,
+                max_key: key(&w.max_key)?,
+                checkpoint_id: w.checkpoint_id.clone(),
+                writer_info: WriterInfo {
+                    attempt: w.attempt.map_or(0, |a| a.0),
+                    duration_ms: w.duration_ms,
+                    stage_id: w.stage_id,
+                    task_attempt_id: w.task_attempt_id,
+                    extra,
+                },
+            })
+        })
+        .collect::<Result<Vec<ShardRow>>>()?;
+    let rows: u64 = shards.iter().map(|s| s.row_count).sum();
+    let bytes: u64 = shards.iter().map(|s| s.db_bytes).sum();
+    let duplicates: u64 = winners.values().map(|w| w.duplicates).sum();
+    let mut build = BuildMeta::new(
+        input.run_id.clone(),
+        input.num_dbs,
+        input.store.prefix_url(),
+        input.key_col.clone(),
+        input.sharding.clone(),
+        input.key_encoding,
+    );
+    build.custom.insert(
+        "shardforge".into(),
+        json!({
+            "writer": format!("shardforge {}", env!("CARGO_PKG_VERSION")),
+            "backend": input.backend.name(),
+            "rows": rows,
+            "duplicates": duplicates,
+        }),
+    );
+    let manifest = Manifest { build, shards };
+    let published = input.store.publish(&manifest, input.expected.as_ref()).await?;
+
+    // Losing attempts, including claims whose upload never finished.
+    let winner_attempts: BTreeSet<(DbId, Attempt)> =
+        winners.values().filter_map(|w| Some((w.db_id, w.attempt?))).collect();
+    let mut losers_deleted = 0;
+    for dir in gc::list_attempts(input.store, Some(&input.run_id)).await? {
+        if !winner_attempts.contains(&(dir.db_id, dir.attempt)) {
+            gc::delete_prefix(input.store, &dir.key).await?;
+            losers_deleted += 1;
+        }
+    }
+
+    let mut rows_per_shard = vec![0u64; input.num_dbs as usize];
+    for s in &manifest.shards {
+        rows_per_shard[s.db_id.index()] = s.row_count;
+    }
+    Ok(Finished {
+        manifest_ref: published.manifest.manifest_ref,
+        shards_written: manifest.shards.len() as u32,
+        rows,
+        duplicates,
+        bytes,
+        rows_per_shard,
+        retries: input.results.iter().map(|r| r.failed_tries).sum(),
+        losers_deleted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(db: u32, attempt: Option<u32>, task: Option<i64>, url: &str) -> ShardResult {
+        ShardResult {
+            db_id: DbId(db),
+            attempt: attempt.map(Attempt),
+            db_url: attempt.map(|_| url.to_string()),
+            row_count: u64::from(attempt.is_some()),
+            duplicates: 0,
+            db_bytes: 0,
+            min_key: None,
+            max_key: None,
+            checksum: None,
+            checkpoint_id: None,
+            duration_ms: 0,
+            stage_id: None,
+            task_attempt_id: task,
+            failed_tries: 0,
+        }
+    }
+
+    #[test]
+    fn winners_follow_the_format_rule_whatever_the_order() {
+        let results = vec![
+            result(0, Some(1), Some(5), "u/a1"),
+            result(0, Some(0), Some(9), "u/a0-t9"),
+            result(0, Some(0), None, "u/a0-none"),
+            result(0, Some(0), Some(9), "u/a0-t9-b"),
+            result(1, None, None, ""),
+            result(2, Some(3), None, "u/z"),
+        ];
+        for rotation in 0..results.len() {
+            let mut r = results.clone();
+            r.rotate_left(rotation);
+            let w = pick_winners(&r, 3).expect("winners");
+            assert_eq!(w[&DbId(0)].db_url.as_deref(), Some("u/a0-t9"));
+            assert!(!w.contains_key(&DbId(1)), "an empty shard has no winner");
+            assert_eq!(w[&DbId(2)].attempt, Some(Attempt(3)));
+        }
+    }
+
+    #[test]
+    fn coverage_and_range_are_checked() {
+        let e = pick_winners(&[result(0, Some(0), None, "u")], 2).expect_err("missing shard 1");
+        assert!(e.to_string().contains("no result for shards 1"), "{e}");
+        let e = pick_winners(&[result(0, None, None, ""), result(5, Some(0), None, "u")], 2).expect_err("out of range");
+        assert!(e.to_string().contains("shard 5"), "{e}");
+    }
+}
