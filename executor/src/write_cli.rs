@@ -1,0 +1,292 @@
+//! `sf-write`: run a snapshot build job.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use sf_manifest::ErrorKind;
+use sf_writer::job::{BuildOptions, Embedded, Engine, Outcome, ProgressSink, build};
+
+const ABOUT: &str = "Build a sharded key-value snapshot from a table and publish it.";
+
+const LONG_ABOUT: &str = "\
+Build a sharded key-value snapshot from a table and publish it.
+
+Reads the input named in the job file (Parquet, CSV, JSON, or SQL over them),
+routes every row to one of num_dbs shards (xxh3 of the key, or a CEL
+expression), writes each shard (SQLite file or SlateDB database) to its own
+attempt folder under the output prefix, then publishes a manifest and swaps
+the prefix's _CURRENT pointer with compare-and-swap. Nothing is published
+unless every shard was written and verified; a failed build leaves the
+previous snapshot serving.
+
+Every job-file key can be overridden by an environment variable
+SF_<SECTION>__<KEY>, e.g. SF_ROUTING__NUM_DBS=16 or SF_OUTPUT__PREFIX=s3://b/p.
+Object-store credentials come from the usual environment variables
+(AWS_*, GOOGLE_*, AZURE_*); they are never printed.";
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  published (or, with --dry-run, the plan is valid)
+  1  failed for another reason (a bug, or the engine failed)
+  2  bad job file, arguments or environment overrides; nothing was written
+  3  bad input data (null or out-of-range keys, duplicate keys, routing
+     errors); nothing was published
+  4  conflict: another publisher changed _CURRENT during the build; the
+     snapshot was not published
+  5  storage unavailable after retries; nothing was published";
+
+/// Exit code of a successful run.
+pub const EXIT_OK: u8 = 0;
+/// Exit code of any other failure.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code of a configuration error.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code of bad input data.
+pub const EXIT_DATA: u8 = 3;
+/// Exit code of a publish conflict.
+pub const EXIT_CONFLICT: u8 = 4;
+/// Exit code of unavailable storage.
+pub const EXIT_UNAVAILABLE: u8 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProgressMode {
+    /// A progress bar when stderr is a terminal, log lines otherwise.
+    Auto,
+    /// Always a progress bar.
+    Bar,
+    /// Plain log lines.
+    Log,
+    /// Nothing.
+    Off,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "sf-write", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = EXIT_CODES)]
+struct Args {
+    /// The job file (TOML); see the README's configuration reference.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+
+    /// Resolve and print the plan (schema, routing, shard count, output),
+    /// reading the input's schema but writing nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Run on a Ballista cluster at this scheduler (df://host:port) instead
+    /// of embedded; overrides [cluster] scheduler in the job file.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+
+    /// How to show progress.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+
+    /// Print the build summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Log filter (e.g. `info`, `sf_writer=debug`); default `warn`, or
+    /// `info` when progress goes to log lines. RUST_LOG works too.
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+/// Engines the CLI can run on; the cluster one is installed by the binary.
+pub type ClusterEngineFactory = fn(&str, &sf_writer::config::JobConfig) -> sf_writer::Result<Box<dyn Engine>>;
+
+/// Runs `sf-write` with the process's arguments and environment.
+pub fn main(cluster: Option<ClusterEngineFactory>) -> ExitCode {
+    let args = Args::parse();
+    let bar = match args.progress {
+        ProgressMode::Auto => std::io::stderr().is_terminal(),
+        ProgressMode::Bar => true,
+        ProgressMode::Log | ProgressMode::Off => false,
+    };
+    let default_log = if !bar && args.progress != ProgressMode::Off {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = args
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default_log.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sf-write: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(run(args, bar, cluster)) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("sf-write: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// The exit code for an error.
+pub fn exit_code(e: &sf_writer::Error) -> u8 {
+    match e.kind() {
+        ErrorKind::Config => EXIT_CONFIG,
+        ErrorKind::Data | ErrorKind::Routing => EXIT_DATA,
+        ErrorKind::Conflict => EXIT_CONFLICT,
+        ErrorKind::Unavailable => EXIT_UNAVAILABLE,
+        ErrorKind::Internal => EXIT_FAILED,
+    }
+}
+
+async fn run(args: Args, bar: bool, cluster: Option<ClusterEngineFactory>) -> sf_writer::Result<()> {
+    let job = sf_writer::config::load(&args.config, std::env::vars())?;
+    let scheduler = args
+        .cluster
+        .clone()
+        .or_else(|| job.cluster.as_ref().and_then(|c| c.scheduler.clone()));
+    let engine: Box<dyn Engine> = match scheduler {
+        None => Box::new(Embedded::default()),
+        Some(url) => match cluster {
+            Some(factory) => factory(&url, &job)?,
+            None => {
+                return Err(sf_writer::Error::config(
+                    "--cluster",
+                    "this build of sf-write has no cluster support",
+                ));
+            }
+        },
+    };
+    let sink: Option<Arc<dyn ProgressSink>> = match (args.progress, bar) {
+        (ProgressMode::Off, _) => None,
+        (_, true) => Some(Arc::new(BarSink::new())),
+        (_, false) => Some(Arc::new(LogSink::default())),
+    };
+    let options = BuildOptions {
+        dry_run: args.dry_run,
+        progress: sink.clone(),
+    };
+    let outcome = build(&job, engine.as_ref(), &options).await;
+    if let Some(s) = &sink {
+        s.phase("done");
+    }
+    match outcome? {
+        Outcome::DryRun(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "dry_run": true,
+                        "run_id": report.run_id.as_str(),
+                        "num_dbs": report.num_dbs,
+                        "key_col": report.key_col,
+                        "key_encoding": report.key_encoding.as_str(),
+                        "sharding": report.sharding.to_json(),
+                        "prefix": report.prefix_url,
+                        "backend": report.backend,
+                    })
+                );
+            } else {
+                println!("dry run: nothing was written\n{report}");
+            }
+        }
+        Outcome::Built(summary) => {
+            if args.json {
+                let (lo, med, hi) = summary.rows_per_shard;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "run_id": summary.run_id.as_str(),
+                        "manifest_ref": summary.manifest_ref,
+                        "num_dbs": summary.num_dbs,
+                        "shards_written": summary.shards_written,
+                        "rows": summary.rows,
+                        "duplicates": summary.duplicates,
+                        "bytes": summary.bytes,
+                        "rows_per_shard": {"min": lo, "median": med, "max": hi},
+                        "retries": summary.retries,
+                        "losers_deleted": summary.losers_deleted,
+                        "seconds": {
+                            "plan": summary.plan_time.as_secs_f64(),
+                            "write": summary.write_time.as_secs_f64(),
+                            "publish": summary.publish_time.as_secs_f64(),
+                            "total": summary.total_time.as_secs_f64(),
+                        },
+                    })
+                );
+            } else {
+                println!("{summary}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr: shards done of num_dbs, rows written.
+struct BarSink {
+    bar: ProgressBar,
+}
+
+impl BarSink {
+    fn new() -> Self {
+        let bar = ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        BarSink { bar }
+    }
+}
+
+impl ProgressSink for BarSink {
+    fn phase(&self, name: &str) {
+        if name == "done" {
+            self.bar.finish_and_clear();
+        } else {
+            self.bar.set_message(name.to_string());
+        }
+    }
+
+    fn progress(&self, rows: u64, shards_done: u32, num_dbs: u32) {
+        if self.bar.length() != Some(u64::from(num_dbs)) {
+            self.bar.set_length(u64::from(num_dbs));
+            self.bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}] {bar:30} {pos}/{len} shards")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+        }
+        self.bar.set_position(u64::from(shards_done));
+        self.bar.set_message(format!("{rows} rows written"));
+    }
+}
+
+/// Progress as log lines, at most every few seconds.
+#[derive(Default)]
+struct LogSink {
+    last: Mutex<Option<Instant>>,
+}
+
+impl ProgressSink for LogSink {
+    fn phase(&self, name: &str) {
+        if name != "done" {
+            tracing::info!("{name}");
+        }
+    }
+
+    fn progress(&self, rows: u64, shards_done: u32, num_dbs: u32) {
+        let mut last = self.last.lock().expect("progress lock");
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) || shards_done == num_dbs;
+        if due {
+            *last = Some(Instant::now());
+            tracing::info!("{rows} rows written, {shards_done}/{num_dbs} shards done");
+        }
+    }
+}
