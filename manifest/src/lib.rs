@@ -5,7 +5,7 @@
 //! owns that format (compatible with shardyfusion's format v4) and the
 //! protocol that publishes it:
 //!
-//! - [`format`]: key encodings, keys, the sharding spec;
+//! - [`mod@format`]: key encodings, keys, the sharding spec;
 //! - [`manifest`]: the SQLite manifest codec (no I/O: bytes in, bytes out);
 //! - [`current`], [`run_record`], [`layout`]: the other objects and their keys;
 //! - [`storage`]: URL + options -> object store and path (`file://`,

@@ -1,5 +1,5 @@
 //! The job configuration (`job.toml`), its environment overrides, and its
-//! validation into an immutable [`JobPlan`].
+//! validation ([`JobConfig::validate`]).
 //!
 //! Every key is documented in the README's configuration reference with its
 //! default. Unknown keys are errors. An environment variable
@@ -34,8 +34,10 @@ pub struct JobConfig {
     /// input column).
     #[serde(default = "default_shard_id_col")]
     pub shard_id_col: String,
-    /// Where rows come from.
-    pub input: InputConfig,
+    /// Where rows come from (required for `sf-write`; the warehouse API
+    /// passes a DataFrame instead).
+    #[serde(default)]
+    pub input: Option<InputConfig>,
     /// How a row becomes its value.
     #[serde(default)]
     pub value: ValueConfig,
@@ -54,6 +56,10 @@ pub struct JobConfig {
     /// Running on a Ballista cluster instead of embedded.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Settings with dotted names, like `sf.catalog.<name>.warehouse =
+    /// "<url>"` (warehouse catalogs for `[output] table`).
+    #[serde(default)]
+    pub sf: toml::Table,
 }
 
 fn default_shard_id_col() -> String {
@@ -230,8 +236,16 @@ pub enum Backend {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
-    /// Snapshot prefix URL (or local path).
+    /// Snapshot prefix URL (or local path); or give `table`.
+    #[serde(default)]
     pub prefix: String,
+    /// A warehouse table (`[catalog.][db.]table`) to write instead of a
+    /// prefix; its catalog comes from `sf.catalog.<name>.warehouse`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// When the table exists: `error`, `overwrite`, `append` or `ignore`.
+    #[serde(default)]
+    pub mode: crate::warehouse::SaveMode,
     /// `sqlite` or `slatedb`.
     #[serde(default)]
     pub backend: Backend,
@@ -392,6 +406,80 @@ fn apply_override(doc: &mut toml::Table, var: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// `a.b.c = "v"` pairs of a TOML table, values as strings.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<()> {
+    for (k, v) in table {
+        let key = format!("{prefix}.{k}");
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out)?,
+            toml::Value::String(s) => out.push((key, s.clone())),
+            toml::Value::Integer(i) => out.push((key, i.to_string())),
+            toml::Value::Boolean(b) => out.push((key, b.to_string())),
+            toml::Value::Float(f) => out.push((key, f.to_string())),
+            other => return Err(Error::config(key, format!("{other} is not a plain value"))),
+        }
+    }
+    Ok(())
+}
+
+fn validate_input(i: &InputConfig) -> Result<()> {
+    match i.format {
+        InputFormat::Sql => {
+            if i.sql.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                return Err(Error::config(
+                    "input.sql",
+                    "format = \"sql\" needs a query in input.sql",
+                ));
+            }
+            if i.tables.is_empty() {
+                return Err(Error::config(
+                    "input.tables",
+                    "format = \"sql\" needs at least one [input.tables.NAME] for the query to read",
+                ));
+            }
+            if i.path.is_some() {
+                return Err(Error::config(
+                    "input.path",
+                    "format = \"sql\" reads [input.tables.*]; give their paths there",
+                ));
+            }
+            for (name, t) in &i.tables {
+                if t.format == InputFormat::Sql {
+                    return Err(Error::config(
+                        format!("input.tables.{name}.format"),
+                        "must be parquet, csv or json",
+                    ));
+                }
+                if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(Error::config(
+                        format!("input.tables.{name}"),
+                        "table names are letters, digits and underscores",
+                    ));
+                }
+            }
+        }
+        _ => {
+            if i.path.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                return Err(Error::config("input.path", "needs a file, folder or glob to read"));
+            }
+            if i.sql.is_some() || !i.tables.is_empty() {
+                return Err(Error::config(
+                    "input.sql",
+                    "input.sql and input.tables need format = \"sql\"",
+                ));
+            }
+        }
+    }
+    for (key, csv) in std::iter::once(("input.csv".to_string(), &i.csv))
+        .chain(i.tables.iter().map(|(n, t)| (format!("input.tables.{n}.csv"), &t.csv)))
+    {
+        if !csv.delimiter.is_ascii() {
+            return Err(Error::config(format!("{key}.delimiter"), "must be one ASCII character"));
+        }
+    }
+    Ok(())
+}
+
 fn resolve_local(base: &Path, p: &str) -> String {
     if p.contains("://") || Path::new(p).is_absolute() {
         p.to_string()
@@ -402,11 +490,13 @@ fn resolve_local(base: &Path, p: &str) -> String {
 
 impl JobConfig {
     fn resolve_paths(&mut self, base: &Path) {
-        if let Some(p) = &self.input.path {
-            self.input.path = Some(resolve_local(base, p));
-        }
-        for t in self.input.tables.values_mut() {
-            t.path = resolve_local(base, &t.path);
+        if let Some(input) = &mut self.input {
+            if let Some(p) = &input.path {
+                input.path = Some(resolve_local(base, p));
+            }
+            for t in input.tables.values_mut() {
+                t.path = resolve_local(base, &t.path);
+            }
         }
         self.output.prefix = resolve_local(base, &self.output.prefix);
         if let Some(w) = &self.write.work_dir {
@@ -416,6 +506,17 @@ impl JobConfig {
 
     /// Checks everything that does not need the input's schema.
     pub fn validate(&self) -> Result<()> {
+        let i = self
+            .input
+            .as_ref()
+            .ok_or_else(|| Error::config("input", "the job has no [input] section saying what to read"))?;
+        validate_input(i)?;
+        self.validate_settings()
+    }
+
+    /// [`validate`](Self::validate) without the input (for callers that
+    /// hand in a DataFrame).
+    pub fn validate_settings(&self) -> Result<()> {
         if self.key_col.trim().is_empty() {
             return Err(Error::config("key_col", "must name the key column"));
         }
@@ -424,61 +525,6 @@ impl JobConfig {
         }
         if self.shard_id_col == self.key_col {
             return Err(Error::config("shard_id_col", "must differ from key_col"));
-        }
-        let i = &self.input;
-        match i.format {
-            InputFormat::Sql => {
-                if i.sql.as_deref().is_none_or(|s| s.trim().is_empty()) {
-                    return Err(Error::config(
-                        "input.sql",
-                        "format = \"sql\" needs a query in input.sql",
-                    ));
-                }
-                if i.tables.is_empty() {
-                    return Err(Error::config(
-                        "input.tables",
-                        "format = \"sql\" needs at least one [input.tables.NAME] for the query to read",
-                    ));
-                }
-                if i.path.is_some() {
-                    return Err(Error::config(
-                        "input.path",
-                        "format = \"sql\" reads [input.tables.*]; give their paths there",
-                    ));
-                }
-                for (name, t) in &i.tables {
-                    if t.format == InputFormat::Sql {
-                        return Err(Error::config(
-                            format!("input.tables.{name}.format"),
-                            "must be parquet, csv or json",
-                        ));
-                    }
-                    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(Error::config(
-                            format!("input.tables.{name}"),
-                            "table names are letters, digits and underscores",
-                        ));
-                    }
-                }
-            }
-            _ => {
-                if i.path.as_deref().is_none_or(|s| s.trim().is_empty()) {
-                    return Err(Error::config("input.path", "needs a file, folder or glob to read"));
-                }
-                if i.sql.is_some() || !i.tables.is_empty() {
-                    return Err(Error::config(
-                        "input.sql",
-                        "input.sql and input.tables need format = \"sql\"",
-                    ));
-                }
-            }
-        }
-        for (key, csv) in std::iter::once(("input.csv".to_string(), &i.csv))
-            .chain(i.tables.iter().map(|(n, t)| (format!("input.tables.{n}.csv"), &t.csv)))
-        {
-            if !csv.delimiter.is_ascii() {
-                return Err(Error::config(format!("{key}.delimiter"), "must be one ASCII character"));
-            }
         }
         if self.value.binary_col.is_some() && self.value.json_cols.is_some() {
             return Err(Error::config("value", "set binary_col or json_cols, not both"));
@@ -556,11 +602,27 @@ impl JobConfig {
         if let Some(id) = &self.output.run_id {
             RunId::new(id.clone()).map_err(|e| Error::config("output.run_id", e.to_string()))?;
         }
-        if self.output.prefix.trim().is_empty() {
-            return Err(Error::config("output.prefix", "needs the snapshot's prefix URL"));
+        match (&self.output.table, self.output.prefix.trim().is_empty()) {
+            (Some(_), false) => {
+                return Err(Error::config("output", "give prefix or table, not both"));
+            }
+            (None, true) => {
+                return Err(Error::config(
+                    "output.prefix",
+                    "needs the snapshot's prefix URL (or output.table)",
+                ));
+            }
+            (Some(t), true) => {
+                let catalogs = self.catalogs()?;
+                catalogs
+                    .ident(t)
+                    .map_err(|e| Error::config("output.table", e.to_string()))?;
+            }
+            (None, false) => {
+                sf_manifest::resolve(&self.output.prefix, &self.storage_options())
+                    .map_err(|e| Error::config("output.prefix", e.to_string()))?;
+            }
         }
-        sf_manifest::resolve(&self.output.prefix, &self.storage_options())
-            .map_err(|e| Error::config("output.prefix", e.to_string()))?;
         match self.output.backend {
             Backend::Sqlite => self.output.sqlite.validate()?,
             Backend::Slatedb => {
@@ -597,6 +659,13 @@ impl JobConfig {
             return Err(Error::config("write.upload_concurrency", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The catalogs configured under `sf.catalog.*`.
+    pub fn catalogs(&self) -> Result<crate::warehouse::names::Catalogs> {
+        let mut pairs = Vec::new();
+        flatten("sf", &self.sf, &mut pairs)?;
+        crate::warehouse::names::Catalogs::from_settings(pairs)
     }
 
     /// The `[storage]` options.
@@ -658,7 +727,10 @@ prefix = "out/snap"
     fn minimal_job_gets_documented_defaults() {
         let c = parse_env(MINIMAL, &[]).expect("parse");
         assert_eq!(c.shard_id_col, "_shard_id");
-        assert_eq!(c.input.path.as_deref(), Some("/jobs/data/users.parquet"));
+        assert_eq!(
+            c.input.as_ref().and_then(|i| i.path.as_deref()),
+            Some("/jobs/data/users.parquet")
+        );
         assert_eq!(c.output.prefix, "/jobs/out/snap");
         assert_eq!(c.output.backend, Backend::Sqlite);
         assert!(c.routing.verify_routing);

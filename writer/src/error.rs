@@ -143,7 +143,22 @@ impl From<datafusion::error::DataFusionError> for Error {
                 other => other,
             },
             D::Shared(shared) => Error::Engine(shared.to_string()),
-            D::ArrowError(a, _) => Error::Input(a.to_string()),
+            // Errors crossing an Arrow-typed stream (a Ballista job's
+            // results, our own errors from inside a plan) arrive wrapped as
+            // Arrow's `ExternalError`; classify what is inside.
+            D::ArrowError(a, _) => match *a {
+                arrow::error::ArrowError::ExternalError(inner) => match inner.downcast::<D>() {
+                    Ok(df) => Error::from(*df),
+                    Err(inner) => match inner.downcast::<Error>() {
+                        Ok(ours) => *ours,
+                        Err(inner) => match inner.downcast::<sf_router::Error>() {
+                            Ok(r) => Error::Routing(*r),
+                            Err(inner) => Error::Input(arrow::error::ArrowError::ExternalError(inner).to_string()),
+                        },
+                    },
+                },
+                other => Error::Input(other.to_string()),
+            },
             D::ObjectStore(o) => Error::Input(o.to_string()),
             D::IoError(io) => Error::io("reading input", io),
             D::Plan(p) => Error::Input(p),

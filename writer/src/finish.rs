@@ -27,6 +27,7 @@ pub(crate) struct FinishInput<'a> {
     pub expected: Option<CurrentVersion>,
     pub verify_checksums: bool,
     pub upload_concurrency: usize,
+    pub custom: serde_json::Map<String, Value>,
 }
 
 /// What [`finish`] did.
@@ -154,15 +155,15 @@ pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
         input.sharding.clone(),
         input.key_encoding,
     );
-    build.custom.insert(
-        "shardforge".into(),
-        json!({
-            "writer": format!("shardforge {}", env!("CARGO_PKG_VERSION")),
-            "backend": input.backend.name(),
-            "rows": rows,
-            "duplicates": duplicates,
-        }),
+    let mut ours = input.custom.clone();
+    ours.insert(
+        "writer".into(),
+        json!(format!("shardforge {}", env!("CARGO_PKG_VERSION"))),
     );
+    ours.insert("backend".into(), json!(input.backend.name()));
+    ours.insert("rows".into(), json!(rows));
+    ours.insert("duplicates".into(), json!(duplicates));
+    build.custom.insert("shardforge".into(), Value::Object(ours));
     let manifest = Manifest { build, shards };
     let published = input.store.publish(&manifest, input.expected.as_ref()).await?;
 

@@ -103,6 +103,9 @@ pub struct BuildOptions {
     pub dry_run: bool,
     /// Progress receiver.
     pub progress: Option<Arc<dyn ProgressSink>>,
+    /// Extra keys for the manifest's `custom.shardforge` object (a
+    /// warehouse table records its schema there).
+    pub custom: serde_json::Map<String, serde_json::Value>,
 }
 
 impl fmt::Debug for BuildOptions {
@@ -157,6 +160,7 @@ impl fmt::Display for PlanReport {
         match &self.value {
             ValueSpec::BinaryCol(c) => writeln!(f, "value:         bytes of column {c}")?,
             ValueSpec::JsonCols(cols) => writeln!(f, "value:         JSON of {}", cols.join(", "))?,
+            ValueSpec::ArrowJson(cols) => writeln!(f, "value:         table row (Arrow JSON) of {}", cols.join(", "))?,
         }
         match (&self.sharding.cel_expr, &self.sharding.routing_values) {
             (None, _) => writeln!(f, "routing:       hash (xxh3_64) over {} shards", self.num_dbs)?,
@@ -329,6 +333,19 @@ impl fmt::Debug for Prepared {
 /// resolves routing (counting or scanning the input when the shard count
 /// or the routing values come from the data), and builds the routed input.
 pub async fn prepare(job: &JobConfig, engine: &dyn Engine) -> Result<Prepared> {
+    let input = job
+        .input
+        .as_ref()
+        .ok_or_else(|| Error::config("input", "the job has no [input] section saying what to read"))?;
+    let ctx = engine.session(job).await?;
+    crate::input::register_stores(&ctx, &crate::input::input_urls(input), &job.storage_options())?;
+    let df = crate::input::load(&ctx, input).await?;
+    prepare_frame(job, ctx, df).await
+}
+
+/// [`prepare`] for rows given as a DataFrame of `ctx` (the job's `[input]`
+/// is not read).
+pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) -> Result<Prepared> {
     let storage = job.storage_options();
     let store = ObjectManifestStore::open(&job.output.prefix, &storage)
         .map_err(|e| Error::config("output.prefix", e.to_string()))?;
@@ -336,9 +353,6 @@ pub async fn prepare(job: &JobConfig, engine: &dyn Engine) -> Result<Prepared> {
         Some(r) => RunId::new(r.clone()).map_err(|e| Error::config("output.run_id", e.to_string()))?,
         None => RunId::generate(),
     };
-    let ctx = engine.session(job).await?;
-    crate::input::register_stores(&ctx, &crate::input::input_urls(&job.input), &storage)?;
-    let df = crate::input::load(&ctx, &job.input).await?;
     let resolved = resolve(job, df).await?;
     let router = Router::new(&resolved.sharding, resolved.num_dbs, resolved.key_encoding)
         .map_err(|e| Error::config("routing", e.to_string()))?;
@@ -372,7 +386,7 @@ pub async fn prepare(job: &JobConfig, engine: &dyn Engine) -> Result<Prepared> {
         key_encoding: resolved.key_encoding,
         value: resolved.value,
         shard_id_col: job.shard_id_col.clone(),
-        backend: job.backend(),
+        backend: capped_backend(job, resolved.num_dbs),
         on_duplicate: job.write.on_duplicate,
         sort_within_shard: job.write.sort_within_shard,
         limits: job.limits(),
@@ -394,6 +408,20 @@ pub async fn prepare(job: &JobConfig, engine: &dyn Engine) -> Result<Prepared> {
     })
 }
 
+/// The backend settings, with SQLite's page cache per shard capped so the
+/// caches of all shards building at once stay within half the memory
+/// limit (every shard of a build may be open at the same time).
+fn capped_backend(job: &JobConfig, num_dbs: u32) -> crate::adapter::BackendConfig {
+    match job.backend() {
+        crate::adapter::BackendConfig::Sqlite(mut s) => {
+            let share = (job.write.memory_limit_mib / 2 / u64::from(num_dbs.max(1))).max(2);
+            s.cache_mib = s.cache_mib.min(u32::try_from(share).unwrap_or(u32::MAX));
+            crate::adapter::BackendConfig::Sqlite(s)
+        }
+        other => other,
+    }
+}
+
 impl Prepared {
     /// The write as a logical plan (a [`ShardWriteNode`] over the routed input).
     pub fn write_plan(&self) -> Result<datafusion::logical_expr::LogicalPlan> {
@@ -411,6 +439,21 @@ pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions)
     };
     phase("reading input schema");
     let prepared = prepare(job, engine).await?;
+    build_prepared(job, prepared, engine, options, started).await
+}
+
+/// Runs a build planned by [`prepare`] or [`prepare_frame`].
+pub async fn build_prepared(
+    job: &JobConfig,
+    prepared: Prepared,
+    engine: &dyn Engine,
+    options: &BuildOptions,
+    started: Instant,
+) -> Result<Outcome> {
+    let phase = |name: &str| match &options.progress {
+        Some(p) => p.phase(name),
+        None => tracing::debug!(phase = name),
+    };
     let Prepared {
         ctx,
         store,
@@ -477,6 +520,7 @@ pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions)
                 expected,
                 verify_checksums: job.write.verify_checksums,
                 upload_concurrency: job.write.upload_concurrency,
+                custom: options.custom.clone(),
             })
             .await;
             finished.map(|f| {

@@ -15,5 +15,6 @@ pub mod plan;
 pub mod progress;
 pub mod ratelimit;
 pub mod value;
+pub mod warehouse;
 
 pub use error::{Error, Result};

@@ -33,6 +33,9 @@ pub enum ValueSpec {
     BinaryCol(String),
     /// A JSON object of these columns (sorted by name in the output).
     JsonCols(Vec<String>),
+    /// These columns as one line of Arrow's JSON encoding, decoded back to
+    /// exact Arrow types with the schema a warehouse table records.
+    ArrowJson(Vec<String>),
 }
 
 impl ValueSpec {
@@ -40,7 +43,7 @@ impl ValueSpec {
     pub fn columns(&self) -> Vec<&str> {
         match self {
             ValueSpec::BinaryCol(c) => vec![c.as_str()],
-            ValueSpec::JsonCols(cols) => cols.iter().map(String::as_str).collect(),
+            ValueSpec::JsonCols(cols) | ValueSpec::ArrowJson(cols) => cols.iter().map(String::as_str).collect(),
         }
     }
 }
@@ -232,6 +235,7 @@ pub fn encode_values(batch: &RecordBatch, spec: &ValueSpec) -> Result<BinaryArra
             }
             Ok(binary_from_parts(offsets, data))
         }
+        ValueSpec::ArrowJson(names) => crate::warehouse::format::encode_values(batch, names),
         ValueSpec::JsonCols(names) => {
             let mut cols: Vec<(&String, ArrayRef)> = names
                 .iter()
@@ -495,6 +499,34 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (padding optional); `None` when it is not.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let sextet = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        })
+    };
+    let body = text.trim_end_matches('=').as_bytes();
+    if body.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    for chunk in body.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= sextet(*c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,6 +645,10 @@ mod tests {
             (b"foobar", "Zm9vYmFy"),
         ] {
             assert_eq!(base64(raw), want);
+            assert_eq!(base64_decode(want).as_deref(), Some(raw));
         }
+        assert_eq!(base64_decode("Zm9vYmFy"), Some(b"foobar".to_vec()));
+        assert_eq!(base64_decode("Zg"), Some(b"f".to_vec()));
+        assert!(base64_decode("Z!==").is_none());
     }
 }
