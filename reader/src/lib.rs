@@ -1,4 +1,87 @@
 //! # sf-reader: online reads by manifest
 //!
-//! Opens `_CURRENT`, routes keys with `sf-router`, and serves `get` and
-//! `multi_get` from SQLite and SlateDB shards.
+//! A [`Reader`] serves point lookups from a published snapshot: it reads
+//! `_CURRENT` (or a pinned manifest), decodes the manifest, routes every
+//! key with `sf-router` (the code the writer routed with), and opens shards
+//! lazily, once each, on first use:
+//!
+//! - SQLite shards, **download** mode: fetched once into a local cache
+//!   named by the shard's content id, shared across processes, verified,
+//!   then read through pooled read-only connections (a warm `get` is a few
+//!   microseconds);
+//! - SQLite shards, **range** mode: pages read by ranged GETs through a
+//!   SQLite VFS and a shared block cache, never downloading the file;
+//!   **auto** picks by shard size;
+//! - SlateDB shards: a read-only `DbReader` that writes nothing to the
+//!   shard's prefix.
+//!
+//! ```text
+//!  get(key) ──▶ snapshot (Arc, swapped whole on refresh)
+//!                 │ encode + route (sf-router)
+//!                 ▼
+//!               shard slot db_id ── first use: open once (OnceCell) ──▶ SQLite | range VFS | SlateDB
+//! ```
+//!
+//! Refresh (manual or background) loads the new manifest and opens the
+//! shards in use before swapping; calls in flight finish on the snapshot
+//! they started on, and a bad new snapshot leaves the old one serving.
+//! [`Admin`] rolls `_CURRENT` back (compare-and-swap) and cleans up old
+//! data. [`cli`] is the `sf-read` command.
+//!
+//! ```
+//! use sf_manifest::Key;
+//! use sf_reader::{Reader, ReaderSettings};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> sf_reader::Result<()> {
+//! # let fixture = std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"),
+//! #     "/../tests/data/shardyfusion-v4/sqlite-bucket-golden/hash_int")).unwrap();
+//! # let current_url = format!("{}/_CURRENT", fixture.display());
+//! # let cache = tempfile::tempdir().unwrap();
+//! // `current_url` is e.g. "s3://bucket/snapshots/users/_CURRENT".
+//! let reader = Reader::builder(&current_url)
+//!     .with_settings(ReaderSettings {
+//!         cache_dir: Some(cache.path().to_path_buf()),
+//!         ..ReaderSettings::default()
+//!     })
+//!     .build()
+//!     .await?;
+//!
+//! assert_eq!(reader.get(&Key::Int(3)).await?.as_deref(), Some(&b"v2-3"[..]));
+//! assert_eq!(reader.get(&Key::Int(999)).await?, None);
+//!
+//! // Grouped by shard, read concurrently, returned in input order.
+//! let values = reader.multi_get(&[Key::Int(0), Key::Int(42), Key::Int(1)]).await?;
+//! assert_eq!(values[0].as_deref(), Some(&b"v2-0"[..]));
+//! assert_eq!(values[1], None);
+//!
+//! assert_eq!(reader.info().run_id.as_str(), "goldenrun0005");
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod admin;
+mod block_cache;
+mod checksum;
+pub mod cli;
+pub mod duration;
+mod error;
+mod overlay;
+mod reader;
+mod settings;
+mod shard;
+mod snapshot;
+mod stats;
+
+pub use admin::{Admin, AdminBuilder, CleanupOptions, CleanupReport, Removal, RemovalReason, Rollback, RollbackTarget};
+pub use checksum::{FILE_ALGORITHM, KV_ALGORITHM};
+pub use error::{Error, Result};
+pub use reader::{
+    Health, HealthStatus, Reader, ReaderBuilder, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, SnapshotInfo,
+};
+pub use settings::{Pin, ReaderSettings, SqliteMode};
+pub use snapshot::RoutingContext;
+pub use stats::ReaderStats;
+
+/// Re-exported so callers can build routing contexts without naming `sf-router`.
+pub use sf_router::ContextValue;

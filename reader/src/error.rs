@@ -1,0 +1,171 @@
+//! The reader's one error type, with the coarse [`ErrorKind`] shared with
+//! `sf-manifest`, which retries and exit codes branch on.
+
+use sf_manifest::{DbId, ErrorKind};
+
+/// Errors of the reader, the admin operations and the CLI.
+///
+/// Every variant names the object it is about (the `_CURRENT` URL, the
+/// manifest ref, the shard's id and URL); none carries credentials.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting or argument is not valid.
+    #[error("invalid {field}: {reason}")]
+    Config { field: String, reason: String },
+
+    /// Nothing was ever published under the prefix.
+    #[error("no _CURRENT at {location}: nothing has been published under this prefix")]
+    NoCurrent { location: String },
+
+    /// `_CURRENT` (or a pin) names a manifest that is not there.
+    #[error("manifest {manifest_ref} (named by {named_by}) does not exist")]
+    ManifestMissing { manifest_ref: String, named_by: String },
+
+    /// A pin or rollback target is not in the prefix's history.
+    #[error("{what} is not in the history of {location}")]
+    NotInHistory { what: String, location: String },
+
+    /// The snapshot format layer failed (a corrupt or unsupported manifest
+    /// or `_CURRENT`, storage errors, a lost compare-and-swap).
+    #[error(transparent)]
+    Manifest(#[from] sf_manifest::Error),
+
+    /// A key or routing context could not be routed or encoded.
+    #[error(transparent)]
+    Routing(#[from] sf_router::Error),
+
+    /// A shard could not be opened.
+    #[error("shard {db_id} at {url}: {reason}")]
+    ShardOpen {
+        db_id: DbId,
+        url: String,
+        reason: String,
+        retryable: bool,
+    },
+
+    /// A shard's content does not have the checksum the manifest records.
+    #[error("shard {db_id} at {url} is damaged: the manifest records checksum {expected}, its content has {found}")]
+    ChecksumMismatch {
+        db_id: DbId,
+        url: String,
+        expected: String,
+        found: String,
+    },
+
+    /// A lookup in an open shard failed.
+    #[error("reading shard {db_id} at {url}: {reason}")]
+    ShardRead {
+        db_id: DbId,
+        url: String,
+        reason: String,
+        retryable: bool,
+    },
+
+    /// Local I/O failed (the shard cache).
+    #[error("local I/O on {path} while {context}: {source}")]
+    Io {
+        context: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The reader was closed.
+    #[error("the reader of {location} is closed")]
+    Closed { location: String },
+
+    /// An invariant broken inside ShardForge.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The coarse class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config { .. } => ErrorKind::Config,
+            Error::NoCurrent { .. }
+            | Error::ManifestMissing { .. }
+            | Error::NotInHistory { .. }
+            | Error::ChecksumMismatch { .. } => ErrorKind::Data,
+            Error::Manifest(e) => e.kind(),
+            Error::Routing(e) => e.kind(),
+            Error::ShardOpen { retryable, .. } | Error::ShardRead { retryable, .. } => {
+                if *retryable {
+                    ErrorKind::Unavailable
+                } else {
+                    ErrorKind::Data
+                }
+            }
+            Error::Io { .. } => ErrorKind::Unavailable,
+            Error::Closed { .. } => ErrorKind::Config,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether trying the same operation again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.kind() == ErrorKind::Unavailable
+    }
+
+    /// Shorthand for [`Error::Config`].
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(context: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io {
+            context,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Whether an object-store error may go away on retry (network, throttling,
+/// server errors) rather than being a fact (missing object, bad path).
+pub(crate) fn store_error_is_transient(e: &object_store::Error) -> bool {
+    !matches!(
+        e,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented
+            | object_store::Error::UnknownConfigurationKey { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_drive_retries() {
+        let open = |retryable| Error::ShardOpen {
+            db_id: DbId(3),
+            url: "s3://b/p/shards/run_id=r/db=00003/attempt=00".into(),
+            reason: "x".into(),
+            retryable,
+        };
+        assert!(open(true).is_retryable());
+        assert!(!open(false).is_retryable());
+        assert_eq!(open(false).kind(), ErrorKind::Data);
+        assert!(open(false).to_string().contains("shard 3 at s3://b/p/"));
+        assert_eq!(Error::config("x", "y").kind(), ErrorKind::Config);
+        let m = Error::from(sf_manifest::Error::NotFound {
+            what: "manifest",
+            location: "s3://b/m".into(),
+        });
+        assert_eq!(m.kind(), ErrorKind::Data);
+        assert_eq!(m.to_string(), "manifest not found at s3://b/m");
+    }
+}

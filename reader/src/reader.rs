@@ -1,0 +1,766 @@
+//! The [`Reader`]: serves `get` and `multi_get` from the snapshot
+//! `_CURRENT` (or a pin) names, and swaps to new snapshots on refresh.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use serde::Serialize;
+use sf_manifest::{
+    CelType, DbId, HashAlgorithm, HistoryEntry, Key, KeyEncoding, Location, ManifestStore, ObjectManifestStore, RunId,
+    ShardingStrategy, StorageOptions, Timestamp,
+};
+use sf_router::ContextValue;
+
+use crate::error::{Error, Result};
+use crate::settings::{Pin, ReaderSettings};
+use crate::shard::ShardEnv;
+use crate::snapshot::{RoutingContext, Snapshot};
+use crate::stats::{Counters, ReaderStats, bump};
+
+/// A key's position in a `multi_get` and its encoded bytes.
+type SlotKey = (usize, Vec<u8>);
+
+/// Splits a `--current-url` into the prefix URL: the URL of `_CURRENT`
+/// itself or of its folder are both accepted.
+pub(crate) fn prefix_of(current_url: &str) -> &str {
+    let t = current_url.trim_end_matches('/');
+    t.strip_suffix(sf_manifest::layout::CURRENT)
+        .map(|p| p.trim_end_matches('/'))
+        .filter(|p| !p.is_empty() && !p.ends_with(':'))
+        .unwrap_or(t)
+}
+
+/// Resolves the prefix location, with `store` replacing the resolved one.
+pub(crate) fn prefix_location(
+    current_url: &str,
+    options: &StorageOptions,
+    store: Option<Arc<dyn ObjectStore>>,
+) -> Result<Location> {
+    let mut location = sf_manifest::resolve(prefix_of(current_url), options)?;
+    if let Some(s) = store {
+        location.store = s;
+    }
+    Ok(location)
+}
+
+/// Builds a [`Reader`]; see [`Reader::builder`].
+#[must_use]
+pub struct ReaderBuilder {
+    current_url: String,
+    settings: ReaderSettings,
+    options: StorageOptions,
+    store: Option<Arc<dyn ObjectStore>>,
+}
+
+impl std::fmt::Debug for ReaderBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaderBuilder")
+            .field("current_url", &self.current_url)
+            .field("settings", &self.settings)
+            .field("options", &self.options)
+            .field("store", &self.store.as_ref().map(|s| s.to_string()))
+            .finish()
+    }
+}
+
+impl ReaderBuilder {
+    /// Replaces all settings.
+    pub fn with_settings(mut self, settings: ReaderSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Storage options for URLs the reader resolves (`aws_endpoint`, ...);
+    /// the `AWS_*`/`GOOGLE_*`/`AZURE_*` environment applies too.
+    pub fn with_storage_options(mut self, options: StorageOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// An object store to read the prefix (and the shards under it)
+    /// through, instead of one resolved from the URL.
+    pub fn with_object_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Reads `_CURRENT` (or the pin) and the manifest, and starts the
+    /// background refresh if one is set. Opens no shard. Must run inside
+    /// a tokio runtime, which the reader then uses for its background work.
+    pub async fn build(self) -> Result<Reader> {
+        self.settings.validate()?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::config("runtime", "a Reader must be built inside a tokio runtime"))?;
+        let location = prefix_location(&self.current_url, &self.options, self.store)?;
+        let store = ObjectManifestStore::new(location);
+        let counters = Arc::new(Counters::default());
+        let env = Arc::new(ShardEnv::new(
+            self.settings.clone(),
+            Arc::clone(&counters),
+            runtime.clone(),
+        )?);
+        let current_url = sf_manifest::layout::join_url(store.prefix_url(), sf_manifest::layout::CURRENT);
+        let snapshot = initial_snapshot(&store, &self.settings.pin, &current_url).await?;
+        let inner = Arc::new(Inner {
+            current_url,
+            store,
+            settings: self.settings,
+            env,
+            counters,
+            served: RwLock::new(Arc::new(snapshot)),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            status: Mutex::new(RefreshStatus::default()),
+            closed: AtomicBool::new(false),
+        });
+        let refresher = inner.settings.refresh_interval.map(|interval| {
+            let task = runtime.spawn(refresh_loop(
+                Arc::downgrade(&inner),
+                interval,
+                inner.settings.refresh_max_backoff,
+            ));
+            Arc::new(AbortOnDrop(task))
+        });
+        Ok(Reader { inner, refresher })
+    }
+}
+
+async fn initial_snapshot(store: &ObjectManifestStore, pin: &Pin, current_url: &str) -> Result<Snapshot> {
+    match pin {
+        Pin::Current => {
+            let state = store.load_current().await?.ok_or_else(|| Error::NoCurrent {
+                location: current_url.to_string(),
+            })?;
+            let manifest_ref = state.pointer.manifest_ref.clone();
+            Snapshot::load(store, &manifest_ref, Some(state.pointer), current_url).await
+        }
+        Pin::Ref(r) => {
+            let url = if r.contains("://") {
+                r.clone()
+            } else {
+                sf_manifest::layout::join_url(store.prefix_url(), r)
+            };
+            Snapshot::load(store, &url, None, "the pinned ref").await
+        }
+        Pin::Offset(n) => {
+            let history = store.history().await?;
+            let entry = history.get(*n).ok_or_else(|| Error::NotInHistory {
+                what: format!("offset {n} (the history holds {} manifests)", history.len()),
+                location: store.prefix_url().to_string(),
+            })?;
+            Snapshot::load(store, &entry.manifest_ref, None, &format!("history offset {n}")).await
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Inner {
+    current_url: String,
+    store: ObjectManifestStore,
+    settings: ReaderSettings,
+    env: Arc<ShardEnv>,
+    counters: Arc<Counters>,
+    /// The served snapshot. Readers clone the Arc and let go of the lock
+    /// at once; a swap replaces the Arc, and the old snapshot (with its
+    /// open shards) lives until its last in-flight read finishes.
+    served: RwLock<Arc<Snapshot>>,
+    /// Serialises refreshes (manual and background).
+    refresh_lock: tokio::sync::Mutex<()>,
+    status: Mutex<RefreshStatus>,
+    closed: AtomicBool,
+}
+
+/// An online reader of one snapshot prefix.
+///
+/// `Send + Sync` and cheap to clone: clones share the snapshot, the open
+/// shards, the caches and the background refresh (which stops when the
+/// last clone is dropped or [`close`](Self::close) is called).
+///
+/// Every `get`/`multi_get` reads one snapshot from start to end: a
+/// refresh swaps the snapshot for later calls while calls in flight finish
+/// on the one they started with.
+#[derive(Clone)]
+pub struct Reader {
+    inner: Arc<Inner>,
+    refresher: Option<Arc<AbortOnDrop>>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("current_url", &self.inner.current_url)
+            .field("manifest_ref", &self.snapshot().manifest_ref)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Reader::refresh`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RefreshOutcome {
+    /// `_CURRENT` still names the served manifest.
+    Unchanged {
+        /// The served manifest.
+        manifest_ref: String,
+    },
+    /// The reader now serves another manifest.
+    Swapped {
+        /// The manifest served before.
+        from: String,
+        /// The manifest served now.
+        to: String,
+    },
+    /// The reader is pinned to a manifest; refresh does nothing.
+    Pinned {
+        /// The pinned manifest.
+        manifest_ref: String,
+    },
+}
+
+/// How refreshes have gone; see [`Reader::refresh_status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RefreshStatus {
+    /// When the last refresh started.
+    pub last_attempt: Option<Timestamp>,
+    /// When a refresh last succeeded.
+    pub last_success: Option<Timestamp>,
+    /// Why the last refresh failed, if it did (cleared by a success).
+    pub last_error: Option<String>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+}
+
+/// The served snapshot; see [`Reader::info`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    /// The run that built it.
+    pub run_id: RunId,
+    /// Number of shards.
+    pub num_dbs: u32,
+    /// Hash or CEL.
+    pub sharding: ShardingStrategy,
+    /// When it was built (the manifest's `created_at`).
+    pub created_at: Timestamp,
+    /// The manifest, as `_CURRENT` (or the pin) names it.
+    pub manifest_ref: String,
+    /// Rows over all shards.
+    pub row_count: u64,
+    /// How keys are stored.
+    pub key_encoding: KeyEncoding,
+    /// Hash algorithm of the routing.
+    pub hash_algorithm: HashAlgorithm,
+    /// Rows in the manifest's `shards` table (non-empty shards).
+    pub shards_in_manifest: usize,
+    /// Shards opened so far.
+    pub shards_open: usize,
+    /// When `_CURRENT` was last written (`None` when pinned).
+    pub published_at: Option<Timestamp>,
+    /// When this reader loaded it.
+    pub loaded_at: Timestamp,
+    /// Whether the reader is pinned (refresh does not move it).
+    pub pinned: bool,
+}
+
+/// One shard of the served snapshot; see [`Reader::shards`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShardInfo {
+    /// The shard.
+    pub db_id: DbId,
+    /// Rows stored.
+    pub row_count: u64,
+    /// Smallest key.
+    #[serde(serialize_with = "key_json")]
+    pub min_key: Option<Key>,
+    /// Largest key.
+    #[serde(serialize_with = "key_json")]
+    pub max_key: Option<Key>,
+    /// `db_url` as the manifest stores it.
+    pub db_url: Option<String>,
+    /// Where it is read from (rebased under the prefix).
+    pub resolved_url: Option<String>,
+    /// The winning attempt.
+    pub attempt: u32,
+    /// Size of the SQLite file (0 for SlateDB).
+    pub db_bytes: u64,
+    /// Content identity.
+    pub checkpoint_id: Option<String>,
+    /// Content checksum, when the writer recorded one.
+    pub checksum: Option<String>,
+    /// `sqlite-download`, `sqlite-range` or `slatedb` once opened.
+    pub opened_as: Option<&'static str>,
+}
+
+fn key_json<S: serde::Serializer>(k: &Option<Key>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    // As the manifest stores key bounds: numbers, text, `hex:` for bytes.
+    match k {
+        Some(k) => serde::Serialize::serialize(&k.to_json(), s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Where a key lives; see [`Reader::route`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteInfo {
+    /// The shard, or `None` for an unknown categorical token (a miss).
+    pub db_id: Option<DbId>,
+    /// Its attempt folder, when the shard is in the manifest.
+    pub db_url: Option<String>,
+}
+
+/// Healthy or stale; see [`Reader::health`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// The served snapshot is younger than the threshold.
+    Healthy,
+    /// The served snapshot is older than the threshold.
+    Stale,
+}
+
+/// See [`Reader::health`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    /// Healthy or stale.
+    pub status: HealthStatus,
+    /// The served manifest.
+    pub manifest_ref: String,
+    /// Its run.
+    pub run_id: RunId,
+    /// Time since the snapshot was built (its `created_at`), in seconds.
+    pub snapshot_age_seconds: f64,
+    /// The threshold, in seconds.
+    pub max_age_seconds: f64,
+    /// Shards in the manifest.
+    pub num_shards: usize,
+    /// Whether [`Reader::close`] was called.
+    pub is_closed: bool,
+    /// How refreshes have gone.
+    pub refresh: RefreshStatus,
+}
+
+impl Reader {
+    /// A builder for a reader of the snapshot at `current_url`: the URL of
+    /// `_CURRENT` (`s3://bucket/prefix/_CURRENT`) or of its prefix.
+    pub fn builder(current_url: impl Into<String>) -> ReaderBuilder {
+        ReaderBuilder {
+            current_url: current_url.into(),
+            settings: ReaderSettings::default(),
+            options: StorageOptions::new(),
+            store: None,
+        }
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(
+            &self
+                .inner
+                .served
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(Error::Closed {
+                location: self.inner.store.prefix_url().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The value of `key`, or `None` when the snapshot does not hold it.
+    pub async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+        self.lookup(key, None).await
+    }
+
+    /// Like [`get`](Self::get), for snapshots routed by CEL over columns
+    /// other than the key: `context` holds those columns' values. An
+    /// unknown categorical token is a miss.
+    pub async fn get_with_context(&self, key: &Key, context: &RoutingContext) -> Result<Option<Bytes>> {
+        self.lookup(key, Some(context)).await
+    }
+
+    async fn lookup(&self, key: &Key, context: Option<&RoutingContext>) -> Result<Option<Bytes>> {
+        self.check_open()?;
+        let snap = self.snapshot();
+        // Encoding first: a key of the wrong type fails before any I/O.
+        let encoded = snap.router.encode_key(key)?;
+        let Some(db) = snap.route(key, context)? else {
+            return Ok(None);
+        };
+        match snap.shard(&self.inner.env, db).await? {
+            None => Ok(None),
+            Some(shard) => shard.get(&encoded).await,
+        }
+    }
+
+    /// Values of many keys, in input order. Keys are grouped by shard;
+    /// shards are read concurrently (up to `max_concurrency`), all from one
+    /// snapshot.
+    pub async fn multi_get(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        self.multi_lookup(keys.iter().map(|k| (k, None))).await
+    }
+
+    /// [`multi_get`](Self::multi_get) with a routing context per key.
+    pub async fn multi_get_with_context(&self, items: &[(Key, RoutingContext)]) -> Result<Vec<Option<Bytes>>> {
+        self.multi_lookup(items.iter().map(|(k, c)| (k, Some(c)))).await
+    }
+
+    async fn multi_lookup<'a>(
+        &self,
+        items: impl ExactSizeIterator<Item = (&'a Key, Option<&'a RoutingContext>)>,
+    ) -> Result<Vec<Option<Bytes>>> {
+        self.check_open()?;
+        let snap = self.snapshot();
+        let n = items.len();
+        let mut routed: Vec<(DbId, usize, Vec<u8>)> = Vec::with_capacity(n);
+        for (slot, (key, ctx)) in items.enumerate() {
+            let encoded = snap.router.encode_key(key)?;
+            if let Some(db) = snap.route(key, ctx)? {
+                routed.push((db, slot, encoded));
+            }
+        }
+        // By shard, then by key: each shard's lookups walk its B-tree in
+        // order, which keeps the pages they share hot.
+        routed.sort_unstable_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
+        let mut groups: Vec<(DbId, Vec<SlotKey>)> = Vec::new();
+        for (db, slot, key) in routed {
+            match groups.last_mut() {
+                Some((d, g)) if *d == db => g.push((slot, key)),
+                _ => groups.push((db, vec![(slot, key)])),
+            }
+        }
+        let mut out: Vec<Option<Bytes>> = vec![None; n];
+        let env = &self.inner.env;
+        let snap_ref = &snap;
+        let mut results = futures::stream::iter(groups)
+            .map(|(db, keys)| async move {
+                match snap_ref.shard(env, db).await? {
+                    None => Ok(Vec::new()),
+                    Some(shard) => shard.get_many(keys).await,
+                }
+            })
+            .buffer_unordered(self.inner.settings.max_concurrency);
+        while let Some(values) = results.try_next().await? {
+            for (slot, v) in values {
+                out[slot] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where `key` lives in the served snapshot.
+    pub fn route(&self, key: &Key, context: Option<&RoutingContext>) -> Result<RouteInfo> {
+        let snap = self.snapshot();
+        snap.router.encode_key(key)?;
+        let db_id = snap.route(key, context)?;
+        Ok(RouteInfo {
+            db_id,
+            db_url: db_id.and_then(|d| snap.shard_url(d)).map(str::to_string),
+        })
+    }
+
+    /// Parses a key as typed on a command line, by the snapshot's key
+    /// encoding (integers for `u64be`/`u32be`, text for `utf8`, text or
+    /// `hex:<hex>` for `raw`).
+    pub fn parse_key(&self, text: &str) -> Result<Key> {
+        Ok(sf_router::parse_key(text, self.key_encoding())?)
+    }
+
+    /// Parses `column=value` pairs into a routing context, typing each value
+    /// by the snapshot's CEL columns.
+    pub fn parse_context<'a>(&self, pairs: impl IntoIterator<Item = &'a str>) -> Result<RoutingContext> {
+        let snap = self.snapshot();
+        let columns = snap.manifest.build.sharding.cel_columns.clone().unwrap_or_default();
+        let mut ctx = RoutingContext::new();
+        for pair in pairs {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| Error::config("routing context", format!("{pair:?} is not column=value")))?;
+            let ty: CelType = *columns.get(name).ok_or_else(|| {
+                Error::config(
+                    "routing context",
+                    format!(
+                        "{name:?} is not a routing column of this snapshot (its columns: {})",
+                        if columns.is_empty() {
+                            "none, it routes by hash".to_string()
+                        } else {
+                            columns.keys().cloned().collect::<Vec<_>>().join(", ")
+                        }
+                    ),
+                )
+            })?;
+            ctx.insert(name.to_string(), ContextValue::parse(ty, value)?);
+        }
+        Ok(ctx)
+    }
+
+    /// Key encoding of the served snapshot.
+    pub fn key_encoding(&self) -> KeyEncoding {
+        self.snapshot().manifest.build.key_encoding
+    }
+
+    /// Whether lookups need a routing context (CEL over non-key columns).
+    pub fn needs_context(&self) -> bool {
+        self.snapshot().router.needs_context()
+    }
+
+    /// The served snapshot.
+    pub fn info(&self) -> SnapshotInfo {
+        let snap = self.snapshot();
+        let b = &snap.manifest.build;
+        SnapshotInfo {
+            run_id: b.run_id.clone(),
+            num_dbs: b.num_dbs,
+            sharding: b.sharding.strategy,
+            created_at: b.created_at,
+            manifest_ref: snap.manifest_ref.clone(),
+            row_count: snap.row_count,
+            key_encoding: b.key_encoding,
+            hash_algorithm: b.sharding.hash_algorithm,
+            shards_in_manifest: snap.manifest.shards.len(),
+            shards_open: snap.open_count(),
+            published_at: snap.pointer.as_ref().map(|p| p.updated_at),
+            loaded_at: snap.loaded_at,
+            pinned: self.inner.settings.pin != Pin::Current,
+        }
+    }
+
+    /// The shards of the served snapshot, by db_id (empty shards, which the
+    /// manifest leaves out, are not listed).
+    pub fn shards(&self) -> Vec<ShardInfo> {
+        let snap = self.snapshot();
+        snap.manifest
+            .shards
+            .iter()
+            .map(|r| ShardInfo {
+                db_id: r.db_id,
+                row_count: r.row_count,
+                min_key: r.min_key.clone(),
+                max_key: r.max_key.clone(),
+                db_url: r.db_url.clone(),
+                resolved_url: snap.shard_url(r.db_id).map(str::to_string),
+                attempt: r.attempt.0,
+                db_bytes: r.db_bytes,
+                checkpoint_id: r.checkpoint_id.clone(),
+                checksum: r.writer_info.checksum().map(str::to_string),
+                opened_as: snap.open_backend(r.db_id),
+            })
+            .collect()
+    }
+
+    /// The prefix's manifests, newest first.
+    pub async fn history(&self) -> Result<Vec<HistoryEntry>> {
+        Ok(self.inner.store.history().await?)
+    }
+
+    /// Whether the served snapshot is younger than `max_age` (by its
+    /// manifest's `created_at`), with what the last refreshes did.
+    pub fn health(&self, max_age: Duration) -> Health {
+        let snap = self.snapshot();
+        let created = snap.manifest.build.created_at.as_micros();
+        let now = Timestamp::now().as_micros();
+        let age = (now - created).max(0) as f64 / 1e6;
+        Health {
+            status: if age <= max_age.as_secs_f64() {
+                HealthStatus::Healthy
+            } else {
+                HealthStatus::Stale
+            },
+            manifest_ref: snap.manifest_ref.clone(),
+            run_id: snap.manifest.build.run_id.clone(),
+            snapshot_age_seconds: age,
+            max_age_seconds: max_age.as_secs_f64(),
+            num_shards: snap.manifest.shards.len(),
+            is_closed: self.inner.closed.load(Ordering::Relaxed),
+            refresh: self.refresh_status(),
+        }
+    }
+
+    /// How refreshes have gone.
+    pub fn refresh_status(&self) -> RefreshStatus {
+        self.inner
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// What the reader has done so far.
+    pub fn stats(&self) -> ReaderStats {
+        let mut s = self.inner.counters.snapshot();
+        s.block_cache_bytes = self.inner.env.blocks.used_bytes();
+        s
+    }
+
+    /// URL of the prefix's `_CURRENT`.
+    pub fn current_url(&self) -> &str {
+        &self.inner.current_url
+    }
+
+    /// Reads `_CURRENT`; if it names another manifest, loads that snapshot,
+    /// opens the shards the served one has open (unchanged shards carry
+    /// over as they are), and only then swaps. On any failure the served
+    /// snapshot stays, and the error is returned and recorded in
+    /// [`refresh_status`](Self::refresh_status).
+    pub async fn refresh(&self) -> Result<RefreshOutcome> {
+        self.check_open()?;
+        let _serial = self.inner.refresh_lock.lock().await;
+        bump(&self.inner.counters.refreshes, 1);
+        let started = Timestamp::now();
+        let result = self.try_refresh().await;
+        let mut status = self
+            .inner
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        status.last_attempt = Some(started);
+        match &result {
+            Ok(_) => {
+                status.last_success = Some(started);
+                status.last_error = None;
+                status.consecutive_failures = 0;
+            }
+            Err(e) => {
+                bump(&self.inner.counters.refresh_failures, 1);
+                status.last_error = Some(e.to_string());
+                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+                tracing::warn!(prefix = %self.inner.store.prefix_url(), error = %e, "refresh failed; still serving the previous snapshot");
+            }
+        }
+        result
+    }
+
+    async fn try_refresh(&self) -> Result<RefreshOutcome> {
+        let old = self.snapshot();
+        if self.inner.settings.pin != Pin::Current {
+            return Ok(RefreshOutcome::Pinned {
+                manifest_ref: old.manifest_ref.clone(),
+            });
+        }
+        let state = self.inner.store.load_current().await?.ok_or_else(|| Error::NoCurrent {
+            location: self.inner.current_url.clone(),
+        })?;
+        if state.pointer.manifest_ref == old.manifest_ref {
+            return Ok(RefreshOutcome::Unchanged {
+                manifest_ref: old.manifest_ref.clone(),
+            });
+        }
+        let manifest_ref = state.pointer.manifest_ref.clone();
+        let next = Snapshot::load(
+            &self.inner.store,
+            &manifest_ref,
+            Some(state.pointer),
+            &self.inner.current_url,
+        )
+        .await?;
+        let to_warm = next.adopt(&old);
+        let env = &self.inner.env;
+        let next_ref = &next;
+        futures::stream::iter(to_warm)
+            .map(|db| async move { next_ref.shard(env, db).await.map(|_| ()) })
+            .buffer_unordered(self.inner.settings.max_concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let from = old.manifest_ref.clone();
+        *self
+            .inner
+            .served
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        bump(&self.inner.counters.swaps, 1);
+        tracing::info!(prefix = %self.inner.store.prefix_url(), %from, to = %manifest_ref, "swapped to a new snapshot");
+        Ok(RefreshOutcome::Swapped { from, to: manifest_ref })
+    }
+
+    /// Stops the background refresh and refuses further reads (reads in
+    /// flight finish). Shards are closed when the last clone of the reader
+    /// is dropped.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        if let Some(r) = &self.refresher {
+            r.0.abort();
+        }
+    }
+}
+
+/// The background refresh: polls every `interval`; after a failure retries
+/// sooner (from 1 s, doubling up to `max_backoff`). It never gives up, and
+/// a panic in one round is caught and counted as a failure. It stops when
+/// the reader is dropped or closed.
+async fn refresh_loop(inner: Weak<Inner>, interval: Duration, max_backoff: Duration) {
+    let mut failures: u32 = 0;
+    loop {
+        let delay = if failures == 0 {
+            interval
+        } else {
+            let base = interval.min(Duration::from_secs(1));
+            let backoff = base.saturating_mul(2u32.saturating_pow(failures - 1)).min(max_backoff);
+            jitter(backoff)
+        };
+        tokio::time::sleep(delay).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let reader = Reader { inner, refresher: None };
+        let round = std::panic::AssertUnwindSafe(reader.refresh()).catch_unwind().await;
+        failures = match round {
+            Ok(Ok(_)) => 0,
+            Ok(Err(_)) => failures.saturating_add(1),
+            Err(_) => {
+                tracing::error!(prefix = %reader.inner.store.prefix_url(), "a background refresh panicked; retrying");
+                bump(&reader.inner.counters.refresh_failures, 1);
+                failures.saturating_add(1)
+            }
+        };
+    }
+}
+
+/// ±10%, so that many readers that failed together do not retry together.
+fn jitter(d: Duration) -> Duration {
+    let r = (uuid::Uuid::new_v4().as_u128() % 2001) as f64 / 10_000.0 - 0.1;
+    d.mul_f64(1.0 + r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_urls_name_the_prefix() {
+        assert_eq!(prefix_of("s3://b/p/_CURRENT"), "s3://b/p");
+        assert_eq!(prefix_of("s3://b/p/"), "s3://b/p");
+        assert_eq!(prefix_of("s3://b/p"), "s3://b/p");
+        assert_eq!(prefix_of("/data/snap/_CURRENT"), "/data/snap");
+        assert_eq!(prefix_of("file:///data/snap/_CURRENT"), "file:///data/snap");
+    }
+
+    #[test]
+    fn reader_is_send_sync_and_cheap_to_clone() {
+        fn send_sync<T: Send + Sync + Clone + 'static>() {}
+        send_sync::<Reader>();
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(10)).as_secs_f64();
+            assert!((9.0..=11.0).contains(&j), "{j}");
+        }
+    }
+}

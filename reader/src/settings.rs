@@ -1,0 +1,229 @@
+//! The reader's settings: serialisable knobs with defaults, kept apart from
+//! its components (the object store), which come in through the builder.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How SQLite shards are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteMode {
+    /// Fetch the whole file once into the local cache, then read it locally.
+    /// Fastest per lookup (microseconds); costs disk and one full download.
+    Download,
+    /// Read pages with ranged GETs through a SQLite VFS and a shared block
+    /// cache, without downloading the file. A cold lookup costs a few
+    /// round trips; suits shards too large to copy or rarely read.
+    Range,
+    /// `range` for shards larger than
+    /// [`ReaderSettings::auto_range_threshold_bytes`], `download` otherwise.
+    #[default]
+    Auto,
+}
+
+impl SqliteMode {
+    /// The name used in settings and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqliteMode::Download => "download",
+            SqliteMode::Range => "range",
+            SqliteMode::Auto => "auto",
+        }
+    }
+}
+
+impl std::str::FromStr for SqliteMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "download" => Ok(SqliteMode::Download),
+            "range" => Ok(SqliteMode::Range),
+            "auto" => Ok(SqliteMode::Auto),
+            other => Err(Error::config(
+                "sqlite_mode",
+                format!("{other:?}; expected download, range or auto"),
+            )),
+        }
+    }
+}
+
+/// Which manifest a reader serves.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pin {
+    /// Whatever `_CURRENT` points at; refresh follows it.
+    #[default]
+    Current,
+    /// This manifest: its full URL, or its key relative to the prefix
+    /// (`manifests/<ts>_run_id=R/manifest`). Refresh keeps it.
+    Ref(String),
+    /// The manifest at this offset of the history (0 is the newest),
+    /// resolved once when the reader is built. Refresh keeps it.
+    Offset(usize),
+}
+
+/// Knobs of a [`Reader`](crate::Reader). Every field has a default; see
+/// each for the trade-off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReaderSettings {
+    /// Folder of downloaded SQLite shards, shared by every reader and
+    /// process on the host (files are named by content and written by
+    /// atomic rename). Default: `<temp dir>/shardforge-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// How often a background task polls `_CURRENT` and swaps to a new
+    /// snapshot. `None` (the default): only [`Reader::refresh`](crate::Reader::refresh).
+    #[serde(with = "crate::duration::option_serde")]
+    pub refresh_interval: Option<Duration>,
+    /// Ceiling of a failed background refresh's exponential backoff.
+    /// Default 5 minutes.
+    #[serde(with = "crate::duration::serde")]
+    pub refresh_max_backoff: Duration,
+    /// Shards a `multi_get` reads at once, and remote reads (range mode,
+    /// SlateDB) in flight across the reader. Default 16.
+    pub max_concurrency: usize,
+    /// Download, range or auto. Default auto.
+    pub sqlite_mode: SqliteMode,
+    /// In auto mode, shards above this size (the manifest's `db_bytes`)
+    /// are read by range. Default 256 MiB.
+    pub auto_range_threshold_bytes: u64,
+    /// Size of one ranged GET in range mode (a power of two, at least the
+    /// 4 KiB page). Bigger blocks mean fewer round trips and more bytes per
+    /// miss. Default 64 KiB.
+    pub range_block_bytes: u64,
+    /// Memory of the block cache shared by all range-mode shards.
+    /// Default 64 MiB.
+    pub page_cache_bytes: u64,
+    /// Which manifest to serve. Default: `_CURRENT`.
+    pub pin: Pin,
+    /// Verify a shard's checksum (when the manifest records one) on first
+    /// open: hashing the downloaded file, or streaming the object once in
+    /// range mode, or scanning a SlateDB shard. Default true.
+    pub verify_checksums: bool,
+    /// Idle SQLite connections kept per open shard; more are opened when
+    /// more callers read one shard at once. Default 8.
+    pub max_idle_connections_per_shard: usize,
+}
+
+impl Default for ReaderSettings {
+    fn default() -> Self {
+        ReaderSettings {
+            cache_dir: None,
+            refresh_interval: None,
+            refresh_max_backoff: Duration::from_secs(300),
+            max_concurrency: 16,
+            sqlite_mode: SqliteMode::Auto,
+            auto_range_threshold_bytes: 256 * 1024 * 1024,
+            range_block_bytes: 64 * 1024,
+            page_cache_bytes: 64 * 1024 * 1024,
+            pin: Pin::Current,
+            verify_checksums: true,
+            max_idle_connections_per_shard: 8,
+        }
+    }
+}
+
+impl ReaderSettings {
+    /// The cache folder these settings name (or the default).
+    pub fn effective_cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("shardforge-cache"))
+    }
+
+    /// Checks the settings make sense together.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_concurrency == 0 {
+            return Err(Error::config("max_concurrency", "must be at least 1"));
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&self.range_block_bytes) || !self.range_block_bytes.is_power_of_two() {
+            return Err(Error::config(
+                "range_block_bytes",
+                format!(
+                    "{} is not a power of two between 4096 and 16777216",
+                    self.range_block_bytes
+                ),
+            ));
+        }
+        if self.page_cache_bytes < self.range_block_bytes {
+            return Err(Error::config(
+                "page_cache_bytes",
+                format!(
+                    "{} cannot hold one block of range_block_bytes {}",
+                    self.page_cache_bytes, self.range_block_bytes
+                ),
+            ));
+        }
+        if let Some(i) = self.refresh_interval
+            && i < Duration::from_millis(10)
+        {
+            return Err(Error::config(
+                "refresh_interval",
+                format!("{i:?} is below the 10 ms minimum"),
+            ));
+        }
+        if self.refresh_max_backoff.is_zero() {
+            return Err(Error::config("refresh_max_backoff", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let s = ReaderSettings::default();
+        s.validate().expect("defaults");
+        let json = serde_json::to_string(&s).expect("serialise");
+        assert!(json.contains("\"refresh_max_backoff\":\"5m\""), "{json}");
+        let back: ReaderSettings = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, s);
+        let partial: ReaderSettings =
+            serde_json::from_str(r#"{"sqlite_mode": "range", "refresh_interval": "30s", "pin": {"offset": 1}}"#)
+                .expect("partial");
+        assert_eq!(partial.sqlite_mode, SqliteMode::Range);
+        assert_eq!(partial.refresh_interval, Some(Duration::from_secs(30)));
+        assert_eq!(partial.pin, Pin::Offset(1));
+        assert!(serde_json::from_str::<ReaderSettings>(r#"{"bogus": 1}"#).is_err());
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let bad = [
+            ReaderSettings {
+                max_concurrency: 0,
+                ..Default::default()
+            },
+            ReaderSettings {
+                range_block_bytes: 5000,
+                ..Default::default()
+            },
+            ReaderSettings {
+                page_cache_bytes: 1,
+                ..Default::default()
+            },
+            ReaderSettings {
+                refresh_interval: Some(Duration::from_millis(1)),
+                ..Default::default()
+            },
+        ];
+        for (s, field) in bad.iter().zip([
+            "max_concurrency",
+            "range_block_bytes",
+            "page_cache_bytes",
+            "refresh_interval",
+        ]) {
+            let e = s.validate().expect_err(field).to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        assert_eq!("range".parse::<SqliteMode>().expect("mode"), SqliteMode::Range);
+        assert!("fast".parse::<SqliteMode>().is_err());
+    }
+}

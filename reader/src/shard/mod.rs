@@ -1,0 +1,425 @@
+//! Opening shards and reading from them.
+//!
+//! A shard row's `db_url` names an attempt folder. Which backend wrote it is
+//! not recorded in the manifest, so the first open probes: a `shard.db`
+//! object means SQLite, a `manifest/` folder SlateDB. The manifest's
+//! `db_bytes` (0 for SlateDB, the file size for SQLite) decides which to
+//! try first, so a normal open costs no extra request.
+
+pub(crate) mod download;
+pub(crate) mod remote_file;
+pub(crate) mod slate;
+pub(crate) mod sqlite;
+mod vfs;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sf_manifest::{DbId, Location, ShardRow};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::block_cache::BlockCache;
+use crate::checksum::{Coverage, Recorded, file_checksum};
+use crate::error::{Error, Result, store_error_is_transient};
+use crate::settings::{ReaderSettings, SqliteMode};
+use crate::stats::{Counters, bump};
+
+use remote_file::RemoteFile;
+use slate::SlateShard;
+use sqlite::{ConnPool, Source};
+
+/// Multi-gets on a downloaded shard with at least this many keys run on
+/// the blocking pool, so that several shards' lookups use several cores;
+/// smaller ones run inline (a hop to another thread costs more).
+const PARALLEL_GROUP: usize = 64;
+
+/// What every shard open needs; one per reader.
+#[derive(Debug)]
+pub(crate) struct ShardEnv {
+    pub(crate) settings: ReaderSettings,
+    pub(crate) sqlite_cache_dir: PathBuf,
+    pub(crate) blocks: Arc<BlockCache>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) runtime: Handle,
+    /// Bounds remote reads in flight (range mode, SlateDB, opens).
+    pub(crate) remote_permits: Arc<Semaphore>,
+    next_file_id: AtomicU64,
+}
+
+impl ShardEnv {
+    pub(crate) fn new(settings: ReaderSettings, counters: Arc<Counters>, runtime: Handle) -> Result<Self> {
+        let sqlite_cache_dir = download::prepare_dir(&settings.effective_cache_dir())?;
+        Ok(ShardEnv {
+            blocks: Arc::new(BlockCache::new(settings.page_cache_bytes)),
+            remote_permits: Arc::new(Semaphore::new(settings.max_concurrency)),
+            sqlite_cache_dir,
+            settings,
+            counters,
+            runtime,
+            next_file_id: AtomicU64::new(1),
+        })
+    }
+}
+
+/// One shard of a snapshot, as its manifest row and location describe it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShardSpec<'a> {
+    pub(crate) db_id: DbId,
+    pub(crate) row: &'a ShardRow,
+    /// The attempt folder, rebased under the prefix being read.
+    pub(crate) location: &'a Location,
+    /// Its URL (as resolved).
+    pub(crate) url: &'a String,
+}
+
+impl ShardSpec<'_> {
+    pub(crate) fn open_error(&self, reason: String, retryable: bool) -> Error {
+        Error::ShardOpen {
+            db_id: self.db_id,
+            url: self.url.clone(),
+            reason,
+            retryable,
+        }
+    }
+
+    /// The manifest's checksum when it covers what `coverage` says.
+    pub(crate) fn expected_checksum(&self, coverage: Coverage) -> Option<Recorded> {
+        let text = self.row.writer_info.checksum()?;
+        match Recorded::parse(text) {
+            Some(r) if r.coverage == coverage => Some(r),
+            Some(_) => {
+                tracing::warn!(shard = %self.db_id, checksum = text, "checksum does not fit the shard's backend; not verified");
+                None
+            }
+            None => {
+                tracing::warn!(shard = %self.db_id, checksum = text, "unknown checksum algorithm; not verified");
+                None
+            }
+        }
+    }
+}
+
+/// What makes two snapshots' shards the same content, so a refresh can
+/// carry an open shard over instead of opening it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShardIdentity {
+    url: String,
+    checkpoint_id: Option<String>,
+    checksum: Option<String>,
+    db_bytes: u64,
+}
+
+impl ShardIdentity {
+    pub(crate) fn of(row: &ShardRow, url: &str) -> Self {
+        ShardIdentity {
+            url: url.to_string(),
+            checkpoint_id: row.checkpoint_id.clone(),
+            checksum: row.writer_info.checksum().map(str::to_string),
+            db_bytes: row.db_bytes,
+        }
+    }
+}
+
+enum Backend {
+    /// A downloaded SQLite file.
+    Local(ConnPool),
+    /// A SQLite file read by range. The registration keeps the VFS name
+    /// alive while the shard is open.
+    Range {
+        pool: ConnPool,
+        file: Arc<RemoteFile>,
+        _registration: vfs::Registration,
+    },
+    /// A SlateDB database.
+    Slate(SlateShard),
+}
+
+/// An open shard.
+pub(crate) struct ShardHandle {
+    db_id: DbId,
+    url: String,
+    pub(crate) identity: ShardIdentity,
+    backend: Backend,
+    env: Arc<ShardEnv>,
+}
+
+impl std::fmt::Debug for ShardHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardHandle")
+            .field("db_id", &self.db_id)
+            .field("url", &self.url)
+            .field("backend", &self.backend_name())
+            .finish()
+    }
+}
+
+impl Drop for ShardHandle {
+    fn drop(&mut self) {
+        if let Backend::Range { file, .. } = &self.backend {
+            self.env.blocks.forget_file(file.id);
+        }
+    }
+}
+
+impl ShardHandle {
+    /// `sqlite-download`, `sqlite-range` or `slatedb`.
+    pub(crate) fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Local(_) => "sqlite-download",
+            Backend::Range { .. } => "sqlite-range",
+            Backend::Slate(_) => "slatedb",
+        }
+    }
+
+    /// Opens a shard (probing its backend) and verifies its checksum.
+    pub(crate) async fn open(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Arc<ShardHandle>> {
+        let _permit = env
+            .remote_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("the reader's permits were closed".into()))?;
+        bump(&env.counters.shard_opens, 1);
+        let slate_first = spec.row.db_bytes == 0;
+        let backend = if slate_first {
+            match Self::try_slate(env, spec).await? {
+                Some(b) => Some(b),
+                None => Self::try_sqlite(env, spec).await?,
+            }
+        } else {
+            match Self::try_sqlite(env, spec).await? {
+                Some(b) => Some(b),
+                None => Self::try_slate(env, spec).await?,
+            }
+        };
+        let backend = backend.ok_or_else(|| {
+            spec.open_error(
+                "the shard is missing: the attempt folder holds neither a shard.db nor a SlateDB database".into(),
+                false,
+            )
+        })?;
+        tracing::debug!(shard = %spec.db_id, url = %spec.url, "opened shard");
+        Ok(Arc::new(ShardHandle {
+            db_id: spec.db_id,
+            url: spec.url.clone(),
+            identity: ShardIdentity::of(spec.row, spec.url),
+            backend,
+            env: Arc::clone(env),
+        }))
+    }
+
+    async fn try_slate(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
+        if !slate::exists(&spec).await? {
+            return Ok(None);
+        }
+        let shard = slate::open(&spec, env.settings.verify_checksums, env.runtime.clone()).await?;
+        Ok(Some(Backend::Slate(shard)))
+    }
+
+    async fn try_sqlite(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
+        let range = match env.settings.sqlite_mode {
+            SqliteMode::Download => false,
+            SqliteMode::Range => true,
+            SqliteMode::Auto => spec.row.db_bytes > env.settings.auto_range_threshold_bytes,
+        };
+        if range {
+            Self::open_range(env, spec).await
+        } else {
+            Self::open_local(env, spec).await
+        }
+    }
+
+    async fn open_local(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
+        let Some(path) = download::cached_file(env, &spec).await? else {
+            return Ok(None);
+        };
+        let size = std::fs::metadata(&path)
+            .map_err(|e| Error::io("reading a cached shard's size", &path, e))?
+            .len();
+        let pool = ConnPool::new(
+            Source::Local { path, mmap_bytes: size },
+            env.settings.max_idle_connections_per_shard,
+        );
+        let conn = pool
+            .open_connection()
+            .map_err(|e| spec.open_error(format!("SQLite cannot read the shard file: {e}"), false))?;
+        pool.seed(conn);
+        Ok(Some(Backend::Local(pool)))
+    }
+
+    async fn open_range(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
+        let file_loc = spec.location.child(sf_manifest::layout::SQLITE_SHARD_FILE);
+        let meta = match file_loc.store.head(&file_loc.path).await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => {
+                return Err(spec.open_error(format!("reading {}: {e}", file_loc.url), store_error_is_transient(&e)));
+            }
+        };
+        if spec.row.db_bytes > 0 && meta.size != spec.row.db_bytes {
+            return Err(spec.open_error(
+                format!(
+                    "{} has {} bytes, the manifest records db_bytes {}",
+                    file_loc.url, meta.size, spec.row.db_bytes
+                ),
+                false,
+            ));
+        }
+        if env.settings.verify_checksums
+            && let Some(expected) = spec.expected_checksum(Coverage::File)
+        {
+            // Range mode never stores the file; the check streams it once.
+            let res =
+                file_loc.store.get(&file_loc.path).await.map_err(|e| {
+                    spec.open_error(format!("reading {}: {e}", file_loc.url), store_error_is_transient(&e))
+                })?;
+            let mut hasher = Xxh3::new();
+            let mut stream = res.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| {
+                    spec.open_error(format!("reading {}: {e}", file_loc.url), store_error_is_transient(&e))
+                })?;
+                hasher.update(&chunk);
+            }
+            let found = file_checksum(&hasher);
+            if found != expected.text {
+                return Err(Error::ChecksumMismatch {
+                    db_id: spec.db_id,
+                    url: file_loc.url.clone(),
+                    expected: expected.text,
+                    found,
+                });
+            }
+        }
+        let file = Arc::new(RemoteFile::new(
+            env.next_file_id.fetch_add(1, Ordering::Relaxed),
+            Arc::clone(&file_loc.store),
+            file_loc.path.clone(),
+            file_loc.url.clone(),
+            meta.size,
+            env.settings.range_block_bytes,
+            Arc::clone(&env.blocks),
+            env.runtime.clone(),
+            Arc::clone(&env.counters),
+        ));
+        let registration = vfs::register(Arc::clone(&file)).map_err(|e| spec.open_error(e, false))?;
+        let pool = ConnPool::new(
+            Source::Remote {
+                uri: registration.uri(),
+            },
+            env.settings.max_idle_connections_per_shard,
+        );
+        // The first connection reads the header and schema pages: blocking
+        // remote I/O, so it runs on the blocking pool.
+        let (pool, file, result) = tokio::task::spawn_blocking(move || {
+            let r = pool.open_connection();
+            (pool, file, r)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("range open task failed: {e}")))?;
+        let conn = result.map_err(|e| {
+            let detail = file.take_error().map(|d| format!(" ({d})")).unwrap_or_default();
+            spec.open_error(
+                format!("SQLite cannot read the shard file by range: {e}{detail}"),
+                false,
+            )
+        })?;
+        pool.seed(conn);
+        Ok(Some(Backend::Range {
+            pool,
+            file,
+            _registration: registration,
+        }))
+    }
+
+    fn read_error(&self, reason: String, retryable: bool) -> Error {
+        Error::ShardRead {
+            db_id: self.db_id,
+            url: self.url.clone(),
+            reason,
+            retryable,
+        }
+    }
+
+    fn sqlite_error(&self, e: rusqlite::Error, file: Option<&RemoteFile>) -> Error {
+        // In range mode an I/O error is usually the network; say what failed.
+        match file.and_then(RemoteFile::take_error) {
+            Some(detail) => self.read_error(format!("{e} ({detail})"), true),
+            None => self.read_error(e.to_string(), false),
+        }
+    }
+
+    /// The value stored for an encoded key.
+    pub(crate) async fn get(self: &Arc<Self>, key: &[u8]) -> Result<Option<Bytes>> {
+        match &self.backend {
+            // A warm lookup in a local, memory-mapped file takes a few
+            // microseconds: cheaper inline than any hop to another thread.
+            Backend::Local(pool) => pool.get(key).map_err(|e| self.sqlite_error(e, None)),
+            Backend::Range { .. } => {
+                let _permit = self.permit().await?;
+                let this = Arc::clone(self);
+                let key = key.to_vec();
+                tokio::task::spawn_blocking(move || match &this.backend {
+                    Backend::Range { pool, file, .. } => pool.get(&key).map_err(|e| this.sqlite_error(e, Some(file))),
+                    _ => Err(Error::Internal("backend changed".into())),
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("range lookup task failed: {e}")))?
+            }
+            Backend::Slate(s) => {
+                let _permit = self.permit().await?;
+                s.get(key).await.map_err(|e| {
+                    let retryable = matches!(e.kind(), slatedb::ErrorKind::Unavailable);
+                    self.read_error(format!("SlateDB: {e}"), retryable)
+                })
+            }
+        }
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        self.env
+            .remote_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("the reader's permits were closed".into()))
+    }
+
+    /// Values of many encoded keys (aligned with `keys`).
+    pub(crate) async fn get_many(self: &Arc<Self>, keys: Vec<(usize, Vec<u8>)>) -> Result<Vec<(usize, Option<Bytes>)>> {
+        match &self.backend {
+            Backend::Local(pool) if keys.len() < PARALLEL_GROUP => {
+                let values = pool.get_many(&keys).map_err(|e| self.sqlite_error(e, None))?;
+                Ok(keys.into_iter().map(|(slot, _)| slot).zip(values).collect())
+            }
+            Backend::Local(_) | Backend::Range { .. } => {
+                let _permit = match self.backend {
+                    Backend::Range { .. } => Some(self.permit().await?),
+                    _ => None,
+                };
+                let this = Arc::clone(self);
+                tokio::task::spawn_blocking(move || {
+                    let (pool, file) = match &this.backend {
+                        Backend::Local(pool) => (pool, None),
+                        Backend::Range { pool, file, .. } => (pool, Some(file.as_ref())),
+                        Backend::Slate(_) => return Err(Error::Internal("backend changed".into())),
+                    };
+                    let values = pool.get_many(&keys).map_err(|e| this.sqlite_error(e, file))?;
+                    Ok(keys.into_iter().map(|(slot, _)| slot).zip(values).collect())
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("lookup task failed: {e}")))?
+            }
+            Backend::Slate(_) => {
+                let mut out = Vec::with_capacity(keys.len());
+                for (slot, key) in keys {
+                    out.push((slot, self.get(&key).await?));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
