@@ -78,7 +78,7 @@ start_server() {
   export AWS_SECRET_ACCESS_KEY=testing
   export AWS_VIRTUAL_HOSTED_STYLE_REQUEST=false
   export AWS_CONDITIONAL_PUT=etag
-  export SF_TEST_S3_BUCKET="$BUCKET"
+  export SHARDFORGE_TEST_S3_BUCKET="$BUCKET"
   # Buckets must exist before object_store can write to them: a plain PUT.
   "$VENV/bin/python" - "$AWS_ENDPOINT" "$BUCKET" <<'PY'
 import sys, urllib.request
@@ -90,8 +90,45 @@ PY
   log "S3 server on $AWS_ENDPOINT, bucket $BUCKET"
 }
 
+# The deployment files cannot all run here; check what can be checked: every
+# YAML file under deploy/ parses (PyYAML comes with moto), the compose file
+# validates where a Docker engine is reachable, and the Kubernetes
+# manifests render where kubectl is installed.
+check_deploy_files() {
+  log "parsing deploy/**/*.yaml"
+  "$VENV/bin/python" - "$ROOT/deploy" <<'PY'
+import pathlib, sys, yaml
+root = pathlib.Path(sys.argv[1])
+files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml"))
+if not files:
+    sys.exit(f"no YAML files under {root}")
+for path in files:
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as e:
+        sys.exit(f"{path}: {e}")
+    if not docs:
+        sys.exit(f"{path}: no YAML document")
+    print(f"  {path.relative_to(root.parent)}: {len(docs)} document(s)", file=sys.stderr)
+PY
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
+     && docker compose version >/dev/null 2>&1; then
+    log "docker compose config (deploy/compose)"
+    docker compose -f "$ROOT/deploy/compose/compose.yaml" config --quiet
+  else
+    log "no Docker engine with compose here: the compose file was parsed, not validated by docker"
+  fi
+  if command -v kubectl >/dev/null 2>&1; then
+    log "kubectl kustomize deploy/k8s"
+    kubectl kustomize "$ROOT/deploy/k8s" >/dev/null
+  fi
+}
+
 ensure_python
 ensure_moto
+check_deploy_files
 start_server
+log "cargo build --workspace --bins"
+cargo build --workspace --bins
 log "cargo test --workspace $*"
 cargo test --workspace "$@"

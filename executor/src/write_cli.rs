@@ -151,7 +151,7 @@ pub fn exit_code(e: &sf_writer::Error) -> u8 {
 }
 
 async fn run(args: Args, bar: bool, cluster: Option<ClusterEngineFactory>) -> sf_writer::Result<()> {
-    let job = sf_writer::config::load(&args.config, std::env::vars())?;
+    let mut job = sf_writer::config::load(&args.config, std::env::vars())?;
     let scheduler = args
         .cluster
         .clone()
@@ -173,9 +173,28 @@ async fn run(args: Args, bar: bool, cluster: Option<ClusterEngineFactory>) -> sf
         (_, true) => Some(Arc::new(BarSink::new())),
         (_, false) => Some(Arc::new(LogSink::default())),
     };
+    // Shard tasks on a cluster run elsewhere, so the in-process counters
+    // stay at zero; count the shards that reached their upload instead
+    // (their claim markers), which needs the run id up front.
+    let sink = match sink {
+        Some(inner) if !engine.runs_locally() && !args.dry_run => {
+            let run_id = match &job.output.run_id {
+                Some(r) => r.clone(),
+                None => {
+                    let r = sf_manifest::RunId::generate().as_str().to_string();
+                    job.output.run_id = Some(r.clone());
+                    r
+                }
+            };
+            let watch = ClaimWatch::new(inner, &job, &run_id);
+            Some(Arc::new(watch) as Arc<dyn ProgressSink>)
+        }
+        other => other,
+    };
     let options = BuildOptions {
         dry_run: args.dry_run,
         progress: sink.clone(),
+        ..BuildOptions::default()
     };
     let outcome = build(&job, engine.as_ref(), &options).await;
     if let Some(s) = &sink {
@@ -231,6 +250,96 @@ async fn run(args: Args, bar: bool, cluster: Option<ClusterEngineFactory>) -> sf
         }
     }
     Ok(())
+}
+
+/// Progress of a build whose shard tasks run on a cluster: phases as
+/// usual and, while shards are written, how many shards have reached
+/// their upload (have a claimed attempt folder), polled every 2 s. Rows
+/// are not counted: Ballista reports no task progress to the client.
+struct ClaimWatch {
+    inner: Arc<dyn ProgressSink>,
+    shards: Option<sf_manifest::Location>,
+    total: Option<u32>,
+    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ClaimWatch {
+    fn new(inner: Arc<dyn ProgressSink>, job: &sf_writer::config::JobConfig, run_id: &str) -> Self {
+        let shards = sf_manifest::resolve(&job.output.prefix, &job.storage_options())
+            .ok()
+            .map(|prefix| prefix.child(&format!("shards/run_id={run_id}")));
+        ClaimWatch {
+            inner,
+            shards,
+            total: job.routing.num_dbs,
+            poller: Mutex::new(None),
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(p) = self.poller.lock().expect("poller lock").take() {
+            p.abort();
+        }
+    }
+}
+
+/// Shards with at least one claimed attempt under `shards`.
+async fn claimed_shards(shards: &sf_manifest::Location) -> Option<usize> {
+    use futures::TryStreamExt;
+    let metas: Vec<_> = shards.store.list(Some(&shards.path)).try_collect().await.ok()?;
+    let dbs: std::collections::BTreeSet<String> = metas
+        .iter()
+        .filter(|m| m.location.filename() == Some(sf_writer::exec::CLAIM_FILE))
+        .filter_map(|m| {
+            m.location
+                .parts()
+                .find(|p| p.as_ref().starts_with("db="))
+                .map(|p| p.as_ref().to_string())
+        })
+        .collect();
+    Some(dbs.len())
+}
+
+impl ProgressSink for ClaimWatch {
+    fn phase(&self, name: &str) {
+        self.stop();
+        self.inner.phase(name);
+        if name != "writing shards" {
+            return;
+        }
+        let Some(shards) = self.shards.clone() else {
+            return;
+        };
+        let (inner, total) = (Arc::clone(&self.inner), self.total);
+        let handle = tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let Some(n) = claimed_shards(&shards).await else {
+                    continue;
+                };
+                if n != last {
+                    last = n;
+                    let of = total.map(|t| format!(" of {t}")).unwrap_or_default();
+                    inner.phase(&format!(
+                        "writing shards on the cluster: {n}{of} shards built and uploading"
+                    ));
+                }
+            }
+        });
+        *self.poller.lock().expect("poller lock") = Some(handle);
+    }
+
+    fn progress(&self, rows: u64, shards_done: u32, num_dbs: u32) {
+        self.inner.progress(rows, shards_done, num_dbs);
+    }
+}
+
+impl Drop for ClaimWatch {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A progress bar on stderr: shards done of num_dbs, rows written.

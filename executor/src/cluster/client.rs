@@ -1,0 +1,398 @@
+//! The driver's side of a Ballista query: submit the logical plan, follow
+//! the job, fetch the result partitions.
+//!
+//! It does what Ballista's own `DistributedQueryExec` does, with one
+//! difference that matters when an executor is lost: every result
+//! partition is read exactly once.
+//!
+//! Ballista 52 keeps appending the final stage's result locations when
+//! that stage runs again after an executor was lost, and never drops the
+//! old ones. A finished job can therefore list a partition twice (its
+//! first and its second run) or at a dead executor. The stock client reads
+//! every listed location, so it fails on the dead executor's, and for an
+//! ordinary query it would return a re-run partition's rows twice. Here
+//! the locations of one partition are alternatives: the most recent one
+//! that opens is read, the others are skipped. For the shard write that
+//! means one result per shard; an attempt whose result is not read is a
+//! loser, deleted after publishing.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ballista_core::client::BallistaClient;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::protobuf::execute_query_params::Query;
+use ballista_core::serde::protobuf::get_job_status_result::FlightProxy;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::protobuf::{
+    ExecuteQueryParams, GetJobStatusResult, KeyValuePair, PartitionLocation, SuccessfulJob, job_status,
+};
+use ballista_core::serde::scheduler::PartitionId;
+use ballista_core::utils::{GrpcClientConfig, create_grpc_client_endpoint};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::context::{QueryPlanner, SessionState};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::logical_plan::{AsLogicalPlan, LogicalExtensionCodec};
+use datafusion_proto::protobuf::LogicalPlanNode;
+use futures::{StreamExt, TryStreamExt};
+
+/// Plans every query of a cluster session as one Ballista job.
+#[derive(Debug)]
+pub struct ClusterQueryPlanner {
+    scheduler_url: String,
+    codec: Arc<dyn LogicalExtensionCodec>,
+}
+
+impl ClusterQueryPlanner {
+    /// A planner submitting to `scheduler_url` (`http://host:port`), plans
+    /// encoded with `codec`.
+    pub fn new(scheduler_url: String, codec: Arc<dyn LogicalExtensionCodec>) -> Self {
+        ClusterQueryPlanner { scheduler_url, codec }
+    }
+}
+
+#[async_trait]
+impl QueryPlanner for ClusterQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &SessionState,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if let LogicalPlan::EmptyRelation(e) = logical_plan
+            && !e.produce_one_row
+        {
+            return Ok(Arc::new(EmptyExec::new(logical_plan.schema().inner().clone())));
+        }
+        Ok(Arc::new(ClusterQueryExec::new(
+            self.scheduler_url.clone(),
+            logical_plan.clone(),
+            Arc::clone(&self.codec),
+            session_state.session_id().to_string(),
+        )))
+    }
+}
+
+/// One Ballista job; its output is the job's result partitions, one
+/// stream.
+#[derive(Debug)]
+pub struct ClusterQueryExec {
+    scheduler_url: String,
+    plan: LogicalPlan,
+    codec: Arc<dyn LogicalExtensionCodec>,
+    session_id: String,
+    properties: PlanProperties,
+}
+
+impl ClusterQueryExec {
+    fn new(
+        scheduler_url: String,
+        plan: LogicalPlan,
+        codec: Arc<dyn LogicalExtensionCodec>,
+        session_id: String,
+    ) -> Self {
+        let schema: SchemaRef = plan.schema().inner().clone();
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        ClusterQueryExec {
+            scheduler_url,
+            plan,
+            codec,
+            session_id,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for ClusterQueryExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterQueryExec: scheduler={}", self.scheduler_url)
+    }
+}
+
+impl ExecutionPlan for ClusterQueryExec {
+    fn name(&self) -> &str {
+        "ClusterQueryExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &PlanProperties {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("ClusterQueryExec has no children".into()))
+        }
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "ClusterQueryExec has one partition, not {partition}"
+            )));
+        }
+        let mut buf = vec![];
+        LogicalPlanNode::try_from_logical_plan(&self.plan, self.codec.as_ref())
+            .and_then(|node| {
+                node.try_encode(&mut buf)
+                    .map_err(|e| DataFusionError::Internal(format!("encoding the plan: {e}")))
+            })
+            .map_err(|e| DataFusionError::Internal(format!("serialising the plan for the cluster: {e}")))?;
+        let config = context.session_config().clone();
+        let settings = config
+            .options()
+            .entries()
+            .into_iter()
+            .map(|e| KeyValuePair {
+                key: e.key,
+                value: e.value,
+            })
+            .collect();
+        let query = ExecuteQueryParams {
+            query: Some(Query::LogicalPlan(buf)),
+            settings,
+            session_id: self.session_id.clone(),
+            operation_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let scheduler_url = self.scheduler_url.clone();
+        let results = futures::stream::once(run_job(scheduler_url, query, config)).try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), results)))
+    }
+}
+
+fn execution(e: impl fmt::Display) -> DataFusionError {
+    DataFusionError::Execution(e.to_string())
+}
+
+/// Submits the job, follows it to its end, and returns its results.
+async fn run_job(
+    scheduler_url: String,
+    query: ExecuteQueryParams,
+    config: SessionConfig,
+) -> DfResult<futures::stream::BoxStream<'static, DfResult<datafusion::arrow::array::RecordBatch>>> {
+    let ballista = config.ballista_config();
+    let max_message_size = ballista.default_grpc_client_max_message_size();
+    let mut endpoint = create_grpc_client_endpoint(scheduler_url.clone(), Some(&GrpcClientConfig::from(&ballista)))
+        .map_err(|e| execution(format!("scheduler address {scheduler_url}: {e}")))?;
+    if let Some(customize) = config.ballista_override_create_grpc_client_endpoint() {
+        endpoint = customize
+            .configure_endpoint(endpoint)
+            .map_err(|e| execution(format!("scheduler endpoint: {e}")))?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| execution(format!("connecting to the scheduler at {scheduler_url}: {e}")))?;
+    let mut scheduler =
+        SchedulerGrpcClient::with_interceptor(channel, config.ballista_grpc_interceptor().as_ref().clone())
+            .max_encoding_message_size(max_message_size)
+            .max_decoding_message_size(max_message_size);
+    let mut updates = scheduler
+        .execute_query_push(query)
+        .await
+        .map_err(|e| execution(format!("submitting the job: {}", e.message())))?
+        .into_inner();
+    let mut announced = false;
+    let (job, flight_proxy) = loop {
+        let update: GetJobStatusResult = updates
+            .message()
+            .await
+            .map_err(|e| execution(format!("following the job: {}", e.message())))?
+            .ok_or_else(|| execution("the scheduler closed the job's status stream before the job ended"))?;
+        let job_id = update.status.as_ref().map(|s| s.job_id.clone()).unwrap_or_default();
+        match update.status.and_then(|s| s.status) {
+            Some(job_status::Status::Failed(f)) => {
+                return Err(execution(format!("Job {job_id} failed: {}", f.error)));
+            }
+            Some(job_status::Status::Successful(job)) => {
+                tracing::debug!(
+                    "cluster job {job_id} finished in {} ms",
+                    job.ended_at.saturating_sub(job.started_at)
+                );
+                break (job, update.flight_proxy);
+            }
+            Some(job_status::Status::Running(_)) if !announced => {
+                announced = true;
+                tracing::debug!("cluster job {job_id} is running");
+            }
+            _ => {}
+        }
+    };
+    let partitions = result_partitions(job);
+    let transport = Transport {
+        scheduler_url,
+        flight_proxy,
+        max_message_size,
+        use_tls: config.ballista_use_tls(),
+        customize: config.ballista_override_create_grpc_client_endpoint(),
+    };
+    let transport = Arc::new(transport);
+    Ok(futures::stream::iter(partitions)
+        .then(move |locations| {
+            let transport = Arc::clone(&transport);
+            async move { transport.open_one(locations).await }
+        })
+        .try_flatten()
+        .boxed())
+}
+
+/// The job's result locations grouped by result partition, each group
+/// ordered most recent first (Ballista appends re-runs at the end).
+fn result_partitions(job: SuccessfulJob) -> Vec<Vec<PartitionLocation>> {
+    let mut by_partition: BTreeMap<u32, Vec<PartitionLocation>> = BTreeMap::new();
+    for location in job.partition_location {
+        let id = location.partition_id.as_ref().map_or(0, |p| p.partition_id);
+        by_partition.entry(id).or_default().push(location);
+    }
+    by_partition
+        .into_values()
+        .map(|mut v| {
+            v.reverse();
+            v
+        })
+        .collect()
+}
+
+struct Transport {
+    scheduler_url: String,
+    flight_proxy: Option<FlightProxy>,
+    max_message_size: usize,
+    use_tls: bool,
+    customize: Option<Arc<ballista_core::extension::BallistaConfigGrpcEndpoint>>,
+}
+
+impl Transport {
+    /// Opens the first of `locations` that answers.
+    async fn open_one(&self, locations: Vec<PartitionLocation>) -> DfResult<SendableRecordBatchStream> {
+        let mut failures = vec![];
+        for location in locations {
+            match self.open(&location).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    tracing::warn!("result location unavailable, trying the next one: {e}");
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        Err(execution(format!(
+            "no copy of a result partition could be read: {}",
+            failures.join("; ")
+        )))
+    }
+
+    async fn open(&self, location: &PartitionLocation) -> DfResult<SendableRecordBatchStream> {
+        let executor = location
+            .executor_meta
+            .as_ref()
+            .ok_or_else(|| DataFusionError::Internal("a result location without an executor".into()))?;
+        let partition = location
+            .partition_id
+            .as_ref()
+            .ok_or_else(|| DataFusionError::Internal("a result location without a partition id".into()))?;
+        let (host, port) = match &self.flight_proxy {
+            Some(FlightProxy::External(address)) => split_host_port(&format!("http://{address}"))?,
+            Some(FlightProxy::Local(true)) => split_host_port(&self.scheduler_url)?,
+            Some(FlightProxy::Local(false)) | None => (executor.host.clone(), executor.port as u16),
+        };
+        let mut client =
+            BallistaClient::try_new(&host, port, self.max_message_size, self.use_tls, self.customize.clone())
+                .await
+                .map_err(|e| execution(format!("executor {} at {host}:{port}: {e}", executor.id)))?;
+        let id = PartitionId {
+            job_id: partition.job_id.clone(),
+            stage_id: partition.stage_id as usize,
+            partition_id: partition.partition_id as usize,
+        };
+        client
+            .fetch_partition(
+                &executor.id,
+                &id,
+                &location.path,
+                &executor.host,
+                executor.port as u16,
+                true,
+            )
+            .await
+            .map_err(|e| execution(format!("executor {} at {host}:{port}: {e}", executor.id)))
+    }
+}
+
+fn split_host_port(address: &str) -> DfResult<(String, u16)> {
+    let url = url::Url::parse(address).map_err(|e| execution(format!("{address:?}: {e}")))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| execution(format!("no host in {address:?}")))?
+        .to_string();
+    let port = url.port().ok_or_else(|| execution(format!("no port in {address:?}")))?;
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use ballista_core::serde::protobuf::ExecutorMetadata;
+
+    use super::*;
+
+    fn location(partition: u32, executor: &str) -> PartitionLocation {
+        PartitionLocation {
+            map_partition_id: partition,
+            partition_id: Some(ballista_core::serde::protobuf::PartitionId {
+                job_id: "j".into(),
+                stage_id: 2,
+                partition_id: partition,
+            }),
+            executor_meta: Some(ExecutorMetadata {
+                id: executor.into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+                grpc_port: 2,
+                specification: None,
+            }),
+            partition_stats: None,
+            path: format!("/{executor}/{partition}"),
+        }
+    }
+
+    #[test]
+    fn a_rerun_partition_is_one_group_newest_first() {
+        let job = SuccessfulJob {
+            partition_location: vec![
+                location(0, "a"),
+                location(1, "dead"),
+                location(1, "b"),
+                location(2, "a"),
+            ],
+            ..Default::default()
+        };
+        let groups = result_partitions(job);
+        let ids: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g| g.iter().map(|l| l.path.clone()).collect())
+            .collect();
+        assert_eq!(ids, vec![vec!["/a/0"], vec!["/b/1", "/dead/1"], vec!["/a/2"]]);
+    }
+}

@@ -1,0 +1,285 @@
+//! The cluster [`Engine`]: `sf-write --cluster df://host:port`.
+//!
+//! The driver (`sf-write`) plans and publishes exactly as in embedded mode;
+//! only the session differs. It is a Ballista client session, so every
+//! query of the build (schema inference stays local; counting, sampling and
+//! the write itself) runs on the cluster. The session carries:
+//!
+//! - ShardForge's codecs, so the plan ships to the scheduler;
+//! - the job's batch size, memory limit per task and storage options
+//!   without credentials (`shardforge.*`, see [`super::options`]);
+//! - `[cluster.session]` settings from the job, applied last: any
+//!   `datafusion.*` or `ballista.*` key, sent to the scheduler and every
+//!   task as Spark Connect drivers send session confs;
+//! - ShardForge's client planner ([`super::client`]), which reads every
+//!   result partition once even when Ballista lists it twice after a lost
+//!   executor.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ballista::extension::SessionContextExt;
+use ballista_core::extension::SessionConfigExt;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use sf_writer::config::JobConfig;
+use sf_writer::job::{Engine, session_state_builder};
+use sf_writer::{Error, Result};
+
+use super::client::ClusterQueryPlanner;
+use super::codec::ShardForgeLogicalCodec;
+use super::options::ShardForgeOptions;
+use super::register;
+
+/// A scheduler address, `df://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerUrl {
+    host: String,
+    port: u16,
+}
+
+impl SchedulerUrl {
+    /// The default scheduler port.
+    pub const DEFAULT_PORT: u16 = 50050;
+
+    /// Parses `df://host[:port]` (also accepted: `host:port`).
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::config(
+                "--cluster",
+                format!("{text:?} is not a scheduler address: {why} (expected df://host:port)"),
+            )
+        };
+        let with_scheme = if text.contains("://") {
+            text.to_string()
+        } else {
+            format!("df://{text}")
+        };
+        let url = url::Url::parse(&with_scheme).map_err(|e| bad(&e.to_string()))?;
+        if url.scheme() != "df" {
+            return Err(bad(&format!("the scheme is {:?}", url.scheme())));
+        }
+        if !url.path().trim_matches('/').is_empty() || url.query().is_some() {
+            return Err(bad("it has a path or query"));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host"))?
+            .trim_matches(['[', ']'])
+            .to_string();
+        Ok(SchedulerUrl {
+            host,
+            port: url.port().unwrap_or(Self::DEFAULT_PORT),
+        })
+    }
+
+    /// Host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The gRPC address, `http://host:port`.
+    pub fn http_url(&self) -> String {
+        self.to_string().replacen("df://", "http://", 1)
+    }
+}
+
+impl fmt::Display for SchedulerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "df://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "df://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Runs the build's queries on a Ballista cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterEngine {
+    scheduler: SchedulerUrl,
+}
+
+impl ClusterEngine {
+    /// An engine submitting to `scheduler`.
+    pub fn new(scheduler: SchedulerUrl) -> Self {
+        ClusterEngine { scheduler }
+    }
+
+    /// The session configuration a job runs with (no connection made).
+    pub fn session_config(&self, job: &JobConfig) -> Result<SessionConfig> {
+        let planner = ClusterQueryPlanner::new(self.scheduler.http_url(), Arc::new(ShardForgeLogicalCodec::default()));
+        let mut config = register(SessionConfig::new_with_ballista())
+            .with_ballista_query_planner(Arc::new(planner))
+            .with_batch_size(job.write.batch_size)
+            .with_ballista_job_name(&format!("sf-write {}", job.output.prefix));
+        config
+            .options_mut()
+            .extensions
+            .insert(ShardForgeOptions::for_job(&job.storage, job.write.memory_limit_mib));
+        for (key, value) in job.cluster.iter().flat_map(|c| c.session.iter()) {
+            let location = format!("cluster.session.{key:?}");
+            let text = value
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| value.as_integer().map(|i| i.to_string()))
+                .or_else(|| value.as_float().map(|f| f.to_string()))
+                .or_else(|| value.as_bool().map(|b| b.to_string()))
+                .ok_or_else(|| {
+                    Error::config(
+                        &location,
+                        format!(
+                            "is a {}; session settings are strings, numbers or booleans",
+                            value.type_str()
+                        ),
+                    )
+                })?;
+            config
+                .options_mut()
+                .set(key, &text)
+                .map_err(|e| Error::config(&location, e.to_string()))?;
+        }
+        Ok(config)
+    }
+
+    /// Fails with a clear message, within the connect timeout, when nothing
+    /// accepts connections at the scheduler's address.
+    async fn probe(&self, timeout: Duration) -> Result<()> {
+        let target = (self.scheduler.host.as_str(), self.scheduler.port);
+        let unreachable = |why: String| {
+            Error::Engine(format!(
+                "cannot reach the Ballista scheduler at {}: {why}; is sf-scheduler running there?",
+                self.scheduler
+            ))
+        };
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable(format!("no answer within {}s", timeout.as_secs()))),
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for ClusterEngine {
+    fn describe(&self) -> String {
+        format!("cluster {}", self.scheduler)
+    }
+
+    async fn session(&self, job: &JobConfig) -> Result<SessionContext> {
+        let config = self.session_config(job)?;
+        // The same bound Ballista's client uses to connect
+        // (`ballista.grpc.client.connect_timeout_seconds`, 20 s by default).
+        let secs = config.ballista_config().default_grpc_client_connect_timeout_seconds();
+        let timeout = Duration::from_secs((secs as u64).clamp(1, 600));
+        self.probe(timeout).await?;
+        let state = session_state_builder(config).build();
+        SessionContext::remote_with_state(&self.scheduler.to_string(), state)
+            .await
+            .map_err(|e| Error::Engine(format!("connecting to {}: {e}", self.scheduler)))
+    }
+
+    fn runs_locally(&self) -> bool {
+        false
+    }
+}
+
+/// The `sf-write` factory for `--cluster URL` / `[cluster] scheduler`.
+pub fn factory(url: &str, _job: &JobConfig) -> Result<Box<dyn Engine>> {
+    Ok(Box::new(ClusterEngine::new(SchedulerUrl::parse(url)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_urls_parse_with_defaults_and_reject_nonsense() {
+        let u = SchedulerUrl::parse("df://127.0.0.1:50051").expect("url");
+        assert_eq!((u.host(), u.port()), ("127.0.0.1", 50051));
+        assert_eq!(u.to_string(), "df://127.0.0.1:50051");
+        assert_eq!(u.http_url(), "http://127.0.0.1:50051");
+        assert_eq!(
+            SchedulerUrl::parse("df://[::1]:7").expect("url").http_url(),
+            "http://[::1]:7"
+        );
+        assert_eq!(SchedulerUrl::parse("df://sched").expect("url").port(), 50050);
+        assert_eq!(SchedulerUrl::parse("sched:7000").expect("url").port(), 7000);
+        for bad in ["http://x:1", "df://", "df://x:1/path", "df://x:notaport"] {
+            let e = SchedulerUrl::parse(bad).expect_err(bad);
+            assert_eq!(e.kind(), sf_manifest::ErrorKind::Config, "{bad}: {e}");
+        }
+    }
+
+    fn job(extra: &str) -> JobConfig {
+        let text = format!(
+            "key_col = \"id\"\n[input]\nformat = \"parquet\"\npath = \"s3://b/in.parquet\"\n[routing]\nnum_dbs = 4\n\
+             [output]\nprefix = \"s3://b/out\"\n[storage]\nregion = \"us-east-1\"\naws_access_key_id = \"AKID-17\"\n\
+             aws_secret_access_key = \"hush-91\"\n{extra}"
+        );
+        sf_writer::config::parse(
+            &text,
+            "job.toml",
+            std::path::Path::new("/"),
+            Vec::<(String, String)>::new(),
+        )
+        .expect("job")
+    }
+
+    #[test]
+    fn session_settings_carry_the_job_and_cluster_session_but_no_secret() {
+        let engine = ClusterEngine::new(SchedulerUrl::parse("df://127.0.0.1:1").expect("url"));
+        let config = engine
+            .session_config(&job(
+                "[cluster.session]\n\"datafusion.execution.target_partitions\" = 3\n\"ballista.job.name\" = \"nightly\"\n",
+            ))
+            .expect("config");
+        assert_eq!(config.target_partitions(), 3);
+        assert_eq!(
+            config
+                .ballista_config()
+                .settings()
+                .get("ballista.job.name")
+                .map(String::as_str),
+            Some("nightly")
+        );
+        let entries = config.options().entries();
+        let get = |k: &str| entries.iter().find(|e| e.key == k).and_then(|e| e.value.clone());
+        assert_eq!(get("shardforge.storage.region").as_deref(), Some("us-east-1"));
+        assert_eq!(get("shardforge.memory_limit_mib").as_deref(), Some("2048"));
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.value.as_deref() != Some("hush-91") && e.value.as_deref() != Some("AKID-17")),
+            "credentials stay on the driver"
+        );
+        let e = engine
+            .session_config(&job("[cluster.session]\n\"no.such.key\" = 1\n"))
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("cluster.session"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_address_nobody_listens_on_fails_fast_and_says_so() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let engine = ClusterEngine::new(SchedulerUrl::parse(&format!("df://127.0.0.1:{port}")).expect("url"));
+        let Err(e) = engine.session(&job("")).await else {
+            panic!("nobody listens on port {port}")
+        };
+        let m = e.to_string();
+        assert!(
+            m.contains("cannot reach the Ballista scheduler") && m.contains(&format!("127.0.0.1:{port}")),
+            "{m}"
+        );
+    }
+}

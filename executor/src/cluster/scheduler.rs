@@ -1,0 +1,447 @@
+//! `sf-scheduler`: a Ballista scheduler with ShardForge's extension.
+//!
+//! Differences from a stock Ballista scheduler, each on purpose:
+//!
+//! - **Extension.** Sessions plan `ShardWriteNode` with ShardForge's
+//!   planner and layout rule; plans are (de)coded with ShardForge's codecs
+//!   ([`register`]).
+//! - **Lost executors are noticed in seconds, not minutes.** Ballista
+//!   defaults to a 60 s executor heartbeat and a 180 s timeout; a shard
+//!   task on an executor that died is only re-run once the scheduler
+//!   declares the executor lost. ShardForge's executors beat every 5 s
+//!   and this scheduler gives up on one after 30 s (checked every 5 s), so
+//!   a killed executor's shards are rewritten within about half a minute.
+//!   Both are flags.
+//! - **Tasks spread round-robin.** With one scheduler Ballista recommends
+//!   it; it also puts shard writes on every executor instead of filling
+//!   the first one's slots.
+//! - **An executor that cannot decode a task fails the job with a reason.**
+//!   A stock Ballista executor rejects ShardForge's plans when they are
+//!   launched on it; Ballista would then drop the executor, take it back at
+//!   its next heartbeat and launch again, for ever. Here the rejected tasks
+//!   are reported failed with the executor's reason and a hint, which fails
+//!   the job: `sf-write` prints why instead of waiting.
+//! - **Reset tasks are offered again.** When Ballista 52 loses an executor
+//!   it resets that executor's tasks, but offers them to the remaining
+//!   executors only on the next scheduling event (a task finishing, an
+//!   executor registering). If the survivors are idle, none comes and the
+//!   job waits for ever. While jobs run, this scheduler makes one every
+//!   `--revive-interval-secs` (an empty task-status update, which ends in
+//!   Ballista's own offer round).
+//! - **A state file** (`--state-file`) lists the registered executors,
+//!   rewritten every second: deployment scripts wait on it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use ballista_core::serde::BallistaCodec;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::protobuf::{
+    ExecutionError, FailedTask, MultiTaskDefinition, TaskStatus, UpdateTaskStatusParams, failed_task, task_status,
+};
+use ballista_core::serde::scheduler::ExecutorMetadata;
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
+use ballista_scheduler::metrics::default_metrics_collector;
+use ballista_scheduler::scheduler_process::start_grpc_service;
+use ballista_scheduler::scheduler_server::SchedulerServer;
+use ballista_scheduler::state::executor_manager::ExecutorManager;
+use ballista_scheduler::state::task_manager::TaskLauncher;
+use clap::{Parser, ValueEnum};
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use sf_writer::{Error, Result};
+
+use super::process::{block_on, default_external_host, init_logging, stop_requested};
+use super::register;
+
+/// How tasks are spread over executors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Distribution {
+    /// One task per executor in turn (recommended with one scheduler).
+    RoundRobin,
+    /// Fill each executor's free slots before the next one.
+    Bias,
+}
+
+/// `sf-scheduler` arguments.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "sf-scheduler",
+    version,
+    about = "Ballista scheduler for ShardForge builds (sf-write --cluster df://HOST:PORT)."
+)]
+pub struct SchedulerArgs {
+    /// Address to listen on (0.0.0.0 in containers).
+    #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
+    pub bind_host: String,
+
+    /// Port to listen on (gRPC for clients and executors).
+    #[arg(long, short = 'p', default_value_t = 50050, value_name = "PORT")]
+    pub bind_port: u16,
+
+    /// Host name executors use to report back to this scheduler (default:
+    /// the bind host, or localhost when binding every interface).
+    #[arg(long, value_name = "HOST")]
+    pub external_host: Option<String>,
+
+    /// Seconds without a heartbeat after which an executor is lost and its
+    /// tasks run elsewhere.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub executor_timeout_secs: u64,
+
+    /// How often to look for lost executors, in seconds.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub expire_check_secs: u64,
+
+    /// How tasks are spread over executors.
+    #[arg(long, value_enum, default_value_t = Distribution::RoundRobin)]
+    pub task_distribution: Distribution,
+
+    /// Seconds after a job ends before executors delete its shuffle files.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub job_data_cleanup_secs: u64,
+
+    /// While jobs run, offer waiting tasks to free executor slots this
+    /// often, in seconds (0: only on Ballista's own events; see above).
+    #[arg(long, default_value_t = 2, value_name = "SECS")]
+    pub revive_interval_secs: u64,
+
+    /// Write the registered executors to this JSON file every second.
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+
+    /// Log filter (e.g. `info`, `ballista_scheduler=debug`); RUST_LOG works too.
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+impl SchedulerArgs {
+    /// The Ballista scheduler configuration, with ShardForge's extension.
+    pub fn config(&self) -> SchedulerConfig {
+        let config = SchedulerConfig {
+            namespace: "shardforge".into(),
+            external_host: self
+                .external_host
+                .clone()
+                .unwrap_or_else(|| default_external_host(&self.bind_host)),
+            bind_host: self.bind_host.clone(),
+            bind_port: self.bind_port,
+            task_distribution: match self.task_distribution {
+                Distribution::RoundRobin => TaskDistributionPolicy::RoundRobin,
+                Distribution::Bias => TaskDistributionPolicy::Bias,
+            },
+            finished_job_data_clean_up_interval_seconds: self.job_data_cleanup_secs,
+            executor_timeout_seconds: self.executor_timeout_secs.max(1),
+            expire_dead_executor_interval_seconds: self.expire_check_secs.max(1),
+            ..SchedulerConfig::default()
+        };
+        register(config)
+    }
+}
+
+/// Runs `sf-scheduler` with the process's arguments.
+pub fn main() -> ExitCode {
+    let args = SchedulerArgs::parse();
+    init_logging(args.log.as_deref(), "info");
+    block_on("sf-scheduler", run(args))
+}
+
+/// Runs the scheduler until Ctrl-C or SIGTERM.
+pub async fn run(args: SchedulerArgs) -> Result<()> {
+    let addr: SocketAddr = format!("{}:{}", args.bind_host, args.bind_port)
+        .parse()
+        .map_err(|e| Error::config("--bind-host/--bind-port", format!("{e}")))?;
+    let config = Arc::new(args.config());
+    let engine = |e: ballista_core::error::BallistaError| Error::Engine(e.to_string());
+    let cluster = BallistaCluster::new_from_config(&config).await.map_err(engine)?;
+    let codec = BallistaCodec::new(
+        config
+            .override_logical_codec
+            .clone()
+            .ok_or_else(|| Error::Internal("the extension sets a logical codec".into()))?,
+        config
+            .override_physical_codec
+            .clone()
+            .ok_or_else(|| Error::Internal("the extension sets a physical codec".into()))?,
+    );
+    let connect_host = match args.bind_host.as_str() {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1".to_string(),
+        h => h.to_string(),
+    };
+    let self_url = format!("http://{connect_host}:{}", args.bind_port);
+    let launcher = Arc::new(ReportingLauncher {
+        scheduler_id: config.scheduler_name(),
+        self_url: self_url.clone(),
+    });
+    let mut server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> = SchedulerServer::new_with_task_launcher(
+        config.scheduler_name(),
+        cluster,
+        codec,
+        Arc::clone(&config),
+        default_metrics_collector().map_err(engine)?,
+        launcher,
+    );
+    server.init().await.map_err(engine)?;
+    tracing::info!(
+        "sf-scheduler {} listening on {addr} as {} (executor timeout {}s)",
+        env!("CARGO_PKG_VERSION"),
+        config.scheduler_name(),
+        config.executor_timeout_seconds
+    );
+    let state_writer = args
+        .state_file
+        .clone()
+        .map(|path| tokio::spawn(write_state(server.clone(), path)));
+    let reviver = (args.revive_interval_secs > 0).then(|| {
+        tokio::spawn(revive_offers(
+            server.clone(),
+            self_url,
+            Duration::from_secs(args.revive_interval_secs),
+        ))
+    });
+    let outcome = tokio::select! {
+        r = start_grpc_service(addr, server) => r.map_err(engine),
+        _ = stop_requested() => {
+            tracing::info!("stopping");
+            Ok(())
+        }
+    };
+    for task in [state_writer, reviver].into_iter().flatten() {
+        task.abort();
+    }
+    outcome
+}
+
+/// While jobs run, asks the scheduler every `interval` to offer waiting
+/// tasks to free slots, by an empty task-status update in the name of a
+/// live executor: Ballista answers every status update with an offer
+/// round, and this is the only public way to ask for one.
+async fn revive_offers(
+    server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+    self_url: String,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    let mut client = None;
+    loop {
+        tick.tick().await;
+        if server.running_job_number() == 0 {
+            continue;
+        }
+        let Ok(executors) = server.state.executor_manager.get_executor_state().await else {
+            continue;
+        };
+        // The freshest heartbeat: an executor the scheduler takes as alive.
+        let Some(executor_id) = executors
+            .iter()
+            .max_by_key(|(_, heartbeat)| *heartbeat)
+            .map(|(m, _)| m.id.clone())
+        else {
+            continue;
+        };
+        if client.is_none() {
+            client = SchedulerGrpcClient::connect(self_url.clone()).await.ok();
+        }
+        let Some(c) = client.as_mut() else {
+            continue;
+        };
+        let nudge = UpdateTaskStatusParams {
+            executor_id,
+            task_status: vec![],
+        };
+        if let Err(e) = c.update_task_status(nudge).await {
+            tracing::debug!("offer round request failed: {}", e.message());
+            client = None;
+        }
+    }
+}
+
+/// Rewrites `path` every second with the registered executors.
+async fn write_state(server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>, path: PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let executors = match server.state.executor_manager.get_executor_state().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("reading executor state: {e}");
+                continue;
+            }
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let list: Vec<serde_json::Value> = executors
+            .iter()
+            .map(|(m, heartbeat)| {
+                serde_json::json!({
+                    "id": m.id,
+                    "host": m.host,
+                    "port": m.port,
+                    "grpc_port": m.grpc_port,
+                    "task_slots": m.specification.task_slots,
+                    "seconds_since_heartbeat": heartbeat.map(|h| now.saturating_sub(h).as_secs()),
+                })
+            })
+            .collect();
+        let body = serde_json::json!({ "scheduler": server.scheduler_name, "executors": list });
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, body.to_string()).and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!("writing {}: {e}", path.display());
+        }
+    }
+}
+
+/// Launches tasks like Ballista's default launcher, except when an
+/// executor rejects them (its gRPC answer is `InvalidArgument`: it could
+/// not turn the task into a plan): then the tasks are reported failed with
+/// the reason, which fails the job instead of relaunching for ever.
+struct ReportingLauncher {
+    scheduler_id: String,
+    self_url: String,
+}
+
+#[async_trait]
+impl TaskLauncher for ReportingLauncher {
+    async fn launch_tasks(
+        &self,
+        executor: &ExecutorMetadata,
+        tasks: Vec<MultiTaskDefinition>,
+        executor_manager: &ExecutorManager,
+    ) -> ballista_core::error::Result<()> {
+        let statuses_if_rejected: Vec<TaskStatus> = tasks.iter().flat_map(failed_statuses).collect();
+        match executor_manager
+            .launch_multi_task(&executor.id, tasks, self.scheduler_id.clone())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let text = e.to_string();
+                // The executor answered, with a refusal; anything else
+                // (unreachable, timeout) is Ballista's to handle.
+                if !text.contains("InvalidArgument") {
+                    return Err(e);
+                }
+                let reason = rejection_reason(executor, &text);
+                tracing::error!("{reason}");
+                let statuses = statuses_if_rejected
+                    .into_iter()
+                    .map(|mut s| {
+                        if let Some(task_status::Status::Failed(f)) = &mut s.status {
+                            f.error = reason.clone();
+                        }
+                        s
+                    })
+                    .collect();
+                match self.report(&executor.id, statuses).await {
+                    Ok(()) => Ok(()),
+                    Err(report) => {
+                        tracing::error!("could not report the rejected tasks as failed: {report}");
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ReportingLauncher {
+    async fn report(&self, executor_id: &str, task_status: Vec<TaskStatus>) -> std::result::Result<(), String> {
+        let mut client = SchedulerGrpcClient::connect(self.self_url.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .update_task_status(UpdateTaskStatusParams {
+                executor_id: executor_id.to_string(),
+                task_status,
+            })
+            .await
+            .map_err(|e| e.message().to_string())?;
+        Ok(())
+    }
+}
+
+/// A failed status (reason filled in later) for every task of `multi`.
+fn failed_statuses(multi: &MultiTaskDefinition) -> Vec<TaskStatus> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    multi
+        .task_ids
+        .iter()
+        .map(|t| TaskStatus {
+            task_id: t.task_id,
+            job_id: multi.job_id.clone(),
+            stage_id: multi.stage_id,
+            stage_attempt_num: multi.stage_attempt_num,
+            partition_id: t.partition_id,
+            launch_time: multi.launch_time,
+            start_exec_time: now,
+            end_exec_time: now,
+            metrics: vec![],
+            status: Some(task_status::Status::Failed(FailedTask {
+                error: String::new(),
+                retryable: false,
+                count_to_failures: true,
+                failed_reason: Some(failed_task::FailedReason::ExecutionError(ExecutionError {})),
+            })),
+        })
+        .collect()
+}
+
+/// What to tell the user about an executor that refused a task.
+fn rejection_reason(executor: &ExecutorMetadata, error: &str) -> String {
+    // The executor's own words are in the gRPC status message.
+    let detail = error
+        .split_once("message: \"")
+        .and_then(|(_, rest)| rest.split_once("\", ").map(|(m, _)| m))
+        .unwrap_or(error)
+        .replace("\\\"", "\"");
+    let lower = detail.to_ascii_lowercase();
+    let hint = if ["codec", "deserializ", "decode", "not provided"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        " It cannot decode ShardForge's plan: it lacks ShardForge's extension. \
+         Run sf-executor (not a stock Ballista executor) against this scheduler."
+    } else {
+        ""
+    };
+    format!(
+        "executor {} at {}:{} rejected the task: {detail}.{hint}",
+        executor.id, executor.host, executor.grpc_port
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use ballista_core::serde::scheduler::ExecutorSpecification;
+
+    use super::*;
+
+    #[test]
+    fn a_rejection_names_the_executor_the_reason_and_the_fix() {
+        let executor = ExecutorMetadata {
+            id: "e-1".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            grpc_port: 2,
+            specification: ExecutorSpecification { task_slots: 2 },
+        };
+        let error = "Internal error: Failed to connect to executor e-1: Status { code: InvalidArgument, \
+                     message: \"DataFusion error: This feature is not implemented: PhysicalExtensionCodec is not \
+                     provided for scalar function sf_shard_id\", source: None }";
+        let r = rejection_reason(&executor, error);
+        assert!(
+            r.starts_with("executor e-1 at 127.0.0.1:2 rejected the task: DataFusion error"),
+            "{r}"
+        );
+        assert!(r.contains("sf_shard_id") && r.contains("Run sf-executor"), "{r}");
+        let other = rejection_reason(&executor, "Status { code: InvalidArgument, message: \"disk full\", x }");
+        assert!(other.ends_with("disk full."), "{other}");
+    }
+}
