@@ -1,4 +1,13 @@
 //! ShardForge's cross-crate tests, as one test binary.
 
+mod cluster;
 mod fixtures;
 mod publish;
+mod reader_admin;
+mod reader_cache;
+mod reader_cli;
+mod reader_concurrency;
+mod reader_errors;
+mod reader_fixtures;
+mod reader_snapshots;
+mod write_e2e;

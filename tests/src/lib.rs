@@ -8,6 +8,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub mod cluster;
+pub mod snapshots;
+pub mod writer_support;
+
 /// Folder of the reference snapshots (copied from shardyfusion v4).
 pub fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/shardyfusion-v4")
@@ -161,7 +165,7 @@ pub fn parse_py_dict(s: &str) -> BTreeMap<String, PyValue> {
 }
 
 /// Environment variable naming the bucket the S3 test server serves.
-pub const S3_BUCKET_VAR: &str = "SF_TEST_S3_BUCKET";
+pub const S3_BUCKET_VAR: &str = "SHARDFORGE_TEST_S3_BUCKET";
 
 /// A fresh `s3://` prefix for one test on the S3 test server.
 ///

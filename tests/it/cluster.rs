@@ -1,0 +1,368 @@
+//! `sf-write` on a real Ballista cluster: one `sf-scheduler` and
+//! `sf-executor`s as separate processes on 127.0.0.1, started and stopped
+//! by `deploy/local/`, writing SQLite shards to the S3 test server.
+//!
+//! Every cluster snapshot is compared with the embedded run of the same
+//! job: rows per shard, values, checksums.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use sf_manifest::DbId;
+use sf_tests::cluster::{ClusterOptions, LocalCluster, claims, free_port, run_bounded, upload, wait_bounded};
+use sf_tests::s3_prefix;
+use sf_tests::writer_support::{Snapshot, binary, list_keys, read_snapshot, write_parquet};
+use sf_writer::job::{BuildOptions, Embedded, Outcome, build};
+
+const NUM_DBS: u32 = 8;
+
+/// `n` rows: id, name, and a 40-byte payload.
+fn users(n: i64) -> RecordBatch {
+    let ids: Vec<i64> = (0..n).collect();
+    RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(ids.clone())) as ArrayRef),
+        (
+            "name",
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("user-{i}")))) as ArrayRef,
+        ),
+        (
+            "payload",
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("{i:0>40}")))) as ArrayRef,
+        ),
+    ])
+    .expect("users batch")
+}
+
+/// Writes `n` users as Parquet and uploads them next to the test's prefix.
+async fn s3_input(test: &str, n: i64, dir: &Path) -> String {
+    let local = dir.join("users.parquet");
+    write_parquet(&local, &[users(n)]);
+    let url = format!("{}/input/users.parquet", s3_prefix(test));
+    upload(&local, &url).await;
+    url
+}
+
+fn job_text(input: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        r#"key_col = "id"
+[input]
+format = "parquet"
+path = "{input}"
+[value]
+json_cols = ["name", "payload"]
+[routing]
+strategy = "hash"
+num_dbs = {NUM_DBS}
+[output]
+prefix = "{prefix}"
+backend = "sqlite"
+{extra}"#
+    )
+}
+
+/// The same job, embedded, in this process: the reference.
+async fn embedded_run(text: &str, dir: &Path) -> Snapshot {
+    let job = sf_writer::config::parse(text, "job.toml", dir, Vec::<(String, String)>::new()).expect("valid job");
+    match build(&job, &Embedded::default(), &BuildOptions::default()).await {
+        Ok(Outcome::Built(_)) => {}
+        other => panic!("embedded build: {other:?}"),
+    }
+    read_snapshot(&job.output.prefix).await
+}
+
+fn write_job(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).expect("write job file");
+    path
+}
+
+/// Same shards, same rows and values in each, same checksums and sizes.
+fn assert_same_content(cluster: &Snapshot, embedded: &Snapshot) {
+    assert_eq!(
+        cluster.shards.keys().collect::<Vec<_>>(),
+        embedded.shards.keys().collect::<Vec<_>>(),
+        "the same shards hold rows"
+    );
+    for (db, rows) in &embedded.shards {
+        assert_eq!(cluster.shards[db].len(), rows.len(), "rows in shard {db}");
+        assert!(cluster.shards[db] == *rows, "keys and values of shard {db}");
+    }
+    let by_db = |s: &Snapshot| -> BTreeMap<DbId, (u64, u64, Option<String>, Option<String>)> {
+        s.manifest
+            .shards
+            .iter()
+            .map(|r| {
+                (
+                    r.db_id,
+                    (
+                        r.row_count,
+                        r.db_bytes,
+                        r.writer_info.checksum().map(str::to_string),
+                        r.checkpoint_id.clone(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let (c, e) = (by_db(cluster), by_db(embedded));
+    assert!(e.values().all(|v| v.2.is_some()), "the embedded run records checksums");
+    assert_eq!(c, e, "row counts, sizes, checksums and checkpoint ids per shard");
+    assert_eq!(cluster.manifest.build.sharding, embedded.manifest.build.sharding);
+    assert_eq!(cluster.manifest.build.num_dbs, NUM_DBS);
+}
+
+/// Attempt folders under the run's shards, as `db=NNNNN/attempt=NN`.
+async fn attempt_folders(prefix: &str, run_id: &str) -> BTreeSet<String> {
+    let base = format!("shards/run_id={run_id}/");
+    list_keys(prefix)
+        .await
+        .iter()
+        .filter_map(|k| k.strip_prefix(&base))
+        .filter_map(|k| {
+            let mut parts = k.split('/');
+            Some(format!("{}/{}", parts.next()?, parts.next()?))
+        })
+        .collect()
+}
+
+/// The winners' attempt folders, as `db=NNNNN/attempt=NN`.
+fn winner_folders(snap: &Snapshot) -> BTreeSet<String> {
+    snap.manifest
+        .shards
+        .iter()
+        .map(|r| format!("db={:05}/attempt={:02}", r.db_id.0, r.attempt.0))
+        .collect()
+}
+
+fn summary(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("--json summary: {e}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_on_two_executors_matches_the_embedded_build() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = s3_input("cluster-same", 20_000, dir.path()).await;
+    let reference = embedded_run(&job_text(&input, &s3_prefix("cluster-same-embedded"), ""), dir.path()).await;
+
+    let cluster = LocalCluster::start(&ClusterOptions::default());
+    let prefix = s3_prefix("cluster-same");
+    let job = write_job(dir.path(), &job_text(&input, &prefix, ""));
+    let out = run_bounded(
+        Command::new(binary("sf-write")).arg("--config").arg(&job).args([
+            "--cluster",
+            cluster.url(),
+            "--json",
+            "--progress",
+            "off",
+        ]),
+        Duration::from_secs(300),
+        "sf-write on the cluster",
+    );
+    assert!(
+        out.status.success(),
+        "sf-write --cluster failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out.stdout);
+    assert_eq!(s["rows"], 20_000);
+    assert_eq!(s["num_dbs"], NUM_DBS);
+
+    let snap = read_snapshot(&prefix).await;
+    assert_same_content(&snap, &reference);
+
+    // Tasks ran on both executors: the winners' claim markers name the
+    // process that wrote each shard.
+    let winners = winner_folders(&snap);
+    let claimed = claims(&prefix).await;
+    let writers: BTreeSet<u32> = claimed
+        .iter()
+        .filter(|c| winners.iter().any(|w| c.attempt_key.ends_with(w.as_str())))
+        .map(|c| c.pid)
+        .collect();
+    let executors: BTreeSet<u32> = cluster.executor_pids().iter().copied().collect();
+    assert_eq!(
+        writers, executors,
+        "every executor wrote shards, and only executors did"
+    );
+
+    // Ballista's task identities reached the manifest: one write stage,
+    // a distinct task per shard.
+    let stages: BTreeSet<Option<i64>> = snap.manifest.shards.iter().map(|r| r.writer_info.stage_id).collect();
+    assert_eq!(stages.len(), 1, "{stages:?}");
+    assert!(stages.iter().all(Option::is_some), "stage ids recorded");
+    let tasks: BTreeSet<i64> = snap
+        .manifest
+        .shards
+        .iter()
+        .map(|r| r.writer_info.task_attempt_id.expect("task attempt id"))
+        .collect();
+    assert_eq!(tasks.len(), snap.manifest.shards.len(), "one task per shard");
+
+    let run_id = snap.manifest.build.run_id.as_str().to_string();
+    assert_eq!(attempt_folders(&prefix, &run_id).await, winners, "no other attempt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_executor_mid_write_still_publishes_the_whole_snapshot() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = 16_000;
+    let input = s3_input("cluster-kill", rows, dir.path()).await;
+    // About 2,000 rows per shard at 800 rows/s: a shard takes 2-3 s, so
+    // the kill lands while shards are being written.
+    let slow = "[write]\nbatch_size = 250\nmax_writes_per_second = 800\n";
+    let reference = embedded_run(&job_text(&input, &s3_prefix("cluster-kill-embedded"), slow), dir.path()).await;
+
+    // A lost executor is noticed after 6 s without heartbeats (beats every 1 s).
+    let cluster = LocalCluster::start(&ClusterOptions {
+        scheduler_args: vec!["--executor-timeout-secs=6".into(), "--expire-check-secs=1".into()],
+        executor_args: vec!["--heartbeat-interval-secs=1".into()],
+        ..ClusterOptions::default()
+    });
+    let prefix = s3_prefix("cluster-kill");
+    // The scheduler and a session setting come from the job file this time.
+    let cluster_section = format!(
+        "[cluster]\nscheduler = \"{}\"\n[cluster.session]\n\"ballista.job.name\" = \"fault test\"\n",
+        cluster.url()
+    );
+    let job = write_job(
+        dir.path(),
+        &job_text(&input, &prefix, &format!("{slow}{cluster_section}")),
+    );
+    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new(binary("sf-write"))
+        .arg("--config")
+        .arg(&job)
+        .args(["--json", "--progress", "log"])
+        .stdout(std::fs::File::create(&stdout).expect("stdout"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr"))
+        .spawn()
+        .expect("start sf-write");
+
+    // Wait until the second executor has claimed an attempt while shards
+    // remain unwritten, then kill it.
+    let victim = cluster.executor_pids()[1];
+    let started = Instant::now();
+    let seen_before_kill = loop {
+        if let Some(status) = child.try_wait().expect("poll sf-write") {
+            panic!(
+                "sf-write finished ({status}) before an executor could be killed: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        let seen = claims(&prefix).await;
+        let shards: BTreeSet<u32> = seen.iter().map(|c| c.db_id).collect();
+        if seen.iter().any(|c| c.pid == victim) && (shards.len() as u32) < NUM_DBS {
+            cluster.kill_executor(1);
+            break seen;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the second executor claimed no attempt within 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let status = wait_bounded(&mut child, Duration::from_secs(300), "sf-write after the kill");
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(status.success(), "the build survives a lost executor: {err}");
+    let s = summary(&std::fs::read(&stdout).expect("stdout"));
+
+    let snap = read_snapshot(&prefix).await;
+    assert_same_content(&snap, &reference);
+
+    // The victim's attempts were written, lost with its results, re-run in
+    // new attempts on the survivor and deleted as losers.
+    let victim_attempts: BTreeSet<String> = seen_before_kill
+        .iter()
+        .filter(|c| c.pid == victim)
+        .map(|c| c.attempt_key.clone())
+        .collect();
+    assert!(!victim_attempts.is_empty());
+    let survivors: BTreeSet<u32> = claims(&prefix).await.iter().map(|c| c.pid).collect();
+    assert_eq!(
+        survivors,
+        BTreeSet::from([cluster.executor_pids()[0]]),
+        "every remaining attempt, the winners, was written by the surviving executor"
+    );
+    assert!(
+        s["losers_deleted"].as_u64().expect("losers_deleted") >= victim_attempts.len() as u64,
+        "{s}"
+    );
+    assert!(
+        snap.manifest.shards.iter().any(|r| r.attempt.0 >= 1),
+        "a re-run shard was written into a new attempt"
+    );
+    let run_id = snap.manifest.build.run_id.as_str().to_string();
+    assert_eq!(
+        attempt_folders(&prefix, &run_id).await,
+        winner_folders(&snap),
+        "no losing attempt is left behind"
+    );
+}
+
+#[test]
+fn an_unreachable_scheduler_is_reported_at_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("users.parquet");
+    write_parquet(&input, &[users(10)]);
+    let out_dir = dir.path().join("out");
+    let job = write_job(
+        dir.path(),
+        &job_text(&input.to_string_lossy(), &out_dir.to_string_lossy(), ""),
+    );
+    let url = format!("df://127.0.0.1:{}", free_port());
+    let out = run_bounded(
+        Command::new(binary("sf-write"))
+            .arg("--config")
+            .arg(&job)
+            .args(["--cluster", &url, "--progress", "off"]),
+        Duration::from_secs(60),
+        "sf-write against no scheduler",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach the Ballista scheduler at {url}")) && err.contains("sf-scheduler"),
+        "{err}"
+    );
+    assert!(!out_dir.exists(), "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_without_the_extension_fails_the_build_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = s3_input("cluster-plain", 1_000, dir.path()).await;
+    // `--without-extension` runs Ballista's executor exactly as stock
+    // Ballista configures it: default codecs, runtime and config.
+    let cluster = LocalCluster::start(&ClusterOptions {
+        executors: 1,
+        executor_args: vec!["--without-extension".into()],
+        ..ClusterOptions::default()
+    });
+    let prefix = s3_prefix("cluster-plain");
+    let job = write_job(dir.path(), &job_text(&input, &prefix, ""));
+    let out = run_bounded(
+        Command::new(binary("sf-write")).arg("--config").arg(&job).args([
+            "--cluster",
+            cluster.url(),
+            "--progress",
+            "off",
+        ]),
+        Duration::from_secs(120),
+        "sf-write on an executor without the extension",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("lacks ShardForge's extension") && err.contains("Run sf-executor"),
+        "the error names the cause and the fix: {err}"
+    );
+    assert!(
+        !list_keys(&prefix).await.iter().any(|k| k == "_CURRENT"),
+        "nothing was published"
+    );
+}

@@ -1,0 +1,436 @@
+//! The real `sf-read` binary: the reference CLI's transcript reproduced
+//! line for line on the fixtures, fresh snapshots on the file system and
+//! S3, rollback and cleanup (dry and for real), exit codes, and the cache
+//! shared between processes.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use sf_manifest::{CelType, Key, KeyEncoding, RoutingValue, ShardingSpec};
+use sf_reader::ContextValue;
+use sf_tests::snapshots::{Backend, Row, SnapshotSpec, build_snapshot, fixture_copy, int_rows, tree_state};
+use sf_tests::{fixture_dir, s3_prefix};
+
+/// `target/<profile>/sf-read`, which `./scripts/test.sh` builds first.
+fn sf_read() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile folder")
+        .join("sf-read");
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `./scripts/test.sh` (it builds the binaries first) \
+         or `cargo build -p sf-reader`",
+        path.display()
+    );
+    path
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str], cache: &Path, stdin: Option<&str>) -> Out {
+    let mut cmd = Command::new(sf_read());
+    cmd.args(args)
+        .env("SF_CACHE_DIR", cache)
+        .env_remove("SF_CURRENT_URL")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn sf-read");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("sf-read ran");
+    Out {
+        code: out.status.code().expect("exit code"),
+        stdout: String::from_utf8(out.stdout).expect("utf8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf8 stderr"),
+    }
+}
+
+fn ok(args: &[&str], cache: &Path) -> String {
+    let o = run(args, cache, None);
+    assert_eq!(o.code, 0, "sf-read {args:?} failed: {}", o.stderr);
+    o.stdout
+}
+
+fn json(line: &str) -> Value {
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
+}
+
+/// Every command of the reference transcript, run against copies of the
+/// fixtures, prints the same line and exits with the same code.
+#[test]
+fn the_reference_transcript_is_reproduced() {
+    let (_a, hash_int) = fixture_copy("sqlite-bucket-golden/hash_int");
+    let (_b, cel_cat) = fixture_copy("sqlite-bucket-golden/cel_cat");
+    let (_c, hash_str) = fixture_copy("sqlite-bucket-golden/hash_str");
+    let local = BTreeMap::from([
+        ("s3://golden/hash_int", hash_int.clone()),
+        ("s3://golden/cel_cat", cel_cat),
+        ("s3://golden/hash_str", hash_str),
+    ]);
+    let cache = tempfile::tempdir().expect("cache");
+    let text = std::fs::read_to_string(fixture_dir().join("reference_cli_transcript.txt")).expect("transcript");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut checked = 0;
+    for pair in lines.chunks(2) {
+        let [cmd, want] = pair else {
+            panic!("transcript lines come in pairs")
+        };
+        let cmd = cmd.strip_prefix("$ shardy ").expect("command line");
+        let (args, rc) = cmd.rsplit_once("[rc=").expect("rc");
+        let want_rc: i32 = rc.trim_end_matches(']').parse().expect("rc");
+        let mut args: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+        // The reference ran against s3://golden/hash_int by default.
+        let mut current = format!("{}/_CURRENT", hash_int.display());
+        if let Some(i) = args.iter().position(|a| a == "--current-url") {
+            let url = args.remove(i + 1);
+            args.remove(i);
+            let prefix = url.trim_end_matches("/_CURRENT");
+            current = format!("{}/_CURRENT", local[prefix].display());
+        }
+        if args.iter().any(|a| a == "health") {
+            // The reference's snapshot was fresh when it ran.
+            args.extend(["--max-age".into(), "100000d".into()]);
+        }
+        let mut full: Vec<&str> = vec!["--current-url", &current];
+        full.extend(args.iter().map(String::as_str));
+        let out = run(&full, cache.path(), None);
+        assert_eq!(out.code, want_rc, "{cmd}: {}", out.stderr);
+        let got = out.stdout.trim_end().to_string();
+        let op = json(want)["op"].as_str().expect("op").to_string();
+        match op.as_str() {
+            "history" => {
+                let ours = got.replace(&format!("file://{}", hash_int.display()), "s3://golden/hash_int");
+                assert_eq!(ours, *want, "{cmd}");
+            }
+            "health" => {
+                let (g, w) = (json(&got), json(want));
+                for k in ["op", "status", "manifest_ref", "num_shards", "is_closed"] {
+                    assert_eq!(g[k], w[k], "{cmd}: {k}");
+                }
+                assert!(g["manifest_age_seconds"].is_f64());
+            }
+            "cleanup" => {
+                let (g, w) = (json(&got), json(want));
+                for (k, v) in w.as_object().expect("object") {
+                    assert_eq!(&g[k], v, "{cmd}: {k}");
+                }
+            }
+            _ => assert_eq!(got, *want, "{cmd}"),
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 12, "every transcript command ran");
+}
+
+#[test]
+fn exit_codes_and_errors_name_what_is_wrong() {
+    let cache = tempfile::tempdir().expect("cache");
+    let (_a, hash_int) = fixture_copy("sqlite-bucket-golden/hash_int");
+    let current = format!("{}/_CURRENT", hash_int.display());
+
+    // health: 0 healthy, 1 stale, 2 error.
+    let o = run(
+        &["--current-url", &current, "health", "--max-age", "100000d"],
+        cache.path(),
+        None,
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(
+        &["--current-url", &current, "health", "--max-age", "1s"],
+        cache.path(),
+        None,
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(json(&o.stdout)["status"], "stale");
+    let empty = tempfile::tempdir().expect("empty");
+    let nowhere = format!("{}/_CURRENT", empty.path().display());
+    let o = run(&["--current-url", &nowhere, "health"], cache.path(), None);
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("_CURRENT") && o.stderr.contains(&empty.path().display().to_string()),
+        "{}",
+        o.stderr
+    );
+
+    // Errors exit 2 and say what is wrong on stderr, nothing on stdout.
+    for (args, needle) in [
+        (vec!["--current-url", &current, "get", "abc"], "u64be"),
+        (
+            vec!["--current-url", &nowhere, "get", "1"],
+            "nothing has been published",
+        ),
+        (vec!["get", "1"], "--current-url"),
+        (vec!["--current-url", &current, "--offset", "7", "get", "1"], "offset 7"),
+        (
+            vec!["--current-url", &current, "--ref", "x", "--offset", "1", "info"],
+            "cannot be used with",
+        ),
+        (
+            vec!["--current-url", &current, "rollback"],
+            "--run-id, --ref or --offset",
+        ),
+        (
+            vec!["--current-url", &current, "get", "1", "--ctx", "region=eu"],
+            "region",
+        ),
+        (
+            vec!["--current-url", &current, "cleanup", "--older-than", "soon"],
+            "soon",
+        ),
+    ] {
+        let o = run(&args, cache.path(), None);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+        assert!(o.stderr.contains(needle), "{args:?}: {}", o.stderr);
+        assert!(o.stdout.is_empty(), "{args:?}: {}", o.stdout);
+    }
+    let help = run(&["--help"], cache.path(), None);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("Exit codes") && help.stdout.contains("3  conflict"));
+}
+
+/// A second process finds the shard files the first one downloaded and
+/// uses them as they are.
+#[test]
+fn the_download_cache_is_shared_between_processes() {
+    let cache = tempfile::tempdir().expect("cache");
+    let (_a, hash_int) = fixture_copy("sqlite-bucket-golden/hash_int");
+    let current = format!("{}/_CURRENT", hash_int.display());
+    let all = ["multiget", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    let mut args = vec!["--current-url", current.as_str(), "--sqlite-mode", "download"];
+    args.extend(all);
+    let first = ok(&args, cache.path());
+    let files: BTreeMap<PathBuf, (u64, u64)> = std::fs::read_dir(cache.path().join("sqlite"))
+        .expect("cache")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "db"))
+        .map(|p| {
+            let m = std::fs::metadata(&p).expect("meta");
+            (p, (m.ino(), m.mtime_nsec() as u64))
+        })
+        .collect();
+    assert_eq!(files.len(), 4, "four shards cached");
+    let second = ok(&args, cache.path());
+    assert_eq!(first, second);
+    for (p, (ino, mtime)) in &files {
+        let m = std::fs::metadata(p).expect("meta");
+        assert_eq!(
+            (m.ino(), m.mtime_nsec() as u64),
+            (*ino, *mtime),
+            "{} was fetched again",
+            p.display()
+        );
+    }
+}
+
+async fn fresh_snapshots(base: &str) {
+    let cache = tempfile::tempdir().expect("cache");
+    // Hash over SQLite and SlateDB.
+    for backend in [Backend::Sqlite, Backend::SlateDb] {
+        let prefix = format!("{base}/hash-{backend:?}").to_lowercase();
+        let mut spec = SnapshotSpec::hash("r1", 4, KeyEncoding::U64Be);
+        spec.backend = backend;
+        build_snapshot(&prefix, &spec, &int_rows(50, "v")).await;
+        let current = format!("{prefix}/_CURRENT");
+        let c = cache.path();
+        assert_eq!(
+            ok(&["--current-url", &current, "get", "7"], c).trim(),
+            r#"{"op": "get", "key": "7", "found": true, "value": "v:7"}"#
+        );
+        let keys = "3\n49\n50\n\n0\n";
+        let o = run(&["--current-url", &current, "multiget", "-"], c, Some(keys));
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert_eq!(
+            o.stdout.trim(),
+            r#"{"op": "multiget", "results": [{"key": "3", "found": true, "value": "v:3"}, {"key": "49", "found": true, "value": "v:49"}, {"key": "50", "found": false}, {"key": "0", "found": true, "value": "v:0"}]}"#
+        );
+        let jsonl = ok(
+            &[
+                "--current-url",
+                &current,
+                "--output",
+                "jsonl",
+                "multiget",
+                "1",
+                "2",
+                "99",
+            ],
+            c,
+        );
+        let rows: Vec<Value> = jsonl.lines().map(json).collect();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[2], serde_json::json!({"key": "99", "found": false}));
+        let hex = ok(&["--current-url", &current, "--value-format", "hex", "get", "1"], c);
+        assert_eq!(json(&hex)["value"], hex::encode("v:1"));
+        let b64 = ok(&["--current-url", &current, "--value-format", "base64", "get", "1"], c);
+        assert_eq!(json(&b64)["value"], "djox");
+        let table = ok(&["--current-url", &current, "--output", "table", "shards"], c);
+        assert!(table.starts_with("db_id") && table.lines().count() == 5, "{table}");
+        let info = json(&ok(&["--current-url", &current, "info"], c));
+        assert_eq!(info["row_count"], 50);
+        assert_eq!(info["run_id"], "r1");
+        let route = json(&ok(&["--current-url", &current, "route", "7"], c));
+        assert!(route["db_id"].as_u64().is_some_and(|d| d < 4));
+    }
+
+    // Categorical CEL with context, raw keys.
+    let prefix = format!("{base}/cel-cat");
+    let mut spec = SnapshotSpec::hash("cat", 2, KeyEncoding::Raw);
+    spec.sharding = ShardingSpec::cel(
+        "region",
+        BTreeMap::from([("region".to_string(), CelType::String)]),
+        Some(vec![RoutingValue::Str("eu".into()), RoutingValue::Str("us".into())]),
+    );
+    let rows = vec![
+        Row::new(Key::Bytes(vec![0xff, 0x01]), "eu-binary").with("region", ContextValue::Str("eu".into())),
+        Row::new(Key::Bytes(b"plain".to_vec()), "us-text").with("region", ContextValue::Str("us".into())),
+    ];
+    build_snapshot(&prefix, &spec, &rows).await;
+    let current = format!("{prefix}/_CURRENT");
+    let c = cache.path();
+    let got = json(&ok(
+        &["--current-url", &current, "get", "hex:ff01", "--ctx", "region=eu"],
+        c,
+    ));
+    assert_eq!(got["value"], "eu-binary");
+    let got = json(&ok(
+        &[
+            "--current-url",
+            &current,
+            "get",
+            "plain",
+            "--routing-context",
+            "region=us",
+        ],
+        c,
+    ));
+    assert_eq!(got["value"], "us-text");
+    let got = json(&ok(
+        &["--current-url", &current, "get", "plain", "--ctx", "region=mars"],
+        c,
+    ));
+    assert_eq!(got["found"], false, "an unknown token is a miss");
+    let got = json(&ok(
+        &["--current-url", &current, "route", "plain", "--ctx", "region=mars"],
+        c,
+    ));
+    assert_eq!(got["db_id"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_snapshots_on_the_file_system() {
+    let root = tempfile::tempdir().expect("root");
+    fresh_snapshots(&format!("file://{}", root.path().display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_snapshots_on_s3() {
+    fresh_snapshots(&s3_prefix("reader-cli")).await;
+}
+
+async fn admin_commands(prefix: &str, local_root: Option<&Path>) {
+    let cache = tempfile::tempdir().expect("cache");
+    let c = cache.path();
+    let mut spec = SnapshotSpec::hash("run1", 4, KeyEncoding::U64Be);
+    spec.losing_attempts = true;
+    build_snapshot(prefix, &spec, &int_rows(20, "one")).await;
+    spec.run_id = "run2".into();
+    build_snapshot(prefix, &spec, &int_rows(20, "two")).await;
+    let current = format!("{prefix}/_CURRENT");
+    let value = |k: &str| json(&ok(&["--current-url", &current, "get", k], c))["value"].clone();
+    assert_eq!(value("5"), "two:5");
+
+    // Rollback by offset, by ref, by run id.
+    let r = json(&ok(&["--current-url", &current, "--offset", "1", "rollback"], c));
+    assert_eq!(
+        (r["op"].as_str(), r["changed"].as_bool()),
+        (Some("rollback"), Some(true))
+    );
+    assert_eq!(
+        (r["from_run_id"].as_str(), r["run_id"].as_str()),
+        (Some("run2"), Some("run1"))
+    );
+    assert_eq!(value("5"), "one:5");
+    let history = json(&ok(&["--current-url", &current, "history"], c));
+    let newest = history["manifests"][0]["ref"].as_str().expect("ref").to_string();
+    let r = json(&ok(&["--current-url", &current, "--ref", &newest, "rollback"], c));
+    assert_eq!(r["run_id"], "run2");
+    assert_eq!(value("5"), "two:5");
+    let r = json(&ok(&["--current-url", &current, "rollback", "--run-id", "run2"], c));
+    assert_eq!(r["changed"], false);
+
+    // Cleanup: dry run lists the losing attempts and deletes nothing.
+    let before = local_root.map(tree_state);
+    let dry = json(&ok(&["--current-url", &current, "cleanup", "--dry-run"], c));
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["stale_attempts"].as_array().expect("list").len(), 8);
+    assert_eq!(dry["total_prefixes_removed"], 8);
+    if let (Some(root), Some(before)) = (local_root, &before) {
+        assert_eq!(&tree_state(root), before, "a dry run deletes nothing");
+    }
+    let real = json(&ok(&["--current-url", &current, "cleanup"], c));
+    assert_eq!(real["dry_run"], false);
+    assert_eq!(real["stale_attempts"], dry["stale_attempts"]);
+    assert_eq!(real["total_objects_deleted"], 16);
+    let again = json(&ok(&["--current-url", &current, "cleanup", "--dry-run"], c));
+    assert_eq!(again["stale_attempts"].as_array().expect("list").len(), 0);
+
+    // Old runs: keep the newest manifest (also _CURRENT's).
+    let dry = json(&ok(
+        &["--current-url", &current, "cleanup", "--keep-last", "1", "--dry-run"],
+        c,
+    ));
+    assert_eq!(dry["old_manifests"].as_array().expect("list").len(), 1);
+    assert_eq!(dry["old_run_attempts"].as_array().expect("list").len(), 4);
+    let table = ok(
+        &[
+            "--current-url",
+            &current,
+            "--output",
+            "table",
+            "cleanup",
+            "--keep-last",
+            "1",
+            "--dry-run",
+        ],
+        c,
+    );
+    assert!(table.contains("would delete"), "{table}");
+    let real = json(&ok(&["--current-url", &current, "cleanup", "--keep-last", "1"], c));
+    assert_eq!(real["old_manifests"], dry["old_manifests"]);
+    let history = json(&ok(&["--current-url", &current, "history"], c));
+    assert_eq!(history["manifests"].as_array().expect("list").len(), 1);
+    assert_eq!(value("5"), "two:5");
+    let o = run(&["--current-url", &current, "--offset", "1", "rollback"], c, None);
+    assert_eq!(o.code, 2, "nothing left to roll back to");
+    assert!(o.stderr.contains("offset 1"), "{}", o.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_and_cleanup_on_the_file_system() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = root.path().join("snap");
+    admin_commands(&format!("file://{}", prefix.display()), Some(root.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_and_cleanup_on_s3() {
+    admin_commands(&s3_prefix("reader-cli-admin"), None).await;
+}

@@ -1,0 +1,353 @@
+//! Bad inputs give clear errors naming the object, and a reader whose
+//! refresh meets one keeps serving the last good snapshot.
+
+use std::time::Duration;
+
+use object_store::PutPayload;
+use sf_manifest::{
+    CurrentPointer, ErrorKind, Key, KeyEncoding, ManifestStore, ObjectManifestStore, RunId, StorageOptions, Timestamp,
+    layout,
+};
+use sf_reader::{Error, Reader, ReaderSettings, SqliteMode};
+use sf_tests::snapshots::{Backend, SnapshotSpec, build_snapshot, int_rows};
+
+fn prefix(root: &tempfile::TempDir, name: &str) -> String {
+    format!("file://{}/{name}", root.path().display())
+}
+
+async fn reader(prefix: &str, cache: &std::path::Path, mode: SqliteMode) -> sf_reader::Result<Reader> {
+    Reader::builder(format!("{prefix}/_CURRENT"))
+        .with_settings(ReaderSettings {
+            cache_dir: Some(cache.to_path_buf()),
+            sqlite_mode: mode,
+            ..ReaderSettings::default()
+        })
+        .build()
+        .await
+}
+
+fn store(prefix: &str) -> ObjectManifestStore {
+    ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store")
+}
+
+/// Points `_CURRENT` at `manifest_ref` (compare-and-swap).
+async fn point_at(prefix: &str, manifest_ref: &str, run: &str) {
+    let s = store(prefix);
+    let cur = s.load_current().await.expect("load");
+    let p = CurrentPointer::new(manifest_ref, RunId::new(run).expect("run"));
+    s.swap_current(&p, cur.as_ref().map(|c| &c.version))
+        .await
+        .expect("swap");
+}
+
+/// Writes raw bytes as a new manifest object; returns its URL.
+async fn put_manifest_bytes(prefix: &str, run: &str, bytes: Vec<u8>) -> String {
+    let s = store(prefix);
+    let key = layout::manifest_key(Timestamp::now(), &RunId::new(run).expect("run"));
+    s.object_store()
+        .put(&s.location().path_of(&key), PutPayload::from(bytes))
+        .await
+        .expect("put");
+    layout::join_url(s.prefix_url(), &key)
+}
+
+fn assert_names(e: &Error, parts: &[&str]) {
+    let text = e.to_string();
+    for p in parts {
+        assert!(text.contains(p), "error {text:?} should name {p:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_snapshots_are_named_in_errors() {
+    let root = tempfile::tempdir().expect("root");
+    let cache = tempfile::tempdir().expect("cache");
+
+    // No _CURRENT.
+    let p = prefix(&root, "empty");
+    let e = reader(&p, cache.path(), SqliteMode::Auto)
+        .await
+        .expect_err("no _CURRENT");
+    assert!(matches!(e, Error::NoCurrent { .. }), "{e:?}");
+    assert_names(&e, &[&format!("{p}/_CURRENT"), "nothing has been published"]);
+
+    // _CURRENT pointing at a manifest that is not there.
+    let p = prefix(&root, "dangling");
+    let missing = format!("{p}/manifests/2026-01-01T00:00:00.000000Z_run_id=gone/manifest");
+    point_at(&p, &missing, "gone").await;
+    let e = reader(&p, cache.path(), SqliteMode::Auto)
+        .await
+        .expect_err("missing manifest");
+    assert!(matches!(e, Error::ManifestMissing { .. }), "{e:?}");
+    assert_names(&e, &[&missing, "_CURRENT"]);
+
+    // A manifest that is not SQLite.
+    let p = prefix(&root, "garbage");
+    let bad = put_manifest_bytes(&p, "junk", b"{\"this is\": \"json, not SQLite\"}".to_vec()).await;
+    point_at(&p, &bad, "junk").await;
+    let e = reader(&p, cache.path(), SqliteMode::Auto)
+        .await
+        .expect_err("not SQLite");
+    assert_eq!(e.kind(), ErrorKind::Data);
+    assert_names(&e, &[&bad, "not a SQLite database"]);
+
+    // format_version 5.
+    let p = prefix(&root, "future");
+    let built = build_snapshot(
+        &p,
+        &SnapshotSpec::hash("v4run", 2, KeyEncoding::U64Be),
+        &int_rows(10, "v"),
+    )
+    .await;
+    let mut m = built.manifest.clone();
+    m.build.format_version = 5;
+    let v5 = put_manifest_bytes(&p, "v5run", m.to_sqlite_bytes().expect("encode")).await;
+    point_at(&p, &v5, "v5run").await;
+    let e = reader(&p, cache.path(), SqliteMode::Auto).await.expect_err("v5");
+    assert_names(&e, &[&v5, "format_version 5", "format_version 4"]);
+
+    // A missing shard file: the shard's reads fail naming it; others work.
+    for mode in [SqliteMode::Download, SqliteMode::Range] {
+        let p = prefix(&root, &format!("noshard-{mode:?}"));
+        let built = build_snapshot(&p, &SnapshotSpec::hash("r1", 4, KeyEncoding::U64Be), &int_rows(40, "v")).await;
+        let victim = &built.manifest.shards[1];
+        let url = victim.db_url.clone().expect("db_url");
+        let s = store(&p);
+        let key = layout::locate(s.prefix_url(), None, &url).expect("key");
+        sf_manifest::gc::delete_prefix(&s, &key).await.expect("delete");
+        let r = reader(&p, cache.path(), mode).await.expect("the manifest is fine");
+        let (in_victim, elsewhere): (Vec<i64>, Vec<i64>) =
+            (0..40).partition(|k| r.route(&Key::Int(*k), None).expect("route").db_id == Some(victim.db_id));
+        let e = r.get(&Key::Int(in_victim[0])).await.expect_err("missing shard");
+        assert!(matches!(e, Error::ShardOpen { .. }), "{e:?}");
+        assert_names(&e, &[&format!("shard {}", victim.db_id), &url, "missing"]);
+        assert!(r.get(&Key::Int(elsewhere[0])).await.expect("other shards").is_some());
+        let e = r
+            .multi_get(&[Key::Int(elsewhere[0]), Key::Int(in_victim[0])])
+            .await
+            .expect_err("multi");
+        assert_names(&e, &[&url]);
+    }
+
+    // A checksum mismatch: same size, one byte different.
+    for mode in [SqliteMode::Download, SqliteMode::Range] {
+        let p = prefix(&root, &format!("damaged-{mode:?}"));
+        let built = build_snapshot(&p, &SnapshotSpec::hash("r1", 2, KeyEncoding::U64Be), &int_rows(40, "v")).await;
+        let victim = &built.manifest.shards[0];
+        let s = store(&p);
+        let key = layout::locate(s.prefix_url(), None, victim.db_url.as_deref().expect("url")).expect("key");
+        let path = s.location().path_of(&format!("{key}/shard.db"));
+        let mut bytes = s
+            .object_store()
+            .get(&path)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes")
+            .to_vec();
+        let last = bytes.len() - 100;
+        bytes[last] ^= 0x01;
+        s.object_store().put(&path, PutPayload::from(bytes)).await.expect("put");
+        let r = reader(&p, cache.path(), mode).await.expect("open");
+        let k = (0..40)
+            .find(|k| r.route(&Key::Int(*k), None).expect("route").db_id == Some(victim.db_id))
+            .expect("a key in the damaged shard");
+        let e = r.get(&Key::Int(k)).await.expect_err("checksum");
+        assert!(matches!(e, Error::ChecksumMismatch { .. }), "{mode:?}: {e:?}");
+        assert_names(
+            &e,
+            &[
+                &format!("shard {}", victim.db_id),
+                victim.writer_info.checksum().expect("checksum"),
+            ],
+        );
+    }
+
+    // A SlateDB shard whose content does not match its recorded checksum.
+    let p = prefix(&root, "damaged-slatedb");
+    let mut spec = SnapshotSpec::hash("r1", 2, KeyEncoding::U64Be);
+    spec.backend = Backend::SlateDb;
+    let built = build_snapshot(&p, &spec, &int_rows(20, "v")).await;
+    let mut m = built.manifest.clone();
+    m.build.run_id = RunId::new("r2").expect("run");
+    m.shards[0].writer_info.extra.insert(
+        "checksum".into(),
+        serde_json::Value::from("xxh3_128-kv:00000000000000000000000000000000"),
+    );
+    let s = store(&p);
+    let cur = s.load_current().await.expect("load").expect("current");
+    s.publish(&m, Some(&cur.version)).await.expect("publish");
+    let r = reader(&p, cache.path(), SqliteMode::Auto).await.expect("open");
+    let k = (0..20)
+        .find(|k| r.route(&Key::Int(*k), None).expect("route").db_id == Some(m.shards[0].db_id))
+        .expect("key");
+    let e = r.get(&Key::Int(k)).await.expect_err("kv checksum");
+    assert!(matches!(e, Error::ChecksumMismatch { .. }), "{e:?}");
+    assert_names(&e, &[&format!("shard {}", m.shards[0].db_id), "xxh3_128-kv:0000"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_the_wrong_type_are_refused_before_any_read() {
+    let root = tempfile::tempdir().expect("root");
+    let cache = tempfile::tempdir().expect("cache");
+    let p = prefix(&root, "ints");
+    build_snapshot(&p, &SnapshotSpec::hash("r1", 2, KeyEncoding::U64Be), &int_rows(10, "v")).await;
+    let r = reader(&p, cache.path(), SqliteMode::Auto).await.expect("open");
+    let e = r.get(&Key::Str("abc".into())).await.expect_err("text key");
+    assert_eq!(e.kind(), ErrorKind::Data);
+    assert_names(&e, &["u64be", "abc"]);
+    let e = r.parse_key("abc").expect_err("parse");
+    assert_names(&e, &["abc", "u64be", "integer"]);
+    let e = r.get(&Key::Int(-1)).await.expect_err("negative");
+    assert_names(&e, &["-1", "u64be"]);
+    let e = r
+        .multi_get(&[Key::Int(1), Key::Bytes(vec![1, 2])])
+        .await
+        .expect_err("bytes key");
+    assert_names(&e, &["u64be"]);
+    assert_eq!(r.stats().shard_opens, 0, "nothing was opened for bad keys");
+
+    let p = prefix(&root, "texts");
+    let rows = vec![sf_tests::snapshots::Row::new(Key::Str("a".into()), "x")];
+    build_snapshot(&p, &SnapshotSpec::hash("r1", 2, KeyEncoding::Utf8), &rows).await;
+    let r = reader(&p, cache.path(), SqliteMode::Auto).await.expect("open");
+    let e = r.get(&Key::Int(3)).await.expect_err("int key");
+    assert_names(&e, &["utf8", "integer 3"]);
+    assert_eq!(
+        r.get(&Key::Str("a".into())).await.expect("get").as_deref(),
+        Some(&b"x"[..])
+    );
+}
+
+/// Every kind of bad new snapshot makes `refresh` fail and leaves the old
+/// one serving; a good one afterwards is picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_refreshes_keep_the_last_good_snapshot() {
+    let root = tempfile::tempdir().expect("root");
+    let cache = tempfile::tempdir().expect("cache");
+    let p = prefix(&root, "refresh");
+    let good = build_snapshot(
+        &p,
+        &SnapshotSpec::hash("good", 4, KeyEncoding::U64Be),
+        &int_rows(50, "good"),
+    )
+    .await;
+    let r = reader(&p, cache.path(), SqliteMode::Download).await.expect("open");
+    // Open every shard, so a refresh must open the new ones before swapping.
+    let keys: Vec<Key> = (0..50).map(Key::Int).collect();
+    assert!(r.multi_get(&keys).await.expect("warm").iter().all(Option::is_some));
+
+    let serving_good = |values: Vec<Option<bytes::Bytes>>| {
+        values
+            .iter()
+            .enumerate()
+            .all(|(k, v)| v.as_deref() == Some(format!("good:{k}").as_bytes()))
+    };
+
+    // 1. Garbage manifest.
+    let junk = put_manifest_bytes(&p, "junk", b"junk".to_vec()).await;
+    point_at(&p, &junk, "junk").await;
+    let e = r.refresh().await.expect_err("garbage");
+    assert_names(&e, &[&junk]);
+    // 2. A manifest that is not there.
+    let gone = format!("{p}/manifests/2030-01-01T00:00:00.000000Z_run_id=gone/manifest");
+    point_at(&p, &gone, "gone").await;
+    let e = r.refresh().await.expect_err("missing");
+    assert_names(&e, &[&gone]);
+    // 3. A snapshot whose shards are missing (caught by opening them
+    //    before the swap).
+    let mut spec = SnapshotSpec::hash("broken", 4, KeyEncoding::U64Be);
+    spec.publish = true;
+    let broken = build_snapshot(&p, &spec, &int_rows(50, "broken")).await;
+    let s = store(&p);
+    sf_manifest::gc::delete_prefix(&s, &layout::run_shards_key(&RunId::new("broken").expect("run")))
+        .await
+        .expect("delete data");
+    let e = r.refresh().await.expect_err("missing shards");
+    assert_names(&e, &["shard", "missing"]);
+    assert!(serving_good(r.multi_get(&keys).await.expect("still serving")));
+    let status = r.refresh_status();
+    assert_eq!(status.consecutive_failures, 3);
+    assert!(
+        status.last_error.as_deref().is_some_and(|e| e.contains("missing")),
+        "{status:?}"
+    );
+    assert_eq!(r.info().manifest_ref, good.manifest_ref);
+    assert!(r.health(Duration::from_secs(3600)).refresh.last_error.is_some());
+    drop(broken);
+
+    // A good snapshot is picked up by the next refresh.
+    let next = build_snapshot(
+        &p,
+        &SnapshotSpec::hash("next", 4, KeyEncoding::U64Be),
+        &int_rows(50, "next"),
+    )
+    .await;
+    assert!(matches!(
+        r.refresh().await.expect("refresh"),
+        sf_reader::RefreshOutcome::Swapped { .. }
+    ));
+    assert_eq!(r.info().manifest_ref, next.manifest_ref);
+    assert_eq!(r.get(&Key::Int(7)).await.expect("get").as_deref(), Some(&b"next:7"[..]));
+    assert_eq!(r.refresh_status().consecutive_failures, 0);
+    assert_eq!(r.stats().refresh_failures, 3);
+}
+
+/// The background refresh survives failures and recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_refresh_is_never_dead_for_good() {
+    let root = tempfile::tempdir().expect("root");
+    let cache = tempfile::tempdir().expect("cache");
+    let p = prefix(&root, "background");
+    build_snapshot(
+        &p,
+        &SnapshotSpec::hash("one", 2, KeyEncoding::U64Be),
+        &int_rows(20, "one"),
+    )
+    .await;
+    let r = Reader::builder(format!("{p}/_CURRENT"))
+        .with_settings(ReaderSettings {
+            cache_dir: Some(cache.path().to_path_buf()),
+            refresh_interval: Some(Duration::from_millis(20)),
+            refresh_max_backoff: Duration::from_millis(100),
+            ..ReaderSettings::default()
+        })
+        .build()
+        .await
+        .expect("open");
+    let junk = put_manifest_bytes(&p, "junk", b"junk".to_vec()).await;
+    point_at(&p, &junk, "junk").await;
+    // Bounded wait for several failed rounds.
+    let mut failures = 0;
+    for _ in 0..500 {
+        failures = r.refresh_status().consecutive_failures;
+        if failures >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(failures >= 3, "the background refresh kept trying");
+    assert_eq!(
+        r.get(&Key::Int(3)).await.expect("still serving").as_deref(),
+        Some(&b"one:3"[..])
+    );
+
+    build_snapshot(
+        &p,
+        &SnapshotSpec::hash("two", 2, KeyEncoding::U64Be),
+        &int_rows(20, "two"),
+    )
+    .await;
+    let mut swapped = false;
+    for _ in 0..500 {
+        if r.info().run_id.as_str() == "two" {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(swapped, "the background refresh recovered after the failures");
+    assert_eq!(r.get(&Key::Int(3)).await.expect("get").as_deref(), Some(&b"two:3"[..]));
+    assert_eq!(r.refresh_status().consecutive_failures, 0);
+}

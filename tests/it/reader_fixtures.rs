@@ -1,0 +1,242 @@
+//! The reader on the reference's snapshots: every read `expected.json`
+//! records, in download and range modes, the pinned older run of
+//! `hash_int`, categorical routing with context, and SlateDB shards read
+//! without a single write to them.
+
+use std::path::Path;
+
+use serde_json::Value;
+use sf_manifest::{DbId, Key};
+use sf_reader::{ContextValue, Pin, Reader, ReaderSettings, RoutingContext, SqliteMode};
+use sf_tests::snapshots::{fixture_copy, tree_state};
+use sf_tests::{expected, fixture_dir};
+
+fn golden(snap: &str) -> String {
+    format!(
+        "{}/_CURRENT",
+        fixture_dir().join("sqlite-bucket-golden").join(snap).display()
+    )
+}
+
+async fn open(current_url: &str, mode: SqliteMode, pin: Pin, cache: &Path) -> Reader {
+    Reader::builder(current_url)
+        .with_settings(ReaderSettings {
+            cache_dir: Some(cache.to_path_buf()),
+            sqlite_mode: mode,
+            pin,
+            ..ReaderSettings::default()
+        })
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("open {current_url}: {e}"))
+}
+
+/// `{"__bytes__": "..."}` or null, as expected.json writes values.
+fn want(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::Null => None,
+        other => Some(other["__bytes__"].as_str().expect("__bytes__").as_bytes().to_vec()),
+    }
+}
+
+fn got(v: Option<bytes::Bytes>) -> Option<Vec<u8>> {
+    v.map(|b| b.to_vec())
+}
+
+/// The region of a `cel_cat` key. The fixture's rows carry a `region`
+/// column the shards do not store; its shard key ranges (ap: 2..8, eu:
+/// 0..6, us: 1..7, three rows each) fit exactly `["eu", "us", "ap"][k % 3]`,
+/// and the reference transcript reads key 4 with `region=us`.
+fn region(k: i64) -> &'static str {
+    ["eu", "us", "ap"][(k % 3) as usize]
+}
+
+fn ctx(region: &str) -> RoutingContext {
+    RoutingContext::from([("region".to_string(), ContextValue::Str(region.to_string()))])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_expected_read_holds_in_download_and_range_modes() {
+    let exp = expected();
+    let read = &exp["read"];
+    for mode in [SqliteMode::Download, SqliteMode::Range] {
+        let cache = tempfile::tempdir().expect("cache");
+
+        // hash_int, current run.
+        let r = open(&golden("hash_int"), mode, Pin::Current, cache.path()).await;
+        assert_eq!(
+            got(r.get(&Key::Int(3)).await.expect("get")),
+            want(&read["hash_int_get_3"])
+        );
+        assert_eq!(
+            got(r.get(&Key::Int(999)).await.expect("get")),
+            want(&read["hash_int_get_999"])
+        );
+        let multi = read["hash_int_multi"].as_object().expect("multi");
+        let keys: Vec<Key> = multi.keys().map(|k| Key::Int(k.parse().expect("int"))).collect();
+        let values = r.multi_get(&keys).await.expect("multi_get");
+        for ((k, v), got_v) in multi.iter().zip(values) {
+            assert_eq!(got(got_v), want(v), "{mode:?} hash_int multi {k}");
+        }
+        for (k, db) in read["hash_int_route"].as_object().expect("routes") {
+            let route = r.route(&r.parse_key(k).expect("key"), None).expect("route");
+            assert_eq!(route.db_id, Some(DbId(db.as_u64().expect("db") as u32)), "{k}");
+        }
+        let info = r.info();
+        let text = read["hash_int_info"].as_str().expect("info text");
+        assert!(text.contains(&format!("run_id='{}'", info.run_id)), "{text}");
+        assert!(text.contains(&format!("num_dbs={}", info.num_dbs)));
+        assert!(text.contains(&format!("manifest_ref='{}'", info.manifest_ref)));
+        assert!(text.contains(&format!("row_count={}", info.row_count)));
+        assert!(text.contains("'u64be'") && text.contains("'xxh3_64'"));
+        assert_eq!(info.created_at.to_iso(), "2026-11-20T23:48:07.686971Z");
+
+        // hash_int, the older run, pinned by history offset and by ref.
+        let run1 = exp["write"]["hash_int"]["manifest_ref"]
+            .as_str()
+            .expect("ref")
+            .to_string();
+        for pin in [Pin::Offset(1), Pin::Ref(run1.clone())] {
+            let old = open(&golden("hash_int"), mode, pin.clone(), cache.path()).await;
+            assert_eq!(old.info().run_id.as_str(), "goldenrun0001", "{pin:?}");
+            for k in 0..10 {
+                assert_eq!(
+                    got(old.get(&Key::Int(k)).await.expect("get")),
+                    Some(format!("value-{k}").into_bytes()),
+                    "{pin:?} key {k}"
+                );
+            }
+            assert_eq!(old.get(&Key::Int(10)).await.expect("get"), None);
+            // A pinned reader stays where it is.
+            assert!(matches!(
+                old.refresh().await.expect("refresh"),
+                sf_reader::RefreshOutcome::Pinned { .. }
+            ));
+        }
+
+        // hash_str: utf8 keys.
+        let r = open(&golden("hash_str"), mode, Pin::Current, cache.path()).await;
+        for (k, v) in read["hash_str_range_get"].as_object().expect("gets") {
+            assert_eq!(got(r.get(&Key::Str(k.clone())).await.expect("get")), want(v), "{k}");
+        }
+        for (k, db) in read["hash_str_route"].as_object().expect("routes") {
+            let route = r.route(&Key::Str(k.clone()), None).expect("route");
+            assert_eq!(route.db_id, Some(DbId(db.as_u64().expect("db") as u32)), "{k}");
+        }
+
+        // cel_direct: `shard_hash(key) % 4u` routes from the key alone.
+        let r = open(&golden("cel_direct"), mode, Pin::Current, cache.path()).await;
+        assert!(!r.needs_context());
+        for (k, v) in read["cel_direct_get"].as_object().expect("gets") {
+            let key = r.parse_key(k).expect("key");
+            assert_eq!(got(r.get(&key).await.expect("get")), want(v), "{k}");
+        }
+        for (k, db) in read["cel_direct_route"].as_object().expect("routes") {
+            let route = r.route(&r.parse_key(k).expect("key"), None).expect("route");
+            assert_eq!(route.db_id, Some(DbId(db.as_u64().expect("db") as u32)), "{k}");
+        }
+
+        // cel_cat: categorical on a `region` column.
+        let r = open(&golden("cel_cat"), mode, Pin::Current, cache.path()).await;
+        assert!(r.needs_context());
+        for (k, v) in read["cel_cat_get_ctx"].as_object().expect("gets") {
+            let k: i64 = k.parse().expect("int");
+            assert_eq!(
+                got(r.get_with_context(&Key::Int(k), &ctx(region(k))).await.expect("get")),
+                want(v),
+                "cel_cat {k}"
+            );
+            for other in ["eu", "us", "ap"].into_iter().filter(|r| *r != region(k)) {
+                assert_eq!(
+                    r.get_with_context(&Key::Int(k), &ctx(other)).await.expect("get"),
+                    None,
+                    "{k} is not in {other}"
+                );
+            }
+        }
+        // An unknown token is a miss, not an error.
+        assert_eq!(
+            got(r
+                .get_with_context(&Key::Int(4), &ctx("mars"))
+                .await
+                .expect("unknown token")),
+            want(&read["cel_cat_unknown_token"])
+        );
+        assert_eq!(r.route(&Key::Int(4), Some(&ctx("mars"))).expect("route").db_id, None);
+        let items: Vec<(Key, RoutingContext)> = (0..9).map(|k| (Key::Int(k), ctx(region(k)))).collect();
+        let values = r.multi_get_with_context(&items).await.expect("multi_get");
+        for (k, v) in values.iter().enumerate() {
+            assert_eq!(got(v.clone()), Some(format!("c{k}").into_bytes()));
+        }
+        // Without its context a lookup cannot be routed; the error says so.
+        let e = r.get(&Key::Int(4)).await.expect_err("needs context").to_string();
+        assert!(e.contains("region") && e.contains("routing context"), "{e}");
+
+        let stats = r.stats();
+        let cached_files = std::fs::read_dir(cache.path().join("sqlite"))
+            .expect("cache dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "db"))
+            })
+            .count();
+        match mode {
+            SqliteMode::Download => {
+                assert!(stats.downloads > 0 && stats.range_requests == 0, "{stats:?}");
+                assert!(cached_files > 0);
+            }
+            _ => {
+                assert!(stats.downloads == 0 && stats.range_requests > 0, "{stats:?}");
+                assert_eq!(cached_files, 0, "range mode downloads nothing");
+            }
+        }
+    }
+}
+
+/// The SlateDB fixture reads through a read-only reader: every stored key
+/// is found where the router says, misses are misses, and not one file of
+/// the snapshot is created, changed or removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slatedb_fixture_reads_without_writing() {
+    let (_dir, snap) = fixture_copy("slatedb-bucket-goldenslate/hash_int");
+    let before = tree_state(&snap);
+    let cache = tempfile::tempdir().expect("cache");
+    {
+        let r = open(
+            &format!("{}/_CURRENT", snap.display()),
+            SqliteMode::Auto,
+            Pin::Current,
+            cache.path(),
+        )
+        .await;
+        let info = r.info();
+        assert_eq!(info.run_id.as_str(), "slaterun0001");
+        assert_eq!(info.row_count, 6);
+        for k in 0..6 {
+            assert_eq!(
+                got(r.get(&Key::Int(k)).await.expect("get")),
+                Some(format!("s{k}").into_bytes()),
+                "key {k}"
+            );
+        }
+        for k in [6, 7, 100, 9_999_999] {
+            assert_eq!(r.get(&Key::Int(k)).await.expect("miss"), None);
+        }
+        let keys: Vec<Key> = (0..8).map(Key::Int).collect();
+        let values = r.multi_get(&keys).await.expect("multi_get");
+        assert_eq!(values.iter().filter(|v| v.is_some()).count(), 6);
+        // Each key lies within the key range the manifest records for the
+        // shard the router names.
+        let shards = r.shards();
+        for k in 0..6 {
+            let db = r.route(&Key::Int(k), None).expect("route").db_id.expect("db");
+            let s = shards.iter().find(|s| s.db_id == db).expect("shard row");
+            assert!(s.min_key <= Some(Key::Int(k)) && Some(Key::Int(k)) <= s.max_key);
+            assert_eq!(s.opened_as, Some("slatedb"));
+        }
+        assert_eq!(r.stats().downloads, 0);
+    }
+    // Let the shard readers' close tasks run, then compare.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(tree_state(&snap), before, "the reader wrote into the snapshot");
+}

@@ -1,0 +1,716 @@
+//! `sf-write` end to end: every input format, every routing strategy, both
+//! backends, local files and S3; each snapshot read back row by row.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::physical_plan::{ExecutionPlanProperties, collect_partitioned};
+use sf_manifest::json::{JsonStyle, to_sorted_string};
+use sf_manifest::{DbId, ErrorKind, Key, ManifestStore, ObjectManifestStore, RoutingValue, StorageOptions};
+use sf_router::{ContextValue, Routed, Router};
+use sf_tests::writer_support::{FlakyStore, binary, list_keys, read_snapshot, write_csv, write_json, write_parquet};
+use sf_tests::{fixture_dir, s3_prefix};
+use sf_writer::config::{self, JobConfig};
+use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Outcome, build, prepare};
+
+const REGIONS: [&str; 3] = ["ap", "eu", "us"];
+
+/// `n` users: id, name, region, score, payload.
+fn users(n: i64) -> RecordBatch {
+    let ids: Vec<i64> = (0..n).collect();
+    RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(ids.clone())) as ArrayRef),
+        (
+            "name",
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("user-{i}")))) as ArrayRef,
+        ),
+        (
+            "region",
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|i| REGIONS[(*i % 3) as usize]),
+            )) as ArrayRef,
+        ),
+        (
+            "score",
+            Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i * 7 % 1000))) as ArrayRef,
+        ),
+        (
+            "payload",
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("p{i}")))) as ArrayRef,
+        ),
+    ])
+    .expect("users batch")
+}
+
+fn json_value(id: i64) -> Vec<u8> {
+    format!(r#"{{"name":"user-{id}","score":{}}}"#, id * 7 % 1000).into_bytes()
+}
+
+fn job(dir: &Path, toml: &str) -> JobConfig {
+    config::parse(toml, "job.toml", dir, Vec::<(String, String)>::new()).expect("valid job")
+}
+
+async fn run(job: &JobConfig) -> BuildSummary {
+    match build(job, &Embedded::default(), &BuildOptions::default()).await {
+        Ok(Outcome::Built(s)) => s,
+        Ok(other) => panic!("expected a build, got {other:?}"),
+        Err(e) => panic!("build failed: {e}"),
+    }
+}
+
+/// Reads the snapshot back and checks every input row is stored, with its
+/// value, in the shard the manifest's router names, and nothing else is.
+async fn check(prefix: &str, n: i64, value: impl Fn(i64) -> Vec<u8>) -> sf_tests::writer_support::Snapshot {
+    let snap = read_snapshot(prefix).await;
+    let router = Router::for_build(&snap.manifest.build).expect("router");
+    let rows = snap.rows();
+    assert_eq!(rows.len() as i64, n, "exactly the input's keys are stored");
+    for id in 0..n {
+        let key = Key::Int(id);
+        let routed = if router.needs_context() {
+            let ctx = BTreeMap::from([(
+                "region".to_string(),
+                ContextValue::Str(REGIONS[(id % 3) as usize].into()),
+            )]);
+            router.route_context(&ctx).expect("route")
+        } else {
+            router.route_key(&key).expect("route")
+        };
+        let Routed::Db(db) = routed else {
+            panic!("key {id} has an unknown token")
+        };
+        let stored = rows
+            .get(&router.encode_key(&key).expect("encode"))
+            .unwrap_or_else(|| panic!("key {id} missing"));
+        assert_eq!(stored.0, DbId(db), "key {id} sits in the shard the router names");
+        assert_eq!(stored.1, value(id), "value of key {id}");
+    }
+    assert_eq!(snap.manifest.row_count() as i64, n);
+    snap
+}
+
+fn fixture_schema() -> String {
+    let path = fixture_dir()
+        .join("sqlite-bucket-golden/hash_int/manifests/2026-11-20T23:48:07.694769Z_run_id=goldenrun0005/manifest");
+    schema_of(&std::fs::read(path).expect("fixture manifest"))
+}
+
+fn schema_of(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path().join("m");
+    std::fs::write(&p, bytes).expect("write");
+    let c = rusqlite::Connection::open(&p).expect("open");
+    let mut s = c
+        .prepare("SELECT sql FROM sqlite_master ORDER BY rowid")
+        .expect("prepare");
+    s.query_map([], |r| r.get::<_, String>(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The manifest has the reference's tables and JSON shapes.
+async fn check_manifest_shapes(prefix: &str) {
+    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let cur = store.load_current().await.expect("current").expect("published");
+    let loc = store.locate(&cur.pointer.manifest_ref, None).expect("locate");
+    let bytes = loc
+        .store
+        .get(&loc.path)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(schema_of(&bytes), fixture_schema());
+    let m = store.load_manifest(&cur.pointer.manifest_ref).await.expect("manifest");
+    assert_eq!(m.build.format_version, 4);
+    assert_eq!(m.build.db_path_template, "db={db_id:05d}");
+    assert_eq!(m.build.shard_prefix, "shards");
+    let sharding = to_sorted_string(&m.build.sharding.to_json(), JsonStyle::Python);
+    assert!(sharding.starts_with(r#"{"cel_columns": "#) && sharding.contains(r#""hash_algorithm": "xxh3_64""#));
+    for s in &m.shards {
+        let wi = s.writer_info.to_json();
+        for k in ["attempt", "duration_ms", "stage_id", "task_attempt_id"] {
+            assert!(wi.get(k).is_some(), "writer_info.{k}");
+        }
+        assert!(s.writer_info.checksum().is_some_and(|c| c.starts_with("xxh3_128")));
+        assert_eq!(s.checkpoint_id.as_ref().map(String::len), Some(32));
+        assert!(
+            s.db_url
+                .as_deref()
+                .is_some_and(|u| u.ends_with(&format!("db={:05}/attempt={:02}", s.db_id.0, s.attempt.0)))
+        );
+    }
+    // The raw text of one shard row, as the reference writes it.
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("m"), &bytes).expect("write");
+    let c = rusqlite::Connection::open(dir.path().join("m")).expect("open");
+    let (wi, created): (String, String) = c
+        .query_row(
+            "SELECT s.writer_info, b.created_at FROM shards s, build_meta b LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("row");
+    assert!(wi.starts_with(r#"{"attempt": "#), "{wi}");
+    assert!(created.ends_with('Z') && created.len() == 27, "{created}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_hash_sqlite_on_local_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_parquet(
+        &dir.path().join("users.parquet"),
+        &[users(3000), users(3000).slice(0, 0)],
+    );
+    let j = job(
+        dir.path(),
+        r#"
+key_col = "id"
+[input]
+format = "parquet"
+path = "users.parquet"
+[value]
+binary_col = "payload"
+[routing]
+num_dbs = 7
+[output]
+prefix = "out"
+"#,
+    );
+    let s = run(&j).await;
+    assert_eq!((s.rows, s.num_dbs, s.shards_written), (3000, 7, 7));
+    let prefix = format!("file://{}/out", dir.path().display());
+    check(&prefix, 3000, |id| format!("p{id}").into_bytes()).await;
+    check_manifest_shapes(&prefix).await;
+    // Only the winners' attempt folders exist, each with its shard and claim.
+    let keys = list_keys(&prefix).await;
+    let shard_objects: Vec<_> = keys.iter().filter(|k| k.starts_with("shards/")).collect();
+    assert_eq!(shard_objects.len(), 14, "{shard_objects:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_cel_direct_sqlite_on_local_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_csv(&dir.path().join("users.csv"), &[users(2000)]);
+    let j = job(
+        dir.path(),
+        r#"
+key_col = "id"
+[input]
+format = "csv"
+path = "users.csv"
+[value]
+json_cols = ["score", "name"]
+[routing]
+strategy = "cel"
+expr = "shard_hash(key) % 5u"
+columns = { key = "int" }
+num_dbs = 5
+[output]
+prefix = "out"
+"#,
+    );
+    let s = run(&j).await;
+    assert_eq!((s.rows, s.num_dbs), (2000, 5));
+    let prefix = format!("file://{}/out", dir.path().display());
+    let snap = check(&prefix, 2000, json_value).await;
+    assert_eq!(snap.manifest.build.sharding.routing_values, None, "direct mode");
+    // `shard_hash(key) % 5u` is hash routing: the same placement.
+    let hash = Router::hash(5, snap.manifest.build.key_encoding).expect("router");
+    for (k, (db, _)) in snap.rows() {
+        let key = sf_router::decode_key(&k, snap.manifest.build.key_encoding).expect("key");
+        assert_eq!(hash.route_key(&key).expect("route"), Routed::Db(db.0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_cel_categorical_inferred_slatedb_on_local_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_json(&dir.path().join("users.json"), &[users(1500)]);
+    let j = job(
+        dir.path(),
+        r#"
+key_col = "id"
+[input]
+format = "json"
+path = "users.json"
+[value]
+json_cols = ["name", "score"]
+[routing]
+strategy = "cel"
+expr = "region"
+columns = { region = "string" }
+[output]
+prefix = "out"
+backend = "slatedb"
+"#,
+    );
+    let s = run(&j).await;
+    assert_eq!((s.rows, s.num_dbs), (1500, 3));
+    let prefix = format!("file://{}/out", dir.path().display());
+    let snap = check(&prefix, 1500, json_value).await;
+    let values: Vec<RoutingValue> = REGIONS.iter().map(|r| RoutingValue::Str(r.to_string())).collect();
+    assert_eq!(
+        snap.manifest.build.sharding.routing_values,
+        Some(values),
+        "sorted distinct values"
+    );
+    assert!(
+        snap.manifest.shards.iter().all(|s| s.db_bytes == 0),
+        "SlateDB shards record 0 bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_input_hash_slatedb_on_s3() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let all = users(1200);
+    write_parquet(
+        &dir.path().join("users.parquet"),
+        &[all.project(&[0, 1, 2]).expect("project")],
+    );
+    write_csv(
+        &dir.path().join("scores.csv"),
+        &[all.project(&[0, 3]).expect("project")],
+    );
+    let prefix = s3_prefix("sql-slatedb");
+    let j = job(
+        dir.path(),
+        &format!(
+            r#"
+key_col = "id"
+[input]
+format = "sql"
+sql = "SELECT u.id, u.name, s.score FROM users u JOIN scores s ON u.id = s.id WHERE u.id >= 0"
+[input.tables.users]
+format = "parquet"
+path = "users.parquet"
+[input.tables.scores]
+format = "csv"
+path = "scores.csv"
+[value]
+json_cols = ["name", "score"]
+[routing]
+num_dbs = 4
+[output]
+prefix = "{prefix}"
+backend = "slatedb"
+"#
+        ),
+    );
+    let s = run(&j).await;
+    assert_eq!((s.rows, s.num_dbs), (1200, 4));
+    check(&prefix, 1200, json_value).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_hash_sqlite_on_s3_sized_by_max_keys() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_parquet(&dir.path().join("users.parquet"), &[users(4500)]);
+    let prefix = s3_prefix("max-keys");
+    let j = job(
+        dir.path(),
+        &format!(
+            r#"
+key_col = "id"
+[input]
+format = "parquet"
+path = "users.parquet"
+[value]
+json_cols = ["name", "score"]
+[routing]
+max_keys_per_shard = 1000
+[output]
+prefix = "{prefix}"
+"#
+        ),
+    );
+    let s = run(&j).await;
+    assert_eq!((s.rows, s.num_dbs), (4500, 5), "ceil(4500 / 1000) shards");
+    check(&prefix, 4500, json_value).await;
+    check_manifest_shapes(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn categorical_with_given_values_sqlite_on_s3() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_parquet(&dir.path().join("users.parquet"), &[users(900)]);
+    let prefix = s3_prefix("cat-values");
+    let j = job(
+        dir.path(),
+        &format!(
+            r#"
+key_col = "id"
+[input]
+format = "parquet"
+path = "users.parquet"
+[value]
+json_cols = ["name", "score"]
+[routing]
+strategy = "cel"
+expr = "region"
+columns = {{ region = "string" }}
+routing_values = ["us", "eu", "ap"]
+[output]
+prefix = "{prefix}"
+"#
+        ),
+    );
+    run(&j).await;
+    let snap = check(&prefix, 900, json_value).await;
+    // db id is the token's index: "us" rows (id % 3 == 2) are in shard 0.
+    let us = snap.shards.get(&DbId(0)).expect("shard 0");
+    assert_eq!(us.len(), 300);
+    assert!(
+        us.iter()
+            .all(|(k, _)| u64::from_be_bytes(k.as_slice().try_into().expect("8 bytes")) % 3 == 2)
+    );
+}
+
+/// N shards -> N partitions below the writer, partition i holding only
+/// shard i's rows, whatever the session's own parallelism.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_partition_holds_exactly_one_shard() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_parquet(&dir.path().join("a.parquet"), &[users(2000)]);
+    write_parquet(&dir.path().join("b.parquet"), &[users(3000).slice(2000, 1000)]);
+    for (num_dbs, target_partitions) in [(11u32, 3usize), (4, 8), (1, 2)] {
+        let j = job(
+            dir.path(),
+            &format!(
+                r#"
+key_col = "id"
+[input]
+format = "parquet"
+path = "."
+[value]
+binary_col = "payload"
+[routing]
+num_dbs = {num_dbs}
+[output]
+prefix = "out-{num_dbs}"
+"#
+            ),
+        );
+        let engine = Embedded {
+            target_partitions: Some(target_partitions),
+        };
+        let p = prepare(&j, &engine).await.expect("prepare");
+        let plan = p
+            .ctx
+            .state()
+            .create_physical_plan(&p.write_plan().expect("plan"))
+            .await
+            .expect("physical");
+        let writer = plan
+            .as_any()
+            .downcast_ref::<sf_writer::exec::ShardWriteExec>()
+            .expect("the write node is the root");
+        let below = writer.input();
+        assert_eq!(below.output_partitioning().partition_count(), num_dbs as usize);
+        let parts = collect_partitioned(Arc::clone(below), p.ctx.task_ctx())
+            .await
+            .expect("execute");
+        let mut total = 0;
+        for (i, batches) in parts.iter().enumerate() {
+            let mut rows = 0;
+            for b in batches {
+                let ids = b.column_by_name("_shard_id").expect("shard ids");
+                let ids = ids.as_any().downcast_ref::<arrow::array::UInt32Array>().expect("u32");
+                assert!(
+                    ids.values().iter().all(|d| *d as usize == i),
+                    "partition {i} of {num_dbs} holds only shard {i}"
+                );
+                rows += b.num_rows();
+            }
+            assert!(rows > 0, "partition {i} of {num_dbs} is empty but shard {i} has rows");
+            total += rows;
+        }
+        assert_eq!(total, 3000);
+    }
+}
+
+fn sf_write(args: &[&str], dir: &Path) -> std::process::Output {
+    std::process::Command::new(binary("sf-write"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run sf-write")
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+const CLI_JOB: &str = r#"
+key_col = "id"
+[input]
+format = "parquet"
+path = "users.parquet"
+[value]
+json_cols = ["name", "score"]
+[routing]
+num_dbs = 3
+[output]
+prefix = "out"
+"#;
+
+#[test]
+fn the_cli_dry_runs_builds_and_exits_by_cause() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_parquet(&dir.path().join("users.parquet"), &[users(300)]);
+    std::fs::write(dir.path().join("job.toml"), CLI_JOB).expect("job");
+
+    let help = sf_write(&["--help"], dir.path());
+    assert!(help.status.success());
+    assert!(text(&help.stdout).contains("Exit codes"), "{}", text(&help.stdout));
+
+    let dry = sf_write(&["--config", "job.toml", "--dry-run", "--progress", "off"], dir.path());
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert!(
+        text(&dry.stdout).contains("hash (xxh3_64) over 3 shards"),
+        "{}",
+        text(&dry.stdout)
+    );
+    assert!(!dir.path().join("out").exists(), "a dry run writes nothing");
+
+    let ok = sf_write(&["--config", "job.toml", "--json", "--progress", "log"], dir.path());
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("JSON summary");
+    assert_eq!(summary["rows"], 300);
+    assert!(
+        text(&ok.stderr).contains("300 rows written, 3/3 shards done"),
+        "{}",
+        text(&ok.stderr)
+    );
+
+    // Bad configuration: exit 2, naming the key.
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        CLI_JOB.replace("num_dbs = 3", "num_dbz = 3"),
+    )
+    .expect("job");
+    let bad = sf_write(&["--config", "bad.toml"], dir.path());
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(text(&bad.stderr).contains("num_dbz"), "{}", text(&bad.stderr));
+
+    // A key column that is not in the input: exit 2, listing the columns.
+    let env = sf_write(&["--config", "job.toml"], dir.path());
+    assert!(env.status.success());
+    let missing = std::process::Command::new(binary("sf-write"))
+        .args(["--config", "job.toml"])
+        .current_dir(dir.path())
+        .env("SF_KEY_COL", "user_id")
+        .output()
+        .expect("run");
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing.stderr));
+    assert!(
+        text(&missing.stderr).contains("\"user_id\" is not a column"),
+        "{}",
+        text(&missing.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_publish_nothing_and_leave_the_old_snapshot() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_parquet(&dir.path().join("users.parquet"), &[users(300)]);
+    let prefix = format!("file://{}/out", dir.path().display());
+    let good = job(dir.path(), CLI_JOB);
+    run(&good).await;
+    let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
+    let before = store.load_current().await.expect("load").expect("current");
+
+    // Null keys: a data error naming the row; nothing published.
+    let with_null = RecordBatch::try_from_iter([
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])) as ArrayRef,
+        ),
+        ("name", Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef),
+        ("score", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
+    ])
+    .expect("batch");
+    write_parquet(&dir.path().join("nulls.parquet"), &[with_null]);
+    let bad = job(dir.path(), &CLI_JOB.replace("users.parquet", "nulls.parquet"));
+    let e = build(&bad, &Embedded::default(), &BuildOptions::default())
+        .await
+        .expect_err("null key");
+    assert_eq!(e.kind(), ErrorKind::Data, "{e}");
+    assert!(e.to_string().contains("null at row 1"), "{e}");
+    assert_eq!(store.load_current().await.expect("load").expect("current"), before);
+
+    // Negative keys cannot be u64be: a data error naming the value.
+    let negative = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(vec![5, -7])) as ArrayRef),
+        ("name", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
+        ("score", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+    ])
+    .expect("batch");
+    write_parquet(&dir.path().join("neg.parquet"), &[negative]);
+    let neg = job(dir.path(), &CLI_JOB.replace("users.parquet", "neg.parquet"));
+    let e = build(&neg, &Embedded::default(), &BuildOptions::default())
+        .await
+        .expect_err("negative key");
+    assert_eq!(e.kind(), ErrorKind::Data, "{e}");
+    assert!(e.to_string().contains("-7"), "{e}");
+    assert_eq!(store.load_current().await.expect("load").expect("current"), before);
+
+    // The failed runs left no shard data, only their (failed) run records.
+    let keys = list_keys(&prefix).await;
+    let runs: std::collections::BTreeSet<&str> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix("shards/"))
+        .filter_map(|k| k.split('/').next())
+        .collect();
+    assert_eq!(runs.len(), 1, "only the good run has shard data: {runs:?}");
+    // The null key was caught by the routing sample before the run started
+    // writing; the negative key during the write, which the run recorded.
+    let records = store.list_run_records().await.expect("records");
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|(_, r)| r.status == sf_manifest::RunStatus::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{records:?}");
+    assert!(failed[0].1.error_message.as_deref().is_some_and(|m| m.contains("-7")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_follow_the_policy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let dup = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(vec![1, 2, 2, 3, 1])) as ArrayRef),
+        (
+            "name",
+            Arc::new(StringArray::from(vec!["a", "b", "c", "d", "e"])) as ArrayRef,
+        ),
+        ("score", Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])) as ArrayRef),
+    ])
+    .expect("batch");
+    write_parquet(&dir.path().join("users.parquet"), &[dup]);
+    let strict = job(
+        dir.path(),
+        &CLI_JOB
+            .replace("num_dbs = 3", "num_dbs = 1")
+            .replace("[output]", "[write]\non_duplicate = \"error\"\n[output]"),
+    );
+    let e = build(&strict, &Embedded::default(), &BuildOptions::default())
+        .await
+        .expect_err("duplicates");
+    assert_eq!(e.kind(), ErrorKind::Data);
+    assert!(e.to_string().contains("duplicate key"), "{e}");
+
+    let lenient = job(dir.path(), &CLI_JOB.replace("num_dbs = 3", "num_dbs = 1"));
+    let s = run(&lenient).await;
+    assert_eq!((s.rows, s.duplicates), (3, 2));
+    let prefix = format!("file://{}/out", dir.path().display());
+    let rows = read_snapshot(&prefix).await.rows();
+    let one = rows.get(1u64.to_be_bytes().as_slice()).expect("key 1");
+    let v = String::from_utf8_lossy(&one.1);
+    assert!(v.contains("\"a\"") || v.contains("\"e\""), "one of key 1's rows: {v}");
+}
+
+/// A transient failure retries into a new attempt; the driver publishes
+/// the winners and deletes every losing attempt folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_parquet(&dir.path().join("users.parquet"), &[users(600)]);
+    let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let flaky = Arc::new(FlakyStore::new(
+        Arc::clone(&inner),
+        2,
+        Box::new(|op, p| op == "put" && p.as_ref().ends_with("shard.db")),
+    ));
+    let base = format!("flaky-{}://t", uuid::Uuid::new_v4().simple()).replace('-', "");
+    sf_manifest::storage::register_store(&base, flaky.clone());
+    let prefix = format!("{base}/snap");
+    let j = job(
+        dir.path(),
+        &CLI_JOB
+            .replace("prefix = \"out\"", &format!("prefix = \"{prefix}\""))
+            .replace("[output]", "[write]\nretry_backoff_ms = 1\n[output]"),
+    );
+    let s = run(&j).await;
+    assert_eq!(flaky.failed.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(s.retries, 2);
+    assert_eq!(s.losers_deleted, 2, "the two failed attempts' claims");
+    let snap = check(&prefix, 600, json_value).await;
+    assert!(
+        snap.manifest.shards.iter().any(|s| s.attempt.0 > 0),
+        "a retried shard won with a later attempt"
+    );
+    let keys = list_keys(&prefix).await;
+    let attempts: std::collections::BTreeSet<String> = keys
+        .iter()
+        .filter(|k| k.starts_with("shards/"))
+        .map(|k| k.rsplit_once('/').expect("file").0.to_string())
+        .collect();
+    assert_eq!(attempts.len(), 3, "one attempt folder per shard remains: {attempts:?}");
+    sf_manifest::storage::unregister_store(&base);
+}
+
+/// Another publisher moves `_CURRENT` while shards are being written: the
+/// build fails with a conflict and does not overwrite it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_publish_wins_and_is_not_overwritten() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_parquet(&dir.path().join("users.parquet"), &[users(200)]);
+    let prefix = format!("file://{}/out", dir.path().display());
+    let j = job(dir.path(), CLI_JOB);
+    run(&j).await;
+    let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
+    let first = store.load_current().await.expect("load").expect("current");
+
+    // The other publisher: points _CURRENT at the same manifest again
+    // (a new version) as soon as the build starts writing shards.
+    let other = store.clone();
+    let seen = first.clone();
+    let watcher = tokio::spawn(async move {
+        for _ in 0..2000 {
+            let keys = list_keys(other.prefix_url()).await;
+            if keys.iter().filter(|k| k.ends_with("_claim.json")).count() > 3 {
+                let p =
+                    sf_manifest::CurrentPointer::new(seen.pointer.manifest_ref.clone(), seen.pointer.run_id.clone());
+                return other
+                    .swap_current(&p, Some(&seen.version))
+                    .await
+                    .expect("other publisher wins");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("the build never started writing shards");
+    });
+    let slow = job(
+        dir.path(),
+        &CLI_JOB.replace("[output]", "[write]\nmax_writes_per_second = 200.0\n[output]"),
+    );
+    let e = build(&slow, &Embedded::default(), &BuildOptions::default())
+        .await
+        .expect_err("conflict");
+    let other_version = watcher.await.expect("watcher");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    let now = store.load_current().await.expect("load").expect("current");
+    assert_eq!(now.version, other_version, "the other publisher's _CURRENT stands");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_build_swaps_current_and_keeps_history() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_parquet(&dir.path().join("users.parquet"), &[users(100)]);
+    let prefix = format!("file://{}/out", dir.path().display());
+    let first = run(&job(dir.path(), CLI_JOB)).await;
+    write_parquet(&dir.path().join("users.parquet"), &[users(250)]);
+    let second = run(&job(dir.path(), CLI_JOB)).await;
+    let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
+    let history = store.history().await.expect("history");
+    let runs: Vec<_> = history.iter().map(|h| h.run_id.clone()).collect();
+    assert_eq!(runs, vec![second.run_id.clone(), first.run_id.clone()]);
+    check(&prefix, 250, json_value).await;
+}
