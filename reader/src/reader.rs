@@ -10,8 +10,8 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use serde::Serialize;
 use sf_manifest::{
-    CelType, DbId, HashAlgorithm, HistoryEntry, Key, KeyEncoding, Location, ManifestStore, ObjectManifestStore, RunId,
-    ShardingStrategy, StorageOptions, Timestamp,
+    CelType, DbId, HashAlgorithm, HistoryEntry, Key, KeyEncoding, Location, Manifest, ManifestStore,
+    ObjectManifestStore, RunId, ShardingStrategy, StorageOptions, Timestamp,
 };
 use sf_router::ContextValue;
 
@@ -505,6 +505,43 @@ impl Reader {
             ctx.insert(name.to_string(), ContextValue::parse(ty, value)?);
         }
         Ok(ctx)
+    }
+
+    /// The served snapshot's manifest.
+    pub fn manifest(&self) -> Manifest {
+        self.snapshot().manifest.clone()
+    }
+
+    /// `key` as the stored bytes of the served snapshot's key encoding.
+    pub fn encode_key(&self, key: &Key) -> Result<Vec<u8>> {
+        Ok(self.snapshot().router.encode_key(key)?)
+    }
+
+    /// One page of shard `db_id`'s stored rows, in key order: up to `limit`
+    /// (encoded key, value) pairs strictly after the encoded key `after`
+    /// (from the first row when `None`). An empty page is the end. A shard
+    /// the manifest leaves out (empty) has no rows; a db id beyond
+    /// `num_dbs` is an error.
+    ///
+    /// Pages come from the snapshot served when each is read: a caller
+    /// that needs one snapshot across pages uses a reader without a
+    /// background refresh (or a pinned one).
+    pub async fn scan_shard(&self, db_id: DbId, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        self.check_open()?;
+        let snap = self.snapshot();
+        if db_id.0 >= snap.manifest.build.num_dbs {
+            return Err(Error::config(
+                "db_id",
+                format!(
+                    "shard {db_id} is beyond the snapshot's {} shards",
+                    snap.manifest.build.num_dbs
+                ),
+            ));
+        }
+        match snap.shard(&self.inner.env, db_id).await? {
+            None => Ok(Vec::new()),
+            Some(shard) => shard.scan_page(after.map(<[u8]>::to_vec), limit.max(1)).await,
+        }
     }
 
     /// Key encoding of the served snapshot.

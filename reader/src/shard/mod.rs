@@ -380,6 +380,42 @@ impl ShardHandle {
         }
     }
 
+    /// Up to `limit` rows in key order, strictly after `after`.
+    pub(crate) async fn scan_page(
+        self: &Arc<Self>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        match &self.backend {
+            Backend::Slate(s) => {
+                let _permit = self.permit().await?;
+                s.scan_page(after.as_deref(), limit).await.map_err(|e| {
+                    let retryable = matches!(e.kind(), slatedb::ErrorKind::Unavailable);
+                    self.read_error(format!("SlateDB scan: {e}"), retryable)
+                })
+            }
+            Backend::Local(_) | Backend::Range { .. } => {
+                let _permit = match self.backend {
+                    Backend::Range { .. } => Some(self.permit().await?),
+                    _ => None,
+                };
+                // A page reads many B-tree pages: off the runtime's workers.
+                let this = Arc::clone(self);
+                tokio::task::spawn_blocking(move || {
+                    let (pool, file) = match &this.backend {
+                        Backend::Local(pool) => (pool, None),
+                        Backend::Range { pool, file, .. } => (pool, Some(file.as_ref())),
+                        Backend::Slate(_) => return Err(Error::Internal("backend changed".into())),
+                    };
+                    pool.scan_page(after.as_deref(), limit)
+                        .map_err(|e| this.sqlite_error(e, file))
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("scan task failed: {e}")))?
+            }
+        }
+    }
+
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
         self.env
             .remote_permits

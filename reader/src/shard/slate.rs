@@ -113,4 +113,26 @@ impl SlateShard {
         // a caller holding it does not pin the block.
         Ok(self.reader.get(key).await?.map(|v| Bytes::copy_from_slice(&v)))
     }
+
+    /// Up to `limit` rows in key order, strictly after `after`.
+    pub(crate) async fn scan_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> std::result::Result<Vec<(Bytes, Bytes)>, slatedb::Error> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut iter = self.reader.scan::<Vec<u8>, _>((lower, Bound::Unbounded)).await?;
+        let mut out = Vec::with_capacity(limit.min(65_536));
+        while out.len() < limit {
+            match iter.next().await? {
+                Some(kv) => out.push((kv.key, kv.value)),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
 }

@@ -162,6 +162,39 @@ impl ConnPool {
     }
 }
 
+impl ConnPool {
+    /// Up to `limit` rows in key order, strictly after `after` (from the
+    /// first key when `None`).
+    pub(crate) fn scan_page(&self, after: Option<&[u8]>, limit: usize) -> rusqlite::Result<Vec<(Bytes, Bytes)>> {
+        let conn = self.take()?;
+        let mut out = Vec::with_capacity(limit.min(65_536));
+        {
+            // `kv.k` is the primary key: both statements walk its index.
+            let mut stmt = match after {
+                Some(_) => conn.prepare_cached("SELECT k, v FROM kv WHERE k > ?1 ORDER BY k LIMIT ?2")?,
+                None => conn.prepare_cached("SELECT k, v FROM kv ORDER BY k LIMIT ?1")?,
+            };
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            match after {
+                Some(k) => {
+                    stmt.raw_bind_parameter(1, k)?;
+                    stmt.raw_bind_parameter(2, limit)?;
+                }
+                None => stmt.raw_bind_parameter(1, limit)?,
+            }
+            let mut rows = stmt.raw_query();
+            while let Some(row) = rows.next()? {
+                out.push((
+                    Bytes::copy_from_slice(row.get_ref(0)?.as_blob()?),
+                    Bytes::copy_from_slice(row.get_ref(1)?.as_blob()?),
+                ));
+            }
+        }
+        self.give_back(conn);
+        Ok(out)
+    }
+}
+
 /// Keys per batched lookup.
 const BATCH: usize = 64;
 
