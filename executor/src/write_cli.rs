@@ -220,6 +220,13 @@ async fn run(args: Args, bar: bool, cluster: Option<ClusterEngineFactory>) -> sf
                 println!("dry run: nothing was written\n{report}");
             }
         }
+        Outcome::Unchanged(why) => {
+            if args.json {
+                println!("{}", serde_json::json!({"unchanged": true, "reason": why}));
+            } else {
+                println!("{why}");
+            }
+        }
         Outcome::Built(summary) => {
             if args.json {
                 let (lo, med, hi) = summary.rows_per_shard;

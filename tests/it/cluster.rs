@@ -366,3 +366,72 @@ async fn an_executor_without_the_extension_fails_the_build_with_the_reason() {
         "nothing was published"
     );
 }
+
+/// A job that writes a warehouse table runs its shard tasks on the
+/// cluster too, and the table reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_job_runs_on_the_cluster() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = s3_input("cluster-table", 5_000, dir.path()).await;
+    let warehouse = s3_prefix("cluster-warehouse");
+    let text = format!(
+        r#"key_col = "id"
+[input]
+format = "parquet"
+path = "{input}"
+[routing]
+num_dbs = 4
+[output]
+table = "lake.app.users"
+mode = "overwrite"
+[sf.catalog.lake]
+warehouse = "{warehouse}"
+"#
+    );
+    let job = write_job(dir.path(), &text);
+    let cluster = LocalCluster::start(&ClusterOptions::default());
+    for round in 0..2 {
+        let out = run_bounded(
+            Command::new(binary("sf-write")).arg("--config").arg(&job).args([
+                "--cluster",
+                cluster.url(),
+                "--json",
+                "--progress",
+                "off",
+            ]),
+            Duration::from_secs(300),
+            "sf-write of a table on the cluster",
+        );
+        assert!(
+            out.status.success(),
+            "round {round}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.log_tails()
+        );
+        assert_eq!(summary(&out.stdout)["rows"], 5_000);
+    }
+    let prefix = format!("{warehouse}/app/users");
+    let claimed = claims(&prefix).await;
+    let executors: BTreeSet<u32> = cluster.executor_pids().iter().copied().collect();
+    assert!(
+        !claimed.is_empty() && claimed.iter().all(|c| executors.contains(&c.pid)),
+        "executors wrote the table's shards"
+    );
+
+    let catalogs = sf_writer::warehouse::Catalogs::from_settings([("sf.catalog.lake.warehouse", warehouse.as_str())])
+        .expect("catalogs");
+    let wh = sf_writer::warehouse::Warehouse::new(catalogs, Arc::new(Embedded::default()))
+        .with_reader_cache(dir.path().join("cache"));
+    let ctx = wh.session_context();
+    let batches = wh
+        .sql(&ctx, "SELECT count(*) AS n, max(name) AS top FROM app.users")
+        .await
+        .expect("query")
+        .collect()
+        .await
+        .expect("rows");
+    let out = arrow::util::pretty::pretty_format_batches(&batches)
+        .expect("format")
+        .to_string();
+    assert!(out.contains("5000") && out.contains("user-999"), "{out}");
+}

@@ -10,4 +10,5 @@ mod reader_concurrency;
 mod reader_errors;
 mod reader_fixtures;
 mod reader_snapshots;
+mod warehouse;
 mod write_e2e;

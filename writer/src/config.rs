@@ -406,6 +406,19 @@ fn apply_override(doc: &mut toml::Table, var: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Catalogs from the `[sf]` table of a TOML document (`[sf.catalog.NAME]`
+/// with `warehouse = "<url>"`, storage options, `num_dbs`), then `extra`
+/// `sf.catalog.*` pairs, which win.
+pub fn catalog_settings(
+    sf: &toml::Table,
+    extra: impl IntoIterator<Item = (String, String)>,
+) -> Result<crate::warehouse::names::Catalogs> {
+    let mut pairs = Vec::new();
+    flatten("sf", sf, &mut pairs)?;
+    pairs.extend(extra);
+    crate::warehouse::names::Catalogs::from_settings(pairs)
+}
+
 /// `a.b.c = "v"` pairs of a TOML table, values as strings.
 fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<()> {
     for (k, v) in table {
@@ -498,7 +511,9 @@ impl JobConfig {
                 t.path = resolve_local(base, &t.path);
             }
         }
-        self.output.prefix = resolve_local(base, &self.output.prefix);
+        if !self.output.prefix.trim().is_empty() {
+            self.output.prefix = resolve_local(base, &self.output.prefix);
+        }
         if let Some(w) = &self.write.work_dir {
             self.write.work_dir = Some(PathBuf::from(resolve_local(base, &w.to_string_lossy())));
         }
@@ -663,9 +678,7 @@ impl JobConfig {
 
     /// The catalogs configured under `sf.catalog.*`.
     pub fn catalogs(&self) -> Result<crate::warehouse::names::Catalogs> {
-        let mut pairs = Vec::new();
-        flatten("sf", &self.sf, &mut pairs)?;
-        crate::warehouse::names::Catalogs::from_settings(pairs)
+        catalog_settings(&self.sf, std::iter::empty())
     }
 
     /// The `[storage]` options.

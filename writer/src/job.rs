@@ -274,6 +274,8 @@ pub enum Outcome {
     DryRun(PlanReport),
     /// A published snapshot.
     Built(BuildSummary),
+    /// Nothing to do, and why (a table that exists, with mode `ignore`).
+    Unchanged(String),
 }
 
 /// Routing resolved against the input.
@@ -438,8 +440,33 @@ pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions)
         None => tracing::debug!(phase = name),
     };
     phase("reading input schema");
+    if let Some(table) = &job.output.table {
+        return build_table(job, table, engine, options).await;
+    }
     let prepared = prepare(job, engine).await?;
     build_prepared(job, prepared, engine, options, started).await
+}
+
+/// A job whose output is a warehouse table: its input saved with the
+/// job's mode, through the same path as [`crate::warehouse::Warehouse::save`].
+async fn build_table(job: &JobConfig, table: &str, engine: &dyn Engine, options: &BuildOptions) -> Result<Outcome> {
+    use crate::warehouse::{SaveOutcome, save_frame};
+    let input = job
+        .input
+        .as_ref()
+        .ok_or_else(|| Error::config("input", "the job has no [input] section saying what to read"))?;
+    let catalogs = job.catalogs()?;
+    let ctx = engine.session(job).await?;
+    crate::input::register_stores(&ctx, &crate::input::input_urls(input), &job.storage_options())?;
+    let df = crate::input::load(&ctx, input).await?;
+    match save_frame(&catalogs, engine, None, df, table, job.output.mode, job, options).await? {
+        SaveOutcome::Written(summary) => Ok(Outcome::Built(summary)),
+        SaveOutcome::DryRun(report) => Ok(Outcome::DryRun(report)),
+        SaveOutcome::Ignored => Ok(Outcome::Unchanged(format!(
+            "table {} exists and output.mode is ignore: nothing was written",
+            catalogs.ident(table)?
+        ))),
+    }
 }
 
 /// Runs a build planned by [`prepare`] or [`prepare_frame`].

@@ -1,7 +1,13 @@
 //! # sf-writer: the snapshot build job
 //!
 //! Job configuration, planning on DataFusion, shard writers (SQLite and
-//! SlateDB), rate limiting, winner selection and publishing.
+//! SlateDB), rate limiting, winner selection and publishing; and warehouse
+//! tables on the same snapshots ([`warehouse`]: `save_as_table` with the
+//! four save modes, `table` as a DataFusion table with point-lookup
+//! pushdown through `sf-reader`, catalogs and SQL).
+//!
+//! [`job::build`] runs a job file's build on an [`job::Engine`] (embedded
+//! DataFusion here; Ballista in `sf-executor`).
 
 pub mod adapter;
 pub mod config;

@@ -84,6 +84,9 @@ pub struct CatalogConfig {
     pub warehouse: String,
     /// Storage options for the warehouse.
     pub storage: StorageOptions,
+    /// Shards of a table created by SQL (`CREATE TABLE ... AS`):
+    /// `sf.catalog.<name>.num_dbs`.
+    pub num_dbs: Option<u32>,
 }
 
 impl fmt::Debug for CatalogConfig {
@@ -92,6 +95,7 @@ impl fmt::Debug for CatalogConfig {
             .field("name", &self.name)
             .field("warehouse", &self.warehouse)
             .field("storage", &self.storage)
+            .field("num_dbs", &self.num_dbs)
             .finish()
     }
 }
@@ -118,6 +122,7 @@ impl Catalogs {
     pub fn from_settings<K: AsRef<str>, V: AsRef<str>>(pairs: impl IntoIterator<Item = (K, V)>) -> Result<Self> {
         let mut warehouses: BTreeMap<String, String> = BTreeMap::new();
         let mut options: BTreeMap<String, StorageOptions> = BTreeMap::new();
+        let mut num_dbs: BTreeMap<String, u32> = BTreeMap::new();
         let mut default = None;
         for (k, v) in pairs {
             let (k, v) = (k.as_ref(), v.as_ref());
@@ -138,11 +143,19 @@ impl Catalogs {
                     return Err(Error::config(k, "needs a URL"));
                 }
                 warehouses.insert(name, v.trim_end_matches('/').to_string());
+            } else if key == "num_dbs" {
+                let n: u32 = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| Error::config(k, format!("{v:?} is not a shard count (a whole number >= 1)")))?;
+                num_dbs.insert(name, n);
             } else {
                 options.entry(name).or_default().insert(key, v);
             }
         }
-        for name in options.keys() {
+        for name in options.keys().chain(num_dbs.keys()) {
             if !warehouses.contains_key(name) {
                 return Err(Error::config(
                     format!("{CATALOG_PREFIX}{name}"),
@@ -154,12 +167,14 @@ impl Catalogs {
             .into_iter()
             .map(|(name, warehouse)| {
                 let storage = options.remove(&name).unwrap_or_default();
+                let num_dbs = num_dbs.get(&name).copied();
                 (
                     name.clone(),
                     CatalogConfig {
                         name,
                         warehouse,
                         storage,
+                        num_dbs,
                     },
                 )
             })
@@ -185,6 +200,7 @@ impl Catalogs {
                 name,
                 warehouse: warehouse.trim_end_matches('/').to_string(),
                 storage,
+                num_dbs: None,
             },
         );
         Ok(self)
@@ -290,6 +306,22 @@ mod tests {
         ])
         .expect("named default");
         assert_eq!(named.ident("t").expect("ident").catalog, "lake");
+        let shards = Catalogs::from_settings([
+            ("sf.catalog.wh.warehouse", "memory://w"),
+            ("sf.catalog.wh.num_dbs", "4"),
+        ])
+        .expect("num_dbs");
+        assert_eq!(shards.get("wh").expect("wh").num_dbs, Some(4));
+        assert!(
+            shards.get("wh").expect("wh").storage.iter().next().is_none(),
+            "num_dbs is no storage option"
+        );
+        let e = Catalogs::from_settings([
+            ("sf.catalog.wh.warehouse", "memory://w"),
+            ("sf.catalog.wh.num_dbs", "0"),
+        ])
+        .expect_err("zero shards");
+        assert!(e.to_string().contains("shard count"), "{e}");
         let e = Catalogs::from_settings([("sf.catalog.x.region", "r")]).expect_err("no warehouse");
         assert!(e.to_string().contains("no warehouse URL"), "{e}");
     }
