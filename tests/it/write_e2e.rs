@@ -88,7 +88,54 @@ async fn check(prefix: &str, n: i64, value: impl Fn(i64) -> Vec<u8>) -> sf_tests
         assert_eq!(stored.1, value(id), "value of key {id}");
     }
     assert_eq!(snap.manifest.row_count() as i64, n);
+    read_through_the_reader(prefix, n, &value).await;
     snap
+}
+
+/// The online reader serves every row of the snapshot (SQLite shards in
+/// both download and range mode), with a routing context when the
+/// snapshot routes by other columns, and misses an absent key.
+async fn read_through_the_reader(prefix: &str, n: i64, value: &impl Fn(i64) -> Vec<u8>) {
+    for mode in [sf_reader::SqliteMode::Download, sf_reader::SqliteMode::Range] {
+        let cache = tempfile::tempdir().expect("cache");
+        let reader = sf_reader::Reader::builder(format!("{prefix}/_CURRENT"))
+            .with_settings(sf_reader::ReaderSettings {
+                cache_dir: Some(cache.path().to_path_buf()),
+                sqlite_mode: mode,
+                ..sf_reader::ReaderSettings::default()
+            })
+            .build()
+            .await
+            .expect("reader");
+        let context = |id: i64| {
+            BTreeMap::from([(
+                "region".to_string(),
+                ContextValue::Str(REGIONS[(id % 3) as usize].into()),
+            )])
+        };
+        let ids: Vec<i64> = (0..n).chain([n + 5]).collect();
+        let got = if reader.needs_context() {
+            let items: Vec<_> = ids.iter().map(|i| (Key::Int(*i), context(*i))).collect();
+            reader.multi_get_with_context(&items).await.expect("multi_get")
+        } else {
+            let keys: Vec<Key> = ids.iter().map(|i| Key::Int(*i)).collect();
+            reader.multi_get(&keys).await.expect("multi_get")
+        };
+        for (id, v) in ids.iter().zip(&got) {
+            if *id < n {
+                assert_eq!(v.as_deref(), Some(value(*id).as_slice()), "reader ({mode:?}): key {id}");
+            } else {
+                assert_eq!(v, &None, "reader ({mode:?}): absent key {id}");
+            }
+        }
+        let one = if reader.needs_context() {
+            reader.get_with_context(&Key::Int(1), &context(1)).await
+        } else {
+            reader.get(&Key::Int(1)).await
+        };
+        assert_eq!(one.expect("get").as_deref(), Some(value(1).as_slice()));
+        reader.close();
+    }
 }
 
 fn fixture_schema() -> String {

@@ -592,8 +592,19 @@ pub async fn build_prepared(
         // Nothing was published: remove what this run wrote, keep the record.
         if !matches!(e, Error::Manifest(sf_manifest::Error::Conflict { .. })) {
             let key = layout::run_shards_key(&run_id);
-            if let Err(ce) = sf_manifest::gc::delete_prefix(&store, &key).await {
-                tracing::warn!(error = %ce, "could not remove the failed run's shard data under {key}");
+            // Shard tasks cancelled by the failure may still finish a write
+            // already handed to the store (a local file store writes on the
+            // blocking pool): sweep until a pass finds nothing left.
+            for pass in 0..FAILED_RUN_SWEEPS {
+                match sf_manifest::gc::delete_prefix(&store, &key).await {
+                    Ok(0) if pass > 0 => break,
+                    Ok(_) => {}
+                    Err(ce) => {
+                        tracing::warn!(error = %ce, "could not remove the failed run's shard data under {key}");
+                        break;
+                    }
+                }
+                tokio::time::sleep(FAILED_RUN_SWEEP_PAUSE).await;
             }
         }
     }
@@ -602,6 +613,10 @@ pub async fn build_prepared(
     }
     outcome.map(Outcome::Built)
 }
+
+/// Passes over a failed run's shard data, and the pause between them.
+const FAILED_RUN_SWEEPS: usize = 5;
+const FAILED_RUN_SWEEP_PAUSE: Duration = Duration::from_millis(200);
 
 fn spawn_heartbeat(
     store: ObjectManifestStore,
