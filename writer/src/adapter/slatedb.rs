@@ -162,7 +162,7 @@ impl SlateDbSettings {
     }
 
     /// SlateDB settings for bulk loading one shard.
-    fn db_settings(&self) -> Settings {
+    pub fn db_settings(&self) -> Settings {
         Settings {
             // The spool is the log: a failed upload starts again from it in
             // a new attempt, so a WAL would only write every row twice.
