@@ -390,15 +390,17 @@ warehouse = "{warehouse}"
     );
     let job = write_job(dir.path(), &text);
     let cluster = LocalCluster::start(&ClusterOptions::default());
-    for round in 0..2 {
+    // Overwrite, then append the same rows: the append reads the old
+    // table on the executors (the table and its scan travel through the
+    // codecs) and replaces every duplicate key.
+    let mut runs = Vec::new();
+    for (round, mode) in ["overwrite", "append"].into_iter().enumerate() {
         let out = run_bounded(
-            Command::new(binary("sf-write")).arg("--config").arg(&job).args([
-                "--cluster",
-                cluster.url(),
-                "--json",
-                "--progress",
-                "off",
-            ]),
+            Command::new(binary("sf-write"))
+                .arg("--config")
+                .arg(&job)
+                .args(["--cluster", cluster.url(), "--json", "--progress", "off"])
+                .env("SF_OUTPUT__MODE", mode),
             Duration::from_secs(300),
             "sf-write of a table on the cluster",
         );
@@ -408,8 +410,14 @@ warehouse = "{warehouse}"
             String::from_utf8_lossy(&out.stderr),
             cluster.log_tails()
         );
-        assert_eq!(summary(&out.stdout)["rows"], 5_000);
+        let s = summary(&out.stdout);
+        assert_eq!(
+            s["rows"], 5_000,
+            "round {round}: the appended keys replace the old ones"
+        );
+        runs.push(s["run_id"].as_str().expect("run id").to_string());
     }
+    assert_ne!(runs[0], runs[1], "the append published a new run");
     let prefix = format!("{warehouse}/app/users");
     let claimed = claims(&prefix).await;
     let executors: BTreeSet<u32> = cluster.executor_pids().iter().copied().collect();

@@ -421,10 +421,10 @@ async fn sql_point_lookups_read_only_the_routed_shards() {
     )
     .await
     .expect("save");
-    let router_of = wh.table("wh.app.users").await.expect("table");
+    let table = wh.table("wh.app.users").await.expect("table");
+    let router_of = table.reader().await.expect("reader");
     let shard_of = |k: i64| {
         router_of
-            .reader()
             .route(&Key::Int(k), None)
             .expect("route")
             .db_id

@@ -10,6 +10,9 @@
 //! | `ShardWriteExec` (physical) | `SFX1` `2` JSON of [`ShardWriteSpec`] |
 //! | `sf_shard_id` | `SFX1` `3` JSON of [`RoutingSpec`] |
 //! | `sf_partition_key` | `SFX1` `4` JSON of `num_dbs` |
+//! | a warehouse table (`ShardTable`) | `SFX1` `5` JSON of `TableSource` |
+//! | a table scan (`ShardScanExec`) | `SFX1` `6` JSON of `ScanParts` |
+//! | a table lookup (`ShardLookupExec`) | `SFX1` `7` JSON of `LookupParts` |
 //!
 //! Anything else goes to Ballista's codecs unchanged (its shuffle nodes,
 //! file formats, cache node). Ballista's bytes are protobuf messages, whose
@@ -20,7 +23,9 @@
 //! Specs are made *shippable* when encoded: storage options naming
 //! credentials are dropped (see [`is_secret_option`](super::options::is_secret_option)),
 //! and the driver's local `work_dir` is dropped too; an executor's codec
-//! puts its own staging folder in when it decodes.
+//! puts its own staging folder in when it decodes. Tables travel as the
+//! manifest they read (each process opens its own reader, pinned to it),
+//! with the same credential filter on their storage options.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +43,8 @@ use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use sf_writer::exec::{ShardWriteExec, ShardWriteSpec};
 use sf_writer::partition::{PARTITION_KEY_UDF, PartitionKeyUdf, RoutingSpec, SHARD_ID_UDF, ShardIdUdf};
 use sf_writer::plan::ShardWriteNode;
+use sf_writer::warehouse::ShardTable;
+use sf_writer::warehouse::table::{LookupParts, ScanParts, ShardLookupExec, ShardScanExec, TableSource};
 
 use super::options::without_secrets;
 
@@ -46,6 +53,9 @@ const TAG_WRITE_NODE: u8 = 1;
 const TAG_WRITE_EXEC: u8 = 2;
 const TAG_SHARD_ID: u8 = 3;
 const TAG_PARTITION_KEY: u8 = 4;
+const TAG_TABLE: u8 = 5;
+const TAG_TABLE_SCAN: u8 = 6;
+const TAG_TABLE_LOOKUP: u8 = 7;
 
 fn encode_json<T: serde::Serialize>(tag: u8, value: &T, buf: &mut Vec<u8>) -> DfResult<()> {
     buf.extend_from_slice(MAGIC);
@@ -76,6 +86,17 @@ pub fn shippable(spec: &ShardWriteSpec) -> ShardWriteSpec {
     out.storage_options = without_secrets(&spec.storage_options);
     out.work_dir = None;
     out
+}
+
+/// A table source as shipped: no credentials.
+fn shippable_source(source: &TableSource) -> TableSource {
+    let mut out = source.clone();
+    out.storage = without_secrets(&source.storage);
+    out
+}
+
+fn writer_err(e: sf_writer::Error) -> DataFusionError {
+    DataFusionError::from(e)
 }
 
 fn one_input<T: Clone>(inputs: &[T], what: &str) -> DfResult<T> {
@@ -152,7 +173,16 @@ impl LogicalExtensionCodec for ShardForgeLogicalCodec {
         schema: arrow::datatypes::SchemaRef,
         ctx: &TaskContext,
     ) -> DfResult<Arc<dyn TableProvider>> {
-        self.ballista.try_decode_table_provider(buf, table_ref, schema, ctx)
+        match ours(buf) {
+            Some((TAG_TABLE, body)) => {
+                let source: TableSource = decode_json("warehouse table", body)?;
+                Ok(Arc::new(ShardTable::from_source(source).map_err(writer_err)?))
+            }
+            Some((tag, _)) => Err(DataFusionError::Internal(format!(
+                "ShardForge bytes with tag {tag} are not a table"
+            ))),
+            None => self.ballista.try_decode_table_provider(buf, table_ref, schema, ctx),
+        }
     }
 
     fn try_encode_table_provider(
@@ -161,7 +191,10 @@ impl LogicalExtensionCodec for ShardForgeLogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> DfResult<()> {
-        self.ballista.try_encode_table_provider(table_ref, node, buf)
+        match node.as_any().downcast_ref::<ShardTable>() {
+            Some(t) => encode_json(TAG_TABLE, &shippable_source(t.source()), buf),
+            None => self.ballista.try_encode_table_provider(table_ref, node, buf),
+        }
     }
 
     fn try_decode_file_format(&self, buf: &[u8], ctx: &TaskContext) -> DfResult<Arc<dyn FileFormatFactory>> {
@@ -222,6 +255,14 @@ impl PhysicalExtensionCodec for ShardForgePhysicalCodec {
                 let input = one_input(inputs, "ShardWriteExec")?;
                 Ok(Arc::new(ShardWriteExec::new(Arc::new(spec), input)))
             }
+            Some((TAG_TABLE_SCAN, body)) => {
+                let parts: ScanParts = decode_json("table scan", body)?;
+                Ok(Arc::new(ShardScanExec::from_parts(parts).map_err(writer_err)?))
+            }
+            Some((TAG_TABLE_LOOKUP, body)) => {
+                let parts: LookupParts = decode_json("table lookup", body)?;
+                Ok(Arc::new(ShardLookupExec::from_parts(parts).map_err(writer_err)?))
+            }
             Some((tag, _)) => Err(DataFusionError::Internal(format!(
                 "ShardForge bytes with tag {tag} are not a physical plan node"
             ))),
@@ -230,10 +271,21 @@ impl PhysicalExtensionCodec for ShardForgePhysicalCodec {
     }
 
     fn try_encode(&self, node: Arc<dyn ExecutionPlan>, buf: &mut Vec<u8>) -> DfResult<()> {
-        match node.as_any().downcast_ref::<ShardWriteExec>() {
-            Some(w) => encode_json(TAG_WRITE_EXEC, &shippable(w.spec()), buf),
-            None => self.ballista.try_encode(node, buf),
+        let any = node.as_any();
+        if let Some(w) = any.downcast_ref::<ShardWriteExec>() {
+            return encode_json(TAG_WRITE_EXEC, &shippable(w.spec()), buf);
         }
+        if let Some(scan) = any.downcast_ref::<ShardScanExec>() {
+            let mut parts = scan.parts();
+            parts.source = shippable_source(&parts.source);
+            return encode_json(TAG_TABLE_SCAN, &parts, buf);
+        }
+        if let Some(lookup) = any.downcast_ref::<ShardLookupExec>() {
+            let mut parts = lookup.parts().map_err(writer_err)?;
+            parts.source = shippable_source(&parts.source);
+            return encode_json(TAG_TABLE_LOOKUP, &parts, buf);
+        }
+        self.ballista.try_encode(node, buf)
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {

@@ -51,12 +51,13 @@ impl TableMeta {
         let Some(t) = m.build.custom.get("shardforge").and_then(|s| s.get("table")) else {
             return Ok(None);
         };
-        let bad = |why: &str| {
-            Error::Data(format!(
-                "manifest of run {}: custom.shardforge.table {why}",
-                m.build.run_id
-            ))
-        };
+        Self::from_json(t, &format!("manifest of run {}", m.build.run_id)).map(Some)
+    }
+
+    /// Reads [`to_json`](Self::to_json)'s output; `context` names where it
+    /// came from in errors.
+    pub fn from_json(t: &Value, context: &str) -> Result<Self> {
+        let bad = |why: &str| Error::Data(format!("{context}: custom.shardforge.table {why}"));
         if t.get("value_format").and_then(Value::as_str) != Some(VALUE_FORMAT) {
             return Err(bad("has an unknown value_format"));
         }
@@ -76,11 +77,11 @@ impl TableMeta {
         if schema.field_with_name(key_col).is_err() {
             return Err(bad("names a key column the schema lacks"));
         }
-        Ok(Some(TableMeta {
+        Ok(TableMeta {
             name: name.to_string(),
             key_col: key_col.to_string(),
             schema: Arc::new(schema),
-        }))
+        })
     }
 
     /// The schema of the value: every column but the key.

@@ -160,7 +160,7 @@ impl Warehouse {
             .get(id)
             .cloned();
         if let Some(t) = cached
-            && t.reader().info().manifest_ref == current.pointer.manifest_ref
+            && t.source().manifest_ref == current.pointer.manifest_ref
         {
             return Ok(t);
         }

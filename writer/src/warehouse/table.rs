@@ -3,7 +3,7 @@
 //! reader, touching only the shards those keys route to.
 
 use std::any::Any;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,26 +23,62 @@ use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder,
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use sf_manifest::{DbId, Key, KeyEncoding, StorageOptions, layout};
-use sf_reader::{Reader, ReaderSettings};
+use sf_reader::{Pin, Reader, ReaderSettings};
+use tokio::sync::OnceCell;
 
 use super::format::TableMeta;
 use super::names::TableIdent;
 use crate::error::{Error, Result};
 
-/// One snapshot of a table, opened for reading.
+/// Which snapshot of which table a [`ShardTable`] reads: plain data, so a
+/// plan that reads a table can travel to other processes (a Ballista
+/// scheduler and executors), which open their own reader of the same
+/// manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSource {
+    /// `catalog.db.table`.
+    pub table: String,
+    /// The table's snapshot prefix URL.
+    pub prefix: String,
+    /// Storage options of the prefix.
+    pub storage: BTreeMap<String, String>,
+    /// The manifest read, as `_CURRENT` named it: every reader of this
+    /// source reads this manifest, whatever `_CURRENT` says later.
+    pub manifest_ref: String,
+    /// The snapshot's key encoding.
+    pub key_encoding: KeyEncoding,
+    /// The table's [`TableMeta`] as JSON.
+    pub meta: serde_json::Value,
+    /// Where this process caches downloaded shards (not shipped).
+    #[serde(skip)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One snapshot of a table, as a DataFusion table.
 #[derive(Clone)]
 pub struct ShardTable {
     ident: TableIdent,
-    reader: Reader,
+    source: Arc<TableSource>,
     meta: Arc<TableMeta>,
+    reader: Arc<OnceCell<Reader>>,
 }
 
 impl fmt::Debug for ShardTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardTable")
             .field("table", &self.ident.to_string())
+            .field("manifest_ref", &self.source.manifest_ref)
             .finish_non_exhaustive()
+    }
+}
+
+fn reader_settings(cache_dir: Option<PathBuf>, pin: Pin) -> ReaderSettings {
+    ReaderSettings {
+        cache_dir,
+        pin,
+        ..ReaderSettings::default()
     }
 }
 
@@ -54,13 +90,9 @@ impl ShardTable {
         storage: StorageOptions,
         cache_dir: Option<PathBuf>,
     ) -> Result<Self> {
-        let settings = ReaderSettings {
-            cache_dir,
-            ..ReaderSettings::default()
-        };
         let reader = Reader::builder(layout::join_url(prefix, layout::CURRENT))
-            .with_settings(settings)
-            .with_storage_options(storage)
+            .with_settings(reader_settings(cache_dir.clone(), Pin::Current))
+            .with_storage_options(storage.clone())
             .build()
             .await
             .map_err(|e| Error::Input(format!("opening table {ident}: {e}")))?;
@@ -70,11 +102,38 @@ impl ShardTable {
                 ident
             ))
         })?;
+        let source = TableSource {
+            table: ident.to_string(),
+            prefix: prefix.to_string(),
+            storage: storage.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            manifest_ref: reader.info().manifest_ref,
+            key_encoding: reader.key_encoding(),
+            meta: meta.to_json()?,
+            cache_dir,
+        };
         Ok(ShardTable {
             ident,
-            reader,
+            source: Arc::new(source),
             meta: Arc::new(meta),
+            reader: Arc::new(OnceCell::new_with(Some(reader))),
         })
+    }
+
+    /// The table `source` describes; its reader opens on first use.
+    pub fn from_source(source: TableSource) -> Result<Self> {
+        let ident = TableIdent::parse(&source.table, super::names::DEFAULT)?;
+        let meta = TableMeta::from_json(&source.meta, &format!("table {ident}"))?;
+        Ok(ShardTable {
+            ident,
+            source: Arc::new(source),
+            meta: Arc::new(meta),
+            reader: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// Which snapshot this is, as plain data.
+    pub fn source(&self) -> &TableSource {
+        &self.source
     }
 
     /// What the manifest says about the table.
@@ -82,9 +141,28 @@ impl ShardTable {
         &self.meta
     }
 
-    /// The reader serving it.
-    pub fn reader(&self) -> &Reader {
-        &self.reader
+    /// The reader of this snapshot (opened, pinned to its manifest, on
+    /// first use).
+    pub async fn reader(&self) -> Result<&Reader> {
+        self.reader
+            .get_or_try_init(|| async {
+                let storage: StorageOptions = self
+                    .source
+                    .storage
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Reader::builder(layout::join_url(&self.source.prefix, layout::CURRENT))
+                    .with_settings(reader_settings(
+                        self.source.cache_dir.clone(),
+                        Pin::Ref(self.source.manifest_ref.clone()),
+                    ))
+                    .with_storage_options(storage)
+                    .build()
+                    .await
+                    .map_err(|e| Error::Input(format!("opening table {}: {e}", self.ident)))
+            })
+            .await
     }
 
     /// Keys of a pushed-down `key = x` / `key IN (...)` filter, when all
@@ -105,7 +183,7 @@ impl ShardTable {
     fn filter_keys(&self, f: &Expr) -> Option<Vec<Key>> {
         let is_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == self.meta.key_col);
         let lit = |e: &Expr| match e {
-            Expr::Literal(v, _) => scalar_key(v, self.reader.key_encoding()),
+            Expr::Literal(v, _) => scalar_key(v, self.source.key_encoding),
             _ => None,
         };
         match f {
@@ -207,9 +285,26 @@ impl TableProvider for ShardTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let projection = projection.cloned();
+        let reader = self.reader().await.map_err(DataFusionError::from)?;
         match self.lookup_keys(filters) {
-            Some(keys) => Ok(Arc::new(ShardLookupExec::new(self.clone(), keys, projection)?)),
-            None => Ok(Arc::new(ShardScanExec::new(self.clone(), projection, limit)?)),
+            Some(keys) => {
+                let mut shards = BTreeSet::new();
+                for k in &keys {
+                    if let Ok(sf_reader::RouteInfo { db_id: Some(d), .. }) = reader.route(k, None) {
+                        shards.insert(d);
+                    }
+                }
+                Ok(Arc::new(ShardLookupExec::new(self.clone(), keys, shards, projection)?))
+            }
+            None => {
+                let shards = reader
+                    .shards()
+                    .into_iter()
+                    .filter(|s| s.row_count > 0)
+                    .map(|s| s.db_id)
+                    .collect();
+                Ok(Arc::new(ShardScanExec::new(self.clone(), shards, projection, limit)?))
+            }
         }
     }
 }
@@ -246,14 +341,39 @@ pub struct ShardLookupExec {
     metrics: ExecutionPlanMetricsSet,
 }
 
+/// A [`ShardLookupExec`] as plain data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LookupParts {
+    /// The table snapshot.
+    pub source: TableSource,
+    /// The keys, in the snapshot's key encoding.
+    pub keys: Vec<Vec<u8>>,
+    /// The shards they route to.
+    pub shards: Vec<u32>,
+    /// Output columns.
+    pub projection: Option<Vec<usize>>,
+}
+
+/// A [`ShardScanExec`] as plain data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScanParts {
+    /// The table snapshot.
+    pub source: TableSource,
+    /// The shards read, one partition each.
+    pub shards: Vec<u32>,
+    /// Output columns.
+    pub projection: Option<Vec<usize>>,
+    /// Rows wanted per partition, at most.
+    pub limit: Option<usize>,
+}
+
 impl ShardLookupExec {
-    fn new(table: ShardTable, keys: Vec<Key>, projection: Option<Vec<usize>>) -> DfResult<Self> {
-        let mut shards = BTreeSet::new();
-        for k in &keys {
-            if let Ok(sf_reader::RouteInfo { db_id: Some(d), .. }) = table.reader.route(k, None) {
-                shards.insert(d);
-            }
-        }
+    fn new(
+        table: ShardTable,
+        keys: Vec<Key>,
+        shards: BTreeSet<DbId>,
+        projection: Option<Vec<usize>>,
+    ) -> DfResult<Self> {
         let schema = projected(&table.meta.schema, &projection)?;
         Ok(ShardLookupExec {
             properties: properties(schema, 1),
@@ -268,6 +388,33 @@ impl ShardLookupExec {
     /// The shards the lookup touches.
     pub fn shards(&self) -> &BTreeSet<DbId> {
         &self.shards
+    }
+
+    /// This node as plain data.
+    pub fn parts(&self) -> Result<LookupParts> {
+        Ok(LookupParts {
+            source: self.table.source().clone(),
+            keys: self
+                .keys
+                .iter()
+                .map(|k| sf_router::encode_key(k, self.table.source.key_encoding))
+                .collect::<std::result::Result<_, _>>()?,
+            shards: self.shards.iter().map(|d| d.0).collect(),
+            projection: self.projection.clone(),
+        })
+    }
+
+    /// The node `parts` describes.
+    pub fn from_parts(parts: LookupParts) -> Result<Self> {
+        let encoding = parts.source.key_encoding;
+        let keys = parts
+            .keys
+            .iter()
+            .map(|k| sf_router::decode_key(k, encoding))
+            .collect::<std::result::Result<_, _>>()?;
+        let table = ShardTable::from_source(parts.source)?;
+        let shards = parts.shards.into_iter().map(DbId).collect();
+        Ok(Self::new(table, keys, shards, parts.projection)?)
     }
 }
 
@@ -317,17 +464,18 @@ impl ExecutionPlan for ShardLookupExec {
         let found = MetricBuilder::new(&self.metrics).counter("rows_found", partition);
         let schema = Arc::clone(self.properties.eq_properties.schema());
         let fut = async move {
-            let values = table.reader.multi_get(&keys).await.map_err(df_err)?;
+            let reader = table.reader().await.map_err(DataFusionError::from)?;
+            let values = reader.multi_get(&keys).await.map_err(df_err)?;
             let mut rows = Vec::new();
             for (k, v) in keys.iter().zip(values) {
                 if let Some(v) = v {
-                    rows.push((table.reader.encode_key(k).map_err(df_err)?, v.to_vec()));
+                    rows.push((reader.encode_key(k).map_err(df_err)?, v.to_vec()));
                 }
             }
             found.add(rows.len());
             table
                 .meta
-                .decode(table.reader.key_encoding(), &rows, projection.as_deref())
+                .decode(table.source.key_encoding, &rows, projection.as_deref())
                 .map_err(DataFusionError::from)
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -352,14 +500,12 @@ pub struct ShardScanExec {
 const SCAN_BATCH_ROWS: usize = 8192;
 
 impl ShardScanExec {
-    fn new(table: ShardTable, projection: Option<Vec<usize>>, limit: Option<usize>) -> DfResult<Self> {
-        let shards: Vec<DbId> = table
-            .reader
-            .shards()
-            .into_iter()
-            .filter(|s| s.row_count > 0)
-            .map(|s| s.db_id)
-            .collect();
+    fn new(
+        table: ShardTable,
+        shards: Vec<DbId>,
+        projection: Option<Vec<usize>>,
+        limit: Option<usize>,
+    ) -> DfResult<Self> {
         let schema = projected(&table.meta.schema, &projection)?;
         Ok(ShardScanExec {
             properties: properties(schema, shards.len().max(1)),
@@ -369,6 +515,23 @@ impl ShardScanExec {
             limit,
             metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+
+    /// This node as plain data.
+    pub fn parts(&self) -> ScanParts {
+        ScanParts {
+            source: self.table.source().clone(),
+            shards: self.shards.iter().map(|d| d.0).collect(),
+            projection: self.projection.clone(),
+            limit: self.limit,
+        }
+    }
+
+    /// The node `parts` describes.
+    pub fn from_parts(parts: ScanParts) -> Result<Self> {
+        let table = ShardTable::from_source(parts.source)?;
+        let shards = parts.shards.into_iter().map(DbId).collect();
+        Ok(Self::new(table, shards, parts.projection, parts.limit)?)
     }
 }
 
@@ -426,8 +589,8 @@ impl ExecutionPlan for ShardScanExec {
             let read = read.clone();
             async move {
                 let Some(after) = after else { return Ok(None) };
-                let page = table
-                    .reader
+                let reader = table.reader().await.map_err(DataFusionError::from)?;
+                let page = reader
                     .scan_shard(db_id, after.as_deref(), SCAN_BATCH_ROWS)
                     .await
                     .map_err(df_err)?;
@@ -439,7 +602,7 @@ impl ExecutionPlan for ShardScanExec {
                 let rows: Vec<(Vec<u8>, Vec<u8>)> = page.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
                 let batch = table
                     .meta
-                    .decode(table.reader.key_encoding(), &rows, projection.as_deref())
+                    .decode(table.source.key_encoding, &rows, projection.as_deref())
                     .map_err(DataFusionError::from)?;
                 Ok(Some((batch, next)))
             }
