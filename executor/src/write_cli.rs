@@ -116,7 +116,9 @@ pub fn main(cluster: Option<ClusterEngineFactory>) -> ExitCode {
         .log
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| default_log.to_string());
+        // DataFusion's spill code warns about its own memory accounting
+        // (nothing a job can act on); keep it out of the default output.
+        .unwrap_or_else(|| format!("{default_log},datafusion_physical_plan::spill=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -287,8 +287,38 @@ pub struct WriteConfig {
     /// Re-read every winning shard and check its checksum before publishing.
     pub verify_checksums: bool,
     /// Memory the engine may use for sorting and buffering before it spills
-    /// to `work_dir`, in MiB (embedded runs).
+    /// to `work_dir`, in MiB (embedded runs). Default: half of the memory
+    /// this process may use (the machine's, or its cgroup's limit), at
+    /// least 1024.
     pub memory_limit_mib: u64,
+}
+
+/// Half of the memory this process may use: the machine's (`MemTotal`) or
+/// its cgroup's limit when lower; at least 1024 MiB; 2048 MiB when neither
+/// can be read.
+pub fn default_memory_limit_mib() -> u64 {
+    fn read_u64(path: &str, field: Option<&str>) -> Option<u64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        match field {
+            Some(name) => text
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024),
+            None => text.trim().parse().ok(),
+        }
+    }
+    let machine = read_u64("/proc/meminfo", Some("MemTotal:"));
+    // cgroup v2, then v1; "max" (no limit) does not parse.
+    let cgroup = read_u64("/sys/fs/cgroup/memory.max", None)
+        .or_else(|| read_u64("/sys/fs/cgroup/memory/memory.limit_in_bytes", None));
+    let usable = match (machine, cgroup) {
+        (Some(m), Some(c)) => m.min(c),
+        (Some(m), None) => m,
+        (None, Some(c)) => c,
+        (None, None) => return 2048,
+    };
+    (usable / 2 / (1 << 20)).max(1024)
 }
 
 impl Default for WriteConfig {
@@ -305,7 +335,7 @@ impl Default for WriteConfig {
             upload_concurrency: 8,
             work_dir: None,
             verify_checksums: true,
-            memory_limit_mib: 2048,
+            memory_limit_mib: default_memory_limit_mib(),
         }
     }
 }

@@ -71,6 +71,13 @@ impl Engine for Embedded {
         if let Some(n) = self.target_partitions {
             config = config.with_target_partitions(n.max(1));
         }
+        // Every shard's sort keeps a reservation for merging its spills; with
+        // many shards under a small limit DataFusion's 10 MiB each would not
+        // fit, so the reservations share a quarter of the pool.
+        let limit_bytes = (job.write.memory_limit_mib as usize) << 20;
+        let sorts = job.routing.num_dbs.unwrap_or(16).max(1) as usize;
+        config.options_mut().execution.sort_spill_reservation_bytes =
+            (limit_bytes / 4 / sorts).clamp(256 << 10, 10 << 20);
         // A memory pool makes sorts spill instead of holding whole shards.
         let mut runtime = RuntimeEnvBuilder::new().with_memory_limit((job.write.memory_limit_mib as usize) << 20, 1.0);
         if let Some(dir) = &job.write.work_dir {
