@@ -293,6 +293,10 @@ pub struct WriteConfig {
     pub memory_limit_mib: u64,
 }
 
+/// Memory a shard's sort needs at least (a batch, and a reservation to
+/// merge its spills), in MiB.
+pub const MIB_PER_SORTING_SHARD: u64 = 32;
+
 /// Half of the memory this process may use: the machine's (`MemTotal`) or
 /// its cgroup's limit when lower; at least 1024 MiB; 2048 MiB when neither
 /// can be read.
@@ -700,6 +704,21 @@ impl JobConfig {
         if w.memory_limit_mib < 16 {
             return Err(Error::config("write.memory_limit_mib", "must be at least 16"));
         }
+        // Every shard sorts at once, each holding a batch and a merge
+        // reservation; below this the engine fails mid-build.
+        if let Some(n) = self.routing.num_dbs
+            && w.sort_within_shard
+            && w.memory_limit_mib < MIB_PER_SORTING_SHARD * u64::from(n)
+        {
+            return Err(Error::config(
+                "write.memory_limit_mib",
+                format!(
+                    "{} MiB is too little for {n} shards sorting at once: give at least {} ({MIB_PER_SORTING_SHARD} per shard)",
+                    w.memory_limit_mib,
+                    MIB_PER_SORTING_SHARD * u64::from(n)
+                ),
+            ));
+        }
         if w.upload_concurrency == 0 {
             return Err(Error::config("write.upload_concurrency", "must be at least 1"));
         }
@@ -783,6 +802,21 @@ prefix = "out/snap"
         assert_eq!(c.write.on_duplicate, DuplicatePolicy::LastWins);
         assert_eq!(c.write.shard_retries, 3);
         assert_eq!(c.output.sqlite, SqliteSettings::default());
+    }
+
+    #[test]
+    fn the_memory_limit_must_fit_every_sorting_shard() {
+        assert!(default_memory_limit_mib() >= 1024);
+        let c = parse_env(MINIMAL, &[("SF_WRITE__MEMORY_LIMIT_MIB", "256")]).expect("8 shards fit 256 MiB");
+        assert_eq!(c.write.memory_limit_mib, 256);
+        let e = parse_env(MINIMAL, &[("SF_WRITE__MEMORY_LIMIT_MIB", "255")]).expect_err("too small");
+        let m = e.to_string();
+        assert!(m.contains("write.memory_limit_mib") && m.contains("at least 256"), "{m}");
+        parse_env(
+            MINIMAL,
+            &[("SF_WRITE__MEMORY_LIMIT_MIB", "64"), ("SF_WRITE__SORT_WITHIN_SHARD", "false")],
+        )
+        .expect("no sort, no per-shard need");
     }
 
     #[test]

@@ -79,7 +79,11 @@ impl Engine for Embedded {
         config.options_mut().execution.sort_spill_reservation_bytes =
             (limit_bytes / 4 / sorts).clamp(256 << 10, 10 << 20);
         // A memory pool makes sorts spill instead of holding whole shards.
-        let mut runtime = RuntimeEnvBuilder::new().with_memory_limit((job.write.memory_limit_mib as usize) << 20, 1.0);
+        // Every shard sorts at once: a fair pool gives each spilling sort
+        // an equal share, where a greedy one lets the first sorts take it
+        // all and the last fail to merge.
+        let pool = datafusion::execution::memory_pool::FairSpillPool::new(limit_bytes);
+        let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool));
         if let Some(dir) = &job.write.work_dir {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating work_dir {}", dir.display()), e))?;
             runtime = runtime.with_temp_file_path(dir);
