@@ -811,10 +811,16 @@ prefix = "out/snap"
         assert_eq!(c.write.memory_limit_mib, 256);
         let e = parse_env(MINIMAL, &[("SF_WRITE__MEMORY_LIMIT_MIB", "255")]).expect_err("too small");
         let m = e.to_string();
-        assert!(m.contains("write.memory_limit_mib") && m.contains("at least 256"), "{m}");
+        assert!(
+            m.contains("write.memory_limit_mib") && m.contains("at least 256"),
+            "{m}"
+        );
         parse_env(
             MINIMAL,
-            &[("SF_WRITE__MEMORY_LIMIT_MIB", "64"), ("SF_WRITE__SORT_WITHIN_SHARD", "false")],
+            &[
+                ("SF_WRITE__MEMORY_LIMIT_MIB", "64"),
+                ("SF_WRITE__SORT_WITHIN_SHARD", "false"),
+            ],
         )
         .expect("no sort, no per-shard need");
     }
