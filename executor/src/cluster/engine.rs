@@ -253,7 +253,8 @@ mod tests {
         let entries = config.options().entries();
         let get = |k: &str| entries.iter().find(|e| e.key == k).and_then(|e| e.value.clone());
         assert_eq!(get("shardforge.storage.region").as_deref(), Some("us-east-1"));
-        assert_eq!(get("shardforge.memory_limit_mib").as_deref(), Some("2048"));
+        let limit = sf_writer::config::default_memory_limit_mib().to_string();
+        assert_eq!(get("shardforge.memory_limit_mib").as_deref(), Some(limit.as_str()));
         assert!(
             entries
                 .iter()
