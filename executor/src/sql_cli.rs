@@ -1,6 +1,6 @@
 //! `sf-sql`: SQL over warehouse tables.
 
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use sf_writer::job::{Embedded, Engine};
 use sf_writer::warehouse::{Warehouse, table_job};
 
-use crate::write_cli::{ClusterEngineFactory, EXIT_FAILED, EXIT_OK, exit_code};
+use crate::write_cli::{ClusterEngineFactory, run_cli};
 
 const ABOUT: &str = "Run SQL over ShardForge warehouse tables.";
 
@@ -107,26 +107,7 @@ pub fn main(cluster: Option<ClusterEngineFactory>) -> ExitCode {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "warn".to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("sf-sql: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
-    match runtime.block_on(run(args, cluster)) {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => {
-            eprintln!("sf-sql: {e}");
-            ExitCode::from(exit_code(&e))
-        }
-    }
+    run_cli("sf-sql", &filter, run(args, cluster))
 }
 
 fn config_error(what: &str, message: impl Into<String>) -> sf_writer::Error {

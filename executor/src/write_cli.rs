@@ -119,6 +119,13 @@ pub fn main(cluster: Option<ClusterEngineFactory>) -> ExitCode {
         // DataFusion's spill code warns about its own memory accounting
         // (nothing a job can act on); keep it out of the default output.
         .unwrap_or_else(|| format!("{default_log},datafusion_physical_plan::spill=error"));
+    run_cli("sf-write", &filter, run(args, bar, cluster))
+}
+
+/// Sets up logging to stderr with `filter`, runs `work` on a multi-thread
+/// runtime, and turns its outcome into an exit code, printing an error as
+/// `<name>: <error>`. Shared by ShardForge's command-line tools.
+pub fn run_cli(name: &str, filter: &str, work: impl std::future::Future<Output = sf_writer::Result<()>>) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -128,14 +135,14 @@ pub fn main(cluster: Option<ClusterEngineFactory>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("sf-write: cannot start the runtime: {e}");
+            eprintln!("{name}: cannot start the runtime: {e}");
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(run(args, bar, cluster)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
-            eprintln!("sf-write: {e}");
+            eprintln!("{name}: {e}");
             ExitCode::from(exit_code(&e))
         }
     }

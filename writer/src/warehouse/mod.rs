@@ -179,19 +179,8 @@ impl Warehouse {
         let catalog = catalog.unwrap_or(self.catalogs.default_name());
         names::check_part("database", db, db)?;
         let c = self.catalogs.get(catalog)?;
-        let root = sf_manifest::resolve(&format!("{}/{db}", c.warehouse), &c.storage)?;
-        let listed = root
-            .store
-            .list_with_delimiter(Some(&root.path))
-            .await
-            .map_err(|e| sf_manifest::Error::Store {
-                op: "list",
-                location: root.url.clone(),
-                source: e,
-            })?;
         let mut out = Vec::new();
-        for p in listed.common_prefixes {
-            let Some(table) = p.filename() else { continue };
+        for table in folders(&format!("{}/{db}", c.warehouse), &c.storage).await? {
             let Ok(id) = TableIdent::parse(&format!("{catalog}.{db}.{table}"), catalog) else {
                 continue;
             };
@@ -207,22 +196,10 @@ impl Warehouse {
     pub async fn list_databases(&self, catalog: Option<&str>) -> Result<Vec<String>> {
         let catalog = catalog.unwrap_or(self.catalogs.default_name());
         let c = self.catalogs.get(catalog)?;
-        let root = sf_manifest::resolve(&c.warehouse, &c.storage)?;
-        let listed = root
-            .store
-            .list_with_delimiter(Some(&root.path))
-            .await
-            .map_err(|e| sf_manifest::Error::Store {
-                op: "list",
-                location: root.url.clone(),
-                source: e,
-            })?;
         let mut out: BTreeSet<String> = BTreeSet::new();
-        for p in listed.common_prefixes {
-            if let Some(db) = p.filename()
-                && names::check_part("database", db, db).is_ok()
-            {
-                out.insert(db.to_string());
+        for db in folders(&c.warehouse, &c.storage).await? {
+            if names::check_part("database", &db, &db).is_ok() {
+                out.insert(db);
             }
         }
         Ok(out.into_iter().collect())
@@ -407,6 +384,25 @@ fn describe_columns(s: &arrow::datatypes::Schema) -> String {
         .map(|f| format!("{} {}", f.name(), f.data_type()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Names of the folders directly under `url`.
+async fn folders(url: &str, storage: &sf_manifest::StorageOptions) -> Result<Vec<String>> {
+    let root = sf_manifest::resolve(url, storage)?;
+    let listed = root
+        .store
+        .list_with_delimiter(Some(&root.path))
+        .await
+        .map_err(|e| sf_manifest::Error::Store {
+            op: "list",
+            location: root.url.clone(),
+            source: e,
+        })?;
+    Ok(listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect())
 }
 
 /// Whether a table prefix holds a live table: published, not dropped.
