@@ -24,6 +24,11 @@ the prefix's _CURRENT pointer with compare-and-swap. Nothing is published
 unless every shard was written and verified; a failed build leaves the
 previous snapshot serving.
 
+With [output] table = \"catalog.db.table\" (and mode = error | overwrite |
+append | ignore) the input is saved as a warehouse table instead, under
+the catalog's warehouse URL ([sf.catalog.NAME] warehouse = ...); query it
+with sf-sql, serve it with sf-read.
+
 Every job-file key can be overridden by an environment variable
 SF_<SECTION>__<KEY>, e.g. SF_ROUTING__NUM_DBS=16 or SF_OUTPUT__PREFIX=s3://b/p.
 Object-store credentials come from the usual environment variables
