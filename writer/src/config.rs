@@ -551,6 +551,17 @@ impl JobConfig {
         if let Some(w) = &self.write.work_dir {
             self.write.work_dir = Some(PathBuf::from(resolve_local(base, &w.to_string_lossy())));
         }
+        // Catalog warehouses given as local paths are relative to the job
+        // file too.
+        if let Some(toml::Value::Table(catalogs)) = self.sf.get_mut("catalog") {
+            for (_, catalog) in catalogs.iter_mut() {
+                if let toml::Value::Table(c) = catalog
+                    && let Some(toml::Value::String(w)) = c.get_mut("warehouse")
+                {
+                    *w = resolve_local(base, w);
+                }
+            }
+        }
     }
 
     /// Checks everything that does not need the input's schema.
@@ -802,6 +813,21 @@ prefix = "out/snap"
         assert_eq!(c.write.on_duplicate, DuplicatePolicy::LastWins);
         assert_eq!(c.write.shard_retries, 3);
         assert_eq!(c.output.sqlite, SqliteSettings::default());
+    }
+
+    #[test]
+    fn catalog_warehouses_resolve_against_the_job_file() {
+        let c = parse_env(
+            &format!(
+                "{}\n[sf.catalog.wh]\nwarehouse = \"lake\"\n[sf.catalog.s3]\nwarehouse = \"s3://b/w\"\n",
+                MINIMAL.replace("prefix = \"out/snap\"", "table = \"wh.db.t\"")
+            ),
+            &[],
+        )
+        .expect("parse");
+        let catalogs = c.catalogs().expect("catalogs");
+        assert_eq!(catalogs.get("wh").expect("wh").warehouse, "/jobs/lake");
+        assert_eq!(catalogs.get("s3").expect("s3").warehouse, "s3://b/w");
     }
 
     #[test]
