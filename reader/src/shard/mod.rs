@@ -345,6 +345,13 @@ impl ShardHandle {
         }
     }
 
+    /// A SlateDB read error (`doing`: what failed, after "SlateDB");
+    /// retryable when SlateDB says the store was unavailable.
+    fn slate_error(&self, doing: &str, e: slatedb::Error) -> Error {
+        let retryable = matches!(e.kind(), slatedb::ErrorKind::Unavailable);
+        self.read_error(format!("SlateDB{doing}: {e}"), retryable)
+    }
+
     fn sqlite_error(&self, e: rusqlite::Error, file: Option<&RemoteFile>) -> Error {
         // In range mode an I/O error is usually the network; say what failed.
         match file.and_then(RemoteFile::take_error) {
@@ -360,22 +367,12 @@ impl ShardHandle {
             // microseconds: cheaper inline than any hop to another thread.
             Backend::Local(pool) => pool.get(key).map_err(|e| self.sqlite_error(e, None)),
             Backend::Range { .. } => {
-                let _permit = self.permit().await?;
-                let this = Arc::clone(self);
                 let key = key.to_vec();
-                tokio::task::spawn_blocking(move || match &this.backend {
-                    Backend::Range { pool, file, .. } => pool.get(&key).map_err(|e| this.sqlite_error(e, Some(file))),
-                    _ => Err(Error::Internal("backend changed".into())),
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("range lookup task failed: {e}")))?
+                self.on_sqlite_pool("range lookup", move |pool| pool.get(&key)).await
             }
             Backend::Slate(s) => {
                 let _permit = self.permit().await?;
-                s.get(key).await.map_err(|e| {
-                    let retryable = matches!(e.kind(), slatedb::ErrorKind::Unavailable);
-                    self.read_error(format!("SlateDB: {e}"), retryable)
-                })
+                s.get(key).await.map_err(|e| self.slate_error("", e))
             }
         }
     }
@@ -389,31 +386,41 @@ impl ShardHandle {
         match &self.backend {
             Backend::Slate(s) => {
                 let _permit = self.permit().await?;
-                s.scan_page(after.as_deref(), limit).await.map_err(|e| {
-                    let retryable = matches!(e.kind(), slatedb::ErrorKind::Unavailable);
-                    self.read_error(format!("SlateDB scan: {e}"), retryable)
-                })
+                s.scan_page(after.as_deref(), limit)
+                    .await
+                    .map_err(|e| self.slate_error(" scan", e))
             }
+            // A page reads many B-tree pages: off the runtime's workers.
             Backend::Local(_) | Backend::Range { .. } => {
-                let _permit = match self.backend {
-                    Backend::Range { .. } => Some(self.permit().await?),
-                    _ => None,
-                };
-                // A page reads many B-tree pages: off the runtime's workers.
-                let this = Arc::clone(self);
-                tokio::task::spawn_blocking(move || {
-                    let (pool, file) = match &this.backend {
-                        Backend::Local(pool) => (pool, None),
-                        Backend::Range { pool, file, .. } => (pool, Some(file.as_ref())),
-                        Backend::Slate(_) => return Err(Error::Internal("backend changed".into())),
-                    };
-                    pool.scan_page(after.as_deref(), limit)
-                        .map_err(|e| this.sqlite_error(e, file))
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("scan task failed: {e}")))?
+                self.on_sqlite_pool("scan", move |pool| pool.scan_page(after.as_deref(), limit))
+                    .await
             }
         }
+    }
+
+    /// Runs `work` on the shard's SQLite connection pool on tokio's
+    /// blocking pool (holding a remote permit in range mode, where it does
+    /// network I/O); `what` names the task in errors.
+    async fn on_sqlite_pool<T: Send + 'static>(
+        self: &Arc<Self>,
+        what: &str,
+        work: impl FnOnce(&ConnPool) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _permit = match self.backend {
+            Backend::Range { .. } => Some(self.permit().await?),
+            _ => None,
+        };
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let (pool, file) = match &this.backend {
+                Backend::Local(pool) => (pool, None),
+                Backend::Range { pool, file, .. } => (pool, Some(file.as_ref())),
+                Backend::Slate(_) => return Err(Error::Internal("a SlateDB shard has no SQLite pool".into())),
+            };
+            work(pool).map_err(|e| this.sqlite_error(e, file))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("{what} task failed: {e}")))?
     }
 
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
@@ -432,22 +439,11 @@ impl ShardHandle {
                 Ok(keys.into_iter().map(|(slot, _)| slot).zip(values).collect())
             }
             Backend::Local(_) | Backend::Range { .. } => {
-                let _permit = match self.backend {
-                    Backend::Range { .. } => Some(self.permit().await?),
-                    _ => None,
-                };
-                let this = Arc::clone(self);
-                tokio::task::spawn_blocking(move || {
-                    let (pool, file) = match &this.backend {
-                        Backend::Local(pool) => (pool, None),
-                        Backend::Range { pool, file, .. } => (pool, Some(file.as_ref())),
-                        Backend::Slate(_) => return Err(Error::Internal("backend changed".into())),
-                    };
-                    let values = pool.get_many(&keys).map_err(|e| this.sqlite_error(e, file))?;
+                self.on_sqlite_pool("lookup", move |pool| {
+                    let values = pool.get_many(&keys)?;
                     Ok(keys.into_iter().map(|(slot, _)| slot).zip(values).collect())
                 })
                 .await
-                .map_err(|e| Error::Internal(format!("lookup task failed: {e}")))?
             }
             Backend::Slate(_) => {
                 let mut out = Vec::with_capacity(keys.len());
