@@ -346,6 +346,12 @@ impl fmt::Debug for Prepared {
 /// resolves routing (counting or scanning the input when the shard count
 /// or the routing values come from the data), and builds the routed input.
 pub async fn prepare(job: &JobConfig, engine: &dyn Engine) -> Result<Prepared> {
+    let (ctx, df) = read_input(job, engine).await?;
+    prepare_frame(job, ctx, df).await
+}
+
+/// A session of `engine` and the job's `[input]` as a DataFrame of it.
+async fn read_input(job: &JobConfig, engine: &dyn Engine) -> Result<(SessionContext, DataFrame)> {
     let input = job
         .input
         .as_ref()
@@ -353,7 +359,7 @@ pub async fn prepare(job: &JobConfig, engine: &dyn Engine) -> Result<Prepared> {
     let ctx = engine.session(job).await?;
     crate::input::register_stores(&ctx, &crate::input::input_urls(input), &job.storage_options())?;
     let df = crate::input::load(&ctx, input).await?;
-    prepare_frame(job, ctx, df).await
+    Ok((ctx, df))
 }
 
 /// [`prepare`] for rows given as a DataFrame of `ctx` (the job's `[input]`
@@ -462,14 +468,8 @@ pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions)
 /// job's mode, through the same path as [`crate::warehouse::Warehouse::save`].
 async fn build_table(job: &JobConfig, table: &str, engine: &dyn Engine, options: &BuildOptions) -> Result<Outcome> {
     use crate::warehouse::{SaveOutcome, save_frame};
-    let input = job
-        .input
-        .as_ref()
-        .ok_or_else(|| Error::config("input", "the job has no [input] section saying what to read"))?;
     let catalogs = job.catalogs()?;
-    let ctx = engine.session(job).await?;
-    crate::input::register_stores(&ctx, &crate::input::input_urls(input), &job.storage_options())?;
-    let df = crate::input::load(&ctx, input).await?;
+    let (_, df) = read_input(job, engine).await?;
     match save_frame(&catalogs, engine, None, df, table, job.output.mode, job, options).await? {
         SaveOutcome::Written(summary) => Ok(Outcome::Built(summary)),
         SaveOutcome::DryRun(report) => Ok(Outcome::DryRun(report)),

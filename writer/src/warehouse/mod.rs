@@ -138,39 +138,29 @@ impl Warehouse {
         self.save(df, name, mode, &table_job(key_col, num_dbs)).await
     }
 
-    /// The table as a DataFusion table provider.
+    /// The table as a DataFusion table provider: the table read last
+    /// when `_CURRENT` still names its manifest, else a new reader of it.
     pub async fn table(&self, name: &str) -> Result<ShardTable> {
         let id = self.catalogs.ident(name)?;
-        let store = self.store(&id)?;
-        self.table_with_store(&id, &store).await
-    }
-
-    async fn table_with_store(&self, id: &TableIdent, store: &ObjectManifestStore) -> Result<ShardTable> {
-        let Some(current) = live_current(store).await? else {
-            self.open
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(id);
+        let Some(current) = live_current(&self.store(&id)?).await? else {
+            self.open_tables().remove(&id);
             return Err(Error::config("table", format!("table {id} does not exist")));
         };
-        let cached = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-            .cloned();
+        let cached = self.open_tables().get(&id).cloned();
         if let Some(t) = cached
             && t.source().manifest_ref == current.pointer.manifest_ref
         {
             return Ok(t);
         }
-        let (prefix, storage) = self.catalogs.locate(id)?;
+        let (prefix, storage) = self.catalogs.locate(&id)?;
         let table = ShardTable::open(id.clone(), &prefix, storage, self.reader_cache.clone()).await?;
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone(), table.clone());
+        self.open_tables().insert(id, table.clone());
         Ok(table)
+    }
+
+    fn open_tables(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<TableIdent, ShardTable>> {
+        // The map holds whole entries only: a panic elsewhere leaves it usable.
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Tables of database `db` in `catalog` (default catalog when `None`),

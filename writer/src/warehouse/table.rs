@@ -325,6 +325,19 @@ fn properties(schema: SchemaRef, partitions: usize) -> PlanProperties {
     )
 }
 
+/// A node without inputs, given `children`: itself when there are none.
+fn leaf(node: Arc<dyn ExecutionPlan>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    if children.is_empty() {
+        Ok(node)
+    } else {
+        Err(DataFusionError::Internal(format!(
+            "{} reads a table and takes no inputs, got {}",
+            node.name(),
+            children.len()
+        )))
+    }
+}
+
 fn df_err(e: impl fmt::Display) -> DataFusionError {
     DataFusionError::Execution(e.to_string())
 }
@@ -447,8 +460,8 @@ impl ExecutionPlan for ShardLookupExec {
         vec![]
     }
 
-    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        leaf(self, children)
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -563,8 +576,8 @@ impl ExecutionPlan for ShardScanExec {
         vec![]
     }
 
-    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        leaf(self, children)
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
