@@ -110,10 +110,6 @@ pub fn main(cluster: Option<ClusterEngineFactory>) -> ExitCode {
     run_cli("sf-sql", &filter, run(args, cluster))
 }
 
-fn config_error(what: &str, message: impl Into<String>) -> sf_writer::Error {
-    sf_writer::Error::config(what, message)
-}
-
 async fn run(args: Args, cluster: Option<ClusterEngineFactory>) -> sf_writer::Result<()> {
     let text = match (&args.sql, &args.file) {
         (Some(s), _) if s == "-" => {
@@ -127,7 +123,7 @@ async fn run(args: Args, cluster: Option<ClusterEngineFactory>) -> sf_writer::Re
         (None, Some(f)) => std::fs::read_to_string(f)
             .map_err(|e| sf_writer::Error::io(format!("reading SQL from {}", f.display()), e))?,
         (None, None) => {
-            return Err(config_error(
+            return Err(sf_writer::Error::config(
                 "SQL",
                 "give the SQL to run (an argument, - for stdin, or -f FILE)",
             ));
@@ -139,10 +135,10 @@ async fn run(args: Args, cluster: Option<ClusterEngineFactory>) -> sf_writer::Re
                 .map_err(|e| sf_writer::Error::io(format!("reading {}", path.display()), e))?;
             let doc: toml::Table = raw
                 .parse()
-                .map_err(|e| config_error(&path.display().to_string(), format!("not TOML: {e}")))?;
+                .map_err(|e| sf_writer::Error::config(path.display().to_string(), format!("not TOML: {e}")))?;
             match doc.get("sf") {
                 Some(toml::Value::Table(t)) => t.clone(),
-                Some(_) => return Err(config_error("sf", "must be a table ([sf.catalog.NAME])")),
+                Some(_) => return Err(sf_writer::Error::config("sf", "must be a table ([sf.catalog.NAME])")),
                 None => toml::Table::new(),
             }
         }
@@ -152,9 +148,9 @@ async fn run(args: Args, cluster: Option<ClusterEngineFactory>) -> sf_writer::Re
     for pair in &args.conf {
         let (k, v) = pair
             .split_once('=')
-            .ok_or_else(|| config_error("--conf", format!("{pair:?} is not KEY=VALUE")))?;
+            .ok_or_else(|| sf_writer::Error::config("--conf", format!("{pair:?} is not KEY=VALUE")))?;
         if !k.starts_with(sf_writer::warehouse::names::CATALOG_PREFIX) {
-            return Err(config_error(
+            return Err(sf_writer::Error::config(
                 "--conf",
                 format!("{k:?}: only sf.catalog.* settings are understood"),
             ));
@@ -163,24 +159,29 @@ async fn run(args: Args, cluster: Option<ClusterEngineFactory>) -> sf_writer::Re
     }
     let catalogs = sf_writer::config::catalog_settings(&sf, extra)?;
     if catalogs.iter().next().is_none() {
-        return Err(config_error(
+        return Err(sf_writer::Error::config(
             "catalogs",
             "none configured: pass --config FILE with [sf.catalog.NAME] warehouse = URL, or --conf sf.catalog.NAME.warehouse=URL",
         ));
     }
     let engine: Arc<dyn Engine> = match (&args.cluster, cluster) {
         (Some(url), Some(factory)) => Arc::from(factory(url, &table_job("key", 1))?),
-        (Some(_), None) => return Err(config_error("--cluster", "this build has no cluster support")),
+        (Some(_), None) => {
+            return Err(sf_writer::Error::config(
+                "--cluster",
+                "this build has no cluster support",
+            ));
+        }
         (None, _) => Arc::new(Embedded::default()),
     };
     let mut warehouse = Warehouse::new(catalogs, engine);
     if let Some(dir) = &args.cache_dir {
         warehouse = warehouse.with_reader_cache(dir);
     }
-    let statements =
-        datafusion::sql::parser::DFParser::parse_sql(&text).map_err(|e| config_error("SQL", e.to_string()))?;
+    let statements = datafusion::sql::parser::DFParser::parse_sql(&text)
+        .map_err(|e| sf_writer::Error::config("SQL", e.to_string()))?;
     if statements.is_empty() {
-        return Err(config_error("SQL", "no statement to run"));
+        return Err(sf_writer::Error::config("SQL", "no statement to run"));
     }
     let ctx = warehouse.session_context();
     for statement in statements {

@@ -21,9 +21,12 @@ pub const CTAS_DEFAULT_NUM_DBS: u32 = 8;
 
 /// One warehouse catalog as a DataFusion catalog: databases are schemas.
 ///
-/// Listing (`schema_names`, `table_names`) answers from a snapshot taken
-/// by [`WarehouseCatalog::refresh`] (DataFusion asks synchronously);
-/// opening a table always reads its current snapshot.
+/// Listing (`schema_names`, `table_names`, `information_schema`) answers
+/// from a snapshot taken by [`WarehouseCatalog::refresh`] (DataFusion asks
+/// synchronously): when [`register`] first adds the catalog to a session,
+/// and after `CREATE TABLE AS` / `DROP TABLE` through [`sql`]. Tables that
+/// others create meanwhile are listed in a new session; opening a table
+/// always reads its current snapshot.
 #[derive(Debug)]
 pub struct WarehouseCatalog {
     warehouse: Warehouse,
@@ -116,9 +119,29 @@ impl SchemaProvider for WarehouseSchema {
 /// Registers every catalog of `warehouse` in `ctx` (refreshing listings).
 pub async fn register(warehouse: &Warehouse, ctx: &SessionContext) -> Result<()> {
     for c in warehouse.catalogs().iter() {
+        if registered(ctx, &c.name).is_some() {
+            continue;
+        }
         let catalog = WarehouseCatalog::new(warehouse.clone(), &c.name);
         catalog.refresh().await?;
         ctx.register_catalog(c.name.as_str(), Arc::new(catalog));
+    }
+    Ok(())
+}
+
+/// The warehouse catalog `name` registered in `ctx`, if any.
+fn registered(ctx: &SessionContext, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+    ctx.catalog(name)
+        .filter(|c| c.as_any().downcast_ref::<WarehouseCatalog>().is_some())
+}
+
+/// Re-lists the catalog of table `name` (`catalog.db.table`) in `ctx`.
+async fn relist(ctx: &SessionContext, name: &str) -> Result<()> {
+    let catalog = name.split('.').next().unwrap_or_default();
+    if let Some(c) = registered(ctx, catalog)
+        && let Some(w) = c.as_any().downcast_ref::<WarehouseCatalog>()
+    {
+        w.refresh().await?;
     }
     Ok(())
 }
@@ -172,6 +195,7 @@ pub async fn sql(warehouse: &Warehouse, ctx: &SessionContext, text: &str) -> Res
                 .num_dbs
                 .unwrap_or(CTAS_DEFAULT_NUM_DBS);
             let outcome = warehouse.save(input, &name, mode, &table_job(&key, num_dbs)).await?;
+            relist(ctx, &name).await?;
             let rows = match outcome {
                 SaveOutcome::Written(s) => s.rows,
                 SaveOutcome::Ignored | SaveOutcome::DryRun(_) => 0,
@@ -182,6 +206,7 @@ pub async fn sql(warehouse: &Warehouse, ctx: &SessionContext, text: &str) -> Res
             if let Some(name) = qualify(warehouse, ctx, &d.name.to_string()) =>
         {
             let dropped = warehouse.drop_table(&name, d.if_exists).await?;
+            relist(ctx, &name).await?;
             Ok(ctx
                 .sql(&format!("SELECT {} AS tables_dropped", u8::from(dropped)))
                 .await?)
