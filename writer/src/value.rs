@@ -224,7 +224,7 @@ pub fn encode_values(batch: &RecordBatch, spec: &ValueSpec) -> Result<BinaryArra
                     array.data_type()
                 ))
             })?;
-            let mut data = Vec::new();
+            let mut data = Vec::with_capacity((0..array.len()).map(|r| read(r).len()).sum());
             let mut offsets = Vec::with_capacity(array.len() + 1);
             offsets.push(0i32);
             for row in 0..array.len() {
