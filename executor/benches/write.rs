@@ -14,14 +14,15 @@
 //!   core, put in write batches of 8,192 rows with the writer's settings
 //!   (no WAL, no compactor), flushed and closed.
 //! - ShardForge: the release `sf-write` binary, Parquet in, snapshot
-//!   published on local disk (read, route, repartition, sort, build, copy
-//!   into the snapshot folder, re-read checksums, publish). SlateDB shards
+//!   published on local disk (read, route, repartition, sort, build, place
+//!   in the snapshot folder, re-read checksums, publish). SlateDB shards
 //!   skip the final compaction here so both sides do the same work; one
 //!   more run with the default settings shows what compaction costs.
 //! - Peak memory: the `sf-write` process's peak resident set (`VmHWM`,
 //!   polled), at full size and at a quarter of the rows, with the default
-//!   `memory_limit_mib` and with 1024 MiB: sorting spills beyond the limit,
-//!   so memory follows batch size and the limit, not shard size.
+//!   `memory_limit_mib` and with 1024 MiB: shard tasks spill sorted runs
+//!   beyond their sort buffers, so memory follows the limit, not the
+//!   shards' size.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -309,22 +310,24 @@ fn main() {
         report("SQLite", ceiling, best, peak);
         let small = job_file(dir.path(), "sqlite-quarter", &quarter, a.shards, "sqlite", "");
         let (_, p_quarter) = sf_write(&small);
-        let limited = job_file(
-            dir.path(),
-            "sqlite-1024",
-            &parquet,
-            a.shards,
-            "sqlite",
-            "[write]\nmemory_limit_mib = 1024\n",
-        );
-        let (t_limited, p_limited) = sf_write(&limited);
         println!(
-            "  peak RSS: {:.0} MiB at {n} rows, {:.0} MiB at {} rows; with memory_limit_mib = 1024: {:.0} MiB ({:.0} rows/s)",
+            "  peak RSS, default memory limit: {:.0} MiB at {n} rows, {:.0} MiB at {} rows",
             mib(peak),
             mib(p_quarter),
-            n / 4,
+            n / 4
+        );
+        let limit = "[write]\nmemory_limit_mib = 1024\n";
+        let limited = job_file(dir.path(), "sqlite-1024", &parquet, a.shards, "sqlite", limit);
+        let (t_limited, p_limited) = sf_write(&limited);
+        let limited_quarter = job_file(dir.path(), "sqlite-1024-quarter", &quarter, a.shards, "sqlite", limit);
+        let (_, p_limited_quarter) = sf_write(&limited_quarter);
+        println!(
+            "  peak RSS, memory_limit_mib = 1024: {:.0} MiB at {n} rows ({:.0} rows/s, ratio {:.2}), {:.0} MiB at {} rows",
             mib(p_limited),
-            rate(t_limited)
+            rate(t_limited),
+            ceiling.as_secs_f64() / t_limited.as_secs_f64(),
+            mib(p_limited_quarter),
+            n / 4
         );
     }
     if a.slatedb {

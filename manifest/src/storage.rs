@@ -138,6 +138,17 @@ impl Location {
     pub fn path_of(&self, key: &str) -> Path {
         self.child(key).path
     }
+
+    /// The file behind this location when it is on the local file system
+    /// (a `file://` URL or a plain path, not a registered store): a writer
+    /// with a finished local file can then place it without copying bytes.
+    pub fn local_file(&self) -> Option<std::path::PathBuf> {
+        let local: &Arc<dyn ObjectStore> = &LOCAL_STORE;
+        if !std::ptr::addr_eq(Arc::as_ptr(&self.store), Arc::as_ptr(local)) {
+            return None;
+        }
+        LOCAL.path_to_filesystem(&self.path).ok()
+    }
 }
 
 static REGISTERED: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = LazyLock::new(Default::default);
@@ -162,7 +173,8 @@ pub fn unregister_store(base: &str) {
 
 static MEMORY_STORES: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = LazyLock::new(Default::default);
 static CLOUD_STORES: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = LazyLock::new(Default::default);
-static LOCAL_STORE: LazyLock<Arc<dyn ObjectStore>> = LazyLock::new(|| Arc::new(LocalStore::new()));
+static LOCAL: LazyLock<Arc<LocalStore>> = LazyLock::new(|| Arc::new(LocalStore::new()));
+static LOCAL_STORE: LazyLock<Arc<dyn ObjectStore>> = LazyLock::new(|| Arc::clone(&*LOCAL) as Arc<dyn ObjectStore>);
 
 /// Resolves `url` with `options` into a [`Location`].
 ///
@@ -377,6 +389,12 @@ mod tests {
         assert_eq!(a.url, b.url);
         assert_eq!(a.path.as_ref(), "tmp/sf/x");
         assert_eq!(a.child("manifests/m").url, "file:///tmp/sf/x/manifests/m");
+        assert_eq!(
+            a.child("db=00001/shard.db").local_file(),
+            Some(std::path::PathBuf::from("/tmp/sf/x/db=00001/shard.db"))
+        );
+        let memory = resolve("memory://shared/x", &StorageOptions::new()).expect("memory");
+        assert_eq!(memory.local_file(), None, "only the local file system has files");
     }
 
     #[test]

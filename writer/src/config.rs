@@ -286,15 +286,17 @@ pub struct WriteConfig {
     pub work_dir: Option<PathBuf>,
     /// Re-read every winning shard and check its checksum before publishing.
     pub verify_checksums: bool,
-    /// Memory the engine may use for sorting and buffering before it spills
-    /// to `work_dir`, in MiB (embedded runs). Default: half of the memory
-    /// this process may use (the machine's, or its cgroup's limit), at
-    /// least 1024.
+    /// Memory a build process may use for rows, in MiB: half buffers the
+    /// shard tasks' rows for sorting (split evenly across the shards;
+    /// beyond it they spill sorted runs to `work_dir`), a quarter is
+    /// DataFusion's pool, a quarter SQLite's page caches. Default: half of
+    /// the memory this process may use (the machine's, or its cgroup's
+    /// limit), at least 1024.
     pub memory_limit_mib: u64,
 }
 
-/// Memory a shard's sort needs at least (a batch, and a reservation to
-/// merge its spills), in MiB.
+/// Memory limit per sorting shard at least, in MiB: its sort buffer gets
+/// half, and smaller buffers make many small runs to merge.
 pub const MIB_PER_SORTING_SHARD: u64 = 32;
 
 /// Half of the memory this process may use: the machine's (`MemTotal`) or
@@ -715,8 +717,7 @@ impl JobConfig {
         if w.memory_limit_mib < 16 {
             return Err(Error::config("write.memory_limit_mib", "must be at least 16"));
         }
-        // Every shard sorts at once, each holding a batch and a merge
-        // reservation; below this the engine fails mid-build.
+        // Every shard task buffers rows for its sort at once.
         if let Some(n) = self.routing.num_dbs
             && w.sort_within_shard
             && w.memory_limit_mib < MIB_PER_SORTING_SHARD * u64::from(n)

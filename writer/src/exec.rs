@@ -6,7 +6,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
@@ -24,14 +24,18 @@ use futures::StreamExt;
 use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sf_manifest::{Attempt, DbId, KeyEncoding, Location, RunId, StorageOptions, Timestamp, layout};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use crate::adapter::{
-    AttemptTarget, BackendConfig, BuildContext, DuplicatePolicy, ShardBuilder, StagedShard, backend_for, is_transient,
+    AttemptTarget, BackendConfig, BuildContext, DuplicatePolicy, Row, ShardBuilder, StagedShard, backend_for,
+    is_transient,
 };
 use crate::config::RetryPolicy;
 use crate::error::{Error, Result};
 use crate::progress::{self, RunProgress};
 use crate::ratelimit::RateLimits;
+use crate::sort::{ShardSorter, SortStats};
 use crate::value::{ValueSpec, encode_keys, encode_values};
 
 /// Name of the claim marker inside an attempt folder.
@@ -62,8 +66,12 @@ pub struct ShardWriteSpec {
     pub backend: BackendConfig,
     /// Duplicate keys.
     pub on_duplicate: DuplicatePolicy,
-    /// Whether each shard's rows arrive sorted by key.
+    /// Whether each shard task sorts its rows by key before building
+    /// (each key once), in bounded memory with spills to `work_dir`.
     pub sort_within_shard: bool,
+    /// Bytes of rows a sorting shard task holds in memory before it
+    /// spills a sorted run to disk.
+    pub sort_buffer_bytes: u64,
     /// Write limits per shard attempt.
     pub limits: RateLimits,
     /// Upload retries.
@@ -103,6 +111,7 @@ pub fn result_schema() -> SchemaRef {
             Field::new("stage_id", DataType::Int64, true),
             Field::new("task_attempt_id", DataType::Int64, true),
             Field::new("failed_tries", DataType::UInt32, false),
+            Field::new("spilled_runs", DataType::UInt32, false),
         ]))
     });
     Arc::clone(&SCHEMA)
@@ -139,6 +148,8 @@ pub struct ShardResult {
     pub task_attempt_id: Option<i64>,
     /// Upload tries that failed before the one that succeeded.
     pub failed_tries: u32,
+    /// Sorted runs the shard's sort wrote to disk (0: it fit in memory).
+    pub spilled_runs: u32,
 }
 
 impl ShardResult {
@@ -158,6 +169,7 @@ impl ShardResult {
             stage_id: task.stage_id,
             task_attempt_id: task.task_attempt_id,
             failed_tries: 0,
+            spilled_runs: 0,
         }
     }
 
@@ -178,6 +190,7 @@ impl ShardResult {
             Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.stage_id))),
             Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.task_attempt_id))),
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.failed_tries))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.spilled_runs))),
         ];
         RecordBatch::try_new(result_schema(), cols).map_err(|e| Error::Internal(e.to_string()))
     }
@@ -214,6 +227,7 @@ impl ShardResult {
                 stage_id: i64s(11).is_valid(r).then(|| i64s(11).value(r)),
                 task_attempt_id: i64s(12).is_valid(r).then(|| i64s(12).value(r)),
                 failed_tries: u32s(13).value(r),
+                spilled_runs: u32s(14).value(r),
             })
             .collect())
     }
@@ -355,8 +369,7 @@ async fn write_partition(
 ) -> Result<ShardResult> {
     let started = Instant::now();
     let run = progress::run(&spec.run_id, spec.upload_concurrency);
-    let backend = backend_for(&spec.backend);
-    let mut building: Option<(Box<dyn ShardBuilder>, tempfile::TempDir)> = None;
+    let mut stage: Option<(Stage, tempfile::TempDir)> = None;
     let mut shard_ids_checked = 0usize;
     while let Some(batch) = input.next().await {
         let batch = batch?;
@@ -385,39 +398,22 @@ async fn write_partition(
         let keys = encode_keys(key_col.as_ref(), spec.key_encoding, &spec.key_col)?;
         let values = encode_values(&batch, &spec.value)?;
         let rows = keys.len() as u64;
-        let (builder, dir) = match building.take() {
-            Some(b) => b,
+        let (current, dir) = match stage.take() {
+            Some(s) => s,
             None => {
                 let dir = work_dir(spec, db_id)?;
-                let ctx = BuildContext {
-                    db_id,
-                    work_dir: dir.path().to_path_buf(),
-                    on_duplicate: spec.on_duplicate,
-                    sorted: spec.sort_within_shard,
-                    limits: spec.limits,
-                    key_encoding: spec.key_encoding,
-                };
-                (backend.builder(ctx)?, dir)
+                (Stage::new(spec, db_id, dir.path())?, dir)
             }
         };
-        let builder = tokio::task::spawn_blocking(move || -> Result<Box<dyn ShardBuilder>> {
-            let mut builder = builder;
-            builder.add(&keys, &values)?;
-            Ok(builder)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("shard {db_id} build task: {e}")))??;
-        building = Some((builder, dir));
+        stage = Some((current.add(db_id, keys, values).await?, dir));
         run.add_rows(rows);
     }
     let task_ms = || started.elapsed().as_millis() as u64;
-    let Some((builder, dir)) = building else {
+    let Some((current, dir)) = stage else {
         run.shard_done();
         return Ok(ShardResult::empty(db_id, task_ms(), task));
     };
-    let staged = tokio::task::spawn_blocking(move || builder.finish())
-        .await
-        .map_err(|e| Error::Internal(format!("shard {db_id} build task: {e}")))??;
+    let (staged, sorted) = current.finish(spec, db_id, dir.path()).await?;
 
     let prefix = spec.prefix()?;
     let (attempt, uploaded, failed_tries) = {
@@ -432,7 +428,7 @@ async fn write_partition(
         attempt: Some(attempt.0),
         db_url: Some(attempt.1.url.clone()),
         row_count: content.row_count,
-        duplicates: content.duplicates,
+        duplicates: content.duplicates + sorted.duplicates,
         db_bytes: uploaded.db_bytes,
         min_key: content.min_key.clone(),
         max_key: content.max_key.clone(),
@@ -442,7 +438,105 @@ async fn write_partition(
         stage_id: task.stage_id,
         task_attempt_id: task.task_attempt_id,
         failed_tries,
+        spilled_runs: sorted.spilled_runs,
     })
+}
+
+/// Where a shard task's rows go while its input is read.
+enum Stage {
+    /// Into the sorter; the shard is built from its output once the input
+    /// ends (`sort_within_shard`). At most one full buffer is being
+    /// written as a run while the next fills.
+    Sorting(ShardSorter, Option<JoinHandle<Result<u64>>>),
+    /// Straight into the builder, in arrival order.
+    Direct(Box<dyn ShardBuilder>),
+}
+
+/// Shard builds running at once in this process, one per core: a build is
+/// CPU-bound, and more at once only share the cores and thrash caches.
+static BUILD_SLOTS: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
+
+fn build_context(spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> BuildContext {
+    BuildContext {
+        db_id,
+        work_dir: dir.to_path_buf(),
+        on_duplicate: spec.on_duplicate,
+        sorted: spec.sort_within_shard,
+        limits: spec.limits,
+        key_encoding: spec.key_encoding,
+    }
+}
+
+impl Stage {
+    fn new(spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> Result<Self> {
+        Ok(if spec.sort_within_shard {
+            let budget = usize::try_from(spec.sort_buffer_bytes).unwrap_or(usize::MAX);
+            Stage::Sorting(
+                ShardSorter::new(db_id, spec.key_encoding, spec.on_duplicate, budget, dir),
+                None,
+            )
+        } else {
+            Stage::Direct(backend_for(&spec.backend).builder(build_context(spec, db_id, dir))?)
+        })
+    }
+
+    /// Takes one batch; CPU and disk work runs off the async runtime.
+    async fn add(self, db_id: DbId, keys: BinaryArray, values: BinaryArray) -> Result<Self> {
+        let join = |e: tokio::task::JoinError| Error::Internal(format!("shard {db_id} build task: {e}"));
+        match self {
+            Stage::Sorting(mut sorter, mut writing) => {
+                if sorter.push(keys, values)? {
+                    // Wait for the previous run only now, so the input
+                    // flows while a run is written.
+                    if let Some(previous) = writing.take() {
+                        sorter.add_duplicates(previous.await.map_err(join)??);
+                    }
+                    writing = sorter
+                        .take_run()
+                        .map(|run| tokio::task::spawn_blocking(move || run.write()));
+                }
+                Ok(Stage::Sorting(sorter, writing))
+            }
+            Stage::Direct(mut builder) => tokio::task::spawn_blocking(move || {
+                let rows: Vec<Row<'_>> = (0..keys.len()).map(|i| (keys.value(i), values.value(i))).collect();
+                builder.add(&rows)?;
+                Ok(Stage::Direct(builder))
+            })
+            .await
+            .map_err(join)?,
+        }
+    }
+
+    /// Ends the build: the staged shard, and what sorting did.
+    async fn finish(self, spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> Result<(Arc<dyn StagedShard>, SortStats)> {
+        let join = |e: tokio::task::JoinError| Error::Internal(format!("shard {db_id} build task: {e}"));
+        match self {
+            Stage::Direct(builder) => {
+                let staged = tokio::task::spawn_blocking(move || builder.finish())
+                    .await
+                    .map_err(join)??;
+                Ok((staged, SortStats::default()))
+            }
+            Stage::Sorting(mut sorter, writing) => {
+                if let Some(previous) = writing {
+                    sorter.add_duplicates(previous.await.map_err(join)??);
+                }
+                let _slot = BUILD_SLOTS
+                    .acquire()
+                    .await
+                    .map_err(|e| Error::Internal(format!("shard {db_id} build slot: {e}")))?;
+                let builder = backend_for(&spec.backend).builder(build_context(spec, db_id, dir))?;
+                tokio::task::spawn_blocking(move || {
+                    let mut builder = builder;
+                    let stats = sorter.drain(&mut |rows| builder.add(rows))?;
+                    Ok((builder.finish()?, stats))
+                })
+                .await
+                .map_err(join)?
+            }
+        }
+    }
 }
 
 fn work_dir(spec: &ShardWriteSpec, db_id: DbId) -> Result<tempfile::TempDir> {

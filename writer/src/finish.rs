@@ -40,6 +40,7 @@ pub(crate) struct Finished {
     pub rows_per_shard: Vec<u64>,
     pub retries: u32,
     pub losers_deleted: usize,
+    pub spilled_runs: u32,
 }
 
 /// The winner order of FORMAT.md: the smallest
@@ -191,6 +192,7 @@ pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
         rows_per_shard,
         retries: input.results.iter().map(|r| r.failed_tries).sum(),
         losers_deleted,
+        spilled_runs: winners.values().map(|w| w.spilled_runs).sum(),
     })
 }
 
@@ -214,6 +216,7 @@ mod tests {
             stage_id: None,
             task_attempt_id: task,
             failed_tries: 0,
+            spilled_runs: 0,
         }
     }
 

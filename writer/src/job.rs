@@ -71,18 +71,18 @@ impl Engine for Embedded {
         if let Some(n) = self.target_partitions {
             config = config.with_target_partitions(n.max(1));
         }
-        // Every shard's sort keeps a reservation for merging its spills; with
-        // many shards under a small limit DataFusion's 10 MiB each would not
-        // fit, so the reservations share a quarter of the pool.
-        let limit_bytes = (job.write.memory_limit_mib as usize) << 20;
-        let sorts = job.routing.num_dbs.unwrap_or(16).max(1) as usize;
-        config.options_mut().execution.sort_spill_reservation_bytes =
-            (limit_bytes / 4 / sorts).clamp(256 << 10, 10 << 20);
-        // A memory pool makes sorts spill instead of holding whole shards.
-        // Every shard sorts at once: a fair pool gives each spilling sort
-        // an equal share, where a greedy one lets the first sorts take it
-        // all and the last fail to merge.
-        let pool = datafusion::execution::memory_pool::FairSpillPool::new(limit_bytes);
+        // The engine gets a quarter of the memory limit (the shard tasks'
+        // sort buffers and SQLite caches take the rest; see
+        // `memory_shares`). The write plan itself holds little: batches in
+        // flight between the input and the shard tasks, on one channel per
+        // shard, which spill to disk when the pool is full. Which channel
+        // needs room changes as shard tasks pause to write sorted runs, so
+        // the pool is greedy: a fair pool would cap each channel at a
+        // 1/num_dbs share and spill batches while the rest sits unused. It
+        // also bounds what SQL inputs (joins, aggregates, sorts) hold.
+        let limit_bytes = memory_shares(job.write.memory_limit_mib, 1).engine_bytes;
+        config.options_mut().execution.sort_spill_reservation_bytes = (limit_bytes / 8).clamp(256 << 10, 10 << 20);
+        let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(limit_bytes);
         let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool));
         if let Some(dir) = &job.write.work_dir {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating work_dir {}", dir.display()), e))?;
@@ -218,6 +218,9 @@ pub struct BuildSummary {
     pub retries: u32,
     /// Losing attempt folders deleted after publishing.
     pub losers_deleted: usize,
+    /// Sorted runs the shards' sorts wrote to disk (0: every shard's rows
+    /// fit in its sort buffer).
+    pub spilled_runs: u32,
     /// Time to plan (read schema, infer routing, verify sample).
     pub plan_time: Duration,
     /// Time to write all shards.
@@ -252,6 +255,7 @@ impl fmt::Display for BuildSummary {
             "  retries:        {}; losing attempts deleted: {}",
             self.retries, self.losers_deleted
         )?;
+        writeln!(f, "  sort spills:    {} runs written to disk", self.spilled_runs)?;
         write!(
             f,
             "  time:           {:.2}s (plan {:.2}s, write {:.2}s, publish {:.2}s)",
@@ -408,6 +412,7 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
         backend: capped_backend(job, resolved.num_dbs),
         on_duplicate: job.write.on_duplicate,
         sort_within_shard: job.write.sort_within_shard,
+        sort_buffer_bytes: memory_shares(job.write.memory_limit_mib, resolved.num_dbs).sort_buffer_bytes,
         limits: job.limits(),
         retry: job.retry(),
         work_dir: job.write.work_dir.clone(),
@@ -427,13 +432,38 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
     })
 }
 
-/// The backend settings, with SQLite's page cache per shard capped so the
-/// caches of all shards building at once stay within half the memory
-/// limit (every shard of a build may be open at the same time).
+/// How a process's `memory_limit_mib` is shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryShares {
+    /// DataFusion's memory pool (a quarter).
+    pub engine_bytes: usize,
+    /// Rows each sorting shard task buffers before spilling a sorted run:
+    /// half the limit, split evenly across the shards, halved again since
+    /// a task fills one buffer while the previous one is written.
+    pub sort_buffer_bytes: u64,
+    /// SQLite page cache of each shard being built (a quarter, split
+    /// evenly across the shards; every shard may be open at once when
+    /// rows are not sorted).
+    pub sqlite_cache_mib: u64,
+}
+
+/// The shares of `limit_mib` for a build of `num_dbs` shards.
+pub fn memory_shares(limit_mib: u64, num_dbs: u32) -> MemoryShares {
+    let limit = limit_mib << 20;
+    let shards = u64::from(num_dbs.max(1));
+    MemoryShares {
+        engine_bytes: usize::try_from(limit / 4).unwrap_or(usize::MAX),
+        sort_buffer_bytes: limit / 4 / shards,
+        sqlite_cache_mib: (limit_mib / 4 / shards).max(2),
+    }
+}
+
+/// The backend settings, with SQLite's page cache per shard capped to its
+/// share of the memory limit.
 fn capped_backend(job: &JobConfig, num_dbs: u32) -> crate::adapter::BackendConfig {
     match job.backend() {
         crate::adapter::BackendConfig::Sqlite(mut s) => {
-            let share = (job.write.memory_limit_mib / 2 / u64::from(num_dbs.max(1))).max(2);
+            let share = memory_shares(job.write.memory_limit_mib, num_dbs).sqlite_cache_mib;
             s.cache_mib = s.cache_mib.min(u32::try_from(share).unwrap_or(u32::MAX));
             crate::adapter::BackendConfig::Sqlite(s)
         }
@@ -580,6 +610,7 @@ pub async fn build_prepared(
                     ),
                     retries: f.retries,
                     losers_deleted: f.losers_deleted,
+                    spilled_runs: f.spilled_runs,
                     plan_time,
                     write_time,
                     publish_time: publish_started.elapsed(),

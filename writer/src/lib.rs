@@ -20,6 +20,7 @@ pub mod partition;
 pub mod plan;
 pub mod progress;
 pub mod ratelimit;
+pub mod sort;
 pub mod value;
 pub mod warehouse;
 

@@ -3,16 +3,18 @@
 //!
 //! ```text
 //! ShardWriteExec                      one partition per shard, one row out each
-//!   SortExec [key]                    per partition (sort_within_shard)
-//!     RepartitionExec Hash(__sf_partition_key, num_dbs)
-//!       ProjectionExec key, values, sf_shard_id(..), sf_partition_key(..)
-//!         <input plan>
+//!   RepartitionExec Hash(__sf_partition_key, num_dbs)
+//!     ProjectionExec key, values, sf_shard_id(..), sf_partition_key(..)
+//!       <input plan>
 //! ```
+//!
+//! Each shard task sorts its own rows ([`crate::sort`]), in memory the
+//! job bounds, so the plan has no sort.
 //!
 //! DataFusion's distribution rules would re-plan a hash repartition with
 //! `target_partitions` partitions; [`ShardWriteLayout`], registered last,
-//! restores exactly `num_dbs` partitions on the partition-key column and
-//! the per-partition sort, so the layout holds embedded and on a cluster.
+//! restores exactly `num_dbs` partitions on the partition-key column, so
+//! the layout holds embedded and on a cluster.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -28,11 +30,9 @@ use datafusion::execution::SessionState;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
@@ -169,9 +169,9 @@ impl QueryPlanner for ShardForgeQueryPlanner {
 }
 
 /// `input` laid out for [`ShardWriteExec`]: hash-partitioned on the
-/// partition key into `num_dbs` partitions, sorted by key within each when
-/// asked. Operators above the input that only move rows between
-/// partitions are removed first, so applying this twice changes nothing.
+/// partition key into `num_dbs` partitions. Operators above the input that
+/// only move rows between partitions are removed first, so applying this
+/// twice changes nothing.
 pub fn shard_layout(spec: &ShardWriteSpec, input: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
     let mut inner = input;
     loop {
@@ -179,10 +179,7 @@ pub fn shard_layout(spec: &ShardWriteSpec, input: Arc<dyn ExecutionPlan>) -> DfR
         let strip = any.is::<RepartitionExec>()
             || any
                 .downcast_ref::<CoalescePartitionsExec>()
-                .is_some_and(|c| c.fetch().is_none())
-            || any
-                .downcast_ref::<SortExec>()
-                .is_some_and(|s| s.fetch().is_none() && s.preserve_partitioning() && is_key_sort(s, spec));
+                .is_some_and(|c| c.fetch().is_none());
         if !strip {
             break;
         }
@@ -190,29 +187,10 @@ pub fn shard_layout(spec: &ShardWriteSpec, input: Arc<dyn ExecutionPlan>) -> DfR
     }
     let schema = inner.schema();
     let part = Column::new_with_schema(PARTITION_KEY_COL, &schema)?;
-    let repartition: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+    Ok(Arc::new(RepartitionExec::try_new(
         inner,
         Partitioning::Hash(vec![Arc::new(part)], spec.num_dbs as usize),
-    )?);
-    if !spec.sort_within_shard {
-        return Ok(repartition);
-    }
-    let key = Column::new_with_schema(&spec.key_col, &schema)?;
-    let ordering = LexOrdering::new([PhysicalSortExpr::new_default(Arc::new(key))])
-        .ok_or_else(|| DataFusionError::Internal("empty sort ordering".into()))?;
-    Ok(Arc::new(
-        SortExec::new(ordering, repartition).with_preserve_partitioning(true),
-    ))
-}
-
-fn is_key_sort(s: &SortExec, spec: &ShardWriteSpec) -> bool {
-    let exprs = s.expr();
-    exprs.len() == 1
-        && exprs[0]
-            .expr
-            .as_any()
-            .downcast_ref::<Column>()
-            .is_some_and(|c| c.name() == spec.key_col)
+    )?))
 }
 
 /// Physical optimizer rule, registered last: keeps every

@@ -22,9 +22,8 @@
 //!            ProjectionExec key, values, sf_shard_id(..), sf_partition_key(..)
 //!              DataSourceExec (the input)
 //! stage 2: ShuffleWriterExec (results, num_dbs partitions)
-//!            ShardWriteExec
-//!              SortExec [key] per partition
-//!                ShuffleReaderExec Hash(__sf_partition_key, num_dbs)
+//!            ShardWriteExec (sorts its shard's rows itself)
+//!              ShuffleReaderExec Hash(__sf_partition_key, num_dbs)
 //! ```
 //!
 //! Ballista's shuffle partitions with DataFusion's hash partitioner, so

@@ -13,7 +13,6 @@ use ballista_scheduler::planner::{DefaultDistributedPlanner, DistributedPlanner}
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::logical_plan::AsLogicalPlan;
@@ -177,9 +176,7 @@ async fn the_distributed_plan_puts_one_shard_per_task_and_ships_no_secret() {
     assert!(stages[1].shuffle_output_partitioning().is_none());
     let writers = find::<ShardWriteExec>(&write_stage);
     assert_eq!(writers.len(), 1, "{}", displayable(write_stage.as_ref()).indent(false));
-    let sort = Arc::clone(writers[0].children()[0]);
-    assert!(sort.as_any().is::<SortExec>(), "sorted per shard");
-    let shuffle = Arc::clone(sort.children()[0]);
+    let shuffle = Arc::clone(writers[0].children()[0]);
     assert!(
         shuffle.as_any().is::<UnresolvedShuffleExec>(),
         "reads the shuffle directly, got {}",

@@ -3,9 +3,11 @@
 //! Writing a shard has two phases:
 //!
 //! 1. **Build** ([`ShardBuilder`], blocking, local): the task's rows arrive
-//!    as encoded keys and values and are staged on local disk (a SQLite
-//!    file, or a spool of records for SlateDB). No remote I/O happens here,
-//!    so the input stream is consumed at local speed and only once.
+//!    as encoded keys and values, by default in key order with each key
+//!    once (the task's [`ShardSorter`](crate::sort::ShardSorter) sees to
+//!    that), and are staged on local disk (a SQLite file, or a spool of
+//!    records for SlateDB). No remote I/O happens here, so the input stream
+//!    is consumed at local speed and only once.
 //! 2. **Upload** ([`StagedShard::upload`], async, remote, retryable): the
 //!    staged shard goes into one claimed attempt folder. A retryable
 //!    failure is retried from the local stage into a *new* attempt, without
@@ -19,7 +21,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::BinaryArray;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sf_manifest::{Attempt, DbId, KeyEncoding, Location};
@@ -81,7 +82,9 @@ pub struct BuildContext {
     pub work_dir: PathBuf,
     /// Duplicate keys.
     pub on_duplicate: DuplicatePolicy,
-    /// Whether rows arrive in ascending key order (bytewise).
+    /// Whether rows arrive in strictly ascending key order (bytewise), so
+    /// each key once: the shard sorter's output. Otherwise rows come in
+    /// arrival order and the builder applies `on_duplicate` itself.
     pub sorted: bool,
     /// Write limits (applied where the backend writes rows).
     pub limits: RateLimits,
@@ -104,11 +107,13 @@ pub struct ShardContent {
     pub checksum: String,
 }
 
+/// One row: encoded key, value.
+pub type Row<'a> = (&'a [u8], &'a [u8]);
+
 /// Phase 1: rows in, a local stage out. Runs on a blocking thread.
 pub trait ShardBuilder: Send {
-    /// Adds rows in arrival order; `keys[i]` goes with `values[i]`. Neither
-    /// array has nulls.
-    fn add(&mut self, keys: &BinaryArray, values: &BinaryArray) -> Result<()>;
+    /// Adds rows (see [`BuildContext::sorted`] for their order).
+    fn add(&mut self, rows: &[Row<'_>]) -> Result<()>;
 
     /// Ends phase 1.
     fn finish(self: Box<Self>) -> Result<Arc<dyn StagedShard>>;

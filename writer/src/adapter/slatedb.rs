@@ -1,8 +1,8 @@
 //! The SlateDB backend: one SlateDB database per shard, rooted at the
 //! attempt folder itself (FORMAT.md).
 //!
-//! Phase 1 ([`ShardBuilder`]) needs the rows sorted by key. It drops
-//! duplicates with one row of lookahead and streams the surviving rows to a
+//! Phase 1 ([`ShardBuilder`]) needs the rows sorted by key, each key once
+//! (the shard sorter's output). It streams them to a
 //! local spool file of records (`u32` LE key length, key, `u32` LE value
 //! length, value), so memory is the write buffer whatever the shard's size.
 //! The checksum is xxh3-128 over exactly those records, in key order
@@ -39,7 +39,6 @@
 //! the attempt fails as retryable and SlateDB's store is cut off, so that
 //! its background tasks stop too.
 
-use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
@@ -51,7 +50,6 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, BinaryArray};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
@@ -75,8 +73,8 @@ use tokio::io::{AsyncReadExt, BufReader as AsyncBufReader};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{
-    AttemptTarget, BuildContext, DuplicatePolicy, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded,
-    is_transient, show_key,
+    AttemptTarget, BuildContext, Row, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded, is_transient,
+    show_key,
 };
 use crate::error::{Error, Result};
 use crate::ratelimit::RateLimiter;
@@ -279,9 +277,8 @@ impl ShardBackend for SlateDbBackend {
         if !ctx.sorted {
             return Err(Error::config(
                 "output.slatedb",
-                "the slatedb backend needs each shard's rows sorted by key (it drops duplicate keys as \
-                 they pass and streams rows to disk instead of holding them); keep sort_within_shard \
-                 = true, or use the sqlite backend",
+                "the slatedb backend needs each shard's rows sorted by key (it streams them to disk in \
+                 order); keep sort_within_shard = true, or use the sqlite backend",
             ));
         }
         let spool = ctx.work_dir.join("slatedb.spool");
@@ -290,10 +287,9 @@ impl ShardBackend for SlateDbBackend {
         Ok(Box::new(SlateDbBuilder {
             out: BufWriter::with_capacity(SPOOL_BUFFER, file),
             spool,
-            pending: None,
             checksum: KvChecksum::new(),
-            duplicates: 0,
             min_key: None,
+            last_key: Vec::new(),
             settings: self.settings.clone(),
             ctx,
         }))
@@ -496,67 +492,30 @@ async fn scan(
     result.and(closed)
 }
 
-/// Phase 1: sorted rows to the spool, duplicates dropped as they pass.
+/// Phase 1: sorted rows, each key once, to the spool.
 struct SlateDbBuilder {
     out: BufWriter<File>,
     spool: PathBuf,
-    /// The last row seen: written once the next key shows it is final.
-    pending: Option<(Vec<u8>, Vec<u8>)>,
     checksum: KvChecksum,
-    duplicates: u64,
     min_key: Option<Vec<u8>>,
+    /// The last key written.
+    last_key: Vec<u8>,
     settings: SlateDbSettings,
     ctx: BuildContext,
 }
 
 impl SlateDbBuilder {
+    /// Writes a row to the spool.
     fn push(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        if let Some((pk, pv)) = &mut self.pending {
-            match key.cmp(pk.as_slice()) {
-                Ordering::Greater => {}
-                Ordering::Equal => {
-                    return match self.ctx.on_duplicate {
-                        DuplicatePolicy::LastWins => {
-                            check_row(self.ctx.db_id, self.ctx.key_encoding, key, value)?;
-                            pv.clear();
-                            pv.extend_from_slice(value);
-                            self.duplicates += 1;
-                            Ok(())
-                        }
-                        DuplicatePolicy::Error => Err(Error::DuplicateKey {
-                            db_id: self.ctx.db_id,
-                            key: show_key(key, self.ctx.key_encoding),
-                        }),
-                    };
-                }
-                Ordering::Less => {
-                    return Err(Error::Internal(format!(
-                        "shard {}: rows arrived out of key order although sorted ({} after {})",
-                        self.ctx.db_id,
-                        show_key(key, self.ctx.key_encoding),
-                        show_key(pk, self.ctx.key_encoding),
-                    )));
-                }
-            }
+        if self.min_key.is_some() && key <= self.last_key.as_slice() {
+            return Err(Error::Internal(format!(
+                "shard {}: rows arrived out of key order although sorted ({} after {})",
+                self.ctx.db_id,
+                show_key(key, self.ctx.key_encoding),
+                show_key(&self.last_key, self.ctx.key_encoding),
+            )));
         }
         check_row(self.ctx.db_id, self.ctx.key_encoding, key, value)?;
-        match self.pending.take() {
-            Some((mut pk, mut pv)) => {
-                self.emit(&pk, &pv)?;
-                // Reuse the buffers: one row's worth of memory, always.
-                pk.clear();
-                pk.extend_from_slice(key);
-                pv.clear();
-                pv.extend_from_slice(value);
-                self.pending = Some((pk, pv));
-            }
-            None => self.pending = Some((key.to_vec(), value.to_vec())),
-        }
-        Ok(())
-    }
-
-    /// Writes a final row to the spool.
-    fn emit(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let spool = &self.spool;
         let io = |e| Error::io(format!("writing the SlateDB spool {}", spool.display()), e);
         self.out.write_all(&record_len(key).to_le_bytes()).map_err(io)?;
@@ -567,6 +526,8 @@ impl SlateDbBuilder {
         if self.min_key.is_none() {
             self.min_key = Some(key.to_vec());
         }
+        self.last_key.clear();
+        self.last_key.extend_from_slice(key);
         Ok(())
     }
 }
@@ -598,40 +559,29 @@ fn check_row(db_id: DbId, encoding: sf_manifest::KeyEncoding, key: &[u8], value:
 }
 
 impl ShardBuilder for SlateDbBuilder {
-    fn add(&mut self, keys: &BinaryArray, values: &BinaryArray) -> Result<()> {
-        if keys.len() != values.len() {
-            return Err(Error::Internal(format!(
-                "shard {}: {} keys but {} values in one batch",
-                self.ctx.db_id,
-                keys.len(),
-                values.len()
-            )));
-        }
-        for i in 0..keys.len() {
-            self.push(keys.value(i), values.value(i))?;
+    fn add(&mut self, rows: &[Row<'_>]) -> Result<()> {
+        for (key, value) in rows {
+            self.push(key, value)?;
         }
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>) -> Result<Arc<dyn StagedShard>> {
-        let last = self.pending.take();
-        if let Some((k, v)) = &last {
-            self.emit(k, v)?;
-        }
+    fn finish(self: Box<Self>) -> Result<Arc<dyn StagedShard>> {
         let spool = self.spool;
         let file = self
             .out
             .into_inner()
             .map_err(|e| Error::io(format!("writing the SlateDB spool {}", spool.display()), e.into_error()))?;
         drop(file);
+        let max_key = self.min_key.is_some().then_some(self.last_key);
         Ok(Arc::new(StagedSlateDb {
             spool,
             settings: self.settings,
             content: ShardContent {
                 row_count: self.checksum.rows,
-                duplicates: self.duplicates,
+                duplicates: 0,
                 min_key: self.min_key,
-                max_key: last.map(|(k, _)| k),
+                max_key,
                 checksum: self.checksum.finish(),
             },
         }))
@@ -1450,7 +1400,10 @@ impl ObjectStore for CopyOnWriteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapter::DuplicatePolicy;
     use crate::ratelimit::RateLimits;
+    use crate::sort::ShardSorter;
+    use arrow::array::BinaryArray;
     use sf_manifest::{KeyEncoding, StorageOptions};
     use std::sync::atomic::AtomicUsize;
 
@@ -1489,13 +1442,12 @@ mod tests {
             .collect()
     }
 
-    fn arrays(rows: &[(Vec<u8>, Vec<u8>)]) -> (BinaryArray, BinaryArray) {
-        (
-            BinaryArray::from_iter_values(rows.iter().map(|(k, _)| k.as_slice())),
-            BinaryArray::from_iter_values(rows.iter().map(|(_, v)| v.as_slice())),
-        )
+    fn refs(rows: &[(Vec<u8>, Vec<u8>)]) -> Vec<Row<'_>> {
+        rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect()
     }
 
+    /// Builds a shard the way a shard task does: the rows, in batches of
+    /// `chunk`, go through the shard sorter into the builder.
     fn build(
         backend: &SlateDbBackend,
         work: &std::path::Path,
@@ -1503,11 +1455,14 @@ mod tests {
         input: &[(Vec<u8>, Vec<u8>)],
         chunk: usize,
     ) -> Result<Arc<dyn StagedShard>> {
-        let mut b = backend.builder(ctx(work, policy))?;
+        let mut sorter = ShardSorter::new(DB, KeyEncoding::U64Be, policy, usize::MAX, work);
         for part in input.chunks(chunk) {
-            let (k, v) = arrays(part);
-            b.add(&k, &v)?;
+            let keys = BinaryArray::from_iter_values(part.iter().map(|(k, _)| k.as_slice()));
+            let values = BinaryArray::from_iter_values(part.iter().map(|(_, v)| v.as_slice()));
+            sorter.push(keys, values)?;
         }
+        let mut b = backend.builder(ctx(work, policy))?;
+        sorter.drain(&mut |rows| b.add(rows))?;
         b.finish()
     }
 
@@ -1808,7 +1763,6 @@ mod tests {
         let expected = vec![input[0].clone(), input[2].clone(), input[5].clone(), input[6].clone()];
         let content = staged.content().clone();
         assert_eq!(content.row_count, 4);
-        assert_eq!(content.duplicates, 3);
         assert_eq!(content.checksum, checksum_of(&expected));
         // The spool holds exactly the final rows.
         let spool_len = std::fs::metadata(work.path().join("slatedb.spool"))
@@ -1854,14 +1808,10 @@ mod tests {
         );
 
         // Rows promised sorted that are not: a bug upstream, not silently accepted.
-        let e = build(
-            &backend,
-            work.path(),
-            DuplicatePolicy::LastWins,
-            &rows([1, 5, 3], "v"),
-            10,
-        )
-        .expect_err("out of order");
+        let mut b = backend
+            .builder(ctx(work.path(), DuplicatePolicy::LastWins))
+            .expect("builder");
+        let e = b.add(&refs(&rows([1, 5, 3], "v"))).expect_err("out of order");
         assert!(
             matches!(e, Error::Internal(_)) && e.to_string().contains("3 after 5"),
             "{e}"
@@ -1900,14 +1850,12 @@ mod tests {
             let chunk: Vec<(Vec<u8>, Vec<u8>)> = (part * 512..(part + 1) * 512)
                 .map(|k| (k.to_be_bytes().to_vec(), vec![b'x'; 1024]))
                 .collect();
-            let (k, v) = arrays(&chunk);
-            b.add(&k, &v).expect("add");
+            b.add(&refs(&chunk)).expect("add");
             added += chunk.iter().map(|(k, v)| (8 + k.len() + v.len()) as u64).sum::<u64>();
-            // All but the buffer and the one row held back for duplicate checks
-            // is already on disk.
+            // All but the buffer is already on disk.
             let on_disk = std::fs::metadata(&spool).expect("spool").len();
             assert!(
-                on_disk + SPOOL_BUFFER as u64 + 2048 >= added,
+                on_disk + SPOOL_BUFFER as u64 >= added,
                 "{on_disk} bytes on disk after {added} bytes of rows"
             );
         }

@@ -2,7 +2,8 @@
 //!
 //! Phase 1 builds the file locally with durability off (the file is a build
 //! artifact until uploaded: no journal, no fsync, exclusive locking, a
-//! large page cache), inserting rows in key order when the input is sorted.
+//! large page cache), inserting rows in key order, each key once, when the
+//! input is sorted (the default), and with `OR REPLACE` otherwise.
 //! Phase 2 uploads it as one object (multipart above a threshold). The
 //! checksum is xxh3-128 over the file's bytes, and it doubles as the
 //! shard's `checkpoint_id`: readers cache downloaded files by it.
@@ -11,7 +12,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, BinaryArray};
 use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::{PutPayload, WriteMultipart};
@@ -22,7 +22,7 @@ use sf_manifest::{DbId, Location};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{
-    AttemptTarget, BuildContext, DuplicatePolicy, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded,
+    AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded,
     is_transient, show_key,
 };
 use crate::error::{Error, Result};
@@ -132,6 +132,8 @@ impl ShardBackend for SqliteBackend {
             path,
             limiter: RateLimiter::new(ctx.limits),
             rows_in: 0,
+            first_key: None,
+            last_key: Vec::new(),
             settings: self.settings.clone(),
             ctx,
         }))
@@ -168,27 +170,60 @@ struct SqliteBuilder {
     path: PathBuf,
     limiter: RateLimiter,
     rows_in: u64,
+    /// First and last key added (sorted input only: they are min and max).
+    first_key: Option<Vec<u8>>,
+    last_key: Vec<u8>,
     settings: SqliteSettings,
     ctx: BuildContext,
 }
 
+impl SqliteBuilder {
+    /// The insert for this build. Sorted input has each key once, so a
+    /// plain insert suffices; `OR REPLACE` would cost a second B-tree seek
+    /// per row.
+    fn insert_sql(&self) -> &'static str {
+        match (self.ctx.sorted, self.ctx.on_duplicate) {
+            (false, DuplicatePolicy::LastWins) => "INSERT OR REPLACE INTO kv (k, v) VALUES (?1, ?2)",
+            _ => "INSERT INTO kv (k, v) VALUES (?1, ?2)",
+        }
+    }
+
+    /// Checks sorted input really is strictly ascending (a broken sort
+    /// would otherwise store a shard whose recorded key range is wrong).
+    fn check_order(&mut self, key: &[u8]) -> Result<()> {
+        if self.first_key.is_none() {
+            self.first_key = Some(key.to_vec());
+        } else if key <= self.last_key.as_slice() {
+            return Err(Error::Internal(format!(
+                "shard {}: rows arrived out of key order although sorted ({} after {})",
+                self.ctx.db_id,
+                show_key(key, self.ctx.key_encoding),
+                show_key(&self.last_key, self.ctx.key_encoding),
+            )));
+        }
+        self.last_key.clear();
+        self.last_key.extend_from_slice(key);
+        Ok(())
+    }
+}
+
 impl ShardBuilder for SqliteBuilder {
-    fn add(&mut self, keys: &BinaryArray, values: &BinaryArray) -> Result<()> {
+    fn add(&mut self, rows: &[Row<'_>]) -> Result<()> {
         let db_id = self.ctx.db_id;
-        let bytes = (keys.value_data().len() + values.value_data().len()) as u64;
-        self.limiter.acquire_blocking(keys.len() as u64, bytes);
-        let sql = match self.ctx.on_duplicate {
-            DuplicatePolicy::LastWins => "INSERT OR REPLACE INTO kv (k, v) VALUES (?1, ?2)",
-            DuplicatePolicy::Error => "INSERT INTO kv (k, v) VALUES (?1, ?2)",
-        };
+        let bytes = rows.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() as u64;
+        self.limiter.acquire_blocking(rows.len() as u64, bytes);
+        if self.ctx.sorted {
+            for (key, _) in rows {
+                self.check_order(key)?;
+            }
+        }
         let mut stmt = self
             .conn
-            .prepare_cached(sql)
+            .prepare_cached(self.insert_sql())
             .map_err(|e| sqlite_err(db_id, "preparing the insert", e))?;
-        for i in 0..keys.len() {
-            let key = keys.value(i);
-            stmt.raw_bind_parameter(1, key)
-                .and_then(|_| stmt.raw_bind_parameter(2, values.value(i)))
+        for (key, value) in rows {
+            stmt.raw_bind_parameter(1, *key)
+                .and_then(|_| stmt.raw_bind_parameter(2, *value))
                 .map_err(|e| sqlite_err(db_id, "binding a row", e))?;
             if let Err(e) = stmt.raw_execute() {
                 return Err(match e.sqlite_error_code() {
@@ -200,7 +235,7 @@ impl ShardBuilder for SqliteBuilder {
                 });
             }
         }
-        self.rows_in += keys.len() as u64;
+        self.rows_in += rows.len() as u64;
         Ok(())
     }
 
@@ -209,17 +244,23 @@ impl ShardBuilder for SqliteBuilder {
         self.conn
             .execute_batch("COMMIT")
             .map_err(|e| sqlite_err(db_id, "committing the shard", e))?;
-        let (row_count, min_key, max_key): (i64, Option<Vec<u8>>, Option<Vec<u8>>) = self
-            .conn
-            .query_row("SELECT count(*), min(k), max(k) FROM kv", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .map_err(|e| sqlite_err(db_id, "counting rows", e))?;
+        let (row_count, min_key, max_key) = if self.ctx.sorted {
+            let max = self.first_key.is_some().then_some(self.last_key);
+            (self.rows_in, self.first_key, max)
+        } else {
+            // Rows replaced each other in arrival order: ask the table.
+            let (count, min, max): (i64, Option<Vec<u8>>, Option<Vec<u8>>) = self
+                .conn
+                .query_row("SELECT count(*), min(k), max(k) FROM kv", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(|e| sqlite_err(db_id, "counting rows", e))?;
+            (u64::try_from(count).unwrap_or(0), min, max)
+        };
         self.conn
             .close()
             .map_err(|(_, e)| sqlite_err(db_id, "closing the shard file", e))?;
         let (checksum, size) = checksum_file(&self.path).map_err(|e| Error::io("hashing the shard file", e))?;
-        let row_count = u64::try_from(row_count).unwrap_or(0);
         Ok(Arc::new(StagedSqlite {
             path: self.path,
             size,
@@ -281,7 +322,20 @@ impl StagedShard for StagedSqlite {
             )
         };
         let read_err = |e: std::io::Error| Error::io(format!("reading {}", self.path.display()), e);
-        if self.size <= u64::from(self.settings.multipart_threshold_mib) * MIB {
+        if let Some(dest) = file.local_file() {
+            let (from, url) = (self.path.clone(), file.url.clone());
+            tokio::task::spawn_blocking(move || place_local_file(&from, &dest))
+                .await
+                .map_err(|e| Error::Internal(format!("placing {url}: {e}")))?
+                .map_err(|e| {
+                    Error::shard(
+                        target.db_id,
+                        Some(target.attempt),
+                        format!("placing {}: {e}", file.url),
+                        false,
+                    )
+                })?;
+        } else if self.size <= u64::from(self.settings.multipart_threshold_mib) * MIB {
             let bytes = tokio::fs::read(&self.path).await.map_err(read_err)?;
             file.store
                 .put(&file.path, PutPayload::from(bytes))
@@ -312,6 +366,26 @@ impl StagedShard for StagedSqlite {
     }
 }
 
+/// Puts the staged file at `dest` on the same machine: a hard link when
+/// both are on one file system (no bytes copied), a copy otherwise. The
+/// file appears under its name complete or not at all, as with a store's
+/// put. The staged file is never written again, so sharing it is safe.
+fn place_local_file(from: &Path, dest: &Path) -> std::io::Result<()> {
+    let dir = dest
+        .parent()
+        .ok_or_else(|| std::io::Error::other(format!("{} has no parent folder", dest.display())))?;
+    std::fs::create_dir_all(dir)?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("shard");
+    let staging = dir.join(format!(".{name}.{}.partial", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    if std::fs::hard_link(from, &staging).is_err() {
+        std::fs::copy(from, &staging)?;
+    }
+    std::fs::rename(&staging, dest).inspect_err(|_| {
+        let _ = std::fs::remove_file(&staging);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,24 +393,26 @@ mod tests {
     use crate::ratelimit::RateLimits;
     use sf_manifest::{Attempt, KeyEncoding, StorageOptions};
 
-    fn ctx(dir: &Path, on_duplicate: DuplicatePolicy) -> BuildContext {
+    fn ctx(dir: &Path, on_duplicate: DuplicatePolicy, sorted: bool) -> BuildContext {
         BuildContext {
             db_id: DbId(3),
             work_dir: dir.to_path_buf(),
             on_duplicate,
-            sorted: true,
+            sorted,
             limits: RateLimits::default(),
             key_encoding: KeyEncoding::U64Be,
         }
     }
 
-    fn rows(keys: &[u64], tag: &str) -> (BinaryArray, BinaryArray) {
-        let k: Vec<Vec<u8>> = keys.iter().map(|k| k.to_be_bytes().to_vec()).collect();
-        let v: Vec<Vec<u8>> = keys.iter().map(|k| format!("{tag}-{k}").into_bytes()).collect();
-        (
-            BinaryArray::from_iter_values(k.iter().map(|x| x.as_slice())),
-            BinaryArray::from_iter_values(v.iter().map(|x| x.as_slice())),
-        )
+    fn rows(keys: &[u64], tag: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        keys.iter()
+            .map(|k| (k.to_be_bytes().to_vec(), format!("{tag}-{k}").into_bytes()))
+            .collect()
+    }
+
+    fn add(b: &mut Box<dyn ShardBuilder>, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        let refs: Vec<Row<'_>> = rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        b.add(&refs)
     }
 
     fn read_rows(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -346,6 +422,16 @@ mod tests {
             .expect("query")
             .map(|r| r.expect("row"))
             .collect()
+    }
+
+    fn target(root: &str, attempt: &str) -> AttemptTarget {
+        let root = sf_manifest::resolve(root, &StorageOptions::new()).expect("resolve");
+        AttemptTarget {
+            db_id: DbId(3),
+            attempt: Attempt(0),
+            location: root.child(attempt),
+            limits: RateLimits::default(),
+        }
     }
 
     #[tokio::test]
@@ -358,49 +444,52 @@ mod tests {
             ..SqliteSettings::default()
         });
         let mut b = backend
-            .builder(ctx(work.path(), DuplicatePolicy::LastWins))
+            .builder(ctx(work.path(), DuplicatePolicy::Error, true))
             .expect("builder");
         let all: Vec<u64> = (0..60_000).collect();
         for chunk in all.chunks(7_000) {
-            let (k, v) = rows(chunk, "v");
-            b.add(&k, &v).expect("add");
+            add(&mut b, &rows(chunk, "v")).expect("add");
         }
-        let (k, v) = rows(&[5, 7], "new");
-        b.add(&k, &v).expect("duplicates replace");
         let staged = b.finish().expect("finish");
         let c = staged.content().clone();
         assert_eq!(c.row_count, 60_000);
-        assert_eq!(c.duplicates, 2);
+        assert_eq!(c.duplicates, 0);
         assert_eq!(c.min_key, Some(0u64.to_be_bytes().to_vec()));
         assert_eq!(c.max_key, Some(59_999u64.to_be_bytes().to_vec()));
         assert!(c.checksum.starts_with("xxh3_128:") && c.checksum.len() == 9 + 32);
 
-        let root =
-            sf_manifest::resolve(&format!("file://{}", out.path().display()), &StorageOptions::new()).expect("resolve");
-        let target = AttemptTarget {
-            db_id: DbId(3),
-            attempt: Attempt(0),
-            location: root.child("attempt=00"),
-            limits: RateLimits::default(),
-        };
-        let up = staged.upload(&target).await.expect("upload");
+        // On the local file system the file is placed, not copied.
+        let local = target(&format!("file://{}", out.path().display()), "attempt=00");
+        let up = staged.upload(&local).await.expect("upload");
         assert!(up.db_bytes > MIB, "big enough to go multipart: {}", up.db_bytes);
         assert_eq!(up.checkpoint_id.len(), 32);
         let file = out.path().join("attempt=00/shard.db");
         assert_eq!(std::fs::metadata(&file).expect("uploaded").len(), up.db_bytes);
+        let names: Vec<_> = std::fs::read_dir(out.path().join("attempt=00"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec!["shard.db"], "no staging file is left behind");
         let stored = read_rows(&file);
         assert_eq!(stored.len(), 60_000);
-        assert_eq!(stored[5].1, b"new-5");
         assert_eq!(stored[6].1, b"v-6");
-        backend.verify(&target.location, DbId(3), &c).await.expect("verify");
+        backend.verify(&local.location, DbId(3), &c).await.expect("verify");
+
+        // Elsewhere it goes through the store, in parts.
+        let remote = target("memory://sqlite-upload-test/snap", "attempt=01");
+        let up_remote = staged.upload(&remote).await.expect("upload to a store");
+        assert_eq!(up_remote, up);
+        backend.verify(&remote.location, DbId(3), &c).await.expect("verify");
 
         // A tampered file fails verification, naming the shard.
+        std::fs::remove_file(&file).expect("unlink the placed file");
+        std::fs::copy(staged_path(&work), &file).expect("an own copy");
         let conn = Connection::open(&file).expect("open");
         conn.execute("UPDATE kv SET v = x'00' WHERE k = ?1", [6u64.to_be_bytes().to_vec()])
             .expect("tamper");
         drop(conn);
         let e = backend
-            .verify(&target.location, DbId(3), &c)
+            .verify(&local.location, DbId(3), &c)
             .await
             .expect_err("tampered");
         assert!(
@@ -409,20 +498,55 @@ mod tests {
         );
     }
 
+    fn staged_path(work: &tempfile::TempDir) -> PathBuf {
+        work.path().join(SQLITE_SHARD_FILE)
+    }
+
+    #[test]
+    fn unsorted_rows_replace_in_arrival_order() {
+        let work = tempfile::tempdir().expect("tmp");
+        let backend = SqliteBackend::new(SqliteSettings::default());
+        let mut b = backend
+            .builder(ctx(work.path(), DuplicatePolicy::LastWins, false))
+            .expect("builder");
+        add(&mut b, &rows(&[9, 2, 5, 7], "v")).expect("add");
+        add(&mut b, &rows(&[5, 1, 7], "new")).expect("duplicates replace");
+        let c = b.finish().expect("finish").content().clone();
+        assert_eq!((c.row_count, c.duplicates), (5, 2));
+        assert_eq!(c.min_key, Some(1u64.to_be_bytes().to_vec()));
+        assert_eq!(c.max_key, Some(9u64.to_be_bytes().to_vec()));
+        let stored = read_rows(&staged_path(&work));
+        assert_eq!(stored[2], (5u64.to_be_bytes().to_vec(), b"new-5".to_vec()));
+        assert_eq!(stored[3], (7u64.to_be_bytes().to_vec(), b"new-7".to_vec()));
+    }
+
     #[test]
     fn duplicate_keys_fail_when_asked() {
         let work = tempfile::tempdir().expect("tmp");
         let backend = SqliteBackend::new(SqliteSettings::default());
         let mut b = backend
-            .builder(ctx(work.path(), DuplicatePolicy::Error))
+            .builder(ctx(work.path(), DuplicatePolicy::Error, false))
             .expect("builder");
-        let (k, v) = rows(&[1, 2, 3], "v");
-        b.add(&k, &v).expect("add");
-        let (k, v) = rows(&[4, 2], "v");
-        let e = b.add(&k, &v).expect_err("duplicate");
+        add(&mut b, &rows(&[1, 2, 3], "v")).expect("add");
+        let e = add(&mut b, &rows(&[4, 2], "v")).expect_err("duplicate");
         assert_eq!(
             e.to_string(),
             "shard 3: duplicate key 2 (on_duplicate = \"error\"; use \"last_wins\" to keep the last row)"
+        );
+    }
+
+    #[test]
+    fn sorted_input_out_of_order_is_refused() {
+        let work = tempfile::tempdir().expect("tmp");
+        let backend = SqliteBackend::new(SqliteSettings::default());
+        let mut b = backend
+            .builder(ctx(work.path(), DuplicatePolicy::LastWins, true))
+            .expect("builder");
+        add(&mut b, &rows(&[1, 2, 3], "v")).expect("add");
+        let e = add(&mut b, &rows(&[3], "v")).expect_err("not strictly ascending");
+        assert!(
+            e.to_string().contains("out of key order") && e.to_string().contains("3 after 3"),
+            "{e}"
         );
     }
 
