@@ -1,7 +1,8 @@
 //! # sf-writer: the snapshot build job
 //!
-//! Job configuration, planning on DataFusion, shard writers (SQLite and
-//! SlateDB), rate limiting, winner selection and publishing; and warehouse
+//! Job configuration, planning on DataFusion, each shard task's external
+//! sort in bounded memory ([`sort`]), shard writers (SQLite and SlateDB),
+//! rate limiting, winner selection and publishing; and warehouse
 //! tables on the same snapshots ([`warehouse`]: `save_as_table` with the
 //! four save modes, `table` as a DataFusion table with point-lookup
 //! pushdown through `sf-reader`, catalogs and SQL).
