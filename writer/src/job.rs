@@ -439,7 +439,8 @@ pub struct MemoryShares {
     pub engine_bytes: usize,
     /// Rows each sorting shard task buffers before spilling a sorted run:
     /// half the limit, split evenly across the shards, halved again since
-    /// a task fills one buffer while the previous one is written.
+    /// a task fills one buffer while the previous one is written (the
+    /// sorter caps it at [`crate::sort::MAX_RUN_BYTES`]).
     pub sort_buffer_bytes: u64,
     /// SQLite page cache of each shard being built (a quarter, split
     /// evenly across the shards; every shard may be open at once when

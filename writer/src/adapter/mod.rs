@@ -30,6 +30,7 @@ use crate::ratelimit::RateLimits;
 
 pub mod slatedb;
 pub mod sqlite;
+mod sqlite_insert;
 
 pub use self::slatedb::SlateDbSettings;
 pub use self::sqlite::SqliteSettings;

@@ -15,12 +15,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::{PutPayload, WriteMultipart};
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sf_manifest::layout::SQLITE_SHARD_FILE;
 use sf_manifest::{DbId, Location};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::sqlite_insert::{Insert, InsertError};
 use super::{
     AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded,
     is_transient, show_key,
@@ -217,21 +218,20 @@ impl ShardBuilder for SqliteBuilder {
                 self.check_order(key)?;
             }
         }
-        let mut stmt = self
-            .conn
-            .prepare_cached(self.insert_sql())
-            .map_err(|e| sqlite_err(db_id, "preparing the insert", e))?;
+        let failed = |what: &str, e: InsertError| {
+            Error::shard(db_id, None, format!("SQLite failed {what}: {}", e.message), false)
+        };
+        let mut insert =
+            Insert::prepare(&self.conn, self.insert_sql()).map_err(|e| failed("preparing the insert", e))?;
         for (key, value) in rows {
-            stmt.raw_bind_parameter(1, *key)
-                .and_then(|_| stmt.raw_bind_parameter(2, *value))
-                .map_err(|e| sqlite_err(db_id, "binding a row", e))?;
-            if let Err(e) = stmt.raw_execute() {
-                return Err(match e.sqlite_error_code() {
-                    Some(ErrorCode::ConstraintViolation) => Error::DuplicateKey {
+            if let Err(e) = insert.insert(key, value) {
+                return Err(if e.is_constraint() {
+                    Error::DuplicateKey {
                         db_id,
                         key: show_key(key, self.ctx.key_encoding),
-                    },
-                    _ => sqlite_err(db_id, "inserting a row", e),
+                    }
+                } else {
+                    failed("inserting a row", e)
                 });
             }
         }
