@@ -8,6 +8,7 @@
 //! - [`mod@format`]: key encodings, keys, the sharding spec;
 //! - [`manifest`]: the SQLite manifest codec (no I/O: bytes in, bytes out);
 //! - [`current`], [`run_record`], [`layout`]: the other objects and their keys;
+//! - [`checksum`]: the shard checksums writers record and readers verify;
 //! - [`storage`]: URL + options -> object store and path (`file://`,
 //!   `s3://`, `gs://`, `az://`, `memory://`);
 //! - [`store`]: the [`ManifestStore`] trait and its publish protocol
@@ -38,6 +39,7 @@
 //! # }
 //! ```
 
+pub mod checksum;
 pub mod current;
 pub mod error;
 pub mod format;

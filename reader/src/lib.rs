@@ -62,7 +62,6 @@
 
 pub mod admin;
 mod block_cache;
-mod checksum;
 pub mod cli;
 pub mod duration;
 mod error;
@@ -74,12 +73,12 @@ mod snapshot;
 mod stats;
 
 pub use admin::{Admin, AdminBuilder, CleanupOptions, CleanupReport, Removal, RemovalReason, Rollback, RollbackTarget};
-pub use checksum::{FILE_ALGORITHM, KV_ALGORITHM};
 pub use error::{Error, Result};
 pub use reader::{
     Health, HealthStatus, Reader, ReaderBuilder, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, SnapshotInfo,
 };
 pub use settings::{Pin, ReaderSettings, SqliteMode};
+pub use sf_manifest::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
 pub use snapshot::RoutingContext;
 pub use stats::ReaderStats;
 

@@ -24,9 +24,9 @@ use tokio::io::AsyncWriteExt;
 use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 use super::{ShardEnv, ShardSpec};
-use crate::checksum::{Coverage, Recorded, file_checksum};
 use crate::error::{Error, Result, store_error_is_transient};
 use crate::stats::bump;
+use sf_manifest::checksum::{Coverage, Recorded, file_checksum};
 use sf_manifest::manifest::SQLITE_MAGIC;
 
 /// Temporary files older than this are leftovers of dead processes.
@@ -85,22 +85,8 @@ fn read_sum(path: &Path) -> Option<Digest> {
 }
 
 fn hash_file(path: &Path) -> std::io::Result<Digest> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Xxh3::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok(Digest {
-        checksum: file_checksum(&h),
-        size,
-    })
+    let (checksum, size) = sf_manifest::checksum::hash_file(path)?;
+    Ok(Digest { checksum, size })
 }
 
 /// Why a cached file cannot be used, or `None` when it can.

@@ -24,10 +24,10 @@ use tokio::sync::Semaphore;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::block_cache::BlockCache;
-use crate::checksum::{Coverage, Recorded, file_checksum};
 use crate::error::{Error, Result, store_error_is_transient};
 use crate::settings::{ReaderSettings, SqliteMode};
 use crate::stats::{Counters, bump};
+use sf_manifest::checksum::{Coverage, Recorded, file_checksum};
 
 use remote_file::RemoteFile;
 use slate::SlateShard;

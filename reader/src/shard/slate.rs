@@ -13,9 +13,9 @@ use slatedb::config::DbReaderOptions;
 use tokio::runtime::Handle;
 
 use super::ShardSpec;
-use crate::checksum::{Coverage, KvHasher};
 use crate::error::{Error, Result, store_error_is_transient};
 use crate::overlay::ReadOnlyOverlay;
+use sf_manifest::checksum::{Coverage, KvHasher};
 
 /// An open SlateDB shard.
 pub(crate) struct SlateShard {

@@ -61,6 +61,7 @@ use object_store::{
     PutOptions, PutPayload, PutResult,
 };
 use serde::{Deserialize, Serialize};
+use sf_manifest::checksum::KvHasher;
 use sf_manifest::{Attempt, DbId, Location};
 use slatedb::admin::{Admin, AdminBuilder};
 use slatedb::compactor::{
@@ -70,7 +71,6 @@ use slatedb::config::{CheckpointOptions, CompactorOptions, ScanOptions, Settings
 use slatedb::manifest::SsTableId;
 use slatedb::{Checkpoint, CompactorBuilder, Db, DbReader, ErrorKind, VersionedManifest, WriteBatch};
 use tokio::io::{AsyncReadExt, BufReader as AsyncBufReader};
-use xxhash_rust::xxh3::Xxh3;
 
 use super::{
     AttemptTarget, BuildContext, Row, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded, is_transient,
@@ -194,9 +194,6 @@ const UNLIMITED_L0: usize = 1 << 30;
 /// Name of the durable checkpoint an upload leaves for readers.
 pub const CHECKPOINT_NAME: &str = "shardforge";
 
-/// Prefix of the checksum this backend records.
-pub const CHECKSUM_PREFIX: &str = "xxh3_128-kv:";
-
 /// Write buffer of the local spool (the builder's memory for rows).
 const SPOOL_BUFFER: usize = 1 << 20;
 
@@ -216,35 +213,6 @@ fn mib_to_bytes(mib: u32) -> usize {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded values are plain data, valid even after a panic.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The content checksum: xxh3-128 over `(u32 LE key length, key, u32 LE
-/// value length, value)` of every row in key order.
-struct KvChecksum {
-    hasher: Xxh3,
-    rows: u64,
-}
-
-impl KvChecksum {
-    fn new() -> Self {
-        KvChecksum {
-            hasher: Xxh3::new(),
-            rows: 0,
-        }
-    }
-
-    /// Adds one row; the lengths must fit in `u32` (checked by callers).
-    fn add(&mut self, key: &[u8], value: &[u8]) {
-        self.hasher.update(&record_len(key).to_le_bytes());
-        self.hasher.update(key);
-        self.hasher.update(&record_len(value).to_le_bytes());
-        self.hasher.update(value);
-        self.rows += 1;
-    }
-
-    fn finish(&self) -> String {
-        format!("{CHECKSUM_PREFIX}{:032x}", self.hasher.digest128())
-    }
 }
 
 fn record_len(bytes: &[u8]) -> u32 {
@@ -287,7 +255,7 @@ impl ShardBackend for SlateDbBackend {
         Ok(Box::new(SlateDbBuilder {
             out: BufWriter::with_capacity(SPOOL_BUFFER, file),
             spool,
-            checksum: KvChecksum::new(),
+            checksum: KvHasher::default(),
             min_key: None,
             last_key: Vec::new(),
             settings: self.settings.clone(),
@@ -345,7 +313,7 @@ async fn verify_attempt(ops: &Ops<'_>, attempt: &Location, db_id: DbId, expected
             wal.location
         )));
     }
-    let mut sum = KvChecksum::new();
+    let mut sum = KvHasher::default();
     let mut min_key: Option<Vec<u8>> = None;
     let mut last_key = Vec::new();
     let mut in_order = true;
@@ -365,8 +333,8 @@ async fn verify_attempt(ops: &Ops<'_>, attempt: &Location, db_id: DbId, expected
     if !in_order {
         problems.push("the scan returned keys out of order".to_string());
     }
-    if sum.rows != expected.row_count {
-        problems.push(format!("{} rows, writer reported {}", sum.rows, expected.row_count));
+    if sum.rows() != expected.row_count {
+        problems.push(format!("{} rows, writer reported {}", sum.rows(), expected.row_count));
     }
     let found = sum.finish();
     if found != expected.checksum {
@@ -496,7 +464,7 @@ async fn scan(
 struct SlateDbBuilder {
     out: BufWriter<File>,
     spool: PathBuf,
-    checksum: KvChecksum,
+    checksum: KvHasher,
     min_key: Option<Vec<u8>>,
     /// The last key written.
     last_key: Vec<u8>,
@@ -578,7 +546,7 @@ impl ShardBuilder for SlateDbBuilder {
             spool,
             settings: self.settings,
             content: ShardContent {
-                row_count: self.checksum.rows,
+                row_count: self.checksum.rows(),
                 duplicates: 0,
                 min_key: self.min_key,
                 max_key,
@@ -1467,7 +1435,7 @@ mod tests {
     }
 
     fn checksum_of(rows: &[(Vec<u8>, Vec<u8>)]) -> String {
-        let mut c = KvChecksum::new();
+        let mut c = KvHasher::default();
         for (k, v) in rows {
             c.add(k, v);
         }
@@ -1866,7 +1834,7 @@ mod tests {
 
     #[test]
     fn the_checksum_covers_length_prefixed_records_in_key_order() {
-        let mut h = Xxh3::new();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&[1, 0, 0, 0, b'a', 2, 0, 0, 0, b'x', b'y', 1, 0, 0, 0, b'b', 0, 0, 0, 0]);
         let want = format!("xxh3_128-kv:{:032x}", h.digest128());
         let rows = vec![(b"a".to_vec(), b"xy".to_vec()), (b"b".to_vec(), Vec::new())];

@@ -8,7 +8,6 @@
 //! checksum is xxh3-128 over the file's bytes, and it doubles as the
 //! shard's `checkpoint_id`: readers cache downloaded files by it.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,6 +16,7 @@ use futures::StreamExt;
 use object_store::{PutPayload, WriteMultipart};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
+use sf_manifest::checksum::{file_checksum, hash_file};
 use sf_manifest::layout::SQLITE_SHARD_FILE;
 use sf_manifest::{DbId, Location};
 use xxhash_rust::xxh3::Xxh3;
@@ -260,7 +260,7 @@ impl ShardBuilder for SqliteBuilder {
         self.conn
             .close()
             .map_err(|(_, e)| sqlite_err(db_id, "closing the shard file", e))?;
-        let (checksum, size) = checksum_file(&self.path).map_err(|e| Error::io("hashing the shard file", e))?;
+        let (checksum, size) = hash_file(&self.path).map_err(|e| Error::io("hashing the shard file", e))?;
         Ok(Arc::new(StagedSqlite {
             path: self.path,
             size,
@@ -274,27 +274,6 @@ impl ShardBuilder for SqliteBuilder {
             },
         }))
     }
-}
-
-fn file_checksum(h: &Xxh3) -> String {
-    format!("xxh3_128:{:032x}", h.digest128())
-}
-
-/// xxh3-128 of a file's bytes as `xxh3_128:<hex>`, and its size.
-pub fn checksum_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Xxh3::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((file_checksum(&h), size))
 }
 
 #[derive(Debug)]
