@@ -304,7 +304,8 @@ struct Resolved {
     input_schema: Vec<(String, String)>,
 }
 
-fn field_list(schema: &Schema) -> String {
+/// The column names of `schema`, comma separated, for messages.
+pub(crate) fn field_list(schema: &Schema) -> String {
     schema
         .fields()
         .iter()

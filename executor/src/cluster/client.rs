@@ -142,11 +142,7 @@ impl ExecutionPlan for ClusterQueryExec {
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(DataFusionError::Internal("ClusterQueryExec has no children".into()))
-        }
+        sf_writer::warehouse::table::leaf(self, children)
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {

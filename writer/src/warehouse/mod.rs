@@ -287,12 +287,7 @@ pub async fn save_frame(
             format!(
                 "{:?} is not a column of the rows saved as {id} (columns: {})",
                 job.key_col,
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::job::field_list(&schema)
             ),
         ));
     }

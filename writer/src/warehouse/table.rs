@@ -325,13 +325,13 @@ fn properties(schema: SchemaRef, partitions: usize) -> PlanProperties {
     )
 }
 
-/// A node without inputs, given `children`: itself when there are none.
-fn leaf(node: Arc<dyn ExecutionPlan>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+/// `with_new_children` of a node without inputs: itself when given none.
+pub fn leaf(node: Arc<dyn ExecutionPlan>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
     if children.is_empty() {
         Ok(node)
     } else {
         Err(DataFusionError::Internal(format!(
-            "{} reads a table and takes no inputs, got {}",
+            "{} takes no inputs, got {}",
             node.name(),
             children.len()
         )))
