@@ -1,11 +1,10 @@
-//! # sf-executor: binaries and the Ballista integration
+//! # sf-executor: ShardForge on Apache DataFusion Ballista
 //!
-//! The `sf-write` job binary ([`write_cli`]), the `sf-sql` binary over
-//! warehouse tables ([`sql_cli`]) and, in [`cluster`], the
-//! extension that runs the same build on Apache DataFusion Ballista: plan
-//! codecs, the `sf-scheduler` and `sf-executor` processes, and the cluster
-//! engine `sf-write --cluster df://host:port` submits through.
+//! The extension that runs the same build on a Ballista cluster
+//! ([`cluster`]): plan codecs for ShardForge's nodes (shard writes,
+//! warehouse table scans and lookups), the processes behind the
+//! `sf-scheduler` and `sf-executor` programs, and the cluster engine
+//! `sf-write --cluster df://host:port` submits through. Only this crate
+//! knows about Ballista; the programs' command lines live in `sf-cli`.
 
 pub mod cluster;
-pub mod sql_cli;
-pub mod write_cli;

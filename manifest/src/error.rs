@@ -13,8 +13,10 @@ pub enum ErrorKind {
     Data,
     /// A conditional write lost a race: someone else changed the object first.
     Conflict,
-    /// Storage could not be reached or refused the request; often transient.
+    /// Storage could not be reached or failed; often transient, so retried.
     Unavailable,
+    /// A validation gate refused to publish a build.
+    Gate,
     /// A bug or an invariant broken inside ShardForge.
     Internal,
 }
@@ -27,6 +29,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Data => "data",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Gate => "gate",
             ErrorKind::Internal => "internal",
         })
     }
@@ -108,6 +111,45 @@ pub enum Error {
     Internal(String),
 }
 
+/// The class of an object-store failure: the one mapping every crate of
+/// the project uses, so retries and exit codes agree wherever a storage
+/// error surfaces.
+///
+/// | object_store error | kind | why |
+/// |---|---|---|
+/// | `NotFound`, `NotModified` | `Data` | a fact about the objects, not a fault |
+/// | `Precondition`, `AlreadyExists` | `Conflict` | a conditional write lost a race |
+/// | `PermissionDenied`, `Unauthenticated` | `Config` | the credentials or the bucket's policy are wrong; retrying cannot help |
+/// | `InvalidPath`, `NotSupported`, `NotImplemented`, `UnknownConfigurationKey` | `Config` | the URL or options ask for something the store cannot do |
+/// | `Generic` (network errors, timeouts, 5xx and throttling after the client's own retries), `JoinError`, anything else | `Unavailable` | may go away: retried |
+#[cfg(feature = "store")]
+pub fn store_error_kind(e: &object_store::Error) -> ErrorKind {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } | E::NotModified { .. } => ErrorKind::Data,
+        E::Precondition { .. } | E::AlreadyExists { .. } => ErrorKind::Conflict,
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented
+        | E::UnknownConfigurationKey { .. } => ErrorKind::Config,
+        _ => ErrorKind::Unavailable,
+    }
+}
+
+/// The class of a local I/O failure (a work folder, the reader's cache): a
+/// path that is missing or not ours to write is configuration; anything
+/// else (a full disk, an interrupted write) may go away, so is retried.
+pub fn io_error_kind(e: &std::io::Error) -> ErrorKind {
+    match e.kind() {
+        std::io::ErrorKind::NotFound
+        | std::io::ErrorKind::PermissionDenied
+        | std::io::ErrorKind::ReadOnlyFilesystem => ErrorKind::Config,
+        _ => ErrorKind::Unavailable,
+    }
+}
+
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -124,22 +166,13 @@ impl Error {
             #[cfg(feature = "codec")]
             Error::Sqlite { .. } => ErrorKind::Data,
             #[cfg(feature = "store")]
-            Error::Store { source, .. } => match source {
-                object_store::Error::NotFound { .. } => ErrorKind::Data,
-                object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. } => {
-                    ErrorKind::Conflict
-                }
-                object_store::Error::NotImplemented
-                | object_store::Error::NotSupported { .. }
-                | object_store::Error::InvalidPath { .. }
-                | object_store::Error::UnknownConfigurationKey { .. } => ErrorKind::Config,
-                _ => ErrorKind::Unavailable,
-            },
+            Error::Store { source, .. } => store_error_kind(source),
             Error::Internal(_) => ErrorKind::Internal,
         }
     }
 
-    /// Whether trying the same operation again may succeed.
+    /// Whether trying the same operation again may succeed: exactly when
+    /// the kind is [`ErrorKind::Unavailable`].
     pub fn is_retryable(&self) -> bool {
         self.kind() == ErrorKind::Unavailable
     }
@@ -161,12 +194,102 @@ impl Error {
         }
     }
 
+    /// An object-store failure during `op` (`read`, `write`, `list`, ...)
+    /// of `location`.
     #[cfg(feature = "store")]
-    pub(crate) fn store(op: &'static str, location: impl Into<String>, source: object_store::Error) -> Self {
+    pub fn store(op: &'static str, location: impl Into<String>, source: object_store::Error) -> Self {
         Error::Store {
             op,
             location: location.into(),
             source,
+        }
+    }
+}
+
+#[cfg(all(test, feature = "store"))]
+mod tests {
+    use super::*;
+
+    fn boxed(s: &str) -> Box<dyn std::error::Error + Send + Sync> {
+        s.into()
+    }
+
+    #[test]
+    fn every_object_store_error_has_its_documented_kind() {
+        use object_store::Error as E;
+        let cases: Vec<(E, ErrorKind)> = vec![
+            (
+                E::NotFound {
+                    path: "p".into(),
+                    source: boxed("404"),
+                },
+                ErrorKind::Data,
+            ),
+            (
+                E::NotModified {
+                    path: "p".into(),
+                    source: boxed("304"),
+                },
+                ErrorKind::Data,
+            ),
+            (
+                E::Precondition {
+                    path: "p".into(),
+                    source: boxed("412"),
+                },
+                ErrorKind::Conflict,
+            ),
+            (
+                E::AlreadyExists {
+                    path: "p".into(),
+                    source: boxed("409"),
+                },
+                ErrorKind::Conflict,
+            ),
+            (
+                E::PermissionDenied {
+                    path: "p".into(),
+                    source: boxed("403"),
+                },
+                ErrorKind::Config,
+            ),
+            (
+                E::Unauthenticated {
+                    path: "p".into(),
+                    source: boxed("401"),
+                },
+                ErrorKind::Config,
+            ),
+            (E::NotSupported { source: boxed("no") }, ErrorKind::Config),
+            (E::NotImplemented, ErrorKind::Config),
+            (
+                E::UnknownConfigurationKey {
+                    store: "S3",
+                    key: "k".into(),
+                },
+                ErrorKind::Config,
+            ),
+            (
+                E::Generic {
+                    store: "S3",
+                    source: boxed("503 Slow Down"),
+                },
+                ErrorKind::Unavailable,
+            ),
+            (
+                E::Generic {
+                    store: "S3",
+                    source: boxed("operation timed out"),
+                },
+                ErrorKind::Unavailable,
+            ),
+        ];
+        for (e, kind) in cases {
+            let text = e.to_string();
+            let ours = Error::store("read", "s3://b/k", e);
+            assert_eq!(ours.kind(), kind, "{text}");
+            assert_eq!(ours.is_retryable(), kind == ErrorKind::Unavailable, "{text}");
+            assert!(std::error::Error::source(&ours).is_some(), "the cause is kept: {text}");
         }
     }
 }

@@ -12,7 +12,12 @@
 //! - [`storage`]: URL + options -> object store and path (`file://`,
 //!   `s3://`, `gs://`, `az://`, `memory://`);
 //! - [`store`]: the [`ManifestStore`] trait and its publish protocol
-//!   (create-if-absent manifests, compare-and-swap on `_CURRENT`), history.
+//!   (create-if-absent manifests, compare-and-swap on `_CURRENT`), history;
+//! - [`error`]: the one classification of object-store failures
+//!   ([`store_error_kind`]) every crate's retries and exit codes follow;
+//! - store wrappers: [`overlay::CopyOnWriteStore`] (read a SlateDB
+//!   database without writing to it) and [`guarded::GuardedStore`]
+//!   (remember the last failure, cut a store off when its work ends).
 //!
 //! The codec and types build without any engine; `store` (on by default)
 //! adds object_store and tokio.
@@ -39,18 +44,23 @@
 //! # }
 //! ```
 
+pub mod base64;
 pub mod checksum;
 pub mod current;
 pub mod error;
 pub mod format;
 #[cfg(feature = "store")]
 pub mod gc;
+#[cfg(feature = "store")]
+pub mod guarded;
 pub mod ids;
 pub mod json;
 pub mod layout;
 #[cfg(feature = "store")]
 pub mod local;
 pub mod manifest;
+#[cfg(feature = "store")]
+pub mod overlay;
 pub mod run_record;
 #[cfg(feature = "store")]
 pub mod storage;
@@ -58,6 +68,8 @@ pub mod storage;
 pub mod store;
 
 pub use current::CurrentPointer;
+#[cfg(feature = "store")]
+pub use error::store_error_kind;
 pub use error::{Error, ErrorKind, Result};
 pub use format::{
     CelType, FORMAT_VERSION, HashAlgorithm, Key, KeyEncoding, RoutingValue, ShardingSpec, ShardingStrategy,

@@ -26,6 +26,14 @@ pub enum Error {
     #[error("{what} is not in the history of {location}")]
     NotInHistory { what: String, location: String },
 
+    /// A key given as text does not parse by the snapshot's key encoding.
+    #[error("invalid key {text:?}: {source}")]
+    InvalidKey {
+        text: String,
+        #[source]
+        source: sf_router::Error,
+    },
+
     /// The snapshot format layer failed (a corrupt or unsupported manifest
     /// or `_CURRENT`, storage errors, a lost compare-and-swap).
     #[error(transparent)]
@@ -41,7 +49,10 @@ pub enum Error {
         db_id: DbId,
         url: String,
         reason: String,
-        retryable: bool,
+        /// The class of the failure: the cause's when there is one.
+        kind: ErrorKind,
+        #[source]
+        source: Option<Cause>,
     },
 
     /// A shard's content does not have the checksum the manifest records.
@@ -59,7 +70,10 @@ pub enum Error {
         db_id: DbId,
         url: String,
         reason: String,
-        retryable: bool,
+        /// The class of the failure: the cause's when there is one.
+        kind: ErrorKind,
+        #[source]
+        source: Option<Cause>,
     },
 
     /// Local I/O failed (the shard cache).
@@ -80,6 +94,10 @@ pub enum Error {
     Internal(String),
 }
 
+/// The underlying failure of a shard error (an object-store, SQLite or
+/// SlateDB error), kept for callers that inspect it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -88,26 +106,20 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config { .. } => ErrorKind::Config,
-            Error::NoCurrent { .. }
-            | Error::ManifestMissing { .. }
-            | Error::NotInHistory { .. }
-            | Error::ChecksumMismatch { .. } => ErrorKind::Data,
+            // The caller named a key, pin or rollback target that cannot be.
+            Error::InvalidKey { .. } | Error::NotInHistory { .. } => ErrorKind::Config,
+            Error::NoCurrent { .. } | Error::ManifestMissing { .. } | Error::ChecksumMismatch { .. } => ErrorKind::Data,
             Error::Manifest(e) => e.kind(),
             Error::Routing(e) => e.kind(),
-            Error::ShardOpen { retryable, .. } | Error::ShardRead { retryable, .. } => {
-                if *retryable {
-                    ErrorKind::Unavailable
-                } else {
-                    ErrorKind::Data
-                }
-            }
-            Error::Io { .. } => ErrorKind::Unavailable,
+            Error::ShardOpen { kind, .. } | Error::ShardRead { kind, .. } => *kind,
+            Error::Io { source, .. } => sf_manifest::error::io_error_kind(source),
             Error::Closed { .. } => ErrorKind::Config,
             Error::Internal(_) => ErrorKind::Internal,
         }
     }
 
-    /// Whether trying the same operation again may succeed.
+    /// Whether trying the same operation again may succeed: exactly when
+    /// the kind is [`ErrorKind::Unavailable`].
     pub fn is_retryable(&self) -> bool {
         self.kind() == ErrorKind::Unavailable
     }
@@ -129,37 +141,27 @@ impl Error {
     }
 }
 
-/// Whether an object-store error may go away on retry (network, throttling,
-/// server errors) rather than being a fact (missing object, bad path).
-pub(crate) fn store_error_is_transient(e: &object_store::Error) -> bool {
-    !matches!(
-        e,
-        object_store::Error::NotFound { .. }
-            | object_store::Error::InvalidPath { .. }
-            | object_store::Error::NotSupported { .. }
-            | object_store::Error::NotImplemented
-            | object_store::Error::UnknownConfigurationKey { .. }
-            | object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. }
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn kinds_drive_retries() {
-        let open = |retryable| Error::ShardOpen {
+        let open = |kind| Error::ShardOpen {
             db_id: DbId(3),
             url: "s3://b/p/shards/run_id=r/db=00003/attempt=00".into(),
             reason: "x".into(),
-            retryable,
+            kind,
+            source: None,
         };
-        assert!(open(true).is_retryable());
-        assert!(!open(false).is_retryable());
-        assert_eq!(open(false).kind(), ErrorKind::Data);
-        assert!(open(false).to_string().contains("shard 3 at s3://b/p/"));
+        assert!(open(ErrorKind::Unavailable).is_retryable());
+        assert!(!open(ErrorKind::Data).is_retryable());
+        assert_eq!(open(ErrorKind::Data).kind(), ErrorKind::Data);
+        assert!(open(ErrorKind::Data).to_string().contains("shard 3 at s3://b/p/"));
+        let io = |k| Error::io("writing the cache", std::path::Path::new("/c"), std::io::Error::from(k));
+        assert_eq!(io(std::io::ErrorKind::PermissionDenied).kind(), ErrorKind::Config);
+        assert_eq!(io(std::io::ErrorKind::StorageFull).kind(), ErrorKind::Unavailable);
+        assert!(io(std::io::ErrorKind::StorageFull).is_retryable());
         assert_eq!(Error::config("x", "y").kind(), ErrorKind::Config);
         let m = Error::from(sf_manifest::Error::NotFound {
             what: "manifest",

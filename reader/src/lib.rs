@@ -26,7 +26,7 @@
 //! shards in use before swapping; calls in flight finish on the snapshot
 //! they started on, and a bad new snapshot leaves the old one serving.
 //! [`Admin`] rolls `_CURRENT` back (compare-and-swap) and cleans up old
-//! data. [`cli`] is the `sf-read` command.
+//! data. The `sf-read` program (in `sf-cli`) is a thin face over this crate.
 //!
 //! ```
 //! use sf_manifest::Key;
@@ -62,10 +62,8 @@
 
 pub mod admin;
 mod block_cache;
-pub mod cli;
 pub mod duration;
 mod error;
-mod overlay;
 mod reader;
 mod settings;
 mod shard;

@@ -476,7 +476,10 @@ impl Reader {
     /// encoding (integers for `u64be`/`u32be`, text for `utf8`, text or
     /// `hex:<hex>` for `raw`).
     pub fn parse_key(&self, text: &str) -> Result<Key> {
-        Ok(sf_router::parse_key(text, self.key_encoding())?)
+        sf_router::parse_key(text, self.key_encoding()).map_err(|source| Error::InvalidKey {
+            text: text.to_string(),
+            source,
+        })
     }
 
     /// Parses `column=value` pairs into a routing context, typing each value

@@ -10,13 +10,10 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BinaryViewArray, LargeBinaryArray, LargeStringArray, RecordBatch,
     StringArray, StringViewArray, UInt32Array,
 };
-use arrow::datatypes::{
-    DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type,
-    UInt64Type,
-};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, UInt32Type, UInt64Type};
 use sf_manifest::{CelType, RoutingValue};
 
-use crate::cel::{CelRouting, ContextValue, Routed, Scope};
+use crate::cel::{CelRouting, Routed, Scope};
 use crate::error::{Error, Result};
 use crate::key::{hash_bytes, hash_i64};
 use crate::router::{KEY_VARIABLE, Router};
@@ -120,7 +117,7 @@ impl Router {
                     let shown = inputs
                         .iter()
                         .map(|(n, ty, a)| {
-                            let v = cel_value(a.as_ref(), row, *ty)
+                            let v = cel_value(a.as_ref(), row, *ty, n)
                                 .map(|v| format!("{v:?}"))
                                 .unwrap_or_default();
                             format!("{n}={v}")
@@ -194,13 +191,7 @@ fn for_each_cel_row<'c>(
     let mut scope = cel.scope();
     for row in 0..batch.num_rows() {
         for (name, ty, array) in &inputs {
-            if array.is_null(row) {
-                return Err(Error::Null {
-                    column: name.to_string(),
-                    row,
-                });
-            }
-            let v = cel_value(array.as_ref(), row, *ty).map_err(|e| e.at_row(row))?;
+            let v = cel_value(array.as_ref(), row, *ty, name).map_err(|e| e.at_row(row))?;
             scope.set_cel(name, v);
         }
         f(row, &scope, &inputs)?;
@@ -243,62 +234,10 @@ pub fn cel_column_type_fits(ty: CelType, dt: &DataType) -> bool {
     }
 }
 
-fn int_at(array: &dyn Array, row: usize) -> Option<i128> {
-    Some(match array.data_type() {
-        DataType::Int8 => i128::from(array.as_primitive::<Int8Type>().value(row)),
-        DataType::Int16 => i128::from(array.as_primitive::<Int16Type>().value(row)),
-        DataType::Int32 => i128::from(array.as_primitive::<Int32Type>().value(row)),
-        DataType::Int64 => i128::from(array.as_primitive::<Int64Type>().value(row)),
-        DataType::UInt8 => i128::from(array.as_primitive::<UInt8Type>().value(row)),
-        DataType::UInt16 => i128::from(array.as_primitive::<UInt16Type>().value(row)),
-        DataType::UInt32 => i128::from(array.as_primitive::<UInt32Type>().value(row)),
-        DataType::UInt64 => i128::from(array.as_primitive::<UInt64Type>().value(row)),
-        _ => return None,
-    })
-}
-
-fn bytes_at(array: &dyn Array, row: usize) -> Option<&[u8]> {
-    Some(match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().value(row).as_bytes(),
-        DataType::LargeUtf8 => array.as_string::<i64>().value(row).as_bytes(),
-        DataType::Utf8View => array.as_string_view().value(row).as_bytes(),
-        DataType::Binary => array.as_binary::<i32>().value(row),
-        DataType::LargeBinary => array.as_binary::<i64>().value(row),
-        DataType::BinaryView => array.as_binary_view().value(row),
-        _ => return None,
-    })
-}
-
 /// The value of `array[row]` as a CEL value of type `ty` (types checked by
 /// [`cel_column_type_fits`] before).
-fn cel_value(array: &dyn Array, row: usize, ty: CelType) -> Result<cel::Value> {
-    let range = |v: i128| Error::WrongType {
-        what: "routing column value".into(),
-        expected: ty.to_string(),
-        found: format!("{v}, out of range"),
-    };
-    let v = match ty {
-        CelType::Int => {
-            let v = int_at(array, row).expect("integer column");
-            ContextValue::Int(i64::try_from(v).map_err(|_| range(v))?)
-        }
-        CelType::Uint => {
-            let v = int_at(array, row).expect("integer column");
-            ContextValue::UInt(u64::try_from(v).map_err(|_| range(v))?)
-        }
-        CelType::Double => match array.data_type() {
-            DataType::Float64 => ContextValue::Double(array.as_primitive::<Float64Type>().value(row)),
-            DataType::Float32 => ContextValue::Double(f64::from(array.as_primitive::<Float32Type>().value(row))),
-            _ => ContextValue::Double(int_at(array, row).expect("integer column") as f64),
-        },
-        CelType::String => {
-            let b = bytes_at(array, row).expect("string column");
-            ContextValue::Str(std::str::from_utf8(b).expect("string arrays hold UTF-8").to_string())
-        }
-        CelType::Bytes => ContextValue::Bytes(bytes_at(array, row).expect("binary column").to_vec()),
-        CelType::Bool => ContextValue::Bool(array.as_boolean().value(row)),
-    };
-    Ok(v.into_cel())
+fn cel_value(array: &dyn Array, row: usize, ty: CelType, column: &str) -> Result<cel::Value> {
+    Ok(crate::cell::context_value_at(array, row, ty, column)?.into_cel())
 }
 
 #[cfg(test)]

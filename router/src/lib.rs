@@ -12,7 +12,9 @@
 //!   (the result is a token, its index in `routing_values` the db id), with
 //!   `shard_hash()` available in expressions; compiled once;
 //! - [`Router::route_batch`]: the Arrow kernel, a `RecordBatch` in and a
-//!   `UInt32Array` of db ids out.
+//!   `UInt32Array` of db ids out;
+//! - [`cell`]: one Arrow cell as a key or a CEL value, the conversion the
+//!   kernel and every row-by-row check share.
 //!
 //! ```
 //! use sf_manifest::{Key, KeyEncoding};
@@ -30,12 +32,14 @@
 //! ```
 
 pub mod cel;
+pub mod cell;
 pub mod error;
 pub mod kernel;
 pub mod key;
 mod router;
 
 pub use cel::{CelRouting, ContextValue, Routed};
+pub use cell::{context_value_at, key_at};
 pub use error::{Error, Result};
 pub use kernel::{cel_column_type_fits, cel_tokens};
 pub use key::{canonical_bytes, decode_key, encode_key, parse_key, shard_hash};

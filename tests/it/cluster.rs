@@ -426,9 +426,9 @@ warehouse = "{warehouse}"
         "executors wrote the table's shards"
     );
 
-    let catalogs = sf_writer::warehouse::Catalogs::from_settings([("sf.catalog.lake.warehouse", warehouse.as_str())])
-        .expect("catalogs");
-    let wh = sf_writer::warehouse::Warehouse::new(catalogs, Arc::new(Embedded::default()))
+    let catalogs =
+        sf_warehouse::Catalogs::from_settings([("sf.catalog.lake.warehouse", warehouse.as_str())]).expect("catalogs");
+    let wh = sf_warehouse::Warehouse::new(catalogs, Arc::new(Embedded::default()))
         .with_reader_cache(dir.path().join("cache"));
     let ctx = wh.session_context();
     let batches = wh

@@ -170,40 +170,50 @@ fn exit_codes_and_errors_name_what_is_wrong() {
         o.stderr
     );
 
-    // Errors exit 2 and say what is wrong on stderr, nothing on stdout.
-    for (args, needle) in [
-        (vec!["--current-url", &current, "get", "abc"], "u64be"),
+    // Errors exit with their kind's code (2 bad arguments, 3 missing or
+    // bad data) and say what is wrong on stderr, nothing on stdout.
+    for (args, needle, code) in [
+        (vec!["--current-url", &current, "get", "abc"], "u64be", 2),
         (
             vec!["--current-url", &nowhere, "get", "1"],
             "nothing has been published",
+            3,
         ),
-        (vec!["get", "1"], "--current-url"),
-        (vec!["--current-url", &current, "--offset", "7", "get", "1"], "offset 7"),
+        (vec!["get", "1"], "--current-url", 2),
+        (
+            vec!["--current-url", &current, "--offset", "7", "get", "1"],
+            "offset 7",
+            2,
+        ),
         (
             vec!["--current-url", &current, "--ref", "x", "--offset", "1", "info"],
             "cannot be used with",
+            2,
         ),
         (
             vec!["--current-url", &current, "rollback"],
             "--run-id, --ref or --offset",
+            2,
         ),
         (
             vec!["--current-url", &current, "get", "1", "--ctx", "region=eu"],
             "region",
+            2,
         ),
         (
             vec!["--current-url", &current, "cleanup", "--older-than", "soon"],
             "soon",
+            2,
         ),
     ] {
         let o = run(&args, cache.path(), None);
-        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+        assert_eq!(o.code, code, "{args:?}: {}", o.stderr);
         assert!(o.stderr.contains(needle), "{args:?}: {}", o.stderr);
         assert!(o.stdout.is_empty(), "{args:?}: {}", o.stdout);
     }
     let help = run(&["--help"], cache.path(), None);
     assert_eq!(help.code, 0);
-    assert!(help.stdout.contains("Exit codes") && help.stdout.contains("3  conflict"));
+    assert!(help.stdout.contains("Exit codes") && help.stdout.contains("4  conflict"));
 }
 
 /// A second process finds the shard files the first one downloaded and
@@ -254,9 +264,14 @@ async fn fresh_snapshots(base: &str) {
             ok(&["--current-url", &current, "get", "7"], c).trim(),
             r#"{"op": "get", "key": "7", "found": true, "value": "v:7"}"#
         );
-        let keys = "3\n49\n50\n\n0\n";
+        let keys = "3\n49\n50\n0\n";
         let o = run(&["--current-url", &current, "multiget", "-"], c, Some(keys));
         assert_eq!(o.code, 0, "{}", o.stderr);
+        // Every line is a key: a blank one is the empty key, which is no
+        // integer, and says so.
+        let o = run(&["--current-url", &current, "multiget", "-"], c, Some("3\n\n0\n"));
+        assert_eq!(o.code, 2, "{}", o.stderr);
+        assert!(o.stderr.contains("invalid key \"\""), "{}", o.stderr);
         assert_eq!(
             o.stdout.trim(),
             r#"{"op": "multiget", "results": [{"key": "3", "found": true, "value": "v:3"}, {"key": "49", "found": true, "value": "v:49"}, {"key": "50", "found": false}, {"key": "0", "found": true, "value": "v:0"}]}"#
@@ -289,6 +304,26 @@ async fn fresh_snapshots(base: &str) {
         let route = json(&ok(&["--current-url", &current, "route", "7"], c));
         assert!(route["db_id"].as_u64().is_some_and(|d| d < 4));
     }
+
+    // Text keys, the empty string among them: a blank stdin line looks it up.
+    let prefix = format!("{base}/utf8-empty");
+    let spec = SnapshotSpec::hash("text", 2, KeyEncoding::Utf8);
+    let rows = vec![
+        Row::new(Key::Str(String::new()), "the empty key"),
+        Row::new(Key::Str("a".into()), "A"),
+    ];
+    build_snapshot(&prefix, &spec, &rows).await;
+    let current = format!("{prefix}/_CURRENT");
+    let o = run(
+        &["--current-url", &current, "multiget", "-"],
+        cache.path(),
+        Some("a\n\nzz\r\n\r\n"),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        o.stdout.trim(),
+        r#"{"op": "multiget", "results": [{"key": "a", "found": true, "value": "A"}, {"key": "", "found": true, "value": "the empty key"}, {"key": "zz", "found": false}, {"key": "", "found": true, "value": "the empty key"}]}"#
+    );
 
     // Categorical CEL with context, raw keys.
     let prefix = format!("{base}/cel-cat");

@@ -245,7 +245,7 @@ pub struct OutputConfig {
     pub table: Option<String>,
     /// When the table exists: `error`, `overwrite`, `append` or `ignore`.
     #[serde(default)]
-    pub mode: crate::warehouse::SaveMode,
+    pub mode: SaveMode,
     /// `sqlite` or `slatedb`.
     #[serde(default)]
     pub backend: Backend,
@@ -258,6 +258,38 @@ pub struct OutputConfig {
     /// SlateDB settings.
     #[serde(default)]
     pub slatedb: SlateDbSettings,
+}
+
+/// What saving a warehouse table does when the table exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveMode {
+    /// Fail, writing nothing.
+    #[default]
+    Error,
+    /// Replace its rows with a new run (compare-and-swap on `_CURRENT`).
+    Overwrite,
+    /// A new run holding the old rows and the new ones; a key in both
+    /// keeps the new row (`on_duplicate = "error"` fails instead).
+    Append,
+    /// Do nothing.
+    Ignore,
+}
+
+impl std::str::FromStr for SaveMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" | "errorifexists" => Ok(SaveMode::Error),
+            "overwrite" => Ok(SaveMode::Overwrite),
+            "append" => Ok(SaveMode::Append),
+            "ignore" => Ok(SaveMode::Ignore),
+            _ => Err(Error::config(
+                "mode",
+                format!("{s:?}; expected error, overwrite, append or ignore"),
+            )),
+        }
+    }
 }
 
 /// `[write]`.
@@ -442,17 +474,13 @@ fn apply_override(doc: &mut toml::Table, var: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// Catalogs from the `[sf]` table of a TOML document (`[sf.catalog.NAME]`
-/// with `warehouse = "<url>"`, storage options, `num_dbs`), then `extra`
-/// `sf.catalog.*` pairs, which win.
-pub fn catalog_settings(
-    sf: &toml::Table,
-    extra: impl IntoIterator<Item = (String, String)>,
-) -> Result<crate::warehouse::names::Catalogs> {
+/// The `[sf]` table of a TOML document as dotted `sf.a.b = "v"` pairs,
+/// values as strings (`[sf.catalog.NAME] warehouse = "<url>"` becomes
+/// `sf.catalog.NAME.warehouse`).
+pub fn sf_settings(sf: &toml::Table) -> Result<Vec<(String, String)>> {
     let mut pairs = Vec::new();
     flatten("sf", sf, &mut pairs)?;
-    pairs.extend(extra);
-    crate::warehouse::names::Catalogs::from_settings(pairs)
+    Ok(pairs)
 }
 
 /// `a.b.c = "v"` pairs of a TOML table, values as strings.
@@ -674,12 +702,9 @@ impl JobConfig {
                     "needs the snapshot's prefix URL (or output.table)",
                 ));
             }
-            (Some(t), true) => {
-                let catalogs = self.catalogs()?;
-                catalogs
-                    .ident(t)
-                    .map_err(|e| Error::config("output.table", e.to_string()))?;
-            }
+            // The table's name and catalog are checked by the warehouse,
+            // which owns catalogs, before anything is read or written.
+            (Some(_), true) => {}
             (None, false) => {
                 sf_manifest::resolve(&self.output.prefix, &self.storage_options())
                     .map_err(|e| Error::config("output.prefix", e.to_string()))?;
@@ -737,9 +762,9 @@ impl JobConfig {
         Ok(())
     }
 
-    /// The catalogs configured under `sf.catalog.*`.
-    pub fn catalogs(&self) -> Result<crate::warehouse::names::Catalogs> {
-        catalog_settings(&self.sf, std::iter::empty())
+    /// The job's `[sf]` settings as dotted pairs (see [`sf_settings`]).
+    pub fn sf_settings(&self) -> Result<Vec<(String, String)>> {
+        sf_settings(&self.sf)
     }
 
     /// The `[storage]` options.
@@ -826,9 +851,15 @@ prefix = "out/snap"
             &[],
         )
         .expect("parse");
-        let catalogs = c.catalogs().expect("catalogs");
-        assert_eq!(catalogs.get("wh").expect("wh").warehouse, "/jobs/lake");
-        assert_eq!(catalogs.get("s3").expect("s3").warehouse, "s3://b/w");
+        let pairs = c.sf_settings().expect("settings");
+        assert!(
+            pairs.contains(&("sf.catalog.wh.warehouse".into(), "/jobs/lake".into())),
+            "{pairs:?}"
+        );
+        assert!(
+            pairs.contains(&("sf.catalog.s3.warehouse".into(), "s3://b/w".into())),
+            "{pairs:?}"
+        );
     }
 
     #[test]

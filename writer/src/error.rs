@@ -32,7 +32,10 @@ pub enum Error {
         db_id: DbId,
         attempt: Option<Attempt>,
         message: String,
-        retryable: bool,
+        /// The class of the failure: the cause's when there is one.
+        kind: ErrorKind,
+        #[source]
+        source: Option<Cause>,
     },
 
     /// A written shard does not match what its writer reported.
@@ -43,9 +46,24 @@ pub enum Error {
     #[error(transparent)]
     Manifest(#[from] sf_manifest::Error),
 
+    /// Object storage failed outside a shard (reading the input, reading
+    /// a database back).
+    #[error("{message}")]
+    Storage {
+        message: String,
+        /// The class of the failure (see `sf_manifest::store_error_kind`).
+        kind: ErrorKind,
+        #[source]
+        source: Option<Cause>,
+    },
+
     /// The query engine failed.
-    #[error("query engine: {0}")]
-    Engine(String),
+    #[error("query engine: {message}")]
+    Engine {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// Local file I/O failed.
     #[error("{context}: {source}")]
@@ -64,6 +82,10 @@ pub enum Error {
     Internal(String),
 }
 
+/// The underlying failure of an error (an object-store, SQLite, SlateDB or
+/// engine error), kept for callers that inspect it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Result with the writer's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -74,28 +96,21 @@ impl Error {
             Error::Config { .. } => ErrorKind::Config,
             Error::Input(_) | Error::DuplicateKey { .. } | Error::Data(_) => ErrorKind::Data,
             Error::Routing(e) => e.kind(),
-            Error::Shard { retryable, .. } => {
-                if *retryable {
-                    ErrorKind::Unavailable
-                } else {
-                    ErrorKind::Data
-                }
-            }
+            Error::Shard { kind, .. } => *kind,
             Error::Verification { .. } => ErrorKind::Data,
             Error::Manifest(e) => e.kind(),
-            Error::Engine(_) => ErrorKind::Internal,
-            Error::Io { .. } => ErrorKind::Unavailable,
+            Error::Storage { kind, .. } => *kind,
+            Error::Engine { .. } => ErrorKind::Internal,
+            Error::Io { source, .. } => sf_manifest::error::io_error_kind(source),
             Error::Cancelled(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }
 
-    /// Whether the same operation may succeed when tried again.
+    /// Whether the same operation may succeed when tried again: exactly
+    /// when the kind is [`ErrorKind::Unavailable`], so retries and exit
+    /// codes never disagree.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::Shard { retryable, .. } => *retryable,
-            Error::Manifest(e) => e.is_retryable(),
-            _ => false,
-        }
+        self.kind() == ErrorKind::Unavailable
     }
 
     /// A configuration error at `location` (a config key, file or variable).
@@ -114,13 +129,69 @@ impl Error {
         }
     }
 
-    /// A shard failure; retryable when the cause was storage being unavailable.
-    pub fn shard(db_id: DbId, attempt: Option<Attempt>, message: impl Into<String>, retryable: bool) -> Self {
+    /// A shard failure of `kind` with no underlying error.
+    pub fn shard(db_id: DbId, attempt: Option<Attempt>, message: impl Into<String>, kind: ErrorKind) -> Self {
         Error::Shard {
             db_id,
             attempt,
             message: message.into(),
-            retryable,
+            kind,
+            source: None,
+        }
+    }
+
+    /// A shard failure caused by `source`, of `kind`.
+    pub fn shard_caused(
+        db_id: DbId,
+        attempt: Option<Attempt>,
+        message: impl Into<String>,
+        kind: ErrorKind,
+        source: impl Into<Cause>,
+    ) -> Self {
+        Error::Shard {
+            db_id,
+            attempt,
+            message: message.into(),
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// A shard failure caused by object storage, classified as every
+    /// object-store error is (retried when the store was unavailable).
+    pub fn shard_store(
+        db_id: DbId,
+        attempt: Option<Attempt>,
+        message: impl Into<String>,
+        e: object_store::Error,
+    ) -> Self {
+        let kind = sf_manifest::store_error_kind(&e);
+        Self::shard_caused(db_id, attempt, message, kind, e)
+    }
+
+    /// The query engine failed, for a reason of its own.
+    pub fn engine(message: impl Into<String>) -> Self {
+        Error::Engine {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The query engine failed because of `source`.
+    pub fn engine_caused(message: impl Into<String>, source: impl Into<Cause>) -> Self {
+        Error::Engine {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Object storage failed while doing `context`, classified as every
+    /// object-store error is.
+    pub fn storage(context: impl std::fmt::Display, source: object_store::Error) -> Self {
+        Error::Storage {
+            message: format!("{context}: {source}"),
+            kind: sf_manifest::store_error_kind(&source),
+            source: Some(Box::new(source)),
         }
     }
 }
@@ -128,49 +199,82 @@ impl Error {
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as D;
-        // Our own errors travel through DataFusion as `External`; unwrap them
-        // so the caller sees the real kind.
         match e {
-            D::External(inner) => match inner.downcast::<Error>() {
-                Ok(ours) => *ours,
-                Err(other) => match other.downcast::<sf_router::Error>() {
-                    Ok(r) => Error::Routing(*r),
-                    Err(other) => Error::Engine(other.to_string()),
-                },
-            },
+            // Our own errors travel through DataFusion as `External`; take
+            // them back out so the caller sees the real kind.
+            D::External(inner) => from_external(inner, |other| Error::engine_caused(other.to_string(), other)),
             D::Context(ctx, inner) => match Error::from(*inner) {
-                Error::Engine(msg) => Error::Engine(format!("{ctx}: {msg}")),
+                Error::Engine { message, source } => Error::Engine {
+                    message: format!("{ctx}: {message}"),
+                    source,
+                },
                 other => other,
             },
-            D::Shared(shared) => Error::Engine(shared.to_string()),
+            D::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
+                Ok(inner) => Error::from(inner),
+                Err(shared) => Error::engine_caused(shared.to_string(), SharedCause(shared)),
+            },
             // Errors crossing an Arrow-typed stream (a Ballista job's
             // results, our own errors from inside a plan) arrive wrapped as
             // Arrow's `ExternalError`; classify what is inside.
             D::ArrowError(a, _) => match *a {
-                arrow::error::ArrowError::ExternalError(inner) => match inner.downcast::<D>() {
-                    Ok(df) => Error::from(*df),
-                    Err(inner) => match inner.downcast::<Error>() {
-                        Ok(ours) => *ours,
-                        Err(inner) => match inner.downcast::<sf_router::Error>() {
-                            Ok(r) => Error::Routing(*r),
-                            Err(inner) => Error::Input(arrow::error::ArrowError::ExternalError(inner).to_string()),
-                        },
-                    },
-                },
+                arrow::error::ArrowError::ExternalError(inner) => from_external(inner, |other| {
+                    Error::Input(arrow::error::ArrowError::ExternalError(other).to_string())
+                }),
                 other => Error::Input(other.to_string()),
             },
-            D::ObjectStore(o) => Error::Input(o.to_string()),
+            // Storage failing under the engine is storage failing, never
+            // bad input data.
+            D::ObjectStore(o) => Error::storage("reading through the query engine", *o),
             D::IoError(io) => Error::io("reading input", io),
             D::Plan(p) => Error::Input(p),
             e @ D::SchemaError(..) => Error::Input(e.to_string()),
             D::SQL(s, _) => Error::Input(format!("SQL: {s}")),
-            other => Error::Engine(other.to_string()),
+            other => Error::engine_caused(other.to_string(), other),
         }
+    }
+}
+
+/// An error boxed by DataFusion or Arrow: ours, the router's, an
+/// object-store failure or a DataFusion error inside, each back as itself;
+/// anything else through `fallback`.
+fn from_external(inner: Cause, fallback: impl FnOnce(Cause) -> Error) -> Error {
+    let inner = match inner.downcast::<datafusion::error::DataFusionError>() {
+        Ok(df) => return Error::from(*df),
+        Err(inner) => inner,
+    };
+    let inner = match inner.downcast::<Error>() {
+        Ok(ours) => return *ours,
+        Err(inner) => inner,
+    };
+    let inner = match inner.downcast::<sf_router::Error>() {
+        Ok(r) => return Error::Routing(*r),
+        Err(inner) => inner,
+    };
+    match inner.downcast::<object_store::Error>() {
+        Ok(o) => Error::storage("object storage", *o),
+        Err(other) => fallback(other),
     }
 }
 
 impl From<Error> for datafusion::error::DataFusionError {
     fn from(e: Error) -> Self {
         datafusion::error::DataFusionError::External(Box::new(e))
+    }
+}
+
+/// A DataFusion error shared by several consumers, kept as a cause.
+#[derive(Debug)]
+struct SharedCause(std::sync::Arc<datafusion::error::DataFusionError>);
+
+impl std::fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
     }
 }

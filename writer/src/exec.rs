@@ -29,7 +29,6 @@ use tokio::task::JoinHandle;
 
 use crate::adapter::{
     AttemptTarget, BackendConfig, BuildContext, DuplicatePolicy, Row, ShardBuilder, StagedShard, backend_for,
-    is_transient,
 };
 use crate::config::RetryPolicy;
 use crate::error::{Error, Result};
@@ -618,11 +617,11 @@ pub async fn claim_attempt(
             Ok(_) => return Ok((attempt, location)),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => continue,
             Err(e) => {
-                return Err(Error::shard(
+                return Err(Error::shard_store(
                     db_id,
                     Some(attempt),
                     format!("claiming {}: {e}", claim.url),
-                    is_transient(&e),
+                    e,
                 ));
             }
         }
@@ -631,7 +630,7 @@ pub async fn claim_attempt(
         db_id,
         None,
         format!("all {MAX_ATTEMPTS} attempts of the shard are claimed; clean up the run or use a new run_id"),
-        false,
+        sf_manifest::ErrorKind::Conflict,
     ))
 }
 

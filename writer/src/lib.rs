@@ -2,10 +2,9 @@
 //!
 //! Job configuration, planning on DataFusion, each shard task's external
 //! sort in bounded memory ([`sort`]), shard writers (SQLite and SlateDB),
-//! rate limiting, winner selection and publishing; and warehouse
-//! tables on the same snapshots ([`warehouse`]: `save_as_table` with the
-//! four save modes, `table` as a DataFusion table with point-lookup
-//! pushdown through `sf-reader`, catalogs and SQL).
+//! rate limiting, winner selection and publishing. The writer knows
+//! prefixes only: warehouse tables live above it, in `sf-warehouse`, and
+//! it never reads snapshots back through the online reader.
 //!
 //! [`job::build`] runs a job file's build on an [`job::Engine`] (embedded
 //! DataFusion here; Ballista in `sf-executor`).
@@ -23,6 +22,5 @@ pub mod progress;
 pub mod ratelimit;
 pub mod sort;
 pub mod value;
-pub mod warehouse;
 
 pub use error::{Error, Result};

@@ -168,7 +168,7 @@ pub fn partition_keys(n: u32) -> Result<Arc<[u64]>> {
         let candidates: UInt64Array = (start..start + chunk).collect();
         let arrays: [ArrayRef; 1] = [Arc::new(candidates.clone())];
         create_hashes(&arrays, REPARTITION_RANDOM_STATE.random_state(), &mut hashes)
-            .map_err(|e| Error::Engine(e.to_string()))?;
+            .map_err(|e| Error::engine_caused("hashing partition key candidates", e))?;
         for (v, h) in candidates.values().iter().zip(&hashes) {
             let p = (*h % u64::from(n)) as usize;
             if keys[p].is_none() {

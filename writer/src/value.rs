@@ -235,7 +235,7 @@ pub fn encode_values(batch: &RecordBatch, spec: &ValueSpec) -> Result<BinaryArra
             }
             Ok(binary_from_parts(offsets, data))
         }
-        ValueSpec::ArrowJson(names) => crate::warehouse::format::encode_values(batch, names),
+        ValueSpec::ArrowJson(names) => encode_arrow_json(batch, names),
         ValueSpec::JsonCols(names) => {
             let mut cols: Vec<(&String, ArrayRef)> = names
                 .iter()
@@ -385,7 +385,7 @@ impl JsonColumn {
             JsonKind::Bytes => {
                 let read = bytes_reader(a).expect("binary column");
                 out.push('"');
-                out.push_str(&base64(read(row)));
+                out.push_str(&sf_manifest::base64::encode(read(row)));
                 out.push('"');
             }
             JsonKind::Display => {
@@ -481,50 +481,45 @@ fn list_parts(array: &dyn Array) -> (ArrayRef, Vec<(usize, usize)>) {
     }
 }
 
-/// Standard base64 with padding.
-pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Decodes standard base64 (padding optional); `None` when it is not.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let sextet = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
+/// Encodes columns `cols` of `batch` as one line of Arrow's own JSON per
+/// row ([`ValueSpec::ArrowJson`]): nulls left out, strings escaped, so a
+/// value decodes back to the exact Arrow types given the schema.
+pub fn encode_arrow_json(batch: &RecordBatch, cols: &[String]) -> Result<BinaryArray> {
+    let indices: Vec<usize> = cols
+        .iter()
+        .map(|c| {
+            batch
+                .schema()
+                .index_of(c)
+                .map_err(|_| Error::Data(format!("value column {c:?} is not in the input")))
         })
-    };
-    let body = text.trim_end_matches('=').as_bytes();
-    if body.len() % 4 == 1 {
-        return None;
+        .collect::<Result<_>>()?;
+    let values = batch.project(&indices).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut buf = Vec::with_capacity(values.get_array_memory_size());
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(false)
+            .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+        w.write(&values)
+            .map_err(|e| Error::Data(format!("encoding values: {e}")))?;
+        w.finish().map_err(|e| Error::Data(format!("encoding values: {e}")))?;
     }
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    for chunk in body.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= sextet(*c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
+    // Strings are escaped, so a newline only ever ends a row.
+    let mut offsets = Vec::with_capacity(batch.num_rows() + 1);
+    offsets.push(0i32);
+    let mut data = Vec::with_capacity(buf.len());
+    for line in buf.split(|b| *b == b'\n').take(batch.num_rows()) {
+        data.extend_from_slice(line);
+        offsets.push(i32::try_from(data.len()).map_err(|_| Error::Data("values of one batch exceed 2 GiB".into()))?);
     }
-    Some(out)
+    if offsets.len() != batch.num_rows() + 1 {
+        return Err(Error::Internal("the JSON encoder wrote fewer lines than rows".into()));
+    }
+    Ok(BinaryArray::new(
+        arrow::buffer::OffsetBuffer::new(arrow::buffer::ScalarBuffer::from(offsets)),
+        arrow::buffer::Buffer::from_vec(data),
+        None,
+    ))
 }
 
 #[cfg(test)]
@@ -633,22 +628,5 @@ mod tests {
         );
         let e = encode_keys(&Int64Array::from(vec![Some(1), None]), KeyEncoding::U64Be, "id").expect_err("null");
         assert!(e.to_string().contains("null at row 1"), "{e}");
-    }
-
-    #[test]
-    fn base64_matches_the_standard() {
-        for (raw, want) in [
-            (&b""[..], ""),
-            (b"f", "Zg=="),
-            (b"fo", "Zm8="),
-            (b"foo", "Zm9v"),
-            (b"foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(raw), want);
-            assert_eq!(base64_decode(want).as_deref(), Some(raw));
-        }
-        assert_eq!(base64_decode("Zm9vYmFy"), Some(b"foobar".to_vec()));
-        assert_eq!(base64_decode("Zg"), Some(b"f".to_vec()));
-        assert!(base64_decode("Z!==").is_none());
     }
 }

@@ -142,7 +142,7 @@ impl ExecutionPlan for ClusterQueryExec {
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
-        sf_writer::warehouse::table::leaf(self, children)
+        sf_warehouse::table::leaf(self, children)
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {

@@ -40,11 +40,11 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::TableReference;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
+use sf_warehouse::ShardTable;
+use sf_warehouse::table::{LookupParts, ScanParts, ShardLookupExec, ShardScanExec, TableSource};
 use sf_writer::exec::{ShardWriteExec, ShardWriteSpec};
 use sf_writer::partition::{PARTITION_KEY_UDF, PartitionKeyUdf, RoutingSpec, SHARD_ID_UDF, ShardIdUdf};
 use sf_writer::plan::ShardWriteNode;
-use sf_writer::warehouse::ShardTable;
-use sf_writer::warehouse::table::{LookupParts, ScanParts, ShardLookupExec, ShardScanExec, TableSource};
 
 use super::options::without_secrets;
 
@@ -95,7 +95,7 @@ fn shippable_source(source: &TableSource) -> TableSource {
     out
 }
 
-fn writer_err(e: sf_writer::Error) -> DataFusionError {
+fn table_err(e: sf_warehouse::Error) -> DataFusionError {
     DataFusionError::from(e)
 }
 
@@ -176,7 +176,7 @@ impl LogicalExtensionCodec for ShardForgeLogicalCodec {
         match ours(buf) {
             Some((TAG_TABLE, body)) => {
                 let source: TableSource = decode_json("warehouse table", body)?;
-                Ok(Arc::new(ShardTable::from_source(source).map_err(writer_err)?))
+                Ok(Arc::new(ShardTable::from_source(source).map_err(table_err)?))
             }
             Some((tag, _)) => Err(DataFusionError::Internal(format!(
                 "ShardForge bytes with tag {tag} are not a table"
@@ -257,11 +257,11 @@ impl PhysicalExtensionCodec for ShardForgePhysicalCodec {
             }
             Some((TAG_TABLE_SCAN, body)) => {
                 let parts: ScanParts = decode_json("table scan", body)?;
-                Ok(Arc::new(ShardScanExec::from_parts(parts).map_err(writer_err)?))
+                Ok(Arc::new(ShardScanExec::from_parts(parts).map_err(table_err)?))
             }
             Some((TAG_TABLE_LOOKUP, body)) => {
                 let parts: LookupParts = decode_json("table lookup", body)?;
-                Ok(Arc::new(ShardLookupExec::from_parts(parts).map_err(writer_err)?))
+                Ok(Arc::new(ShardLookupExec::from_parts(parts).map_err(table_err)?))
             }
             Some((tag, _)) => Err(DataFusionError::Internal(format!(
                 "ShardForge bytes with tag {tag} are not a physical plan node"
@@ -281,7 +281,7 @@ impl PhysicalExtensionCodec for ShardForgePhysicalCodec {
             return encode_json(TAG_TABLE_SCAN, &parts, buf);
         }
         if let Some(lookup) = any.downcast_ref::<ShardLookupExec>() {
-            let mut parts = lookup.parts().map_err(writer_err)?;
+            let mut parts = lookup.parts().map_err(table_err)?;
             parts.source = shippable_source(&parts.source);
             return encode_json(TAG_TABLE_LOOKUP, &parts, buf);
         }

@@ -154,7 +154,7 @@ impl ClusterEngine {
     async fn probe(&self, timeout: Duration) -> Result<()> {
         let target = (self.scheduler.host.as_str(), self.scheduler.port);
         let unreachable = |why: String| {
-            Error::Engine(format!(
+            Error::engine(format!(
                 "cannot reach the Ballista scheduler at {}: {why}; is sf-scheduler running there?",
                 self.scheduler
             ))
@@ -183,7 +183,7 @@ impl Engine for ClusterEngine {
         let state = session_state_builder(config).build();
         SessionContext::remote_with_state(&self.scheduler.to_string(), state)
             .await
-            .map_err(|e| Error::Engine(format!("connecting to {}: {e}", self.scheduler)))
+            .map_err(|e| Error::engine(format!("connecting to {}: {e}", self.scheduler)))
     }
 
     fn runs_locally(&self) -> bool {

@@ -6,77 +6,63 @@
 //! environment): plans carry no credentials.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
-use clap::Parser;
 use sf_writer::{Error, Result};
 
 use super::engine::SchedulerUrl;
-use super::process::{block_on, default_external_host, init_logging};
+use super::process::default_external_host;
 use super::register;
 
-/// `sf-executor` arguments.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "sf-executor",
-    version,
-    about = "Ballista executor for ShardForge builds; joins an sf-scheduler."
-)]
-pub struct ExecutorArgs {
-    /// The scheduler to join.
-    #[arg(long, default_value = "df://127.0.0.1:50050", value_name = "URL")]
+/// What an `sf-executor` process runs with (its command-line flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorSettings {
+    /// The scheduler to join (`df://host:port`).
     pub scheduler: String,
-
     /// Address to listen on (0.0.0.0 in containers).
-    #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
     pub bind_host: String,
-
     /// Host name the scheduler, other executors and clients use to reach
     /// this executor (default: the bind host, or localhost when binding
     /// every interface).
-    #[arg(long, value_name = "HOST")]
     pub external_host: Option<String>,
-
     /// Port of the Arrow Flight service that serves shuffle and result data.
-    #[arg(long, short = 'p', default_value_t = 50051, value_name = "PORT")]
     pub port: u16,
-
     /// Port of the gRPC service the scheduler launches tasks through.
-    #[arg(long, default_value_t = 50052, value_name = "PORT")]
     pub grpc_port: u16,
-
-    /// Tasks run at once (default: the number of cores).
-    #[arg(long, short = 'c', default_value_t = 0, value_name = "N")]
+    /// Tasks run at once (0: the number of cores).
     pub concurrent_tasks: usize,
-
     /// Folder for shuffle files, spills and shard staging (default: a new
     /// folder in the system temp folder, removed at exit).
-    #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-
     /// Seconds between heartbeats to the scheduler.
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub heartbeat_interval_secs: u64,
-
     /// How long to keep trying to reach the scheduler at start-up, in seconds.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub scheduler_connect_timeout_secs: u16,
-
-    /// Log filter (e.g. `info`, `ballista_executor=debug`); RUST_LOG works too.
-    #[arg(long, value_name = "FILTER")]
-    pub log: Option<String>,
-
     /// Run as a stock Ballista executor, without ShardForge's codecs,
-    /// storage and task ids. For testing what a cluster does with an
-    /// executor that lacks the extension; never needed otherwise.
-    #[arg(long)]
+    /// storage and task ids (to test what a cluster does with one).
     pub without_extension: bool,
 }
 
-impl ExecutorArgs {
+impl Default for ExecutorSettings {
+    fn default() -> Self {
+        ExecutorSettings {
+            scheduler: "df://127.0.0.1:50050".into(),
+            bind_host: "127.0.0.1".into(),
+            external_host: None,
+            port: 50051,
+            grpc_port: 50052,
+            concurrent_tasks: 0,
+            work_dir: None,
+            heartbeat_interval_secs: 5,
+            scheduler_connect_timeout_secs: 60,
+            without_extension: false,
+        }
+    }
+}
+
+impl ExecutorSettings {
     /// The Ballista executor configuration (with ShardForge's extension
     /// unless `--without-extension`), working in `work_dir`.
     pub fn config(&self, work_dir: &std::path::Path) -> Result<ExecutorProcessConfig> {
@@ -113,16 +99,9 @@ impl ExecutorArgs {
     }
 }
 
-/// Runs `sf-executor` with the process's arguments.
-pub fn main() -> ExitCode {
-    let args = ExecutorArgs::parse();
-    init_logging(args.log.as_deref(), "info");
-    block_on("sf-executor", run(args))
-}
-
 /// Runs the executor until it is stopped (Ctrl-C, SIGTERM, or the
 /// scheduler telling it to).
-pub async fn run(args: ExecutorArgs) -> Result<()> {
+pub async fn run(args: ExecutorSettings) -> Result<()> {
     // A work folder of our own when none is given, so shuffle files and
     // shard staging share it and it goes away with the process.
     let temp = match &args.work_dir {
@@ -172,7 +151,7 @@ pub async fn run(args: ExecutorArgs) -> Result<()> {
                 );
                 tokio::time::sleep(Duration::from_millis(300 * retries)).await;
             }
-            Err(e) => return Err(Error::Engine(format!("executor: {e}"))),
+            Err(e) => return Err(Error::engine(format!("executor: {e}"))),
         }
     }
 }

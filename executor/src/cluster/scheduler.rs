@@ -33,7 +33,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,75 +50,65 @@ use ballista_scheduler::scheduler_process::start_grpc_service;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::state::executor_manager::ExecutorManager;
 use ballista_scheduler::state::task_manager::TaskLauncher;
-use clap::{Parser, ValueEnum};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use sf_writer::{Error, Result};
 
-use super::process::{block_on, default_external_host, init_logging, stop_requested};
+use super::process::{default_external_host, stop_requested};
 use super::register;
 
 /// How tasks are spread over executors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Distribution {
+    #[default]
     /// One task per executor in turn (recommended with one scheduler).
     RoundRobin,
     /// Fill each executor's free slots before the next one.
     Bias,
 }
 
-/// `sf-scheduler` arguments.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "sf-scheduler",
-    version,
-    about = "Ballista scheduler for ShardForge builds (sf-write --cluster df://HOST:PORT)."
-)]
-pub struct SchedulerArgs {
+/// What an `sf-scheduler` process runs with (its command-line flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerSettings {
     /// Address to listen on (0.0.0.0 in containers).
-    #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
     pub bind_host: String,
-
     /// Port to listen on (gRPC for clients and executors).
-    #[arg(long, short = 'p', default_value_t = 50050, value_name = "PORT")]
     pub bind_port: u16,
-
-    /// Host name executors use to report back to this scheduler (default:
-    /// the bind host, or localhost when binding every interface).
-    #[arg(long, value_name = "HOST")]
+    /// Host name executors use to report back (default: the bind host, or
+    /// localhost when binding every interface).
     pub external_host: Option<String>,
-
     /// Seconds without a heartbeat after which an executor is lost and its
     /// tasks run elsewhere.
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub executor_timeout_secs: u64,
-
     /// How often to look for lost executors, in seconds.
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub expire_check_secs: u64,
-
     /// How tasks are spread over executors.
-    #[arg(long, value_enum, default_value_t = Distribution::RoundRobin)]
     pub task_distribution: Distribution,
-
     /// Seconds after a job ends before executors delete its shuffle files.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub job_data_cleanup_secs: u64,
-
     /// While jobs run, offer waiting tasks to free executor slots this
-    /// often, in seconds (0: only on Ballista's own events; see above).
-    #[arg(long, default_value_t = 2, value_name = "SECS")]
+    /// often, in seconds (0: only on Ballista's own events).
     pub revive_interval_secs: u64,
-
     /// Write the registered executors to this JSON file every second.
-    #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
-
-    /// Log filter (e.g. `info`, `ballista_scheduler=debug`); RUST_LOG works too.
-    #[arg(long, value_name = "FILTER")]
-    pub log: Option<String>,
 }
 
-impl SchedulerArgs {
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            bind_host: "127.0.0.1".into(),
+            bind_port: 50050,
+            external_host: None,
+            executor_timeout_secs: 30,
+            expire_check_secs: 5,
+            task_distribution: Distribution::RoundRobin,
+            job_data_cleanup_secs: 300,
+            revive_interval_secs: 2,
+            state_file: None,
+        }
+    }
+}
+
+impl SchedulerSettings {
     /// The Ballista scheduler configuration, with ShardForge's extension.
     pub fn config(&self) -> SchedulerConfig {
         let config = SchedulerConfig {
@@ -143,20 +132,13 @@ impl SchedulerArgs {
     }
 }
 
-/// Runs `sf-scheduler` with the process's arguments.
-pub fn main() -> ExitCode {
-    let args = SchedulerArgs::parse();
-    init_logging(args.log.as_deref(), "info");
-    block_on("sf-scheduler", run(args))
-}
-
 /// Runs the scheduler until Ctrl-C or SIGTERM.
-pub async fn run(args: SchedulerArgs) -> Result<()> {
+pub async fn run(args: SchedulerSettings) -> Result<()> {
     let addr: SocketAddr = format!("{}:{}", args.bind_host, args.bind_port)
         .parse()
         .map_err(|e| Error::config("--bind-host/--bind-port", format!("{e}")))?;
     let config = Arc::new(args.config());
-    let engine = |e: ballista_core::error::BallistaError| Error::Engine(e.to_string());
+    let engine = |e: ballista_core::error::BallistaError| Error::engine_caused(e.to_string(), e);
     let cluster = BallistaCluster::new_from_config(&config).await.map_err(engine)?;
     let codec = BallistaCodec::new(
         config

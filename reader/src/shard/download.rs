@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 use super::{ShardEnv, ShardSpec};
-use crate::error::{Error, Result, store_error_is_transient};
+use crate::error::{Error, Result};
 use crate::stats::bump;
 use sf_manifest::checksum::{Coverage, Recorded, file_checksum};
 use sf_manifest::manifest::SQLITE_MAGIC;
@@ -160,7 +160,7 @@ pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<
     let res = match file.store.get(&file.path).await {
         Ok(r) => r,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(spec.open_error(format!("reading {}: {e}", file.url), store_error_is_transient(&e))),
+        Err(e) => return Err(spec.store_error(format!("reading {}: {e}", file.url), e)),
     };
     let tmp = dir.join(format!(".tmp-{key}-{}", uuid::Uuid::new_v4().simple()));
     let result = async {
@@ -173,8 +173,7 @@ pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<
         let mut size = 0u64;
         let mut stream = res.into_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| spec.open_error(format!("downloading {}: {e}", file.url), store_error_is_transient(&e)))?;
+            let chunk = chunk.map_err(|e| spec.store_error(format!("downloading {}: {e}", file.url), e))?;
             hasher.update(&chunk);
             size += chunk.len() as u64;
             out.write_all(&chunk)
@@ -187,13 +186,10 @@ pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<
         drop(out);
         let found = file_checksum(&hasher);
         if spec.row.db_bytes > 0 && size != spec.row.db_bytes {
-            return Err(spec.open_error(
-                format!(
-                    "{} has {size} bytes, the manifest records db_bytes {}",
-                    file.url, spec.row.db_bytes
-                ),
-                false,
-            ));
+            return Err(spec.open_error(format!(
+                "{} has {size} bytes, the manifest records db_bytes {}",
+                file.url, spec.row.db_bytes
+            )));
         }
         if verify
             && let Some(exp) = &expected

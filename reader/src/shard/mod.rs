@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use sf_manifest::{DbId, Location, ShardRow};
+use sf_manifest::{DbId, ErrorKind, Location, ShardRow};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::block_cache::BlockCache;
-use crate::error::{Error, Result, store_error_is_transient};
+use crate::error::{Cause, Error, Result};
 use crate::settings::{ReaderSettings, SqliteMode};
 use crate::stats::{Counters, bump};
 use sf_manifest::checksum::{Coverage, Recorded, file_checksum};
@@ -78,12 +78,25 @@ pub(crate) struct ShardSpec<'a> {
 }
 
 impl ShardSpec<'_> {
-    pub(crate) fn open_error(&self, reason: String, retryable: bool) -> Error {
+    /// The shard cannot be opened for a reason of its own (missing,
+    /// damaged, unreadable): bad data, not worth retrying.
+    pub(crate) fn open_error(&self, reason: String) -> Error {
+        self.open_failed(reason, ErrorKind::Data, None)
+    }
+
+    /// The store failed while opening the shard; classified as every
+    /// object-store error is.
+    pub(crate) fn store_error(&self, reason: String, e: object_store::Error) -> Error {
+        self.open_failed(reason, sf_manifest::store_error_kind(&e), Some(Box::new(e)))
+    }
+
+    pub(crate) fn open_failed(&self, reason: String, kind: ErrorKind, source: Option<Cause>) -> Error {
         Error::ShardOpen {
             db_id: self.db_id,
             url: self.url.clone(),
             reason,
-            retryable,
+            kind,
+            source,
         }
     }
 
@@ -199,7 +212,6 @@ impl ShardHandle {
         let backend = backend.ok_or_else(|| {
             spec.open_error(
                 "the shard is missing: the attempt folder holds neither a shard.db nor a SlateDB database".into(),
-                false,
             )
         })?;
         tracing::debug!(shard = %spec.db_id, url = %spec.url, "opened shard");
@@ -244,9 +256,13 @@ impl ShardHandle {
             Source::Local { path, mmap_bytes: size },
             env.settings.max_idle_connections_per_shard,
         );
-        let conn = pool
-            .open_connection()
-            .map_err(|e| spec.open_error(format!("SQLite cannot read the shard file: {e}"), false))?;
+        let conn = pool.open_connection().map_err(|e| {
+            spec.open_failed(
+                format!("SQLite cannot read the shard file: {e}"),
+                ErrorKind::Data,
+                Some(Box::new(e)),
+            )
+        })?;
         pool.seed(conn);
         Ok(Some(Backend::Local(pool)))
     }
@@ -257,32 +273,28 @@ impl ShardHandle {
             Ok(m) => m,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => {
-                return Err(spec.open_error(format!("reading {}: {e}", file_loc.url), store_error_is_transient(&e)));
+                return Err(spec.store_error(format!("reading {}: {e}", file_loc.url), e));
             }
         };
         if spec.row.db_bytes > 0 && meta.size != spec.row.db_bytes {
-            return Err(spec.open_error(
-                format!(
-                    "{} has {} bytes, the manifest records db_bytes {}",
-                    file_loc.url, meta.size, spec.row.db_bytes
-                ),
-                false,
-            ));
+            return Err(spec.open_error(format!(
+                "{} has {} bytes, the manifest records db_bytes {}",
+                file_loc.url, meta.size, spec.row.db_bytes
+            )));
         }
         if env.settings.verify_checksums
             && let Some(expected) = spec.expected_checksum(Coverage::File)
         {
             // Range mode never stores the file; the check streams it once.
-            let res =
-                file_loc.store.get(&file_loc.path).await.map_err(|e| {
-                    spec.open_error(format!("reading {}: {e}", file_loc.url), store_error_is_transient(&e))
-                })?;
+            let res = file_loc
+                .store
+                .get(&file_loc.path)
+                .await
+                .map_err(|e| spec.store_error(format!("reading {}: {e}", file_loc.url), e))?;
             let mut hasher = Xxh3::new();
             let mut stream = res.into_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| {
-                    spec.open_error(format!("reading {}: {e}", file_loc.url), store_error_is_transient(&e))
-                })?;
+                let chunk = chunk.map_err(|e| spec.store_error(format!("reading {}: {e}", file_loc.url), e))?;
                 hasher.update(&chunk);
             }
             let found = file_checksum(&hasher);
@@ -306,7 +318,8 @@ impl ShardHandle {
             env.runtime.clone(),
             Arc::clone(&env.counters),
         ));
-        let registration = vfs::register(Arc::clone(&file)).map_err(|e| spec.open_error(e, false))?;
+        let registration =
+            vfs::register(Arc::clone(&file)).map_err(|e| spec.open_failed(e, ErrorKind::Internal, None))?;
         let pool = ConnPool::new(
             Source::Remote {
                 uri: registration.uri(),
@@ -321,12 +334,18 @@ impl ShardHandle {
         })
         .await
         .map_err(|e| Error::Internal(format!("range open task failed: {e}")))?;
-        let conn = result.map_err(|e| {
-            let detail = file.take_error().map(|d| format!(" ({d})")).unwrap_or_default();
-            spec.open_error(
-                format!("SQLite cannot read the shard file by range: {e}{detail}"),
-                false,
-            )
+        let conn = result.map_err(|e| match file.take_error() {
+            // The store failed under SQLite: that failure's class, not SQLite's.
+            Some(detail) => spec.open_failed(
+                format!("SQLite cannot read the shard file by range: {e} ({detail})"),
+                detail.kind,
+                Some(Box::new(e)),
+            ),
+            None => spec.open_failed(
+                format!("SQLite cannot read the shard file by range: {e}"),
+                ErrorKind::Data,
+                Some(Box::new(e)),
+            ),
         })?;
         pool.seed(conn);
         Ok(Some(Backend::Range {
@@ -336,27 +355,29 @@ impl ShardHandle {
         }))
     }
 
-    fn read_error(&self, reason: String, retryable: bool) -> Error {
+    fn read_error(&self, reason: String, kind: ErrorKind, source: Option<Cause>) -> Error {
         Error::ShardRead {
             db_id: self.db_id,
             url: self.url.clone(),
             reason,
-            retryable,
+            kind,
+            source,
         }
     }
 
     /// A SlateDB read error (`doing`: what failed, after "SlateDB");
-    /// retryable when SlateDB says the store was unavailable.
+    /// unavailable when SlateDB says the store was.
     fn slate_error(&self, doing: &str, e: slatedb::Error) -> Error {
-        let retryable = matches!(e.kind(), slatedb::ErrorKind::Unavailable);
-        self.read_error(format!("SlateDB{doing}: {e}"), retryable)
+        let kind = slate::error_kind(&e);
+        self.read_error(format!("SlateDB{doing}: {e}"), kind, Some(Box::new(e)))
     }
 
     fn sqlite_error(&self, e: rusqlite::Error, file: Option<&RemoteFile>) -> Error {
-        // In range mode an I/O error is usually the network; say what failed.
+        // In range mode an I/O error is usually the store; say what failed,
+        // classified as the store's failure.
         match file.and_then(RemoteFile::take_error) {
-            Some(detail) => self.read_error(format!("{e} ({detail})"), true),
-            None => self.read_error(e.to_string(), false),
+            Some(detail) => self.read_error(format!("{e} ({detail})"), detail.kind, Some(Box::new(e))),
+            None => self.read_error(e.to_string(), ErrorKind::Data, Some(Box::new(e))),
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use object_store::ObjectStore;
 use object_store::path::Path;
+use sf_manifest::ErrorKind;
 use tokio::runtime::Handle;
 
 use crate::block_cache::BlockCache;
@@ -29,7 +30,7 @@ pub(crate) struct RemoteFile {
     pub(crate) cache: Arc<BlockCache>,
     pub(crate) runtime: Handle,
     pub(crate) counters: Arc<Counters>,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<RangeError>>,
 }
 
 impl RemoteFile {
@@ -61,7 +62,7 @@ impl RemoteFile {
 
     /// Fills `out` from `offset`; returns how many bytes the file had there
     /// (fewer than asked at its end).
-    pub(crate) fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<usize, String> {
+    pub(crate) fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<usize, RangeError> {
         if offset >= self.size || out.is_empty() {
             return Ok(0);
         }
@@ -88,7 +89,10 @@ impl RemoteFile {
         }
         let mut written = 0usize;
         for (i, block) in blocks.into_iter().enumerate() {
-            let block = block.ok_or("block missing after fetch")?;
+            let block = block.ok_or_else(|| RangeError {
+                kind: ErrorKind::Internal,
+                message: "block missing after fetch".into(),
+            })?;
             let b_start = (first + i as u64) * self.block;
             let from = offset.max(b_start) - b_start;
             let to = (end.min(b_start + block.len() as u64)).saturating_sub(b_start);
@@ -102,20 +106,26 @@ impl RemoteFile {
         Ok(written)
     }
 
-    fn fetch(&self, start: u64, stop: u64) -> Result<Bytes, String> {
+    fn fetch(&self, start: u64, stop: u64) -> Result<Bytes, RangeError> {
         let store = Arc::clone(&self.store);
         let path = self.path.clone();
         let data = self
             .runtime
             .block_on(async move { store.get_range(&path, start..stop).await })
-            .map_err(|e| format!("ranged read {start}..{stop} of {}: {e}", self.url))?;
+            .map_err(|e| RangeError {
+                kind: sf_manifest::store_error_kind(&e),
+                message: format!("ranged read {start}..{stop} of {}: {e}", self.url),
+            })?;
         if (data.len() as u64) != stop - start {
-            return Err(format!(
-                "ranged read {start}..{stop} of {} returned {} bytes; the object changed or is shorter than its {} bytes",
-                self.url,
-                data.len(),
-                self.size
-            ));
+            return Err(RangeError {
+                kind: ErrorKind::Data,
+                message: format!(
+                    "ranged read {start}..{stop} of {} returned {} bytes; the object changed or is shorter than its {} bytes",
+                    self.url,
+                    data.len(),
+                    self.size
+                ),
+            });
         }
         bump(&self.counters.range_requests, 1);
         bump(&self.counters.range_bytes, data.len() as u64);
@@ -124,7 +134,7 @@ impl RemoteFile {
 
     /// Remembers why the last read failed, for the error SQLite's generic
     /// "disk I/O error" replaces.
-    pub(crate) fn set_error(&self, e: String) {
+    pub(crate) fn set_error(&self, e: RangeError) {
         *self
             .last_error
             .lock()
@@ -132,11 +142,26 @@ impl RemoteFile {
     }
 
     /// Takes the last read failure.
-    pub(crate) fn take_error(&self) -> Option<String> {
+    pub(crate) fn take_error(&self) -> Option<RangeError> {
         self.last_error
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
+    }
+}
+
+/// Why a ranged read failed, with the class of the failure (the store's,
+/// classified as every object-store error is), since SQLite reports only
+/// a generic I/O error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RangeError {
+    pub(crate) kind: ErrorKind,
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for RangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 

@@ -1,5 +1,5 @@
 //! SlateDB shards: a `slatedb::DbReader` rooted at the attempt folder, over
-//! the [`ReadOnlyOverlay`](crate::overlay::ReadOnlyOverlay) so that the
+//! the copy-on-write view (`sf_manifest::overlay::CopyOnWriteStore`) so that the
 //! shard's prefix is never written.
 
 use std::sync::Arc;
@@ -13,9 +13,10 @@ use slatedb::config::DbReaderOptions;
 use tokio::runtime::Handle;
 
 use super::ShardSpec;
-use crate::error::{Error, Result, store_error_is_transient};
-use crate::overlay::ReadOnlyOverlay;
+use crate::error::{Error, Result};
+use sf_manifest::ErrorKind;
 use sf_manifest::checksum::{Coverage, KvHasher};
+use sf_manifest::overlay::CopyOnWriteStore;
 
 /// An open SlateDB shard.
 pub(crate) struct SlateShard {
@@ -50,18 +51,30 @@ pub(crate) async fn exists(spec: &ShardSpec<'_>) -> Result<bool> {
     match listing.try_next().await {
         Ok(found) => Ok(found.is_some()),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(spec.open_error(format!("listing {}: {e}", dir.url), store_error_is_transient(&e))),
+        Err(e) => Err(spec.store_error(format!("listing {}: {e}", dir.url), e)),
+    }
+}
+
+/// The class of a SlateDB failure: SlateDB says when the store was
+/// unavailable; anything else is the shard's own fault.
+pub(crate) fn error_kind(e: &slatedb::Error) -> ErrorKind {
+    match e.kind() {
+        slatedb::ErrorKind::Unavailable => ErrorKind::Unavailable,
+        _ => ErrorKind::Data,
     }
 }
 
 fn slate_error(spec: &ShardSpec<'_>, doing: &str, e: slatedb::Error) -> Error {
-    let retryable = matches!(e.kind(), slatedb::ErrorKind::Unavailable);
-    spec.open_error(format!("SlateDB failed {doing}: {e}"), retryable)
+    spec.open_failed(
+        format!("SlateDB failed {doing}: {e}"),
+        error_kind(&e),
+        Some(Box::new(e)),
+    )
 }
 
 /// Opens the shard read-only; verifies its checksum when asked.
 pub(crate) async fn open(spec: &ShardSpec<'_>, verify: bool, runtime: Handle) -> Result<SlateShard> {
-    let overlay: Arc<dyn ObjectStore> = Arc::new(ReadOnlyOverlay::new(Arc::clone(&spec.location.store)));
+    let overlay: Arc<dyn ObjectStore> = Arc::new(CopyOnWriteStore::new(Arc::clone(&spec.location.store)));
     // A published shard never changes: poll its manifest rarely. The
     // checkpoint the reader keeps lives only in the overlay.
     let options = DbReaderOptions {

@@ -167,15 +167,6 @@ pub trait ShardBackend: Send + Sync + fmt::Debug {
     async fn verify(&self, attempt: &Location, db_id: DbId, expected: &ShardContent) -> Result<()>;
 }
 
-/// Whether an object-store error is worth retrying (network, throttling,
-/// server errors) rather than a fact (missing object, bad path, denied).
-pub fn is_transient(e: &object_store::Error) -> bool {
-    matches!(
-        e,
-        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
-    )
-}
-
 /// An encoded key, shown readably for messages.
 pub fn show_key(bytes: &[u8], encoding: KeyEncoding) -> String {
     match sf_router::decode_key(bytes, encoding) {

@@ -18,13 +18,13 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sf_manifest::checksum::{file_checksum, hash_file};
 use sf_manifest::layout::SQLITE_SHARD_FILE;
-use sf_manifest::{DbId, Location};
+use sf_manifest::{DbId, ErrorKind, Location};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::sqlite_insert::{Insert, InsertError};
 use super::{
     AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded,
-    is_transient, show_key,
+    show_key,
 };
 use crate::error::{Error, Result};
 use crate::ratelimit::RateLimiter;
@@ -96,7 +96,13 @@ impl SqliteBackend {
 }
 
 fn sqlite_err(db_id: DbId, what: &str, e: rusqlite::Error) -> Error {
-    Error::shard(db_id, None, format!("SQLite failed {what}: {e}"), false)
+    Error::shard_caused(
+        db_id,
+        None,
+        format!("SQLite failed {what}: {e}"),
+        ErrorKind::Internal,
+        e,
+    )
 }
 
 /// The DDL of the one table of a shard (FORMAT.md).
@@ -149,13 +155,13 @@ impl ShardBackend for SqliteBackend {
         };
         let res = file.store.get(&file.path).await.map_err(|e| match e {
             object_store::Error::NotFound { .. } => fail("the shard file is missing".into()),
-            e => Error::shard(db_id, None, format!("reading {} back: {e}", file.url), is_transient(&e)),
+            e => Error::shard_store(db_id, None, format!("reading {} back: {e}", file.url), e),
         })?;
         let mut hasher = Xxh3::new();
         let mut stream = res.into_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| Error::shard(db_id, None, format!("reading {} back: {e}", file.url), is_transient(&e)))?;
+            let chunk =
+                chunk.map_err(|e| Error::shard_store(db_id, None, format!("reading {} back: {e}", file.url), e))?;
             hasher.update(&chunk);
         }
         let found = file_checksum(&hasher);
@@ -219,7 +225,12 @@ impl ShardBuilder for SqliteBuilder {
             }
         }
         let failed = |what: &str, e: InsertError| {
-            Error::shard(db_id, None, format!("SQLite failed {what}: {}", e.message), false)
+            Error::shard(
+                db_id,
+                None,
+                format!("SQLite failed {what}: {}", e.message),
+                ErrorKind::Internal,
+            )
         };
         let mut insert =
             Insert::prepare(&self.conn, self.insert_sql()).map_err(|e| failed("preparing the insert", e))?;
@@ -293,11 +304,11 @@ impl StagedShard for StagedSqlite {
     async fn upload(&self, target: &AttemptTarget) -> Result<Uploaded> {
         let file = target.location.child(SQLITE_SHARD_FILE);
         let fail = |e: object_store::Error| {
-            Error::shard(
+            Error::shard_store(
                 target.db_id,
                 Some(target.attempt),
                 format!("uploading {}: {e}", file.url),
-                is_transient(&e),
+                e,
             )
         };
         let read_err = |e: std::io::Error| Error::io(format!("reading {}", self.path.display()), e);
@@ -307,11 +318,13 @@ impl StagedShard for StagedSqlite {
                 .await
                 .map_err(|e| Error::Internal(format!("placing {url}: {e}")))?
                 .map_err(|e| {
-                    Error::shard(
+                    let kind = sf_manifest::error::io_error_kind(&e);
+                    Error::shard_caused(
                         target.db_id,
                         Some(target.attempt),
                         format!("placing {}: {e}", file.url),
-                        false,
+                        kind,
+                        e,
                     )
                 })?;
         } else if self.size <= u64::from(self.settings.multipart_threshold_mib) * MIB {

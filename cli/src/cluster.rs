@@ -1,0 +1,204 @@
+//! `sf-scheduler` and `sf-executor`: the command lines of ShardForge's
+//! Ballista processes. What the processes do is `sf_executor::cluster`'s;
+//! here are only their flags and help.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use sf_executor::cluster::executor::ExecutorSettings;
+use sf_executor::cluster::scheduler::{Distribution, SchedulerSettings};
+
+use crate::exit::{self, EXIT_CODES};
+
+/// `--task-distribution`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DistributionArg {
+    /// One task per executor in turn (recommended with one scheduler).
+    RoundRobin,
+    /// Fill each executor's free slots before the next one.
+    Bias,
+}
+
+/// `sf-scheduler` arguments.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "sf-scheduler",
+    version,
+    about = "Ballista scheduler for ShardForge builds (sf-write --cluster df://HOST:PORT).",
+    after_long_help = EXIT_CODES
+)]
+pub struct SchedulerArgs {
+    /// Address to listen on (0.0.0.0 in containers).
+    #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
+    pub bind_host: String,
+
+    /// Port to listen on (gRPC for clients and executors).
+    #[arg(long, short = 'p', default_value_t = 50050, value_name = "PORT")]
+    pub bind_port: u16,
+
+    /// Host name executors use to report back to this scheduler (default:
+    /// the bind host, or localhost when binding every interface).
+    #[arg(long, value_name = "HOST")]
+    pub external_host: Option<String>,
+
+    /// Seconds without a heartbeat after which an executor is lost and its
+    /// tasks run elsewhere.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub executor_timeout_secs: u64,
+
+    /// How often to look for lost executors, in seconds.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub expire_check_secs: u64,
+
+    /// How tasks are spread over executors.
+    #[arg(long, value_enum, default_value_t = DistributionArg::RoundRobin)]
+    pub task_distribution: DistributionArg,
+
+    /// Seconds after a job ends before executors delete its shuffle files.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub job_data_cleanup_secs: u64,
+
+    /// While jobs run, offer waiting tasks to free executor slots this
+    /// often, in seconds (0: only on Ballista's own events). Ballista 52
+    /// offers tasks reset by a lost executor only on its next scheduling
+    /// event; this makes one.
+    #[arg(long, default_value_t = 2, value_name = "SECS")]
+    pub revive_interval_secs: u64,
+
+    /// Write the registered executors to this JSON file every second.
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+
+    /// Log filter (e.g. `info`, `ballista_scheduler=debug`); RUST_LOG works too.
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+impl From<SchedulerArgs> for SchedulerSettings {
+    fn from(a: SchedulerArgs) -> Self {
+        SchedulerSettings {
+            bind_host: a.bind_host,
+            bind_port: a.bind_port,
+            external_host: a.external_host,
+            executor_timeout_secs: a.executor_timeout_secs,
+            expire_check_secs: a.expire_check_secs,
+            task_distribution: match a.task_distribution {
+                DistributionArg::RoundRobin => Distribution::RoundRobin,
+                DistributionArg::Bias => Distribution::Bias,
+            },
+            job_data_cleanup_secs: a.job_data_cleanup_secs,
+            revive_interval_secs: a.revive_interval_secs,
+            state_file: a.state_file,
+        }
+    }
+}
+
+/// `sf-executor` arguments.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "sf-executor",
+    version,
+    about = "Ballista executor for ShardForge builds; joins an sf-scheduler.",
+    after_long_help = EXIT_CODES
+)]
+pub struct ExecutorArgs {
+    /// The scheduler to join.
+    #[arg(long, default_value = "df://127.0.0.1:50050", value_name = "URL")]
+    pub scheduler: String,
+
+    /// Address to listen on (0.0.0.0 in containers).
+    #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
+    pub bind_host: String,
+
+    /// Host name the scheduler, other executors and clients use to reach
+    /// this executor (default: the bind host, or localhost when binding
+    /// every interface).
+    #[arg(long, value_name = "HOST")]
+    pub external_host: Option<String>,
+
+    /// Port of the Arrow Flight service that serves shuffle and result data.
+    #[arg(long, short = 'p', default_value_t = 50051, value_name = "PORT")]
+    pub port: u16,
+
+    /// Port of the gRPC service the scheduler launches tasks through.
+    #[arg(long, default_value_t = 50052, value_name = "PORT")]
+    pub grpc_port: u16,
+
+    /// Tasks run at once (default: the number of cores).
+    #[arg(long, short = 'c', default_value_t = 0, value_name = "N")]
+    pub concurrent_tasks: usize,
+
+    /// Folder for shuffle files, spills and shard staging (default: a new
+    /// folder in the system temp folder, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// Seconds between heartbeats to the scheduler.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub heartbeat_interval_secs: u64,
+
+    /// How long to keep trying to reach the scheduler at start-up, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub scheduler_connect_timeout_secs: u16,
+
+    /// Log filter (e.g. `info`, `ballista_executor=debug`); RUST_LOG works too.
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Run as a stock Ballista executor, without ShardForge's codecs,
+    /// storage and task ids. For testing what a cluster does with an
+    /// executor that lacks the extension; never needed otherwise.
+    #[arg(long)]
+    pub without_extension: bool,
+}
+
+impl From<ExecutorArgs> for ExecutorSettings {
+    fn from(a: ExecutorArgs) -> Self {
+        ExecutorSettings {
+            scheduler: a.scheduler,
+            bind_host: a.bind_host,
+            external_host: a.external_host,
+            port: a.port,
+            grpc_port: a.grpc_port,
+            concurrent_tasks: a.concurrent_tasks,
+            work_dir: a.work_dir,
+            heartbeat_interval_secs: a.heartbeat_interval_secs,
+            scheduler_connect_timeout_secs: a.scheduler_connect_timeout_secs,
+            without_extension: a.without_extension,
+        }
+    }
+}
+
+/// Runs `sf-scheduler` with the process's arguments, until Ctrl-C or SIGTERM.
+pub fn scheduler_main() -> ExitCode {
+    let args = SchedulerArgs::parse();
+    crate::run::init_logging(args.log.as_deref(), "info");
+    crate::run::exit_code(crate::run::run_cli("sf-scheduler", async move {
+        sf_executor::cluster::scheduler::run(args.into()).await?;
+        Ok(exit::OK)
+    }))
+}
+
+/// Runs `sf-executor` with the process's arguments, until it is stopped.
+pub fn executor_main() -> ExitCode {
+    let args = ExecutorArgs::parse();
+    crate::run::init_logging(args.log.as_deref(), "info");
+    crate::run::exit_code(crate::run::run_cli("sf-executor", async move {
+        sf_executor::cluster::executor::run(args.into()).await?;
+        Ok(exit::OK)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_are_the_settings_defaults() {
+        let s: SchedulerSettings = SchedulerArgs::parse_from(["sf-scheduler"]).into();
+        assert_eq!(s, SchedulerSettings::default());
+        let e: ExecutorSettings = ExecutorArgs::parse_from(["sf-executor"]).into();
+        assert_eq!(e, ExecutorSettings::default());
+    }
+}

@@ -1,0 +1,342 @@
+//! What the programs print: one JSON object per command (`json`), one
+//! JSON object per item (`jsonl`), or aligned columns for people (`table`).
+//!
+//! JSON is written the way Python's `json.dumps` writes it by default
+//! (`", "` and `": "`, non-ASCII escaped, floats as Python prints them),
+//! so `sf-read`'s lines are the reference reader CLI's, byte for byte, and
+//! scripts written for it keep working.
+
+use std::io::Write;
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use clap::ValueEnum;
+use sf_manifest::ErrorKind;
+use sf_manifest::format::bytes_as_text;
+use sf_manifest::json::{python_float_repr, write_str};
+
+use crate::exit::Failure;
+
+/// `--output`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// One JSON line per command (for `sf-sql`: one JSON array of row
+    /// objects per statement).
+    Json,
+    /// One JSON line per item (key, shard, manifest, row).
+    Jsonl,
+    /// Aligned columns for people.
+    Table,
+}
+
+/// `--value-format`: how value bytes are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValueFormat {
+    /// Text; bytes that are not UTF-8 as `hex:<hex>`.
+    Utf8,
+    /// Lowercase hex.
+    Hex,
+    /// Standard base64 with padding.
+    Base64,
+}
+
+impl ValueFormat {
+    /// `v` as text in this format.
+    pub fn show(self, v: &[u8]) -> String {
+        match self {
+            ValueFormat::Utf8 => bytes_as_text(v),
+            ValueFormat::Hex => hex::encode(v),
+            ValueFormat::Base64 => sf_manifest::base64::encode(v),
+        }
+    }
+}
+
+/// A failure to write to stdout (a closed pipe, a full disk).
+pub fn output_error(e: std::io::Error) -> Failure {
+    Failure::new(ErrorKind::Internal, format!("writing output: {e}"))
+}
+
+/// A JSON value with ordered keys (see the module docs for its style).
+#[derive(Debug, Clone)]
+pub enum J {
+    /// `null`.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float, printed as Python's `repr`.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// Already encoded JSON.
+    Raw(String),
+    /// An array.
+    Arr(Vec<J>),
+    /// An object, keys in this order.
+    Obj(Vec<(&'static str, J)>),
+}
+
+/// An object with `fields` in order.
+pub fn obj(fields: Vec<(&'static str, J)>) -> J {
+    J::Obj(fields)
+}
+
+impl J {
+    /// A string.
+    pub fn str(s: impl Into<String>) -> J {
+        J::Str(s.into())
+    }
+
+    /// A string, or `null`.
+    pub fn opt_str(s: Option<&str>) -> J {
+        s.map_or(J::Null, J::str)
+    }
+
+    /// An unsigned count (saturating at `i64::MAX`).
+    pub fn count(n: u64) -> J {
+        J::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            J::Null => out.push_str("null"),
+            J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            J::Int(i) => out.push_str(&i.to_string()),
+            J::Float(f) => out.push_str(&python_float_repr(*f)),
+            J::Str(s) => write_str(out, s),
+            J::Raw(r) => out.push_str(r),
+            J::Arr(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            J::Obj(fields) => {
+                out.push('{');
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    write_str(out, k);
+                    out.push_str(": ");
+                    v.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    /// The value as one line of JSON.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        self.write(&mut s);
+        s
+    }
+
+    /// The value as table text.
+    fn cell(&self) -> String {
+        match self {
+            J::Str(s) => s.clone(),
+            J::Null => "-".into(),
+            other => other.render(),
+        }
+    }
+}
+
+/// Prints results in one [`OutputFormat`], values in one [`ValueFormat`].
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    /// The format of results.
+    pub format: OutputFormat,
+    /// The format of value bytes.
+    pub values: ValueFormat,
+}
+
+impl Printer {
+    /// `v` in the printer's value format.
+    pub fn value(&self, v: &Bytes) -> String {
+        self.values.show(v)
+    }
+
+    /// A one-object result.
+    pub fn single(&self, out: &mut dyn Write, line: &J) -> Result<(), Failure> {
+        match self.format {
+            OutputFormat::Json | OutputFormat::Jsonl => writeln!(out, "{}", line.render()),
+            OutputFormat::Table => {
+                let J::Obj(fields) = line else {
+                    return Err(Failure::new(ErrorKind::Internal, "a result line is an object"));
+                };
+                let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+                fields
+                    .iter()
+                    .filter(|(k, _)| *k != "op")
+                    .try_for_each(|(k, v)| writeln!(out, "{k:<width$}  {}", v.cell()))
+            }
+        }
+        .map_err(output_error)
+    }
+
+    /// A result that is a list of objects: one line `{"op": op, key: [...]}`
+    /// (json), a line per item (jsonl), or a table.
+    pub fn list(&self, out: &mut dyn Write, op: &'static str, key: &'static str, items: Vec<J>) -> Result<(), Failure> {
+        match self.format {
+            OutputFormat::Json => {
+                let line = obj(vec![("op", J::str(op)), (key, J::Arr(items))]);
+                writeln!(out, "{}", line.render()).map_err(output_error)
+            }
+            OutputFormat::Jsonl => items
+                .iter()
+                .try_for_each(|i| writeln!(out, "{}", i.render()))
+                .map_err(output_error),
+            OutputFormat::Table => {
+                let mut headers: Vec<&'static str> = Vec::new();
+                for i in &items {
+                    if let J::Obj(fields) = i {
+                        for (k, _) in fields {
+                            if !headers.contains(k) {
+                                headers.push(k);
+                            }
+                        }
+                    }
+                }
+                let rows = items
+                    .iter()
+                    .map(|i| {
+                        headers
+                            .iter()
+                            .map(|h| match i {
+                                J::Obj(fields) => fields
+                                    .iter()
+                                    .find(|(k, _)| k == h)
+                                    .map_or_else(String::new, |(_, v)| v.cell()),
+                                other => other.cell(),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                table(out, &headers, rows)
+            }
+        }
+    }
+}
+
+/// Aligned columns: a header line, then a line per row.
+pub fn table(out: &mut dyn Write, headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), Failure> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut text = line(headers.iter().map(|h| h.to_string()).collect());
+    text.push('\n');
+    for r in rows {
+        text.push_str(&line(r));
+        text.push('\n');
+    }
+    out.write_all(text.as_bytes()).map_err(output_error)
+}
+
+/// Query results: an aligned table, one JSON array of row objects, or one
+/// JSON object per row.
+pub fn batches(out: &mut dyn Write, batches: &[RecordBatch], format: OutputFormat) -> Result<(), Failure> {
+    let fail = |e: arrow::error::ArrowError| Failure::new(ErrorKind::Internal, format!("printing results: {e}"));
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    match format {
+        OutputFormat::Table => {
+            let text = arrow::util::pretty::pretty_format_batches(batches).map_err(fail)?;
+            writeln!(out, "{text}").map_err(output_error)
+        }
+        OutputFormat::Json => {
+            let mut w = arrow::json::ArrayWriter::new(Vec::new());
+            w.write_batches(&refs).map_err(fail)?;
+            w.finish().map_err(fail)?;
+            let mut text = w.into_inner();
+            if text.is_empty() {
+                text.extend_from_slice(b"[]");
+            }
+            text.push(b'\n');
+            out.write_all(&text).map_err(output_error)
+        }
+        OutputFormat::Jsonl => {
+            let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+            w.write_batches(&refs).map_err(fail)?;
+            w.finish().map_err(fail)?;
+            out.write_all(&w.into_inner()).map_err(output_error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_look_like_pythons() {
+        let line = obj(vec![
+            ("op", J::str("get")),
+            ("key", J::str("héllo")),
+            ("found", J::Bool(true)),
+            ("value", J::str("{\"n\": 7}")),
+            ("age", J::Float(0.0)),
+            ("db_id", J::Null),
+        ]);
+        assert_eq!(
+            line.render(),
+            r#"{"op": "get", "key": "h\u00e9llo", "found": true, "value": "{\"n\": 7}", "age": 0.0, "db_id": null}"#
+        );
+    }
+
+    #[test]
+    fn lists_in_every_format() {
+        let items = vec![
+            obj(vec![("db_id", J::Int(0)), ("url", J::str("s3://b/a"))]),
+            obj(vec![("db_id", J::Int(12)), ("url", J::Null)]),
+        ];
+        let print = |format| {
+            let mut out = Vec::new();
+            Printer {
+                format,
+                values: ValueFormat::Utf8,
+            }
+            .list(&mut out, "shards", "shards", items.clone())
+            .expect("print");
+            String::from_utf8(out).expect("utf8")
+        };
+        assert_eq!(
+            print(OutputFormat::Json),
+            "{\"op\": \"shards\", \"shards\": [{\"db_id\": 0, \"url\": \"s3://b/a\"}, {\"db_id\": 12, \"url\": null}]}\n"
+        );
+        assert_eq!(
+            print(OutputFormat::Jsonl),
+            "{\"db_id\": 0, \"url\": \"s3://b/a\"}\n{\"db_id\": 12, \"url\": null}\n"
+        );
+        assert_eq!(print(OutputFormat::Table), "db_id  url\n0      s3://b/a\n12     -\n");
+    }
+
+    #[test]
+    fn values_show_in_each_format() {
+        let v = [0x68, 0x69, 0xff];
+        assert_eq!(ValueFormat::Hex.show(&v), "6869ff");
+        assert_eq!(ValueFormat::Base64.show(&v), "aGn/");
+        assert_eq!(ValueFormat::Utf8.show(b"hi"), "hi");
+        assert!(ValueFormat::Utf8.show(&v).starts_with("hex:"));
+    }
+}

@@ -1,5 +1,0 @@
-//! `sf-executor`: a Ballista executor that can run ShardForge shard tasks.
-
-fn main() -> std::process::ExitCode {
-    sf_executor::cluster::executor::main()
-}

@@ -1,0 +1,148 @@
+//! The warehouse's error type.
+//!
+//! A table operation fails in the build (`sf-writer`), in the reads
+//! (`sf-reader`), in the snapshot format (`sf-manifest`), or here: a bad
+//! name, an unknown table, table metadata that does not decode. Every
+//! variant keeps its cause, and [`Error::kind`] is the cause's kind, so a
+//! storage failure under a table read is `Unavailable` (exit 5), never bad
+//! input data.
+
+use datafusion::error::DataFusionError;
+use sf_manifest::ErrorKind;
+
+/// Errors of warehouse tables and SQL over them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A name, setting or statement is wrong; nothing was written.
+    #[error("{location}: {message}")]
+    Config { location: String, message: String },
+
+    /// A table the operation needs does not exist (or was dropped).
+    #[error("table {table} does not exist")]
+    NoSuchTable { table: String },
+
+    /// A table's stored metadata or rows cannot be decoded.
+    #[error("table {table}: {message}")]
+    Table { table: String, message: String },
+
+    /// Building or publishing the table's snapshot failed.
+    #[error(transparent)]
+    Write(#[from] sf_writer::Error),
+
+    /// A key could not be encoded, decoded or routed.
+    #[error(transparent)]
+    Routing(#[from] sf_router::Error),
+
+    /// Reading the table's snapshot failed.
+    #[error("table {table}: {source}")]
+    Read {
+        table: String,
+        #[source]
+        source: Box<sf_reader::Error>,
+    },
+
+    /// The snapshot format or storage failed.
+    #[error(transparent)]
+    Manifest(#[from] sf_manifest::Error),
+
+    /// An invariant broken inside ShardForge.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result with the warehouse's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The coarse class of this error: its cause's class where it has one.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config { .. } | Error::NoSuchTable { .. } => ErrorKind::Config,
+            Error::Table { .. } => ErrorKind::Data,
+            Error::Write(e) => e.kind(),
+            Error::Routing(e) => e.kind(),
+            Error::Read { source, .. } => source.kind(),
+            Error::Manifest(e) => e.kind(),
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether trying the same operation again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.kind() == ErrorKind::Unavailable
+    }
+
+    /// A configuration error at `location` (a setting, a name, `SQL`).
+    pub fn config(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A bad table: its metadata or stored rows do not decode.
+    pub fn table(table: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Table {
+            table: table.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// A read of `table` failed.
+    pub fn read(table: impl std::fmt::Display, source: sf_reader::Error) -> Self {
+        Error::Read {
+            table: table.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        // Our own errors travel through DataFusion as `External`; take them
+        // back out so the caller sees the real kind and cause.
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => Error::Write(sf_writer::Error::from(DataFusionError::External(other))),
+            },
+            other => Error::Write(sf_writer::Error::from(other)),
+        }
+    }
+}
+
+impl From<Error> for DataFusionError {
+    fn from(e: Error) -> Self {
+        DataFusionError::External(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_come_from_the_cause() {
+        let store = sf_manifest::Error::Store {
+            op: "read",
+            location: "s3://b/w/db/t/_CURRENT".into(),
+            source: object_store::Error::Generic {
+                store: "S3",
+                source: "connection reset".into(),
+            },
+        };
+        let e = Error::read("wh.db.t", sf_reader::Error::from(store));
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(e.is_retryable());
+        assert!(e.to_string().starts_with("table wh.db.t: "), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+
+        // Through DataFusion and back: the same error, not a string.
+        let back = Error::from(DataFusionError::from(Error::NoSuchTable {
+            table: "wh.db.x".into(),
+        }));
+        assert!(matches!(back, Error::NoSuchTable { .. }), "{back:?}");
+        assert_eq!(back.kind(), ErrorKind::Config);
+    }
+}

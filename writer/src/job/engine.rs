@@ -1,0 +1,124 @@
+//! Where a build's plan runs, and how a process's memory limit is shared
+//! between the engine, the shard sorts and SQLite.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::config::JobConfig;
+use crate::error::{Error, Result};
+use crate::plan::{ShardForgeQueryPlanner, ShardWriteLayout};
+
+/// Where the plan runs.
+#[async_trait]
+pub trait Engine: Send + Sync + fmt::Debug {
+    /// A short name for logs (`embedded`, `cluster df://...`).
+    fn describe(&self) -> String;
+
+    /// A session that knows ShardForge's plan nodes.
+    async fn session(&self, job: &JobConfig) -> Result<SessionContext>;
+
+    /// Whether shard tasks run in this process (so progress counters are live).
+    fn runs_locally(&self) -> bool;
+}
+
+/// DataFusion in this process (the default).
+#[derive(Debug, Default, Clone)]
+pub struct Embedded {
+    /// Partitions for scans and projections (default: the number of cores).
+    pub target_partitions: Option<usize>,
+}
+
+/// A session state builder with ShardForge's planner and layout rule.
+pub fn session_state_builder(config: SessionConfig) -> SessionStateBuilder {
+    SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_query_planner(Arc::new(ShardForgeQueryPlanner))
+        .with_physical_optimizer_rule(Arc::new(ShardWriteLayout))
+}
+
+#[async_trait]
+impl Engine for Embedded {
+    fn describe(&self) -> String {
+        "embedded".into()
+    }
+
+    async fn session(&self, job: &JobConfig) -> Result<SessionContext> {
+        let mut config = SessionConfig::new().with_batch_size(job.write.batch_size);
+        if let Some(n) = self.target_partitions {
+            config = config.with_target_partitions(n.max(1));
+        }
+        // The engine gets a quarter of the memory limit (the shard tasks'
+        // sort buffers and SQLite caches take the rest; see
+        // `memory_shares`). The write plan itself holds little: batches in
+        // flight between the input and the shard tasks, on one channel per
+        // shard, which spill to disk when the pool is full. Which channel
+        // needs room changes as shard tasks pause to write sorted runs, so
+        // the pool is greedy: a fair pool would cap each channel at a
+        // 1/num_dbs share and spill batches while the rest sits unused. It
+        // also bounds what SQL inputs (joins, aggregates, sorts) hold.
+        let limit_bytes = memory_shares(job.write.memory_limit_mib, 1).engine_bytes;
+        config.options_mut().execution.sort_spill_reservation_bytes = (limit_bytes / 8).clamp(256 << 10, 10 << 20);
+        let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(limit_bytes);
+        let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool));
+        if let Some(dir) = &job.write.work_dir {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating work_dir {}", dir.display()), e))?;
+            runtime = runtime.with_temp_file_path(dir);
+        }
+        let runtime = runtime
+            .build_arc()
+            .map_err(|e| Error::engine_caused("building the engine's runtime", e))?;
+        Ok(SessionContext::new_with_state(
+            session_state_builder(config).with_runtime_env(runtime).build(),
+        ))
+    }
+
+    fn runs_locally(&self) -> bool {
+        true
+    }
+}
+
+/// How a process's `memory_limit_mib` is shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryShares {
+    /// DataFusion's memory pool (a quarter).
+    pub engine_bytes: usize,
+    /// Rows each sorting shard task buffers before spilling a sorted run:
+    /// half the limit, split evenly across the shards, halved again since
+    /// a task fills one buffer while the previous one is written (the
+    /// sorter caps it at [`crate::sort::MAX_RUN_BYTES`]).
+    pub sort_buffer_bytes: u64,
+    /// SQLite page cache of each shard being built (a quarter, split
+    /// evenly across the shards; every shard may be open at once when
+    /// rows are not sorted).
+    pub sqlite_cache_mib: u64,
+}
+
+/// The shares of `limit_mib` for a build of `num_dbs` shards.
+pub fn memory_shares(limit_mib: u64, num_dbs: u32) -> MemoryShares {
+    let limit = limit_mib << 20;
+    let shards = u64::from(num_dbs.max(1));
+    MemoryShares {
+        engine_bytes: usize::try_from(limit / 4).unwrap_or(usize::MAX),
+        sort_buffer_bytes: limit / 4 / shards,
+        sqlite_cache_mib: (limit_mib / 4 / shards).max(2),
+    }
+}
+
+/// The backend settings, with SQLite's page cache per shard capped to its
+/// share of the memory limit.
+pub(super) fn capped_backend(job: &JobConfig, num_dbs: u32) -> crate::adapter::BackendConfig {
+    match job.backend() {
+        crate::adapter::BackendConfig::Sqlite(mut s) => {
+            let share = memory_shares(job.write.memory_limit_mib, num_dbs).sqlite_cache_mib;
+            s.cache_mib = s.cache_mib.min(u32::try_from(share).unwrap_or(u32::MAX));
+            crate::adapter::BackendConfig::Sqlite(s)
+        }
+        other => other,
+    }
+}

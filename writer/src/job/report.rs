@@ -1,0 +1,175 @@
+//! What a build reports: the plan of a dry run, the summary of a
+//! published build, and the outcome type every build and table save returns.
+
+use std::fmt;
+use std::time::Duration;
+
+use sf_manifest::{KeyEncoding, RunId, ShardingSpec};
+
+use crate::value::ValueSpec;
+
+/// What a dry run reports: the resolved plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanReport {
+    /// The run id the build would use.
+    pub run_id: RunId,
+    /// Engine.
+    pub engine: String,
+    /// Input columns and types.
+    pub input_schema: Vec<(String, String)>,
+    /// Key column and encoding.
+    pub key_col: String,
+    /// Key encoding.
+    pub key_encoding: KeyEncoding,
+    /// Value encoding.
+    pub value: ValueSpec,
+    /// Routing.
+    pub sharding: ShardingSpec,
+    /// Number of shards.
+    pub num_dbs: u32,
+    /// Snapshot prefix.
+    pub prefix_url: String,
+    /// Backend name.
+    pub backend: &'static str,
+    /// What `_CURRENT` holds now.
+    pub current_run: Option<RunId>,
+}
+
+impl fmt::Display for PlanReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "run_id:        {}", self.run_id)?;
+        writeln!(f, "engine:        {}", self.engine)?;
+        writeln!(
+            f,
+            "input columns: {}",
+            self.input_schema
+                .iter()
+                .map(|(n, t)| format!("{n}: {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        writeln!(f, "key:           {} ({})", self.key_col, self.key_encoding)?;
+        match &self.value {
+            ValueSpec::BinaryCol(c) => writeln!(f, "value:         bytes of column {c}")?,
+            ValueSpec::JsonCols(cols) => writeln!(f, "value:         JSON of {}", cols.join(", "))?,
+            ValueSpec::ArrowJson(cols) => writeln!(f, "value:         table row (Arrow JSON) of {}", cols.join(", "))?,
+        }
+        match (&self.sharding.cel_expr, &self.sharding.routing_values) {
+            (None, _) => writeln!(f, "routing:       hash (xxh3_64) over {} shards", self.num_dbs)?,
+            (Some(e), None) => writeln!(f, "routing:       CEL direct `{e}` over {} shards", self.num_dbs)?,
+            (Some(e), Some(v)) => writeln!(
+                f,
+                "routing:       CEL categorical `{e}` over {} shards: {}",
+                self.num_dbs,
+                v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+            )?,
+        }
+        writeln!(f, "backend:       {}", self.backend)?;
+        writeln!(f, "prefix:        {}", self.prefix_url)?;
+        write!(
+            f,
+            "_CURRENT:      {}",
+            self.current_run
+                .as_ref()
+                .map_or("none (first publish)".to_string(), |r| format!("run {r}"))
+        )
+    }
+}
+
+/// What a finished build reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildSummary {
+    /// The run.
+    pub run_id: RunId,
+    /// The published manifest.
+    pub manifest_ref: String,
+    /// Number of shards.
+    pub num_dbs: u32,
+    /// Shards holding rows.
+    pub shards_written: u32,
+    /// Rows stored (distinct keys).
+    pub rows: u64,
+    /// Rows replaced by a later row with the same key.
+    pub duplicates: u64,
+    /// Shard file bytes (SQLite).
+    pub bytes: u64,
+    /// Rows per shard: smallest, median, largest (empty shards count).
+    pub rows_per_shard: (u64, u64, u64),
+    /// Upload tries that failed and were retried.
+    pub retries: u32,
+    /// Losing attempt folders deleted after publishing.
+    pub losers_deleted: usize,
+    /// Sorted runs the shards' sorts wrote to disk (0: every shard's rows
+    /// fit in its sort buffer).
+    pub spilled_runs: u32,
+    /// Time to plan (read schema, infer routing, verify sample).
+    pub plan_time: Duration,
+    /// Time to write all shards.
+    pub write_time: Duration,
+    /// Time to verify, publish and clean up.
+    pub publish_time: Duration,
+    /// Wall time of the whole build.
+    pub total_time: Duration,
+}
+
+impl fmt::Display for BuildSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.total_time.as_secs_f64().max(1e-9);
+        writeln!(
+            f,
+            "published run {} ({} shards, {} with rows)",
+            self.run_id, self.num_dbs, self.shards_written
+        )?;
+        writeln!(f, "  manifest:       {}", self.manifest_ref)?;
+        writeln!(
+            f,
+            "  rows:           {} ({} duplicates replaced), {:.0} rows/s",
+            self.rows,
+            self.duplicates,
+            self.rows as f64 / secs
+        )?;
+        writeln!(f, "  bytes:          {}", human_bytes(self.bytes))?;
+        let (lo, med, hi) = self.rows_per_shard;
+        writeln!(f, "  rows per shard: min {lo}, median {med}, max {hi}")?;
+        writeln!(
+            f,
+            "  retries:        {}; losing attempts deleted: {}",
+            self.retries, self.losers_deleted
+        )?;
+        writeln!(f, "  sort spills:    {} runs written to disk", self.spilled_runs)?;
+        write!(
+            f,
+            "  time:           {:.2}s (plan {:.2}s, write {:.2}s, publish {:.2}s)",
+            secs,
+            self.plan_time.as_secs_f64(),
+            self.write_time.as_secs_f64(),
+            self.publish_time.as_secs_f64()
+        )
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// The result of [`build`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A dry run's plan; nothing was written.
+    DryRun(PlanReport),
+    /// A published snapshot.
+    Built(BuildSummary),
+    /// Nothing to do, and why (a table that exists, with mode `ignore`).
+    Unchanged(String),
+}

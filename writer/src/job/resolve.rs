@@ -1,0 +1,470 @@
+//! Planning a build against its input: the job checked against the
+//! input's schema, routing resolved (from the data when asked), the routed
+//! input built, and the routing verified on a sample with the row router.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Schema, UInt32Type};
+use datafusion::dataframe::DataFrame;
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::{SessionContext, ident};
+use futures::StreamExt;
+use sf_manifest::{CelType, KeyEncoding, ManifestStore, ObjectManifestStore, RoutingValue, RunId, ShardingSpec};
+use sf_router::{CelRouting, Routed, Router, cel_column_type_fits, cel_tokens};
+
+use crate::config::{CelMode, JobConfig, Strategy};
+use crate::error::{Error, Result};
+use crate::exec::ShardWriteSpec;
+use crate::partition::{PARTITION_KEY_COL, PartitionKeyUdf, RoutingSpec, ShardIdUdf};
+use crate::plan::ShardWriteNode;
+use crate::value::{ValueSpec, binary_value_type_fits, default_key_encoding, key_type_fits};
+
+use super::engine::{Engine, capped_backend, memory_shares};
+
+/// Routing resolved against the input.
+struct Resolved {
+    df: DataFrame,
+    key_encoding: KeyEncoding,
+    value: ValueSpec,
+    sharding: ShardingSpec,
+    num_dbs: u32,
+    extra_cols: Vec<String>,
+    input_schema: Vec<(String, String)>,
+}
+
+/// The column names of `schema`, comma separated, for messages.
+pub fn field_list(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A build planned against its input: everything checked, nothing written.
+pub struct Prepared {
+    /// The session the plan runs in.
+    pub ctx: SessionContext,
+    /// The snapshot prefix.
+    pub store: ObjectManifestStore,
+    /// The run id.
+    pub run_id: RunId,
+    /// The input with key, value columns, shard id and partition key.
+    pub routed: DataFrame,
+    /// What every shard task gets.
+    pub spec: ShardWriteSpec,
+    /// The row router of the snapshot.
+    pub router: Router,
+    /// `_CURRENT` as observed before writing (what the publish swaps).
+    pub current: Option<sf_manifest::CurrentState>,
+    /// The sharding written to the manifest.
+    pub sharding: ShardingSpec,
+    /// Names of CEL columns read from the input besides the key.
+    pub extra_cols: Vec<String>,
+    /// Input columns and types.
+    pub input_schema: Vec<(String, String)>,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("run_id", &self.run_id)
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Plans a build: reads the input's schema, checks the job against it,
+/// resolves routing (counting or scanning the input when the shard count
+/// or the routing values come from the data), and builds the routed input.
+pub async fn prepare(job: &JobConfig, engine: &dyn Engine) -> Result<Prepared> {
+    let (ctx, df) = read_input(job, engine).await?;
+    prepare_frame(job, ctx, df).await
+}
+
+/// A session of `engine` and the job's `[input]` as a DataFrame of it.
+pub async fn read_input(job: &JobConfig, engine: &dyn Engine) -> Result<(SessionContext, DataFrame)> {
+    let input = job
+        .input
+        .as_ref()
+        .ok_or_else(|| Error::config("input", "the job has no [input] section saying what to read"))?;
+    let ctx = engine.session(job).await?;
+    crate::input::register_stores(&ctx, &crate::input::input_urls(input), &job.storage_options())?;
+    let df = crate::input::load(&ctx, input).await?;
+    Ok((ctx, df))
+}
+
+/// [`prepare`] for rows given as a DataFrame of `ctx` (the job's `[input]`
+/// is not read).
+pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) -> Result<Prepared> {
+    let storage = job.storage_options();
+    let store = ObjectManifestStore::open(&job.output.prefix, &storage)
+        .map_err(|e| Error::config("output.prefix", e.to_string()))?;
+    let run_id = match &job.output.run_id {
+        Some(r) => RunId::new(r.clone()).map_err(|e| Error::config("output.run_id", e.to_string()))?,
+        None => RunId::generate(),
+    };
+    let resolved = resolve(job, df).await?;
+    let router = Router::new(&resolved.sharding, resolved.num_dbs, resolved.key_encoding)
+        .map_err(|e| Error::config("routing", e.to_string()))?;
+    let current = store.load_current().await?;
+
+    let routing = RoutingSpec {
+        sharding: resolved.sharding.clone(),
+        num_dbs: resolved.num_dbs,
+        key_encoding: resolved.key_encoding,
+        key_col: job.key_col.clone(),
+        extra_cols: resolved.extra_cols.clone(),
+    };
+    let args: Vec<Expr> = std::iter::once(ident(&job.key_col))
+        .chain(resolved.extra_cols.iter().map(ident))
+        .collect();
+    let mut keep: BTreeSet<&str> = resolved.value.columns().into_iter().collect();
+    keep.insert(&job.key_col);
+    keep.extend(resolved.extra_cols.iter().map(String::as_str));
+    let mut select: Vec<Expr> = keep.iter().map(|c| ident(*c)).collect();
+    select.push(ShardIdUdf::udf(routing).call(args).alias(&job.shard_id_col));
+    let routed = resolved.df.select(select)?.with_column(
+        PARTITION_KEY_COL,
+        PartitionKeyUdf::udf(resolved.num_dbs).call(vec![ident(&job.shard_id_col)]),
+    )?;
+    let spec = ShardWriteSpec {
+        run_id: run_id.clone(),
+        prefix_url: store.prefix_url().to_string(),
+        storage_options: job.storage.clone(),
+        num_dbs: resolved.num_dbs,
+        key_col: job.key_col.clone(),
+        key_encoding: resolved.key_encoding,
+        value: resolved.value,
+        shard_id_col: job.shard_id_col.clone(),
+        backend: capped_backend(job, resolved.num_dbs),
+        on_duplicate: job.write.on_duplicate,
+        sort_within_shard: job.write.sort_within_shard,
+        sort_buffer_bytes: memory_shares(job.write.memory_limit_mib, resolved.num_dbs).sort_buffer_bytes,
+        limits: job.limits(),
+        retry: job.retry(),
+        work_dir: job.write.work_dir.clone(),
+        upload_concurrency: job.write.upload_concurrency,
+    };
+    Ok(Prepared {
+        ctx,
+        store,
+        run_id,
+        routed,
+        spec,
+        router,
+        current,
+        sharding: resolved.sharding,
+        extra_cols: resolved.extra_cols,
+        input_schema: resolved.input_schema,
+    })
+}
+
+impl Prepared {
+    /// The write as a logical plan (a [`ShardWriteNode`] over the routed input).
+    pub fn write_plan(&self) -> Result<datafusion::logical_expr::LogicalPlan> {
+        Ok(ShardWriteNode::new(Arc::new(self.spec.clone()), self.routed.clone().into_unoptimized_plan())?.into_plan())
+    }
+}
+
+async fn resolve(job: &JobConfig, df: DataFrame) -> Result<Resolved> {
+    let schema: Schema = df.schema().as_arrow().clone();
+    let input_schema: Vec<(String, String)> = schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().to_string()))
+        .collect();
+    let key_field = schema.field_with_name(&job.key_col).map_err(|_| {
+        Error::config(
+            "key_col",
+            format!(
+                "{:?} is not a column of the input (columns: {})",
+                job.key_col,
+                field_list(&schema)
+            ),
+        )
+    })?;
+    if schema.field_with_name(&job.shard_id_col).is_ok() {
+        return Err(Error::config(
+            "shard_id_col",
+            format!(
+                "{:?} clashes with an input column; choose another name",
+                job.shard_id_col
+            ),
+        ));
+    }
+    if schema.field_with_name(PARTITION_KEY_COL).is_ok() {
+        return Err(Error::config(
+            "input",
+            format!("the column name {PARTITION_KEY_COL:?} is reserved"),
+        ));
+    }
+    let key_type = key_field.data_type();
+    let key_encoding = match job.key_encoding {
+        Some(e) => {
+            if !key_type_fits(key_type, e) {
+                return Err(Error::config(
+                    "key_encoding",
+                    format!("{e} cannot store key column {:?} of type {key_type}", job.key_col),
+                ));
+            }
+            e
+        }
+        None => default_key_encoding(key_type).ok_or_else(|| {
+            Error::config(
+                "key_col",
+                format!(
+                    "key column {:?} has type {key_type}; keys must be integers, text or binary",
+                    job.key_col
+                ),
+            )
+        })?,
+    };
+    let value = match (&job.value.binary_col, &job.value.json_cols) {
+        (Some(c), _) => {
+            let f = schema.field_with_name(c).map_err(|_| {
+                Error::config(
+                    "value.binary_col",
+                    format!("{c:?} is not a column of the input (columns: {})", field_list(&schema)),
+                )
+            })?;
+            if !binary_value_type_fits(f.data_type()) {
+                return Err(Error::config(
+                    "value.binary_col",
+                    format!("{c:?} has type {}; it must be text or binary", f.data_type()),
+                ));
+            }
+            ValueSpec::BinaryCol(c.clone())
+        }
+        (None, Some(cols)) => {
+            for c in cols {
+                if schema.field_with_name(c).is_err() {
+                    return Err(Error::config(
+                        "value.json_cols",
+                        format!("{c:?} is not a column of the input (columns: {})", field_list(&schema)),
+                    ));
+                }
+            }
+            ValueSpec::JsonCols(cols.clone())
+        }
+        (None, None) => {
+            let cols: Vec<String> = schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|n| *n != job.key_col)
+                .collect();
+            if cols.is_empty() {
+                return Err(Error::config(
+                    "value",
+                    "the input has no column besides the key; name a value column (value.binary_col)",
+                ));
+            }
+            ValueSpec::JsonCols(cols)
+        }
+    };
+    let r = &job.routing;
+    let (sharding, num_dbs, extra_cols) = match r.strategy {
+        Strategy::Hash => {
+            let n = match (r.num_dbs, r.max_keys_per_shard) {
+                (Some(n), _) => n,
+                (None, Some(per)) => {
+                    let rows = df.clone().count().await? as u64;
+                    u32::try_from(rows.div_ceil(per).max(1)).map_err(|_| {
+                        Error::config(
+                            "routing.max_keys_per_shard",
+                            format!("{rows} rows need too many shards"),
+                        )
+                    })?
+                }
+                (None, None) => return Err(Error::config("routing", "needs num_dbs or max_keys_per_shard")),
+            };
+            (ShardingSpec::hash(), n, vec![])
+        }
+        Strategy::Cel => {
+            let expr = r.expr.clone().unwrap_or_default();
+            let mut extra = Vec::new();
+            for (name, ty) in &r.columns {
+                let field = match schema.field_with_name(name) {
+                    Ok(f) => f,
+                    Err(_) if name == sf_router::KEY_VARIABLE => key_field,
+                    Err(_) => {
+                        return Err(Error::config(
+                            format!("routing.columns.{name}"),
+                            format!(
+                                "is not a column of the input (columns: {}); the name \"key\" stands for the key column",
+                                field_list(&schema)
+                            ),
+                        ));
+                    }
+                };
+                if !cel_column_type_fits(*ty, field.data_type()) {
+                    return Err(Error::config(
+                        format!("routing.columns.{name}"),
+                        format!("is declared {ty} but the column has type {}", field.data_type()),
+                    ));
+                }
+                if schema.field_with_name(name).is_ok() && *name != job.key_col {
+                    extra.push(name.clone());
+                }
+            }
+            let mode = r.mode.unwrap_or(if r.routing_values.is_some() || r.num_dbs.is_none() {
+                CelMode::Categorical
+            } else {
+                CelMode::Direct
+            });
+            match mode {
+                CelMode::Categorical => {
+                    let values = match &r.routing_values {
+                        Some(v) => v.clone(),
+                        None => infer_tokens(&df, job, &expr, &r.columns, &extra)
+                            .await?
+                            .into_iter()
+                            .collect(),
+                    };
+                    if values.is_empty() {
+                        return Err(Error::Input(
+                            "the input has no rows to infer routing values from".into(),
+                        ));
+                    }
+                    sf_manifest::format::validate_routing_values(&values)
+                        .map_err(|e| Error::Data(format!("routing values inferred from the data: {e}")))?;
+                    let n = u32::try_from(values.len()).map_err(|_| Error::Data("too many routing values".into()))?;
+                    if let Some(want) = r.num_dbs
+                        && want != n
+                    {
+                        return Err(Error::config(
+                            "routing.num_dbs",
+                            format!("is {want} but the data has {n} distinct routing values"),
+                        ));
+                    }
+                    (ShardingSpec::cel(expr, r.columns.clone(), Some(values)), n, extra)
+                }
+                CelMode::Direct => {
+                    let n = match r.num_dbs {
+                        Some(n) => n,
+                        None => {
+                            let tokens = infer_tokens(&df, job, &expr, &r.columns, &extra).await?;
+                            let max = tokens
+                                .iter()
+                                .map(|t| match t {
+                                    RoutingValue::Int(i) if *i >= 0 => Ok(*i),
+                                    other => Err(Error::Routing(sf_router::Error::DbIdOutOfRange {
+                                        value: other.to_string(),
+                                        num_dbs: u32::MAX,
+                                        row: None,
+                                    })),
+                                })
+                                .collect::<Result<Vec<i64>>>()?
+                                .into_iter()
+                                .max()
+                                .ok_or_else(|| Error::Input("the input has no rows to infer num_dbs from".into()))?;
+                            u32::try_from(max + 1).map_err(|_| Error::Data(format!("db id {max} is too large")))?
+                        }
+                    };
+                    (ShardingSpec::cel(expr, r.columns.clone(), None), n, extra)
+                }
+            }
+        }
+    };
+    Ok(Resolved {
+        df,
+        key_encoding,
+        value,
+        sharding,
+        num_dbs,
+        extra_cols,
+        input_schema,
+    })
+}
+
+/// Most distinct tokens a categorical expression may produce.
+pub const MAX_INFERRED_TOKENS: usize = 100_000;
+
+async fn infer_tokens(
+    df: &DataFrame,
+    job: &JobConfig,
+    expr: &str,
+    columns: &BTreeMap<String, CelType>,
+    extra: &[String],
+) -> Result<BTreeSet<RoutingValue>> {
+    let cel = CelRouting::compile_tokens(expr, columns).map_err(|e| Error::config("routing.expr", e.to_string()))?;
+    let cols: Vec<Expr> = std::iter::once(ident(&job.key_col))
+        .chain(extra.iter().map(ident))
+        .collect();
+    let mut stream = df.clone().select(cols)?.execute_stream().await?;
+    let mut tokens = BTreeSet::new();
+    while let Some(batch) = stream.next().await {
+        for t in cel_tokens(&cel, &batch?, &job.key_col)? {
+            tokens.insert(t);
+        }
+        if tokens.len() > MAX_INFERRED_TOKENS {
+            return Err(Error::Data(format!(
+                "the routing expression yields more than {MAX_INFERRED_TOKENS} distinct values; categorical routing makes one shard per value"
+            )));
+        }
+    }
+    Ok(tokens)
+}
+
+/// Recomputes the shard id of a sample of rows with the row router (the
+/// reader's code path) and fails on any difference from the kernel's.
+pub(super) async fn verify_sample(
+    routed: &DataFrame,
+    job: &JobConfig,
+    router: &Router,
+    extra: &[String],
+) -> Result<()> {
+    let sample = routed
+        .clone()
+        .limit(0, Some(job.routing.verify_sample_size))?
+        .collect()
+        .await?;
+    for batch in &sample {
+        check_batch_routing(batch, job, router, extra)?;
+    }
+    Ok(())
+}
+
+fn check_batch_routing(batch: &RecordBatch, job: &JobConfig, router: &Router, extra: &[String]) -> Result<()> {
+    let ids = batch
+        .column_by_name(&job.shard_id_col)
+        .ok_or_else(|| Error::Internal("shard id column missing from the sample".into()))?
+        .as_primitive::<UInt32Type>()
+        .clone();
+    let key_col = batch
+        .column_by_name(&job.key_col)
+        .ok_or_else(|| Error::Internal("key column missing from the sample".into()))?;
+    let cel_types = router.cel().map(|c| c.columns().clone()).unwrap_or_default();
+    for row in 0..batch.num_rows() {
+        let routed = if router.needs_context() {
+            let mut ctx = BTreeMap::new();
+            for (name, ty) in &cel_types {
+                let array = if extra.contains(name) {
+                    batch.column_by_name(name).cloned()
+                } else {
+                    Some(Arc::clone(key_col))
+                };
+                let array = array.ok_or_else(|| Error::Internal(format!("column {name} missing from the sample")))?;
+                ctx.insert(
+                    name.clone(),
+                    sf_router::context_value_at(array.as_ref(), row, *ty, name)?,
+                );
+            }
+            router.route_context(&ctx)?
+        } else {
+            router.route_key(&sf_router::key_at(key_col.as_ref(), row, &job.key_col)?)?
+        };
+        let want = ids.value(row);
+        if routed != Routed::Db(want) {
+            return Err(Error::Internal(format!(
+                "routing check failed at sample row {row}: the kernel routed to shard {want}, the row router to {routed:?}; nothing was written"
+            )));
+        }
+    }
+    Ok(())
+}
