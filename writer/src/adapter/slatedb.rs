@@ -1,5 +1,5 @@
 //! The SlateDB backend: one SlateDB database per shard, rooted at the
-//! attempt folder itself (FORMAT.md).
+//! attempt folder itself (docs/FORMAT.md).
 //!
 //! Phase 1 ([`ShardBuilder`]) needs the rows sorted by key, each key once
 //! (the shard sorter's output). It streams them to a

@@ -99,7 +99,7 @@ fn sqlite_err(db_id: DbId, what: &str, e: rusqlite::Error) -> Error {
     Error::shard(db_id, None, format!("SQLite failed {what}: {e}"), false)
 }
 
-/// The DDL of the one table of a shard (FORMAT.md).
+/// The DDL of the one table of a shard (docs/FORMAT.md).
 pub const KV_DDL: &str = "CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID";
 
 #[async_trait]
