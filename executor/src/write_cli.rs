@@ -73,7 +73,7 @@ enum ProgressMode {
 #[derive(Debug, Parser)]
 #[command(name = "sf-write", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = EXIT_CODES)]
 struct Args {
-    /// The job file (TOML); see the README's configuration reference.
+    /// The job file (TOML); see docs/configuration.md.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: PathBuf,
 
