@@ -1,6 +1,6 @@
 //! The routing contract's types: key encodings, keys, the sharding spec.
 //!
-//! These are plain data with serde mappings that match FORMAT.md byte for
+//! These are plain data with serde mappings that match docs/FORMAT.md byte for
 //! byte; `sf-router` implements the behaviour on top of them.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Object keys under a snapshot prefix (FORMAT.md, "Layout under a prefix").
+//! Object keys under a snapshot prefix (docs/FORMAT.md, "Layout under a prefix").
 //!
 //! ```text
 //! <prefix>/_CURRENT

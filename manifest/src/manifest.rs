@@ -1,5 +1,5 @@
 //! The manifest: build metadata plus one row per non-empty shard, stored as
-//! a SQLite database file (FORMAT.md, "Manifest").
+//! a SQLite database file (docs/FORMAT.md, "The manifest").
 
 use std::collections::BTreeMap;
 
@@ -220,7 +220,7 @@ fn to_i64(v: u64, field: &str) -> Result<i64> {
 }
 
 impl Manifest {
-    /// Checks the invariants FORMAT.md states for a manifest.
+    /// Checks the invariants docs/FORMAT.md states for a manifest.
     pub fn validate(&self) -> Result<()> {
         let b = &self.build;
         b.sharding.validate(b.num_dbs)?;

@@ -409,7 +409,7 @@ mod tests {
     fn direct_routing_with_shard_hash() {
         let r = CelRouting::compile("shard_hash(key) % 4u", &cols(&[("key", CelType::Int)]), None, 4).expect("compile");
         let mut s = r.scope();
-        // Integer keys 0..9 over 4 shards route to 1,2,3,1,0,0,3,3,2,3 (FORMAT.md).
+        // Integer keys 0..9 over 4 shards route to 1,2,3,1,0,0,3,3,2,3 (docs/FORMAT.md).
         let want = [1, 2, 3, 1, 0, 0, 3, 3, 2, 3];
         for (k, w) in want.iter().enumerate() {
             s.set("key", ContextValue::Int(k as i64));

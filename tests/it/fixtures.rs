@@ -1,6 +1,6 @@
 //! The reference's snapshots: manifests, `_CURRENT`, run records and shard
 //! contents parse to exactly what the reference dumped, and route as
-//! FORMAT.md says.
+//! docs/FORMAT.md says.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -254,10 +254,10 @@ fn hash_vector(kind: &str, key: &str) -> Key {
     }
 }
 
-/// Every hash vector in FORMAT.md and expected.json holds.
+/// Every hash vector in docs/FORMAT.md and expected.json holds.
 #[test]
 fn hash_vectors_hold() {
-    // FORMAT.md's table.
+    // docs/FORMAT.md's table.
     let table: [(Key, u64, u32, u32); 8] = [
         (Key::Int(0), 14374147212387527897, 1, 4),
         (Key::Int(1), 3439722301264460078, 2, 4),

@@ -1,7 +1,7 @@
 //! The job configuration (`job.toml`), its environment overrides, and its
 //! validation ([`JobConfig::validate`]).
 //!
-//! Every key is documented in the README's configuration reference with its
+//! Every key is documented in docs/configuration.md with its
 //! default. Unknown keys are errors. An environment variable
 //! `SF_<SECTION>__<KEY>` overrides a key (`SF_ROUTING__NUM_DBS=16`,
 //! `SF_OUTPUT__PREFIX=s3://b/p`, `SF_KEY_COL=id`,

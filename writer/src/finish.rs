@@ -43,7 +43,7 @@ pub(crate) struct Finished {
     pub spilled_runs: u32,
 }
 
-/// The winner order of FORMAT.md: the smallest
+/// The winner order of docs/FORMAT.md: the smallest
 /// `(attempt, task_attempt_id or 2^63-1, db_url)`.
 pub fn winner_key(r: &ShardResult) -> (Attempt, i64, String) {
     (

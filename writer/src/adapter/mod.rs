@@ -136,7 +136,7 @@ pub struct AttemptTarget {
 /// What an upload produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uploaded {
-    /// Size of the shard file (0 for SlateDB, as FORMAT.md says).
+    /// Size of the shard file (0 for SlateDB, as docs/FORMAT.md says).
     pub db_bytes: u64,
     /// Opaque identity of the content (32 hex digits).
     pub checkpoint_id: String,

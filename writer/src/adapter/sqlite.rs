@@ -105,7 +105,7 @@ fn sqlite_err(db_id: DbId, what: &str, e: rusqlite::Error) -> Error {
     )
 }
 
-/// The DDL of the one table of a shard (FORMAT.md).
+/// The DDL of the one table of a shard (docs/FORMAT.md).
 pub const KV_DDL: &str = "CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID";
 
 #[async_trait]
