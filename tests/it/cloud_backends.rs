@@ -145,3 +145,60 @@ async fn sqlite_job_on_azure() {
 async fn slatedb_job_on_azure() {
     build_and_read(&azure_prefix("job-slatedb"), "slatedb").await;
 }
+
+/// Storage options alone reach Azurite, as a user without the emulator's
+/// environment would configure it (they win over `AZURE_STORAGE_USE_EMULATOR`
+/// in the environment): an object written through them is the one the
+/// environment-configured store reads, and the other way round.
+#[tokio::test]
+async fn azure_through_storage_options() {
+    use object_store::PutPayload;
+    let prefix = azure_prefix("options");
+    let endpoint = std::env::var("AZURITE_BLOB_STORAGE_URL").expect("set with the container");
+    let options = sf_manifest::StorageOptions::new()
+        .with("azure_storage_use_emulator", "false")
+        .with("azure_storage_account_name", "devstoreaccount1")
+        .with(
+            "azure_storage_account_key",
+            // The emulator's well-known key, public by design.
+            "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
+        )
+        .with("azure_storage_endpoint", format!("{endpoint}/devstoreaccount1"))
+        .with("allow_http", "true");
+    let by_options = sf_manifest::resolve(&prefix, &options).expect("resolve with options");
+    let by_env = sf_manifest::resolve(&prefix, &sf_manifest::StorageOptions::new()).expect("resolve");
+    assert!(
+        !Arc::ptr_eq(&by_options.store, &by_env.store),
+        "two differently configured clients"
+    );
+
+    let a = by_options.path_of("a");
+    by_options
+        .store
+        .put(&a, PutPayload::from_static(b"through options"))
+        .await
+        .expect("put");
+    let got = by_env.store.get(&a).await.expect("get").bytes().await.expect("bytes");
+    assert_eq!(got, "through options");
+    let b = by_env.path_of("b");
+    by_env
+        .store
+        .put(&b, PutPayload::from_static(b"through the environment"))
+        .await
+        .expect("put");
+    let got = by_options
+        .store
+        .get(&b)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(got, "through the environment");
+
+    // The options are what the client signs with: a wrong key is refused.
+    let wrong = options.with("azure_storage_account_key", "A".repeat(86) + "==");
+    let refused = sf_manifest::resolve(&prefix, &wrong).expect("resolve with a wrong key");
+    let e = refused.store.get(&a).await.expect_err("a wrong key is refused");
+    assert!(matches!(e, object_store::Error::PermissionDenied { .. }), "{e}");
+}
