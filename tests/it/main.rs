@@ -1,5 +1,6 @@
 //! ShardForge's cross-crate tests, as one test binary.
 
+mod cloud_backends;
 mod cluster;
 mod fixtures;
 mod publish;

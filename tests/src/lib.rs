@@ -1,9 +1,10 @@
 //! Helpers for ShardForge's cross-crate tests: fixture locations, the
-//! reference's manifest dumps, and the S3 test server's settings.
+//! reference's manifest dumps, and the storage emulators' settings.
 //!
-//! Tests that need S3 call [`s3_prefix`]; it reads the server the test
-//! script started (`scripts/test.sh`) from the environment and panics with
-//! instructions when there is none, so those tests never pass silently.
+//! Tests that need S3, GCS or Azure Blob call [`s3_prefix`], [`gcs_prefix`]
+//! or [`azure_prefix`]; each reads the emulator the test script started
+//! (`scripts/test.sh`) from the environment and panics with instructions
+//! when there is none, so those tests never pass silently.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -167,24 +168,74 @@ pub fn parse_py_dict(s: &str) -> BTreeMap<String, PyValue> {
 /// Environment variable naming the bucket the S3 test server serves.
 pub const S3_BUCKET_VAR: &str = "SHARDFORGE_TEST_S3_BUCKET";
 
+/// Environment variable naming the bucket the GCS test server serves.
+pub const GCS_BUCKET_VAR: &str = "SHARDFORGE_TEST_GCS_BUCKET";
+
+/// Environment variable naming the container the Azure Blob test server serves.
+pub const AZURE_CONTAINER_VAR: &str = "SHARDFORGE_TEST_AZURE_CONTAINER";
+
+/// The value of `var`, or a panic that tells how to run the suite.
+fn required_env(var: &str, server: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "this test needs the {server} test server, and {var} is not set. \
+             Run the suite with `./scripts/test.sh`: it installs and starts the storage emulators on \
+             127.0.0.1, sets these variables, runs the tests and stops the servers."
+        ),
+    }
+}
+
+fn assert_loopback(what: &str, url: &str) {
+    assert!(
+        url.starts_with("http://127.0.0.1:") || url.starts_with("http://localhost:"),
+        "{what} must be a loopback address in tests, got {url}"
+    );
+}
+
 /// A fresh `s3://` prefix for one test on the S3 test server.
 ///
 /// Panics, telling how to run the suite, when no server is configured.
 pub fn s3_prefix(test: &str) -> String {
-    let bucket = std::env::var(S3_BUCKET_VAR).unwrap_or_default();
-    let endpoint = std::env::var("AWS_ENDPOINT").unwrap_or_default();
-    if bucket.is_empty() || endpoint.is_empty() {
-        panic!(
-            "this test needs the S3 test server, and {S3_BUCKET_VAR} or AWS_ENDPOINT is not set. \
-             Run the suite with `./scripts/test.sh`: it installs and starts an S3 server on 127.0.0.1, \
-             sets these variables, runs the tests and stops the server."
-        );
-    }
-    assert!(
-        endpoint.contains("127.0.0.1") || endpoint.contains("localhost"),
-        "AWS_ENDPOINT must be a loopback address in tests, got {endpoint}"
-    );
+    let bucket = required_env(S3_BUCKET_VAR, "S3");
+    let endpoint = required_env("AWS_ENDPOINT", "S3");
+    assert_loopback("AWS_ENDPOINT", &endpoint);
     format!("s3://{bucket}/{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh `gs://` prefix for one test on the GCS test server.
+///
+/// object_store finds the server through the service account file named by
+/// `GOOGLE_SERVICE_ACCOUNT` (`gcs_base_url`, `disable_oauth`). Panics,
+/// telling how to run the suite, when no server is configured.
+pub fn gcs_prefix(test: &str) -> String {
+    let bucket = required_env(GCS_BUCKET_VAR, "GCS");
+    let account = required_env("GOOGLE_SERVICE_ACCOUNT", "GCS");
+    let text = std::fs::read_to_string(&account)
+        .unwrap_or_else(|e| panic!("GOOGLE_SERVICE_ACCOUNT names {account}, which cannot be read: {e}"));
+    let json: serde_json::Value = serde_json::from_str(&text).expect("the service account file is JSON");
+    let base = json["gcs_base_url"].as_str().unwrap_or_default();
+    assert_loopback("gcs_base_url of GOOGLE_SERVICE_ACCOUNT", base);
+    assert_eq!(
+        json["disable_oauth"],
+        serde_json::json!(true),
+        "the GCS test server takes no OAuth"
+    );
+    format!("gs://{bucket}/{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh `az://` prefix for one test on the Azure Blob test server.
+///
+/// object_store finds the server through `AZURE_STORAGE_USE_EMULATOR=true`
+/// and `AZURITE_BLOB_STORAGE_URL` (the emulator's well-known account and
+/// key). Panics, telling how to run the suite, when no server is configured.
+pub fn azure_prefix(test: &str) -> String {
+    let container = required_env(AZURE_CONTAINER_VAR, "Azure Blob");
+    let emulator = required_env("AZURE_STORAGE_USE_EMULATOR", "Azure Blob");
+    assert_eq!(emulator, "true", "AZURE_STORAGE_USE_EMULATOR");
+    let url = required_env("AZURITE_BLOB_STORAGE_URL", "Azure Blob");
+    assert_loopback("AZURITE_BLOB_STORAGE_URL", &url);
+    format!("az://{container}/{test}-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// A fresh `memory://` prefix.
