@@ -39,7 +39,7 @@ impl RunId {
 
     /// A fresh random run id: 32 lowercase hex digits.
     pub fn generate() -> Self {
-        RunId(uuid::Uuid::new_v4().simple().to_string())
+        RunId(unique_hex())
     }
 
     /// The id as text.
@@ -110,6 +110,11 @@ pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {
     /// The current time, truncated to microseconds (the format's precision).
+    ///
+    /// Every read of the wall clock in the project goes through here (the
+    /// workspace's `clippy.toml` refuses the others), so a test that needs
+    /// another "now" has one place to look.
+    #[allow(clippy::disallowed_methods)]
     pub fn now() -> Self {
         Self::from_datetime(Utc::now())
     }
@@ -176,6 +181,33 @@ impl<'de> Deserialize<'de> for Timestamp {
         let s = String::deserialize(d)?;
         Timestamp::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// 32 random lowercase hex digits: run ids, run-record names, temporary
+/// file names. The one place the project makes random ids (the
+/// workspace's `clippy.toml` refuses the others).
+#[allow(clippy::disallowed_methods)]
+pub fn unique_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A random 64-bit number, for jitter; not for ids that must be unique
+/// (use [`unique_hex`]).
+#[allow(clippy::disallowed_methods)]
+pub fn random_u64() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
+}
+
+/// The wall clock as a `SystemTime`, for comparing with file times (see
+/// [`Timestamp::now`]).
+#[allow(clippy::disallowed_methods)]
+pub fn system_now() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}
+
+/// Milliseconds since the Unix epoch, now (see [`Timestamp::now`]).
+pub fn unix_millis() -> u64 {
+    u64::try_from(Timestamp::now().as_micros() / 1000).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@
 pub mod base64;
 pub mod checksum;
 pub mod current;
+pub mod duration;
 pub mod error;
 pub mod format;
 #[cfg(feature = "store")]

@@ -17,6 +17,15 @@
 //! holds its `gcs_base_url` and `"disable_oauth": true` (docs/storage.md).
 //! Option values are never formatted into errors or logs: [`StorageOptions`]'s
 //! `Debug` shows keys only.
+//!
+//! Two options are ShardForge's own and apply to every cloud store: how
+//! often a failing request is retried and for how long, before the failure
+//! is reported (and classified, see [`crate::store_error_kind`]):
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `max_retries` | 10 | retries of one request (network errors, timeouts, 5xx, throttling) |
+//! | `retry_timeout` | `3m` | give up retrying one request after this long (`30s`, `2m`, ...) |
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -28,7 +37,7 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ClientConfigKey, ClientOptions, ObjectStore};
+use object_store::{ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 
 use crate::error::{Error, Result};
 use crate::local::LocalStore;
@@ -332,11 +341,41 @@ fn options_fingerprint(options: &StorageOptions) -> String {
     format!("{h:016x}")
 }
 
+/// The store option that sets how many times a request is retried.
+pub const MAX_RETRIES: &str = "max_retries";
+/// The store option that bounds how long one request is retried.
+pub const RETRY_TIMEOUT: &str = "retry_timeout";
+
+/// ShardForge's retry options (see the module docs), and the others.
+fn retry_config(options: &StorageOptions, url: &str) -> Result<(RetryConfig, Vec<(String, String)>)> {
+    let mut retry = RetryConfig::default();
+    let mut rest = Vec::new();
+    for (k, v) in options.iter() {
+        match k {
+            MAX_RETRIES => {
+                retry.max_retries = v.trim().parse().map_err(|_| Error::InvalidUrl {
+                    url: url.to_string(),
+                    reason: format!("storage option {MAX_RETRIES} must be a whole number, not {v:?}"),
+                })?;
+            }
+            RETRY_TIMEOUT => {
+                retry.retry_timeout = crate::duration::parse_duration(v).map_err(|e| Error::InvalidUrl {
+                    url: url.to_string(),
+                    reason: format!("storage option {RETRY_TIMEOUT}: {e}"),
+                })?;
+            }
+            _ => rest.push((k.to_string(), v.to_string())),
+        }
+    }
+    Ok((retry, rest))
+}
+
 fn build_cloud(scheme: &str, bucket: &str, url: &str, options: &StorageOptions) -> Result<Arc<dyn ObjectStore>> {
     let unknown = |k: &str| Error::InvalidUrl {
         url: url.to_string(),
         reason: format!("unknown storage option {k:?} for {scheme}://"),
     };
+    let (retry, options) = retry_config(options, url)?;
     let built = |r: object_store::Result<Arc<dyn ObjectStore>>| {
         r.map_err(|e| Error::InvalidUrl {
             url: url.to_string(),
@@ -346,39 +385,45 @@ fn build_cloud(scheme: &str, bucket: &str, url: &str, options: &StorageOptions) 
     let base_url = format!("{scheme}://{bucket}");
     match scheme {
         "s3" | "s3a" => {
-            let mut b = AmazonS3Builder::from_env().with_url(base_url.replace("s3a://", "s3://"));
-            for (k, v) in options.iter() {
+            let mut b = AmazonS3Builder::from_env()
+                .with_url(base_url.replace("s3a://", "s3://"))
+                .with_retry(retry);
+            // Client options accumulate: each `with_client_options` call
+            // replaces the previous set.
+            let mut client: Option<ClientOptions> = None;
+            for (k, v) in &options {
                 if let Ok(key) = AmazonS3ConfigKey::from_str(k) {
                     b = b.with_config(key, v);
                 } else if let Ok(key) = ClientConfigKey::from_str(k) {
-                    b = b.with_client_options(client_option(key, v));
+                    client = Some(client.take().unwrap_or_default().with_config(key, v));
                 } else {
                     return Err(unknown(k));
                 }
             }
+            if let Some(c) = client {
+                b = b.with_client_options(c);
+            }
             built(b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>))
         }
         "gs" => {
-            let mut b = GoogleCloudStorageBuilder::from_env().with_url(base_url);
-            for (k, v) in options.iter() {
+            let mut b = GoogleCloudStorageBuilder::from_env()
+                .with_url(base_url)
+                .with_retry(retry);
+            for (k, v) in &options {
                 let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k))?;
                 b = b.with_config(key, v);
             }
             built(b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>))
         }
         _ => {
-            let mut b = MicrosoftAzureBuilder::from_env().with_url(base_url);
-            for (k, v) in options.iter() {
+            let mut b = MicrosoftAzureBuilder::from_env().with_url(base_url).with_retry(retry);
+            for (k, v) in &options {
                 let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k))?;
                 b = b.with_config(key, v);
             }
             built(b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>))
         }
     }
-}
-
-fn client_option(key: ClientConfigKey, value: &str) -> ClientOptions {
-    ClientOptions::new().with_config(key, value)
 }
 
 #[cfg(test)]
@@ -458,5 +503,19 @@ mod tests {
             .expect_err("opts")
             .to_string();
         assert!(err.contains("takes no storage options"), "{err}");
+    }
+
+    #[test]
+    fn retry_options_are_ours_and_checked() {
+        let ok = StorageOptions::new()
+            .with("aws_region", "us-east-1")
+            .with(MAX_RETRIES, "0")
+            .with(RETRY_TIMEOUT, "2s");
+        resolve("s3://retry-ok/p", &ok).expect("retry options are understood");
+        for (k, v, want) in [(MAX_RETRIES, "many", "whole number"), (RETRY_TIMEOUT, "soon", "soon")] {
+            let opts = StorageOptions::new().with("aws_region", "us-east-1").with(k, v);
+            let err = resolve("s3://retry-bad/p", &opts).expect_err(k).to_string();
+            assert!(err.contains(k) && err.contains(want), "{err}");
+        }
     }
 }

@@ -62,7 +62,8 @@
 
 pub mod admin;
 mod block_cache;
-pub mod duration;
+/// Durations as people type them (`30s`, `7d`), shared with the rest of the project.
+pub use sf_manifest::duration;
 mod error;
 mod reader;
 mod settings;

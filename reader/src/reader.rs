@@ -773,7 +773,7 @@ async fn refresh_loop(inner: Weak<Inner>, interval: Duration, max_backoff: Durat
 
 /// ±10%, so that many readers that failed together do not retry together.
 fn jitter(d: Duration) -> Duration {
-    let r = (uuid::Uuid::new_v4().as_u128() % 2001) as f64 / 10_000.0 - 0.1;
+    let r = (sf_manifest::ids::random_u64() % 2001) as f64 / 10_000.0 - 0.1;
     d.mul_f64(1.0 + r)
 }
 

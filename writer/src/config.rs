@@ -660,6 +660,20 @@ impl JobConfig {
                 if r.max_keys_per_shard.is_some() {
                     return Err(Error::config("routing.max_keys_per_shard", "is for hash routing"));
                 }
+                // Readers (ours and the reference's) bind only the name
+                // `key` to the key they are asked for; a snapshot whose
+                // expression reads the key column by its own name could
+                // only be read with the key passed again as context.
+                if self.key_col != sf_router::KEY_VARIABLE && r.columns.contains_key(&self.key_col) {
+                    return Err(Error::config(
+                        format!("routing.columns.{}", self.key_col),
+                        format!(
+                            "{:?} is the key column: name it \"key\" in columns and in the expression \
+                             (columns = {{ key = \"{}\" }}), so readers can route from the key alone",
+                            self.key_col, r.columns[&self.key_col]
+                        ),
+                    ));
+                }
                 if let Some(values) = &r.routing_values {
                     sf_manifest::format::validate_routing_values(values)
                         .map_err(|e| Error::config("routing.routing_values", e.to_string()))?;
@@ -839,6 +853,23 @@ prefix = "out/snap"
         assert_eq!(c.write.on_duplicate, DuplicatePolicy::LastWins);
         assert_eq!(c.write.shard_retries, 3);
         assert_eq!(c.output.sqlite, SqliteSettings::default());
+    }
+
+    #[test]
+    fn cel_over_the_key_column_must_call_it_key() {
+        let cel = |columns: &str, expr: &str| {
+            MINIMAL.replace(
+                "[routing]\nnum_dbs = 8",
+                &format!("[routing]\nstrategy = \"cel\"\nnum_dbs = 8\nexpr = \"{expr}\"\ncolumns = {columns}"),
+            )
+        };
+        let e = parse_env(&cel("{ id = \"int\" }", "id % 8"), &[]).expect_err("key column by its name");
+        let m = e.to_string();
+        assert!(m.starts_with("routing.columns.id:"), "{m}");
+        assert!(m.contains("name it \"key\"") && m.contains("key = \"int\""), "{m}");
+        assert_eq!(e.kind(), sf_manifest::ErrorKind::Config);
+        parse_env(&cel("{ key = \"int\" }", "key % 8"), &[]).expect("the key by its routing name");
+        parse_env(&cel("{ region = \"string\" }", "region"), &[]).expect("another column");
     }
 
     #[test]

@@ -34,7 +34,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ballista_core::serde::BallistaCodec;
@@ -254,7 +254,7 @@ async fn write_state(server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
                 continue;
             }
         };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = Duration::from_millis(sf_manifest::ids::unix_millis());
         let list: Vec<serde_json::Value> = executors
             .iter()
             .map(|(m, heartbeat)| {
@@ -348,10 +348,7 @@ impl ReportingLauncher {
 
 /// A failed status (reason filled in later) for every task of `multi`.
 fn failed_statuses(multi: &MultiTaskDefinition) -> Vec<TaskStatus> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    let now = sf_manifest::ids::unix_millis();
     multi
         .task_ids
         .iter()

@@ -17,7 +17,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -60,7 +60,7 @@ pub(crate) fn prepare_dir(cache_dir: &Path) -> Result<PathBuf> {
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .and_then(|t| sf_manifest::ids::system_now().duration_since(t).ok())
                 .is_some_and(|age| age > STALE_TMP);
             if name.to_string_lossy().starts_with(".tmp-") && stale {
                 let _ = std::fs::remove_file(entry.path());
@@ -162,7 +162,7 @@ pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(spec.store_error(format!("reading {}: {e}", file.url), e)),
     };
-    let tmp = dir.join(format!(".tmp-{key}-{}", uuid::Uuid::new_v4().simple()));
+    let tmp = dir.join(format!(".tmp-{key}-{}", sf_manifest::ids::unique_hex()));
     let result = async {
         // tokio::fs: file writes and the fsync run on the blocking pool,
         // not on the runtime's workers.
@@ -203,7 +203,7 @@ pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<
             });
         }
         // The digest first, then the file: a file in place always has one.
-        let sum_tmp = dir.join(format!(".tmp-{key}-{}.sum", uuid::Uuid::new_v4().simple()));
+        let sum_tmp = dir.join(format!(".tmp-{key}-{}.sum", sf_manifest::ids::unique_hex()));
         tokio::fs::write(&sum_tmp, format!("{found} {size}\n"))
             .await
             .map_err(|e| Error::io("writing a cache digest", &sum_tmp, e))?;

@@ -67,7 +67,7 @@ impl Drop for Registration {
 /// Registers `file` for connections of this VFS to open.
 pub(crate) fn register(file: Arc<RemoteFile>) -> Result<Registration, String> {
     ensure_registered()?;
-    let name = format!("sf-range-{}-{}.db", file.id, uuid::Uuid::new_v4().simple());
+    let name = format!("sf-range-{}-{}.db", file.id, sf_manifest::ids::unique_hex());
     files().insert(name.clone(), file);
     Ok(Registration { name })
 }
@@ -360,8 +360,8 @@ unsafe extern "C" fn x_randomness(_: *mut ffi::sqlite3_vfs, n: c_int, out: *mut 
     guarded(0, || {
         let mut filled = 0usize;
         while filled < n as usize {
-            let r = uuid::Uuid::new_v4();
-            let bytes = r.as_bytes();
+            let r = sf_manifest::ids::random_u64().to_le_bytes();
+            let bytes = &r;
             let take = bytes.len().min(n as usize - filled);
             // SAFETY: `out` has room for `n` bytes; we write below `n`.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), out.add(filled), take) };
@@ -377,10 +377,7 @@ unsafe extern "C" fn x_sleep(_: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
 }
 
 fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    i64::try_from(sf_manifest::ids::unix_millis()).unwrap_or(i64::MAX)
 }
 
 unsafe extern "C" fn x_current_time(_: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {

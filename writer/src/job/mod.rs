@@ -131,7 +131,7 @@ pub async fn build_prepared(
     let plan_time = started.elapsed();
 
     // From here on the run leaves traces; record it.
-    let record_key = layout::run_record_key(Timestamp::now(), &run_id, &uuid::Uuid::new_v4().simple().to_string());
+    let record_key = layout::run_record_key(Timestamp::now(), &run_id, &sf_manifest::ids::unique_hex());
     let lease = Duration::from_secs(60);
     let first = RunRecord::start(run_id.clone(), store.prefix_url(), lease);
     store.put_run_record(&record_key, &first).await?;

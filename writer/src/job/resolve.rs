@@ -101,6 +101,7 @@ pub async fn read_input(job: &JobConfig, engine: &dyn Engine) -> Result<(Session
 /// [`prepare`] for rows given as a DataFrame of `ctx` (the job's `[input]`
 /// is not read).
 pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) -> Result<Prepared> {
+    job.validate_settings()?;
     let storage = job.storage_options();
     let store = ObjectManifestStore::open(&job.output.prefix, &storage)
         .map_err(|e| Error::config("output.prefix", e.to_string()))?;

@@ -1,5 +1,6 @@
 //! Durations as people type them: `500ms`, `30s`, `5m`, `2h`, `7d`,
-//! `1h30m`. Used by settings and by the CLI (`--older-than`, `--max-age`).
+//! `1h30m`. Used by settings (reader intervals, storage retries, retention)
+//! and by the programs (`--older-than`, `--max-age`).
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ const UNITS: [(&str, u64); 6] = [
 
 /// Parses `1h30m`, `90s`, `250ms`, `7d`, `2w`. A bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let bad = |why: &str| Error::config("duration", format!("{text:?} {why}; use e.g. 30s, 5m, 2h, 7d, 1h30m"));
+    let bad = |why: &str| Error::invalid("duration", format!("{text:?} {why}; use e.g. 30s, 5m, 2h, 7d, 1h30m"));
     let t = text.trim();
     if t.is_empty() {
         return Err(bad("is empty"));
@@ -66,35 +67,39 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Serde for a `Duration` as text (`"30s"`).
-pub(crate) mod serde {
+pub mod serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    /// Writes `d` as text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_duration(*d))
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    /// Reads a duration from text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         super::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 
 /// Serde for an `Option<Duration>` as text or null.
-pub(crate) mod option_serde {
+pub mod option_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    /// Writes `d` as text, or null.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_str(&super::format_duration(*d)),
             None => s.serialize_none(),
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    /// Reads a duration from text, or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         match Option::<String>::deserialize(d)? {
             Some(text) => super::parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
             None => Ok(None),
