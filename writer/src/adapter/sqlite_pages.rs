@@ -1104,7 +1104,8 @@ mod tests {
     #[test]
     fn the_same_rows_give_the_same_bytes() {
         let dir = tempfile::tempdir().expect("tmp");
-        let rows = counted(5000, 37);
+        let mut rows = counted(5000, 37);
+        rows.extend((5000..5040u64).map(|i| (i.to_be_bytes().to_vec(), filled(3000 + 100 * i as usize % 7000, i))));
         let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
         build(&a, 1024, &rows);
         build(&b, 1024, &rows);
