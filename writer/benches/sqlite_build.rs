@@ -26,7 +26,7 @@ use sf_writer::sort::CHUNK_ROWS;
 
 const DEFAULT_ROWS: usize = 2_000_000;
 const VALUE_BYTES: usize = 100;
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 
 /// Keys and values laid out flat, so the rows cost no allocation each.
 struct Rows {
