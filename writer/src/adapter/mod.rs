@@ -31,6 +31,7 @@ use crate::ratelimit::RateLimits;
 pub mod slatedb;
 pub mod sqlite;
 mod sqlite_insert;
+pub mod sqlite_pages;
 
 pub use self::slatedb::SlateDbSettings;
 pub use self::sqlite::SqliteSettings;
