@@ -2,6 +2,7 @@
 
 mod cloud_backends;
 mod cluster;
+mod exit_codes;
 mod fixtures;
 mod publish;
 mod reader_admin;

@@ -810,7 +810,8 @@ warehouse = "{wh_url}"
         .args(["--conf", &conf, "SELECT * FROM wh.app.nope"])
         .output()
         .expect("run");
-    assert_ne!(bad.status.code(), Some(0));
+    // An unknown table is the user's to fix: exit 2, naming it.
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("nope"));
     let none = Command::new(binary("sf-sql")).args(["SELECT 1"]).output().expect("run");
     assert_eq!(none.status.code(), Some(2));

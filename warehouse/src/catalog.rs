@@ -162,13 +162,22 @@ async fn relist(ctx: &SessionContext, name: &str) -> Result<()> {
 /// Other statements run as DataFusion runs them.
 pub async fn sql(warehouse: &Warehouse, ctx: &SessionContext, text: &str) -> Result<DataFrame> {
     register(warehouse, ctx).await?;
-    let plan = ctx.state().create_logical_plan(text).await.map_err(|e| match e {
-        // A statement that does not parse or plan is the user's to fix.
-        DataFusionError::Plan(_)
-        | DataFusionError::SQL(..)
-        | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => Error::config("SQL", e.to_string()),
-        other => Error::from(other),
+    let plan = ctx.state().create_logical_plan(text).await.map_err(|e| {
+        // A statement that does not parse or plan (an unknown table or
+        // column included) is the user's to fix; DataFusion may wrap the
+        // cause in context or diagnostics.
+        let user = matches!(
+            e.find_root(),
+            DataFusionError::Plan(_)
+                | DataFusionError::SQL(..)
+                | DataFusionError::SchemaError(..)
+                | DataFusionError::NotImplemented(_)
+        );
+        if user {
+            Error::config("SQL", e.to_string())
+        } else {
+            Error::from(e)
+        }
     })?;
     match &plan {
         LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c))
