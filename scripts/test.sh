@@ -264,7 +264,12 @@ check_deploy_files
 start_s3
 start_gcs
 start_azure
-log "cargo build --workspace --bins"
-cargo build --workspace --bins
-log "cargo test --workspace $*"
-cargo test --workspace "$@"
+# The programs are built with the fail points of the fault matrix
+# (sf_manifest::failpoint); they stay inert unless a test sets
+# SHARDFORGE_FAILPOINTS, and release builds never have them. Tests build with the
+# same features, so nothing is compiled twice.
+FEATURES="sf-cli/failpoints"
+log "cargo build --workspace --bins --features $FEATURES"
+cargo build --workspace --bins --features "$FEATURES"
+log "cargo test --workspace --features $FEATURES $*"
+cargo test --workspace --features "$FEATURES" "$@"

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod exit;
 pub mod output;
 pub mod read;
+pub mod report;
 pub mod run;
 pub mod sql;
 pub mod write;

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sf_writer::job::{BuildOptions, Embedded, Engine, Outcome, ProgressSink};
 
 use crate::exit::{self, EXIT_CODES, Failure};
+use crate::report::Recorder;
 
 const ABOUT: &str = "Build a sharded key-value snapshot from a table and publish it.";
 
@@ -68,9 +69,32 @@ struct Args {
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
 
-    /// Print the build summary as one JSON object on stdout.
+    /// Print the build's report as one JSON object on stdout (on success
+    /// and on failure): run id, outcome, exit code, each phase with its
+    /// duration, each validation gate, the summary, the error.
     #[arg(long)]
     json: bool,
+
+    /// Write the same JSON report to this file, on success and on failure
+    /// (whole or not at all).
+    #[arg(long, value_name = "PATH")]
+    report: Option<PathBuf>,
+
+    /// Write the report's figures in Prometheus text format to this file
+    /// (for node_exporter's textfile collector), on success and on failure.
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+
+    /// Build the job's run_id again although it was published before
+    /// (without it such a run does nothing and exits 0). Data any manifest
+    /// references is never touched.
+    #[arg(long)]
+    rebuild: bool,
+
+    /// Publish even when validation gates fail; the overridden gates are
+    /// recorded in the manifest and the run record.
+    #[arg(long)]
+    force: bool,
 
     /// Log filter (e.g. `info`, `sf_writer=debug`); default `warn`, or
     /// `info` when progress goes to log lines. RUST_LOG works too.
@@ -110,101 +134,83 @@ pub fn engine_for(cluster: Option<&str>, job: &sf_writer::config::JobConfig) -> 
 }
 
 async fn run(args: Args, bar: bool) -> Result<u8, Failure> {
-    let mut job = sf_writer::config::load(&args.config, std::env::vars())?;
-    let scheduler = args
-        .cluster
-        .clone()
-        .or_else(|| job.cluster.as_ref().and_then(|c| c.scheduler.clone()));
-    let engine = engine_for(scheduler.as_deref(), &job)?;
     let sink: Option<Arc<dyn ProgressSink>> = match (args.progress, bar) {
         (ProgressMode::Off, _) => None,
         (_, true) => Some(Arc::new(BarSink::new())),
         (_, false) => Some(Arc::new(LogSink::default())),
     };
-    // Shard tasks on a cluster run elsewhere, so the in-process counters
-    // stay at zero; count the shards that reached their upload instead
-    // (their claim markers), which needs the run id up front.
-    let sink = match sink {
-        Some(inner) if !engine.runs_locally() && !args.dry_run => {
-            let run_id = match &job.output.run_id {
-                Some(r) => r.clone(),
-                None => {
-                    let r = sf_manifest::RunId::generate().as_str().to_string();
-                    job.output.run_id = Some(r.clone());
-                    r
-                }
-            };
-            let watch = ClaimWatch::new(inner, &job, &run_id);
-            Some(Arc::new(watch) as Arc<dyn ProgressSink>)
-        }
-        other => other,
-    };
-    let options = BuildOptions {
-        dry_run: args.dry_run,
-        progress: sink.clone(),
-        ..BuildOptions::default()
-    };
-    let outcome = sf_warehouse::run_job(&job, engine.as_ref(), &options).await;
+    let mut run_id: Option<String> = None;
+    let mut prefix = String::new();
+    let mut recorder: Option<Arc<Recorder>> = None;
+    let result = build(&args, sink.clone(), &mut run_id, &mut prefix, &mut recorder).await;
     if let Some(s) = &sink {
         s.phase("done");
     }
-    match outcome? {
-        Outcome::DryRun(report) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "dry_run": true,
-                        "run_id": report.run_id.as_str(),
-                        "num_dbs": report.num_dbs,
-                        "key_col": report.key_col,
-                        "key_encoding": report.key_encoding.as_str(),
-                        "sharding": report.sharding.to_json(),
-                        "prefix": report.prefix_url,
-                        "backend": report.backend,
-                    })
-                );
-            } else {
-                println!("dry run: nothing was written\n{report}");
-            }
-        }
-        Outcome::Unchanged(why) => {
-            if args.json {
-                println!("{}", serde_json::json!({"unchanged": true, "reason": why}));
-            } else {
-                println!("{why}");
-            }
-        }
-        Outcome::Built(summary) => {
-            if args.json {
-                let (lo, med, hi) = summary.rows_per_shard;
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "run_id": summary.run_id.as_str(),
-                        "manifest_ref": summary.manifest_ref,
-                        "num_dbs": summary.num_dbs,
-                        "shards_written": summary.shards_written,
-                        "rows": summary.rows,
-                        "duplicates": summary.duplicates,
-                        "bytes": summary.bytes,
-                        "rows_per_shard": {"min": lo, "median": med, "max": hi},
-                        "retries": summary.retries,
-                        "losers_deleted": summary.losers_deleted,
-                        "seconds": {
-                            "plan": summary.plan_time.as_secs_f64(),
-                            "write": summary.write_time.as_secs_f64(),
-                            "publish": summary.publish_time.as_secs_f64(),
-                            "total": summary.total_time.as_secs_f64(),
-                        },
-                    })
-                );
-            } else {
-                println!("{summary}");
-            }
-        }
+    let recorder = recorder.unwrap_or_else(|| Arc::new(Recorder::new(None)));
+    let doc = crate::report::document(&result, run_id.as_deref(), &prefix, &recorder);
+    if let Some(path) = &args.report {
+        crate::report::write_atomically(path, &format!("{doc}\n"))?;
+    }
+    if let Some(path) = &args.metrics_file {
+        crate::report::write_atomically(path, &crate::report::metrics(&doc))?;
+    }
+    if args.json {
+        println!("{doc}");
+    }
+    match result? {
+        _ if args.json => {}
+        Outcome::DryRun(report) => println!("dry run: nothing was written\n{report}"),
+        Outcome::Unchanged(why) => println!("{why}"),
+        Outcome::AlreadyPublished(done) => println!("{done}"),
+        Outcome::Built(summary) => println!("{summary}"),
     }
     Ok(exit::OK)
+}
+
+/// Loads the job and runs it; `run_id` and `prefix` are filled as soon as
+/// they are known, so a report names them even when the build fails.
+async fn build(
+    args: &Args,
+    sink: Option<Arc<dyn ProgressSink>>,
+    run_id: &mut Option<String>,
+    prefix: &mut String,
+    recorder_slot: &mut Option<Arc<Recorder>>,
+) -> Result<Outcome, Failure> {
+    let mut job = sf_writer::config::load(&args.config, std::env::vars())?;
+    // The run id is fixed up front: reports name it whatever happens, and
+    // a cluster build's progress watches its claim markers.
+    let id = job
+        .output
+        .run_id
+        .clone()
+        .unwrap_or_else(|| sf_manifest::RunId::generate().as_str().to_string());
+    job.output.run_id = Some(id.clone());
+    *run_id = Some(id.clone());
+    *prefix = job.output.table.clone().unwrap_or_else(|| job.output.prefix.clone());
+    let scheduler = args
+        .cluster
+        .clone()
+        .or_else(|| job.cluster.as_ref().and_then(|c| c.scheduler.clone()));
+    let engine = engine_for(scheduler.as_deref(), &job)?;
+    // Shard tasks on a cluster run elsewhere, so the in-process counters
+    // stay at zero; count the shards that reached their upload instead
+    // (their claim markers).
+    let sink = match sink {
+        Some(inner) if !engine.runs_locally() && !args.dry_run => {
+            Some(Arc::new(ClaimWatch::new(inner, &job, &id)) as Arc<dyn ProgressSink>)
+        }
+        other => other,
+    };
+    let recorder = Arc::new(Recorder::new(sink));
+    *recorder_slot = Some(Arc::clone(&recorder));
+    let options = BuildOptions {
+        dry_run: args.dry_run,
+        progress: Some(recorder as Arc<dyn ProgressSink>),
+        rebuild: args.rebuild,
+        force: args.force,
+        ..BuildOptions::default()
+    };
+    Ok(sf_warehouse::run_job(&job, engine.as_ref(), &options).await?)
 }
 
 /// Progress of a build whose shard tasks run on a cluster: phases as

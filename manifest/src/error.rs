@@ -134,8 +134,27 @@ pub fn store_error_kind(e: &object_store::Error) -> ErrorKind {
         | E::NotSupported { .. }
         | E::NotImplemented
         | E::UnknownConfigurationKey { .. } => ErrorKind::Config,
+        E::Generic { source, .. } if refused_access(source.as_ref()) => ErrorKind::Config,
         _ => ErrorKind::Unavailable,
     }
+}
+
+/// Whether a `Generic` failure is the store refusing our credentials (401
+/// or 403). object_store 0.12 turns those statuses into `PermissionDenied`
+/// and `Unauthenticated` for requests about one object, but a listing's
+/// error arrives as `Generic` with the answer's status only in its text
+/// (`Server returned non-2xx status code: 403 Forbidden`); without this a
+/// denied listing would be retried and reported as storage unavailable.
+fn refused_access(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        let t = x.to_string();
+        if t.contains("status code: 401") || t.contains("status code: 403") {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
 }
 
 /// The class of a local I/O failure (a work folder, the reader's cache): a

@@ -1,15 +1,23 @@
-//! Listing and deleting shard attempts: the pieces both the writer (losing
-//! attempts of its own run) and the admin `cleanup` (old runs) build on.
+//! Garbage collection of a prefix: listing and deleting shard attempts,
+//! and [`cleanup`], the one set of rules for what may go (used by
+//! `sf-read cleanup`, the reader's admin and a build's retention).
+//!
+//! The rule every deletion obeys: nothing `_CURRENT` or a kept manifest
+//! references, and nothing of a run that may still be writing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 
+use serde::Serialize;
+
 use crate::error::{Error, Result};
-use crate::ids::{Attempt, DbId, RunId};
+use crate::ids::{Attempt, DbId, RunId, Timestamp};
 use crate::layout;
-use crate::store::{ManifestStore, ObjectManifestStore};
+use crate::run_record::RunStatus;
+use crate::store::{HistoryEntry, ManifestStore, ObjectManifestStore};
 
 /// One `shards/run_id=R/db=N/attempt=A/` folder and what is in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +99,350 @@ pub async fn delete_prefix(store: &ObjectManifestStore, key: &str) -> Result<usi
         .await
         .map_err(|e| Error::store("delete", url, e))?;
     Ok(deleted.len())
+}
+
+/// Whether the attempt folder `attempt_key` was claimed by build
+/// `build_id` (its claim marker names it). A folder without a readable
+/// claim is nobody's: not ours to delete.
+pub async fn claimed_by(store: &ObjectManifestStore, attempt_key: &str, build_id: &str) -> Result<bool> {
+    if build_id.is_empty() {
+        return Ok(false);
+    }
+    let key = format!("{}/{}", attempt_key.trim_end_matches('/'), layout::CLAIM_FILE);
+    let url = layout::join_url(store.prefix_url(), &key);
+    let bytes = match store.object_store().get(&store.location().path_of(&key)).await {
+        Ok(r) => r.bytes().await.map_err(|e| Error::store("read", url.clone(), e))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(Error::store("read", url, e)),
+    };
+    let claim: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Ok(claim.get("build_id").and_then(serde_json::Value::as_str) == Some(build_id))
+}
+
+/// Deletes the attempt folders of `run` that build `build_id` claimed,
+/// except those in `keep` (the winners it is publishing); returns how
+/// many it deleted. Attempts of other builds sharing the run id (an
+/// earlier publish that a manifest references, a build running beside
+/// this one) are never touched.
+pub async fn delete_own_attempts(
+    store: &ObjectManifestStore,
+    run: &RunId,
+    build_id: &str,
+    keep: &BTreeSet<(DbId, Attempt)>,
+) -> Result<usize> {
+    let mut deleted = 0;
+    for dir in list_attempts(store, Some(run)).await? {
+        if keep.contains(&(dir.db_id, dir.attempt)) || !claimed_by(store, &dir.key, build_id).await? {
+            continue;
+        }
+        crate::failpoint::hit("delete-losers").await?;
+        delete_prefix(store, &dir.key).await?;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+/// What [`cleanup`] may delete.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CleanupOptions {
+    /// Keep the newest N manifests (and their runs); older ones are old.
+    pub keep_last: Option<usize>,
+    /// Manifests published longer ago than this are old.
+    /// With both rules, a manifest is old only if both say so.
+    pub older_than: Option<Duration>,
+    /// Also delete shard data of runs that published no manifest and are
+    /// not running (their run record is failed, finished or its lease
+    /// expired). Implied by `keep_last` or `older_than`.
+    pub include_abandoned: bool,
+    /// List what would go, delete nothing.
+    pub dry_run: bool,
+}
+
+/// Why something is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemovalReason {
+    /// An attempt of a kept run that lost (not the manifest's winner).
+    StaleAttempt,
+    /// A manifest older than the keep rules.
+    OldManifest,
+    /// Shard data of a run whose manifests are all old.
+    OldRun,
+    /// Shard data of a run that never published and is not running.
+    AbandonedRun,
+    /// The run record of a run whose data goes.
+    RunRecord,
+}
+
+/// One folder [`cleanup`] deletes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Removal {
+    /// Why.
+    pub reason: RemovalReason,
+    /// Its run.
+    pub run_id: RunId,
+    /// Key of the folder relative to the prefix.
+    pub key: String,
+    /// Its URL.
+    pub url: String,
+    /// Objects in it (0 when not listed, as for manifests and run records).
+    pub objects: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// What a cleanup deleted (or, dry, would delete).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    /// Whether nothing was deleted on purpose.
+    pub dry_run: bool,
+    /// The run `_CURRENT` names.
+    pub current_run_id: RunId,
+    /// The manifest `_CURRENT` names.
+    pub current_manifest_ref: String,
+    /// Manifests kept.
+    pub kept_manifests: Vec<String>,
+    /// Folders deleted (or to delete), in deletion order.
+    pub removals: Vec<Removal>,
+    /// Runs with shard data but no manifest and no run record: left alone,
+    /// since nothing says whether they are still writing.
+    pub unknown_runs: Vec<RunId>,
+    /// Objects deleted (dry: objects counted in the folders to delete).
+    pub objects_deleted: usize,
+    /// Folders removed (dry: folders to remove).
+    pub prefixes_removed: usize,
+}
+
+impl CleanupReport {
+    /// The removals of one reason.
+    pub fn of(&self, reason: RemovalReason) -> impl Iterator<Item = &Removal> {
+        self.removals.iter().filter(move |r| r.reason == reason)
+    }
+}
+
+/// Deletes (or, dry, lists) what `options` allow on the prefix of `store`;
+/// see [`CleanupOptions`]. `sf-read cleanup`, the reader's `Admin` and a
+/// build's retention all run this.
+///
+/// Never deleted: the manifest `_CURRENT` names, kept manifests, the
+/// winning attempt folder of every shard row of those manifests
+/// (wherever its `db_url` points), runs with a live lease, and runs
+/// nothing is known about. `_CURRENT` is read again just before
+/// anything is deleted; if it moved, nothing is deleted and the error's
+/// kind is `Conflict` (run cleanup again).
+///
+/// Order: old manifests first (so nothing can roll back to a snapshot
+/// whose data is going), then shard data, then run records (which let
+/// an interrupted cleanup find the rest next time).
+pub async fn cleanup(store: &ObjectManifestStore, options: &CleanupOptions) -> Result<CleanupReport> {
+    if options.keep_last == Some(0) {
+        return Err(Error::invalid(
+            "keep_last",
+            "must be at least 1 (the manifest _CURRENT names is always kept)",
+        ));
+    }
+    let prefix = store.prefix_url().to_string();
+    let current = store.load_current().await?.ok_or_else(|| Error::NotFound {
+        what: "_CURRENT",
+        location: layout::join_url(store.prefix_url(), layout::CURRENT),
+    })?;
+    let current_key = layout::locate(store.prefix_url(), None, &current.pointer.manifest_ref)?;
+    let history = store.history().await?;
+    let now = Timestamp::now().as_micros();
+    let age_rules = options.keep_last.is_some() || options.older_than.is_some();
+    let is_old = |e: &HistoryEntry| {
+        age_rules
+            && options.keep_last.is_none_or(|n| e.offset >= n)
+            && options.older_than.is_none_or(|d| {
+                let cutoff = now - i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+                e.published_at.as_micros() < cutoff
+            })
+    };
+    let mut kept: Vec<&HistoryEntry> = Vec::new();
+    let mut old: Vec<&HistoryEntry> = Vec::new();
+    let mut current_in_history = false;
+    for e in &history {
+        let key = layout::locate(store.prefix_url(), None, &e.manifest_ref)?;
+        if key == current_key {
+            current_in_history = true;
+            kept.push(e);
+        } else if is_old(e) {
+            old.push(e);
+        } else {
+            kept.push(e);
+        }
+    }
+
+    // What kept manifests reference, wherever it lies.
+    let mut kept_refs: Vec<String> = kept.iter().map(|e| e.manifest_ref.clone()).collect();
+    if !current_in_history {
+        kept_refs.push(current.pointer.manifest_ref.clone());
+    }
+    let mut protected: HashSet<String> = HashSet::new();
+    let mut kept_runs: BTreeSet<RunId> = BTreeSet::new();
+    for r in &kept_refs {
+        let m = store.load_manifest(r).await.map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound {
+                what: "manifest kept by the history",
+                location: r.clone(),
+            },
+            other => other,
+        })?;
+        kept_runs.insert(m.build.run_id.clone());
+        for row in &m.shards {
+            if let Some(url) = &row.db_url {
+                let key = layout::locate(&prefix, Some(&m.build.s3_prefix), url)?;
+                protected.insert(key.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    let old_runs: BTreeSet<RunId> = old
+        .iter()
+        .map(|e| e.run_id.clone())
+        .filter(|r| !kept_runs.contains(r))
+        .collect();
+    let manifest_runs: BTreeSet<RunId> = history.iter().map(|e| e.run_id.clone()).collect();
+
+    // Run records tell whether a run without a manifest is still going.
+    let records = store.list_run_records().await?;
+    let mut records_by_run: BTreeMap<RunId, Vec<(String, crate::RunRecord)>> = BTreeMap::new();
+    for (key, rec) in records {
+        records_by_run.entry(rec.run_id.clone()).or_default().push((key, rec));
+    }
+    let live = |run: &RunId| {
+        records_by_run.get(run).is_some_and(|rs| {
+            rs.iter()
+                .any(|(_, r)| r.status == RunStatus::Running && r.lease_expires_at.as_micros() > now)
+        })
+    };
+    let abandoned_ok = |run: &RunId| {
+        let Some(rs) = records_by_run.get(run) else {
+            return false;
+        };
+        !live(run)
+            && options.older_than.is_none_or(|d| {
+                let cutoff = now - i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+                rs.iter().all(|(_, r)| r.updated_at.as_micros() < cutoff)
+            })
+    };
+
+    let attempts = list_attempts(store, None).await?;
+    let mut removals: Vec<Removal> = Vec::new();
+    for e in &old {
+        let key = layout::locate(store.prefix_url(), None, &e.manifest_ref)?;
+        let dir = key
+            .rsplit_once('/')
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_else(|| key.clone());
+        removals.push(Removal {
+            reason: RemovalReason::OldManifest,
+            run_id: e.run_id.clone(),
+            url: layout::join_url(&prefix, &dir),
+            key: dir,
+            objects: 0,
+            bytes: 0,
+        });
+    }
+    let mut unknown_runs: BTreeSet<RunId> = BTreeSet::new();
+    let mut data_gone_runs: BTreeSet<RunId> = BTreeSet::new();
+    let removal = |a: &AttemptDir, reason| Removal {
+        reason,
+        run_id: a.run_id.clone(),
+        url: layout::join_url(&prefix, &a.key),
+        key: a.key.clone(),
+        objects: a.objects,
+        bytes: a.bytes,
+    };
+    for a in &attempts {
+        if protected.contains(&a.key) || live(&a.run_id) {
+            continue;
+        }
+        if kept_runs.contains(&a.run_id) {
+            removals.push(removal(a, RemovalReason::StaleAttempt));
+        } else if old_runs.contains(&a.run_id) {
+            removals.push(removal(a, RemovalReason::OldRun));
+            data_gone_runs.insert(a.run_id.clone());
+        } else if !manifest_runs.contains(&a.run_id) {
+            if !(options.include_abandoned || age_rules) {
+                continue;
+            }
+            if abandoned_ok(&a.run_id) {
+                removals.push(removal(a, RemovalReason::AbandonedRun));
+                data_gone_runs.insert(a.run_id.clone());
+            } else if !records_by_run.contains_key(&a.run_id) {
+                unknown_runs.insert(a.run_id.clone());
+            }
+        }
+    }
+    // Runs that never published and are over (failed, finished, or their
+    // lease expired): their records go too, whether or not they wrote any
+    // shard data (a build killed before its first upload leaves only a
+    // record).
+    if options.include_abandoned || age_rules {
+        for run in records_by_run.keys() {
+            if !manifest_runs.contains(run) && abandoned_ok(run) {
+                data_gone_runs.insert(run.clone());
+            }
+        }
+    }
+    // Run records of runs that go entirely (old runs even when their
+    // data is already gone).
+    for run in old_runs.iter().chain(data_gone_runs.iter()).collect::<BTreeSet<_>>() {
+        if kept_runs.contains(run) || live(run) {
+            continue;
+        }
+        for (key, _) in records_by_run.get(run).into_iter().flatten() {
+            let dir = key
+                .rsplit_once('/')
+                .map(|(d, _)| d.to_string())
+                .unwrap_or_else(|| key.clone());
+            removals.push(Removal {
+                reason: RemovalReason::RunRecord,
+                run_id: run.clone(),
+                url: layout::join_url(&prefix, &dir),
+                key: dir,
+                objects: 0,
+                bytes: 0,
+            });
+        }
+    }
+    removals.sort_by(|a, b| (a.reason, &a.key).cmp(&(b.reason, &b.key)));
+
+    let mut report = CleanupReport {
+        dry_run: options.dry_run,
+        current_run_id: current.pointer.run_id.clone(),
+        current_manifest_ref: current.pointer.manifest_ref.clone(),
+        kept_manifests: kept_refs,
+        removals,
+        unknown_runs: unknown_runs.into_iter().collect(),
+        objects_deleted: 0,
+        prefixes_removed: 0,
+    };
+    if options.dry_run {
+        report.objects_deleted = report.removals.iter().map(|r| r.objects.max(1)).sum();
+        report.prefixes_removed = report.removals.len();
+        return Ok(report);
+    }
+    if report.removals.is_empty() {
+        return Ok(report);
+    }
+    // _CURRENT may have moved (a publish, a rollback) since the plan.
+    let now_current = store.load_current().await?;
+    if now_current.as_ref().map(|c| &c.version) != Some(&current.version) {
+        return Err(Error::Conflict {
+            location: layout::join_url(store.prefix_url(), layout::CURRENT),
+            expected: Some(current.version.to_string()),
+            found: now_current.map(|c| c.version.to_string()),
+        });
+    }
+    for r in &report.removals {
+        crate::failpoint::hit("cleanup").await?;
+        let n = delete_prefix(store, &r.key).await?;
+        report.objects_deleted += n;
+        report.prefixes_removed += 1;
+        tracing::info!(reason = ?r.reason, url = %r.url, objects = n, "cleanup removed");
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ pub const MANIFEST_FILE: &str = "manifest";
 pub const RUN_RECORD_FILE: &str = "run.yaml";
 /// File name of a SQLite shard inside its attempt folder.
 pub const SQLITE_SHARD_FILE: &str = "shard.db";
+/// The marker that claims an attempt folder, created if absent before
+/// anything else is written there. It names the build that claimed it
+/// (`build_id`), so a build deletes only attempts it claimed itself.
+pub const CLAIM_FILE: &str = "_claim.json";
 
 /// `manifests/<ts>_run_id=<R>/manifest`
 pub fn manifest_key(published_at: Timestamp, run_id: &RunId) -> String {

@@ -49,6 +49,7 @@ pub mod checksum;
 pub mod current;
 pub mod duration;
 pub mod error;
+pub mod failpoint;
 pub mod format;
 #[cfg(feature = "store")]
 pub mod gc;

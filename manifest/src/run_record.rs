@@ -66,6 +66,9 @@ pub struct RunRecord {
     pub error_message: Option<String>,
     /// Who wrote it.
     pub writer_type: String,
+    /// What else a reader of the record should know (the gates a forced
+    /// publish overrode); written only when there is something.
+    pub notes: Option<String>,
 }
 
 impl RunRecord {
@@ -83,6 +86,7 @@ impl RunRecord {
             error_type: None,
             error_message: None,
             writer_type: WRITER_TYPE.to_string(),
+            notes: None,
         }
     }
 
@@ -127,6 +131,10 @@ impl RunRecord {
             ("updated_at", yaml_str(&self.updated_at.to_iso())),
             ("writer_type", yaml_str(&self.writer_type)),
         ]);
+        let mut fields = fields;
+        if let Some(n) = &self.notes {
+            fields.insert("notes", yaml_str(n));
+        }
         let mut out = String::new();
         for (k, v) in fields {
             out.push_str(k);
@@ -171,6 +179,7 @@ impl RunRecord {
             error_type: get("error_type"),
             error_message: get("error_message"),
             writer_type: get("writer_type").unwrap_or_default(),
+            notes: get("notes"),
         })
     }
 }
@@ -255,6 +264,7 @@ writer_type: python
             std::time::Duration::from_secs(60),
         );
         r.fail("data", "row 3: key 'a': null\nsecond line: \"quoted\" é");
+        r.notes = Some("forced past gates: min_rows (0 < 1)".into());
         let text = r.to_yaml();
         let back = RunRecord::from_yaml(&text, "x").expect("parse");
         assert_eq!(back, r);

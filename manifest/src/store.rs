@@ -27,7 +27,7 @@ pub struct CurrentVersion {
 }
 
 impl CurrentVersion {
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match (&self.e_tag, &self.version) {
             (Some(e), _) => format!("ETag {e}"),
             (None, Some(v)) => format!("version {v}"),

@@ -54,6 +54,7 @@ pub struct ReaderBuilder {
     settings: ReaderSettings,
     options: StorageOptions,
     store: Option<Arc<dyn ObjectStore>>,
+    unpublished: Option<(Manifest, String)>,
 }
 
 impl std::fmt::Debug for ReaderBuilder {
@@ -88,6 +89,18 @@ impl ReaderBuilder {
         self
     }
 
+    /// Serves `manifest`, given in hand instead of read from storage
+    /// (`manifest_ref` names it in errors and `info()`): a build reads its
+    /// new shards through the reader before anything is published (its
+    /// canary gate). The reader never refreshes away from it.
+    pub fn with_unpublished_manifest(mut self, manifest: Manifest, manifest_ref: impl Into<String>) -> Self {
+        let manifest_ref = manifest_ref.into();
+        self.settings.pin = Pin::Ref(manifest_ref.clone());
+        self.settings.refresh_interval = None;
+        self.unpublished = Some((manifest, manifest_ref));
+        self
+    }
+
     /// Reads `_CURRENT` (or the pin) and the manifest, and starts the
     /// background refresh if one is set. Opens no shard. Must run inside
     /// a tokio runtime, which the reader then uses for its background work.
@@ -104,7 +117,10 @@ impl ReaderBuilder {
             runtime.clone(),
         )?);
         let current_url = sf_manifest::layout::join_url(store.prefix_url(), sf_manifest::layout::CURRENT);
-        let snapshot = initial_snapshot(&store, &self.settings.pin, &current_url).await?;
+        let snapshot = match self.unpublished {
+            Some((manifest, manifest_ref)) => Snapshot::from_manifest(&store, &manifest_ref, None, manifest)?,
+            None => initial_snapshot(&store, &self.settings.pin, &current_url).await?,
+        };
         let inner = Arc::new(Inner {
             current_url,
             store,
@@ -358,6 +374,7 @@ impl Reader {
             settings: ReaderSettings::default(),
             options: StorageOptions::new(),
             store: None,
+            unpublished: None,
         }
     }
 

@@ -3,6 +3,7 @@
 mod cloud_backends;
 mod cluster;
 mod exit_codes;
+mod fault_matrix;
 mod fixtures;
 mod publish;
 mod reader_admin;
@@ -12,5 +13,6 @@ mod reader_concurrency;
 mod reader_errors;
 mod reader_fixtures;
 mod reader_snapshots;
+mod scheduled;
 mod warehouse;
 mod write_e2e;

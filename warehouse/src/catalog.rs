@@ -212,7 +212,7 @@ pub async fn sql(warehouse: &Warehouse, ctx: &SessionContext, text: &str) -> Res
             relist(ctx, &name).await?;
             let rows = match outcome {
                 Outcome::Built(s) => s.rows,
-                Outcome::Unchanged(_) | Outcome::DryRun(_) => 0,
+                Outcome::Unchanged(_) | Outcome::DryRun(_) | Outcome::AlreadyPublished(_) => 0,
             };
             Ok(ctx.sql(&format!("SELECT {rows} AS rows_written")).await?)
         }

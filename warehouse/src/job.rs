@@ -12,7 +12,18 @@ use crate::names::Catalogs;
 /// [`Warehouse::save`](crate::Warehouse::save).
 ///
 /// The table's name and catalog are checked before the input is read.
+///
+/// A `[validate] canary` is installed here, as a check the writer runs
+/// with its gates (it reads through the online reader).
 pub async fn run_job(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions) -> Result<Outcome> {
+    let mut options = options.clone();
+    if let Some(c) = &job.validate.canary {
+        options.checks.push(std::sync::Arc::new(crate::canary::CanaryCheck::new(
+            c,
+            job.storage_options(),
+        )));
+    }
+    let options = &options;
     let Some(table) = &job.output.table else {
         return Ok(sf_writer::job::build(job, engine, options).await?);
     };

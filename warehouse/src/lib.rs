@@ -26,6 +26,7 @@ use sf_writer::config::JobConfig;
 use sf_writer::job::{BuildOptions, Engine, Outcome, build_prepared, prepare_frame};
 use sf_writer::value::ValueSpec;
 
+pub mod canary;
 pub mod catalog;
 mod error;
 pub mod format;
@@ -418,6 +419,13 @@ pub fn table_job(key_col: &str, num_dbs: u32) -> JobConfig {
         write: Default::default(),
         storage: Default::default(),
         cluster: None,
+        // Saving a table is an API call, not a scheduled build: an empty
+        // frame makes an empty table, as data frame APIs do.
+        validate: sf_writer::gates::ValidateConfig {
+            min_rows: sf_writer::gates::Limit::Value(0),
+            ..Default::default()
+        },
+        retention: None,
         sf: Default::default(),
     }
 }

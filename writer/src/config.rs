@@ -56,10 +56,41 @@ pub struct JobConfig {
     /// Running on a Ballista cluster instead of embedded.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Gates a build must pass before it is published.
+    #[serde(default)]
+    pub validate: crate::gates::ValidateConfig,
+    /// Old snapshots and abandoned runs removed after a successful publish.
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
     /// Settings with dotted names, like `sf.catalog.<name>.warehouse =
     /// "<url>"` (warehouse catalogs for `[output] table`).
     #[serde(default)]
     pub sf: toml::Table,
+}
+
+/// `[retention]`: after a successful publish, the build runs the same
+/// cleanup as `sf-read cleanup --include-abandoned` with these rules.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Keep the newest N manifests (and their runs); at least 1.
+    pub keep_last: Option<usize>,
+    /// Manifests published longer ago than this are old (`7d`, `36h`);
+    /// with both rules a manifest is old only if both say so.
+    #[serde(default, with = "sf_manifest::duration::option_serde")]
+    pub older_than: Option<std::time::Duration>,
+}
+
+impl RetentionConfig {
+    /// The cleanup these rules ask for (abandoned runs included).
+    pub fn cleanup_options(&self) -> sf_manifest::gc::CleanupOptions {
+        sf_manifest::gc::CleanupOptions {
+            keep_last: self.keep_last,
+            older_than: self.older_than,
+            include_abandoned: true,
+            dry_run: false,
+        }
+    }
 }
 
 fn default_shard_id_col() -> String {
@@ -325,6 +356,11 @@ pub struct WriteConfig {
     /// the memory this process may use (the machine's, or its cgroup's
     /// limit), at least 1024.
     pub memory_limit_mib: u64,
+    /// Lease of the build's run record, in seconds: renewed every third of
+    /// it while the build runs. A run record whose lease is past is a
+    /// build that died: another build may then take the run id, and
+    /// cleanup may remove what it left.
+    pub run_lease_secs: u64,
 }
 
 /// Memory limit per sorting shard at least, in MiB: its sort buffer gets
@@ -374,6 +410,7 @@ impl Default for WriteConfig {
             work_dir: None,
             verify_checksums: true,
             memory_limit_mib: default_memory_limit_mib(),
+            run_lease_secs: 60,
         }
     }
 }
@@ -581,6 +618,9 @@ impl JobConfig {
         if let Some(w) = &self.write.work_dir {
             self.write.work_dir = Some(PathBuf::from(resolve_local(base, &w.to_string_lossy())));
         }
+        if let Some(c) = &mut self.validate.canary {
+            c.path = PathBuf::from(resolve_local(base, &c.path.to_string_lossy()));
+        }
         // Catalog warehouses given as local paths are relative to the job
         // file too.
         if let Some(toml::Value::Table(catalogs)) = self.sf.get_mut("catalog") {
@@ -609,6 +649,24 @@ impl JobConfig {
     pub fn validate_settings(&self) -> Result<()> {
         if self.key_col.trim().is_empty() {
             return Err(Error::config("key_col", "must name the key column"));
+        }
+        self.validate.validate()?;
+        if let Some(r) = &self.retention {
+            if r.keep_last == Some(0) {
+                return Err(Error::config(
+                    "retention.keep_last",
+                    "must be at least 1 (the snapshot just published is always kept)",
+                ));
+            }
+            if r.keep_last.is_none() && r.older_than.is_none() {
+                return Err(Error::config("retention", "give keep_last, older_than or both"));
+            }
+        }
+        if self.write.run_lease_secs < 3 {
+            return Err(Error::config(
+                "write.run_lease_secs",
+                "must be at least 3 (the lease is renewed every third of it)",
+            ));
         }
         if self.shard_id_col.trim().is_empty() {
             return Err(Error::config("shard_id_col", "must not be empty"));

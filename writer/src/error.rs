@@ -1,6 +1,23 @@
 //! The writer's error type.
 
-use sf_manifest::{Attempt, DbId, ErrorKind};
+use sf_manifest::{Attempt, DbId, ErrorKind, RunId};
+
+fn gate_failures(failed: &[crate::gates::GateResult]) -> String {
+    let each: Vec<String> = failed
+        .iter()
+        .map(|g| {
+            let mut t = format!(
+                "validation gate {} failed: measured {}, limit {}",
+                g.gate, g.value, g.limit
+            );
+            if !g.detail.is_empty() {
+                t.push_str(&format!(" ({})", g.detail));
+            }
+            t
+        })
+        .collect();
+    each.join("; ")
+}
 
 /// Everything that can stop a build, with enough context to act on it.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +90,21 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A validation gate refused the build; nothing was published.
+    #[error("{}; nothing was published", gate_failures(.failed))]
+    Gate { failed: Vec<crate::gates::GateResult> },
+
+    /// Another process holds the run id (its run record's lease is live).
+    #[error(
+        "run {run_id} is being built by another process (run record {record}, lease until {lease_until}); \
+         nothing was written"
+    )]
+    RunInProgress {
+        run_id: RunId,
+        record: String,
+        lease_until: String,
+    },
+
     /// The build was cancelled.
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -102,6 +134,8 @@ impl Error {
             Error::Storage { kind, .. } => *kind,
             Error::Engine { .. } => ErrorKind::Internal,
             Error::Io { source, .. } => sf_manifest::error::io_error_kind(source),
+            Error::Gate { .. } => ErrorKind::Gate,
+            Error::RunInProgress { .. } => ErrorKind::Conflict,
             Error::Cancelled(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -38,7 +38,7 @@ use crate::sort::{ShardSorter, SortStats};
 use crate::value::{ValueSpec, encode_keys, encode_values};
 
 /// Name of the claim marker inside an attempt folder.
-pub const CLAIM_FILE: &str = "_claim.json";
+pub use sf_manifest::layout::CLAIM_FILE;
 /// Attempts a shard may claim before the task gives up.
 pub const MAX_ATTEMPTS: u32 = 100;
 
@@ -79,6 +79,12 @@ pub struct ShardWriteSpec {
     pub work_dir: Option<PathBuf>,
     /// Uploads at once per process.
     pub upload_concurrency: usize,
+    /// This build's own id, recorded in every attempt it claims: a build
+    /// deletes only attempt folders carrying its id (its losers, or all of
+    /// its data after a failure), never another build's, whatever run id
+    /// they share.
+    #[serde(default)]
+    pub build_id: String,
 }
 
 impl ShardWriteSpec {
@@ -556,7 +562,7 @@ async fn upload_with_retries(
 ) -> Result<((Attempt, Location), crate::adapter::Uploaded, u32)> {
     let mut failed = 0u32;
     loop {
-        let claimed = claim_attempt(prefix, &spec.run_id, db_id, task).await;
+        let claimed = claim_attempt(prefix, &spec.run_id, &spec.build_id, db_id, task).await;
         let result = match claimed {
             Ok((attempt, location)) => {
                 let target = AttemptTarget {
@@ -565,7 +571,16 @@ async fn upload_with_retries(
                     location: location.clone(),
                     limits: spec.limits,
                 };
-                staged.upload(&target).await.map(|u| ((attempt, location), u))
+                match sf_manifest::failpoint::hit("claim").await {
+                    Ok(()) => match staged.upload(&target).await {
+                        Ok(up) => sf_manifest::failpoint::hit("upload")
+                            .await
+                            .map(|_| ((attempt, location), up))
+                            .map_err(Error::from),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e.into()),
+                }
             }
             Err(e) => Err(e),
         };
@@ -588,11 +603,13 @@ async fn upload_with_retries(
 pub async fn claim_attempt(
     prefix: &Location,
     run_id: &RunId,
+    build_id: &str,
     db_id: DbId,
     task: TaskIds,
 ) -> Result<(Attempt, Location)> {
     let body = serde_json::json!({
         "run_id": run_id.as_str(),
+        "build_id": build_id,
         "db_id": db_id.0,
         "claimed_at": Timestamp::now().to_iso(),
         "host": hostname(),

@@ -1,4 +1,15 @@
-//! The driver's last step: pick winners, check them, publish, clean up.
+//! The driver's last step: pick winners, check them, run the gates,
+//! publish, delete this build's losing attempts.
+//!
+//! ```text
+//! winners ─▶ verify checksums ─▶ gates ─▶ manifest (create-if-absent) ─▶ _CURRENT (compare-and-swap) ─▶ delete own losers
+//!                                  │ fail: nothing written, the caller sweeps this build's data
+//! ```
+//!
+//! Once the manifest is written it is in the history and must stay
+//! readable: from then on a failure (a lost swap, storage going away, the
+//! process dying) leaves its winners in place, and only this build's
+//! losing attempts may go.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -6,13 +17,14 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use sf_manifest::{
-    Attempt, BuildMeta, CurrentVersion, DbId, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId,
-    ShardRow, ShardingSpec, WriterInfo, gc,
+    Attempt, BuildMeta, CurrentPointer, CurrentVersion, DbId, KeyEncoding, Manifest, ManifestStore,
+    ObjectManifestStore, RunId, ShardRow, ShardingSpec, WriterInfo, failpoint, gc, layout,
 };
 
 use crate::adapter::{ShardBackend, ShardContent};
 use crate::error::{Error, Result};
 use crate::exec::ShardResult;
+use crate::gates::{self, GateResult, PublishCheck, ValidateConfig, Verdict};
 
 /// Everything [`finish`] needs.
 pub(crate) struct FinishInput<'a> {
@@ -28,6 +40,26 @@ pub(crate) struct FinishInput<'a> {
     pub verify_checksums: bool,
     pub upload_concurrency: usize,
     pub custom: serde_json::Map<String, Value>,
+    /// This build's id: only attempts it claimed are its to delete.
+    pub build_id: String,
+    /// The gates.
+    pub validate: ValidateConfig,
+    /// Checks the caller installed (the canary).
+    pub checks: Vec<Arc<dyn PublishCheck>>,
+    /// Publish whatever the gates say (`--force`).
+    pub force: bool,
+    /// Receives each gate's result as it is known.
+    pub on_gate: Option<&'a (dyn Fn(&GateResult) + Send + Sync)>,
+}
+
+/// What [`finish`] got done before it failed, so the caller sweeps only
+/// what nothing references.
+#[derive(Debug, Default)]
+pub(crate) struct FinishState {
+    /// The manifest, once written: its winners must stay.
+    pub manifest_ref: Option<String>,
+    /// The winners of this build, once picked.
+    pub winners: BTreeSet<(DbId, Attempt)>,
 }
 
 /// What [`finish`] did.
@@ -41,6 +73,9 @@ pub(crate) struct Finished {
     pub retries: u32,
     pub losers_deleted: usize,
     pub spilled_runs: u32,
+    pub gates: Vec<GateResult>,
+    /// What went wrong after the publish (which stands).
+    pub warnings: Vec<String>,
 }
 
 /// The winner order of docs/FORMAT.md: the smallest
@@ -87,8 +122,9 @@ pub fn pick_winners(results: &[ShardResult], num_dbs: u32) -> Result<BTreeMap<Db
     Ok(winners)
 }
 
-pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
+pub(crate) async fn finish(input: FinishInput<'_>, state: &mut FinishState) -> Result<Finished> {
     let winners = pick_winners(&input.results, input.num_dbs)?;
+    state.winners = winners.values().filter_map(|w| Some((w.db_id, w.attempt?))).collect();
 
     if input.verify_checksums {
         let backend = Arc::clone(&input.backend);
@@ -113,6 +149,7 @@ pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
             .try_collect::<Vec<()>>()
             .await?;
     }
+    failpoint::hit("verify").await?;
 
     let shards = winners
         .values()
@@ -165,26 +202,91 @@ pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
     ours.insert("rows".into(), json!(rows));
     ours.insert("duplicates".into(), json!(duplicates));
     build.custom.insert("shardforge".into(), Value::Object(ours));
-    let manifest = Manifest { build, shards };
-    let published = input.store.publish(&manifest, input.expected.as_ref()).await?;
+    let mut manifest = Manifest { build, shards };
 
-    // Losing attempts, including claims whose upload never finished.
-    let winner_attempts: BTreeSet<(DbId, Attempt)> =
-        winners.values().filter_map(|w| Some((w.db_id, w.attempt?))).collect();
-    let mut losers_deleted = 0;
-    for dir in gc::list_attempts(input.store, Some(&input.run_id)).await? {
-        if !winner_attempts.contains(&(dir.db_id, dir.attempt)) {
-            gc::delete_prefix(input.store, &dir.key).await?;
-            losers_deleted += 1;
+    // The gates, on the manifest as it would be published.
+    let previous = match input.store.load_current().await? {
+        Some(c) => Some(input.store.load_manifest(&c.pointer.manifest_ref).await?),
+        None => None,
+    };
+    let mut results = gates::evaluate(&input.validate, &manifest, previous.as_ref());
+    for check in &input.checks {
+        results.extend(check.check(&manifest, input.store).await?);
+    }
+    let blocking: Vec<GateResult> = gates::blocking(&results).into_iter().cloned().collect();
+    if input.force {
+        for g in results.iter_mut().filter(|g| g.verdict == Verdict::Fail) {
+            g.verdict = Verdict::Forced;
         }
     }
+    if let Some(report) = input.on_gate {
+        results.iter().for_each(report);
+    }
+    if !blocking.is_empty() && !input.force {
+        return Err(Error::Gate { failed: blocking });
+    }
+    if input.force && !blocking.is_empty() {
+        let names: Vec<Value> = blocking.iter().map(|g| json!(g.to_string())).collect();
+        if let Some(Value::Object(ours)) = manifest.build.custom.get_mut("shardforge") {
+            ours.insert("forced_gates".into(), Value::Array(names));
+        }
+    }
+
+    // Publish: the manifest (create-if-absent), then the swap of _CURRENT
+    // against the version the build started from.
+    let observed = input.store.load_current().await?;
+    if observed.as_ref().map(|c| &c.version) != input.expected.as_ref() {
+        return Err(sf_manifest::Error::Conflict {
+            location: layout::join_url(input.store.prefix_url(), layout::CURRENT),
+            expected: input.expected.as_ref().map(CurrentVersion::describe),
+            found: observed.map(|c| c.version.describe()),
+        }
+        .into());
+    }
+    let written = input.store.put_manifest(&manifest).await?;
+    state.manifest_ref = Some(written.manifest_ref.clone());
+    failpoint::hit("manifest").await?;
+    let pointer = CurrentPointer::new(written.manifest_ref.clone(), manifest.build.run_id.clone());
+    let swapped = match input.store.swap_current(&pointer, input.expected.as_ref()).await {
+        Ok(_) => failpoint::hit("swap").await.map_err(Error::from),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = swapped {
+        // The swap may have been made although its answer was lost (a
+        // timeout, a connection dropped after the write): look.
+        match input.store.load_current().await {
+            Ok(Some(c)) if c.pointer.manifest_ref == written.manifest_ref => {
+                tracing::warn!(error = %e, "the swap of _CURRENT answered with an error but was made");
+            }
+            _ => return Err(e),
+        }
+    }
+    let mut warnings = Vec::new();
+
+    // This build's losing attempts (including claims whose upload never
+    // finished); never another build's, whatever run id they share. The
+    // snapshot is published: a failure here leaves them to cleanup.
+    let losers = async {
+        failpoint::hit("delete-losers").await?;
+        gc::delete_own_attempts(input.store, &input.run_id, &input.build_id, &state.winners).await
+    };
+    let losers_deleted = match losers.await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not delete the build's losing attempts");
+            warnings.push(format!(
+                "losing attempts were not deleted ({e}); `sf-read cleanup` removes them"
+            ));
+            0
+        }
+    };
 
     let mut rows_per_shard = vec![0u64; input.num_dbs as usize];
     for s in &manifest.shards {
         rows_per_shard[s.db_id.index()] = s.row_count;
     }
     Ok(Finished {
-        manifest_ref: published.manifest.manifest_ref,
+        manifest_ref: written.manifest_ref,
         shards_written: manifest.shards.len() as u32,
         rows,
         duplicates,
@@ -193,6 +295,8 @@ pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
         retries: input.results.iter().map(|r| r.failed_tries).sum(),
         losers_deleted,
         spilled_runs: winners.values().map(|w| w.spilled_runs).sum(),
+        gates: results,
+        warnings,
     })
 }
 

@@ -65,15 +65,51 @@ fn csv_options<'a>(path: &'a str, csv: &CsvOptions) -> CsvReadOptions<'a> {
 }
 
 fn not_found_hint(path: &str, e: datafusion::error::DataFusionError) -> Error {
-    let msg = e.to_string();
     if !path.contains("://") && !std::path::Path::new(path.split(['*', '?', '[']).next().unwrap_or(path)).exists() {
-        return Error::Input(format!("{path} does not exist"));
+        return Error::Input(format!("input {path} does not exist"));
     }
-    Error::Input(format!("reading {path}: {msg}"))
+    // A storage failure stays a storage failure (retried, exit 5); only
+    // what the input holds is bad input.
+    match Error::from(e) {
+        Error::Input(msg) => Error::Input(format!("reading {path}: {msg}")),
+        other => other,
+    }
+}
+
+/// Fails, naming `path`, when it matches no file (a glob that matches
+/// nothing, an empty folder, a file that is not there): DataFusion would
+/// read such a path as a table without columns.
+async fn require_files(ctx: &SessionContext, path: &str, extension: &str) -> Result<()> {
+    use datafusion::datasource::listing::ListingTableUrl;
+    use futures::StreamExt;
+    let missing = |why: String| Error::Input(format!("input {path}: {why}"));
+    let url = ListingTableUrl::parse(path).map_err(|e| Error::config("input.path", format!("{path}: {e}")))?;
+    let store = ctx
+        .runtime_env()
+        .object_store(&url)
+        .map_err(|e| Error::config("input.path", format!("{path}: {e}")))?;
+    let state = ctx.state();
+    let mut files = match url.list_all_files(&state, store.as_ref(), extension).await {
+        Ok(f) => f,
+        Err(e) => return Err(not_found_hint(path, e)),
+    };
+    match files.next().await {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(not_found_hint(path, e)),
+        None if extension.is_empty() => Err(missing("matches no files".into())),
+        None => Err(missing(format!("matches no files (looking for *{extension})"))),
+    }
 }
 
 /// Reads one file set.
 async fn read(ctx: &SessionContext, format: InputFormat, path: &str, csv: &CsvOptions) -> Result<DataFrame> {
+    let extension = match format {
+        InputFormat::Parquet => extension_for(path, ".parquet"),
+        InputFormat::Csv => extension_for(path, ".csv"),
+        InputFormat::Json => extension_for(path, ".json"),
+        InputFormat::Sql => "",
+    };
+    require_files(ctx, path, extension).await?;
     let df = match format {
         InputFormat::Parquet => {
             let opts = ParquetReadOptions::default().file_extension(extension_for(path, ".parquet"));
@@ -96,10 +132,13 @@ pub async fn load(ctx: &SessionContext, input: &InputConfig) -> Result<DataFrame
             for (name, t) in &input.tables {
                 let df = read(ctx, t.format, &t.path, &t.csv).await?;
                 ctx.register_table(name.as_str(), df.into_view())
-                    .map_err(|e| Error::Input(format!("registering table {name}: {e}")))?;
+                    .map_err(|e| Error::engine_caused(format!("registering table {name}"), e))?;
             }
             let sql = input.sql.as_deref().unwrap_or_default();
-            ctx.sql(sql).await.map_err(|e| Error::Input(format!("input.sql: {e}")))
+            ctx.sql(sql).await.map_err(|e| match Error::from(e) {
+                Error::Input(msg) => Error::Input(format!("input.sql: {msg}")),
+                other => other,
+            })
         }
         format => {
             let path = input

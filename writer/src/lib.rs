@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod exec;
 pub mod finish;
+pub mod gates;
 pub mod input;
 pub mod job;
 pub mod partition;

@@ -9,6 +9,7 @@
 //! - this file: the orchestration, [`build`] and [`build_prepared`]: run
 //!   record, shard writes, verification and publishing, the failure sweep.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,13 +17,17 @@ use std::time::{Duration, Instant};
 use datafusion::dataframe::DataFrame;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use sf_manifest::{CurrentVersion, ManifestStore, ObjectManifestStore, RunRecord, Timestamp, layout};
+use sf_manifest::{
+    Attempt, CurrentPointer, CurrentVersion, DbId, ManifestStore, ObjectManifestStore, RunId, RunRecord, RunStatus,
+    Timestamp, layout,
+};
 
 use crate::adapter::backend_for;
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
 use crate::exec::{ShardResult, ShardWriteSpec};
-use crate::finish::{FinishInput, finish};
+use crate::finish::{FinishInput, FinishState, finish};
+use crate::gates::{GateResult, PublishCheck, Verdict};
 use crate::plan::ShardWriteNode;
 use crate::progress;
 
@@ -31,7 +36,7 @@ pub mod report;
 pub mod resolve;
 
 pub use engine::{Embedded, Engine, MemoryShares, memory_shares, session_state_builder};
-pub use report::{BuildSummary, Outcome, PlanReport};
+pub use report::{AlreadyPublished, BuildSummary, Outcome, PlanReport, RetentionReport};
 use resolve::verify_sample;
 pub use resolve::{MAX_INFERRED_TOKENS, Prepared, field_list, prepare, prepare_frame, read_input};
 
@@ -41,6 +46,8 @@ pub trait ProgressSink: Send + Sync {
     fn phase(&self, name: &str);
     /// Rows handed to shard writers and shards finished, of `num_dbs`.
     fn progress(&self, rows: u64, shards_done: u32, num_dbs: u32);
+    /// A validation gate was evaluated (reports list every one).
+    fn gate(&self, _result: &GateResult) {}
 }
 
 /// Options of one build.
@@ -53,18 +60,36 @@ pub struct BuildOptions {
     /// Extra keys for the manifest's `custom.shardforge` object (a
     /// warehouse table records its schema there).
     pub custom: serde_json::Map<String, serde_json::Value>,
+    /// Build the job's `run_id` again although it was published before
+    /// (without it, such a build does nothing and says so).
+    pub rebuild: bool,
+    /// Publish whatever the validation gates say; the overridden gates are
+    /// recorded in the manifest and the run record.
+    pub force: bool,
+    /// Checks run with the gates that need more than the writer has (the
+    /// canary, installed by `sf_warehouse::run_job`).
+    pub checks: Vec<Arc<dyn PublishCheck>>,
 }
 
 impl fmt::Debug for BuildOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BuildOptions")
             .field("dry_run", &self.dry_run)
+            .field("rebuild", &self.rebuild)
+            .field("force", &self.force)
+            .field("checks", &self.checks)
             .finish_non_exhaustive()
     }
 }
 
 /// Runs a build: everything is checked before anything is written, and
-/// nothing is published unless every shard was written and verified.
+/// nothing is published unless every shard was written and verified and
+/// every validation gate passed.
+///
+/// A job naming a `run_id` that was published before does nothing and
+/// returns [`Outcome::AlreadyPublished`] (a scheduler's retry is a no-op),
+/// unless `options.rebuild`; if that earlier build wrote its manifest but
+/// died before swapping `_CURRENT`, the swap is made now.
 pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions) -> Result<Outcome> {
     let started = Instant::now();
     let phase = |name: &str| match &options.progress {
@@ -77,9 +102,62 @@ pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions)
             "a job that writes a warehouse table runs through sf-warehouse (`sf_warehouse::run_job`), which owns catalogs",
         ));
     }
+    if let Some(done) = already_published(job, options).await? {
+        return Ok(Outcome::AlreadyPublished(done));
+    }
     phase("reading input schema");
     let prepared = prepare(job, engine).await?;
     build_prepared(job, prepared, engine, options, started).await
+}
+
+/// The earlier publish of the job's run id, if there is one (see [`build`]).
+pub async fn already_published(job: &JobConfig, options: &BuildOptions) -> Result<Option<AlreadyPublished>> {
+    let Some(run) = &job.output.run_id else {
+        return Ok(None);
+    };
+    if options.rebuild || options.dry_run {
+        return Ok(None);
+    }
+    let run = RunId::new(run.clone()).map_err(|e| Error::config("output.run_id", e.to_string()))?;
+    let store = ObjectManifestStore::open(&job.output.prefix, &job.storage_options())
+        .map_err(|e| Error::config("output.prefix", e.to_string()))?;
+    let history = store.history().await?;
+    // Newest first: the run's latest manifest.
+    let Some(ours) = history.iter().find(|h| h.run_id == run) else {
+        return Ok(None);
+    };
+    let current = store.load_current().await?;
+    let manifest = store.load_manifest(&ours.manifest_ref).await?;
+    let current_entry = current
+        .as_ref()
+        .and_then(|c| history.iter().find(|h| h.manifest_ref == c.pointer.manifest_ref));
+    // Written but never swapped in, and nothing published since: the
+    // build that wrote it stopped between its manifest and the swap.
+    let unfinished = match (&current, current_entry) {
+        (None, _) => true,
+        (Some(c), _) if c.pointer.run_id == run => false,
+        (Some(_), Some(e)) => e.published_at < ours.published_at,
+        (Some(_), None) => false,
+    };
+    let mut current_run = current.as_ref().map(|c| c.pointer.run_id.clone());
+    if unfinished {
+        let pointer = CurrentPointer::new(ours.manifest_ref.clone(), run.clone());
+        store
+            .swap_current(&pointer, current.as_ref().map(|c| &c.version))
+            .await?;
+        tracing::info!(run = %run, manifest = %ours.manifest_ref, "finished an interrupted publish");
+        current_run = Some(run.clone());
+    }
+    Ok(Some(AlreadyPublished {
+        run_id: run,
+        manifest_ref: ours.manifest_ref.clone(),
+        published_at: ours.published_at,
+        num_dbs: manifest.build.num_dbs,
+        shards_written: u32::try_from(manifest.shards.len()).unwrap_or(u32::MAX),
+        rows: manifest.shards.iter().map(|s| s.row_count).sum(),
+        current_run,
+        completed_publish: unfinished,
+    }))
 }
 
 /// Runs a build planned by [`prepare`] or [`prepare_frame`].
@@ -122,6 +200,13 @@ pub async fn build_prepared(
             current_run: current.map(|c| c.pointer.run_id),
         }));
     }
+    if job.validate.canary.is_some() && options.checks.is_empty() {
+        return Err(Error::config(
+            "validate.canary",
+            "the canary reads through the online reader: run the job with sf-write (or sf_warehouse::run_job), \
+             which installs it",
+        ));
+    }
     let expected: Option<CurrentVersion> = current.map(|c| c.version);
 
     if job.routing.verify_routing {
@@ -130,11 +215,20 @@ pub async fn build_prepared(
     }
     let plan_time = started.elapsed();
 
-    // From here on the run leaves traces; record it.
-    let record_key = layout::run_record_key(Timestamp::now(), &run_id, &sf_manifest::ids::unique_hex());
-    let lease = Duration::from_secs(60);
-    let first = RunRecord::start(run_id.clone(), store.prefix_url(), lease);
+    // From here on the run leaves traces; record it, and make sure no
+    // other process is building the same run.
+    let build_id = spec.build_id.clone();
+    let record_key = layout::run_record_key(Timestamp::now(), &run_id, &build_id);
+    let lease = Duration::from_secs(job.write.run_lease_secs);
+    let mut first = RunRecord::start(run_id.clone(), store.prefix_url(), lease);
     store.put_run_record(&record_key, &first).await?;
+    if let Some(e) = run_taken(&store, &run_id, &record_key, &first).await? {
+        first.fail(e.kind().to_string(), e.to_string());
+        if let Err(w) = store.put_run_record(&record_key, &first).await {
+            tracing::warn!(error = %w, "could not update the run record {record_key}");
+        }
+        return Err(e);
+    }
     let record = Arc::new(Mutex::new(first));
     let heartbeat = spawn_heartbeat(store.clone(), record_key.clone(), Arc::clone(&record), lease);
 
@@ -144,24 +238,38 @@ pub async fn build_prepared(
     let written = write_shards(&ctx, spec, routed, engine, options).await;
     let write_time = write_started.elapsed();
 
+    let mut state = FinishState::default();
     let outcome = match written {
         Ok(results) => {
             phase("verifying and publishing");
             let publish_started = Instant::now();
-            let finished = finish(FinishInput {
-                store: &store,
-                backend: backend_for(&job.backend()),
-                results,
-                run_id: run_id.clone(),
-                num_dbs: spec_num_dbs,
-                key_col: job.key_col.clone(),
-                key_encoding: spec_key_encoding,
-                sharding: sharding.clone(),
-                expected,
-                verify_checksums: job.write.verify_checksums,
-                upload_concurrency: job.write.upload_concurrency,
-                custom: options.custom.clone(),
-            })
+            let on_gate = |g: &GateResult| {
+                if let Some(p) = &options.progress {
+                    p.gate(g);
+                }
+            };
+            let finished = finish(
+                FinishInput {
+                    store: &store,
+                    backend: backend_for(&job.backend()),
+                    results,
+                    run_id: run_id.clone(),
+                    num_dbs: spec_num_dbs,
+                    key_col: job.key_col.clone(),
+                    key_encoding: spec_key_encoding,
+                    sharding: sharding.clone(),
+                    expected,
+                    verify_checksums: job.write.verify_checksums,
+                    upload_concurrency: job.write.upload_concurrency,
+                    custom: options.custom.clone(),
+                    build_id: build_id.clone(),
+                    validate: job.validate.clone(),
+                    checks: options.checks.clone(),
+                    force: options.force,
+                    on_gate: Some(&on_gate),
+                },
+                &mut state,
+            )
             .await;
             finished.map(|f| {
                 let mut per_shard = f.rows_per_shard.clone();
@@ -187,6 +295,9 @@ pub async fn build_prepared(
                     write_time,
                     publish_time: publish_started.elapsed(),
                     total_time: started.elapsed(),
+                    gates: f.gates,
+                    retention: None,
+                    warnings: f.warnings,
                 }
             })
         }
@@ -195,37 +306,97 @@ pub async fn build_prepared(
     heartbeat.abort();
     progress::forget(&run_id);
     let final_record = {
-        let mut r = record.lock().expect("run record");
+        let mut r = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match &outcome {
-            Ok(s) => r.succeed(s.manifest_ref.clone()),
+            Ok(s) => {
+                r.succeed(s.manifest_ref.clone());
+                let forced: Vec<String> = s
+                    .gates
+                    .iter()
+                    .filter(|g| g.verdict == Verdict::Forced)
+                    .map(ToString::to_string)
+                    .collect();
+                if !forced.is_empty() {
+                    r.notes = Some(format!("published with --force past: {}", forced.join("; ")));
+                }
+            }
             Err(e) => r.fail(e.kind().to_string(), e.to_string()),
         }
         r.clone()
     };
-    if let Err(e) = &outcome {
-        // Nothing was published: remove what this run wrote, keep the record.
-        if !matches!(e, Error::Manifest(sf_manifest::Error::Conflict { .. })) {
-            let key = layout::run_shards_key(&run_id);
-            // Shard tasks cancelled by the failure may still finish a write
-            // already handed to the store (a local file store writes on the
-            // blocking pool): sweep until a pass finds nothing left.
-            for pass in 0..FAILED_RUN_SWEEPS {
-                match sf_manifest::gc::delete_prefix(&store, &key).await {
-                    Ok(0) if pass > 0 => break,
-                    Ok(_) => {}
-                    Err(ce) => {
-                        tracing::warn!(error = %ce, "could not remove the failed run's shard data under {key}");
-                        break;
-                    }
-                }
-                tokio::time::sleep(FAILED_RUN_SWEEP_PAUSE).await;
-            }
-        }
+    if outcome.is_err() {
+        // Nothing new is visible: remove what this build wrote (only what
+        // it claimed), keeping the winners of a manifest it did write.
+        let keep = if state.manifest_ref.is_some() {
+            state.winners.clone()
+        } else {
+            BTreeSet::new()
+        };
+        sweep_own_data(&store, &run_id, &build_id, &keep).await;
     }
     if let Err(e) = store.put_run_record(&record_key, &final_record).await {
         tracing::warn!(error = %e, "could not update the run record {record_key}");
     }
-    outcome.map(Outcome::Built)
+    let mut summary = outcome?;
+    if let Some(retention) = &job.retention {
+        phase("retention");
+        summary.retention = Some(
+            sf_manifest::gc::cleanup(&store, &retention.cleanup_options())
+                .await
+                .map(|r| RetentionReport {
+                    manifests: r.of(sf_manifest::gc::RemovalReason::OldManifest).count(),
+                    folders: r.prefixes_removed,
+                    objects: r.objects_deleted,
+                })
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "retention failed after the publish");
+                    e.to_string()
+                }),
+        );
+    }
+    Ok(Outcome::Built(summary))
+}
+
+/// Whether another process holds `run`: a `running` record of the run,
+/// other than ours, whose lease is live and which started first (by start
+/// time, then key). Two builds starting together both see both records
+/// and agree on the one that goes on.
+async fn run_taken(store: &ObjectManifestStore, run: &RunId, ours: &str, mine: &RunRecord) -> Result<Option<Error>> {
+    let now = Timestamp::now();
+    let records = store.list_run_records().await?;
+    let holder = records
+        .iter()
+        .filter(|(key, r)| {
+            key != ours
+                && &r.run_id == run
+                && r.status == RunStatus::Running
+                && r.lease_expires_at > now
+                && (r.started_at, key.as_str()) < (mine.started_at, ours)
+        })
+        .min_by(|a, b| (a.1.started_at, &a.0).cmp(&(b.1.started_at, &b.0)));
+    Ok(holder.map(|(key, r)| Error::RunInProgress {
+        run_id: run.clone(),
+        record: layout::join_url(store.prefix_url(), key),
+        lease_until: r.lease_expires_at.to_iso(),
+    }))
+}
+
+/// Deletes the shard data this build claimed (except `keep`), in passes:
+/// shard tasks cancelled by the failure may still finish a write already
+/// handed to the store (a local file store writes on the blocking pool),
+/// so it sweeps until a pass finds nothing left.
+async fn sweep_own_data(store: &ObjectManifestStore, run: &RunId, build_id: &str, keep: &BTreeSet<(DbId, Attempt)>) {
+    for pass in 0..FAILED_RUN_SWEEPS {
+        match sf_manifest::gc::delete_own_attempts(store, run, build_id, keep).await {
+            Ok(0) if pass > 0 => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove the failed build's shard data of run {run}");
+                break;
+            }
+        }
+        tokio::time::sleep(FAILED_RUN_SWEEP_PAUSE).await;
+    }
 }
 
 /// Passes over a failed run's shard data, and the pause between them.
@@ -244,7 +415,7 @@ fn spawn_heartbeat(
         loop {
             tick.tick().await;
             let snapshot = {
-                let mut r = record.lock().expect("run record");
+                let mut r = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 r.heartbeat(lease);
                 r.clone()
             };

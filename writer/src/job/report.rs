@@ -4,7 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use sf_manifest::{KeyEncoding, RunId, ShardingSpec};
+use sf_manifest::{KeyEncoding, RunId, ShardingSpec, Timestamp};
+
+use crate::gates::{GateResult, Verdict};
 
 use crate::value::ValueSpec;
 
@@ -110,6 +112,26 @@ pub struct BuildSummary {
     pub publish_time: Duration,
     /// Wall time of the whole build.
     pub total_time: Duration,
+    /// Every validation gate evaluated, with its verdict.
+    pub gates: Vec<GateResult>,
+    /// What the retention after publishing removed (`None`: no
+    /// `[retention]`), or why it could not (the snapshot is published
+    /// either way).
+    pub retention: Option<std::result::Result<RetentionReport, String>>,
+    /// What went wrong after the publish, which stands (losing attempts
+    /// left for cleanup).
+    pub warnings: Vec<String>,
+}
+
+/// What a build's retention removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Old manifests removed.
+    pub manifests: usize,
+    /// Folders removed in all (manifests, shard attempts, run records).
+    pub folders: usize,
+    /// Objects deleted.
+    pub objects: usize,
 }
 
 impl fmt::Display for BuildSummary {
@@ -137,6 +159,21 @@ impl fmt::Display for BuildSummary {
             self.retries, self.losers_deleted
         )?;
         writeln!(f, "  sort spills:    {} runs written to disk", self.spilled_runs)?;
+        for g in self.gates.iter().filter(|g| g.verdict != Verdict::Pass) {
+            writeln!(f, "  gate:           {g}")?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "  warning:        {w}")?;
+        }
+        match &self.retention {
+            Some(Ok(r)) => writeln!(
+                f,
+                "  retention:      {} old manifests, {} folders, {} objects removed",
+                r.manifests, r.folders, r.objects
+            )?,
+            Some(Err(e)) => writeln!(f, "  retention:      FAILED ({e}); the snapshot is published")?,
+            None => {}
+        }
         write!(
             f,
             "  time:           {:.2}s (plan {:.2}s, write {:.2}s, publish {:.2}s)",
@@ -172,4 +209,57 @@ pub enum Outcome {
     Built(BuildSummary),
     /// Nothing to do, and why (a table that exists, with mode `ignore`).
     Unchanged(String),
+    /// The run id was published before; nothing was built (a scheduler's
+    /// retry of a finished run). `--rebuild` builds it again.
+    AlreadyPublished(AlreadyPublished),
+}
+
+/// A run found published: what its manifest says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlreadyPublished {
+    /// The run.
+    pub run_id: RunId,
+    /// Its newest manifest.
+    pub manifest_ref: String,
+    /// When that manifest was written.
+    pub published_at: Timestamp,
+    /// Shards of the snapshot.
+    pub num_dbs: u32,
+    /// Shards holding rows.
+    pub shards_written: u32,
+    /// Rows.
+    pub rows: u64,
+    /// The run `_CURRENT` names now (another run when a later snapshot
+    /// was published since).
+    pub current_run: Option<RunId>,
+    /// True when the earlier build had written its manifest but stopped
+    /// before swapping `_CURRENT` (killed, storage down): this call swapped
+    /// it, finishing that publish.
+    pub completed_publish: bool,
+}
+
+impl fmt::Display for AlreadyPublished {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.completed_publish {
+            writeln!(
+                f,
+                "run {} had written its manifest but not swapped _CURRENT: published it now",
+                self.run_id
+            )?;
+        } else {
+            writeln!(f, "run {} was already published: nothing to do", self.run_id)?;
+        }
+        writeln!(f, "  manifest:       {}", self.manifest_ref)?;
+        writeln!(f, "  published at:   {}", self.published_at.to_iso())?;
+        writeln!(
+            f,
+            "  rows:           {} in {} shards ({} with rows)",
+            self.rows, self.num_dbs, self.shards_written
+        )?;
+        match &self.current_run {
+            Some(r) if *r != self.run_id => write!(f, "  _CURRENT:       run {r} (a later snapshot)"),
+            Some(_) => write!(f, "  _CURRENT:       this run"),
+            None => write!(f, "  _CURRENT:       none"),
+        }
+    }
 }

@@ -109,10 +109,17 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
         Some(r) => RunId::new(r.clone()).map_err(|e| Error::config("output.run_id", e.to_string()))?,
         None => RunId::generate(),
     };
-    let resolved = resolve(job, df).await?;
+    let current = store.load_current().await?;
+    // An input without rows keeps the key encoding of what it replaces.
+    let previous_encoding = match &current {
+        Some(c) if job.key_encoding.is_none() && untyped_key(job, &df) => {
+            Some(store.load_manifest(&c.pointer.manifest_ref).await?.build.key_encoding)
+        }
+        _ => None,
+    };
+    let resolved = resolve(job, df, previous_encoding).await?;
     let router = Router::new(&resolved.sharding, resolved.num_dbs, resolved.key_encoding)
         .map_err(|e| Error::config("routing", e.to_string()))?;
-    let current = store.load_current().await?;
 
     let routing = RoutingSpec {
         sharding: resolved.sharding.clone(),
@@ -150,6 +157,7 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
         retry: job.retry(),
         work_dir: job.write.work_dir.clone(),
         upload_concurrency: job.write.upload_concurrency,
+        build_id: sf_manifest::ids::unique_hex(),
     };
     Ok(Prepared {
         ctx,
@@ -172,7 +180,8 @@ impl Prepared {
     }
 }
 
-async fn resolve(job: &JobConfig, df: DataFrame) -> Result<Resolved> {
+async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEncoding>) -> Result<Resolved> {
+    let df = typed_if_empty(job, df, previous_encoding).await?;
     let schema: Schema = df.schema().as_arrow().clone();
     let input_schema: Vec<(String, String)> = schema
         .fields()
@@ -381,6 +390,58 @@ async fn resolve(job: &JobConfig, df: DataFrame) -> Result<Resolved> {
         extra_cols,
         input_schema,
     })
+}
+
+/// Whether the input's key column has no type (see [`typed_if_empty`]).
+fn untyped_key(job: &JobConfig, df: &DataFrame) -> bool {
+    df.schema()
+        .as_arrow()
+        .field_with_name(&job.key_col)
+        .is_ok_and(|f| f.data_type() == &arrow::datatypes::DataType::Null)
+}
+
+/// An input whose columns have no type (a CSV with a header and no rows,
+/// whose types cannot be inferred) has no rows: it is built as an empty
+/// snapshot (`[validate] min_rows` then decides whether that may be
+/// published), its key typed by `key_encoding`, else as the snapshot it
+/// replaces (`previous`), else as text. A key column without a type that
+/// does hold rows holds only nulls.
+async fn typed_if_empty(job: &JobConfig, df: DataFrame, previous: Option<KeyEncoding>) -> Result<DataFrame> {
+    use arrow::datatypes::DataType;
+    if !untyped_key(job, &df) {
+        return Ok(df);
+    }
+    let schema = df.schema().as_arrow().clone();
+    let rows = df.clone().count().await?;
+    if rows > 0 {
+        return Err(Error::Data(format!(
+            "key column {:?} is null in all {rows} rows of the input; keys must not be null",
+            job.key_col
+        )));
+    }
+    tracing::warn!(
+        "the input has no rows: building an empty snapshot ([validate] min_rows decides whether it is published)"
+    );
+    let key_type = match job.key_encoding.or(previous) {
+        Some(KeyEncoding::U64Be | KeyEncoding::U32Be) => DataType::Int64,
+        Some(KeyEncoding::Raw) => DataType::Binary,
+        Some(KeyEncoding::Utf8) | None => DataType::Utf8,
+    };
+    let columns: Vec<Expr> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = ident(f.name());
+            match f.data_type() {
+                DataType::Null if *f.name() == job.key_col => {
+                    datafusion::prelude::cast(c, key_type.clone()).alias(f.name())
+                }
+                DataType::Null => datafusion::prelude::cast(c, DataType::Utf8).alias(f.name()),
+                _ => c,
+            }
+        })
+        .collect();
+    Ok(df.select(columns)?)
 }
 
 /// Most distinct tokens a categorical expression may produce.

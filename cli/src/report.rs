@@ -1,0 +1,379 @@
+//! What `sf-write` tells a scheduler about a build: one JSON document
+//! (`--json` on stdout, `--report PATH` to a file; the same object either
+//! way, on success and on failure) and the same figures in Prometheus text
+//! format (`--metrics-file PATH`, for node_exporter's textfile collector).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sf_writer::gates::{GateResult, Verdict};
+use sf_writer::job::{Outcome, ProgressSink};
+
+use crate::exit::{self, Failure};
+
+/// A progress sink that remembers the phases (with their start times) and
+/// the gates, and passes everything on to the sink the user sees.
+pub struct Recorder {
+    inner: Option<Arc<dyn ProgressSink>>,
+    started: Instant,
+    phases: Mutex<Vec<(String, Instant)>>,
+    gates: Mutex<Vec<GateResult>>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    /// A recorder in front of `inner` (the bar or the log lines, if any).
+    pub fn new(inner: Option<Arc<dyn ProgressSink>>) -> Self {
+        Recorder {
+            inner,
+            started: Instant::now(),
+            phases: Mutex::new(Vec::new()),
+            gates: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Each phase with how long it took, in order (the last one up to now).
+    pub fn phases(&self) -> Vec<(String, Duration)> {
+        let phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        phases
+            .iter()
+            .enumerate()
+            .map(|(i, (name, start))| {
+                let end = phases.get(i + 1).map_or(now, |(_, next)| *next);
+                (name.clone(), end.saturating_duration_since(*start))
+            })
+            .collect()
+    }
+
+    /// The gates evaluated.
+    pub fn gates(&self) -> Vec<GateResult> {
+        self.gates.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Time since the recorder was made.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl ProgressSink for Recorder {
+    fn phase(&self, name: &str) {
+        if name != "done" {
+            self.phases
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((name.to_string(), Instant::now()));
+        }
+        if let Some(i) = &self.inner {
+            i.phase(name);
+        }
+    }
+
+    fn progress(&self, rows: u64, shards_done: u32, num_dbs: u32) {
+        if let Some(i) = &self.inner {
+            i.progress(rows, shards_done, num_dbs);
+        }
+    }
+
+    fn gate(&self, result: &GateResult) {
+        self.gates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(result.clone());
+        if let Some(i) = &self.inner {
+            i.gate(result);
+        }
+    }
+}
+
+fn verdict(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::Warn => "warn",
+        Verdict::Fail => "fail",
+        Verdict::Forced => "forced",
+        Verdict::Skipped => "skipped",
+    }
+}
+
+fn gate_json(g: &GateResult) -> Value {
+    json!({"gate": g.gate, "value": g.value, "limit": g.limit, "result": verdict(g.verdict), "detail": g.detail})
+}
+
+/// The one JSON document of a build: its run id, outcome, exit code, each
+/// phase with its duration, each gate, the summary fields, and the error.
+pub fn document(result: &Result<Outcome, Failure>, run_id: Option<&str>, prefix: &str, recorder: &Recorder) -> Value {
+    let mut doc = serde_json::Map::new();
+    let outcome = match result {
+        Ok(Outcome::Built(_)) => "published",
+        Ok(Outcome::AlreadyPublished(a)) if a.completed_publish => "completed_publish",
+        Ok(Outcome::AlreadyPublished(_)) => "already_published",
+        Ok(Outcome::DryRun(_)) => "dry_run",
+        Ok(Outcome::Unchanged(_)) => "unchanged",
+        Err(_) => "failed",
+    };
+    doc.insert("outcome".into(), json!(outcome));
+    doc.insert("run_id".into(), json!(run_id));
+    doc.insert("prefix".into(), json!(prefix));
+    doc.insert(
+        "exit_code".into(),
+        json!(match result {
+            Ok(_) => exit::OK,
+            Err(f) => f.exit_code(),
+        }),
+    );
+    match result {
+        Ok(Outcome::DryRun(report)) => {
+            doc.insert("dry_run".into(), json!(true));
+            doc.insert("run_id".into(), json!(report.run_id.as_str()));
+            doc.insert("num_dbs".into(), json!(report.num_dbs));
+            doc.insert("key_col".into(), json!(report.key_col));
+            doc.insert("key_encoding".into(), json!(report.key_encoding.as_str()));
+            doc.insert("sharding".into(), report.sharding.to_json());
+            doc.insert("backend".into(), json!(report.backend));
+        }
+        Ok(Outcome::Unchanged(why)) => {
+            doc.insert("unchanged".into(), json!(true));
+            doc.insert("reason".into(), json!(why));
+        }
+        Ok(Outcome::AlreadyPublished(a)) => {
+            doc.insert("run_id".into(), json!(a.run_id.as_str()));
+            doc.insert("manifest_ref".into(), json!(a.manifest_ref));
+            doc.insert("published_at".into(), json!(a.published_at.to_iso()));
+            doc.insert("num_dbs".into(), json!(a.num_dbs));
+            doc.insert("shards_written".into(), json!(a.shards_written));
+            doc.insert("rows".into(), json!(a.rows));
+            doc.insert(
+                "current_run_id".into(),
+                json!(a.current_run.as_ref().map(|r| r.as_str())),
+            );
+        }
+        Ok(Outcome::Built(summary)) => {
+            let (lo, med, hi) = summary.rows_per_shard;
+            doc.insert("run_id".into(), json!(summary.run_id.as_str()));
+            doc.insert("manifest_ref".into(), json!(summary.manifest_ref));
+            doc.insert("num_dbs".into(), json!(summary.num_dbs));
+            doc.insert("shards_written".into(), json!(summary.shards_written));
+            doc.insert("rows".into(), json!(summary.rows));
+            doc.insert("duplicates".into(), json!(summary.duplicates));
+            doc.insert("bytes".into(), json!(summary.bytes));
+            doc.insert("rows_per_shard".into(), json!({"min": lo, "median": med, "max": hi}));
+            doc.insert("retries".into(), json!(summary.retries));
+            doc.insert("losers_deleted".into(), json!(summary.losers_deleted));
+            doc.insert(
+                "seconds".into(),
+                json!({
+                    "plan": summary.plan_time.as_secs_f64(),
+                    "write": summary.write_time.as_secs_f64(),
+                    "publish": summary.publish_time.as_secs_f64(),
+                    "total": summary.total_time.as_secs_f64(),
+                }),
+            );
+            doc.insert("warnings".into(), json!(summary.warnings));
+            doc.insert(
+                "retention".into(),
+                match &summary.retention {
+                    None => Value::Null,
+                    Some(Ok(r)) => json!({"manifests": r.manifests, "folders": r.folders, "objects": r.objects}),
+                    Some(Err(e)) => json!({"error": e}),
+                },
+            );
+        }
+        Err(f) => {
+            doc.insert(
+                "error".into(),
+                json!({"kind": f.kind().to_string(), "message": f.message()}),
+            );
+        }
+    }
+    doc.insert(
+        "phases".into(),
+        Value::Array(
+            recorder
+                .phases()
+                .iter()
+                .map(|(name, d)| json!({"name": name, "seconds": d.as_secs_f64()}))
+                .collect(),
+        ),
+    );
+    doc.insert(
+        "gates".into(),
+        Value::Array(recorder.gates().iter().map(gate_json).collect()),
+    );
+    doc.insert("wall_seconds".into(), json!(recorder.elapsed().as_secs_f64()));
+    Value::Object(doc)
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The document's figures in Prometheus text format: outcome, exit code,
+/// rows, bytes, shards, phase and gate durations and results. Series carry
+/// the snapshot's `prefix` only (run ids would make a new series every
+/// night); the run id is in `shardforge_build_info`.
+pub fn metrics(doc: &Value) -> String {
+    let prefix = label(doc["prefix"].as_str().unwrap_or_default());
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, series: &[(String, f64)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (labels, v) in series {
+            out.push_str(&format!("{name}{{prefix=\"{prefix}\"{labels}}} {v}\n"));
+        }
+    };
+    let published = matches!(
+        doc["outcome"].as_str(),
+        Some("published" | "already_published" | "completed_publish")
+    );
+    gauge(
+        "shardforge_build_success",
+        "1 when the last build published its snapshot (or found it published), else 0",
+        &[(String::new(), f64::from(u8::from(published)))],
+    );
+    gauge(
+        "shardforge_build_exit_code",
+        "exit code of the last build (see docs/operations.md)",
+        &[(String::new(), doc["exit_code"].as_f64().unwrap_or(1.0))],
+    );
+    gauge(
+        "shardforge_build_info",
+        "the last build's run id and outcome",
+        &[(
+            format!(
+                ",run_id=\"{}\",outcome=\"{}\"",
+                label(doc["run_id"].as_str().unwrap_or_default()),
+                label(doc["outcome"].as_str().unwrap_or_default())
+            ),
+            1.0,
+        )],
+    );
+    for (key, name, help) in [
+        ("rows", "shardforge_build_rows", "rows in the published snapshot"),
+        (
+            "bytes",
+            "shardforge_build_bytes",
+            "shard file bytes of the published snapshot",
+        ),
+        ("num_dbs", "shardforge_build_shards", "shards of the snapshot"),
+        ("retries", "shardforge_build_retries", "shard uploads retried"),
+    ] {
+        if let Some(v) = doc[key].as_f64() {
+            gauge(name, help, &[(String::new(), v)]);
+        }
+    }
+    if published {
+        gauge(
+            "shardforge_build_last_success_timestamp_seconds",
+            "when the last successful build ended (Unix time)",
+            &[(String::new(), sf_manifest::ids::unix_millis() as f64 / 1000.0)],
+        );
+    }
+    let phases: Vec<(String, f64)> = doc["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                format!(",phase=\"{}\"", label(p["name"].as_str().unwrap_or_default())),
+                p["seconds"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    gauge(
+        "shardforge_build_phase_seconds",
+        "how long each phase of the last build took",
+        &phases,
+    );
+    gauge(
+        "shardforge_build_seconds",
+        "wall time of the last build",
+        &[(String::new(), doc["wall_seconds"].as_f64().unwrap_or(0.0))],
+    );
+    let gates: Vec<(String, f64)> = doc["gates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let result = g["result"].as_str().unwrap_or_default();
+            (
+                format!(
+                    ",gate=\"{}\",result=\"{}\"",
+                    label(g["gate"].as_str().unwrap_or_default()),
+                    label(result)
+                ),
+                f64::from(u8::from(matches!(result, "pass" | "skipped"))),
+            )
+        })
+        .collect();
+    gauge(
+        "shardforge_build_gate_passed",
+        "1 when a validation gate of the last build passed (or had nothing to compare), else 0",
+        &gates,
+    );
+    out
+}
+
+/// Writes `text` to `path` whole or not at all (a temporary file renamed
+/// over it), as the textfile collector wants.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Failure::new(
+                sf_manifest::error::io_error_kind(&e),
+                format!("writing {}: {e}", path.display()),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sf_manifest::ErrorKind;
+
+    #[test]
+    fn metrics_are_prometheus_text_with_escaped_labels() {
+        let recorder = Recorder::new(None);
+        recorder.phase("writing shards");
+        recorder.gate(&sf_writer::gates::measured(
+            "min_rows",
+            0,
+            1,
+            false,
+            sf_writer::gates::OnFail::Fail,
+            "",
+        ));
+        let failed: Result<Outcome, Failure> = Err(Failure::new(ErrorKind::Gate, "validation gate min_rows failed"));
+        let doc = document(&failed, Some("nightly-1"), "s3://b/p\"q", &recorder);
+        assert_eq!(doc["outcome"], "failed");
+        assert_eq!(doc["exit_code"], 6);
+        assert_eq!(doc["error"]["kind"], "gate");
+        assert_eq!(doc["gates"][0]["result"], "fail");
+        let text = metrics(&doc);
+        assert!(
+            text.contains("shardforge_build_success{prefix=\"s3://b/p\\\"q\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shardforge_build_exit_code{prefix=\"s3://b/p\\\"q\"} 6\n"),
+            "{text}"
+        );
+        assert!(text.contains(",gate=\"min_rows\",result=\"fail\"} 0\n"), "{text}");
+        assert!(text.contains(",phase=\"writing shards\"}"), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').expect("series value");
+            assert!(series.ends_with('}'), "{line}");
+            value.parse::<f64>().expect("a number");
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Scheduled builds, run as a scheduler runs them: the real `sf-write`,
+//! on the local file system and on S3.
+//!
+//! A retried run id is a no-op and deletes nothing; `--rebuild` leaves
+//! every older manifest readable; a run held by another process is
+//! refused; gates stop bad builds before anything is visible; retention
+//! removes what no kept manifest references; reports and metrics say what
+//! happened, on success and on failure.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sf_manifest::{ManifestStore, RunRecord, RunStatus};
+use sf_tests::s3_prefix;
+use sf_tests::scenario::{
+    JobDir, assert_history_reads, attempt_folders, current_run, read_history, referenced_folders, sf_read, store, text,
+    wait_for_leases,
+};
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// Every object under the prefix with its size: what "nothing deleted" means.
+async fn objects(prefix: &str) -> BTreeMap<String, u64> {
+    use futures::TryStreamExt;
+    let s = store(prefix);
+    let n = s.location().path.parts().count();
+    s.object_store()
+        .list(Some(&s.location().path))
+        .map_ok(|m| {
+            (
+                m.location
+                    .parts()
+                    .skip(n)
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                m.size,
+            )
+        })
+        .try_collect()
+        .await
+        .expect("list")
+}
+
+async fn rerun_published(prefix: &str) {
+    let job = JobDir::new(prefix);
+    job.input(30, "nightly-1");
+    job.job("nightly-1", "");
+    let first = job.sf_write(&["--json"], &[]);
+    assert_eq!(code(&first), 0, "{}", text(&first.stderr));
+    assert_eq!(json(&first)["outcome"], "published");
+    let before = objects(prefix).await;
+
+    // The scheduler retries the same run: nothing is built or deleted.
+    let again = job.sf_write(&[], &[]);
+    assert_eq!(code(&again), 0, "{}", text(&again.stderr));
+    let said = text(&again.stdout);
+    assert!(
+        said.contains("run nightly-1 was already published") && said.contains("rows:           30"),
+        "{said}"
+    );
+    let after: BTreeMap<String, u64> = objects(prefix)
+        .await
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("runs/"))
+        .collect();
+    let before: BTreeMap<String, u64> = before.into_iter().filter(|(k, _)| !k.starts_with("runs/")).collect();
+    assert_eq!(after, before, "a no-op retry changes nothing but run records");
+    assert_history_reads(prefix, 30).await;
+
+    // --rebuild builds the run again; the first manifest still reads.
+    let rebuilt = job.sf_write(&["--rebuild", "--json"], &[]);
+    assert_eq!(code(&rebuilt), 0, "{}", text(&rebuilt.stderr));
+    assert_eq!(json(&rebuilt)["outcome"], "published");
+    let history = read_history(prefix, 30).await;
+    assert_eq!(history.len(), 2, "two manifests of nightly-1");
+    assert_history_reads(prefix, 30).await;
+    for key in &before {
+        assert!(
+            objects(prefix).await.contains_key(key.0),
+            "{} (referenced by the first manifest) is still there",
+            key.0
+        );
+    }
+    assert_eq!(current_run(prefix).await.as_deref(), Some("nightly-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_run_is_a_no_op_and_a_rebuild_keeps_the_history_on_files() {
+    let root = tempfile::tempdir().expect("root");
+    rerun_published(&format!("file://{}/snap", root.path().display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_run_is_a_no_op_and_a_rebuild_keeps_the_history_on_s3() {
+    rerun_published(&s3_prefix("sched-rerun")).await;
+}
+
+async fn live_lease_refuses(prefix: &str) {
+    let job = JobDir::new(prefix);
+    job.input(20, "r");
+    job.job("r", "");
+    // A first build stops after an upload, holding the run's lease.
+    let held = job.sf_write_paused_at("upload", &[]);
+    let refused = job.sf_write(&[], &[]);
+    assert_eq!(code(&refused), 4, "{}", text(&refused.stderr));
+    let err = text(&refused.stderr);
+    assert!(
+        err.contains("run r is being built by another process") && err.contains("run record"),
+        "{err}"
+    );
+    assert_eq!(current_run(prefix).await, None, "nothing published");
+    held.kill();
+    // Its lease runs out: the run is anyone's again, and builds.
+    wait_for_leases(prefix, "r").await;
+    let ok = job.sf_write(&[], &[]);
+    assert_eq!(code(&ok), 0, "{}", text(&ok.stderr));
+    assert_history_reads(prefix, 20).await;
+    // The refused build's record says why.
+    let records = store(prefix).list_run_records().await.expect("records");
+    assert!(
+        records
+            .iter()
+            .any(|(_, r): &(String, RunRecord)| r.status == RunStatus::Failed
+                && r.error_type.as_deref() == Some("conflict")),
+        "{records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_held_by_a_live_lease_is_refused_on_files() {
+    let root = tempfile::tempdir().expect("root");
+    live_lease_refuses(&format!("file://{}/snap", root.path().display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_held_by_a_live_lease_is_refused_on_s3() {
+    live_lease_refuses(&s3_prefix("sched-lease")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_is_rebuilt_cleanly() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = format!("file://{}/snap", root.path().display());
+    let job = JobDir::new(&prefix);
+    // A null key fails the first try of run f.
+    std::fs::write(job.path().join("input.csv"), "id,v\n1,f:1\n,f:x\n").expect("input");
+    job.job("f", "");
+    let failed = job.sf_write(&[], &[]);
+    assert_eq!(code(&failed), 3, "{}", text(&failed.stderr));
+    assert!(
+        attempt_folders(&prefix).await.is_empty(),
+        "the failed build swept its data"
+    );
+    job.input(10, "f");
+    let ok = job.sf_write(&[], &[]);
+    assert_eq!(code(&ok), 0, "{}", text(&ok.stderr));
+    assert_history_reads(&prefix, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_stop_bad_builds_before_anything_is_visible() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = format!("file://{}/snap", root.path().display());
+    let job = JobDir::new(&prefix);
+
+    // An empty input (a CSV header) with default settings: exit 6,
+    // nothing published.
+    std::fs::write(job.path().join("input.csv"), "id,v\n").expect("input");
+    job.job("empty", "");
+    let empty = job.sf_write(&["--json"], &[]);
+    assert_eq!(code(&empty), 6, "{}", text(&empty.stderr));
+    let err = text(&empty.stderr);
+    assert!(err.contains("min_rows") && err.contains("measured 0, limit 1"), "{err}");
+    assert_eq!(json(&empty)["outcome"], "failed");
+    assert_eq!(current_run(&prefix).await, None);
+    assert!(store(&prefix).history().await.expect("history").is_empty());
+    assert!(attempt_folders(&prefix).await.is_empty(), "its shard data is swept");
+    let records = store(&prefix).list_run_records().await.expect("records");
+    assert!(
+        records.iter().any(|(_, r)| r.run_id.as_str() == "empty"
+            && r.status == RunStatus::Failed
+            && r.error_type.as_deref() == Some("gate")),
+        "{records:?}"
+    );
+    // min_rows = 0 publishes the empty snapshot.
+    job.job("empty", "[validate]\nmin_rows = 0\n");
+    let allowed = job.sf_write(&[], &[]);
+    assert_eq!(code(&allowed), 0, "{}", text(&allowed.stderr));
+
+    // 100 rows, then 50 with max_row_change = 0.2: exit 6 naming the gate.
+    job.input(100, "big");
+    job.job("big", "");
+    assert_eq!(code(&job.sf_write(&[], &[])), 0);
+    job.input(50, "half");
+    job.job("half", "[validate]\nmax_row_change = 0.2\n");
+    let report = job.path().join("report.json");
+    let metrics = job.path().join("metrics.prom");
+    let drop = job.sf_write(
+        &[
+            "--report",
+            &report.display().to_string(),
+            "--metrics-file",
+            &metrics.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&drop), 6, "{}", text(&drop.stderr));
+    let err = text(&drop.stderr);
+    assert!(
+        err.contains("validation gate max_row_change failed: measured 0.5000, limit 0.2")
+            && err.contains("50 rows against 100 in run big"),
+        "{err}"
+    );
+    assert_eq!(current_run(&prefix).await.as_deref(), Some("big"));
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    assert_eq!(doc["outcome"], "failed");
+    assert_eq!(doc["exit_code"], 6);
+    assert_eq!(doc["run_id"], "half");
+    let gate = doc["gates"]
+        .as_array()
+        .expect("gates")
+        .iter()
+        .find(|g| g["gate"] == "max_row_change")
+        .cloned();
+    assert_eq!(
+        gate.as_ref().map(|g| g["result"].clone()),
+        Some(Value::from("fail")),
+        "{doc}"
+    );
+    assert!(
+        doc["phases"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["name"] == "writing shards")),
+        "{doc}"
+    );
+    let prom = std::fs::read_to_string(&metrics).expect("metrics");
+    assert!(
+        prom.contains("shardforge_build_success{prefix=") && prom.contains("} 0\n"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("shardforge_build_exit_code{") && prom.contains("gate=\"max_row_change\",result=\"fail\"} 0"),
+        "{prom}"
+    );
+
+    // The same gate on "warn" publishes, and the report records the warning.
+    job.job(
+        "half",
+        "[validate]\nmax_row_change = { limit = 0.2, on_fail = \"warn\" }\n",
+    );
+    let warned = job.sf_write(&["--report", &report.display().to_string()], &[]);
+    assert_eq!(code(&warned), 0, "{}", text(&warned.stderr));
+    assert!(
+        text(&warned.stdout).contains("max_row_change"),
+        "{}",
+        text(&warned.stdout)
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    assert_eq!(doc["outcome"], "published");
+    assert!(
+        doc["gates"]
+            .as_array()
+            .expect("gates")
+            .iter()
+            .any(|g| g["gate"] == "max_row_change" && g["result"] == "warn"),
+        "{doc}"
+    );
+    assert_eq!(current_run(&prefix).await.as_deref(), Some("half"));
+
+    // A canary key with a wrong expected value: exit 6; the right one passes.
+    job.input(50, "canary");
+    std::fs::write(
+        job.path().join("canary.txt"),
+        "{\"key\": 7, \"value\": \"canary:8\"}\n3\n",
+    )
+    .expect("canary");
+    job.job("canary", "[validate]\ncanary = { path = \"canary.txt\" }\n");
+    let wrong = job.sf_write(&[], &[]);
+    assert_eq!(code(&wrong), 6, "{}", text(&wrong.stderr));
+    let err = text(&wrong.stderr);
+    assert!(
+        err.contains("canary") && err.contains("key 7: value \"canary:7\", expected \"canary:8\""),
+        "{err}"
+    );
+    assert_eq!(current_run(&prefix).await.as_deref(), Some("half"));
+    std::fs::write(
+        job.path().join("canary.txt"),
+        "{\"key\": 7, \"value\": \"canary:7\"}\n3\n",
+    )
+    .expect("canary");
+    let right = job.sf_write(&[], &[]);
+    assert_eq!(code(&right), 0, "{}", text(&right.stderr));
+
+    // --force publishes past a failing gate and says so where it lasts.
+    job.input(5, "forced");
+    job.job("forced", "[validate]\nmin_rows = 10\n");
+    let forced = job.sf_write(&["--force"], &[]);
+    assert_eq!(code(&forced), 0, "{}", text(&forced.stderr));
+    let m = store(&prefix)
+        .load_manifest(
+            &store(&prefix)
+                .load_current()
+                .await
+                .expect("current")
+                .expect("some")
+                .pointer
+                .manifest_ref,
+        )
+        .await
+        .expect("manifest");
+    let custom = m.build.custom["shardforge"]["forced_gates"].to_string();
+    assert!(custom.contains("min_rows"), "{custom}");
+    let records = store(&prefix).list_run_records().await.expect("records");
+    assert!(
+        records.iter().any(|(_, r)| r.run_id.as_str() == "forced"
+            && r.status == RunStatus::Succeeded
+            && r.notes.as_deref().is_some_and(|n| n.contains("min_rows"))),
+        "{records:?}"
+    );
+    assert_history_reads_tagged(&prefix).await;
+}
+
+/// Every manifest of the history reads every key it has, values tagged
+/// with its run.
+async fn assert_history_reads_tagged(prefix: &str) {
+    for (run, values) in read_history(prefix, 100).await {
+        for (k, v) in values {
+            assert_eq!(v, format!("{run}:{k}"), "run {run}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_last_runs_and_removes_abandoned_records() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = format!("file://{}/snap", root.path().display());
+    let job = JobDir::new(&prefix);
+    for run in ["a", "b"] {
+        job.input(10, run);
+        job.job(run, "");
+        assert_eq!(code(&job.sf_write(&[], &[])), 0);
+    }
+    // A build killed before writing any shard leaves only a run record.
+    job.input(10, "killed");
+    job.job("killed", "");
+    job.sf_write_paused_at("claim", &[]).kill();
+    wait_for_leases(&prefix, "killed").await;
+    job.input(10, "c");
+    job.job("c", "[retention]\nkeep_last = 2\n");
+    let out = job.sf_write(&["--json"], &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(json(&out)["retention"]["manifests"], 1, "{}", text(&out.stdout));
+    let runs: Vec<String> = read_history(&prefix, 10).await.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(runs, vec!["c", "b"]);
+    assert_history_reads(&prefix, 10).await;
+    assert_eq!(attempt_folders(&prefix).await, referenced_folders(&prefix).await);
+    let records: Vec<String> = store(&prefix)
+        .list_run_records()
+        .await
+        .expect("records")
+        .into_iter()
+        .map(|(_, r)| r.run_id.as_str().to_string())
+        .collect();
+    assert!(!records.contains(&"a".to_string()), "{records:?}");
+    assert!(
+        !records.contains(&"killed".to_string()),
+        "the killed build's record is gone: {records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_a_dead_builds_record_even_without_data() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = format!("file://{}/snap", root.path().display());
+    let job = JobDir::new(&prefix);
+    job.input(10, "ok");
+    job.job("ok", "");
+    assert_eq!(code(&job.sf_write(&[], &[])), 0);
+    job.input(10, "dead");
+    job.job("dead", "");
+    job.sf_write_paused_at("claim", &[]).kill();
+    // Live lease: cleanup leaves it alone.
+    let early = sf_read(&prefix, &["cleanup", "--include-abandoned"]);
+    assert_eq!(code(&early), 0, "{}", text(&early.stderr));
+    let has_dead = || async {
+        store(&prefix)
+            .list_run_records()
+            .await
+            .expect("records")
+            .iter()
+            .any(|(_, r)| r.run_id.as_str() == "dead")
+    };
+    assert!(has_dead().await, "a live lease is never cleaned up");
+    wait_for_leases(&prefix, "dead").await;
+    let out = sf_read(&prefix, &["cleanup", "--include-abandoned"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(!has_dead().await, "{}", text(&out.stdout));
+    assert_eq!(attempt_folders(&prefix).await, referenced_folders(&prefix).await);
+}
+
+#[test]
+fn an_input_matching_no_files_is_named() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = format!("file://{}/snap", root.path().display());
+    let job = JobDir::new(&prefix);
+    job.job("x", "");
+    let text_of_job = std::fs::read_to_string(job.path().join("job.toml")).expect("job");
+    std::fs::write(
+        job.path().join("job.toml"),
+        text_of_job.replace("path = \"input.csv\"", "path = \"incoming/*.csv\""),
+    )
+    .expect("job");
+    std::fs::create_dir_all(job.path().join("incoming")).expect("folder");
+    let out = job.sf_write(&[], &[]);
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("incoming/*.csv") && err.contains("matches no files"),
+        "{err}"
+    );
+}
