@@ -12,7 +12,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="examples/quickstart/out/users"
 
-cargo build --quiet -p sf-executor --bin sf-write -p sf-reader --bin sf-read
+cargo build --quiet -p sf-cli --bin sf-write --bin sf-read
 BIN="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)/debug"
 
 echo "== sf-write --config examples/quickstart/job.toml"

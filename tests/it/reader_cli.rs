@@ -14,21 +14,9 @@ use sf_reader::ContextValue;
 use sf_tests::snapshots::{Backend, Row, SnapshotSpec, build_snapshot, fixture_copy, int_rows, tree_state};
 use sf_tests::{fixture_dir, s3_prefix};
 
-/// `target/<profile>/sf-read`, which `./scripts/test.sh` builds first.
+/// The `sf-read` binary that `./scripts/test.sh` builds first.
 fn sf_read() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile folder")
-        .join("sf-read");
-    assert!(
-        path.exists(),
-        "{} is missing: run the suite with `./scripts/test.sh` (it builds the binaries first) \
-         or `cargo build -p sf-reader`",
-        path.display()
-    );
-    path
+    sf_tests::writer_support::binary("sf-read")
 }
 
 struct Out {
