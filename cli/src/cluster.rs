@@ -66,6 +66,13 @@ pub struct SchedulerArgs {
     #[arg(long, default_value_t = 2, value_name = "SECS")]
     pub revive_interval_secs: u64,
 
+    /// Fail running jobs, naming the cause, when no executor has been
+    /// registered for this many seconds (0: wait for executors for ever,
+    /// as Ballista does). A build whose executors all died then exits 5
+    /// instead of waiting.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub lost_cluster_grace_secs: u64,
+
     /// Write the registered executors to this JSON file every second.
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
@@ -89,6 +96,7 @@ impl From<SchedulerArgs> for SchedulerSettings {
             },
             job_data_cleanup_secs: a.job_data_cleanup_secs,
             revive_interval_secs: a.revive_interval_secs,
+            lost_cluster_grace_secs: a.lost_cluster_grace_secs,
             state_file: a.state_file,
         }
     }

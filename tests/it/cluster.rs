@@ -217,9 +217,11 @@ async fn killing_an_executor_mid_write_still_publishes_the_whole_snapshot() {
     let slow = "[write]\nbatch_size = 250\nmax_writes_per_second = 800\n";
     let reference = embedded_run(&job_text(&input, &s3_prefix("cluster-kill-embedded"), slow), dir.path()).await;
 
-    // A lost executor is noticed after 6 s without heartbeats (beats every 1 s).
+    // A lost executor is noticed after 20 s without heartbeats (beats every
+    // 1 s): twenty missed beats, headroom enough for the survivor on a
+    // loaded 2-core machine, where a 6 s timeout dropped it too.
     let cluster = LocalCluster::start(&ClusterOptions {
-        scheduler_args: vec!["--executor-timeout-secs=6".into(), "--expire-check-secs=1".into()],
+        scheduler_args: vec!["--executor-timeout-secs=20".into(), "--expire-check-secs=1".into()],
         executor_args: vec!["--heartbeat-interval-secs=1".into()],
         ..ClusterOptions::default()
     });
@@ -301,6 +303,88 @@ async fn killing_an_executor_mid_write_still_publishes_the_whole_snapshot() {
         attempt_folders(&prefix, &run_id).await,
         winner_folders(&snap),
         "no losing attempt is left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_every_executor_fails_the_build_within_a_bound() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = s3_input("cluster-lost", 16_000, dir.path()).await;
+    let slow = "[write]\nbatch_size = 250\nmax_writes_per_second = 800\n";
+    // Executors are dropped after 10 s without a heartbeat; with none left
+    // for 5 s, the scheduler fails the job.
+    let cluster = LocalCluster::start(&ClusterOptions {
+        scheduler_args: vec![
+            "--executor-timeout-secs=10".into(),
+            "--expire-check-secs=1".into(),
+            "--lost-cluster-grace-secs=5".into(),
+        ],
+        executor_args: vec!["--heartbeat-interval-secs=1".into()],
+        ..ClusterOptions::default()
+    });
+    let prefix = s3_prefix("cluster-lost");
+    let job = write_job(
+        dir.path(),
+        &job_text(
+            &input,
+            &prefix,
+            &format!("{slow}[cluster]\nscheduler = \"{}\"\n", cluster.url()),
+        ),
+    );
+    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new(binary("sf-write"))
+        .arg("--config")
+        .arg(&job)
+        .args(["--json", "--progress", "off"])
+        .stdout(std::fs::File::create(&stdout).expect("stdout"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr"))
+        .spawn()
+        .expect("start sf-write");
+
+    // Once shards are being written, every executor dies.
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("poll sf-write") {
+            panic!(
+                "sf-write finished ({status}) before the executors could be killed: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        if !claims(&prefix).await.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no shard attempt was claimed within 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.kill_executor(0);
+    cluster.kill_executor(1);
+
+    // 10 s to notice, 5 s of grace, the driver's next poll: well inside
+    // the bound, where a stock scheduler would wait for ever.
+    let status = wait_bounded(&mut child, Duration::from_secs(180), "sf-write with no executor left");
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "storage/cluster unavailable: {err}\n{}",
+        cluster.log_tails()
+    );
+    assert!(
+        err.contains("cluster unavailable") && err.contains(sf_writer::error::CLUSTER_LOST),
+        "the error names the cause: {err}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stdout).expect("stdout")).expect("a JSON report on failure");
+    assert_eq!(report["exit_code"], 5, "{report}");
+
+    // Nothing became visible.
+    let keys = list_keys(&prefix).await;
+    assert!(
+        !keys.iter().any(|k| k == "_CURRENT" || k.starts_with("manifests/")),
+        "nothing published: {keys:?}"
     );
 }
 

@@ -28,9 +28,16 @@
 //!   job waits for ever. While jobs run, this scheduler makes one every
 //!   `--revive-interval-secs` (an empty task-status update, which ends in
 //!   Ballista's own offer round).
+//! - **A job whose executors are all lost fails, with the reason.** Ballista
+//!   keeps such a job waiting until an executor registers, which for an
+//!   unattended build means for ever. When no executor has been registered
+//!   for `--lost-cluster-grace-secs` while jobs run, this scheduler fails
+//!   them with a reason beginning [`CLUSTER_LOST`], which `sf-write`
+//!   reports as "cluster unavailable" (exit 5).
 //! - **A state file** (`--state-file`) lists the registered executors,
 //!   rewritten every second: deployment scripts wait on it.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,7 +50,7 @@ use ballista_core::serde::protobuf::{
     ExecutionError, FailedTask, MultiTaskDefinition, TaskStatus, UpdateTaskStatusParams, failed_task, task_status,
 };
 use ballista_core::serde::scheduler::ExecutorMetadata;
-use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::cluster::{BallistaCluster, JobState};
 use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
 use ballista_scheduler::metrics::default_metrics_collector;
 use ballista_scheduler::scheduler_process::start_grpc_service;
@@ -51,6 +58,7 @@ use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::state::executor_manager::ExecutorManager;
 use ballista_scheduler::state::task_manager::TaskLauncher;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use sf_writer::error::CLUSTER_LOST;
 use sf_writer::{Error, Result};
 
 use super::process::{default_external_host, stop_requested};
@@ -88,6 +96,9 @@ pub struct SchedulerSettings {
     /// While jobs run, offer waiting tasks to free executor slots this
     /// often, in seconds (0: only on Ballista's own events).
     pub revive_interval_secs: u64,
+    /// Fail running jobs when no executor has been registered for this
+    /// many seconds (0: wait for executors for ever, as Ballista does).
+    pub lost_cluster_grace_secs: u64,
     /// Write the registered executors to this JSON file every second.
     pub state_file: Option<PathBuf>,
 }
@@ -103,6 +114,7 @@ impl Default for SchedulerSettings {
             task_distribution: Distribution::RoundRobin,
             job_data_cleanup_secs: 300,
             revive_interval_secs: 2,
+            lost_cluster_grace_secs: 30,
             state_file: None,
         }
     }
@@ -140,6 +152,7 @@ pub async fn run(args: SchedulerSettings) -> Result<()> {
     let config = Arc::new(args.config());
     let engine = |e: ballista_core::error::BallistaError| Error::engine_caused(e.to_string(), e);
     let cluster = BallistaCluster::new_from_config(&config).await.map_err(engine)?;
+    let job_state = cluster.job_state();
     let codec = BallistaCodec::new(
         config
             .override_logical_codec
@@ -185,6 +198,14 @@ pub async fn run(args: SchedulerSettings) -> Result<()> {
             Duration::from_secs(args.revive_interval_secs),
         ))
     });
+    let watchdog = (args.lost_cluster_grace_secs > 0).then(|| {
+        tokio::spawn(fail_jobs_without_executors(
+            server.clone(),
+            job_state,
+            Duration::from_secs(args.lost_cluster_grace_secs),
+            config.executor_timeout_seconds,
+        ))
+    });
     let outcome = tokio::select! {
         r = start_grpc_service(addr, server) => r.map_err(engine),
         _ = stop_requested() => {
@@ -192,11 +213,82 @@ pub async fn run(args: SchedulerSettings) -> Result<()> {
             Ok(())
         }
     };
-    for task in [state_writer, reviver].into_iter().flatten() {
+    for task in [state_writer, reviver, watchdog].into_iter().flatten() {
         task.abort();
     }
     outcome
 }
+
+/// While jobs run and no executor has been registered for `grace`, fails
+/// those jobs with a reason naming the cause, instead of letting them wait
+/// for an executor that may never come. A failed job is cancelled a while
+/// later, once its driver has read the reason, so that its tasks are not
+/// offered to an executor that registers afterwards.
+async fn fail_jobs_without_executors(
+    server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+    job_state: Arc<dyn JobState>,
+    grace: Duration,
+    executor_timeout_secs: u64,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut empty_since: Option<tokio::time::Instant> = None;
+    let mut failed: HashSet<String> = HashSet::new();
+    loop {
+        tick.tick().await;
+        let running = server.state.task_manager.get_running_job_cache();
+        failed.retain(|id| running.contains_key(id));
+        if running.keys().all(|id| failed.contains(id)) {
+            empty_since = None;
+            continue;
+        }
+        let Ok(executors) = server.state.executor_manager.get_executor_state().await else {
+            continue;
+        };
+        if !executors.is_empty() {
+            empty_since = None;
+            continue;
+        }
+        let since = *empty_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < grace {
+            continue;
+        }
+        for (job_id, job) in running.iter() {
+            if !failed.insert(job_id.clone()) {
+                continue;
+            }
+            let reason = format!(
+                "{CLUSTER_LOST}: no executor has been registered for {}s while job {job_id} ran (an executor \
+                 is dropped after {executor_timeout_secs}s without a heartbeat); start executors and run the \
+                 build again",
+                grace.as_secs()
+            );
+            tracing::error!("{reason}");
+            // Failing the graph and saving it is what Ballista does for a
+            // failed job: the save pushes the status, with the reason, to the
+            // driver waiting on it.
+            {
+                let mut graph = job.execution_graph.write().await;
+                graph.fail_job(reason);
+                if let Err(e) = job_state.save_job(job_id, &graph).await {
+                    tracing::warn!("could not save failed job {job_id}: {e}");
+                }
+            }
+            let server = server.clone();
+            let job_id = job_id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(CANCEL_FAILED_AFTER).await;
+                if let Err(e) = server.cancel_job(job_id.clone()).await {
+                    tracing::warn!("could not cancel failed job {job_id}: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// How long after failing a job for want of executors it is cancelled
+/// too, which takes it out of the scheduler's active jobs (its driver has
+/// had the failure pushed already).
+const CANCEL_FAILED_AFTER: Duration = Duration::from_secs(5);
 
 /// While jobs run, asks the scheduler every `interval` to offer waiting
 /// tasks to free slots, by an empty task-status update in the name of a
