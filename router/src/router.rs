@@ -224,6 +224,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(50_000))]
+
+        /// The reduction checked against the hardware remainder, which
+        /// shares no code with it, over any divisor a spec can hold and any
+        /// hash (the kernel and the row router both use `reduce`, so their
+        /// agreement alone would not catch a bug here).
+        #[test]
+        fn fast_mod_agrees_with_the_remainder_for_any_divisor(d in 1u32..=u32::MAX, x in proptest::prelude::any::<u64>()) {
+            proptest::prop_assert_eq!(u64::from(FastMod::new(d).reduce(x)), x % u64::from(d));
+        }
+
+        /// Small divisors (the usual shard counts) near the edges of the
+        /// hash range, where a carry in the 192-bit product would show.
+        #[test]
+        fn fast_mod_agrees_near_the_edges(d in 1u32..=4096, delta in 0u64..1 << 20) {
+            let f = FastMod::new(d);
+            for x in [delta, u64::MAX - delta, (1u64 << 63) ^ delta, (1u64 << 32).wrapping_sub(delta)] {
+                proptest::prop_assert_eq!(u64::from(f.reduce(x)), x % u64::from(d), "{} % {}", x, d);
+            }
+        }
+    }
+
     #[test]
     fn context_routing_needs_every_column() {
         let spec = ShardingSpec::cel(
