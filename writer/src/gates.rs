@@ -13,7 +13,7 @@
 //! | `min_rows` (default 1) | rows in the build | a floor |
 //! | `max_row_change` | `|rows - previous| / previous` | the snapshot `_CURRENT` names (skipped on a first publish) |
 //! | `max_byte_change` | the same over shard file bytes (SQLite; SlateDB records none) | likewise |
-//! | `max_shard_skew` | largest shard's rows over the median shard's (empty shards count) | a ceiling |
+//! | `max_shard_skew` | largest shard's rows over the median shard's (the lower median for an even count; empty shards count) | a ceiling |
 //! | `max_shard_bytes` | the largest shard file | a ceiling |
 //! | `compatible` | key encoding, routing (strategy, expression, columns, values, `num_dbs`) and a table's schema equal to the current snapshot's | unless `allow_resharding` |
 //! | `canary` | keys (optionally with values and routing context) read back through the reader from the new shards | every key found, every value as given |
@@ -330,7 +330,12 @@ pub fn evaluate(config: &ValidateConfig, new: &Manifest, previous: Option<&Manif
         }
         per_shard.sort_unstable();
         let max = per_shard.last().copied().unwrap_or(0);
-        let median = per_shard.get(per_shard.len() / 2).copied().unwrap_or(0);
+        // The lower median for an even count: with two shards of 40 and
+        // 10 rows the skew is 4, not 1.
+        let median = per_shard
+            .get(per_shard.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0);
         let skew = match (max, median) {
             (0, _) => 1.0,
             (_, 0) => f64::INFINITY,
