@@ -4,6 +4,7 @@ mod cloud_backends;
 mod cluster;
 mod exit_codes;
 mod fault_matrix;
+mod faults;
 mod fixtures;
 mod publish;
 mod reader_admin;

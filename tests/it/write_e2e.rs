@@ -10,7 +10,8 @@ use datafusion::physical_plan::{ExecutionPlanProperties, collect_partitioned};
 use sf_manifest::json::{JsonStyle, to_sorted_string};
 use sf_manifest::{DbId, ErrorKind, Key, ManifestStore, ObjectManifestStore, RoutingValue, StorageOptions};
 use sf_router::{ContextValue, Routed, Router};
-use sf_tests::writer_support::{FlakyStore, binary, list_keys, read_snapshot, write_csv, write_json, write_parquet};
+use sf_tests::fault_store::{Fault, FaultStore, Op};
+use sf_tests::writer_support::{binary, list_keys, read_snapshot, write_csv, write_json, write_parquet};
 use sf_tests::{fixture_dir, s3_prefix};
 use sf_writer::config::{self, JobConfig};
 use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Outcome, build, prepare};
@@ -758,13 +759,10 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
     let dir = tempfile::tempdir().expect("tmp");
     write_parquet(&dir.path().join("users.parquet"), &[users(600)]);
     let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let flaky = Arc::new(FlakyStore::new(
-        Arc::clone(&inner),
-        2,
-        Box::new(|op, p| op == "put" && p.as_ref().ends_with("shard.db")),
-    ));
-    let base = format!("flaky-{}://t", uuid::Uuid::new_v4().simple()).replace('-', "");
-    sf_manifest::storage::register_store(&base, flaky.clone());
+    let flaky = FaultStore::new(Arc::clone(&inner));
+    flaky.fail(Op::Put, "shard.db", 0, 2, Fault::Generic);
+    let registered = flaky.register();
+    let base = registered.base();
     let prefix = format!("{base}/snap");
     let j = job(
         dir.path(),
@@ -773,7 +771,7 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
             .replace("[output]", "[write]\nretry_backoff_ms = 1\n[output]"),
     );
     let s = run(&j).await;
-    assert_eq!(flaky.failed.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(flaky.fired(), 2);
     assert_eq!(s.retries, 2);
     assert_eq!(s.losers_deleted, 2, "the two failed attempts' claims");
     let snap = check(&prefix, 600, json_value).await;
@@ -788,51 +786,6 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
         .map(|k| k.rsplit_once('/').expect("file").0.to_string())
         .collect();
     assert_eq!(attempts.len(), 3, "one attempt folder per shard remains: {attempts:?}");
-    sf_manifest::storage::unregister_store(&base);
-}
-
-/// Another publisher moves `_CURRENT` while shards are being written: the
-/// build fails with a conflict and does not overwrite it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_concurrent_publish_wins_and_is_not_overwritten() {
-    let dir = tempfile::tempdir().expect("tmp");
-    write_parquet(&dir.path().join("users.parquet"), &[users(200)]);
-    let prefix = format!("file://{}/out", dir.path().display());
-    let j = job(dir.path(), CLI_JOB);
-    run(&j).await;
-    let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
-    let first = store.load_current().await.expect("load").expect("current");
-
-    // The other publisher: points _CURRENT at the same manifest again
-    // (a new version) as soon as the build starts writing shards.
-    let other = store.clone();
-    let seen = first.clone();
-    let watcher = tokio::spawn(async move {
-        for _ in 0..2000 {
-            let keys = list_keys(other.prefix_url()).await;
-            if keys.iter().filter(|k| k.ends_with("_claim.json")).count() > 3 {
-                let p =
-                    sf_manifest::CurrentPointer::new(seen.pointer.manifest_ref.clone(), seen.pointer.run_id.clone());
-                return other
-                    .swap_current(&p, Some(&seen.version))
-                    .await
-                    .expect("other publisher wins");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        panic!("the build never started writing shards");
-    });
-    let slow = job(
-        dir.path(),
-        &CLI_JOB.replace("[output]", "[write]\nmax_writes_per_second = 200.0\n[output]"),
-    );
-    let e = build(&slow, &Embedded::default(), &BuildOptions::default())
-        .await
-        .expect_err("conflict");
-    let other_version = watcher.await.expect("watcher");
-    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
-    let now = store.load_current().await.expect("load").expect("current");
-    assert_eq!(now.version, other_version, "the other publisher's _CURRENT stands");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,23 +1,13 @@
 //! Helpers for the writer's end-to-end tests: input files in every format,
-//! reading a published snapshot back shard by shard, a store wrapper that
-//! fails chosen calls, and the location of the project's binaries.
+//! reading a published snapshot back shard by shard, and the location of
+//! the project's binaries (the fault-injecting store is
+//! [`crate::fault_store`]).
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::RecordBatch;
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use object_store::path::Path as ObjPath;
-use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
-    PutPayload, PutResult,
-};
+use object_store::ObjectStore;
 use sf_manifest::{DbId, Manifest, ManifestStore, ObjectManifestStore, StorageOptions, layout};
 
 /// Writes `batches` as one Parquet file.
@@ -147,117 +137,6 @@ pub async fn list_keys(prefix: &str) -> Vec<String> {
         .expect("list");
     keys.sort();
     keys
-}
-
-/// Which calls a [`FlakyStore`] fails.
-pub type FailWhen = dyn Fn(&str, &ObjPath) -> bool + Send + Sync;
-
-/// Wraps a store and fails the first `budget` calls that `when(op, path)`
-/// selects with a transient error (what a dropped connection looks like).
-pub struct FlakyStore {
-    inner: Arc<dyn ObjectStore>,
-    when: Box<FailWhen>,
-    budget: AtomicUsize,
-    /// How many calls were failed.
-    pub failed: AtomicUsize,
-}
-
-impl FlakyStore {
-    /// Fails the first `budget` selected calls.
-    pub fn new(inner: Arc<dyn ObjectStore>, budget: usize, when: Box<FailWhen>) -> Self {
-        FlakyStore {
-            inner,
-            when,
-            budget: AtomicUsize::new(budget),
-            failed: AtomicUsize::new(0),
-        }
-    }
-
-    fn trip(&self, op: &str, path: &ObjPath) -> object_store::Result<()> {
-        if (self.when)(op, path)
-            && self
-                .budget
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
-                .is_ok()
-        {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-            return Err(object_store::Error::Generic {
-                store: "FlakyStore",
-                source: format!("injected failure of {op} {path}").into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for FlakyStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FlakyStore({})", self.inner)
-    }
-}
-
-impl fmt::Display for FlakyStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FlakyStore({})", self.inner)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for FlakyStore {
-    async fn put_opts(
-        &self,
-        location: &ObjPath,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.trip("put", location)?;
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &ObjPath,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.trip("put", location)?;
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(&self, location: &ObjPath, options: GetOptions) -> object_store::Result<GetResult> {
-        self.trip("get", location)?;
-        self.inner.get_opts(location, options).await
-    }
-
-    async fn get_range(&self, location: &ObjPath, range: Range<u64>) -> object_store::Result<Bytes> {
-        self.trip("get", location)?;
-        self.inner.get_range(location, range).await
-    }
-
-    async fn head(&self, location: &ObjPath) -> object_store::Result<ObjectMeta> {
-        self.trip("head", location)?;
-        self.inner.head(location).await
-    }
-
-    async fn delete(&self, location: &ObjPath) -> object_store::Result<()> {
-        self.trip("delete", location)?;
-        self.inner.delete(location).await
-    }
-
-    fn list(&self, prefix: Option<&ObjPath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&ObjPath>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy(&self, from: &ObjPath, to: &ObjPath) -> object_store::Result<()> {
-        self.inner.copy(from, to).await
-    }
-
-    async fn copy_if_not_exists(&self, from: &ObjPath, to: &ObjPath) -> object_store::Result<()> {
-        self.inner.copy_if_not_exists(from, to).await
-    }
 }
 
 /// Path of one of the project's binaries (`sf-write`, `sf-read`, ...).
