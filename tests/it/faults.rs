@@ -289,7 +289,7 @@ async fn concurrent_publish(backend: &str) {
     site.store.before_first(
         Op::Put,
         sf_manifest::layout::CLAIM_FILE,
-        Arc::new(move || {
+        Arc::new(move |_| {
             let (prefix, seen) = (prefix.clone(), Arc::clone(&seen));
             Box::pin(async move {
                 let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
@@ -331,6 +331,49 @@ async fn concurrent_publish(backend: &str) {
 async fn a_concurrent_publish_wins_and_the_loser_sweeps_its_data() {
     concurrent_publish("memory").await;
     concurrent_publish("s3").await;
+}
+
+async fn corrupted_after_upload(backend: &str) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let site = site(backend, "faults-corrupt").await;
+    // Between a shard's upload and its re-read, the object is overwritten
+    // with other bytes of the same length (damage in transit or at rest).
+    let inner = site.store.inner();
+    site.store.before_first(
+        Op::Get,
+        "shard.db",
+        Arc::new(move |path| {
+            let inner = Arc::clone(&inner);
+            Box::pin(async move {
+                let bytes = inner.get(&path).await.expect("uploaded").bytes().await.expect("bytes");
+                let mut damaged = bytes.to_vec();
+                let at = damaged.len() / 2;
+                damaged[at] ^= 0xff;
+                inner.put(&path, damaged.into()).await.expect("overwrite");
+            })
+        }),
+    );
+    let e = build(
+        &job(dir.path(), &site.prefix, "r1"),
+        &Embedded::default(),
+        &BuildOptions::default(),
+    )
+    .await
+    .expect_err("the re-read catches the damage");
+    assert_eq!(site.store.fired(), 1, "{backend}: the hook ran");
+    assert_eq!(e.kind(), ErrorKind::Data, "{backend}: exit 3: {e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("shard") && text.contains("verification"),
+        "{backend}: names the shard: {text}"
+    );
+    nothing_left(&site.prefix, "r1", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_damaged_after_upload_is_caught_before_publishing() {
+    corrupted_after_upload("memory").await;
+    corrupted_after_upload("s3").await;
 }
 
 /// The guard of every shard task: a row that reaches the wrong partition

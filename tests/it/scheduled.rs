@@ -144,6 +144,48 @@ async fn a_run_held_by_a_live_lease_is_refused_on_s3() {
     live_lease_refuses(&s3_prefix("sched-lease")).await;
 }
 
+/// A build renews its run record's lease while it runs: held at a fail
+/// point for several lease lengths (3 s), its record stays `running` with
+/// a lease that keeps moving into the future, so no cleanup takes it for
+/// dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_build_keeps_renewing_its_lease() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = format!("file://{}/snap", root.path().display());
+    let job = JobDir::new(&prefix);
+    job.input(10, "hb");
+    job.job("hb", "");
+    let paused = job.sf_write_paused_at("verify", &[]);
+    let lease = || async {
+        let records = store(&prefix).list_run_records().await.expect("records");
+        let (_, r) = records
+            .into_iter()
+            .find(|(_, r)| r.run_id.as_str() == "hb")
+            .expect("the build's run record");
+        assert_eq!(r.status, RunStatus::Running);
+        r.lease_expires_at
+    };
+    let first = lease().await;
+    // Wait for three renewals, each past the one before (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = first;
+    let mut renewals = 0;
+    while renewals < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease was renewed {renewals} times in 60 s (run_lease_secs = 3)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = lease().await;
+        if now > last {
+            renewals += 1;
+            last = now;
+        }
+    }
+    assert!(last > sf_manifest::Timestamp::now(), "the lease is live: {last:?}");
+    paused.kill();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_is_rebuilt_cleanly() {
     let root = tempfile::tempdir().expect("root");

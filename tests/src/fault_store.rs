@@ -123,8 +123,9 @@ pub enum Op {
     Copy,
 }
 
-/// Code a hook rule runs before the call it selected goes through.
-pub type Hook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+/// Code a hook rule runs before the call it selected goes through; it
+/// gets the call's path.
+pub type Hook = Arc<dyn Fn(ObjPath) -> BoxFuture<'static, ()> + Send + Sync>;
 
 type PathMatch = Box<dyn Fn(&ObjPath) -> bool + Send + Sync>;
 
@@ -188,6 +189,11 @@ impl FaultStore {
         );
     }
 
+    /// The store under the faults, for hooks that change what it holds.
+    pub fn inner(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.inner)
+    }
+
     /// Runs `hook` once, before the first call of `op` on a path ending
     /// with `suffix` goes through.
     pub fn before_first(&self, op: Op, suffix: &str, hook: Hook) {
@@ -243,7 +249,7 @@ impl FaultStore {
             rule.fired.fetch_add(1, Ordering::SeqCst);
             match &rule.action {
                 Action::Fail(fault) => return Err(fault.error(op, path)),
-                Action::Run(hook) => hook().await,
+                Action::Run(hook) => hook(path.clone()).await,
             }
         }
         Ok(())
