@@ -143,7 +143,11 @@ impl Server {
         });
 
         let failed = |what: &'static str, e: Box<dyn std::error::Error + Send + Sync>| Error::Serve { what, source: e };
+        // Biased: once the stop is sent the servers end by themselves, and
+        // that is the stop, not a failure.
         let early: Option<Error> = tokio::select! {
+            biased;
+            _ = stopping(rx.clone()) => None,
             r = &mut http_task => Some(match r {
                 Ok(Ok(())) => failed("HTTP", "stopped by itself".into()),
                 Ok(Err(e)) => failed("HTTP", Box::new(e)),
@@ -159,7 +163,6 @@ impl Server {
                 Ok(Err(e)) => failed("gRPC", Box::new(e)),
                 Err(e) => failed("gRPC", Box::new(e)),
             }),
-            _ = stopping(rx.clone()) => None,
         };
         if early.is_none() {
             tracing::info!(grace = ?grace, "shutting down: accepting no more connections, finishing requests in flight");

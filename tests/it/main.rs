@@ -11,5 +11,7 @@ mod reader_concurrency;
 mod reader_errors;
 mod reader_fixtures;
 mod reader_snapshots;
+mod reader_versions;
+mod serve;
 mod warehouse;
 mod write_e2e;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub mod cluster;
+pub mod serve;
 pub mod snapshots;
 pub mod writer_support;
 
