@@ -2,8 +2,8 @@
 //!
 //! It parses flags (and `--config serve.toml`) into a checked
 //! [`ServeConfig`], installs the Prometheus recorder, binds, prints
-//! `listening on http://HOST:PORT` (and `grpc listening on http://...`),
-//! and serves until SIGTERM or SIGINT, then drains and exits 0.
+//! `grpc listening on http://HOST:PORT` (with gRPC) and then, always last,
+//! `listening on http://HOST:PORT`, and serves until SIGTERM or SIGINT, then drains and exits 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -247,10 +247,13 @@ pub async fn run(args: Args) -> Result<u8, Failure> {
         let mut out = std::io::stdout().lock();
         let write =
             |out: &mut std::io::StdoutLock<'_>, line: String| writeln!(out, "{line}").and_then(|()| out.flush());
-        write(&mut out, format!("listening on http://{}", server.http_addr()?)).map_err(crate::output::output_error)?;
+        // The gRPC line first: whoever waits for `listening on` (the
+        // documented line) then has every address, whichever flag or
+        // config file asked for gRPC.
         if let Some(g) = server.grpc_addr()? {
             write(&mut out, format!("grpc listening on http://{g}")).map_err(crate::output::output_error)?;
         }
+        write(&mut out, format!("listening on http://{}", server.http_addr()?)).map_err(crate::output::output_error)?;
     }
     server.run(stop).await?;
     Ok(exit::OK)

@@ -143,32 +143,44 @@ impl Server {
         });
 
         let failed = |what: &'static str, e: Box<dyn std::error::Error + Send + Sync>| Error::Serve { what, source: e };
-        // Biased: once the stop is sent the servers end by themselves, and
-        // that is the stop, not a failure.
+        // A server that ends without error once the stop was sent ended
+        // because of it (whichever branch is seen first), not by failure.
+        let stop_sent = |rx: &watch::Receiver<bool>| *rx.borrow();
+        let (mut http_done, mut grpc_done) = (false, false);
         let early: Option<Error> = tokio::select! {
             biased;
             _ = stopping(rx.clone()) => None,
-            r = &mut http_task => Some(match r {
-                Ok(Ok(())) => failed("HTTP", "stopped by itself".into()),
-                Ok(Err(e)) => failed("HTTP", Box::new(e)),
-                Err(e) => failed("HTTP", Box::new(e)),
-            }),
+            r = &mut http_task => {
+                http_done = true;
+                match r {
+                    Ok(Ok(())) if stop_sent(&rx) => None,
+                    Ok(Ok(())) => Some(failed("HTTP", "stopped by itself".into())),
+                    Ok(Err(e)) => Some(failed("HTTP", Box::new(e))),
+                    Err(e) => Some(failed("HTTP", Box::new(e))),
+                }
+            }
             r = async {
                 match grpc_task.as_mut() {
                     Some(t) => t.await,
                     None => std::future::pending().await,
                 }
-            } => Some(match r {
-                Ok(Ok(())) => failed("gRPC", "stopped by itself".into()),
-                Ok(Err(e)) => failed("gRPC", Box::new(e)),
-                Err(e) => failed("gRPC", Box::new(e)),
-            }),
+            } => {
+                grpc_done = true;
+                match r {
+                    Ok(Ok(())) if stop_sent(&rx) => None,
+                    Ok(Ok(())) => Some(failed("gRPC", "stopped by itself".into())),
+                    Ok(Err(e)) => Some(failed("gRPC", Box::new(e))),
+                    Err(e) => Some(failed("gRPC", Box::new(e))),
+                }
+            }
         };
         if early.is_none() {
             tracing::info!(grace = ?grace, "shutting down: accepting no more connections, finishing requests in flight");
             let drain = async {
-                let _ = (&mut http_task).await;
-                if let Some(t) = grpc_task.as_mut() {
+                if !http_done {
+                    let _ = (&mut http_task).await;
+                }
+                if let Some(t) = grpc_task.as_mut().filter(|_| !grpc_done) {
                     let _ = t.await;
                 }
             };

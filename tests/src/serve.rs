@@ -57,11 +57,12 @@ impl ServeProcess {
                 }
             }
         });
-        let wants_grpc = args.iter().any(|a| a.as_ref() == "--grpc-listen");
+        // `sf-serve` prints `grpc listening on` (when it serves gRPC,
+        // asked for by flag or config file) before `listening on`.
         let mut http = None;
         let mut grpc = None;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while http.is_none() || (wants_grpc && grpc.is_none()) {
+        while http.is_none() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
