@@ -71,6 +71,7 @@ classified!(
     sf_writer::Error,
     sf_reader::Error,
     sf_warehouse::Error,
+    sf_server::Error,
 );
 
 /// A failed command on its way to the terminal: the error, with its

@@ -8,6 +8,7 @@
 //! | `sf-write` | [`write`](mod@write) | `sf-warehouse::run_job` (snapshots through `sf-writer`, tables through the warehouse), `sf-executor` for `--cluster` |
 //! | `sf-read` | [`read`] | `sf-reader` (reads and admin) |
 //! | `sf-sql` | [`sql`] | `sf-warehouse` |
+//! | `sf-serve` | [`serve`] | `sf-server` (over `sf-reader`) |
 //! | `sf-scheduler`, `sf-executor` | [`cluster`] | `sf-executor` |
 //!
 //! What they share lives once: the exit-code table ([`exit`], derived from
@@ -21,6 +22,7 @@ pub mod output;
 pub mod read;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod sql;
 pub mod write;
 

@@ -26,6 +26,15 @@ pub enum Error {
     #[error("{what} is not in the history of {location}")]
     NotInHistory { what: String, location: String },
 
+    /// A read named a version (run or offset) the reader does not hold.
+    #[error("{what} is not among the snapshots held for {location} (held runs: {})", held.join(", "))]
+    VersionNotHeld {
+        what: String,
+        location: String,
+        /// Runs of the held snapshots, the served one first.
+        held: Vec<String>,
+    },
+
     /// A key given as text does not parse by the snapshot's key encoding.
     #[error("invalid key {text:?}: {source}")]
     InvalidKey {
@@ -107,7 +116,7 @@ impl Error {
         match self {
             Error::Config { .. } => ErrorKind::Config,
             // The caller named a key, pin or rollback target that cannot be.
-            Error::InvalidKey { .. } | Error::NotInHistory { .. } => ErrorKind::Config,
+            Error::InvalidKey { .. } | Error::NotInHistory { .. } | Error::VersionNotHeld { .. } => ErrorKind::Config,
             Error::NoCurrent { .. } | Error::ManifestMissing { .. } | Error::ChecksumMismatch { .. } => ErrorKind::Data,
             Error::Manifest(e) => e.kind(),
             Error::Routing(e) => e.kind(),

@@ -70,16 +70,18 @@ mod settings;
 mod shard;
 mod snapshot;
 mod stats;
+mod view;
 
 pub use admin::{Admin, AdminBuilder, CleanupOptions, CleanupReport, Removal, RemovalReason, Rollback, RollbackTarget};
 pub use error::{Error, Result};
 pub use reader::{
     Health, HealthStatus, Reader, ReaderBuilder, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, SnapshotInfo,
 };
-pub use settings::{Pin, ReaderSettings, SqliteMode};
+pub use settings::{MAX_KEEP_VERSIONS, Pin, ReaderSettings, SqliteMode};
 pub use sf_manifest::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
 pub use snapshot::RoutingContext;
-pub use stats::ReaderStats;
+pub use stats::{METRICS, ReaderStats};
+pub use view::{SnapshotView, Version};
 
 /// Re-exported so callers can build routing contexts without naming `sf-router`.
 pub use sf_router::ContextValue;

@@ -1,6 +1,7 @@
 //! The [`Reader`]: serves `get` and `multi_get` from the snapshot
 //! `_CURRENT` (or a pin) names, and swaps to new snapshots on refresh.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -10,19 +11,16 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use serde::Serialize;
 use sf_manifest::{
-    CelType, DbId, HashAlgorithm, HistoryEntry, Key, KeyEncoding, Location, Manifest, ManifestStore,
-    ObjectManifestStore, RunId, ShardingStrategy, StorageOptions, Timestamp,
+    DbId, HashAlgorithm, HistoryEntry, Key, KeyEncoding, Location, Manifest, ManifestStore, ObjectManifestStore, RunId,
+    ShardingStrategy, StorageOptions, Timestamp,
 };
-use sf_router::ContextValue;
 
 use crate::error::{Error, Result};
 use crate::settings::{Pin, ReaderSettings};
 use crate::shard::ShardEnv;
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::stats::{Counters, ReaderStats, bump};
-
-/// A key's position in a `multi_get` and its encoded bytes.
-type SlotKey = (usize, Vec<u8>);
+use crate::view::{SnapshotView, Version};
 
 /// Splits a `--current-url` into the prefix URL: the URL of `_CURRENT`
 /// itself or of its folder are both accepted.
@@ -55,6 +53,7 @@ pub struct ReaderBuilder {
     options: StorageOptions,
     store: Option<Arc<dyn ObjectStore>>,
     unpublished: Option<(Manifest, String)>,
+    metric_labels: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for ReaderBuilder {
@@ -101,16 +100,26 @@ impl ReaderBuilder {
         self
     }
 
-    /// Reads `_CURRENT` (or the pin) and the manifest, and starts the
-    /// background refresh if one is set. Opens no shard. Must run inside
-    /// a tokio runtime, which the reader then uses for its background work.
+    /// A label on every figure the reader emits through the `metrics`
+    /// facade (e.g. `snapshot` = the name a service knows it by), so that
+    /// several readers in one process are told apart. The recorder must be
+    /// installed before [`build`](Self::build).
+    pub fn with_metric_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metric_labels.push((key.into(), value.into()));
+        self
+    }
+
+    /// Reads `_CURRENT` (or the pin) and the manifest, reads the warm-up
+    /// keys (opening their shards), and starts the background refresh if
+    /// one is set. Opens no other shard. Must run inside a tokio runtime,
+    /// which the reader then uses for its background work.
     pub async fn build(self) -> Result<Reader> {
         self.settings.validate()?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::config("runtime", "a Reader must be built inside a tokio runtime"))?;
         let location = prefix_location(&self.current_url, &self.options, self.store)?;
         let store = ObjectManifestStore::new(location);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(&self.metric_labels));
         let env = Arc::new(ShardEnv::new(
             self.settings.clone(),
             Arc::clone(&counters),
@@ -121,6 +130,9 @@ impl ReaderBuilder {
             Some((manifest, manifest_ref)) => Snapshot::from_manifest(&store, &manifest_ref, None, manifest)?,
             None => initial_snapshot(&store, &self.settings.pin, &current_url).await?,
         };
+        crate::view::warm_up(&env, &snapshot, &self.settings.warmup_keys).await?;
+        counters.snapshot_created.set(snapshot.created_seconds());
+        counters.versions_held.set(1.0);
         let inner = Arc::new(Inner {
             current_url,
             store,
@@ -128,6 +140,7 @@ impl ReaderBuilder {
             env,
             counters,
             served: RwLock::new(Arc::new(snapshot)),
+            kept: Mutex::new(VecDeque::new()),
             refresh_lock: tokio::sync::Mutex::new(()),
             status: Mutex::new(RefreshStatus::default()),
             closed: AtomicBool::new(false),
@@ -181,20 +194,38 @@ impl Drop for AbortOnDrop {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     current_url: String,
     store: ObjectManifestStore,
-    settings: ReaderSettings,
-    env: Arc<ShardEnv>,
+    pub(crate) settings: ReaderSettings,
+    pub(crate) env: Arc<ShardEnv>,
     counters: Arc<Counters>,
     /// The served snapshot. Readers clone the Arc and let go of the lock
     /// at once; a swap replaces the Arc, and the old snapshot (with its
     /// open shards) lives until its last in-flight read finishes.
     served: RwLock<Arc<Snapshot>>,
+    /// Snapshots a refresh replaced, newest first, at most
+    /// `settings.keep_versions`: open for pinned reads.
+    kept: Mutex<VecDeque<Arc<Snapshot>>>,
     /// Serialises refreshes (manual and background).
     refresh_lock: tokio::sync::Mutex<()>,
     status: Mutex<RefreshStatus>,
     closed: AtomicBool,
+}
+
+impl Inner {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::Closed {
+                location: self.store.prefix_url().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Snapshot>>> {
+        self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// An online reader of one snapshot prefix.
@@ -334,6 +365,26 @@ pub struct RouteInfo {
     pub db_url: Option<String>,
 }
 
+/// What `snap` is.
+pub(crate) fn info_of(snap: &Snapshot, pinned: bool) -> SnapshotInfo {
+    let b = &snap.manifest.build;
+    SnapshotInfo {
+        run_id: b.run_id.clone(),
+        num_dbs: b.num_dbs,
+        sharding: b.sharding.strategy,
+        created_at: b.created_at,
+        manifest_ref: snap.manifest_ref.clone(),
+        row_count: snap.row_count,
+        key_encoding: b.key_encoding,
+        hash_algorithm: b.sharding.hash_algorithm,
+        shards_in_manifest: snap.manifest.shards.len(),
+        shards_open: snap.open_count(),
+        published_at: snap.pointer.as_ref().map(|p| p.updated_at),
+        loaded_at: snap.loaded_at,
+        pinned,
+    }
+}
+
 /// Healthy or stale; see [`Reader::health`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -375,6 +426,7 @@ impl Reader {
             options: StorageOptions::new(),
             store: None,
             unpublished: None,
+            metric_labels: Vec::new(),
         }
     }
 
@@ -389,12 +441,66 @@ impl Reader {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::Relaxed) {
-            return Err(Error::Closed {
-                location: self.inner.store.prefix_url().to_string(),
-            });
+        self.inner.check_open()
+    }
+
+    fn pinned(&self) -> bool {
+        self.inner.settings.pin != Pin::Current
+    }
+
+    /// A view of the served snapshot: every read through it uses that
+    /// snapshot, whatever refreshes do meanwhile.
+    pub fn current(&self) -> SnapshotView {
+        SnapshotView {
+            inner: Arc::clone(&self.inner),
+            snap: self.snapshot(),
+            pinned: self.pinned(),
         }
-        Ok(())
+    }
+
+    /// A view of one of the snapshots the reader holds: the served one or
+    /// one of the `keep_versions` a refresh replaced. A version the reader
+    /// does not hold is an error of kind `Config` naming the held runs.
+    pub fn version(&self, version: &Version) -> Result<SnapshotView> {
+        let view = |snap| SnapshotView {
+            inner: Arc::clone(&self.inner),
+            snap,
+            pinned: self.pinned(),
+        };
+        let served = self.snapshot();
+        let kept: Vec<Arc<Snapshot>> = self.inner.kept().iter().cloned().collect();
+        let found = match version {
+            Version::Current | Version::Offset(0) => Some(served.clone()),
+            Version::Offset(n) => kept.get(n - 1).cloned(),
+            Version::RunId(run) => std::iter::once(&served)
+                .chain(kept.iter())
+                .find(|s| &s.manifest.build.run_id == run)
+                .cloned(),
+        };
+        found.map(view).ok_or_else(|| Error::VersionNotHeld {
+            what: match version {
+                Version::Current => "the served snapshot".to_string(),
+                Version::Offset(n) => format!("offset {n}"),
+                Version::RunId(r) => format!("run {r}"),
+            },
+            location: self.inner.store.prefix_url().to_string(),
+            held: std::iter::once(&served)
+                .chain(kept.iter())
+                .map(|s| s.manifest.build.run_id.to_string())
+                .collect(),
+        })
+    }
+
+    /// The snapshots the reader holds: the served one first, then those
+    /// kept for pinned reads, newest first (their offsets for
+    /// [`Version::Offset`]).
+    pub fn versions(&self) -> Vec<SnapshotInfo> {
+        let served = self.snapshot();
+        let kept: Vec<Arc<Snapshot>> = self.inner.kept().iter().cloned().collect();
+        std::iter::once(&served)
+            .chain(kept.iter())
+            .map(|s| info_of(s, self.pinned()))
+            .collect()
     }
 
     /// The value of `key`, or `None` when the snapshot does not hold it.
@@ -411,16 +517,7 @@ impl Reader {
 
     async fn lookup(&self, key: &Key, context: Option<&RoutingContext>) -> Result<Option<Bytes>> {
         self.check_open()?;
-        let snap = self.snapshot();
-        // Encoding first: a key of the wrong type fails before any I/O.
-        let encoded = snap.router.encode_key(key)?;
-        let Some(db) = snap.route(key, context)? else {
-            return Ok(None);
-        };
-        match snap.shard(&self.inner.env, db).await? {
-            None => Ok(None),
-            Some(shard) => shard.get(&encoded).await,
-        }
+        crate::view::lookup(&self.inner.env, &self.snapshot(), key, context).await
     }
 
     /// Values of many keys, in input order. Keys are grouped by shard;
@@ -441,41 +538,7 @@ impl Reader {
     ) -> Result<Vec<Option<Bytes>>> {
         self.check_open()?;
         let snap = self.snapshot();
-        let n = items.len();
-        let mut routed: Vec<(DbId, usize, Vec<u8>)> = Vec::with_capacity(n);
-        for (slot, (key, ctx)) in items.enumerate() {
-            let encoded = snap.router.encode_key(key)?;
-            if let Some(db) = snap.route(key, ctx)? {
-                routed.push((db, slot, encoded));
-            }
-        }
-        // By shard, then by key: each shard's lookups walk its B-tree in
-        // order, which keeps the pages they share hot.
-        routed.sort_unstable_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
-        let mut groups: Vec<(DbId, Vec<SlotKey>)> = Vec::new();
-        for (db, slot, key) in routed {
-            match groups.last_mut() {
-                Some((d, g)) if *d == db => g.push((slot, key)),
-                _ => groups.push((db, vec![(slot, key)])),
-            }
-        }
-        let mut out: Vec<Option<Bytes>> = vec![None; n];
-        let env = &self.inner.env;
-        let snap_ref = &snap;
-        let mut results = futures::stream::iter(groups)
-            .map(|(db, keys)| async move {
-                match snap_ref.shard(env, db).await? {
-                    None => Ok(Vec::new()),
-                    Some(shard) => shard.get_many(keys).await,
-                }
-            })
-            .buffer_unordered(self.inner.settings.max_concurrency);
-        while let Some(values) = results.try_next().await? {
-            for (slot, v) in values {
-                out[slot] = v;
-            }
-        }
-        Ok(out)
+        crate::view::multi_lookup(&self.inner.env, &snap, self.inner.settings.max_concurrency, items).await
     }
 
     /// Where `key` lives in the served snapshot.
@@ -493,38 +556,13 @@ impl Reader {
     /// encoding (integers for `u64be`/`u32be`, text for `utf8`, text or
     /// `hex:<hex>` for `raw`).
     pub fn parse_key(&self, text: &str) -> Result<Key> {
-        sf_router::parse_key(text, self.key_encoding()).map_err(|source| Error::InvalidKey {
-            text: text.to_string(),
-            source,
-        })
+        crate::view::parse_key(self.key_encoding(), text)
     }
 
     /// Parses `column=value` pairs into a routing context, typing each value
     /// by the snapshot's CEL columns.
     pub fn parse_context<'a>(&self, pairs: impl IntoIterator<Item = &'a str>) -> Result<RoutingContext> {
-        let snap = self.snapshot();
-        let columns = snap.manifest.build.sharding.cel_columns.clone().unwrap_or_default();
-        let mut ctx = RoutingContext::new();
-        for pair in pairs {
-            let (name, value) = pair
-                .split_once('=')
-                .ok_or_else(|| Error::config("routing context", format!("{pair:?} is not column=value")))?;
-            let ty: CelType = *columns.get(name).ok_or_else(|| {
-                Error::config(
-                    "routing context",
-                    format!(
-                        "{name:?} is not a routing column of this snapshot (its columns: {})",
-                        if columns.is_empty() {
-                            "none, it routes by hash".to_string()
-                        } else {
-                            columns.keys().cloned().collect::<Vec<_>>().join(", ")
-                        }
-                    ),
-                )
-            })?;
-            ctx.insert(name.to_string(), ContextValue::parse(ty, value)?);
-        }
-        Ok(ctx)
+        crate::view::parse_context(&self.snapshot(), pairs)
     }
 
     /// The served snapshot's manifest.
@@ -576,23 +614,7 @@ impl Reader {
 
     /// The served snapshot.
     pub fn info(&self) -> SnapshotInfo {
-        let snap = self.snapshot();
-        let b = &snap.manifest.build;
-        SnapshotInfo {
-            run_id: b.run_id.clone(),
-            num_dbs: b.num_dbs,
-            sharding: b.sharding.strategy,
-            created_at: b.created_at,
-            manifest_ref: snap.manifest_ref.clone(),
-            row_count: snap.row_count,
-            key_encoding: b.key_encoding,
-            hash_algorithm: b.sharding.hash_algorithm,
-            shards_in_manifest: snap.manifest.shards.len(),
-            shards_open: snap.open_count(),
-            published_at: snap.pointer.as_ref().map(|p| p.updated_at),
-            loaded_at: snap.loaded_at,
-            pinned: self.inner.settings.pin != Pin::Current,
-        }
+        info_of(&self.snapshot(), self.pinned())
     }
 
     /// The shards of the served snapshot, by db_id (empty shards, which the
@@ -723,6 +745,13 @@ impl Reader {
             &self.inner.current_url,
         )
         .await?;
+        // Shards of the held snapshots carry over where their content is
+        // the same (a rollback to a kept snapshot reopens nothing); those
+        // the served one has open and that changed are opened now.
+        let kept: Vec<Arc<Snapshot>> = self.inner.kept().iter().cloned().collect();
+        for k in &kept {
+            next.adopt(k);
+        }
         let to_warm = next.adopt(&old);
         let env = &self.inner.env;
         let next_ref = &next;
@@ -731,12 +760,25 @@ impl Reader {
             .buffer_unordered(self.inner.settings.max_concurrency)
             .try_collect::<Vec<()>>()
             .await?;
+        crate::view::warm_up(env, &next, &self.inner.settings.warmup_keys).await?;
         let from = old.manifest_ref.clone();
-        *self
-            .inner
-            .served
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        let created = next.created_seconds();
+        {
+            // Kept before the swap, so that a read pinned to the old run
+            // finds it at every moment.
+            let mut kept = self.inner.kept();
+            if self.inner.settings.keep_versions > 0 {
+                kept.push_front(Arc::clone(&old));
+            }
+            kept.truncate(self.inner.settings.keep_versions);
+            *self
+                .inner
+                .served
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+            self.inner.counters.versions_held.set((kept.len() + 1) as f64);
+        }
+        self.inner.counters.snapshot_created.set(created);
         bump(&self.inner.counters.swaps, 1);
         tracing::info!(prefix = %self.inner.store.prefix_url(), %from, to = %manifest_ref, "swapped to a new snapshot");
         Ok(RefreshOutcome::Swapped { from, to: manifest_ref })

@@ -66,6 +66,9 @@ pub enum Pin {
     Offset(usize),
 }
 
+/// The most snapshots a reader keeps open besides the served one.
+pub const MAX_KEEP_VERSIONS: usize = 16;
+
 /// Knobs of a [`Reader`](crate::Reader). Every field has a default; see
 /// each for the trade-off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +110,18 @@ pub struct ReaderSettings {
     /// Idle SQLite connections kept per open shard; more are opened when
     /// more callers read one shard at once. Default 8.
     pub max_idle_connections_per_shard: usize,
+    /// Snapshots kept open after a refresh replaced them, newest first, for
+    /// reads pinned to them ([`Reader::version`](crate::Reader::version)) and
+    /// so that a rollback to one of them reopens nothing. Each costs its
+    /// open shards (file handles, connections). Default 1.
+    pub keep_versions: usize,
+    /// Keys (as `sf-read` takes them: by the snapshot's key encoding, `hex:`
+    /// for raw bytes) read from every new snapshot before it is served,
+    /// at build and before each swap, so that their shards are open and
+    /// their pages cached when traffic arrives. A warm-up read that fails
+    /// fails the refresh (the previous snapshot keeps serving). Not for
+    /// snapshots whose routing needs a context. Default: none.
+    pub warmup_keys: Vec<String>,
 }
 
 impl Default for ReaderSettings {
@@ -123,6 +138,8 @@ impl Default for ReaderSettings {
             pin: Pin::Current,
             verify_checksums: true,
             max_idle_connections_per_shard: 8,
+            keep_versions: 1,
+            warmup_keys: Vec::new(),
         }
     }
 }
@@ -164,6 +181,12 @@ impl ReaderSettings {
             return Err(Error::config(
                 "refresh_interval",
                 format!("{i:?} is below the 10 ms minimum"),
+            ));
+        }
+        if self.keep_versions > MAX_KEEP_VERSIONS {
+            return Err(Error::config(
+                "keep_versions",
+                format!("{} is above the maximum of {MAX_KEEP_VERSIONS}", self.keep_versions),
             ));
         }
         if self.refresh_max_backoff.is_zero() {
@@ -213,12 +236,17 @@ mod tests {
                 refresh_interval: Some(Duration::from_millis(1)),
                 ..Default::default()
             },
+            ReaderSettings {
+                keep_versions: 17,
+                ..Default::default()
+            },
         ];
         for (s, field) in bad.iter().zip([
             "max_concurrency",
             "range_block_bytes",
             "page_cache_bytes",
             "refresh_interval",
+            "keep_versions",
         ]) {
             let e = s.validate().expect_err(field).to_string();
             assert!(e.contains(field), "{e}");

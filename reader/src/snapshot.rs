@@ -111,6 +111,11 @@ impl Snapshot {
         })
     }
 
+    /// The manifest's `created_at` in Unix seconds.
+    pub(crate) fn created_seconds(&self) -> f64 {
+        self.manifest.build.created_at.as_micros() as f64 / 1e6
+    }
+
     /// The shard `key` lives in (`None`: an unknown categorical token, a miss).
     pub(crate) fn route(&self, key: &Key, context: Option<&RoutingContext>) -> Result<Option<DbId>> {
         let routed = match context {

@@ -1,5 +1,11 @@
 //! Counters of what a reader did: opens, downloads, cache use, ranged
 //! reads, refreshes. Cheap (relaxed atomics), for operators and tests.
+//!
+//! Every counter is also emitted through the [`metrics`] facade, so a
+//! service that embeds the reader and installs a recorder (a Prometheus
+//! exporter, say) gets the same figures, under the names in [`METRICS`],
+//! labelled with what the builder was given
+//! ([`ReaderBuilder::with_metric_label`](crate::ReaderBuilder::with_metric_label)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,38 +40,128 @@ pub struct ReaderStats {
     pub block_cache_bytes: u64,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) shard_opens: AtomicU64,
-    pub(crate) downloads: AtomicU64,
-    pub(crate) download_bytes: AtomicU64,
-    pub(crate) cache_hits: AtomicU64,
-    pub(crate) cache_repairs: AtomicU64,
-    pub(crate) range_requests: AtomicU64,
-    pub(crate) range_bytes: AtomicU64,
-    pub(crate) refreshes: AtomicU64,
-    pub(crate) refresh_failures: AtomicU64,
-    pub(crate) swaps: AtomicU64,
+/// The names the reader emits through the `metrics` facade, with what each
+/// counts. Counters end in `_total`; the two gauges are set when a snapshot
+/// is loaded or swapped in.
+pub const METRICS: &[(&str, &str)] = &[
+    ("sf_reader_shard_opens_total", "shards opened"),
+    (
+        "sf_reader_downloads_total",
+        "SQLite shard files downloaded into the cache",
+    ),
+    ("sf_reader_download_bytes_total", "bytes downloaded"),
+    (
+        "sf_reader_cache_hits_total",
+        "cached shard files reused without a download",
+    ),
+    (
+        "sf_reader_cache_repairs_total",
+        "cached shard files found damaged and fetched again",
+    ),
+    ("sf_reader_range_requests_total", "ranged GETs of range-mode shards"),
+    ("sf_reader_range_bytes_total", "bytes those GETs returned"),
+    ("sf_reader_refreshes_total", "refresh attempts"),
+    ("sf_reader_refresh_failures_total", "refresh attempts that failed"),
+    ("sf_reader_swaps_total", "snapshot swaps"),
+    (
+        "sf_reader_snapshot_created_seconds",
+        "the served snapshot's created_at, in Unix seconds (gauge)",
+    ),
+    (
+        "sf_reader_versions_held",
+        "snapshots held open: the served one and the kept ones (gauge)",
+    ),
+];
+
+/// One counter: an atomic for [`ReaderStats`] and its handle in the
+/// installed `metrics` recorder (a no-op handle when none is).
+#[derive(Debug)]
+pub(crate) struct Counter {
+    value: AtomicU64,
+    metric: metrics::Counter,
 }
 
-pub(crate) fn bump(c: &AtomicU64, by: u64) {
-    c.fetch_add(by, Ordering::Relaxed);
+impl Counter {
+    fn new(name: &'static str, labels: &[(String, String)]) -> Self {
+        let labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
+            .collect();
+        Counter {
+            value: AtomicU64::new(0),
+            metric: metrics::counter!(name, labels),
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) shard_opens: Counter,
+    pub(crate) downloads: Counter,
+    pub(crate) download_bytes: Counter,
+    pub(crate) cache_hits: Counter,
+    pub(crate) cache_repairs: Counter,
+    pub(crate) range_requests: Counter,
+    pub(crate) range_bytes: Counter,
+    pub(crate) refreshes: Counter,
+    pub(crate) refresh_failures: Counter,
+    pub(crate) swaps: Counter,
+    pub(crate) snapshot_created: metrics::Gauge,
+    pub(crate) versions_held: metrics::Gauge,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::new(&[])
+    }
+}
+
+pub(crate) fn bump(c: &Counter, by: u64) {
+    c.value.fetch_add(by, Ordering::Relaxed);
+    c.metric.increment(by);
 }
 
 impl Counters {
+    /// Counters registered with the installed `metrics` recorder under
+    /// `labels` (registered once here, so a bump costs no lookup).
+    pub(crate) fn new(labels: &[(String, String)]) -> Self {
+        let c = |name| Counter::new(name, labels);
+        let gauge_labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
+            .collect();
+        Counters {
+            shard_opens: c("sf_reader_shard_opens_total"),
+            downloads: c("sf_reader_downloads_total"),
+            download_bytes: c("sf_reader_download_bytes_total"),
+            cache_hits: c("sf_reader_cache_hits_total"),
+            cache_repairs: c("sf_reader_cache_repairs_total"),
+            range_requests: c("sf_reader_range_requests_total"),
+            range_bytes: c("sf_reader_range_bytes_total"),
+            refreshes: c("sf_reader_refreshes_total"),
+            refresh_failures: c("sf_reader_refresh_failures_total"),
+            swaps: c("sf_reader_swaps_total"),
+            snapshot_created: metrics::gauge!("sf_reader_snapshot_created_seconds", gauge_labels.clone()),
+            versions_held: metrics::gauge!("sf_reader_versions_held", gauge_labels),
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> ReaderStats {
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ReaderStats {
-            shard_opens: l(&self.shard_opens),
-            downloads: l(&self.downloads),
-            download_bytes: l(&self.download_bytes),
-            cache_hits: l(&self.cache_hits),
-            cache_repairs: l(&self.cache_repairs),
-            range_requests: l(&self.range_requests),
-            range_bytes: l(&self.range_bytes),
-            refreshes: l(&self.refreshes),
-            refresh_failures: l(&self.refresh_failures),
-            swaps: l(&self.swaps),
+            shard_opens: self.shard_opens.get(),
+            downloads: self.downloads.get(),
+            download_bytes: self.download_bytes.get(),
+            cache_hits: self.cache_hits.get(),
+            cache_repairs: self.cache_repairs.get(),
+            range_requests: self.range_requests.get(),
+            range_bytes: self.range_bytes.get(),
+            refreshes: self.refreshes.get(),
+            refresh_failures: self.refresh_failures.get(),
+            swaps: self.swaps.get(),
             block_cache_bytes: 0,
         }
     }

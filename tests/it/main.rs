@@ -14,6 +14,8 @@ mod reader_concurrency;
 mod reader_errors;
 mod reader_fixtures;
 mod reader_snapshots;
+mod reader_versions;
 mod scheduled;
+mod serve;
 mod warehouse;
 mod write_e2e;

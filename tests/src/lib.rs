@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod fault_proxy;
 pub mod fault_store;
 pub mod scenario;
+pub mod serve;
 pub mod snapshots;
 pub mod writer_support;
 

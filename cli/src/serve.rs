@@ -1,0 +1,312 @@
+//! `sf-serve`: the lookup service (`sf-server`) as a program.
+//!
+//! It parses flags (and `--config serve.toml`) into a checked
+//! [`ServeConfig`], installs the Prometheus recorder, binds, prints
+//! `grpc listening on http://HOST:PORT` (with gRPC) and then, always last,
+//! `listening on http://HOST:PORT`, and serves until SIGTERM or SIGINT, then drains and exits 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sf_manifest::StorageOptions;
+use sf_reader::duration::parse_duration;
+use sf_reader::{ReaderSettings, SqliteMode};
+use sf_server::config::{FileConfig, read_tokens, storage_for};
+use sf_server::{DEFAULT_LISTEN, Limits, ServeConfig, Server, SnapshotConfig};
+
+use crate::exit::{self, EXIT_CODES, Failure};
+use crate::read::ModeArg;
+
+fn after_help() -> String {
+    format!(
+        "\
+Serves snapshots over HTTP (and gRPC with --grpc-listen). Reader flags
+(--sqlite-mode, --cache-dir, --refresh-interval, --max-age, --keep-versions,
+--max-concurrency, --warmup-key) apply to the --snapshot snapshots; those of
+--config have their own [snapshot.reader] tables. Limit flags override the
+file's [limits]. Routes, examples and metrics: docs/serving.md.
+
+S3 settings come from the AWS_* environment variables or --storage-option.
+
+{EXIT_CODES}"
+    )
+}
+
+/// The ShardForge lookup service.
+#[derive(Debug, Parser)]
+#[command(name = "sf-serve", version, about, after_help = after_help())]
+pub struct Args {
+    /// A snapshot to serve, as NAME=URL (URL: `_CURRENT` or its prefix, as
+    /// `sf-read --current-url` takes it). Repeatable.
+    #[arg(long = "snapshot", value_name = "NAME=URL")]
+    pub snapshots: Vec<String>,
+
+    /// A serve.toml with snapshots, limits and settings.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// HTTP address (port 0: any free port; the bound one is printed).
+    /// Default 127.0.0.1:8080, or the file's `listen`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+
+    /// gRPC address (none: no gRPC).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub grpc_listen: Option<String>,
+
+    /// File of bearer tokens, one a line; then every route but /livez and
+    /// /readyz needs `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Requests served at once; more get 503 with Retry-After.
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
+
+    /// Deadline of one request (504 after it), e.g. 5s, 250ms.
+    #[arg(long, value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+
+    /// Keys in one multiget (413 above).
+    #[arg(long, value_name = "N")]
+    pub max_keys: Option<usize>,
+
+    /// Keys in one streamed gRPC multiget.
+    #[arg(long, value_name = "N")]
+    pub max_stream_keys: Option<usize>,
+
+    /// Bytes of one request body (413 above).
+    #[arg(long, value_name = "N")]
+    pub max_body_bytes: Option<usize>,
+
+    /// After SIGTERM/SIGINT, how long requests in flight may take.
+    #[arg(long, value_name = "DURATION")]
+    pub grace_period: Option<String>,
+
+    /// How SQLite shards are read: download, range, or auto.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub sqlite_mode: ModeArg,
+
+    /// Folder of downloaded shards.
+    #[arg(long, env = "SF_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// How often `_CURRENT` is polled.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub refresh_interval: String,
+
+    /// /readyz fails while a snapshot is older than this.
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<String>,
+
+    /// Replaced snapshots kept open for pinned reads.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub keep_versions: usize,
+
+    /// Shards one multiget reads at once, and remote reads in flight.
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<usize>,
+
+    /// A key read from every new snapshot before it is served (repeatable).
+    #[arg(long = "warmup-key", value_name = "KEY")]
+    pub warmup_keys: Vec<String>,
+
+    /// A storage option (repeatable), e.g. aws_endpoint=http://127.0.0.1:9000.
+    #[arg(long = "storage-option", value_name = "KEY=VALUE")]
+    pub storage_options: Vec<String>,
+
+    /// Log filter (RUST_LOG works too). Default: info.
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// Parses, runs, prints errors, and returns the exit code.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    crate::run::init_logging(args.log.as_deref(), "info,slatedb=warn");
+    crate::run::exit_code(crate::run::run_cli("sf-serve", run(args)))
+}
+
+fn duration(flag: &str, text: &str) -> Result<std::time::Duration, Failure> {
+    parse_duration(text).map_err(|e| Failure::usage(flag, e))
+}
+
+/// The checked configuration the flags and the file describe.
+pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let mut shared = StorageOptions::new();
+    for (k, v) in &file.storage {
+        shared.insert(k, v);
+    }
+    for pair in &args.storage_options {
+        shared.insert_pair(pair)?;
+    }
+    let mut snapshots = file.snapshots()?;
+    let reader = ReaderSettings {
+        cache_dir: args.cache_dir.clone(),
+        sqlite_mode: match args.sqlite_mode {
+            ModeArg::Download => SqliteMode::Download,
+            ModeArg::Range => SqliteMode::Range,
+            ModeArg::Auto => SqliteMode::Auto,
+        },
+        refresh_interval: Some(duration("--refresh-interval", &args.refresh_interval)?),
+        keep_versions: args.keep_versions,
+        max_concurrency: args
+            .max_concurrency
+            .unwrap_or(ReaderSettings::default().max_concurrency),
+        warmup_keys: args.warmup_keys.clone(),
+        ..ReaderSettings::default()
+    };
+    let max_age = args.max_age.as_deref().map(|m| duration("--max-age", m)).transpose()?;
+    for spec in &args.snapshots {
+        let (name, url) = spec
+            .split_once('=')
+            .ok_or_else(|| Failure::usage("--snapshot", format!("{spec:?} is not NAME=URL")))?;
+        snapshots.push(SnapshotConfig {
+            name: name.to_string(),
+            current_url: url.to_string(),
+            max_age,
+            reader: reader.clone(),
+            storage: storage_for(url, &shared, &StorageOptions::new()),
+        });
+    }
+    let mut limits: Limits = file.limits.clone();
+    if let Some(n) = args.max_in_flight {
+        limits.max_in_flight = n;
+    }
+    if let Some(t) = &args.request_timeout {
+        limits.request_timeout = duration("--request-timeout", t)?;
+    }
+    if let Some(n) = args.max_keys {
+        limits.max_keys = n;
+    }
+    if let Some(n) = args.max_stream_keys {
+        limits.max_stream_keys = n;
+    }
+    if let Some(n) = args.max_body_bytes {
+        limits.max_body_bytes = n;
+    }
+    if let Some(t) = &args.grace_period {
+        limits.grace_period = duration("--grace-period", t)?;
+    }
+    let token_file = args.auth_token_file.as_ref().or(file.auth_token_file.as_ref());
+    let auth_tokens = match token_file {
+        Some(p) => read_tokens(p)?,
+        None => Vec::new(),
+    };
+    let config = ServeConfig {
+        listen: args
+            .listen
+            .clone()
+            .or(file.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+        grpc_listen: args.grpc_listen.clone().or(file.grpc_listen.clone()),
+        snapshots,
+        limits,
+        auth_tokens,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// SIGTERM or SIGINT, listened for from the moment this is called (so a
+/// signal that comes right after the listening line is not missed).
+fn stop_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| {
+            Failure::new(
+                sf_manifest::ErrorKind::Internal,
+                format!("cannot listen for {name}: {e}"),
+            )
+        })
+    };
+    let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = listen(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
+}
+
+/// Serves until a stop signal; the exit code of a clean stop is 0.
+pub async fn run(args: Args) -> Result<u8, Failure> {
+    let config = config(&args)?;
+    // Before any reader exists: their counters register with it.
+    let metrics = sf_server::install_prometheus()?;
+    let stop = stop_signal()?;
+    let server = Server::bind(config, Some(metrics)).await?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let write =
+            |out: &mut std::io::StdoutLock<'_>, line: String| writeln!(out, "{line}").and_then(|()| out.flush());
+        // The gRPC line first: whoever waits for `listening on` (the
+        // documented line) then has every address, whichever flag or
+        // config file asked for gRPC.
+        if let Some(g) = server.grpc_addr()? {
+            write(&mut out, format!("grpc listening on http://{g}")).map_err(crate::output::output_error)?;
+        }
+        write(&mut out, format!("listening on http://{}", server.http_addr()?)).map_err(crate::output::output_error)?;
+    }
+    server.run(stop).await?;
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sf_server::config::DEFAULT_REFRESH_INTERVAL;
+
+    #[test]
+    fn flags_become_a_config() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "t1\nt2\n").expect("write");
+        let args = Args::try_parse_from([
+            "sf-serve",
+            "--snapshot",
+            "users=/data/users/_CURRENT",
+            "--snapshot",
+            "items=s3://b/items",
+            "--storage-option",
+            "aws_region=eu-west-1",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-keys",
+            "7",
+            "--request-timeout",
+            "250ms",
+            "--keep-versions",
+            "2",
+            "--warmup-key",
+            "1",
+            "--auth-token-file",
+            tokens.to_str().expect("utf8"),
+        ])
+        .expect("parse");
+        let c = config(&args).expect("config");
+        assert_eq!(c.listen, "127.0.0.1:0");
+        assert_eq!(c.limits.max_keys, 7);
+        assert_eq!(c.limits.request_timeout, std::time::Duration::from_millis(250));
+        assert_eq!(c.auth_tokens, vec!["t1", "t2"]);
+        assert_eq!(c.snapshots.len(), 2);
+        assert_eq!(c.snapshots[0].reader.keep_versions, 2);
+        assert_eq!(c.snapshots[0].reader.warmup_keys, vec!["1"]);
+        assert_eq!(c.snapshots[0].reader.refresh_interval, Some(DEFAULT_REFRESH_INTERVAL));
+        // Local paths take no storage options; the S3 one does.
+        assert!(c.snapshots[0].storage.is_empty());
+        assert!(!c.snapshots[1].storage.is_empty());
+
+        let none = Args::try_parse_from(["sf-serve"]).expect("parse");
+        assert_eq!(config(&none).expect_err("no snapshots").exit_code(), exit::CONFIG);
+        let bad = Args::try_parse_from(["sf-serve", "--snapshot", "nourl"]).expect("parse");
+        assert_eq!(config(&bad).expect_err("bad spec").exit_code(), exit::CONFIG);
+    }
+}

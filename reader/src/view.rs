@@ -1,0 +1,250 @@
+//! Reads bound to one snapshot: [`SnapshotView`], and the lookups every
+//! read of the [`Reader`](crate::Reader) goes through.
+//!
+//! A service that must name the version it answered from (or answer a
+//! whole batch from one version) takes a view first
+//! ([`Reader::current`](crate::Reader::current), or
+//! [`Reader::version`](crate::Reader::version) for a kept older one) and
+//! reads through it: a refresh swapping in the meantime changes nothing
+//! for the view, which holds its snapshot (and its open shards) until it
+//! is dropped.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use sf_manifest::{CelType, DbId, Key, KeyEncoding, RunId};
+use sf_router::ContextValue;
+
+use crate::error::{Error, Result};
+use crate::reader::{Inner, SnapshotInfo, info_of};
+use crate::shard::ShardEnv;
+use crate::snapshot::{RoutingContext, Snapshot};
+
+/// A key's position in a `multi_get` and its encoded bytes.
+type SlotKey = (usize, Vec<u8>);
+
+/// Which of the snapshots a reader holds a read goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    /// The served snapshot.
+    Current,
+    /// The newest held snapshot built by this run.
+    RunId(RunId),
+    /// By position among the held snapshots: 0 is the served one, 1 the
+    /// one it replaced, and so on up to `keep_versions`.
+    Offset(usize),
+}
+
+/// One snapshot of a [`Reader`](crate::Reader), held for as long as the
+/// view lives; see the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct SnapshotView {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) snap: Arc<Snapshot>,
+    pub(crate) pinned: bool,
+}
+
+impl std::fmt::Debug for SnapshotView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotView")
+            .field("manifest_ref", &self.snap.manifest_ref)
+            .field("run_id", &self.snap.manifest.build.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotView {
+    /// The run that built this snapshot.
+    pub fn run_id(&self) -> &RunId {
+        &self.snap.manifest.build.run_id
+    }
+
+    /// The manifest, as `_CURRENT` (or the pin) named it.
+    pub fn manifest_ref(&self) -> &str {
+        &self.snap.manifest_ref
+    }
+
+    /// Its key encoding.
+    pub fn key_encoding(&self) -> KeyEncoding {
+        self.snap.manifest.build.key_encoding
+    }
+
+    /// Whether lookups need a routing context (CEL over non-key columns).
+    pub fn needs_context(&self) -> bool {
+        self.snap.router.needs_context()
+    }
+
+    /// What it is.
+    pub fn info(&self) -> SnapshotInfo {
+        info_of(&self.snap, self.pinned)
+    }
+
+    /// The value of `key` in this snapshot.
+    pub async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+        self.inner.check_open()?;
+        lookup(&self.inner.env, &self.snap, key, None).await
+    }
+
+    /// [`get`](Self::get) with a routing context.
+    pub async fn get_with_context(&self, key: &Key, context: &RoutingContext) -> Result<Option<Bytes>> {
+        self.inner.check_open()?;
+        lookup(&self.inner.env, &self.snap, key, Some(context)).await
+    }
+
+    /// Values of many keys from this snapshot, in input order.
+    pub async fn multi_get(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        self.inner.check_open()?;
+        multi_lookup(
+            &self.inner.env,
+            &self.snap,
+            self.inner.settings.max_concurrency,
+            keys.iter().map(|k| (k, None)),
+        )
+        .await
+    }
+
+    /// [`multi_get`](Self::multi_get) with a routing context per key
+    /// (`None`: the key alone routes).
+    pub async fn multi_get_with_contexts(&self, items: &[(Key, Option<RoutingContext>)]) -> Result<Vec<Option<Bytes>>> {
+        self.inner.check_open()?;
+        multi_lookup(
+            &self.inner.env,
+            &self.snap,
+            self.inner.settings.max_concurrency,
+            items.iter().map(|(k, c)| (k, c.as_ref())),
+        )
+        .await
+    }
+
+    /// Parses a key as `sf-read` does, by this snapshot's key encoding.
+    pub fn parse_key(&self, text: &str) -> Result<Key> {
+        parse_key(self.key_encoding(), text)
+    }
+
+    /// Parses `column=value` pairs by this snapshot's CEL columns.
+    pub fn parse_context<'a>(&self, pairs: impl IntoIterator<Item = &'a str>) -> Result<RoutingContext> {
+        parse_context(&self.snap, pairs)
+    }
+}
+
+pub(crate) fn parse_key(encoding: KeyEncoding, text: &str) -> Result<Key> {
+    sf_router::parse_key(text, encoding).map_err(|source| Error::InvalidKey {
+        text: text.to_string(),
+        source,
+    })
+}
+
+pub(crate) fn parse_context<'a>(snap: &Snapshot, pairs: impl IntoIterator<Item = &'a str>) -> Result<RoutingContext> {
+    let columns = snap.manifest.build.sharding.cel_columns.clone().unwrap_or_default();
+    let mut ctx = RoutingContext::new();
+    for pair in pairs {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::config("routing context", format!("{pair:?} is not column=value")))?;
+        let ty: CelType = *columns.get(name).ok_or_else(|| {
+            Error::config(
+                "routing context",
+                format!(
+                    "{name:?} is not a routing column of this snapshot (its columns: {})",
+                    if columns.is_empty() {
+                        "none, it routes by hash".to_string()
+                    } else {
+                        columns.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            )
+        })?;
+        ctx.insert(name.to_string(), ContextValue::parse(ty, value)?);
+    }
+    Ok(ctx)
+}
+
+pub(crate) async fn lookup(
+    env: &Arc<ShardEnv>,
+    snap: &Snapshot,
+    key: &Key,
+    context: Option<&RoutingContext>,
+) -> Result<Option<Bytes>> {
+    // Encoding first: a key of the wrong type fails before any I/O.
+    let encoded = snap.router.encode_key(key)?;
+    let Some(db) = snap.route(key, context)? else {
+        return Ok(None);
+    };
+    match snap.shard(env, db).await? {
+        None => Ok(None),
+        Some(shard) => shard.get(&encoded).await,
+    }
+}
+
+/// Keys grouped by shard; shards read concurrently (up to
+/// `max_concurrency`), all from `snap`; values in input order.
+pub(crate) async fn multi_lookup<'a>(
+    env: &Arc<ShardEnv>,
+    snap: &Snapshot,
+    max_concurrency: usize,
+    items: impl ExactSizeIterator<Item = (&'a Key, Option<&'a RoutingContext>)>,
+) -> Result<Vec<Option<Bytes>>> {
+    let n = items.len();
+    let mut routed: Vec<(DbId, usize, Vec<u8>)> = Vec::with_capacity(n);
+    for (slot, (key, ctx)) in items.enumerate() {
+        let encoded = snap.router.encode_key(key)?;
+        if let Some(db) = snap.route(key, ctx)? {
+            routed.push((db, slot, encoded));
+        }
+    }
+    // By shard, then by key: each shard's lookups walk its B-tree in
+    // order, which keeps the pages they share hot.
+    routed.sort_unstable_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
+    let mut groups: Vec<(DbId, Vec<SlotKey>)> = Vec::new();
+    for (db, slot, key) in routed {
+        match groups.last_mut() {
+            Some((d, g)) if *d == db => g.push((slot, key)),
+            _ => groups.push((db, vec![(slot, key)])),
+        }
+    }
+    let mut out: Vec<Option<Bytes>> = vec![None; n];
+    let mut results = futures::stream::iter(groups)
+        .map(|(db, keys)| async move {
+            match snap.shard(env, db).await? {
+                None => Ok(Vec::new()),
+                Some(shard) => shard.get_many(keys).await,
+            }
+        })
+        .buffer_unordered(max_concurrency);
+    while let Some(values) = results.try_next().await? {
+        for (slot, v) in values {
+            out[slot] = v;
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `settings.warmup_keys` from `snap` (opening their shards).
+pub(crate) async fn warm_up(env: &Arc<ShardEnv>, snap: &Snapshot, keys: &[String]) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let encoding = snap.manifest.build.key_encoding;
+    let parsed = keys
+        .iter()
+        .map(|t| parse_key(encoding, t))
+        .collect::<Result<Vec<_>>>()?;
+    if snap.router.needs_context() {
+        return Err(Error::config(
+            "warmup_keys",
+            format!(
+                "snapshot {} routes by a context that warm-up keys do not carry",
+                snap.manifest_ref
+            ),
+        ));
+    }
+    multi_lookup(
+        env,
+        snap,
+        env.settings.max_concurrency,
+        parsed.iter().map(|k| (k, None)),
+    )
+    .await?;
+    Ok(())
+}

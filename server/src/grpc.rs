@@ -1,0 +1,303 @@
+//! The gRPC service (`proto/shardforge.proto`): the same lookups, limits
+//! and authentication as the HTTP API.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use sf_reader::{SnapshotView, Version};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::api::{ApiError, App, Contexts, Served};
+
+/// The code generated from `proto/shardforge.proto` (messages, the
+/// `Lookup` server trait and the `LookupClient`).
+pub mod proto {
+    #![allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("shardforge.v1");
+}
+
+use proto::lookup_server::Lookup;
+use proto::{GetRequest, GetResponse, MultiGetChunk, MultiGetRequest, MultiGetResponse, Value};
+
+/// Keys per streamed chunk when the request does not say.
+pub const DEFAULT_CHUNK: usize = 1000;
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let code = match e.status {
+            400 => tonic::Code::InvalidArgument,
+            401 => tonic::Code::Unauthenticated,
+            403 => tonic::Code::PermissionDenied,
+            404 => tonic::Code::NotFound,
+            409 => tonic::Code::Aborted,
+            413 => tonic::Code::ResourceExhausted,
+            503 if e.kind == "overloaded" => tonic::Code::ResourceExhausted,
+            503 => tonic::Code::Unavailable,
+            504 => tonic::Code::DeadlineExceeded,
+            _ => tonic::Code::Internal,
+        };
+        let mut status = Status::new(code, e.message);
+        status
+            .metadata_mut()
+            .insert("sf-error-kind", MetadataValue::from_static(e.kind));
+        if let Some(run) = e.run_id.and_then(|r| MetadataValue::try_from(r).ok()) {
+            status.metadata_mut().insert("sf-run-id", run);
+        }
+        status
+    }
+}
+
+/// The service over the shared state.
+pub(crate) struct LookupService {
+    pub(crate) app: Arc<App>,
+}
+
+fn version(v: Option<proto::Version>) -> Result<Version, ApiError> {
+    Ok(match v.and_then(|v| v.version) {
+        None => Version::Current,
+        Some(proto::version::Version::RunId(r)) => Version::RunId(
+            r.parse()
+                .map_err(|e| ApiError::bad_request("bad_request", format!("run_id {r:?}: {e}")))?,
+        ),
+        Some(proto::version::Version::Offset(n)) => Version::Offset(n as usize),
+    })
+}
+
+fn pairs(c: proto::Context) -> Vec<String> {
+    let mut v: Vec<(String, String)> = c.values.into_iter().collect();
+    v.sort();
+    v.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn contexts(list: Vec<proto::Context>) -> Contexts {
+    match list.len() {
+        0 => Contexts::None,
+        1 => Contexts::Shared(pairs(list.into_iter().next().unwrap_or_default())),
+        _ => Contexts::PerKey(list.into_iter().map(|c| Some(pairs(c))).collect()),
+    }
+}
+
+fn values(v: Vec<Option<bytes::Bytes>>) -> Vec<Value> {
+    v.into_iter()
+        .map(|v| match v {
+            Some(b) => Value {
+                found: true,
+                value: b.to_vec(),
+            },
+            None => Value::default(),
+        })
+        .collect()
+}
+
+fn with_run<T>(body: T, view: &SnapshotView) -> Response<T> {
+    let mut resp = Response::new(body);
+    if let Ok(v) = MetadataValue::try_from(view.run_id().as_str()) {
+        resp.metadata_mut().insert("sf-run-id", v);
+    }
+    resp
+}
+
+impl LookupService {
+    /// Authentication and admission, then `work` under the deadline.
+    async fn guarded<T, F>(
+        &self,
+        route: &'static str,
+        metadata: &tonic::metadata::MetadataMap,
+        work: F,
+    ) -> Result<T, Status>
+    where
+        F: Future<Output = Result<T, ApiError>>,
+    {
+        let started = Instant::now();
+        let result = async {
+            self.app
+                .authenticate(metadata.get("authorization").map(MetadataValue::as_bytes))?;
+            let _permit = self.app.admit()?;
+            let deadline = self.app.limits.request_timeout;
+            tokio::time::timeout(deadline, work).await.map_err(|_| {
+                ApiError::new(
+                    504,
+                    "deadline_exceeded",
+                    format!("the call took longer than this server's deadline of {deadline:?}"),
+                )
+            })?
+        }
+        .await
+        .map_err(Status::from);
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        crate::metrics::record_grpc(route, code, started.elapsed());
+        result
+    }
+
+    fn view(&self, name: &str, v: Option<proto::Version>) -> Result<(Arc<Served>, SnapshotView), ApiError> {
+        let (served, view) = self.app.view(name, &version(v)?)?;
+        Ok((Arc::clone(served), view))
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<MultiGetChunk, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Lookup for LookupService {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        self.guarded("grpc_get", &metadata, async {
+            let context = req.context.map(pairs).unwrap_or_default();
+            let (view, value) = self
+                .app
+                .get(&req.snapshot, &req.key, &context, &version(req.version)?)
+                .await?;
+            let body = GetResponse {
+                run_id: view.run_id().to_string(),
+                found: value.is_some(),
+                value: value.map(|b| b.to_vec()).unwrap_or_default(),
+            };
+            Ok(with_run(body, &view))
+        })
+        .await
+    }
+
+    async fn multi_get(&self, request: Request<MultiGetRequest>) -> Result<Response<MultiGetResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        self.guarded("grpc_multiget", &metadata, async {
+            self.app.check_keys(req.keys.len(), self.app.limits.max_keys)?;
+            let (served, view) = self.view(&req.snapshot, req.version)?;
+            let found = self
+                .app
+                .multi_get_in(&served, &view, &req.keys, &contexts(req.contexts))
+                .await?;
+            let body = MultiGetResponse {
+                run_id: view.run_id().to_string(),
+                values: values(found),
+            };
+            Ok(with_run(body, &view))
+        })
+        .await
+    }
+
+    type MultiGetStreamStream = ChunkStream;
+
+    async fn multi_get_stream(
+        &self,
+        request: Request<MultiGetRequest>,
+    ) -> Result<Response<Self::MultiGetStreamStream>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let started = Instant::now();
+        // Admission holds for the whole stream; the deadline applies to
+        // each chunk.
+        let admitted = (|| {
+            self.app
+                .authenticate(metadata.get("authorization").map(MetadataValue::as_bytes))?;
+            self.app.check_keys(req.keys.len(), self.app.limits.max_stream_keys)?;
+            let permit = self.app.admit()?;
+            let (served, view) = self.view(&req.snapshot, req.version)?;
+            Ok::<_, ApiError>((permit, served, view))
+        })();
+        let (permit, served, view) = match admitted {
+            Ok(x) => x,
+            Err(e) => {
+                let status = Status::from(e);
+                crate::metrics::record_grpc("grpc_multiget_stream", status.code(), started.elapsed());
+                return Err(status);
+            }
+        };
+        let chunk = match req.chunk_size {
+            0 => DEFAULT_CHUNK,
+            n => n as usize,
+        };
+        let contexts = contexts(req.contexts);
+        if let Contexts::PerKey(list) = &contexts
+            && list.len() != req.keys.len()
+        {
+            return Err(Status::from(ApiError::bad_request(
+                "bad_request",
+                format!(
+                    "{} contexts for {} keys: give one per key, or one for all",
+                    list.len(),
+                    req.keys.len()
+                ),
+            )));
+        }
+        let state = StreamState {
+            app: Arc::clone(&self.app),
+            served,
+            view: view.clone(),
+            keys: req.keys,
+            contexts,
+            chunk,
+            next: 0,
+            started,
+            done: false,
+            _permit: permit,
+        };
+        let stream = futures::stream::unfold(state, |mut s| async move {
+            if s.done {
+                return None;
+            }
+            let item = s.next_chunk().await;
+            Some((item, s))
+        });
+        Ok(with_run(Box::pin(stream) as ChunkStream, &view))
+    }
+}
+
+struct StreamState {
+    app: Arc<App>,
+    served: Arc<Served>,
+    view: SnapshotView,
+    keys: Vec<String>,
+    contexts: Contexts,
+    chunk: usize,
+    next: usize,
+    started: Instant,
+    /// The last chunk (or an error) was sent.
+    done: bool,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl StreamState {
+    async fn next_chunk(&mut self) -> Result<MultiGetChunk, Status> {
+        let start = self.next;
+        let end = (start + self.chunk).min(self.keys.len());
+        self.next = end;
+        // An empty request answers one empty chunk, so the client learns the run.
+        self.done = end == self.keys.len();
+        let contexts = match &self.contexts {
+            Contexts::PerKey(list) => Contexts::PerKey(list[start..end].to_vec()),
+            other => other.clone(),
+        };
+        let deadline = self.app.limits.request_timeout;
+        let work = self
+            .app
+            .multi_get_in(&self.served, &self.view, &self.keys[start..end], &contexts);
+        let result = match tokio::time::timeout(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::new(
+                504,
+                "deadline_exceeded",
+                format!("a chunk took longer than this server's deadline of {deadline:?}"),
+            )),
+        };
+        match result {
+            Ok(found) => {
+                if self.done {
+                    crate::metrics::record_grpc("grpc_multiget_stream", tonic::Code::Ok, self.started.elapsed());
+                }
+                Ok(MultiGetChunk {
+                    run_id: self.view.run_id().to_string(),
+                    start: start as u64,
+                    values: values(found),
+                })
+            }
+            Err(e) => {
+                self.done = true;
+                let status = Status::from(e);
+                crate::metrics::record_grpc("grpc_multiget_stream", status.code(), self.started.elapsed());
+                Err(status)
+            }
+        }
+    }
+}

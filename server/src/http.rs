@@ -1,0 +1,544 @@
+//! The HTTP API (JSON; HTTP/1.1 and HTTP/2 over cleartext), on axum.
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /livez` | 200 while the process runs |
+//! | `GET /readyz` | 200 when every snapshot is open and young enough, else 503 |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /v1/snapshots` | the served snapshots |
+//! | `GET /v1/snapshots/{name}/keys/{key}` | the value's bytes, 404 for a miss |
+//! | `POST /v1/snapshots/{name}/multiget` | values of many keys from one version |
+//! | `POST /v1/snapshots/{name}/rollback` | `_CURRENT` back to an older manifest (authenticated) |
+//!
+//! Every read answer carries the run it was read from in `sf-run-id`;
+//! `?run_id=R` or `?offset=N` reads a version the server holds.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use sf_reader::{RollbackTarget, Version};
+
+use crate::api::{ApiError, App, Contexts};
+
+/// The header naming the run a read was served from.
+pub const RUN_ID_HEADER: &str = "sf-run-id";
+
+/// Query parameters of a read.
+#[derive(Debug, Default)]
+struct ReadQuery {
+    version: Option<Version>,
+    context: Vec<String>,
+}
+
+fn parse_query(raw: Option<&str>) -> Result<ReadQuery, ApiError> {
+    let mut q = ReadQuery::default();
+    let Some(raw) = raw else { return Ok(q) };
+    let mut run_id = None;
+    let mut offset = None;
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        if let Some(column) = k.strip_prefix("ctx.") {
+            q.context.push(format!("{column}={v}"));
+        } else if k == "run_id" {
+            run_id = Some(
+                v.parse()
+                    .map_err(|e| ApiError::bad_request("bad_query", format!("run_id {v:?}: {e}")))?,
+            );
+        } else if k == "offset" {
+            offset = Some(v.parse::<usize>().map_err(|_| {
+                ApiError::bad_request("bad_query", format!("offset {v:?} is not a non-negative integer"))
+            })?);
+        } else {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!("unknown query parameter {k:?} (known: run_id, offset, ctx.<column>)"),
+            ));
+        }
+    }
+    q.version = match (run_id, offset) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("bad_query", "give run_id or offset, not both"));
+        }
+        (Some(r), None) => Some(Version::RunId(r)),
+        (None, Some(n)) => Some(Version::Offset(n)),
+        (None, None) => None,
+    };
+    Ok(q)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            self.body().to_string(),
+        )
+            .into_response();
+        if let Some(run) = self.run_id.as_deref().and_then(|r| HeaderValue::from_str(r).ok()) {
+            resp.headers_mut().insert(RUN_ID_HEADER, run);
+        }
+        if self.status == 503 {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+fn with_run(mut resp: Response, run: &sf_manifest::RunId) -> Response {
+    if let Ok(v) = HeaderValue::from_str(run.as_str()) {
+        resp.headers_mut().insert(RUN_ID_HEADER, v);
+    }
+    resp
+}
+
+/// The API's routes over `app`; see the module docs.
+pub(crate) fn router(app: Arc<App>, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Router {
+    let metrics_route = get(move |State(app): State<Arc<App>>| {
+        let handle = metrics.clone();
+        async move {
+            match handle {
+                Some(h) => {
+                    crate::metrics::publish_gauges(&app);
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("text/plain; version=0.0.4"),
+                        )],
+                        h.render(),
+                    )
+                        .into_response()
+                }
+                None => ApiError::new(
+                    404,
+                    "metrics_disabled",
+                    "this server has no metrics recorder; its embedding program exports the figures",
+                )
+                .into_response(),
+            }
+        }
+    });
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", metrics_route)
+        .route("/v1/snapshots", get(list))
+        .route("/v1/snapshots/{name}/keys/{*key}", get(get_key))
+        .route("/v1/snapshots/{name}/multiget", post(multiget))
+        .route("/v1/snapshots/{name}/rollback", post(rollback))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&app), guard))
+        .fallback(|| async {
+            ApiError::new(
+                404,
+                "no_route",
+                "no such route; see /v1/snapshots, /livez, /readyz, /metrics",
+            )
+        })
+        .with_state(app)
+}
+
+/// Route names for metrics labels (a fixed set).
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/livez" => "livez",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/v1/snapshots" => "snapshots",
+        "/v1/snapshots/{name}/keys/{*key}" => "get",
+        "/v1/snapshots/{name}/multiget" => "multiget",
+        "/v1/snapshots/{name}/rollback" => "rollback",
+        _ => "other",
+    }
+}
+
+/// Around every routed request: authentication (all but the probes), the
+/// bound on requests in flight (all but the probes and `/metrics`), the
+/// deadline, and the request metrics.
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |p| route_label(p.as_str()));
+    let probe = matches!(route, "livez" | "readyz");
+    let resp = if probe {
+        next.run(req).await
+    } else {
+        guarded(&app, route, req, next).await
+    };
+    crate::metrics::record_request(route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn guarded(app: &App, route: &'static str, req: Request, next: Next) -> Response {
+    if let Err(e) = app.authenticate(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
+        let mut resp = e.into_response();
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    let _permit = if route == "metrics" {
+        None
+    } else {
+        match app.admit() {
+            Ok(p) => Some(p),
+            Err(e) => return e.into_response(),
+        }
+    };
+    let deadline = app.limits.request_timeout;
+    match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            504,
+            "deadline_exceeded",
+            format!("the request took longer than this server's deadline of {deadline:?}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let mut all = true;
+    let mut snaps = serde_json::Map::new();
+    for (name, served) in &app.snapshots {
+        let (ready, reason) = match served.opened() {
+            None => (
+                false,
+                Some(served.open_error().unwrap_or_else(|| "being opened".to_string())),
+            ),
+            Some(reader) => match served.config.max_age {
+                Some(max_age) => {
+                    let h = reader.health(max_age);
+                    match h.status {
+                        sf_reader::HealthStatus::Healthy => (true, None),
+                        sf_reader::HealthStatus::Stale => (
+                            false,
+                            Some(format!(
+                                "run {} is {:.0} s old, above max_age {:.0} s",
+                                h.run_id, h.snapshot_age_seconds, h.max_age_seconds
+                            )),
+                        ),
+                    }
+                }
+                None => (true, None),
+            },
+        };
+        all &= ready;
+        snaps.insert(name.clone(), serde_json::json!({"ready": ready, "reason": reason}));
+    }
+    let status = if all {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &serde_json::json!({"ready": all, "snapshots": snaps}))
+}
+
+async fn list(State(app): State<Arc<App>>) -> Response {
+    let items: Vec<serde_json::Value> = app.snapshots.values().map(|s| crate::metrics::describe(s)).collect();
+    json(StatusCode::OK, &serde_json::json!({ "snapshots": items }))
+}
+
+async fn get_key(
+    State(app): State<Arc<App>>,
+    Path((name, key)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let q = match parse_query(query.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    let version = q.version.unwrap_or(Version::Current);
+    match app.get(&name, &key, &q.context, &version).await {
+        Ok((view, Some(value))) => with_run(
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                )],
+                value,
+            )
+                .into_response(),
+            view.run_id(),
+        ),
+        Ok((view, None)) => ApiError::new(404, "key_not_found", format!("key {key:?} is not in snapshot {name}"))
+            .with_run(view.run_id())
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// How values are written in a multiget answer.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ValueFormat {
+    /// Text; bytes that are not UTF-8 as `hex:<hex>` (as `sf-read` prints them).
+    #[default]
+    Utf8,
+    /// Standard base64 with padding.
+    Base64,
+    /// Lowercase hex.
+    Hex,
+}
+
+impl ValueFormat {
+    fn show(self, v: &[u8]) -> String {
+        match self {
+            ValueFormat::Utf8 => sf_manifest::format::bytes_as_text(v),
+            ValueFormat::Base64 => sf_manifest::base64::encode(v),
+            ValueFormat::Hex => hex::encode(v),
+        }
+    }
+}
+
+/// A key or a context value: JSON text, or a number or boolean written as
+/// JSON (taken as its text).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+    Uint(u64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn text(self) -> String {
+        match self {
+            Scalar::Text(s) => s,
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Uint(u) => u.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+type JsonContext = std::collections::BTreeMap<String, Scalar>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MultiGetBody {
+    keys: Vec<Scalar>,
+    #[serde(default)]
+    contexts: Option<Vec<Option<JsonContext>>>,
+    #[serde(default)]
+    context: Option<JsonContext>,
+    #[serde(default)]
+    value_format: ValueFormat,
+}
+
+fn pairs(c: JsonContext) -> Vec<String> {
+    c.into_iter().map(|(k, v)| format!("{k}={}", v.text())).collect()
+}
+
+/// The request body, within the server's byte limit.
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limit = app.limits.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            413,
+            "body_too_large",
+            format!("the body is over this server's limit of {limit} bytes"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request("bad_body", format!("reading the body: {e}"))),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("bad_body", format!("the body is not valid: {e}")))
+}
+
+async fn multiget(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match multiget_inner(&app, &name, query.as_deref(), &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn multiget_inner(
+    app: &App,
+    name: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let q = parse_query(query)?;
+    if !q.context.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "a multiget takes its routing contexts in the body (\"context\" or \"contexts\")",
+        ));
+    }
+    // The snapshot first: an unknown name is 404 whatever the body.
+    app.served(name)?;
+    let bytes = read_body(app, headers, body).await?;
+    let body: MultiGetBody = parse_json(&bytes)?;
+    app.check_keys(body.keys.len(), app.limits.max_keys)?;
+    let contexts = match (body.contexts, body.context) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                "give \"context\" or \"contexts\", not both",
+            ));
+        }
+        (Some(list), None) => Contexts::PerKey(list.into_iter().map(|c| c.map(pairs)).collect()),
+        (None, Some(c)) => Contexts::Shared(pairs(c)),
+        (None, None) => Contexts::None,
+    };
+    let keys: Vec<String> = body.keys.into_iter().map(Scalar::text).collect();
+    let (served, view) = app.view(name, &q.version.unwrap_or(Version::Current))?;
+    let values = app.multi_get_in(served, &view, &keys, &contexts).await?;
+    let format = body.value_format;
+    let out: Vec<serde_json::Value> = values
+        .iter()
+        .map(|v| match v {
+            Some(b) => serde_json::Value::String(format.show(b)),
+            None => serde_json::Value::Null,
+        })
+        .collect();
+    Ok(with_run(
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"run_id": view.run_id().as_str(), "values": out}),
+        ),
+        view.run_id(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    run_id: Option<String>,
+    offset: Option<usize>,
+    #[serde(rename = "ref")]
+    manifest_ref: Option<String>,
+}
+
+async fn rollback(State(app): State<Arc<App>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    match rollback_inner(&app, &name, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn rollback_inner(app: &App, name: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    if !app.auth.required() {
+        return Err(ApiError::new(
+            403,
+            "admin_disabled",
+            "rollback needs authentication: start the server with --auth-token-file",
+        ));
+    }
+    let served = app.served(name)?;
+    let reader = served.reader()?;
+    let bytes = read_body(app, headers, body).await?;
+    let body: RollbackBody = parse_json(&bytes)?;
+    let target = match (body.run_id, body.offset, body.manifest_ref) {
+        (Some(r), None, None) => RollbackTarget::RunId(
+            r.parse()
+                .map_err(|e| ApiError::bad_request("bad_body", format!("run_id {r:?}: {e}")))?,
+        ),
+        (None, Some(n), None) => RollbackTarget::Offset(n),
+        (None, None, Some(r)) => RollbackTarget::Ref(r),
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                "give exactly one of \"run_id\", \"offset\" (in the history, 0 the newest) or \"ref\"",
+            ));
+        }
+    };
+    let done = served.admin.rollback(&target).await.map_err(ApiError::from)?;
+    tracing::info!(snapshot = %name, from = ?done.from_run_id, to = %done.run_id, changed = done.changed, "rolled back _CURRENT");
+    // Swap now rather than at the next poll.
+    reader.refresh().await.map_err(|e| {
+        let mut err = ApiError::from(e);
+        err.message = format!(
+            "_CURRENT now names run {}, but this server could not swap to it (it retries on its refresh interval): {}",
+            done.run_id, err.message
+        );
+        err
+    })?;
+    let serving = reader.current();
+    Ok(with_run(
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "changed": done.changed,
+                "from_run_id": done.from_run_id.as_ref().map(|r| r.as_str()),
+                "run_id": done.run_id.as_str(),
+                "manifest_ref": done.manifest_ref,
+                "serving_run_id": serving.run_id().as_str(),
+            }),
+        ),
+        serving.run_id(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_pin_and_carry_contexts() {
+        let q = parse_query(Some("ctx.region=eu&run_id=run2")).expect("query");
+        assert_eq!(q.context, vec!["region=eu"]);
+        assert_eq!(q.version, Some(Version::RunId("run2".parse().expect("run id"))));
+        let q = parse_query(Some("offset=1&ctx.a=x%20y")).expect("query");
+        assert_eq!(q.version, Some(Version::Offset(1)));
+        assert_eq!(q.context, vec!["a=x y"]);
+        for bad in ["offset=-1", "run_id=a&offset=0", "colour=red", "offset=x"] {
+            let e = parse_query(Some(bad)).expect_err(bad);
+            assert_eq!((e.status, e.kind), (400, "bad_query"), "{bad}");
+        }
+        assert_eq!(parse_query(None).expect("none").version, None);
+    }
+
+    #[test]
+    fn value_formats_match_sf_read() {
+        assert_eq!(ValueFormat::Utf8.show(b"abc"), "abc");
+        assert_eq!(ValueFormat::Utf8.show(&[0xff, 0x00]), "hex:ff00");
+        assert_eq!(ValueFormat::Hex.show(b"abc"), "616263");
+        assert_eq!(ValueFormat::Base64.show(b"abc"), "YWJj");
+        let body: MultiGetBody =
+            serde_json::from_str(r#"{"keys": [1, "2", true], "value_format": "hex"}"#).expect("body");
+        let keys: Vec<String> = body.keys.into_iter().map(Scalar::text).collect();
+        assert_eq!(keys, vec!["1", "2", "true"]);
+        assert!(serde_json::from_str::<MultiGetBody>(r#"{"keys": [], "extra": 1}"#).is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! # sf-server: the lookup service over published snapshots
+//!
+//! `sf-serve` (in `sf-cli`) is a thin face over this crate. A [`Server`]
+//! serves one or more snapshots, each through an [`sf_reader::Reader`]
+//! that follows its `_CURRENT` (opening a new snapshot before swapping to
+//! it, and keeping the replaced ones open for pinned reads), over:
+//!
+//! - an HTTP API ([`http`]): JSON, HTTP/1.1 and HTTP/2, every read answer
+//!   naming its run in `sf-run-id`, a multiget answered from one version;
+//! - a gRPC service ([`grpc`], `proto/shardforge.proto`): `Get`,
+//!   `MultiGet` and a streamed `MultiGet`;
+//! - `/livez`, `/readyz` (every snapshot open and younger than its
+//!   `max_age`) and `/metrics` (Prometheus, see [`mod@metrics`]).
+//!
+//! Protection: a bound on requests in flight (503 beyond it), a deadline
+//! per request (504), bounds on keys and body bytes (413), optional bearer
+//! tokens, and a graceful shutdown.
+//!
+//! ```text
+//!  client ──HTTP──▶ guard (auth, in-flight bound, deadline, metrics) ──▶ handler ─┐
+//!  client ──gRPC──▶ same checks ─────────────────────────────────────▶ service ─┤
+//!                                                                               ▼
+//!                  App: name ─▶ Served { Reader (refresh, keep_versions), Admin }
+//! ```
+//!
+//! ```no_run
+//! # async fn demo() -> sf_server::Result<()> {
+//! use sf_server::{Limits, ServeConfig, Server, SnapshotConfig};
+//!
+//! let config = ServeConfig {
+//!     listen: "127.0.0.1:0".into(),
+//!     grpc_listen: None,
+//!     snapshots: vec![SnapshotConfig {
+//!         name: "users".into(),
+//!         current_url: "s3://bucket/snapshots/users/_CURRENT".into(),
+//!         max_age: None,
+//!         reader: sf_reader::ReaderSettings::default(),
+//!         storage: sf_manifest::StorageOptions::new(),
+//!     }],
+//!     limits: Limits::default(),
+//!     auth_tokens: vec![],
+//! };
+//! let server = Server::bind(config, None).await?;
+//! let addr = server.http_addr()?;
+//! // GET http://{addr}/v1/snapshots/users/keys/42 once /readyz says so.
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # let _ = addr;
+//! # Ok(())
+//! # }
+//! ```
+
+mod api;
+pub mod config;
+mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+mod server;
+
+pub use api::ApiError;
+pub use config::{DEFAULT_LISTEN, FileConfig, Limits, ServeConfig, SnapshotConfig};
+pub use error::{Error, Result};
+pub use metrics::install_prometheus;
+pub use server::Server;

@@ -1,0 +1,1227 @@
+//! The real `sf-serve` binary on 127.0.0.1: every route and error status
+//! over snapshots on files and on S3, HTTP/1.1 and HTTP/2, the gRPC
+//! service through its generated client, authentication, pinned reads,
+//! rollback, a publish under load (no failed request, the run switches,
+//! no multiget mixes versions), overload and deadlines, a shard that
+//! cannot be read, SIGTERM draining, `/metrics`, and the reference
+//! fixtures (CEL with routing context included).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sf_manifest::{Key, KeyEncoding};
+use sf_server::grpc::proto::lookup_client::LookupClient;
+use sf_server::grpc::proto::{GetRequest, MultiGetRequest};
+use sf_tests::serve::{ServeProcess, metric, parse_prometheus, wait_ready};
+use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
+use sf_tests::{expected, fixture_dir, s3_prefix};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const KEYS: u64 = 200;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+async fn publish(prefix: &str, run: &str) {
+    build_snapshot(
+        prefix,
+        &SnapshotSpec::hash(run, 4, KeyEncoding::U64Be),
+        &int_rows(KEYS, run),
+    )
+    .await;
+}
+
+/// Status, `sf-run-id`, and the body as JSON (or text when it is not).
+async fn call(req: reqwest::RequestBuilder) -> (u16, Option<String>, Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let run = resp
+        .headers()
+        .get("sf-run-id")
+        .map(|v| v.to_str().expect("ascii").to_string());
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, run, body)
+}
+
+fn kind(body: &Value) -> &str {
+    body["error"]["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+async fn multiget(c: &reqwest::Client, s: &ServeProcess, name: &str, body: Value) -> (u16, Option<String>, Value) {
+    call(
+        c.post(s.url(&format!("/v1/snapshots/{name}/multiget")))
+            .json_body(&body),
+    )
+    .await
+}
+
+/// `reqwest` without its `json` feature: a JSON body by hand.
+trait JsonBody {
+    fn json_body(self, v: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, v: &Value) -> Self {
+        self.header("content-type", "application/json").body(v.to_string())
+    }
+}
+
+async fn metrics_of(
+    c: &reqwest::Client,
+    s: &ServeProcess,
+    token: Option<&str>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut req = c.get(s.url("/metrics"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("metrics");
+    assert_eq!(resp.status(), 200);
+    parse_prometheus(&resp.text().await.expect("metrics text"))
+}
+
+/// Every route and error status over a snapshot on the file system, over
+/// HTTP/1.1 and HTTP/2 and gRPC; `/metrics` counts what was done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_and_error_over_files_http_and_grpc() {
+    let root = tempfile::tempdir().expect("root");
+    let cache = tempfile::tempdir().expect("cache");
+    let prefix = format!("file://{}/snap", root.path().display());
+    publish(&prefix, "run1").await;
+    let cache_arg = cache.path().display().to_string();
+    let mut s = ServeProcess::start(&[
+        "--snapshot",
+        &format!("users={prefix}/_CURRENT"),
+        "--listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--cache-dir",
+        &cache_arg,
+        "--max-keys",
+        "50",
+        "--max-body-bytes",
+        "4000",
+        "--max-age",
+        "1d",
+    ]);
+    let c = client();
+    let (st, _, body) = call(c.get(s.url("/livez"))).await;
+    assert_eq!((st, body), (200, Value::String("ok\n".into())));
+    wait_ready(&c, &s.http).await;
+    let (st, _, ready) = call(c.get(s.url("/readyz"))).await;
+    assert_eq!(st, 200);
+    assert_eq!(ready["snapshots"]["users"]["ready"], true);
+
+    // One key: raw bytes, the run in a header.
+    let resp = c.get(s.url("/v1/snapshots/users/keys/7")).send().await.expect("get");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+    assert_eq!(resp.headers()["sf-run-id"], "run1");
+    assert_eq!(resp.bytes().await.expect("body").as_ref(), b"run1:7");
+    let (st, run, body) = call(c.get(s.url("/v1/snapshots/users/keys/100000"))).await;
+    assert_eq!((st, run.as_deref(), kind(&body)), (404, Some("run1"), "key_not_found"));
+    let (st, _, body) = call(c.get(s.url("/v1/snapshots/users/keys/abc"))).await;
+    assert_eq!((st, kind(&body)), (400, "invalid_key"));
+    assert!(body["error"]["message"].as_str().expect("message").contains("abc"));
+    let (st, _, body) = call(c.get(s.url("/v1/snapshots/nope/keys/1"))).await;
+    assert_eq!((st, kind(&body)), (404, "unknown_snapshot"));
+    let (st, _, body) = call(c.get(s.url("/v1/snapshots/users/keys/1?colour=red"))).await;
+    assert_eq!((st, kind(&body)), (400, "bad_query"));
+    let (st, _, body) = call(c.get(s.url("/v1/snapshots/users/keys/1?ctx.region=eu"))).await;
+    assert_eq!(
+        (st, kind(&body)),
+        (400, "bad_request"),
+        "a hash snapshot has no routing columns"
+    );
+    let (st, _, body) = call(c.get(s.url("/nothing/here"))).await;
+    assert_eq!((st, kind(&body)), (404, "no_route"));
+
+    // Pins: offset 0 and the served run are held; nothing else is.
+    let (st, run, _) = call(c.get(s.url("/v1/snapshots/users/keys/1?offset=0"))).await;
+    assert_eq!((st, run.as_deref()), (200, Some("run1")));
+    let (st, _, _) = call(c.get(s.url("/v1/snapshots/users/keys/1?run_id=run1"))).await;
+    assert_eq!(st, 200);
+    let (st, _, body) = call(c.get(s.url("/v1/snapshots/users/keys/1?offset=1"))).await;
+    assert_eq!((st, kind(&body)), (404, "version_not_held"));
+    let (st, _, body) = call(c.get(s.url("/v1/snapshots/users/keys/1?run_id=run9"))).await;
+    assert_eq!((st, kind(&body)), (404, "version_not_held"));
+
+    // Multiget: input order, misses as null, each value format.
+    let (st, run, body) = multiget(&c, &s, "users", json!({"keys": [3, "1", 99999, 0]})).await;
+    assert_eq!((st, run.as_deref()), (200, Some("run1")));
+    assert_eq!(
+        body,
+        json!({"run_id": "run1", "values": ["run1:3", "run1:1", null, "run1:0"]})
+    );
+    let (_, _, body) = multiget(&c, &s, "users", json!({"keys": [5], "value_format": "hex"})).await;
+    assert_eq!(body["values"][0], hex::encode("run1:5"));
+    let (_, _, body) = multiget(&c, &s, "users", json!({"keys": [5], "value_format": "base64"})).await;
+    assert_eq!(body["values"][0], "cnVuMTo1");
+    let (st, _, body) = multiget(&c, &s, "users", json!({"keys": []})).await;
+    assert_eq!((st, body["values"].clone()), (200, json!([])));
+    let (st, _, body) = multiget(&c, &s, "nope", json!({"keys": [1]})).await;
+    assert_eq!((st, kind(&body)), (404, "unknown_snapshot"));
+    for bad in [
+        json!({"key": [1]}),
+        json!({"keys": 1}),
+        json!({"keys": [1], "value_format": "morse"}),
+    ] {
+        let (st, _, body) = multiget(&c, &s, "users", bad.clone()).await;
+        assert_eq!((st, kind(&body)), (400, "bad_body"), "{bad}");
+    }
+    let (st, _, body) = call(c.post(s.url("/v1/snapshots/users/multiget")).body("{not json")).await;
+    assert_eq!((st, kind(&body)), (400, "bad_body"));
+    let (st, _, body) = multiget(&c, &s, "users", json!({"keys": ["x"]})).await;
+    assert_eq!((st, kind(&body)), (400, "invalid_key"));
+    let (st, _, body) = multiget(&c, &s, "users", json!({"keys": (0..51).collect::<Vec<_>>()})).await;
+    assert_eq!((st, kind(&body)), (413, "too_many_keys"));
+    let big = json!({"keys": (0..50).map(|k| format!("{k:0>90}")).collect::<Vec<_>>()});
+    let (st, _, body) = multiget(&c, &s, "users", big).await;
+    assert_eq!((st, kind(&body)), (413, "body_too_large"));
+    let (st, _, body) = multiget(&c, &s, "users", json!({"keys": [1], "contexts": [{}, {}]})).await;
+    assert_eq!((st, kind(&body)), (400, "bad_body"));
+
+    // Rollback is refused without authentication configured.
+    let (st, _, body) = call(
+        c.post(s.url("/v1/snapshots/users/rollback"))
+            .json_body(&json!({"offset": 1})),
+    )
+    .await;
+    assert_eq!((st, kind(&body)), (403, "admin_disabled"));
+
+    // The listing.
+    let (st, _, list) = call(c.get(s.url("/v1/snapshots"))).await;
+    assert_eq!(st, 200);
+    let users = &list["snapshots"][0];
+    assert_eq!(users["name"], "users");
+    assert_eq!(users["run_id"], "run1");
+    assert_eq!(users["shard_count"], 4);
+    assert!(users["open_shards"].as_u64().expect("open shards") >= 1);
+    assert!(users["age_seconds"].as_f64().expect("age") >= 0.0);
+    assert!(users["published_at"].is_string());
+    assert_eq!(users["refresh"]["consecutive_failures"], 0);
+    assert_eq!(users["versions"][0]["run_id"], "run1");
+
+    // HTTP/2 without TLS (prior knowledge) on the same port.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    let resp = h2
+        .get(s.url("/v1/snapshots/users/keys/9"))
+        .send()
+        .await
+        .expect("h2 get");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.headers()["sf-run-id"], "run1");
+    assert_eq!(resp.bytes().await.expect("body").as_ref(), b"run1:9");
+
+    // gRPC through the generated client.
+    let mut g = LookupClient::connect(s.grpc.clone().expect("grpc address"))
+        .await
+        .expect("grpc connect");
+    let got = g
+        .get(GetRequest {
+            snapshot: "users".into(),
+            key: "11".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("grpc get");
+    assert_eq!(got.metadata().get("sf-run-id").expect("run header"), "run1");
+    let got = got.into_inner();
+    assert_eq!(
+        (got.run_id.as_str(), got.found, got.value.as_slice()),
+        ("run1", true, &b"run1:11"[..])
+    );
+    let miss = g
+        .get(GetRequest {
+            snapshot: "users".into(),
+            key: "77777".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("grpc miss")
+        .into_inner();
+    assert!(!miss.found);
+    let keys: Vec<String> = (0..KEYS + 10).rev().map(|k| k.to_string()).collect();
+    let mg = g
+        .multi_get(MultiGetRequest {
+            snapshot: "users".into(),
+            keys: keys[..50].to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("grpc multiget")
+        .into_inner();
+    assert_eq!(mg.run_id, "run1");
+    for (k, v) in keys[..50].iter().zip(&mg.values) {
+        let n: u64 = k.parse().expect("int");
+        if n < KEYS {
+            assert_eq!((v.found, v.value.as_slice()), (true, format!("run1:{n}").as_bytes()));
+        } else {
+            assert!(!v.found, "{n}");
+        }
+    }
+    // Streamed: more keys than a multiget may carry, in chunks of 64.
+    let mut stream = g
+        .multi_get_stream(MultiGetRequest {
+            snapshot: "users".into(),
+            keys: keys.clone(),
+            chunk_size: 64,
+            ..Default::default()
+        })
+        .await
+        .expect("grpc stream")
+        .into_inner();
+    let mut seen = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.message().await.expect("chunk") {
+        assert_eq!(chunk.run_id, "run1");
+        assert_eq!(chunk.start as usize, seen.len(), "chunks arrive in order");
+        assert!(chunk.values.len() <= 64);
+        seen.extend(chunk.values);
+        chunks += 1;
+    }
+    assert_eq!((seen.len(), chunks), (keys.len(), keys.len().div_ceil(64)));
+    for (k, v) in keys.iter().zip(&seen) {
+        let n: u64 = k.parse().expect("int");
+        assert_eq!(v.found, n < KEYS, "{n}");
+    }
+    let e = g
+        .multi_get(MultiGetRequest {
+            snapshot: "users".into(),
+            keys: keys.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("over max_keys");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(e.metadata().get("sf-error-kind").expect("kind"), "too_many_keys");
+    let e = g
+        .get(GetRequest {
+            snapshot: "nope".into(),
+            key: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown snapshot");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = g
+        .get(GetRequest {
+            snapshot: "users".into(),
+            key: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad key");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // /metrics: what was just done, counted.
+    let m = metrics_of(&c, &s, None).await;
+    let get_ok = metric(&m, "sf_serve_requests_total", &[("route", "get"), ("status", "200")]);
+    assert!(get_ok >= 3.0, "{get_ok}");
+    assert!(metric(&m, "sf_serve_requests_total", &[("route", "get"), ("status", "404")]) >= 3.0);
+    assert!(
+        metric(
+            &m,
+            "sf_serve_requests_total",
+            &[("route", "multiget"), ("status", "413")]
+        ) >= 2.0
+    );
+    assert!(
+        metric(
+            &m,
+            "sf_serve_requests_total",
+            &[("route", "grpc_get"), ("status", "ok")]
+        ) >= 2.0
+    );
+    assert!(
+        metric(
+            &m,
+            "sf_serve_requests_total",
+            &[("route", "grpc_multiget_stream"), ("status", "ok")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(&m, "sf_serve_request_duration_seconds_count", &[("route", "get")]),
+        metric(&m, "sf_serve_requests_total", &[("route", "get")]),
+        "every get is in the latency histogram"
+    );
+    assert!(
+        metric(
+            &m,
+            "sf_serve_request_duration_seconds_bucket",
+            &[("route", "multiget"), ("le", "+Inf")]
+        ) >= 5.0
+    );
+    // found: 7, 9, offset 0, run_id, 4 multigets, grpc get, 40+ grpc...
+    let found = metric(&m, "sf_serve_keys_total", &[("snapshot", "users"), ("result", "found")]);
+    let missing = metric(
+        &m,
+        "sf_serve_keys_total",
+        &[("snapshot", "users"), ("result", "missing")],
+    );
+    assert!(found >= 100.0 && missing >= 10.0, "found {found}, missing {missing}");
+    assert_eq!(
+        metric(
+            &m,
+            "sf_serve_snapshot_info",
+            &[("snapshot", "users"), ("run_id", "run1")]
+        ),
+        1.0
+    );
+    assert_eq!(metric(&m, "sf_serve_snapshot_ready", &[("snapshot", "users")]), 1.0);
+    assert_eq!(
+        metric(&m, "sf_serve_snapshot_open_shards", &[("snapshot", "users")]),
+        4.0
+    );
+    assert!(metric(&m, "sf_serve_snapshot_age_seconds", &[("snapshot", "users")]) >= 0.0);
+    assert_eq!(metric(&m, "sf_reader_shard_opens_total", &[("snapshot", "users")]), 4.0);
+    assert_eq!(metric(&m, "sf_reader_downloads_total", &[("snapshot", "users")]), 4.0);
+    assert!(metric(&m, "sf_reader_download_bytes_total", &[("snapshot", "users")]) > 0.0);
+    assert_eq!(
+        metric(&m, "sf_serve_requests_in_flight", &[]),
+        0.0,
+        "the scrape itself is not counted"
+    );
+
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}: {}", s.stderr());
+}
+
+/// Writes a request head that promises a body, and part of the body: the
+/// server holds it in flight, reading, until the rest comes or its
+/// deadline passes.
+async fn slow_request(addr: &str, path: &str, body: &[u8]) -> tokio::net::TcpStream {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.expect("head");
+    sock.write_all(&body[..body.len() / 2]).await.expect("half a body");
+    sock
+}
+
+/// Reads one HTTP/1.1 answer's status line and body (the server closes
+/// or answers with a length; this reads until the body is complete).
+async fn read_answer(sock: &mut tokio::net::TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(60), sock.read(&mut chunk))
+            .await
+            .expect("an answer within 60 s")
+            .expect("read");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if n == 0 || len.is_some_and(|l| body.len() >= l) {
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("no status in {head:?}"));
+                return (status, body.to_string());
+            }
+        }
+        assert!(n > 0, "the connection closed before an answer: {text:?}");
+    }
+}
+
+/// With one request allowed in flight, a second is refused at once (503,
+/// Retry-After); a request still unfinished at the deadline gets 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_and_deadlines_answer_504() {
+    let root = tempfile::tempdir().expect("root");
+    let cache = tempfile::tempdir().expect("cache");
+    let prefix = format!("file://{}/snap", root.path().display());
+    publish(&prefix, "run1").await;
+    let cache_arg = cache.path().display().to_string();
+    let mut s = ServeProcess::start(&[
+        "--snapshot",
+        &format!("users={prefix}"),
+        "--listen",
+        "127.0.0.1:0",
+        "--cache-dir",
+        &cache_arg,
+        "--max-in-flight",
+        "1",
+        "--request-timeout",
+        "5s",
+    ]);
+    let c = client();
+    wait_ready(&c, &s.http).await;
+    let body = json!({"keys": [1, 2, 3]}).to_string();
+    let mut slow = slow_request(&s.addr(), "/v1/snapshots/users/multiget", body.as_bytes()).await;
+    // The slow request holds the only place once the server has read its
+    // head (`/metrics` is outside the bound, so it can tell).
+    wait_in_flight(&c, &s, 1.0).await;
+    let resp = c.get(s.url("/v1/snapshots/users/keys/1")).send().await.expect("get");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let err: Value = serde_json::from_str(&resp.text().await.expect("body")).expect("json");
+    assert_eq!(kind(&err), "overloaded");
+    // Probes are not bounded.
+    assert_eq!(c.get(s.url("/livez")).send().await.expect("livez").status(), 200);
+    assert_eq!(c.get(s.url("/readyz")).send().await.expect("readyz").status(), 200);
+    // The slow one runs into the 5 s deadline.
+    let (status, text) = read_answer(&mut slow).await;
+    assert_eq!(status, 504, "{text}");
+    assert!(text.contains("deadline_exceeded"), "{text}");
+    // And the place is free again.
+    let (st, _, _) = call(c.get(s.url("/v1/snapshots/users/keys/1"))).await;
+    assert_eq!(st, 200);
+    let m = metrics_of(&c, &s, None).await;
+    assert!(metric(&m, "sf_serve_requests_rejected_total", &[("reason", "overloaded")]) >= 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "sf_serve_requests_total",
+            &[("route", "multiget"), ("status", "504")]
+        ),
+        1.0
+    );
+    assert!(s.terminate().success());
+}
+
+/// Polls `/metrics` until `want` requests are in flight (at most 60 s).
+async fn wait_in_flight(c: &reqwest::Client, s: &ServeProcess, want: f64) {
+    let mut seen = 0.0;
+    for _ in 0..6000 {
+        seen = metric(&metrics_of(c, s, None).await, "sf_serve_requests_in_flight", &[]);
+        if seen == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{want} requests never were in flight (last seen {seen})");
+}
+
+/// SIGTERM: the listener closes, a request in flight still gets its
+/// answer, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight() {
+    let root = tempfile::tempdir().expect("root");
+    let cache = tempfile::tempdir().expect("cache");
+    let prefix = format!("file://{}/snap", root.path().display());
+    publish(&prefix, "run1").await;
+    let cache_arg = cache.path().display().to_string();
+    let mut s = ServeProcess::start(&[
+        "--snapshot",
+        &format!("users={prefix}"),
+        "--listen",
+        "127.0.0.1:0",
+        "--cache-dir",
+        &cache_arg,
+        "--request-timeout",
+        "60s",
+        "--grace-period",
+        "60s",
+    ]);
+    let c = client();
+    wait_ready(&c, &s.http).await;
+    let body = json!({"keys": [4, 5]}).to_string();
+    let mut slow = slow_request(&s.addr(), "/v1/snapshots/users/multiget", body.as_bytes()).await;
+    // The server has the request once it counts it in flight.
+    wait_in_flight(&c, &s, 1.0).await;
+    s.signal_term();
+    // New connections are refused once the listener is closed.
+    let mut closed = false;
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(s.addr()).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(closed, "the listener still accepts after SIGTERM");
+    assert!(s.running(), "the server waits for the request in flight");
+    slow.write_all(&body.as_bytes()[body.len() / 2..])
+        .await
+        .expect("rest of the body");
+    let (status, text) = read_answer(&mut slow).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["values"], json!(["run1:4", "run1:5"]));
+    drop(slow);
+    let exit = s.wait(Duration::from_secs(60));
+    assert!(exit.success(), "{exit:?}: {}", s.stderr());
+}
+
+/// Tokens: required everywhere but the probes, any of several accepted,
+/// never logged; rollback (authenticated) moves `_CURRENT` back and the
+/// server swaps; the replaced run stays readable by `run_id` and `offset`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rollback_and_pinned_reads() {
+    let root = tempfile::tempdir().expect("root");
+    let cache = tempfile::tempdir().expect("cache");
+    let prefix = format!("file://{}/snap", root.path().display());
+    publish(&prefix, "run1").await;
+    publish(&prefix, "run2").await;
+    let tokens = root.path().join("tokens");
+    std::fs::write(&tokens, "# readers\nsecret-alpha\nsecret-beta\n").expect("tokens");
+    let cache_arg = cache.path().display().to_string();
+    let tokens_arg = tokens.display().to_string();
+    let mut s = ServeProcess::start(&[
+        "--snapshot",
+        &format!("users={prefix}/_CURRENT"),
+        "--listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--cache-dir",
+        &cache_arg,
+        "--auth-token-file",
+        &tokens_arg,
+    ]);
+    let c = client();
+    wait_ready(&c, &s.http).await; // no token needed
+    assert_eq!(c.get(s.url("/livez")).send().await.expect("livez").status(), 200);
+    let key = s.url("/v1/snapshots/users/keys/1");
+    let resp = c.get(&key).send().await.expect("get");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let (st, _, body) = call(c.get(&key).bearer_auth("secret-gamma")).await;
+    assert_eq!((st, kind(&body)), (401, "unauthenticated"));
+    let (st, _, body) = call(c.get(&key).header("authorization", "Basic c2VjcmV0")).await;
+    assert_eq!((st, kind(&body)), (401, "unauthenticated"));
+    for t in ["secret-alpha", "secret-beta"] {
+        let (st, run, _) = call(c.get(&key).bearer_auth(t)).await;
+        assert_eq!((st, run.as_deref()), (200, Some("run2")));
+    }
+    for path in ["/metrics", "/v1/snapshots"] {
+        assert_eq!(c.get(s.url(path)).send().await.expect(path).status(), 401, "{path}");
+    }
+    let (st, _, _) = call(
+        c.post(s.url("/v1/snapshots/users/multiget"))
+            .json_body(&json!({"keys": [1]})),
+    )
+    .await;
+    assert_eq!(st, 401);
+    let (st, _, _) = call(
+        c.post(s.url("/v1/snapshots/users/rollback"))
+            .json_body(&json!({"offset": 1})),
+    )
+    .await;
+    assert_eq!(st, 401);
+    // gRPC takes the same tokens.
+    let mut g = LookupClient::connect(s.grpc.clone().expect("grpc"))
+        .await
+        .expect("connect");
+    let req = || GetRequest {
+        snapshot: "users".into(),
+        key: "1".into(),
+        ..Default::default()
+    };
+    let e = g.get(req()).await.expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let mut authed = tonic::Request::new(req());
+    authed
+        .metadata_mut()
+        .insert("authorization", "Bearer secret-beta".parse().expect("metadata"));
+    assert_eq!(g.get(authed).await.expect("authed get").into_inner().run_id, "run2");
+
+    // Rollback to run1 by run id: _CURRENT moves, the server swaps at once.
+    let (st, run, body) = call(
+        c.post(s.url("/v1/snapshots/users/rollback"))
+            .bearer_auth("secret-alpha")
+            .json_body(&json!({"run_id": "run1"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(run.as_deref(), Some("run1"));
+    assert_eq!(body["changed"], true);
+    assert_eq!(body["from_run_id"], "run2");
+    assert_eq!(body["serving_run_id"], "run1");
+    let resp = c.get(&key).bearer_auth("secret-alpha").send().await.expect("get");
+    assert_eq!(resp.headers()["sf-run-id"], "run1");
+    assert_eq!(resp.bytes().await.expect("body").as_ref(), b"run1:1");
+    let current = std::fs::read_to_string(root.path().join("snap/_CURRENT")).expect("_CURRENT");
+    assert!(current.contains("run1"), "{current}");
+    // The replaced run2 is kept (keep_versions 1): pinned by run or offset.
+    for q in ["run_id=run2", "offset=1"] {
+        let resp = c
+            .get(s.url(&format!("/v1/snapshots/users/keys/1?{q}")))
+            .bearer_auth("secret-beta")
+            .send()
+            .await
+            .expect("pinned get");
+        assert_eq!(resp.status(), 200, "{q}");
+        assert_eq!(resp.headers()["sf-run-id"], "run2");
+        assert_eq!(resp.bytes().await.expect("body").as_ref(), b"run2:1");
+    }
+    let (st, run, body) = call(
+        c.post(s.url("/v1/snapshots/users/multiget?run_id=run2"))
+            .bearer_auth("secret-beta")
+            .json_body(&json!({"keys": [1, 2]})),
+    )
+    .await;
+    assert_eq!((st, run.as_deref()), (200, Some("run2")));
+    assert_eq!(body["values"], json!(["run2:1", "run2:2"]));
+    // gRPC pinned the same way.
+    let mut pinned = tonic::Request::new(GetRequest {
+        snapshot: "users".into(),
+        key: "3".into(),
+        version: Some(sf_server::grpc::proto::Version {
+            version: Some(sf_server::grpc::proto::version::Version::RunId("run2".into())),
+        }),
+        ..Default::default()
+    });
+    pinned
+        .metadata_mut()
+        .insert("authorization", "Bearer secret-alpha".parse().expect("metadata"));
+    let got = g.get(pinned).await.expect("pinned grpc").into_inner();
+    assert_eq!((got.run_id.as_str(), got.value.as_slice()), ("run2", &b"run2:3"[..]));
+    // A target that is not in the history.
+    let (st, _, body) = call(
+        c.post(s.url("/v1/snapshots/users/rollback"))
+            .bearer_auth("secret-alpha")
+            .json_body(&json!({"run_id": "run7"})),
+    )
+    .await;
+    assert_eq!((st, kind(&body)), (404, "not_in_history"));
+    let (st, _, body) = call(
+        c.post(s.url("/v1/snapshots/users/rollback"))
+            .bearer_auth("secret-alpha")
+            .json_body(&json!({"run_id": "run1", "offset": 0})),
+    )
+    .await;
+    assert_eq!((st, kind(&body)), (400, "bad_body"));
+    let m = metrics_of(&c, &s, Some("secret-alpha")).await;
+    assert!(metric(&m, "sf_serve_requests_rejected_total", &[("reason", "unauthenticated")]) >= 6.0);
+    assert_eq!(
+        metric(
+            &m,
+            "sf_serve_snapshot_info",
+            &[("snapshot", "users"), ("run_id", "run1")]
+        ),
+        1.0
+    );
+    assert_eq!(metric(&m, "sf_reader_swaps_total", &[("snapshot", "users")]), 1.0);
+
+    assert!(s.terminate().success());
+    let log = s.stderr();
+    assert!(
+        !log.contains("secret-alpha") && !log.contains("secret-beta"),
+        "a token was logged:\n{log}"
+    );
+}
+
+/// A shard whose files are gone answers 503 naming the shard; the rest of
+/// the snapshot is served and the process keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_cannot_be_read_answers_503() {
+    let root = tempfile::tempdir().expect("root");
+    let cache = tempfile::tempdir().expect("cache");
+    let prefix = format!("file://{}/snap", root.path().display());
+    publish(&prefix, "run1").await;
+    let routing_cache = tempfile::tempdir().expect("cache");
+    let reader = sf_reader::Reader::builder(format!("{prefix}/_CURRENT"))
+        .with_settings(sf_reader::ReaderSettings {
+            cache_dir: Some(routing_cache.path().to_path_buf()),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .expect("reader");
+    let shard_of = |k: i64| reader.route(&Key::Int(k), None).expect("route").db_id.expect("db").0;
+    let broken_key = (0..KEYS as i64).find(|k| shard_of(*k) == 2).expect("a key in shard 2");
+    let fine_key = (0..KEYS as i64).find(|k| shard_of(*k) != 2).expect("a key elsewhere");
+    let url = reader
+        .shards()
+        .iter()
+        .find(|s| s.db_id.0 == 2)
+        .expect("shard 2")
+        .resolved_url
+        .clone();
+    let dir = url.expect("url").trim_start_matches("file://").to_string();
+    std::fs::remove_file(format!("{dir}/shard.db")).expect("remove shard 2's file");
+
+    let cache_arg = cache.path().display().to_string();
+    let mut s = ServeProcess::start(&[
+        "--snapshot",
+        &format!("users={prefix}"),
+        "--listen",
+        "127.0.0.1:0",
+        "--cache-dir",
+        &cache_arg,
+        "--sqlite-mode",
+        "download",
+    ]);
+    let c = client();
+    wait_ready(&c, &s.http).await;
+    let resp = c
+        .get(s.url(&format!("/v1/snapshots/users/keys/{broken_key}")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(resp.headers()["sf-run-id"], "run1");
+    let body: Value = serde_json::from_str(&resp.text().await.expect("body")).expect("json");
+    assert_eq!(kind(&body), "shard_unavailable");
+    assert_eq!(body["error"]["shard"], 2);
+    assert!(
+        body["error"]["message"].as_str().expect("message").contains("shard 2"),
+        "{body}"
+    );
+    let (st, _, body) = multiget(&c, &s, "users", json!({"keys": [fine_key, broken_key]})).await;
+    assert_eq!((st, kind(&body)), (503, "shard_unavailable"));
+    let (st, _, _) = call(c.get(s.url(&format!("/v1/snapshots/users/keys/{fine_key}")))).await;
+    assert_eq!(st, 200);
+    assert_eq!(c.get(s.url("/livez")).send().await.expect("livez").status(), 200);
+    assert!(s.running());
+    assert!(s.terminate().success());
+}
+
+/// On S3: a new run is published while clients read; no request fails,
+/// the run id switches, every multiget answers from one run, and the
+/// replaced run stays readable pinned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_under_load_on_s3() {
+    let prefix = s3_prefix("serve-publish");
+    publish(&prefix, "run1").await;
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().display().to_string();
+    let config = tempfile::tempdir().expect("config dir");
+    let file = config.path().join("serve.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+grpc_listen = "127.0.0.1:0"
+[limits]
+max_keys = 500
+[[snapshot]]
+name = "users"
+current_url = "{prefix}/_CURRENT"
+max_age = "1h"
+[snapshot.reader]
+cache_dir = "{cache_arg}"
+refresh_interval = "100ms"
+keep_versions = 1
+warmup_keys = ["1"]
+"#
+        ),
+    )
+    .expect("write config");
+    let mut s = ServeProcess::start(&["--config", file.to_str().expect("utf8")]);
+    let c = client();
+    wait_ready(&c, &s.http).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    // Three clients: gets, HTTP multigets, gRPC multigets. Each bounded
+    // in count and time; they stop when told or at the bound.
+    for worker in 0..3usize {
+        let (stop, failures, requests) = (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&requests));
+        let base = s.http.clone();
+        let grpc = s.grpc.clone().expect("grpc");
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut runs = Vec::<String>::new();
+            let mut g = LookupClient::connect(grpc).await.expect("grpc connect");
+            for i in 0..20_000u64 {
+                if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(90) {
+                    break;
+                }
+                requests.fetch_add(1, Ordering::Relaxed);
+                let k = (i * 7 + worker as u64) % KEYS;
+                let run = match worker {
+                    0 => {
+                        let resp = c.get(format!("{base}/v1/snapshots/users/keys/{k}")).send().await;
+                        match resp {
+                            Ok(r) if r.status() == 200 => {
+                                let run = r.headers()["sf-run-id"].to_str().expect("ascii").to_string();
+                                let v = r.bytes().await.expect("body");
+                                assert_eq!(v.as_ref(), format!("{run}:{k}").as_bytes(), "a get from {run}");
+                                run
+                            }
+                            other => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("get {k} failed: {other:?}");
+                                continue;
+                            }
+                        }
+                    }
+                    1 => {
+                        let keys: Vec<u64> = (0..100).map(|j| (k + j * 3) % KEYS).collect();
+                        let resp = c
+                            .post(format!("{base}/v1/snapshots/users/multiget"))
+                            .json_body(&json!({ "keys": keys }))
+                            .send()
+                            .await;
+                        match resp {
+                            Ok(r) if r.status() == 200 => {
+                                let v: Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
+                                let run = v["run_id"].as_str().expect("run").to_string();
+                                for (key, value) in keys.iter().zip(v["values"].as_array().expect("values")) {
+                                    assert_eq!(value, &json!(format!("{run}:{key}")), "a multiget mixed versions");
+                                }
+                                run
+                            }
+                            other => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("multiget failed: {other:?}");
+                                continue;
+                            }
+                        }
+                    }
+                    _ => {
+                        let keys: Vec<String> = (0..100).map(|j| ((k + j * 5) % KEYS).to_string()).collect();
+                        match g
+                            .multi_get(MultiGetRequest {
+                                snapshot: "users".into(),
+                                keys: keys.clone(),
+                                ..Default::default()
+                            })
+                            .await
+                        {
+                            Ok(r) => {
+                                let r = r.into_inner();
+                                for (key, value) in keys.iter().zip(&r.values) {
+                                    assert_eq!(
+                                        value.value,
+                                        format!("{}:{key}", r.run_id).into_bytes(),
+                                        "a gRPC multiget mixed versions"
+                                    );
+                                }
+                                r.run_id
+                            }
+                            Err(e) => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("grpc multiget failed: {e}");
+                                continue;
+                            }
+                        }
+                    }
+                };
+                if runs.last() != Some(&run) {
+                    runs.push(run);
+                }
+            }
+            runs
+        }));
+    }
+    // Let the load run on run1, publish run2, and wait until every
+    // client has seen it (bounded).
+    while requests.load(Ordering::Relaxed) < 300 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    publish(&prefix, "run2").await;
+    let mut switched = false;
+    for _ in 0..3000 {
+        let resp = c.get(s.url("/v1/snapshots/users/keys/1")).send().await.expect("get");
+        if resp.headers()["sf-run-id"] == "run2" {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(switched, "the server never swapped to run2");
+    let after = requests.load(Ordering::Relaxed);
+    while requests.load(Ordering::Relaxed) < after + 300 && started.elapsed() < Duration::from_secs(90) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut all_runs = Vec::new();
+    for t in tasks {
+        all_runs.push(t.await.expect("load task"));
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed during the swap");
+    for runs in &all_runs {
+        assert_eq!(
+            runs,
+            &vec!["run1".to_string(), "run2".to_string()],
+            "each client saw run1, then run2"
+        );
+    }
+    // The replaced run is still held for pinned reads.
+    let (st, run, body) = multiget(&c, &s, "users", json!({"keys": [1, 2]})).await;
+    assert_eq!((st, run.as_deref()), (200, Some("run2")));
+    assert_eq!(body["values"], json!(["run2:1", "run2:2"]));
+    let (st, run, body) = call(
+        c.post(s.url("/v1/snapshots/users/multiget?offset=1"))
+            .json_body(&json!({"keys": [1, 2]})),
+    )
+    .await;
+    assert_eq!((st, run.as_deref()), (200, Some("run1")));
+    assert_eq!(body["values"], json!(["run1:1", "run1:2"]));
+    let (_, _, list) = call(c.get(s.url("/v1/snapshots"))).await;
+    let versions: Vec<&str> = list["snapshots"][0]["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v["run_id"].as_str().expect("run"))
+        .collect();
+    assert_eq!(versions, vec!["run2", "run1"]);
+    let m = metrics_of(&c, &s, None).await;
+    assert_eq!(metric(&m, "sf_reader_swaps_total", &[("snapshot", "users")]), 1.0);
+    assert!(metric(&m, "sf_reader_refreshes_total", &[("snapshot", "users")]) >= 1.0);
+    assert_eq!(
+        metric(&m, "sf_reader_refresh_failures_total", &[("snapshot", "users")]),
+        0.0
+    );
+    assert_eq!(metric(&m, "sf_serve_snapshot_info", &[("run_id", "run2")]), 1.0);
+    assert_eq!(metric(&m, "sf_serve_snapshot_info", &[("run_id", "run1")]), 0.0);
+    assert!(metric(&m, "sf_serve_requests_total", &[("route", "get"), ("status", "200")]) >= 100.0);
+    assert!(s.terminate().success(), "{}", s.stderr());
+}
+
+fn want(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::Null => None,
+        other => Some(other["__bytes__"].as_str().expect("__bytes__").as_bytes().to_vec()),
+    }
+}
+
+/// The reference library's snapshots (the fixtures), served: every read of
+/// `expected.json`, categorical CEL with `?ctx.region=`, and SlateDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_fixtures_are_served() {
+    let exp = expected();
+    let read = &exp["read"];
+    let cache = tempfile::tempdir().expect("cache");
+    let golden = |name: &str| {
+        format!(
+            "{name}={}/_CURRENT",
+            fixture_dir().join("sqlite-bucket-golden").join(name).display()
+        )
+    };
+    // A copy of the SlateDB fixture, compared file by file afterwards.
+    let (_slate_dir, slate_path) = sf_tests::snapshots::fixture_copy("slatedb-bucket-goldenslate/hash_int");
+    let slate = format!("slate={}/_CURRENT", slate_path.display());
+    let slate_before = sf_tests::snapshots::tree_state(&slate_path);
+    let cache_arg = cache.path().display().to_string();
+    let mut args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--cache-dir".into(),
+        cache_arg,
+    ];
+    for snap in [
+        golden("hash_int"),
+        golden("hash_str"),
+        golden("cel_direct"),
+        golden("cel_cat"),
+        slate,
+    ] {
+        args.push("--snapshot".into());
+        args.push(snap);
+    }
+    let mut s = ServeProcess::start(&args);
+    let c = client();
+    wait_ready(&c, &s.http).await;
+    let get = |snap: &str, key: &str| {
+        let url = s.url(&format!("/v1/snapshots/{snap}/keys/{key}"));
+        let c = c.clone();
+        let what = format!("{snap} {key}");
+        async move {
+            let resp = c.get(url).send().await.expect("get");
+            let run = resp
+                .headers()
+                .get("sf-run-id")
+                .map(|r| r.to_str().expect("ascii").to_string());
+            match resp.status().as_u16() {
+                200 => (Some(resp.bytes().await.expect("body").to_vec()), run),
+                404 => (None, run),
+                other => panic!("{what}: {other} {}", resp.text().await.unwrap_or_default()),
+            }
+        }
+    };
+    let (v, run) = get("hash_int", "3").await;
+    assert_eq!(v, want(&read["hash_int_get_3"]));
+    assert_eq!(run.as_deref(), Some("goldenrun0005"));
+    assert_eq!(get("hash_int", "999").await.0, want(&read["hash_int_get_999"]));
+    let multi = read["hash_int_multi"].as_object().expect("multi");
+    let keys: Vec<&String> = multi.keys().collect();
+    let (st, _, body) = multiget(&c, &s, "hash_int", json!({ "keys": keys })).await;
+    assert_eq!(st, 200);
+    for ((k, v), got) in multi.iter().zip(body["values"].as_array().expect("values")) {
+        assert_eq!(got.as_str().map(|g| g.as_bytes().to_vec()), want(v), "hash_int {k}");
+    }
+    for (k, v) in read["hash_str_range_get"].as_object().expect("gets") {
+        let escaped: String = url::form_urlencoded::byte_serialize(k.as_bytes()).collect();
+        assert_eq!(get("hash_str", &escaped).await.0, want(v), "hash_str {k}");
+    }
+    for (k, v) in read["cel_direct_get"].as_object().expect("gets") {
+        assert_eq!(get("cel_direct", k).await.0, want(v), "cel_direct {k}");
+    }
+    // cel_cat: categorical on `region`, given as ?ctx.region= (the
+    // fixture's regions: ["eu", "us", "ap"][k % 3]).
+    let region = |k: i64| ["eu", "us", "ap"][(k % 3) as usize];
+    for (k, v) in read["cel_cat_get_ctx"].as_object().expect("gets") {
+        let n: i64 = k.parse().expect("int");
+        let (got, _) = get("cel_cat", &format!("{k}?ctx.region={}", region(n))).await;
+        assert_eq!(got, want(v), "cel_cat {k}");
+        let other = ["eu", "us", "ap"]
+            .into_iter()
+            .find(|r| *r != region(n))
+            .expect("another region");
+        assert_eq!(get("cel_cat", &format!("{k}?ctx.region={other}")).await.0, None);
+    }
+    assert_eq!(
+        get("cel_cat", "4?ctx.region=mars").await.0,
+        want(&read["cel_cat_unknown_token"]),
+        "an unknown token is a miss"
+    );
+    let (st, _, body) = call(c.get(s.url("/v1/snapshots/cel_cat/keys/4"))).await;
+    assert_eq!((st, kind(&body)), (400, "routing"), "{body}");
+    assert!(body["error"]["message"].as_str().expect("message").contains("region"));
+    let contexts: Vec<Value> = (0..9).map(|k| json!({"region": region(k)})).collect();
+    let (st, _, body) = multiget(
+        &c,
+        &s,
+        "cel_cat",
+        json!({"keys": (0..9).collect::<Vec<_>>(), "contexts": contexts}),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let values: Vec<String> = (0..9).map(|k| format!("c{k}")).collect();
+    assert_eq!(body["values"], json!(values));
+    let (_, _, body) = multiget(
+        &c,
+        &s,
+        "cel_cat",
+        json!({"keys": [0, 3, 6, 1], "context": {"region": "eu"}}),
+    )
+    .await;
+    assert_eq!(body["values"], json!(["c0", "c3", "c6", null]));
+    // SlateDB shards: every stored key, read without writing to them.
+    for k in 0..6 {
+        let (v, run) = get("slate", &k.to_string()).await;
+        assert_eq!(v, Some(format!("s{k}").into_bytes()), "slate {k}");
+        assert_eq!(run.as_deref(), Some("slaterun0001"));
+    }
+    for k in [6, 7, 100] {
+        assert_eq!(get("slate", &k.to_string()).await.0, None, "slate {k}");
+    }
+    assert!(s.terminate().success());
+    assert_eq!(
+        sf_tests::snapshots::tree_state(&slate_path),
+        slate_before,
+        "serving wrote nothing to the SlateDB snapshot"
+    );
+}
+
+/// Bad configuration exits 2 before serving, saying why; so does an
+/// address already taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_exits_2() {
+    let serve = sf_tests::writer_support::binary("sf-serve");
+    let dir = tempfile::tempdir().expect("dir");
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(&bad_toml, "[limits]\nmax_keyz = 3\n").expect("write");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![], "no snapshot"),
+        (vec!["--snapshot".into(), "nourl".into()], "NAME=URL"),
+        (vec!["--config".into(), bad_toml.display().to_string()], "max_keyz"),
+        (
+            vec!["--snapshot".into(), "a=/x".into(), "--snapshot".into(), "a=/y".into()],
+            "twice",
+        ),
+        (
+            vec![
+                "--snapshot".into(),
+                "a=/x".into(),
+                "--request-timeout".into(),
+                "soon".into(),
+            ],
+            "--request-timeout",
+        ),
+        (
+            vec![
+                "--snapshot".into(),
+                "a=/x".into(),
+                "--listen".into(),
+                taken_addr.clone(),
+            ],
+            "cannot listen",
+        ),
+        (
+            vec![
+                "--snapshot".into(),
+                "a=/x".into(),
+                "--auth-token-file".into(),
+                "/nonexistent/tokens".into(),
+            ],
+            "auth token file",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = sf_tests::cluster::run_bounded(
+            std::process::Command::new(&serve).args(&args),
+            Duration::from_secs(60),
+            "sf-serve",
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let want_text = if want == "no snapshot" { "snapshots" } else { want };
+        assert!(err.contains(want_text), "{args:?} should say {want_text:?}: {err}");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    drop(taken);
+    // An unknown snapshot name in the set of served ones is 404 (above);
+    // a snapshot that cannot be opened keeps /readyz at 503 and says why.
+    let missing = dir.path().join("nothing-here");
+    let mut s = ServeProcess::start(&[
+        "--snapshot".to_string(),
+        format!("ghost={}", missing.display()),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    let c = client();
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        let (st, _, body) = call(c.get(s.url("/readyz"))).await;
+        assert_eq!(st, 503);
+        last = body;
+        if last["snapshots"]["ghost"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("_CURRENT"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        last["snapshots"]["ghost"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("_CURRENT")),
+        "{last}"
+    );
+    let (st, _, body) = call(c.get(s.url("/v1/snapshots/ghost/keys/1"))).await;
+    assert_eq!((st, kind(&body)), (503, "not_ready"));
+    assert!(s.terminate().success());
+}
