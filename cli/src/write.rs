@@ -197,6 +197,18 @@ async fn run(args: Args, bar: bool) -> Result<u8, Failure> {
                             "publish": summary.publish_time.as_secs_f64(),
                             "total": summary.total_time.as_secs_f64(),
                         },
+                        "phases": {
+                            "input": summary.phases.input.map(|d| d.as_secs_f64()),
+                            "shards_built": summary.phases.shards_built,
+                            "build_sum": summary.phases.build_sum.as_secs_f64(),
+                            "claim_sum": summary.phases.claim_sum.as_secs_f64(),
+                            "upload_sum": summary.phases.upload_sum.as_secs_f64(),
+                            "verify": summary.phases.verify.as_secs_f64(),
+                            "publish": summary.phases.publish.as_secs_f64(),
+                            "cleanup": summary.phases.cleanup.as_secs_f64(),
+                        },
+                        "spilled_runs": summary.spilled_runs,
+                        "peak_rss_bytes": summary.peak_rss_bytes,
                     })
                 );
             } else {

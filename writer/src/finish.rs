@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
@@ -41,6 +42,18 @@ pub(crate) struct Finished {
     pub retries: u32,
     pub losers_deleted: usize,
     pub spilled_runs: u32,
+    pub times: FinishTimes,
+}
+
+/// How long the steps of [`finish`] took.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FinishTimes {
+    /// Winners picked and their checksums re-read.
+    pub verify: Duration,
+    /// Manifest rows built, the manifest written, `_CURRENT` swapped.
+    pub publish: Duration,
+    /// Losing attempts found and deleted.
+    pub cleanup: Duration,
 }
 
 /// The winner order of docs/FORMAT.md: the smallest
@@ -88,6 +101,7 @@ pub fn pick_winners(results: &[ShardResult], num_dbs: u32) -> Result<BTreeMap<Db
 }
 
 pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
+    let started = Instant::now();
     let winners = pick_winners(&input.results, input.num_dbs)?;
 
     if input.verify_checksums {
@@ -113,6 +127,7 @@ pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
             .try_collect::<Vec<()>>()
             .await?;
     }
+    let verified = Instant::now();
 
     let shards = winners
         .values()
@@ -167,6 +182,7 @@ pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
     build.custom.insert("shardforge".into(), Value::Object(ours));
     let manifest = Manifest { build, shards };
     let published = input.store.publish(&manifest, input.expected.as_ref()).await?;
+    let publish_done = Instant::now();
 
     // Losing attempts, including claims whose upload never finished.
     let winner_attempts: BTreeSet<(DbId, Attempt)> =
@@ -193,6 +209,11 @@ pub(crate) async fn finish(input: FinishInput<'_>) -> Result<Finished> {
         retries: input.results.iter().map(|r| r.failed_tries).sum(),
         losers_deleted,
         spilled_runs: winners.values().map(|w| w.spilled_runs).sum(),
+        times: FinishTimes {
+            verify: verified - started,
+            publish: publish_done - verified,
+            cleanup: publish_done.elapsed(),
+        },
     })
 }
 

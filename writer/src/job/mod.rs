@@ -30,8 +30,8 @@ pub mod engine;
 pub mod report;
 pub mod resolve;
 
-pub use engine::{Embedded, Engine, MemoryShares, memory_shares, session_state_builder};
-pub use report::{BuildSummary, Outcome, PlanReport};
+pub use engine::{Embedded, Engine, MemoryShares, embedded_state_builder, memory_shares, session_state_builder};
+pub use report::{BuildSummary, Outcome, PhaseTimes, PlanReport};
 use resolve::verify_sample;
 pub use resolve::{MAX_INFERRED_TOKENS, Prepared, field_list, prepare, prepare_frame, read_input};
 
@@ -163,6 +163,7 @@ pub async fn build_prepared(
                 custom: options.custom.clone(),
             })
             .await;
+            let tasks = progress::run(&run_id, 1).times();
             finished.map(|f| {
                 let mut per_shard = f.rows_per_shard.clone();
                 per_shard.sort_unstable();
@@ -187,6 +188,17 @@ pub async fn build_prepared(
                     write_time,
                     publish_time: publish_started.elapsed(),
                     total_time: started.elapsed(),
+                    phases: report::PhaseTimes {
+                        input: tasks.input,
+                        build_sum: tasks.build,
+                        shards_built: tasks.shards_built,
+                        claim_sum: tasks.claim,
+                        upload_sum: tasks.upload,
+                        verify: f.times.verify,
+                        publish: f.times.publish,
+                        cleanup: f.times.cleanup,
+                    },
+                    peak_rss_bytes: progress::peak_rss_bytes(),
                 }
             })
         }
