@@ -74,7 +74,8 @@ mod stats;
 pub use admin::{Admin, AdminBuilder, CleanupOptions, CleanupReport, Removal, RemovalReason, Rollback, RollbackTarget};
 pub use error::{Error, Result};
 pub use reader::{
-    Health, HealthStatus, Reader, ReaderBuilder, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, SnapshotInfo,
+    Health, HealthStatus, Reader, ReaderBuilder, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, ShardInfos,
+    SnapshotInfo,
 };
 pub use settings::{Pin, ReaderSettings, SqliteMode};
 pub use sf_manifest::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
