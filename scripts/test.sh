@@ -266,5 +266,15 @@ start_gcs
 start_azure
 log "cargo build --workspace --bins"
 cargo build --workspace --bins
+# Link this clone's binaries aside and point the tests at them: clones
+# sharing one CARGO_TARGET_DIR would otherwise overwrite each other's
+# target/debug/sf-* between this build and the tests.
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN_DIR="$TARGET/debug/clones/$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)"
+mkdir -p "$BIN_DIR"
+for exe in "$TARGET"/debug/sf-*; do
+  if [ -f "$exe" ] && [ -x "$exe" ]; then ln -f "$exe" "$BIN_DIR/"; fi
+done
+export SHARDFORGE_BIN_DIR="$BIN_DIR"
 log "cargo test --workspace $*"
 cargo test --workspace "$@"

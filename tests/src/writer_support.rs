@@ -265,6 +265,14 @@ impl ObjectStore for FlakyStore {
 /// `./scripts/test.sh` builds them before running the tests; a test run
 /// without them fails here, saying so.
 pub fn binary(name: &str) -> PathBuf {
+    // `scripts/test.sh` links the binaries it just built aside, so that
+    // another clone sharing the target folder cannot swap them mid-run.
+    if let Some(dir) = std::env::var_os("SHARDFORGE_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target profile folder");
