@@ -3,6 +3,7 @@
 mod cloud_backends;
 mod cluster;
 mod fixtures;
+mod many_shards;
 mod publish;
 mod reader_admin;
 mod reader_cache;
