@@ -802,9 +802,9 @@ fn merge(
             }
             duplicates += tied as u64;
             let key = cursors[best].key(chunks).to_vec();
-            for i in 0..cursors.len() {
-                if i != best && cursors[i].live && cursors[i].key(chunks) == key.as_slice() {
-                    cursors[i].advance(chunks)?;
+            for (i, c) in cursors.iter_mut().enumerate() {
+                if i != best && c.live && c.key(chunks) == key.as_slice() {
+                    c.advance(chunks)?;
                 }
             }
         }
@@ -1009,8 +1009,11 @@ mod tests {
     /// Feeds `batches` (rows of `(shard, key, value)`) through one
     /// collector of `shards` shards with `budget` bytes, sorting sealed
     /// chunks as a caller does, then drains every shard.
+    /// Rows as a test feeds them: shard, key, value.
+    type TestRow = (u32, Vec<u8>, Vec<u8>);
+
     fn collect(
-        batches: &[Vec<(u32, Vec<u8>, Vec<u8>)>],
+        batches: &[Vec<TestRow>],
         shards: u32,
         budget: usize,
         chunk_bytes: usize,
