@@ -6,23 +6,31 @@
 //! Defaults: 10,000,000 rows of 100-byte values (random i64 keys, Parquet
 //! in), 16 shards, 2 alternating rounds (best of each), both backends.
 //!
-//! - SQLite ceiling: the same rows, sorted by key, split into one
-//!   contiguous chunk per core, each inserted by its own thread into its own
-//!   `kv` table (`WITHOUT ROWID`, the writer's pragmas); no routing, no
-//!   input decoding, no copy into a snapshot.
+//! - Decode ceiling, the ceiling of the whole path: DataFusion reading the
+//!   same Parquet file with the same batch size and one partition per
+//!   core, every batch dropped: no routing, no sorting, no writing.
+//! - SQLite, the INSERT loop (the reference point): the same rows, sorted
+//!   by key, split into one contiguous chunk per core, each inserted by
+//!   its own thread into its own `kv` table (`WITHOUT ROWID`, the writer's
+//!   pragmas); no routing, no input decoding, no copy into a snapshot.
+//! - SQLite, the page writer: the same sorted chunks written as pages by
+//!   the shard builder's page writer, one file per core.
 //! - SlateDB ceiling: the same sorted chunks, one local SlateDB database per
 //!   core, put in write batches of 8,192 rows with the writer's settings
 //!   (no WAL, no compactor), flushed and closed.
 //! - ShardForge: the release `sf-write` binary, Parquet in, snapshot
-//!   published on local disk (read, route, repartition, sort, build, place
-//!   in the snapshot folder, re-read checksums, publish). SlateDB shards
-//!   skip the final compaction here so both sides do the same work; one
-//!   more run with the default settings shows what compaction costs.
-//! - Peak memory: the `sf-write` process's peak resident set (`VmHWM`,
-//!   polled), at full size and at a quarter of the rows, with the default
-//!   `memory_limit_mib` and with 1024 MiB: shard tasks spill sorted runs
-//!   beyond their sort buffers, so memory follows the limit, not the
+//!   published on local disk (read, route, collect, sort, build, place in
+//!   the snapshot folder, re-read checksums, publish), with the time of
+//!   each phase as the build reports it. SlateDB shards skip the final
+//!   compaction here so both sides do the same work; one more run with
+//!   the default settings shows what compaction costs.
+//! - Peak memory: the `sf-write` process's peak resident set (`VmHWM`, as
+//!   the build reports it), at full size and at a quarter of the rows,
+//!   with the default `memory_limit_mib` and with 1024 MiB: rows beyond
+//!   the limit spill as sorted runs, so memory follows the limit, not the
 //!   shards' size.
+
+#![allow(clippy::disallowed_macros)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,9 +38,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use sf_writer::adapter::SlateDbSettings;
+use sf_writer::adapter::sqlite_pages::SqliteFileWriter;
 
 const VALUE_BYTES: usize = 100;
 const SLATE_BATCH: usize = 8192;
@@ -158,6 +169,52 @@ fn sqlite_ceiling(chunks: &[Vec<(u64, &[u8])>], dir: &Path) -> Duration {
     start.elapsed()
 }
 
+/// The same sorted chunks written by the page writer, one file per core.
+fn page_writer_ceiling(chunks: &[Vec<(u64, &[u8])>], dir: &Path) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (i, part) in chunks.iter().enumerate() {
+            let path = dir.join(format!("pages-{i}.db"));
+            s.spawn(move || {
+                let _ = std::fs::remove_file(&path);
+                let mut w = SqliteFileWriter::create(&path, 4096).expect("create");
+                for (k, v) in part {
+                    w.push(&k.to_be_bytes(), v).expect("push");
+                }
+                w.finish().expect("finish");
+            });
+        }
+    });
+    start.elapsed()
+}
+
+/// DataFusion decoding the Parquet file, one partition per core, batches
+/// dropped: the ceiling of the whole path.
+fn decode_ceiling(runtime: &tokio::runtime::Runtime, parquet: &Path, cores: usize) -> (Duration, usize) {
+    runtime.block_on(async {
+        let config = SessionConfig::new().with_target_partitions(cores).with_batch_size(8192);
+        let ctx = SessionContext::new_with_config(config);
+        let start = Instant::now();
+        let df = ctx
+            .read_parquet(parquet.to_str().expect("path"), ParquetReadOptions::default())
+            .await
+            .expect("read parquet");
+        let streams = df.execute_stream_partitioned().await.expect("execute");
+        let counts = futures::future::join_all(streams.into_iter().map(|mut s| {
+            tokio::spawn(async move {
+                let mut rows = 0usize;
+                while let Some(b) = s.next().await {
+                    rows += b.expect("batch").num_rows();
+                }
+                rows
+            })
+        }))
+        .await;
+        let rows = counts.into_iter().map(|r| r.expect("task")).sum();
+        (start.elapsed(), rows)
+    })
+}
+
 fn slatedb_ceiling(runtime: &tokio::runtime::Runtime, chunks: &[Vec<(u64, &[u8])>], dir: &Path) -> Duration {
     let root = dir.join("slate-ceiling");
     let _ = std::fs::remove_dir_all(&root);
@@ -196,34 +253,60 @@ fn slatedb_ceiling(runtime: &tokio::runtime::Runtime, chunks: &[Vec<(u64, &[u8])
     start.elapsed()
 }
 
-/// Runs `sf-write` on `job`; returns its wall time and peak RSS in bytes.
-fn sf_write(job: &Path) -> (Duration, u64) {
+/// What one `sf-write` run reported.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    wall: Duration,
+    peak: u64,
+    summary: serde_json::Value,
+}
+
+/// Runs `sf-write --json` on `job`: its wall time, peak RSS in bytes (as
+/// the build reports it) and summary.
+fn sf_write(job: &Path) -> Run {
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sf-write"))
-        .args(["--config", job.to_str().expect("path"), "--progress", "off"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start sf-write");
-    let status_file = PathBuf::from(format!("/proc/{}/status", child.id()));
-    let mut peak = 0u64;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file)
-            && let Some(kib) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak = peak.max(kib * 1024);
-        }
-        if let Some(status) = child.try_wait().expect("wait") {
-            if !status.success() {
-                println!("  sf-write FAILED on {} ({status})", job.display());
-                return (Duration::MAX, peak);
-            }
-            return (start.elapsed(), peak);
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let out = Command::new(env!("CARGO_BIN_EXE_sf-write"))
+        .args(["--config", job.to_str().expect("path"), "--progress", "off", "--json"])
+        .output()
+        .expect("run sf-write");
+    let wall = start.elapsed();
+    if !out.status.success() {
+        println!(
+            "  sf-write FAILED on {} ({}): {}",
+            job.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Run {
+            wall: Duration::MAX,
+            ..Run::default()
+        };
     }
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    Run {
+        wall,
+        peak: summary["peak_rss_bytes"].as_u64().unwrap_or(0),
+        summary,
+    }
+}
+
+/// The phases of a build, as its summary reports them.
+fn phases(run: &Run) -> String {
+    let s = &run.summary;
+    let f = |a: &str, b: &str| s[a][b].as_f64().unwrap_or(0.0);
+    format!(
+        "plan {:.2} s, read+route+collect {:.2} s, build+upload {:.2} s (builds {:.2} s summed over {} shards), \
+         verify {:.2} s, manifest+_CURRENT {:.2} s, cleanup {:.2} s; {} spilled runs",
+        f("seconds", "plan"),
+        f("steps", "input"),
+        f("seconds", "write") - f("steps", "input"),
+        f("steps", "build_sum"),
+        s["steps"]["shards_built"],
+        f("steps", "verify"),
+        f("steps", "publish"),
+        f("steps", "cleanup"),
+        s["spilled_runs"],
+    )
 }
 
 fn job_file(dir: &Path, name: &str, parquet: &Path, shards: u32, backend: &str, extra: &str) -> PathBuf {
@@ -279,7 +362,7 @@ fn main() {
         a.shards, a.rounds
     );
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
-    let report = |what: &str, ceiling: Duration, job: Duration, peak: u64| {
+    let report = |what: &str, ceiling: Duration, job: &Run| {
         println!("{what}");
         println!(
             "  raw ceiling ({cores} writers):         {:>9.0} rows/s  ({:.2} s)",
@@ -288,66 +371,113 @@ fn main() {
         );
         println!(
             "  sf-write, parquet -> published:      {:>9.0} rows/s  ({:.2} s, peak RSS {:.0} MiB)",
-            rate(job),
-            job.as_secs_f64(),
-            mib(peak)
+            rate(job.wall),
+            job.wall.as_secs_f64(),
+            mib(job.peak)
         );
-        println!(
-            "  ratio: {:.2} (target >= 0.70)",
-            ceiling.as_secs_f64() / job.as_secs_f64()
-        );
+        println!("  ratio: {:.2}", ceiling.as_secs_f64() / job.wall.as_secs_f64());
+        println!("  phases: {}", phases(job));
     };
 
     if a.sqlite {
         let job = job_file(dir.path(), "sqlite", &parquet, a.shards, "sqlite", "");
-        let (mut ceiling, mut best, mut peak) = (Duration::MAX, Duration::MAX, 0);
+        let (mut decode, mut inserts, mut pages) = (Duration::MAX, Duration::MAX, Duration::MAX);
+        let mut best = Run {
+            wall: Duration::MAX,
+            ..Run::default()
+        };
+        let mut peak = 0;
         for _ in 0..a.rounds {
-            ceiling = ceiling.min(sqlite_ceiling(&chunks, dir.path()));
-            let (t, p) = sf_write(&job);
-            best = best.min(t);
-            peak = peak.max(p);
+            let (d, decoded) = decode_ceiling(&runtime, &parquet, cores);
+            assert_eq!(decoded, n, "the decode ceiling reads every row");
+            decode = decode.min(d);
+            inserts = inserts.min(sqlite_ceiling(&chunks, dir.path()));
+            pages = pages.min(page_writer_ceiling(&chunks, dir.path()));
+            let run = sf_write(&job);
+            peak = peak.max(run.peak);
+            if run.wall < best.wall {
+                best = run;
+            }
         }
-        report("SQLite", ceiling, best, peak);
+        println!("SQLite");
+        println!(
+            "  decode only (ceiling of the path):   {:>9.0} rows/s  ({:.2} s)",
+            rate(decode),
+            decode.as_secs_f64()
+        );
+        println!(
+            "  INSERT loop, sorted, {cores} writers:      {:>9.0} rows/s  ({:.2} s)",
+            rate(inserts),
+            inserts.as_secs_f64()
+        );
+        println!(
+            "  page writer, sorted, {cores} writers:      {:>9.0} rows/s  ({:.2} s; {:.1}x the INSERT loop, target >= 5x)",
+            rate(pages),
+            pages.as_secs_f64(),
+            inserts.as_secs_f64() / pages.as_secs_f64()
+        );
+        println!(
+            "  sf-write, parquet -> published:      {:>9.0} rows/s  ({:.2} s, peak RSS {:.0} MiB; target >= 1,500,000 rows/s: {})",
+            rate(best.wall),
+            best.wall.as_secs_f64(),
+            mib(peak),
+            if rate(best.wall) >= 1_500_000.0 {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+        println!(
+            "  sf-write against the decode ceiling: {:.2}; against the INSERT loop alone: {:.2}",
+            decode.as_secs_f64() / best.wall.as_secs_f64(),
+            inserts.as_secs_f64() / best.wall.as_secs_f64()
+        );
+        println!("  phases: {}", phases(&best));
         let small = job_file(dir.path(), "sqlite-quarter", &quarter, a.shards, "sqlite", "");
-        let (_, p_quarter) = sf_write(&small);
+        let quarter_run = sf_write(&small);
         println!(
             "  peak RSS, default memory limit: {:.0} MiB at {n} rows, {:.0} MiB at {} rows",
             mib(peak),
-            mib(p_quarter),
+            mib(quarter_run.peak),
             n / 4
         );
         let limit = "[write]\nmemory_limit_mib = 1024\n";
         let limited = job_file(dir.path(), "sqlite-1024", &parquet, a.shards, "sqlite", limit);
-        let (t_limited, p_limited) = sf_write(&limited);
+        let limited_run = sf_write(&limited);
         let limited_quarter = job_file(dir.path(), "sqlite-1024-quarter", &quarter, a.shards, "sqlite", limit);
-        let (_, p_limited_quarter) = sf_write(&limited_quarter);
+        let limited_quarter_run = sf_write(&limited_quarter);
         println!(
-            "  peak RSS, memory_limit_mib = 1024: {:.0} MiB at {n} rows ({:.0} rows/s, ratio {:.2}), {:.0} MiB at {} rows",
-            mib(p_limited),
-            rate(t_limited),
-            ceiling.as_secs_f64() / t_limited.as_secs_f64(),
-            mib(p_limited_quarter),
+            "  memory_limit_mib = 1024: {:.0} rows/s, peak RSS {:.0} MiB at {n} rows, {:.0} MiB at {} rows",
+            rate(limited_run.wall),
+            mib(limited_run.peak),
+            mib(limited_quarter_run.peak),
             n / 4
         );
+        println!("    phases: {}", phases(&limited_run));
     }
     if a.slatedb {
         let no_compaction = "[output.slatedb]\nfinal_compaction = false\n";
         let job = job_file(dir.path(), "slatedb", &parquet, a.shards, "slatedb", no_compaction);
-        let (mut ceiling, mut best, mut peak) = (Duration::MAX, Duration::MAX, 0);
+        let mut ceiling = Duration::MAX;
+        let mut best = Run {
+            wall: Duration::MAX,
+            ..Run::default()
+        };
         for _ in 0..a.rounds {
             ceiling = ceiling.min(slatedb_ceiling(&runtime, &chunks, dir.path()));
-            let (t, p) = sf_write(&job);
-            best = best.min(t);
-            peak = peak.max(p);
+            let run = sf_write(&job);
+            if run.wall < best.wall {
+                best = run;
+            }
         }
-        report("SlateDB (no final compaction on either side)", ceiling, best, peak);
+        report("SlateDB (no final compaction on either side)", ceiling, &best);
         let default = job_file(dir.path(), "slatedb-default", &parquet, a.shards, "slatedb", "");
-        let (t, p) = sf_write(&default);
+        let run = sf_write(&default);
         println!(
             "  with the default final compaction: {:.0} rows/s ({:.2} s, peak RSS {:.0} MiB)",
-            rate(t),
-            t.as_secs_f64(),
-            mib(p)
+            rate(run.wall),
+            run.wall.as_secs_f64(),
+            mib(run.peak)
         );
     }
 }

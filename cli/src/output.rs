@@ -184,44 +184,104 @@ impl Printer {
     /// A result that is a list of objects: one line `{"op": op, key: [...]}`
     /// (json), a line per item (jsonl), or a table.
     pub fn list(&self, out: &mut dyn Write, op: &'static str, key: &'static str, items: Vec<J>) -> Result<(), Failure> {
+        self.list_stream(out, op, key, || items.iter().cloned())
+    }
+
+    /// [`list`](Self::list) for lists too long to hold: `items` makes the
+    /// items afresh each time it is called, and each is written as soon as
+    /// it is made (a table walks them twice: once for its column widths).
+    pub fn list_stream<I>(
+        &self,
+        out: &mut dyn Write,
+        op: &'static str,
+        key: &'static str,
+        items: impl Fn() -> I,
+    ) -> Result<(), Failure>
+    where
+        I: Iterator<Item = J>,
+    {
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
+        let mut text = String::new();
         match self.format {
             OutputFormat::Json => {
-                let line = obj(vec![("op", J::str(op)), (key, J::Arr(items))]);
-                writeln!(out, "{}", line.render()).map_err(output_error)
+                text.push('{');
+                write_str(&mut text, "op");
+                text.push_str(": ");
+                write_str(&mut text, op);
+                text.push_str(", ");
+                write_str(&mut text, key);
+                text.push_str(": [");
+                for (i, item) in items().enumerate() {
+                    if i > 0 {
+                        text.push_str(", ");
+                    }
+                    item.write(&mut text);
+                    if text.len() >= 32 << 10 {
+                        out.write_all(text.as_bytes()).map_err(output_error)?;
+                        text.clear();
+                    }
+                }
+                text.push_str("]}\n");
+                out.write_all(text.as_bytes()).map_err(output_error)?;
             }
-            OutputFormat::Jsonl => items
-                .iter()
-                .try_for_each(|i| writeln!(out, "{}", i.render()))
-                .map_err(output_error),
+            OutputFormat::Jsonl => {
+                for item in items() {
+                    text.clear();
+                    item.write(&mut text);
+                    text.push('\n');
+                    out.write_all(text.as_bytes()).map_err(output_error)?;
+                }
+            }
             OutputFormat::Table => {
                 let mut headers: Vec<&'static str> = Vec::new();
-                for i in &items {
-                    if let J::Obj(fields) = i {
-                        for (k, _) in fields {
-                            if !headers.contains(k) {
-                                headers.push(k);
-                            }
+                let mut widths: Vec<usize> = Vec::new();
+                for item in items() {
+                    if let J::Obj(fields) = &item {
+                        for (k, v) in fields {
+                            let at = match headers.iter().position(|h| h == k) {
+                                Some(at) => at,
+                                None => {
+                                    headers.push(k);
+                                    widths.push(k.chars().count());
+                                    headers.len() - 1
+                                }
+                            };
+                            widths[at] = widths[at].max(v.cell().chars().count());
                         }
                     }
                 }
-                let rows = items
-                    .iter()
-                    .map(|i| {
-                        headers
-                            .iter()
-                            .map(|h| match i {
-                                J::Obj(fields) => fields
-                                    .iter()
-                                    .find(|(k, _)| k == h)
-                                    .map_or_else(String::new, |(_, v)| v.cell()),
-                                other => other.cell(),
-                            })
-                            .collect()
-                    })
-                    .collect();
-                table(out, &headers, rows)
+                let cells = |item: &J| -> Vec<String> {
+                    headers
+                        .iter()
+                        .map(|h| match item {
+                            J::Obj(fields) => fields
+                                .iter()
+                                .find(|(k, _)| k == h)
+                                .map_or_else(String::new, |(_, v)| v.cell()),
+                            other => other.cell(),
+                        })
+                        .collect()
+                };
+                let line = |cells: Vec<String>| -> String {
+                    let mut l = cells
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+                        .collect::<Vec<_>>()
+                        .join("  ")
+                        .trim_end()
+                        .to_string();
+                    l.push('\n');
+                    l
+                };
+                out.write_all(line(headers.iter().map(|h| h.to_string()).collect()).as_bytes())
+                    .map_err(output_error)?;
+                for item in items() {
+                    out.write_all(line(cells(&item)).as_bytes()).map_err(output_error)?;
+                }
             }
         }
+        out.flush().map_err(output_error)
     }
 }
 

@@ -506,10 +506,11 @@ fn shards(reader: &Reader, printer: &Printer, out: &mut dyn Write) -> Result<u8,
         )),
         None => J::Null,
     };
-    let items: Vec<J> = reader
-        .shards()
-        .iter()
-        .map(|s| {
+    // Streamed: a snapshot may have 100,000 shards. One snapshot for
+    // every pass, whatever a refresh does meanwhile.
+    let infos = reader.shard_infos();
+    let items = || {
+        infos.clone().map(|s| {
             obj(vec![
                 ("db_id", J::Int(i64::from(s.db_id.0))),
                 ("row_count", J::count(s.row_count)),
@@ -518,8 +519,8 @@ fn shards(reader: &Reader, printer: &Printer, out: &mut dyn Write) -> Result<u8,
                 ("db_url", J::opt_str(s.db_url.as_deref())),
             ])
         })
-        .collect();
-    printer.list(out, "shards", "shards", items)?;
+    };
+    printer.list_stream(out, "shards", "shards", items)?;
     Ok(exit::OK)
 }
 

@@ -168,6 +168,22 @@ pub fn document(result: &Result<Outcome, Failure>, run_id: Option<&str>, prefix:
             doc.insert("rows_per_shard".into(), json!({"min": lo, "median": med, "max": hi}));
             doc.insert("retries".into(), json!(summary.retries));
             doc.insert("losers_deleted".into(), json!(summary.losers_deleted));
+            doc.insert("spilled_runs".into(), json!(summary.spilled_runs));
+            doc.insert("peak_rss_bytes".into(), json!(summary.peak_rss_bytes));
+            let p = &summary.phases;
+            doc.insert(
+                "steps".into(),
+                json!({
+                    "input": p.input.map(|d| d.as_secs_f64()),
+                    "shards_built": p.shards_built,
+                    "build_sum": p.build_sum.as_secs_f64(),
+                    "claim_sum": p.claim_sum.as_secs_f64(),
+                    "upload_sum": p.upload_sum.as_secs_f64(),
+                    "verify": p.verify.as_secs_f64(),
+                    "publish": p.publish.as_secs_f64(),
+                    "cleanup": p.cleanup.as_secs_f64(),
+                }),
+            );
             doc.insert(
                 "seconds".into(),
                 json!({

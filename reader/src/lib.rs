@@ -75,7 +75,8 @@ mod view;
 pub use admin::{Admin, AdminBuilder, CleanupOptions, CleanupReport, Removal, RemovalReason, Rollback, RollbackTarget};
 pub use error::{Error, Result};
 pub use reader::{
-    Health, HealthStatus, Reader, ReaderBuilder, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, SnapshotInfo,
+    Health, HealthStatus, Reader, ReaderBuilder, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, ShardInfos,
+    SnapshotInfo,
 };
 pub use settings::{MAX_KEEP_VERSIONS, Pin, ReaderSettings, SqliteMode};
 pub use sf_manifest::checksum::{FILE_ALGORITHM, KV_ALGORITHM};

@@ -356,6 +356,49 @@ fn key_json<S: serde::Serializer>(k: &Option<Key>, s: S) -> std::result::Result<
     }
 }
 
+/// The shards of one snapshot, by db_id; see [`Reader::shard_infos`].
+#[derive(Clone)]
+pub struct ShardInfos {
+    snap: Arc<Snapshot>,
+    next: usize,
+}
+
+impl std::fmt::Debug for ShardInfos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardInfos")
+            .field("manifest_ref", &self.snap.manifest_ref)
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl Iterator for ShardInfos {
+    type Item = ShardInfo;
+
+    fn next(&mut self) -> Option<ShardInfo> {
+        let r = self.snap.manifest.shards.get(self.next)?;
+        self.next += 1;
+        Some(ShardInfo {
+            db_id: r.db_id,
+            row_count: r.row_count,
+            min_key: r.min_key.clone(),
+            max_key: r.max_key.clone(),
+            db_url: r.db_url.clone(),
+            resolved_url: self.snap.shard_url(r.db_id).map(str::to_string),
+            attempt: r.attempt.0,
+            db_bytes: r.db_bytes,
+            checkpoint_id: r.checkpoint_id.clone(),
+            checksum: r.writer_info.checksum().map(str::to_string),
+            opened_as: self.snap.open_backend(r.db_id),
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.snap.manifest.shards.len() - self.next;
+        (left, Some(left))
+    }
+}
+
 /// Where a key lives; see [`Reader::route`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteInfo {
@@ -620,24 +663,17 @@ impl Reader {
     /// The shards of the served snapshot, by db_id (empty shards, which the
     /// manifest leaves out, are not listed).
     pub fn shards(&self) -> Vec<ShardInfo> {
-        let snap = self.snapshot();
-        snap.manifest
-            .shards
-            .iter()
-            .map(|r| ShardInfo {
-                db_id: r.db_id,
-                row_count: r.row_count,
-                min_key: r.min_key.clone(),
-                max_key: r.max_key.clone(),
-                db_url: r.db_url.clone(),
-                resolved_url: snap.shard_url(r.db_id).map(str::to_string),
-                attempt: r.attempt.0,
-                db_bytes: r.db_bytes,
-                checkpoint_id: r.checkpoint_id.clone(),
-                checksum: r.writer_info.checksum().map(str::to_string),
-                opened_as: snap.open_backend(r.db_id),
-            })
-            .collect()
+        self.shard_infos().collect()
+    }
+
+    /// [`shards`](Self::shards) one at a time, for listing snapshots of
+    /// many shards without holding a copy of every row. The iterator keeps
+    /// the snapshot it started on, whatever a refresh does meanwhile.
+    pub fn shard_infos(&self) -> ShardInfos {
+        ShardInfos {
+            snap: self.snapshot(),
+            next: 0,
+        }
     }
 
     /// The prefix's manifests, newest first.

@@ -6,6 +6,7 @@ mod exit_codes;
 mod fault_matrix;
 mod faults;
 mod fixtures;
+mod many_shards;
 mod publish;
 mod reader_admin;
 mod reader_cache;

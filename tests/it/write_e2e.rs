@@ -420,8 +420,11 @@ prefix = "{prefix}"
     );
 }
 
-/// N shards -> N partitions below the writer, partition i holding only
-/// shard i's rows, whatever the session's own parallelism.
+/// On a cluster's layout, N shards -> N partitions below the writer,
+/// partition i holding only shard i's rows, whatever the session's own
+/// parallelism. In one process the writer reads the routed input as it is
+/// and collects each row into the shard its id names (what every build
+/// here checks by reading the snapshot back through the router).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_partition_holds_exactly_one_shard() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -448,6 +451,7 @@ prefix = "out-{num_dbs}"
         let engine = Embedded {
             target_partitions: Some(target_partitions),
         };
+        // In one process: the writer takes the routed input as it is.
         let p = prepare(&j, &engine).await.expect("prepare");
         let plan = p
             .ctx
@@ -459,6 +463,34 @@ prefix = "out-{num_dbs}"
             .as_any()
             .downcast_ref::<sf_writer::exec::ShardWriteExec>()
             .expect("the write node is the root");
+        assert_eq!(writer.mode(), sf_writer::exec::InputMode::Exchange);
+        assert_eq!(plan.output_partitioning().partition_count(), 1);
+
+        // The cluster layout: one partition per shard.
+        let state = sf_writer::job::session_state_builder(
+            datafusion::prelude::SessionConfig::new().with_target_partitions(target_partitions),
+        )
+        .build();
+        let ctx = datafusion::prelude::SessionContext::new_with_state(state);
+        let df = ctx
+            .read_parquet(
+                dir.path().to_str().expect("utf8 path"),
+                datafusion::prelude::ParquetReadOptions::default(),
+            )
+            .await
+            .expect("read");
+        let p = sf_writer::job::prepare_frame(&j, ctx, df).await.expect("prepare");
+        let plan = p
+            .ctx
+            .state()
+            .create_physical_plan(&p.write_plan().expect("plan"))
+            .await
+            .expect("physical");
+        let writer = plan
+            .as_any()
+            .downcast_ref::<sf_writer::exec::ShardWriteExec>()
+            .expect("the write node is the root");
+        assert_eq!(writer.mode(), sf_writer::exec::InputMode::Partitioned);
         let below = writer.input();
         assert_eq!(below.output_partitioning().partition_count(), num_dbs as usize);
         let parts = collect_partitioned(Arc::clone(below), p.ctx.task_ctx())
@@ -664,8 +696,9 @@ async fn duplicate_keys_follow_the_policy() {
     assert!(v.contains("\"e\""), "the later of key 1's rows wins: {v}");
 }
 
-/// Shards bigger than their sort buffer spill sorted runs and merge them:
-/// every key is stored once, in order, with its row, on both backends.
+/// Shards bigger than the memory for rows spill sorted runs and merge
+/// them: every key is stored once, in order, with its row, on both
+/// backends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_larger_than_their_sort_buffer_spill_and_merge() {
     const N: i64 = 240_000;
@@ -695,7 +728,7 @@ async fn shards_larger_than_their_sort_buffer_spill_and_merge() {
         ],
     );
     for backend in ["sqlite", "slatedb"] {
-        // 64 MiB for 2 shards: 8 MiB sort buffers, for ~20 MiB of rows each.
+        // 16 MiB: 8 MiB of rows in memory for ~40 MiB of rows.
         let j = job(
             dir.path(),
             &format!(
@@ -709,7 +742,7 @@ binary_col = "value"
 [routing]
 num_dbs = 2
 [write]
-memory_limit_mib = 64
+memory_limit_mib = 16
 [output]
 prefix = "out-{backend}"
 backend = "{backend}"

@@ -349,12 +349,14 @@ pub struct WriteConfig {
     pub work_dir: Option<PathBuf>,
     /// Re-read every winning shard and check its checksum before publishing.
     pub verify_checksums: bool,
-    /// Memory a build process may use for rows, in MiB: half buffers the
-    /// shard tasks' rows for sorting (split evenly across the shards;
-    /// beyond it they spill sorted runs to `work_dir`), a quarter is
-    /// DataFusion's pool, a quarter SQLite's page caches. Default: half of
-    /// the memory this process may use (the machine's, or its cgroup's
-    /// limit), at least 1024.
+    /// Memory a build process may use for rows, in MiB: half holds the
+    /// rows waiting to be sorted and built, all shards together, taken on
+    /// demand (a shard with few rows takes little; beyond it rows spill as
+    /// sorted runs to `work_dir`), a quarter is DataFusion's pool, a
+    /// quarter SQLite's page caches of the builds running at once. Any
+    /// shard count fits any limit. Default: half of the memory this
+    /// process may use (the machine's, or its cgroup's limit), at least
+    /// 1024.
     pub memory_limit_mib: u64,
     /// Lease of the build's run record, in seconds: renewed every third of
     /// it while the build runs. A run record whose lease is past is a
@@ -362,10 +364,6 @@ pub struct WriteConfig {
     /// cleanup may remove what it left.
     pub run_lease_secs: u64,
 }
-
-/// Memory limit per sorting shard at least, in MiB: its sort buffer gets
-/// half, and smaller buffers make many small runs to merge.
-pub const MIB_PER_SORTING_SHARD: u64 = 32;
 
 /// Half of the memory this process may use: the machine's (`MemTotal`) or
 /// its cgroup's limit when lower; at least 1024 MiB; 2048 MiB when neither
@@ -814,20 +812,6 @@ impl JobConfig {
         if w.memory_limit_mib < 16 {
             return Err(Error::config("write.memory_limit_mib", "must be at least 16"));
         }
-        // Every shard task buffers rows for its sort at once.
-        if let Some(n) = self.routing.num_dbs
-            && w.sort_within_shard
-            && w.memory_limit_mib < MIB_PER_SORTING_SHARD * u64::from(n)
-        {
-            return Err(Error::config(
-                "write.memory_limit_mib",
-                format!(
-                    "{} MiB is too little for {n} shards sorting at once: give at least {} ({MIB_PER_SORTING_SHARD} per shard)",
-                    w.memory_limit_mib,
-                    MIB_PER_SORTING_SHARD * u64::from(n)
-                ),
-            ));
-        }
         if w.upload_concurrency == 0 {
             return Err(Error::config("write.upload_concurrency", "must be at least 1"));
         }
@@ -952,24 +936,19 @@ prefix = "out/snap"
     }
 
     #[test]
-    fn the_memory_limit_must_fit_every_sorting_shard() {
+    fn any_shard_count_fits_any_memory_limit() {
         assert!(default_memory_limit_mib() >= 1024);
-        let c = parse_env(MINIMAL, &[("SF_WRITE__MEMORY_LIMIT_MIB", "256")]).expect("8 shards fit 256 MiB");
-        assert_eq!(c.write.memory_limit_mib, 256);
-        let e = parse_env(MINIMAL, &[("SF_WRITE__MEMORY_LIMIT_MIB", "255")]).expect_err("too small");
-        let m = e.to_string();
-        assert!(
-            m.contains("write.memory_limit_mib") && m.contains("at least 256"),
-            "{m}"
-        );
-        parse_env(
+        // Sort memory is shared on demand, not set aside per shard: 100,000
+        // sorting shards are as welcome in 16 MiB as 8 are.
+        let c = parse_env(
             MINIMAL,
-            &[
-                ("SF_WRITE__MEMORY_LIMIT_MIB", "64"),
-                ("SF_WRITE__SORT_WITHIN_SHARD", "false"),
-            ],
+            &[("SF_WRITE__MEMORY_LIMIT_MIB", "16"), ("SF_ROUTING__NUM_DBS", "100000")],
         )
-        .expect("no sort, no per-shard need");
+        .expect("any shard count");
+        assert_eq!((c.write.memory_limit_mib, c.routing.num_dbs), (16, Some(100_000)));
+        let e = parse_env(MINIMAL, &[("SF_WRITE__MEMORY_LIMIT_MIB", "15")]).expect_err("too small");
+        let m = e.to_string();
+        assert!(m.contains("write.memory_limit_mib") && m.contains("at least 16"), "{m}");
     }
 
     #[test]

@@ -1,8 +1,22 @@
-//! `ShardWriteExec`: the physical plan node that writes one shard attempt
-//! per partition and emits one small result row.
+//! `ShardWriteExec`: the physical plan node that writes shard attempts and
+//! emits one small result row per shard.
 //!
 //! The node's state is [`ShardWriteSpec`], plain serialisable data, so the
-//! same node runs embedded and on a cluster's executors.
+//! same node runs embedded and on a cluster's executors. It takes its rows
+//! in one of two ways ([`InputMode`]):
+//!
+//! - **partitioned** (a cluster): partition `i` of its input holds exactly
+//!   shard `i`'s rows (the shuffle delivers them), and partition `i` of the
+//!   node writes shard `i`; the engine runs the partitions as tasks in its
+//!   slots.
+//! - **exchange** (one process): the input is routed but not partitioned;
+//!   the node collects every row into its shard in bounded memory and
+//!   writes the shards in waves ([`crate::exchange`]), emitting every
+//!   shard's result row from its one output partition.
+//!
+//! Either way each shard is built by exactly one task, from its rows
+//! sorted by key ([`crate::sort`]) under the run's shared memory budget
+//! ([`crate::budget`]).
 
 use std::any::Any;
 use std::fmt;
@@ -25,16 +39,16 @@ use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sf_manifest::{Attempt, DbId, KeyEncoding, Location, RunId, StorageOptions, Timestamp, layout};
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 
 use crate::adapter::{
     AttemptTarget, BackendConfig, BuildContext, DuplicatePolicy, Row, ShardBuilder, StagedShard, backend_for,
 };
+use crate::budget;
 use crate::config::RetryPolicy;
 use crate::error::{Error, Result};
-use crate::progress::{self, RunProgress};
+use crate::progress::{self, RunProgress, Step};
 use crate::ratelimit::RateLimits;
-use crate::sort::{ShardSorter, SortStats};
+use crate::sort::{CollectorSettings, MAX_RUN_BYTES, Order, RowCollector, ShardRows, SortStats};
 use crate::value::{ValueSpec, encode_keys, encode_values};
 
 /// Name of the claim marker inside an attempt folder.
@@ -68,9 +82,10 @@ pub struct ShardWriteSpec {
     /// Whether each shard task sorts its rows by key before building
     /// (each key once), in bounded memory with spills to `work_dir`.
     pub sort_within_shard: bool,
-    /// Bytes of rows a sorting shard task holds in memory before it
-    /// spills a sorted run to disk.
-    pub sort_buffer_bytes: u64,
+    /// Bytes of rows the shard tasks of this run hold in memory in one
+    /// process, shared on demand ([`crate::budget`]); beyond it they spill
+    /// sorted runs to `work_dir`.
+    pub row_memory_bytes: u64,
     /// Write limits per shard attempt.
     pub limits: RateLimits,
     /// Upload retries.
@@ -88,7 +103,30 @@ pub struct ShardWriteSpec {
 }
 
 impl ShardWriteSpec {
-    fn prefix(&self) -> Result<Location> {
+    /// How this run's row collectors sort, spilling into `spill_dir`.
+    pub(crate) fn collector_settings(&self, spill_dir: PathBuf) -> CollectorSettings {
+        CollectorSettings {
+            order: if self.sort_within_shard {
+                Order::Key
+            } else {
+                Order::Arrival
+            },
+            on_duplicate: self.on_duplicate,
+            key_encoding: self.key_encoding,
+            chunk_bytes: MAX_RUN_BYTES,
+            spill_dir,
+        }
+    }
+
+    /// This run's memory budget for rows in this process.
+    pub(crate) fn row_budget(&self) -> Arc<budget::MemoryBudget> {
+        budget::for_run(
+            &self.run_id,
+            usize::try_from(self.row_memory_bytes).unwrap_or(usize::MAX),
+        )
+    }
+
+    pub(crate) fn prefix(&self) -> Result<Location> {
         let opts: StorageOptions = self
             .storage_options
             .iter()
@@ -158,7 +196,7 @@ pub struct ShardResult {
 }
 
 impl ShardResult {
-    fn empty(db_id: DbId, duration_ms: u64, task: TaskIds) -> Self {
+    pub(crate) fn empty(db_id: DbId, duration_ms: u64, task: TaskIds) -> Self {
         ShardResult {
             db_id,
             attempt: None,
@@ -258,11 +296,23 @@ pub fn set_task_ids_fn(f: TaskIdsFn) {
     let _ = TASK_IDS.set(f);
 }
 
-/// Writes one shard per partition of its input.
+/// How a [`ShardWriteExec`] receives each shard's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputMode {
+    /// Partition `i` of the input holds exactly shard `i`'s rows; the node
+    /// has one output partition per shard.
+    Partitioned,
+    /// The input is routed but not partitioned; the node collects rows
+    /// into shards itself and has one output partition.
+    Exchange,
+}
+
+/// Writes shards; see the [module docs](self).
 #[derive(Debug)]
 pub struct ShardWriteExec {
     spec: Arc<ShardWriteSpec>,
     input: Arc<dyn ExecutionPlan>,
+    mode: InputMode,
     properties: PlanProperties,
 }
 
@@ -270,7 +320,20 @@ impl ShardWriteExec {
     /// The node over `input`, which must have `spec.num_dbs` partitions,
     /// partition `i` holding exactly shard `i`'s rows.
     pub fn new(spec: Arc<ShardWriteSpec>, input: Arc<dyn ExecutionPlan>) -> Self {
-        let partitions = input.properties().output_partitioning().partition_count();
+        Self::with_mode(spec, input, InputMode::Partitioned)
+    }
+
+    /// The node over `input` (routed rows in any partitioning), collecting
+    /// rows into shards in this process.
+    pub fn exchange(spec: Arc<ShardWriteSpec>, input: Arc<dyn ExecutionPlan>) -> Self {
+        Self::with_mode(spec, input, InputMode::Exchange)
+    }
+
+    fn with_mode(spec: Arc<ShardWriteSpec>, input: Arc<dyn ExecutionPlan>, mode: InputMode) -> Self {
+        let partitions = match mode {
+            InputMode::Partitioned => input.properties().output_partitioning().partition_count(),
+            InputMode::Exchange => 1,
+        };
         let properties = PlanProperties::new(
             EquivalenceProperties::new(result_schema()),
             Partitioning::UnknownPartitioning(partitions),
@@ -280,6 +343,7 @@ impl ShardWriteExec {
         ShardWriteExec {
             spec,
             input,
+            mode,
             properties,
         }
     }
@@ -293,17 +357,26 @@ impl ShardWriteExec {
     pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
         &self.input
     }
+
+    /// How the node receives rows.
+    pub fn mode(&self) -> InputMode {
+        self.mode
+    }
 }
 
 impl DisplayAs for ShardWriteExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "ShardWriteExec: run_id={}, num_dbs={}, backend={}, prefix={}",
+            "ShardWriteExec: run_id={}, num_dbs={}, backend={}, prefix={}, input={}",
             self.spec.run_id,
             self.spec.num_dbs,
             self.spec.backend.name(),
-            self.spec.prefix_url
+            self.spec.prefix_url,
+            match self.mode {
+                InputMode::Partitioned => "partitioned",
+                InputMode::Exchange => "exchange",
+            }
         )
     }
 }
@@ -336,10 +409,26 @@ impl ExecutionPlan for ShardWriteExec {
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
         let [input] = <[Arc<dyn ExecutionPlan>; 1]>::try_from(children)
             .map_err(|_| DataFusionError::Internal("ShardWriteExec has exactly one input".into()))?;
-        Ok(Arc::new(ShardWriteExec::new(Arc::clone(&self.spec), input)))
+        Ok(Arc::new(ShardWriteExec::with_mode(
+            Arc::clone(&self.spec),
+            input,
+            self.mode,
+        )))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        if self.mode == InputMode::Exchange {
+            if partition != 0 {
+                return Err(DataFusionError::Internal(format!(
+                    "ShardWriteExec in exchange mode has one partition, not {partition}"
+                )));
+            }
+            return Ok(crate::exchange::run(
+                Arc::clone(&self.spec),
+                Arc::clone(&self.input),
+                context,
+            ));
+        }
         let partitions = self.input.properties().output_partitioning().partition_count();
         if partitions != self.spec.num_dbs as usize {
             return Err(DataFusionError::Internal(format!(
@@ -363,6 +452,43 @@ impl ExecutionPlan for ShardWriteExec {
     }
 }
 
+/// The encoded keys and values of one input batch, and each row's shard;
+/// checks that every shard id is below `num_dbs` (or, for a partition,
+/// is `only`).
+pub(crate) fn encode_batch(
+    spec: &ShardWriteSpec,
+    batch: &RecordBatch,
+    only: Option<DbId>,
+) -> Result<(Vec<u32>, BinaryArray, BinaryArray)> {
+    let ids = batch
+        .column_by_name(&spec.shard_id_col)
+        .ok_or_else(|| Error::Internal(format!("column {} missing in the shard input", spec.shard_id_col)))?;
+    let ids = ids.as_primitive::<UInt32Type>();
+    let bad = match only {
+        Some(db) => ids.values().iter().position(|d| *d != db.0),
+        None => ids.values().iter().position(|d| *d >= spec.num_dbs),
+    };
+    if let Some(bad) = bad {
+        return Err(Error::Internal(match only {
+            Some(db) => format!(
+                "partition {db} received a row of shard {} (row {bad} of a batch); partitioning is broken",
+                ids.value(bad)
+            ),
+            None => format!(
+                "a row was routed to shard {} of {}; routing is broken",
+                ids.value(bad),
+                spec.num_dbs
+            ),
+        }));
+    }
+    let key_col = batch
+        .column_by_name(&spec.key_col)
+        .ok_or_else(|| Error::Internal(format!("key column {} missing in the shard input", spec.key_col)))?;
+    let keys = encode_keys(key_col.as_ref(), spec.key_encoding, &spec.key_col)?;
+    let values = encode_values(batch, &spec.value)?;
+    Ok((ids.values().to_vec(), keys, values))
+}
+
 /// Reads one partition's rows, builds the shard locally, then uploads it
 /// into a freshly claimed attempt, retrying retryable failures into new
 /// attempts.
@@ -375,33 +501,12 @@ async fn write_partition(
     let started = Instant::now();
     let run = progress::run(&spec.run_id, spec.upload_concurrency);
     let mut stage: Option<(Stage, tempfile::TempDir)> = None;
-    let mut shard_ids_checked = 0usize;
     while let Some(batch) = input.next().await {
         let batch = batch?;
         if batch.num_rows() == 0 {
             continue;
         }
-        let ids = batch
-            .column_by_name(&spec.shard_id_col)
-            .ok_or_else(|| Error::Internal(format!("column {} missing in the shard input", spec.shard_id_col)))?;
-        if let Some(bad) = ids
-            .as_primitive::<UInt32Type>()
-            .values()
-            .iter()
-            .position(|d| *d != db_id.0)
-        {
-            return Err(Error::Internal(format!(
-                "partition {db_id} received a row of shard {} (row {}); partitioning is broken",
-                ids.as_primitive::<UInt32Type>().value(bad),
-                shard_ids_checked + bad
-            )));
-        }
-        shard_ids_checked += batch.num_rows();
-        let key_col = batch
-            .column_by_name(&spec.key_col)
-            .ok_or_else(|| Error::Internal(format!("key column {} missing in the shard input", spec.key_col)))?;
-        let keys = encode_keys(key_col.as_ref(), spec.key_encoding, &spec.key_col)?;
-        let values = encode_values(&batch, &spec.value)?;
+        let (dbs, keys, values) = encode_batch(spec, &batch, Some(db_id))?;
         let rows = keys.len() as u64;
         let (current, dir) = match stage.take() {
             Some(s) => s,
@@ -410,23 +515,42 @@ async fn write_partition(
                 (Stage::new(spec, db_id, dir.path())?, dir)
             }
         };
-        stage = Some((current.add(db_id, keys, values).await?, dir));
+        stage = Some((current.add(db_id, dbs, keys, values).await?, dir));
         run.add_rows(rows);
     }
-    let task_ms = || started.elapsed().as_millis() as u64;
     let Some((current, dir)) = stage else {
         run.shard_done();
-        return Ok(ShardResult::empty(db_id, task_ms(), task));
+        return Ok(ShardResult::empty(db_id, started.elapsed().as_millis() as u64, task));
     };
-    let (staged, sorted) = current.finish(spec, db_id, dir.path()).await?;
+    let built = current.finish(spec, db_id, dir.path()).await?;
+    let result = upload_shard(spec, db_id, built, started, task).await;
+    drop(dir);
+    run.shard_done();
+    result
+}
 
+/// A shard built locally, ready to upload.
+pub(crate) struct Built {
+    pub(crate) staged: Arc<dyn StagedShard>,
+    pub(crate) sorted: SortStats,
+}
+
+/// Uploads a built shard into a freshly claimed attempt (retrying
+/// retryable failures into new attempts) and makes its result row.
+pub(crate) async fn upload_shard(
+    spec: &ShardWriteSpec,
+    db_id: DbId,
+    built: Built,
+    started: Instant,
+    task: TaskIds,
+) -> Result<ShardResult> {
+    let run = progress::run(&spec.run_id, spec.upload_concurrency);
     let prefix = spec.prefix()?;
+    let Built { staged, sorted } = built;
     let (attempt, uploaded, failed_tries) = {
         let _permit = run.upload_permit().await;
         upload_with_retries(spec, &prefix, db_id, staged.as_ref(), task).await?
     };
-    drop(dir);
-    run.shard_done();
     let content = staged.content();
     Ok(ShardResult {
         db_id,
@@ -439,7 +563,7 @@ async fn write_partition(
         max_key: content.max_key.clone(),
         checksum: Some(content.checksum.clone()),
         checkpoint_id: Some(uploaded.checkpoint_id),
-        duration_ms: task_ms(),
+        duration_ms: started.elapsed().as_millis() as u64,
         stage_id: task.stage_id,
         task_attempt_id: task.task_attempt_id,
         failed_tries,
@@ -447,20 +571,23 @@ async fn write_partition(
     })
 }
 
-/// Where a shard task's rows go while its input is read.
+/// Where a partition's rows go while its input is read.
 enum Stage {
-    /// Into the sorter; the shard is built from its output once the input
-    /// ends (`sort_within_shard`). At most one full buffer is being
-    /// written as a run while the next fills.
-    Sorting(ShardSorter, Option<JoinHandle<Result<u64>>>),
+    /// Into a collector of this one shard; the shard is built from it
+    /// once the input ends (`sort_within_shard`).
+    Sorting(Box<RowCollector>),
     /// Straight into the builder, in arrival order.
     Direct(Box<dyn ShardBuilder>),
 }
 
 /// Shard builds running at once in this process, one per core: a build is
 /// CPU-bound, and more at once only share the cores and thrash caches.
-static BUILD_SLOTS: LazyLock<Semaphore> =
-    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
+static BUILD_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(build_slots()));
+
+/// Shard builds that run at once in this process.
+pub fn build_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 fn build_context(spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> BuildContext {
     BuildContext {
@@ -473,36 +600,60 @@ fn build_context(spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> BuildContext
     }
 }
 
+/// Builds shard `db_id` from its collected rows in `dir`, in one of this
+/// process's build slots.
+pub(crate) async fn build_rows(spec: &ShardWriteSpec, rows: ShardRows, dir: &Path) -> Result<Built> {
+    let db_id = rows.db_id();
+    let join = |e: tokio::task::JoinError| Error::Internal(format!("shard {db_id} build task: {e}"));
+    let _slot = BUILD_SLOTS
+        .acquire()
+        .await
+        .map_err(|e| Error::Internal(format!("shard {db_id} build slot: {e}")))?;
+    let started = Instant::now();
+    let builder = backend_for(&spec.backend).builder(build_context(spec, db_id, dir))?;
+    let merge_dir = dir.join("merge");
+    let built = tokio::task::spawn_blocking(move || {
+        let mut builder = builder;
+        let sorted = rows.drain(&merge_dir, &mut |rows| builder.add(rows))?;
+        Ok(Built {
+            staged: builder.finish()?,
+            sorted,
+        })
+    })
+    .await
+    .map_err(join)?;
+    progress::run(&spec.run_id, spec.upload_concurrency).add_time(Step::Build, started.elapsed());
+    built
+}
+
 impl Stage {
     fn new(spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> Result<Self> {
         Ok(if spec.sort_within_shard {
-            let budget = usize::try_from(spec.sort_buffer_bytes).unwrap_or(usize::MAX);
-            Stage::Sorting(
-                ShardSorter::new(db_id, spec.key_encoding, spec.on_duplicate, budget, dir),
-                None,
-            )
+            Stage::Sorting(Box::new(RowCollector::new(
+                spec.collector_settings(dir.join("spill")),
+                spec.row_budget(),
+                db_id.0,
+                1,
+            )))
         } else {
             Stage::Direct(backend_for(&spec.backend).builder(build_context(spec, db_id, dir))?)
         })
     }
 
     /// Takes one batch; CPU and disk work runs off the async runtime.
-    async fn add(self, db_id: DbId, keys: BinaryArray, values: BinaryArray) -> Result<Self> {
+    async fn add(self, db_id: DbId, dbs: Vec<u32>, keys: BinaryArray, values: BinaryArray) -> Result<Self> {
         let join = |e: tokio::task::JoinError| Error::Internal(format!("shard {db_id} build task: {e}"));
         match self {
-            Stage::Sorting(mut sorter, mut writing) => {
-                if sorter.push(keys, values)? {
-                    // Wait for the previous run only now, so the input
-                    // flows while a run is written.
-                    if let Some(previous) = writing.take() {
-                        sorter.add_duplicates(previous.await.map_err(join)??);
-                    }
-                    writing = sorter
-                        .take_run()
-                        .map(|run| tokio::task::spawn_blocking(move || run.write()));
+            Stage::Sorting(mut collector) => tokio::task::spawn_blocking(move || {
+                let settings = collector.settings().clone();
+                for (db, mut chunk) in collector.push(&dbs, &keys, &values)? {
+                    chunk.sort(DbId(db), settings.on_duplicate, settings.key_encoding)?;
+                    collector.put_sealed(db, chunk)?;
                 }
-                Ok(Stage::Sorting(sorter, writing))
-            }
+                Ok(Stage::Sorting(collector))
+            })
+            .await
+            .map_err(join)?,
             Stage::Direct(mut builder) => tokio::task::spawn_blocking(move || {
                 let rows: Vec<Row<'_>> = (0..keys.len()).map(|i| (keys.value(i), values.value(i))).collect();
                 builder.add(&rows)?;
@@ -514,37 +665,29 @@ impl Stage {
     }
 
     /// Ends the build: the staged shard, and what sorting did.
-    async fn finish(self, spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> Result<(Arc<dyn StagedShard>, SortStats)> {
+    async fn finish(self, spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> Result<Built> {
         let join = |e: tokio::task::JoinError| Error::Internal(format!("shard {db_id} build task: {e}"));
         match self {
             Stage::Direct(builder) => {
                 let staged = tokio::task::spawn_blocking(move || builder.finish())
                     .await
                     .map_err(join)??;
-                Ok((staged, SortStats::default()))
-            }
-            Stage::Sorting(mut sorter, writing) => {
-                if let Some(previous) = writing {
-                    sorter.add_duplicates(previous.await.map_err(join)??);
-                }
-                let _slot = BUILD_SLOTS
-                    .acquire()
-                    .await
-                    .map_err(|e| Error::Internal(format!("shard {db_id} build slot: {e}")))?;
-                let builder = backend_for(&spec.backend).builder(build_context(spec, db_id, dir))?;
-                tokio::task::spawn_blocking(move || {
-                    let mut builder = builder;
-                    let stats = sorter.drain(&mut |rows| builder.add(rows))?;
-                    Ok((builder.finish()?, stats))
+                Ok(Built {
+                    staged,
+                    sorted: SortStats::default(),
                 })
-                .await
-                .map_err(join)?
+            }
+            Stage::Sorting(mut collector) => {
+                let rows = collector
+                    .take_shard(db_id.0)?
+                    .ok_or_else(|| Error::Internal(format!("shard {db_id} received rows but holds none")))?;
+                build_rows(spec, rows, dir).await
             }
         }
     }
 }
 
-fn work_dir(spec: &ShardWriteSpec, db_id: DbId) -> Result<tempfile::TempDir> {
+pub(crate) fn work_dir(spec: &ShardWriteSpec, db_id: DbId) -> Result<tempfile::TempDir> {
     let base = spec.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base).map_err(|e| Error::io(format!("creating work_dir {}", base.display()), e))?;
     tempfile::Builder::new()
@@ -560,9 +703,12 @@ async fn upload_with_retries(
     staged: &dyn StagedShard,
     task: TaskIds,
 ) -> Result<((Attempt, Location), crate::adapter::Uploaded, u32)> {
+    let run = progress::run(&spec.run_id, spec.upload_concurrency);
     let mut failed = 0u32;
     loop {
+        let started = Instant::now();
         let claimed = claim_attempt(prefix, &spec.run_id, &spec.build_id, db_id, task).await;
+        run.add_time(Step::Claim, started.elapsed());
         let result = match claimed {
             Ok((attempt, location)) => {
                 let target = AttemptTarget {
@@ -572,13 +718,18 @@ async fn upload_with_retries(
                     limits: spec.limits,
                 };
                 match sf_manifest::failpoint::hit("claim").await {
-                    Ok(()) => match staged.upload(&target).await {
-                        Ok(up) => sf_manifest::failpoint::hit("upload")
-                            .await
-                            .map(|_| ((attempt, location), up))
-                            .map_err(Error::from),
-                        Err(e) => Err(e),
-                    },
+                    Ok(()) => {
+                        let started = Instant::now();
+                        let uploaded = staged.upload(&target).await;
+                        run.add_time(Step::Upload, started.elapsed());
+                        match uploaded {
+                            Ok(up) => sf_manifest::failpoint::hit("upload")
+                                .await
+                                .map(|_| ((attempt, location), up))
+                                .map_err(Error::from),
+                            Err(e) => Err(e),
+                        }
+                    }
                     Err(e) => Err(e.into()),
                 }
             }

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
@@ -76,6 +77,18 @@ pub(crate) struct Finished {
     pub gates: Vec<GateResult>,
     /// What went wrong after the publish (which stands).
     pub warnings: Vec<String>,
+    pub times: FinishTimes,
+}
+
+/// How long the steps of [`finish`] took.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FinishTimes {
+    /// Winners picked and their checksums re-read.
+    pub verify: Duration,
+    /// Manifest rows built, the manifest written, `_CURRENT` swapped.
+    pub publish: Duration,
+    /// Losing attempts found and deleted.
+    pub cleanup: Duration,
 }
 
 /// The winner order of docs/FORMAT.md: the smallest
@@ -123,6 +136,7 @@ pub fn pick_winners(results: &[ShardResult], num_dbs: u32) -> Result<BTreeMap<Db
 }
 
 pub(crate) async fn finish(input: FinishInput<'_>, state: &mut FinishState) -> Result<Finished> {
+    let started = Instant::now();
     let winners = pick_winners(&input.results, input.num_dbs)?;
     state.winners = winners.values().filter_map(|w| Some((w.db_id, w.attempt?))).collect();
 
@@ -150,6 +164,7 @@ pub(crate) async fn finish(input: FinishInput<'_>, state: &mut FinishState) -> R
             .await?;
     }
     failpoint::hit("verify").await?;
+    let verified = Instant::now();
 
     let shards = winners
         .values()
@@ -261,6 +276,7 @@ pub(crate) async fn finish(input: FinishInput<'_>, state: &mut FinishState) -> R
             _ => return Err(e),
         }
     }
+    let publish_done = Instant::now();
     let mut warnings = Vec::new();
 
     // This build's losing attempts (including claims whose upload never
@@ -297,6 +313,11 @@ pub(crate) async fn finish(input: FinishInput<'_>, state: &mut FinishState) -> R
         spilled_runs: winners.values().map(|w| w.spilled_runs).sum(),
         gates: results,
         warnings,
+        times: FinishTimes {
+            verify: verified - started,
+            publish: publish_done - verified,
+            cleanup: publish_done.elapsed(),
+        },
     })
 }
 

@@ -10,8 +10,10 @@
 //! DataFusion here; Ballista in `sf-executor`).
 
 pub mod adapter;
+pub mod budget;
 pub mod config;
 pub mod error;
+pub mod exchange;
 pub mod exec;
 pub mod finish;
 pub mod gates;

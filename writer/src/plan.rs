@@ -11,10 +11,24 @@
 //! Each shard task sorts its own rows ([`crate::sort`]), in memory the
 //! job bounds, so the plan has no sort.
 //!
+//! That is the layout on a cluster, where the hash repartition becomes the
+//! shuffle and partition `i` becomes the task writing shard `i`.
 //! DataFusion's distribution rules would re-plan a hash repartition with
 //! `target_partitions` partitions; [`ShardWriteLayout`], registered last,
-//! restores exactly `num_dbs` partitions on the partition-key column, so
-//! the layout holds embedded and on a cluster.
+//! restores exactly `num_dbs` partitions on the partition-key column.
+//!
+//! In one process the rule lays the plan out differently
+//! ([`ShardWriteLayout::in_process`]): no repartition at all, the writer
+//! collecting the routed rows into their shards itself
+//! ([`crate::exchange`]), which costs a fixed amount per row instead of
+//! per row and shard (a hash repartition into thousands of partitions
+//! cuts every batch into thousands of one-row batches):
+//!
+//! ```text
+//! ShardWriteExec (exchange)           one partition, one row out per shard
+//!   ProjectionExec key, values, sf_shard_id(..), sf_partition_key(..)
+//!     <input plan>
+//! ```
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -173,6 +187,18 @@ impl QueryPlanner for ShardForgeQueryPlanner {
 /// only move rows between partitions are removed first, so applying this
 /// twice changes nothing.
 pub fn shard_layout(spec: &ShardWriteSpec, input: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let inner = routed_input(input);
+    let schema = inner.schema();
+    let part = Column::new_with_schema(PARTITION_KEY_COL, &schema)?;
+    Ok(Arc::new(RepartitionExec::try_new(
+        inner,
+        Partitioning::Hash(vec![Arc::new(part)], spec.num_dbs as usize),
+    )?))
+}
+
+/// `input` without the operators above it that only move rows between
+/// partitions.
+fn routed_input(input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
     let mut inner = input;
     loop {
         let any = inner.as_any();
@@ -185,18 +211,29 @@ pub fn shard_layout(spec: &ShardWriteSpec, input: Arc<dyn ExecutionPlan>) -> DfR
         }
         inner = Arc::clone(inner.children()[0]);
     }
-    let schema = inner.schema();
-    let part = Column::new_with_schema(PARTITION_KEY_COL, &schema)?;
-    Ok(Arc::new(RepartitionExec::try_new(
-        inner,
-        Partitioning::Hash(vec![Arc::new(part)], spec.num_dbs as usize),
-    )?))
+    inner
 }
 
 /// Physical optimizer rule, registered last: keeps every
-/// [`ShardWriteExec`]'s input laid out by [`shard_layout`].
-#[derive(Debug, Default)]
-pub struct ShardWriteLayout;
+/// [`ShardWriteExec`]'s input laid out for where the plan runs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShardWriteLayout {
+    in_process: bool,
+}
+
+impl ShardWriteLayout {
+    /// For a plan run by a cluster: `num_dbs` hash partitions
+    /// ([`shard_layout`]), one task per shard.
+    pub fn partitioned() -> Self {
+        ShardWriteLayout { in_process: false }
+    }
+
+    /// For a plan run in this process: no repartition; the writer collects
+    /// the routed rows into shards itself ([`ShardWriteExec::exchange`]).
+    pub fn in_process() -> Self {
+        ShardWriteLayout { in_process: true }
+    }
+}
 
 impl PhysicalOptimizerRule for ShardWriteLayout {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> DfResult<Arc<dyn ExecutionPlan>> {
@@ -204,10 +241,16 @@ impl PhysicalOptimizerRule for ShardWriteLayout {
             let Some(w) = node.as_any().downcast_ref::<ShardWriteExec>() else {
                 return Ok(Transformed::no(node));
             };
-            let laid_out = shard_layout(w.spec(), Arc::clone(w.input()))?;
-            Ok(Transformed::yes(
-                Arc::new(ShardWriteExec::new(Arc::clone(w.spec()), laid_out)) as _,
-            ))
+            let spec = Arc::clone(w.spec());
+            let laid_out: Arc<dyn ExecutionPlan> = if self.in_process {
+                Arc::new(ShardWriteExec::exchange(spec, routed_input(Arc::clone(w.input()))))
+            } else {
+                Arc::new(ShardWriteExec::new(
+                    Arc::clone(&spec),
+                    shard_layout(&spec, Arc::clone(w.input()))?,
+                ))
+            };
+            Ok(Transformed::yes(laid_out))
         })
         .map(|t| t.data)
     }

@@ -218,6 +218,18 @@ pub fn encode_values(batch: &RecordBatch, spec: &ValueSpec) -> Result<BinaryArra
     match spec {
         ValueSpec::BinaryCol(name) => {
             let array = column(name)?;
+            // Binary or text without nulls is already what is stored: share
+            // its buffers instead of copying every value.
+            if array.null_count() == 0 {
+                match array.data_type() {
+                    DataType::Binary => return Ok(array.as_binary::<i32>().clone()),
+                    DataType::Utf8 => {
+                        let text = array.as_string::<i32>();
+                        return Ok(BinaryArray::new(text.offsets().clone(), text.values().clone(), None));
+                    }
+                    _ => {}
+                }
+            }
             let read = bytes_reader(array.as_ref()).ok_or_else(|| {
                 Error::Data(format!(
                     "value.binary_col {name:?} has type {}; it must be text or binary",
@@ -603,6 +615,16 @@ mod tests {
         let v = encode_values(&b, &ValueSpec::BinaryCol("p".into())).expect("encode");
         assert_eq!(v.value(0), b"abc");
         assert_eq!(v.value(1), b"");
+        // Without nulls the column's buffers are shared, slices included.
+        for col in [
+            Arc::new(StringArray::from(vec!["x", "abc", "", "de"])) as ArrayRef,
+            Arc::new(arrow::array::BinaryArray::from_vec(vec![b"x", b"abc", b"", b"de"])) as ArrayRef,
+        ] {
+            let b = batch(vec![("p", col.slice(1, 3))]);
+            let v = encode_values(&b, &ValueSpec::BinaryCol("p".into())).expect("encode");
+            let got: Vec<&[u8]> = (0..v.len()).map(|i| v.value(i)).collect();
+            assert_eq!(got, vec![&b"abc"[..], b"", b"de"]);
+        }
         let n = batch(vec![("p", Arc::new(Int64Array::from(vec![1])) as ArrayRef)]);
         let e = encode_values(&n, &ValueSpec::BinaryCol("p".into())).expect_err("int value");
         assert!(e.to_string().contains("must be text or binary"), "{e}");

@@ -8,6 +8,8 @@
 //! - ShardForge's codecs, so the plan ships to the scheduler;
 //! - the job's batch size, memory limit per task and storage options
 //!   without credentials (`shardforge.*`, see [`super::options`]);
+//! - Ballista's sort-based shuffle from [`SORT_SHUFFLE_FROM_SHARDS`]
+//!   shards on (one file per map task instead of one per shard);
 //! - `[cluster.session]` settings from the job, applied last: any
 //!   `datafusion.*` or `ballista.*` key, sent to the scheduler and every
 //!   task as Spark Connect drivers send session confs;
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ballista::extension::SessionContextExt;
+use ballista_core::config::BALLISTA_SHUFFLE_SORT_BASED_ENABLED;
 use ballista_core::extension::SessionConfigExt;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sf_writer::config::JobConfig;
@@ -101,6 +104,10 @@ impl fmt::Display for SchedulerUrl {
     }
 }
 
+/// From this many shards on, a job's session uses Ballista's sort-based
+/// shuffle (unless `[cluster.session]` says otherwise).
+pub const SORT_SHUFFLE_FROM_SHARDS: u32 = 512;
+
 /// Runs the build's queries on a Ballista cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterEngine {
@@ -124,6 +131,16 @@ impl ClusterEngine {
             .options_mut()
             .extensions
             .insert(ShardForgeOptions::for_job(&job.storage, job.write.memory_limit_mib));
+        if job.routing.num_dbs.is_some_and(|n| n >= SORT_SHUFFLE_FROM_SHARDS) {
+            // The hash shuffle writes one file per shard from every map
+            // task, each open until the task ends: 10,000 shards would keep
+            // 10,000 files open per task. The sort-based shuffle writes one
+            // file and an index per map task, whatever the shard count.
+            config
+                .options_mut()
+                .set(BALLISTA_SHUFFLE_SORT_BASED_ENABLED, "true")
+                .map_err(|e| Error::engine(format!("enabling the sort-based shuffle: {e}")))?;
+        }
         for (key, value) in job.cluster.iter().flat_map(|c| c.session.iter()) {
             let location = format!("cluster.session.{key:?}");
             let text = value
@@ -231,6 +248,29 @@ mod tests {
             Vec::<(String, String)>::new(),
         )
         .expect("job")
+    }
+
+    #[test]
+    fn many_shards_take_the_sort_based_shuffle_unless_the_job_says_otherwise() {
+        let engine = ClusterEngine::new(SchedulerUrl::parse("df://127.0.0.1:1").expect("url"));
+        let sorted = |extra: &str, num_dbs: u32| {
+            let mut j = job(extra);
+            j.routing.num_dbs = Some(num_dbs);
+            engine
+                .session_config(&j)
+                .expect("config")
+                .ballista_config()
+                .shuffle_sort_based_enabled()
+        };
+        assert!(!sorted("", 4), "a few shards: the hash shuffle");
+        assert!(sorted("", 10_000), "10,000 shards: one shuffle file per map task");
+        assert!(
+            !sorted(
+                "[cluster.session]\n\"ballista.shuffle.sort_based.enabled\" = false\n",
+                10_000
+            ),
+            "the job's session settings come last"
+        );
     }
 
     #[test]

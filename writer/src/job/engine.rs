@@ -33,13 +33,24 @@ pub struct Embedded {
     pub target_partitions: Option<usize>,
 }
 
-/// A session state builder with ShardForge's planner and layout rule.
+/// A session state builder with ShardForge's planner and the layout rule
+/// for a cluster (one task per shard; see [`ShardWriteLayout`]).
 pub fn session_state_builder(config: SessionConfig) -> SessionStateBuilder {
+    state_builder(config, ShardWriteLayout::partitioned())
+}
+
+/// A session state builder with ShardForge's planner and the layout rule
+/// for this process (the writer collects rows into shards itself).
+pub fn embedded_state_builder(config: SessionConfig) -> SessionStateBuilder {
+    state_builder(config, ShardWriteLayout::in_process())
+}
+
+fn state_builder(config: SessionConfig, layout: ShardWriteLayout) -> SessionStateBuilder {
     SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
         .with_query_planner(Arc::new(ShardForgeQueryPlanner))
-        .with_physical_optimizer_rule(Arc::new(ShardWriteLayout))
+        .with_physical_optimizer_rule(Arc::new(layout))
 }
 
 #[async_trait]
@@ -53,15 +64,12 @@ impl Engine for Embedded {
         if let Some(n) = self.target_partitions {
             config = config.with_target_partitions(n.max(1));
         }
-        // The engine gets a quarter of the memory limit (the shard tasks'
-        // sort buffers and SQLite caches take the rest; see
-        // `memory_shares`). The write plan itself holds little: batches in
-        // flight between the input and the shard tasks, on one channel per
-        // shard, which spill to disk when the pool is full. Which channel
-        // needs room changes as shard tasks pause to write sorted runs, so
-        // the pool is greedy: a fair pool would cap each channel at a
-        // 1/num_dbs share and spill batches while the rest sits unused. It
-        // also bounds what SQL inputs (joins, aggregates, sorts) hold.
+        // The engine gets a quarter of the memory limit (the shard rows
+        // waiting to be built and SQLite's caches take the rest; see
+        // `memory_shares`). The write plan itself holds little: the writer
+        // takes the routed rows straight from the input (its memory is the
+        // run's row budget), so the pool bounds what SQL inputs (joins,
+        // aggregates, sorts) hold.
         let limit_bytes = memory_shares(job.write.memory_limit_mib, 1).engine_bytes;
         config.options_mut().execution.sort_spill_reservation_bytes = (limit_bytes / 8).clamp(256 << 10, 10 << 20);
         let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(limit_bytes);
@@ -74,7 +82,7 @@ impl Engine for Embedded {
             .build_arc()
             .map_err(|e| Error::engine_caused("building the engine's runtime", e))?;
         Ok(SessionContext::new_with_state(
-            session_state_builder(config).with_runtime_env(runtime).build(),
+            embedded_state_builder(config).with_runtime_env(runtime).build(),
         ))
     }
 
@@ -88,25 +96,24 @@ impl Engine for Embedded {
 pub struct MemoryShares {
     /// DataFusion's memory pool (a quarter).
     pub engine_bytes: usize,
-    /// Rows each sorting shard task buffers before spilling a sorted run:
-    /// half the limit, split evenly across the shards, halved again since
-    /// a task fills one buffer while the previous one is written (the
-    /// sorter caps it at [`crate::sort::MAX_RUN_BYTES`]).
-    pub sort_buffer_bytes: u64,
-    /// SQLite page cache of each shard being built (a quarter, split
-    /// evenly across the shards; every shard may be open at once when
-    /// rows are not sorted).
+    /// Rows the shard tasks hold while they wait to be sorted and built,
+    /// all shards of the run together, taken on demand
+    /// ([`crate::budget`]): half. Beyond it they spill sorted runs.
+    pub row_bytes: u64,
+    /// SQLite page cache of each shard built through SQLite's inserts
+    /// (unsorted rows): a quarter, split across the builds that run at
+    /// once (one per core, fewer when there are fewer shards).
     pub sqlite_cache_mib: u64,
 }
 
 /// The shares of `limit_mib` for a build of `num_dbs` shards.
 pub fn memory_shares(limit_mib: u64, num_dbs: u32) -> MemoryShares {
     let limit = limit_mib << 20;
-    let shards = u64::from(num_dbs.max(1));
+    let builds = (crate::exec::build_slots() as u64).min(u64::from(num_dbs.max(1)));
     MemoryShares {
         engine_bytes: usize::try_from(limit / 4).unwrap_or(usize::MAX),
-        sort_buffer_bytes: limit / 4 / shards,
-        sqlite_cache_mib: (limit_mib / 4 / shards).max(2),
+        row_bytes: limit / 2,
+        sqlite_cache_mib: (limit_mib / 4 / builds).max(2),
     }
 }
 

@@ -35,8 +35,8 @@ pub mod engine;
 pub mod report;
 pub mod resolve;
 
-pub use engine::{Embedded, Engine, MemoryShares, memory_shares, session_state_builder};
-pub use report::{AlreadyPublished, BuildSummary, Outcome, PlanReport, RetentionReport};
+pub use engine::{Embedded, Engine, MemoryShares, embedded_state_builder, memory_shares, session_state_builder};
+pub use report::{AlreadyPublished, BuildSummary, Outcome, PhaseTimes, PlanReport, RetentionReport};
 use resolve::verify_sample;
 pub use resolve::{MAX_INFERRED_TOKENS, Prepared, field_list, prepare, prepare_frame, read_input};
 
@@ -271,6 +271,7 @@ pub async fn build_prepared(
                 &mut state,
             )
             .await;
+            let tasks = progress::run(&run_id, 1).times();
             finished.map(|f| {
                 let mut per_shard = f.rows_per_shard.clone();
                 per_shard.sort_unstable();
@@ -298,6 +299,17 @@ pub async fn build_prepared(
                     gates: f.gates,
                     retention: None,
                     warnings: f.warnings,
+                    phases: report::PhaseTimes {
+                        input: tasks.input,
+                        build_sum: tasks.build,
+                        shards_built: tasks.shards_built,
+                        claim_sum: tasks.claim,
+                        upload_sum: tasks.upload,
+                        verify: f.times.verify,
+                        publish: f.times.publish,
+                        cleanup: f.times.cleanup,
+                    },
+                    peak_rss_bytes: progress::peak_rss_bytes(),
                 }
             })
         }

@@ -121,6 +121,11 @@ pub struct BuildSummary {
     /// What went wrong after the publish, which stands (losing attempts
     /// left for cleanup).
     pub warnings: Vec<String>,
+    /// Where the write and publish times went.
+    pub phases: PhaseTimes,
+    /// Peak resident memory of the building process so far, where the
+    /// system reports it (for `sf-write`: the build's).
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// What a build's retention removed.
@@ -132,6 +137,31 @@ pub struct RetentionReport {
     pub folders: usize,
     /// Objects deleted.
     pub objects: usize,
+}
+
+/// Where a build's time went, step by step. Steps of shard tasks overlap
+/// (several run at once), so they are sums over shards; the others are
+/// wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTimes {
+    /// Reading, routing and collecting the whole input (builds whose rows
+    /// are collected in this process; on a cluster the shuffle does it).
+    pub input: Option<Duration>,
+    /// Shard builds (sorting or merging the rows, writing the file, its
+    /// checksum), summed over the shards built in this process.
+    pub build_sum: Duration,
+    /// Shards built in this process.
+    pub shards_built: u32,
+    /// Attempt claims, summed over shards.
+    pub claim_sum: Duration,
+    /// Uploads (or placements on a local prefix), summed over shards.
+    pub upload_sum: Duration,
+    /// Re-reading every winning shard's checksum.
+    pub verify: Duration,
+    /// Building and writing the manifest and swapping `_CURRENT`.
+    pub publish: Duration,
+    /// Finding and deleting losing attempts.
+    pub cleanup: Duration,
 }
 
 impl fmt::Display for BuildSummary {
@@ -174,14 +204,39 @@ impl fmt::Display for BuildSummary {
             Some(Err(e)) => writeln!(f, "  retention:      FAILED ({e}); the snapshot is published")?,
             None => {}
         }
-        write!(
+        writeln!(
             f,
             "  time:           {:.2}s (plan {:.2}s, write {:.2}s, publish {:.2}s)",
             secs,
             self.plan_time.as_secs_f64(),
             self.write_time.as_secs_f64(),
             self.publish_time.as_secs_f64()
-        )
+        )?;
+        let p = &self.phases;
+        if let Some(input) = p.input {
+            write!(f, "  write:          input {:.2}s; ", input.as_secs_f64())?;
+        } else {
+            write!(f, "  write:          ")?;
+        }
+        writeln!(
+            f,
+            "over {} shard builds: build {:.2}s, claim {:.2}s, upload {:.2}s (summed)",
+            p.shards_built,
+            p.build_sum.as_secs_f64(),
+            p.claim_sum.as_secs_f64(),
+            p.upload_sum.as_secs_f64()
+        )?;
+        write!(
+            f,
+            "  publish:        verify {:.2}s, manifest and _CURRENT {:.2}s, cleanup {:.2}s",
+            p.verify.as_secs_f64(),
+            p.publish.as_secs_f64(),
+            p.cleanup.as_secs_f64()
+        )?;
+        if let Some(peak) = self.peak_rss_bytes {
+            write!(f, "\n  peak memory:    {}", human_bytes(peak))?;
+        }
+        Ok(())
     }
 }
 

@@ -152,7 +152,7 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
         backend: capped_backend(job, resolved.num_dbs),
         on_duplicate: job.write.on_duplicate,
         sort_within_shard: job.write.sort_within_shard,
-        sort_buffer_bytes: memory_shares(job.write.memory_limit_mib, resolved.num_dbs).sort_buffer_bytes,
+        row_memory_bytes: memory_shares(job.write.memory_limit_mib, resolved.num_dbs).row_bytes,
         limits: job.limits(),
         retry: job.retry(),
         work_dir: job.write.work_dir.clone(),

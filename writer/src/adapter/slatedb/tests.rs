@@ -29,8 +29,9 @@ use super::compaction::sst_ids;
 use super::read::our_checkpoint;
 use super::*;
 use crate::adapter::DuplicatePolicy;
+use crate::budget::MemoryBudget;
 use crate::ratelimit::RateLimits;
-use crate::sort::ShardSorter;
+use crate::sort::{CollectorSettings, MAX_RUN_BYTES, Order, RowCollector};
 use arrow::array::BinaryArray;
 use sf_manifest::{KeyEncoding, StorageOptions};
 use std::sync::atomic::AtomicUsize;
@@ -75,7 +76,7 @@ fn refs(rows: &[(Vec<u8>, Vec<u8>)]) -> Vec<Row<'_>> {
 }
 
 /// Builds a shard the way a shard task does: the rows, in batches of
-/// `chunk`, go through the shard sorter into the builder.
+/// `chunk`, go through the shard's row collector into the builder.
 fn build(
     backend: &SlateDbBackend,
     work: &std::path::Path,
@@ -83,14 +84,27 @@ fn build(
     input: &[(Vec<u8>, Vec<u8>)],
     chunk: usize,
 ) -> Result<Arc<dyn StagedShard>> {
-    let mut sorter = ShardSorter::new(DB, KeyEncoding::U64Be, policy, usize::MAX, work);
+    let settings = CollectorSettings {
+        order: Order::Key,
+        on_duplicate: policy,
+        key_encoding: KeyEncoding::U64Be,
+        chunk_bytes: MAX_RUN_BYTES,
+        spill_dir: work.join("spill"),
+    };
+    let mut sorter = RowCollector::new(settings, MemoryBudget::new(usize::MAX), DB.0, 1);
     for part in input.chunks(chunk) {
         let keys = BinaryArray::from_iter_values(part.iter().map(|(k, _)| k.as_slice()));
         let values = BinaryArray::from_iter_values(part.iter().map(|(_, v)| v.as_slice()));
-        sorter.push(keys, values)?;
+        let dbs = vec![DB.0; part.len()];
+        for (db, mut sealed) in sorter.push(&dbs, &keys, &values)? {
+            sealed.sort(DB, policy, KeyEncoding::U64Be)?;
+            sorter.put_sealed(db, sealed)?;
+        }
     }
     let mut b = backend.builder(ctx(work, policy))?;
-    sorter.drain(&mut |rows| b.add(rows))?;
+    if let Some(rows) = sorter.take_shard(DB.0)? {
+        rows.drain(&work.join("merge"), &mut |rows| b.add(rows))?;
+    }
     b.finish()
 }
 
