@@ -12,6 +12,7 @@ mod reader_cli;
 mod reader_concurrency;
 mod reader_errors;
 mod reader_fixtures;
+mod reader_refresh;
 mod reader_snapshots;
 mod scheduled;
 mod warehouse;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 pub mod cluster;
 pub mod fault_proxy;
+pub mod hook_store;
 pub mod scenario;
 pub mod snapshots;
 pub mod writer_support;
