@@ -226,6 +226,26 @@ impl Inner {
     fn kept(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Snapshot>>> {
         self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Records how a refresh that started at `started` ended, in the
+    /// status and the counters.
+    fn record_refresh(&self, started: Timestamp, outcome: std::result::Result<(), String>) {
+        let mut status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        status.last_attempt = Some(started);
+        match outcome {
+            Ok(()) => {
+                status.last_success = Some(started);
+                status.last_error = None;
+                status.consecutive_failures = 0;
+            }
+            Err(e) => {
+                bump(&self.counters.refresh_failures, 1);
+                tracing::warn!(prefix = %self.store.prefix_url(), error = %e, "refresh failed; still serving the previous snapshot");
+                status.last_error = Some(e);
+                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            }
+        }
+    }
 }
 
 /// An online reader of one snapshot prefix.
@@ -736,25 +756,8 @@ impl Reader {
         bump(&self.inner.counters.refreshes, 1);
         let started = Timestamp::now();
         let result = self.try_refresh().await;
-        let mut status = self
-            .inner
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        status.last_attempt = Some(started);
-        match &result {
-            Ok(_) => {
-                status.last_success = Some(started);
-                status.last_error = None;
-                status.consecutive_failures = 0;
-            }
-            Err(e) => {
-                bump(&self.inner.counters.refresh_failures, 1);
-                status.last_error = Some(e.to_string());
-                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-                tracing::warn!(prefix = %self.inner.store.prefix_url(), error = %e, "refresh failed; still serving the previous snapshot");
-            }
-        }
+        self.inner
+            .record_refresh(started, result.as_ref().map(|_| ()).map_err(ToString::to_string));
         result
     }
 
@@ -853,13 +856,23 @@ async fn refresh_loop(inner: Weak<Inner>, interval: Duration, max_backoff: Durat
             return;
         }
         let reader = Reader { inner, refresher: None };
+        let started = Timestamp::now();
         let round = std::panic::AssertUnwindSafe(reader.refresh()).catch_unwind().await;
         failures = match round {
             Ok(Ok(_)) => 0,
             Ok(Err(_)) => failures.saturating_add(1),
-            Err(_) => {
-                tracing::error!(prefix = %reader.inner.store.prefix_url(), "a background refresh panicked; retrying");
-                bump(&reader.inner.counters.refresh_failures, 1);
+            Err(payload) => {
+                // Recorded like any failed refresh, so that health and the
+                // status show a reader whose refreshes keep panicking.
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_string());
+                tracing::error!(prefix = %reader.inner.store.prefix_url(), %message, "a background refresh panicked; retrying");
+                reader
+                    .inner
+                    .record_refresh(started, Err(format!("the refresh panicked: {message}")));
                 failures.saturating_add(1)
             }
         };

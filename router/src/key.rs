@@ -57,7 +57,9 @@ pub fn describe(key: &Key) -> String {
         Key::Int(i) => format!("integer {i}"),
         Key::UInt(u) => format!("integer {u}"),
         Key::Str(s) => format!("text {s:?}"),
-        Key::Bytes(b) => format!("{} bytes", b.len()),
+        // The value too: among the keys of a multi_get, the length alone
+        // does not tell the caller which one was refused.
+        Key::Bytes(b) => format!("{} bytes {key}", b.len()),
     }
 }
 
@@ -154,6 +156,12 @@ pub fn parse_key(text: &str, encoding: KeyEncoding) -> Result<Key> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_byte_keys_are_named_by_value() {
+        let e = encode_key(&Key::Bytes(vec![0xff, 0x02]), KeyEncoding::U64Be).expect_err("2 bytes for u64be");
+        assert!(e.to_string().contains("2 bytes hex:ff02"), "{e}");
+    }
 
     #[test]
     fn encodings_store_what_the_fixtures_store() {

@@ -7,10 +7,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use sf_manifest::{
-    Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId, RunRecord, StorageOptions, layout,
+    CurrentPointer, ErrorKind, Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId, RunRecord,
+    RunStatus, StorageOptions, Timestamp, layout,
 };
 use sf_reader::{Admin, CleanupOptions, Pin, Reader, ReaderSettings, RemovalReason, RollbackTarget};
+use sf_tests::hook_store::HookStore;
 use sf_tests::s3_prefix;
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
 
@@ -250,16 +255,18 @@ async fn scenario(prefix: &str) {
         .await
         .expect_err("gone");
     assert!(e.to_string().contains(&run1.manifest_ref), "{e}");
-    // keep_last 0 is refused.
-    assert!(
-        admin
-            .cleanup(&CleanupOptions {
-                keep_last: Some(0),
-                ..CleanupOptions::default()
-            })
-            .await
-            .is_err()
-    );
+    // keep_last 0 is refused as a bad setting, naming it, and deletes nothing.
+    let before_zero = all_keys(prefix).await;
+    let e = admin
+        .cleanup(&CleanupOptions {
+            keep_last: Some(0),
+            ..CleanupOptions::default()
+        })
+        .await
+        .expect_err("keep_last 0");
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("keep_last"), "{e}");
+    assert_eq!(all_keys(prefix).await, before_zero, "a refused cleanup deletes nothing");
 
     // --older-than: nothing is that old.
     let none = admin
@@ -281,4 +288,338 @@ async fn rollback_and_cleanup_on_the_file_system() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_and_cleanup_on_s3() {
     scenario(&s3_prefix("reader-admin")).await;
+}
+
+fn store(prefix: &str) -> ObjectManifestStore {
+    ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store")
+}
+
+/// Points `_CURRENT` at `manifest_ref` by compare-and-swap, as another
+/// publisher would.
+async fn move_current(prefix: &str, manifest_ref: &str, run: &str) {
+    let s = store(prefix);
+    let cur = s.load_current().await.expect("load");
+    let p = CurrentPointer::new(manifest_ref, RunId::new(run).expect("run"));
+    s.swap_current(&p, cur.as_ref().map(|c| &c.version))
+        .await
+        .expect("swap");
+}
+
+/// A hook that, on the first call `select` picks, moves `_CURRENT` to
+/// `manifest_ref` before letting the call go on.
+fn move_current_once(
+    hooked: &HookStore,
+    prefix: &str,
+    manifest_ref: &str,
+    run: &str,
+    select: impl Fn(&'static str, &str) -> bool + Send + Sync + 'static,
+) {
+    let armed = Arc::new(AtomicBool::new(true));
+    let (prefix, manifest_ref, run) = (prefix.to_string(), manifest_ref.to_string(), run.to_string());
+    hooked.set_hook(move |op, path| {
+        if !select(op, path.as_ref()) || !armed.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        let (prefix, manifest_ref, run) = (prefix.clone(), manifest_ref.clone(), run.clone());
+        Some(Box::pin(
+            async move { move_current(&prefix, &manifest_ref, &run).await },
+        ))
+    });
+}
+
+/// Another publisher moves `_CURRENT` between the rollback's read of it
+/// and its compare-and-swap: the rollback fails as a conflict naming
+/// `_CURRENT`, and `_CURRENT` keeps what the other publisher wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_loses_to_a_publish_that_lands_first_and_overwrites_nothing() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = format!("file://{}/snap", root.path().display());
+    let spec = SnapshotSpec::hash("run1", 2, KeyEncoding::U64Be);
+    build_snapshot(&prefix, &spec, &int_rows(10, "one")).await;
+    build_snapshot(
+        &prefix,
+        &SnapshotSpec {
+            run_id: "run2".into(),
+            ..spec.clone()
+        },
+        &int_rows(10, "two"),
+    )
+    .await;
+    let run3 = build_snapshot(
+        &prefix,
+        &SnapshotSpec {
+            run_id: "run3".into(),
+            publish: false,
+            ..spec.clone()
+        },
+        &int_rows(10, "three"),
+    )
+    .await;
+    let hooked = HookStore::over(&prefix);
+    move_current_once(&hooked, &prefix, &run3.manifest_ref, "run3", |op, path| {
+        op == "put" && path.ends_with("_CURRENT")
+    });
+    let admin = Admin::builder(format!("{prefix}/_CURRENT"))
+        .with_object_store(hooked.clone())
+        .build()
+        .expect("admin");
+    let e = admin
+        .rollback(&RollbackTarget::RunId(RunId::new("run1").expect("run")))
+        .await
+        .expect_err("a publish landed first");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert!(e.to_string().contains(&format!("{prefix}/_CURRENT")), "{e}");
+    let now = store(&prefix).load_current().await.expect("load").expect("current");
+    assert_eq!(
+        now.pointer.manifest_ref, run3.manifest_ref,
+        "the other publisher's write stands"
+    );
+    assert_eq!(now.pointer.run_id.as_str(), "run3");
+
+    // Tried again with nothing racing, it goes through from run3.
+    let r = admin
+        .rollback(&RollbackTarget::RunId(RunId::new("run1").expect("run")))
+        .await
+        .expect("rollback");
+    assert!(r.changed);
+    assert_eq!(r.from_run_id.as_ref().map(RunId::as_str), Some("run3"));
+    let now = store(&prefix).load_current().await.expect("load").expect("current");
+    assert_eq!(now.pointer.run_id.as_str(), "run1");
+}
+
+/// `_CURRENT` moves after cleanup has planned (while it reads the kept
+/// manifests): nothing is deleted, the error is a conflict naming
+/// `_CURRENT`, and the next cleanup plans against the new `_CURRENT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_deletes_nothing_when_current_moves_after_its_plan() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = format!("file://{}/snap", root.path().display());
+    let mut spec = SnapshotSpec::hash("run1", 4, KeyEncoding::U64Be);
+    spec.losing_attempts = true;
+    let run1 = build_snapshot(&prefix, &spec, &int_rows(40, "one")).await;
+    spec.run_id = "run2".into();
+    build_snapshot(&prefix, &spec, &int_rows(40, "two")).await;
+
+    let hooked = HookStore::over(&prefix);
+    move_current_once(&hooked, &prefix, &run1.manifest_ref, "run1", |op, path| {
+        op == "get" && path.contains("/manifests/")
+    });
+    let admin = Admin::builder(format!("{prefix}/_CURRENT"))
+        .with_object_store(hooked.clone())
+        .build()
+        .expect("admin");
+    let before = all_keys(&prefix).await;
+    assert_eq!(before.iter().filter(|k| k.contains("attempt=01")).count(), 2 * 4 * 2);
+    let e = admin
+        .cleanup(&CleanupOptions {
+            keep_last: Some(1),
+            ..CleanupOptions::default()
+        })
+        .await
+        .expect_err("_CURRENT moved");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert!(e.to_string().contains(&format!("{prefix}/_CURRENT")), "{e}");
+    assert_eq!(all_keys(&prefix).await, before, "nothing was deleted");
+    let now = store(&prefix).load_current().await.expect("load").expect("current");
+    assert_eq!(now.pointer.run_id.as_str(), "run1");
+
+    // Run again: it keeps what _CURRENT names now (run1) and the newest
+    // manifest (run2), so only the losing attempts go.
+    let done = admin
+        .cleanup(&CleanupOptions {
+            keep_last: Some(1),
+            ..CleanupOptions::default()
+        })
+        .await
+        .expect("cleanup again");
+    assert_eq!(done.current_run_id.as_str(), "run1");
+    assert_eq!(
+        done.of(RemovalReason::StaleAttempt).count(),
+        2 * 4,
+        "{:?}",
+        done.removals
+    );
+    assert_eq!(done.removals.len(), 2 * 4, "{:?}", done.removals);
+    let after = all_keys(&prefix).await;
+    assert!(!after.iter().any(|k| k.contains("attempt=01")), "{after:?}");
+    let cache = tempfile::tempdir().expect("cache");
+    read_all(&prefix, Pin::Current, "one", cache.path()).await;
+    read_all(&prefix, Pin::Offset(0), "two", cache.path()).await;
+}
+
+/// A time far before any test runs: 2001-01-01.
+fn long_ago() -> Timestamp {
+    Timestamp::from_micros(978_307_200_000_000).expect("a valid time")
+}
+
+/// `older_than`: manifests published before the cutoff go with their
+/// runs' data, and runs that never published go only if their record was
+/// last updated before the cutoff; everything newer stays and reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_older_than_deletes_what_was_published_before_the_cutoff() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = format!("file://{}/snap", root.path().display());
+    let s = store(&prefix);
+    // `ancient`: a manifest published in 2001, with its shards.
+    let mut spec = SnapshotSpec::hash("ancient", 2, KeyEncoding::U64Be);
+    spec.publish = false;
+    spec.run_record = false;
+    let ancient = build_snapshot(&prefix, &spec, &int_rows(40, "ancient")).await;
+    let now_key = layout::locate(s.prefix_url(), None, &ancient.manifest_ref).expect("key");
+    sf_manifest::gc::delete_prefix(&s, now_key.trim_end_matches("/manifest"))
+        .await
+        .expect("drop today's copy");
+    let ancient_ref = s
+        .put_manifest_at(&ancient.manifest, long_ago())
+        .await
+        .expect("manifest of 2001")
+        .manifest_ref;
+    // `recent`: published now, _CURRENT.
+    let recent = build_snapshot(
+        &prefix,
+        &SnapshotSpec::hash("recent", 2, KeyEncoding::U64Be),
+        &int_rows(40, "recent"),
+    )
+    .await;
+    // Two failed runs that never published: one long ago, one just now.
+    let mut old_failure = RunRecord::start(
+        RunId::new("failed-long-ago").expect("run"),
+        &prefix,
+        Duration::from_secs(60),
+    );
+    old_failure.fail("Boom", "it broke");
+    old_failure.started_at = long_ago();
+    old_failure.updated_at = long_ago();
+    old_failure.lease_expires_at = long_ago();
+    unpublished_run(&prefix, "failed-long-ago", Some(old_failure)).await;
+    let mut new_failure = RunRecord::start(RunId::new("failed-now").expect("run"), &prefix, Duration::from_secs(60));
+    new_failure.fail("Boom", "it broke");
+    unpublished_run(&prefix, "failed-now", Some(new_failure)).await;
+
+    let admin = Admin::builder(format!("{prefix}/_CURRENT")).build().expect("admin");
+    let done = admin
+        .cleanup(&CleanupOptions {
+            older_than: Some(Duration::from_secs(24 * 3600)),
+            ..CleanupOptions::default()
+        })
+        .await
+        .expect("cleanup older than a day");
+    let runs = |reason| done.of(reason).map(|r| r.run_id.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        runs(RemovalReason::OldManifest),
+        BTreeSet::from(["ancient".to_string()])
+    );
+    assert_eq!(runs(RemovalReason::OldRun), BTreeSet::from(["ancient".to_string()]));
+    assert_eq!(done.of(RemovalReason::OldRun).count(), 2, "both shards of ancient");
+    assert_eq!(
+        runs(RemovalReason::AbandonedRun),
+        BTreeSet::from(["failed-long-ago".to_string()])
+    );
+    assert!(done.objects_deleted > 0);
+
+    let left = all_keys(&prefix).await;
+    assert!(!left.iter().any(|k| k.contains("run_id=ancient")), "{left:?}");
+    assert!(!left.iter().any(|k| k.contains("run_id=failed-long-ago")), "{left:?}");
+    assert!(
+        left.iter().any(|k| k.contains("shards/run_id=failed-now/")),
+        "too recent to go"
+    );
+    assert!(left.iter().any(|k| k.contains("shards/run_id=recent/")));
+    let history: Vec<String> = s
+        .history()
+        .await
+        .expect("history")
+        .iter()
+        .map(|h| h.manifest_ref.clone())
+        .collect();
+    assert_eq!(history, vec![recent.manifest_ref.clone()]);
+    assert!(!history.contains(&ancient_ref));
+    let cache = tempfile::tempdir().expect("cache");
+    read_all(&prefix, Pin::Current, "recent", cache.path()).await;
+}
+
+/// `include_abandoned` on its own: shard data and records of runs that
+/// never published and are over (failed, or running with an expired
+/// lease) go; a run with a live lease and a run with no record stay, and
+/// no manifest or published run is touched. Without it, nothing goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_abandoned_alone_deletes_failed_and_expired_runs_and_keeps_live_and_unknown_ones() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = format!("file://{}/snap", root.path().display());
+    let mut spec = SnapshotSpec::hash("run1", 2, KeyEncoding::U64Be);
+    spec.losing_attempts = false;
+    build_snapshot(&prefix, &spec, &int_rows(40, "one")).await;
+    spec.run_id = "run2".into();
+    build_snapshot(&prefix, &spec, &int_rows(40, "two")).await;
+
+    let mut failed = RunRecord::start(RunId::new("failed").expect("run"), &prefix, Duration::from_secs(60));
+    failed.fail("Boom", "it broke");
+    unpublished_run(&prefix, "failed", Some(failed)).await;
+    let mut expired = RunRecord::start(RunId::new("expired").expect("run"), &prefix, Duration::from_secs(60));
+    expired.lease_expires_at =
+        Timestamp::from_micros(Timestamp::now().as_micros() - 3_600_000_000).expect("an hour ago");
+    assert_eq!(expired.status, RunStatus::Running);
+    unpublished_run(&prefix, "expired", Some(expired)).await;
+    let live = RunRecord::start(RunId::new("live").expect("run"), &prefix, Duration::from_secs(3600));
+    unpublished_run(&prefix, "live", Some(live)).await;
+    unpublished_run(&prefix, "unknown", None).await;
+
+    let admin = Admin::builder(format!("{prefix}/_CURRENT")).build().expect("admin");
+    let before = all_keys(&prefix).await;
+    let plain = admin.cleanup(&CleanupOptions::default()).await.expect("plain cleanup");
+    assert!(plain.removals.is_empty(), "{:?}", plain.removals);
+    assert_eq!(
+        all_keys(&prefix).await,
+        before,
+        "without include_abandoned nothing goes"
+    );
+
+    let done = admin
+        .cleanup(&CleanupOptions {
+            include_abandoned: true,
+            ..CleanupOptions::default()
+        })
+        .await
+        .expect("cleanup abandoned");
+    let runs = |reason| done.of(reason).map(|r| r.run_id.to_string()).collect::<BTreeSet<_>>();
+    let gone = BTreeSet::from(["expired".to_string(), "failed".to_string()]);
+    assert_eq!(runs(RemovalReason::AbandonedRun), gone);
+    assert_eq!(done.of(RemovalReason::AbandonedRun).count(), 2 * 2, "two shards each");
+    assert_eq!(runs(RemovalReason::RunRecord), gone);
+    assert_eq!(
+        done.removals.len(),
+        2 * 2 + 2,
+        "no manifest, old run or attempt: {:?}",
+        done.removals
+    );
+    assert_eq!(done.unknown_runs, vec![RunId::new("unknown").expect("run")]);
+
+    let left = all_keys(&prefix).await;
+    for run in ["failed", "expired"] {
+        assert!(
+            !left
+                .iter()
+                .any(|k| k.contains(&format!("run_id={run}/")) || k.contains(&format!("run_id={run}_"))),
+            "{run}: {left:?}"
+        );
+    }
+    for run in ["live", "unknown", "run1", "run2"] {
+        assert!(
+            left.iter().any(|k| k.contains(&format!("shards/run_id={run}/"))),
+            "{run} stays"
+        );
+    }
+    assert!(
+        left.iter()
+            .any(|k| k.starts_with("runs/") && k.contains("run_id=live_")),
+        "{left:?}"
+    );
+    let history: Vec<String> = store(&prefix)
+        .history()
+        .await
+        .expect("history")
+        .iter()
+        .map(|h| h.run_id.to_string())
+        .collect();
+    assert_eq!(history, vec!["run2", "run1"]);
 }

@@ -22,14 +22,15 @@ fn tag_of(key: u64, value: Option<&[u8]>) -> &'static str {
     }
 }
 
-/// Bounded wait for a condition polled every 5 ms.
+/// Bounded wait (two minutes: the machine may be loaded) for a condition
+/// polled every 5 ms.
 async fn wait_for(what: &str, f: impl FnMut() -> bool) {
     wait_for_or(what, f, String::new).await
 }
 
 /// [`wait_for`], with a description of the state when it gives up.
 async fn wait_for_or(what: &str, mut f: impl FnMut() -> bool, state: impl Fn() -> String) {
-    for _ in 0..6_000 {
+    for _ in 0..24_000 {
         if f() {
             return;
         }

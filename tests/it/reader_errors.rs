@@ -51,6 +51,26 @@ async fn put_manifest_bytes(prefix: &str, run: &str, bytes: Vec<u8>) -> String {
     layout::join_url(s.prefix_url(), &key)
 }
 
+/// Flips one byte of the `shard.db` under the attempt folder `db_url`,
+/// keeping its size.
+async fn flip_a_byte(prefix: &str, db_url: &str) {
+    let s = store(prefix);
+    let key = layout::locate(s.prefix_url(), None, db_url).expect("key");
+    let path = s.location().path_of(&format!("{key}/shard.db"));
+    let mut bytes = s
+        .object_store()
+        .get(&path)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes")
+        .to_vec();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x01;
+    s.object_store().put(&path, PutPayload::from(bytes)).await.expect("put");
+}
+
 fn assert_names(e: &Error, parts: &[&str]) {
     let text = e.to_string();
     for p in parts {
@@ -126,7 +146,7 @@ async fn bad_snapshots_are_named_in_errors() {
             .multi_get(&[Key::Int(elsewhere[0]), Key::Int(in_victim[0])])
             .await
             .expect_err("multi");
-        assert_names(&e, &[&url]);
+        assert_names(&e, &[&format!("shard {}", victim.db_id), &url]);
     }
 
     // A checksum mismatch: same size, one byte different.
@@ -202,10 +222,11 @@ async fn keys_of_the_wrong_type_are_refused_before_any_read() {
     let e = r.get(&Key::Int(-1)).await.expect_err("negative");
     assert_names(&e, &["-1", "u64be"]);
     let e = r
-        .multi_get(&[Key::Int(1), Key::Bytes(vec![1, 2])])
+        .multi_get(&[Key::Int(1), Key::Bytes(vec![0xff, 0x02])])
         .await
         .expect_err("bytes key");
-    assert_names(&e, &["u64be"]);
+    // The bad key among the good ones is named.
+    assert_names(&e, &["u64be", "hex:ff02"]);
     assert_eq!(r.stats().shard_opens, 0, "nothing was opened for bad keys");
 
     let p = prefix(&root, "texts");
@@ -265,12 +286,58 @@ async fn failed_refreshes_keep_the_last_good_snapshot() {
         .await
         .expect("delete data");
     let e = r.refresh().await.expect_err("missing shards");
-    assert_names(&e, &["shard", "missing"]);
+    assert_names(&e, &["shard", "missing", "shards/run_id=broken/db="]);
     assert!(serving_good(r.multi_get(&keys).await.expect("still serving")));
     let status = r.refresh_status();
     assert_eq!(status.consecutive_failures, 3);
     assert!(
         status.last_error.as_deref().is_some_and(|e| e.contains("missing")),
+        "{status:?}"
+    );
+    // 4. A format_version 5 manifest.
+    let mut v5 = good.manifest.clone();
+    v5.build.run_id = RunId::new("v5run").expect("run");
+    v5.build.format_version = 5;
+    let v5_ref = put_manifest_bytes(&p, "v5run", v5.to_sqlite_bytes().expect("encode")).await;
+    point_at(&p, &v5_ref, "v5run").await;
+    let e = r.refresh().await.expect_err("format_version 5");
+    assert_names(&e, &[&v5_ref, "format_version 5"]);
+    assert!(serving_good(r.multi_get(&keys).await.expect("still serving")));
+    // 5. A shard whose content does not match its checksum (caught when
+    //    the refresh opens it, before the swap).
+    let damaged = build_snapshot(
+        &p,
+        &SnapshotSpec::hash("damaged", 4, KeyEncoding::U64Be),
+        &int_rows(50, "damaged"),
+    )
+    .await;
+    let victim = &damaged.manifest.shards[0];
+    flip_a_byte(&p, victim.db_url.as_deref().expect("url")).await;
+    let e = r.refresh().await.expect_err("checksum mismatch");
+    assert!(matches!(e, Error::ChecksumMismatch { .. }), "{e:?}");
+    assert_names(
+        &e,
+        &[
+            &format!("shard {}", victim.db_id),
+            victim.db_url.as_deref().expect("url"),
+            victim.writer_info.checksum().expect("checksum"),
+        ],
+    );
+    assert!(serving_good(r.multi_get(&keys).await.expect("still serving")));
+    // 6. `_CURRENT` deleted.
+    let s = store(&p);
+    s.object_store()
+        .delete(&s.location().path_of(layout::CURRENT))
+        .await
+        .expect("delete _CURRENT");
+    let e = r.refresh().await.expect_err("no _CURRENT");
+    assert!(matches!(e, Error::NoCurrent { .. }), "{e:?}");
+    assert_names(&e, &[&format!("{p}/_CURRENT")]);
+    assert!(serving_good(r.multi_get(&keys).await.expect("still serving")));
+    let status = r.refresh_status();
+    assert_eq!(status.consecutive_failures, 6);
+    assert!(
+        status.last_error.as_deref().is_some_and(|e| e.contains("_CURRENT")),
         "{status:?}"
     );
     assert_eq!(r.info().manifest_ref, good.manifest_ref);
@@ -291,12 +358,12 @@ async fn failed_refreshes_keep_the_last_good_snapshot() {
     assert_eq!(r.info().manifest_ref, next.manifest_ref);
     assert_eq!(r.get(&Key::Int(7)).await.expect("get").as_deref(), Some(&b"next:7"[..]));
     assert_eq!(r.refresh_status().consecutive_failures, 0);
-    assert_eq!(r.stats().refresh_failures, 3);
+    assert_eq!(r.stats().refresh_failures, 6);
 }
 
 /// The background refresh survives failures and recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_refresh_is_never_dead_for_good() {
+async fn background_refresh_keeps_retrying_after_failures_and_recovers() {
     let root = tempfile::tempdir().expect("root");
     let cache = tempfile::tempdir().expect("cache");
     let p = prefix(&root, "background");
@@ -318,9 +385,10 @@ async fn background_refresh_is_never_dead_for_good() {
         .expect("open");
     let junk = put_manifest_bytes(&p, "junk", b"junk".to_vec()).await;
     point_at(&p, &junk, "junk").await;
-    // Bounded wait for several failed rounds.
+    // Bounded wait for several failed rounds (a minute: the rounds come
+    // every 20 to 100 ms, but a loaded machine may starve the loop).
     let mut failures = 0;
-    for _ in 0..500 {
+    for _ in 0..6_000 {
         failures = r.refresh_status().consecutive_failures;
         if failures >= 3 {
             break;
@@ -340,7 +408,7 @@ async fn background_refresh_is_never_dead_for_good() {
     )
     .await;
     let mut swapped = false;
-    for _ in 0..500 {
+    for _ in 0..6_000 {
         if r.info().run_id.as_str() == "two" {
             swapped = true;
             break;

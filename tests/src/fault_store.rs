@@ -207,6 +207,11 @@ impl FaultStore {
         );
     }
 
+    /// Removes every rule: calls go through from now on.
+    pub fn clear(&self) {
+        self.rules.lock().expect("rules").clear();
+    }
+
     /// How many calls the rules failed or ran a hook for.
     pub fn fired(&self) -> usize {
         self.rules
