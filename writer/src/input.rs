@@ -84,9 +84,19 @@ async fn read(ctx: &SessionContext, format: InputFormat, path: &str, csv: &CsvOp
             let opts = NdJsonReadOptions::default().file_extension(extension_for(path, ".json"));
             ctx.read_json(path, opts).await
         }
-        InputFormat::Sql => return Err(Error::Internal("a table cannot itself be SQL".into())),
+        InputFormat::Sql | InputFormat::Table => {
+            return Err(Error::Internal("an input table is parquet, csv or json".into()));
+        }
     };
     df.map_err(|e| not_found_hint(path, e))
+}
+
+/// Why the writer alone cannot read `format = "table"`.
+pub(crate) fn table_input_error() -> Error {
+    Error::config(
+        "input.table",
+        "a job that reads a warehouse table runs through sf-warehouse (`sf_warehouse::run_job`), which owns catalogs",
+    )
 }
 
 /// The input as a DataFrame.
@@ -101,6 +111,7 @@ pub async fn load(ctx: &SessionContext, input: &InputConfig) -> Result<DataFrame
             let sql = input.sql.as_deref().unwrap_or_default();
             ctx.sql(sql).await.map_err(|e| Error::Input(format!("input.sql: {e}")))
         }
+        InputFormat::Table => Err(table_input_error()),
         format => {
             let path = input
                 .path

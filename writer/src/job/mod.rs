@@ -30,7 +30,9 @@ pub mod engine;
 pub mod report;
 pub mod resolve;
 
-pub use engine::{Embedded, Engine, MemoryShares, memory_shares, session_state_builder};
+pub use engine::{
+    Embedded, Engine, MemoryShares, job_runtime, job_session_config, memory_shares, session_state_builder,
+};
 pub use report::{BuildSummary, Outcome, PlanReport};
 use resolve::verify_sample;
 pub use resolve::{MAX_INFERRED_TOKENS, Prepared, field_list, prepare, prepare_frame, read_input};
@@ -76,6 +78,13 @@ pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions)
             "output.table",
             "a job that writes a warehouse table runs through sf-warehouse (`sf_warehouse::run_job`), which owns catalogs",
         ));
+    }
+    if job
+        .input
+        .as_ref()
+        .is_some_and(|i| i.format == crate::config::InputFormat::Table)
+    {
+        return Err(crate::input::table_input_error());
     }
     phase("reading input schema");
     let prepared = prepare(job, engine).await?;
