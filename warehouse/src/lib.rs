@@ -29,15 +29,22 @@ use sf_writer::value::ValueSpec;
 pub mod catalog;
 mod error;
 pub mod format;
+pub mod global_temp;
 mod job;
 pub mod names;
+pub mod session;
+pub mod statement;
 pub mod table;
 
 pub use catalog::{WarehouseCatalog, sql};
 pub use error::{Error, Result};
 pub use format::TableMeta;
+pub use global_temp::{GlobalTempViews, global_temp_views};
 pub use job::run_job;
 pub use names::{Catalogs, TableIdent};
+pub use session::{
+    Driver, DriverBuilder, EmbeddedSessions, PoolStats, PooledSession, Session, SessionFactory, SessionSettings, Source,
+};
 pub use sf_writer::config::SaveMode;
 pub use table::ShardTable;
 
@@ -73,6 +80,12 @@ impl Warehouse {
     pub fn with_reader_cache(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.reader_cache = Some(dir.into());
         self
+    }
+
+    /// This warehouse writing with `engine`; the clone shares the tables
+    /// opened so far.
+    pub fn with_engine(&self, engine: Arc<dyn Engine>) -> Self {
+        Warehouse { engine, ..self.clone() }
     }
 
     /// The catalogs.
@@ -186,7 +199,7 @@ impl Warehouse {
         let c = self.catalogs.get(catalog)?;
         let mut out: BTreeSet<String> = BTreeSet::new();
         for db in folders(&c.warehouse, &c.storage).await? {
-            if names::check_part("database", &db, &db).is_ok() {
+            if names::check_part("database", &db, &db).is_ok() && !db.eq_ignore_ascii_case(names::GLOBAL_TEMP_DB) {
                 out.insert(db);
             }
         }

@@ -82,6 +82,34 @@ pub struct ClusterConfig {
     pub session: BTreeMap<String, toml::Value>,
 }
 
+impl ClusterConfig {
+    /// `[cluster.session]` as `key = value` pairs, values as text (strings,
+    /// numbers and booleans; anything else is an error naming the key).
+    pub fn session_pairs(&self) -> Result<Vec<(String, String)>> {
+        self.session
+            .iter()
+            .map(|(key, value)| {
+                let text = value
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| value.as_integer().map(|i| i.to_string()))
+                    .or_else(|| value.as_float().map(|f| f.to_string()))
+                    .or_else(|| value.as_bool().map(|b| b.to_string()))
+                    .ok_or_else(|| {
+                        Error::config(
+                            format!("cluster.session.{key:?}"),
+                            format!(
+                                "is a {}; session settings are strings, numbers or booleans",
+                                value.type_str()
+                            ),
+                        )
+                    })?;
+                Ok((key.clone(), text))
+            })
+            .collect()
+    }
+}
+
 /// The format of an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

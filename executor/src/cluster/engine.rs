@@ -124,27 +124,13 @@ impl ClusterEngine {
             .options_mut()
             .extensions
             .insert(ShardForgeOptions::for_job(&job.storage, job.write.memory_limit_mib));
-        for (key, value) in job.cluster.iter().flat_map(|c| c.session.iter()) {
-            let location = format!("cluster.session.{key:?}");
-            let text = value
-                .as_str()
-                .map(str::to_string)
-                .or_else(|| value.as_integer().map(|i| i.to_string()))
-                .or_else(|| value.as_float().map(|f| f.to_string()))
-                .or_else(|| value.as_bool().map(|b| b.to_string()))
-                .ok_or_else(|| {
-                    Error::config(
-                        &location,
-                        format!(
-                            "is a {}; session settings are strings, numbers or booleans",
-                            value.type_str()
-                        ),
-                    )
-                })?;
-            config
-                .options_mut()
-                .set(key, &text)
-                .map_err(|e| Error::config(&location, e.to_string()))?;
+        if let Some(cluster) = &job.cluster {
+            for (key, text) in cluster.session_pairs()? {
+                config
+                    .options_mut()
+                    .set(&key, &text)
+                    .map_err(|e| Error::config(format!("cluster.session.{key:?}"), e.to_string()))?;
+            }
         }
         Ok(config)
     }
