@@ -11,5 +11,6 @@ mod reader_concurrency;
 mod reader_errors;
 mod reader_fixtures;
 mod reader_snapshots;
+mod sessions;
 mod warehouse;
 mod write_e2e;

@@ -133,9 +133,12 @@ impl CatalogProvider for WarehouseCatalog {
         // Databases of a warehouse are folders, made by saving a table in
         // them; the one database registered is the global views'.
         if !name.eq_ignore_ascii_case(GLOBAL_TEMP_DB) {
-            return Err(DataFusionError::Plan(format!(
-                "{}.{name}: a warehouse database comes into being when a table is saved in it",
-                self.name
+            return Err(DataFusionError::from(Error::config(
+                "database",
+                format!(
+                    "{}.{name}: a warehouse database comes into being when a table is saved in it",
+                    self.name
+                ),
             )));
         }
         Ok(self.global_temp.write().expect("global_temp lock").replace(schema))
@@ -194,18 +197,22 @@ impl SchemaProvider for WarehouseSchema {
 
     fn register_table(&self, name: String, table: Arc<dyn TableProvider>) -> DfResult<Option<Arc<dyn TableProvider>>> {
         let Some(local) = &self.local else {
-            return Err(DataFusionError::Plan(format!(
-                "{}.{}.{name}: only session temporary views are registered, in the session's default database; \
-                 tables are saved with CREATE TABLE AS or save_as_table",
-                self.catalog, self.db
+            return Err(DataFusionError::from(Error::config(
+                "view name",
+                format!(
+                    "{}.{}.{name}: views are the session's, in its default database (name them without \
+                     catalog and database); tables are saved with CREATE TABLE AS or save_as_table",
+                    self.catalog, self.db
+                ),
             )));
         };
         crate::names::check_part("view", &name, &name).map_err(DataFusionError::from)?;
         let mut views = write_views(local);
         let key = name.to_ascii_lowercase();
         if views.contains_key(&key) {
-            return Err(DataFusionError::Plan(format!(
-                "temporary view {name} exists in this session; replace it or drop it first"
+            return Err(DataFusionError::from(Error::config(
+                "view name",
+                format!("temporary view {name} exists in this session; use OR REPLACE, or drop it first"),
             )));
         }
         views.insert(key, table);
@@ -278,9 +285,9 @@ async fn relist(ctx: &SessionContext, name: &str) -> Result<()> {
 ///   SELECT ...` registers a view of the process (see
 ///   [`crate::global_temp`]), read as `global_temp.v`; `DROP VIEW [IF
 ///   EXISTS] global_temp.v` removes it;
-/// - `CREATE [OR REPLACE] TEMPORARY VIEW v AS SELECT ...` (or `CREATE
-///   VIEW v`) makes a view of this session only, which a bare `v`
-///   finds before a saved table `v`;
+/// - `CREATE [OR REPLACE] [TEMPORARY] VIEW v AS SELECT ...` makes a view
+///   of this session only, which a bare `v` finds before a saved table
+///   `v`; `DROP VIEW v` drops it;
 /// - `SHOW TABLES IN db` (also `IN catalog.db`, `FROM`) lists a database,
 ///   `global_temp` included.
 ///
@@ -373,14 +380,30 @@ pub async fn sql(warehouse: &Warehouse, ctx: &SessionContext, text: &str) -> Res
                 c.name.table()
             ),
         )),
-        LogicalPlan::Ddl(DdlStatement::CreateView(c)) if c.temporary => {
-            // Views registered in a session are that session's alone:
-            // a temporary view is DataFusion's plain view here.
-            let mut local = c.clone();
-            local.temporary = false;
-            Ok(ctx
-                .execute_logical_plan(LogicalPlan::Ddl(DdlStatement::CreateView(local)))
-                .await?)
+        LogicalPlan::Ddl(DdlStatement::CreateView(c)) => {
+            // Views made in a session are that session's alone, temporary
+            // or not, and may hide a saved table of the same name: only a
+            // view of that name stands in the way (DataFusion's own CREATE
+            // VIEW refuses any table of the name).
+            let name = c.name.clone();
+            if c.or_replace {
+                ctx.deregister_table(name.clone())?;
+            }
+            let view = datafusion::datasource::ViewTable::new(
+                crate::global_temp::view_plan(c.input.as_ref().clone())?,
+                c.definition.clone(),
+            );
+            ctx.register_table(name, Arc::new(view))?;
+            Ok(empty(ctx)?)
+        }
+        LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+            // Statements run here, and what fails them (a view that does
+            // not exist, a setting DataFusion does not know) is the
+            // user's to fix; queries run when their rows are read.
+            ctx.execute_logical_plan(plan).await.map_err(|e| match e {
+                DataFusionError::External(_) => Error::from(e),
+                other => Error::config("SQL", other.to_string()),
+            })
         }
         _ => Ok(ctx.execute_logical_plan(plan).await?),
     }
@@ -388,13 +411,17 @@ pub async fn sql(warehouse: &Warehouse, ctx: &SessionContext, text: &str) -> Res
 
 /// Plans one statement; what does not parse or plan is the user's to fix.
 pub(crate) async fn plan_sql(ctx: &SessionContext, text: &str) -> Result<LogicalPlan> {
-    ctx.state().create_logical_plan(text).await.map_err(|e| match e {
-        DataFusionError::Plan(_)
-        | DataFusionError::SQL(..)
-        | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => Error::config("SQL", e.to_string()),
-        other => Error::from(other),
-    })
+    ctx.state()
+        .create_logical_plan(text)
+        .await
+        .map_err(|e| match e.find_root() {
+            // Planning errors come wrapped with their diagnostics.
+            DataFusionError::Plan(_)
+            | DataFusionError::SQL(..)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => Error::config("SQL", e.to_string()),
+            _ => Error::from(e),
+        })
 }
 
 /// Whether `plan` reads rows rather than changing anything.

@@ -169,9 +169,12 @@ impl SchemaProvider for GlobalTempSchema {
     }
 
     fn register_table(&self, name: String, _table: Arc<dyn TableProvider>) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        Err(DataFusionError::Plan(format!(
-            "{}: {GLOBAL_TEMP_DB} holds global temporary views only; use CREATE GLOBAL TEMPORARY VIEW {name} AS ...",
-            qualified(&name)
+        Err(DataFusionError::from(Error::config(
+            "view name",
+            format!(
+                "{}: {GLOBAL_TEMP_DB} holds global temporary views only; use CREATE GLOBAL TEMPORARY VIEW {name} AS ...",
+                qualified(&name)
+            ),
         )))
     }
 

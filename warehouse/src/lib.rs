@@ -12,6 +12,12 @@
 //! `_DROPPED` marker: the table leaves the catalog at once, and its data
 //! stays until cleanup removes it (`sf-read cleanup` after the retention
 //! you choose), so a reader holding it keeps working.
+//!
+//! [`Driver`] ([`session`]) lends sessions from a bounded pool, embedded
+//! or on a cluster (the factory lives in `sf-executor`), each with the
+//! driver's settings; builds and saves take a [`Source`]. Global
+//! temporary views ([`global_temp`]) are one registry per process, read
+//! as `global_temp.<name>` by every session.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -100,6 +100,19 @@ pub fn split(text: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// [`split`], then every statement checked for syntax (by [`recognise`]
+/// or DataFusion's parser), so a script with a typo anywhere runs none of
+/// its statements.
+pub fn split_checked(text: &str) -> Result<Vec<String>> {
+    let statements = split(text)?;
+    for s in &statements {
+        if recognise(s)?.is_none() {
+            datafusion::sql::parser::DFParser::parse_sql(s).map_err(|e| Error::config("SQL", e.to_string()))?;
+        }
+    }
+    Ok(statements)
+}
+
 fn keyword(t: &Token, word: &str) -> bool {
     matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
 }
@@ -220,6 +233,14 @@ mod tests {
         assert_eq!(split("  -- nothing\n;;").expect("blank"), Vec::<String>::new());
         assert_eq!(split("SELECT 'é;ü' AS ö; SELECT 2").expect("utf8").len(), 2);
         assert!(split("SELECT 'open").is_err(), "an unterminated string is an error");
+        assert_eq!(
+            split_checked("CREATE GLOBAL TEMP VIEW v AS SELECT 1; SELECT * FROM global_temp.v")
+                .expect("both parse")
+                .len(),
+            2
+        );
+        let e = split_checked("SELECT 1; SELEC 2").expect_err("typo");
+        assert_eq!(e.kind(), sf_manifest::ErrorKind::Config);
     }
 
     #[test]
