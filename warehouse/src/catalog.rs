@@ -307,7 +307,7 @@ pub async fn sql(warehouse: &Warehouse, ctx: &SessionContext, text: &str) -> Res
                 ));
             }
             global_temp_views().create(&name, plan, Some(text.trim().to_string()), mode)?;
-            return Ok(empty(ctx)?);
+            return empty(ctx);
         }
         Some(Recognised::ShowTables { catalog, db }) => {
             let catalog = catalog.unwrap_or_else(|| ctx.state().config().options().catalog.default_catalog.clone());
@@ -394,7 +394,7 @@ pub async fn sql(warehouse: &Warehouse, ctx: &SessionContext, text: &str) -> Res
                 c.definition.clone(),
             );
             ctx.register_table(name, Arc::new(view))?;
-            Ok(empty(ctx)?)
+            empty(ctx)
         }
         LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
             // Statements run here, and what fails them (a view that does
