@@ -12,6 +12,9 @@
 //! loop), the file sizes, and for scale the page writer alone (no builder,
 //! no checksum).
 
+// A benchmark's output is its figures.
+#![allow(clippy::disallowed_macros)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -1313,7 +1313,7 @@ mod tests {
         let mut lock = vec![1u8; page_size as usize];
         file.read_exact(&mut lock).expect("lock-byte page");
         assert!(lock.iter().all(|b| *b == 0), "the lock-byte page holds nothing");
-        eprintln!(
+        tracing::info!(
             "{} bytes in {} pages: built in {built:.1?}, built and checked in {:.1?}",
             summary.bytes,
             summary.pages,
