@@ -5,7 +5,7 @@
 //!
 //! | program | module | library |
 //! |---|---|---|
-//! | `sf-write` | [`write`] | `sf-warehouse::run_job` (snapshots through `sf-writer`, tables through the warehouse), `sf-executor` for `--cluster` |
+//! | `sf-write` | [`write`](mod@write) | `sf-warehouse::run_job` (snapshots through `sf-writer`, tables through the warehouse), `sf-executor` for `--cluster` |
 //! | `sf-read` | [`read`] | `sf-reader` (reads and admin) |
 //! | `sf-sql` | [`sql`] | `sf-warehouse` |
 //! | `sf-scheduler`, `sf-executor` | [`cluster`] | `sf-executor` |

@@ -163,7 +163,7 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-/// The result of [`build`].
+/// The result of [`build`](super::build).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// A dry run's plan; nothing was written.

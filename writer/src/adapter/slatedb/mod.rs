@@ -9,7 +9,7 @@
 //! (`xxh3_128-kv:<hex>`): it describes the logical content, so it can be
 //! recomputed from any SlateDB scan of the shard.
 //!
-//! Phase 2 ([`StagedShard::upload`]) writes the spool into a fresh database
+//! Phase 2 ([`StagedShard::upload`](super::StagedShard::upload)) writes the spool into a fresh database
 //! and leaves it ready for read-only use:
 //!
 //! 1. Write with the WAL off (the spool is the log: a failed upload is
@@ -38,12 +38,11 @@
 //! here therefore has a stall timeout (`stall_timeout_secs`), after which
 //! the attempt fails as retryable and SlateDB's store is cut off, so that
 //! its background tasks stop too.
-
 //!
-//! The backend in files: [`settings`] (the knobs), [`spool`] (phase 1),
-//! [`upload`] (phase 2), [`compaction`] (the final merge), [`read`]
+//! The backend in files: `settings` (the knobs), `spool` (phase 1),
+//! `upload` (phase 2), `compaction` (the final merge), `read`
 //! (verification and reading back); this file holds what they share: the
-//! per-operation context [`Ops`] with its guarded store, stall timeout and
+//! per-operation context `Ops` with its guarded store, stall timeout and
 //! errors.
 
 use std::fs::File;
