@@ -37,7 +37,7 @@ Statements:
   DROP TABLE [IF EXISTS] wh.db.t
       removes the table from the catalog (its data stays until
       `sf-read cleanup`).
-  CREATE [OR REPLACE] GLOBAL TEMPORARY VIEW v [IF NOT EXISTS] AS SELECT ...
+  CREATE [OR REPLACE] GLOBAL TEMPORARY VIEW [IF NOT EXISTS] v AS SELECT ...
       a view read as global_temp.v by every later statement of this
       invocation (the views live as long as the process).
   DROP VIEW [IF EXISTS] global_temp.v

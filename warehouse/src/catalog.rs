@@ -281,7 +281,7 @@ async fn relist(ctx: &SessionContext, name: &str) -> Result<()> {
 ///   (`sf.catalog.<name>.num_dbs`, default 8); `CREATE OR REPLACE` and
 ///   `IF NOT EXISTS` map to overwrite and ignore;
 /// - `DROP TABLE [IF EXISTS] cat.db.t` drops a table;
-/// - `CREATE [OR REPLACE] GLOBAL TEMPORARY VIEW v [IF NOT EXISTS] AS
+/// - `CREATE [OR REPLACE] GLOBAL TEMPORARY VIEW [IF NOT EXISTS] v AS
 ///   SELECT ...` registers a view of the process (see
 ///   [`crate::global_temp`]), read as `global_temp.v`; `DROP VIEW [IF
 ///   EXISTS] global_temp.v` removes it;
