@@ -243,6 +243,57 @@ async fn settings_reach_every_session_including_one_made_after_a_discard() {
     assert!(matches!(e, Error::NoSuchTable { .. }), "{e}");
 }
 
+/// A driver from a job file: `[cluster] pool_size`, `[cluster.session]`
+/// settings and `[sf.catalog.NAME]` catalogs, embedded when the job names
+/// no scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_file_gives_the_driver_its_pool_size_and_settings() {
+    let root = tempfile::tempdir().expect("tmp");
+    let text = |session: &str| {
+        format!(
+            "key_col = \"id\"\n[input]\nformat = \"table\"\ntable = \"wh.app.users\"\n[routing]\nnum_dbs = 2\n\
+             [output]\nprefix = \"{}\"\n[cluster]\npool_size = 3\n[cluster.session]\n{session}\n\
+             [sf.catalog.wh]\nwarehouse = \"{}\"\n",
+            file_url(&root.path().join("snap")),
+            file_url(&root.path().join("w")),
+        )
+    };
+    let parse = |text: &str| {
+        sf_writer::config::parse(text, "job.toml", root.path(), Vec::<(String, String)>::new()).expect("job")
+    };
+    let job = parse(&text("\"datafusion.execution.batch_size\" = 777"));
+    let driver = sf_executor::cluster::sessions::driver_for_job(&job, None).expect("driver");
+    assert_eq!(driver.describe(), "embedded");
+    assert_eq!(driver.stats().size, 3);
+    assert_eq!(driver.settings().get("datafusion.execution.batch_size"), Some("777"));
+    let session = driver.session().await.expect("session");
+    assert_eq!(
+        session.setting("datafusion.execution.batch_size").as_deref(),
+        Some("777")
+    );
+    let seed = Source::from_dataframe(session.context().read_batch(users(0..10, "j")).expect("frame"));
+    built(
+        session
+            .save_as_table(&seed, "wh.app.users", SaveMode::Error, "id", 2)
+            .await
+            .expect("the job's catalog is the session's"),
+    );
+    drop(session);
+    assert_eq!(
+        built(driver.run_job(&job, &BuildOptions::default()).await.expect("job")).rows,
+        10
+    );
+
+    let job = parse(&text("\"datafusion.execution.batch_size\" = \"many\""));
+    let driver = sf_executor::cluster::sessions::driver_for_job(&job, None).expect("driver");
+    let e = driver.session().await.expect_err("refused by the engine");
+    assert!(
+        e.to_string()
+            .starts_with("session setting datafusion.execution.batch_size: "),
+        "{e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_setting_fails_the_borrow_and_names_it() {
     for (key, value) in [
