@@ -37,10 +37,20 @@ Statements:
   DROP TABLE [IF EXISTS] wh.db.t
       removes the table from the catalog (its data stays until
       `sf-read cleanup`).
-  SHOW TABLES, information_schema, and anything else DataFusion runs.
+  CREATE [OR REPLACE] GLOBAL TEMPORARY VIEW [IF NOT EXISTS] v AS SELECT ...
+      a view read as global_temp.v by every later statement of this
+      invocation (the views live as long as the process).
+  DROP VIEW [IF EXISTS] global_temp.v
+      removes it.
+  CREATE [OR REPLACE] TEMPORARY VIEW v AS SELECT ...
+      a view of this invocation's session; a bare `v` finds it before a
+      table `v` of the default database.
+  SHOW TABLES [IN [catalog.]db], information_schema, and anything else
+      DataFusion runs.
 
-Several statements separated by `;` run in order. Object-store credentials
-come from the usual environment variables (AWS_*, ...); never printed.";
+Several statements separated by `;` run in order, in one session.
+Object-store credentials come from the usual environment variables
+(AWS_*, ...); never printed.";
 
 #[derive(Debug, Parser)]
 #[command(name = "sf-sql", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = EXIT_CODES)]
@@ -157,14 +167,17 @@ async fn run(args: Args) -> Result<u8, Failure> {
     if let Some(dir) = &args.cache_dir {
         warehouse = warehouse.with_reader_cache(dir);
     }
-    let statements = datafusion::sql::parser::DFParser::parse_sql(&text).map_err(|e| Failure::usage("SQL", e))?;
+    // Cut by tokens: DataFusion's parser does not know every statement
+    // ShardForge runs (CREATE GLOBAL TEMPORARY VIEW). Each is checked
+    // before the first runs.
+    let statements = sf_warehouse::statement::split_checked(&text)?;
     if statements.is_empty() {
         return Err(Failure::usage("SQL", "no statement to run"));
     }
     let ctx = warehouse.session_context();
     let stdout = std::io::stdout();
     for statement in statements {
-        let df = warehouse.sql(&ctx, &statement.to_string()).await?;
+        let df = warehouse.sql(&ctx, &statement).await?;
         let batches = df.collect().await.map_err(sf_warehouse::Error::from)?;
         crate::output::batches(&mut stdout.lock(), &batches, args.output)?;
     }

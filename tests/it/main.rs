@@ -19,5 +19,6 @@ mod reader_snapshots;
 mod reader_versions;
 mod scheduled;
 mod serve;
+mod sessions;
 mod warehouse;
 mod write_e2e;

@@ -1,7 +1,7 @@
 //! Warehouse catalogs as DataFusion catalogs, and SQL over them.
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -15,11 +15,16 @@ use datafusion::prelude::SessionContext;
 use sf_writer::job::Outcome;
 
 use crate::error::{Error, Result};
+use crate::global_temp::{GLOBAL_TEMP_DB, global_temp_views};
+use crate::statement::{Recognised, recognise};
 use crate::{SaveMode, Warehouse, table_job};
 
 /// Shards a table made by `CREATE TABLE ... AS SELECT` gets, unless the
 /// catalog sets `sf.catalog.<name>.num_dbs`.
 pub const CTAS_DEFAULT_NUM_DBS: u32 = 8;
+
+/// Session-local temporary views by name.
+type LocalViews = Arc<RwLock<BTreeMap<String, Arc<dyn TableProvider>>>>;
 
 /// One warehouse catalog as a DataFusion catalog: databases are schemas.
 ///
@@ -29,11 +34,22 @@ pub const CTAS_DEFAULT_NUM_DBS: u32 = 8;
 /// and after `CREATE TABLE AS` / `DROP TABLE` through [`sql`]. Tables that
 /// others create meanwhile are listed in a new session; opening a table
 /// always reads its current snapshot.
+///
+/// Each session gets its own instance, which also holds the session's
+/// temporary views when it is the session's default catalog (see
+/// [`with_session_views`](Self::with_session_views)): they live in the
+/// default database and shadow a saved table of the same name, so a bare
+/// name resolves to a session view first, then to a table. The database
+/// `global_temp` is the process's global temporary views when
+/// [`crate::global_temp::install`] put it there.
 #[derive(Debug)]
 pub struct WarehouseCatalog {
     warehouse: Warehouse,
     name: String,
     listing: RwLock<BTreeMap<String, Vec<String>>>,
+    session_db: Option<String>,
+    local: LocalViews,
+    global_temp: RwLock<Option<Arc<dyn SchemaProvider>>>,
 }
 
 impl WarehouseCatalog {
@@ -43,7 +59,18 @@ impl WarehouseCatalog {
             warehouse,
             name: name.to_string(),
             listing: RwLock::new(BTreeMap::new()),
+            session_db: None,
+            local: LocalViews::default(),
+            global_temp: RwLock::new(None),
         }
+    }
+
+    /// This catalog as a session's default catalog whose default database
+    /// is `db`: that database takes session temporary views (`CREATE
+    /// TEMPORARY VIEW v`, `ctx.register_table("v", ..)`).
+    pub fn with_session_views(mut self, db: &str) -> Self {
+        self.session_db = Some(db.to_ascii_lowercase());
+        self
     }
 
     /// Re-lists databases and tables.
@@ -64,33 +91,78 @@ impl CatalogProvider for WarehouseCatalog {
     }
 
     fn schema_names(&self) -> Vec<String> {
-        self.listing.read().expect("listing lock").keys().cloned().collect()
+        let mut names: BTreeSet<String> = self.listing.read().expect("listing lock").keys().cloned().collect();
+        if let Some(db) = &self.session_db
+            && !read_views(&self.local).is_empty()
+        {
+            names.insert(db.clone());
+        }
+        if self.global_temp.read().expect("global_temp lock").is_some() {
+            names.insert(GLOBAL_TEMP_DB.to_string());
+        }
+        names.into_iter().collect()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name.eq_ignore_ascii_case(GLOBAL_TEMP_DB) {
+            return self.global_temp.read().expect("global_temp lock").clone();
+        }
         crate::names::check_part("database", name, name).ok()?;
+        let db = name.to_ascii_lowercase();
+        let local = (self.session_db.as_deref() == Some(db.as_str())).then(|| Arc::clone(&self.local));
         Some(Arc::new(WarehouseSchema {
             warehouse: self.warehouse.clone(),
             catalog: self.name.clone(),
-            db: name.to_ascii_lowercase(),
             tables: self
                 .listing
                 .read()
                 .expect("listing lock")
-                .get(&name.to_ascii_lowercase())
+                .get(&db)
                 .cloned()
                 .unwrap_or_default(),
+            db,
+            local,
         }))
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        // Databases of a warehouse are folders, made by saving a table in
+        // them; the one database registered is the global views'.
+        if !name.eq_ignore_ascii_case(GLOBAL_TEMP_DB) {
+            return Err(DataFusionError::from(Error::config(
+                "database",
+                format!(
+                    "{}.{name}: a warehouse database comes into being when a table is saved in it",
+                    self.name
+                ),
+            )));
+        }
+        Ok(self.global_temp.write().expect("global_temp lock").replace(schema))
     }
 }
 
-/// One database of a warehouse catalog.
+fn read_views(local: &LocalViews) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<dyn TableProvider>>> {
+    // The map holds whole entries only: a panic elsewhere leaves it usable.
+    local.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_views(local: &LocalViews) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<dyn TableProvider>>> {
+    local.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One database of a warehouse catalog; the session's default database
+/// also holds its temporary views.
 #[derive(Debug)]
 struct WarehouseSchema {
     warehouse: Warehouse,
     catalog: String,
     db: String,
     tables: Vec<String>,
+    local: Option<LocalViews>,
 }
 
 #[async_trait]
@@ -100,10 +172,20 @@ impl SchemaProvider for WarehouseSchema {
     }
 
     fn table_names(&self) -> Vec<String> {
-        self.tables.clone()
+        let mut names: BTreeSet<String> = self.tables.iter().cloned().collect();
+        if let Some(local) = &self.local {
+            names.extend(read_views(local).keys().cloned());
+        }
+        names.into_iter().collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        // A session view shadows a saved table of the same name.
+        if let Some(local) = &self.local
+            && let Some(view) = read_views(local).get(&name.to_ascii_lowercase())
+        {
+            return Ok(Some(Arc::clone(view)));
+        }
         let full = format!("{}.{}.{name}", self.catalog, self.db);
         match self.warehouse.table(&full).await {
             Ok(t) => Ok(Some(Arc::new(t))),
@@ -113,22 +195,63 @@ impl SchemaProvider for WarehouseSchema {
         }
     }
 
+    fn register_table(&self, name: String, table: Arc<dyn TableProvider>) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(local) = &self.local else {
+            return Err(DataFusionError::from(Error::config(
+                "view name",
+                format!(
+                    "{}.{}.{name}: views are the session's, in its default database (name them without \
+                     catalog and database); tables are saved with CREATE TABLE AS or save_as_table",
+                    self.catalog, self.db
+                ),
+            )));
+        };
+        crate::names::check_part("view", &name, &name).map_err(DataFusionError::from)?;
+        let mut views = write_views(local);
+        let key = name.to_ascii_lowercase();
+        if views.contains_key(&key) {
+            return Err(DataFusionError::from(Error::config(
+                "view name",
+                format!("temporary view {name} exists in this session; use OR REPLACE, or drop it first"),
+            )));
+        }
+        views.insert(key, table);
+        Ok(None)
+    }
+
+    fn deregister_table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Ok(self
+            .local
+            .as_ref()
+            .and_then(|local| write_views(local).remove(&name.to_ascii_lowercase())))
+    }
+
     fn table_exist(&self, name: &str) -> bool {
-        self.tables.iter().any(|t| t.eq_ignore_ascii_case(name))
+        self.local
+            .as_ref()
+            .is_some_and(|local| read_views(local).contains_key(&name.to_ascii_lowercase()))
+            || self.tables.iter().any(|t| t.eq_ignore_ascii_case(name))
     }
 }
 
-/// Registers every catalog of `warehouse` in `ctx` (refreshing listings).
+/// Registers every catalog of `warehouse` in `ctx` (refreshing listings),
+/// then the process's global temporary views as `global_temp` in the
+/// session's default catalog. The default catalog keeps the session's
+/// temporary views in its default database.
 pub async fn register(warehouse: &Warehouse, ctx: &SessionContext) -> Result<()> {
+    let defaults = ctx.state().config().options().catalog.clone();
     for c in warehouse.catalogs().iter() {
         if registered(ctx, &c.name).is_some() {
             continue;
         }
-        let catalog = WarehouseCatalog::new(warehouse.clone(), &c.name);
+        let mut catalog = WarehouseCatalog::new(warehouse.clone(), &c.name);
+        if c.name.eq_ignore_ascii_case(&defaults.default_catalog) {
+            catalog = catalog.with_session_views(&defaults.default_schema);
+        }
         catalog.refresh().await?;
         ctx.register_catalog(c.name.as_str(), Arc::new(catalog));
     }
-    Ok(())
+    crate::global_temp::install(ctx)
 }
 
 /// The warehouse catalog `name` registered in `ctx`, if any.
@@ -157,28 +280,46 @@ async fn relist(ctx: &SessionContext, name: &str) -> Result<()> {
 ///   selected column is the key, hash-routed over the catalog's `num_dbs`
 ///   (`sf.catalog.<name>.num_dbs`, default 8); `CREATE OR REPLACE` and
 ///   `IF NOT EXISTS` map to overwrite and ignore;
-/// - `DROP TABLE [IF EXISTS] cat.db.t` drops a table.
+/// - `DROP TABLE [IF EXISTS] cat.db.t` drops a table;
+/// - `CREATE [OR REPLACE] GLOBAL TEMPORARY VIEW [IF NOT EXISTS] v AS
+///   SELECT ...` registers a view of the process (see
+///   [`crate::global_temp`]), read as `global_temp.v`; `DROP VIEW [IF
+///   EXISTS] global_temp.v` removes it;
+/// - `CREATE [OR REPLACE] [TEMPORARY] VIEW v AS SELECT ...` makes a view
+///   of this session only, which a bare `v` finds before a saved table
+///   `v`; `DROP VIEW v` drops it;
+/// - `SHOW TABLES IN db` (also `IN catalog.db`, `FROM`) lists a database,
+///   `global_temp` included.
 ///
 /// Other statements run as DataFusion runs them.
 pub async fn sql(warehouse: &Warehouse, ctx: &SessionContext, text: &str) -> Result<DataFrame> {
     register(warehouse, ctx).await?;
-    let plan = ctx.state().create_logical_plan(text).await.map_err(|e| {
-        // A statement that does not parse or plan (an unknown table or
-        // column included) is the user's to fix; DataFusion may wrap the
-        // cause in context or diagnostics.
-        let user = matches!(
-            e.find_root(),
-            DataFusionError::Plan(_)
-                | DataFusionError::SQL(..)
-                | DataFusionError::SchemaError(..)
-                | DataFusionError::NotImplemented(_)
-        );
-        if user {
-            Error::config("SQL", e.to_string())
-        } else {
-            Error::from(e)
+    match recognise(text)? {
+        Some(Recognised::CreateGlobalView { name, mode, query }) => {
+            let plan = plan_sql(ctx, &query).await?;
+            if !is_query(&plan) {
+                return Err(Error::config(
+                    "SQL",
+                    format!(
+                        "CREATE GLOBAL TEMPORARY VIEW {name} AS needs a query, got: {}",
+                        query.trim()
+                    ),
+                ));
+            }
+            global_temp_views().create(&name, plan, Some(text.trim().to_string()), mode)?;
+            return empty(ctx);
         }
-    })?;
+        Some(Recognised::ShowTables { catalog, db }) => {
+            let catalog = catalog.unwrap_or_else(|| ctx.state().config().options().catalog.default_catalog.clone());
+            let listing = format!(
+                "SELECT table_catalog, table_schema, table_name, table_type FROM information_schema.tables \
+                 WHERE table_catalog = '{catalog}' AND table_schema = '{db}' ORDER BY table_name"
+            );
+            return Ok(ctx.sql(&listing).await?);
+        }
+        None => {}
+    }
+    let plan = plan_sql(ctx, text).await?;
     match &plan {
         LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c))
             if let Some(name) = qualify(warehouse, ctx, &c.name.to_string()) =>
@@ -225,8 +366,89 @@ pub async fn sql(warehouse: &Warehouse, ctx: &SessionContext, text: &str) -> Res
                 .sql(&format!("SELECT {} AS tables_dropped", u8::from(dropped)))
                 .await?)
         }
+        LogicalPlan::Ddl(DdlStatement::DropView(d)) if in_global_temp(ctx, &d.name) => {
+            let dropped = global_temp_views().drop(d.name.table(), d.if_exists)?;
+            Ok(ctx
+                .sql(&format!("SELECT {} AS views_dropped", u8::from(dropped)))
+                .await?)
+        }
+        LogicalPlan::Ddl(DdlStatement::CreateView(c)) if in_global_temp(ctx, &c.name) => Err(Error::config(
+            "SQL",
+            format!(
+                "{}: views in {GLOBAL_TEMP_DB} are made with CREATE GLOBAL TEMPORARY VIEW {} AS ...",
+                c.name,
+                c.name.table()
+            ),
+        )),
+        LogicalPlan::Ddl(DdlStatement::CreateView(c)) => {
+            // Views made in a session are that session's alone, temporary
+            // or not, and may hide a saved table of the same name: only a
+            // view of that name stands in the way (DataFusion's own CREATE
+            // VIEW refuses any table of the name).
+            let name = c.name.clone();
+            if c.or_replace {
+                ctx.deregister_table(name.clone())?;
+            }
+            let view = datafusion::datasource::ViewTable::new(
+                crate::global_temp::view_plan(c.input.as_ref().clone())?,
+                c.definition.clone(),
+            );
+            ctx.register_table(name, Arc::new(view))?;
+            empty(ctx)
+        }
+        LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+            // Statements run here, and what fails them (a view that does
+            // not exist, a setting DataFusion does not know) is the
+            // user's to fix; queries run when their rows are read.
+            ctx.execute_logical_plan(plan).await.map_err(|e| match e {
+                DataFusionError::External(_) => Error::from(e),
+                other => Error::config("SQL", other.to_string()),
+            })
+        }
         _ => Ok(ctx.execute_logical_plan(plan).await?),
     }
+}
+
+/// Plans one statement; what does not parse or plan is the user's to fix.
+pub(crate) async fn plan_sql(ctx: &SessionContext, text: &str) -> Result<LogicalPlan> {
+    ctx.state()
+        .create_logical_plan(text)
+        .await
+        .map_err(|e| match e.find_root() {
+            // Planning errors come wrapped with their diagnostics.
+            DataFusionError::Plan(_)
+            | DataFusionError::SQL(..)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => Error::config("SQL", e.to_string()),
+            _ => Error::from(e),
+        })
+}
+
+/// Whether `plan` reads rows rather than changing anything.
+pub(crate) fn is_query(plan: &LogicalPlan) -> bool {
+    !matches!(
+        plan,
+        LogicalPlan::Ddl(_)
+            | LogicalPlan::Dml(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Explain(_)
+            | LogicalPlan::Analyze(_)
+            | LogicalPlan::DescribeTable(_)
+    )
+}
+
+/// The result of a statement that returns no rows.
+fn empty(ctx: &SessionContext) -> Result<DataFrame> {
+    let plan = datafusion::logical_expr::LogicalPlanBuilder::empty(false).build()?;
+    Ok(DataFrame::new(ctx.state(), plan))
+}
+
+/// Whether `name` is `global_temp.x` (or `<default catalog>.global_temp.x`).
+fn in_global_temp(ctx: &SessionContext, name: &datafusion::sql::TableReference) -> bool {
+    let default_catalog = ctx.state().config().options().catalog.default_catalog.clone();
+    name.schema().is_some_and(|s| s.eq_ignore_ascii_case(GLOBAL_TEMP_DB))
+        && name.catalog().is_none_or(|c| c.eq_ignore_ascii_case(&default_catalog))
 }
 
 /// `name` as `catalog.db.table` when it names a table of a warehouse

@@ -22,6 +22,27 @@ pub enum Error {
     #[error("table {table} does not exist")]
     NoSuchTable { table: String },
 
+    /// A global temporary view of that name exists (create it with
+    /// replace, or drop it first).
+    #[error(
+        "global temporary view {view} exists; use CREATE OR REPLACE GLOBAL TEMPORARY VIEW \
+         (create_or_replace_global_temp_view) to replace it"
+    )]
+    ViewExists { view: String },
+
+    /// A view the operation needs does not exist.
+    #[error("view {view} does not exist")]
+    NoSuchView { view: String },
+
+    /// A session setting was refused (an unknown key, a value the engine
+    /// does not take); the borrow that would create the session fails.
+    #[error("session setting {key}: {message}")]
+    Setting { key: String, message: String },
+
+    /// The driver was closed: it lends no more sessions.
+    #[error("the driver is closed: it lends no more sessions")]
+    Closed,
+
     /// A table's stored metadata or rows cannot be decoded.
     #[error("table {table}: {message}")]
     Table { table: String, message: String },
@@ -58,7 +79,12 @@ impl Error {
     /// The coarse class of this error: its cause's class where it has one.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Config { .. } | Error::NoSuchTable { .. } => ErrorKind::Config,
+            Error::Config { .. }
+            | Error::NoSuchTable { .. }
+            | Error::ViewExists { .. }
+            | Error::NoSuchView { .. }
+            | Error::Setting { .. }
+            | Error::Closed => ErrorKind::Config,
             Error::Table { .. } => ErrorKind::Data,
             Error::Write(e) => e.kind(),
             Error::Routing(e) => e.kind(),

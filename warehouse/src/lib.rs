@@ -12,6 +12,12 @@
 //! `_DROPPED` marker: the table leaves the catalog at once, and its data
 //! stays until cleanup removes it (`sf-read cleanup` after the retention
 //! you choose), so a reader holding it keeps working.
+//!
+//! [`Driver`] ([`session`]) lends sessions from a bounded pool, embedded
+//! or on a cluster (the factory lives in `sf-executor`), each with the
+//! driver's settings; builds and saves take a [`Source`]. Global
+//! temporary views ([`global_temp`]) are one registry per process, read
+//! as `global_temp.<name>` by every session.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,15 +36,22 @@ pub mod canary;
 pub mod catalog;
 mod error;
 pub mod format;
+pub mod global_temp;
 mod job;
 pub mod names;
+pub mod session;
+pub mod statement;
 pub mod table;
 
 pub use catalog::{WarehouseCatalog, sql};
 pub use error::{Error, Result};
 pub use format::TableMeta;
+pub use global_temp::{GlobalTempViews, global_temp_views};
 pub use job::run_job;
 pub use names::{Catalogs, TableIdent};
+pub use session::{
+    Driver, DriverBuilder, EmbeddedSessions, PoolStats, PooledSession, Session, SessionFactory, SessionSettings, Source,
+};
 pub use sf_writer::config::SaveMode;
 pub use table::ShardTable;
 
@@ -74,6 +87,12 @@ impl Warehouse {
     pub fn with_reader_cache(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.reader_cache = Some(dir.into());
         self
+    }
+
+    /// This warehouse writing with `engine`; the clone shares the tables
+    /// opened so far.
+    pub fn with_engine(&self, engine: Arc<dyn Engine>) -> Self {
+        Warehouse { engine, ..self.clone() }
     }
 
     /// The catalogs.
@@ -187,7 +206,7 @@ impl Warehouse {
         let c = self.catalogs.get(catalog)?;
         let mut out: BTreeSet<String> = BTreeSet::new();
         for db in folders(&c.warehouse, &c.storage).await? {
-            if names::check_part("database", &db, &db).is_ok() {
+            if names::check_part("database", &db, &db).is_ok() && !db.eq_ignore_ascii_case(names::GLOBAL_TEMP_DB) {
                 out.insert(db);
             }
         }

@@ -10,6 +10,10 @@ use crate::error::{Error, Result};
 /// Default catalog and database name.
 pub const DEFAULT: &str = "default";
 
+/// The database of global temporary views (`global_temp.<view>`): no
+/// table lives there, in any catalog.
+pub const GLOBAL_TEMP_DB: &str = "global_temp";
+
 /// Settings key prefix of catalogs: `sf.catalog.<name>.<key>`.
 pub const CATALOG_PREFIX: &str = "sf.catalog.";
 
@@ -67,6 +71,12 @@ impl TableIdent {
         check_part("catalog", catalog, name)?;
         check_part("database", db, name)?;
         check_part("table", table, name)?;
+        if db.eq_ignore_ascii_case(GLOBAL_TEMP_DB) {
+            return Err(Error::config(
+                "table name",
+                format!("{name:?}: the database {GLOBAL_TEMP_DB} holds global temporary views, not tables"),
+            ));
+        }
         Ok(TableIdent {
             catalog: catalog.to_ascii_lowercase(),
             db: db.to_ascii_lowercase(),
@@ -284,7 +294,19 @@ mod tests {
                 .to_string(),
             "lake.sales.orders_2"
         );
-        for bad in ["", "a..b", "a/b", "../etc", "a.b.c.d", "db.", ".t", "a b", "t-1"] {
+        for bad in [
+            "",
+            "a..b",
+            "a/b",
+            "../etc",
+            "a.b.c.d",
+            "db.",
+            ".t",
+            "a b",
+            "t-1",
+            "global_temp.t",
+            "wh.Global_Temp.t",
+        ] {
             let e = TableIdent::parse(bad, "wh").expect_err(bad);
             assert_eq!(e.kind(), sf_manifest::ErrorKind::Config, "{bad}");
         }

@@ -103,9 +103,42 @@ fn default_shard_id_col() -> String {
 pub struct ClusterConfig {
     /// `df://host:port` of the scheduler.
     pub scheduler: Option<String>,
-    /// Session settings applied to every session on the cluster.
+    /// Sessions a driver (`sf_warehouse::Driver`) keeps at most, borrowed
+    /// one caller at a time (default 8).
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    /// Session settings applied to every session on the cluster (and to
+    /// every session of a driver built from this job).
     #[serde(default)]
     pub session: BTreeMap<String, toml::Value>,
+}
+
+impl ClusterConfig {
+    /// `[cluster.session]` as `key = value` pairs, values as text (strings,
+    /// numbers and booleans; anything else is an error naming the key).
+    pub fn session_pairs(&self) -> Result<Vec<(String, String)>> {
+        self.session
+            .iter()
+            .map(|(key, value)| {
+                let text = value
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| value.as_integer().map(|i| i.to_string()))
+                    .or_else(|| value.as_float().map(|f| f.to_string()))
+                    .or_else(|| value.as_bool().map(|b| b.to_string()))
+                    .ok_or_else(|| {
+                        Error::config(
+                            format!("cluster.session.{key:?}"),
+                            format!(
+                                "is a {}; session settings are strings, numbers or booleans",
+                                value.type_str()
+                            ),
+                        )
+                    })?;
+                Ok((key.clone(), text))
+            })
+            .collect()
+    }
 }
 
 /// The format of an input.
@@ -120,13 +153,16 @@ pub enum InputFormat {
     Json,
     /// A SQL query over `[input.tables.*]`.
     Sql,
+    /// A warehouse table (`table = "catalog.db.table"`), read through
+    /// `sf-warehouse`, which owns catalogs.
+    Table,
 }
 
 /// `[input]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
-    /// `parquet`, `csv`, `json` or `sql`.
+    /// `parquet`, `csv`, `json`, `sql` or `table`.
     pub format: InputFormat,
     /// A file, a folder or a glob (URL or local path; relative paths are
     /// relative to the job file). Not for `sql`.
@@ -138,6 +174,10 @@ pub struct InputConfig {
     /// Named inputs the query reads, for `format = "sql"`.
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
+    /// The warehouse table read, for `format = "table"`
+    /// (`[catalog.][db.]table`; catalogs from `[sf.catalog.NAME]`).
+    #[serde(default)]
+    pub table: Option<String>,
     /// CSV options.
     #[serde(default)]
     pub csv: CsvOptions,
@@ -535,6 +575,9 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -
 }
 
 fn validate_input(i: &InputConfig) -> Result<()> {
+    if i.format != InputFormat::Table && i.table.is_some() {
+        return Err(Error::config("input.table", "is for format = \"table\""));
+    }
     match i.format {
         InputFormat::Sql => {
             if i.sql.as_deref().is_none_or(|s| s.trim().is_empty()) {
@@ -556,7 +599,7 @@ fn validate_input(i: &InputConfig) -> Result<()> {
                 ));
             }
             for (name, t) in &i.tables {
-                if t.format == InputFormat::Sql {
+                if matches!(t.format, InputFormat::Sql | InputFormat::Table) {
                     return Err(Error::config(
                         format!("input.tables.{name}.format"),
                         "must be parquet, csv or json",
@@ -568,6 +611,20 @@ fn validate_input(i: &InputConfig) -> Result<()> {
                         "table names are letters, digits and underscores",
                     ));
                 }
+            }
+        }
+        InputFormat::Table => {
+            if i.table.as_deref().is_none_or(|t| t.trim().is_empty()) {
+                return Err(Error::config(
+                    "input.table",
+                    "format = \"table\" needs the warehouse table to read (table = \"catalog.db.table\")",
+                ));
+            }
+            if i.path.is_some() || i.sql.is_some() || !i.tables.is_empty() {
+                return Err(Error::config(
+                    "input.table",
+                    "format = \"table\" reads the table alone; path, sql and [input.tables] do not apply",
+                ));
             }
         }
         _ => {
@@ -815,6 +872,9 @@ impl JobConfig {
         if w.upload_concurrency == 0 {
             return Err(Error::config("write.upload_concurrency", "must be at least 1"));
         }
+        if self.cluster.as_ref().and_then(|c| c.pool_size) == Some(0) {
+            return Err(Error::config("cluster.pool_size", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -1031,6 +1091,45 @@ prefix = "out/snap"
                 .to_string()
                 .contains("output.run_id")
         );
+    }
+
+    #[test]
+    fn a_table_input_names_its_table_alone() {
+        let table = MINIMAL.replace(
+            "format = \"parquet\"\npath = \"data/users.parquet\"",
+            "format = \"table\"\ntable = \"wh.db.users\"",
+        );
+        let c = parse_env(&format!("{table}\n[cluster]\npool_size = 3\n"), &[]).expect("table input");
+        let input = c.input.as_ref().expect("input");
+        assert_eq!(input.format, InputFormat::Table);
+        assert_eq!(input.table.as_deref(), Some("wh.db.users"));
+        assert_eq!(input.path, None);
+        assert_eq!(c.cluster.as_ref().and_then(|c| c.pool_size), Some(3));
+
+        let cases = [
+            (MINIMAL.replace("path = \"data/users.parquet\"", ""), "input.path"),
+            (table.replace("table = \"wh.db.users\"", ""), "input.table"),
+            (
+                table.replace(
+                    "table = \"wh.db.users\"",
+                    "table = \"wh.db.users\"\npath = \"x.parquet\"",
+                ),
+                "path, sql and [input.tables] do not apply",
+            ),
+            (
+                MINIMAL.replace(
+                    "path = \"data/users.parquet\"",
+                    "path = \"a.parquet\"\ntable = \"wh.db.t\"",
+                ),
+                "input.table: is for format = \"table\"",
+            ),
+            (format!("{table}\n[cluster]\npool_size = 0\n"), "cluster.pool_size"),
+        ];
+        for (text, want) in cases {
+            let e = parse_env(&text, &[]).expect_err(want);
+            assert!(e.to_string().contains(want), "{want}: {e}");
+            assert_eq!(e.kind(), sf_manifest::ErrorKind::Config);
+        }
     }
 
     #[test]

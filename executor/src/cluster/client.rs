@@ -28,11 +28,13 @@ use ballista_core::serde::protobuf::execute_query_params::Query;
 use ballista_core::serde::protobuf::get_job_status_result::FlightProxy;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::protobuf::{
-    ExecuteQueryParams, GetJobStatusResult, KeyValuePair, PartitionLocation, SuccessfulJob, job_status,
+    ExecuteQueryParams, GetJobStatusResult, KeyValuePair, PartitionLocation, RemoveSessionParams, SuccessfulJob,
+    job_status,
 };
 use ballista_core::serde::scheduler::PartitionId;
 use ballista_core::utils::{GrpcClientConfig, create_grpc_client_endpoint};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::{QueryPlanner, SessionState};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -42,6 +44,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::logical_plan::{AsLogicalPlan, LogicalExtensionCodec};
 use datafusion_proto::protobuf::LogicalPlanNode;
@@ -74,6 +77,13 @@ impl QueryPlanner for ClusterQueryPlanner {
         {
             return Ok(Arc::new(EmptyExec::new(logical_plan.schema().inner().clone())));
         }
+        if reads_only_information_schema(logical_plan) {
+            // The listing describes this session's catalogs (the scheduler
+            // has none of them): answer it here, as Ballista's own client does.
+            return DefaultPhysicalPlanner::default()
+                .create_physical_plan(logical_plan, session_state)
+                .await;
+        }
         Ok(Arc::new(ClusterQueryExec::new(
             self.scheduler_url.clone(),
             logical_plan.clone(),
@@ -81,6 +91,24 @@ impl QueryPlanner for ClusterQueryPlanner {
             session_state.session_id().to_string(),
         )))
     }
+}
+
+/// Whether every table `plan` scans is in `information_schema` (and it
+/// scans at least one).
+fn reads_only_information_schema(plan: &LogicalPlan) -> bool {
+    let mut scans = 0usize;
+    let mut local = true;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            scans += 1;
+            if scan.table_name.schema() != Some("information_schema") {
+                local = false;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    local && scans > 0
 }
 
 /// One Ballista job; its output is the job's result partitions, one
@@ -184,29 +212,55 @@ fn execution(e: impl fmt::Display) -> DataFusionError {
     DataFusionError::Execution(e.to_string())
 }
 
+/// A client of the scheduler at `$url` (a `&str`), with the session
+/// config's gRPC settings (timeouts, message sizes, endpoint override,
+/// metadata), in a function returning `DfResult` (failures return from
+/// it). A macro so the client's service type (tonic's) need not be named
+/// here.
+macro_rules! scheduler_client {
+    ($url:expr, $config:expr) => {{
+        let url: &str = $url;
+        let config: &SessionConfig = $config;
+        let ballista = config.ballista_config();
+        let max_message_size = ballista.default_grpc_client_max_message_size();
+        let mut endpoint = create_grpc_client_endpoint(url.to_string(), Some(&GrpcClientConfig::from(&ballista)))
+            .map_err(|e| execution(format!("scheduler address {url}: {e}")))?;
+        if let Some(customize) = config.ballista_override_create_grpc_client_endpoint() {
+            endpoint = customize
+                .configure_endpoint(endpoint)
+                .map_err(|e| execution(format!("scheduler endpoint: {e}")))?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| execution(format!("connecting to the scheduler at {url}: {e}")))?;
+        SchedulerGrpcClient::with_interceptor(channel, config.ballista_grpc_interceptor().as_ref().clone())
+            .max_encoding_message_size(max_message_size)
+            .max_decoding_message_size(max_message_size)
+    }};
+}
+
+/// Asks the scheduler at `scheduler_url` to forget session `session_id`
+/// (the state it keeps for the session's jobs).
+pub async fn remove_session(scheduler_url: &str, session_id: &str, config: &SessionConfig) -> DfResult<()> {
+    let mut scheduler = scheduler_client!(scheduler_url, config);
+    scheduler
+        .remove_session(RemoveSessionParams {
+            session_id: session_id.to_string(),
+        })
+        .await
+        .map_err(|e| execution(format!("removing session {session_id}: {}", e.message())))?;
+    Ok(())
+}
+
 /// Submits the job, follows it to its end, and returns its results.
 async fn run_job(
     scheduler_url: String,
     query: ExecuteQueryParams,
     config: SessionConfig,
 ) -> DfResult<futures::stream::BoxStream<'static, DfResult<datafusion::arrow::array::RecordBatch>>> {
-    let ballista = config.ballista_config();
-    let max_message_size = ballista.default_grpc_client_max_message_size();
-    let mut endpoint = create_grpc_client_endpoint(scheduler_url.clone(), Some(&GrpcClientConfig::from(&ballista)))
-        .map_err(|e| execution(format!("scheduler address {scheduler_url}: {e}")))?;
-    if let Some(customize) = config.ballista_override_create_grpc_client_endpoint() {
-        endpoint = customize
-            .configure_endpoint(endpoint)
-            .map_err(|e| execution(format!("scheduler endpoint: {e}")))?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| execution(format!("connecting to the scheduler at {scheduler_url}: {e}")))?;
-    let mut scheduler =
-        SchedulerGrpcClient::with_interceptor(channel, config.ballista_grpc_interceptor().as_ref().clone())
-            .max_encoding_message_size(max_message_size)
-            .max_decoding_message_size(max_message_size);
+    let max_message_size = config.ballista_config().default_grpc_client_max_message_size();
+    let mut scheduler = scheduler_client!(&scheduler_url, &config);
     let mut updates = scheduler
         .execute_query_push(query)
         .await

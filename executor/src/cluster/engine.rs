@@ -120,11 +120,24 @@ impl ClusterEngine {
         ClusterEngine { scheduler }
     }
 
-    /// The session configuration a job runs with (no connection made).
-    pub fn session_config(&self, job: &JobConfig) -> Result<SessionConfig> {
+    /// The scheduler.
+    pub fn scheduler(&self) -> &SchedulerUrl {
+        &self.scheduler
+    }
+
+    /// What every session on the cluster starts from: Ballista's settings,
+    /// ShardForge's codecs and settings extension, and the client planner
+    /// that submits to this scheduler (no connection made).
+    pub fn base_config(&self) -> SessionConfig {
         let planner = ClusterQueryPlanner::new(self.scheduler.http_url(), Arc::new(ShardForgeLogicalCodec::default()));
-        let mut config = register(SessionConfig::new_with_ballista())
-            .with_ballista_query_planner(Arc::new(planner))
+        register(SessionConfig::new_with_ballista()).with_ballista_query_planner(Arc::new(planner))
+    }
+
+    /// `config` carrying a job: its batch size and job name, its storage
+    /// options without credentials and memory limit per task
+    /// (`shardforge.*`), then its `[cluster.session]` settings.
+    pub fn apply_job(&self, config: SessionConfig, job: &JobConfig) -> Result<SessionConfig> {
+        let mut config = config
             .with_batch_size(job.write.batch_size)
             .with_ballista_job_name(&format!("sf-write {}", job.output.prefix));
         config
@@ -141,29 +154,35 @@ impl ClusterEngine {
                 .set(BALLISTA_SHUFFLE_SORT_BASED_ENABLED, "true")
                 .map_err(|e| Error::engine(format!("enabling the sort-based shuffle: {e}")))?;
         }
-        for (key, value) in job.cluster.iter().flat_map(|c| c.session.iter()) {
-            let location = format!("cluster.session.{key:?}");
-            let text = value
-                .as_str()
-                .map(str::to_string)
-                .or_else(|| value.as_integer().map(|i| i.to_string()))
-                .or_else(|| value.as_float().map(|f| f.to_string()))
-                .or_else(|| value.as_bool().map(|b| b.to_string()))
-                .ok_or_else(|| {
-                    Error::config(
-                        &location,
-                        format!(
-                            "is a {}; session settings are strings, numbers or booleans",
-                            value.type_str()
-                        ),
-                    )
-                })?;
-            config
-                .options_mut()
-                .set(key, &text)
-                .map_err(|e| Error::config(&location, e.to_string()))?;
+        if let Some(cluster) = &job.cluster {
+            for (key, text) in cluster.session_pairs()? {
+                config
+                    .options_mut()
+                    .set(&key, &text)
+                    .map_err(|e| Error::config(format!("cluster.session.{key:?}"), e.to_string()))?;
+            }
         }
         Ok(config)
+    }
+
+    /// The session configuration a job runs with (no connection made).
+    pub fn session_config(&self, job: &JobConfig) -> Result<SessionConfig> {
+        self.apply_job(self.base_config(), job)
+    }
+
+    /// A client session on the cluster with `config` (see
+    /// [`base_config`](Self::base_config)): fails within the connect
+    /// timeout, saying so, when no scheduler answers.
+    pub async fn connect(&self, config: SessionConfig) -> Result<SessionContext> {
+        // The same bound Ballista's client uses to connect
+        // (`ballista.grpc.client.connect_timeout_seconds`, 20 s by default).
+        let secs = config.ballista_config().default_grpc_client_connect_timeout_seconds();
+        let timeout = Duration::from_secs((secs as u64).clamp(1, 600));
+        self.probe(timeout).await?;
+        let state = session_state_builder(config).build();
+        SessionContext::remote_with_state(&self.scheduler.to_string(), state)
+            .await
+            .map_err(|e| Error::engine(format!("connecting to {}: {e}", self.scheduler)))
     }
 
     /// Fails with a clear message, within the connect timeout, when nothing
@@ -191,16 +210,7 @@ impl Engine for ClusterEngine {
     }
 
     async fn session(&self, job: &JobConfig) -> Result<SessionContext> {
-        let config = self.session_config(job)?;
-        // The same bound Ballista's client uses to connect
-        // (`ballista.grpc.client.connect_timeout_seconds`, 20 s by default).
-        let secs = config.ballista_config().default_grpc_client_connect_timeout_seconds();
-        let timeout = Duration::from_secs((secs as u64).clamp(1, 600));
-        self.probe(timeout).await?;
-        let state = session_state_builder(config).build();
-        SessionContext::remote_with_state(&self.scheduler.to_string(), state)
-            .await
-            .map_err(|e| Error::engine(format!("connecting to {}: {e}", self.scheduler)))
+        self.connect(self.session_config(job)?).await
     }
 
     fn runs_locally(&self) -> bool {

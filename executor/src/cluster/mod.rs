@@ -13,6 +13,7 @@
 //! | [`options`] | the job's storage options (no credentials) and memory limit, carried by every session |
 //! | [`store`] | object stores resolved on each process from those options and its own environment |
 //! | task ids | executors fill `stage_id` / `task_attempt_id` of every shard result from Ballista's task identity |
+//! | [`sessions`] | the session factory of a `sf_warehouse::Driver` on a cluster: pooled client sessions |
 //!
 //! On the cluster the plan splits into two stages at the hash
 //! repartition:
@@ -46,6 +47,7 @@ pub mod executor;
 pub mod options;
 mod process;
 pub mod scheduler;
+pub mod sessions;
 pub mod store;
 
 use std::path::PathBuf;

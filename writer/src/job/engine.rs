@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::config::JobConfig;
@@ -60,27 +61,11 @@ impl Engine for Embedded {
     }
 
     async fn session(&self, job: &JobConfig) -> Result<SessionContext> {
-        let mut config = SessionConfig::new().with_batch_size(job.write.batch_size);
+        let mut config = job_session_config(job, SessionConfig::new());
         if let Some(n) = self.target_partitions {
             config = config.with_target_partitions(n.max(1));
         }
-        // The engine gets a quarter of the memory limit (the shard rows
-        // waiting to be built and SQLite's caches take the rest; see
-        // `memory_shares`). The write plan itself holds little: the writer
-        // takes the routed rows straight from the input (its memory is the
-        // run's row budget), so the pool bounds what SQL inputs (joins,
-        // aggregates, sorts) hold.
-        let limit_bytes = memory_shares(job.write.memory_limit_mib, 1).engine_bytes;
-        config.options_mut().execution.sort_spill_reservation_bytes = (limit_bytes / 8).clamp(256 << 10, 10 << 20);
-        let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(limit_bytes);
-        let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool));
-        if let Some(dir) = &job.write.work_dir {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating work_dir {}", dir.display()), e))?;
-            runtime = runtime.with_temp_file_path(dir);
-        }
-        let runtime = runtime
-            .build_arc()
-            .map_err(|e| Error::engine_caused("building the engine's runtime", e))?;
+        let runtime = job_runtime(job, None)?;
         Ok(SessionContext::new_with_state(
             embedded_state_builder(config).with_runtime_env(runtime).build(),
         ))
@@ -89,6 +74,42 @@ impl Engine for Embedded {
     fn runs_locally(&self) -> bool {
         true
     }
+}
+
+/// `config` with what a job's build needs of an embedded session: its
+/// batch size, and sorts that reserve for spilling a share of the
+/// engine's memory (see [`job_runtime`]).
+pub fn job_session_config(job: &JobConfig, mut config: SessionConfig) -> SessionConfig {
+    config = config.with_batch_size(job.write.batch_size);
+    let limit_bytes = memory_shares(job.write.memory_limit_mib, 1).engine_bytes;
+    config.options_mut().execution.sort_spill_reservation_bytes = (limit_bytes / 8).clamp(256 << 10, 10 << 20);
+    config
+}
+
+/// The runtime an embedded build runs in: the engine's share of the job's
+/// memory limit as DataFusion's memory pool, spill files under
+/// `work_dir`, and object stores from `stores` when given (a session's
+/// registry, so a build in a borrowed session reads what it reads).
+pub fn job_runtime(job: &JobConfig, stores: Option<Arc<dyn ObjectStoreRegistry>>) -> Result<Arc<RuntimeEnv>> {
+    // The engine gets a quarter of the memory limit (the shard rows
+    // waiting to be built and SQLite's caches take the rest; see
+    // `memory_shares`). The write plan itself holds little: the writer
+    // takes the routed rows straight from the input (its memory is the
+    // run's row budget), so the pool bounds what SQL inputs (joins,
+    // aggregates, sorts) hold.
+    let limit_bytes = memory_shares(job.write.memory_limit_mib, 1).engine_bytes;
+    let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(limit_bytes);
+    let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool));
+    if let Some(stores) = stores {
+        runtime = runtime.with_object_store_registry(stores);
+    }
+    if let Some(dir) = &job.write.work_dir {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating work_dir {}", dir.display()), e))?;
+        runtime = runtime.with_temp_file_path(dir);
+    }
+    runtime
+        .build_arc()
+        .map_err(|e| Error::engine_caused("building the engine's runtime", e))
 }
 
 /// How a process's `memory_limit_mib` is shared out.

@@ -35,7 +35,10 @@ pub mod engine;
 pub mod report;
 pub mod resolve;
 
-pub use engine::{Embedded, Engine, MemoryShares, embedded_state_builder, memory_shares, session_state_builder};
+pub use engine::{
+    Embedded, Engine, MemoryShares, embedded_state_builder, job_runtime, job_session_config, memory_shares,
+    session_state_builder,
+};
 pub use report::{AlreadyPublished, BuildSummary, Outcome, PhaseTimes, PlanReport, RetentionReport};
 use resolve::verify_sample;
 pub use resolve::{MAX_INFERRED_TOKENS, Prepared, field_list, prepare, prepare_frame, read_input};
@@ -101,6 +104,13 @@ pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions)
             "output.table",
             "a job that writes a warehouse table runs through sf-warehouse (`sf_warehouse::run_job`), which owns catalogs",
         ));
+    }
+    if job
+        .input
+        .as_ref()
+        .is_some_and(|i| i.format == crate::config::InputFormat::Table)
+    {
+        return Err(crate::input::table_input_error());
     }
     if let Some(done) = already_published(job, options).await? {
         return Ok(Outcome::AlreadyPublished(done));
