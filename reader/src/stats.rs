@@ -32,6 +32,15 @@ pub struct ReaderStats {
     pub swaps: u64,
     /// Bytes held now by the range-mode block cache.
     pub block_cache_bytes: u64,
+    /// Bytes held now by memory-mode shards (keys, values, hash tables;
+    /// loads in progress count their reservation), at most
+    /// `memory_limit_bytes`.
+    pub memory_bytes: u64,
+    /// Shards held in memory now.
+    pub memory_shards: u64,
+    /// Shard opens that were to load into memory but stayed in download
+    /// mode because `memory_limit_bytes` was reached.
+    pub memory_fallbacks: u64,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +55,7 @@ pub(crate) struct Counters {
     pub(crate) refreshes: AtomicU64,
     pub(crate) refresh_failures: AtomicU64,
     pub(crate) swaps: AtomicU64,
+    pub(crate) memory_fallbacks: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64, by: u64) {
@@ -67,6 +77,9 @@ impl Counters {
             refresh_failures: l(&self.refresh_failures),
             swaps: l(&self.swaps),
             block_cache_bytes: 0,
+            memory_bytes: 0,
+            memory_shards: 0,
+            memory_fallbacks: l(&self.memory_fallbacks),
         }
     }
 }
