@@ -10,6 +10,7 @@ mod reader_cli;
 mod reader_concurrency;
 mod reader_errors;
 mod reader_fixtures;
+mod reader_memory;
 mod reader_snapshots;
 mod warehouse;
 mod write_e2e;
