@@ -148,7 +148,13 @@ impl SqliteBackend {
 }
 
 fn sqlite_err(db_id: DbId, what: &str, e: rusqlite::Error) -> Error {
-    Error::shard_caused(db_id, None, format!("SQLite failed {what}: {e}"), ErrorKind::Internal, e)
+    Error::shard_caused(
+        db_id,
+        None,
+        format!("SQLite failed {what}: {e}"),
+        ErrorKind::Internal,
+        e,
+    )
 }
 
 fn page_err(db_id: DbId, path: &Path, e: PageError) -> Error {
@@ -196,8 +202,8 @@ impl ShardBackend for SqliteBackend {
         let mut hasher = Xxh3::new();
         let mut stream = res.into_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| Error::shard_store(db_id, None, format!("reading {} back: {e}", file.url), e))?;
+            let chunk =
+                chunk.map_err(|e| Error::shard_store(db_id, None, format!("reading {} back: {e}", file.url), e))?;
             hasher.update(&chunk);
         }
         let found = file_checksum(&hasher);
