@@ -297,7 +297,7 @@ pub struct ShardInfo {
     pub checkpoint_id: Option<String>,
     /// Content checksum, when the writer recorded one.
     pub checksum: Option<String>,
-    /// `sqlite-download`, `sqlite-range` or `slatedb` once opened.
+    /// `sqlite-download`, `sqlite-memory`, `sqlite-range` or `slatedb` once opened.
     pub opened_as: Option<&'static str>,
 }
 
