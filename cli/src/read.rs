@@ -59,7 +59,8 @@ pub struct Cli {
     pub storage_options: Vec<String>,
 
     /// How SQLite shards are read: download (whole file, cached), range
-    /// (ranged GETs), or auto (range above 256 MiB).
+    /// (ranged GETs), auto (range above 256 MiB), or memory (downloaded,
+    /// then held in memory, up to 1 GiB in all).
     #[arg(long, value_enum, default_value_t = ModeArg::Auto, global = true)]
     pub sqlite_mode: ModeArg,
 
@@ -81,6 +82,19 @@ pub enum ModeArg {
     Range,
     /// Range for large shards, download otherwise.
     Auto,
+    /// Download, then hold each shard in memory.
+    Memory,
+}
+
+impl From<ModeArg> for SqliteMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Download => SqliteMode::Download,
+            ModeArg::Range => SqliteMode::Range,
+            ModeArg::Auto => SqliteMode::Auto,
+            ModeArg::Memory => SqliteMode::Memory,
+        }
+    }
 }
 
 /// The commands.
@@ -249,11 +263,7 @@ async fn open_reader(cli: &Cli, current_url: &str, options: StorageOptions) -> R
     };
     let settings = ReaderSettings {
         cache_dir: cli.cache_dir.clone(),
-        sqlite_mode: match cli.sqlite_mode {
-            ModeArg::Download => SqliteMode::Download,
-            ModeArg::Range => SqliteMode::Range,
-            ModeArg::Auto => SqliteMode::Auto,
-        },
+        sqlite_mode: cli.sqlite_mode.into(),
         pin,
         ..ReaderSettings::default()
     };

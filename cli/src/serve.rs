@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sf_manifest::StorageOptions;
 use sf_reader::duration::parse_duration;
-use sf_reader::{ReaderSettings, SqliteMode};
+use sf_reader::ReaderSettings;
 use sf_server::config::{FileConfig, read_tokens, storage_for};
 use sf_server::{DEFAULT_LISTEN, Limits, ServeConfig, Server, SnapshotConfig};
 
@@ -148,11 +148,7 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
     let mut snapshots = file.snapshots()?;
     let reader = ReaderSettings {
         cache_dir: args.cache_dir.clone(),
-        sqlite_mode: match args.sqlite_mode {
-            ModeArg::Download => SqliteMode::Download,
-            ModeArg::Range => SqliteMode::Range,
-            ModeArg::Auto => SqliteMode::Auto,
-        },
+        sqlite_mode: args.sqlite_mode.into(),
         refresh_interval: Some(duration("--refresh-interval", &args.refresh_interval)?),
         keep_versions: args.keep_versions,
         max_concurrency: args

@@ -11,7 +11,10 @@
 //!   microseconds);
 //! - SQLite shards, **range** mode: pages read by ranged GETs through a
 //!   SQLite VFS and a shared block cache, never downloading the file;
-//!   **auto** picks by shard size;
+//! - SQLite shards, **memory** mode: downloaded and verified as in download
+//!   mode, then read once into an in-memory hash index, so that lookups
+//!   never touch SQLite (within a memory limit; shards beyond it stay in
+//!   download mode); **auto** picks by shard size;
 //! - SlateDB shards: a read-only `DbReader` that writes nothing to the
 //!   shard's prefix.
 //!
@@ -19,7 +22,7 @@
 //!  get(key) ──▶ snapshot (Arc, swapped whole on refresh)
 //!                 │ encode + route (sf-router)
 //!                 ▼
-//!               shard slot db_id ── first use: open once (OnceCell) ──▶ SQLite | range VFS | SlateDB
+//!               shard slot db_id ── first use: open once (OnceCell) ──▶ SQLite | range VFS | memory | SlateDB
 //! ```
 //!
 //! Refresh (manual or background) loads the new manifest and opens the

@@ -364,7 +364,7 @@ pub struct ShardInfo {
     pub checkpoint_id: Option<String>,
     /// Content checksum, when the writer recorded one.
     pub checksum: Option<String>,
-    /// `sqlite-download`, `sqlite-range` or `slatedb` once opened.
+    /// `sqlite-download`, `sqlite-memory`, `sqlite-range` or `slatedb` once opened.
     pub opened_as: Option<&'static str>,
 }
 
@@ -737,6 +737,8 @@ impl Reader {
     pub fn stats(&self) -> ReaderStats {
         let mut s = self.inner.counters.snapshot();
         s.block_cache_bytes = self.inner.env.blocks.used_bytes();
+        s.memory_bytes = self.inner.env.memory.used_bytes();
+        s.memory_shards = self.inner.env.memory.shards();
         s
     }
 
@@ -800,6 +802,8 @@ impl Reader {
             .try_collect::<Vec<()>>()
             .await?;
         crate::view::warm_up(env, &next, &self.inner.settings.warmup_keys).await?;
+        // A reader closed meanwhile keeps nothing open.
+        self.check_open()?;
         let from = old.manifest_ref.clone();
         let created = next.created_seconds();
         {
@@ -823,13 +827,37 @@ impl Reader {
         Ok(RefreshOutcome::Swapped { from, to: manifest_ref })
     }
 
-    /// Stops the background refresh and refuses further reads (reads in
-    /// flight finish). Shards are closed when the last clone of the reader
-    /// is dropped.
+    /// Stops the background refresh, refuses further reads (reads in
+    /// flight finish) and lets go of the open shards: their memory (memory
+    /// mode) and connections are released once the reads in flight are
+    /// done. `info()`, `shards()` and `stats()` still answer.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
         if let Some(r) = &self.refresher {
             r.0.abort();
+        }
+        // The same manifest without open shards takes the served one's
+        // place; the old one, and its shards, go with its last reader.
+        let snap = self.snapshot();
+        match Snapshot::from_manifest(
+            &self.inner.store,
+            &snap.manifest_ref,
+            snap.pointer.clone(),
+            snap.manifest.clone(),
+        ) {
+            Ok(mut unopened) => {
+                unopened.loaded_at = snap.loaded_at;
+                *self
+                    .inner
+                    .served
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(unopened);
+            }
+            // It was checked when it was loaded; should it fail now, the
+            // shards close with the last clone of the reader instead.
+            Err(e) => {
+                tracing::warn!(error = %e, "closing: the served snapshot's shards stay open until the reader is dropped")
+            }
         }
     }
 }

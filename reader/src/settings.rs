@@ -19,10 +19,17 @@ pub enum SqliteMode {
     /// cache, without downloading the file. A cold lookup costs a few
     /// round trips; suits shards too large to copy or rarely read.
     Range,
+    /// `memory` for shards of at most
+    /// [`ReaderSettings::auto_memory_threshold_bytes`] (off by default),
     /// `range` for shards larger than
     /// [`ReaderSettings::auto_range_threshold_bytes`], `download` otherwise.
     #[default]
     Auto,
+    /// Download as `download` does, then load the whole shard into memory
+    /// (one arena of keys and values under a hash table): a lookup never
+    /// touches SQLite. Shards that do not fit in what
+    /// [`ReaderSettings::memory_limit_bytes`] leaves stay in download mode.
+    Memory,
 }
 
 impl SqliteMode {
@@ -32,6 +39,7 @@ impl SqliteMode {
             SqliteMode::Download => "download",
             SqliteMode::Range => "range",
             SqliteMode::Auto => "auto",
+            SqliteMode::Memory => "memory",
         }
     }
 }
@@ -43,9 +51,10 @@ impl std::str::FromStr for SqliteMode {
             "download" => Ok(SqliteMode::Download),
             "range" => Ok(SqliteMode::Range),
             "auto" => Ok(SqliteMode::Auto),
+            "memory" => Ok(SqliteMode::Memory),
             other => Err(Error::config(
                 "sqlite_mode",
-                format!("{other:?}; expected download, range or auto"),
+                format!("{other:?}; expected download, range, auto or memory"),
             )),
         }
     }
@@ -89,11 +98,21 @@ pub struct ReaderSettings {
     /// Shards a `multi_get` reads at once, and remote reads (range mode,
     /// SlateDB) in flight across the reader. Default 16.
     pub max_concurrency: usize,
-    /// Download, range or auto. Default auto.
+    /// Download, range, auto or memory. Default auto.
     pub sqlite_mode: SqliteMode,
     /// In auto mode, shards above this size (the manifest's `db_bytes`)
     /// are read by range. Default 256 MiB.
     pub auto_range_threshold_bytes: u64,
+    /// In auto mode, shards of at most this size (the manifest's
+    /// `db_bytes`, when it records one) are held in memory, within
+    /// `memory_limit_bytes`. Default 0: none.
+    pub auto_memory_threshold_bytes: u64,
+    /// Memory all memory-mode shards of the reader may hold together (keys,
+    /// values and hash tables). A shard that does not fit in what is left
+    /// stays in download mode; [`ReaderStats`](crate::ReaderStats) counts
+    /// it. A refresh opens the new snapshot's shards before the old ones
+    /// are let go, so it needs room for both. Default 1 GiB.
+    pub memory_limit_bytes: u64,
     /// Size of one ranged GET in range mode (a power of two, at least the
     /// 4 KiB page). Bigger blocks mean fewer round trips and more bytes per
     /// miss. Default 64 KiB.
@@ -133,6 +152,8 @@ impl Default for ReaderSettings {
             max_concurrency: 16,
             sqlite_mode: SqliteMode::Auto,
             auto_range_threshold_bytes: 256 * 1024 * 1024,
+            auto_memory_threshold_bytes: 0,
+            memory_limit_bytes: 1024 * 1024 * 1024,
             range_block_bytes: 64 * 1024,
             page_cache_bytes: 64 * 1024 * 1024,
             pin: Pin::Current,
@@ -214,6 +235,12 @@ mod tests {
         assert_eq!(partial.sqlite_mode, SqliteMode::Range);
         assert_eq!(partial.refresh_interval, Some(Duration::from_secs(30)));
         assert_eq!(partial.pin, Pin::Offset(1));
+        let memory: ReaderSettings =
+            serde_json::from_str(r#"{"sqlite_mode": "memory", "memory_limit_bytes": 1000}"#).expect("memory");
+        assert_eq!(
+            (memory.sqlite_mode, memory.memory_limit_bytes),
+            (SqliteMode::Memory, 1000)
+        );
         assert!(serde_json::from_str::<ReaderSettings>(r#"{"bogus": 1}"#).is_err());
     }
 
@@ -252,6 +279,14 @@ mod tests {
             assert!(e.contains(field), "{e}");
         }
         assert_eq!("range".parse::<SqliteMode>().expect("mode"), SqliteMode::Range);
+        for mode in [
+            SqliteMode::Download,
+            SqliteMode::Range,
+            SqliteMode::Auto,
+            SqliteMode::Memory,
+        ] {
+            assert_eq!(mode.as_str().parse::<SqliteMode>().expect("mode"), mode);
+        }
         assert!("fast".parse::<SqliteMode>().is_err());
     }
 }

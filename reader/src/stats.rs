@@ -38,6 +38,15 @@ pub struct ReaderStats {
     pub swaps: u64,
     /// Bytes held now by the range-mode block cache.
     pub block_cache_bytes: u64,
+    /// Bytes held now by memory-mode shards (keys, values, hash tables;
+    /// loads in progress count their reservation), at most
+    /// `memory_limit_bytes`.
+    pub memory_bytes: u64,
+    /// Shards held in memory now.
+    pub memory_shards: u64,
+    /// Shard opens that were to load into memory but stayed in download
+    /// mode because `memory_limit_bytes` was reached.
+    pub memory_fallbacks: u64,
 }
 
 /// The names the reader emits through the `metrics` facade, with what each
@@ -63,6 +72,10 @@ pub const METRICS: &[(&str, &str)] = &[
     ("sf_reader_refreshes_total", "refresh attempts"),
     ("sf_reader_refresh_failures_total", "refresh attempts that failed"),
     ("sf_reader_swaps_total", "snapshot swaps"),
+    (
+        "sf_reader_memory_fallbacks_total",
+        "shards that were to be held in memory but stayed on SQLite (memory_limit_bytes reached)",
+    ),
     (
         "sf_reader_snapshot_created_seconds",
         "the served snapshot's created_at, in Unix seconds (gauge)",
@@ -110,6 +123,7 @@ pub(crate) struct Counters {
     pub(crate) refreshes: Counter,
     pub(crate) refresh_failures: Counter,
     pub(crate) swaps: Counter,
+    pub(crate) memory_fallbacks: Counter,
     pub(crate) snapshot_created: metrics::Gauge,
     pub(crate) versions_held: metrics::Gauge,
 }
@@ -145,6 +159,7 @@ impl Counters {
             refreshes: c("sf_reader_refreshes_total"),
             refresh_failures: c("sf_reader_refresh_failures_total"),
             swaps: c("sf_reader_swaps_total"),
+            memory_fallbacks: c("sf_reader_memory_fallbacks_total"),
             snapshot_created: metrics::gauge!("sf_reader_snapshot_created_seconds", gauge_labels.clone()),
             versions_held: metrics::gauge!("sf_reader_versions_held", gauge_labels),
         }
@@ -163,6 +178,9 @@ impl Counters {
             refresh_failures: self.refresh_failures.get(),
             swaps: self.swaps.get(),
             block_cache_bytes: 0,
+            memory_bytes: 0,
+            memory_shards: 0,
+            memory_fallbacks: self.memory_fallbacks.get(),
         }
     }
 }

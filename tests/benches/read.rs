@@ -1,16 +1,19 @@
-//! Read latency of the reader against raw rusqlite on the same files (the
-//! ceiling), measured in the same run, and the open time of a 10,000-shard
-//! snapshot.
+//! Read latency of the reader, in download mode and in memory mode,
+//! against raw rusqlite on the same files (the ceiling of SQLite), measured
+//! in the same run, and the open time of a 10,000-shard snapshot.
 //!
 //! `cargo bench -p sf-tests --bench read` builds a 1,000,000-key snapshot
 //! in 8 SQLite shards (100-byte values) with the test helper that stands in
-//! for `sf-write`, warms the reader (download mode: every shard cached and
-//! open), then prints:
+//! for `sf-write`, warms a download-mode reader (every shard cached and
+//! open) and a memory-mode reader (every shard loaded), then prints:
 //!
-//! - `get` p50/p99/p99.9 against a raw rusqlite lookup (prepared statement,
-//!   same file, same open flags, no routing) — target: p99 < 5 µs;
-//! - `multi_get` of 1,000 random keys against 1,000 raw lookups — target:
-//!   < 1 ms;
+//! - `get` p50/p99/p99.9 of both readers against a raw rusqlite lookup
+//!   (prepared statement, same file, same open flags, no routing), in
+//!   alternating rounds — targets: download mode at the ceiling, memory
+//!   mode p99 < 1 µs;
+//! - `multi_get` of 1,000 random keys against 1,000 raw lookups — targets:
+//!   download mode at the ceiling, memory mode < 0.3 ms;
+//! - the time to load the 8 cached shards into memory, and what they hold;
 //! - the time to open (build a `Reader` for) a 10,000-shard manifest —
 //!   target: < 100 ms;
 //! - for scale: warm range-mode `get` and 16-task `get` throughput.
@@ -147,6 +150,40 @@ fn main() {
     let stats = reader.stats();
     assert_eq!(stats.downloads, u64::from(SHARDS));
 
+    // Memory mode over the same cache: no download, 8 shards loaded.
+    let t = Instant::now();
+    let memory = rt
+        .block_on(async {
+            let memory = Reader::builder(format!("{prefix}/_CURRENT"))
+                .with_settings(ReaderSettings {
+                    cache_dir: Some(cache.clone()),
+                    sqlite_mode: SqliteMode::Memory,
+                    ..ReaderSettings::default()
+                })
+                .build()
+                .await?;
+            let one_per_shard: Vec<Key> = (0..1000).map(Key::Int).collect();
+            memory.multi_get(&one_per_shard).await?;
+            Ok::<_, sf_reader::Error>(memory)
+        })
+        .expect("memory reader");
+    let load_time = t.elapsed();
+    let ms_stats = memory.stats();
+    assert_eq!(
+        (ms_stats.memory_shards, ms_stats.downloads),
+        (u64::from(SHARDS), 0),
+        "{ms_stats:?}"
+    );
+    let file_bytes: u64 = built.manifest.shards.iter().map(|s| s.db_bytes).sum();
+    println!();
+    println!(
+        "memory mode: {SHARDS} cached shards ({:.1} MiB of files) loaded in {:.2} s ({:.2} M rows/s), holding {:.1} MiB",
+        file_bytes as f64 / 1048576.0,
+        load_time.as_secs_f64(),
+        KEYS as f64 / load_time.as_secs_f64() / 1e6,
+        ms_stats.memory_bytes as f64 / 1048576.0
+    );
+
     // The same files for the ceiling, and the same routing precomputed.
     let files: Vec<std::path::PathBuf> = built
         .manifest
@@ -174,12 +211,13 @@ fn main() {
         .map(|c| c.prepare_cached("SELECT v FROM kv WHERE k = ?1").expect("prepare"))
         .collect();
 
-    // get: reader vs raw, alternating rounds so both see the same machine.
+    // get: both readers and raw, alternating rounds so all see the same machine.
     let mut lcg = Lcg(42);
     let keys: Vec<u64> = (0..GETS).map(|_| lcg.next_key()).collect();
     let key_objs: Vec<Key> = keys.iter().map(|k| Key::Int(*k as i64)).collect();
     let encoded: Vec<(usize, [u8; 8])> = keys.iter().map(|k| (shard_of(*k), k.to_be_bytes())).collect();
     let mut reader_samples = Vec::with_capacity(GETS);
+    let mut memory_samples = Vec::with_capacity(GETS);
     let mut raw_samples = Vec::with_capacity(GETS);
     rt.block_on(async {
         for round in keys.chunks(10_000).enumerate() {
@@ -193,6 +231,14 @@ fn main() {
                 debug_assert_eq!(v.as_deref(), Some(value_of(*k).as_slice()));
                 black_box(v);
             }
+            for (j, k) in chunk.iter().enumerate() {
+                let key = &key_objs[base + j];
+                let t = Instant::now();
+                let v = memory.get(key).await.expect("get");
+                memory_samples.push(t.elapsed());
+                debug_assert_eq!(v.as_deref(), Some(value_of(*k).as_slice()));
+                black_box(v);
+            }
             for (db, enc) in &encoded[base..base + chunk.len()] {
                 let t = Instant::now();
                 let v = raw.get(&mut stmts, *db, enc);
@@ -202,25 +248,33 @@ fn main() {
         }
     });
     let g = percentiles(reader_samples);
+    let mg = percentiles(memory_samples);
     let c = percentiles(raw_samples);
     println!();
-    println!("get, warm, download mode ({GETS} random keys of {KEYS}):");
+    println!("get, warm ({GETS} random keys of {KEYS}):");
     println!(
-        "  reader          p50 {:>10}  p99 {:>10}  p99.9 {:>10}",
+        "  reader, download mode   p50 {:>10}  p99 {:>10}  p99.9 {:>10}",
         us(g.p50),
         us(g.p99),
         us(g.p999)
     );
     println!(
-        "  raw rusqlite    p50 {:>10}  p99 {:>10}  p99.9 {:>10}   (ceiling: no routing, no pool)",
+        "  reader, memory mode     p50 {:>10}  p99 {:>10}  p99.9 {:>10}",
+        us(mg.p50),
+        us(mg.p99),
+        us(mg.p999)
+    );
+    println!(
+        "  raw rusqlite            p50 {:>10}  p99 {:>10}  p99.9 {:>10}   (SQLite's ceiling: no routing, no pool)",
         us(c.p50),
         us(c.p99),
         us(c.p999)
     );
-    println!("  target: reader p99 < 5 µs");
+    println!("  targets: download mode at the ceiling; memory mode p99 < 1 µs");
 
     // multi_get(1000) vs 1000 raw lookups.
     let mut multi = Vec::with_capacity(MULTI_ROUNDS);
+    let mut memory_multi = Vec::with_capacity(MULTI_ROUNDS);
     let mut raw_multi = Vec::with_capacity(MULTI_ROUNDS);
     rt.block_on(async {
         for _ in 0..MULTI_ROUNDS {
@@ -232,6 +286,10 @@ fn main() {
             multi.push(t.elapsed());
             assert_eq!(v.iter().filter(|x| x.is_some()).count(), 1000);
             let t = Instant::now();
+            let v = memory.multi_get(&objs).await.expect("multi_get");
+            memory_multi.push(t.elapsed());
+            assert_eq!(v.iter().filter(|x| x.is_some()).count(), 1000);
+            let t = Instant::now();
             for (db, e) in &enc {
                 black_box(raw.get(&mut stmts, *db, e));
             }
@@ -239,41 +297,50 @@ fn main() {
         }
     });
     let m = percentiles(multi);
+    let mm = percentiles(memory_multi);
     let rm = percentiles(raw_multi);
     println!();
     println!("multi_get of 1,000 random keys, warm ({MULTI_ROUNDS} rounds):");
-    println!("  reader          p50 {:>10}  p99 {:>10}", ms(m.p50), ms(m.p99));
+    println!("  reader, download mode   p50 {:>10}  p99 {:>10}", ms(m.p50), ms(m.p99));
     println!(
-        "  raw rusqlite    p50 {:>10}  p99 {:>10}   (1,000 sequential lookups, one thread)",
+        "  reader, memory mode     p50 {:>10}  p99 {:>10}",
+        ms(mm.p50),
+        ms(mm.p99)
+    );
+    println!(
+        "  raw rusqlite            p50 {:>10}  p99 {:>10}   (1,000 sequential lookups, one thread)",
         ms(rm.p50),
         ms(rm.p99)
     );
-    println!("  target: reader < 1 ms");
+    println!("  targets: download mode at the ceiling; memory mode < 0.3 ms");
 
-    // Throughput with 16 tasks sharing the reader.
+    // Throughput with 16 tasks sharing a reader.
     let per_task = 50_000;
-    let t = Instant::now();
-    rt.block_on(async {
-        let tasks: Vec<_> = (0..16u64)
-            .map(|i| {
-                let r = reader.clone();
-                tokio::spawn(async move {
-                    let mut l = Lcg(i + 7);
-                    for _ in 0..per_task {
-                        black_box(r.get(&Key::Int(l.next_key() as i64)).await.expect("get"));
-                    }
+    let throughput = |reader: &Reader| {
+        let t = Instant::now();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..16u64)
+                .map(|i| {
+                    let r = reader.clone();
+                    tokio::spawn(async move {
+                        let mut l = Lcg(i + 7);
+                        for _ in 0..per_task {
+                            black_box(r.get(&Key::Int(l.next_key() as i64)).await.expect("get"));
+                        }
+                    })
                 })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("task");
-        }
-    });
-    let el = t.elapsed();
+                .collect();
+            for t in tasks {
+                t.await.expect("task");
+            }
+        });
+        (16 * per_task) as f64 / t.elapsed().as_secs_f64() / 1e6
+    };
     println!();
     println!(
-        "16 tasks on 2 worker threads: {:.2} M gets/s",
-        (16 * per_task) as f64 / el.as_secs_f64() / 1e6
+        "16 tasks on 2 worker threads: download mode {:.2} M gets/s, memory mode {:.2} M gets/s",
+        throughput(&reader),
+        throughput(&memory)
     );
 
     // Range mode, warm block cache (for scale; no target).

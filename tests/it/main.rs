@@ -14,6 +14,7 @@ mod reader_cli;
 mod reader_concurrency;
 mod reader_errors;
 mod reader_fixtures;
+mod reader_memory;
 mod reader_refresh;
 mod reader_snapshots;
 mod reader_versions;

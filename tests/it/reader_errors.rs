@@ -127,7 +127,7 @@ async fn bad_snapshots_are_named_in_errors() {
     assert_names(&e, &[&v5, "format_version 5", "format_version 4"]);
 
     // A missing shard file: the shard's reads fail naming it; others work.
-    for mode in [SqliteMode::Download, SqliteMode::Range] {
+    for mode in [SqliteMode::Download, SqliteMode::Range, SqliteMode::Memory] {
         let p = prefix(&root, &format!("noshard-{mode:?}"));
         let built = build_snapshot(&p, &SnapshotSpec::hash("r1", 4, KeyEncoding::U64Be), &int_rows(40, "v")).await;
         let victim = &built.manifest.shards[1];
@@ -150,7 +150,7 @@ async fn bad_snapshots_are_named_in_errors() {
     }
 
     // A checksum mismatch: same size, one byte different.
-    for mode in [SqliteMode::Download, SqliteMode::Range] {
+    for mode in [SqliteMode::Download, SqliteMode::Range, SqliteMode::Memory] {
         let p = prefix(&root, &format!("damaged-{mode:?}"));
         let built = build_snapshot(&p, &SnapshotSpec::hash("r1", 2, KeyEncoding::U64Be), &int_rows(40, "v")).await;
         let victim = &built.manifest.shards[0];

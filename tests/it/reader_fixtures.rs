@@ -1,5 +1,5 @@
 //! The reader on the reference's snapshots: every read `expected.json`
-//! records, in download and range modes, the pinned older run of
+//! records, in download, range and memory modes, the pinned older run of
 //! `hash_int`, categorical routing with context, and SlateDB shards read
 //! without a single write to them.
 
@@ -56,10 +56,10 @@ fn ctx(region: &str) -> RoutingContext {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_expected_read_holds_in_download_and_range_modes() {
+async fn every_expected_read_holds_in_download_range_and_memory_modes() {
     let exp = expected();
     let read = &exp["read"];
-    for mode in [SqliteMode::Download, SqliteMode::Range] {
+    for mode in [SqliteMode::Download, SqliteMode::Range, SqliteMode::Memory] {
         let cache = tempfile::tempdir().expect("cache");
 
         // hash_int, current run.
@@ -181,9 +181,25 @@ async fn every_expected_read_holds_in_download_and_range_modes() {
             })
             .count();
         match mode {
-            SqliteMode::Download => {
+            SqliteMode::Download | SqliteMode::Memory => {
                 assert!(stats.downloads > 0 && stats.range_requests == 0, "{stats:?}");
                 assert!(cached_files > 0);
+                let in_memory = if mode == SqliteMode::Memory {
+                    r.shards().len()
+                } else {
+                    0
+                };
+                assert_eq!(stats.memory_shards, in_memory as u64, "{stats:?}");
+                let backend = if mode == SqliteMode::Memory {
+                    "sqlite-memory"
+                } else {
+                    "sqlite-download"
+                };
+                assert!(
+                    r.shards().iter().all(|s| s.opened_as == Some(backend)),
+                    "{:?}",
+                    r.shards()
+                );
             }
             _ => {
                 assert!(stats.downloads == 0 && stats.range_requests > 0, "{stats:?}");

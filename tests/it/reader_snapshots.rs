@@ -1,6 +1,6 @@
 //! The reader on snapshots written the way our writer writes them (by the
 //! `sf_tests::snapshots` helper until `sf-write` exists): hash and CEL
-//! routing, SQLite (download and range) and SlateDB shards, checksums
+//! routing, SQLite (download, range and memory) and SlateDB shards, checksums
 //! verified, on `file://` and on S3 (the moto server of `scripts/test.sh`).
 
 use std::collections::BTreeMap;
@@ -158,7 +158,7 @@ async fn matrix(prefix_of: impl Fn(&str) -> String) {
             let built = build_snapshot(&prefix, &case.spec, &case.rows).await;
             assert!(built.manifest.shards.iter().all(|s| s.writer_info.checksum().is_some()));
             let modes: &[SqliteMode] = match backend {
-                Backend::Sqlite => &[SqliteMode::Download, SqliteMode::Range],
+                Backend::Sqlite => &[SqliteMode::Download, SqliteMode::Range, SqliteMode::Memory],
                 Backend::SlateDb => &[SqliteMode::Auto],
             };
             for mode in modes {
@@ -177,6 +177,7 @@ async fn matrix(prefix_of: impl Fn(&str) -> String) {
                 let expected_backend = match (backend, mode) {
                     (Backend::SlateDb, _) => "slatedb",
                     (_, SqliteMode::Range) => "sqlite-range",
+                    (_, SqliteMode::Memory) => "sqlite-memory",
                     _ => "sqlite-download",
                 };
                 for s in reader.shards() {

@@ -5,8 +5,14 @@
 //! object means SQLite, a `manifest/` folder SlateDB. The manifest's
 //! `db_bytes` (0 for SlateDB, the file size for SQLite) decides which to
 //! try first, so a normal open costs no extra request.
+//!
+//! A SQLite shard is then read one of three ways: downloaded into the
+//! local cache and read through SQLite, read by range through SQLite, or
+//! downloaded and held in memory (`memory.rs`), where lookups never reach
+//! SQLite.
 
 pub(crate) mod download;
+pub(crate) mod memory;
 pub(crate) mod remote_file;
 pub(crate) mod slate;
 pub(crate) mod sqlite;
@@ -29,6 +35,7 @@ use crate::settings::{ReaderSettings, SqliteMode};
 use crate::stats::{Counters, bump};
 use sf_manifest::checksum::{Coverage, Recorded, file_checksum};
 
+use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
 use slate::SlateShard;
 use sqlite::{ConnPool, Source};
@@ -37,6 +44,18 @@ use sqlite::{ConnPool, Source};
 /// the blocking pool, so that several shards' lookups use several cores;
 /// smaller ones run inline (a hop to another thread costs more).
 const PARALLEL_GROUP: usize = 64;
+
+/// Multi-gets on a memory-mode shard with at least this many keys run as
+/// tasks of their own on the runtime's workers, so that one `multi_get`'s
+/// shards are looked up on every core; smaller ones run inline. A lookup
+/// takes a fraction of a microsecond, so a task of this size costs about
+/// as much as spawning it.
+const MEMORY_PARALLEL_GROUP: usize = 64;
+
+/// Keys per memory-mode lookup task: a few hundred microseconds of work at
+/// most, so that a huge `multi_get` on one shard still spreads over the
+/// cores and never holds a runtime worker for long.
+const MEMORY_TASK_KEYS: usize = 2048;
 
 /// What every shard open needs; one per reader.
 #[derive(Debug)]
@@ -48,6 +67,8 @@ pub(crate) struct ShardEnv {
     pub(crate) runtime: Handle,
     /// Bounds remote reads in flight (range mode, SlateDB, opens).
     pub(crate) remote_permits: Arc<Semaphore>,
+    /// What memory-mode shards may hold, across the reader's snapshots.
+    pub(crate) memory: Arc<MemoryBudget>,
     next_file_id: AtomicU64,
 }
 
@@ -57,6 +78,7 @@ impl ShardEnv {
         Ok(ShardEnv {
             blocks: Arc::new(BlockCache::new(settings.page_cache_bytes)),
             remote_permits: Arc::new(Semaphore::new(settings.max_concurrency)),
+            memory: MemoryBudget::new(settings.memory_limit_bytes),
             sqlite_cache_dir,
             settings,
             counters,
@@ -141,6 +163,9 @@ impl ShardIdentity {
 enum Backend {
     /// A downloaded SQLite file.
     Local(ConnPool),
+    /// A downloaded SQLite file held in memory. Lookups use the index
+    /// only; scans, which need key order, read the file through the pool.
+    Memory { index: Arc<MemoryShard>, pool: ConnPool },
     /// A SQLite file read by range. The registration keeps the VFS name
     /// alive while the shard is open.
     Range {
@@ -180,10 +205,11 @@ impl Drop for ShardHandle {
 }
 
 impl ShardHandle {
-    /// `sqlite-download`, `sqlite-range` or `slatedb`.
+    /// `sqlite-download`, `sqlite-memory`, `sqlite-range` or `slatedb`.
     pub(crate) fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Local(_) => "sqlite-download",
+            Backend::Memory { .. } => "sqlite-memory",
             Backend::Range { .. } => "sqlite-range",
             Backend::Slate(_) => "slatedb",
         }
@@ -233,15 +259,19 @@ impl ShardHandle {
     }
 
     async fn try_sqlite(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
-        let range = match env.settings.sqlite_mode {
-            SqliteMode::Download => false,
-            SqliteMode::Range => true,
-            SqliteMode::Auto => spec.row.db_bytes > env.settings.auto_range_threshold_bytes,
+        let s = &env.settings;
+        let db_bytes = spec.row.db_bytes;
+        let mode = match s.sqlite_mode {
+            // Only shards whose size the manifest records: 0 says nothing.
+            SqliteMode::Auto if db_bytes > 0 && db_bytes <= s.auto_memory_threshold_bytes => SqliteMode::Memory,
+            SqliteMode::Auto if db_bytes > s.auto_range_threshold_bytes => SqliteMode::Range,
+            SqliteMode::Auto => SqliteMode::Download,
+            other => other,
         };
-        if range {
-            Self::open_range(env, spec).await
-        } else {
-            Self::open_local(env, spec).await
+        match mode {
+            SqliteMode::Range => Self::open_range(env, spec).await,
+            SqliteMode::Memory => Self::open_memory(env, spec).await,
+            _ => Self::open_local(env, spec).await,
         }
     }
 
@@ -249,6 +279,12 @@ impl ShardHandle {
         let Some(path) = download::cached_file(env, &spec).await? else {
             return Ok(None);
         };
+        let (pool, _) = Self::local_pool(env, path)?;
+        Self::seeded_local(spec, pool).map(Some)
+    }
+
+    /// A pool over a cached file, and the file's size.
+    fn local_pool(env: &ShardEnv, path: PathBuf) -> Result<(ConnPool, u64)> {
         let size = std::fs::metadata(&path)
             .map_err(|e| Error::io("reading a cached shard's size", &path, e))?
             .len();
@@ -256,15 +292,75 @@ impl ShardHandle {
             Source::Local { path, mmap_bytes: size },
             env.settings.max_idle_connections_per_shard,
         );
-        let conn = pool.open_connection().map_err(|e| {
-            spec.open_failed(
-                format!("SQLite cannot read the shard file: {e}"),
+        Ok((pool, size))
+    }
+
+    fn unreadable(spec: ShardSpec<'_>, e: rusqlite::Error) -> Error {
+        spec.open_failed(
+            format!("SQLite cannot read the shard file: {e}"),
+            ErrorKind::Data,
+            Some(Box::new(e)),
+        )
+    }
+
+    /// Download mode over `pool`, with its first connection open (which
+    /// checks the file is a shard).
+    fn seeded_local(spec: ShardSpec<'_>, pool: ConnPool) -> Result<Backend> {
+        let conn = pool.open_connection().map_err(|e| Self::unreadable(spec, e))?;
+        pool.seed(conn);
+        Ok(Backend::Local(pool))
+    }
+
+    /// Memory mode: the cached file (downloaded and verified as in
+    /// download mode) loaded into memory, or left in download mode when
+    /// the memory budget cannot hold it.
+    async fn open_memory(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
+        let Some(path) = download::cached_file(env, &spec).await? else {
+            return Ok(None);
+        };
+        let (pool, size) = Self::local_pool(env, path)?;
+        let rows = spec.row.row_count;
+        let Some(reservation) = env.memory.reserve(memory::estimate(size, rows)) else {
+            return Self::memory_fallback(env, spec, pool).map(Some);
+        };
+        // A full read of the file: off the runtime's workers.
+        let (pool, loaded) = tokio::task::spawn_blocking(move || {
+            let loaded = pool
+                .open_connection()
+                .map_err(LoadError::from)
+                .and_then(|conn| memory::load(&conn, reservation, size, rows));
+            (pool, loaded)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("memory load task failed: {e}")))?;
+        match loaded {
+            Ok(index) => {
+                tracing::debug!(shard = %spec.db_id, rows = index.rows(), bytes = index.bytes(), "shard held in memory");
+                Ok(Some(Backend::Memory {
+                    index: Arc::new(index),
+                    pool,
+                }))
+            }
+            Err(LoadError::OverBudget) => Self::memory_fallback(env, spec, pool).map(Some),
+            Err(LoadError::Sqlite(e)) => Err(Self::unreadable(spec, e)),
+            Err(e) => Err(spec.open_failed(
+                format!("the shard cannot be held in memory: {e}"),
                 ErrorKind::Data,
                 Some(Box::new(e)),
-            )
-        })?;
-        pool.seed(conn);
-        Ok(Some(Backend::Local(pool)))
+            )),
+        }
+    }
+
+    fn memory_fallback(env: &ShardEnv, spec: ShardSpec<'_>, pool: ConnPool) -> Result<Backend> {
+        bump(&env.counters.memory_fallbacks, 1);
+        tracing::info!(
+            shard = %spec.db_id,
+            db_bytes = spec.row.db_bytes,
+            memory_bytes = env.memory.used_bytes(),
+            memory_limit_bytes = env.settings.memory_limit_bytes,
+            "the shard does not fit in the memory limit; reading it in download mode"
+        );
+        Self::seeded_local(spec, pool)
     }
 
     async fn open_range(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
@@ -387,6 +483,9 @@ impl ShardHandle {
             // A warm lookup in a local, memory-mapped file takes a few
             // microseconds: cheaper inline than any hop to another thread.
             Backend::Local(pool) => pool.get(key).map_err(|e| self.sqlite_error(e, None)),
+            // The value is copied out, so that no caller's value keeps a
+            // released shard's memory alive.
+            Backend::Memory { index, .. } => Ok(index.get(key).map(Bytes::copy_from_slice)),
             Backend::Range { .. } => {
                 let key = key.to_vec();
                 self.on_sqlite_pool("range lookup", move |pool| pool.get(&key)).await
@@ -412,7 +511,7 @@ impl ShardHandle {
                     .map_err(|e| self.slate_error(" scan", e))
             }
             // A page reads many B-tree pages: off the runtime's workers.
-            Backend::Local(_) | Backend::Range { .. } => {
+            Backend::Local(_) | Backend::Memory { .. } | Backend::Range { .. } => {
                 self.on_sqlite_pool("scan", move |pool| pool.scan_page(after.as_deref(), limit))
                     .await
             }
@@ -434,7 +533,7 @@ impl ShardHandle {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let (pool, file) = match &this.backend {
-                Backend::Local(pool) => (pool, None),
+                Backend::Local(pool) | Backend::Memory { pool, .. } => (pool, None),
                 Backend::Range { pool, file, .. } => (pool, Some(file.as_ref())),
                 Backend::Slate(_) => return Err(Error::Internal("a SlateDB shard has no SQLite pool".into())),
             };
@@ -459,6 +558,11 @@ impl ShardHandle {
                 let values = pool.get_many(&keys).map_err(|e| self.sqlite_error(e, None))?;
                 Ok(keys.into_iter().map(|(slot, _)| slot).zip(values).collect())
             }
+            Backend::Memory { index, .. } if keys.len() < MEMORY_PARALLEL_GROUP => Ok(keys
+                .into_iter()
+                .map(|(slot, key)| (slot, index.get(&key).map(Bytes::copy_from_slice)))
+                .collect()),
+            Backend::Memory { index, .. } => self.memory_get_many(index, keys).await,
             Backend::Local(_) | Backend::Range { .. } => {
                 self.on_sqlite_pool("lookup", move |pool| {
                     let values = pool.get_many(&keys)?;
@@ -474,5 +578,36 @@ impl ShardHandle {
                 Ok(out)
             }
         }
+    }
+
+    /// Looks `keys` up in a memory-mode shard in tasks of at most
+    /// [`MEMORY_TASK_KEYS`] keys on the runtime's workers.
+    async fn memory_get_many(
+        &self,
+        index: &Arc<MemoryShard>,
+        keys: Vec<(usize, Vec<u8>)>,
+    ) -> Result<Vec<(usize, Option<Bytes>)>> {
+        let keys = Arc::new(keys);
+        let tasks: Vec<_> = (0..keys.len())
+            .step_by(MEMORY_TASK_KEYS)
+            .map(|start| {
+                let (index, keys) = (Arc::clone(index), Arc::clone(&keys));
+                self.env.runtime.spawn(async move {
+                    let end = (start + MEMORY_TASK_KEYS).min(keys.len());
+                    keys[start..end]
+                        .iter()
+                        .map(|(slot, key)| (*slot, index.get(key).map(Bytes::copy_from_slice)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for task in tasks {
+            out.extend(
+                task.await
+                    .map_err(|e| Error::Internal(format!("memory lookup task failed: {e}")))?,
+            );
+        }
+        Ok(out)
     }
 }
