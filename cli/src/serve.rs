@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sf_manifest::StorageOptions;
-use sf_reader::duration::parse_duration;
 use sf_reader::ReaderSettings;
+use sf_reader::duration::parse_duration;
 use sf_server::config::{FileConfig, read_tokens, storage_for};
 use sf_server::{DEFAULT_LISTEN, Limits, ServeConfig, Server, SnapshotConfig};
 
