@@ -63,6 +63,8 @@ pub mod local;
 pub mod manifest;
 #[cfg(feature = "store")]
 pub mod overlay;
+#[cfg(feature = "store")]
+pub mod resend;
 pub mod run_record;
 #[cfg(feature = "store")]
 pub mod storage;

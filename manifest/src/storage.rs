@@ -26,6 +26,9 @@
 //! |---|---|---|
 //! | `max_retries` | 10 | retries of one request (network errors, timeouts, 5xx, throttling) |
 //! | `retry_timeout` | `3m` | give up retrying one request after this long (`30s`, `2m`, ...) |
+//!
+//! Idle pooled connections are dropped after 4 s ([`POOL_IDLE_TIMEOUT`])
+//! unless `pool_idle_timeout` says otherwise.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -37,7 +40,7 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 
 use crate::error::{Error, Result};
 use crate::local::LocalStore;
@@ -376,39 +379,40 @@ fn build_cloud(scheme: &str, bucket: &str, url: &str, options: &StorageOptions) 
         reason: format!("unknown storage option {k:?} for {scheme}://"),
     };
     let (retry, options) = retry_config(options, url)?;
+    // Every cloud store sends reads again whose request never reached the
+    // server (`crate::resend`).
     let built = |r: object_store::Result<Arc<dyn ObjectStore>>| {
-        r.map_err(|e| Error::InvalidUrl {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })
+        r.map(|store| crate::resend::ResendReads::new(store) as Arc<dyn ObjectStore>)
+            .map_err(|e| Error::InvalidUrl {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })
     };
     let base_url = format!("{scheme}://{bucket}");
     match scheme {
         "s3" | "s3a" => {
             let mut b = AmazonS3Builder::from_env()
                 .with_url(base_url.replace("s3a://", "s3://"))
-                .with_retry(retry);
-            // Client options accumulate: each `with_client_options` call
-            // replaces the previous set.
-            let mut client: Option<ClientOptions> = None;
+                .with_retry(retry)
+                .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::PoolIdleTimeout), POOL_IDLE);
             for (k, v) in &options {
                 if let Ok(key) = AmazonS3ConfigKey::from_str(k) {
                     b = b.with_config(key, v);
                 } else if let Ok(key) = ClientConfigKey::from_str(k) {
-                    client = Some(client.take().unwrap_or_default().with_config(key, v));
+                    // On the builder's own client options, which the
+                    // environment (`AWS_ALLOW_HTTP`, ...) filled too.
+                    b = b.with_config(AmazonS3ConfigKey::Client(key), v);
                 } else {
                     return Err(unknown(k));
                 }
-            }
-            if let Some(c) = client {
-                b = b.with_client_options(c);
             }
             built(b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>))
         }
         "gs" => {
             let mut b = GoogleCloudStorageBuilder::from_env()
                 .with_url(base_url)
-                .with_retry(retry);
+                .with_retry(retry)
+                .with_config(GoogleConfigKey::Client(ClientConfigKey::PoolIdleTimeout), POOL_IDLE);
             for (k, v) in &options {
                 let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k))?;
                 b = b.with_config(key, v);
@@ -416,7 +420,10 @@ fn build_cloud(scheme: &str, bucket: &str, url: &str, options: &StorageOptions) 
             built(b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>))
         }
         _ => {
-            let mut b = MicrosoftAzureBuilder::from_env().with_url(base_url).with_retry(retry);
+            let mut b = MicrosoftAzureBuilder::from_env()
+                .with_url(base_url)
+                .with_retry(retry)
+                .with_config(AzureConfigKey::Client(ClientConfigKey::PoolIdleTimeout), POOL_IDLE);
             for (k, v) in &options {
                 let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k))?;
                 b = b.with_config(key, v);
@@ -426,9 +433,35 @@ fn build_cloud(scheme: &str, bucket: &str, url: &str, options: &StorageOptions) 
     }
 }
 
+/// How long an idle pooled connection is kept: below the keep-alive of
+/// common servers (Node.js servers such as Azurite close idle connections
+/// after 5 s), so that a request never goes out on a connection the server
+/// has just closed, which fails as "error sending request" without a
+/// retry. Set on the builder's own client options, so the environment's
+/// (`AWS_ALLOW_HTTP`, ...) stay; `pool_idle_timeout` in the storage options
+/// overrides it.
+pub const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+const POOL_IDLE: &str = "4s";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_idle_pool_timeout_is_a_default_the_options_override() {
+        assert_eq!(humantime_secs(POOL_IDLE), POOL_IDLE_TIMEOUT.as_secs());
+        for url in ["s3://b/p", "gs://b/p", "az://b/p"] {
+            let mut opts = StorageOptions::new().with("pool_idle_timeout", "30s");
+            if url.starts_with("az") {
+                opts = opts.with("azure_storage_account_name", "acct");
+            }
+            resolve(url, &opts).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+
+    fn humantime_secs(text: &str) -> u64 {
+        text.trim_end_matches('s').parse().expect("seconds")
+    }
 
     #[test]
     fn local_paths_and_file_urls_agree() {

@@ -836,8 +836,10 @@ impl Reader {
         if let Some(r) = &self.refresher {
             r.0.abort();
         }
-        // The same manifest without open shards takes the served one's
-        // place; the old one, and its shards, go with its last reader.
+        // Snapshots kept for pinned reads go now; the same manifest
+        // without open shards takes the served one's place; the old ones,
+        // and their shards, go with their last readers.
+        self.inner.kept().clear();
         let snap = self.snapshot();
         match Snapshot::from_manifest(
             &self.inner.store,

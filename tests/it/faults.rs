@@ -419,7 +419,8 @@ async fn a_row_in_the_wrong_partition_fails_its_shard_task() {
         .expect_err("the guard fails the task");
     let text = e.to_string();
     assert!(
-        text.contains("partition 1 received a row of shard 0 (row 2)") && text.contains("partitioning is broken"),
+        text.contains("partition 1 received a row of shard 0 (row 2 of a batch)")
+            && text.contains("partitioning is broken"),
         "{text}"
     );
     assert!(

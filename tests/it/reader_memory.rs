@@ -141,7 +141,16 @@ async fn refresh_and_close_give_the_memory_back() {
     let p = prefix(&root, "refresh");
     let spec = |run: &str| SnapshotSpec::hash(run, 4, KeyEncoding::U64Be);
     build_sqlite_snapshot(&p, &spec("big"), &int_rows(3000, "big")).await;
-    let r = reader(&p, memory_settings(cache.path())).await;
+    // Without kept versions: a replaced snapshot is let go at the swap
+    // (with `keep_versions`, it stays open for pinned reads until close).
+    let r = reader(
+        &p,
+        ReaderSettings {
+            keep_versions: 0,
+            ..memory_settings(cache.path())
+        },
+    )
+    .await;
     let keys: Vec<Key> = (0..3000).map(Key::Int).collect();
     assert!(r.multi_get(&keys).await.expect("read").iter().all(Option::is_some));
     let big = r.stats();
@@ -176,6 +185,19 @@ async fn refresh_and_close_give_the_memory_back() {
     assert!(matches!(clone.get(&Key::Int(7)).await, Err(Error::Closed { .. })));
     assert_eq!(clone.info().run_id.as_str(), "small");
     assert_eq!(clone.info().shards_open, 0);
+
+    // With the default `keep_versions`, the replaced snapshot stays held
+    // for pinned reads, and a close lets go of it too.
+    let kept = reader(&p, memory_settings(cache.path())).await;
+    let few: Vec<Key> = (0..300).map(Key::Int).collect();
+    assert!(kept.multi_get(&few).await.expect("read").iter().all(Option::is_some));
+    build_sqlite_snapshot(&p, &spec("again"), &int_rows(300, "again")).await;
+    kept.refresh().await.expect("refresh");
+    assert!(kept.multi_get(&few).await.expect("read").iter().all(Option::is_some));
+    assert_eq!(kept.stats().memory_shards, 8, "the served and the kept snapshot");
+    kept.close();
+    let closed = kept.stats();
+    assert_eq!((closed.memory_shards, closed.memory_bytes), (0, 0), "{closed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
