@@ -268,6 +268,64 @@ async fn a_lost_compare_and_swap_is_a_conflict_and_current_stays() {
     lost_swap("s3").await;
 }
 
+async fn lost_manifest_answer(backend: &str) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let site = site(backend, "faults-lost-manifest").await;
+    built(
+        build(
+            &job(dir.path(), &site.prefix, "r1"),
+            &Embedded::default(),
+            &BuildOptions::default(),
+        )
+        .await,
+    )
+    .await;
+    let before = current_version(&site.prefix).await;
+
+    // The second build's manifest lands, but its answer is lost.
+    site.store
+        .fail_after_first_put(&format!("/{}", sf_manifest::layout::MANIFEST_FILE), Fault::Timeout);
+    let e = build(
+        &job(dir.path(), &site.prefix, "r2"),
+        &Embedded::default(),
+        &BuildOptions::default(),
+    )
+    .await
+    .expect_err("the manifest write reports a failure");
+    assert_eq!(site.store.fired(), 1, "{backend}: the fault fired");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{backend}: {e}");
+    assert_eq!(
+        current_version(&site.prefix).await,
+        before,
+        "{backend}: _CURRENT untouched"
+    );
+    let store = ObjectManifestStore::open(&site.prefix, &StorageOptions::new()).expect("store");
+    let runs: Vec<String> = store
+        .history()
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|h| h.run_id.as_str().to_string())
+        .collect();
+    assert!(
+        runs.iter().any(|r| r == "r2"),
+        "{backend}: the manifest is in the history: {runs:?}"
+    );
+    // The failure sweep kept every shard that manifest references.
+    let present = attempt_folders(&site.prefix).await;
+    let referenced = referenced_folders(&site.prefix).await;
+    assert!(
+        referenced.is_subset(&present),
+        "{backend}: referenced {referenced:?}, present {present:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_whose_answer_was_lost_keeps_its_shards() {
+    lost_manifest_answer("memory").await;
+    lost_manifest_answer("s3").await;
+}
+
 async fn concurrent_publish(backend: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-concurrent").await;

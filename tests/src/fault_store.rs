@@ -131,6 +131,8 @@ type PathMatch = Box<dyn Fn(&ObjPath) -> bool + Send + Sync>;
 
 enum Action {
     Fail(Fault),
+    /// The call goes through, then fails: its answer is lost.
+    FailAfter(Fault),
     Run(Hook),
 }
 
@@ -194,6 +196,20 @@ impl FaultStore {
         Arc::clone(&self.inner)
     }
 
+    /// Lets the first put on a path ending with `suffix` through and then
+    /// fails it with `fault`: the store wrote it, the answer was lost (a
+    /// timeout after the write landed).
+    pub fn fail_after_first_put(&self, suffix: &str, fault: Fault) {
+        let suffix = suffix.to_string();
+        self.add(
+            Op::Put,
+            Box::new(move |p| p.as_ref().ends_with(&suffix)),
+            0,
+            1,
+            Action::FailAfter(fault),
+        );
+    }
+
     /// Runs `hook` once, before the first call of `op` on a path ending
     /// with `suffix` goes through.
     pub fn before_first(&self, op: Op, suffix: &str, hook: Hook) {
@@ -240,7 +256,7 @@ impl FaultStore {
         Registered { base }
     }
 
-    async fn before(&self, op: Op, path: &ObjPath) -> object_store::Result<()> {
+    async fn before(&self, op: Op, path: &ObjPath) -> object_store::Result<Option<Fault>> {
         self.calls.lock().expect("calls").push((op, path.to_string()));
         let rules: Vec<Arc<Rule>> = self.rules.lock().expect("rules").clone();
         for rule in rules {
@@ -254,10 +270,11 @@ impl FaultStore {
             rule.fired.fetch_add(1, Ordering::SeqCst);
             match &rule.action {
                 Action::Fail(fault) => return Err(fault.error(op, path)),
+                Action::FailAfter(fault) => return Ok(Some(*fault)),
                 Action::Run(hook) => hook(path.clone()).await,
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -300,8 +317,12 @@ impl ObjectStore for FaultStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.before(Op::Put, location).await?;
-        self.inner.put_opts(location, payload, opts).await
+        let after = self.before(Op::Put, location).await?;
+        let done = self.inner.put_opts(location, payload, opts).await?;
+        match after {
+            Some(fault) => Err(fault.error(Op::Put, location)),
+            None => Ok(done),
+        }
     }
 
     async fn put_multipart_opts(

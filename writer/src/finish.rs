@@ -57,8 +57,9 @@ pub(crate) struct FinishInput<'a> {
 /// what nothing references.
 #[derive(Debug, Default)]
 pub(crate) struct FinishState {
-    /// The manifest, once written: its winners must stay.
-    pub manifest_ref: Option<String>,
+    /// Whether the manifest write was sent: from then on the manifest may
+    /// exist (even when its answer was lost), so its winners must stay.
+    pub manifest_sent: bool,
     /// The winners of this build, once picked.
     pub winners: BTreeSet<(DbId, Attempt)>,
 }
@@ -258,8 +259,8 @@ pub(crate) async fn finish(input: FinishInput<'_>, state: &mut FinishState) -> R
         }
         .into());
     }
+    state.manifest_sent = true;
     let written = input.store.put_manifest(&manifest).await?;
-    state.manifest_ref = Some(written.manifest_ref.clone());
     failpoint::hit("manifest").await?;
     let pointer = CurrentPointer::new(written.manifest_ref.clone(), manifest.build.run_id.clone());
     let swapped = match input.store.swap_current(&pointer, input.expected.as_ref()).await {

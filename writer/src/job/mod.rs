@@ -348,8 +348,9 @@ pub async fn build_prepared(
     };
     if outcome.is_err() {
         // Nothing new is visible: remove what this build wrote (only what
-        // it claimed), keeping the winners of a manifest it did write.
-        let keep = if state.manifest_ref.is_some() {
+        // it claimed), keeping the winners of a manifest it wrote or may
+        // have written.
+        let keep = if state.manifest_sent {
             state.winners.clone()
         } else {
             BTreeSet::new()
