@@ -45,6 +45,8 @@
 //! ```
 
 pub mod base64;
+#[cfg(feature = "store")]
+pub mod body;
 pub mod checksum;
 pub mod current;
 pub mod duration;

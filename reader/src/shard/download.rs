@@ -31,6 +31,8 @@ use sf_manifest::manifest::SQLITE_MAGIC;
 
 /// Temporary files older than this are leftovers of dead processes.
 const STALE_TMP: Duration = Duration::from_secs(3600);
+/// Bytes a download gathers before each write to its file.
+const DOWNLOAD_BUFFER: usize = 1 << 20;
 
 fn cache_key(spec: &ShardSpec<'_>) -> String {
     match spec.row.checkpoint_id.as_deref() {
@@ -166,12 +168,17 @@ pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<
     let result = async {
         // tokio::fs: file writes and the fsync run on the blocking pool,
         // not on the runtime's workers.
-        let mut out = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| Error::io("creating a download file", &tmp, e))?;
+        // Buffered: a network body arrives in pieces of a few KiB, and
+        // every write of a tokio file is a task on the blocking pool.
+        let mut out = tokio::io::BufWriter::with_capacity(
+            DOWNLOAD_BUFFER,
+            tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| Error::io("creating a download file", &tmp, e))?,
+        );
         let mut hasher = Xxh3::new();
         let mut size = 0u64;
-        let mut stream = res.into_stream();
+        let mut stream = sf_manifest::body::body_chunks(res);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| spec.store_error(format!("downloading {}: {e}", file.url), e))?;
             hasher.update(&chunk);
@@ -180,7 +187,11 @@ pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<
                 .await
                 .map_err(|e| Error::io("writing a download file", &tmp, e))?;
         }
-        out.sync_all()
+        out.flush()
+            .await
+            .map_err(|e| Error::io("writing a download file", &tmp, e))?;
+        out.get_ref()
+            .sync_all()
             .await
             .map_err(|e| Error::io("syncing a download file", &tmp, e))?;
         drop(out);

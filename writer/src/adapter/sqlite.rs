@@ -200,7 +200,7 @@ impl ShardBackend for SqliteBackend {
             e => Error::shard_store(db_id, None, format!("reading {} back: {e}", file.url), e),
         })?;
         let mut hasher = Xxh3::new();
-        let mut stream = res.into_stream();
+        let mut stream = sf_manifest::body::body_chunks(res);
         while let Some(chunk) = stream.next().await {
             let chunk =
                 chunk.map_err(|e| Error::shard_store(db_id, None, format!("reading {} back: {e}", file.url), e))?;
