@@ -193,9 +193,9 @@ pub(crate) async fn multi_lookup<'a>(
             routed.push((db, slot, encoded));
         }
     }
-    // By shard, then by key: each shard's lookups walk its B-tree in
-    // order, which keeps the pages they share hot.
-    routed.sort_unstable_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
+    // By shard (and input position: no key comparisons here; a SQLite
+    // shard sorts its own group by key, a memory shard needs no order).
+    routed.sort_unstable_by_key(|r| (r.0, r.1));
     let mut groups: Vec<(DbId, Vec<SlotKey>)> = Vec::new();
     for (db, slot, key) in routed {
         match groups.last_mut() {

@@ -49,6 +49,9 @@ const TAG_BITS: u32 = 24;
 const TAG_SET: u64 = 1 << (TAG_BITS - 1);
 /// Two little-endian u32: key length, value length.
 const RECORD_HEADER: usize = 8;
+/// Keys a batched lookup ([`MemoryIndex::get_each`]) takes at once: enough
+/// misses in flight to fill a core's line fill buffers.
+const GROUP: usize = 16;
 /// The smallest table.
 const MIN_SLOTS: usize = 8;
 /// Bytes a record needs at most beyond what its row takes in a SQLite
@@ -231,7 +234,12 @@ impl<H: KeyHash> MemoryIndex<H> {
     /// The value stored for `key`.
     #[inline]
     pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        let hash = H::hash(key);
+        self.get_hashed(H::hash(key), key)
+    }
+
+    /// [`get`](Self::get) of a key whose hash is known.
+    #[inline]
+    fn get_hashed(&self, hash: u64, key: &[u8]) -> Option<&[u8]> {
         let tag = tag_of(hash);
         let mask = self.slots.len() - 1;
         let mut i = (hash >> self.shift) as usize;
@@ -247,6 +255,43 @@ impl<H: KeyHash> MemoryIndex<H> {
                 }
             }
             i = (i + 1) & mask;
+        }
+    }
+
+    /// Looks up every key of `keys`, handing each key's position and
+    /// value to `found`, [`GROUP`] keys at a time: a group's table slots
+    /// are all touched before any is probed, then its records, so that
+    /// the cache misses of a group overlap instead of following one
+    /// another (a lookup in a large shard is two misses and little else).
+    pub(crate) fn get_each(&self, keys: &[(usize, Vec<u8>)], mut found: impl FnMut(usize, Option<&[u8]>)) {
+        let mask = self.slots.len() - 1;
+        for group in keys.chunks(GROUP) {
+            let mut hashes = [0u64; GROUP];
+            let mut touched = 0u64;
+            for (h, (_, key)) in hashes.iter_mut().zip(group) {
+                *h = H::hash(key);
+                touched ^= self.slots[(*h >> self.shift) as usize];
+            }
+            // The first record whose tag matches: nearly always the key's.
+            for h in &hashes[..group.len()] {
+                let tag = tag_of(*h);
+                let mut i = (*h >> self.shift) as usize;
+                loop {
+                    let slot = self.slots[i];
+                    if slot == 0 {
+                        break;
+                    }
+                    if slot >> OFFSET_BITS == tag {
+                        touched ^= u64::from(self.arena[(slot & OFFSET_MASK) as usize]);
+                        break;
+                    }
+                    i = (i + 1) & mask;
+                }
+            }
+            std::hint::black_box(touched);
+            for (h, (at, key)) in hashes.iter().zip(group) {
+                found(*at, self.get_hashed(*h, key));
+            }
         }
     }
 
@@ -444,6 +489,12 @@ impl MemoryShard {
         self.index.get(key)
     }
 
+    /// [`MemoryIndex::get_each`].
+    #[inline]
+    pub(crate) fn get_each(&self, keys: &[(usize, Vec<u8>)], found: impl FnMut(usize, Option<&[u8]>)) {
+        self.index.get_each(keys, found)
+    }
+
     /// Rows held.
     pub(crate) fn rows(&self) -> u64 {
         self.index.rows()
@@ -545,6 +596,26 @@ mod tests {
         }
         let back: Vec<(Vec<u8>, Vec<u8>)> = index.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         assert_eq!(back, rows, "the arena holds the rows in load order");
+        // The batched lookup answers alike, hits and misses interleaved,
+        // positions kept, over groups of every fill (the key list is
+        // reversed so that hits and misses share groups).
+        let asked: Vec<(usize, Vec<u8>)> = rows
+            .iter()
+            .map(|(k, _)| k.clone())
+            .chain(misses.iter().cloned())
+            .rev()
+            .enumerate()
+            .collect();
+        for n in [0, 1, GROUP - 1, GROUP, GROUP + 1, asked.len()] {
+            let part = &asked[..n.min(asked.len())];
+            let mut seen = Vec::new();
+            index.get_each(part, |at, v| seen.push((at, v.map(<[u8]>::to_vec))));
+            let want: Vec<(usize, Option<Vec<u8>>)> = part
+                .iter()
+                .map(|(at, k)| (*at, index.get(k).map(<[u8]>::to_vec)))
+                .collect();
+            assert_eq!(seen, want, "get_each of {n} keys");
+        }
     }
 
     fn int_rows(n: u64) -> Vec<(Vec<u8>, Vec<u8>)> {

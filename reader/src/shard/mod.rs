@@ -388,7 +388,7 @@ impl ShardHandle {
                 .await
                 .map_err(|e| spec.store_error(format!("reading {}: {e}", file_loc.url), e))?;
             let mut hasher = Xxh3::new();
-            let mut stream = res.into_stream();
+            let mut stream = sf_manifest::body::body_chunks(res);
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| spec.store_error(format!("reading {}: {e}", file_loc.url), e))?;
                 hasher.update(&chunk);
@@ -551,17 +551,22 @@ impl ShardHandle {
             .map_err(|_| Error::Internal("the reader's permits were closed".into()))
     }
 
-    /// Values of many encoded keys (aligned with `keys`).
-    pub(crate) async fn get_many(self: &Arc<Self>, keys: Vec<(usize, Vec<u8>)>) -> Result<Vec<(usize, Option<Bytes>)>> {
+    /// Values of many encoded keys, each with the position it came with.
+    pub(crate) async fn get_many(
+        self: &Arc<Self>,
+        mut keys: Vec<(usize, Vec<u8>)>,
+    ) -> Result<Vec<(usize, Option<Bytes>)>> {
+        if !matches!(self.backend, Backend::Memory { .. }) {
+            // In key order a B-tree's lookups walk its pages in order,
+            // which keeps the pages they share hot.
+            keys.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        }
         match &self.backend {
             Backend::Local(pool) if keys.len() < PARALLEL_GROUP => {
                 let values = pool.get_many(&keys).map_err(|e| self.sqlite_error(e, None))?;
                 Ok(keys.into_iter().map(|(slot, _)| slot).zip(values).collect())
             }
-            Backend::Memory { index, .. } if keys.len() < MEMORY_PARALLEL_GROUP => Ok(keys
-                .into_iter()
-                .map(|(slot, key)| (slot, index.get(&key).map(Bytes::copy_from_slice)))
-                .collect()),
+            Backend::Memory { index, .. } if keys.len() < MEMORY_PARALLEL_GROUP => Ok(memory_lookups(index, &keys)),
             Backend::Memory { index, .. } => self.memory_get_many(index, keys).await,
             Backend::Local(_) | Backend::Range { .. } => {
                 self.on_sqlite_pool("lookup", move |pool| {
@@ -594,10 +599,7 @@ impl ShardHandle {
                 let (index, keys) = (Arc::clone(index), Arc::clone(&keys));
                 self.env.runtime.spawn(async move {
                     let end = (start + MEMORY_TASK_KEYS).min(keys.len());
-                    keys[start..end]
-                        .iter()
-                        .map(|(slot, key)| (*slot, index.get(key).map(Bytes::copy_from_slice)))
-                        .collect::<Vec<_>>()
+                    memory_lookups(&index, &keys[start..end])
                 })
             })
             .collect();
@@ -610,4 +612,11 @@ impl ShardHandle {
         }
         Ok(out)
     }
+}
+
+/// Each key's value in a memory-mode shard, copied out, with its position.
+fn memory_lookups(index: &MemoryShard, keys: &[(usize, Vec<u8>)]) -> Vec<(usize, Option<Bytes>)> {
+    let mut out = Vec::with_capacity(keys.len());
+    index.get_each(keys, |slot, value| out.push((slot, value.map(Bytes::copy_from_slice))));
+    out
 }
