@@ -249,6 +249,7 @@ pub(crate) struct App {
     in_flight: Arc<Semaphore>,
     rejected_overloaded: metrics::Counter,
     rejected_unauthenticated: metrics::Counter,
+    pub(crate) request_metrics: crate::metrics::RequestMetrics,
 }
 
 impl App {
@@ -284,6 +285,7 @@ impl App {
             in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             rejected_overloaded: metrics::counter!("sf_serve_requests_rejected_total", "reason" => "overloaded"),
             rejected_unauthenticated: metrics::counter!("sf_serve_requests_rejected_total", "reason" => "unauthenticated"),
+            request_metrics: crate::metrics::RequestMetrics::new(),
         })
     }
 

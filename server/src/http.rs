@@ -184,7 +184,8 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     } else {
         guarded(&app, route, req, next).await
     };
-    crate::metrics::record_request(route, resp.status().as_u16(), started.elapsed());
+    app.request_metrics
+        .record(route, resp.status().as_u16(), started.elapsed());
     resp
 }
 

@@ -15,6 +15,7 @@
 //! | `sf_serve_snapshot_ready` | gauge | `snapshot` |
 //! | `sf_reader_*` | see `sf_reader::METRICS` | `snapshot` |
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -54,13 +55,76 @@ fn status_label(status: u16) -> metrics::SharedString {
     }
 }
 
-/// Counts one answered request, and its latency for the lookup routes.
-pub(crate) fn record_request(route: &'static str, status: u16, took: Duration) {
-    metrics::counter!("sf_serve_requests_total", "route" => route, "status" => status_label(status)).increment(1);
-    if matches!(
+/// Whether a route's latency is recorded.
+fn timed(route: &str) -> bool {
+    matches!(
         route,
         "get" | "multiget" | "grpc_get" | "grpc_multiget" | "grpc_multiget_stream"
-    ) {
+    )
+}
+
+/// The HTTP routes and statuses whose request figures are kept as handles.
+const ROUTES: [&str; 8] = [
+    "livez",
+    "readyz",
+    "metrics",
+    "snapshots",
+    "get",
+    "multiget",
+    "rollback",
+    "other",
+];
+const STATUSES: [u16; 9] = [200, 400, 401, 403, 404, 413, 500, 503, 504];
+
+/// The request counter and latency histogram of every HTTP route and
+/// status, registered with the recorder on first use and kept: a request
+/// then costs an atomic add and a histogram sample, not a lookup in the
+/// recorder's registry by name and labels.
+pub(crate) struct RequestMetrics {
+    counters: [[OnceLock<metrics::Counter>; STATUSES.len()]; ROUTES.len()],
+    latency: [OnceLock<metrics::Histogram>; ROUTES.len()],
+}
+
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMetrics").finish_non_exhaustive()
+    }
+}
+
+impl RequestMetrics {
+    pub(crate) fn new() -> Self {
+        RequestMetrics {
+            counters: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            latency: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// Counts one answered request, and its latency for the lookup routes.
+    pub(crate) fn record(&self, route: &'static str, status: u16, took: Duration) {
+        let (Some(r), Some(s)) = (
+            ROUTES.iter().position(|x| *x == route),
+            STATUSES.iter().position(|x| *x == status),
+        ) else {
+            return record_request(route, status, took);
+        };
+        self.counters[r][s]
+            .get_or_init(
+                || metrics::counter!("sf_serve_requests_total", "route" => route, "status" => status_label(status)),
+            )
+            .increment(1);
+        if timed(route) {
+            self.latency[r]
+                .get_or_init(|| metrics::histogram!("sf_serve_request_duration_seconds", "route" => route))
+                .record(took.as_secs_f64());
+        }
+    }
+}
+
+/// Counts one answered request, and its latency for the lookup routes,
+/// through the recorder's registry.
+pub(crate) fn record_request(route: &'static str, status: u16, took: Duration) {
+    metrics::counter!("sf_serve_requests_total", "route" => route, "status" => status_label(status)).increment(1);
+    if timed(route) {
         metrics::histogram!("sf_serve_request_duration_seconds", "route" => route).record(took.as_secs_f64());
     }
 }

@@ -6,14 +6,15 @@
 //!
 //! ```sh
 //! cargo build --release -p sf-cli --bin sf-serve
-//! cargo bench -p sf-tests --bench serve [-- --seconds 4 --connections 32 --rounds 3]
+//! cargo bench -p sf-tests --bench serve [-- --seconds 4 --connections 32 --rounds 3 --sqlite-mode download|memory]
 //! ```
 //!
 //! Every phase is bounded in requests (`MAX_REQUESTS`) and time
 //! (`--seconds`). Throughput phases are closed loops on `--connections`
 //! keep-alive HTTP/1.1 connections; the latency phases send at half the
-//! peak rate measured for the same request (an open loop: each connection
-//! sends on a fixed schedule) and time each answer. The client is a small
+//! peak rate measured for the same request (an open loop: a pacing thread
+//! releases requests at that rate, round robin over the connections) and
+//! time each answer. The client is a small
 //! hand-written HTTP/1.1 client, so that its own cost (it shares the two
 //! cores with the server) stays small and the same for every phase. Best
 //! of `--rounds`; ratios at the end.
@@ -38,6 +39,8 @@ struct Opts {
     seconds: f64,
     connections: usize,
     rounds: usize,
+    /// How server and in-process reader hold the shards.
+    sqlite_mode: SqliteMode,
 }
 
 fn opts() -> Opts {
@@ -45,6 +48,7 @@ fn opts() -> Opts {
         seconds: 4.0,
         connections: 32,
         rounds: 3,
+        sqlite_mode: SqliteMode::Download,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -54,6 +58,13 @@ fn opts() -> Opts {
             "--seconds" => o.seconds = next().parse().expect("--seconds N"),
             "--connections" => o.connections = next().parse().expect("--connections N"),
             "--rounds" => o.rounds = next().parse().expect("--rounds N"),
+            "--sqlite-mode" => {
+                o.sqlite_mode = match next().as_str() {
+                    "download" => SqliteMode::Download,
+                    "memory" => SqliteMode::Memory,
+                    other => panic!("--sqlite-mode download|memory, not {other:?}"),
+                }
+            }
             _ => {
                 i += 1;
                 continue;
@@ -176,31 +187,34 @@ fn summarise(mut lat: Vec<Duration>, elapsed: Duration) -> Measured {
 
 /// Closed loop over HTTP: `connections` clients, each sending its next
 /// request when the last is answered; `rate` = Some(r): an open loop at r
-/// requests/s in total instead.
+/// requests/s in total instead, paced by [`pace`].
 async fn http_load(addr: &str, kind: Kind, connections: usize, seconds: f64, rate: Option<f64>) -> Measured {
     let stop = Arc::new(AtomicBool::new(false));
     let per_conn = MAX_REQUESTS / connections;
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let mut senders = Vec::new();
     for c in 0..connections {
         let addr = addr.to_string();
         let stop = Arc::clone(&stop);
+        let mut go = rate.map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            senders.push(tx);
+            rx
+        });
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&addr).await;
             let mut rng = Lcg(0x9e37_79b9 + c as u64);
             let mut lat = Vec::with_capacity(4096);
-            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
-            // Spread the connections' schedules over one interval.
-            let mut next =
-                Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
             for _ in 0..per_conn {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let req = request(kind, &addr, &mut rng);
-                if let Some(i) = interval {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += i;
+                if let Some(go) = &mut go
+                    && go.recv().await.is_none()
+                {
+                    break;
                 }
                 let t = Instant::now();
                 let (status, _) = conn.call(&req).await;
@@ -210,13 +224,40 @@ async fn http_load(addr: &str, kind: Kind, connections: usize, seconds: f64, rat
             lat
         }));
     }
+    let pacer = rate.map(|r| {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || pace(r, &senders, &stop))
+    });
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     stop.store(true, Ordering::Relaxed);
+    if let Some(p) = pacer {
+        p.join().expect("pacer");
+    }
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.expect("load task"));
     }
     summarise(all, started.elapsed())
+}
+
+/// Releases requests at `rate` per second, round robin over the
+/// connections, until `stop` (then drops the senders, which ends the
+/// connections' loops). A thread of its own, waking every 50 µs: tokio's
+/// timers tick in milliseconds, so connections sleeping on them would
+/// all wake on the same tick and send in bursts, and the burst's queue
+/// would be measured instead of the server.
+fn pace(rate: f64, senders: &[tokio::sync::mpsc::UnboundedSender<()>], stop: &AtomicBool) {
+    let start = Instant::now();
+    let total = MAX_REQUESTS as u64;
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) && sent < total {
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(total);
+        while sent < due {
+            let _ = senders[(sent % senders.len() as u64) as usize].send(());
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
 }
 
 /// The same loads on the reader in this process.
@@ -295,6 +336,11 @@ fn main() {
     ));
     drop(rows);
 
+    let mode_name = match o.sqlite_mode {
+        SqliteMode::Memory => "memory",
+        _ => "download",
+    };
+    println!("shards in {mode_name} mode, in the server and in the in-process reader");
     let serve_cache = work.path().join("serve-cache");
     let cache_arg = serve_cache.display().to_string();
     let mut server = ServeProcess::start(&[
@@ -305,7 +351,7 @@ fn main() {
         "--cache-dir",
         &cache_arg,
         "--sqlite-mode",
-        "download",
+        mode_name,
         "--max-in-flight",
         "4096",
         "--log",
@@ -317,7 +363,7 @@ fn main() {
             Reader::builder(format!("{prefix}/_CURRENT"))
                 .with_settings(ReaderSettings {
                     cache_dir: Some(work.path().join("reader-cache")),
-                    sqlite_mode: SqliteMode::Download,
+                    sqlite_mode: o.sqlite_mode,
                     ..ReaderSettings::default()
                 })
                 .build(),
