@@ -152,23 +152,7 @@ async fn a_build_on_two_executors_matches_the_embedded_build() {
     let cluster = LocalCluster::start(&ClusterOptions::default());
     let prefix = s3_prefix("cluster-same");
     let job = write_job(dir.path(), &job_text(&input, &prefix, ""));
-    let out = run_bounded(
-        Command::new(binary("sf-write")).arg("--config").arg(&job).args([
-            "--cluster",
-            cluster.url(),
-            "--json",
-            "--progress",
-            "off",
-        ]),
-        Duration::from_secs(300),
-        "sf-write on the cluster",
-    );
-    assert!(
-        out.status.success(),
-        "sf-write --cluster failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = summary(&out.stdout);
+    let s = cluster.sf_write_json(&job, Duration::from_secs(300));
     assert_eq!(s["rows"], 20_000);
     assert_eq!(s["num_dbs"], NUM_DBS);
 

@@ -293,23 +293,7 @@ async fn cluster_build(shards: u32, rows: i64) {
     let mut cluster = LocalCluster::start(&ClusterOptions::default());
     let job = dir.path().join("job.toml");
     std::fs::write(&job, job_text(&input, &prefix, shards, "")).expect("job file");
-    let out = run_bounded(
-        Command::new(binary("sf-write")).arg("--config").arg(&job).args([
-            "--cluster",
-            cluster.url(),
-            "--json",
-            "--progress",
-            "off",
-        ]),
-        Duration::from_secs(3600),
-        "sf-write on the cluster",
-    );
-    assert!(
-        out.status.success(),
-        "sf-write --cluster failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = summary(&out.stdout);
+    let s = cluster.sf_write_json(&job, Duration::from_secs(3600));
     assert_eq!(
         (s["rows"].as_i64(), s["num_dbs"].as_u64()),
         (Some(rows), Some(u64::from(shards)))

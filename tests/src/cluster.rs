@@ -115,6 +115,30 @@ impl LocalCluster {
         cluster
     }
 
+    /// Runs `sf-write --config job --cluster URL --json` on this cluster
+    /// within `bound`, asserts it succeeded and returns its summary.
+    pub fn sf_write_json(&self, job: &Path, bound: Duration) -> serde_json::Value {
+        let out = run_bounded(
+            Command::new(binary("sf-write")).arg("--config").arg(job).args([
+                "--cluster",
+                self.url(),
+                "--json",
+                "--progress",
+                "off",
+            ]),
+            bound,
+            "sf-write on the cluster",
+        );
+        assert!(
+            out.status.success(),
+            "sf-write --cluster failed ({}): {}",
+            out.status,
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("--json summary: {e}: {stdout}"))
+    }
+
     /// `df://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
