@@ -265,7 +265,7 @@ start_s3
 start_gcs
 start_azure
 # The programs are built with the fail points of the fault matrix
-# (sf_manifest::failpoint); they stay inert unless a test sets
+# (sf_manifest::publish::failpoint); they stay inert unless a test sets
 # SHARDFORGE_FAILPOINTS, and release builds never have them. Tests build with the
 # same features, so nothing is compiled twice.
 FEATURES="sf-cli/failpoints"

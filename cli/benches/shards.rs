@@ -286,14 +286,14 @@ fn manifest_bench(dir: &Path, shards: u32) {
         .map(|i| {
             let mut extra = BTreeMap::new();
             extra.insert(
-                sf_manifest::manifest::CHECKSUM_KEY.to_string(),
+                sf_manifest::format::manifest::CHECKSUM_KEY.to_string(),
                 Value::from(format!("xxh3_128:{:032x}", u128::from(i) * 7919)),
             );
             ShardRow {
                 db_id: DbId(i),
                 db_url: Some(format!(
                     "{prefix}/{}",
-                    sf_manifest::layout::shard_attempt_key(&run, DbId(i), Attempt(0))
+                    sf_manifest::format::layout::shard_attempt_key(&run, DbId(i), Attempt(0))
                 )),
                 attempt: Attempt(0),
                 row_count: 10,

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use sf_manifest::ErrorKind;
+use sf_manifest::{Classified, ErrorKind, chain};
 
 /// Success.
 pub const OK: u8 = 0;
@@ -48,31 +48,6 @@ pub fn code(kind: ErrorKind) -> u8 {
         ErrorKind::Internal => FAILED,
     }
 }
-
-/// An error of one of ShardForge's libraries: it knows its kind.
-pub trait Classified: std::error::Error + Send + Sync + 'static {
-    /// The coarse class the exit code comes from.
-    fn kind(&self) -> ErrorKind;
-}
-
-macro_rules! classified {
-    ($($t:ty),* $(,)?) => {
-        $(impl Classified for $t {
-            fn kind(&self) -> ErrorKind {
-                <$t>::kind(self)
-            }
-        })*
-    };
-}
-
-classified!(
-    sf_manifest::Error,
-    sf_router::Error,
-    sf_writer::Error,
-    sf_reader::Error,
-    sf_warehouse::Error,
-    sf_server::Error,
-);
 
 /// A failed command on its way to the terminal: the error, with its
 /// causes, and the kind its exit code comes from.
@@ -128,22 +103,6 @@ impl<E: Classified> From<E> for Failure {
             error: Box::new(e),
         }
     }
-}
-
-/// The error and its sources, `: `-separated, leaving out a cause whose
-/// text the message already holds (errors that print their cause inline).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        src = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

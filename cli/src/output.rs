@@ -12,8 +12,8 @@ use arrow::array::RecordBatch;
 use bytes::Bytes;
 use clap::ValueEnum;
 use sf_manifest::ErrorKind;
-use sf_manifest::format::bytes_as_text;
-use sf_manifest::json::{python_float_repr, write_str};
+use sf_manifest::format::json::{python_float_repr, write_str};
+use sf_manifest::format::sharding::bytes_as_text;
 
 use crate::exit::Failure;
 
@@ -46,7 +46,7 @@ impl ValueFormat {
         match self {
             ValueFormat::Utf8 => bytes_as_text(v),
             ValueFormat::Hex => hex::encode(v),
-            ValueFormat::Base64 => sf_manifest::base64::encode(v),
+            ValueFormat::Base64 => sf_manifest::format::base64::encode(v),
         }
     }
 }

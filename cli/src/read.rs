@@ -510,9 +510,9 @@ fn info(reader: &Reader, printer: &Printer, out: &mut dyn Write) -> Result<u8, F
 
 fn shards(reader: &Reader, printer: &Printer, out: &mut dyn Write) -> Result<u8, Failure> {
     let key = |k: &Option<sf_manifest::Key>| match k {
-        Some(k) => J::Raw(sf_manifest::json::to_sorted_string(
+        Some(k) => J::Raw(sf_manifest::format::json::to_sorted_string(
             &k.to_json(),
-            sf_manifest::json::JsonStyle::Python,
+            sf_manifest::format::json::JsonStyle::Python,
         )),
         None => J::Null,
     };

@@ -4,7 +4,7 @@
 //! format (`--metrics-file PATH`, for node_exporter's textfile collector).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -41,7 +41,7 @@ impl Recorder {
 
     /// Each phase with how long it took, in order (the last one up to now).
     pub fn phases(&self) -> Vec<(String, Duration)> {
-        let phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
+        let phases = sf_manifest::sync::lock(&self.phases);
         let now = Instant::now();
         phases
             .iter()
@@ -55,7 +55,7 @@ impl Recorder {
 
     /// The gates evaluated.
     pub fn gates(&self) -> Vec<GateResult> {
-        self.gates.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        sf_manifest::sync::lock(&self.gates).clone()
     }
 
     /// Time since the recorder was made.
@@ -67,10 +67,7 @@ impl Recorder {
 impl ProgressSink for Recorder {
     fn phase(&self, name: &str) {
         if name != "done" {
-            self.phases
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((name.to_string(), Instant::now()));
+            sf_manifest::sync::lock(&self.phases).push((name.to_string(), Instant::now()));
         }
         if let Some(i) = &self.inner {
             i.phase(name);
@@ -84,10 +81,7 @@ impl ProgressSink for Recorder {
     }
 
     fn gate(&self, result: &GateResult) {
-        self.gates
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(result.clone());
+        sf_manifest::sync::lock(&self.gates).push(result.clone());
         if let Some(i) = &self.inner {
             i.gate(result);
         }
@@ -289,7 +283,7 @@ pub fn metrics(doc: &Value) -> String {
         gauge(
             "shardforge_build_last_success_timestamp_seconds",
             "when the last successful build ended (Unix time)",
-            &[(String::new(), sf_manifest::ids::unix_millis() as f64 / 1000.0)],
+            &[(String::new(), sf_manifest::format::ids::unix_millis() as f64 / 1000.0)],
         );
     }
     let phases: Vec<(String, f64)> = doc["phases"]

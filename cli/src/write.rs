@@ -238,7 +238,7 @@ impl ClaimWatch {
     }
 
     fn stop(&self) {
-        if let Some(p) = self.poller.lock().expect("poller lock").take() {
+        if let Some(p) = sf_manifest::sync::lock(&self.poller).take() {
             p.abort();
         }
     }
@@ -289,7 +289,7 @@ impl ProgressSink for ClaimWatch {
                 }
             }
         });
-        *self.poller.lock().expect("poller lock") = Some(handle);
+        *sf_manifest::sync::lock(&self.poller) = Some(handle);
     }
 
     fn progress(&self, rows: u64, shards_done: u32, num_dbs: u32) {
@@ -352,7 +352,7 @@ impl ProgressSink for LogSink {
     }
 
     fn progress(&self, rows: u64, shards_done: u32, num_dbs: u32) {
-        let mut last = self.last.lock().expect("progress lock");
+        let mut last = sf_manifest::sync::lock(&self.last);
         let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) || shards_done == num_dbs;
         if due {
             *last = Some(Instant::now());

@@ -1,4 +1,19 @@
-//! The crate's one error type, with a coarse [`ErrorKind`] that callers branch on.
+//! The error scaffolding every ShardForge crate shares, and this crate's
+//! own error type.
+//!
+//! - [`ErrorKind`]: the coarse class of a failure; retries and exit codes
+//!   branch on it alone;
+//! - [`Classified`]: what every crate's `Error` implements (its kind, and
+//!   [`Classified::is_retryable`] derived from it, so retries and exit
+//!   codes never disagree);
+//! - [`Cause`]: the boxed underlying failure an error keeps as its source;
+//! - [`chain`]: an error and its causes as one line, for programs and
+//!   answers of the lookup service;
+//! - [`store_error_kind`] and [`io_error_kind`]: the one classification of
+//!   object-store and local I/O failures.
+//!
+//! Configuration errors are `Config { field, reason }` in every crate:
+//! `field` names the setting, key, flag, variable or file that is wrong.
 
 use std::fmt;
 
@@ -19,6 +34,49 @@ pub enum ErrorKind {
     Gate,
     /// A bug or an invariant broken inside ShardForge.
     Internal,
+}
+
+impl ErrorKind {
+    /// Whether a failure of this kind may go away when tried again: exactly
+    /// [`ErrorKind::Unavailable`].
+    pub fn is_retryable(self) -> bool {
+        self == ErrorKind::Unavailable
+    }
+}
+
+/// An error of one of ShardForge's crates: it knows its [`ErrorKind`].
+///
+/// Every crate's `Error` implements it; programs turn the kind into an exit
+/// code and services into a status, in one place each.
+pub trait Classified: std::error::Error + Send + Sync + 'static {
+    /// The coarse class of this error.
+    fn kind(&self) -> ErrorKind;
+
+    /// Whether the same operation may succeed when tried again: exactly
+    /// when the kind is [`ErrorKind::Unavailable`].
+    fn is_retryable(&self) -> bool {
+        self.kind().is_retryable()
+    }
+}
+
+/// The underlying failure of an error (an object-store, SQLite, SlateDB or
+/// engine error), kept as its source for callers that inspect it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The error and its sources, `: `-separated, leaving out a cause whose
+/// text the message already holds (errors that print their cause inline).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        src = cause.source();
+    }
+    s
 }
 
 impl fmt::Display for ErrorKind {
@@ -172,9 +230,8 @@ pub fn io_error_kind(e: &std::io::Error) -> ErrorKind {
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    /// The coarse class of this error.
-    pub fn kind(&self) -> ErrorKind {
+impl Classified for Error {
+    fn kind(&self) -> ErrorKind {
         match self {
             Error::Invalid { .. } | Error::InvalidUrl { .. } => ErrorKind::Config,
             Error::NotFound { .. }
@@ -189,13 +246,9 @@ impl Error {
             Error::Internal(_) => ErrorKind::Internal,
         }
     }
+}
 
-    /// Whether trying the same operation again may succeed: exactly when
-    /// the kind is [`ErrorKind::Unavailable`].
-    pub fn is_retryable(&self) -> bool {
-        self.kind() == ErrorKind::Unavailable
-    }
-
+impl Error {
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Invalid {
@@ -228,6 +281,27 @@ impl Error {
 #[cfg(all(test, feature = "store"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        let store = Error::store(
+            "read",
+            "s3://b/p/_CURRENT",
+            object_store::Error::Generic {
+                store: "S3",
+                source: "connection refused".into(),
+            },
+        );
+        let line = chain(&store);
+        assert!(
+            line.starts_with("storage error during read of s3://b/p/_CURRENT"),
+            "{line}"
+        );
+        assert_eq!(line.matches("connection refused").count(), 1, "{line}");
+        let io = std::io::Error::other("disk full");
+        let wrapped = Error::Internal(format!("writing: {io}"));
+        assert_eq!(chain(&wrapped), "internal error: writing: disk full");
+    }
 
     fn boxed(s: &str) -> Box<dyn std::error::Error + Send + Sync> {
         s.into()

@@ -5,25 +5,25 @@
 //! owns that format (compatible with shardyfusion's format v4) and the
 //! protocol that publishes it:
 //!
-//! - [`mod@format`]: key encodings, keys, the sharding spec;
-//! - [`manifest`]: the SQLite manifest codec (no I/O: bytes in, bytes out);
-//! - [`current`], [`run_record`], [`layout`]: the other objects and their keys;
-//! - [`checksum`]: the shard checksums writers record and readers verify;
-//! - [`storage`]: URL + options -> object store and path (`file://`,
-//!   `s3://`, `gs://`, `az://`, `memory://`);
-//! - [`store`]: the [`ManifestStore`] trait and its publish protocol
-//!   (create-if-absent manifests, compare-and-swap on `_CURRENT`), history;
-//! - [`error`]: the one classification of object-store failures
-//!   ([`store_error_kind`]) every crate's retries and exit codes follow;
-//! - store wrappers: [`overlay::CopyOnWriteStore`] (read a SlateDB
-//!   database without writing to it) and [`guarded::GuardedStore`]
-//!   (remember the last failure, cut a store off when its work ends).
+//! - [`mod@format`]: the objects of the format and their codecs, no I/O
+//!   (sharding spec and keys, manifest, `_CURRENT`, run records, layout,
+//!   the shards' `kv` table, checksums, ids);
+//! - [`storage`]: URL + options -> object store and path, and the store
+//!   wrappers every crate uses (local compare-and-swap, resent reads,
+//!   copy-on-write, guarded);
+//! - [`publish`]: the [`ManifestStore`] trait and its publish protocol
+//!   (create-if-absent manifests, compare-and-swap on `_CURRENT`, history),
+//!   and the deletion rules ([`publish::gc`]);
+//! - [`error`]: the scaffolding every crate's errors share ([`ErrorKind`],
+//!   [`Classified`], [`Cause`], [`chain`]) and the one classification of
+//!   object-store failures ([`store_error_kind`]);
+//! - [`sync`]: the one policy for poisoned locks.
 //!
 //! The codec and types build without any engine; `store` (on by default)
 //! adds object_store and tokio.
 //!
 //! ```
-//! use sf_manifest::{BuildMeta, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId,
+//! use sf_manifest::{BuildMeta, Classified, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId,
 //!                   ShardingSpec, StorageOptions};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -44,48 +44,26 @@
 //! # }
 //! ```
 
-pub mod base64;
-#[cfg(feature = "store")]
-pub mod body;
-pub mod checksum;
-pub mod current;
-pub mod duration;
 pub mod error;
-pub mod failpoint;
 pub mod format;
-#[cfg(feature = "store")]
-pub mod gc;
-#[cfg(feature = "store")]
-pub mod guarded;
-pub mod ids;
-pub mod json;
-pub mod layout;
-#[cfg(feature = "store")]
-pub mod local;
-pub mod manifest;
-#[cfg(feature = "store")]
-pub mod overlay;
-#[cfg(feature = "store")]
-pub mod resend;
-pub mod run_record;
+pub mod publish;
 #[cfg(feature = "store")]
 pub mod storage;
-#[cfg(feature = "store")]
-pub mod store;
+pub mod sync;
 
-pub use current::CurrentPointer;
 #[cfg(feature = "store")]
 pub use error::store_error_kind;
-pub use error::{Error, ErrorKind, Result};
-pub use format::{
+pub use error::{Cause, Classified, Error, ErrorKind, Result, chain};
+pub use format::current::CurrentPointer;
+pub use format::ids::{Attempt, DbId, RunId, Timestamp};
+pub use format::manifest::{BuildMeta, MANIFEST_CONTENT_TYPE, Manifest, ShardRow, WriterInfo};
+pub use format::run_record::{RunRecord, RunStatus};
+pub use format::sharding::{
     CelType, FORMAT_VERSION, HashAlgorithm, Key, KeyEncoding, RoutingValue, ShardingSpec, ShardingStrategy,
 };
-pub use ids::{Attempt, DbId, RunId, Timestamp};
-pub use manifest::{BuildMeta, MANIFEST_CONTENT_TYPE, Manifest, ShardRow, WriterInfo};
-pub use run_record::{RunRecord, RunStatus};
 #[cfg(feature = "store")]
-pub use storage::{Location, StorageOptions, resolve};
-#[cfg(feature = "store")]
-pub use store::{
+pub use publish::manifest_store::{
     CurrentState, CurrentVersion, HistoryEntry, ManifestStore, ObjectManifestStore, Published, PublishedManifest,
 };
+#[cfg(feature = "store")]
+pub use storage::location::{Location, StorageOptions, resolve};

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 use serde::Serialize;
-use sf_manifest::gc;
-pub use sf_manifest::gc::{CleanupOptions, CleanupReport, Removal, RemovalReason};
-use sf_manifest::{CurrentPointer, ManifestStore, ObjectManifestStore, RunId, StorageOptions, layout};
+use sf_manifest::publish::gc;
+pub use sf_manifest::publish::gc::{CleanupOptions, CleanupReport, Removal, RemovalReason};
+use sf_manifest::{CurrentPointer, ManifestStore, ObjectManifestStore, RunId, StorageOptions, format::layout};
 
 use crate::error::{Error, Result};
 use crate::reader::prefix_location;
@@ -186,7 +186,7 @@ impl Admin {
     }
 
     /// Deletes (or, dry, lists) what `options` allow; see [`CleanupOptions`]
-    /// and `sf_manifest::gc::cleanup`, which this runs.
+    /// and `sf_manifest::publish::gc::cleanup`, which this runs.
     ///
     /// Never deleted: the manifest `_CURRENT` names, kept manifests, the
     /// winning attempt folder of every shard row of those manifests

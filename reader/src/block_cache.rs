@@ -39,7 +39,7 @@ impl BlockCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
         // A panic while holding the lock leaves plain data behind; the
         // cache stays usable.
-        self.lru.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        sf_manifest::sync::lock(&self.lru)
     }
 
     /// The block, marked as just used.

@@ -1,7 +1,7 @@
 //! The reader's one error type, with the coarse [`ErrorKind`] shared with
 //! `sf-manifest`, which retries and exit codes branch on.
 
-use sf_manifest::{DbId, ErrorKind};
+use sf_manifest::{Cause, Classified, DbId, ErrorKind};
 
 /// Errors of the reader, the admin operations and the CLI.
 ///
@@ -103,16 +103,11 @@ pub enum Error {
     Internal(String),
 }
 
-/// The underlying failure of a shard error (an object-store, SQLite or
-/// SlateDB error), kept for callers that inspect it.
-pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    /// The coarse class of this error.
-    pub fn kind(&self) -> ErrorKind {
+impl Classified for Error {
+    fn kind(&self) -> ErrorKind {
         match self {
             Error::Config { .. } => ErrorKind::Config,
             // The caller named a key, pin or rollback target that cannot be.
@@ -126,13 +121,9 @@ impl Error {
             Error::Internal(_) => ErrorKind::Internal,
         }
     }
+}
 
-    /// Whether trying the same operation again may succeed: exactly when
-    /// the kind is [`ErrorKind::Unavailable`].
-    pub fn is_retryable(&self) -> bool {
-        self.kind() == ErrorKind::Unavailable
-    }
-
+impl Error {
     /// Shorthand for [`Error::Config`].
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Config {

@@ -66,7 +66,7 @@
 pub mod admin;
 mod block_cache;
 /// Durations as people type them (`30s`, `7d`), shared with the rest of the project.
-pub use sf_manifest::duration;
+pub use sf_manifest::format::duration;
 mod error;
 mod reader;
 mod settings;
@@ -82,7 +82,7 @@ pub use reader::{
     SnapshotInfo,
 };
 pub use settings::{MAX_KEEP_VERSIONS, Pin, ReaderSettings, SqliteMode};
-pub use sf_manifest::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
+pub use sf_manifest::format::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
 pub use snapshot::RoutingContext;
 pub use stats::{METRICS, ReaderStats};
 pub use view::{SnapshotView, Version};

@@ -26,7 +26,7 @@ use crate::view::{SnapshotView, Version};
 /// itself or of its folder are both accepted.
 pub(crate) fn prefix_of(current_url: &str) -> &str {
     let t = current_url.trim_end_matches('/');
-    t.strip_suffix(sf_manifest::layout::CURRENT)
+    t.strip_suffix(sf_manifest::format::layout::CURRENT)
         .map(|p| p.trim_end_matches('/'))
         .filter(|p| !p.is_empty() && !p.ends_with(':'))
         .unwrap_or(t)
@@ -125,7 +125,8 @@ impl ReaderBuilder {
             Arc::clone(&counters),
             runtime.clone(),
         )?);
-        let current_url = sf_manifest::layout::join_url(store.prefix_url(), sf_manifest::layout::CURRENT);
+        let current_url =
+            sf_manifest::format::layout::join_url(store.prefix_url(), sf_manifest::format::layout::CURRENT);
         let snapshot = match self.unpublished {
             Some((manifest, manifest_ref)) => Snapshot::from_manifest(&store, &manifest_ref, None, manifest)?,
             None => initial_snapshot(&store, &self.settings.pin, &current_url).await?,
@@ -170,7 +171,7 @@ async fn initial_snapshot(store: &ObjectManifestStore, pin: &Pin, current_url: &
             let url = if r.contains("://") {
                 r.clone()
             } else {
-                sf_manifest::layout::join_url(store.prefix_url(), r)
+                sf_manifest::format::layout::join_url(store.prefix_url(), r)
             };
             Snapshot::load(store, &url, None, "the pinned ref").await
         }
@@ -224,13 +225,13 @@ impl Inner {
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Snapshot>>> {
-        self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        sf_manifest::sync::lock(&self.kept)
     }
 
     /// Records how a refresh that started at `started` ended, in the
     /// status and the counters.
     fn record_refresh(&self, started: Timestamp, outcome: std::result::Result<(), String>) {
-        let mut status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut status = sf_manifest::sync::lock(&self.status);
         status.last_attempt = Some(started);
         match outcome {
             Ok(()) => {
@@ -494,13 +495,7 @@ impl Reader {
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        Arc::clone(
-            &self
-                .inner
-                .served
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Arc::clone(&sf_manifest::sync::read(&self.inner.served))
     }
 
     fn check_open(&self) -> Result<()> {
@@ -726,11 +721,7 @@ impl Reader {
 
     /// How refreshes have gone.
     pub fn refresh_status(&self) -> RefreshStatus {
-        self.inner
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        sf_manifest::sync::lock(&self.inner.status).clone()
     }
 
     /// What the reader has done so far.
@@ -814,11 +805,7 @@ impl Reader {
                 kept.push_front(Arc::clone(&old));
             }
             kept.truncate(self.inner.settings.keep_versions);
-            *self
-                .inner
-                .served
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+            *sf_manifest::sync::write(&self.inner.served) = Arc::new(next);
             self.inner.counters.versions_held.set((kept.len() + 1) as f64);
         }
         self.inner.counters.snapshot_created.set(created);
@@ -849,11 +836,7 @@ impl Reader {
         ) {
             Ok(mut unopened) => {
                 unopened.loaded_at = snap.loaded_at;
-                *self
-                    .inner
-                    .served
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(unopened);
+                *sf_manifest::sync::write(&self.inner.served) = Arc::new(unopened);
             }
             // It was checked when it was loaded; should it fail now, the
             // shards close with the last clone of the reader instead.
@@ -911,7 +894,7 @@ async fn refresh_loop(inner: Weak<Inner>, interval: Duration, max_backoff: Durat
 
 /// ±10%, so that many readers that failed together do not retry together.
 fn jitter(d: Duration) -> Duration {
-    let r = (sf_manifest::ids::random_u64() % 2001) as f64 / 10_000.0 - 0.1;
+    let r = (sf_manifest::format::ids::random_u64() % 2001) as f64 / 10_000.0 - 0.1;
     d.mul_f64(1.0 + r)
 }
 

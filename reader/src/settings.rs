@@ -89,11 +89,11 @@ pub struct ReaderSettings {
     pub cache_dir: Option<PathBuf>,
     /// How often a background task polls `_CURRENT` and swaps to a new
     /// snapshot. `None` (the default): only [`Reader::refresh`](crate::Reader::refresh).
-    #[serde(with = "sf_manifest::duration::option_serde")]
+    #[serde(with = "sf_manifest::format::duration::option_serde")]
     pub refresh_interval: Option<Duration>,
     /// Ceiling of a failed background refresh's exponential backoff.
     /// Default 5 minutes.
-    #[serde(with = "sf_manifest::duration::serde")]
+    #[serde(with = "sf_manifest::format::duration::serde")]
     pub refresh_max_backoff: Duration,
     /// Shards a `multi_get` reads at once, and remote reads (range mode,
     /// SlateDB) in flight across the reader. Default 16.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use cel::{Context, Env, ExecutionError, Program, Value};
-use sf_manifest::format::text_as_bytes;
+use sf_manifest::format::sharding::text_as_bytes;
 use sf_manifest::{CelType, RoutingValue};
 
 use crate::error::{Error, Result};
@@ -185,7 +185,8 @@ impl CelRouting {
             (_, None) => Resolve::Raw,
             (None, Some(num_dbs)) => Resolve::Direct { num_dbs },
             (Some(values), Some(num_dbs)) => {
-                sf_manifest::format::validate_routing_values(values).map_err(|e| Error::Spec(e.to_string()))?;
+                sf_manifest::format::sharding::validate_routing_values(values)
+                    .map_err(|e| Error::Spec(e.to_string()))?;
                 if values.len() != num_dbs as usize {
                     return Err(Error::Spec(format!(
                         "{} routing_values for num_dbs {num_dbs}; categorical routing has one shard per value",
@@ -347,7 +348,7 @@ fn token_of(expr: &str, value: &Value) -> Result<RoutingValue> {
                 row: None,
             }),
         Value::String(s) => Ok(RoutingValue::Str(s.as_ref().clone())),
-        Value::Bytes(b) => Ok(RoutingValue::Str(sf_manifest::format::bytes_as_text(b))),
+        Value::Bytes(b) => Ok(RoutingValue::Str(sf_manifest::format::sharding::bytes_as_text(b))),
         v => Err(Error::CelResultType {
             expr: expr.to_string(),
             row: None,
@@ -383,7 +384,7 @@ impl Scope<'_> {
     /// Evaluates with the current bindings and returns the raw result as a
     /// routing token (for inferring routing values or `num_dbs` from data):
     /// an int (or a uint that fits one), or text (bytes as
-    /// [`bytes_as_text`](sf_manifest::format::bytes_as_text)).
+    /// [`bytes_as_text`](sf_manifest::format::sharding::bytes_as_text)).
     pub fn token(&self) -> Result<RoutingValue> {
         token_of(&self.routing.expr, &self.eval()?)
     }
@@ -400,6 +401,7 @@ impl Scope<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sf_manifest::Classified;
 
     fn cols(pairs: &[(&str, CelType)]) -> BTreeMap<String, CelType> {
         pairs.iter().map(|(n, t)| (n.to_string(), *t)).collect()

@@ -1,6 +1,6 @@
 //! Routing errors.
 
-use sf_manifest::{ErrorKind, KeyEncoding};
+use sf_manifest::{Classified, ErrorKind, KeyEncoding};
 
 /// Why a key, row or expression could not be routed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -83,9 +83,8 @@ fn row_suffix(row: Option<usize>) -> String {
 /// Result with the router's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    /// The coarse class of this error.
-    pub fn kind(&self) -> ErrorKind {
+impl Classified for Error {
+    fn kind(&self) -> ErrorKind {
         match self {
             Error::Spec(_) | Error::CelCompile { .. } => ErrorKind::Config,
             Error::CelEval { .. }
@@ -99,12 +98,9 @@ impl Error {
             | Error::UnsupportedType { .. } => ErrorKind::Data,
         }
     }
+}
 
-    /// Routing errors never go away by trying again.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-
+impl Error {
     /// Attaches a row number to errors that carry one.
     pub fn at_row(self, r: usize) -> Self {
         match self {

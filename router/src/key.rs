@@ -142,11 +142,15 @@ pub fn parse_key(text: &str, encoding: KeyEncoding) -> Result<Key> {
             }
         }
         KeyEncoding::Utf8 => Key::Str(text.to_string()),
-        KeyEncoding::Raw => Key::Bytes(sf_manifest::format::text_as_bytes(text).map_err(|e| Error::WrongType {
-            what: format!("key {text:?}"),
-            expected: "text or hex:<hex digits>".into(),
-            found: e.to_string(),
-        })?),
+        KeyEncoding::Raw => {
+            Key::Bytes(
+                sf_manifest::format::sharding::text_as_bytes(text).map_err(|e| Error::WrongType {
+                    what: format!("key {text:?}"),
+                    expected: "text or hex:<hex digits>".into(),
+                    found: e.to_string(),
+                })?,
+            )
+        }
     };
     // Range-check now so the caller hears about it before any I/O.
     encode_key(&key, encoding)?;

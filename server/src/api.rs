@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sf_manifest::ErrorKind;
+use sf_manifest::{Classified, ErrorKind, chain};
 use sf_reader::{Admin, Reader, SnapshotView, Version};
 use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -61,21 +61,6 @@ impl ApiError {
         }
         serde_json::json!({ "error": error })
     }
-}
-
-/// The error and its causes, `: `-separated, each cause once.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        src = cause.source();
-    }
-    s
 }
 
 impl From<sf_reader::Error> for ApiError {
@@ -135,11 +120,7 @@ impl Served {
     /// The reader, or 503 while the snapshot is not open yet.
     pub(crate) fn reader(&self) -> Result<&Reader, ApiError> {
         self.reader.get().ok_or_else(|| {
-            let why = self
-                .open_error
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
+            let why = sf_manifest::sync::lock(&self.open_error).clone();
             ApiError::new(
                 503,
                 "not_ready",
@@ -156,10 +137,7 @@ impl Served {
     }
 
     pub(crate) fn open_error(&self) -> Option<String> {
-        self.open_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        sf_manifest::sync::lock(&self.open_error).clone()
     }
 
     fn count(&self, values: &[Option<Bytes>]) {
@@ -185,19 +163,13 @@ impl Served {
                     tracing::info!(snapshot = %self.config.name, run_id = %info.run_id, manifest = %info.manifest_ref, "snapshot open");
                     // Only this task sets it.
                     let _ = self.reader.set(reader);
-                    *self
-                        .open_error
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                    *sf_manifest::sync::lock(&self.open_error) = None;
                     return;
                 }
                 Err(e) => {
                     let text = chain(&e);
                     tracing::warn!(snapshot = %self.config.name, error = %text, retry_in = ?delay, "cannot open the snapshot yet");
-                    *self
-                        .open_error
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
+                    *sf_manifest::sync::lock(&self.open_error) = Some(text);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }

@@ -56,7 +56,7 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// A request still running after this is answered 504 (gRPC:
     /// DEADLINE_EXCEEDED); it covers reading the body. Default 5 s.
-    #[serde(with = "sf_manifest::duration::serde")]
+    #[serde(with = "sf_manifest::format::duration::serde")]
     pub request_timeout: Duration,
     /// Keys in one multiget (HTTP, gRPC MultiGet). Default 10,000.
     pub max_keys: usize,
@@ -66,7 +66,7 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// After SIGTERM/SIGINT, how long requests in flight may take before
     /// the server exits anyway. Default 30 s.
-    #[serde(with = "sf_manifest::duration::serde")]
+    #[serde(with = "sf_manifest::format::duration::serde")]
     pub grace_period: Duration,
 }
 
@@ -145,7 +145,7 @@ pub struct FileSnapshot {
     /// See [`SnapshotConfig::current_url`].
     pub current_url: String,
     /// See [`SnapshotConfig::max_age`].
-    #[serde(default, with = "sf_manifest::duration::option_serde")]
+    #[serde(default, with = "sf_manifest::format::duration::option_serde")]
     pub max_age: Option<Duration>,
     /// Reader settings; `refresh_interval` defaults to
     /// [`DEFAULT_REFRESH_INTERVAL`] here.

@@ -1,7 +1,7 @@
 //! The server's error type: what stops it from starting or serving. Errors
 //! of single requests are answers ([`crate::api::ApiError`]), not this.
 
-use sf_manifest::ErrorKind;
+use sf_manifest::{Classified, ErrorKind};
 
 /// Errors of starting and running the server.
 #[derive(Debug, thiserror::Error)]
@@ -36,16 +36,17 @@ pub enum Error {
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    /// The coarse class of this error.
-    pub fn kind(&self) -> ErrorKind {
+impl Classified for Error {
+    fn kind(&self) -> ErrorKind {
         match self {
             // An address in use or not ours is the operator's to fix.
             Error::Config { .. } | Error::Bind { .. } => ErrorKind::Config,
             Error::Serve { .. } | Error::Metrics(_) => ErrorKind::Internal,
         }
     }
+}
 
+impl Error {
     /// Shorthand for [`Error::Config`].
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Config {

@@ -303,8 +303,8 @@ enum ValueFormat {
 impl ValueFormat {
     fn show(self, v: &[u8]) -> String {
         match self {
-            ValueFormat::Utf8 => sf_manifest::format::bytes_as_text(v),
-            ValueFormat::Base64 => sf_manifest::base64::encode(v),
+            ValueFormat::Utf8 => sf_manifest::format::sharding::bytes_as_text(v),
+            ValueFormat::Base64 => sf_manifest::format::base64::encode(v),
             ValueFormat::Hex => hex::encode(v),
         }
     }

@@ -155,10 +155,7 @@ pub(crate) fn publish_gauges(app: &App) {
         metrics::gauge!("sf_serve_snapshot_age_seconds", "snapshot" => name.clone()).set(health.snapshot_age_seconds);
         metrics::gauge!("sf_serve_snapshot_open_shards", "snapshot" => name.clone()).set(info.shards_open as f64);
         let run = info.run_id.to_string();
-        let mut last = served
-            .info_run
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = sf_manifest::sync::lock(&served.info_run);
         if last.as_deref() != Some(run.as_str()) {
             if let Some(old) = last.take() {
                 metrics::gauge!("sf_serve_snapshot_info", "snapshot" => name.clone(), "run_id" => old).set(0.0);

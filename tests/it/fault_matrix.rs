@@ -190,7 +190,7 @@ async fn window(name: &str, expect: Expect, make_prefix: &dyn Fn(&str) -> String
             readers_see_old_or_new(&prefix).await;
             paused.kill();
         } else {
-            let out = job.sf_write(&[], &[(sf_manifest::failpoint::ENV, &format!("{name}=error"))]);
+            let out = job.sf_write(&[], &[(sf_manifest::publish::failpoint::ENV, &format!("{name}=error"))]);
             assert_eq!(
                 out.status.code(),
                 Some(expect.error_exit),

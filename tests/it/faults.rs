@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use object_store::path::Path as ObjPath;
-use sf_manifest::{ErrorKind, ManifestStore, ObjectManifestStore, RunStatus, StorageOptions};
+use sf_manifest::{Classified, ErrorKind, ManifestStore, ObjectManifestStore, RunStatus, StorageOptions};
 use sf_tests::fault_store::{Fault, FaultStore, Op, Registered};
 use sf_tests::s3_prefix;
 use sf_tests::scenario::{attempt_folders, referenced_folders};
@@ -267,8 +267,10 @@ async fn lost_manifest_answer(backend: &str) {
     let before = current_version(&site.prefix).await;
 
     // The second build's manifest lands, but its answer is lost.
-    site.store
-        .fail_after_first_put(&format!("/{}", sf_manifest::layout::MANIFEST_FILE), Fault::Timeout);
+    site.store.fail_after_first_put(
+        &format!("/{}", sf_manifest::format::layout::MANIFEST_FILE),
+        Fault::Timeout,
+    );
     let e = build_run(dir.path(), &site.prefix, "r2")
         .await
         .expect_err("the manifest write reports a failure");
@@ -318,7 +320,7 @@ async fn concurrent_publish(backend: &str) {
     let (prefix, seen) = (site.prefix.clone(), Arc::clone(&moved));
     site.store.before_first(
         Op::Put,
-        sf_manifest::layout::CLAIM_FILE,
+        sf_manifest::format::layout::CLAIM_FILE,
         Arc::new(move |_| {
             let (prefix, seen) = (prefix.clone(), Arc::clone(&seen));
             Box::pin(async move {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
-use sf_manifest::json::{JsonStyle, to_sorted_string};
+use sf_manifest::format::json::{JsonStyle, to_sorted_string};
 use sf_manifest::{CurrentPointer, Key, KeyEncoding, Manifest, RunRecord, ShardingStrategy};
 use sf_router::{Routed, Router, decode_key, encode_key, shard_hash};
 use sf_tests::{PyValue, expected, fixture_dir, fixture_path_for, parse_manifest_dump};

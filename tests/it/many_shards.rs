@@ -345,14 +345,14 @@ async fn a_manifest_of_100000_shards_publishes_opens_and_lists() {
         .map(|i| {
             let mut extra = BTreeMap::new();
             extra.insert(
-                sf_manifest::manifest::CHECKSUM_KEY.to_string(),
+                sf_manifest::format::manifest::CHECKSUM_KEY.to_string(),
                 serde_json::Value::from(format!("xxh3_128:{:032x}", u128::from(i))),
             );
             ShardRow {
                 db_id: DbId(i),
                 db_url: Some(format!(
                     "{prefix}/{}",
-                    sf_manifest::layout::shard_attempt_key(&run, DbId(i), Attempt(0))
+                    sf_manifest::format::layout::shard_attempt_key(&run, DbId(i), Attempt(0))
                 )),
                 attempt: Attempt(0),
                 row_count: u64::from(i % 13) + 1,

@@ -1,23 +1,24 @@
 //! Storage conformance: one function holds everything ShardForge needs of
 //! an object store (the publish protocol with racing publishers, history,
 //! `_CURRENT` compare-and-swap, listing, deleting a prefix as
-//! `sf_manifest::gc` does, multipart upload), run against every backend:
+//! `sf_manifest::publish::gc` does, multipart upload), run against every backend:
 //! memory, the local file system, S3 (moto), Azure Blob (Azurite) and GCS
 //! (fake-gcs-server), the emulators started by `scripts/test.sh`. What an
 //! emulator lacks is named in its test and asserted as observed
 //! (docs/storage.md).
 
+use sf_manifest::Classified;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
-use sf_manifest::gc::{delete_prefix, list_attempts};
+use sf_manifest::publish::gc::{delete_prefix, list_attempts};
 use sf_manifest::{
     Attempt, BuildMeta, CurrentPointer, CurrentVersion, DbId, Error, ErrorKind, Key, KeyEncoding, Manifest,
     ManifestStore, ObjectManifestStore, RunId, RunRecord, RunStatus, ShardRow, ShardingSpec, StorageOptions, Timestamp,
-    WriterInfo, layout,
+    WriterInfo, format::layout,
 };
 use sf_tests::{azure_prefix, gcs_prefix, memory_prefix, s3_prefix};
 
@@ -138,7 +139,7 @@ async fn publish_protocol(prefix: &str) {
     }
 
     // Run records round-trip.
-    let key = sf_manifest::layout::run_record_key(at, &m1.build.run_id, "0123456789abcdef0123456789abcdef");
+    let key = sf_manifest::format::layout::run_record_key(at, &m1.build.run_id, "0123456789abcdef0123456789abcdef");
     let mut rec = RunRecord::start(
         m1.build.run_id.clone(),
         store.prefix_url(),
@@ -236,7 +237,7 @@ async fn race(prefix: &str) {
 /// must follow continuation tokens.
 const LISTED_SHARDS: u32 = 520;
 
-/// Listing and deleting the way `sf_manifest::gc` does: every attempt
+/// Listing and deleting the way `sf_manifest::publish::gc` does: every attempt
 /// folder of a run is found across listing pages, with its objects and
 /// bytes; a run whose name extends another's (`r10` beside `r1`) is not part
 /// of it; deleting a prefix removes exactly what is under it, and deleting it

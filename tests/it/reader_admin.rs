@@ -3,6 +3,7 @@
 //! attempts, old runs and abandoned runs, and never anything `_CURRENT` or
 //! a kept manifest references.
 
+use sf_manifest::Classified;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sf_manifest::{
     CurrentPointer, ErrorKind, Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId, RunRecord,
-    RunStatus, StorageOptions, Timestamp, layout,
+    RunStatus, StorageOptions, Timestamp, format::layout,
 };
 use sf_reader::{Admin, CleanupOptions, Pin, Reader, ReaderSettings, RemovalReason, RollbackTarget};
 use sf_tests::hook_store::HookStore;
@@ -69,7 +70,7 @@ async fn unpublished_run(prefix: &str, run: &str, record: Option<RunRecord>) {
     let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
     // Unpublished runs leave no manifest behind.
     let key = layout::locate(store.prefix_url(), None, &built.manifest_ref).expect("key");
-    sf_manifest::gc::delete_prefix(&store, key.trim_end_matches("/manifest"))
+    sf_manifest::publish::gc::delete_prefix(&store, key.trim_end_matches("/manifest"))
         .await
         .expect("drop manifest");
     if let Some(r) = record {
@@ -466,7 +467,7 @@ async fn cleanup_older_than_deletes_what_was_published_before_the_cutoff() {
     spec.run_record = false;
     let ancient = build_snapshot(&prefix, &spec, &int_rows(40, "ancient")).await;
     let now_key = layout::locate(s.prefix_url(), None, &ancient.manifest_ref).expect("key");
-    sf_manifest::gc::delete_prefix(&s, now_key.trim_end_matches("/manifest"))
+    sf_manifest::publish::gc::delete_prefix(&s, now_key.trim_end_matches("/manifest"))
         .await
         .expect("drop today's copy");
     let ancient_ref = s

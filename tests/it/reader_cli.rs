@@ -12,7 +12,7 @@ use object_store::PutPayload;
 use serde_json::Value;
 use sf_manifest::{
     CelType, CurrentPointer, Key, KeyEncoding, ManifestStore, ObjectManifestStore, RoutingValue, RunId, ShardingSpec,
-    StorageOptions, Timestamp, layout,
+    StorageOptions, Timestamp, format::layout,
 };
 use sf_reader::ContextValue;
 use sf_tests::snapshots::{Backend, Row, SnapshotSpec, build_snapshot, fixture_copy, int_rows, tree_state};
@@ -591,7 +591,7 @@ async fn data_errors_exit_3_naming_the_bad_object() {
     let k = shard_of(&p, 1).await;
     let s = store(&p);
     let key = layout::locate(s.prefix_url(), None, &url).expect("key");
-    sf_manifest::gc::delete_prefix(&s, &key).await.expect("delete");
+    sf_manifest::publish::gc::delete_prefix(&s, &key).await.expect("delete");
     exits_3(&p, k, &["shard 1", &url]);
 
     // A shard whose bytes do not match its checksum.

@@ -1,12 +1,13 @@
 //! Bad inputs give clear errors naming the object, and a reader whose
 //! refresh meets one keeps serving the last good snapshot.
 
+use sf_manifest::Classified;
 use std::time::Duration;
 
 use object_store::PutPayload;
 use sf_manifest::{
     CurrentPointer, ErrorKind, Key, KeyEncoding, ManifestStore, ObjectManifestStore, RunId, StorageOptions, Timestamp,
-    layout,
+    format::layout,
 };
 use sf_reader::{Error, Reader, ReaderSettings, SqliteMode};
 use sf_tests::snapshots::{Backend, SnapshotSpec, build_snapshot, int_rows};
@@ -134,7 +135,7 @@ async fn bad_snapshots_are_named_in_errors() {
         let url = victim.db_url.clone().expect("db_url");
         let s = store(&p);
         let key = layout::locate(s.prefix_url(), None, &url).expect("key");
-        sf_manifest::gc::delete_prefix(&s, &key).await.expect("delete");
+        sf_manifest::publish::gc::delete_prefix(&s, &key).await.expect("delete");
         let r = reader(&p, cache.path(), mode).await.expect("the manifest is fine");
         let (in_victim, elsewhere): (Vec<i64>, Vec<i64>) =
             (0..40).partition(|k| r.route(&Key::Int(*k), None).expect("route").db_id == Some(victim.db_id));
@@ -282,7 +283,7 @@ async fn failed_refreshes_keep_the_last_good_snapshot() {
     spec.publish = true;
     let broken = build_snapshot(&p, &spec, &int_rows(50, "broken")).await;
     let s = store(&p);
-    sf_manifest::gc::delete_prefix(&s, &layout::run_shards_key(&RunId::new("broken").expect("run")))
+    sf_manifest::publish::gc::delete_prefix(&s, &layout::run_shards_key(&RunId::new("broken").expect("run")))
         .await
         .expect("delete data");
     let e = r.refresh().await.expect_err("missing shards");

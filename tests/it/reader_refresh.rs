@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sf_manifest::{ErrorKind, Key, KeyEncoding, ManifestStore, ObjectManifestStore, RunId, StorageOptions};
+use sf_manifest::{Classified, ErrorKind, Key, KeyEncoding, ManifestStore, ObjectManifestStore, RunId, StorageOptions};
 use sf_reader::{Error, Reader, ReaderSettings, RefreshOutcome, SqliteMode};
 use sf_tests::fault_store::{Fault, FaultStore, Op};
 use sf_tests::hook_store::{Gate, HookStore};

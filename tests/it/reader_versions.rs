@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use sf_manifest::{Key, KeyEncoding};
+use sf_manifest::{Classified, Key, KeyEncoding};
 use sf_reader::{Reader, ReaderSettings, RefreshOutcome, SqliteMode, Version};
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
 

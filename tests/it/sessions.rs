@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{ParquetReadOptions, col, lit};
-use sf_manifest::{ErrorKind, Key};
+use sf_manifest::{Classified, ErrorKind, Key};
 use sf_tests::cluster::{ClusterOptions, LocalCluster, claims, run_bounded};
 use sf_tests::writer_support::{binary, read_snapshot, write_parquet};
 use sf_warehouse::{Catalogs, Driver, Error, SaveMode, Source, Warehouse, table_job};

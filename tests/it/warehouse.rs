@@ -14,7 +14,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int32Type};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
-use sf_manifest::{ErrorKind, Key, ManifestStore, ObjectManifestStore, StorageOptions};
+use sf_manifest::{Classified, ErrorKind, Key, ManifestStore, ObjectManifestStore, StorageOptions};
 use sf_reader::{Reader, ReaderSettings};
 use sf_tests::s3_prefix;
 use sf_tests::writer_support::{binary, write_parquet};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::physical_plan::{ExecutionPlanProperties, collect_partitioned};
-use sf_manifest::json::{JsonStyle, to_sorted_string};
-use sf_manifest::{DbId, ErrorKind, Key, ManifestStore, ObjectManifestStore, RoutingValue, StorageOptions};
+use sf_manifest::format::json::{JsonStyle, to_sorted_string};
+use sf_manifest::{Classified, DbId, ErrorKind, Key, ManifestStore, ObjectManifestStore, RoutingValue, StorageOptions};
 use sf_router::{ContextValue, Routed, Router};
 use sf_tests::fault_store::{Fault, FaultStore, Op};
 use sf_tests::writer_support::{binary, list_keys, read_snapshot, write_csv, write_json, write_parquet};

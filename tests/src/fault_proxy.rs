@@ -19,7 +19,9 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use sf_manifest::sync::lock;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -106,10 +108,6 @@ struct Shared {
     client: reqwest::Client,
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A running proxy; stopped when dropped.

@@ -166,7 +166,7 @@ impl FaultStore {
     }
 
     fn add(&self, op: Op, matches: PathMatch, skip: usize, count: usize, action: Action) {
-        self.rules.lock().expect("rules").push(Arc::new(Rule {
+        sf_manifest::sync::lock(&self.rules).push(Arc::new(Rule {
             op,
             matches,
             skip,
@@ -225,14 +225,12 @@ impl FaultStore {
 
     /// Removes every rule: calls go through from now on.
     pub fn clear(&self) {
-        self.rules.lock().expect("rules").clear();
+        sf_manifest::sync::lock(&self.rules).clear();
     }
 
     /// How many calls the rules failed or ran a hook for.
     pub fn fired(&self) -> usize {
-        self.rules
-            .lock()
-            .expect("rules")
+        sf_manifest::sync::lock(&self.rules)
             .iter()
             .map(|r| r.fired.load(Ordering::SeqCst))
             .sum()
@@ -240,9 +238,7 @@ impl FaultStore {
 
     /// The calls of `op` seen on paths ending with `suffix`.
     pub fn calls(&self, op: Op, suffix: &str) -> usize {
-        self.calls
-            .lock()
-            .expect("calls")
+        sf_manifest::sync::lock(&self.calls)
             .iter()
             .filter(|(o, p)| *o == op && p.ends_with(suffix))
             .count()
@@ -251,14 +247,14 @@ impl FaultStore {
     /// Registers the store under a fresh URL base and returns it
     /// (`fault<hex>://t`); paths under it are paths of the inner store.
     pub fn register(self: &Arc<Self>) -> Registered {
-        let base = format!("fault{}://t", sf_manifest::ids::unique_hex());
-        sf_manifest::storage::register_store(&base, Arc::clone(self) as Arc<dyn ObjectStore>);
+        let base = format!("fault{}://t", sf_manifest::format::ids::unique_hex());
+        sf_manifest::storage::location::register_store(&base, Arc::clone(self) as Arc<dyn ObjectStore>);
         Registered { base }
     }
 
     async fn before(&self, op: Op, path: &ObjPath) -> object_store::Result<Option<Fault>> {
-        self.calls.lock().expect("calls").push((op, path.to_string()));
-        let rules: Vec<Arc<Rule>> = self.rules.lock().expect("rules").clone();
+        sf_manifest::sync::lock(&self.calls).push((op, path.to_string()));
+        let rules: Vec<Arc<Rule>> = sf_manifest::sync::lock(&self.rules).clone();
         for rule in rules {
             if rule.op != op || !(rule.matches)(path) {
                 continue;
@@ -293,7 +289,7 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        sf_manifest::storage::unregister_store(&self.base);
+        sf_manifest::storage::location::unregister_store(&self.base);
     }
 }
 
@@ -355,10 +351,7 @@ impl ObjectStore for FaultStore {
     }
 
     fn list(&self, prefix: Option<&ObjPath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.calls
-            .lock()
-            .expect("calls")
-            .push((Op::List, prefix.map(ToString::to_string).unwrap_or_default()));
+        sf_manifest::sync::lock(&self.calls).push((Op::List, prefix.map(ToString::to_string).unwrap_or_default()));
         self.inner.list(prefix)
     }
 

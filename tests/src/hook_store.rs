@@ -10,7 +10,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -54,17 +54,17 @@ impl HookStore {
         &self,
         hook: impl Fn(&'static str, &ObjPath) -> Option<BoxFuture<'static, ()>> + Send + Sync + 'static,
     ) {
-        *self.hook.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
+        *sf_manifest::sync::lock(&self.hook) = Some(Arc::new(hook));
     }
 
     /// Removes the hook.
     pub fn clear_hook(&self) {
-        *self.hook.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *sf_manifest::sync::lock(&self.hook) = None;
     }
 
     fn before(&self, op: &'static str, path: &ObjPath) -> Option<BoxFuture<'static, ()>> {
         // The hook runs outside the lock: it may panic on purpose.
-        let hook = self.hook.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let hook = sf_manifest::sync::lock(&self.hook).clone();
         hook.and_then(|h| h(op, path))
     }
 

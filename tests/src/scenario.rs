@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sf_manifest::{Key, ManifestStore, ObjectManifestStore, RunStatus, StorageOptions, Timestamp, gc};
+use sf_manifest::{Key, ManifestStore, ObjectManifestStore, RunStatus, StorageOptions, Timestamp, publish::gc};
 use sf_reader::{Pin, Reader, ReaderSettings};
 
 use crate::writer_support::binary;
@@ -86,7 +86,7 @@ impl JobDir {
             .args(["--config", "job.toml", "--progress", "off"])
             .args(args)
             .current_dir(self.path())
-            .env(sf_manifest::failpoint::ENV, format!("{point}=pause"))
+            .env(sf_manifest::publish::failpoint::ENV, format!("{point}=pause"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -235,7 +235,8 @@ pub async fn referenced_folders(prefix: &str) -> BTreeSet<String> {
         let m = s.load_manifest(&h.manifest_ref).await.expect("manifest");
         for row in &m.shards {
             if let Some(url) = &row.db_url {
-                let key = sf_manifest::layout::locate(s.prefix_url(), Some(&m.build.s3_prefix), url).expect("locate");
+                let key =
+                    sf_manifest::format::layout::locate(s.prefix_url(), Some(&m.build.s3_prefix), url).expect("locate");
                 out.insert(key.trim_end_matches('/').to_string());
             }
         }

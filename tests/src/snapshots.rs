@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use object_store::PutPayload;
 use sf_manifest::{
     Attempt, BuildMeta, DbId, Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId, RunRecord,
-    ShardRow, ShardingSpec, StorageOptions, Timestamp, WriterInfo, layout,
+    ShardRow, ShardingSpec, StorageOptions, Timestamp, WriterInfo, format::layout,
 };
 use sf_router::{ContextValue, KEY_VARIABLE, Routed, Router, decode_key, key_as_context};
 use xxhash_rust::xxh3::Xxh3;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use object_store::ObjectStore;
-use sf_manifest::{DbId, Manifest, ManifestStore, ObjectManifestStore, StorageOptions, layout};
+use sf_manifest::{DbId, Manifest, ManifestStore, ObjectManifestStore, StorageOptions, format::layout};
 
 /// Writes `batches` as one Parquet file.
 pub fn write_parquet(path: &Path, batches: &[RecordBatch]) {

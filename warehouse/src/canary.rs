@@ -132,7 +132,7 @@ fn hex_decode(h: &str) -> Option<Vec<u8>> {
 impl PublishCheck for CanaryCheck {
     async fn check(&self, manifest: &Manifest, store: &ObjectManifestStore) -> sf_writer::Result<Vec<GateResult>> {
         let keys = read_canary(&self.path)?;
-        let current = sf_manifest::layout::join_url(store.prefix_url(), sf_manifest::layout::CURRENT);
+        let current = sf_manifest::format::layout::join_url(store.prefix_url(), sf_manifest::format::layout::CURRENT);
         let settings = ReaderSettings {
             cache_dir: self.cache_dir.clone(),
             ..ReaderSettings::default()
@@ -164,7 +164,7 @@ impl PublishCheck for CanaryCheck {
                 (Some(v), Some(want)) if !matches(want, v) => wrong.push(format!(
                     "key {}: value {:?}, expected {want:?}",
                     k.key,
-                    sf_manifest::format::bytes_as_text(v)
+                    sf_manifest::format::sharding::bytes_as_text(v)
                 )),
                 _ => {}
             }

@@ -80,7 +80,7 @@ impl WarehouseCatalog {
             let tables = self.warehouse.list_tables(Some(&self.name), &db).await?;
             listing.insert(db, tables.into_iter().map(|t| t.table).collect());
         }
-        *self.listing.write().expect("listing lock") = listing;
+        *sf_manifest::sync::write(&self.listing) = listing;
         Ok(())
     }
 }
@@ -91,13 +91,13 @@ impl CatalogProvider for WarehouseCatalog {
     }
 
     fn schema_names(&self) -> Vec<String> {
-        let mut names: BTreeSet<String> = self.listing.read().expect("listing lock").keys().cloned().collect();
+        let mut names: BTreeSet<String> = sf_manifest::sync::read(&self.listing).keys().cloned().collect();
         if let Some(db) = &self.session_db
             && !read_views(&self.local).is_empty()
         {
             names.insert(db.clone());
         }
-        if self.global_temp.read().expect("global_temp lock").is_some() {
+        if sf_manifest::sync::read(&self.global_temp).is_some() {
             names.insert(GLOBAL_TEMP_DB.to_string());
         }
         names.into_iter().collect()
@@ -105,7 +105,7 @@ impl CatalogProvider for WarehouseCatalog {
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         if name.eq_ignore_ascii_case(GLOBAL_TEMP_DB) {
-            return self.global_temp.read().expect("global_temp lock").clone();
+            return sf_manifest::sync::read(&self.global_temp).clone();
         }
         crate::names::check_part("database", name, name).ok()?;
         let db = name.to_ascii_lowercase();
@@ -113,10 +113,7 @@ impl CatalogProvider for WarehouseCatalog {
         Some(Arc::new(WarehouseSchema {
             warehouse: self.warehouse.clone(),
             catalog: self.name.clone(),
-            tables: self
-                .listing
-                .read()
-                .expect("listing lock")
+            tables: sf_manifest::sync::read(&self.listing)
                 .get(&db)
                 .cloned()
                 .unwrap_or_default(),
@@ -141,17 +138,17 @@ impl CatalogProvider for WarehouseCatalog {
                 ),
             )));
         }
-        Ok(self.global_temp.write().expect("global_temp lock").replace(schema))
+        Ok(sf_manifest::sync::write(&self.global_temp).replace(schema))
     }
 }
 
 fn read_views(local: &LocalViews) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<dyn TableProvider>>> {
     // The map holds whole entries only: a panic elsewhere leaves it usable.
-    local.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    sf_manifest::sync::read(local)
 }
 
 fn write_views(local: &LocalViews) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<dyn TableProvider>>> {
-    local.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    sf_manifest::sync::write(local)
 }
 
 /// One database of a warehouse catalog; the session's default database

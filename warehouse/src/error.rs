@@ -8,15 +8,15 @@
 //! input data.
 
 use datafusion::error::DataFusionError;
-use sf_manifest::ErrorKind;
+use sf_manifest::{Classified, ErrorKind};
 
 /// Errors of warehouse tables and SQL over them.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A name, setting or statement is wrong; nothing was written.
-    #[error("{location}: {message}")]
-    Config { location: String, message: String },
+    #[error("{field}: {reason}")]
+    Config { field: String, reason: String },
 
     /// A table the operation needs does not exist (or was dropped).
     #[error("table {table} does not exist")]
@@ -75,9 +75,8 @@ pub enum Error {
 /// Result with the warehouse's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    /// The coarse class of this error: its cause's class where it has one.
-    pub fn kind(&self) -> ErrorKind {
+impl Classified for Error {
+    fn kind(&self) -> ErrorKind {
         match self {
             Error::Config { .. }
             | Error::NoSuchTable { .. }
@@ -93,17 +92,14 @@ impl Error {
             Error::Internal(_) => ErrorKind::Internal,
         }
     }
+}
 
-    /// Whether trying the same operation again may succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.kind() == ErrorKind::Unavailable
-    }
-
+impl Error {
     /// A configuration error at `location` (a setting, a name, `SQL`).
-    pub fn config(location: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Config {
-            location: location.into(),
-            message: message.into(),
+            field: field.into(),
+            reason: reason.into(),
         }
     }
 

@@ -17,7 +17,7 @@ use arrow::ipc::writer::StreamWriter;
 use serde_json::{Value, json};
 use sf_manifest::{Key, KeyEncoding, Manifest};
 
-use sf_manifest::base64;
+use sf_manifest::format::base64;
 
 use crate::error::{Error, Result};
 

@@ -100,11 +100,11 @@ pub fn view_plan(plan: LogicalPlan) -> Result<LogicalPlan> {
 impl GlobalTempViews {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<ViewTable>>> {
         // The map holds whole entries only: a panic elsewhere leaves it usable.
-        self.views.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        sf_manifest::sync::read(&self.views)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<ViewTable>>> {
-        self.views.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        sf_manifest::sync::write(&self.views)
     }
 
     /// Registers `plan` as view `name` (`name` or `global_temp.name`);
@@ -214,6 +214,7 @@ pub fn install(ctx: &SessionContext) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sf_manifest::Classified;
 
     #[test]
     fn names_take_the_database_or_not_and_nothing_else() {

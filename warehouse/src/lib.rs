@@ -178,7 +178,7 @@ impl Warehouse {
 
     fn open_tables(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<TableIdent, ShardTable>> {
         // The map holds whole entries only: a panic elsewhere leaves it usable.
-        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        sf_manifest::sync::lock(&self.open)
     }
 
     /// Tables of database `db` in `catalog` (default catalog when `None`),

@@ -279,6 +279,7 @@ impl Catalogs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sf_manifest::Classified;
 
     #[test]
     fn names_take_defaults_and_reject_bad_parts() {

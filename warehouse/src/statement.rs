@@ -217,6 +217,7 @@ fn dotted_name(sig: &[&TokenWithSpan], from: usize) -> (Vec<String>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sf_manifest::Classified;
 
     #[test]
     fn statements_split_at_semicolons_outside_strings_and_comments() {

@@ -24,7 +24,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sf_manifest::{DbId, Key, KeyEncoding, StorageOptions, layout};
+use sf_manifest::{DbId, Key, KeyEncoding, StorageOptions, format::layout};
 use sf_reader::{Pin, Reader, ReaderSettings};
 use tokio::sync::OnceCell;
 

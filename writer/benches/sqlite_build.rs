@@ -173,7 +173,7 @@ fn main() {
 }
 
 fn file_size(dir: &Path) -> u64 {
-    std::fs::metadata(dir.join(sf_manifest::layout::SQLITE_SHARD_FILE))
+    std::fs::metadata(dir.join(sf_manifest::format::layout::SQLITE_SHARD_FILE))
         .expect("shard file")
         .len()
 }

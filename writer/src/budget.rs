@@ -172,7 +172,7 @@ static BUDGETS: LazyLock<Mutex<HashMap<RunId, Weak<MemoryBudget>>>> = LazyLock::
 /// The budget of `run` in this process, created with `limit` bytes when no
 /// task of the run holds one. It lives as long as someone holds it.
 pub fn for_run(run: &RunId, limit: usize) -> Arc<MemoryBudget> {
-    let mut budgets = BUDGETS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut budgets = sf_manifest::sync::lock(&BUDGETS);
     if let Some(b) = budgets.get(run).and_then(Weak::upgrade) {
         return b;
     }

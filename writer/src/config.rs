@@ -77,14 +77,14 @@ pub struct RetentionConfig {
     pub keep_last: Option<usize>,
     /// Manifests published longer ago than this are old (`7d`, `36h`);
     /// with both rules a manifest is old only if both say so.
-    #[serde(default, with = "sf_manifest::duration::option_serde")]
+    #[serde(default, with = "sf_manifest::format::duration::option_serde")]
     pub older_than: Option<std::time::Duration>,
 }
 
 impl RetentionConfig {
     /// The cleanup these rules ask for (abandoned runs included).
-    pub fn cleanup_options(&self) -> sf_manifest::gc::CleanupOptions {
-        sf_manifest::gc::CleanupOptions {
+    pub fn cleanup_options(&self) -> sf_manifest::publish::gc::CleanupOptions {
+        sf_manifest::publish::gc::CleanupOptions {
             keep_last: self.keep_last,
             older_than: self.older_than,
             include_abandoned: true,
@@ -788,7 +788,7 @@ impl JobConfig {
                     ));
                 }
                 if let Some(values) = &r.routing_values {
-                    sf_manifest::format::validate_routing_values(values)
+                    sf_manifest::format::sharding::validate_routing_values(values)
                         .map_err(|e| Error::config("routing.routing_values", e.to_string()))?;
                     if r.mode == Some(CelMode::Direct) {
                         return Err(Error::config(
@@ -917,6 +917,7 @@ impl JobConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sf_manifest::Classified;
 
     const MINIMAL: &str = r#"
 key_col = "id"

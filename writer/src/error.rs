@@ -1,6 +1,6 @@
 //! The writer's error type.
 
-use sf_manifest::{Attempt, DbId, ErrorKind, RunId};
+use sf_manifest::{Attempt, Cause, Classified, DbId, ErrorKind, RunId};
 
 fn gate_failures(failed: &[crate::gates::GateResult]) -> String {
     let each: Vec<String> = failed
@@ -29,8 +29,8 @@ pub const CLUSTER_LOST: &str = "every executor of the cluster is lost";
 #[non_exhaustive]
 pub enum Error {
     /// The job configuration is wrong; nothing was written.
-    #[error("{location}: {message}")]
-    Config { location: String, message: String },
+    #[error("{field}: {reason}")]
+    Config { field: String, reason: String },
 
     /// The input could not be read or has the wrong shape.
     #[error("input: {0}")]
@@ -124,16 +124,11 @@ pub enum Error {
     Internal(String),
 }
 
-/// The underlying failure of an error (an object-store, SQLite, SlateDB or
-/// engine error), kept for callers that inspect it.
-pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 /// Result with the writer's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    /// The coarse class of this error.
-    pub fn kind(&self) -> ErrorKind {
+impl Classified for Error {
+    fn kind(&self) -> ErrorKind {
         match self {
             Error::Config { .. } => ErrorKind::Config,
             Error::Input(_) | Error::DuplicateKey { .. } | Error::Data(_) => ErrorKind::Data,
@@ -150,19 +145,14 @@ impl Error {
             Error::Cancelled(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }
+}
 
-    /// Whether the same operation may succeed when tried again: exactly
-    /// when the kind is [`ErrorKind::Unavailable`], so retries and exit
-    /// codes never disagree.
-    pub fn is_retryable(&self) -> bool {
-        self.kind() == ErrorKind::Unavailable
-    }
-
+impl Error {
     /// A configuration error at `location` (a config key, file or variable).
-    pub fn config(location: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Config {
-            location: location.into(),
-            message: message.into(),
+            field: field.into(),
+            reason: reason.into(),
         }
     }
 

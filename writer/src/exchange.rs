@@ -26,7 +26,9 @@
 //! shard, and the executors' task slots make the waves
 //! ([`crate::exec::InputMode::Partitioned`]).
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use sf_manifest::sync::lock;
 use std::time::Instant;
 
 use arrow::array::{Array, RecordBatch};
@@ -60,12 +62,6 @@ pub(crate) fn run(
     let tx = builder.tx();
     builder.spawn(async move { exchange(spec, input, ctx, tx).await.map_err(DataFusionError::from) });
     builder.build()
-}
-
-fn lock(c: &Mutex<RowCollector>) -> MutexGuard<'_, RowCollector> {
-    // A panic while holding the lock fails the build anyway; the data
-    // behind it is not looked at again after that.
-    c.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 async fn exchange(
@@ -107,7 +103,7 @@ async fn exchange(
     let mut collector = Arc::try_unwrap(collector)
         .map_err(|_| Error::Internal("the input tasks still hold the collector".into()))?
         .into_inner()
-        .unwrap_or_else(PoisonError::into_inner);
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     run.input_read(started.elapsed());
     tracing::debug!(
         run_id = %spec.run_id,

@@ -37,7 +37,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Par
 use futures::StreamExt;
 use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
-use sf_manifest::{Attempt, DbId, KeyEncoding, Location, RunId, StorageOptions, Timestamp, layout};
+use sf_manifest::{Attempt, Classified, DbId, KeyEncoding, Location, RunId, StorageOptions, Timestamp, format::layout};
 use tokio::sync::Semaphore;
 
 use crate::adapter::{
@@ -52,7 +52,7 @@ use crate::sort::{CollectorSettings, MAX_RUN_BYTES, Order, RowCollector, ShardRo
 use crate::value::{ValueSpec, encode_keys, encode_values};
 
 /// Name of the claim marker inside an attempt folder.
-pub use sf_manifest::layout::CLAIM_FILE;
+pub use sf_manifest::format::layout::CLAIM_FILE;
 /// Attempts a shard may claim before the task gives up.
 pub const MAX_ATTEMPTS: u32 = 100;
 
@@ -717,13 +717,13 @@ async fn upload_with_retries(
                     location: location.clone(),
                     limits: spec.limits,
                 };
-                match sf_manifest::failpoint::hit("claim").await {
+                match sf_manifest::publish::failpoint::hit("claim").await {
                     Ok(()) => {
                         let started = Instant::now();
                         let uploaded = staged.upload(&target).await;
                         run.add_time(Step::Upload, started.elapsed());
                         match uploaded {
-                            Ok(up) => sf_manifest::failpoint::hit("upload")
+                            Ok(up) => sf_manifest::publish::failpoint::hit("upload")
                                 .await
                                 .map(|_| ((attempt, location), up))
                                 .map_err(Error::from),

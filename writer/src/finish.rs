@@ -19,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use sf_manifest::{
     Attempt, BuildMeta, CurrentPointer, CurrentVersion, DbId, KeyEncoding, Manifest, ManifestStore,
-    ObjectManifestStore, RunId, ShardRow, ShardingSpec, WriterInfo, failpoint, gc, layout,
+    ObjectManifestStore, RunId, ShardRow, ShardingSpec, WriterInfo, format::layout, publish::failpoint, publish::gc,
 };
 
 use crate::adapter::{ShardBackend, ShardContent};
@@ -177,7 +177,10 @@ pub(crate) async fn finish(input: FinishInput<'_>, state: &mut FinishState) -> R
             };
             let mut extra = BTreeMap::new();
             if let Some(c) = &w.checksum {
-                extra.insert(sf_manifest::manifest::CHECKSUM_KEY.to_string(), Value::from(c.clone()));
+                extra.insert(
+                    sf_manifest::format::manifest::CHECKSUM_KEY.to_string(),
+                    Value::from(c.clone()),
+                );
             }
             Ok(ShardRow {
                 db_id: w.db_id,

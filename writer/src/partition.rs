@@ -148,7 +148,7 @@ pub fn partition_keys(n: u32) -> Result<Arc<[u64]>> {
     if n == 0 {
         return Err(Error::Internal("partition keys for zero partitions".into()));
     }
-    if let Some(k) = PARTITION_KEYS.lock().expect("partition key cache").get(&n) {
+    if let Some(k) = sf_manifest::sync::lock(&PARTITION_KEYS).get(&n) {
         return Ok(Arc::clone(k));
     }
     let mut keys: Vec<Option<u64>> = vec![None; n as usize];
@@ -179,10 +179,7 @@ pub fn partition_keys(n: u32) -> Result<Arc<[u64]>> {
         start += chunk;
     }
     let keys: Arc<[u64]> = keys.into_iter().map(|k| k.expect("every partition found")).collect();
-    PARTITION_KEYS
-        .lock()
-        .expect("partition key cache")
-        .insert(n, Arc::clone(&keys));
+    sf_manifest::sync::lock(&PARTITION_KEYS).insert(n, Arc::clone(&keys));
     Ok(keys)
 }
 

@@ -106,7 +106,7 @@ static RUNS: LazyLock<Mutex<HashMap<RunId, Arc<RunProgress>>>> = LazyLock::new(D
 
 /// The counters of `run`, created on first use with `upload_concurrency`.
 pub fn run(run: &RunId, upload_concurrency: usize) -> Arc<RunProgress> {
-    let mut runs = RUNS.lock().expect("progress registry poisoned");
+    let mut runs = sf_manifest::sync::lock(&RUNS);
     Arc::clone(runs.entry(run.clone()).or_insert_with(|| {
         Arc::new(RunProgress {
             rows: AtomicU64::new(0),
@@ -121,7 +121,7 @@ pub fn run(run: &RunId, upload_concurrency: usize) -> Arc<RunProgress> {
 
 /// Forgets a finished run.
 pub fn forget(run: &RunId) {
-    RUNS.lock().expect("progress registry poisoned").remove(run);
+    sf_manifest::sync::lock(&RUNS).remove(run);
 }
 
 /// The peak resident memory of this process so far (`VmHWM`), where the

@@ -156,13 +156,13 @@ mod tests {
 
     impl ManualClock {
         fn advance(&self, d: Duration) {
-            *self.0.lock().expect("clock") += d;
+            *sf_manifest::sync::lock(&self.0) += d;
         }
     }
 
     impl Clock for ManualClock {
         fn now(&self) -> Duration {
-            *self.0.lock().expect("clock")
+            *sf_manifest::sync::lock(&self.0)
         }
     }
 

@@ -21,7 +21,7 @@ use arrow::datatypes::{
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::{Deserialize, Serialize};
 use sf_manifest::KeyEncoding;
-use sf_manifest::json::{python_float_repr, write_str};
+use sf_manifest::format::json::{python_float_repr, write_str};
 
 use crate::error::{Error, Result};
 
@@ -397,7 +397,7 @@ impl JsonColumn {
             JsonKind::Bytes => {
                 let read = bytes_reader(a).expect("binary column");
                 out.push('"');
-                out.push_str(&sf_manifest::base64::encode(read(row)));
+                out.push_str(&sf_manifest::format::base64::encode(read(row)));
                 out.push('"');
             }
             JsonKind::Display => {

@@ -200,7 +200,7 @@ impl ExecutionPlan for ClusterQueryExec {
             query: Some(Query::LogicalPlan(buf)),
             settings,
             session_id: self.session_id.clone(),
-            operation_id: sf_manifest::ids::unique_hex(),
+            operation_id: sf_manifest::format::ids::unique_hex(),
         };
         let scheduler_url = self.scheduler_url.clone();
         let results = futures::stream::once(run_job(scheduler_url, query, config)).try_flatten();

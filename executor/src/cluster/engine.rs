@@ -226,6 +226,7 @@ pub fn factory(url: &str, _job: &JobConfig) -> Result<Box<dyn Engine>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sf_manifest::Classified;
 
     #[test]
     fn scheduler_urls_parse_with_defaults_and_reject_nonsense() {

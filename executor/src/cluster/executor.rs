@@ -67,7 +67,7 @@ impl ExecutorSettings {
     /// unless `--without-extension`), working in `work_dir`.
     pub fn config(&self, work_dir: &std::path::Path) -> Result<ExecutorProcessConfig> {
         let scheduler = SchedulerUrl::parse(&self.scheduler).map_err(|e| match e {
-            Error::Config { message, .. } => Error::config("--scheduler", message),
+            Error::Config { reason, .. } => Error::config("--scheduler", reason),
             other => other,
         })?;
         let work_dir = work_dir

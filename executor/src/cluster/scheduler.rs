@@ -346,7 +346,7 @@ async fn write_state(server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
                 continue;
             }
         };
-        let now = Duration::from_millis(sf_manifest::ids::unix_millis());
+        let now = Duration::from_millis(sf_manifest::format::ids::unix_millis());
         let list: Vec<serde_json::Value> = executors
             .iter()
             .map(|(m, heartbeat)| {
@@ -440,7 +440,7 @@ impl ReportingLauncher {
 
 /// A failed status (reason filled in later) for every task of `multi`.
 fn failed_statuses(multi: &MultiTaskDefinition) -> Vec<TaskStatus> {
-    let now = sf_manifest::ids::unix_millis();
+    let now = sf_manifest::format::ids::unix_millis();
     multi
         .task_ids
         .iter()

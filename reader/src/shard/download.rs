@@ -26,8 +26,8 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 use super::{ShardEnv, ShardSpec};
 use crate::error::{Error, Result};
 use crate::stats::bump;
-use sf_manifest::checksum::{Coverage, Recorded, file_checksum};
-use sf_manifest::manifest::SQLITE_MAGIC;
+use sf_manifest::format::checksum::{Coverage, Recorded, file_checksum};
+use sf_manifest::format::manifest::SQLITE_MAGIC;
 
 /// Temporary files older than this are leftovers of dead processes.
 const STALE_TMP: Duration = Duration::from_secs(3600);
@@ -62,7 +62,7 @@ pub(crate) fn prepare_dir(cache_dir: &Path) -> Result<PathBuf> {
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
-                .and_then(|t| sf_manifest::ids::system_now().duration_since(t).ok())
+                .and_then(|t| sf_manifest::format::ids::system_now().duration_since(t).ok())
                 .is_some_and(|age| age > STALE_TMP);
             if name.to_string_lossy().starts_with(".tmp-") && stale {
                 let _ = std::fs::remove_file(entry.path());
@@ -87,7 +87,7 @@ fn read_sum(path: &Path) -> Option<Digest> {
 }
 
 fn hash_file(path: &Path) -> std::io::Result<Digest> {
-    let (checksum, size) = sf_manifest::checksum::hash_file(path)?;
+    let (checksum, size) = sf_manifest::format::checksum::hash_file(path)?;
     Ok(Digest { checksum, size })
 }
 
@@ -158,13 +158,13 @@ pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<
         }
     }
 
-    let file = spec.location.child(sf_manifest::layout::SQLITE_SHARD_FILE);
+    let file = spec.location.child(sf_manifest::format::layout::SQLITE_SHARD_FILE);
     let res = match file.store.get(&file.path).await {
         Ok(r) => r,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(spec.store_error(format!("reading {}: {e}", file.url), e)),
     };
-    let tmp = dir.join(format!(".tmp-{key}-{}", sf_manifest::ids::unique_hex()));
+    let tmp = dir.join(format!(".tmp-{key}-{}", sf_manifest::format::ids::unique_hex()));
     let result = async {
         // tokio::fs: file writes and the fsync run on the blocking pool,
         // not on the runtime's workers.
@@ -178,7 +178,7 @@ pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<
         );
         let mut hasher = Xxh3::new();
         let mut size = 0u64;
-        let mut stream = sf_manifest::body::body_chunks(res);
+        let mut stream = sf_manifest::storage::body::body_chunks(res);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| spec.store_error(format!("downloading {}: {e}", file.url), e))?;
             hasher.update(&chunk);
@@ -214,7 +214,7 @@ pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<
             });
         }
         // The digest first, then the file: a file in place always has one.
-        let sum_tmp = dir.join(format!(".tmp-{key}-{}.sum", sf_manifest::ids::unique_hex()));
+        let sum_tmp = dir.join(format!(".tmp-{key}-{}.sum", sf_manifest::format::ids::unique_hex()));
         tokio::fs::write(&sum_tmp, format!("{found} {size}\n"))
             .await
             .map_err(|e| Error::io("writing a cache digest", &sum_tmp, e))?;

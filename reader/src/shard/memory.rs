@@ -535,7 +535,7 @@ fn load_index<H: KeyHash>(
     let mut builder = IndexBuilder::<H>::new(reservation, arena_estimate(file_bytes, rows))?;
     // `k` is the primary key of a WITHOUT ROWID table: this walks the
     // table's own B-tree in order, no sort.
-    let mut stmt = conn.prepare("SELECT k, v FROM kv ORDER BY k")?;
+    let mut stmt = conn.prepare(sf_manifest::format::kv::SCAN)?;
     let mut cursor = stmt.raw_query();
     let mut row = 0u64;
     while let Some(r) = cursor.next()? {
@@ -757,8 +757,7 @@ mod tests {
     fn shard_file(dir: &std::path::Path, rows: &[(Vec<u8>, Vec<u8>)]) -> (std::path::PathBuf, u64) {
         let path = dir.join("shard.db");
         let mut conn = Connection::open(&path).expect("create");
-        conn.execute_batch("CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;")
-            .expect("ddl");
+        conn.execute_batch(sf_manifest::format::kv::DDL).expect("ddl");
         let tx = conn.transaction().expect("tx");
         for (k, v) in rows {
             tx.execute("INSERT INTO kv VALUES (?1, ?2)", (k, v)).expect("insert");

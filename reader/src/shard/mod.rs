@@ -30,10 +30,11 @@ use tokio::sync::Semaphore;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::block_cache::BlockCache;
-use crate::error::{Cause, Error, Result};
+use crate::error::{Error, Result};
 use crate::settings::{ReaderSettings, SqliteMode};
 use crate::stats::{Counters, bump};
-use sf_manifest::checksum::{Coverage, Recorded, file_checksum};
+use sf_manifest::Cause;
+use sf_manifest::format::checksum::{Coverage, Recorded, file_checksum};
 
 use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
@@ -364,7 +365,7 @@ impl ShardHandle {
     }
 
     async fn open_range(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
-        let file_loc = spec.location.child(sf_manifest::layout::SQLITE_SHARD_FILE);
+        let file_loc = spec.location.child(sf_manifest::format::layout::SQLITE_SHARD_FILE);
         let meta = match file_loc.store.head(&file_loc.path).await {
             Ok(m) => m,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -388,7 +389,7 @@ impl ShardHandle {
                 .await
                 .map_err(|e| spec.store_error(format!("reading {}: {e}", file_loc.url), e))?;
             let mut hasher = Xxh3::new();
-            let mut stream = sf_manifest::body::body_chunks(res);
+            let mut stream = sf_manifest::storage::body::body_chunks(res);
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| spec.store_error(format!("reading {}: {e}", file_loc.url), e))?;
                 hasher.update(&chunk);

@@ -135,18 +135,12 @@ impl RemoteFile {
     /// Remembers why the last read failed, for the error SQLite's generic
     /// "disk I/O error" replaces.
     pub(crate) fn set_error(&self, e: RangeError) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+        *sf_manifest::sync::lock(&self.last_error) = Some(e);
     }
 
     /// Takes the last read failure.
     pub(crate) fn take_error(&self) -> Option<RangeError> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        sf_manifest::sync::lock(&self.last_error).take()
     }
 }
 

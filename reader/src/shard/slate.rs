@@ -1,5 +1,5 @@
 //! SlateDB shards: a `slatedb::DbReader` rooted at the attempt folder, over
-//! the copy-on-write view (`sf_manifest::overlay::CopyOnWriteStore`) so that the
+//! the copy-on-write view (`sf_manifest::storage::overlay::CopyOnWriteStore`) so that the
 //! shard's prefix is never written.
 
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use tokio::runtime::Handle;
 use super::ShardSpec;
 use crate::error::{Error, Result};
 use sf_manifest::ErrorKind;
-use sf_manifest::checksum::{Coverage, KvHasher};
-use sf_manifest::overlay::CopyOnWriteStore;
+use sf_manifest::format::checksum::{Coverage, KvHasher};
+use sf_manifest::storage::overlay::CopyOnWriteStore;
 
 /// An open SlateDB shard.
 pub(crate) struct SlateShard {

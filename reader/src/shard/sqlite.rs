@@ -13,9 +13,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags};
-
-/// The lookup every shard answers.
-const LOOKUP_SQL: &str = "SELECT v FROM kv WHERE k = ?1";
+use sf_manifest::format::kv;
 
 /// Where connections come from.
 #[derive(Debug)]
@@ -61,7 +59,7 @@ impl ConnPool {
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
         // Connections left in a poisoned pool are still whole: a panic
         // cannot happen while one is being pushed or popped.
-        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        sf_manifest::sync::lock(&self.idle)
     }
 
     /// Opens a connection and checks the file is a shard (has `kv`).
@@ -80,7 +78,7 @@ impl ConnPool {
                 conn
             }
         };
-        conn.prepare_cached(LOOKUP_SQL)?;
+        conn.prepare_cached(kv::LOOKUP)?;
         Ok(conn)
     }
 
@@ -171,8 +169,8 @@ impl ConnPool {
         {
             // `kv.k` is the primary key: both statements walk its index.
             let mut stmt = match after {
-                Some(_) => conn.prepare_cached("SELECT k, v FROM kv WHERE k > ?1 ORDER BY k LIMIT ?2")?,
-                None => conn.prepare_cached("SELECT k, v FROM kv ORDER BY k LIMIT ?1")?,
+                Some(_) => conn.prepare_cached(kv::SCAN_AFTER)?,
+                None => conn.prepare_cached(kv::SCAN_FIRST)?,
             };
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             match after {
@@ -200,14 +198,11 @@ const BATCH: usize = 64;
 
 fn batch_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let params: Vec<String> = (1..=BATCH).map(|i| format!("?{i}")).collect();
-        format!("SELECT k, v FROM kv WHERE k IN ({})", params.join(", "))
-    })
+    SQL.get_or_init(|| kv::lookup_many(BATCH))
 }
 
 fn lookup(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<Bytes>> {
-    let mut stmt = conn.prepare_cached(LOOKUP_SQL)?;
+    let mut stmt = conn.prepare_cached(kv::LOOKUP)?;
     stmt.raw_bind_parameter(1, key)?;
     let mut rows = stmt.raw_query();
     match rows.next()? {
@@ -223,8 +218,7 @@ mod tests {
     fn shard_file(dir: &Path) -> PathBuf {
         let path = dir.join("odd ?#% name.db");
         let conn = Connection::open(&path).expect("create");
-        conn.execute_batch("CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;")
-            .expect("ddl");
+        conn.execute_batch(kv::DDL).expect("ddl");
         for i in 0u64..100 {
             conn.execute(
                 "INSERT INTO kv VALUES (?1, ?2)",

@@ -41,7 +41,7 @@ static FILES: LazyLock<Mutex<HashMap<String, Arc<RemoteFile>>>> = LazyLock::new(
 static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
 
 fn files() -> std::sync::MutexGuard<'static, HashMap<String, Arc<RemoteFile>>> {
-    FILES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    sf_manifest::sync::lock(&FILES)
 }
 
 /// A file's registration; dropping it unregisters the name (connections
@@ -67,7 +67,7 @@ impl Drop for Registration {
 /// Registers `file` for connections of this VFS to open.
 pub(crate) fn register(file: Arc<RemoteFile>) -> Result<Registration, String> {
     ensure_registered()?;
-    let name = format!("sf-range-{}-{}.db", file.id, sf_manifest::ids::unique_hex());
+    let name = format!("sf-range-{}-{}.db", file.id, sf_manifest::format::ids::unique_hex());
     files().insert(name.clone(), file);
     Ok(Registration { name })
 }
@@ -360,7 +360,7 @@ unsafe extern "C" fn x_randomness(_: *mut ffi::sqlite3_vfs, n: c_int, out: *mut 
     guarded(0, || {
         let mut filled = 0usize;
         while filled < n as usize {
-            let r = sf_manifest::ids::random_u64().to_le_bytes();
+            let r = sf_manifest::format::ids::random_u64().to_le_bytes();
             let bytes = &r;
             let take = bytes.len().min(n as usize - filled);
             // SAFETY: `out` has room for `n` bytes; we write below `n`.
@@ -377,7 +377,7 @@ unsafe extern "C" fn x_sleep(_: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
 }
 
 fn unix_millis() -> i64 {
-    i64::try_from(sf_manifest::ids::unix_millis()).unwrap_or(i64::MAX)
+    i64::try_from(sf_manifest::format::ids::unix_millis()).unwrap_or(i64::MAX)
 }
 
 unsafe extern "C" fn x_current_time(_: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {

@@ -355,7 +355,7 @@ impl Driver {
 impl Pool {
     fn idle_sessions(&self) -> std::sync::MutexGuard<'_, Vec<Session>> {
         // The list holds whole sessions only: a panic elsewhere leaves it usable.
-        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        sf_manifest::sync::lock(&self.idle)
     }
 
     /// The pool's factory: a session of the engine with the engine's

@@ -1,6 +1,7 @@
 //! One session of a driver: SQL, tables, views, and builds whose input is
 //! a [`Source`].
 
+use sf_manifest::Classified;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

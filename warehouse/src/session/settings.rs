@@ -104,6 +104,7 @@ impl SessionSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sf_manifest::Classified;
 
     #[test]
     fn keys_must_be_in_a_namespace_and_the_engine_checks_its_own() {

@@ -20,8 +20,9 @@ use futures::StreamExt;
 use object_store::{PutPayload, WriteMultipart};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
-use sf_manifest::checksum::{file_checksum, hash_file};
-use sf_manifest::layout::SQLITE_SHARD_FILE;
+use sf_manifest::format::checksum::{file_checksum, hash_file};
+use sf_manifest::format::kv;
+use sf_manifest::format::layout::SQLITE_SHARD_FILE;
 use sf_manifest::{DbId, ErrorKind, Location};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -118,9 +119,10 @@ impl SqliteBackend {
              PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA temp_store = MEMORY;
              PRAGMA cache_size = -{cache_kib};
-             {KV_DDL};
+             {ddl};
              BEGIN;",
             page = self.settings.page_size,
+            ddl = kv::DDL,
             cache_kib = u64::from(self.settings.cache_mib) * 1024,
         ))
         .map_err(|e| sqlite_err(db_id, "preparing the shard file", e))?;
@@ -171,9 +173,6 @@ fn page_err(db_id: DbId, path: &Path, e: PageError) -> Error {
     }
 }
 
-/// The DDL of the one table of a shard (docs/FORMAT.md).
-pub const KV_DDL: &str = "CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID";
-
 #[async_trait]
 impl ShardBackend for SqliteBackend {
     fn name(&self) -> &'static str {
@@ -200,7 +199,7 @@ impl ShardBackend for SqliteBackend {
             e => Error::shard_store(db_id, None, format!("reading {} back: {e}", file.url), e),
         })?;
         let mut hasher = Xxh3::new();
-        let mut stream = sf_manifest::body::body_chunks(res);
+        let mut stream = sf_manifest::storage::body::body_chunks(res);
         while let Some(chunk) = stream.next().await {
             let chunk =
                 chunk.map_err(|e| Error::shard_store(db_id, None, format!("reading {} back: {e}", file.url), e))?;
@@ -253,8 +252,8 @@ impl SqliteBuilder {
     /// per row.
     fn insert_sql(&self) -> &'static str {
         match (self.ctx.sorted, self.ctx.on_duplicate) {
-            (false, DuplicatePolicy::LastWins) => "INSERT OR REPLACE INTO kv (k, v) VALUES (?1, ?2)",
-            _ => "INSERT INTO kv (k, v) VALUES (?1, ?2)",
+            (false, DuplicatePolicy::LastWins) => kv::INSERT_OR_REPLACE,
+            _ => kv::INSERT,
         }
     }
 
@@ -339,9 +338,7 @@ impl ShardBuilder for SqliteBuilder {
                 } else {
                     // Rows replaced each other in arrival order: ask the table.
                     let (count, min, max): (i64, Option<Vec<u8>>, Option<Vec<u8>>) = conn
-                        .query_row("SELECT count(*), min(k), max(k) FROM kv", [], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                        })
+                        .query_row(kv::STATS, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                         .map_err(|e| sqlite_err(db_id, "counting rows", e))?;
                     Some((u64::try_from(count).unwrap_or(0), min, max))
                 };

@@ -142,7 +142,7 @@ mod tests {
 
     fn table() -> Connection {
         let c = Connection::open_in_memory().expect("open");
-        c.execute_batch(super::super::sqlite::KV_DDL).expect("ddl");
+        c.execute_batch(sf_manifest::format::kv::DDL).expect("ddl");
         c
     }
 

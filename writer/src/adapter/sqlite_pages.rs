@@ -39,7 +39,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::sqlite::KV_DDL;
+use sf_manifest::format::kv;
 
 /// Smallest page size SQLite supports.
 pub const MIN_PAGE_SIZE: u32 = 512;
@@ -747,14 +747,14 @@ fn first_page(page_size: u32, pages: u32) -> Vec<u8> {
     put(96, SQLITE_VERSION_NUMBER);
 
     // The schema row: type, name, tbl_name, rootpage, sql.
-    let sql = KV_DDL.as_bytes();
+    let sql = kv::DDL.as_bytes();
     let text_type = |len: usize| 2 * len as u64 + 13;
     let (root_type, root_bytes) = integer_serial(KV_ROOT);
     let mut types = Vec::with_capacity(MAX_RECORD_HEADER);
     for serial in [
         text_type(5),
-        text_type(2),
-        text_type(2),
+        text_type(kv::TABLE.len()),
+        text_type(kv::TABLE.len()),
         root_type,
         text_type(sql.len()),
     ] {
@@ -767,8 +767,9 @@ fn first_page(page_size: u32, pages: u32) -> Vec<u8> {
     record.push(1 + types.len() as u8);
     record.extend_from_slice(&types);
     record.extend_from_slice(b"table");
-    record.extend_from_slice(b"kv");
-    record.extend_from_slice(b"kv");
+    // name and tbl_name
+    record.extend_from_slice(kv::TABLE.as_bytes());
+    record.extend_from_slice(kv::TABLE.as_bytes());
     record.extend_from_slice(&root_bytes);
     record.extend_from_slice(sql);
     let mut cell = [0u8; 18];

@@ -9,6 +9,7 @@
 //! - this file: the orchestration, [`build`] and [`build_prepared`]: run
 //!   record, shard writes, verification and publishing, the failure sweep.
 
+use sf_manifest::Classified;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use sf_manifest::{
     Attempt, CurrentPointer, CurrentVersion, DbId, ManifestStore, ObjectManifestStore, RunId, RunRecord, RunStatus,
-    Timestamp, layout,
+    Timestamp, format::layout,
 };
 
 use crate::adapter::backend_for;
@@ -328,7 +329,7 @@ pub async fn build_prepared(
     heartbeat.abort();
     progress::forget(&run_id);
     let final_record = {
-        let mut r = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut r = sf_manifest::sync::lock(&record);
         match &outcome {
             Ok(s) => {
                 r.succeed(s.manifest_ref.clone());
@@ -364,10 +365,10 @@ pub async fn build_prepared(
     if let Some(retention) = &job.retention {
         phase("retention");
         summary.retention = Some(
-            sf_manifest::gc::cleanup(&store, &retention.cleanup_options())
+            sf_manifest::publish::gc::cleanup(&store, &retention.cleanup_options())
                 .await
                 .map(|r| RetentionReport {
-                    manifests: r.of(sf_manifest::gc::RemovalReason::OldManifest).count(),
+                    manifests: r.of(sf_manifest::publish::gc::RemovalReason::OldManifest).count(),
                     folders: r.prefixes_removed,
                     objects: r.objects_deleted,
                 })
@@ -410,7 +411,7 @@ async fn run_taken(store: &ObjectManifestStore, run: &RunId, ours: &str, mine: &
 /// so it sweeps until a pass finds nothing left.
 async fn sweep_own_data(store: &ObjectManifestStore, run: &RunId, build_id: &str, keep: &BTreeSet<(DbId, Attempt)>) {
     for pass in 0..FAILED_RUN_SWEEPS {
-        match sf_manifest::gc::delete_own_attempts(store, run, build_id, keep).await {
+        match sf_manifest::publish::gc::delete_own_attempts(store, run, build_id, keep).await {
             Ok(0) if pass > 0 => break,
             Ok(_) => {}
             Err(e) => {
@@ -438,7 +439,7 @@ fn spawn_heartbeat(
         loop {
             tick.tick().await;
             let snapshot = {
-                let mut r = record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut r = sf_manifest::sync::lock(&record);
                 r.heartbeat(lease);
                 r.clone()
             };

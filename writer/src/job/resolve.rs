@@ -157,7 +157,7 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
         retry: job.retry(),
         work_dir: job.write.work_dir.clone(),
         upload_concurrency: job.write.upload_concurrency,
-        build_id: sf_manifest::ids::unique_hex(),
+        build_id: sf_manifest::format::ids::unique_hex(),
     };
     Ok(Prepared {
         ctx,
@@ -341,7 +341,7 @@ async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEn
                             "the input has no rows to infer routing values from".into(),
                         ));
                     }
-                    sf_manifest::format::validate_routing_values(&values)
+                    sf_manifest::format::sharding::validate_routing_values(&values)
                         .map_err(|e| Error::Data(format!("routing values inferred from the data: {e}")))?;
                     let n = u32::try_from(values.len()).map_err(|_| Error::Data("too many routing values".into()))?;
                     if let Some(want) = r.num_dbs

@@ -16,7 +16,9 @@ use slatedb::compactor::{
 use slatedb::config::CompactorOptions;
 use slatedb::manifest::SsTableId;
 
-use super::{COMPACTION_POLL, MAX_COMPACTION_TRIES, Ops, lock};
+use sf_manifest::sync::lock;
+
+use super::{COMPACTION_POLL, MAX_COMPACTION_TRIES, Ops};
 use crate::error::Result;
 
 use super::read::read_manifest;

@@ -48,17 +48,18 @@
 use std::fs::File;
 use std::future::Future;
 use std::io::BufWriter;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sf_manifest::checksum::KvHasher;
-use sf_manifest::guarded::GuardedStore;
+use sf_manifest::format::checksum::KvHasher;
+use sf_manifest::storage::guarded::GuardedStore;
 use sf_manifest::{Attempt, DbId, ErrorKind as SfErrorKind, Location};
 use slatedb::ErrorKind;
 
 use crate::adapter::{BuildContext, ShardBackend, ShardBuilder, ShardContent};
-use crate::error::{Cause, Error, Result};
+use crate::error::{Error, Result};
+use sf_manifest::Cause;
 
 mod compaction;
 mod read;
@@ -96,11 +97,6 @@ pub(super) const CLOSE_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 pub(super) fn mib_to_bytes(mib: u32) -> usize {
     usize::try_from(u64::from(mib) * MIB).unwrap_or(usize::MAX)
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded values are plain data, valid even after a panic.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub(super) fn record_len(bytes: &[u8]) -> u32 {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 use object_store::path::Path;
-use sf_manifest::checksum::KvHasher;
-use sf_manifest::overlay::CopyOnWriteStore;
+use sf_manifest::format::checksum::KvHasher;
+use sf_manifest::storage::overlay::CopyOnWriteStore;
 use sf_manifest::{DbId, ErrorKind as SfErrorKind, Location};
 use slatedb::admin::{Admin, AdminBuilder};
 use slatedb::config::ScanOptions;

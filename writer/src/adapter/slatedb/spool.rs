@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sf_manifest::DbId;
-use sf_manifest::checksum::KvHasher;
+use sf_manifest::format::checksum::KvHasher;
 use tokio::io::{AsyncReadExt, BufReader as AsyncBufReader};
 
 use super::settings::SlateDbSettings;

@@ -16,8 +16,8 @@ use object_store::{
     GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
     PutPayload, PutResult,
 };
-use sf_manifest::checksum::KvHasher;
-use sf_manifest::{Attempt, DbId, Location};
+use sf_manifest::format::checksum::KvHasher;
+use sf_manifest::{Attempt, Classified, DbId, Location};
 use slatedb::admin::AdminBuilder;
 use slatedb::manifest::SsTableId;
 use slatedb::{Db, DbReader, VersionedManifest};

@@ -11,7 +11,7 @@
 //! joining them to a store path or URL is the caller's business.
 
 use crate::error::{Error, Result};
-use crate::ids::{Attempt, DbId, RunId, Timestamp};
+use crate::format::ids::{Attempt, DbId, RunId, Timestamp};
 
 /// Key of the pointer object.
 pub const CURRENT: &str = "_CURRENT";

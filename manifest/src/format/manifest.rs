@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::format::{FORMAT_VERSION, Key, KeyEncoding, ShardingSpec};
-use crate::ids::{Attempt, DbId, RunId, Timestamp};
-use crate::json::{JsonStyle, to_sorted_string};
+use crate::format::ids::{Attempt, DbId, RunId, Timestamp};
+use crate::format::json::{JsonStyle, to_sorted_string};
+use crate::format::sharding::{FORMAT_VERSION, Key, KeyEncoding, ShardingSpec};
 
 /// Content type of a manifest object (and of `_CURRENT.manifest_content_type`).
 pub const MANIFEST_CONTENT_TYPE: &str = "application/x-sqlite3";

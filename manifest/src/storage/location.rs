@@ -43,7 +43,7 @@ use object_store::path::Path;
 use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 
 use crate::error::{Error, Result};
-use crate::local::LocalStore;
+use crate::storage::local::LocalStore;
 
 /// Settings for a store, by object_store's configuration key names
 /// (`aws_endpoint` or `endpoint`, `aws_region` or `region`,
@@ -146,7 +146,7 @@ impl Location {
         Location {
             store: Arc::clone(&self.store),
             path,
-            url: crate::layout::join_url(&self.url, key),
+            url: crate::format::layout::join_url(&self.url, key),
         }
     }
 
@@ -173,18 +173,12 @@ static REGISTERED: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = Lazy
 /// (`scheme://authority`, any scheme): a way to hand in a preconfigured or
 /// wrapped store (a custom client, a fault-injecting wrapper in tests).
 pub fn register_store(base: &str, store: Arc<dyn ObjectStore>) {
-    REGISTERED
-        .lock()
-        .expect("store registry poisoned")
-        .insert(base.trim_end_matches('/').to_string(), store);
+    crate::sync::lock(&REGISTERED).insert(base.trim_end_matches('/').to_string(), store);
 }
 
 /// Undoes [`register_store`].
 pub fn unregister_store(base: &str) {
-    REGISTERED
-        .lock()
-        .expect("store registry poisoned")
-        .remove(base.trim_end_matches('/'));
+    crate::sync::lock(&REGISTERED).remove(base.trim_end_matches('/'));
 }
 
 static MEMORY_STORES: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = LazyLock::new(Default::default);
@@ -221,7 +215,7 @@ pub fn resolve(url: &str, options: &StorageOptions) -> Result<Location> {
     }
     let scheme = parsed.scheme().to_ascii_lowercase();
     let base = format!("{scheme}://{}", parsed.host_str().unwrap_or(""));
-    let registered = REGISTERED.lock().expect("store registry poisoned").get(&base).cloned();
+    let registered = crate::sync::lock(&REGISTERED).get(&base).cloned();
     if let Some(store) = registered {
         let path = url_path(&parsed).map_err(invalid)?;
         return Ok(Location {
@@ -241,7 +235,7 @@ pub fn resolve(url: &str, options: &StorageOptions) -> Result<Location> {
             no_options(options, "memory://", url)?;
             let name = parsed.host_str().unwrap_or("").to_string();
             let store = {
-                let mut stores = MEMORY_STORES.lock().expect("memory store registry poisoned");
+                let mut stores = crate::sync::lock(&MEMORY_STORES);
                 Arc::clone(
                     stores
                         .entry(name.clone())
@@ -263,7 +257,7 @@ pub fn resolve(url: &str, options: &StorageOptions) -> Result<Location> {
                 .to_string();
             let cache_key = format!("{scheme}://{bucket}\u{0}{}", options_fingerprint(options));
             let store = {
-                let mut stores = CLOUD_STORES.lock().expect("cloud store registry poisoned");
+                let mut stores = crate::sync::lock(&CLOUD_STORES);
                 match stores.get(&cache_key) {
                     Some(s) => Arc::clone(s),
                     None => {
@@ -362,7 +356,7 @@ fn retry_config(options: &StorageOptions, url: &str) -> Result<(RetryConfig, Vec
                 })?;
             }
             RETRY_TIMEOUT => {
-                retry.retry_timeout = crate::duration::parse_duration(v).map_err(|e| Error::InvalidUrl {
+                retry.retry_timeout = crate::format::duration::parse_duration(v).map_err(|e| Error::InvalidUrl {
                     url: url.to_string(),
                     reason: format!("storage option {RETRY_TIMEOUT}: {e}"),
                 })?;
@@ -380,9 +374,9 @@ fn build_cloud(scheme: &str, bucket: &str, url: &str, options: &StorageOptions) 
     };
     let (retry, options) = retry_config(options, url)?;
     // Every cloud store sends reads again whose request never reached the
-    // server (`crate::resend`).
+    // server (`crate::storage::resend`).
     let built = |r: object_store::Result<Arc<dyn ObjectStore>>| {
-        r.map(|store| crate::resend::ResendReads::new(store) as Arc<dyn ObjectStore>)
+        r.map(|store| crate::storage::resend::ResendReads::new(store) as Arc<dyn ObjectStore>)
             .map_err(|e| Error::InvalidUrl {
                 url: url.to_string(),
                 reason: e.to_string(),

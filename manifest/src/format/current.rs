@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::ids::{RunId, Timestamp};
-use crate::json::{JsonStyle, to_sorted_string};
-use crate::manifest::MANIFEST_CONTENT_TYPE;
+use crate::format::ids::{RunId, Timestamp};
+use crate::format::json::{JsonStyle, to_sorted_string};
+use crate::format::manifest::MANIFEST_CONTENT_TYPE;
 
 /// `_CURRENT.format_version` this build writes.
 pub const CURRENT_FORMAT_VERSION: i64 = 1;

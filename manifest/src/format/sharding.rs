@@ -375,7 +375,7 @@ pub fn validate_routing_values(values: &[RoutingValue]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json::{JsonStyle, to_sorted_string};
+    use crate::format::json::{JsonStyle, to_sorted_string};
 
     #[test]
     fn sharding_json_has_the_reference_shape() {

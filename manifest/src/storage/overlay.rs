@@ -50,7 +50,7 @@ impl CopyOnWriteStore {
     }
 
     fn hidden(&self) -> std::sync::MutexGuard<'_, HashSet<Path>> {
-        self.hidden.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.hidden)
     }
 
     fn is_hidden(&self, p: &Path) -> bool {

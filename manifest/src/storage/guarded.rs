@@ -3,7 +3,9 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,11 +16,6 @@ use object_store::{
     GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
     PutPayload, PutResult,
 };
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded value is plain data, valid even after a panic.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A store for one piece of work (an upload, a verification, a read).
 ///

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::ids::{RunId, Timestamp};
-use crate::manifest::{DB_PATH_TEMPLATE, SHARD_PREFIX};
+use crate::format::ids::{RunId, Timestamp};
+use crate::format::manifest::{DB_PATH_TEMPLATE, SHARD_PREFIX};
 
 /// `run.yaml` `format_version`.
 pub const RUN_RECORD_FORMAT_VERSION: i64 = 1;

@@ -9,13 +9,13 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
-use crate::current::CurrentPointer;
 use crate::error::{Error, Result};
-use crate::ids::{RunId, Timestamp};
-use crate::layout;
-use crate::manifest::Manifest;
-use crate::run_record::RunRecord;
-use crate::storage::{Location, StorageOptions, resolve};
+use crate::format::current::CurrentPointer;
+use crate::format::ids::{RunId, Timestamp};
+use crate::format::layout;
+use crate::format::manifest::Manifest;
+use crate::format::run_record::RunRecord;
+use crate::storage::location::{Location, StorageOptions, resolve};
 
 /// The version of `_CURRENT` a caller observed (its ETag, or the store's
 /// object version). Hand it back to [`ManifestStore::swap_current`] to
@@ -114,7 +114,7 @@ pub struct HistoryEntry {
 /// These rest on the store's conditional writes: `If-None-Match`/`If-Match`
 /// on S3 and compatible stores, generation preconditions on GCS and Azure,
 /// the in-memory store's own checks, and a folder lock on the local file
-/// system ([`LocalStore`](crate::local::LocalStore)).
+/// system ([`LocalStore`](crate::storage::local::LocalStore)).
 #[async_trait]
 pub trait ManifestStore: Send + Sync + fmt::Debug {
     /// URL of the snapshot prefix.

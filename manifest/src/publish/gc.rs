@@ -14,10 +14,10 @@ use object_store::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ids::{Attempt, DbId, RunId, Timestamp};
-use crate::layout;
-use crate::run_record::RunStatus;
-use crate::store::{HistoryEntry, ManifestStore, ObjectManifestStore};
+use crate::format::ids::{Attempt, DbId, RunId, Timestamp};
+use crate::format::layout;
+use crate::format::run_record::RunStatus;
+use crate::publish::manifest_store::{HistoryEntry, ManifestStore, ObjectManifestStore};
 
 /// One `shards/run_id=R/db=N/attempt=A/` folder and what is in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,8 @@ pub async fn list_attempts(store: &ObjectManifestStore, run: Option<&RunId>) -> 
     let mut found: BTreeMap<(RunId, DbId, Attempt), AttemptDir> = BTreeMap::new();
     let mut stream = store.object_store().list(Some(&base));
     while let Some(meta) = stream.next().await {
-        let meta = meta.map_err(|e| Error::store("list", crate::layout::join_url(store.prefix_url(), &key), e))?;
+        let meta =
+            meta.map_err(|e| Error::store("list", crate::format::layout::join_url(store.prefix_url(), &key), e))?;
         let rel: Vec<String> = meta
             .location
             .parts()
@@ -135,7 +136,7 @@ pub async fn delete_own_attempts(
         if keep.contains(&(dir.db_id, dir.attempt)) || !claimed_by(store, &dir.key, build_id).await? {
             continue;
         }
-        crate::failpoint::hit("delete-losers").await?;
+        crate::publish::failpoint::hit("delete-losers").await?;
         delete_prefix(store, &dir.key).await?;
         deleted += 1;
     }
@@ -436,7 +437,7 @@ pub async fn cleanup(store: &ObjectManifestStore, options: &CleanupOptions) -> R
         });
     }
     for r in &report.removals {
-        crate::failpoint::hit("cleanup").await?;
+        crate::publish::failpoint::hit("cleanup").await?;
         let n = delete_prefix(store, &r.key).await?;
         report.objects_deleted += n;
         report.prefixes_removed += 1;
@@ -448,7 +449,7 @@ pub async fn cleanup(store: &ObjectManifestStore, options: &CleanupOptions) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::StorageOptions;
+    use crate::storage::location::StorageOptions;
     use object_store::PutPayload;
 
     #[tokio::test]
