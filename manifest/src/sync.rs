@@ -6,7 +6,7 @@
 //! behind a poisoned lock is still consistent, and one panicking request or
 //! task must not turn every later caller into a panic too: nothing from
 //! outside may take the process down. So every crate takes its locks
-//! through [`lock`], [`read`] and [`write`], which hand out the guard
+//! through [`lock`], [`read`] and [`write()`], which hand out the guard
 //! whether or not the lock is poisoned, and never `lock().expect(..)`.
 //!
 //! A critical section that could leave its data half-updated must be
