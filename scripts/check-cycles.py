@@ -82,7 +82,9 @@ def expand(group):
     items.append(cur)
     out = []
     for item in items:
-        item = item.strip().split(" as ")[0].strip()
+        item = item.strip()
+        if "{" not in item:
+            item = item.split(" as ")[0].strip()
         if not item:
             continue
         if "{" in item:
@@ -94,22 +96,73 @@ def expand(group):
     return out
 
 
+USE = re.compile(r"(?:\bpub(?:\([^)]*\))?\s+)?\buse\s+([^;]+);")
+MOD_DECL = re.compile(r"\bmod\s+(\w+)\s*;")
+
+
 def crate_edges(src):
     files = {}
     for f in sorted(src.rglob("*.rs")):
         m = module_of(src, f)
         if m is not None:
             files[m] = f
+    texts = {m: strip(f.read_text()) for m, f in files.items()}
+    children = {m: set(MOD_DECL.findall(texts[m])) for m in files}
+    # Re-exports: `pub use a::b::X;` in module m makes `m::X` name `a::b::X`.
+    reexports = {m: {} for m in files}
+    for m, text in texts.items():
+        for um in re.finditer(r"\bpub(?:\([^)]*\))?\s+use\s+([^;]+);", text):
+            for item in expand(um.group(1)):
+                if not item:
+                    continue
+                raw = um.group(1)
+                alias = None
+                for part in re.split(r"[,{}]", raw):
+                    part = part.strip()
+                    if " as " in part and part.split(" as ")[0].strip().split("::")[-1] == item[-1]:
+                        alias = part.split(" as ")[1].strip()
+                reexports[m][alias or item[-1]] = item
 
-    def owner(path):
-        for i in range(len(path), -1, -1):
-            if tuple(path[:i]) in files:
-                return tuple(path[:i])
-        return ()
+    def absolute(path, ctx):
+        """A path as written in module ctx -> segments from the crate root."""
+        if not path:
+            return None
+        head = path[0]
+        if head == "crate":
+            return path[1:]
+        if head == "self":
+            return list(ctx) + path[1:]
+        if head == "super":
+            base = list(ctx)
+            rest = path
+            while rest and rest[0] == "super":
+                base = base[:-1]
+                rest = rest[1:]
+            return base + rest
+        if tuple(ctx) in children and head in children[tuple(ctx)]:
+            return list(ctx) + path
+        return None
+
+    def resolve(segs, depth=0):
+        """Segments from the root -> the file that defines the item."""
+        cur = ()
+        i = 0
+        while i < len(segs):
+            nxt = cur + (segs[i],)
+            if nxt in files:
+                cur = nxt
+                i += 1
+                continue
+            target = reexports.get(cur, {}).get(segs[i])
+            if target is not None and depth < 16:
+                full = absolute(target, cur)
+                # A re-export of another crate's item is no file of ours.
+                return None if full is None else resolve(full + segs[i + 1 :], depth + 1)
+            break
+        return cur
 
     edges = {m: set() for m in files}
-    for m, f in files.items():
-        text = strip(f.read_text())
+    for m, text in texts.items():
         # Inline modules (`mod tests { .. }`) shift what `self` and `super`
         # mean inside them.
         spans = []
@@ -125,30 +178,32 @@ def crate_edges(src):
                     ctx.append(name)
             return ctx
 
+        refs = []
         for pm in PATH.finditer(text):
             root, rest, brace = pm.group(1), pm.group(2), pm.group(3)
-            ctx = context(pm.start())
-            segs = [p for p in rest.split("::") if p]
-            if root == "crate":
-                base = []
-            elif root == "self":
-                base = ctx
-            else:
-                base = ctx[:-1]
-                while segs and segs[0] == "super":
-                    base = base[:-1]
-                    segs = segs[1:]
-            targets = []
+            if not rest and not brace:
+                # `pub(crate)`, `&self`: a keyword, not a path.
+                continue
+            segs = [root] + [p for p in rest.split("::") if p]
             if brace:
                 for item in expand(brace_group(text, pm.end())):
-                    targets.append(base + segs + item)
+                    refs.append((segs + item, pm.start()))
             else:
-                targets.append(base + segs)
-            for t in targets:
-                # An inline module's path names the file it is written in.
-                o = owner(t)
-                if o != m and o in files:
-                    edges[m].add(o)
+                refs.append((segs, pm.start()))
+        # Relative uses of a child module: `use child::X;`, `pub use child::{..}`.
+        for um in USE.finditer(text):
+            body = um.group(1).strip()
+            if body.startswith(("crate", "super", "self", "::")):
+                continue
+            for item in expand(body):
+                refs.append((item, um.start()))
+        for segs, pos in refs:
+            full = absolute(segs, context(pos))
+            if full is None:
+                continue
+            o = resolve(full)
+            if o is not None and o != m and o in files:
+                edges[m].add(o)
     return files, edges
 
 
