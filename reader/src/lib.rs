@@ -68,6 +68,7 @@ mod block_cache;
 /// Durations as people type them (`30s`, `7d`), shared with the rest of the project.
 pub use sf_manifest::format::duration;
 mod error;
+mod info;
 mod reader;
 mod settings;
 mod shard;
@@ -77,10 +78,8 @@ mod view;
 
 pub use admin::{Admin, AdminBuilder, CleanupOptions, CleanupReport, Removal, RemovalReason, Rollback, RollbackTarget};
 pub use error::{Error, Result};
-pub use reader::{
-    Health, HealthStatus, Reader, ReaderBuilder, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, ShardInfos,
-    SnapshotInfo,
-};
+pub use info::{Health, HealthStatus, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, ShardInfos, SnapshotInfo};
+pub use reader::{Reader, ReaderBuilder};
 pub use settings::{MAX_KEEP_VERSIONS, Pin, ReaderSettings, SqliteMode};
 pub use sf_manifest::format::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
 pub use snapshot::RoutingContext;

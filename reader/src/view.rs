@@ -17,7 +17,8 @@ use sf_manifest::{CelType, DbId, Key, KeyEncoding, RunId};
 use sf_router::ContextValue;
 
 use crate::error::{Error, Result};
-use crate::reader::{Inner, SnapshotInfo, info_of};
+use crate::info::SnapshotInfo;
+use crate::reader::Inner;
 use crate::shard::ShardEnv;
 use crate::snapshot::{RoutingContext, Snapshot};
 
@@ -77,7 +78,7 @@ impl SnapshotView {
 
     /// What it is.
     pub fn info(&self) -> SnapshotInfo {
-        info_of(&self.snap, self.pinned)
+        SnapshotInfo::of(&self.snap, self.pinned)
     }
 
     /// The value of `key` in this snapshot.
