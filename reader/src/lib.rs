@@ -73,6 +73,7 @@ mod reader;
 mod settings;
 mod shard;
 mod snapshot;
+mod state;
 mod stats;
 mod view;
 

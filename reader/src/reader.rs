@@ -1,9 +1,7 @@
 //! The [`Reader`]: serves `get` and `multi_get` from the snapshot
 //! `_CURRENT` (or a pin) names, and swaps to new snapshots on refresh.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +19,7 @@ use crate::info::{
 use crate::settings::{Pin, ReaderSettings};
 use crate::shard::ShardEnv;
 use crate::snapshot::{RoutingContext, Snapshot};
+use crate::state::ReaderState;
 use crate::stats::{Counters, ReaderStats, bump};
 use crate::view::{SnapshotView, Version};
 
@@ -136,18 +135,14 @@ impl ReaderBuilder {
         crate::view::warm_up(&env, &snapshot, &self.settings.warmup_keys).await?;
         counters.snapshot_created.set(snapshot.created_seconds());
         counters.versions_held.set(1.0);
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(ReaderState::new(
             current_url,
             store,
-            settings: self.settings,
+            self.settings,
             env,
             counters,
-            served: RwLock::new(Arc::new(snapshot)),
-            kept: Mutex::new(VecDeque::new()),
-            refresh_lock: tokio::sync::Mutex::new(()),
-            status: Mutex::new(RefreshStatus::default()),
-            closed: AtomicBool::new(false),
-        });
+            snapshot,
+        ));
         let refresher = inner.settings.refresh_interval.map(|interval| {
             let task = runtime.spawn(refresh_loop(
                 Arc::downgrade(&inner),
@@ -197,60 +192,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-pub(crate) struct Inner {
-    current_url: String,
-    store: ObjectManifestStore,
-    pub(crate) settings: ReaderSettings,
-    pub(crate) env: Arc<ShardEnv>,
-    counters: Arc<Counters>,
-    /// The served snapshot. Readers clone the Arc and let go of the lock
-    /// at once; a swap replaces the Arc, and the old snapshot (with its
-    /// open shards) lives until its last in-flight read finishes.
-    served: RwLock<Arc<Snapshot>>,
-    /// Snapshots a refresh replaced, newest first, at most
-    /// `settings.keep_versions`: open for pinned reads.
-    kept: Mutex<VecDeque<Arc<Snapshot>>>,
-    /// Serialises refreshes (manual and background).
-    refresh_lock: tokio::sync::Mutex<()>,
-    status: Mutex<RefreshStatus>,
-    closed: AtomicBool,
-}
-
-impl Inner {
-    pub(crate) fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(Error::Closed {
-                location: self.store.prefix_url().to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    fn kept(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Snapshot>>> {
-        sf_manifest::sync::lock(&self.kept)
-    }
-
-    /// Records how a refresh that started at `started` ended, in the
-    /// status and the counters.
-    fn record_refresh(&self, started: Timestamp, outcome: std::result::Result<(), String>) {
-        let mut status = sf_manifest::sync::lock(&self.status);
-        status.last_attempt = Some(started);
-        match outcome {
-            Ok(()) => {
-                status.last_success = Some(started);
-                status.last_error = None;
-                status.consecutive_failures = 0;
-            }
-            Err(e) => {
-                bump(&self.counters.refresh_failures, 1);
-                tracing::warn!(prefix = %self.store.prefix_url(), error = %e, "refresh failed; still serving the previous snapshot");
-                status.last_error = Some(e);
-                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-            }
-        }
-    }
-}
-
 /// An online reader of one snapshot prefix.
 ///
 /// `Send + Sync` and cheap to clone: clones share the snapshot, the open
@@ -262,7 +203,7 @@ impl Inner {
 /// on the one they started with.
 #[derive(Clone)]
 pub struct Reader {
-    inner: Arc<Inner>,
+    inner: Arc<ReaderState>,
     refresher: Option<Arc<AbortOnDrop>>,
 }
 
@@ -290,7 +231,7 @@ impl Reader {
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        Arc::clone(&sf_manifest::sync::read(&self.inner.served))
+        self.inner.served()
     }
 
     fn check_open(&self) -> Result<()> {
@@ -298,7 +239,7 @@ impl Reader {
     }
 
     fn pinned(&self) -> bool {
-        self.inner.settings.pin != Pin::Current
+        self.inner.pinned()
     }
 
     /// A view of the served snapshot: every read through it uses that
@@ -506,14 +447,14 @@ impl Reader {
             snapshot_age_seconds: age,
             max_age_seconds: max_age.as_secs_f64(),
             num_shards: snap.manifest.shards.len(),
-            is_closed: self.inner.closed.load(Ordering::Relaxed),
+            is_closed: self.inner.is_closed(),
             refresh: self.refresh_status(),
         }
     }
 
     /// How refreshes have gone.
     pub fn refresh_status(&self) -> RefreshStatus {
-        sf_manifest::sync::lock(&self.inner.status).clone()
+        self.inner.refresh_status()
     }
 
     /// What the reader has done so far.
@@ -611,7 +552,7 @@ impl Reader {
     /// mode) and connections are released once the reads in flight are
     /// done. `info()`, `shards()` and `stats()` still answer.
     pub fn close(&self) {
-        self.inner.closed.store(true, Ordering::Relaxed);
+        self.inner.mark_closed();
         if let Some(r) = &self.refresher {
             r.0.abort();
         }
@@ -643,7 +584,7 @@ impl Reader {
 /// sooner (from 1 s, doubling up to `max_backoff`). It never gives up, and
 /// a panic in one round is caught and counted as a failure. It stops when
 /// the reader is dropped or closed.
-async fn refresh_loop(inner: Weak<Inner>, interval: Duration, max_backoff: Duration) {
+async fn refresh_loop(inner: Weak<ReaderState>, interval: Duration, max_backoff: Duration) {
     let mut failures: u32 = 0;
     loop {
         let delay = if failures == 0 {
@@ -657,7 +598,7 @@ async fn refresh_loop(inner: Weak<Inner>, interval: Duration, max_backoff: Durat
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        if inner.closed.load(Ordering::Relaxed) {
+        if inner.is_closed() {
             return;
         }
         let reader = Reader { inner, refresher: None };

@@ -18,9 +18,9 @@ use sf_router::ContextValue;
 
 use crate::error::{Error, Result};
 use crate::info::SnapshotInfo;
-use crate::reader::Inner;
 use crate::shard::ShardEnv;
 use crate::snapshot::{RoutingContext, Snapshot};
+use crate::state::ReaderState;
 
 /// A key's position in a `multi_get` and its encoded bytes.
 type SlotKey = (usize, Vec<u8>);
@@ -41,7 +41,7 @@ pub enum Version {
 /// view lives; see the module docs. Cheap to clone.
 #[derive(Clone)]
 pub struct SnapshotView {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<ReaderState>,
     pub(crate) snap: Arc<Snapshot>,
     pub(crate) pinned: bool,
 }

@@ -1,0 +1,122 @@
+//! What a [`Reader`](crate::Reader), its clones, its views and its
+//! background refresh share: the served snapshot, the snapshots kept for
+//! pinned reads, the shard environment, the counters and how refreshes
+//! went.
+//!
+//! It sits below both the reader and [`SnapshotView`](crate::SnapshotView)
+//! so that each can hold it without knowing the other.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use sf_manifest::{ManifestStore, ObjectManifestStore, Timestamp};
+
+use crate::error::{Error, Result};
+use crate::info::RefreshStatus;
+use crate::settings::{Pin, ReaderSettings};
+use crate::shard::ShardEnv;
+use crate::snapshot::Snapshot;
+use crate::stats::{Counters, bump};
+
+/// See the module docs.
+pub(crate) struct ReaderState {
+    /// URL of the prefix's `_CURRENT`.
+    pub(crate) current_url: String,
+    pub(crate) store: ObjectManifestStore,
+    pub(crate) settings: ReaderSettings,
+    pub(crate) env: Arc<ShardEnv>,
+    pub(crate) counters: Arc<Counters>,
+    /// The served snapshot. Readers clone the Arc and let go of the lock
+    /// at once; a swap replaces the Arc, and the old snapshot (with its
+    /// open shards) lives until its last in-flight read finishes.
+    pub(crate) served: RwLock<Arc<Snapshot>>,
+    /// Snapshots a refresh replaced, newest first, at most
+    /// `settings.keep_versions`: open for pinned reads.
+    kept: Mutex<VecDeque<Arc<Snapshot>>>,
+    /// Serialises refreshes (manual and background).
+    pub(crate) refresh_lock: tokio::sync::Mutex<()>,
+    status: Mutex<RefreshStatus>,
+    closed: AtomicBool,
+}
+
+impl ReaderState {
+    /// The state of a reader that serves `snapshot` and holds no other.
+    pub(crate) fn new(
+        current_url: String,
+        store: ObjectManifestStore,
+        settings: ReaderSettings,
+        env: Arc<ShardEnv>,
+        counters: Arc<Counters>,
+        snapshot: Snapshot,
+    ) -> Self {
+        ReaderState {
+            current_url,
+            store,
+            settings,
+            env,
+            counters,
+            served: RwLock::new(Arc::new(snapshot)),
+            kept: Mutex::new(VecDeque::new()),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            status: Mutex::new(RefreshStatus::default()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The served snapshot, for as long as the caller holds it.
+    pub(crate) fn served(&self) -> Arc<Snapshot> {
+        Arc::clone(&sf_manifest::sync::read(&self.served))
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Closed {
+                location: self.store.prefix_url().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Refuses reads from now on (reads in flight finish).
+    pub(crate) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn kept(&self) -> MutexGuard<'_, VecDeque<Arc<Snapshot>>> {
+        sf_manifest::sync::lock(&self.kept)
+    }
+
+    /// Whether the reader is pinned (refresh does not move it).
+    pub(crate) fn pinned(&self) -> bool {
+        self.settings.pin != Pin::Current
+    }
+
+    pub(crate) fn refresh_status(&self) -> RefreshStatus {
+        sf_manifest::sync::lock(&self.status).clone()
+    }
+
+    /// Records how a refresh that started at `started` ended, in the
+    /// status and the counters.
+    pub(crate) fn record_refresh(&self, started: Timestamp, outcome: std::result::Result<(), String>) {
+        let mut status = sf_manifest::sync::lock(&self.status);
+        status.last_attempt = Some(started);
+        match outcome {
+            Ok(()) => {
+                status.last_success = Some(started);
+                status.last_error = None;
+                status.consecutive_failures = 0;
+            }
+            Err(e) => {
+                bump(&self.counters.refresh_failures, 1);
+                tracing::warn!(prefix = %self.store.prefix_url(), error = %e, "refresh failed; still serving the previous snapshot");
+                status.last_error = Some(e);
+                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            }
+        }
+    }
+}
