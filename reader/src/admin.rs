@@ -12,7 +12,7 @@ pub use sf_manifest::publish::gc::{CleanupOptions, CleanupReport, Removal, Remov
 use sf_manifest::{CurrentPointer, ManifestStore, ObjectManifestStore, RunId, StorageOptions, format::layout};
 
 use crate::error::{Error, Result};
-use crate::reader::prefix_location;
+use crate::prefix::prefix_location;
 
 /// Which manifest a rollback goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]

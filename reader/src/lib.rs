@@ -69,6 +69,7 @@ mod block_cache;
 pub use sf_manifest::format::duration;
 mod error;
 mod info;
+mod prefix;
 mod reader;
 mod settings;
 mod shard;

@@ -8,43 +8,20 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use sf_manifest::{
-    DbId, HistoryEntry, Key, KeyEncoding, Location, Manifest, ManifestStore, ObjectManifestStore, StorageOptions,
-    Timestamp,
+    DbId, HistoryEntry, Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, StorageOptions, Timestamp,
 };
 
 use crate::error::{Error, Result};
 use crate::info::{
     Health, HealthStatus, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, ShardInfos, SnapshotInfo,
 };
+use crate::prefix::prefix_location;
 use crate::settings::{Pin, ReaderSettings};
 use crate::shard::ShardEnv;
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
 use crate::stats::{Counters, ReaderStats, bump};
 use crate::view::{SnapshotView, Version};
-
-/// Splits a `--current-url` into the prefix URL: the URL of `_CURRENT`
-/// itself or of its folder are both accepted.
-pub(crate) fn prefix_of(current_url: &str) -> &str {
-    let t = current_url.trim_end_matches('/');
-    t.strip_suffix(sf_manifest::format::layout::CURRENT)
-        .map(|p| p.trim_end_matches('/'))
-        .filter(|p| !p.is_empty() && !p.ends_with(':'))
-        .unwrap_or(t)
-}
-
-/// Resolves the prefix location, with `store` replacing the resolved one.
-pub(crate) fn prefix_location(
-    current_url: &str,
-    options: &StorageOptions,
-    store: Option<Arc<dyn ObjectStore>>,
-) -> Result<Location> {
-    let mut location = sf_manifest::resolve(prefix_of(current_url), options)?;
-    if let Some(s) = store {
-        location.store = s;
-    }
-    Ok(location)
-}
 
 /// Builds a [`Reader`]; see [`Reader::builder`].
 #[must_use]
@@ -634,15 +611,6 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn current_urls_name_the_prefix() {
-        assert_eq!(prefix_of("s3://b/p/_CURRENT"), "s3://b/p");
-        assert_eq!(prefix_of("s3://b/p/"), "s3://b/p");
-        assert_eq!(prefix_of("s3://b/p"), "s3://b/p");
-        assert_eq!(prefix_of("/data/snap/_CURRENT"), "/data/snap");
-        assert_eq!(prefix_of("file:///data/snap/_CURRENT"), "file:///data/snap");
-    }
 
     #[test]
     fn reader_is_send_sync_and_cheap_to_clone() {
