@@ -41,7 +41,7 @@ pub enum Version {
 /// view lives; see the module docs. Cheap to clone.
 #[derive(Clone)]
 pub struct SnapshotView {
-    pub(crate) inner: Arc<ReaderState>,
+    pub(crate) state: Arc<ReaderState>,
     pub(crate) snap: Arc<Snapshot>,
     pub(crate) pinned: bool,
 }
@@ -83,23 +83,23 @@ impl SnapshotView {
 
     /// The value of `key` in this snapshot.
     pub async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
-        self.inner.check_open()?;
-        lookup(&self.inner.env, &self.snap, key, None).await
+        self.state.check_open()?;
+        lookup(&self.state.env, &self.snap, key, None).await
     }
 
     /// [`get`](Self::get) with a routing context.
     pub async fn get_with_context(&self, key: &Key, context: &RoutingContext) -> Result<Option<Bytes>> {
-        self.inner.check_open()?;
-        lookup(&self.inner.env, &self.snap, key, Some(context)).await
+        self.state.check_open()?;
+        lookup(&self.state.env, &self.snap, key, Some(context)).await
     }
 
     /// Values of many keys from this snapshot, in input order.
     pub async fn multi_get(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
-        self.inner.check_open()?;
+        self.state.check_open()?;
         multi_lookup(
-            &self.inner.env,
+            &self.state.env,
             &self.snap,
-            self.inner.settings.max_concurrency,
+            self.state.settings.max_concurrency,
             keys.iter().map(|k| (k, None)),
         )
         .await
@@ -108,11 +108,11 @@ impl SnapshotView {
     /// [`multi_get`](Self::multi_get) with a routing context per key
     /// (`None`: the key alone routes).
     pub async fn multi_get_with_contexts(&self, items: &[(Key, Option<RoutingContext>)]) -> Result<Vec<Option<Bytes>>> {
-        self.inner.check_open()?;
+        self.state.check_open()?;
         multi_lookup(
-            &self.inner.env,
+            &self.state.env,
             &self.snap,
-            self.inner.settings.max_concurrency,
+            self.state.settings.max_concurrency,
             items.iter().map(|(k, c)| (k, c.as_ref())),
         )
         .await
