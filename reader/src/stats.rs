@@ -1,10 +1,11 @@
 //! Counters of what a reader did: opens, downloads, cache use, ranged
 //! reads, refreshes. Cheap (relaxed atomics), for operators and tests.
 //!
-//! Every counter is also emitted through the [`metrics`] facade, so a
-//! service that embeds the reader and installs a recorder (a Prometheus
-//! exporter, say) gets the same figures, under the names in [`METRICS`],
-//! labelled with what the builder was given
+//! Every counter is also emitted through the [`metrics`] facade, with two
+//! gauges of the served snapshot, so a service that embeds the reader and
+//! installs a recorder (a Prometheus exporter, say) gets the same figures,
+//! under the names in [`METRICS`] (the catalog of every name the reader
+//! emits), labelled with what the builder was given
 //! ([`ReaderBuilder::with_metric_label`](crate::ReaderBuilder::with_metric_label)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,39 +50,47 @@ pub struct ReaderStats {
     pub memory_fallbacks: u64,
 }
 
-/// The names the reader emits through the `metrics` facade, with what each
-/// counts. Counters end in `_total`; the two gauges are set when a snapshot
+// The one spelling of each name: `METRICS` lists them and the
+// registrations in `Counters::new` take them from here.
+const SHARD_OPENS: &str = "sf_reader_shard_opens_total";
+const DOWNLOADS: &str = "sf_reader_downloads_total";
+const DOWNLOAD_BYTES: &str = "sf_reader_download_bytes_total";
+const CACHE_HITS: &str = "sf_reader_cache_hits_total";
+const CACHE_REPAIRS: &str = "sf_reader_cache_repairs_total";
+const RANGE_REQUESTS: &str = "sf_reader_range_requests_total";
+const RANGE_BYTES: &str = "sf_reader_range_bytes_total";
+const REFRESHES: &str = "sf_reader_refreshes_total";
+const REFRESH_FAILURES: &str = "sf_reader_refresh_failures_total";
+const SWAPS: &str = "sf_reader_swaps_total";
+const MEMORY_FALLBACKS: &str = "sf_reader_memory_fallbacks_total";
+const SNAPSHOT_CREATED_SECONDS: &str = "sf_reader_snapshot_created_seconds";
+const VERSIONS_HELD: &str = "sf_reader_versions_held";
+
+/// Every name the reader emits through the `metrics` facade, with what
+/// each counts (a test checks that the reader emits these and nothing
+/// else). Counters end in `_total`; the two gauges are set when a snapshot
 /// is loaded or swapped in.
 pub const METRICS: &[(&str, &str)] = &[
-    ("sf_reader_shard_opens_total", "shards opened"),
+    (SHARD_OPENS, "shards opened"),
+    (DOWNLOADS, "SQLite shard files downloaded into the cache"),
+    (DOWNLOAD_BYTES, "bytes downloaded"),
+    (CACHE_HITS, "cached shard files reused without a download"),
+    (CACHE_REPAIRS, "cached shard files found damaged and fetched again"),
+    (RANGE_REQUESTS, "ranged GETs of range-mode shards"),
+    (RANGE_BYTES, "bytes those GETs returned"),
+    (REFRESHES, "refresh attempts"),
+    (REFRESH_FAILURES, "refresh attempts that failed"),
+    (SWAPS, "snapshot swaps"),
     (
-        "sf_reader_downloads_total",
-        "SQLite shard files downloaded into the cache",
-    ),
-    ("sf_reader_download_bytes_total", "bytes downloaded"),
-    (
-        "sf_reader_cache_hits_total",
-        "cached shard files reused without a download",
-    ),
-    (
-        "sf_reader_cache_repairs_total",
-        "cached shard files found damaged and fetched again",
-    ),
-    ("sf_reader_range_requests_total", "ranged GETs of range-mode shards"),
-    ("sf_reader_range_bytes_total", "bytes those GETs returned"),
-    ("sf_reader_refreshes_total", "refresh attempts"),
-    ("sf_reader_refresh_failures_total", "refresh attempts that failed"),
-    ("sf_reader_swaps_total", "snapshot swaps"),
-    (
-        "sf_reader_memory_fallbacks_total",
+        MEMORY_FALLBACKS,
         "shards that were to be held in memory but stayed on SQLite (memory_limit_bytes reached)",
     ),
     (
-        "sf_reader_snapshot_created_seconds",
+        SNAPSHOT_CREATED_SECONDS,
         "the served snapshot's created_at, in Unix seconds (gauge)",
     ),
     (
-        "sf_reader_versions_held",
+        VERSIONS_HELD,
         "snapshots held open: the served one and the kept ones (gauge)",
     ),
 ];
@@ -95,14 +104,10 @@ pub(crate) struct Counter {
 }
 
 impl Counter {
-    fn new(name: &'static str, labels: &[(String, String)]) -> Self {
-        let labels: Vec<metrics::Label> = labels
-            .iter()
-            .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
-            .collect();
+    fn new(name: &'static str, labels: &[metrics::Label]) -> Self {
         Counter {
             value: AtomicU64::new(0),
-            metric: metrics::counter!(name, labels),
+            metric: metrics::counter!(name, labels.to_vec()),
         }
     }
 
@@ -143,25 +148,25 @@ impl Counters {
     /// Counters registered with the installed `metrics` recorder under
     /// `labels` (registered once here, so a bump costs no lookup).
     pub(crate) fn new(labels: &[(String, String)]) -> Self {
-        let c = |name| Counter::new(name, labels);
-        let gauge_labels: Vec<metrics::Label> = labels
+        let labels: Vec<metrics::Label> = labels
             .iter()
             .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
             .collect();
+        let c = |name| Counter::new(name, &labels);
         Counters {
-            shard_opens: c("sf_reader_shard_opens_total"),
-            downloads: c("sf_reader_downloads_total"),
-            download_bytes: c("sf_reader_download_bytes_total"),
-            cache_hits: c("sf_reader_cache_hits_total"),
-            cache_repairs: c("sf_reader_cache_repairs_total"),
-            range_requests: c("sf_reader_range_requests_total"),
-            range_bytes: c("sf_reader_range_bytes_total"),
-            refreshes: c("sf_reader_refreshes_total"),
-            refresh_failures: c("sf_reader_refresh_failures_total"),
-            swaps: c("sf_reader_swaps_total"),
-            memory_fallbacks: c("sf_reader_memory_fallbacks_total"),
-            snapshot_created: metrics::gauge!("sf_reader_snapshot_created_seconds", gauge_labels.clone()),
-            versions_held: metrics::gauge!("sf_reader_versions_held", gauge_labels),
+            shard_opens: c(SHARD_OPENS),
+            downloads: c(DOWNLOADS),
+            download_bytes: c(DOWNLOAD_BYTES),
+            cache_hits: c(CACHE_HITS),
+            cache_repairs: c(CACHE_REPAIRS),
+            range_requests: c(RANGE_REQUESTS),
+            range_bytes: c(RANGE_BYTES),
+            refreshes: c(REFRESHES),
+            refresh_failures: c(REFRESH_FAILURES),
+            swaps: c(SWAPS),
+            memory_fallbacks: c(MEMORY_FALLBACKS),
+            snapshot_created: metrics::gauge!(SNAPSHOT_CREATED_SECONDS, labels.clone()),
+            versions_held: metrics::gauge!(VERSIONS_HELD, labels),
         }
     }
 

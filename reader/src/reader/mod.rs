@@ -20,6 +20,8 @@ mod api;
 mod builder;
 mod lifecycle;
 mod refresh;
+#[cfg(test)]
+mod tests;
 
 pub use api::Reader;
 pub use builder::ReaderBuilder;
