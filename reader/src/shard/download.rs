@@ -17,15 +17,16 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
-use super::{ShardEnv, ShardSpec};
+use super::spec::ShardSpec;
 use crate::error::{Error, Result};
-use crate::stats::bump;
+use crate::stats::{Counters, bump};
 use sf_manifest::format::checksum::{Coverage, Recorded, file_checksum};
 use sf_manifest::format::manifest::SQLITE_MAGIC;
 
@@ -50,9 +51,18 @@ fn cache_key(spec: &ShardSpec<'_>) -> String {
     }
 }
 
+/// One reader's view of the cache: the folder, whether cached files are
+/// verified before use, and the counters a download or a reuse bumps.
+#[derive(Debug)]
+pub(crate) struct DownloadCache {
+    dir: PathBuf,
+    verify_checksums: bool,
+    counters: Arc<Counters>,
+}
+
 /// The folder of cached SQLite files, created if needed; removes temporary
 /// files that dead processes left behind.
-pub(crate) fn prepare_dir(cache_dir: &Path) -> Result<PathBuf> {
+fn prepare_dir(cache_dir: &Path) -> Result<PathBuf> {
     let dir = cache_dir.join("sqlite");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating the shard cache", &dir, e))?;
     if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -130,107 +140,118 @@ fn damage(db: &Path, sum: &Path, expected: Option<&Recorded>, db_bytes: u64, ful
     }
 }
 
-/// The local path of the shard's SQLite file, downloading it if needed;
-/// `None` when the store has no `shard.db` for it.
-pub(crate) async fn cached_file(env: &ShardEnv, spec: &ShardSpec<'_>) -> Result<Option<PathBuf>> {
-    let dir = env.sqlite_cache_dir.clone();
-    let key = cache_key(spec);
-    let db = dir.join(format!("{key}.db"));
-    let sum = dir.join(format!("{key}.sum"));
-    let expected = spec.expected_checksum(Coverage::File);
-    let verify = env.settings.verify_checksums;
-
-    if db.exists() {
-        let (db2, sum2, exp2, bytes) = (db.clone(), sum.clone(), expected.clone(), spec.row.db_bytes);
-        let problem = tokio::task::spawn_blocking(move || damage(&db2, &sum2, exp2.as_ref(), bytes, verify))
-            .await
-            .map_err(|e| Error::Internal(format!("cache check task failed: {e}")))?;
-        match problem {
-            None => {
-                bump(&env.counters.cache_hits, 1);
-                return Ok(Some(db));
-            }
-            Some(why) => {
-                tracing::warn!(shard = %spec.db_id, url = %spec.url, file = %db.display(), "cached shard file is damaged ({why}); fetching it again");
-                bump(&env.counters.cache_repairs, 1);
-                let _ = tokio::fs::remove_file(&db).await;
-            }
-        }
+impl DownloadCache {
+    /// The cache under `cache_dir` (see `prepare_dir`).
+    pub(crate) fn open(cache_dir: &Path, verify_checksums: bool, counters: Arc<Counters>) -> Result<Self> {
+        Ok(DownloadCache {
+            dir: prepare_dir(cache_dir)?,
+            verify_checksums,
+            counters,
+        })
     }
 
-    let file = spec.location.child(sf_manifest::format::layout::SQLITE_SHARD_FILE);
-    let res = match file.store.get(&file.path).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(spec.store_error(format!("reading {}: {e}", file.url), e)),
-    };
-    let tmp = dir.join(format!(".tmp-{key}-{}", sf_manifest::format::ids::unique_hex()));
-    let result = async {
-        // tokio::fs: file writes and the fsync run on the blocking pool,
-        // not on the runtime's workers.
-        // Buffered: a network body arrives in pieces of a few KiB, and
-        // every write of a tokio file is a task on the blocking pool.
-        let mut out = tokio::io::BufWriter::with_capacity(
-            DOWNLOAD_BUFFER,
-            tokio::fs::File::create(&tmp)
+    /// The local path of the shard's SQLite file, downloading it if needed;
+    /// `None` when the store has no `shard.db` for it.
+    pub(crate) async fn cached_file(&self, spec: &ShardSpec<'_>) -> Result<Option<PathBuf>> {
+        let dir = self.dir.clone();
+        let key = cache_key(spec);
+        let db = dir.join(format!("{key}.db"));
+        let sum = dir.join(format!("{key}.sum"));
+        let expected = spec.expected_checksum(Coverage::File);
+        let verify = self.verify_checksums;
+
+        if db.exists() {
+            let (db2, sum2, exp2, bytes) = (db.clone(), sum.clone(), expected.clone(), spec.row.db_bytes);
+            let problem = tokio::task::spawn_blocking(move || damage(&db2, &sum2, exp2.as_ref(), bytes, verify))
                 .await
-                .map_err(|e| Error::io("creating a download file", &tmp, e))?,
-        );
-        let mut hasher = Xxh3::new();
-        let mut size = 0u64;
-        let mut stream = sf_manifest::storage::body::body_chunks(res);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| spec.store_error(format!("downloading {}: {e}", file.url), e))?;
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            out.write_all(&chunk)
+                .map_err(|e| Error::Internal(format!("cache check task failed: {e}")))?;
+            match problem {
+                None => {
+                    bump(&self.counters.cache_hits, 1);
+                    return Ok(Some(db));
+                }
+                Some(why) => {
+                    tracing::warn!(shard = %spec.db_id, url = %spec.url, file = %db.display(), "cached shard file is damaged ({why}); fetching it again");
+                    bump(&self.counters.cache_repairs, 1);
+                    let _ = tokio::fs::remove_file(&db).await;
+                }
+            }
+        }
+
+        let file = spec.location.child(sf_manifest::format::layout::SQLITE_SHARD_FILE);
+        let res = match file.store.get(&file.path).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(spec.store_error(format!("reading {}: {e}", file.url), e)),
+        };
+        let tmp = dir.join(format!(".tmp-{key}-{}", sf_manifest::format::ids::unique_hex()));
+        let result = async {
+            // tokio::fs: file writes and the fsync run on the blocking pool,
+            // not on the runtime's workers.
+            // Buffered: a network body arrives in pieces of a few KiB, and
+            // every write of a tokio file is a task on the blocking pool.
+            let mut out = tokio::io::BufWriter::with_capacity(
+                DOWNLOAD_BUFFER,
+                tokio::fs::File::create(&tmp)
+                    .await
+                    .map_err(|e| Error::io("creating a download file", &tmp, e))?,
+            );
+            let mut hasher = Xxh3::new();
+            let mut size = 0u64;
+            let mut stream = sf_manifest::storage::body::body_chunks(res);
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| spec.store_error(format!("downloading {}: {e}", file.url), e))?;
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                out.write_all(&chunk)
+                    .await
+                    .map_err(|e| Error::io("writing a download file", &tmp, e))?;
+            }
+            out.flush()
                 .await
                 .map_err(|e| Error::io("writing a download file", &tmp, e))?;
+            out.get_ref()
+                .sync_all()
+                .await
+                .map_err(|e| Error::io("syncing a download file", &tmp, e))?;
+            drop(out);
+            let found = file_checksum(&hasher);
+            if spec.row.db_bytes > 0 && size != spec.row.db_bytes {
+                return Err(spec.open_error(format!(
+                    "{} has {size} bytes, the manifest records db_bytes {}",
+                    file.url, spec.row.db_bytes
+                )));
+            }
+            if verify
+                && let Some(exp) = &expected
+                && exp.text != found
+            {
+                return Err(Error::ChecksumMismatch {
+                    db_id: spec.db_id,
+                    url: file.url.clone(),
+                    expected: exp.text.clone(),
+                    found,
+                });
+            }
+            // The digest first, then the file: a file in place always has one.
+            let sum_tmp = dir.join(format!(".tmp-{key}-{}.sum", sf_manifest::format::ids::unique_hex()));
+            tokio::fs::write(&sum_tmp, format!("{found} {size}\n"))
+                .await
+                .map_err(|e| Error::io("writing a cache digest", &sum_tmp, e))?;
+            tokio::fs::rename(&sum_tmp, &sum)
+                .await
+                .map_err(|e| Error::io("writing a cache digest", &sum, e))?;
+            tokio::fs::rename(&tmp, &db)
+                .await
+                .map_err(|e| Error::io("moving a download into the cache", &db, e))?;
+            bump(&self.counters.downloads, 1);
+            bump(&self.counters.download_bytes, size);
+            Ok(())
         }
-        out.flush()
-            .await
-            .map_err(|e| Error::io("writing a download file", &tmp, e))?;
-        out.get_ref()
-            .sync_all()
-            .await
-            .map_err(|e| Error::io("syncing a download file", &tmp, e))?;
-        drop(out);
-        let found = file_checksum(&hasher);
-        if spec.row.db_bytes > 0 && size != spec.row.db_bytes {
-            return Err(spec.open_error(format!(
-                "{} has {size} bytes, the manifest records db_bytes {}",
-                file.url, spec.row.db_bytes
-            )));
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
         }
-        if verify
-            && let Some(exp) = &expected
-            && exp.text != found
-        {
-            return Err(Error::ChecksumMismatch {
-                db_id: spec.db_id,
-                url: file.url.clone(),
-                expected: exp.text.clone(),
-                found,
-            });
-        }
-        // The digest first, then the file: a file in place always has one.
-        let sum_tmp = dir.join(format!(".tmp-{key}-{}.sum", sf_manifest::format::ids::unique_hex()));
-        tokio::fs::write(&sum_tmp, format!("{found} {size}\n"))
-            .await
-            .map_err(|e| Error::io("writing a cache digest", &sum_tmp, e))?;
-        tokio::fs::rename(&sum_tmp, &sum)
-            .await
-            .map_err(|e| Error::io("writing a cache digest", &sum, e))?;
-        tokio::fs::rename(&tmp, &db)
-            .await
-            .map_err(|e| Error::io("moving a download into the cache", &db, e))?;
-        bump(&env.counters.downloads, 1);
-        bump(&env.counters.download_bytes, size);
-        Ok(())
+        result.map(|()| Some(db))
     }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    result.map(|()| Some(db))
 }

@@ -15,6 +15,7 @@ pub(crate) mod download;
 pub(crate) mod memory;
 pub(crate) mod remote_file;
 pub(crate) mod slate;
+pub(crate) mod spec;
 pub(crate) mod sqlite;
 mod vfs;
 
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use sf_manifest::{DbId, ErrorKind, Location, ShardRow};
+use sf_manifest::{DbId, ErrorKind, ShardRow};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use xxhash_rust::xxh3::Xxh3;
@@ -34,11 +35,13 @@ use crate::error::{Error, Result};
 use crate::settings::{ReaderSettings, SqliteMode};
 use crate::stats::{Counters, bump};
 use sf_manifest::Cause;
-use sf_manifest::format::checksum::{Coverage, Recorded, file_checksum};
+use sf_manifest::format::checksum::{Coverage, file_checksum};
 
+use download::DownloadCache;
 use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
 use slate::SlateShard;
+pub(crate) use spec::ShardSpec;
 use sqlite::{ConnPool, Source};
 
 /// Multi-gets on a downloaded shard with at least this many keys run on
@@ -62,7 +65,8 @@ const MEMORY_TASK_KEYS: usize = 2048;
 #[derive(Debug)]
 pub(crate) struct ShardEnv {
     pub(crate) settings: ReaderSettings,
-    pub(crate) sqlite_cache_dir: PathBuf,
+    /// Where SQLite shards are downloaded (download and memory modes).
+    pub(crate) downloads: DownloadCache,
     pub(crate) blocks: Arc<BlockCache>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) runtime: Handle,
@@ -75,68 +79,21 @@ pub(crate) struct ShardEnv {
 
 impl ShardEnv {
     pub(crate) fn new(settings: ReaderSettings, counters: Arc<Counters>, runtime: Handle) -> Result<Self> {
-        let sqlite_cache_dir = download::prepare_dir(&settings.effective_cache_dir())?;
+        let downloads = DownloadCache::open(
+            &settings.effective_cache_dir(),
+            settings.verify_checksums,
+            Arc::clone(&counters),
+        )?;
         Ok(ShardEnv {
             blocks: Arc::new(BlockCache::new(settings.page_cache_bytes)),
             remote_permits: Arc::new(Semaphore::new(settings.max_concurrency)),
             memory: MemoryBudget::new(settings.memory_limit_bytes),
-            sqlite_cache_dir,
+            downloads,
             settings,
             counters,
             runtime,
             next_file_id: AtomicU64::new(1),
         })
-    }
-}
-
-/// One shard of a snapshot, as its manifest row and location describe it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ShardSpec<'a> {
-    pub(crate) db_id: DbId,
-    pub(crate) row: &'a ShardRow,
-    /// The attempt folder, rebased under the prefix being read.
-    pub(crate) location: &'a Location,
-    /// Its URL (as resolved).
-    pub(crate) url: &'a String,
-}
-
-impl ShardSpec<'_> {
-    /// The shard cannot be opened for a reason of its own (missing,
-    /// damaged, unreadable): bad data, not worth retrying.
-    pub(crate) fn open_error(&self, reason: String) -> Error {
-        self.open_failed(reason, ErrorKind::Data, None)
-    }
-
-    /// The store failed while opening the shard; classified as every
-    /// object-store error is.
-    pub(crate) fn store_error(&self, reason: String, e: object_store::Error) -> Error {
-        self.open_failed(reason, sf_manifest::store_error_kind(&e), Some(Box::new(e)))
-    }
-
-    pub(crate) fn open_failed(&self, reason: String, kind: ErrorKind, source: Option<Cause>) -> Error {
-        Error::ShardOpen {
-            db_id: self.db_id,
-            url: self.url.clone(),
-            reason,
-            kind,
-            source,
-        }
-    }
-
-    /// The manifest's checksum when it covers what `coverage` says.
-    pub(crate) fn expected_checksum(&self, coverage: Coverage) -> Option<Recorded> {
-        let text = self.row.writer_info.checksum()?;
-        match Recorded::parse(text) {
-            Some(r) if r.coverage == coverage => Some(r),
-            Some(_) => {
-                tracing::warn!(shard = %self.db_id, checksum = text, "checksum does not fit the shard's backend; not verified");
-                None
-            }
-            None => {
-                tracing::warn!(shard = %self.db_id, checksum = text, "unknown checksum algorithm; not verified");
-                None
-            }
-        }
     }
 }
 
@@ -277,7 +234,7 @@ impl ShardHandle {
     }
 
     async fn open_local(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
-        let Some(path) = download::cached_file(env, &spec).await? else {
+        let Some(path) = env.downloads.cached_file(&spec).await? else {
             return Ok(None);
         };
         let (pool, _) = Self::local_pool(env, path)?;
@@ -316,7 +273,7 @@ impl ShardHandle {
     /// download mode) loaded into memory, or left in download mode when
     /// the memory budget cannot hold it.
     async fn open_memory(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
-        let Some(path) = download::cached_file(env, &spec).await? else {
+        let Some(path) = env.downloads.cached_file(&spec).await? else {
             return Ok(None);
         };
         let (pool, size) = Self::local_pool(env, path)?;

@@ -12,7 +12,7 @@ use slatedb::DbReader;
 use slatedb::config::DbReaderOptions;
 use tokio::runtime::Handle;
 
-use super::ShardSpec;
+use super::spec::ShardSpec;
 use crate::error::{Error, Result};
 use sf_manifest::ErrorKind;
 use sf_manifest::format::checksum::{Coverage, KvHasher};
