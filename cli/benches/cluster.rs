@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch};
-use sf_executor::cluster::engine::{ClusterEngine, SchedulerUrl};
+use sf_executor::{ClusterEngine, SchedulerUrl};
 use sf_writer::config;
 use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Engine, Outcome, build};
 

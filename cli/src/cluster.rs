@@ -1,13 +1,13 @@
 //! `sf-scheduler` and `sf-executor`: the command lines of ShardForge's
-//! Ballista processes. What the processes do is `sf_executor::cluster`'s;
+//! Ballista processes. What the processes do is `sf_executor`'s;
 //! here are only their flags and help.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use sf_executor::cluster::executor::ExecutorSettings;
-use sf_executor::cluster::scheduler::{Distribution, SchedulerSettings};
+use sf_executor::executor_process::ExecutorSettings;
+use sf_executor::scheduler_process::{Distribution, SchedulerSettings};
 
 use crate::exit::{self, EXIT_CODES};
 
@@ -183,7 +183,7 @@ pub fn scheduler_main() -> ExitCode {
     let args = SchedulerArgs::parse();
     crate::run::init_logging(args.log.as_deref(), "info");
     crate::run::exit_code(crate::run::run_cli("sf-scheduler", async move {
-        sf_executor::cluster::scheduler::run(args.into()).await?;
+        sf_executor::scheduler_process::run(args.into()).await?;
         Ok(exit::OK)
     }))
 }
@@ -193,7 +193,7 @@ pub fn executor_main() -> ExitCode {
     let args = ExecutorArgs::parse();
     crate::run::init_logging(args.log.as_deref(), "info");
     crate::run::exit_code(crate::run::run_cli("sf-executor", async move {
-        sf_executor::cluster::executor::run(args.into()).await?;
+        sf_executor::executor_process::run(args.into()).await?;
         Ok(exit::OK)
     }))
 }

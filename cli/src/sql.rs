@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use sf_warehouse::{Catalogs, Warehouse, table_job};
+use sf_warehouse::{Catalogs, JobFile, Warehouse, table_job};
 use sf_writer::job::Engine;
 
 use crate::exit::{self, EXIT_CODES, Failure};
@@ -162,7 +162,10 @@ fn catalogs(args: &Args) -> Result<Catalogs, Failure> {
 async fn run(args: Args) -> Result<u8, Failure> {
     let text = sql_text(&args)?;
     let catalogs = catalogs(&args)?;
-    let engine: Arc<dyn Engine> = Arc::from(crate::write::engine_for(args.cluster.as_deref(), &table_job("key", 1))?);
+    let engine: Arc<dyn Engine> = Arc::from(crate::write::engine_for(
+        args.cluster.as_deref(),
+        &JobFile::from_build(table_job("key", 1)),
+    )?);
     let mut warehouse = Warehouse::new(catalogs, engine);
     if let Some(dir) = &args.cache_dir {
         warehouse = warehouse.with_reader_cache(dir);

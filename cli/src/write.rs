@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use sf_warehouse::JobFile;
 use sf_writer::job::{BuildOptions, Embedded, Engine, Outcome, ProgressSink};
 
 use crate::exit::{self, EXIT_CODES, Failure};
@@ -124,13 +125,14 @@ pub fn main() -> ExitCode {
     crate::run::exit_code(crate::run::run_cli("sf-write", run(args, bar)))
 }
 
-/// The engine a job runs on: embedded, or the Ballista cluster at
-/// `--cluster` / `[cluster] scheduler`.
-pub fn engine_for(cluster: Option<&str>, job: &sf_writer::config::JobConfig) -> Result<Box<dyn Engine>, Failure> {
-    match cluster {
-        None => Ok(Box::new(Embedded::default())),
-        Some(url) => Ok(sf_executor::cluster::engine::factory(url, job)?),
-    }
+/// The engine a job runs on: the Ballista cluster at `--cluster` or the
+/// job's `[cluster] scheduler` (with its `[cluster.session]` settings), else
+/// embedded.
+pub fn engine_for(cluster: Option<&str>, job: &JobFile) -> Result<Box<dyn Engine>, Failure> {
+    Ok(match sf_executor::engine_for(cluster, job)? {
+        Some(engine) => Box::new(engine),
+        None => Box::new(Embedded::default()),
+    })
 }
 
 async fn run(args: Args, bar: bool) -> Result<u8, Failure> {
@@ -176,28 +178,25 @@ async fn build(
     prefix: &mut String,
     recorder_slot: &mut Option<Arc<Recorder>>,
 ) -> Result<Outcome, Failure> {
-    let mut job = sf_writer::config::load(&args.config, std::env::vars())?;
+    let mut job = JobFile::load(&args.config, std::env::vars())?;
     // The run id is fixed up front: reports name it whatever happens, and
     // a cluster build's progress watches its claim markers.
     let id = job
+        .build
         .output
         .run_id
         .clone()
         .unwrap_or_else(|| sf_manifest::RunId::generate().as_str().to_string());
-    job.output.run_id = Some(id.clone());
+    job.build.output.run_id = Some(id.clone());
     *run_id = Some(id.clone());
-    *prefix = job.output.table.clone().unwrap_or_else(|| job.output.prefix.clone());
-    let scheduler = args
-        .cluster
-        .clone()
-        .or_else(|| job.cluster.as_ref().and_then(|c| c.scheduler.clone()));
-    let engine = engine_for(scheduler.as_deref(), &job)?;
+    *prefix = job.destination().to_string();
+    let engine = engine_for(args.cluster.as_deref(), &job)?;
     // Shard tasks on a cluster run elsewhere, so the in-process counters
     // stay at zero; count the shards that reached their upload instead
     // (their claim markers).
     let sink = match sink {
         Some(inner) if !engine.runs_locally() && !args.dry_run => {
-            Some(Arc::new(ClaimWatch::new(inner, &job, &id)) as Arc<dyn ProgressSink>)
+            Some(Arc::new(ClaimWatch::new(inner, &job.build, &id)) as Arc<dyn ProgressSink>)
         }
         other => other,
     };

@@ -357,7 +357,7 @@ async fn losing_every_executor_fails_the_build_within_a_bound() {
         cluster.log_tails()
     );
     assert!(
-        err.contains("cluster unavailable") && err.contains(sf_writer::error::CLUSTER_LOST),
+        err.contains("cluster unavailable") && err.contains(sf_executor::client::CLUSTER_LOST),
         "the error names the cause: {err}"
     );
     let report: serde_json::Value =

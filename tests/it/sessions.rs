@@ -259,10 +259,10 @@ async fn a_job_file_gives_the_driver_its_pool_size_and_settings() {
         )
     };
     let parse = |text: &str| {
-        sf_writer::config::parse(text, "job.toml", root.path(), Vec::<(String, String)>::new()).expect("job")
+        sf_warehouse::JobFile::parse(text, "job.toml", root.path(), Vec::<(String, String)>::new()).expect("job")
     };
     let job = parse(&text("\"datafusion.execution.batch_size\" = 777"));
-    let driver = sf_executor::cluster::sessions::driver_for_job(&job, None).expect("driver");
+    let driver = sf_executor::driver_for_job(&job, None).expect("driver");
     assert_eq!(driver.describe(), "embedded");
     assert_eq!(driver.stats().size, 3);
     assert_eq!(driver.settings().get("datafusion.execution.batch_size"), Some("777"));
@@ -285,7 +285,7 @@ async fn a_job_file_gives_the_driver_its_pool_size_and_settings() {
     );
 
     let job = parse(&text("\"datafusion.execution.batch_size\" = \"many\""));
-    let driver = sf_executor::cluster::sessions::driver_for_job(&job, None).expect("driver");
+    let driver = sf_executor::driver_for_job(&job, None).expect("driver");
     let e = driver.session().await.expect_err("refused by the engine");
     assert!(
         e.to_string()
@@ -443,7 +443,7 @@ async fn each_source_feeds_a_build_and_a_save_embedded() {
         )
     };
     let snap = file_url(&root.path().join("snap-job"));
-    let job = sf_writer::config::parse(
+    let job = sf_warehouse::JobFile::parse(
         &job_text(&format!("prefix = \"{snap}\"")),
         "job.toml",
         root.path(),
@@ -455,7 +455,7 @@ async fn each_source_feeds_a_build_and_a_save_embedded() {
         200
     );
     assert_eq!(read_snapshot(&snap).await.rows().len(), 200);
-    let copy = sf_writer::config::parse(
+    let copy = sf_warehouse::JobFile::parse(
         &format!(
             "{}[sf.catalog.wh]\nwarehouse = \"{}\"\n",
             job_text("table = \"wh.app.copy\""),
@@ -476,7 +476,8 @@ async fn each_source_feeds_a_build_and_a_save_embedded() {
         200
     );
     let missing = job_text(&format!("prefix = \"{snap}-x\"")).replace("wh.app.users", "wh.app.nope");
-    let job = sf_writer::config::parse(&missing, "job.toml", root.path(), Vec::<(String, String)>::new()).expect("job");
+    let job =
+        sf_warehouse::JobFile::parse(&missing, "job.toml", root.path(), Vec::<(String, String)>::new()).expect("job");
     let e = driver
         .run_job(&job, &BuildOptions::default())
         .await
@@ -742,9 +743,9 @@ async fn sessions_sources_and_views_on_the_local_cluster() {
     write_parquet(&input, &[users(0..2_000, "c")]);
     let input = input.to_str().expect("path").to_string();
     let cluster = LocalCluster::start(&ClusterOptions::default());
-    let factory = sf_executor::cluster::sessions::ClusterSessions::parse(cluster.url()).expect("url");
+    let engine = sf_executor::ClusterEngine::parse(cluster.url()).expect("url");
     let driver = Driver::builder()
-        .with_factory(Arc::new(factory))
+        .with_engine(Arc::new(engine))
         .with_pool_size(2)
         .with_setting("sf.catalog.wh.warehouse", file_url(&root.path().join("w")))
         .with_setting("ballista.job.name", "pooled sessions")

@@ -8,10 +8,23 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use sf_manifest::{Manifest, ManifestStore, ObjectManifestStore, StorageOptions};
-
 use sf_reader::{Reader, ReaderSettings};
-use sf_writer::gates::{CanaryConfig, GateResult, OnFail, PublishCheck, measured};
+use sf_writer::gates::{GateResult, OnFail, PublishCheck, measured};
+
+/// `[validate] canary`: a file of keys read back before the flip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// The file, relative to the job file: a key per line, or JSON lines
+    /// `{"key": 42, "value": "...", "ctx": {"region": "eu"}}` (`value` and
+    /// `ctx` optional; `hex:` values compare as bytes).
+    pub path: PathBuf,
+    /// `fail` (default) or `warn`.
+    #[serde(default)]
+    pub on_fail: OnFail,
+}
 
 /// One canary key: its text (as `sf-read` takes it), what its value must
 /// be, and its routing context.

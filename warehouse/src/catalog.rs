@@ -16,8 +16,9 @@ use sf_writer::job::Outcome;
 
 use crate::error::{Error, Result};
 use crate::global_temp::{GLOBAL_TEMP_DB, global_temp_views};
+use crate::save::{SaveMode, table_job};
 use crate::statement::{Recognised, recognise};
-use crate::{SaveMode, Warehouse, table_job};
+use crate::warehouse::Warehouse;
 
 /// Shards a table made by `CREATE TABLE ... AS SELECT` gets, unless the
 /// catalog sets `sf.catalog.<name>.num_dbs`.
@@ -266,6 +267,13 @@ async fn relist(ctx: &SessionContext, name: &str) -> Result<()> {
         w.refresh().await?;
     }
     Ok(())
+}
+
+impl Warehouse {
+    /// The session-level SQL entry: see [`sql`].
+    pub async fn sql(&self, ctx: &SessionContext, text: &str) -> Result<DataFrame> {
+        sql(self, ctx, text).await
+    }
 }
 
 /// Runs one SQL statement over the warehouse's catalogs:

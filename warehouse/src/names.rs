@@ -200,16 +200,11 @@ impl Catalogs {
         Ok(Catalogs { catalogs, default })
     }
 
-    /// The catalogs a job file configures under `[sf.catalog.NAME]`.
-    pub fn from_job(job: &sf_writer::config::JobConfig) -> Result<Self> {
-        Self::from_settings(job.sf_settings()?)
-    }
-
     /// Catalogs from the `[sf]` table of a TOML document (`[sf.catalog.NAME]`
     /// with `warehouse = "<url>"`, storage options, `num_dbs`), then `extra`
     /// `sf.catalog.*` pairs, which win.
     pub fn from_toml(sf: &toml::Table, extra: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
-        let mut pairs = sf_writer::config::sf_settings(sf)?;
+        let mut pairs = sf_settings(sf)?;
         pairs.extend(extra);
         Self::from_settings(pairs)
     }
@@ -276,6 +271,31 @@ impl Catalogs {
     }
 }
 
+/// The `[sf]` table of a TOML document as dotted `sf.a.b = "v"` pairs,
+/// values as strings (`[sf.catalog.NAME] warehouse = "<url>"` becomes
+/// `sf.catalog.NAME.warehouse`).
+pub fn sf_settings(sf: &toml::Table) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    flatten("sf", sf, &mut pairs)?;
+    Ok(pairs)
+}
+
+/// `a.b.c = "v"` pairs of a TOML table, values as strings.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<()> {
+    for (k, v) in table {
+        let key = format!("{prefix}.{k}");
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out)?,
+            toml::Value::String(s) => out.push((key, s.clone())),
+            toml::Value::Integer(i) => out.push((key, i.to_string())),
+            toml::Value::Boolean(b) => out.push((key, b.to_string())),
+            toml::Value::Float(f) => out.push((key, f.to_string())),
+            other => return Err(Error::config(key, format!("{other} is not a plain value"))),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,21 +331,6 @@ mod tests {
             let e = TableIdent::parse(bad, "wh").expect_err(bad);
             assert_eq!(e.kind(), sf_manifest::ErrorKind::Config, "{bad}");
         }
-    }
-
-    #[test]
-    fn catalogs_of_a_job_file_resolve_against_it() {
-        let job = sf_writer::config::parse(
-            "key_col = \"id\"\n[input]\nformat = \"csv\"\npath = \"in.csv\"\n[routing]\nnum_dbs = 2\n[output]\ntable = \"wh.db.t\"\n\
-             [sf.catalog.wh]\nwarehouse = \"lake\"\n[sf.catalog.s3]\nwarehouse = \"s3://b/w\"\n",
-            "job.toml",
-            std::path::Path::new("/jobs"),
-            std::iter::empty(),
-        )
-        .expect("parse");
-        let catalogs = Catalogs::from_job(&job).expect("catalogs");
-        assert_eq!(catalogs.get("wh").expect("wh").warehouse, "/jobs/lake");
-        assert_eq!(catalogs.get("s3").expect("s3").warehouse, "s3://b/w");
     }
 
     #[test]

@@ -19,11 +19,6 @@ fn gate_failures(failed: &[crate::gates::GateResult]) -> String {
     each.join("; ")
 }
 
-/// How `sf-scheduler` begins the reason of a job it fails because every
-/// executor is lost; the driver turns such a failure into
-/// [`Error::ClusterLost`] (exit 5) instead of an engine failure.
-pub const CLUSTER_LOST: &str = "every executor of the cluster is lost";
-
 /// Everything that can stop a build, with enough context to act on it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -110,10 +105,11 @@ pub enum Error {
         lease_until: String,
     },
 
-    /// The cluster lost every executor while the build ran: the scheduler
-    /// failed the job instead of waiting for one to come back.
-    #[error("cluster unavailable: {message}; nothing was published")]
-    ClusterLost { message: String },
+    /// The engine the build runs on became unavailable (a cluster that lost
+    /// every executor, say): an outage, reported as such by the engine,
+    /// not a failure of the build itself.
+    #[error("{message}; nothing was published")]
+    EngineUnavailable { message: String },
 
     /// The build was cancelled.
     #[error("cancelled: {0}")]
@@ -141,7 +137,7 @@ impl Classified for Error {
             Error::Io { source, .. } => sf_manifest::error::io_error_kind(source),
             Error::Gate { .. } => ErrorKind::Gate,
             Error::RunInProgress { .. } => ErrorKind::Conflict,
-            Error::ClusterLost { .. } => ErrorKind::Unavailable,
+            Error::EngineUnavailable { .. } => ErrorKind::Unavailable,
             Error::Cancelled(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -214,17 +210,8 @@ impl Error {
 
     /// The query engine failed because of `source`.
     pub fn engine_caused(message: impl Into<String>, source: impl Into<Cause>) -> Self {
-        let message = message.into();
-        // A job failed by `sf-scheduler` for want of executors reaches the
-        // driver as Ballista's failure text; its reason starts with
-        // `CLUSTER_LOST`, which is the only channel across the processes.
-        if let Some(at) = message.find(CLUSTER_LOST) {
-            return Error::ClusterLost {
-                message: message[at..].to_string(),
-            };
-        }
         Error::Engine {
-            message,
+            message: message.into(),
             source: Some(source.into()),
         }
     }

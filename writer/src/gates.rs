@@ -16,10 +16,12 @@
 //! | `max_shard_skew` | largest shard's rows over the median shard's (the lower median for an even count; empty shards count) | a ceiling |
 //! | `max_shard_bytes` | the largest shard file | a ceiling |
 //! | `compatible` | key encoding, routing (strategy, expression, columns, values, `num_dbs`) and a table's schema equal to the current snapshot's | unless `allow_resharding` |
-//! | `canary` | keys (optionally with values and routing context) read back through the reader from the new shards | every key found, every value as given |
+//!
+//! Checks that need more than the writer has (keys read back through the
+//! online reader from the new shards, say) are installed by the caller as
+//! [`PublishCheck`]s and run with these gates.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -72,19 +74,6 @@ impl<T: Copy> Limit<T> {
     }
 }
 
-/// `[validate] canary`: a file of keys read back before the flip.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CanaryConfig {
-    /// The file, relative to the job file: a key per line, or JSON lines
-    /// `{"key": 42, "value": "...", "ctx": {"region": "eu"}}` (`value` and
-    /// `ctx` optional; `hex:` values compare as bytes).
-    pub path: PathBuf,
-    /// `fail` (default) or `warn`.
-    #[serde(default)]
-    pub on_fail: OnFail,
-}
-
 /// `[validate]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -107,8 +96,6 @@ pub struct ValidateConfig {
     /// Lets a build change routing or key encoding although `compatible`
     /// is set (a deliberate reshard).
     pub allow_resharding: bool,
-    /// Keys read back through the reader from the new shards.
-    pub canary: Option<CanaryConfig>,
 }
 
 impl Default for ValidateConfig {
@@ -121,7 +108,6 @@ impl Default for ValidateConfig {
             max_shard_bytes: None,
             compatible: None,
             allow_resharding: false,
-            canary: None,
         }
     }
 }
@@ -546,14 +532,12 @@ mod tests {
     #[test]
     fn limits_parse_bare_or_with_their_mode() {
         let c: ValidateConfig = toml::from_str(
-            "min_rows = 10\nmax_row_change = { limit = 0.2, on_fail = \"warn\" }\ncompatible = \"fail\"\n\
-             canary = { path = \"keys.txt\" }\n",
+            "min_rows = 10\nmax_row_change = { limit = 0.2, on_fail = \"warn\" }\ncompatible = \"fail\"\n",
         )
         .expect("parse");
         assert_eq!(c.min_rows, Limit::Value(10));
         assert_eq!(c.max_row_change.map(|l| l.on_fail()), Some(OnFail::Warn));
         assert_eq!(c.compatible, Some(OnFail::Fail));
-        assert_eq!(c.canary.map(|k| k.on_fail), Some(OnFail::Fail));
         assert!(toml::from_str::<ValidateConfig>("min_rowz = 1").is_err());
         let bad = ValidateConfig {
             max_row_change: Some(Limit::Value(-1.0)),

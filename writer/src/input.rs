@@ -107,7 +107,7 @@ async fn read(ctx: &SessionContext, format: InputFormat, path: &str, csv: &CsvOp
         InputFormat::Parquet => extension_for(path, ".parquet"),
         InputFormat::Csv => extension_for(path, ".csv"),
         InputFormat::Json => extension_for(path, ".json"),
-        InputFormat::Sql | InputFormat::Table => {
+        InputFormat::Sql => {
             return Err(Error::Internal("an input table is parquet, csv or json".into()));
         }
     };
@@ -122,19 +122,11 @@ async fn read(ctx: &SessionContext, format: InputFormat, path: &str, csv: &CsvOp
             let opts = NdJsonReadOptions::default().file_extension(extension_for(path, ".json"));
             ctx.read_json(path, opts).await
         }
-        InputFormat::Sql | InputFormat::Table => {
+        InputFormat::Sql => {
             return Err(Error::Internal("an input table is parquet, csv or json".into()));
         }
     };
     df.map_err(|e| not_found_hint(path, e))
-}
-
-/// Why the writer alone cannot read `format = "table"`.
-pub(crate) fn table_input_error() -> Error {
-    Error::config(
-        "input.table",
-        "a job that reads a warehouse table runs through sf-warehouse (`sf_warehouse::run_job`), which owns catalogs",
-    )
 }
 
 /// The input as a DataFrame.
@@ -152,7 +144,6 @@ pub async fn load(ctx: &SessionContext, input: &InputConfig) -> Result<DataFrame
                 other => other,
             })
         }
-        InputFormat::Table => Err(table_input_error()),
         format => {
             let path = input
                 .path

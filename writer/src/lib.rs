@@ -3,8 +3,8 @@
 //! Job configuration, planning on DataFusion, each shard task's external
 //! sort in bounded memory ([`sort`]), shard writers (SQLite and SlateDB),
 //! rate limiting, winner selection and publishing. The writer knows
-//! prefixes only: warehouse tables live above it, in `sf-warehouse`, and
-//! it never reads snapshots back through the online reader.
+//! snapshot prefixes only, and never reads snapshots back through the
+//! online reader.
 //!
 //! [`job::build`] runs a job file's build on an [`job::Engine`] (embedded
 //! DataFusion here; Ballista in `sf-executor`).

@@ -6,33 +6,21 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sf_writer::config::JobConfig;
-use sf_writer::job::{BuildOptions, Outcome};
+use sf_writer::job::{BuildOptions, Embedded, Engine, Outcome};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::factory::{EmbeddedSessions, FactoryEngine, SessionFactory};
+use super::engines::DriverEngine;
 use super::handle::Session;
 use super::settings::SessionSettings;
+use super::shared::Shared;
+use crate::catalog;
 use crate::error::{Error, Result};
+use crate::job::JobFile;
 use crate::names::{Catalogs, DEFAULT};
-use crate::{Warehouse, catalog};
+use crate::warehouse::Warehouse;
 
 /// Sessions a pool keeps at most unless told otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 8;
-
-/// What every session of a driver shares.
-pub(crate) struct Shared {
-    pub(crate) catalogs: Catalogs,
-    /// Reads tables for the sessions' catalogs; writes go through the
-    /// session that asks (see `Session::warehouse`).
-    pub(crate) warehouse: Warehouse,
-    pub(crate) factory: Arc<dyn SessionFactory>,
-    /// The caller's settings.
-    pub(crate) settings: SessionSettings,
-    /// The driver's defaults (catalog, schema, information_schema), then
-    /// the caller's settings.
-    pub(crate) engine_settings: SessionSettings,
-}
 
 /// Runs ShardForge's SQL, tables and builds through a bounded pool of
 /// sessions, embedded or on a Ballista cluster.
@@ -50,7 +38,7 @@ pub(crate) struct Shared {
 ///   the engine or of storage in one of its operations) is not returned
 ///   to the pool; a later borrow makes a new one in its place.
 /// - Every new session gets the driver's settings from the pool's
-///   factory ([`SessionSettings`]): engine settings, catalogs, the
+///   engine ([`SessionSettings`]): engine settings, catalogs, the
 ///   process's global temporary views. A setting the engine refuses fails
 ///   the borrow, naming the setting.
 /// - [`close`](Self::close) stops the idle sessions and refuses further
@@ -97,16 +85,16 @@ pub struct PoolStats {
 impl fmt::Debug for Driver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver")
-            .field("engine", &self.inner.shared.factory.describe())
+            .field("engine", &self.inner.shared.engine.describe())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
 
-/// Builds a [`Driver`]: the session factory (embedded unless given), the
-/// pool's size and the session settings.
+/// Builds a [`Driver`]: the engine its sessions run on (embedded unless
+/// given), the pool's size and the session settings.
 pub struct DriverBuilder {
-    factory: Arc<dyn SessionFactory>,
+    engine: Arc<dyn Engine>,
     pool_size: usize,
     pairs: Vec<(String, String)>,
     reader_cache: Option<PathBuf>,
@@ -115,7 +103,7 @@ pub struct DriverBuilder {
 impl fmt::Debug for DriverBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DriverBuilder")
-            .field("factory", &self.factory)
+            .field("engine", &self.engine)
             .field("pool_size", &self.pool_size)
             .field("settings", &self.pairs.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .finish_non_exhaustive()
@@ -125,7 +113,7 @@ impl fmt::Debug for DriverBuilder {
 impl Default for DriverBuilder {
     fn default() -> Self {
         DriverBuilder {
-            factory: Arc::new(EmbeddedSessions::default()),
+            engine: Arc::new(Embedded::default()),
             pool_size: DEFAULT_POOL_SIZE,
             pairs: Vec::new(),
             reader_cache: None,
@@ -134,10 +122,10 @@ impl Default for DriverBuilder {
 }
 
 impl DriverBuilder {
-    /// Sessions from `factory` (a Ballista cluster's comes from
+    /// Sessions of `engine` (a Ballista cluster's comes from
     /// `sf-executor`).
-    pub fn with_factory(mut self, factory: Arc<dyn SessionFactory>) -> Self {
-        self.factory = factory;
+    pub fn with_engine(mut self, engine: Arc<dyn Engine>) -> Self {
+        self.engine = engine;
         self
     }
 
@@ -163,7 +151,7 @@ impl DriverBuilder {
     /// `[cluster.session]` settings, and `[sf.catalog.NAME]` catalogs.
     /// Settings given before this call are overridden by the job's, later
     /// ones override them.
-    pub fn with_job(mut self, job: &JobConfig) -> Result<Self> {
+    pub fn with_job(mut self, job: &JobFile) -> Result<Self> {
         if let Some(cluster) = &job.cluster {
             if let Some(n) = cluster.pool_size {
                 self.pool_size = n;
@@ -200,18 +188,18 @@ impl DriverBuilder {
         for (k, v) in settings.engine() {
             engine_settings.set(k, v)?;
         }
-        let engine = Arc::new(FactoryEngine {
-            factory: Arc::clone(&self.factory),
+        let driver_engine = Arc::new(DriverEngine {
+            engine: Arc::clone(&self.engine),
             settings: engine_settings.clone(),
         });
-        let mut warehouse = Warehouse::new(catalogs.clone(), engine);
+        let mut warehouse = Warehouse::new(catalogs.clone(), driver_engine);
         if let Some(dir) = self.reader_cache {
             warehouse = warehouse.with_reader_cache(dir);
         }
         let shared = Arc::new(Shared {
             catalogs,
             warehouse,
-            factory: self.factory,
+            engine: self.engine,
             settings,
             engine_settings,
         });
@@ -304,7 +292,7 @@ impl Driver {
         let stopped = idle.len();
         for s in idle {
             pool.live.fetch_sub(1, Ordering::SeqCst);
-            pool.shared.factory.release(s.context()).await;
+            pool.shared.engine.release(s.context()).await;
         }
         stopped
     }
@@ -340,14 +328,14 @@ impl Driver {
 
     /// Where sessions run (`embedded`, `cluster df://...`).
     pub fn describe(&self) -> String {
-        self.inner.shared.factory.describe()
+        self.inner.shared.engine.describe()
     }
 
     /// Runs a job file's build in a borrowed session: its input (files,
     /// SQL over files, or a warehouse table) and its output (a snapshot
     /// prefix or a table), as `sf-write` runs it. A job without catalogs
     /// of its own uses the driver's.
-    pub async fn run_job(&self, job: &JobConfig, options: &BuildOptions) -> Result<Outcome> {
+    pub async fn run_job(&self, job: &JobFile, options: &BuildOptions) -> Result<Outcome> {
         self.session().await?.run_job(job, options).await
     }
 }
@@ -358,13 +346,16 @@ impl Pool {
         sf_manifest::sync::lock(&self.idle)
     }
 
-    /// The pool's factory: a session of the engine with the engine's
-    /// settings, then ShardForge's (catalogs, global temporary views).
+    /// A new session of the pool: the engine's, with the engine's settings
+    /// (a setting the engine refuses is an error naming it), then
+    /// ShardForge's (catalogs, global temporary views).
     async fn new_session(&self) -> Result<Session> {
         let shared = &self.shared;
-        let ctx = shared.factory.create(&shared.engine_settings).await?;
+        let mut config = shared.engine.base_config();
+        shared.engine_settings.apply(&mut config)?;
+        let ctx = shared.engine.connect(config).await?;
         if let Err(e) = catalog::register(&shared.warehouse, &ctx).await {
-            shared.factory.release(&ctx).await;
+            shared.engine.release(&ctx).await;
             return Err(e);
         }
         Ok(Session::new(ctx, Arc::clone(shared)))
@@ -388,9 +379,9 @@ impl Pool {
             self.discarded.fetch_add(1, Ordering::SeqCst);
         }
         self.live.fetch_sub(1, Ordering::SeqCst);
-        let factory = Arc::clone(&self.shared.factory);
+        let engine = Arc::clone(&self.shared.engine);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { factory.release(session.context()).await });
+            runtime.spawn(async move { engine.release(session.context()).await });
         }
     }
 }

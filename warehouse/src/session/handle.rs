@@ -14,12 +14,15 @@ use sf_manifest::ErrorKind;
 use sf_writer::config::JobConfig;
 use sf_writer::job::{BuildOptions, Engine, Outcome, build_prepared, prepare_frame};
 
-use super::driver::Shared;
-use super::factory::SessionEngine;
-use super::source::Source;
+use super::engines::SessionEngine;
+use super::shared::Shared;
+use super::source::{Kind, Source, Step};
+use crate::catalog::{is_query, plan_sql};
 use crate::error::{Error, Result};
 use crate::global_temp::{CreateMode, GLOBAL_TEMP_DB, global_temp_views};
-use crate::{SaveMode, Warehouse, table_job};
+use crate::job::JobFile;
+use crate::save::{SaveMode, table_job};
+use crate::warehouse::Warehouse;
 
 /// A session of a [`Driver`](super::Driver), borrowed through a
 /// [`PooledSession`](super::PooledSession).
@@ -37,7 +40,7 @@ impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("id", &self.ctx.session_id())
-            .field("engine", &self.shared.factory.describe())
+            .field("engine", &self.shared.engine.describe())
             .field("failed", &self.has_failed())
             .finish()
     }
@@ -103,7 +106,7 @@ impl Session {
     fn engine(&self) -> SessionEngine {
         SessionEngine {
             ctx: self.ctx.clone(),
-            factory: Arc::clone(&self.shared.factory),
+            engine: Arc::clone(&self.shared.engine),
             settings: self.shared.engine_settings.clone(),
         }
     }
@@ -207,7 +210,7 @@ impl Session {
 
     /// `source` as a DataFrame of this session.
     pub async fn dataframe(&self, source: &Source) -> Result<DataFrame> {
-        let r = source.dataframe(self).await;
+        let r = self.resolve(source).await;
         self.watch(r)
     }
 
@@ -221,14 +224,8 @@ impl Session {
     }
 
     async fn build_inner(&self, source: &Source, job: &JobConfig, options: &BuildOptions) -> Result<Outcome> {
-        if job.output.table.is_some() {
-            return Err(Error::config(
-                "output.table",
-                "a build writes the snapshot at output.prefix; save a table with save or save_as_table",
-            ));
-        }
         let started = Instant::now();
-        let df = source.dataframe(self).await?;
+        let df = self.resolve(source).await?;
         let engine = self.engine();
         let ctx = engine.session(job).await?;
         let df = DataFrame::new(ctx.state(), df.into_unoptimized_plan());
@@ -252,7 +249,7 @@ impl Session {
         options: &BuildOptions,
     ) -> Result<Outcome> {
         let r = async {
-            let df = source.dataframe(self).await?;
+            let df = self.resolve(source).await?;
             self.warehouse().save_with(df, name, mode, job, options).await
         }
         .await;
@@ -274,9 +271,42 @@ impl Session {
 
     /// Runs a job file's build in this session (see
     /// [`Driver::run_job`](super::Driver::run_job)).
-    pub async fn run_job(&self, job: &JobConfig, options: &BuildOptions) -> Result<Outcome> {
+    pub async fn run_job(&self, job: &JobFile, options: &BuildOptions) -> Result<Outcome> {
         let engine = self.engine();
-        let r = crate::job::run_job_in(job, &engine, options, Some(&self.shared.catalogs)).await;
+        let r = crate::job::run::run_job_in(job, &engine, options, Some(&self.shared.catalogs)).await;
         self.watch(r)
+    }
+
+    /// The rows of `source`, planned in this session.
+    async fn resolve(&self, source: &Source) -> Result<DataFrame> {
+        let (kind, steps) = source.parts();
+        let session = self;
+        let mut df = match kind {
+            Kind::Sql(text) => {
+                // Planned, not run: a statement that changes something is
+                // refused before it does.
+                let ctx = session.context();
+                let plan = plan_sql(ctx, text).await?;
+                if !is_query(&plan) {
+                    return Err(Error::config(
+                        "source",
+                        format!("from_sql takes a query; {:?} is not one", text.trim()),
+                    ));
+                }
+                DataFrame::new(ctx.state(), plan)
+            }
+            Kind::Table(name) => session.table(name).await?,
+            Kind::Frame(df) => DataFrame::new(session.context().state(), df.as_ref().clone().into_unoptimized_plan()),
+        };
+        for step in steps {
+            df = match step {
+                Step::Select(cols) => {
+                    let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
+                    df.select_columns(&cols)?
+                }
+                Step::Filter(e) => df.filter(e.clone())?,
+            };
+        }
+        Ok(df)
     }
 }

@@ -25,17 +25,18 @@
 //! # }
 //! ```
 //!
-//! The Ballista cluster's factory is `sf_executor::cluster::sessions`;
-//! [`SessionFactory`] is all the driver needs of an engine.
+//! The Ballista cluster's engine is `sf_executor::ClusterEngine`; the
+//! writer's [`Engine`](sf_writer::job::Engine) is all the driver needs of
+//! an engine.
 
 mod driver;
-mod factory;
+mod engines;
 mod handle;
 mod settings;
+mod shared;
 mod source;
 
 pub use driver::{DEFAULT_POOL_SIZE, Driver, DriverBuilder, PoolStats, PooledSession};
-pub use factory::{EmbeddedSessions, SessionFactory, reapply};
 pub use handle::Session;
 pub use settings::{NAMESPACES, SessionSettings};
 pub use source::Source;

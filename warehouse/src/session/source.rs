@@ -3,10 +3,6 @@
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 
-use super::handle::Session;
-use crate::catalog::{is_query, plan_sql};
-use crate::error::{Error, Result};
-
 /// The rows of a build or a save: SQL text, a table or view by name, or a
 /// DataFrame already built; each becomes a DataFrame of the session that
 /// runs the build, so on a cluster every kind runs on the executors.
@@ -35,14 +31,14 @@ pub struct Source {
 }
 
 #[derive(Debug, Clone)]
-enum Kind {
+pub(crate) enum Kind {
     Sql(String),
     Table(String),
     Frame(Box<DataFrame>),
 }
 
 #[derive(Debug, Clone)]
-enum Step {
+pub(crate) enum Step {
     Select(Vec<String>),
     Filter(Expr),
 }
@@ -59,7 +55,7 @@ impl Source {
     }
 
     /// The rows of table or view `name`, resolved as
-    /// [`Session::table`] resolves it (`cat.db.t`, `global_temp.v`, a
+    /// [`Session::table`](super::Session::table) resolves it (`cat.db.t`, `global_temp.v`, a
     /// session view, ...).
     pub fn from_table(name: impl Into<String>) -> Self {
         Source {
@@ -100,33 +96,9 @@ impl Source {
     }
 
     /// The rows as a DataFrame of `session`.
-    pub(crate) async fn dataframe(&self, session: &Session) -> Result<DataFrame> {
-        let mut df = match &self.kind {
-            Kind::Sql(text) => {
-                // Planned, not run: a statement that changes something is
-                // refused before it does.
-                let ctx = session.context();
-                let plan = plan_sql(ctx, text).await?;
-                if !is_query(&plan) {
-                    return Err(Error::config(
-                        "source",
-                        format!("from_sql takes a query; {:?} is not one", text.trim()),
-                    ));
-                }
-                DataFrame::new(ctx.state(), plan)
-            }
-            Kind::Table(name) => session.table(name).await?,
-            Kind::Frame(df) => DataFrame::new(session.context().state(), df.as_ref().clone().into_unoptimized_plan()),
-        };
-        for step in &self.steps {
-            df = match step {
-                Step::Select(cols) => {
-                    let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
-                    df.select_columns(&cols)?
-                }
-                Step::Filter(e) => df.filter(e.clone())?,
-            };
-        }
-        Ok(df)
+    /// Where the rows come from, and the steps applied to them in order
+    /// (resolved in a session by [`Session::dataframe`](super::Session::dataframe)).
+    pub(crate) fn parts(&self) -> (&Kind, &[Step]) {
+        (&self.kind, &self.steps)
     }
 }

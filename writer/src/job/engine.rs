@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -14,17 +15,44 @@ use crate::config::JobConfig;
 use crate::error::{Error, Result};
 use crate::plan::{ShardForgeQueryPlanner, ShardWriteLayout};
 
-/// Where the plan runs.
+/// Where a build's plan runs: DataFusion in this process ([`Embedded`]) or
+/// a Ballista cluster (`sf-executor`).
+///
+/// An engine makes sessions that know ShardForge's plan nodes. A build
+/// with nothing else to go on runs in [`session`](Self::session). A caller
+/// that keeps sessions of its own (a pool of them) makes each with
+/// [`base_config`](Self::base_config), adjusted as it likes, and
+/// [`connect`](Self::connect); a build in such a session runs with
+/// [`job_state`](Self::job_state) of it, and the caller gives the session
+/// back with [`release`](Self::release) when it stops using it.
 #[async_trait]
 pub trait Engine: Send + Sync + fmt::Debug {
     /// A short name for logs (`embedded`, `cluster df://...`).
     fn describe(&self) -> String;
 
-    /// A session that knows ShardForge's plan nodes.
-    async fn session(&self, job: &JobConfig) -> Result<SessionContext>;
-
     /// Whether shard tasks run in this process (so progress counters are live).
     fn runs_locally(&self) -> bool;
+
+    /// A session made for a build of `job`.
+    async fn session(&self, job: &JobConfig) -> Result<SessionContext>;
+
+    /// What a new long-lived session starts from (no connection made).
+    fn base_config(&self) -> SessionConfig;
+
+    /// A new long-lived session with `config` (see
+    /// [`base_config`](Self::base_config)).
+    async fn connect(&self, config: SessionConfig) -> Result<SessionContext>;
+
+    /// The state a build of `job` runs with in `session`: it shares the
+    /// session's catalogs, views, functions and object stores, and carries
+    /// what the job asks of its engine (batch size, memory limit, spill
+    /// folder; on a cluster its storage options for the executors). The
+    /// session itself is not changed.
+    fn job_state(&self, session: &SessionContext, job: &JobConfig) -> Result<SessionState>;
+
+    /// Releases what `session` holds outside this process, when its owner
+    /// stops it. Nothing by default.
+    async fn release(&self, _session: &SessionContext) {}
 }
 
 /// DataFusion in this process (the default).
@@ -60,19 +88,43 @@ impl Engine for Embedded {
         "embedded".into()
     }
 
+    fn runs_locally(&self) -> bool {
+        true
+    }
+
+    /// A session of its own, laid out for this process: the writer collects
+    /// rows into shards itself instead of a shuffle.
     async fn session(&self, job: &JobConfig) -> Result<SessionContext> {
-        let mut config = job_session_config(job, SessionConfig::new());
-        if let Some(n) = self.target_partitions {
-            config = config.with_target_partitions(n.max(1));
-        }
+        let config = job_session_config(job, self.base_config());
         let runtime = job_runtime(job, None)?;
         Ok(SessionContext::new_with_state(
             embedded_state_builder(config).with_runtime_env(runtime).build(),
         ))
     }
 
-    fn runs_locally(&self) -> bool {
-        true
+    fn base_config(&self) -> SessionConfig {
+        let config = SessionConfig::new();
+        match self.target_partitions {
+            Some(n) => config.with_target_partitions(n.max(1)),
+            None => config,
+        }
+    }
+
+    async fn connect(&self, config: SessionConfig) -> Result<SessionContext> {
+        Ok(SessionContext::new_with_state(session_state_builder(config).build()))
+    }
+
+    fn job_state(&self, session: &SessionContext, job: &JobConfig) -> Result<SessionState> {
+        let mut state = session.state();
+        let id = state.session_id().to_string();
+        let config = job_session_config(job, state.config().clone());
+        *state.config_mut() = config;
+        // The job's memory pool and spill folder; the session's object stores.
+        let runtime = job_runtime(job, Some(Arc::clone(&state.runtime_env().object_store_registry)))?;
+        Ok(SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(runtime)
+            .with_session_id(id)
+            .build())
     }
 }
 

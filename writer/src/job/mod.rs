@@ -61,8 +61,8 @@ pub struct BuildOptions {
     pub dry_run: bool,
     /// Progress receiver.
     pub progress: Option<Arc<dyn ProgressSink>>,
-    /// Extra keys for the manifest's `custom.shardforge` object (a
-    /// warehouse table records its schema there).
+    /// Extra keys for the manifest's `custom.shardforge` object (a caller's
+    /// own metadata, such as the Arrow schema of a table).
     pub custom: serde_json::Map<String, serde_json::Value>,
     /// Build the job's `run_id` again although it was published before
     /// (without it, such a build does nothing and says so).
@@ -70,8 +70,9 @@ pub struct BuildOptions {
     /// Publish whatever the validation gates say; the overridden gates are
     /// recorded in the manifest and the run record.
     pub force: bool,
-    /// Checks run with the gates that need more than the writer has (the
-    /// canary, installed by `sf_warehouse::run_job`).
+    /// Checks run with the gates that need more than the writer has,
+    /// installed by the caller (keys read back through the online reader,
+    /// say).
     pub checks: Vec<Arc<dyn PublishCheck>>,
 }
 
@@ -100,19 +101,6 @@ pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions)
         Some(p) => p.phase(name),
         None => tracing::debug!(phase = name),
     };
-    if job.output.table.is_some() {
-        return Err(Error::config(
-            "output.table",
-            "a job that writes a warehouse table runs through sf-warehouse (`sf_warehouse::run_job`), which owns catalogs",
-        ));
-    }
-    if job
-        .input
-        .as_ref()
-        .is_some_and(|i| i.format == crate::config::InputFormat::Table)
-    {
-        return Err(crate::input::table_input_error());
-    }
     if let Some(done) = already_published(job, options).await? {
         return Ok(Outcome::AlreadyPublished(done));
     }
@@ -210,13 +198,6 @@ pub async fn build_prepared(
             backend: job.backend().name(),
             current_run: current.map(|c| c.pointer.run_id),
         }));
-    }
-    if job.validate.canary.is_some() && options.checks.is_empty() {
-        return Err(Error::config(
-            "validate.canary",
-            "the canary reads through the online reader: run the job with sf-write (or sf_warehouse::run_job), \
-             which installs it",
-        ));
     }
     let expected: Option<CurrentVersion> = current.map(|c| c.version);
 

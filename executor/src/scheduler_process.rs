@@ -43,6 +43,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client::CLUSTER_LOST;
 use async_trait::async_trait;
 use ballista_core::serde::BallistaCodec;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
@@ -58,11 +59,10 @@ use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::state::executor_manager::ExecutorManager;
 use ballista_scheduler::state::task_manager::TaskLauncher;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-use sf_writer::error::CLUSTER_LOST;
 use sf_writer::{Error, Result};
 
-use super::process::{default_external_host, stop_requested};
-use super::register;
+use crate::process::{default_external_host, stop_requested};
+use crate::register::register;
 
 /// How tasks are spread over executors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -18,7 +18,7 @@ use object_store::ObjectStore;
 use sf_manifest::StorageOptions;
 use url::Url;
 
-use super::options::ShardForgeOptions;
+use crate::options::ShardForgeOptions;
 
 /// Resolves unknown cloud URLs with the job's storage options.
 #[derive(Debug)]

@@ -21,7 +21,7 @@
 //! cannot be mistaken for theirs.
 //!
 //! Specs are made *shippable* when encoded: storage options naming
-//! credentials are dropped (see [`is_secret_option`](super::options::is_secret_option)),
+//! credentials are dropped (see [`is_secret_option`](crate::options::is_secret_option)),
 //! and the driver's local `work_dir` is dropped too; an executor's codec
 //! puts its own staging folder in when it decodes. Tables travel as the
 //! manifest they read (each process opens its own reader, pinned to it),
@@ -46,7 +46,7 @@ use sf_writer::exec::{ShardWriteExec, ShardWriteSpec};
 use sf_writer::partition::{PARTITION_KEY_UDF, PartitionKeyUdf, RoutingSpec, SHARD_ID_UDF, ShardIdUdf};
 use sf_writer::plan::ShardWriteNode;
 
-use super::options::without_secrets;
+use crate::options::without_secrets;
 
 const MAGIC: &[u8; 4] = b"SFX1";
 const TAG_WRITE_NODE: u8 = 1;

@@ -1,4 +1,5 @@
-//! The cluster [`Engine`]: `sf-write --cluster df://host:port`.
+//! The cluster [`Engine`]: `sf-write --cluster df://host:port`, and the
+//! sessions of a `sf_warehouse::Driver` on a cluster.
 //!
 //! The driver (`sf-write`) plans and publishes exactly as in embedded mode;
 //! only the session differs. It is a Ballista client session, so every
@@ -7,15 +8,26 @@
 //!
 //! - ShardForge's codecs, so the plan ships to the scheduler;
 //! - the job's batch size, memory limit per task and storage options
-//!   without credentials (`shardforge.*`, see [`super::options`]);
+//!   without credentials (`shardforge.*`, see [`crate::options`]);
 //! - Ballista's sort-based shuffle from [`SORT_SHUFFLE_FROM_SHARDS`]
 //!   shards on (one file per map task instead of one per shard);
-//! - `[cluster.session]` settings from the job, applied last: any
-//!   `datafusion.*` or `ballista.*` key, sent to the scheduler and every
-//!   task as Spark Connect drivers send session confs;
-//! - ShardForge's client planner ([`super::client`]), which reads every
+//! - the engine's session settings (a job file's `[cluster.session]`),
+//!   applied last: any `datafusion.*` or `ballista.*` key, sent to the
+//!   scheduler and every task as Spark Connect drivers send session confs;
+//! - ShardForge's client planner ([`crate::client`]), which reads every
 //!   result partition once even when Ballista lists it twice after a lost
 //!   executor.
+//!
+//! A driver's pooled sessions are each a Ballista client session of their
+//! own (their own session id, which the scheduler keys its session state
+//! by), made from [`ClusterEngine::base_config`] with the driver's
+//! settings; a build in one carries the job as above under the same
+//! session id, and when the pool stops a session the engine asks the
+//! scheduler to drop its state ([`Engine::release`]). What travels with a
+//! query: its logical plan, encoded with ShardForge's codecs (warehouse
+//! tables as the manifest they read, each executor opening its own reader
+//! pinned to it; files as their listing; views inlined by the session that
+//! plans them). Catalogs, views and listings stay with the driver.
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,15 +37,18 @@ use async_trait::async_trait;
 use ballista::extension::SessionContextExt;
 use ballista_core::config::BALLISTA_SHUFFLE_SORT_BASED_ENABLED;
 use ballista_core::extension::SessionConfigExt;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use sf_warehouse::JobFile;
 use sf_writer::config::JobConfig;
 use sf_writer::job::{Engine, session_state_builder};
 use sf_writer::{Error, Result};
 
-use super::client::ClusterQueryPlanner;
-use super::codec::ShardForgeLogicalCodec;
-use super::options::ShardForgeOptions;
-use super::register;
+use crate::client::ClusterQueryPlanner;
+use crate::codec::ShardForgeLogicalCodec;
+use crate::options::ShardForgeOptions;
+use crate::register::register;
 
 /// A scheduler address, `df://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,12 +127,30 @@ pub const SORT_SHUFFLE_FROM_SHARDS: u32 = 512;
 #[derive(Debug, Clone)]
 pub struct ClusterEngine {
     scheduler: SchedulerUrl,
+    /// Settings applied last to every job's session (`[cluster.session]`).
+    session_settings: Vec<(String, String)>,
 }
 
 impl ClusterEngine {
     /// An engine submitting to `scheduler`.
     pub fn new(scheduler: SchedulerUrl) -> Self {
-        ClusterEngine { scheduler }
+        ClusterEngine {
+            scheduler,
+            session_settings: Vec::new(),
+        }
+    }
+
+    /// An engine submitting to `url` (`df://host:port`).
+    pub fn parse(url: &str) -> Result<Self> {
+        Ok(Self::new(SchedulerUrl::parse(url)?))
+    }
+
+    /// This engine with session settings (`datafusion.*`, `ballista.*`)
+    /// applied last to every job's session; a key the engine refuses fails
+    /// the build that asks for the session, naming it.
+    pub fn with_session_settings(mut self, pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.session_settings.extend(pairs);
+        self
     }
 
     /// The scheduler.
@@ -135,7 +168,7 @@ impl ClusterEngine {
 
     /// `config` carrying a job: its batch size and job name, its storage
     /// options without credentials and memory limit per task
-    /// (`shardforge.*`), then its `[cluster.session]` settings.
+    /// (`shardforge.*`), then the engine's session settings.
     pub fn apply_job(&self, config: SessionConfig, job: &JobConfig) -> Result<SessionConfig> {
         let mut config = config
             .with_batch_size(job.write.batch_size)
@@ -154,13 +187,11 @@ impl ClusterEngine {
                 .set(BALLISTA_SHUFFLE_SORT_BASED_ENABLED, "true")
                 .map_err(|e| Error::engine(format!("enabling the sort-based shuffle: {e}")))?;
         }
-        if let Some(cluster) = &job.cluster {
-            for (key, text) in cluster.session_pairs()? {
-                config
-                    .options_mut()
-                    .set(&key, &text)
-                    .map_err(|e| Error::config(format!("cluster.session.{key:?}"), e.to_string()))?;
-            }
+        for (key, text) in &self.session_settings {
+            config
+                .options_mut()
+                .set(key, text)
+                .map_err(|e| Error::config(format!("cluster.session.{key:?}"), e.to_string()))?;
         }
         Ok(config)
     }
@@ -209,18 +240,55 @@ impl Engine for ClusterEngine {
         format!("cluster {}", self.scheduler)
     }
 
+    fn runs_locally(&self) -> bool {
+        false
+    }
+
     async fn session(&self, job: &JobConfig) -> Result<SessionContext> {
         self.connect(self.session_config(job)?).await
     }
 
-    fn runs_locally(&self) -> bool {
-        false
+    fn base_config(&self) -> SessionConfig {
+        ClusterEngine::base_config(self)
+    }
+
+    async fn connect(&self, config: SessionConfig) -> Result<SessionContext> {
+        ClusterEngine::connect(self, config).await
+    }
+
+    fn job_state(&self, session: &SessionContext, job: &JobConfig) -> Result<SessionState> {
+        let mut state = session.state();
+        let id = state.session_id().to_string();
+        let config = self.apply_job(state.config().clone(), job)?;
+        *state.config_mut() = config;
+        // Same session id: the scheduler sees the borrowed session's jobs.
+        Ok(SessionStateBuilder::new_from_existing(state)
+            .with_session_id(id)
+            .build())
+    }
+
+    async fn release(&self, session: &SessionContext) {
+        let config = session.state().config().clone();
+        let url = self.scheduler.http_url();
+        if let Err(e) = crate::client::remove_session(&url, &session.session_id(), &config).await {
+            tracing::debug!("could not drop session {} on the scheduler: {e}", session.session_id());
+        }
     }
 }
 
-/// The `sf-write` factory for `--cluster URL` / `[cluster] scheduler`.
-pub fn factory(url: &str, _job: &JobConfig) -> Result<Box<dyn Engine>> {
-    Ok(Box::new(ClusterEngine::new(SchedulerUrl::parse(url)?)))
+/// The engine a job file runs on: the Ballista cluster at `url` (from
+/// `--cluster` or the job's `[cluster] scheduler`) with the job's
+/// `[cluster.session]` settings; `None` when there is no such URL (the
+/// caller runs it embedded).
+pub fn engine_for(url: Option<&str>, job: &JobFile) -> sf_warehouse::Result<Option<ClusterEngine>> {
+    let Some(url) = url.or_else(|| job.scheduler()) else {
+        return Ok(None);
+    };
+    let pairs = match &job.cluster {
+        Some(c) => c.session_pairs()?,
+        None => Vec::new(),
+    };
+    Ok(Some(ClusterEngine::parse(url)?.with_session_settings(pairs)))
 }
 
 #[cfg(test)]
@@ -246,13 +314,13 @@ mod tests {
         }
     }
 
-    fn job(extra: &str) -> JobConfig {
+    fn job(extra: &str) -> JobFile {
         let text = format!(
             "key_col = \"id\"\n[input]\nformat = \"parquet\"\npath = \"s3://b/in.parquet\"\n[routing]\nnum_dbs = 4\n\
              [output]\nprefix = \"s3://b/out\"\n[storage]\nregion = \"us-east-1\"\naws_access_key_id = \"AKID-17\"\n\
              aws_secret_access_key = \"hush-91\"\n{extra}"
         );
-        sf_writer::config::parse(
+        JobFile::parse(
             &text,
             "job.toml",
             std::path::Path::new("/"),
@@ -261,14 +329,32 @@ mod tests {
         .expect("job")
     }
 
+    /// The engine `job` asks for, on a scheduler that is not there.
+    fn engine(job: &JobFile) -> ClusterEngine {
+        engine_for(Some("df://127.0.0.1:1"), job)
+            .expect("engine")
+            .expect("a cluster")
+    }
+
+    #[test]
+    fn a_job_without_a_scheduler_runs_embedded() {
+        assert!(engine_for(None, &job("")).expect("engine").is_none());
+        let named = job("[cluster]\nscheduler = \"df://sched:7000\"\n");
+        let e = engine_for(None, &named).expect("engine").expect("cluster");
+        assert_eq!(e.scheduler().port(), 7000);
+        let flag = engine_for(Some("df://other:1"), &named)
+            .expect("engine")
+            .expect("cluster");
+        assert_eq!(flag.scheduler().host(), "other", "--cluster wins over the job file");
+    }
+
     #[test]
     fn many_shards_take_the_sort_based_shuffle_unless_the_job_says_otherwise() {
-        let engine = ClusterEngine::new(SchedulerUrl::parse("df://127.0.0.1:1").expect("url"));
         let sorted = |extra: &str, num_dbs: u32| {
             let mut j = job(extra);
-            j.routing.num_dbs = Some(num_dbs);
-            engine
-                .session_config(&j)
+            j.build.routing.num_dbs = Some(num_dbs);
+            engine(&j)
+                .session_config(&j.build)
                 .expect("config")
                 .ballista_config()
                 .shuffle_sort_based_enabled()
@@ -286,12 +372,10 @@ mod tests {
 
     #[test]
     fn session_settings_carry_the_job_and_cluster_session_but_no_secret() {
-        let engine = ClusterEngine::new(SchedulerUrl::parse("df://127.0.0.1:1").expect("url"));
-        let config = engine
-            .session_config(&job(
-                "[cluster.session]\n\"datafusion.execution.target_partitions\" = 3\n\"ballista.job.name\" = \"nightly\"\n",
-            ))
-            .expect("config");
+        let j = job(
+            "[cluster.session]\n\"datafusion.execution.target_partitions\" = 3\n\"ballista.job.name\" = \"nightly\"\n",
+        );
+        let config = engine(&j).session_config(&j.build).expect("config");
         assert_eq!(config.target_partitions(), 3);
         assert_eq!(
             config
@@ -312,9 +396,8 @@ mod tests {
                 .all(|e| e.value.as_deref() != Some("hush-91") && e.value.as_deref() != Some("AKID-17")),
             "credentials stay on the driver"
         );
-        let e = engine
-            .session_config(&job("[cluster.session]\n\"no.such.key\" = 1\n"))
-            .expect_err("unknown key");
+        let bad = job("[cluster.session]\n\"no.such.key\" = 1\n");
+        let e = engine(&bad).session_config(&bad.build).expect_err("unknown key");
         assert!(e.to_string().contains("cluster.session"), "{e}");
     }
 
@@ -325,7 +408,7 @@ mod tests {
             l.local_addr().expect("addr").port()
         };
         let engine = ClusterEngine::new(SchedulerUrl::parse(&format!("df://127.0.0.1:{port}")).expect("url"));
-        let Err(e) = engine.session(&job("")).await else {
+        let Err(e) = engine.session(&job("").build).await else {
             panic!("nobody listens on port {port}")
         };
         let m = e.to_string();

@@ -1,54 +1,7 @@
-//! Running ShardForge's build on an Apache DataFusion Ballista cluster.
-//!
-//! The shard writer is a custom plan node, so a stock Ballista scheduler or
-//! executor cannot run it. This module is ShardForge's extension of
-//! Ballista, and [`register`] is the one function that installs it, on the
-//! client's session (`sf-write`), the scheduler's configuration
-//! (`sf-scheduler`) and the executor's (`sf-executor`):
-//!
-//! | piece | what it brings |
-//! |---|---|
-//! | [`codec`] | logical and physical codecs for `ShardWriteNode` / `ShardWriteExec` and the `sf_shard_id` / `sf_partition_key` functions |
-//! | planner | the scheduler's sessions use `sf_writer::job::session_state_builder`: `ShardWriteNode` plans into `ShardWriteExec` and the `ShardWriteLayout` rule lays out `num_dbs` hash partitions |
-//! | [`options`] | the job's storage options (no credentials) and memory limit, carried by every session |
-//! | [`store`] | object stores resolved on each process from those options and its own environment |
-//! | task ids | executors fill `stage_id` / `task_attempt_id` of every shard result from Ballista's task identity |
-//! | [`sessions`] | the session factory of a `sf_warehouse::Driver` on a cluster: pooled client sessions |
-//!
-//! On the cluster the plan splits into two stages at the hash
-//! repartition:
-//!
-//! ```text
-//! stage 1: ShuffleWriterExec Hash(__sf_partition_key, num_dbs)
-//!            ProjectionExec key, values, sf_shard_id(..), sf_partition_key(..)
-//!              DataSourceExec (the input)
-//! stage 2: ShuffleWriterExec (results, num_dbs partitions)
-//!            ShardWriteExec (sorts its shard's rows itself)
-//!              ShuffleReaderExec Hash(__sf_partition_key, num_dbs)
-//! ```
-//!
-//! Ballista's shuffle partitions with DataFusion's hash partitioner, so
-//! partition `i` of stage 2 holds exactly shard `i`; `ShardWriteExec`
-//! checks every row's shard id anyway.
-//!
-//! ```no_run
-//! use datafusion::prelude::SessionConfig;
-//! use ballista_core::extension::SessionConfigExt;
-//!
-//! // A client session that can ship ShardForge plans.
-//! let config = sf_executor::cluster::register(SessionConfig::new_with_ballista());
-//! # let _ = config;
-//! ```
-
-pub mod client;
-pub mod codec;
-pub mod engine;
-pub mod executor;
-pub mod options;
-mod process;
-pub mod scheduler;
-pub mod sessions;
-pub mod store;
+//! Installing ShardForge's extension on Ballista: [`register`] on a
+//! client's session config (`sf-write`), a scheduler's configuration
+//! (`sf-scheduler`) or an executor's (`sf-executor`), and the task ids an
+//! executor reads from Ballista's task identity.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,8 +13,9 @@ use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionConfig;
 use sf_writer::exec::TaskIds;
 
-use self::codec::{ShardForgeLogicalCodec, ShardForgePhysicalCodec};
-use self::options::ShardForgeOptions;
+use crate::codec::{ShardForgeLogicalCodec, ShardForgePhysicalCodec};
+use crate::options::ShardForgeOptions;
+use crate::store;
 
 /// Something ShardForge's Ballista extension can be installed on: a client
 /// [`SessionConfig`], a [`SchedulerConfig`] or an [`ExecutorProcessConfig`].

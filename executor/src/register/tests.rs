@@ -12,6 +12,7 @@ use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::planner::{DefaultDistributedPlanner, DistributedPlanner};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::TaskContext;
+use datafusion::execution::context::SessionState;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -24,9 +25,9 @@ use sf_writer::job::{Engine, prepare};
 use sf_writer::partition::PARTITION_KEY_COL;
 use sf_writer::plan::ShardWriteNode;
 
-use super::codec::{ShardForgeLogicalCodec, ShardForgePhysicalCodec};
-use super::engine::{ClusterEngine, SchedulerUrl};
 use super::*;
+use crate::codec::{ShardForgeLogicalCodec, ShardForgePhysicalCodec};
+use crate::engine::{ClusterEngine, SchedulerUrl};
 
 const SECRET: &str = "hush-4b1d9e";
 const NUM_DBS: u32 = 8;
@@ -95,12 +96,24 @@ impl Engine for SchedulerSide {
         "scheduler side".into()
     }
 
+    fn runs_locally(&self) -> bool {
+        true
+    }
+
     async fn session(&self, _job: &JobConfig) -> sf_writer::Result<SessionContext> {
         Ok(self.context())
     }
 
-    fn runs_locally(&self) -> bool {
-        true
+    fn base_config(&self) -> SessionConfig {
+        self.config.clone()
+    }
+
+    async fn connect(&self, _config: SessionConfig) -> sf_writer::Result<SessionContext> {
+        Ok(self.context())
+    }
+
+    fn job_state(&self, _session: &SessionContext, _job: &JobConfig) -> sf_writer::Result<SessionState> {
+        Ok(self.context().state())
     }
 }
 

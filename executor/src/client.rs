@@ -208,6 +208,23 @@ impl ExecutionPlan for ClusterQueryExec {
     }
 }
 
+/// How `sf-scheduler` begins the reason of a job it fails because every
+/// executor is lost; such a failure is the engine being unavailable (an
+/// outage, exit 5), not the build failing.
+pub const CLUSTER_LOST: &str = "every executor of the cluster is lost";
+
+/// The error of a job the scheduler failed with `reason`: the engine being
+/// unavailable when the scheduler lost every executor (the reason is the
+/// only channel across the processes), else an engine failure.
+fn job_failed(job_id: &str, reason: &str) -> DataFusionError {
+    match reason.find(CLUSTER_LOST) {
+        Some(at) => DataFusionError::External(Box::new(sf_writer::Error::EngineUnavailable {
+            message: format!("cluster unavailable: {}", &reason[at..]),
+        })),
+        None => execution(format!("Job {job_id} failed: {reason}")),
+    }
+}
+
 fn execution(e: impl fmt::Display) -> DataFusionError {
     DataFusionError::Execution(e.to_string())
 }
@@ -275,9 +292,7 @@ async fn run_job(
             .ok_or_else(|| execution("the scheduler closed the job's status stream before the job ended"))?;
         let job_id = update.status.as_ref().map(|s| s.job_id.clone()).unwrap_or_default();
         match update.status.and_then(|s| s.status) {
-            Some(job_status::Status::Failed(f)) => {
-                return Err(execution(format!("Job {job_id} failed: {}", f.error)));
-            }
+            Some(job_status::Status::Failed(f)) => return Err(job_failed(&job_id, &f.error)),
             Some(job_status::Status::Successful(job)) => {
                 tracing::debug!(
                     "cluster job {job_id} finished in {} ms",
@@ -406,6 +421,25 @@ mod tests {
     use ballista_core::serde::protobuf::ExecutorMetadata;
 
     use super::*;
+
+    #[test]
+    fn a_job_failed_for_want_of_executors_is_the_engine_unavailable() {
+        use sf_manifest::{Classified, ErrorKind};
+        let lost = job_failed(
+            "j1",
+            &format!("{CLUSTER_LOST}: no executor has been registered for 10s while job j1 ran"),
+        );
+        let e = sf_writer::Error::from(lost);
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        let m = e.to_string();
+        assert!(
+            m.starts_with("cluster unavailable: every executor") && m.ends_with("nothing was published"),
+            "{m}"
+        );
+        let other = sf_writer::Error::from(job_failed("j2", "a task panicked"));
+        assert_eq!(other.kind(), ErrorKind::Internal);
+        assert!(other.to_string().contains("Job j2 failed: a task panicked"), "{other}");
+    }
 
     fn location(partition: u32, executor: &str) -> PartitionLocation {
         PartitionLocation {

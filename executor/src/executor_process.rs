@@ -12,9 +12,9 @@ use std::time::Duration;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use sf_writer::{Error, Result};
 
-use super::engine::SchedulerUrl;
-use super::process::default_external_host;
-use super::register;
+use crate::engine::SchedulerUrl;
+use crate::process::default_external_host;
+use crate::register::register;
 
 /// What an `sf-executor` process runs with (its command-line flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
