@@ -56,9 +56,12 @@ pub fn output_error(e: std::io::Error) -> Failure {
     Failure::new(ErrorKind::Internal, format!("writing output: {e}"))
 }
 
-/// A JSON value with ordered keys (see the module docs for its style).
+/// A JSON value as the programs print it: object keys in the order given
+/// (the reference's CLI prints `op`, `key`, ... in that order; a
+/// `serde_json::Value` keeps its keys sorted), written in Python's style
+/// (see the module docs).
 #[derive(Debug, Clone)]
-pub enum J {
+pub enum Json {
     /// `null`.
     Null,
     /// `true` / `false`.
@@ -72,41 +75,41 @@ pub enum J {
     /// Already encoded JSON.
     Raw(String),
     /// An array.
-    Arr(Vec<J>),
+    Arr(Vec<Json>),
     /// An object, keys in this order.
-    Obj(Vec<(&'static str, J)>),
+    Obj(Vec<(&'static str, Json)>),
 }
 
 /// An object with `fields` in order.
-pub fn obj(fields: Vec<(&'static str, J)>) -> J {
-    J::Obj(fields)
+pub fn obj(fields: Vec<(&'static str, Json)>) -> Json {
+    Json::Obj(fields)
 }
 
-impl J {
+impl Json {
     /// A string.
-    pub fn str(s: impl Into<String>) -> J {
-        J::Str(s.into())
+    pub fn str(s: impl Into<String>) -> Json {
+        Json::Str(s.into())
     }
 
     /// A string, or `null`.
-    pub fn opt_str(s: Option<&str>) -> J {
-        s.map_or(J::Null, J::str)
+    pub fn opt_str(s: Option<&str>) -> Json {
+        s.map_or(Json::Null, Json::str)
     }
 
     /// An unsigned count (saturating at `i64::MAX`).
-    pub fn count(n: u64) -> J {
-        J::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    pub fn count(n: u64) -> Json {
+        Json::Int(i64::try_from(n).unwrap_or(i64::MAX))
     }
 
     fn write(&self, out: &mut String) {
         match self {
-            J::Null => out.push_str("null"),
-            J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            J::Int(i) => out.push_str(&i.to_string()),
-            J::Float(f) => out.push_str(&python_float_repr(*f)),
-            J::Str(s) => write_str(out, s),
-            J::Raw(r) => out.push_str(r),
-            J::Arr(items) => {
+            Json::Null => out.push_str("null"),
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Json::Int(i) => out.push_str(&i.to_string()),
+            Json::Float(f) => out.push_str(&python_float_repr(*f)),
+            Json::Str(s) => write_str(out, s),
+            Json::Raw(r) => out.push_str(r),
+            Json::Arr(items) => {
                 out.push('[');
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
@@ -116,7 +119,7 @@ impl J {
                 }
                 out.push(']');
             }
-            J::Obj(fields) => {
+            Json::Obj(fields) => {
                 out.push('{');
                 for (i, (k, v)) in fields.iter().enumerate() {
                     if i > 0 {
@@ -141,8 +144,8 @@ impl J {
     /// The value as table text.
     fn cell(&self) -> String {
         match self {
-            J::Str(s) => s.clone(),
-            J::Null => "-".into(),
+            Json::Str(s) => s.clone(),
+            Json::Null => "-".into(),
             other => other.render(),
         }
     }
@@ -164,11 +167,11 @@ impl Printer {
     }
 
     /// A one-object result.
-    pub fn single(&self, out: &mut dyn Write, line: &J) -> Result<(), Failure> {
+    pub fn single(&self, out: &mut dyn Write, line: &Json) -> Result<(), Failure> {
         match self.format {
             OutputFormat::Json | OutputFormat::Jsonl => writeln!(out, "{}", line.render()),
             OutputFormat::Table => {
-                let J::Obj(fields) = line else {
+                let Json::Obj(fields) = line else {
                     return Err(Failure::new(ErrorKind::Internal, "a result line is an object"));
                 };
                 let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -183,7 +186,13 @@ impl Printer {
 
     /// A result that is a list of objects: one line `{"op": op, key: [...]}`
     /// (json), a line per item (jsonl), or a table.
-    pub fn list(&self, out: &mut dyn Write, op: &'static str, key: &'static str, items: Vec<J>) -> Result<(), Failure> {
+    pub fn list(
+        &self,
+        out: &mut dyn Write,
+        op: &'static str,
+        key: &'static str,
+        items: Vec<Json>,
+    ) -> Result<(), Failure> {
         self.list_stream(out, op, key, || items.iter().cloned())
     }
 
@@ -198,7 +207,7 @@ impl Printer {
         items: impl Fn() -> I,
     ) -> Result<(), Failure>
     where
-        I: Iterator<Item = J>,
+        I: Iterator<Item = Json>,
     {
         let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
         let mut text = String::new();
@@ -236,7 +245,7 @@ impl Printer {
                 let mut headers: Vec<&'static str> = Vec::new();
                 let mut widths: Vec<usize> = Vec::new();
                 for item in items() {
-                    if let J::Obj(fields) = &item {
+                    if let Json::Obj(fields) = &item {
                         for (k, v) in fields {
                             let at = match headers.iter().position(|h| h == k) {
                                 Some(at) => at,
@@ -250,11 +259,11 @@ impl Printer {
                         }
                     }
                 }
-                let cells = |item: &J| -> Vec<String> {
+                let cells = |item: &Json| -> Vec<String> {
                     headers
                         .iter()
                         .map(|h| match item {
-                            J::Obj(fields) => fields
+                            Json::Obj(fields) => fields
                                 .iter()
                                 .find(|(k, _)| k == h)
                                 .map_or_else(String::new, |(_, v)| v.cell()),
@@ -351,12 +360,12 @@ mod tests {
     #[test]
     fn json_lines_look_like_pythons() {
         let line = obj(vec![
-            ("op", J::str("get")),
-            ("key", J::str("héllo")),
-            ("found", J::Bool(true)),
-            ("value", J::str("{\"n\": 7}")),
-            ("age", J::Float(0.0)),
-            ("db_id", J::Null),
+            ("op", Json::str("get")),
+            ("key", Json::str("héllo")),
+            ("found", Json::Bool(true)),
+            ("value", Json::str("{\"n\": 7}")),
+            ("age", Json::Float(0.0)),
+            ("db_id", Json::Null),
         ]);
         assert_eq!(
             line.render(),
@@ -367,8 +376,8 @@ mod tests {
     #[test]
     fn lists_in_every_format() {
         let items = vec![
-            obj(vec![("db_id", J::Int(0)), ("url", J::str("s3://b/a"))]),
-            obj(vec![("db_id", J::Int(12)), ("url", J::Null)]),
+            obj(vec![("db_id", Json::Int(0)), ("url", Json::str("s3://b/a"))]),
+            obj(vec![("db_id", Json::Int(12)), ("url", Json::Null)]),
         ];
         let print = |format| {
             let mut out = Vec::new();

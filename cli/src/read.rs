@@ -17,7 +17,7 @@ use sf_reader::{
 };
 
 use crate::exit::{self, EXIT_CODES, Failure};
-use crate::output::{J, OutputFormat, Printer, ValueFormat, obj, output_error};
+use crate::output::{Json, OutputFormat, Printer, ValueFormat, obj, output_error};
 
 const AFTER_HELP: &str = "\
 A key that is not found is still a success (found=false). `health` has its
@@ -276,14 +276,14 @@ async fn open_reader(cli: &Cli, current_url: &str, options: StorageOptions) -> R
 
 async fn history(admin: &Admin, printer: &Printer, out: &mut dyn Write) -> Result<u8, Failure> {
     let history = sf_manifest::ManifestStore::history(admin.store()).await?;
-    let items: Vec<J> = history
+    let items: Vec<Json> = history
         .iter()
         .map(|h| {
             obj(vec![
-                ("offset", J::count(h.offset as u64)),
-                ("run_id", J::str(h.run_id.as_str())),
-                ("published_at", J::str(h.published_at.to_rfc3339_offset())),
-                ("ref", J::str(&h.manifest_ref)),
+                ("offset", Json::count(h.offset as u64)),
+                ("run_id", Json::str(h.run_id.as_str())),
+                ("published_at", Json::str(h.published_at.to_rfc3339_offset())),
+                ("ref", Json::str(&h.manifest_ref)),
             ])
         })
         .collect();
@@ -311,12 +311,12 @@ async fn rollback(
     };
     let r = admin.rollback(&target).await?;
     let line = obj(vec![
-        ("op", J::str("rollback")),
-        ("changed", J::Bool(r.changed)),
-        ("from_run_id", J::opt_str(r.from_run_id.as_ref().map(|r| r.as_str()))),
-        ("from_manifest_ref", J::opt_str(r.from_manifest_ref.as_deref())),
-        ("run_id", J::str(r.run_id.as_str())),
-        ("manifest_ref", J::str(&r.manifest_ref)),
+        ("op", Json::str("rollback")),
+        ("changed", Json::Bool(r.changed)),
+        ("from_run_id", Json::opt_str(r.from_run_id.as_ref().map(|r| r.as_str()))),
+        ("from_manifest_ref", Json::opt_str(r.from_manifest_ref.as_deref())),
+        ("run_id", Json::str(r.run_id.as_str())),
+        ("manifest_ref", Json::str(&r.manifest_ref)),
     ]);
     printer.single(out, &line)?;
     Ok(exit::OK)
@@ -331,21 +331,21 @@ async fn cleanup(
     let report = admin.cleanup(options).await?;
     match printer.format {
         OutputFormat::Json => {
-            let urls = |reason| J::Arr(report.of(reason).map(|r| J::str(&r.url)).collect::<Vec<_>>());
+            let urls = |reason| Json::Arr(report.of(reason).map(|r| Json::str(&r.url)).collect::<Vec<_>>());
             let line = obj(vec![
-                ("op", J::str("cleanup")),
-                ("dry_run", J::Bool(report.dry_run)),
-                ("run_id", J::str(report.current_run_id.as_str())),
+                ("op", Json::str("cleanup")),
+                ("dry_run", Json::Bool(report.dry_run)),
+                ("run_id", Json::str(report.current_run_id.as_str())),
                 ("stale_attempts", urls(RemovalReason::StaleAttempt)),
-                ("total_objects_deleted", J::count(report.objects_deleted as u64)),
-                ("total_prefixes_removed", J::count(report.prefixes_removed as u64)),
+                ("total_objects_deleted", Json::count(report.objects_deleted as u64)),
+                ("total_prefixes_removed", Json::count(report.prefixes_removed as u64)),
                 ("old_manifests", urls(RemovalReason::OldManifest)),
                 ("old_run_attempts", urls(RemovalReason::OldRun)),
                 ("abandoned_attempts", urls(RemovalReason::AbandonedRun)),
                 ("run_records", urls(RemovalReason::RunRecord)),
                 (
                     "unknown_runs",
-                    J::Arr(report.unknown_runs.iter().map(|r| J::str(r.as_str())).collect()),
+                    Json::Arr(report.unknown_runs.iter().map(|r| Json::str(r.as_str())).collect()),
                 ),
             ]);
             printer.single(out, &line)?;
@@ -353,12 +353,12 @@ async fn cleanup(
         OutputFormat::Jsonl => {
             for r in &report.removals {
                 let line = obj(vec![
-                    ("reason", J::str(format!("{:?}", r.reason))),
-                    ("run_id", J::str(r.run_id.as_str())),
-                    ("url", J::str(&r.url)),
-                    ("objects", J::count(r.objects as u64)),
-                    ("bytes", J::count(r.bytes)),
-                    ("dry_run", J::Bool(report.dry_run)),
+                    ("reason", Json::str(format!("{:?}", r.reason))),
+                    ("run_id", Json::str(r.run_id.as_str())),
+                    ("url", Json::str(&r.url)),
+                    ("objects", Json::count(r.objects as u64)),
+                    ("bytes", Json::count(r.bytes)),
+                    ("dry_run", Json::Bool(report.dry_run)),
                 ]);
                 writeln!(out, "{}", line.render()).map_err(output_error)?;
             }
@@ -406,12 +406,12 @@ async fn get(
     };
     // A miss prints "value": "null" (a string), as the reference does.
     let line = obj(vec![
-        ("op", J::str("get")),
-        ("key", J::str(key)),
-        ("found", J::Bool(value.is_some())),
+        ("op", Json::str("get")),
+        ("key", Json::str(key)),
+        ("found", Json::Bool(value.is_some())),
         (
             "value",
-            J::str(value.as_ref().map_or_else(|| "null".to_string(), |v| printer.value(v))),
+            Json::str(value.as_ref().map_or_else(|| "null".to_string(), |v| printer.value(v))),
         ),
     ]);
     printer.single(out, &line)?;
@@ -453,13 +453,13 @@ async fn multiget(
         let items: Vec<_> = parsed.into_iter().map(|k| (k, c.clone())).collect();
         reader.multi_get_with_context(&items).await?
     };
-    let items: Vec<J> = texts
+    let items: Vec<Json> = texts
         .iter()
         .zip(&values)
         .map(|(t, v)| {
-            let mut f = vec![("key", J::str(t)), ("found", J::Bool(v.is_some()))];
+            let mut f = vec![("key", Json::str(t)), ("found", Json::Bool(v.is_some()))];
             if let Some(v) = v {
-                f.push(("value", J::str(printer.value(v))));
+                f.push(("value", Json::str(printer.value(v))));
             }
             obj(f)
         })
@@ -477,9 +477,9 @@ fn route(reader: &Reader, key: &str, ctx: &[String], printer: &Printer, out: &mu
     };
     let r = reader.route(&k, c.as_ref())?;
     let line = obj(vec![
-        ("op", J::str("route")),
-        ("key", J::str(key)),
-        ("db_id", r.db_id.map_or(J::Null, |d| J::Int(i64::from(d.0)))),
+        ("op", Json::str("route")),
+        ("key", Json::str(key)),
+        ("db_id", r.db_id.map_or(Json::Null, |d| Json::Int(i64::from(d.0)))),
     ]);
     printer.single(out, &line)?;
     Ok(exit::OK)
@@ -488,21 +488,21 @@ fn route(reader: &Reader, key: &str, ctx: &[String], printer: &Printer, out: &mu
 fn info(reader: &Reader, printer: &Printer, out: &mut dyn Write) -> Result<u8, Failure> {
     let i = reader.info();
     let line = obj(vec![
-        ("op", J::str("info")),
-        ("run_id", J::str(i.run_id.as_str())),
-        ("num_dbs", J::Int(i64::from(i.num_dbs))),
+        ("op", Json::str("info")),
+        ("run_id", Json::str(i.run_id.as_str())),
+        ("num_dbs", Json::Int(i64::from(i.num_dbs))),
         (
             "sharding",
-            J::str(match i.sharding {
+            Json::str(match i.sharding {
                 sf_manifest::ShardingStrategy::Hash => "hash",
                 sf_manifest::ShardingStrategy::Cel => "cel",
             }),
         ),
-        ("created_at", J::str(i.created_at.to_rfc3339_offset())),
-        ("manifest_ref", J::str(&i.manifest_ref)),
-        ("row_count", J::count(i.row_count)),
-        ("key_encoding", J::str(i.key_encoding.as_str())),
-        ("hash_algorithm", J::str("xxh3_64")),
+        ("created_at", Json::str(i.created_at.to_rfc3339_offset())),
+        ("manifest_ref", Json::str(&i.manifest_ref)),
+        ("row_count", Json::count(i.row_count)),
+        ("key_encoding", Json::str(i.key_encoding.as_str())),
+        ("hash_algorithm", Json::str("xxh3_64")),
     ]);
     printer.single(out, &line)?;
     Ok(exit::OK)
@@ -510,11 +510,11 @@ fn info(reader: &Reader, printer: &Printer, out: &mut dyn Write) -> Result<u8, F
 
 fn shards(reader: &Reader, printer: &Printer, out: &mut dyn Write) -> Result<u8, Failure> {
     let key = |k: &Option<sf_manifest::Key>| match k {
-        Some(k) => J::Raw(sf_manifest::format::json::to_sorted_string(
+        Some(k) => Json::Raw(sf_manifest::format::json::to_sorted_string(
             &k.to_json(),
             sf_manifest::format::json::JsonStyle::Python,
         )),
-        None => J::Null,
+        None => Json::Null,
     };
     // Streamed: a snapshot may have 100,000 shards. One snapshot for
     // every pass, whatever a refresh does meanwhile.
@@ -522,11 +522,11 @@ fn shards(reader: &Reader, printer: &Printer, out: &mut dyn Write) -> Result<u8,
     let items = || {
         infos.clone().map(|s| {
             obj(vec![
-                ("db_id", J::Int(i64::from(s.db_id.0))),
-                ("row_count", J::count(s.row_count)),
+                ("db_id", Json::Int(i64::from(s.db_id.0))),
+                ("row_count", Json::count(s.row_count)),
                 ("min_key", key(&s.min_key)),
                 ("max_key", key(&s.max_key)),
-                ("db_url", J::opt_str(s.db_url.as_deref())),
+                ("db_url", Json::opt_str(s.db_url.as_deref())),
             ])
         })
     };
@@ -538,19 +538,19 @@ fn health(reader: &Reader, max_age: &str, printer: &Printer, out: &mut dyn Write
     let max_age = parse_duration(max_age)?;
     let h = reader.health(max_age);
     let line = obj(vec![
-        ("op", J::str("health")),
+        ("op", Json::str("health")),
         (
             "status",
-            J::str(match h.status {
+            Json::str(match h.status {
                 HealthStatus::Healthy => "healthy",
                 HealthStatus::Stale => "stale",
             }),
         ),
-        ("manifest_ref", J::str(&h.manifest_ref)),
-        ("manifest_age_seconds", J::Float(h.snapshot_age_seconds)),
-        ("num_shards", J::count(h.num_shards as u64)),
-        ("is_closed", J::Bool(h.is_closed)),
-        ("max_age_seconds", J::Float(h.max_age_seconds)),
+        ("manifest_ref", Json::str(&h.manifest_ref)),
+        ("manifest_age_seconds", Json::Float(h.snapshot_age_seconds)),
+        ("num_shards", Json::count(h.num_shards as u64)),
+        ("is_closed", Json::Bool(h.is_closed)),
+        ("max_age_seconds", Json::Float(h.max_age_seconds)),
     ]);
     printer.single(out, &line)?;
     Ok(match h.status {
