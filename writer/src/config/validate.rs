@@ -96,26 +96,17 @@ impl JobConfig {
     /// requiring a prefix (for callers that hand in a DataFrame, or choose
     /// the prefix themselves); a prefix that is given must resolve.
     pub fn validate_settings(&self) -> Result<()> {
+        self.check_columns()?;
+        self.check_gates_and_retention()?;
+        self.check_routing()?;
+        self.check_output()?;
+        self.check_write()
+    }
+
+    /// The key, shard id and value columns.
+    fn check_columns(&self) -> Result<()> {
         if self.key_col.trim().is_empty() {
             return Err(Error::config("key_col", "must name the key column"));
-        }
-        self.validate.validate()?;
-        if let Some(r) = &self.retention {
-            if r.keep_last == Some(0) {
-                return Err(Error::config(
-                    "retention.keep_last",
-                    "must be at least 1 (the snapshot just published is always kept)",
-                ));
-            }
-            if r.keep_last.is_none() && r.older_than.is_none() {
-                return Err(Error::config("retention", "give keep_last, older_than or both"));
-            }
-        }
-        if self.write.run_lease_secs < 3 {
-            return Err(Error::config(
-                "write.run_lease_secs",
-                "must be at least 3 (the lease is renewed every third of it)",
-            ));
         }
         if self.shard_id_col.trim().is_empty() {
             return Err(Error::config("shard_id_col", "must not be empty"));
@@ -132,6 +123,28 @@ impl JobConfig {
                 "must name at least one column (omit it for all columns)",
             ));
         }
+        Ok(())
+    }
+
+    /// `[validate]` and `[retention]`.
+    fn check_gates_and_retention(&self) -> Result<()> {
+        self.validate.validate()?;
+        if let Some(r) = &self.retention {
+            if r.keep_last == Some(0) {
+                return Err(Error::config(
+                    "retention.keep_last",
+                    "must be at least 1 (the snapshot just published is always kept)",
+                ));
+            }
+            if r.keep_last.is_none() && r.older_than.is_none() {
+                return Err(Error::config("retention", "give keep_last, older_than or both"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[routing]`: one consistent way to a shard, for hash or CEL.
+    fn check_routing(&self) -> Result<()> {
         let r = &self.routing;
         if r.num_dbs == Some(0) {
             return Err(Error::config("routing.num_dbs", "must be at least 1"));
@@ -210,6 +223,11 @@ impl JobConfig {
                 "must be at least 1 when verify_routing is on",
             ));
         }
+        Ok(())
+    }
+
+    /// `[output]`: the run id, the prefix when given, the backend.
+    fn check_output(&self) -> Result<()> {
         if let Some(id) = &self.output.run_id {
             RunId::new(id.clone()).map_err(|e| Error::config("output.run_id", e.to_string()))?;
         }
@@ -228,6 +246,17 @@ impl JobConfig {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `[write]`: batches, rates, memory, uploads, the run's lease.
+    fn check_write(&self) -> Result<()> {
+        if self.write.run_lease_secs < 3 {
+            return Err(Error::config(
+                "write.run_lease_secs",
+                "must be at least 3 (the lease is renewed every third of it)",
+            ));
         }
         let w = &self.write;
         if w.batch_size == 0 {
