@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sf_writer::gates::{GateResult, Verdict};
 use sf_writer::job::{Outcome, ProgressSink};
+use sf_writer::verdict::{GateResult, Verdict};
 
 use crate::exit::{self, Failure};
 

@@ -25,7 +25,8 @@ use sf_manifest::{
 use crate::adapter::{ShardBackend, ShardContent};
 use crate::error::{Error, Result};
 use crate::exec::ShardResult;
-use crate::gates::{self, GateResult, PublishCheck, ValidateConfig, Verdict};
+use crate::gates::{self, PublishCheck, ValidateConfig};
+use crate::verdict::{GateResult, Verdict};
 
 /// Everything [`finish`] needs.
 pub(crate) struct FinishInput<'a> {

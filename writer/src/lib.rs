@@ -25,5 +25,6 @@ pub mod progress;
 pub mod ratelimit;
 pub mod sort;
 pub mod value;
+pub mod verdict;
 
 pub use error::{Error, Result};

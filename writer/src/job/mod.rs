@@ -28,9 +28,10 @@ use crate::config::JobConfig;
 use crate::error::{Error, Result};
 use crate::exec::{ShardResult, ShardWriteSpec};
 use crate::finish::{FinishInput, FinishState, finish};
-use crate::gates::{GateResult, PublishCheck, Verdict};
+use crate::gates::PublishCheck;
 use crate::plan::ShardWriteNode;
 use crate::progress;
+use crate::verdict::{GateResult, Verdict};
 
 pub mod engine;
 pub mod report;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sf_manifest::{KeyEncoding, RunId, ShardingSpec, Timestamp};
 
-use crate::gates::{GateResult, Verdict};
+use crate::verdict::{GateResult, Verdict};
 
 use crate::value::ValueSpec;
 
