@@ -26,12 +26,12 @@ use sf_manifest::format::layout::SQLITE_SHARD_FILE;
 use sf_manifest::{DbId, ErrorKind, Location};
 use xxhash_rust::xxh3::Xxh3;
 
-use super::sqlite_insert::{Insert, InsertError};
-use super::sqlite_pages::{PageError, SqliteFileWriter};
-use super::{
+use super::contract::{
     AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded,
     show_key,
 };
+use super::sqlite_insert::{Insert, InsertError};
+use super::sqlite_pages::{PageError, SqliteFileWriter};
 use crate::error::{Error, Result};
 use crate::ratelimit::RateLimiter;
 
@@ -464,7 +464,7 @@ fn place_local_file(from: &Path, dest: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::DuplicatePolicy;
+    use crate::adapter::contract::DuplicatePolicy;
     use crate::ratelimit::RateLimits;
     use sf_manifest::{Attempt, KeyEncoding, StorageOptions};
 
