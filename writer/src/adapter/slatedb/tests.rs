@@ -22,14 +22,16 @@ use slatedb::admin::AdminBuilder;
 use slatedb::manifest::SsTableId;
 use slatedb::{Db, DbReader, VersionedManifest};
 
-use crate::adapter::{AttemptTarget, BuildContext, Row, ShardBackend, ShardContent, StagedShard};
-use crate::error::{Error, Result};
-
+use super::backend::SlateDbBackend;
 use super::compaction::sst_ids;
-use super::read::our_checkpoint;
-use super::*;
-use crate::adapter::DuplicatePolicy;
+use super::read::{our_checkpoint, read_all};
+use super::settings::SlateDbSettings;
+use super::spool::SPOOL_BUFFER;
+use crate::adapter::contract::{
+    AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardContent, StagedShard,
+};
 use crate::budget::MemoryBudget;
+use crate::error::{Error, Result};
 use crate::ratelimit::RateLimits;
 use crate::sort::{CollectorSettings, MAX_RUN_BYTES, Order, RowCollector};
 use arrow::array::BinaryArray;
