@@ -28,7 +28,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use sf_manifest::sync::lock;
+use sf_manifest::sync::{self, lock};
 use std::time::Instant;
 
 use arrow::array::{Array, RecordBatch};
@@ -100,10 +100,9 @@ async fn exchange(
         // The first failure ends the build; dropping the set stops the rest.
         done.map_err(|e| Error::Internal(format!("an input task failed: {e}")))??;
     }
-    let mut collector = Arc::try_unwrap(collector)
-        .map_err(|_| Error::Internal("the input tasks still hold the collector".into()))?
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut collector = sync::into_inner(
+        Arc::try_unwrap(collector).map_err(|_| Error::Internal("the input tasks still hold the collector".into()))?,
+    );
     run.input_read(started.elapsed());
     tracing::debug!(
         run_id = %spec.run_id,
