@@ -27,8 +27,6 @@
 //! ([`crate::exec::InputMode::Partitioned`]).
 
 use std::sync::{Arc, Mutex};
-
-use sf_manifest::sync::{self, lock};
 use std::time::Instant;
 
 use arrow::array::{Array, RecordBatch};
@@ -38,15 +36,19 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use futures::StreamExt;
 use sf_manifest::DbId;
+use sf_manifest::sync::{self, lock};
 use tokio::sync::mpsc::Sender;
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
-use crate::exec::{
-    ShardResult, ShardWriteSpec, TaskIds, build_rows, build_slots, encode_batch, result_schema, upload_shard, work_dir,
-};
+use crate::local_build::{build_rows, build_slots, work_dir};
 use crate::progress;
+use crate::routed_batch::encode_batch;
+use crate::shard_result::{ShardResult, result_schema};
 use crate::sort::{Order, RowCollector, ShardRows};
+use crate::spec::ShardWriteSpec;
+use crate::task_ids::TaskIds;
+use crate::upload::upload_shard;
 
 /// Result rows sent downstream at once.
 const RESULT_BATCH: usize = 1024;

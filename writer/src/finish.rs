@@ -24,8 +24,8 @@ use sf_manifest::{
 
 use crate::adapter::{ShardBackend, ShardContent};
 use crate::error::{Error, Result};
-use crate::exec::ShardResult;
 use crate::gates::{self, PublishCheck, ValidateConfig};
+use crate::shard_result::ShardResult;
 use crate::verdict::{GateResult, Verdict};
 
 /// Everything [`finish`] needs.

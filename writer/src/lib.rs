@@ -11,19 +11,27 @@
 
 pub mod adapter;
 pub mod budget;
+pub mod claim;
 pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod exec;
 pub mod finish;
 pub mod gates;
+mod hostname;
 pub mod input;
 pub mod job;
+pub mod local_build;
 pub mod partition;
 pub mod plan;
 pub mod progress;
 pub mod ratelimit;
+mod routed_batch;
+pub mod shard_result;
 pub mod sort;
+pub mod spec;
+pub mod task_ids;
+mod upload;
 pub mod value;
 pub mod verdict;
 

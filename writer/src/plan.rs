@@ -50,8 +50,10 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
-use crate::exec::{ShardWriteExec, ShardWriteSpec, result_schema};
+use crate::exec::ShardWriteExec;
 use crate::partition::PARTITION_KEY_COL;
+use crate::shard_result::result_schema;
+use crate::spec::ShardWriteSpec;
 
 /// Logical node: write the input's rows as shards.
 #[derive(Debug, Clone)]

@@ -130,7 +130,7 @@ pub struct MemoryShares {
 /// The shares of `limit_mib` for a build of `num_dbs` shards.
 pub fn memory_shares(limit_mib: u64, num_dbs: u32) -> MemoryShares {
     let limit = limit_mib << 20;
-    let builds = (crate::exec::build_slots() as u64).min(u64::from(num_dbs.max(1)));
+    let builds = (crate::local_build::build_slots() as u64).min(u64::from(num_dbs.max(1)));
     MemoryShares {
         engine_bytes: usize::try_from(limit / 4).unwrap_or(usize::MAX),
         row_bytes: limit / 2,

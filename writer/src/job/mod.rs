@@ -26,11 +26,12 @@ use sf_manifest::{
 use crate::adapter::backend_for;
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
-use crate::exec::{ShardResult, ShardWriteSpec};
 use crate::finish::{FinishInput, FinishState, finish};
 use crate::gates::PublishCheck;
 use crate::plan::ShardWriteNode;
 use crate::progress;
+use crate::shard_result::ShardResult;
+use crate::spec::ShardWriteSpec;
 use crate::verdict::{GateResult, Verdict};
 
 pub mod engine;
