@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use sf_manifest::{Manifest, ManifestStore, ObjectManifestStore, StorageOptions};
 
 use sf_reader::{Reader, ReaderSettings};
-use sf_writer::gates::{CanaryConfig, OnFail, PublishCheck, measured};
-use sf_writer::verdict::GateResult;
+use sf_writer::publish::gates::{CanaryConfig, OnFail, PublishCheck, measured};
+use sf_writer::publish::verdict::GateResult;
 
 /// One canary key: its text (as `sf-read` takes it), what its value must
 /// be, and its routing context.

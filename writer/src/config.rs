@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sf_manifest::{CelType, KeyEncoding, RoutingValue, RunId, StorageOptions};
 
-use crate::adapter::{BackendConfig, DuplicatePolicy, SlateDbSettings, SqliteSettings};
+use crate::build::backend::{BackendConfig, DuplicatePolicy, SlateDbSettings, SqliteSettings};
+use crate::build::ratelimit::RateLimits;
 use crate::error::{Error, Result};
-use crate::ratelimit::RateLimits;
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "SF_";
@@ -58,7 +58,7 @@ pub struct JobConfig {
     pub cluster: Option<ClusterConfig>,
     /// Gates a build must pass before it is published.
     #[serde(default)]
-    pub validate: crate::gates::ValidateConfig,
+    pub validate: crate::publish::gates::ValidateConfig,
     /// Old snapshots and abandoned runs removed after a successful publish.
     #[serde(default)]
     pub retention: Option<RetentionConfig>,

@@ -58,7 +58,7 @@ use ballista_executor::executor_process::ExecutorProcessConfig;
 use ballista_scheduler::config::SchedulerConfig;
 use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionConfig;
-use sf_writer::task_ids::TaskIds;
+use sf_writer::build::task_ids::TaskIds;
 
 use self::codec::{ShardForgeLogicalCodec, ShardForgePhysicalCodec};
 use self::options::ShardForgeOptions;
@@ -119,7 +119,7 @@ impl Register for ExecutorProcessConfig {
         self.override_runtime_producer = Some(Arc::new(move |config: &SessionConfig| {
             store::runtime_for(config, work_dir.as_deref())
         }));
-        sf_writer::task_ids::set_task_ids_fn(ballista_task_ids);
+        sf_writer::build::task_ids::set_task_ids_fn(ballista_task_ids);
         self
     }
 }

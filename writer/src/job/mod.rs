@@ -23,16 +23,16 @@ use sf_manifest::{
     Timestamp, format::layout,
 };
 
-use crate::adapter::backend_for;
+use crate::build::backend::backend_for;
+use crate::build::shard_result::ShardResult;
+use crate::build::spec::ShardWriteSpec;
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
-use crate::finish::{FinishInput, FinishState, finish};
-use crate::gates::PublishCheck;
-use crate::plan::ShardWriteNode;
+use crate::plan::node::ShardWriteNode;
 use crate::progress;
-use crate::shard_result::ShardResult;
-use crate::spec::ShardWriteSpec;
-use crate::verdict::{GateResult, Verdict};
+use crate::publish::gates::PublishCheck;
+use crate::publish::verdict::{GateResult, Verdict};
+use crate::publish::winners::{FinishInput, FinishState, finish};
 
 pub mod engine;
 pub mod report;

@@ -24,7 +24,7 @@
 //!
 //! A cluster does the same with its own parts: the shuffle groups rows by
 //! shard, and the executors' task slots make the waves
-//! ([`crate::exec::InputMode::Partitioned`]).
+//! ([`crate::build::shard_task::InputMode::Partitioned`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -40,15 +40,15 @@ use sf_manifest::sync::{self, lock};
 use tokio::sync::mpsc::Sender;
 use tokio::task::JoinSet;
 
+use crate::build::local_build::{build_rows, build_slots, work_dir};
+use crate::build::shard_result::{ShardResult, result_schema};
+use crate::build::spec::ShardWriteSpec;
+use crate::build::task_ids::TaskIds;
+use crate::build::upload::upload_shard;
 use crate::error::{Error, Result};
-use crate::local_build::{build_rows, build_slots, work_dir};
 use crate::progress;
-use crate::routed_batch::encode_batch;
-use crate::shard_result::{ShardResult, result_schema};
-use crate::sort::{Order, RowCollector, ShardRows};
-use crate::spec::ShardWriteSpec;
-use crate::task_ids::TaskIds;
-use crate::upload::upload_shard;
+use crate::route::collect::{Order, RowCollector, ShardRows};
+use crate::route::routed_batch::encode_batch;
 
 /// Result rows sent downstream at once.
 const RESULT_BATCH: usize = 1024;

@@ -43,9 +43,9 @@ use std::sync::Arc;
 use arrow::array::{Array, BinaryArray};
 use sf_manifest::{DbId, KeyEncoding};
 
-use crate::adapter::{DuplicatePolicy, Row, show_key};
-use crate::budget::{MemoryBudget, Reservation};
+use crate::build::backend::{DuplicatePolicy, Row, show_key};
 use crate::error::{Error, Result};
+use crate::route::budget::{MemoryBudget, Reservation};
 
 /// Sources merged at once; more are merged in several passes.
 pub const MAX_FAN_IN: usize = 16;

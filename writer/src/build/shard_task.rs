@@ -11,12 +11,12 @@
 //!   slots.
 //! - **exchange** (one process): the input is routed but not partitioned;
 //!   the node collects every row into its shard in bounded memory and
-//!   writes the shards in waves ([`crate::exchange`]), emitting every
+//!   writes the shards in waves ([`crate::route::exchange`]), emitting every
 //!   shard's result row from its one output partition.
 //!
 //! Either way each shard is built by exactly one task, from its rows
-//! sorted by key ([`crate::sort`]) under the run's shared memory budget
-//! ([`crate::budget`]).
+//! sorted by key ([`crate::route::collect`]) under the run's shared memory budget
+//! ([`crate::route::budget`]).
 
 use std::any::Any;
 use std::fmt;
@@ -34,16 +34,16 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Par
 use futures::StreamExt;
 use sf_manifest::DbId;
 
-use crate::adapter::{Row, ShardBuilder, backend_for};
+use crate::build::backend::{Row, ShardBuilder, backend_for};
+use crate::build::local_build::{Built, build_context, build_rows, work_dir};
+use crate::build::shard_result::{ShardResult, result_schema};
+use crate::build::spec::ShardWriteSpec;
+use crate::build::task_ids::{TaskIds, task_ids};
+use crate::build::upload::upload_shard;
 use crate::error::{Error, Result};
-use crate::local_build::{Built, build_context, build_rows, work_dir};
 use crate::progress;
-use crate::routed_batch::encode_batch;
-use crate::shard_result::{ShardResult, result_schema};
-use crate::sort::{RowCollector, SortStats};
-use crate::spec::ShardWriteSpec;
-use crate::task_ids::{TaskIds, task_ids};
-use crate::upload::upload_shard;
+use crate::route::collect::{RowCollector, SortStats};
+use crate::route::routed_batch::encode_batch;
 
 /// How a [`ShardWriteExec`] receives each shard's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +172,7 @@ impl ExecutionPlan for ShardWriteExec {
                     "ShardWriteExec in exchange mode has one partition, not {partition}"
                 )));
             }
-            return Ok(crate::exchange::run(
+            return Ok(crate::route::exchange::run(
                 Arc::clone(&self.spec),
                 Arc::clone(&self.input),
                 context,

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sf_manifest::{Attempt, DbId, KeyEncoding, Location};
 
+use crate::build::ratelimit::RateLimits;
 use crate::error::Result;
-use crate::ratelimit::RateLimits;
 
 /// What to do when two rows of a shard have the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

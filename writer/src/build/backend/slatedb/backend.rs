@@ -12,7 +12,7 @@ use super::ops::Ops;
 use super::read::verify_attempt;
 use super::settings::SlateDbSettings;
 use super::spool::{SPOOL_BUFFER, SlateDbBuilder};
-use crate::adapter::contract::{BuildContext, ShardBackend, ShardBuilder, ShardContent};
+use crate::build::backend::contract::{BuildContext, ShardBackend, ShardBuilder, ShardContent};
 use crate::error::{Error, Result};
 
 /// The SlateDB [`ShardBackend`].

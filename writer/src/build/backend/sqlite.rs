@@ -32,8 +32,8 @@ use super::contract::{
 };
 use super::sqlite_insert::{Insert, InsertError};
 use super::sqlite_pages::{PageError, SqliteFileWriter};
+use crate::build::ratelimit::RateLimiter;
 use crate::error::{Error, Result};
-use crate::ratelimit::RateLimiter;
 
 /// `[output.sqlite]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -464,8 +464,8 @@ fn place_local_file(from: &Path, dest: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::contract::DuplicatePolicy;
-    use crate::ratelimit::RateLimits;
+    use crate::build::backend::contract::DuplicatePolicy;
+    use crate::build::ratelimit::RateLimits;
     use sf_manifest::{Attempt, KeyEncoding, StorageOptions};
 
     fn ctx(dir: &Path, on_duplicate: DuplicatePolicy, sorted: bool) -> BuildContext {

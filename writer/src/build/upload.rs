@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use sf_manifest::{Attempt, Classified, DbId, Location};
 
-use crate::adapter::{AttemptTarget, StagedShard, Uploaded};
-use crate::claim::claim_attempt;
+use crate::build::backend::{AttemptTarget, StagedShard, Uploaded};
+use crate::build::claim::claim_attempt;
+use crate::build::local_build::Built;
+use crate::build::shard_result::ShardResult;
+use crate::build::spec::ShardWriteSpec;
+use crate::build::task_ids::TaskIds;
 use crate::error::{Error, Result};
-use crate::local_build::Built;
 use crate::progress::{self, Step};
-use crate::shard_result::ShardResult;
-use crate::spec::ShardWriteSpec;
-use crate::task_ids::TaskIds;
 
 /// Uploads a built shard into a freshly claimed attempt (retrying
 /// retryable failures into new attempts) and makes its result row.

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sf_manifest::{Manifest, ObjectManifestStore};
 
 use crate::error::Result;
-use crate::verdict::{GateResult, Verdict};
+use crate::publish::verdict::{GateResult, Verdict};
 
 /// What a gate does when its check fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

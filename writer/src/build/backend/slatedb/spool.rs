@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, BufReader as AsyncBufReader};
 
 use super::ops::Ops;
 use super::settings::SlateDbSettings;
-use crate::adapter::contract::{
+use crate::build::backend::contract::{
     AttemptTarget, BuildContext, Row, ShardBuilder, ShardContent, StagedShard, Uploaded, show_key,
 };
 use crate::error::{Error, Result};

@@ -27,13 +27,13 @@ use super::compaction::sst_ids;
 use super::read::{our_checkpoint, read_all};
 use super::settings::SlateDbSettings;
 use super::spool::SPOOL_BUFFER;
-use crate::adapter::contract::{
+use crate::build::backend::contract::{
     AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardContent, StagedShard,
 };
-use crate::budget::MemoryBudget;
+use crate::build::ratelimit::RateLimits;
 use crate::error::{Error, Result};
-use crate::ratelimit::RateLimits;
-use crate::sort::{CollectorSettings, MAX_RUN_BYTES, Order, RowCollector};
+use crate::route::budget::MemoryBudget;
+use crate::route::collect::{CollectorSettings, MAX_RUN_BYTES, Order, RowCollector};
 use arrow::array::BinaryArray;
 use sf_manifest::{KeyEncoding, StorageOptions};
 use std::sync::atomic::AtomicUsize;

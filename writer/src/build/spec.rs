@@ -8,13 +8,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sf_manifest::{KeyEncoding, Location, RunId, StorageOptions};
 
-use crate::adapter::{BackendConfig, DuplicatePolicy};
-use crate::budget;
+use crate::build::backend::{BackendConfig, DuplicatePolicy};
+use crate::build::ratelimit::RateLimits;
 use crate::config::RetryPolicy;
 use crate::error::Result;
-use crate::ratelimit::RateLimits;
-use crate::sort::{CollectorSettings, MAX_RUN_BYTES, Order};
-use crate::value::ValueSpec;
+use crate::route::budget;
+use crate::route::collect::{CollectorSettings, MAX_RUN_BYTES, Order};
+use crate::route::encode::ValueSpec;
 
 /// What every shard task of a run needs to know.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +43,7 @@ pub struct ShardWriteSpec {
     /// (each key once), in bounded memory with spills to `work_dir`.
     pub sort_within_shard: bool,
     /// Bytes of rows the shard tasks of this run hold in memory in one
-    /// process, shared on demand ([`crate::budget`]); beyond it they spill
+    /// process, shared on demand ([`crate::route::budget`]); beyond it they spill
     /// sorted runs to `work_dir`.
     pub row_memory_bytes: u64,
     /// Write limits per shard attempt.

@@ -5,9 +5,9 @@ use arrow::array::{AsArray, BinaryArray, RecordBatch};
 use arrow::datatypes::UInt32Type;
 use sf_manifest::DbId;
 
+use crate::build::spec::ShardWriteSpec;
 use crate::error::{Error, Result};
-use crate::spec::ShardWriteSpec;
-use crate::value::{encode_keys, encode_values};
+use crate::route::encode::{encode_keys, encode_values};
 
 /// The encoded keys and values of one input batch, and each row's shard;
 /// checks that every shard id is below `num_dbs` (or, for a partition,

@@ -21,9 +21,9 @@ use super::compaction::{
 use super::ops::{CHECKPOINT_NAME, Ops, first_object, read_manifest};
 use super::settings::mib_to_bytes;
 use super::spool::{SPOOL_BUFFER, StagedSlateDb, read_field};
-use crate::adapter::contract::{AttemptTarget, Uploaded};
+use crate::build::backend::contract::{AttemptTarget, Uploaded};
+use crate::build::ratelimit::RateLimiter;
 use crate::error::{Error, Result};
-use crate::ratelimit::RateLimiter;
 
 const KIB: u64 = 1024;
 

@@ -1,7 +1,7 @@
 //! The SlateDB backend: one SlateDB database per shard, rooted at the
 //! attempt folder itself (docs/FORMAT.md).
 //!
-//! Phase 1 ([`ShardBuilder`](crate::adapter::ShardBuilder)) needs the rows sorted by key, each key once
+//! Phase 1 ([`ShardBuilder`](crate::build::backend::ShardBuilder)) needs the rows sorted by key, each key once
 //! (the shard sorter's output). It streams them to a
 //! local spool file of records (`u32` LE key length, key, `u32` LE value
 //! length, value), so memory is the write buffer whatever the shard's size.
@@ -39,7 +39,7 @@
 //! the attempt fails as retryable and SlateDB's store is cut off, so that
 //! its background tasks stop too.
 //!
-//! The backend in files: `backend` (the [`ShardBackend`](crate::adapter::ShardBackend)),
+//! The backend in files: `backend` (the [`ShardBackend`](crate::build::backend::ShardBackend)),
 //! `settings` (the knobs), `spool` (phase 1), `upload` (phase 2),
 //! `compaction` (the final merge), `read` (verification and reading back),
 //! and `ops`, what they all share: the per-operation context with its

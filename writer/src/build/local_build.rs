@@ -9,11 +9,11 @@ use std::time::Instant;
 use sf_manifest::DbId;
 use tokio::sync::Semaphore;
 
-use crate::adapter::{BuildContext, StagedShard, backend_for};
+use crate::build::backend::{BuildContext, StagedShard, backend_for};
+use crate::build::spec::ShardWriteSpec;
 use crate::error::{Error, Result};
 use crate::progress::{self, Step};
-use crate::sort::{ShardRows, SortStats};
-use crate::spec::ShardWriteSpec;
+use crate::route::collect::{ShardRows, SortStats};
 
 /// A shard built locally, ready to upload.
 pub(crate) struct Built {

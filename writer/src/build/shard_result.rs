@@ -10,8 +10,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use sf_manifest::{Attempt, DbId};
 
+use crate::build::task_ids::TaskIds;
 use crate::error::{Error, Result};
-use crate::task_ids::TaskIds;
 
 /// The schema of the result rows, one per partition.
 pub fn result_schema() -> SchemaRef {

@@ -14,7 +14,7 @@ use slatedb::{Checkpoint, DbReader, VersionedManifest};
 
 use super::ops::{CHECKPOINT_NAME, Ops, first_object, read_manifest};
 use super::settings::{SlateDbSettings, mib_to_bytes};
-use crate::adapter::contract::ShardContent;
+use crate::build::backend::contract::ShardContent;
 use crate::error::{Error, Result};
 
 pub(super) async fn verify_attempt(

@@ -5,9 +5,9 @@ use object_store::{PutMode, PutOptions, PutPayload};
 use sf_manifest::format::layout::{self, CLAIM_FILE};
 use sf_manifest::{Attempt, DbId, Location, RunId, Timestamp};
 
+use crate::build::hostname::hostname;
+use crate::build::task_ids::TaskIds;
 use crate::error::{Error, Result};
-use crate::hostname::hostname;
-use crate::task_ids::TaskIds;
 
 /// Attempts a shard may claim before the task gives up.
 pub const MAX_ATTEMPTS: u32 = 100;

@@ -22,11 +22,11 @@ use sf_manifest::{
     ObjectManifestStore, RunId, ShardRow, ShardingSpec, WriterInfo, format::layout, publish::failpoint, publish::gc,
 };
 
-use crate::adapter::{ShardBackend, ShardContent};
+use crate::build::backend::{ShardBackend, ShardContent};
+use crate::build::shard_result::ShardResult;
 use crate::error::{Error, Result};
-use crate::gates::{self, PublishCheck, ValidateConfig};
-use crate::shard_result::ShardResult;
-use crate::verdict::{GateResult, Verdict};
+use crate::publish::gates::{self, PublishCheck, ValidateConfig};
+use crate::publish::verdict::{GateResult, Verdict};
 
 /// Everything [`finish`] needs.
 pub(crate) struct FinishInput<'a> {
