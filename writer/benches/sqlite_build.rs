@@ -24,8 +24,8 @@ use sf_writer::build::backend::sqlite_pages::SqliteFileWriter;
 use sf_writer::build::backend::{
     BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, SqliteSettings,
 };
+use sf_writer::build::merge::CHUNK_ROWS;
 use sf_writer::build::ratelimit::RateLimits;
-use sf_writer::route::collect::CHUNK_ROWS;
 
 const DEFAULT_ROWS: usize = 2_000_000;
 const VALUE_BYTES: usize = 100;

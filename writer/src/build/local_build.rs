@@ -10,10 +10,10 @@ use sf_manifest::DbId;
 use tokio::sync::Semaphore;
 
 use crate::build::backend::{BuildContext, StagedShard, backend_for};
+use crate::build::merge::{ShardRows, SortStats};
 use crate::build::spec::ShardWriteSpec;
 use crate::error::{Error, Result};
 use crate::progress::{self, Step};
-use crate::route::collect::{ShardRows, SortStats};
 
 /// A shard built locally, ready to upload.
 pub(crate) struct Built {

@@ -7,8 +7,10 @@
 //! - `spec.rs`: what every shard task of a run needs to know;
 //! - `task_ids.rs`: the engine's ids of the running task, when it has them;
 //! - `shard_result.rs`: the one result row each shard yields;
-//! - `local_build.rs`: phase 1, a shard built in a staging folder, in one
-//!   of the process's build slots;
+//! - `merge.rs`: a shard's collected rows sorted and merged into key
+//!   order, each key once;
+//! - `local_build.rs`: phase 1, a shard built in a staging folder from
+//!   those rows, in one of the process's build slots;
 //! - `upload.rs`: phase 2, the built shard uploaded, retried into new
 //!   attempts;
 //! - `claim.rs` and `hostname.rs`: claiming an attempt folder, and the
@@ -20,6 +22,7 @@ pub mod backend;
 pub mod claim;
 mod hostname;
 pub mod local_build;
+pub mod merge;
 pub mod ratelimit;
 pub mod shard_result;
 pub mod shard_task;

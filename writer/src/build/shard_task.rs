@@ -15,7 +15,7 @@
 //!   shard's result row from its one output partition.
 //!
 //! Either way each shard is built by exactly one task, from its rows
-//! sorted by key ([`crate::route::collect`]) under the run's shared memory budget
+//! sorted by key ([`crate::build::merge`]) under the run's shared memory budget
 //! ([`crate::route::budget`]).
 
 use std::any::Any;
@@ -36,13 +36,14 @@ use sf_manifest::DbId;
 
 use crate::build::backend::{Row, ShardBuilder, backend_for};
 use crate::build::local_build::{Built, build_context, build_rows, work_dir};
+use crate::build::merge::SortStats;
 use crate::build::shard_result::{ShardResult, result_schema};
 use crate::build::spec::ShardWriteSpec;
 use crate::build::task_ids::{TaskIds, task_ids};
 use crate::build::upload::upload_shard;
 use crate::error::{Error, Result};
 use crate::progress;
-use crate::route::collect::{RowCollector, SortStats};
+use crate::route::collect::RowCollector;
 use crate::route::routed_batch::encode_batch;
 
 /// How a [`ShardWriteExec`] receives each shard's rows.

@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 use sf_manifest::{KeyEncoding, Location, RunId, StorageOptions};
 
 use crate::build::backend::{BackendConfig, DuplicatePolicy};
+use crate::build::merge::Order;
 use crate::build::ratelimit::RateLimits;
 use crate::config::RetryPolicy;
 use crate::error::Result;
 use crate::route::budget;
-use crate::route::collect::{CollectorSettings, MAX_RUN_BYTES, Order};
+use crate::route::collect::{CollectorSettings, MAX_RUN_BYTES};
 use crate::route::encode::ValueSpec;
 
 /// What every shard task of a run needs to know.

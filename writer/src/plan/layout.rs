@@ -9,7 +9,7 @@
 //!       <input plan>
 //! ```
 //!
-//! Each shard task sorts its own rows ([`crate::route::collect`]), in memory the
+//! Each shard task sorts its own rows ([`crate::build::merge`]), in memory the
 //! job bounds, so the plan has no sort.
 //!
 //! That is the layout on a cluster, where the hash repartition becomes the

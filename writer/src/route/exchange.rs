@@ -41,13 +41,14 @@ use tokio::sync::mpsc::Sender;
 use tokio::task::JoinSet;
 
 use crate::build::local_build::{build_rows, build_slots, work_dir};
+use crate::build::merge::{Order, ShardRows};
 use crate::build::shard_result::{ShardResult, result_schema};
 use crate::build::spec::ShardWriteSpec;
 use crate::build::task_ids::TaskIds;
 use crate::build::upload::upload_shard;
 use crate::error::{Error, Result};
 use crate::progress;
-use crate::route::collect::{Order, RowCollector, ShardRows};
+use crate::route::collect::RowCollector;
 use crate::route::routed_batch::encode_batch;
 
 /// Result rows sent downstream at once.

@@ -30,10 +30,11 @@ use super::spool::SPOOL_BUFFER;
 use crate::build::backend::contract::{
     AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardContent, StagedShard,
 };
+use crate::build::merge::Order;
 use crate::build::ratelimit::RateLimits;
 use crate::error::{Error, Result};
 use crate::route::budget::MemoryBudget;
-use crate::route::collect::{CollectorSettings, MAX_RUN_BYTES, Order, RowCollector};
+use crate::route::collect::{CollectorSettings, MAX_RUN_BYTES, RowCollector};
 use arrow::array::BinaryArray;
 use sf_manifest::{KeyEncoding, StorageOptions};
 use std::sync::atomic::AtomicUsize;
