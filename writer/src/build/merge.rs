@@ -28,7 +28,7 @@ use sf_manifest::{DbId, KeyEncoding};
 use crate::build::backend::{DuplicatePolicy, Row};
 use crate::error::{Error, Result};
 use crate::route::chunk::{Chunk, duplicate_error, key_prefix};
-use crate::route::spill::{RunWriter, Segment, SegmentReader, SpillFile};
+use crate::route::spill::{Segment, SegmentReader, SegmentWriter, SpillFile};
 
 /// Sources merged at once; more are merged in several passes.
 pub const MAX_FAN_IN: usize = 16;
@@ -137,28 +137,28 @@ impl ShardRows {
         }
         let mut cursors = self.cursors()?;
         let chunks = &self.chunks;
-        let mut out = Emitter::default();
+        let mut batch = SinkBatch::default();
         let mut rows = 0u64;
-        let mut emit = |cursor: &Cursor, key: &[u8], value: &[u8]| {
+        let mut hand_on = |cursor: &Cursor, key: &[u8], value: &[u8]| {
             rows += 1;
-            out.push(cursor, key, value, chunks, sink)
+            batch.push(cursor, key, value, chunks, sink)
         };
         match self.order {
             Order::Key => {
-                self.duplicates += merge(&mut cursors, chunks, db_id, policy, encoding, &mut emit)?;
+                self.duplicates += merge(&mut cursors, chunks, db_id, policy, encoding, &mut hand_on)?;
             }
             Order::Arrival => {
                 for c in &mut cursors {
                     c.advance(chunks)?;
                     while c.live {
                         let (k, v) = c.row(chunks);
-                        emit(c, k, v)?;
+                        hand_on(c, k, v)?;
                         c.advance(chunks)?;
                     }
                 }
             }
         }
-        out.flush(chunks, sink)?;
+        batch.flush(chunks, sink)?;
         Ok(SortStats {
             rows,
             duplicates: self.duplicates,
@@ -218,7 +218,7 @@ impl ShardRows {
             let path = dir.join(format!("merge-{:05}.sfspill", self.merged));
             self.merged += 1;
             let file = Arc::new(SpillFile { path: path.clone() });
-            let mut out = RunWriter::create(&path)?;
+            let mut out = SegmentWriter::create(&path)?;
             self.duplicates += merge(
                 &mut cursors,
                 &chunks,
@@ -247,16 +247,17 @@ struct Cursor {
     live: bool,
     /// The current key's first 8 bytes (see [`key_prefix`]).
     prefix: u64,
-    at: At,
+    position: Position,
 }
 
-enum At {
-    /// Row `row - 1` of chunk `chunk` is current.
-    Memory {
-        chunk: usize,
-        row: usize,
-    },
-    Disk(SegmentReader),
+/// Where a cursor reads.
+enum Position {
+    /// In chunk `chunk` of the merge's chunks, before row `next_row` (so
+    /// row `next_row - 1` is current).
+    InChunk { chunk: usize, next_row: usize },
+    /// In a segment on disk, through its reader (which holds the current
+    /// row).
+    InSegment(SegmentReader),
 }
 
 impl Cursor {
@@ -265,7 +266,7 @@ impl Cursor {
             seq,
             live: false,
             prefix: 0,
-            at: At::Memory { chunk, row: 0 },
+            position: Position::InChunk { chunk, next_row: 0 },
         }
     }
 
@@ -274,22 +275,22 @@ impl Cursor {
             seq: segment.seq,
             live: false,
             prefix: 0,
-            at: At::Disk(SegmentReader::open(segment)?),
+            position: Position::InSegment(SegmentReader::open(segment)?),
         })
     }
 
     /// Moves to the next row; at the end `live` turns false.
     fn advance(&mut self, chunks: &[Chunk]) -> Result<()> {
-        match &mut self.at {
-            At::Memory { chunk, row } => {
+        match &mut self.position {
+            Position::InChunk { chunk, next_row } => {
                 let c = &chunks[*chunk];
-                self.live = *row < c.rows.len();
+                self.live = *next_row < c.rows.len();
                 if self.live {
-                    self.prefix = c.rows[*row].prefix;
-                    *row += 1;
+                    self.prefix = c.rows[*next_row].prefix;
+                    *next_row += 1;
                 }
             }
-            At::Disk(r) => {
+            Position::InSegment(r) => {
                 self.live = r.advance()?;
                 if self.live {
                     self.prefix = key_prefix(&r.key);
@@ -301,13 +302,13 @@ impl Cursor {
 
     /// The current row (only while `live`).
     fn row<'a>(&'a self, chunks: &'a [Chunk]) -> (&'a [u8], &'a [u8]) {
-        match &self.at {
-            At::Memory { chunk, row } => {
+        match &self.position {
+            Position::InChunk { chunk, next_row } => {
                 let c = &chunks[*chunk];
-                let r = &c.rows[*row - 1];
+                let r = &c.rows[*next_row - 1];
                 (c.key(r), c.value(r))
             }
-            At::Disk(r) => (&r.key, &r.value),
+            Position::InSegment(r) => (&r.key, &r.value),
         }
     }
 
@@ -316,8 +317,9 @@ impl Cursor {
     }
 }
 
-/// Receives merged rows: the cursor they come from, key and value.
-type Emit<'a> = dyn FnMut(&Cursor, &[u8], &[u8]) -> Result<()> + 'a;
+/// Where a merge puts each row it picks: the cursor the row comes from,
+/// its key and its value.
+type MergeOutput<'a> = dyn FnMut(&Cursor, &[u8], &[u8]) -> Result<()> + 'a;
 
 /// Merges sources (oldest first, each sorted with each key once) into one
 /// key-ordered stream, each key once, the newest source's row winning;
@@ -328,7 +330,7 @@ fn merge(
     db_id: DbId,
     policy: DuplicatePolicy,
     encoding: KeyEncoding,
-    emit: &mut Emit<'_>,
+    output: &mut MergeOutput<'_>,
 ) -> Result<u64> {
     for c in cursors.iter_mut() {
         c.advance(chunks)?;
@@ -371,34 +373,30 @@ fn merge(
             }
         }
         let (k, v) = cursors[best].row(chunks);
-        emit(&cursors[best], k, v)?;
+        output(&cursors[best], k, v)?;
         cursors[best].advance(chunks)?;
     }
     Ok(duplicates)
 }
 
-/// Builds the slices handed to the sink: rows of chunks in memory by
-/// reference, rows read from disk copied into one buffer.
+/// The next slice of rows for the builder's sink, handed on at
+/// [`CHUNK_ROWS`] rows: rows of chunks in memory by reference, rows read
+/// from disk copied into one buffer.
 #[derive(Default)]
-struct Emitter {
+struct SinkBatch {
     data: Vec<u8>,
-    rows: Vec<Emitted>,
+    rows: Vec<PendingRow>,
 }
 
-enum Emitted {
-    Memory {
-        chunk: usize,
-        row: usize,
-    },
+/// A row of a [`SinkBatch`], until the slice is handed on.
+enum PendingRow {
+    /// Row `row` of chunk `chunk`, still in memory.
+    InChunk { chunk: usize, row: usize },
     /// Key and value in `data`: key at `start..mid`, value at `mid..end`.
-    Copied {
-        start: usize,
-        mid: usize,
-        end: usize,
-    },
+    Copied { start: usize, mid: usize, end: usize },
 }
 
-impl Emitter {
+impl SinkBatch {
     fn push(
         &mut self,
         cursor: &Cursor,
@@ -407,17 +405,17 @@ impl Emitter {
         chunks: &[Chunk],
         sink: &mut dyn FnMut(&[Row<'_>]) -> Result<()>,
     ) -> Result<()> {
-        match &cursor.at {
-            At::Memory { chunk, row } => self.rows.push(Emitted::Memory {
+        match &cursor.position {
+            Position::InChunk { chunk, next_row } => self.rows.push(PendingRow::InChunk {
                 chunk: *chunk,
-                row: *row - 1,
+                row: *next_row - 1,
             }),
-            At::Disk(_) => {
+            Position::InSegment(_) => {
                 let start = self.data.len();
                 self.data.extend_from_slice(key);
                 let mid = self.data.len();
                 self.data.extend_from_slice(value);
-                self.rows.push(Emitted::Copied {
+                self.rows.push(PendingRow::Copied {
                     start,
                     mid,
                     end: self.data.len(),
@@ -438,12 +436,12 @@ impl Emitter {
             .rows
             .iter()
             .map(|e| match e {
-                Emitted::Memory { chunk, row } => {
+                PendingRow::InChunk { chunk, row } => {
                     let c = &chunks[*chunk];
                     let r = &c.rows[*row];
                     (c.key(r), c.value(r))
                 }
-                Emitted::Copied { start, mid, end } => (&self.data[*start..*mid], &self.data[*mid..*end]),
+                PendingRow::Copied { start, mid, end } => (&self.data[*start..*mid], &self.data[*mid..*end]),
             })
             .collect();
         sink(&rows)?;

@@ -213,7 +213,7 @@ async fn write_partition(
 ) -> Result<ShardResult> {
     let started = Instant::now();
     let run = progress::run(&spec.run_id, spec.upload_concurrency);
-    let mut stage: Option<(Stage, tempfile::TempDir)> = None;
+    let mut intake: Option<(Intake, tempfile::TempDir)> = None;
     while let Some(batch) = input.next().await {
         let batch = batch?;
         if batch.num_rows() == 0 {
@@ -221,17 +221,17 @@ async fn write_partition(
         }
         let (dbs, keys, values) = encode_batch(spec, &batch, Some(db_id))?;
         let rows = keys.len() as u64;
-        let (current, dir) = match stage.take() {
+        let (current, dir) = match intake.take() {
             Some(s) => s,
             None => {
                 let dir = work_dir(spec, db_id)?;
-                (Stage::new(spec, db_id, dir.path())?, dir)
+                (Intake::new(spec, db_id, dir.path())?, dir)
             }
         };
-        stage = Some((current.add(db_id, dbs, keys, values).await?, dir));
+        intake = Some((current.add(db_id, dbs, keys, values).await?, dir));
         run.add_rows(rows);
     }
-    let Some((current, dir)) = stage else {
+    let Some((current, dir)) = intake else {
         run.shard_done();
         return Ok(ShardResult::empty(db_id, started.elapsed().as_millis() as u64, task));
     };
@@ -243,7 +243,7 @@ async fn write_partition(
 }
 
 /// Where a partition's rows go while its input is read.
-enum Stage {
+enum Intake {
     /// Into a collector of this one shard; the shard is built from it
     /// once the input ends (`sort_within_shard`).
     Sorting(Box<RowCollector>),
@@ -251,17 +251,17 @@ enum Stage {
     Direct(Box<dyn ShardBuilder>),
 }
 
-impl Stage {
+impl Intake {
     fn new(spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> Result<Self> {
         Ok(if spec.sort_within_shard {
-            Stage::Sorting(Box::new(RowCollector::new(
+            Intake::Sorting(Box::new(RowCollector::new(
                 spec.collector_settings(dir.join("spill")),
                 spec.row_budget(),
                 db_id.0,
                 1,
             )))
         } else {
-            Stage::Direct(backend_for(&spec.backend).builder(build_context(spec, db_id, dir))?)
+            Intake::Direct(backend_for(&spec.backend).builder(build_context(spec, db_id, dir))?)
         })
     }
 
@@ -269,20 +269,20 @@ impl Stage {
     async fn add(self, db_id: DbId, dbs: Vec<u32>, keys: BinaryArray, values: BinaryArray) -> Result<Self> {
         let join = |e: tokio::task::JoinError| Error::Internal(format!("shard {db_id} build task: {e}"));
         match self {
-            Stage::Sorting(mut collector) => tokio::task::spawn_blocking(move || {
+            Intake::Sorting(mut collector) => tokio::task::spawn_blocking(move || {
                 let settings = collector.settings().clone();
                 for (db, mut chunk) in collector.push(&dbs, &keys, &values)? {
                     chunk.sort(DbId(db), settings.on_duplicate, settings.key_encoding)?;
                     collector.put_sealed(db, chunk)?;
                 }
-                Ok(Stage::Sorting(collector))
+                Ok(Intake::Sorting(collector))
             })
             .await
             .map_err(join)?,
-            Stage::Direct(mut builder) => tokio::task::spawn_blocking(move || {
+            Intake::Direct(mut builder) => tokio::task::spawn_blocking(move || {
                 let rows: Vec<Row<'_>> = (0..keys.len()).map(|i| (keys.value(i), values.value(i))).collect();
                 builder.add(&rows)?;
-                Ok(Stage::Direct(builder))
+                Ok(Intake::Direct(builder))
             })
             .await
             .map_err(join)?,
@@ -293,7 +293,7 @@ impl Stage {
     async fn finish(self, spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> Result<Built> {
         let join = |e: tokio::task::JoinError| Error::Internal(format!("shard {db_id} build task: {e}"));
         match self {
-            Stage::Direct(builder) => {
+            Intake::Direct(builder) => {
                 let staged = tokio::task::spawn_blocking(move || builder.finish())
                     .await
                     .map_err(join)??;
@@ -302,7 +302,7 @@ impl Stage {
                     sorted: SortStats::default(),
                 })
             }
-            Stage::Sorting(mut collector) => {
+            Intake::Sorting(mut collector) => {
                 let rows = collector
                     .take_shard(db_id.0)?
                     .ok_or_else(|| Error::Internal(format!("shard {db_id} received rows but holds none")))?;

@@ -33,7 +33,7 @@ use crate::build::merge::{Order, ShardRows};
 use crate::error::{Error, Result};
 use crate::route::budget::MemoryBudget;
 use crate::route::chunk::{Chunk, ROW_BYTES};
-use crate::route::spill::{RunWriter, Segment, SpillFile};
+use crate::route::spill::{Segment, SegmentWriter, SpillFile};
 
 /// Size at which a chunk is sealed (and sorted): sorting in pieces of this
 /// size while the input is still arriving, then merging, measured faster
@@ -225,7 +225,7 @@ impl RowCollector {
             .map_err(|e| Error::io(format!("creating the spill folder {}", dir.display()), e))?;
         let path = dir.join(format!("rows-{:05}.sfspill", self.spills));
         let file = Arc::new(SpillFile { path: path.clone() });
-        let mut out = RunWriter::create(&path)?;
+        let mut out = SegmentWriter::create(&path)?;
         let (order, policy, encoding) = (
             self.settings.order,
             self.settings.on_duplicate,

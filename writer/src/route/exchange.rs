@@ -89,9 +89,9 @@ async fn exchange(
     )));
 
     // Read every input partition into the collector.
-    let mut drains = JoinSet::new();
+    let mut readers = JoinSet::new();
     for partition in 0..input.properties().output_partitioning().partition_count() {
-        drains.spawn(drain(
+        readers.spawn(collect_partition(
             Arc::clone(&spec),
             Arc::clone(&input),
             partition,
@@ -99,7 +99,7 @@ async fn exchange(
             Arc::clone(&collector),
         ));
     }
-    while let Some(done) = drains.join_next().await {
+    while let Some(done) = readers.join_next().await {
         // The first failure ends the build; dropping the set stops the rest.
         done.map_err(|e| Error::Internal(format!("an input task failed: {e}")))??;
     }
@@ -162,7 +162,7 @@ async fn send(tx: &Sender<DfResult<RecordBatch>>, results: &mut Vec<ShardResult>
 }
 
 /// Reads one input partition into the collector.
-async fn drain(
+async fn collect_partition(
     spec: Arc<ShardWriteSpec>,
     input: Arc<dyn ExecutionPlan>,
     partition: usize,

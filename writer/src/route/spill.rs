@@ -39,18 +39,19 @@ pub(crate) struct Segment {
     pub(crate) seq: u64,
 }
 
-/// Writes records (`u32` LE length, key, `u32` LE length, value).
-pub(crate) struct RunWriter {
+/// Writes a spill file's records (`u32` LE length, key, `u32` LE length,
+/// value); a segment is the records between two of its positions.
+pub(crate) struct SegmentWriter {
     out: BufWriter<File>,
     path: PathBuf,
     written: u64,
 }
 
-impl RunWriter {
+impl SegmentWriter {
     pub(crate) fn create(path: &Path) -> Result<Self> {
         let file =
             File::create(path).map_err(|e| Error::io(format!("creating the spill file {}", path.display()), e))?;
-        Ok(RunWriter {
+        Ok(SegmentWriter {
             out: BufWriter::with_capacity(WRITE_BUFFER, file),
             path: path.to_path_buf(),
             written: 0,
