@@ -4,12 +4,11 @@
 //! [`ShardRows::drain`] hands a shard's rows (its chunks in memory and its
 //! segments on disk, as
 //! [`RowCollector::take_shard`](crate::route::collect::RowCollector::take_shard)
-//! gives them) to a shard
-//! builder in key order, each key once, in slices of up to [`CHUNK_ROWS`]
-//! rows, through a merge of the chunks and segments, at most
-//! [`MAX_FAN_IN`] at a time (more are first merged into fewer, in passes
-//! over consecutive groups). Rows still in memory reach the builder by
-//! reference, without a copy.
+//! gives them) to a shard builder in key order, each key once, in slices
+//! of up to [`CHUNK_ROWS`] rows, through a merge of the chunks and
+//! segments, at most [`MAX_FAN_IN`] at a time (more are first merged into
+//! fewer, in passes over consecutive groups). Rows still in memory reach
+//! the builder by reference, without a copy.
 //!
 //! Without sorting ([`Order::Arrival`]) chunks and segments keep arrival
 //! order and the drain concatenates them in that order.

@@ -2,8 +2,9 @@
 //! built on local disk from its rows sorted by key, then uploaded into an
 //! attempt folder the task claimed.
 //!
-//! - `shard_task.rs`: the plan node [`ShardWriteExec`](shard_task::ShardWriteExec)
-//!   and the task that writes one shard from its input partition;
+//! - `shard_task.rs`: the plan node
+//!   [`ShardWriteExec`](shard_task::ShardWriteExec) and the task that
+//!   writes one shard from its input partition;
 //! - `spec.rs`: what every shard task of a run needs to know;
 //! - `task_ids.rs`: the engine's ids of the running task, when it has them;
 //! - `shard_result.rs`: the one result row each shard yields;

@@ -15,8 +15,8 @@
 //!   shard's result row from its one output partition.
 //!
 //! Either way each shard is built by exactly one task, from its rows
-//! sorted by key ([`crate::build::merge`]) under the run's shared memory budget
-//! ([`crate::route::budget`]).
+//! sorted by key ([`crate::build::merge`]) under the run's shared memory
+//! budget ([`crate::route::budget`]).
 
 use std::any::Any;
 use std::fmt;

@@ -44,8 +44,8 @@ pub struct ShardWriteSpec {
     /// (each key once), in bounded memory with spills to `work_dir`.
     pub sort_within_shard: bool,
     /// Bytes of rows the shard tasks of this run hold in memory in one
-    /// process, shared on demand ([`crate::route::budget`]); beyond it they spill
-    /// sorted runs to `work_dir`.
+    /// process, shared on demand ([`crate::route::budget`]); beyond it they
+    /// spill sorted runs to `work_dir`.
     pub row_memory_bytes: u64,
     /// Write limits per shard attempt.
     pub limits: RateLimits,

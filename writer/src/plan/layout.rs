@@ -9,8 +9,8 @@
 //!       <input plan>
 //! ```
 //!
-//! Each shard task sorts its own rows ([`crate::build::merge`]), in memory the
-//! job bounds, so the plan has no sort.
+//! Each shard task sorts its own rows ([`crate::build::merge`]), in memory
+//! the job bounds, so the plan has no sort.
 //!
 //! That is the layout on a cluster, where the hash repartition becomes the
 //! shuffle and partition `i` becomes the task writing shard `i`.

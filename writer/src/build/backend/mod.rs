@@ -4,9 +4,10 @@
 //!
 //! 1. **Build** ([`ShardBuilder`], blocking, local): the task's rows arrive
 //!    as encoded keys and values, by default in key order with each key
-//!    once (the run's [`RowCollector`](crate::route::collect::RowCollector) sees to
-//!    that), and are staged on local disk (a SQLite file, or a spool of
-//!    records for SlateDB). No remote I/O happens here, so the input stream
+//!    once (the run's
+//!    [`RowCollector`](crate::route::collect::RowCollector) sees to that),
+//!    and are staged on local disk (a SQLite file, or a spool of records
+//!    for SlateDB). No remote I/O happens here, so the input stream
 //!    is consumed at local speed and only once.
 //! 2. **Upload** ([`StagedShard::upload`], async, remote, retryable): the
 //!    staged shard goes into one claimed attempt folder. A retryable

@@ -1,9 +1,9 @@
 //! The SlateDB backend: one SlateDB database per shard, rooted at the
 //! attempt folder itself (docs/FORMAT.md).
 //!
-//! Phase 1 ([`ShardBuilder`](crate::build::backend::ShardBuilder)) needs the rows sorted by key, each key once
-//! (the shard sorter's output). It streams them to a
-//! local spool file of records (`u32` LE key length, key, `u32` LE value
+//! Phase 1 ([`ShardBuilder`](crate::build::backend::ShardBuilder)) needs
+//! the rows sorted by key, each key once (the shard sorter's output). It
+//! streams them to a local spool file of records (`u32` LE key length, key, `u32` LE value
 //! length, value), so memory is the write buffer whatever the shard's size.
 //! The checksum is xxh3-128 over exactly those records, in key order
 //! (`xxh3_128-kv:<hex>`): it describes the logical content, so it can be
@@ -39,11 +39,12 @@
 //! the attempt fails as retryable and SlateDB's store is cut off, so that
 //! its background tasks stop too.
 //!
-//! The backend in files: `backend` (the [`ShardBackend`](crate::build::backend::ShardBackend)),
-//! `settings` (the knobs), `spool` (phase 1), `upload` (phase 2),
-//! `compaction` (the final merge), `read` (verification and reading back),
-//! and `ops`, what they all share: the per-operation context with its
-//! guarded store, stall timeout and errors.
+//! The backend in files: `backend` (the
+//! [`ShardBackend`](crate::build::backend::ShardBackend)), `settings` (the
+//! knobs), `spool` (phase 1), `upload` (phase 2), `compaction` (the final
+//! merge), `read` (verification and reading back), and `ops`, what they
+//! all share: the per-operation context with its guarded store, stall
+//! timeout and errors.
 
 mod backend;
 mod compaction;
