@@ -42,8 +42,8 @@ use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
-use sf_writer::adapter::SlateDbSettings;
-use sf_writer::adapter::sqlite_pages::SqliteFileWriter;
+use sf_writer::build::backend::SlateDbSettings;
+use sf_writer::build::backend::sqlite_pages::SqliteFileWriter;
 
 const VALUE_BYTES: usize = 100;
 const SLATE_BATCH: usize = 8192;

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sf_writer::gates::{GateResult, Verdict};
 use sf_writer::job::{Outcome, ProgressSink};
+use sf_writer::publish::verdict::{GateResult, Verdict};
 
 use crate::exit::{self, Failure};
 
@@ -355,12 +355,12 @@ mod tests {
     fn metrics_are_prometheus_text_with_escaped_labels() {
         let recorder = Recorder::new(None);
         recorder.phase("writing shards");
-        recorder.gate(&sf_writer::gates::measured(
+        recorder.gate(&sf_writer::publish::gates::measured(
             "min_rows",
             0,
             1,
             false,
-            sf_writer::gates::OnFail::Fail,
+            sf_writer::publish::gates::OnFail::Fail,
             "",
         ));
         let failed: Result<Outcome, Failure> = Err(Failure::new(ErrorKind::Gate, "validation gate min_rows failed"));

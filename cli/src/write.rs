@@ -249,7 +249,7 @@ async fn claimed_shards(shards: &sf_manifest::Location) -> Option<usize> {
     let metas: Vec<_> = shards.store.list(Some(&shards.path)).try_collect().await.ok()?;
     let dbs: std::collections::BTreeSet<String> = metas
         .iter()
-        .filter(|m| m.location.filename() == Some(sf_writer::exec::CLAIM_FILE))
+        .filter(|m| m.location.filename() == Some(sf_manifest::format::layout::CLAIM_FILE))
         .filter_map(|m| {
             m.location
                 .parts()

@@ -42,9 +42,10 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use sf_warehouse::ShardTable;
 use sf_warehouse::table::{LookupParts, ScanParts, ShardLookupExec, ShardScanExec, TableSource};
-use sf_writer::exec::{ShardWriteExec, ShardWriteSpec};
-use sf_writer::partition::{PARTITION_KEY_UDF, PartitionKeyUdf, RoutingSpec, SHARD_ID_UDF, ShardIdUdf};
-use sf_writer::plan::ShardWriteNode;
+use sf_writer::build::shard_task::ShardWriteExec;
+use sf_writer::build::spec::ShardWriteSpec;
+use sf_writer::plan::node::ShardWriteNode;
+use sf_writer::plan::udf::{PARTITION_KEY_UDF, PartitionKeyUdf, RoutingSpec, SHARD_ID_UDF, ShardIdUdf};
 
 use crate::options::without_secrets;
 

@@ -11,7 +11,7 @@ use ballista_executor::executor_process::ExecutorProcessConfig;
 use ballista_scheduler::config::SchedulerConfig;
 use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionConfig;
-use sf_writer::exec::TaskIds;
+use sf_writer::build::task_ids::TaskIds;
 
 use crate::codec::{ShardForgeLogicalCodec, ShardForgePhysicalCodec};
 use crate::options::ShardForgeOptions;
@@ -73,7 +73,7 @@ impl Register for ExecutorProcessConfig {
         self.override_runtime_producer = Some(Arc::new(move |config: &SessionConfig| {
             store::runtime_for(config, work_dir.as_deref())
         }));
-        sf_writer::exec::set_task_ids_fn(ballista_task_ids);
+        sf_writer::build::task_ids::set_task_ids_fn(ballista_task_ids);
         self
     }
 }

@@ -7,7 +7,9 @@
 //! task must not turn every later caller into a panic too: nothing from
 //! outside may take the process down. So every crate takes its locks
 //! through [`lock`], [`read`] and [`write()`], which hand out the guard
-//! whether or not the lock is poisoned, and never `lock().expect(..)`.
+//! whether or not the lock is poisoned, and never `lock().expect(..)`; a
+//! mutex whose sharing has ended gives its value back through
+//! [`into_inner`].
 //!
 //! A critical section that could leave its data half-updated must be
 //! written so it cannot panic half-way (compute first, then assign), not
@@ -28,6 +30,12 @@ pub fn read<T: ?Sized>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// Takes `l` for writing, recovering the guard of a poisoned lock.
 pub fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The value of a mutex nobody shares any more, recovered from a poisoned
+/// lock like the guards above.
+pub fn into_inner<T>(m: Mutex<T>) -> T {
+    m.into_inner().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -52,5 +60,7 @@ mod tests {
         *lock(&m) += 1;
         *write(&l) += 1;
         assert_eq!((*lock(&m), *read(&l)), (2, 3));
+        let m = Arc::try_unwrap(m).expect("no other holder");
+        assert_eq!(into_inner(m), 2);
     }
 }

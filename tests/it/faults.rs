@@ -433,7 +433,7 @@ async fn a_row_in_the_wrong_partition_fails_its_shard_task() {
     let partitions = vec![vec![batch(&[1], &[0])], vec![batch(&[2, 3, 4], &[1, 1, 0])], vec![]];
     let schema = partitions[0][0].schema();
     let input = MemorySourceConfig::try_new_exec(&partitions, schema, None).expect("memory input");
-    let write = sf_writer::exec::ShardWriteExec::new(Arc::clone(&spec), input);
+    let write = sf_writer::build::shard_task::ShardWriteExec::new(Arc::clone(&spec), input);
     let stream = write.execute(1, prepared.ctx.task_ctx()).expect("the task starts");
     let e = stream
         .try_collect::<Vec<_>>()

@@ -241,7 +241,7 @@ async fn the_four_modes_on_the_file_system() {
 
     // append with on_duplicate = error refuses a key already in the table.
     let mut strict = table_job("id", 4);
-    strict.write.on_duplicate = sf_writer::adapter::DuplicatePolicy::Error;
+    strict.write.on_duplicate = sf_writer::build::backend::DuplicatePolicy::Error;
     let e = wh
         .save(
             frame(&ctx, users(65..66, "v5")),

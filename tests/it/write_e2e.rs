@@ -461,9 +461,9 @@ prefix = "out-{num_dbs}"
             .expect("physical");
         let writer = plan
             .as_any()
-            .downcast_ref::<sf_writer::exec::ShardWriteExec>()
+            .downcast_ref::<sf_writer::build::shard_task::ShardWriteExec>()
             .expect("the write node is the root");
-        assert_eq!(writer.mode(), sf_writer::exec::InputMode::Exchange);
+        assert_eq!(writer.mode(), sf_writer::build::shard_task::InputMode::Exchange);
         assert_eq!(plan.output_partitioning().partition_count(), 1);
 
         // The cluster layout: one partition per shard.
@@ -488,9 +488,9 @@ prefix = "out-{num_dbs}"
             .expect("physical");
         let writer = plan
             .as_any()
-            .downcast_ref::<sf_writer::exec::ShardWriteExec>()
+            .downcast_ref::<sf_writer::build::shard_task::ShardWriteExec>()
             .expect("the write node is the root");
-        assert_eq!(writer.mode(), sf_writer::exec::InputMode::Partitioned);
+        assert_eq!(writer.mode(), sf_writer::build::shard_task::InputMode::Partitioned);
         let below = writer.input();
         assert_eq!(below.output_partitioning().partition_count(), num_dbs as usize);
         let parts = collect_partitioned(Arc::clone(below), p.ctx.task_ctx())

@@ -87,7 +87,7 @@ pub async fn read_snapshot(prefix: &str) -> Snapshot {
             .locate(url, Some(&manifest.build.s3_prefix))
             .expect("locate shard");
         let rows = if slatedb {
-            sf_writer::adapter::slatedb::read_all(&loc)
+            sf_writer::build::backend::slatedb::read_all(&loc)
                 .await
                 .expect("read slatedb shard")
         } else {

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sf_manifest::{Manifest, ManifestStore, ObjectManifestStore, StorageOptions};
 use sf_reader::{Reader, ReaderSettings};
-use sf_writer::gates::{GateResult, OnFail, PublishCheck, measured};
+use sf_writer::publish::gates::{OnFail, PublishCheck, measured};
+use sf_writer::publish::verdict::GateResult;
 
 /// `[validate] canary`: a file of keys read back before the flip.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -274,8 +274,9 @@ mod tests {
         };
         check_storable(&batch.schema(), "id").expect("storable");
         let cols: Vec<String> = meta.value_schema().fields().iter().map(|f| f.name().clone()).collect();
-        let values = sf_writer::value::encode_arrow_json(&batch, &cols).expect("encode");
-        let keys = sf_writer::value::encode_keys(batch.column(0).as_ref(), KeyEncoding::U64Be, "id").expect("keys");
+        let values = sf_writer::route::encode::encode_arrow_json(&batch, &cols).expect("encode");
+        let keys =
+            sf_writer::route::encode::encode_keys(batch.column(0).as_ref(), KeyEncoding::U64Be, "id").expect("keys");
         let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..2)
             .map(|i| (keys.value(i).to_vec(), values.value(i).to_vec()))
             .collect();

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sf_manifest::ObjectManifestStore;
 use sf_writer::config::JobConfig;
 use sf_writer::job::{BuildOptions, Engine, Outcome, build_prepared, prepare_frame};
-use sf_writer::value::ValueSpec;
+use sf_writer::route::encode::ValueSpec;
 
 use crate::error::{Error, Result};
 use crate::format::{self, TableMeta};
@@ -205,8 +205,8 @@ pub fn table_job(key_col: &str, num_dbs: u32) -> JobConfig {
         storage: Default::default(),
         // Saving a table is an API call, not a scheduled build: an empty
         // frame makes an empty table, as data frame APIs do.
-        validate: sf_writer::gates::ValidateConfig {
-            min_rows: sf_writer::gates::Limit::Value(0),
+        validate: sf_writer::publish::gates::ValidateConfig {
+            min_rows: sf_writer::publish::gates::Limit::Value(0),
             ..Default::default()
         },
         retention: None,
@@ -218,7 +218,7 @@ pub fn table_job(key_col: &str, num_dbs: u32) -> JobConfig {
 async fn appended(old: DataFrame, new: DataFrame, job: &JobConfig) -> Result<DataFrame> {
     let key = job.key_col.as_str();
     let new_keys = new.clone().select(vec![ident(key).alias("__sf_new_key")])?;
-    if job.write.on_duplicate == sf_writer::adapter::DuplicatePolicy::Error {
+    if job.write.on_duplicate == sf_writer::build::backend::DuplicatePolicy::Error {
         let both = old
             .clone()
             .join(new_keys.clone(), JoinType::LeftSemi, &[key], &["__sf_new_key"], None)?

@@ -19,13 +19,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sf_manifest::{DbId, KeyEncoding};
-use sf_writer::adapter::sqlite::SqliteBackend;
-use sf_writer::adapter::sqlite_pages::SqliteFileWriter;
-use sf_writer::adapter::{
+use sf_writer::build::backend::sqlite::SqliteBackend;
+use sf_writer::build::backend::sqlite_pages::SqliteFileWriter;
+use sf_writer::build::backend::{
     BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, SqliteSettings,
 };
-use sf_writer::ratelimit::RateLimits;
-use sf_writer::sort::CHUNK_ROWS;
+use sf_writer::build::merge::CHUNK_ROWS;
+use sf_writer::build::ratelimit::RateLimits;
 
 const DEFAULT_ROWS: usize = 2_000_000;
 const VALUE_BYTES: usize = 100;

@@ -2,7 +2,7 @@
 
 use sf_manifest::{Attempt, Cause, Classified, DbId, ErrorKind, RunId};
 
-fn gate_failures(failed: &[crate::gates::GateResult]) -> String {
+fn gate_failures(failed: &[crate::publish::verdict::GateResult]) -> String {
     let each: Vec<String> = failed
         .iter()
         .map(|g| {
@@ -92,7 +92,9 @@ pub enum Error {
 
     /// A validation gate refused the build; nothing was published.
     #[error("{}; nothing was published", gate_failures(.failed))]
-    Gate { failed: Vec<crate::gates::GateResult> },
+    Gate {
+        failed: Vec<crate::publish::verdict::GateResult>,
+    },
 
     /// Another process holds the run id (its run record's lease is live).
     #[error(

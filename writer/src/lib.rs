@@ -1,29 +1,44 @@
 //! # sf-writer: the snapshot build job
 //!
 //! Job configuration, planning on DataFusion, each shard task's external
-//! sort in bounded memory ([`sort`]), shard writers (SQLite and SlateDB),
-//! rate limiting, winner selection and publishing. The writer knows
-//! snapshot prefixes only, and never reads snapshots back through the
-//! online reader.
+//! sort in bounded memory, shard writers (SQLite and SlateDB), rate
+//! limiting, winner selection and publishing. The writer knows snapshot
+//! prefixes only, and never reads snapshots back through the online
+//! reader.
 //!
 //! [`job::build`] runs a job file's build on an [`job::Engine`] (embedded
 //! DataFusion here; Ballista in `sf-executor`).
+//!
+//! ## The map
+//!
+//! The folders follow a build's rows from the plan to the published
+//! snapshot:
+//!
+//! ```text
+//! plan ──> route ──> build ──> publish
+//! ```
+//!
+//! - [`plan`]: the write as a DataFusion plan, routing functions included;
+//! - [`route`]: routed rows encoded and collected into their shards in
+//!   bounded memory, and the in-process exchange;
+//! - [`build`]: one task per shard, sorting its rows, building the shard
+//!   locally with a backend (SQLite, SlateDB) and uploading it into a
+//!   claimed attempt;
+//! - [`publish`]: winners picked and verified, the validation gates, the
+//!   manifest written and `_CURRENT` swapped.
+//!
+//! Around them: [`config`] (the job file), [`input`] (reading the input),
+//! [`job`] (running a build end to end), [`progress`] (a run's counters)
+//! and [`error`].
 
-pub mod adapter;
-pub mod budget;
+pub mod build;
 pub mod config;
 pub mod error;
-pub mod exchange;
-pub mod exec;
-pub mod finish;
-pub mod gates;
 pub mod input;
 pub mod job;
-pub mod partition;
 pub mod plan;
 pub mod progress;
-pub mod ratelimit;
-pub mod sort;
-pub mod value;
+pub mod publish;
+pub mod route;
 
 pub use error::{Error, Result};

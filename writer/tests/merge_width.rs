@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use arrow::array::BinaryArray;
 use sf_manifest::{DbId, KeyEncoding};
-use sf_writer::adapter::DuplicatePolicy;
-use sf_writer::budget::MemoryBudget;
-use sf_writer::sort::{CollectorSettings, MAX_FAN_IN, Order, RowCollector};
+use sf_writer::build::backend::DuplicatePolicy;
+use sf_writer::build::merge::{MAX_FAN_IN, Order};
+use sf_writer::route::budget::MemoryBudget;
+use sf_writer::route::collect::{CollectorSettings, RowCollector};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")

@@ -19,11 +19,11 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::logical_plan::AsLogicalPlan;
 use datafusion_proto::physical_plan::AsExecutionPlan;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use sf_writer::build::shard_task::ShardWriteExec;
 use sf_writer::config::JobConfig;
-use sf_writer::exec::ShardWriteExec;
 use sf_writer::job::{Engine, prepare};
-use sf_writer::partition::PARTITION_KEY_COL;
-use sf_writer::plan::ShardWriteNode;
+use sf_writer::plan::node::ShardWriteNode;
+use sf_writer::plan::udf::PARTITION_KEY_COL;
 
 use super::*;
 use crate::codec::{ShardForgeLogicalCodec, ShardForgePhysicalCodec};
@@ -244,21 +244,21 @@ fn foreign_bytes_go_to_ballista_and_mismatched_functions_are_refused() {
     use datafusion_proto::logical_plan::LogicalExtensionCodec;
     use datafusion_proto::physical_plan::PhysicalExtensionCodec;
     let physical = ShardForgePhysicalCodec::default();
-    let spec = sf_writer::partition::RoutingSpec {
+    let spec = sf_writer::plan::udf::RoutingSpec {
         sharding: sf_manifest::ShardingSpec::hash(),
         num_dbs: 3,
         key_encoding: sf_manifest::KeyEncoding::U64Be,
         key_col: "id".into(),
         extra_cols: vec![],
     };
-    let udf = sf_writer::partition::ShardIdUdf::udf(spec.clone());
+    let udf = sf_writer::plan::udf::ShardIdUdf::udf(spec.clone());
     let mut buf = vec![];
     physical.try_encode_udf(&udf, &mut buf).expect("encode");
     let back = physical.try_decode_udf("sf_shard_id", &buf).expect("decode");
     let inner = back
         .inner()
         .as_any()
-        .downcast_ref::<sf_writer::partition::ShardIdUdf>()
+        .downcast_ref::<sf_writer::plan::udf::ShardIdUdf>()
         .expect("our function");
     assert_eq!(inner.spec(), &spec);
     assert!(
@@ -268,13 +268,13 @@ fn foreign_bytes_go_to_ballista_and_mismatched_functions_are_refused() {
     let logical = ShardForgeLogicalCodec::default();
     let mut buf = vec![];
     logical
-        .try_encode_udf(&sf_writer::partition::PartitionKeyUdf::udf(5), &mut buf)
+        .try_encode_udf(&sf_writer::plan::udf::PartitionKeyUdf::udf(5), &mut buf)
         .expect("encode");
     let back = logical.try_decode_udf("sf_partition_key", &buf).expect("decode");
     let inner = back
         .inner()
         .as_any()
-        .downcast_ref::<sf_writer::partition::PartitionKeyUdf>()
+        .downcast_ref::<sf_writer::plan::udf::PartitionKeyUdf>()
         .expect("our function");
     assert_eq!(inner.num_dbs(), 5);
     // Other functions are not ours: nothing written, Ballista decides.

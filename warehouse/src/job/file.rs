@@ -275,7 +275,7 @@ fn take_input_table(doc: &mut JobDocument) -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use sf_manifest::Classified;
-    use sf_writer::gates::OnFail;
+    use sf_writer::publish::gates::OnFail;
 
     use super::*;
 

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sf_manifest::{CelType, KeyEncoding, RoutingValue, StorageOptions};
 
-use crate::adapter::{BackendConfig, DuplicatePolicy, SlateDbSettings, SqliteSettings};
-use crate::gates::ValidateConfig;
-use crate::ratelimit::RateLimits;
+use crate::build::backend::{BackendConfig, DuplicatePolicy, SlateDbSettings, SqliteSettings};
+use crate::build::ratelimit::RateLimits;
+use crate::publish::gates::ValidateConfig;
 
 /// A build job: where rows come from, how each becomes a key and a value,
 /// how keys are routed to shards, where and how shards are written, the

@@ -5,7 +5,7 @@ use std::path::Path;
 use sf_manifest::Classified;
 
 use super::*;
-use crate::adapter::{DuplicatePolicy, SqliteSettings};
+use crate::build::backend::{DuplicatePolicy, SqliteSettings};
 use crate::error::Result;
 
 const MINIMAL: &str = r#"

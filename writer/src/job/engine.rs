@@ -13,7 +13,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
-use crate::plan::{ShardForgeQueryPlanner, ShardWriteLayout};
+use crate::plan::layout::ShardWriteLayout;
+use crate::plan::node::ShardForgeQueryPlanner;
 
 /// Where a build's plan runs: DataFusion in this process ([`Embedded`]) or
 /// a Ballista cluster (`sf-executor`).
@@ -171,7 +172,7 @@ pub struct MemoryShares {
     pub engine_bytes: usize,
     /// Rows the shard tasks hold while they wait to be sorted and built,
     /// all shards of the run together, taken on demand
-    /// ([`crate::budget`]): half. Beyond it they spill sorted runs.
+    /// ([`crate::route::budget`]): half. Beyond it they spill sorted runs.
     pub row_bytes: u64,
     /// SQLite page cache of each shard built through SQLite's inserts
     /// (unsorted rows): a quarter, split across the builds that run at
@@ -182,7 +183,7 @@ pub struct MemoryShares {
 /// The shares of `limit_mib` for a build of `num_dbs` shards.
 pub fn memory_shares(limit_mib: u64, num_dbs: u32) -> MemoryShares {
     let limit = limit_mib << 20;
-    let builds = (crate::exec::build_slots() as u64).min(u64::from(num_dbs.max(1)));
+    let builds = (crate::build::local_build::build_slots() as u64).min(u64::from(num_dbs.max(1)));
     MemoryShares {
         engine_bytes: usize::try_from(limit / 4).unwrap_or(usize::MAX),
         row_bytes: limit / 2,
@@ -192,12 +193,12 @@ pub fn memory_shares(limit_mib: u64, num_dbs: u32) -> MemoryShares {
 
 /// The backend settings, with SQLite's page cache per shard capped to its
 /// share of the memory limit.
-pub(super) fn capped_backend(job: &JobConfig, num_dbs: u32) -> crate::adapter::BackendConfig {
+pub(super) fn capped_backend(job: &JobConfig, num_dbs: u32) -> crate::build::backend::BackendConfig {
     match job.backend() {
-        crate::adapter::BackendConfig::Sqlite(mut s) => {
+        crate::build::backend::BackendConfig::Sqlite(mut s) => {
             let share = memory_shares(job.write.memory_limit_mib, num_dbs).sqlite_cache_mib;
             s.cache_mib = s.cache_mib.min(u32::try_from(share).unwrap_or(u32::MAX));
-            crate::adapter::BackendConfig::Sqlite(s)
+            crate::build::backend::BackendConfig::Sqlite(s)
         }
         other => other,
     }

@@ -23,14 +23,16 @@ use sf_manifest::{
     Timestamp, format::layout,
 };
 
-use crate::adapter::backend_for;
+use crate::build::backend::backend_for;
+use crate::build::shard_result::ShardResult;
+use crate::build::spec::ShardWriteSpec;
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
-use crate::exec::{ShardResult, ShardWriteSpec};
-use crate::finish::{FinishInput, FinishState, finish};
-use crate::gates::{GateResult, PublishCheck, Verdict};
-use crate::plan::ShardWriteNode;
+use crate::plan::node::ShardWriteNode;
 use crate::progress;
+use crate::publish::gates::PublishCheck;
+use crate::publish::verdict::{GateResult, Verdict};
+use crate::publish::winners::{PublishInput, PublishState, publish_winners};
 
 pub mod engine;
 pub mod report;
@@ -230,7 +232,7 @@ pub async fn build_prepared(
     let written = write_shards(&ctx, spec, routed, engine, options).await;
     let write_time = write_started.elapsed();
 
-    let mut state = FinishState::default();
+    let mut state = PublishState::default();
     let outcome = match written {
         Ok(results) => {
             phase("verifying and publishing");
@@ -240,8 +242,8 @@ pub async fn build_prepared(
                     p.gate(g);
                 }
             };
-            let finished = finish(
-                FinishInput {
+            let finished = publish_winners(
+                PublishInput {
                     store: &store,
                     backend: backend_for(&job.backend()),
                     results,

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use sf_manifest::{KeyEncoding, RunId, ShardingSpec, Timestamp};
 
-use crate::gates::{GateResult, Verdict};
+use crate::publish::verdict::{GateResult, Verdict};
 
-use crate::value::ValueSpec;
+use crate::route::encode::ValueSpec;
 
 /// What a dry run reports: the resolved plan.
 #[derive(Debug, Clone, PartialEq)]

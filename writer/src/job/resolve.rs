@@ -15,12 +15,12 @@ use futures::StreamExt;
 use sf_manifest::{CelType, KeyEncoding, ManifestStore, ObjectManifestStore, RoutingValue, RunId, ShardingSpec};
 use sf_router::{CelRouting, Routed, Router, cel_column_type_fits, cel_tokens};
 
+use crate::build::spec::ShardWriteSpec;
 use crate::config::{CelMode, JobConfig, Strategy};
 use crate::error::{Error, Result};
-use crate::exec::ShardWriteSpec;
-use crate::partition::{PARTITION_KEY_COL, PartitionKeyUdf, RoutingSpec, ShardIdUdf};
-use crate::plan::ShardWriteNode;
-use crate::value::{ValueSpec, binary_value_type_fits, default_key_encoding, key_type_fits};
+use crate::plan::node::ShardWriteNode;
+use crate::plan::udf::{PARTITION_KEY_COL, PartitionKeyUdf, RoutingSpec, ShardIdUdf};
+use crate::route::encode::{ValueSpec, binary_value_type_fits, default_key_encoding, key_type_fits};
 
 use super::engine::{Engine, capped_backend, memory_shares};
 

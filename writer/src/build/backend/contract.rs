@@ -1,21 +1,5 @@
-//! Shard backends behind one trait, chosen by configuration.
-//!
-//! Writing a shard has two phases:
-//!
-//! 1. **Build** ([`ShardBuilder`], blocking, local): the task's rows arrive
-//!    as encoded keys and values, by default in key order with each key
-//!    once (the run's [`RowCollector`](crate::sort::RowCollector) sees to
-//!    that), and are staged on local disk (a SQLite file, or a spool of
-//!    records for SlateDB). No remote I/O happens here, so the input stream
-//!    is consumed at local speed and only once.
-//! 2. **Upload** ([`StagedShard::upload`], async, remote, retryable): the
-//!    staged shard goes into one claimed attempt folder. A retryable
-//!    failure is retried from the local stage into a *new* attempt, without
-//!    reading the input again.
-//!
-//! Every backend records the same [`ShardContent`] facts (rows, key range,
-//! a content checksum) and can [`verify`](ShardBackend::verify) a published
-//! attempt against them.
+//! What every backend keeps to: the two phases as traits, what a builder
+//! is told about its shard, and the content facts every backend records.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -25,16 +9,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sf_manifest::{Attempt, DbId, KeyEncoding, Location};
 
+use crate::build::ratelimit::RateLimits;
 use crate::error::Result;
-use crate::ratelimit::RateLimits;
-
-pub mod slatedb;
-pub mod sqlite;
-mod sqlite_insert;
-pub mod sqlite_pages;
-
-pub use self::slatedb::SlateDbSettings;
-pub use self::sqlite::SqliteSettings;
 
 /// What to do when two rows of a shard have the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -45,34 +21,6 @@ pub enum DuplicatePolicy {
     LastWins,
     /// The build fails, naming the shard and the key.
     Error,
-}
-
-/// Which backend writes shards, with its settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendConfig {
-    /// One SQLite file per shard (`shard.db`).
-    Sqlite(SqliteSettings),
-    /// One SlateDB database per shard, rooted at the attempt folder.
-    Slatedb(SlateDbSettings),
-}
-
-impl BackendConfig {
-    /// The backend's name as configured (`sqlite`, `slatedb`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            BackendConfig::Sqlite(_) => "sqlite",
-            BackendConfig::Slatedb(_) => "slatedb",
-        }
-    }
-}
-
-/// The backend a configuration names.
-pub fn backend_for(config: &BackendConfig) -> Arc<dyn ShardBackend> {
-    match config {
-        BackendConfig::Sqlite(s) => Arc::new(sqlite::SqliteBackend::new(s.clone())),
-        BackendConfig::Slatedb(s) => Arc::new(slatedb::SlateDbBackend::new(s.clone())),
-    }
 }
 
 /// Everything a builder needs to know about its shard.

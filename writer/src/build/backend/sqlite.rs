@@ -26,14 +26,14 @@ use sf_manifest::format::layout::SQLITE_SHARD_FILE;
 use sf_manifest::{DbId, ErrorKind, Location};
 use xxhash_rust::xxh3::Xxh3;
 
-use super::sqlite_insert::{Insert, InsertError};
-use super::sqlite_pages::{PageError, SqliteFileWriter};
-use super::{
+use super::contract::{
     AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded,
     show_key,
 };
+use super::sqlite_insert::{Insert, InsertError};
+use super::sqlite_pages::{PageError, SqliteFileWriter};
+use crate::build::ratelimit::RateLimiter;
 use crate::error::{Error, Result};
-use crate::ratelimit::RateLimiter;
 
 /// `[output.sqlite]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -464,8 +464,8 @@ fn place_local_file(from: &Path, dest: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::DuplicatePolicy;
-    use crate::ratelimit::RateLimits;
+    use crate::build::backend::contract::DuplicatePolicy;
+    use crate::build::ratelimit::RateLimits;
     use sf_manifest::{Attempt, KeyEncoding, StorageOptions};
 
     fn ctx(dir: &Path, on_duplicate: DuplicatePolicy, sorted: bool) -> BuildContext {

@@ -22,13 +22,14 @@ use sf_manifest::{
     ObjectManifestStore, RunId, ShardRow, ShardingSpec, WriterInfo, format::layout, publish::failpoint, publish::gc,
 };
 
-use crate::adapter::{ShardBackend, ShardContent};
+use crate::build::backend::{ShardBackend, ShardContent};
+use crate::build::shard_result::ShardResult;
 use crate::error::{Error, Result};
-use crate::exec::ShardResult;
-use crate::gates::{self, GateResult, PublishCheck, ValidateConfig, Verdict};
+use crate::publish::gates::{self, PublishCheck, ValidateConfig};
+use crate::publish::verdict::{GateResult, Verdict};
 
-/// Everything [`finish`] needs.
-pub(crate) struct FinishInput<'a> {
+/// Everything [`publish_winners`] needs.
+pub(crate) struct PublishInput<'a> {
     pub store: &'a ObjectManifestStore,
     pub backend: Arc<dyn ShardBackend>,
     pub results: Vec<ShardResult>,
@@ -53,10 +54,10 @@ pub(crate) struct FinishInput<'a> {
     pub on_gate: Option<&'a (dyn Fn(&GateResult) + Send + Sync)>,
 }
 
-/// What [`finish`] got done before it failed, so the caller sweeps only
+/// What [`publish_winners`] got done before it failed, so the caller sweeps only
 /// what nothing references.
 #[derive(Debug, Default)]
-pub(crate) struct FinishState {
+pub(crate) struct PublishState {
     /// Whether the manifest write was sent: from then on the manifest may
     /// exist (even when its answer was lost), so its winners must stay.
     pub manifest_sent: bool,
@@ -64,8 +65,8 @@ pub(crate) struct FinishState {
     pub winners: BTreeSet<(DbId, Attempt)>,
 }
 
-/// What [`finish`] did.
-pub(crate) struct Finished {
+/// What [`publish_winners`] did.
+pub(crate) struct PublishedBuild {
     pub manifest_ref: String,
     pub shards_written: u32,
     pub rows: u64,
@@ -78,12 +79,12 @@ pub(crate) struct Finished {
     pub gates: Vec<GateResult>,
     /// What went wrong after the publish (which stands).
     pub warnings: Vec<String>,
-    pub times: FinishTimes,
+    pub times: PublishTimes,
 }
 
-/// How long the steps of [`finish`] took.
+/// How long the steps of [`publish_winners`] took.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct FinishTimes {
+pub(crate) struct PublishTimes {
     /// Winners picked and their checksums re-read.
     pub verify: Duration,
     /// Manifest rows built, the manifest written, `_CURRENT` swapped.
@@ -136,7 +137,7 @@ pub fn pick_winners(results: &[ShardResult], num_dbs: u32) -> Result<BTreeMap<Db
     Ok(winners)
 }
 
-pub(crate) async fn finish(input: FinishInput<'_>, state: &mut FinishState) -> Result<Finished> {
+pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut PublishState) -> Result<PublishedBuild> {
     let started = Instant::now();
     let winners = pick_winners(&input.results, input.num_dbs)?;
     state.winners = winners.values().filter_map(|w| Some((w.db_id, w.attempt?))).collect();
@@ -305,7 +306,7 @@ pub(crate) async fn finish(input: FinishInput<'_>, state: &mut FinishState) -> R
     for s in &manifest.shards {
         rows_per_shard[s.db_id.index()] = s.row_count;
     }
-    Ok(Finished {
+    Ok(PublishedBuild {
         manifest_ref: written.manifest_ref,
         shards_written: manifest.shards.len() as u32,
         rows,
@@ -317,7 +318,7 @@ pub(crate) async fn finish(input: FinishInput<'_>, state: &mut FinishState) -> R
         spilled_runs: winners.values().map(|w| w.spilled_runs).sum(),
         gates: results,
         warnings,
-        times: FinishTimes {
+        times: PublishTimes {
             verify: verified - started,
             publish: publish_done - verified,
             cleanup: publish_done.elapsed(),

@@ -11,10 +11,21 @@ use sf_manifest::DbId;
 use sf_manifest::format::checksum::KvHasher;
 use tokio::io::{AsyncReadExt, BufReader as AsyncBufReader};
 
+use super::ops::Ops;
 use super::settings::SlateDbSettings;
-use super::{Ops, record_len};
-use crate::adapter::{AttemptTarget, BuildContext, Row, ShardBuilder, ShardContent, StagedShard, Uploaded, show_key};
+use crate::build::backend::contract::{
+    AttemptTarget, BuildContext, Row, ShardBuilder, ShardContent, StagedShard, Uploaded, show_key,
+};
 use crate::error::{Error, Result};
+
+/// Write buffer of the local spool (the builder's memory for rows).
+pub(super) const SPOOL_BUFFER: usize = 1 << 20;
+
+fn record_len(bytes: &[u8]) -> u32 {
+    // Keys are at most u16::MAX bytes and values are checked against
+    // u32::MAX before they get here; saturating keeps this total.
+    u32::try_from(bytes.len()).unwrap_or(u32::MAX)
+}
 
 /// Phase 1: sorted rows, each key once, to the spool.
 pub(super) struct SlateDbBuilder {

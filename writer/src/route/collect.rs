@@ -1,5 +1,4 @@
-//! Collecting the rows of many shards in bounded memory, and handing each
-//! shard's rows on sorted by key, each key once.
+//! Collecting the rows of many shards in bounded memory.
 //!
 //! A [`RowCollector`] takes rows (encoded keys and values, each with its
 //! shard) as they arrive and appends them to the shard's *open chunk*: its
@@ -20,65 +19,31 @@
 //! the shard count.
 //!
 //! [`RowCollector::take_shard`] takes one shard's rows out (its chunks and
-//! segments) and [`ShardRows::drain`] hands them to a shard builder in key
-//! order, each key once, in slices of up to [`CHUNK_ROWS`] rows, through a
-//! merge of the chunks and segments, at most [`MAX_FAN_IN`] at a time (more
-//! are first merged into fewer, in passes over consecutive groups). Rows
-//! still in memory reach the builder by reference, without a copy.
-//!
-//! Without sorting ([`Order::Arrival`]) chunks and segments keep arrival
-//! order and the drain concatenates them in that order.
-//!
-//! Equal keys: the row that arrived last wins (within a chunk, arrival
-//! order decides; a later chunk or segment beats an earlier one), or the
-//! shard fails with [`Error::DuplicateKey`] under
-//! [`DuplicatePolicy::Error`].
+//! segments) as [`ShardRows`], which the shard's build drains in key order
+//! ([`ShardRows::drain`]).
 
-use std::cmp::Ordering;
-use std::fs::File;
-use std::io::{BufReader, BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, BinaryArray};
 use sf_manifest::{DbId, KeyEncoding};
 
-use crate::adapter::{DuplicatePolicy, Row, show_key};
-use crate::budget::{MemoryBudget, Reservation};
+use crate::build::backend::DuplicatePolicy;
+use crate::build::merge::{Order, ShardRows};
 use crate::error::{Error, Result};
+use crate::route::budget::MemoryBudget;
+use crate::route::chunk::{Chunk, ROW_BYTES};
+use crate::route::spill::{Segment, SegmentWriter, SpillFile};
 
-/// Sources merged at once; more are merged in several passes.
-pub const MAX_FAN_IN: usize = 16;
 /// Size at which a chunk is sealed (and sorted): sorting in pieces of this
 /// size while the input is still arriving, then merging, measured faster
 /// than sorting big buffers once the input ends (10M rows in 16 shards:
 /// 14.8 s with 16 MiB pieces, 18.5 s with one sort per shard at the end).
 pub const MAX_RUN_BYTES: usize = 16 << 20;
-/// Rows handed to the builder per call.
-pub const CHUNK_ROWS: usize = 4096;
-/// Buffer of a spill being written, or of a merge pass's output.
-const WRITE_BUFFER: usize = 256 << 10;
-/// Buffer of each segment being read.
-const READ_BUFFER: usize = 64 << 10;
-/// First room a chunk takes for keys and values, and for index entries.
-const FIRST_DATA_BYTES: usize = 512;
-const FIRST_ROWS: usize = 8;
-/// Memory one row's index entry takes.
-const ROW_BYTES: usize = std::mem::size_of::<RowRef>();
 /// Below this, a collector refused memory grows beyond the budget instead
 /// of spilling (a spill of a few rows would only make tiny files); the
 /// overshoot is at most this much per collector.
 const MIN_SPILL_BYTES: usize = 1 << 20;
-
-/// Whether shards are handed on sorted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    /// By key, each key once.
-    Key,
-    /// In arrival order, duplicates included (the builder applies the
-    /// duplicate policy itself).
-    Arrival,
-}
 
 /// How a collector sorts and names things.
 #[derive(Debug, Clone)]
@@ -93,188 +58,6 @@ pub struct CollectorSettings {
     pub chunk_bytes: usize,
     /// Folder for spill files (created on the first spill).
     pub spill_dir: PathBuf,
-}
-
-/// What a drained shard's sort did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SortStats {
-    /// Rows handed on.
-    pub rows: u64,
-    /// Rows dropped because a later row had the same key (sorted only).
-    pub duplicates: u64,
-    /// Segments of this shard written to disk, by spills and merge
-    /// passes (0: its rows stayed in memory).
-    pub spilled_runs: u32,
-}
-
-/// One row of a chunk: where its key and value are, and the key's first
-/// 8 bytes (big endian, zero padded), which settle most comparisons.
-#[derive(Debug, Clone, Copy)]
-struct RowRef {
-    prefix: u64,
-    off: u32,
-    klen: u32,
-    vlen: u32,
-}
-
-fn key_prefix(key: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = key.len().min(8);
-    bytes[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(bytes)
-}
-
-/// Rows of one shard in memory: keys and values in one buffer, an entry
-/// per row; in arrival order until sorted.
-#[derive(Debug)]
-pub struct Chunk {
-    data: Vec<u8>,
-    rows: Vec<RowRef>,
-    /// Arrival rank among the collector's chunks and spills.
-    seq: u64,
-    sorted: bool,
-    duplicates: u64,
-    reservation: Reservation,
-}
-
-impl Chunk {
-    fn new(seq: u64, reservation: Reservation) -> Self {
-        Chunk {
-            data: Vec::new(),
-            rows: Vec::new(),
-            seq,
-            sorted: false,
-            duplicates: 0,
-            reservation,
-        }
-    }
-
-    fn held(&self) -> usize {
-        self.data.capacity() + self.rows.capacity() * ROW_BYTES
-    }
-
-    fn key(&self, r: &RowRef) -> &[u8] {
-        let off = r.off as usize;
-        &self.data[off..off + r.klen as usize]
-    }
-
-    fn value(&self, r: &RowRef) -> &[u8] {
-        let off = r.off as usize + r.klen as usize;
-        &self.data[off..off + r.vlen as usize]
-    }
-
-    /// Rows held.
-    pub fn rows(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// The room a row of `bytes` needs beyond what is held: (new data
-    /// capacity, new row capacity), or `None` when it fits. Buffers double
-    /// up to `cap` bytes of rows at a time.
-    fn growth(&self, bytes: usize, cap: usize) -> Option<(usize, usize)> {
-        let data_need = self.data.len() + bytes;
-        let rows_need = self.rows.len() + 1;
-        if data_need <= self.data.capacity() && rows_need <= self.rows.capacity() {
-            return None;
-        }
-        let grow = |have: usize, need: usize, first: usize, step: usize| {
-            if need <= have {
-                have
-            } else {
-                need.max(have + have.max(first).min(step))
-            }
-        };
-        Some((
-            grow(self.data.capacity(), data_need, FIRST_DATA_BYTES, cap.max(1)),
-            grow(self.rows.capacity(), rows_need, FIRST_ROWS, (cap / 256).max(FIRST_ROWS)),
-        ))
-    }
-
-    fn resize(&mut self, data_cap: usize, rows_cap: usize) {
-        self.data.reserve_exact(data_cap - self.data.len());
-        self.rows.reserve_exact(rows_cap - self.rows.len());
-    }
-
-    fn append(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let too_big = |what: &str, n: usize| Error::Data(format!("a {what} of {n} bytes is too large to store"));
-        let off = u32::try_from(self.data.len()).map_err(|_| too_big("shard chunk", self.data.len()))?;
-        let klen = u32::try_from(key.len()).map_err(|_| too_big("key", key.len()))?;
-        let vlen = u32::try_from(value.len()).map_err(|_| too_big("value", value.len()))?;
-        self.data.extend_from_slice(key);
-        self.data.extend_from_slice(value);
-        self.rows.push(RowRef {
-            prefix: key_prefix(key),
-            off,
-            klen,
-            vlen,
-        });
-        Ok(())
-    }
-
-    /// Sorts the rows by key and keeps each key's last row. Blocking.
-    pub fn sort(&mut self, db_id: DbId, policy: DuplicatePolicy, encoding: KeyEncoding) -> Result<()> {
-        if self.sorted {
-            return Ok(());
-        }
-        let data = &self.data;
-        let key = |r: &RowRef| &data[r.off as usize..r.off as usize + r.klen as usize];
-        // Offsets grow with arrival, so they break ties in arrival order
-        // and every entry differs: an unstable sort is exact.
-        self.rows.sort_unstable_by(|a, b| {
-            a.prefix
-                .cmp(&b.prefix)
-                .then_with(|| key(a).cmp(key(b)))
-                .then_with(|| a.off.cmp(&b.off))
-        });
-        let before = self.rows.len();
-        let mut failed = None;
-        // Of equal neighbours `dedup_by` keeps the first; walk from the end
-        // so that it is the last arrival.
-        self.rows.reverse();
-        self.rows.dedup_by(|later, kept| {
-            let same = later.prefix == kept.prefix && key(later) == key(kept);
-            if same && policy == DuplicatePolicy::Error && failed.is_none() {
-                failed = Some(duplicate_error(db_id, key(kept), encoding));
-            }
-            same
-        });
-        self.rows.reverse();
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        self.duplicates += (before - self.rows.len()) as u64;
-        self.sorted = true;
-        Ok(())
-    }
-}
-
-fn duplicate_error(db_id: DbId, key: &[u8], encoding: KeyEncoding) -> Error {
-    Error::DuplicateKey {
-        db_id,
-        key: show_key(key, encoding),
-    }
-}
-
-/// A spill file, removed when the last segment reading it is gone.
-#[derive(Debug)]
-struct SpillFile {
-    path: PathBuf,
-}
-
-impl Drop for SpillFile {
-    fn drop(&mut self) {
-        // The collector's folder goes with the build; this frees disk early.
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// One shard's rows in a spill file or a merge pass's output.
-#[derive(Debug, Clone)]
-struct Segment {
-    file: Arc<SpillFile>,
-    offset: u64,
-    len: u64,
-    seq: u64,
 }
 
 /// One shard's rows held by a collector.
@@ -442,7 +225,7 @@ impl RowCollector {
             .map_err(|e| Error::io(format!("creating the spill folder {}", dir.display()), e))?;
         let path = dir.join(format!("rows-{:05}.sfspill", self.spills));
         let file = Arc::new(SpillFile { path: path.clone() });
-        let mut out = RunWriter::create(&path)?;
+        let mut out = SegmentWriter::create(&path)?;
         let (order, policy, encoding) = (
             self.settings.order,
             self.settings.on_duplicate,
@@ -506,485 +289,26 @@ impl RowCollector {
         for c in &sealed {
             self.held = self.held.saturating_sub(c.reservation.size());
         }
-        Ok(Some(ShardRows {
-            db_id: DbId(db),
-            order: self.settings.order,
-            on_duplicate: self.settings.on_duplicate,
-            key_encoding: self.settings.key_encoding,
-            chunks: sealed,
+        Ok(Some(ShardRows::new(
+            DbId(db),
+            self.settings.order,
+            self.settings.on_duplicate,
+            self.settings.key_encoding,
+            sealed,
             segments,
             duplicates,
-            merged: 0,
-        }))
+        )))
     }
-}
-
-/// One shard's rows, taken out of a [`RowCollector`].
-#[derive(Debug)]
-pub struct ShardRows {
-    db_id: DbId,
-    order: Order,
-    on_duplicate: DuplicatePolicy,
-    key_encoding: KeyEncoding,
-    /// In memory, oldest first.
-    chunks: Vec<Chunk>,
-    /// On disk, oldest first.
-    segments: Vec<Segment>,
-    /// Rows dropped as duplicates so far.
-    duplicates: u64,
-    /// Merge-pass outputs written so far (names their files).
-    merged: u32,
-}
-
-/// A merge source: a chunk in memory or a segment on disk.
-enum Source {
-    Chunk(Chunk),
-    Segment(Segment),
-}
-
-impl Source {
-    fn seq(&self) -> u64 {
-        match self {
-            Source::Chunk(c) => c.seq,
-            Source::Segment(s) => s.seq,
-        }
-    }
-}
-
-impl ShardRows {
-    /// The shard.
-    pub fn db_id(&self) -> DbId {
-        self.db_id
-    }
-
-    /// Hands every row on (in key order, each key once; or in arrival
-    /// order), in slices of up to [`CHUNK_ROWS`] rows. Merge passes, when
-    /// more than [`MAX_FAN_IN`] sources must be merged, write to
-    /// `merge_dir`. Blocking.
-    pub fn drain(mut self, merge_dir: &Path, sink: &mut dyn FnMut(&[Row<'_>]) -> Result<()>) -> Result<SortStats> {
-        let (db_id, policy, encoding) = (self.db_id, self.on_duplicate, self.key_encoding);
-        let mut spilled_runs = self.segments.len() as u32;
-        if self.order == Order::Key {
-            for c in &mut self.chunks {
-                c.sort(db_id, policy, encoding)?;
-                self.duplicates += std::mem::take(&mut c.duplicates);
-            }
-            while self.chunks.len() + self.segments.len() > MAX_FAN_IN {
-                spilled_runs += self.merge_pass(merge_dir)?;
-            }
-        }
-        let mut cursors = self.cursors()?;
-        let chunks = &self.chunks;
-        let mut out = Emitter::default();
-        let mut rows = 0u64;
-        let mut emit = |cursor: &Cursor, key: &[u8], value: &[u8]| {
-            rows += 1;
-            out.push(cursor, key, value, chunks, sink)
-        };
-        match self.order {
-            Order::Key => {
-                self.duplicates += merge(&mut cursors, chunks, db_id, policy, encoding, &mut emit)?;
-            }
-            Order::Arrival => {
-                for c in &mut cursors {
-                    c.advance(chunks)?;
-                    while c.live {
-                        let (k, v) = c.row(chunks);
-                        emit(c, k, v)?;
-                        c.advance(chunks)?;
-                    }
-                }
-            }
-        }
-        out.flush(chunks, sink)?;
-        Ok(SortStats {
-            rows,
-            duplicates: self.duplicates,
-            spilled_runs,
-        })
-    }
-
-    /// Cursors over every chunk and segment, oldest first (not advanced).
-    fn cursors(&self) -> Result<Vec<Cursor>> {
-        let mut cursors: Vec<Cursor> = (0..self.chunks.len())
-            .map(|n| Cursor::memory(n, self.chunks[n].seq))
-            .collect();
-        for s in &self.segments {
-            cursors.push(Cursor::disk(s)?);
-        }
-        cursors.sort_by_key(|c| c.seq);
-        Ok(cursors)
-    }
-
-    /// Merges consecutive groups of up to [`MAX_FAN_IN`] sources into one
-    /// segment each; returns the segments written.
-    fn merge_pass(&mut self, dir: &Path) -> Result<u32> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let mut all: Vec<Source> = self
-            .chunks
-            .drain(..)
-            .map(Source::Chunk)
-            .chain(self.segments.drain(..).map(Source::Segment))
-            .collect();
-        all.sort_by_key(Source::seq);
-        let mut written = 0u32;
-        let mut rest = all.into_iter().peekable();
-        while rest.peek().is_some() {
-            let group: Vec<Source> = rest.by_ref().take(MAX_FAN_IN).collect();
-            if group.len() == 1 {
-                for s in group {
-                    match s {
-                        Source::Chunk(c) => self.chunks.push(c),
-                        Source::Segment(s) => self.segments.push(s),
-                    }
-                }
-                continue;
-            }
-            let seq = group.iter().map(Source::seq).max().unwrap_or(0);
-            let mut chunks = Vec::new();
-            let mut cursors = Vec::new();
-            for s in group {
-                match s {
-                    Source::Chunk(c) => {
-                        cursors.push(Cursor::memory(chunks.len(), c.seq));
-                        chunks.push(c);
-                    }
-                    Source::Segment(s) => cursors.push(Cursor::disk(&s)?),
-                }
-            }
-            cursors.sort_by_key(|c| c.seq);
-            let path = dir.join(format!("merge-{:05}.sfspill", self.merged));
-            self.merged += 1;
-            let file = Arc::new(SpillFile { path: path.clone() });
-            let mut out = RunWriter::create(&path)?;
-            self.duplicates += merge(
-                &mut cursors,
-                &chunks,
-                self.db_id,
-                self.on_duplicate,
-                self.key_encoding,
-                &mut |_, k, v| out.write(k, v),
-            )?;
-            let len = out.position();
-            out.finish()?;
-            self.segments.push(Segment {
-                file,
-                offset: 0,
-                len,
-                seq,
-            });
-            written += 1;
-        }
-        Ok(written)
-    }
-}
-
-/// Reads one source of a merge.
-struct Cursor {
-    seq: u64,
-    live: bool,
-    /// The current key's first 8 bytes (see [`key_prefix`]).
-    prefix: u64,
-    at: At,
-}
-
-enum At {
-    /// Row `row - 1` of chunk `chunk` is current.
-    Memory {
-        chunk: usize,
-        row: usize,
-    },
-    Disk(SegmentReader),
-}
-
-impl Cursor {
-    fn memory(chunk: usize, seq: u64) -> Self {
-        Cursor {
-            seq,
-            live: false,
-            prefix: 0,
-            at: At::Memory { chunk, row: 0 },
-        }
-    }
-
-    fn disk(segment: &Segment) -> Result<Self> {
-        Ok(Cursor {
-            seq: segment.seq,
-            live: false,
-            prefix: 0,
-            at: At::Disk(SegmentReader::open(segment)?),
-        })
-    }
-
-    /// Moves to the next row; at the end `live` turns false.
-    fn advance(&mut self, chunks: &[Chunk]) -> Result<()> {
-        match &mut self.at {
-            At::Memory { chunk, row } => {
-                let c = &chunks[*chunk];
-                self.live = *row < c.rows.len();
-                if self.live {
-                    self.prefix = c.rows[*row].prefix;
-                    *row += 1;
-                }
-            }
-            At::Disk(r) => {
-                self.live = r.advance()?;
-                if self.live {
-                    self.prefix = key_prefix(&r.key);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The current row (only while `live`).
-    fn row<'a>(&'a self, chunks: &'a [Chunk]) -> (&'a [u8], &'a [u8]) {
-        match &self.at {
-            At::Memory { chunk, row } => {
-                let c = &chunks[*chunk];
-                let r = &c.rows[*row - 1];
-                (c.key(r), c.value(r))
-            }
-            At::Disk(r) => (&r.key, &r.value),
-        }
-    }
-
-    fn key<'a>(&'a self, chunks: &'a [Chunk]) -> &'a [u8] {
-        self.row(chunks).0
-    }
-}
-
-/// Receives merged rows: the cursor they come from, key and value.
-type Emit<'a> = dyn FnMut(&Cursor, &[u8], &[u8]) -> Result<()> + 'a;
-
-/// Merges sources (oldest first, each sorted with each key once) into one
-/// key-ordered stream, each key once, the newest source's row winning;
-/// returns the rows dropped.
-fn merge(
-    cursors: &mut [Cursor],
-    chunks: &[Chunk],
-    db_id: DbId,
-    policy: DuplicatePolicy,
-    encoding: KeyEncoding,
-    emit: &mut Emit<'_>,
-) -> Result<u64> {
-    for c in cursors.iter_mut() {
-        c.advance(chunks)?;
-    }
-    let mut duplicates = 0u64;
-    loop {
-        // Few sources at a time (MAX_FAN_IN): a scan beats a heap's upkeep.
-        let mut best: Option<usize> = None;
-        let mut tied = 0usize;
-        for i in 0..cursors.len() {
-            if !cursors[i].live {
-                continue;
-            }
-            let Some(b) = best else {
-                best = Some(i);
-                continue;
-            };
-            let order = cursors[i]
-                .prefix
-                .cmp(&cursors[b].prefix)
-                .then_with(|| cursors[i].key(chunks).cmp(cursors[b].key(chunks)));
-            match order {
-                Ordering::Less => (best, tied) = (Some(i), 0),
-                // A later source wins a tie.
-                Ordering::Equal => (best, tied) = (Some(i), tied + 1),
-                Ordering::Greater => {}
-            }
-        }
-        let Some(best) = best else { break };
-        if tied > 0 {
-            if policy == DuplicatePolicy::Error {
-                return Err(duplicate_error(db_id, cursors[best].key(chunks), encoding));
-            }
-            duplicates += tied as u64;
-            let key = cursors[best].key(chunks).to_vec();
-            for (i, c) in cursors.iter_mut().enumerate() {
-                if i != best && c.live && c.key(chunks) == key.as_slice() {
-                    c.advance(chunks)?;
-                }
-            }
-        }
-        let (k, v) = cursors[best].row(chunks);
-        emit(&cursors[best], k, v)?;
-        cursors[best].advance(chunks)?;
-    }
-    Ok(duplicates)
-}
-
-/// Builds the slices handed to the sink: rows of chunks in memory by
-/// reference, rows read from disk copied into one buffer.
-#[derive(Default)]
-struct Emitter {
-    data: Vec<u8>,
-    rows: Vec<Emitted>,
-}
-
-enum Emitted {
-    Memory {
-        chunk: usize,
-        row: usize,
-    },
-    /// Key and value in `data`: key at `start..mid`, value at `mid..end`.
-    Copied {
-        start: usize,
-        mid: usize,
-        end: usize,
-    },
-}
-
-impl Emitter {
-    fn push(
-        &mut self,
-        cursor: &Cursor,
-        key: &[u8],
-        value: &[u8],
-        chunks: &[Chunk],
-        sink: &mut dyn FnMut(&[Row<'_>]) -> Result<()>,
-    ) -> Result<()> {
-        match &cursor.at {
-            At::Memory { chunk, row } => self.rows.push(Emitted::Memory {
-                chunk: *chunk,
-                row: *row - 1,
-            }),
-            At::Disk(_) => {
-                let start = self.data.len();
-                self.data.extend_from_slice(key);
-                let mid = self.data.len();
-                self.data.extend_from_slice(value);
-                self.rows.push(Emitted::Copied {
-                    start,
-                    mid,
-                    end: self.data.len(),
-                });
-            }
-        }
-        if self.rows.len() >= CHUNK_ROWS {
-            self.flush(chunks, sink)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, chunks: &[Chunk], sink: &mut dyn FnMut(&[Row<'_>]) -> Result<()>) -> Result<()> {
-        if self.rows.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<Row<'_>> = self
-            .rows
-            .iter()
-            .map(|e| match e {
-                Emitted::Memory { chunk, row } => {
-                    let c = &chunks[*chunk];
-                    let r = &c.rows[*row];
-                    (c.key(r), c.value(r))
-                }
-                Emitted::Copied { start, mid, end } => (&self.data[*start..*mid], &self.data[*mid..*end]),
-            })
-            .collect();
-        sink(&rows)?;
-        self.rows.clear();
-        self.data.clear();
-        Ok(())
-    }
-}
-
-/// Writes records (`u32` LE length, key, `u32` LE length, value).
-struct RunWriter {
-    out: BufWriter<File>,
-    path: PathBuf,
-    written: u64,
-}
-
-impl RunWriter {
-    fn create(path: &Path) -> Result<Self> {
-        let file =
-            File::create(path).map_err(|e| Error::io(format!("creating the spill file {}", path.display()), e))?;
-        Ok(RunWriter {
-            out: BufWriter::with_capacity(WRITE_BUFFER, file),
-            path: path.to_path_buf(),
-            written: 0,
-        })
-    }
-
-    fn position(&self) -> u64 {
-        self.written
-    }
-
-    fn write(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let io = |e| Error::io(format!("writing the spill file {}", self.path.display()), e);
-        for field in [key, value] {
-            let len = u32::try_from(field.len())
-                .map_err(|_| Error::Data(format!("a key or value of {} bytes is too large to sort", field.len())))?;
-            self.out.write_all(&len.to_le_bytes()).map_err(io)?;
-            self.out.write_all(field).map_err(io)?;
-            self.written += 4 + field.len() as u64;
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> Result<()> {
-        let path = self.path;
-        self.out
-            .into_inner()
-            .map_err(|e| Error::io(format!("writing the spill file {}", path.display()), e.into_error()))?;
-        Ok(())
-    }
-}
-
-/// Reads one segment's records.
-struct SegmentReader {
-    input: BufReader<std::io::Take<File>>,
-    /// Keeps the file until the reader is done.
-    file: Arc<SpillFile>,
-    key: Vec<u8>,
-    value: Vec<u8>,
-}
-
-impl SegmentReader {
-    fn open(segment: &Segment) -> Result<Self> {
-        let path = &segment.file.path;
-        let io = |e| Error::io(format!("reading the spill file {}", path.display()), e);
-        let mut file = File::open(path).map_err(io)?;
-        file.seek(SeekFrom::Start(segment.offset)).map_err(io)?;
-        Ok(SegmentReader {
-            input: BufReader::with_capacity(READ_BUFFER, file.take(segment.len)),
-            file: Arc::clone(&segment.file),
-            key: Vec::new(),
-            value: Vec::new(),
-        })
-    }
-
-    /// Reads the next record; false at the end of the segment.
-    fn advance(&mut self) -> Result<bool> {
-        let path = &self.file.path;
-        let io = |e| Error::io(format!("reading the spill file {}", path.display()), e);
-        let mut len = [0u8; 4];
-        match self.input.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof && self.input.buffer().is_empty() => return Ok(false),
-            Err(e) => return Err(io(e)),
-        }
-        read_field(&mut self.input, u32::from_le_bytes(len), &mut self.key).map_err(io)?;
-        self.input.read_exact(&mut len).map_err(io)?;
-        read_field(&mut self.input, u32::from_le_bytes(len), &mut self.value).map_err(io)?;
-        Ok(true)
-    }
-}
-
-fn read_field(input: &mut impl Read, len: u32, into: &mut Vec<u8>) -> std::io::Result<()> {
-    into.clear();
-    into.resize(len as usize, 0);
-    input.read_exact(into)
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::path::Path;
 
     use super::*;
+    use crate::build::merge::{CHUNK_ROWS, SortStats};
+    use crate::route::chunk::{FIRST_DATA_BYTES, FIRST_ROWS};
 
     type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 

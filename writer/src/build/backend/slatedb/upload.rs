@@ -2,12 +2,11 @@
 //! folder, compacted to one sorted run, checkpointed.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore};
 use sf_manifest::ErrorKind as SfErrorKind;
 use slatedb::admin::{Admin, AdminBuilder};
 use slatedb::config::{CheckpointOptions, CompactorOptions, WriteOptions};
@@ -15,19 +14,21 @@ use slatedb::manifest::SsTableId;
 use slatedb::{CompactorBuilder, Db, WriteBatch};
 use tokio::io::BufReader as AsyncBufReader;
 
-use super::{CHECKPOINT_NAME, CLOSE_AFTER_FAILURE, COMPACTION_POLL, KIB, Ops, SPOOL_BUFFER, mib_to_bytes};
-use crate::adapter::{AttemptTarget, Uploaded};
+use super::compaction::{
+    COMPACTION_POLL, MergeAllSupplier, MergeWatch, delete_replaced_ssts, release_compactor_checkpoints, sst_ids,
+    watch_merge,
+};
+use super::ops::{CHECKPOINT_NAME, Ops, first_object, read_manifest};
+use super::settings::mib_to_bytes;
+use super::spool::{SPOOL_BUFFER, StagedSlateDb, read_field};
+use crate::build::backend::contract::{AttemptTarget, Uploaded};
+use crate::build::ratelimit::RateLimiter;
 use crate::error::{Error, Result};
-use crate::ratelimit::RateLimiter;
 
-use super::compaction::delete_replaced_ssts;
-use super::compaction::release_compactor_checkpoints;
-use super::compaction::sst_ids;
-use super::compaction::watch_merge;
-use super::compaction::{MergeAllSupplier, MergeWatch};
-use super::read::read_manifest;
-use super::spool::StagedSlateDb;
-use super::spool::read_field;
+const KIB: u64 = 1024;
+
+/// Grace period for closing SlateDB after a step failed.
+const CLOSE_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 impl StagedSlateDb {
     pub(super) async fn upload_with(&self, ops: &Ops<'_>, target: &AttemptTarget) -> Result<Uploaded> {
@@ -218,23 +219,6 @@ impl StagedSlateDb {
         stopped?;
         Ok(sources)
     }
-}
-
-/// The first object listed under `prefix`, if any.
-pub(super) async fn first_object(
-    ops: &Ops<'_>,
-    store: &Arc<dyn ObjectStore>,
-    prefix: &Path,
-) -> Result<Option<ObjectMeta>> {
-    ops.within("listing the attempt folder", async {
-        store
-            .list(Some(prefix))
-            .next()
-            .await
-            .transpose()
-            .map_err(|e| ops.store(format!("listing {prefix}: {e}"), e))
-    })
-    .await
 }
 
 pub(super) async fn write_batch(

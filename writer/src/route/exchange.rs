@@ -24,11 +24,9 @@
 //!
 //! A cluster does the same with its own parts: the shuffle groups rows by
 //! shard, and the executors' task slots make the waves
-//! ([`crate::exec::InputMode::Partitioned`]).
+//! ([`crate::build::shard_task::InputMode::Partitioned`]).
 
 use std::sync::{Arc, Mutex};
-
-use sf_manifest::sync::lock;
 use std::time::Instant;
 
 use arrow::array::{Array, RecordBatch};
@@ -38,15 +36,20 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use futures::StreamExt;
 use sf_manifest::DbId;
+use sf_manifest::sync::{self, lock};
 use tokio::sync::mpsc::Sender;
 use tokio::task::JoinSet;
 
+use crate::build::local_build::{build_rows, build_slots, work_dir};
+use crate::build::merge::{Order, ShardRows};
+use crate::build::shard_result::{ShardResult, result_schema};
+use crate::build::spec::ShardWriteSpec;
+use crate::build::task_ids::TaskIds;
+use crate::build::upload::upload_shard;
 use crate::error::{Error, Result};
-use crate::exec::{
-    ShardResult, ShardWriteSpec, TaskIds, build_rows, build_slots, encode_batch, result_schema, upload_shard, work_dir,
-};
 use crate::progress;
-use crate::sort::{Order, RowCollector, ShardRows};
+use crate::route::collect::RowCollector;
+use crate::route::routed_batch::encode_batch;
 
 /// Result rows sent downstream at once.
 const RESULT_BATCH: usize = 1024;
@@ -86,9 +89,9 @@ async fn exchange(
     )));
 
     // Read every input partition into the collector.
-    let mut drains = JoinSet::new();
+    let mut readers = JoinSet::new();
     for partition in 0..input.properties().output_partitioning().partition_count() {
-        drains.spawn(drain(
+        readers.spawn(collect_partition(
             Arc::clone(&spec),
             Arc::clone(&input),
             partition,
@@ -96,14 +99,13 @@ async fn exchange(
             Arc::clone(&collector),
         ));
     }
-    while let Some(done) = drains.join_next().await {
+    while let Some(done) = readers.join_next().await {
         // The first failure ends the build; dropping the set stops the rest.
         done.map_err(|e| Error::Internal(format!("an input task failed: {e}")))??;
     }
-    let mut collector = Arc::try_unwrap(collector)
-        .map_err(|_| Error::Internal("the input tasks still hold the collector".into()))?
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut collector = sync::into_inner(
+        Arc::try_unwrap(collector).map_err(|_| Error::Internal("the input tasks still hold the collector".into()))?,
+    );
     run.input_read(started.elapsed());
     tracing::debug!(
         run_id = %spec.run_id,
@@ -160,7 +162,7 @@ async fn send(tx: &Sender<DfResult<RecordBatch>>, results: &mut Vec<ShardResult>
 }
 
 /// Reads one input partition into the collector.
-async fn drain(
+async fn collect_partition(
     spec: Arc<ShardWriteSpec>,
     input: Arc<dyn ExecutionPlan>,
     partition: usize,

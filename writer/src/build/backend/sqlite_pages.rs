@@ -141,7 +141,7 @@ pub struct FileSummary {
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use sf_writer::adapter::sqlite_pages::SqliteFileWriter;
+/// use sf_writer::build::backend::sqlite_pages::SqliteFileWriter;
 ///
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("shard.db");

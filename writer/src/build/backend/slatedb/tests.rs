@@ -22,16 +22,19 @@ use slatedb::admin::AdminBuilder;
 use slatedb::manifest::SsTableId;
 use slatedb::{Db, DbReader, VersionedManifest};
 
-use crate::adapter::{AttemptTarget, BuildContext, Row, ShardBackend, ShardContent, StagedShard};
-use crate::error::{Error, Result};
-
+use super::backend::SlateDbBackend;
 use super::compaction::sst_ids;
-use super::read::our_checkpoint;
-use super::*;
-use crate::adapter::DuplicatePolicy;
-use crate::budget::MemoryBudget;
-use crate::ratelimit::RateLimits;
-use crate::sort::{CollectorSettings, MAX_RUN_BYTES, Order, RowCollector};
+use super::read::{our_checkpoint, read_all};
+use super::settings::SlateDbSettings;
+use super::spool::SPOOL_BUFFER;
+use crate::build::backend::contract::{
+    AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardContent, StagedShard,
+};
+use crate::build::merge::Order;
+use crate::build::ratelimit::RateLimits;
+use crate::error::{Error, Result};
+use crate::route::budget::MemoryBudget;
+use crate::route::collect::{CollectorSettings, MAX_RUN_BYTES, RowCollector};
 use arrow::array::BinaryArray;
 use sf_manifest::{KeyEncoding, StorageOptions};
 use std::sync::atomic::AtomicUsize;

@@ -6,9 +6,9 @@
 //! [`MemoryBudget`] through a [`Reservation`], which gives it back when
 //! dropped. A shard that receives few rows therefore takes little, a large
 //! one takes what the others leave, and when the budget is exhausted the
-//! holder spills sorted runs to disk ([`crate::sort`]) instead of growing.
-//! Nothing is set aside per shard, so the shard count does not limit a
-//! build.
+//! holder spills sorted runs to disk ([`crate::route::collect`]) instead
+//! of growing. Nothing is set aside per shard, so the shard count does not
+//! limit a build.
 //!
 //! All shard tasks of one run in one process share one budget
 //! ([`for_run`]): on the embedded engine that is every shard; on a cluster,

@@ -8,16 +8,14 @@ use object_store::path::Path;
 use sf_manifest::format::checksum::KvHasher;
 use sf_manifest::storage::overlay::CopyOnWriteStore;
 use sf_manifest::{DbId, ErrorKind as SfErrorKind, Location};
-use slatedb::admin::{Admin, AdminBuilder};
+use slatedb::admin::AdminBuilder;
 use slatedb::config::ScanOptions;
 use slatedb::{Checkpoint, DbReader, VersionedManifest};
 
-use super::settings::SlateDbSettings;
-use super::{CHECKPOINT_NAME, Ops, mib_to_bytes};
-use crate::adapter::ShardContent;
+use super::ops::{CHECKPOINT_NAME, Ops, first_object, read_manifest};
+use super::settings::{SlateDbSettings, mib_to_bytes};
+use crate::build::backend::contract::ShardContent;
 use crate::error::{Error, Result};
-
-use super::upload::first_object;
 
 pub(super) async fn verify_attempt(
     ops: &Ops<'_>,
@@ -148,16 +146,6 @@ pub(super) async fn read_all_with(ops: &Ops<'_>, location: &Location) -> Result<
         }
     }
     Ok(rows)
-}
-
-pub(super) async fn read_manifest(ops: &Ops<'_>, admin: &Admin, id: Option<u64>) -> Result<Option<VersionedManifest>> {
-    ops.within("reading the SlateDB manifest", async {
-        admin
-            .read_manifest(id)
-            .await
-            .map_err(|e| ops.slate("reading the manifest", e))
-    })
-    .await
 }
 
 /// Scans the database at `root` in key order (at `checkpoint`, else at its

@@ -5,8 +5,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use slatedb::config::Settings;
 
-use super::{UNLIMITED_L0, mib_to_bytes};
 use crate::error::{Error, Result};
+
+const MIB: u64 = 1024 * 1024;
+
+/// "Never stall on L0", as a count SlateDB can do arithmetic with.
+const UNLIMITED_L0: usize = 1 << 30;
+
+pub(super) fn mib_to_bytes(mib: u32) -> usize {
+    usize::try_from(u64::from(mib) * MIB).unwrap_or(usize::MAX)
+}
 
 /// `[output.slatedb]` settings: bulk-load knobs for writing shards.
 ///

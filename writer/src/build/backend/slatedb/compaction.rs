@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -18,10 +18,14 @@ use slatedb::manifest::SsTableId;
 
 use sf_manifest::sync::lock;
 
-use super::{COMPACTION_POLL, MAX_COMPACTION_TRIES, Ops};
+use super::ops::{Ops, read_manifest};
 use crate::error::Result;
 
-use super::read::read_manifest;
+/// How often the final compaction is checked on.
+pub(super) const COMPACTION_POLL: Duration = Duration::from_millis(100);
+
+/// Merges the final compaction may try before the upload gives up.
+const MAX_COMPACTION_TRIES: u32 = 3;
 
 /// Every SST a manifest references, in L0 and in sorted runs.
 pub(super) fn sst_ids(manifest: &VersionedManifest) -> Vec<SsTableId> {

@@ -1,0 +1,80 @@
+//! Phase 1 of writing a shard: building it on local disk, in a staging
+//! folder of its own, from rows collected for it, in one of this
+//! process's build slots.
+
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use sf_manifest::DbId;
+use tokio::sync::Semaphore;
+
+use crate::build::backend::{BuildContext, StagedShard, backend_for};
+use crate::build::merge::{ShardRows, SortStats};
+use crate::build::spec::ShardWriteSpec;
+use crate::error::{Error, Result};
+use crate::progress::{self, Step};
+
+/// A shard built locally, ready to upload.
+pub(crate) struct Built {
+    pub(crate) staged: Arc<dyn StagedShard>,
+    pub(crate) sorted: SortStats,
+}
+
+/// Shard builds running at once in this process, one per core: a build is
+/// CPU-bound, and more at once only share the cores and thrash caches.
+static BUILD_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(build_slots()));
+
+/// Shard builds that run at once in this process.
+pub fn build_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// What the backend's builder is told about shard `db_id`, staged in `dir`.
+pub(crate) fn build_context(spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> BuildContext {
+    BuildContext {
+        db_id,
+        work_dir: dir.to_path_buf(),
+        on_duplicate: spec.on_duplicate,
+        sorted: spec.sort_within_shard,
+        limits: spec.limits,
+        key_encoding: spec.key_encoding,
+    }
+}
+
+/// Builds shard `db_id` from its collected rows in `dir`, in one of this
+/// process's build slots.
+pub(crate) async fn build_rows(spec: &ShardWriteSpec, rows: ShardRows, dir: &Path) -> Result<Built> {
+    let db_id = rows.db_id();
+    let join = |e: tokio::task::JoinError| Error::Internal(format!("shard {db_id} build task: {e}"));
+    let _slot = BUILD_SLOTS
+        .acquire()
+        .await
+        .map_err(|e| Error::Internal(format!("shard {db_id} build slot: {e}")))?;
+    let started = Instant::now();
+    let builder = backend_for(&spec.backend).builder(build_context(spec, db_id, dir))?;
+    let merge_dir = dir.join("merge");
+    let built = tokio::task::spawn_blocking(move || {
+        let mut builder = builder;
+        let sorted = rows.drain(&merge_dir, &mut |rows| builder.add(rows))?;
+        Ok(Built {
+            staged: builder.finish()?,
+            sorted,
+        })
+    })
+    .await
+    .map_err(join)?;
+    progress::run(&spec.run_id, spec.upload_concurrency).add_time(Step::Build, started.elapsed());
+    built
+}
+
+/// A fresh staging folder for shard `db_id` under the run's `work_dir`
+/// (the system's temp folder by default), removed when dropped.
+pub(crate) fn work_dir(spec: &ShardWriteSpec, db_id: DbId) -> Result<tempfile::TempDir> {
+    let base = spec.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base).map_err(|e| Error::io(format!("creating work_dir {}", base.display()), e))?;
+    tempfile::Builder::new()
+        .prefix(&format!("sf-{}-{:05}-", spec.run_id, db_id.0))
+        .tempdir_in(&base)
+        .map_err(|e| Error::io(format!("creating a staging folder in {}", base.display()), e))
+}
