@@ -226,14 +226,62 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// The document's figures in Prometheus text format: outcome, exit code,
-/// rows, bytes, shards, phase and gate durations and results. Series carry
-/// the snapshot's `prefix` only (run ids would make a new series every
-/// night); the run id is in `shardforge_build_info`.
+/// A series of the metrics file: its name and its `# HELP` text.
+pub type Metric = (&'static str, &'static str);
+
+const SUCCESS: Metric = (
+    "shardforge_build_success",
+    "1 when the last build published its snapshot (or found it published), else 0",
+);
+const EXIT_CODE: Metric = (
+    "shardforge_build_exit_code",
+    "exit code of the last build (see docs/operations.md)",
+);
+const INFO: Metric = ("shardforge_build_info", "the last build's run id and outcome");
+const ROWS: Metric = ("shardforge_build_rows", "rows in the published snapshot");
+const BYTES: Metric = ("shardforge_build_bytes", "shard file bytes of the published snapshot");
+const SHARDS: Metric = ("shardforge_build_shards", "shards of the snapshot");
+const RETRIES: Metric = ("shardforge_build_retries", "shard uploads retried");
+const LAST_SUCCESS: Metric = (
+    "shardforge_build_last_success_timestamp_seconds",
+    "when the last successful build ended (Unix time)",
+);
+const PHASE_SECONDS: Metric = (
+    "shardforge_build_phase_seconds",
+    "how long each phase of the last build took",
+);
+const SECONDS: Metric = ("shardforge_build_seconds", "wall time of the last build");
+const GATE_PASSED: Metric = (
+    "shardforge_build_gate_passed",
+    "1 when a validation gate of the last build passed (or had nothing to compare), else 0",
+);
+
+/// Every series `--metrics-file` can write, with its `# HELP` text, in the
+/// order they are written (all gauges, all labelled with `prefix`). The
+/// documentation's list (docs/operations.md) is checked against this one.
+pub const METRICS: &[Metric] = &[
+    SUCCESS,
+    EXIT_CODE,
+    INFO,
+    ROWS,
+    BYTES,
+    SHARDS,
+    RETRIES,
+    LAST_SUCCESS,
+    PHASE_SECONDS,
+    SECONDS,
+    GATE_PASSED,
+];
+
+/// The document's figures in Prometheus text format, the series of
+/// [`METRICS`]: outcome, exit code, rows, bytes, shards, phase and gate
+/// durations and results. Series carry the snapshot's `prefix` only (run
+/// ids would make a new series every night); the run id is in
+/// `shardforge_build_info`.
 pub fn metrics(doc: &Value) -> String {
     let prefix = label(doc["prefix"].as_str().unwrap_or_default());
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, series: &[(String, f64)]| {
+    let mut gauge = |(name, help): Metric, series: &[(String, f64)]| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
         for (labels, v) in series {
             out.push_str(&format!("{name}{{prefix=\"{prefix}\"{labels}}} {v}\n"));
@@ -243,19 +291,10 @@ pub fn metrics(doc: &Value) -> String {
         doc["outcome"].as_str(),
         Some("published" | "already_published" | "completed_publish")
     );
+    gauge(SUCCESS, &[(String::new(), f64::from(u8::from(published)))]);
+    gauge(EXIT_CODE, &[(String::new(), doc["exit_code"].as_f64().unwrap_or(1.0))]);
     gauge(
-        "shardforge_build_success",
-        "1 when the last build published its snapshot (or found it published), else 0",
-        &[(String::new(), f64::from(u8::from(published)))],
-    );
-    gauge(
-        "shardforge_build_exit_code",
-        "exit code of the last build (see docs/operations.md)",
-        &[(String::new(), doc["exit_code"].as_f64().unwrap_or(1.0))],
-    );
-    gauge(
-        "shardforge_build_info",
-        "the last build's run id and outcome",
+        INFO,
         &[(
             format!(
                 ",run_id=\"{}\",outcome=\"{}\"",
@@ -265,24 +304,19 @@ pub fn metrics(doc: &Value) -> String {
             1.0,
         )],
     );
-    for (key, name, help) in [
-        ("rows", "shardforge_build_rows", "rows in the published snapshot"),
-        (
-            "bytes",
-            "shardforge_build_bytes",
-            "shard file bytes of the published snapshot",
-        ),
-        ("num_dbs", "shardforge_build_shards", "shards of the snapshot"),
-        ("retries", "shardforge_build_retries", "shard uploads retried"),
+    for (key, metric) in [
+        ("rows", ROWS),
+        ("bytes", BYTES),
+        ("num_dbs", SHARDS),
+        ("retries", RETRIES),
     ] {
         if let Some(v) = doc[key].as_f64() {
-            gauge(name, help, &[(String::new(), v)]);
+            gauge(metric, &[(String::new(), v)]);
         }
     }
     if published {
         gauge(
-            "shardforge_build_last_success_timestamp_seconds",
-            "when the last successful build ended (Unix time)",
+            LAST_SUCCESS,
             &[(String::new(), sf_manifest::format::ids::unix_millis() as f64 / 1000.0)],
         );
     }
@@ -297,16 +331,8 @@ pub fn metrics(doc: &Value) -> String {
             )
         })
         .collect();
-    gauge(
-        "shardforge_build_phase_seconds",
-        "how long each phase of the last build took",
-        &phases,
-    );
-    gauge(
-        "shardforge_build_seconds",
-        "wall time of the last build",
-        &[(String::new(), doc["wall_seconds"].as_f64().unwrap_or(0.0))],
-    );
+    gauge(PHASE_SECONDS, &phases);
+    gauge(SECONDS, &[(String::new(), doc["wall_seconds"].as_f64().unwrap_or(0.0))]);
     let gates: Vec<(String, f64)> = doc["gates"]
         .as_array()
         .into_iter()
@@ -323,11 +349,7 @@ pub fn metrics(doc: &Value) -> String {
             )
         })
         .collect();
-    gauge(
-        "shardforge_build_gate_passed",
-        "1 when a validation gate of the last build passed (or had nothing to compare), else 0",
-        &gates,
-    );
+    gauge(GATE_PASSED, &gates);
     out
 }
 
@@ -385,5 +407,48 @@ mod tests {
             assert!(series.ends_with('}'), "{line}");
             value.parse::<f64>().expect("a number");
         }
+    }
+
+    /// The names a metrics file holds, from its `# TYPE` lines and its
+    /// series, in order of appearance.
+    fn series_names(text: &str) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for line in text.lines() {
+            let name = match line.strip_prefix("# TYPE ") {
+                Some(rest) => rest.split(' ').next().unwrap_or_default(),
+                None if line.starts_with('#') => continue,
+                None => line.split(['{', ' ']).next().unwrap_or_default(),
+            };
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_series_written_is_in_the_catalog_and_every_entry_is_written() {
+        let full = json!({
+            "outcome": "published", "run_id": "r1", "prefix": "s3://b/p", "exit_code": 0,
+            "rows": 10, "bytes": 2048, "num_dbs": 4, "retries": 1,
+            "phases": [{"name": "plan", "seconds": 0.5}],
+            "gates": [{"gate": "min_rows", "result": "pass"}],
+            "wall_seconds": 2.0,
+        });
+        let failed = json!({"outcome": "failed", "prefix": "p", "exit_code": 6, "phases": [], "gates": []});
+        let catalog: Vec<&str> = METRICS.iter().map(|(name, _)| *name).collect();
+        for doc in [&full, &failed] {
+            let text = metrics(doc);
+            for name in series_names(&text) {
+                assert!(catalog.contains(&name.as_str()), "{name} is written but not in METRICS");
+            }
+            for (name, help) in METRICS {
+                if text.contains(&format!("# TYPE {name} ")) {
+                    assert!(text.contains(&format!("# HELP {name} {help}\n")), "{name}: {text}");
+                }
+            }
+        }
+        // A published build with every figure writes the whole catalog, in its order.
+        assert_eq!(series_names(&metrics(&full)), catalog);
     }
 }

@@ -2,6 +2,7 @@
 
 mod cloud_backends;
 mod cluster;
+mod docs;
 mod exit_codes;
 mod fault_matrix;
 mod faults;
