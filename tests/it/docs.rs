@@ -239,15 +239,15 @@ enum Check {
 /// Loads a job file as `sf-write` does, as far as `check` says. The only
 /// place this test calls the job loader.
 fn load_job(text: &str, origin: &str, check: Check) -> Result<(), String> {
-    if check == Check::Settings {
-        return toml::from_str::<sf_writer::config::JobConfig>(text)
-            .map(drop)
-            .map_err(|e| e.message().to_string());
+    let read = match check {
+        Check::Settings => sf_warehouse::JobFile::read,
+        Check::Whole => sf_warehouse::JobFile::parse,
+    };
+    let job = read(text, origin, Path::new(""), Vec::new()).map_err(|e| sf_manifest::chain(&e))?;
+    if check == Check::Whole {
+        // The warehouse catalogs of [sf.catalog.NAME], as a table job reads them.
+        job.catalogs().map_err(|e| sf_manifest::chain(&e))?;
     }
-    let job = sf_writer::config::parse(text, origin, Path::new(""), std::iter::empty())
-        .map_err(|e| sf_manifest::chain(&e))?;
-    // The warehouse catalogs of [sf.catalog.NAME], as a table job reads them.
-    sf_warehouse::Catalogs::from_job(&job).map_err(|e| sf_manifest::chain(&e))?;
     Ok(())
 }
 
@@ -1195,9 +1195,9 @@ macro_rules! named_paths {
 
 named_paths! {
     sf_cli::report::METRICS,
-    sf_executor::cluster::register,
-    sf_executor::cluster::sessions::driver,
-    sf_executor::cluster::sessions::driver_for_job,
+    sf_executor::driver,
+    sf_executor::driver_for_job,
+    sf_executor::register,
     sf_manifest::Key,
     sf_manifest::publish::gc,
     sf_manifest::storage::body,

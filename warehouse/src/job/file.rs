@@ -133,6 +133,20 @@ impl JobFile {
         base: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self> {
+        let job = Self::read(text, origin, base, env)?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// [`parse`](Self::parse) without [`validate`](Self::validate): every
+    /// key known and every value of its type, the sections in their
+    /// layers, paths resolved.
+    pub fn read(
+        text: &str,
+        origin: &str,
+        base: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
         let mut doc = JobDocument::parse(text, origin, env)?;
         let cluster: Option<ClusterConfig> = doc.take(&["cluster"])?;
         let mut sf: toml::Table = doc.take(&["sf"])?.unwrap_or_default();
@@ -164,16 +178,14 @@ impl JobFile {
                 }
             }
         }
-        let job = JobFile {
+        Ok(JobFile {
             build,
             input_table,
             output_table,
             canary,
             cluster,
             sf,
-        };
-        job.validate()?;
-        Ok(job)
+        })
     }
 
     /// Checks everything that does not need the input's schema or the
