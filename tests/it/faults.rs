@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use object_store::path::Path as ObjPath;
 use sf_manifest::{Classified, ErrorKind, ManifestStore, ObjectManifestStore, RunStatus, StorageOptions};
-use sf_tests::fault_store::{Fault, FaultStore, Op, Registered};
+use sf_tests::fault_store::{Fault, FaultStore, Op, Registered, ending};
 use sf_tests::s3_prefix;
 use sf_tests::scenario::{attempt_folders, referenced_folders};
 use sf_tests::writer_support::{read_snapshot, write_parquet};
@@ -154,7 +154,7 @@ async fn transient_faults_are_retried(backend: &str) {
     for fault in [Fault::Generic, Fault::Timeout, Fault::ServerError] {
         let dir = tempfile::tempdir().expect("tmp");
         let site = site(backend, &format!("faults-transient-{fault:?}")).await;
-        site.store.fail(Op::Put, "shard.db", 0, 1, fault);
+        site.store.at(Op::Put, ending("shard.db")).fail(fault);
         let j = job(dir.path(), &site.prefix, "r1");
         let s = built(build(&j, &Embedded::default(), &BuildOptions::default()).await).await;
         assert_eq!(site.store.fired(), 1, "{fault:?}");
@@ -179,14 +179,17 @@ async fn transient_faults_are_retried_into_new_attempts() {
 async fn retries_run_out(backend: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-exhausted").await;
-    site.store.fail(Op::Put, "shard.db", 0, usize::MAX, Fault::ServerError);
+    site.store
+        .at(Op::Put, ending("shard.db"))
+        .every()
+        .fail(Fault::ServerError);
     let j = job(dir.path(), &site.prefix, "r1");
     let e = build(&j, &Embedded::default(), &BuildOptions::default())
         .await
         .expect_err("retries run out");
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{backend}: exit 5: {e}");
     assert!(e.to_string().contains("503"), "{backend}: the cause is named: {e}");
-    let puts = site.store.calls(Op::Put, "shard.db");
+    let puts = site.store.calls(Op::Put, &ending("shard.db"));
     assert!(
         (3..=NUM_DBS as usize * 3).contains(&puts),
         "{backend}: 1 try and 2 retries per shard at most, and a shard used them all: {puts}"
@@ -204,14 +207,16 @@ async fn permission_refused(backend: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-denied").await;
     site.store
-        .fail(Op::Put, "shard.db", 0, usize::MAX, Fault::PermissionDenied);
+        .at(Op::Put, ending("shard.db"))
+        .every()
+        .fail(Fault::PermissionDenied);
     let j = job(dir.path(), &site.prefix, "r1");
     let e = build(&j, &Embedded::default(), &BuildOptions::default())
         .await
         .expect_err("denied");
     assert_eq!(e.kind(), ErrorKind::Config, "{backend}: exit 2: {e}");
     assert!(e.to_string().contains("shard.db"), "{backend}: names the object: {e}");
-    let puts = site.store.calls(Op::Put, "shard.db");
+    let puts = site.store.calls(Op::Put, &ending("shard.db"));
     assert!(
         puts <= NUM_DBS as usize,
         "{backend}: a refused permission is not retried ({puts} uploads for {NUM_DBS} shards)"
@@ -232,7 +237,7 @@ async fn lost_swap(backend: &str) {
     let before = current_version(&site.prefix).await;
     assert!(before.is_some());
 
-    site.store.fail(Op::Put, "_CURRENT", 0, 1, Fault::Precondition);
+    site.store.at(Op::Put, ending("_CURRENT")).fail(Fault::Precondition);
     let e = build_run(dir.path(), &site.prefix, "r2")
         .await
         .expect_err("the swap loses");
@@ -267,10 +272,12 @@ async fn lost_manifest_answer(backend: &str) {
     let before = current_version(&site.prefix).await;
 
     // The second build's manifest lands, but its answer is lost.
-    site.store.fail_after_first_put(
-        &format!("/{}", sf_manifest::format::layout::MANIFEST_FILE),
-        Fault::Timeout,
-    );
+    site.store
+        .at(
+            Op::Put,
+            ending(&format!("/{}", sf_manifest::format::layout::MANIFEST_FILE)),
+        )
+        .fail_after(Fault::Timeout);
     let e = build_run(dir.path(), &site.prefix, "r2")
         .await
         .expect_err("the manifest write reports a failure");
@@ -318,12 +325,11 @@ async fn concurrent_publish(backend: &str) {
     // new version) the moment the second build claims its first attempt.
     let moved: Arc<Mutex<Option<String>>> = Arc::default();
     let (prefix, seen) = (site.prefix.clone(), Arc::clone(&moved));
-    site.store.before_first(
-        Op::Put,
-        sf_manifest::format::layout::CLAIM_FILE,
-        Arc::new(move |_| {
+    site.store
+        .at(Op::Put, ending(sf_manifest::format::layout::CLAIM_FILE))
+        .run(move |_| {
             let (prefix, seen) = (prefix.clone(), Arc::clone(&seen));
-            Box::pin(async move {
+            async move {
                 let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
                 let now = store.load_current().await.expect("load").expect("current");
                 let p = sf_manifest::CurrentPointer::new(now.pointer.manifest_ref.clone(), now.pointer.run_id.clone());
@@ -332,9 +338,8 @@ async fn concurrent_publish(backend: &str) {
                     .await
                     .expect("the other publisher wins");
                 *seen.lock().expect("moved") = Some(format!("{v:?}"));
-            })
-        }),
-    );
+            }
+        });
     let e = build_run(dir.path(), &site.prefix, "r2").await.expect_err("conflict");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{backend}: exit 4: {e}");
     let other = moved.lock().expect("moved").clone();
@@ -365,20 +370,16 @@ async fn corrupted_after_upload(backend: &str) {
     // Between a shard's upload and its re-read, the object is overwritten
     // with other bytes of the same length (damage in transit or at rest).
     let inner = site.store.inner();
-    site.store.before_first(
-        Op::Get,
-        "shard.db",
-        Arc::new(move |path| {
-            let inner = Arc::clone(&inner);
-            Box::pin(async move {
-                let bytes = inner.get(&path).await.expect("uploaded").bytes().await.expect("bytes");
-                let mut damaged = bytes.to_vec();
-                let at = damaged.len() / 2;
-                damaged[at] ^= 0xff;
-                inner.put(&path, damaged.into()).await.expect("overwrite");
-            })
-        }),
-    );
+    site.store.at(Op::Get, ending("shard.db")).run(move |path| {
+        let inner = Arc::clone(&inner);
+        async move {
+            let bytes = inner.get(&path).await.expect("uploaded").bytes().await.expect("bytes");
+            let mut damaged = bytes.to_vec();
+            let at = damaged.len() / 2;
+            damaged[at] ^= 0xff;
+            inner.put(&path, damaged.into()).await.expect("overwrite");
+        }
+    });
     let e = build_run(dir.path(), &site.prefix, "r1")
         .await
         .expect_err("the re-read catches the damage");

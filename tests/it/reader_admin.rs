@@ -7,16 +7,15 @@ use sf_manifest::Classified;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
 
 use sf_manifest::{
     CurrentPointer, ErrorKind, Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId, RunRecord,
     RunStatus, StorageOptions, Timestamp, format::layout,
 };
 use sf_reader::{Admin, CleanupOptions, Pin, Reader, ReaderSettings, RemovalReason, RollbackTarget};
-use sf_tests::hook_store::HookStore;
+use sf_tests::fault_store::{FaultStore, Op, containing, ending};
 use sf_tests::s3_prefix;
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
 
@@ -306,26 +305,18 @@ async fn move_current(prefix: &str, manifest_ref: &str, run: &str) {
         .expect("swap");
 }
 
-/// A hook that, on the first call `select` picks, moves `_CURRENT` to
-/// `manifest_ref` before letting the call go on.
-fn move_current_once(
-    hooked: &HookStore,
+/// A hook for [`FaultStore`] rules: another publisher moves `_CURRENT` to
+/// `manifest_ref` before the call goes on.
+fn another_publisher_moves_current(
     prefix: &str,
     manifest_ref: &str,
     run: &str,
-    select: impl Fn(&'static str, &str) -> bool + Send + Sync + 'static,
-) {
-    let armed = Arc::new(AtomicBool::new(true));
+) -> impl Fn(object_store::path::Path) -> BoxFuture<'static, ()> + Send + Sync + 'static {
     let (prefix, manifest_ref, run) = (prefix.to_string(), manifest_ref.to_string(), run.to_string());
-    hooked.set_hook(move |op, path| {
-        if !select(op, path.as_ref()) || !armed.swap(false, Ordering::SeqCst) {
-            return None;
-        }
+    move |_| {
         let (prefix, manifest_ref, run) = (prefix.clone(), manifest_ref.clone(), run.clone());
-        Some(Box::pin(
-            async move { move_current(&prefix, &manifest_ref, &run).await },
-        ))
-    });
+        async move { move_current(&prefix, &manifest_ref, &run).await }.boxed()
+    }
 }
 
 /// Another publisher moves `_CURRENT` between the rollback's read of it
@@ -356,10 +347,10 @@ async fn rollback_loses_to_a_publish_that_lands_first_and_overwrites_nothing() {
         &int_rows(10, "three"),
     )
     .await;
-    let hooked = HookStore::over(&prefix);
-    move_current_once(&hooked, &prefix, &run3.manifest_ref, "run3", |op, path| {
-        op == "put" && path.ends_with("_CURRENT")
-    });
+    let hooked = FaultStore::over(&prefix);
+    hooked
+        .at(Op::Put, ending("_CURRENT"))
+        .run(another_publisher_moves_current(&prefix, &run3.manifest_ref, "run3"));
     let admin = Admin::builder(format!("{prefix}/_CURRENT"))
         .with_object_store(hooked.clone())
         .build()
@@ -401,10 +392,10 @@ async fn cleanup_deletes_nothing_when_current_moves_after_its_plan() {
     spec.run_id = "run2".into();
     build_snapshot(&prefix, &spec, &int_rows(40, "two")).await;
 
-    let hooked = HookStore::over(&prefix);
-    move_current_once(&hooked, &prefix, &run1.manifest_ref, "run1", |op, path| {
-        op == "get" && path.contains("/manifests/")
-    });
+    let hooked = FaultStore::over(&prefix);
+    hooked
+        .at(Op::Get, containing("/manifests/"))
+        .run(another_publisher_moves_current(&prefix, &run1.manifest_ref, "run1"));
     let admin = Admin::builder(format!("{prefix}/_CURRENT"))
         .with_object_store(hooked.clone())
         .build()

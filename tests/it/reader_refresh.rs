@@ -6,13 +6,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sf_manifest::{Classified, ErrorKind, Key, KeyEncoding, ManifestStore, ObjectManifestStore, RunId, StorageOptions};
 use sf_reader::{Error, Reader, ReaderSettings, RefreshOutcome, SqliteMode};
-use sf_tests::fault_store::{Fault, FaultStore, Op};
-use sf_tests::hook_store::{Gate, HookStore};
+use sf_tests::fault_store::{Fault, FaultStore, Gate, Op, containing, ending};
 use sf_tests::s3_prefix;
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
 
@@ -100,16 +98,11 @@ async fn one_multi_get_reads_one_snapshot_when_a_swap_lands_mid_call() {
             &int_rows(40, "old"),
         )
         .await;
-        let hooked = HookStore::over(&prefix);
+        let hooked = FaultStore::over(&prefix);
         let gate = Gate::new();
-        {
-            let gate = Arc::clone(&gate);
-            hooked.set_hook(move |op, path| {
-                (op == "get" && path.as_ref().contains("run_id=old/db=00002/attempt=00/shard.db"))
-                    .then(|| gate.hold())
-                    .flatten()
-            });
-        }
+        hooked
+            .at(Op::Get, containing("run_id=old/db=00002/attempt=00/shard.db"))
+            .wait(&gate);
         let reader = reader_through(&prefix, hooked.clone(), cache.path(), mode, None).await;
 
         let in_flight = {
@@ -248,17 +241,8 @@ async fn close_refuses_reads_and_stops_the_background_refresh() {
         &int_rows(40, "old"),
     )
     .await;
-    let hooked = HookStore::over(&prefix);
-    let current_reads = Arc::new(AtomicUsize::new(0));
-    {
-        let reads = Arc::clone(&current_reads);
-        hooked.set_hook(move |op, path| {
-            if op == "get" && path.as_ref().ends_with("_CURRENT") {
-                reads.fetch_add(1, Ordering::SeqCst);
-            }
-            None
-        });
-    }
+    let hooked = FaultStore::over(&prefix);
+    let current_reads = || hooked.calls(Op::Get, &ending("_CURRENT"));
     let interval = Duration::from_millis(10);
     let reader = reader_through(
         &prefix,
@@ -272,10 +256,7 @@ async fn close_refuses_reads_and_stops_the_background_refresh() {
         reader.get(&Key::Int(1)).await.expect("get").as_deref(),
         Some(&b"old:1"[..])
     );
-    wait_until("the background refresh to run twice", || {
-        current_reads.load(Ordering::SeqCst) >= 2
-    })
-    .await;
+    wait_until("the background refresh to run twice", || current_reads() >= 2).await;
 
     reader.close();
     let closed = |e: Error| {
@@ -312,13 +293,9 @@ async fn close_refuses_reads_and_stops_the_background_refresh() {
     // A round that was past its check when close() came ends at its next
     // await, so the count is taken after a first window.
     tokio::time::sleep(interval * 50).await;
-    let settled = current_reads.load(Ordering::SeqCst);
+    let settled = current_reads();
     tokio::time::sleep(interval * 50).await;
-    assert_eq!(
-        current_reads.load(Ordering::SeqCst),
-        settled,
-        "_CURRENT was read after close()"
-    );
+    assert_eq!(current_reads(), settled, "_CURRENT was read after close()");
     assert_eq!(reader.info().run_id.as_str(), "old", "no swap after close()");
     assert_eq!(reader.stats().swaps, 0);
 }
@@ -337,17 +314,7 @@ async fn a_panic_in_a_background_refresh_is_caught_recorded_and_retried() {
         &int_rows(40, "old"),
     )
     .await;
-    let hooked = HookStore::over(&prefix);
-    let armed = Arc::new(AtomicBool::new(false));
-    {
-        let armed = Arc::clone(&armed);
-        hooked.set_hook(move |op, path| {
-            if op == "get" && path.as_ref().ends_with("_CURRENT") && armed.swap(false, Ordering::SeqCst) {
-                panic!("injected panic while reading _CURRENT");
-            }
-            None
-        });
-    }
+    let hooked = FaultStore::over(&prefix);
     let reader = reader_through(
         &prefix,
         hooked.clone(),
@@ -356,7 +323,9 @@ async fn a_panic_in_a_background_refresh_is_caught_recorded_and_retried() {
         Some(Duration::from_millis(20)),
     )
     .await;
-    armed.store(true, Ordering::SeqCst);
+    hooked
+        .at(Op::Get, ending("_CURRENT"))
+        .run(|_| async { panic!("injected panic while reading _CURRENT") });
     wait_until("the panicking round to be recorded", || {
         reader.refresh_status().last_error.is_some()
     })
@@ -415,12 +384,11 @@ async fn a_failed_shard_open_is_retried_by_the_next_caller() {
             &int_rows(40, "v"),
         )
         .await;
-        let flaky = FaultStore::new(
-            sf_manifest::resolve(&prefix, &StorageOptions::new())
-                .expect("resolve")
-                .store,
-        );
-        flaky.fail(Op::Get, "db=00001/attempt=00/shard.db", 0, usize::MAX, Fault::Generic);
+        let flaky = FaultStore::over(&prefix);
+        flaky
+            .at(Op::Get, ending("db=00001/attempt=00/shard.db"))
+            .every()
+            .fail(Fault::Generic);
         let reader = reader_through(&prefix, flaky.clone(), cache.path(), mode, None).await;
         let k = key_in(&reader, 1);
         let url = built

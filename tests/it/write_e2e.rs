@@ -10,7 +10,7 @@ use datafusion::physical_plan::{ExecutionPlanProperties, collect_partitioned};
 use sf_manifest::format::json::{JsonStyle, to_sorted_string};
 use sf_manifest::{Classified, DbId, ErrorKind, Key, ManifestStore, ObjectManifestStore, RoutingValue, StorageOptions};
 use sf_router::{ContextValue, Routed, Router};
-use sf_tests::fault_store::{Fault, FaultStore, Op};
+use sf_tests::fault_store::{Fault, FaultStore, Op, ending};
 use sf_tests::writer_support::{binary, list_keys, read_snapshot, write_csv, write_json, write_parquet};
 use sf_tests::{fixture_dir, s3_prefix};
 use sf_writer::config::{self, JobConfig};
@@ -793,7 +793,7 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
     write_parquet(&dir.path().join("users.parquet"), &[users(600)]);
     let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let flaky = FaultStore::new(Arc::clone(&inner));
-    flaky.fail(Op::Put, "shard.db", 0, 2, Fault::Generic);
+    flaky.at(Op::Put, ending("shard.db")).times(2).fail(Fault::Generic);
     let registered = flaky.register();
     let base = registered.base();
     let prefix = format!("{base}/snap");

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod fault_store;
-pub mod hook_store;
 pub mod scenario;
 pub mod serve;
 pub mod snapshots;
