@@ -11,6 +11,7 @@ use sf_manifest::format::json::{JsonStyle, to_sorted_string};
 use sf_manifest::{Classified, DbId, ErrorKind, Key, ManifestStore, ObjectManifestStore, RoutingValue, StorageOptions};
 use sf_router::{ContextValue, Routed, Router};
 use sf_tests::fault_store::{Fault, FaultStore, Op, ending};
+use sf_tests::readers::{PAGED_MODES, read_in_every_mode};
 use sf_tests::writer_support::{binary, list_keys, read_snapshot, write_csv, write_json, write_parquet};
 use sf_tests::{fixture_dir, s3_prefix};
 use sf_writer::config::{self, JobConfig};
@@ -97,17 +98,7 @@ async fn check(prefix: &str, n: i64, value: impl Fn(i64) -> Vec<u8>) -> sf_tests
 /// both download and range mode), with a routing context when the
 /// snapshot routes by other columns, and misses an absent key.
 async fn read_through_the_reader(prefix: &str, n: i64, value: &impl Fn(i64) -> Vec<u8>) {
-    for mode in [sf_reader::SqliteMode::Download, sf_reader::SqliteMode::Range] {
-        let cache = tempfile::tempdir().expect("cache");
-        let reader = sf_reader::Reader::builder(format!("{prefix}/_CURRENT"))
-            .with_settings(sf_reader::ReaderSettings {
-                cache_dir: Some(cache.path().to_path_buf()),
-                sqlite_mode: mode,
-                ..sf_reader::ReaderSettings::default()
-            })
-            .build()
-            .await
-            .expect("reader");
+    read_in_every_mode(prefix, &PAGED_MODES, async |reader| {
         let context = |id: i64| {
             BTreeMap::from([(
                 "region".to_string(),
@@ -124,9 +115,9 @@ async fn read_through_the_reader(prefix: &str, n: i64, value: &impl Fn(i64) -> V
         };
         for (id, v) in ids.iter().zip(&got) {
             if *id < n {
-                assert_eq!(v.as_deref(), Some(value(*id).as_slice()), "reader ({mode:?}): key {id}");
+                assert_eq!(v.as_deref(), Some(value(*id).as_slice()), "reader: key {id}");
             } else {
-                assert_eq!(v, &None, "reader ({mode:?}): absent key {id}");
+                assert_eq!(v, &None, "reader: absent key {id}");
             }
         }
         let one = if reader.needs_context() {
@@ -135,8 +126,8 @@ async fn read_through_the_reader(prefix: &str, n: i64, value: &impl Fn(i64) -> V
             reader.get(&Key::Int(1)).await
         };
         assert_eq!(one.expect("get").as_deref(), Some(value(1).as_slice()));
-        reader.close();
-    }
+    })
+    .await;
 }
 
 fn fixture_schema() -> String {

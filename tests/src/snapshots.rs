@@ -311,6 +311,18 @@ fn sqlite_file(dir: &std::path::Path, db: u32, kv: &BTreeMap<Vec<u8>, Vec<u8>>) 
     bytes
 }
 
+/// Builds and publishes the snapshot most reader tests start from: run
+/// `run`, hash routed over `num_dbs` SQLite shards, keys `0..rows`
+/// (`u64be`) with values `"{tag}:{k}"`.
+pub async fn publish_ints(prefix_url: &str, run: &str, num_dbs: u32, rows: u64, tag: &str) -> BuiltSnapshot {
+    build_snapshot(
+        prefix_url,
+        &SnapshotSpec::hash(run, num_dbs, KeyEncoding::U64Be),
+        &int_rows(rows, tag),
+    )
+    .await
+}
+
 /// `n` integer keys `0..n` with values `"{tag}:{k}"`.
 pub fn int_rows(n: u64, tag: &str) -> Vec<Row> {
     (0..n)
