@@ -7,48 +7,30 @@ use sf_manifest::Classified;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryStreamExt};
-
 use sf_manifest::{
-    CurrentPointer, ErrorKind, Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId, RunRecord,
-    RunStatus, StorageOptions, Timestamp, format::layout,
+    ErrorKind, Key, KeyEncoding, Manifest, ManifestStore, RunId, RunRecord, RunStatus, Timestamp, format::layout,
 };
-use sf_reader::{Admin, CleanupOptions, Pin, Reader, ReaderSettings, RemovalReason, RollbackTarget};
+use sf_reader::{Admin, CleanupOptions, Pin, ReaderSettings, RemovalReason, RollbackTarget, SqliteMode};
 use sf_tests::fault_store::{FaultStore, Op, containing, ending};
-use sf_tests::s3_prefix;
+use sf_tests::readers::{open, settings};
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
+use sf_tests::tamper::point_current_at;
+use sf_tests::writer_support::list_keys;
+use sf_tests::{manifest_store, s3_prefix};
 
-async fn all_keys(prefix: &str) -> BTreeSet<String> {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
-    let base = store.location().path.clone();
-    let n = base.parts().count();
-    store
-        .object_store()
-        .list(Some(&base))
-        .map_ok(|m| {
-            m.location
-                .parts()
-                .skip(n)
-                .map(|p| p.as_ref().to_string())
-                .collect::<Vec<_>>()
-                .join("/")
-        })
-        .try_collect()
-        .await
-        .expect("list")
-}
-
+/// A reader of `prefix` pinned to `pin` reads every key 0..40 with values
+/// tagged `tag`.
 async fn read_all(prefix: &str, pin: Pin, tag: &str, cache: &std::path::Path) {
-    let r = Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.to_path_buf()),
+    let r = open(
+        prefix,
+        ReaderSettings {
             pin,
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("open");
+            ..settings(SqliteMode::Auto, cache)
+        },
+    )
+    .await;
     let keys: Vec<Key> = (0..40).map(Key::Int).collect();
     let values = r.multi_get(&keys).await.expect("read every shard");
     for (k, v) in values.iter().enumerate() {
@@ -60,13 +42,21 @@ async fn read_all(prefix: &str, pin: Pin, tag: &str, cache: &std::path::Path) {
     }
 }
 
+/// Cleanup keeping the `n` newest manifests (and `_CURRENT`'s).
+fn keep_last(n: usize) -> CleanupOptions {
+    CleanupOptions {
+        keep_last: Some(n),
+        ..CleanupOptions::default()
+    }
+}
+
 /// A run that wrote data and a run record but never published.
 async fn unpublished_run(prefix: &str, run: &str, record: Option<RunRecord>) {
     let mut spec = SnapshotSpec::hash(run, 2, KeyEncoding::U64Be);
     spec.publish = false;
     spec.run_record = false;
     let built = build_snapshot(prefix, &spec, &int_rows(10, run)).await;
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     // Unpublished runs leave no manifest behind.
     let key = layout::locate(store.prefix_url(), None, &built.manifest_ref).expect("key");
     sf_manifest::publish::gc::delete_prefix(&store, key.trim_end_matches("/manifest"))
@@ -91,7 +81,7 @@ async fn scenario(prefix: &str) {
     // A manifest (not published) whose shard 0 reuses run1's winning
     // attempt: run1's data for it must survive run1's removal while this
     // manifest is kept.
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     let mut shared: Manifest = run3.manifest.clone();
     shared.build.run_id = RunId::new("shared").expect("run");
     shared.shards[0] = run1.manifest.shards[0].clone();
@@ -138,7 +128,7 @@ async fn scenario(prefix: &str) {
 
     // Cleanup with no age rules: only losing attempts of kept runs, and
     // the dry run deletes nothing.
-    let before = all_keys(prefix).await;
+    let before = list_keys(prefix).await;
     let dry = admin
         .cleanup(&CleanupOptions {
             dry_run: true,
@@ -146,7 +136,7 @@ async fn scenario(prefix: &str) {
         })
         .await
         .expect("dry run");
-    assert_eq!(all_keys(prefix).await, before, "a dry run deletes nothing");
+    assert_eq!(list_keys(prefix).await, before, "a dry run deletes nothing");
     let stale: Vec<_> = dry.of(RemovalReason::StaleAttempt).collect();
     assert_eq!(stale.len(), 3 * 4, "attempt=01 of 4 shards of run1..run3: {stale:?}");
     assert!(stale.iter().all(|r| r.key.ends_with("attempt=01")));
@@ -154,7 +144,7 @@ async fn scenario(prefix: &str) {
     let real = admin.cleanup(&CleanupOptions::default()).await.expect("cleanup");
     assert_eq!(real.removals, dry.removals);
     assert_eq!(real.objects_deleted, 3 * 4 * 2, "shard.db and _claim.json of each");
-    let after = all_keys(prefix).await;
+    let after = list_keys(prefix).await;
     assert!(after.iter().all(|k| !k.contains("attempt=01")));
     for (pin, tag) in [
         (Pin::Offset(1), "three"),
@@ -169,9 +159,8 @@ async fn scenario(prefix: &str) {
     // shard 0 and run3's shards 1..3.
     let plan = admin
         .cleanup(&CleanupOptions {
-            keep_last: Some(1),
             dry_run: true,
-            ..CleanupOptions::default()
+            ..keep_last(1)
         })
         .await
         .expect("plan");
@@ -200,17 +189,11 @@ async fn scenario(prefix: &str) {
     assert_eq!(plan.unknown_runs, vec![RunId::new("unknown").expect("run")]);
     let records: BTreeSet<&str> = plan.of(RemovalReason::RunRecord).map(|r| r.run_id.as_str()).collect();
     assert_eq!(records, BTreeSet::from(["failed", "run1", "run3"]));
-    assert_eq!(all_keys(prefix).await, after, "the plan deleted nothing");
+    assert_eq!(list_keys(prefix).await, after, "the plan deleted nothing");
 
-    let done = admin
-        .cleanup(&CleanupOptions {
-            keep_last: Some(1),
-            ..CleanupOptions::default()
-        })
-        .await
-        .expect("cleanup old runs");
+    let done = admin.cleanup(&keep_last(1)).await.expect("cleanup old runs");
     assert_eq!(done.removals, plan.removals);
-    let left = all_keys(prefix).await;
+    let left = list_keys(prefix).await;
     assert!(left.iter().any(|k| k.starts_with(&run1_shard0)), "shared shard kept");
     assert!(
         !left.iter().any(|k| k.starts_with(&run3_shard0)),
@@ -236,15 +219,14 @@ async fn scenario(prefix: &str) {
     assert_eq!(history, vec!["shared", "run2"]);
     read_all(prefix, Pin::Current, "two", cache.path()).await;
     // The kept `shared` manifest still reads: its shard 0 is run1's.
-    let r = Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.path().to_path_buf()),
+    let r = open(
+        prefix,
+        ReaderSettings {
             pin: Pin::Offset(0),
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("open shared");
+            ..settings(SqliteMode::Auto, cache.path())
+        },
+    )
+    .await;
     for k in 0..40 {
         let v = r.get(&Key::Int(k)).await.expect("get").expect("present");
         assert!(v.starts_with(b"one:") || v.starts_with(b"three:"), "{v:?}");
@@ -256,17 +238,15 @@ async fn scenario(prefix: &str) {
         .expect_err("gone");
     assert!(e.to_string().contains(&run1.manifest_ref), "{e}");
     // keep_last 0 is refused as a bad setting, naming it, and deletes nothing.
-    let before_zero = all_keys(prefix).await;
-    let e = admin
-        .cleanup(&CleanupOptions {
-            keep_last: Some(0),
-            ..CleanupOptions::default()
-        })
-        .await
-        .expect_err("keep_last 0");
+    let before_zero = list_keys(prefix).await;
+    let e = admin.cleanup(&keep_last(0)).await.expect_err("keep_last 0");
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("keep_last"), "{e}");
-    assert_eq!(all_keys(prefix).await, before_zero, "a refused cleanup deletes nothing");
+    assert_eq!(
+        list_keys(prefix).await,
+        before_zero,
+        "a refused cleanup deletes nothing"
+    );
 
     // --older-than: nothing is that old.
     let none = admin
@@ -290,21 +270,6 @@ async fn rollback_and_cleanup_on_s3() {
     scenario(&s3_prefix("reader-admin")).await;
 }
 
-fn store(prefix: &str) -> ObjectManifestStore {
-    ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store")
-}
-
-/// Points `_CURRENT` at `manifest_ref` by compare-and-swap, as another
-/// publisher would.
-async fn move_current(prefix: &str, manifest_ref: &str, run: &str) {
-    let s = store(prefix);
-    let cur = s.load_current().await.expect("load");
-    let p = CurrentPointer::new(manifest_ref, RunId::new(run).expect("run"));
-    s.swap_current(&p, cur.as_ref().map(|c| &c.version))
-        .await
-        .expect("swap");
-}
-
 /// A hook for [`FaultStore`] rules: another publisher moves `_CURRENT` to
 /// `manifest_ref` before the call goes on.
 fn another_publisher_moves_current(
@@ -315,7 +280,7 @@ fn another_publisher_moves_current(
     let (prefix, manifest_ref, run) = (prefix.to_string(), manifest_ref.to_string(), run.to_string());
     move |_| {
         let (prefix, manifest_ref, run) = (prefix.clone(), manifest_ref.clone(), run.clone());
-        async move { move_current(&prefix, &manifest_ref, &run).await }.boxed()
+        async move { point_current_at(&prefix, &manifest_ref, &run).await }.boxed()
     }
 }
 
@@ -361,7 +326,11 @@ async fn rollback_loses_to_a_publish_that_lands_first_and_overwrites_nothing() {
         .expect_err("a publish landed first");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
     assert!(e.to_string().contains(&format!("{prefix}/_CURRENT")), "{e}");
-    let now = store(&prefix).load_current().await.expect("load").expect("current");
+    let now = manifest_store(&prefix)
+        .load_current()
+        .await
+        .expect("load")
+        .expect("current");
     assert_eq!(
         now.pointer.manifest_ref, run3.manifest_ref,
         "the other publisher's write stands"
@@ -375,7 +344,11 @@ async fn rollback_loses_to_a_publish_that_lands_first_and_overwrites_nothing() {
         .expect("rollback");
     assert!(r.changed);
     assert_eq!(r.from_run_id.as_ref().map(RunId::as_str), Some("run3"));
-    let now = store(&prefix).load_current().await.expect("load").expect("current");
+    let now = manifest_store(&prefix)
+        .load_current()
+        .await
+        .expect("load")
+        .expect("current");
     assert_eq!(now.pointer.run_id.as_str(), "run1");
 }
 
@@ -400,30 +373,22 @@ async fn cleanup_deletes_nothing_when_current_moves_after_its_plan() {
         .with_object_store(hooked.clone())
         .build()
         .expect("admin");
-    let before = all_keys(&prefix).await;
+    let before = list_keys(&prefix).await;
     assert_eq!(before.iter().filter(|k| k.contains("attempt=01")).count(), 2 * 4 * 2);
-    let e = admin
-        .cleanup(&CleanupOptions {
-            keep_last: Some(1),
-            ..CleanupOptions::default()
-        })
-        .await
-        .expect_err("_CURRENT moved");
+    let e = admin.cleanup(&keep_last(1)).await.expect_err("_CURRENT moved");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
     assert!(e.to_string().contains(&format!("{prefix}/_CURRENT")), "{e}");
-    assert_eq!(all_keys(&prefix).await, before, "nothing was deleted");
-    let now = store(&prefix).load_current().await.expect("load").expect("current");
+    assert_eq!(list_keys(&prefix).await, before, "nothing was deleted");
+    let now = manifest_store(&prefix)
+        .load_current()
+        .await
+        .expect("load")
+        .expect("current");
     assert_eq!(now.pointer.run_id.as_str(), "run1");
 
     // Run again: it keeps what _CURRENT names now (run1) and the newest
     // manifest (run2), so only the losing attempts go.
-    let done = admin
-        .cleanup(&CleanupOptions {
-            keep_last: Some(1),
-            ..CleanupOptions::default()
-        })
-        .await
-        .expect("cleanup again");
+    let done = admin.cleanup(&keep_last(1)).await.expect("cleanup again");
     assert_eq!(done.current_run_id.as_str(), "run1");
     assert_eq!(
         done.of(RemovalReason::StaleAttempt).count(),
@@ -432,7 +397,7 @@ async fn cleanup_deletes_nothing_when_current_moves_after_its_plan() {
         done.removals
     );
     assert_eq!(done.removals.len(), 2 * 4, "{:?}", done.removals);
-    let after = all_keys(&prefix).await;
+    let after = list_keys(&prefix).await;
     assert!(!after.iter().any(|k| k.contains("attempt=01")), "{after:?}");
     let cache = tempfile::tempdir().expect("cache");
     read_all(&prefix, Pin::Current, "one", cache.path()).await;
@@ -451,7 +416,7 @@ fn long_ago() -> Timestamp {
 async fn cleanup_older_than_deletes_what_was_published_before_the_cutoff() {
     let root = tempfile::tempdir().expect("root");
     let prefix = format!("file://{}/snap", root.path().display());
-    let s = store(&prefix);
+    let s = manifest_store(&prefix);
     // `ancient`: a manifest published in 2001, with its shards.
     let mut spec = SnapshotSpec::hash("ancient", 2, KeyEncoding::U64Be);
     spec.publish = false;
@@ -509,7 +474,7 @@ async fn cleanup_older_than_deletes_what_was_published_before_the_cutoff() {
     );
     assert!(done.objects_deleted > 0);
 
-    let left = all_keys(&prefix).await;
+    let left = list_keys(&prefix).await;
     assert!(!left.iter().any(|k| k.contains("run_id=ancient")), "{left:?}");
     assert!(!left.iter().any(|k| k.contains("run_id=failed-long-ago")), "{left:?}");
     assert!(
@@ -557,11 +522,11 @@ async fn include_abandoned_alone_deletes_failed_and_expired_runs_and_keeps_live_
     unpublished_run(&prefix, "unknown", None).await;
 
     let admin = Admin::builder(format!("{prefix}/_CURRENT")).build().expect("admin");
-    let before = all_keys(&prefix).await;
+    let before = list_keys(&prefix).await;
     let plain = admin.cleanup(&CleanupOptions::default()).await.expect("plain cleanup");
     assert!(plain.removals.is_empty(), "{:?}", plain.removals);
     assert_eq!(
-        all_keys(&prefix).await,
+        list_keys(&prefix).await,
         before,
         "without include_abandoned nothing goes"
     );
@@ -586,7 +551,7 @@ async fn include_abandoned_alone_deletes_failed_and_expired_runs_and_keeps_live_
     );
     assert_eq!(done.unknown_runs, vec![RunId::new("unknown").expect("run")]);
 
-    let left = all_keys(&prefix).await;
+    let left = list_keys(&prefix).await;
     for run in ["failed", "expired"] {
         assert!(
             !left
@@ -606,7 +571,7 @@ async fn include_abandoned_alone_deletes_failed_and_expired_runs_and_keeps_live_
             .any(|k| k.starts_with("runs/") && k.contains("run_id=live_")),
         "{left:?}"
     );
-    let history: Vec<String> = store(&prefix)
+    let history: Vec<String> = manifest_store(&prefix)
         .history()
         .await
         .expect("history")

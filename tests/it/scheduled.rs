@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use sf_manifest::{ManifestStore, RunRecord, RunStatus};
-use sf_tests::s3_prefix;
 use sf_tests::scenario::{
-    JobDir, assert_history_reads, attempt_folders, current_run, read_history, referenced_folders, sf_read, store, text,
+    JobDir, assert_history_reads, attempt_folders, current_run, read_history, referenced_folders, sf_read, text,
     wait_for_leases,
 };
+use sf_tests::{manifest_store, s3_prefix};
 
 fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
@@ -28,7 +28,7 @@ fn json(out: &std::process::Output) -> Value {
 /// Every object under the prefix with its size: what "nothing deleted" means.
 async fn objects(prefix: &str) -> BTreeMap<String, u64> {
     use futures::TryStreamExt;
-    let s = store(prefix);
+    let s = manifest_store(prefix);
     let n = s.location().path.parts().count();
     s.object_store()
         .list(Some(&s.location().path))
@@ -123,7 +123,7 @@ async fn live_lease_refuses(prefix: &str) {
     assert_eq!(code(&ok), 0, "{}", text(&ok.stderr));
     assert_history_reads(prefix, 20).await;
     // The refused build's record says why.
-    let records = store(prefix).list_run_records().await.expect("records");
+    let records = manifest_store(prefix).list_run_records().await.expect("records");
     assert!(
         records
             .iter()
@@ -157,7 +157,7 @@ async fn a_running_build_keeps_renewing_its_lease() {
     job.job("hb", "");
     let paused = job.sf_write_paused_at("verify", &[]);
     let lease = || async {
-        let records = store(&prefix).list_run_records().await.expect("records");
+        let records = manifest_store(&prefix).list_run_records().await.expect("records");
         let (_, r) = records
             .into_iter()
             .find(|(_, r)| r.run_id.as_str() == "hb")
@@ -222,9 +222,9 @@ async fn gates_stop_bad_builds_before_anything_is_visible() {
     assert!(err.contains("min_rows") && err.contains("measured 0, limit 1"), "{err}");
     assert_eq!(json(&empty)["outcome"], "failed");
     assert_eq!(current_run(&prefix).await, None);
-    assert!(store(&prefix).history().await.expect("history").is_empty());
+    assert!(manifest_store(&prefix).history().await.expect("history").is_empty());
     assert!(attempt_folders(&prefix).await.is_empty(), "its shard data is swept");
-    let records = store(&prefix).list_run_records().await.expect("records");
+    let records = manifest_store(&prefix).list_run_records().await.expect("records");
     assert!(
         records.iter().any(|(_, r)| r.run_id.as_str() == "empty"
             && r.status == RunStatus::Failed
@@ -345,9 +345,9 @@ async fn gates_stop_bad_builds_before_anything_is_visible() {
     job.job("forced", "[validate]\nmin_rows = 10\n");
     let forced = job.sf_write(&["--force"], &[]);
     assert_eq!(code(&forced), 0, "{}", text(&forced.stderr));
-    let m = store(&prefix)
+    let m = manifest_store(&prefix)
         .load_manifest(
-            &store(&prefix)
+            &manifest_store(&prefix)
                 .load_current()
                 .await
                 .expect("current")
@@ -359,7 +359,7 @@ async fn gates_stop_bad_builds_before_anything_is_visible() {
         .expect("manifest");
     let custom = m.build.custom["shardforge"]["forced_gates"].to_string();
     assert!(custom.contains("min_rows"), "{custom}");
-    let records = store(&prefix).list_run_records().await.expect("records");
+    let records = manifest_store(&prefix).list_run_records().await.expect("records");
     assert!(
         records.iter().any(|(_, r)| r.run_id.as_str() == "forced"
             && r.status == RunStatus::Succeeded
@@ -403,7 +403,7 @@ async fn retention_keeps_the_last_runs_and_removes_abandoned_records() {
     assert_eq!(runs, vec!["c", "b"]);
     assert_history_reads(&prefix, 10).await;
     assert_eq!(attempt_folders(&prefix).await, referenced_folders(&prefix).await);
-    let records: Vec<String> = store(&prefix)
+    let records: Vec<String> = manifest_store(&prefix)
         .list_run_records()
         .await
         .expect("records")
@@ -432,7 +432,7 @@ async fn cleanup_removes_a_dead_builds_record_even_without_data() {
     let early = sf_read(&prefix, &["cleanup", "--include-abandoned"]);
     assert_eq!(code(&early), 0, "{}", text(&early.stderr));
     let has_dead = || async {
-        store(&prefix)
+        manifest_store(&prefix)
             .list_run_records()
             .await
             .expect("records")
