@@ -11,10 +11,8 @@ use sf_manifest::Key;
 use sf_reader::SqliteMode;
 use sf_router::Router;
 use sf_tests::readers::{PAGED_MODES, read_in_every_mode};
-use sf_tests::writer_support::{list_keys, read_snapshot, write_parquet};
+use sf_tests::writer_support::{build_embedded, list_keys, parse_job, read_snapshot, write_parquet};
 use sf_tests::{azure_prefix, gcs_prefix};
-use sf_writer::config;
-use sf_writer::job::{BuildOptions, Embedded, Outcome, build};
 
 const ROWS: i64 = 1_500;
 const SHARDS: u32 = 4;
@@ -58,12 +56,7 @@ prefix = "{prefix}"
 backend = "{backend}"
 "#
     );
-    let job = config::parse(&toml, "job.toml", dir.path(), Vec::<(String, String)>::new()).expect("valid job");
-    let summary = match build(&job, &Embedded::default(), &BuildOptions::default()).await {
-        Ok(Outcome::Built(s)) => s,
-        Ok(other) => panic!("{prefix}: expected a build, got {other:?}"),
-        Err(e) => panic!("{prefix}: build failed: {e}"),
-    };
+    let summary = build_embedded(&parse_job(dir.path(), &toml)).await;
     assert_eq!(
         (summary.rows, summary.num_dbs, summary.shards_written),
         (ROWS as u64, SHARDS, SHARDS),

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use object_store::path::Path as ObjPath;
-use sf_manifest::{Classified, ErrorKind, ManifestStore, ObjectManifestStore, RunStatus, StorageOptions};
+use sf_manifest::{Classified, ErrorKind, ManifestStore, RunStatus, StorageOptions};
 use sf_tests::fault_store::{Fault, FaultStore, Op, Registered, ending};
-use sf_tests::s3_prefix;
 use sf_tests::scenario::{attempt_folders, referenced_folders};
-use sf_tests::writer_support::{read_snapshot, write_parquet};
-use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Outcome, build};
+use sf_tests::writer_support::{build_embedded, parse_job, read_snapshot, write_parquet};
+use sf_tests::{manifest_store, s3_prefix};
+use sf_writer::job::{BuildOptions, Embedded, Outcome, build};
 
 const ROWS: i64 = 90;
 const NUM_DBS: u32 = 3;
@@ -69,7 +69,7 @@ fn job(dir: &std::path::Path, prefix: &str, run_id: &str) -> sf_writer::config::
          [routing]\nnum_dbs = {NUM_DBS}\n[write]\nshard_retries = 2\nretry_backoff_ms = 1\n\
          [output]\nprefix = \"{prefix}\"\nrun_id = \"{run_id}\"\n"
     );
-    sf_writer::config::parse(&text, "job.toml", dir, Vec::<(String, String)>::new()).expect("valid job")
+    parse_job(dir, &text)
 }
 
 /// The test job of run `run_id` built on the embedded engine with the
@@ -83,15 +83,8 @@ async fn build_run(dir: &std::path::Path, prefix: &str, run_id: &str) -> sf_writ
     .await
 }
 
-async fn built(result: sf_writer::Result<Outcome>) -> BuildSummary {
-    match result {
-        Ok(Outcome::Built(s)) => s,
-        other => panic!("expected a build, got {other:?}"),
-    }
-}
-
 async fn run_status(prefix: &str, run_id: &str) -> Vec<RunStatus> {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     store
         .list_run_records()
         .await
@@ -103,7 +96,7 @@ async fn run_status(prefix: &str, run_id: &str) -> Vec<RunStatus> {
 }
 
 async fn current_version(prefix: &str) -> Option<String> {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     store
         .load_current()
         .await
@@ -116,7 +109,7 @@ async fn current_version(prefix: &str) -> Option<String> {
 /// what the manifests reference, and its run record says `failed`.
 async fn nothing_left(prefix: &str, run_id: &str, current_before: Option<String>) {
     assert_eq!(current_version(prefix).await, current_before, "_CURRENT untouched");
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     let runs: Vec<String> = store
         .history()
         .await
@@ -155,8 +148,7 @@ async fn transient_faults_are_retried(backend: &str) {
         let dir = tempfile::tempdir().expect("tmp");
         let site = site(backend, &format!("faults-transient-{fault:?}")).await;
         site.store.at(Op::Put, ending("shard.db")).fail(fault);
-        let j = job(dir.path(), &site.prefix, "r1");
-        let s = built(build(&j, &Embedded::default(), &BuildOptions::default()).await).await;
+        let s = build_embedded(&job(dir.path(), &site.prefix, "r1")).await;
         assert_eq!(site.store.fired(), 1, "{fault:?}");
         assert_eq!(s.retries, 1, "{backend} {fault:?}: the failed upload was retried");
         assert_eq!(s.rows, ROWS as u64);
@@ -233,7 +225,7 @@ async fn a_refused_permission_is_not_retried_and_is_a_configuration_error() {
 async fn lost_swap(backend: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-swap").await;
-    built(build_run(dir.path(), &site.prefix, "r1").await).await;
+    build_embedded(&job(dir.path(), &site.prefix, "r1")).await;
     let before = current_version(&site.prefix).await;
     assert!(before.is_some());
 
@@ -268,7 +260,7 @@ async fn a_lost_compare_and_swap_is_a_conflict_and_current_stays() {
 async fn lost_manifest_answer(backend: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-lost-manifest").await;
-    built(build_run(dir.path(), &site.prefix, "r1").await).await;
+    build_embedded(&job(dir.path(), &site.prefix, "r1")).await;
     let before = current_version(&site.prefix).await;
 
     // The second build's manifest lands, but its answer is lost.
@@ -288,7 +280,7 @@ async fn lost_manifest_answer(backend: &str) {
         before,
         "{backend}: _CURRENT untouched"
     );
-    let store = ObjectManifestStore::open(&site.prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(&site.prefix);
     let runs: Vec<String> = store
         .history()
         .await
@@ -318,7 +310,7 @@ async fn a_manifest_whose_answer_was_lost_keeps_its_shards() {
 async fn concurrent_publish(backend: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-concurrent").await;
-    built(build_run(dir.path(), &site.prefix, "r1").await).await;
+    build_embedded(&job(dir.path(), &site.prefix, "r1")).await;
     let kept = attempt_folders(&site.prefix).await;
 
     // The other publisher points `_CURRENT` at the same manifest again (a
@@ -330,7 +322,7 @@ async fn concurrent_publish(backend: &str) {
         .run(move |_| {
             let (prefix, seen) = (prefix.clone(), Arc::clone(&seen));
             async move {
-                let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
+                let store = manifest_store(&prefix);
                 let now = store.load_current().await.expect("load").expect("current");
                 let p = sf_manifest::CurrentPointer::new(now.pointer.manifest_ref.clone(), now.pointer.run_id.clone());
                 let v = store

@@ -14,10 +14,10 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int32Type};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
-use sf_manifest::{Classified, ErrorKind, Key, ManifestStore, ObjectManifestStore, StorageOptions};
+use sf_manifest::{Classified, ErrorKind, Key, ManifestStore, StorageOptions};
 use sf_reader::{Reader, ReaderSettings};
-use sf_tests::s3_prefix;
 use sf_tests::writer_support::{binary, write_parquet};
+use sf_tests::{manifest_store, s3_prefix};
 use sf_warehouse::table::{ShardLookupExec, ShardScanExec};
 use sf_warehouse::{Catalogs, SaveMode, Warehouse, table_job};
 use sf_writer::job::Embedded;
@@ -105,7 +105,7 @@ fn names_of(batch: &RecordBatch) -> Vec<String> {
 }
 
 async fn run_id(prefix: &str) -> String {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     let current = store.load_current().await.expect("current").expect("published");
     let manifest = store
         .load_manifest(&current.pointer.manifest_ref)

@@ -15,11 +15,13 @@ use std::collections::BTreeMap;
 
 use object_store::PutPayload;
 use sf_manifest::{
-    Attempt, BuildMeta, DbId, Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId, RunRecord,
-    ShardRow, ShardingSpec, StorageOptions, Timestamp, WriterInfo, format::layout,
+    Attempt, BuildMeta, DbId, Key, KeyEncoding, Manifest, ManifestStore, RunId, RunRecord, ShardRow, ShardingSpec,
+    Timestamp, WriterInfo, format::layout,
 };
 use sf_router::{ContextValue, KEY_VARIABLE, Routed, Router, decode_key, key_as_context};
 use xxhash_rust::xxh3::Xxh3;
+
+use crate::manifest_store;
 
 /// Which backend writes the shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +159,7 @@ pub fn route_rows(router: &Router, rows: &[Row]) -> BTreeMap<u32, BTreeMap<Vec<u
 
 /// Builds a snapshot with the backend `spec` names.
 pub async fn build_snapshot(prefix_url: &str, spec: &SnapshotSpec, rows: &[Row]) -> BuiltSnapshot {
-    let store = ObjectManifestStore::open(prefix_url, &StorageOptions::new()).expect("open prefix");
+    let store = manifest_store(prefix_url);
     let run = RunId::new(spec.run_id.clone()).expect("run id");
     let router = Router::new(&spec.sharding, spec.num_dbs, spec.key_encoding).expect("router");
     let started = Timestamp::now();

@@ -1,14 +1,18 @@
 //! Helpers for the writer's end-to-end tests: input files in every format,
-//! reading a published snapshot back shard by shard, and the location of
-//! the project's binaries (the fault-injecting store is
-//! [`crate::fault_store`]).
+//! job files parsed and built on the embedded engine, reading a published
+//! snapshot back shard by shard, and the location of the project's
+//! binaries (the fault-injecting store is [`crate::fault_store`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use object_store::ObjectStore;
-use sf_manifest::{DbId, Manifest, ManifestStore, ObjectManifestStore, StorageOptions, format::layout};
+use sf_manifest::{DbId, Manifest, ManifestStore, StorageOptions, format::layout};
+use sf_writer::config::JobConfig;
+use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Outcome, build};
+
+use crate::manifest_store;
 
 /// Writes `batches` as one Parquet file.
 pub fn write_parquet(path: &Path, batches: &[RecordBatch]) {
@@ -39,6 +43,22 @@ pub fn write_json(path: &Path, batches: &[RecordBatch]) {
     w.finish().expect("finish json");
 }
 
+/// A job file's text parsed as `sf-write` parses it, relative paths
+/// against `dir`, without environment overrides.
+pub fn parse_job(dir: &Path, toml: &str) -> JobConfig {
+    sf_writer::config::parse(toml, "job.toml", dir, Vec::<(String, String)>::new()).expect("valid job")
+}
+
+/// Builds `job` on the embedded engine with the default options; panics,
+/// naming the job's prefix, unless it built a snapshot.
+pub async fn build_embedded(job: &JobConfig) -> BuildSummary {
+    match build(job, &Embedded::default(), &BuildOptions::default()).await {
+        Ok(Outcome::Built(s)) => s,
+        Ok(other) => panic!("{}: expected a build, got {other:?}", job.output.prefix),
+        Err(e) => panic!("{}: build failed: {e}", job.output.prefix),
+    }
+}
+
 /// One shard's stored (key, value) pairs in key order.
 pub type ShardRows = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -67,7 +87,7 @@ impl Snapshot {
 /// Reads the snapshot `_CURRENT` under `prefix` points at: SQLite shards by
 /// downloading `shard.db`, SlateDB shards with a read-only scan.
 pub async fn read_snapshot(prefix: &str) -> Snapshot {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("open store");
+    let store = manifest_store(prefix);
     let current = store.load_current().await.expect("load _CURRENT").expect("published");
     let manifest = store
         .load_manifest(&current.pointer.manifest_ref)
