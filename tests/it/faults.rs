@@ -18,15 +18,17 @@ use sf_tests::fault_store::{Fault, FaultStore, Op, Registered, ending};
 use sf_tests::scenario::{attempt_folders, referenced_folders};
 use sf_tests::writer_support::{build_embedded, parse_job, read_snapshot, write_parquet};
 use sf_tests::{manifest_store, s3_prefix};
-use sf_writer::job::{BuildOptions, Embedded, Outcome, build};
+use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Outcome, build};
 
 const ROWS: i64 = 90;
 const NUM_DBS: u32 = 3;
 
-/// A fault store over a fresh prefix of `backend` ("memory" or "s3").
+/// A fault store over a fresh prefix of `backend` ("memory" or "s3"), and
+/// a job folder whose builds write the test's users there.
 struct Site {
     store: Arc<FaultStore>,
     prefix: String,
+    dir: tempfile::TempDir,
     _registered: Registered,
 }
 
@@ -44,7 +46,26 @@ async fn site(backend: &str, name: &str) -> Site {
     Site {
         prefix: format!("{}/{path}", registered.base()),
         store,
+        dir: tempfile::tempdir().expect("job folder"),
         _registered: registered,
+    }
+}
+
+impl Site {
+    /// The test job of run `run_id` built on the embedded engine with the
+    /// default options.
+    async fn build(&self, run_id: &str) -> sf_writer::Result<Outcome> {
+        build(
+            &job(self.dir.path(), &self.prefix, run_id),
+            &Embedded::default(),
+            &BuildOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Site::build`], which must build and publish.
+    async fn publish(&self, run_id: &str) -> BuildSummary {
+        build_embedded(&job(self.dir.path(), &self.prefix, run_id)).await
     }
 }
 
@@ -70,17 +91,6 @@ fn job(dir: &std::path::Path, prefix: &str, run_id: &str) -> sf_writer::config::
          [output]\nprefix = \"{prefix}\"\nrun_id = \"{run_id}\"\n"
     );
     parse_job(dir, &text)
-}
-
-/// The test job of run `run_id` built on the embedded engine with the
-/// default options.
-async fn build_run(dir: &std::path::Path, prefix: &str, run_id: &str) -> sf_writer::Result<Outcome> {
-    build(
-        &job(dir, prefix, run_id),
-        &Embedded::default(),
-        &BuildOptions::default(),
-    )
-    .await
 }
 
 async fn run_status(prefix: &str, run_id: &str) -> Vec<RunStatus> {
@@ -145,10 +155,9 @@ fn every_fault_class_is_classified_as_the_docs_say() {
 
 async fn transient_faults_are_retried(backend: &str) {
     for fault in [Fault::Generic, Fault::Timeout, Fault::ServerError] {
-        let dir = tempfile::tempdir().expect("tmp");
         let site = site(backend, &format!("faults-transient-{fault:?}")).await;
         site.store.at(Op::Put, ending("shard.db")).fail(fault);
-        let s = build_embedded(&job(dir.path(), &site.prefix, "r1")).await;
+        let s = site.publish("r1").await;
         assert_eq!(site.store.fired(), 1, "{fault:?}");
         assert_eq!(s.retries, 1, "{backend} {fault:?}: the failed upload was retried");
         assert_eq!(s.rows, ROWS as u64);
@@ -169,16 +178,12 @@ async fn transient_faults_are_retried_into_new_attempts() {
 }
 
 async fn retries_run_out(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-exhausted").await;
     site.store
         .at(Op::Put, ending("shard.db"))
         .every()
         .fail(Fault::ServerError);
-    let j = job(dir.path(), &site.prefix, "r1");
-    let e = build(&j, &Embedded::default(), &BuildOptions::default())
-        .await
-        .expect_err("retries run out");
+    let e = site.build("r1").await.expect_err("retries run out");
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{backend}: exit 5: {e}");
     assert!(e.to_string().contains("503"), "{backend}: the cause is named: {e}");
     let puts = site.store.calls(Op::Put, &ending("shard.db"));
@@ -196,16 +201,12 @@ async fn retries_running_out_fail_the_build_as_unavailable() {
 }
 
 async fn permission_refused(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-denied").await;
     site.store
         .at(Op::Put, ending("shard.db"))
         .every()
         .fail(Fault::PermissionDenied);
-    let j = job(dir.path(), &site.prefix, "r1");
-    let e = build(&j, &Embedded::default(), &BuildOptions::default())
-        .await
-        .expect_err("denied");
+    let e = site.build("r1").await.expect_err("denied");
     assert_eq!(e.kind(), ErrorKind::Config, "{backend}: exit 2: {e}");
     assert!(e.to_string().contains("shard.db"), "{backend}: names the object: {e}");
     let puts = site.store.calls(Op::Put, &ending("shard.db"));
@@ -223,16 +224,13 @@ async fn a_refused_permission_is_not_retried_and_is_a_configuration_error() {
 }
 
 async fn lost_swap(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-swap").await;
-    build_embedded(&job(dir.path(), &site.prefix, "r1")).await;
+    site.publish("r1").await;
     let before = current_version(&site.prefix).await;
     assert!(before.is_some());
 
     site.store.at(Op::Put, ending("_CURRENT")).fail(Fault::Precondition);
-    let e = build_run(dir.path(), &site.prefix, "r2")
-        .await
-        .expect_err("the swap loses");
+    let e = site.build("r2").await.expect_err("the swap loses");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{backend}: exit 4: {e}");
     assert_eq!(
         current_version(&site.prefix).await,
@@ -258,9 +256,8 @@ async fn a_lost_compare_and_swap_is_a_conflict_and_current_stays() {
 }
 
 async fn lost_manifest_answer(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-lost-manifest").await;
-    build_embedded(&job(dir.path(), &site.prefix, "r1")).await;
+    site.publish("r1").await;
     let before = current_version(&site.prefix).await;
 
     // The second build's manifest lands, but its answer is lost.
@@ -270,7 +267,8 @@ async fn lost_manifest_answer(backend: &str) {
             ending(&format!("/{}", sf_manifest::format::layout::MANIFEST_FILE)),
         )
         .fail_after(Fault::Timeout);
-    let e = build_run(dir.path(), &site.prefix, "r2")
+    let e = site
+        .build("r2")
         .await
         .expect_err("the manifest write reports a failure");
     assert_eq!(site.store.fired(), 1, "{backend}: the fault fired");
@@ -308,9 +306,8 @@ async fn a_manifest_whose_answer_was_lost_keeps_its_shards() {
 }
 
 async fn concurrent_publish(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-concurrent").await;
-    build_embedded(&job(dir.path(), &site.prefix, "r1")).await;
+    site.publish("r1").await;
     let kept = attempt_folders(&site.prefix).await;
 
     // The other publisher points `_CURRENT` at the same manifest again (a
@@ -332,7 +329,7 @@ async fn concurrent_publish(backend: &str) {
                 *seen.lock().expect("moved") = Some(format!("{v:?}"));
             }
         });
-    let e = build_run(dir.path(), &site.prefix, "r2").await.expect_err("conflict");
+    let e = site.build("r2").await.expect_err("conflict");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{backend}: exit 4: {e}");
     let other = moved.lock().expect("moved").clone();
     assert!(other.is_some(), "{backend}: the hook ran");
@@ -357,7 +354,6 @@ async fn a_concurrent_publish_wins_and_the_loser_sweeps_its_data() {
 }
 
 async fn corrupted_after_upload(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-corrupt").await;
     // Between a shard's upload and its re-read, the object is overwritten
     // with other bytes of the same length (damage in transit or at rest).
@@ -372,9 +368,7 @@ async fn corrupted_after_upload(backend: &str) {
             inner.put(&path, damaged.into()).await.expect("overwrite");
         }
     });
-    let e = build_run(dir.path(), &site.prefix, "r1")
-        .await
-        .expect_err("the re-read catches the damage");
+    let e = site.build("r1").await.expect_err("the re-read catches the damage");
     assert_eq!(site.store.fired(), 1, "{backend}: the hook ran");
     assert_eq!(e.kind(), ErrorKind::Data, "{backend}: exit 3: {e}");
     let text = e.to_string();

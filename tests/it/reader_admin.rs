@@ -5,12 +5,14 @@
 
 use sf_manifest::Classified;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sf_manifest::{
-    ErrorKind, Key, KeyEncoding, Manifest, ManifestStore, RunId, RunRecord, RunStatus, Timestamp, format::layout,
+    CurrentPointer, ErrorKind, Key, KeyEncoding, Manifest, ManifestStore, RunId, RunRecord, RunStatus, Timestamp,
+    format::layout,
 };
 use sf_reader::{Admin, CleanupOptions, Pin, ReaderSettings, RemovalReason, RollbackTarget, SqliteMode};
 use sf_tests::fault_store::{FaultStore, Op, containing, ending};
@@ -270,6 +272,24 @@ async fn rollback_and_cleanup_on_s3() {
     scenario(&s3_prefix("reader-admin")).await;
 }
 
+/// What `_CURRENT` names now.
+async fn current(prefix: &str) -> CurrentPointer {
+    manifest_store(prefix)
+        .load_current()
+        .await
+        .expect("load")
+        .expect("current")
+        .pointer
+}
+
+/// The admin of `prefix`, reaching storage through `store`.
+fn admin_through(prefix: &str, store: Arc<FaultStore>) -> Admin {
+    Admin::builder(format!("{prefix}/_CURRENT"))
+        .with_object_store(store)
+        .build()
+        .expect("admin")
+}
+
 /// A hook for [`FaultStore`] rules: another publisher moves `_CURRENT` to
 /// `manifest_ref` before the call goes on.
 fn another_publisher_moves_current(
@@ -316,26 +336,19 @@ async fn rollback_loses_to_a_publish_that_lands_first_and_overwrites_nothing() {
     hooked
         .at(Op::Put, ending("_CURRENT"))
         .run(another_publisher_moves_current(&prefix, &run3.manifest_ref, "run3"));
-    let admin = Admin::builder(format!("{prefix}/_CURRENT"))
-        .with_object_store(hooked.clone())
-        .build()
-        .expect("admin");
+    let admin = admin_through(&prefix, hooked.clone());
     let e = admin
         .rollback(&RollbackTarget::RunId(RunId::new("run1").expect("run")))
         .await
         .expect_err("a publish landed first");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
     assert!(e.to_string().contains(&format!("{prefix}/_CURRENT")), "{e}");
-    let now = manifest_store(&prefix)
-        .load_current()
-        .await
-        .expect("load")
-        .expect("current");
+    let now = current(&prefix).await;
     assert_eq!(
-        now.pointer.manifest_ref, run3.manifest_ref,
+        now.manifest_ref, run3.manifest_ref,
         "the other publisher's write stands"
     );
-    assert_eq!(now.pointer.run_id.as_str(), "run3");
+    assert_eq!(now.run_id.as_str(), "run3");
 
     // Tried again with nothing racing, it goes through from run3.
     let r = admin
@@ -344,12 +357,8 @@ async fn rollback_loses_to_a_publish_that_lands_first_and_overwrites_nothing() {
         .expect("rollback");
     assert!(r.changed);
     assert_eq!(r.from_run_id.as_ref().map(RunId::as_str), Some("run3"));
-    let now = manifest_store(&prefix)
-        .load_current()
-        .await
-        .expect("load")
-        .expect("current");
-    assert_eq!(now.pointer.run_id.as_str(), "run1");
+    let now = current(&prefix).await;
+    assert_eq!(now.run_id.as_str(), "run1");
 }
 
 /// `_CURRENT` moves after cleanup has planned (while it reads the kept
@@ -369,22 +378,15 @@ async fn cleanup_deletes_nothing_when_current_moves_after_its_plan() {
     hooked
         .at(Op::Get, containing("/manifests/"))
         .run(another_publisher_moves_current(&prefix, &run1.manifest_ref, "run1"));
-    let admin = Admin::builder(format!("{prefix}/_CURRENT"))
-        .with_object_store(hooked.clone())
-        .build()
-        .expect("admin");
+    let admin = admin_through(&prefix, hooked.clone());
     let before = list_keys(&prefix).await;
     assert_eq!(before.iter().filter(|k| k.contains("attempt=01")).count(), 2 * 4 * 2);
     let e = admin.cleanup(&keep_last(1)).await.expect_err("_CURRENT moved");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
     assert!(e.to_string().contains(&format!("{prefix}/_CURRENT")), "{e}");
     assert_eq!(list_keys(&prefix).await, before, "nothing was deleted");
-    let now = manifest_store(&prefix)
-        .load_current()
-        .await
-        .expect("load")
-        .expect("current");
-    assert_eq!(now.pointer.run_id.as_str(), "run1");
+    let now = current(&prefix).await;
+    assert_eq!(now.run_id.as_str(), "run1");
 
     // Run again: it keeps what _CURRENT names now (run1) and the newest
     // manifest (run2), so only the losing attempts go.
