@@ -13,7 +13,7 @@ use sf_manifest::KeyEncoding;
 use sf_tests::fault_proxy::{Fault, FaultProxy, Rule};
 use sf_tests::s3_prefix;
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
-use sf_tests::writer_support::binary;
+use sf_tests::writer_support::{binary, output_with_input};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -26,25 +26,7 @@ fn run(program: &str, args: &[&str], dir: &Path, endpoint: Option<&str>, stdin: 
     if let Some(e) = endpoint {
         cmd.env("AWS_ENDPOINT", e);
     }
-    match stdin {
-        None => cmd.output().expect("run the program"),
-        Some(input) => {
-            use std::io::Write;
-            let mut child = cmd
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("write stdin");
-            child.wait_with_output().expect("wait")
-        }
-    }
+    output_with_input(&mut cmd, stdin)
 }
 
 fn assert_code(out: &Output, code: i32, needle: &str) {

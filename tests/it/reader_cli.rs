@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 use sf_manifest::{CelType, Key, KeyEncoding, RoutingValue, RunId, ShardingSpec, Timestamp};
@@ -16,11 +16,12 @@ use sf_tests::snapshots::{
     Backend, Row, SnapshotSpec, build_snapshot, fixture_copy, int_rows, publish_ints, tree_state,
 };
 use sf_tests::tamper::{damage_shard, delete_shard, point_current_at, publish_over, put_manifest_bytes};
+use sf_tests::writer_support::{binary, output_with_input};
 use sf_tests::{fixture_dir, s3_prefix};
 
 /// The `sf-read` binary that `./scripts/test.sh` builds first.
 fn sf_read() -> PathBuf {
-    sf_tests::writer_support::binary("sf-read")
+    binary("sf-read")
 }
 
 struct Out {
@@ -31,23 +32,8 @@ struct Out {
 
 fn run(args: &[&str], cache: &Path, stdin: Option<&str>) -> Out {
     let mut cmd = Command::new(sf_read());
-    cmd.args(args)
-        .env("SF_CACHE_DIR", cache)
-        .env_remove("SF_CURRENT_URL")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn sf-read");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("sf-read ran");
+    cmd.args(args).env("SF_CACHE_DIR", cache).env_remove("SF_CURRENT_URL");
+    let out = output_with_input(&mut cmd, stdin);
     Out {
         code: out.status.code().expect("exit code"),
         stdout: String::from_utf8(out.stdout).expect("utf8 stdout"),

@@ -15,6 +15,7 @@ use sf_tests::scenario::{
     JobDir, assert_history_reads, attempt_folders, current_run, read_history, referenced_folders, sf_read, text,
     wait_for_leases,
 };
+use sf_tests::writer_support::list_objects;
 use sf_tests::{manifest_store, s3_prefix};
 
 fn code(out: &std::process::Output) -> i32 {
@@ -25,29 +26,6 @@ fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
 }
 
-/// Every object under the prefix with its size: what "nothing deleted" means.
-async fn objects(prefix: &str) -> BTreeMap<String, u64> {
-    use futures::TryStreamExt;
-    let s = manifest_store(prefix);
-    let n = s.location().path.parts().count();
-    s.object_store()
-        .list(Some(&s.location().path))
-        .map_ok(|m| {
-            (
-                m.location
-                    .parts()
-                    .skip(n)
-                    .map(|p| p.as_ref().to_string())
-                    .collect::<Vec<_>>()
-                    .join("/"),
-                m.size,
-            )
-        })
-        .try_collect()
-        .await
-        .expect("list")
-}
-
 async fn rerun_published(prefix: &str) {
     let job = JobDir::new(prefix);
     job.input(30, "nightly-1");
@@ -55,7 +33,8 @@ async fn rerun_published(prefix: &str) {
     let first = job.sf_write(&["--json"], &[]);
     assert_eq!(code(&first), 0, "{}", text(&first.stderr));
     assert_eq!(json(&first)["outcome"], "published");
-    let before = objects(prefix).await;
+    // Every object with its size: what "nothing deleted" means.
+    let before = list_objects(prefix).await;
 
     // The scheduler retries the same run: nothing is built or deleted.
     let again = job.sf_write(&[], &[]);
@@ -65,7 +44,7 @@ async fn rerun_published(prefix: &str) {
         said.contains("run nightly-1 was already published") && said.contains("rows:           30"),
         "{said}"
     );
-    let after: BTreeMap<String, u64> = objects(prefix)
+    let after: BTreeMap<String, u64> = list_objects(prefix)
         .await
         .into_iter()
         .filter(|(k, _)| !k.starts_with("runs/"))
@@ -83,7 +62,7 @@ async fn rerun_published(prefix: &str) {
     assert_history_reads(prefix, 30).await;
     for key in &before {
         assert!(
-            objects(prefix).await.contains_key(key.0),
+            list_objects(prefix).await.contains_key(key.0),
             "{} (referenced by the first manifest) is still there",
             key.0
         );

@@ -136,27 +136,32 @@ pub async fn read_snapshot(prefix: &str) -> Snapshot {
     Snapshot { manifest, shards }
 }
 
-/// Every object key under `prefix`, relative to it, sorted.
-pub async fn list_keys(prefix: &str) -> Vec<String> {
+/// Every object under `prefix` with its size, by its key relative to the
+/// prefix.
+pub async fn list_objects(prefix: &str) -> BTreeMap<String, u64> {
     use futures::TryStreamExt;
     let loc = sf_manifest::resolve(prefix, &StorageOptions::new()).expect("resolve");
     let n = loc.path.parts().count();
-    let mut keys: Vec<String> = loc
-        .store
+    loc.store
         .list(Some(&loc.path))
         .map_ok(|m| {
-            m.location
+            let key = m
+                .location
                 .parts()
                 .skip(n)
                 .map(|p| p.as_ref().to_string())
                 .collect::<Vec<_>>()
-                .join("/")
+                .join("/");
+            (key, m.size)
         })
         .try_collect()
         .await
-        .expect("list");
-    keys.sort();
-    keys
+        .expect("list")
+}
+
+/// Every object key under `prefix`, relative to it, sorted.
+pub async fn list_keys(prefix: &str) -> Vec<String> {
+    list_objects(prefix).await.into_keys().collect()
 }
 
 /// Path of one of the project's binaries (`sf-write`, `sf-read`, ...).
@@ -183,4 +188,28 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Runs `cmd` to its end with `stdin` as its input (none: an empty one),
+/// its output captured.
+pub fn output_with_input(cmd: &mut std::process::Command, stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let Some(input) = stdin else {
+        return cmd.output().expect("run the program");
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the program");
+    // The handle is dropped after the write: the program sees the input end.
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for the program")
 }
