@@ -17,7 +17,7 @@ use sf_manifest::{Classified, ErrorKind, ManifestStore, RunStatus, StorageOption
 use sf_tests::fault_store::{Fault, FaultStore, Op, Registered, ending};
 use sf_tests::scenario::{attempt_folders, referenced_folders};
 use sf_tests::writer_support::{build_embedded, parse_job, read_snapshot, write_parquet};
-use sf_tests::{manifest_store, s3_prefix};
+use sf_tests::{history_runs, manifest_store, s3_prefix};
 use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Outcome, build};
 
 const ROWS: i64 = 90;
@@ -119,14 +119,7 @@ async fn current_version(prefix: &str) -> Option<String> {
 /// what the manifests reference, and its run record says `failed`.
 async fn nothing_left(prefix: &str, run_id: &str, current_before: Option<String>) {
     assert_eq!(current_version(prefix).await, current_before, "_CURRENT untouched");
-    let store = manifest_store(prefix);
-    let runs: Vec<String> = store
-        .history()
-        .await
-        .expect("history")
-        .into_iter()
-        .map(|h| h.run_id.as_str().to_string())
-        .collect();
+    let runs = history_runs(prefix).await;
     assert!(!runs.iter().any(|r| r == run_id), "no manifest of {run_id}: {runs:?}");
     assert_eq!(
         attempt_folders(prefix).await,
@@ -177,21 +170,25 @@ async fn transient_faults_are_retried_into_new_attempts() {
     transient_faults_are_retried("s3").await;
 }
 
+/// Every shard upload of a build fails with `fault`: the build fails and
+/// leaves nothing behind. Returns its error and how many uploads it tried.
+async fn every_upload_fails(backend: &str, name: &str, fault: Fault) -> (sf_writer::Error, usize) {
+    let site = site(backend, name).await;
+    site.store.at(Op::Put, ending("shard.db")).every().fail(fault);
+    let e = site.build("r1").await.expect_err("every upload fails");
+    let puts = site.store.calls(Op::Put, &ending("shard.db"));
+    nothing_left(&site.prefix, "r1", None).await;
+    (e, puts)
+}
+
 async fn retries_run_out(backend: &str) {
-    let site = site(backend, "faults-exhausted").await;
-    site.store
-        .at(Op::Put, ending("shard.db"))
-        .every()
-        .fail(Fault::ServerError);
-    let e = site.build("r1").await.expect_err("retries run out");
+    let (e, puts) = every_upload_fails(backend, "faults-exhausted", Fault::ServerError).await;
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{backend}: exit 5: {e}");
     assert!(e.to_string().contains("503"), "{backend}: the cause is named: {e}");
-    let puts = site.store.calls(Op::Put, &ending("shard.db"));
     assert!(
         (3..=NUM_DBS as usize * 3).contains(&puts),
         "{backend}: 1 try and 2 retries per shard at most, and a shard used them all: {puts}"
     );
-    nothing_left(&site.prefix, "r1", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,20 +198,13 @@ async fn retries_running_out_fail_the_build_as_unavailable() {
 }
 
 async fn permission_refused(backend: &str) {
-    let site = site(backend, "faults-denied").await;
-    site.store
-        .at(Op::Put, ending("shard.db"))
-        .every()
-        .fail(Fault::PermissionDenied);
-    let e = site.build("r1").await.expect_err("denied");
+    let (e, puts) = every_upload_fails(backend, "faults-denied", Fault::PermissionDenied).await;
     assert_eq!(e.kind(), ErrorKind::Config, "{backend}: exit 2: {e}");
     assert!(e.to_string().contains("shard.db"), "{backend}: names the object: {e}");
-    let puts = site.store.calls(Op::Put, &ending("shard.db"));
     assert!(
         puts <= NUM_DBS as usize,
         "{backend}: a refused permission is not retried ({puts} uploads for {NUM_DBS} shards)"
     );
-    nothing_left(&site.prefix, "r1", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,14 +268,7 @@ async fn lost_manifest_answer(backend: &str) {
         before,
         "{backend}: _CURRENT untouched"
     );
-    let store = manifest_store(&site.prefix);
-    let runs: Vec<String> = store
-        .history()
-        .await
-        .expect("history")
-        .into_iter()
-        .map(|h| h.run_id.as_str().to_string())
-        .collect();
+    let runs = history_runs(&site.prefix).await;
     assert!(
         runs.iter().any(|r| r == "r2"),
         "{backend}: the manifest is in the history: {runs:?}"

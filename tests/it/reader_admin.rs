@@ -20,7 +20,7 @@ use sf_tests::readers::{open, settings};
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
 use sf_tests::tamper::point_current_at;
 use sf_tests::writer_support::list_keys;
-use sf_tests::{manifest_store, s3_prefix};
+use sf_tests::{history_runs, manifest_store, s3_prefix};
 
 /// A reader of `prefix` pinned to `pin` reads every key 0..40 with values
 /// tagged `tag`.
@@ -211,13 +211,7 @@ async fn scenario(prefix: &str) {
         left.iter().any(|k| k.contains("run_id=unknown")),
         "unknown run untouched"
     );
-    let history: Vec<String> = store
-        .history()
-        .await
-        .expect("history")
-        .iter()
-        .map(|h| h.run_id.to_string())
-        .collect();
+    let history = history_runs(prefix).await;
     assert_eq!(history, vec!["shared", "run2"]);
     read_all(prefix, Pin::Current, "two", cache.path()).await;
     // The kept `shared` manifest still reads: its shard 0 is run1's.
@@ -573,12 +567,6 @@ async fn include_abandoned_alone_deletes_failed_and_expired_runs_and_keeps_live_
             .any(|k| k.starts_with("runs/") && k.contains("run_id=live_")),
         "{left:?}"
     );
-    let history: Vec<String> = manifest_store(&prefix)
-        .history()
-        .await
-        .expect("history")
-        .iter()
-        .map(|h| h.run_id.to_string())
-        .collect();
+    let history = history_runs(&prefix).await;
     assert_eq!(history, vec!["run2", "run1"]);
 }

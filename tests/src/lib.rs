@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use sf_manifest::{ObjectManifestStore, StorageOptions};
+use sf_manifest::{ManifestStore, ObjectManifestStore, StorageOptions};
 
 pub mod cluster;
 pub mod fault_proxy;
@@ -28,6 +28,18 @@ pub mod writer_support;
 /// settings the environment gives.
 pub fn manifest_store(prefix: &str) -> ObjectManifestStore {
     ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("open the prefix")
+}
+
+/// The run ids of the manifests in the history under `prefix`, newest
+/// first.
+pub async fn history_runs(prefix: &str) -> Vec<String> {
+    manifest_store(prefix)
+        .history()
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|h| h.run_id.as_str().to_string())
+        .collect()
 }
 
 /// Folder of the reference snapshots (copied from shardyfusion v4).
