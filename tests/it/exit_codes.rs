@@ -13,7 +13,7 @@ use sf_manifest::KeyEncoding;
 use sf_tests::fault_proxy::{Fault, FaultProxy, Rule};
 use sf_tests::s3_prefix;
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
-use sf_tests::writer_support::{binary, output_with_input};
+use sf_tests::writer_support::{binary, output_with_input, short_storage_retries};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -51,11 +51,7 @@ fn users_csv(dir: &Path, rows: u64, null_key: bool) {
 /// A job writing `users.csv` to `prefix`, with storage retries kept short
 /// so a failing store is reported in seconds, not minutes.
 fn job(dir: &Path, prefix: &str, extra: &str) {
-    let retries = if prefix.starts_with("s3://") {
-        "[storage]\nmax_retries = \"1\"\nretry_timeout = \"2s\"\n"
-    } else {
-        ""
-    };
+    let retries = short_storage_retries(prefix);
     std::fs::write(
         dir.join("job.toml"),
         format!(

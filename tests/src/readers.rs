@@ -21,10 +21,10 @@ use sf_reader::{Reader, ReaderSettings, SqliteMode};
 /// Every mode a SQLite shard can be read in (`auto` picks one of them).
 pub const SQLITE_MODES: [SqliteMode; 3] = [SqliteMode::Download, SqliteMode::Range, SqliteMode::Memory];
 
-/// The modes in which SQLite itself answers each lookup, from the
-/// downloaded file or by ranged reads; memory mode answers from an index
-/// of its own. Checks that count SQLite opens or downloads, or hold one
-/// of SQLite's reads in the store, are written for these.
+/// The two modes in which SQLite itself answers each lookup, from the
+/// downloaded file or by ranged reads (memory mode answers from an index
+/// of its own): the modes of checks about SQLite's own opens, downloads
+/// and held reads, and of the end-to-end reads written before memory mode.
 pub const PAGED_MODES: [SqliteMode; 2] = [SqliteMode::Download, SqliteMode::Range];
 
 /// Settings of a test reader: shards read in `mode`, files cached under

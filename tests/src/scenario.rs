@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sf_manifest::{Key, ManifestStore, RunStatus, Timestamp, publish::gc};
 use sf_reader::{Pin, ReaderSettings, SqliteMode};
 
-use crate::writer_support::binary;
+use crate::writer_support::{binary, short_storage_retries};
 use crate::{manifest_store, readers};
 
 /// A job folder: a CSV input of `id,v` rows and a job file writing it to
@@ -51,11 +51,7 @@ impl JobDir {
     /// lease (3 s) and no shard retries, plus `extra` TOML (sections of
     /// its own, e.g. `[validate]`), and storage retries kept short on S3.
     pub fn job(&self, run_id: &str, extra: &str) -> PathBuf {
-        let storage = if self.prefix.starts_with("s3://") {
-            "[storage]\nmax_retries = \"1\"\nretry_timeout = \"2s\"\n"
-        } else {
-            ""
-        };
+        let storage = short_storage_retries(&self.prefix);
         let text = format!(
             "key_col = \"id\"\n[input]\nformat = \"csv\"\npath = \"input.csv\"\n[value]\nbinary_col = \"v\"\n\
              [routing]\nnum_dbs = 2\n[output]\nprefix = \"{}\"\nrun_id = \"{run_id}\"\n\

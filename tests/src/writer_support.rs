@@ -49,6 +49,17 @@ pub fn parse_job(dir: &Path, toml: &str) -> JobConfig {
     sf_writer::config::parse(toml, "job.toml", dir, Vec::<(String, String)>::new()).expect("valid job")
 }
 
+/// The `[storage]` section of a job writing to `prefix`: on S3, one retry
+/// within two seconds, so that a failing store is reported in seconds,
+/// not minutes; elsewhere nothing.
+pub fn short_storage_retries(prefix: &str) -> &'static str {
+    if prefix.starts_with("s3://") {
+        "[storage]\nmax_retries = \"1\"\nretry_timeout = \"2s\"\n"
+    } else {
+        ""
+    }
+}
+
 /// Builds `job` on the embedded engine with the default options; panics,
 /// naming the job's prefix, unless it built a snapshot.
 pub async fn build_embedded(job: &JobConfig) -> BuildSummary {
