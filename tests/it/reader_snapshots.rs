@@ -1,5 +1,5 @@
 //! The reader on snapshots written the way our writer writes them (by the
-//! `sf_tests::snapshots` helper until `sf-write` exists): hash and CEL
+//! `sf_tests::snapshots` helper, without running `sf-write`): hash and CEL
 //! routing, SQLite (download, range and memory) and SlateDB shards, checksums
 //! verified, on `file://` and on S3 (the moto server of `scripts/test.sh`).
 

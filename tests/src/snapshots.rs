@@ -2,14 +2,15 @@
 //! files or SlateDB databases, a manifest, `_CURRENT`, a run record, on
 //! any store URL (`file://`, `s3://`, `memory://`).
 //!
-//! It stands in for `sf-write` until that exists, following the writer's
-//! conventions: rows routed by `sf-router`; shards in
-//! `shards/run_id=R/db=NNNNN/attempt=AA/` with a `_claim.json` marker;
-//! SQLite shards as `shard.db` (`kv` table, page size 4096) with
-//! `writer_info["checksum"] = "xxh3_128:<hex>"` over the file and
-//! `checkpoint_id` = that hex; SlateDB shards rooted at the attempt folder
-//! with `"xxh3_128-kv:<hex>"` over the ordered (u32 LE len, key, u32 LE
-//! len, value) stream.
+//! It writes without running `sf-write`, so a test sets up in
+//! milliseconds what a build would not leave (losing attempts, a manifest
+//! never published), following the writer's conventions: rows routed by
+//! `sf-router`; shards in `shards/run_id=R/db=NNNNN/attempt=AA/` with a
+//! `_claim.json` marker; SQLite shards as `shard.db` (`kv` table, page
+//! size 4096) with `writer_info["checksum"] = "xxh3_128:<hex>"` over the
+//! file and `checkpoint_id` = that hex; SlateDB shards rooted at the
+//! attempt folder with `"xxh3_128-kv:<hex>"` over the ordered (u32 LE len,
+//! key, u32 LE len, value) stream.
 
 use std::collections::BTreeMap;
 
