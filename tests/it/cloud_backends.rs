@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use sf_manifest::Key;
+use sf_reader::SqliteMode;
 use sf_router::Router;
-use sf_tests::writer_support::{list_keys, read_snapshot, write_parquet};
+use sf_tests::readers::{PAGED_MODES, read_in_every_mode};
+use sf_tests::writer_support::{build_embedded, list_keys, parse_job, read_snapshot, write_parquet};
 use sf_tests::{azure_prefix, gcs_prefix};
-use sf_writer::config;
-use sf_writer::job::{BuildOptions, Embedded, Outcome, build};
 
 const ROWS: i64 = 1_500;
 const SHARDS: u32 = 4;
@@ -56,12 +56,7 @@ prefix = "{prefix}"
 backend = "{backend}"
 "#
     );
-    let job = config::parse(&toml, "job.toml", dir.path(), Vec::<(String, String)>::new()).expect("valid job");
-    let summary = match build(&job, &Embedded::default(), &BuildOptions::default()).await {
-        Ok(Outcome::Built(s)) => s,
-        Ok(other) => panic!("{prefix}: expected a build, got {other:?}"),
-        Err(e) => panic!("{prefix}: build failed: {e}"),
-    };
+    let summary = build_embedded(&parse_job(dir.path(), &toml)).await;
     assert_eq!(
         (summary.rows, summary.num_dbs, summary.shards_written),
         (ROWS as u64, SHARDS, SHARDS),
@@ -94,36 +89,22 @@ backend = "{backend}"
     }
 
     // The online reader: every key, and a miss.
-    let modes: &[sf_reader::SqliteMode] = if backend == "sqlite" {
-        &[sf_reader::SqliteMode::Download, sf_reader::SqliteMode::Range]
+    let modes: &[SqliteMode] = if backend == "sqlite" {
+        &PAGED_MODES
     } else {
-        &[sf_reader::SqliteMode::Auto]
+        &[SqliteMode::Auto]
     };
-    for mode in modes {
-        let cache = tempfile::tempdir().expect("cache");
-        let reader = sf_reader::Reader::builder(format!("{prefix}/_CURRENT"))
-            .with_settings(sf_reader::ReaderSettings {
-                cache_dir: Some(cache.path().to_path_buf()),
-                sqlite_mode: *mode,
-                ..sf_reader::ReaderSettings::default()
-            })
-            .build()
-            .await
-            .unwrap_or_else(|e| panic!("{prefix}: reader ({mode:?}): {e}"));
+    read_in_every_mode(prefix, modes, async |reader| {
         let keys: Vec<Key> = (0..ROWS + 1).map(Key::Int).collect();
         let got = reader.multi_get(&keys).await.expect("multi_get");
         for (id, v) in (0..ROWS).zip(&got) {
-            assert_eq!(
-                v.as_deref(),
-                Some(value(id).as_slice()),
-                "{prefix} ({mode:?}): key {id}"
-            );
+            assert_eq!(v.as_deref(), Some(value(id).as_slice()), "{prefix}: key {id}");
         }
-        assert_eq!(got[ROWS as usize], None, "{prefix} ({mode:?}): absent key");
+        assert_eq!(got[ROWS as usize], None, "{prefix}: absent key");
         let one = reader.get(&Key::Int(7)).await.expect("get");
         assert_eq!(one.as_deref(), Some(value(7).as_slice()));
-        reader.close();
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,8 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use sf_manifest::DbId;
 use sf_tests::cluster::{ClusterOptions, LocalCluster, claims, free_port, run_bounded, upload, wait_bounded};
 use sf_tests::s3_prefix;
-use sf_tests::writer_support::{Snapshot, binary, list_keys, read_snapshot, write_parquet};
-use sf_writer::job::{BuildOptions, Embedded, Outcome, build};
+use sf_tests::writer_support::{Snapshot, binary, build_embedded, list_keys, parse_job, read_snapshot, write_parquet};
+use sf_writer::job::Embedded;
 
 const NUM_DBS: u32 = 8;
 
@@ -66,11 +66,8 @@ backend = "sqlite"
 
 /// The same job, embedded, in this process: the reference.
 async fn embedded_run(text: &str, dir: &Path) -> Snapshot {
-    let job = sf_writer::config::parse(text, "job.toml", dir, Vec::<(String, String)>::new()).expect("valid job");
-    match build(&job, &Embedded::default(), &BuildOptions::default()).await {
-        Ok(Outcome::Built(_)) => {}
-        other => panic!("embedded build: {other:?}"),
-    }
+    let job = parse_job(dir, text);
+    build_embedded(&job).await;
     read_snapshot(&job.output.prefix).await
 }
 

@@ -13,7 +13,7 @@ use sf_manifest::KeyEncoding;
 use sf_tests::fault_proxy::{Fault, FaultProxy, Rule};
 use sf_tests::s3_prefix;
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
-use sf_tests::writer_support::binary;
+use sf_tests::writer_support::{binary, output_with_input, short_storage_retries};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -26,25 +26,7 @@ fn run(program: &str, args: &[&str], dir: &Path, endpoint: Option<&str>, stdin: 
     if let Some(e) = endpoint {
         cmd.env("AWS_ENDPOINT", e);
     }
-    match stdin {
-        None => cmd.output().expect("run the program"),
-        Some(input) => {
-            use std::io::Write;
-            let mut child = cmd
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("write stdin");
-            child.wait_with_output().expect("wait")
-        }
-    }
+    output_with_input(&mut cmd, stdin)
 }
 
 fn assert_code(out: &Output, code: i32, needle: &str) {
@@ -69,11 +51,7 @@ fn users_csv(dir: &Path, rows: u64, null_key: bool) {
 /// A job writing `users.csv` to `prefix`, with storage retries kept short
 /// so a failing store is reported in seconds, not minutes.
 fn job(dir: &Path, prefix: &str, extra: &str) {
-    let retries = if prefix.starts_with("s3://") {
-        "[storage]\nmax_retries = \"1\"\nretry_timeout = \"2s\"\n"
-    } else {
-        ""
-    };
+    let retries = short_storage_retries(prefix);
     std::fs::write(
         dir.join("job.toml"),
         format!(

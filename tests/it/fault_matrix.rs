@@ -11,7 +11,8 @@
 //! --include-abandoned` leaves exactly what the manifests reference.
 
 use sf_manifest::Key;
-use sf_reader::{Reader, ReaderSettings};
+use sf_reader::SqliteMode;
+use sf_tests::readers::{open, settings};
 use sf_tests::s3_prefix;
 use sf_tests::scenario::{
     JobDir, assert_history_reads, attempt_folders, current_run, referenced_folders, sf_read, text, wait_for_leases,
@@ -108,14 +109,7 @@ const RETENTION: &str = "[retention]\nkeep_last = 1\n";
 /// whole, never an error.
 async fn readers_see_old_or_new(prefix: &str) {
     let cache = tempfile::tempdir().expect("cache");
-    let reader = Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.path().to_path_buf()),
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("a reader opens during the window");
+    let reader = open(prefix, settings(SqliteMode::Auto, cache.path())).await;
     let keys: Vec<Key> = (0..ROWS).map(|k| Key::Int(k as i64)).collect();
     for round in 0..10 {
         reader.refresh().await.expect("refresh during the window");

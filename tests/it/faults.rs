@@ -13,20 +13,22 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use object_store::path::Path as ObjPath;
-use sf_manifest::{Classified, ErrorKind, ManifestStore, ObjectManifestStore, RunStatus, StorageOptions};
-use sf_tests::fault_store::{Fault, FaultStore, Op, Registered};
-use sf_tests::s3_prefix;
+use sf_manifest::{Classified, ErrorKind, ManifestStore, RunStatus, StorageOptions};
+use sf_tests::fault_store::{Fault, FaultStore, Op, Registered, ending};
 use sf_tests::scenario::{attempt_folders, referenced_folders};
-use sf_tests::writer_support::{read_snapshot, write_parquet};
+use sf_tests::writer_support::{build_embedded, parse_job, read_snapshot, write_parquet};
+use sf_tests::{history_runs, manifest_store, s3_prefix};
 use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Outcome, build};
 
 const ROWS: i64 = 90;
 const NUM_DBS: u32 = 3;
 
-/// A fault store over a fresh prefix of `backend` ("memory" or "s3").
+/// A fault store over a fresh prefix of `backend` ("memory" or "s3"), and
+/// a job folder whose builds write the test's users there.
 struct Site {
     store: Arc<FaultStore>,
     prefix: String,
+    dir: tempfile::TempDir,
     _registered: Registered,
 }
 
@@ -44,7 +46,26 @@ async fn site(backend: &str, name: &str) -> Site {
     Site {
         prefix: format!("{}/{path}", registered.base()),
         store,
+        dir: tempfile::tempdir().expect("job folder"),
         _registered: registered,
+    }
+}
+
+impl Site {
+    /// The test job of run `run_id` built on the embedded engine with the
+    /// default options.
+    async fn build(&self, run_id: &str) -> sf_writer::Result<Outcome> {
+        build(
+            &job(self.dir.path(), &self.prefix, run_id),
+            &Embedded::default(),
+            &BuildOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Site::build`], which must build and publish.
+    async fn publish(&self, run_id: &str) -> BuildSummary {
+        build_embedded(&job(self.dir.path(), &self.prefix, run_id)).await
     }
 }
 
@@ -69,29 +90,11 @@ fn job(dir: &std::path::Path, prefix: &str, run_id: &str) -> sf_writer::config::
          [routing]\nnum_dbs = {NUM_DBS}\n[write]\nshard_retries = 2\nretry_backoff_ms = 1\n\
          [output]\nprefix = \"{prefix}\"\nrun_id = \"{run_id}\"\n"
     );
-    sf_writer::config::parse(&text, "job.toml", dir, Vec::<(String, String)>::new()).expect("valid job")
-}
-
-/// The test job of run `run_id` built on the embedded engine with the
-/// default options.
-async fn build_run(dir: &std::path::Path, prefix: &str, run_id: &str) -> sf_writer::Result<Outcome> {
-    build(
-        &job(dir, prefix, run_id),
-        &Embedded::default(),
-        &BuildOptions::default(),
-    )
-    .await
-}
-
-async fn built(result: sf_writer::Result<Outcome>) -> BuildSummary {
-    match result {
-        Ok(Outcome::Built(s)) => s,
-        other => panic!("expected a build, got {other:?}"),
-    }
+    parse_job(dir, &text)
 }
 
 async fn run_status(prefix: &str, run_id: &str) -> Vec<RunStatus> {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     store
         .list_run_records()
         .await
@@ -103,7 +106,7 @@ async fn run_status(prefix: &str, run_id: &str) -> Vec<RunStatus> {
 }
 
 async fn current_version(prefix: &str) -> Option<String> {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     store
         .load_current()
         .await
@@ -116,14 +119,7 @@ async fn current_version(prefix: &str) -> Option<String> {
 /// what the manifests reference, and its run record says `failed`.
 async fn nothing_left(prefix: &str, run_id: &str, current_before: Option<String>) {
     assert_eq!(current_version(prefix).await, current_before, "_CURRENT untouched");
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
-    let runs: Vec<String> = store
-        .history()
-        .await
-        .expect("history")
-        .into_iter()
-        .map(|h| h.run_id.as_str().to_string())
-        .collect();
+    let runs = history_runs(prefix).await;
     assert!(!runs.iter().any(|r| r == run_id), "no manifest of {run_id}: {runs:?}");
     assert_eq!(
         attempt_folders(prefix).await,
@@ -152,11 +148,9 @@ fn every_fault_class_is_classified_as_the_docs_say() {
 
 async fn transient_faults_are_retried(backend: &str) {
     for fault in [Fault::Generic, Fault::Timeout, Fault::ServerError] {
-        let dir = tempfile::tempdir().expect("tmp");
         let site = site(backend, &format!("faults-transient-{fault:?}")).await;
-        site.store.fail(Op::Put, "shard.db", 0, 1, fault);
-        let j = job(dir.path(), &site.prefix, "r1");
-        let s = built(build(&j, &Embedded::default(), &BuildOptions::default()).await).await;
+        site.store.at(Op::Put, ending("shard.db")).fail(fault);
+        let s = site.publish("r1").await;
         assert_eq!(site.store.fired(), 1, "{fault:?}");
         assert_eq!(s.retries, 1, "{backend} {fault:?}: the failed upload was retried");
         assert_eq!(s.rows, ROWS as u64);
@@ -176,22 +170,25 @@ async fn transient_faults_are_retried_into_new_attempts() {
     transient_faults_are_retried("s3").await;
 }
 
+/// Every shard upload of a build fails with `fault`: the build fails and
+/// leaves nothing behind. Returns its error and how many uploads it tried.
+async fn every_upload_fails(backend: &str, name: &str, fault: Fault) -> (sf_writer::Error, usize) {
+    let site = site(backend, name).await;
+    site.store.at(Op::Put, ending("shard.db")).every().fail(fault);
+    let e = site.build("r1").await.expect_err("every upload fails");
+    let puts = site.store.calls(Op::Put, &ending("shard.db"));
+    nothing_left(&site.prefix, "r1", None).await;
+    (e, puts)
+}
+
 async fn retries_run_out(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let site = site(backend, "faults-exhausted").await;
-    site.store.fail(Op::Put, "shard.db", 0, usize::MAX, Fault::ServerError);
-    let j = job(dir.path(), &site.prefix, "r1");
-    let e = build(&j, &Embedded::default(), &BuildOptions::default())
-        .await
-        .expect_err("retries run out");
+    let (e, puts) = every_upload_fails(backend, "faults-exhausted", Fault::ServerError).await;
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{backend}: exit 5: {e}");
     assert!(e.to_string().contains("503"), "{backend}: the cause is named: {e}");
-    let puts = site.store.calls(Op::Put, "shard.db");
     assert!(
         (3..=NUM_DBS as usize * 3).contains(&puts),
         "{backend}: 1 try and 2 retries per shard at most, and a shard used them all: {puts}"
     );
-    nothing_left(&site.prefix, "r1", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,22 +198,13 @@ async fn retries_running_out_fail_the_build_as_unavailable() {
 }
 
 async fn permission_refused(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let site = site(backend, "faults-denied").await;
-    site.store
-        .fail(Op::Put, "shard.db", 0, usize::MAX, Fault::PermissionDenied);
-    let j = job(dir.path(), &site.prefix, "r1");
-    let e = build(&j, &Embedded::default(), &BuildOptions::default())
-        .await
-        .expect_err("denied");
+    let (e, puts) = every_upload_fails(backend, "faults-denied", Fault::PermissionDenied).await;
     assert_eq!(e.kind(), ErrorKind::Config, "{backend}: exit 2: {e}");
     assert!(e.to_string().contains("shard.db"), "{backend}: names the object: {e}");
-    let puts = site.store.calls(Op::Put, "shard.db");
     assert!(
         puts <= NUM_DBS as usize,
         "{backend}: a refused permission is not retried ({puts} uploads for {NUM_DBS} shards)"
     );
-    nothing_left(&site.prefix, "r1", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,16 +214,13 @@ async fn a_refused_permission_is_not_retried_and_is_a_configuration_error() {
 }
 
 async fn lost_swap(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-swap").await;
-    built(build_run(dir.path(), &site.prefix, "r1").await).await;
+    site.publish("r1").await;
     let before = current_version(&site.prefix).await;
     assert!(before.is_some());
 
-    site.store.fail(Op::Put, "_CURRENT", 0, 1, Fault::Precondition);
-    let e = build_run(dir.path(), &site.prefix, "r2")
-        .await
-        .expect_err("the swap loses");
+    site.store.at(Op::Put, ending("_CURRENT")).fail(Fault::Precondition);
+    let e = site.build("r2").await.expect_err("the swap loses");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{backend}: exit 4: {e}");
     assert_eq!(
         current_version(&site.prefix).await,
@@ -261,17 +246,19 @@ async fn a_lost_compare_and_swap_is_a_conflict_and_current_stays() {
 }
 
 async fn lost_manifest_answer(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-lost-manifest").await;
-    built(build_run(dir.path(), &site.prefix, "r1").await).await;
+    site.publish("r1").await;
     let before = current_version(&site.prefix).await;
 
     // The second build's manifest lands, but its answer is lost.
-    site.store.fail_after_first_put(
-        &format!("/{}", sf_manifest::format::layout::MANIFEST_FILE),
-        Fault::Timeout,
-    );
-    let e = build_run(dir.path(), &site.prefix, "r2")
+    site.store
+        .at(
+            Op::Put,
+            ending(&format!("/{}", sf_manifest::format::layout::MANIFEST_FILE)),
+        )
+        .fail_after(Fault::Timeout);
+    let e = site
+        .build("r2")
         .await
         .expect_err("the manifest write reports a failure");
     assert_eq!(site.store.fired(), 1, "{backend}: the fault fired");
@@ -281,14 +268,7 @@ async fn lost_manifest_answer(backend: &str) {
         before,
         "{backend}: _CURRENT untouched"
     );
-    let store = ObjectManifestStore::open(&site.prefix, &StorageOptions::new()).expect("store");
-    let runs: Vec<String> = store
-        .history()
-        .await
-        .expect("history")
-        .into_iter()
-        .map(|h| h.run_id.as_str().to_string())
-        .collect();
+    let runs = history_runs(&site.prefix).await;
     assert!(
         runs.iter().any(|r| r == "r2"),
         "{backend}: the manifest is in the history: {runs:?}"
@@ -309,22 +289,20 @@ async fn a_manifest_whose_answer_was_lost_keeps_its_shards() {
 }
 
 async fn concurrent_publish(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-concurrent").await;
-    built(build_run(dir.path(), &site.prefix, "r1").await).await;
+    site.publish("r1").await;
     let kept = attempt_folders(&site.prefix).await;
 
     // The other publisher points `_CURRENT` at the same manifest again (a
     // new version) the moment the second build claims its first attempt.
     let moved: Arc<Mutex<Option<String>>> = Arc::default();
     let (prefix, seen) = (site.prefix.clone(), Arc::clone(&moved));
-    site.store.before_first(
-        Op::Put,
-        sf_manifest::format::layout::CLAIM_FILE,
-        Arc::new(move |_| {
+    site.store
+        .at(Op::Put, ending(sf_manifest::format::layout::CLAIM_FILE))
+        .run(move |_| {
             let (prefix, seen) = (prefix.clone(), Arc::clone(&seen));
-            Box::pin(async move {
-                let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
+            async move {
+                let store = manifest_store(&prefix);
                 let now = store.load_current().await.expect("load").expect("current");
                 let p = sf_manifest::CurrentPointer::new(now.pointer.manifest_ref.clone(), now.pointer.run_id.clone());
                 let v = store
@@ -332,10 +310,9 @@ async fn concurrent_publish(backend: &str) {
                     .await
                     .expect("the other publisher wins");
                 *seen.lock().expect("moved") = Some(format!("{v:?}"));
-            })
-        }),
-    );
-    let e = build_run(dir.path(), &site.prefix, "r2").await.expect_err("conflict");
+            }
+        });
+    let e = site.build("r2").await.expect_err("conflict");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{backend}: exit 4: {e}");
     let other = moved.lock().expect("moved").clone();
     assert!(other.is_some(), "{backend}: the hook ran");
@@ -360,28 +337,21 @@ async fn a_concurrent_publish_wins_and_the_loser_sweeps_its_data() {
 }
 
 async fn corrupted_after_upload(backend: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
     let site = site(backend, "faults-corrupt").await;
     // Between a shard's upload and its re-read, the object is overwritten
     // with other bytes of the same length (damage in transit or at rest).
     let inner = site.store.inner();
-    site.store.before_first(
-        Op::Get,
-        "shard.db",
-        Arc::new(move |path| {
-            let inner = Arc::clone(&inner);
-            Box::pin(async move {
-                let bytes = inner.get(&path).await.expect("uploaded").bytes().await.expect("bytes");
-                let mut damaged = bytes.to_vec();
-                let at = damaged.len() / 2;
-                damaged[at] ^= 0xff;
-                inner.put(&path, damaged.into()).await.expect("overwrite");
-            })
-        }),
-    );
-    let e = build_run(dir.path(), &site.prefix, "r1")
-        .await
-        .expect_err("the re-read catches the damage");
+    site.store.at(Op::Get, ending("shard.db")).run(move |path| {
+        let inner = Arc::clone(&inner);
+        async move {
+            let bytes = inner.get(&path).await.expect("uploaded").bytes().await.expect("bytes");
+            let mut damaged = bytes.to_vec();
+            let at = damaged.len() / 2;
+            damaged[at] ^= 0xff;
+            inner.put(&path, damaged.into()).await.expect("overwrite");
+        }
+    });
+    let e = site.build("r1").await.expect_err("the re-read catches the damage");
     assert_eq!(site.store.fired(), 1, "{backend}: the hook ran");
     assert_eq!(e.kind(), ErrorKind::Data, "{backend}: exit 3: {e}");
     let text = e.to_string();

@@ -14,14 +14,13 @@ use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use sf_manifest::{
-    Attempt, BuildMeta, DbId, Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId, ShardRow,
-    ShardingSpec, StorageOptions, WriterInfo,
+    Attempt, BuildMeta, DbId, Key, KeyEncoding, Manifest, ManifestStore, RunId, ShardRow, ShardingSpec, WriterInfo,
 };
 use sf_router::{Routed, Router};
 use sf_tests::cluster::{ClusterOptions, LocalCluster, run_bounded};
-use sf_tests::s3_prefix;
-use sf_tests::writer_support::{binary, read_snapshot};
-use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Outcome, build};
+use sf_tests::writer_support::{binary, build_embedded, parse_job, read_snapshot};
+use sf_tests::{manifest_store, s3_prefix};
+use sf_writer::job::BuildSummary;
 
 /// The value stored for key `id`: `value_bytes` bytes that name the key.
 fn value_of(id: i64, value_bytes: usize) -> Vec<u8> {
@@ -88,12 +87,7 @@ prefix = "{prefix}"
 }
 
 async fn run(text: &str, dir: &Path) -> BuildSummary {
-    let job = sf_writer::config::parse(text, "job.toml", dir, Vec::<(String, String)>::new()).expect("valid job");
-    match build(&job, &Embedded::default(), &BuildOptions::default()).await {
-        Ok(Outcome::Built(s)) => s,
-        Ok(other) => panic!("expected a build, got {other:?}"),
-        Err(e) => panic!("build failed: {e}"),
-    }
+    build_embedded(&parse_job(dir, text)).await
 }
 
 /// Reads the snapshot back shard by shard: exactly keys `0..n`, each in
@@ -337,7 +331,7 @@ async fn a_manifest_of_100000_shards_publishes_opens_and_lists() {
     const SHARDS: u32 = 100_000;
     let dir = tempfile::tempdir().expect("tmp");
     let prefix = format!("file://{}/snap", dir.path().display());
-    let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(&prefix);
     let run = RunId::new("manifest-scale").expect("run id");
     let shards: Vec<ShardRow> = (0..SHARDS)
         // Every seventh shard is empty, so rows are left out as a build does.

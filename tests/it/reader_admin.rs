@@ -5,51 +5,34 @@
 
 use sf_manifest::Classified;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use sf_manifest::{
-    CurrentPointer, ErrorKind, Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId, RunRecord,
-    RunStatus, StorageOptions, Timestamp, format::layout,
+    CurrentPointer, ErrorKind, Key, KeyEncoding, Manifest, ManifestStore, RunId, RunRecord, RunStatus, Timestamp,
+    format::layout,
 };
-use sf_reader::{Admin, CleanupOptions, Pin, Reader, ReaderSettings, RemovalReason, RollbackTarget};
-use sf_tests::hook_store::HookStore;
-use sf_tests::s3_prefix;
+use sf_reader::{Admin, CleanupOptions, Pin, ReaderSettings, RemovalReason, RollbackTarget, SqliteMode};
+use sf_tests::fault_store::{FaultStore, Op, containing, ending};
+use sf_tests::readers::{open, settings};
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
+use sf_tests::tamper::point_current_at;
+use sf_tests::writer_support::list_keys;
+use sf_tests::{history_runs, manifest_store, s3_prefix};
 
-async fn all_keys(prefix: &str) -> BTreeSet<String> {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
-    let base = store.location().path.clone();
-    let n = base.parts().count();
-    store
-        .object_store()
-        .list(Some(&base))
-        .map_ok(|m| {
-            m.location
-                .parts()
-                .skip(n)
-                .map(|p| p.as_ref().to_string())
-                .collect::<Vec<_>>()
-                .join("/")
-        })
-        .try_collect()
-        .await
-        .expect("list")
-}
-
+/// A reader of `prefix` pinned to `pin` reads every key 0..40 with values
+/// tagged `tag`.
 async fn read_all(prefix: &str, pin: Pin, tag: &str, cache: &std::path::Path) {
-    let r = Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.to_path_buf()),
+    let r = open(
+        prefix,
+        ReaderSettings {
             pin,
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("open");
+            ..settings(SqliteMode::Auto, cache)
+        },
+    )
+    .await;
     let keys: Vec<Key> = (0..40).map(Key::Int).collect();
     let values = r.multi_get(&keys).await.expect("read every shard");
     for (k, v) in values.iter().enumerate() {
@@ -61,13 +44,21 @@ async fn read_all(prefix: &str, pin: Pin, tag: &str, cache: &std::path::Path) {
     }
 }
 
+/// Cleanup keeping the `n` newest manifests (and `_CURRENT`'s).
+fn keep_last(n: usize) -> CleanupOptions {
+    CleanupOptions {
+        keep_last: Some(n),
+        ..CleanupOptions::default()
+    }
+}
+
 /// A run that wrote data and a run record but never published.
 async fn unpublished_run(prefix: &str, run: &str, record: Option<RunRecord>) {
     let mut spec = SnapshotSpec::hash(run, 2, KeyEncoding::U64Be);
     spec.publish = false;
     spec.run_record = false;
     let built = build_snapshot(prefix, &spec, &int_rows(10, run)).await;
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     // Unpublished runs leave no manifest behind.
     let key = layout::locate(store.prefix_url(), None, &built.manifest_ref).expect("key");
     sf_manifest::publish::gc::delete_prefix(&store, key.trim_end_matches("/manifest"))
@@ -92,7 +83,7 @@ async fn scenario(prefix: &str) {
     // A manifest (not published) whose shard 0 reuses run1's winning
     // attempt: run1's data for it must survive run1's removal while this
     // manifest is kept.
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     let mut shared: Manifest = run3.manifest.clone();
     shared.build.run_id = RunId::new("shared").expect("run");
     shared.shards[0] = run1.manifest.shards[0].clone();
@@ -139,7 +130,7 @@ async fn scenario(prefix: &str) {
 
     // Cleanup with no age rules: only losing attempts of kept runs, and
     // the dry run deletes nothing.
-    let before = all_keys(prefix).await;
+    let before = list_keys(prefix).await;
     let dry = admin
         .cleanup(&CleanupOptions {
             dry_run: true,
@@ -147,7 +138,7 @@ async fn scenario(prefix: &str) {
         })
         .await
         .expect("dry run");
-    assert_eq!(all_keys(prefix).await, before, "a dry run deletes nothing");
+    assert_eq!(list_keys(prefix).await, before, "a dry run deletes nothing");
     let stale: Vec<_> = dry.of(RemovalReason::StaleAttempt).collect();
     assert_eq!(stale.len(), 3 * 4, "attempt=01 of 4 shards of run1..run3: {stale:?}");
     assert!(stale.iter().all(|r| r.key.ends_with("attempt=01")));
@@ -155,7 +146,7 @@ async fn scenario(prefix: &str) {
     let real = admin.cleanup(&CleanupOptions::default()).await.expect("cleanup");
     assert_eq!(real.removals, dry.removals);
     assert_eq!(real.objects_deleted, 3 * 4 * 2, "shard.db and _claim.json of each");
-    let after = all_keys(prefix).await;
+    let after = list_keys(prefix).await;
     assert!(after.iter().all(|k| !k.contains("attempt=01")));
     for (pin, tag) in [
         (Pin::Offset(1), "three"),
@@ -170,9 +161,8 @@ async fn scenario(prefix: &str) {
     // shard 0 and run3's shards 1..3.
     let plan = admin
         .cleanup(&CleanupOptions {
-            keep_last: Some(1),
             dry_run: true,
-            ..CleanupOptions::default()
+            ..keep_last(1)
         })
         .await
         .expect("plan");
@@ -201,17 +191,11 @@ async fn scenario(prefix: &str) {
     assert_eq!(plan.unknown_runs, vec![RunId::new("unknown").expect("run")]);
     let records: BTreeSet<&str> = plan.of(RemovalReason::RunRecord).map(|r| r.run_id.as_str()).collect();
     assert_eq!(records, BTreeSet::from(["failed", "run1", "run3"]));
-    assert_eq!(all_keys(prefix).await, after, "the plan deleted nothing");
+    assert_eq!(list_keys(prefix).await, after, "the plan deleted nothing");
 
-    let done = admin
-        .cleanup(&CleanupOptions {
-            keep_last: Some(1),
-            ..CleanupOptions::default()
-        })
-        .await
-        .expect("cleanup old runs");
+    let done = admin.cleanup(&keep_last(1)).await.expect("cleanup old runs");
     assert_eq!(done.removals, plan.removals);
-    let left = all_keys(prefix).await;
+    let left = list_keys(prefix).await;
     assert!(left.iter().any(|k| k.starts_with(&run1_shard0)), "shared shard kept");
     assert!(
         !left.iter().any(|k| k.starts_with(&run3_shard0)),
@@ -227,25 +211,18 @@ async fn scenario(prefix: &str) {
         left.iter().any(|k| k.contains("run_id=unknown")),
         "unknown run untouched"
     );
-    let history: Vec<String> = store
-        .history()
-        .await
-        .expect("history")
-        .iter()
-        .map(|h| h.run_id.to_string())
-        .collect();
+    let history = history_runs(prefix).await;
     assert_eq!(history, vec!["shared", "run2"]);
     read_all(prefix, Pin::Current, "two", cache.path()).await;
     // The kept `shared` manifest still reads: its shard 0 is run1's.
-    let r = Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.path().to_path_buf()),
+    let r = open(
+        prefix,
+        ReaderSettings {
             pin: Pin::Offset(0),
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("open shared");
+            ..settings(SqliteMode::Auto, cache.path())
+        },
+    )
+    .await;
     for k in 0..40 {
         let v = r.get(&Key::Int(k)).await.expect("get").expect("present");
         assert!(v.starts_with(b"one:") || v.starts_with(b"three:"), "{v:?}");
@@ -257,17 +234,15 @@ async fn scenario(prefix: &str) {
         .expect_err("gone");
     assert!(e.to_string().contains(&run1.manifest_ref), "{e}");
     // keep_last 0 is refused as a bad setting, naming it, and deletes nothing.
-    let before_zero = all_keys(prefix).await;
-    let e = admin
-        .cleanup(&CleanupOptions {
-            keep_last: Some(0),
-            ..CleanupOptions::default()
-        })
-        .await
-        .expect_err("keep_last 0");
+    let before_zero = list_keys(prefix).await;
+    let e = admin.cleanup(&keep_last(0)).await.expect_err("keep_last 0");
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("keep_last"), "{e}");
-    assert_eq!(all_keys(prefix).await, before_zero, "a refused cleanup deletes nothing");
+    assert_eq!(
+        list_keys(prefix).await,
+        before_zero,
+        "a refused cleanup deletes nothing"
+    );
 
     // --older-than: nothing is that old.
     let none = admin
@@ -291,41 +266,36 @@ async fn rollback_and_cleanup_on_s3() {
     scenario(&s3_prefix("reader-admin")).await;
 }
 
-fn store(prefix: &str) -> ObjectManifestStore {
-    ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store")
-}
-
-/// Points `_CURRENT` at `manifest_ref` by compare-and-swap, as another
-/// publisher would.
-async fn move_current(prefix: &str, manifest_ref: &str, run: &str) {
-    let s = store(prefix);
-    let cur = s.load_current().await.expect("load");
-    let p = CurrentPointer::new(manifest_ref, RunId::new(run).expect("run"));
-    s.swap_current(&p, cur.as_ref().map(|c| &c.version))
+/// What `_CURRENT` names now.
+async fn current(prefix: &str) -> CurrentPointer {
+    manifest_store(prefix)
+        .load_current()
         .await
-        .expect("swap");
+        .expect("load")
+        .expect("current")
+        .pointer
 }
 
-/// A hook that, on the first call `select` picks, moves `_CURRENT` to
-/// `manifest_ref` before letting the call go on.
-fn move_current_once(
-    hooked: &HookStore,
+/// The admin of `prefix`, reaching storage through `store`.
+fn admin_through(prefix: &str, store: Arc<FaultStore>) -> Admin {
+    Admin::builder(format!("{prefix}/_CURRENT"))
+        .with_object_store(store)
+        .build()
+        .expect("admin")
+}
+
+/// A hook for [`FaultStore`] rules: another publisher moves `_CURRENT` to
+/// `manifest_ref` before the call goes on.
+fn another_publisher_moves_current(
     prefix: &str,
     manifest_ref: &str,
     run: &str,
-    select: impl Fn(&'static str, &str) -> bool + Send + Sync + 'static,
-) {
-    let armed = Arc::new(AtomicBool::new(true));
+) -> impl Fn(object_store::path::Path) -> BoxFuture<'static, ()> + Send + Sync + 'static {
     let (prefix, manifest_ref, run) = (prefix.to_string(), manifest_ref.to_string(), run.to_string());
-    hooked.set_hook(move |op, path| {
-        if !select(op, path.as_ref()) || !armed.swap(false, Ordering::SeqCst) {
-            return None;
-        }
+    move |_| {
         let (prefix, manifest_ref, run) = (prefix.clone(), manifest_ref.clone(), run.clone());
-        Some(Box::pin(
-            async move { move_current(&prefix, &manifest_ref, &run).await },
-        ))
-    });
+        async move { point_current_at(&prefix, &manifest_ref, &run).await }.boxed()
+    }
 }
 
 /// Another publisher moves `_CURRENT` between the rollback's read of it
@@ -356,26 +326,23 @@ async fn rollback_loses_to_a_publish_that_lands_first_and_overwrites_nothing() {
         &int_rows(10, "three"),
     )
     .await;
-    let hooked = HookStore::over(&prefix);
-    move_current_once(&hooked, &prefix, &run3.manifest_ref, "run3", |op, path| {
-        op == "put" && path.ends_with("_CURRENT")
-    });
-    let admin = Admin::builder(format!("{prefix}/_CURRENT"))
-        .with_object_store(hooked.clone())
-        .build()
-        .expect("admin");
+    let hooked = FaultStore::over(&prefix);
+    hooked
+        .at(Op::Put, ending("_CURRENT"))
+        .run(another_publisher_moves_current(&prefix, &run3.manifest_ref, "run3"));
+    let admin = admin_through(&prefix, hooked.clone());
     let e = admin
         .rollback(&RollbackTarget::RunId(RunId::new("run1").expect("run")))
         .await
         .expect_err("a publish landed first");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
     assert!(e.to_string().contains(&format!("{prefix}/_CURRENT")), "{e}");
-    let now = store(&prefix).load_current().await.expect("load").expect("current");
+    let now = current(&prefix).await;
     assert_eq!(
-        now.pointer.manifest_ref, run3.manifest_ref,
+        now.manifest_ref, run3.manifest_ref,
         "the other publisher's write stands"
     );
-    assert_eq!(now.pointer.run_id.as_str(), "run3");
+    assert_eq!(now.run_id.as_str(), "run3");
 
     // Tried again with nothing racing, it goes through from run3.
     let r = admin
@@ -384,8 +351,8 @@ async fn rollback_loses_to_a_publish_that_lands_first_and_overwrites_nothing() {
         .expect("rollback");
     assert!(r.changed);
     assert_eq!(r.from_run_id.as_ref().map(RunId::as_str), Some("run3"));
-    let now = store(&prefix).load_current().await.expect("load").expect("current");
-    assert_eq!(now.pointer.run_id.as_str(), "run1");
+    let now = current(&prefix).await;
+    assert_eq!(now.run_id.as_str(), "run1");
 }
 
 /// `_CURRENT` moves after cleanup has planned (while it reads the kept
@@ -401,38 +368,23 @@ async fn cleanup_deletes_nothing_when_current_moves_after_its_plan() {
     spec.run_id = "run2".into();
     build_snapshot(&prefix, &spec, &int_rows(40, "two")).await;
 
-    let hooked = HookStore::over(&prefix);
-    move_current_once(&hooked, &prefix, &run1.manifest_ref, "run1", |op, path| {
-        op == "get" && path.contains("/manifests/")
-    });
-    let admin = Admin::builder(format!("{prefix}/_CURRENT"))
-        .with_object_store(hooked.clone())
-        .build()
-        .expect("admin");
-    let before = all_keys(&prefix).await;
+    let hooked = FaultStore::over(&prefix);
+    hooked
+        .at(Op::Get, containing("/manifests/"))
+        .run(another_publisher_moves_current(&prefix, &run1.manifest_ref, "run1"));
+    let admin = admin_through(&prefix, hooked.clone());
+    let before = list_keys(&prefix).await;
     assert_eq!(before.iter().filter(|k| k.contains("attempt=01")).count(), 2 * 4 * 2);
-    let e = admin
-        .cleanup(&CleanupOptions {
-            keep_last: Some(1),
-            ..CleanupOptions::default()
-        })
-        .await
-        .expect_err("_CURRENT moved");
+    let e = admin.cleanup(&keep_last(1)).await.expect_err("_CURRENT moved");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
     assert!(e.to_string().contains(&format!("{prefix}/_CURRENT")), "{e}");
-    assert_eq!(all_keys(&prefix).await, before, "nothing was deleted");
-    let now = store(&prefix).load_current().await.expect("load").expect("current");
-    assert_eq!(now.pointer.run_id.as_str(), "run1");
+    assert_eq!(list_keys(&prefix).await, before, "nothing was deleted");
+    let now = current(&prefix).await;
+    assert_eq!(now.run_id.as_str(), "run1");
 
     // Run again: it keeps what _CURRENT names now (run1) and the newest
     // manifest (run2), so only the losing attempts go.
-    let done = admin
-        .cleanup(&CleanupOptions {
-            keep_last: Some(1),
-            ..CleanupOptions::default()
-        })
-        .await
-        .expect("cleanup again");
+    let done = admin.cleanup(&keep_last(1)).await.expect("cleanup again");
     assert_eq!(done.current_run_id.as_str(), "run1");
     assert_eq!(
         done.of(RemovalReason::StaleAttempt).count(),
@@ -441,7 +393,7 @@ async fn cleanup_deletes_nothing_when_current_moves_after_its_plan() {
         done.removals
     );
     assert_eq!(done.removals.len(), 2 * 4, "{:?}", done.removals);
-    let after = all_keys(&prefix).await;
+    let after = list_keys(&prefix).await;
     assert!(!after.iter().any(|k| k.contains("attempt=01")), "{after:?}");
     let cache = tempfile::tempdir().expect("cache");
     read_all(&prefix, Pin::Current, "one", cache.path()).await;
@@ -460,7 +412,7 @@ fn long_ago() -> Timestamp {
 async fn cleanup_older_than_deletes_what_was_published_before_the_cutoff() {
     let root = tempfile::tempdir().expect("root");
     let prefix = format!("file://{}/snap", root.path().display());
-    let s = store(&prefix);
+    let s = manifest_store(&prefix);
     // `ancient`: a manifest published in 2001, with its shards.
     let mut spec = SnapshotSpec::hash("ancient", 2, KeyEncoding::U64Be);
     spec.publish = false;
@@ -518,7 +470,7 @@ async fn cleanup_older_than_deletes_what_was_published_before_the_cutoff() {
     );
     assert!(done.objects_deleted > 0);
 
-    let left = all_keys(&prefix).await;
+    let left = list_keys(&prefix).await;
     assert!(!left.iter().any(|k| k.contains("run_id=ancient")), "{left:?}");
     assert!(!left.iter().any(|k| k.contains("run_id=failed-long-ago")), "{left:?}");
     assert!(
@@ -566,11 +518,11 @@ async fn include_abandoned_alone_deletes_failed_and_expired_runs_and_keeps_live_
     unpublished_run(&prefix, "unknown", None).await;
 
     let admin = Admin::builder(format!("{prefix}/_CURRENT")).build().expect("admin");
-    let before = all_keys(&prefix).await;
+    let before = list_keys(&prefix).await;
     let plain = admin.cleanup(&CleanupOptions::default()).await.expect("plain cleanup");
     assert!(plain.removals.is_empty(), "{:?}", plain.removals);
     assert_eq!(
-        all_keys(&prefix).await,
+        list_keys(&prefix).await,
         before,
         "without include_abandoned nothing goes"
     );
@@ -595,7 +547,7 @@ async fn include_abandoned_alone_deletes_failed_and_expired_runs_and_keeps_live_
     );
     assert_eq!(done.unknown_runs, vec![RunId::new("unknown").expect("run")]);
 
-    let left = all_keys(&prefix).await;
+    let left = list_keys(&prefix).await;
     for run in ["failed", "expired"] {
         assert!(
             !left
@@ -615,12 +567,6 @@ async fn include_abandoned_alone_deletes_failed_and_expired_runs_and_keeps_live_
             .any(|k| k.starts_with("runs/") && k.contains("run_id=live_")),
         "{left:?}"
     );
-    let history: Vec<String> = store(&prefix)
-        .history()
-        .await
-        .expect("history")
-        .iter()
-        .map(|h| h.run_id.to_string())
-        .collect();
+    let history = history_runs(&prefix).await;
     assert_eq!(history, vec!["run2", "run1"]);
 }

@@ -6,19 +6,13 @@
 use std::sync::Arc;
 
 use sf_manifest::{Key, KeyEncoding};
-use sf_reader::{Reader, ReaderSettings, SqliteMode};
-use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
+use sf_reader::{Reader, SqliteMode};
+use sf_tests::readers::{PAGED_MODES, in_every_mode, open, settings};
+use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows, publish_ints};
 
-async fn open(current_url: &str, cache: &std::path::Path, mode: SqliteMode) -> Reader {
-    Reader::builder(current_url)
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.to_path_buf()),
-            sqlite_mode: mode,
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("open")
+/// A reader in download mode sharing `cache` with the others.
+async fn download_reader(prefix: &str, cache: &std::path::Path) -> Reader {
+    open(prefix, settings(SqliteMode::Download, cache)).await
 }
 
 fn cached_files(cache: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
@@ -35,15 +29,10 @@ fn cached_files(cache: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
 async fn many_first_callers_share_one_open_per_shard() {
     let root = tempfile::tempdir().expect("root");
     let prefix = format!("file://{}/snap", root.path().display());
-    build_snapshot(
-        &prefix,
-        &SnapshotSpec::hash("r1", 4, KeyEncoding::U64Be),
-        &int_rows(400, "v"),
-    )
-    .await;
-    for mode in [SqliteMode::Download, SqliteMode::Range] {
+    publish_ints(&prefix, "r1", 4, 400, "v").await;
+    in_every_mode(&PAGED_MODES, async |mode| {
         let cache = tempfile::tempdir().expect("cache");
-        let reader = open(&format!("{prefix}/_CURRENT"), cache.path(), mode).await;
+        let reader = open(&prefix, settings(mode, cache.path())).await;
         assert_eq!(reader.stats().shard_opens, 0, "building a reader opens no shard");
         assert_eq!(reader.info().shards_open, 0);
         // 64 callers of one shard, released at once.
@@ -92,7 +81,8 @@ async fn many_first_callers_share_one_open_per_shard() {
                 );
             }
         }
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +95,6 @@ async fn cached_files_are_reused_and_damage_is_repaired() {
         let mut spec = SnapshotSpec::hash("r1", 2, KeyEncoding::U64Be);
         spec.checksums = checksums;
         build_snapshot(&prefix, &spec, &int_rows(100, "v")).await;
-        let current = format!("{prefix}/_CURRENT");
         let keys: Vec<Key> = (0..100).map(Key::Int).collect();
         let check = |values: Vec<Option<bytes::Bytes>>| {
             for (k, v) in values.iter().enumerate() {
@@ -113,13 +102,13 @@ async fn cached_files_are_reused_and_damage_is_repaired() {
             }
         };
 
-        let first = open(&current, cache.path(), SqliteMode::Download).await;
+        let first = download_reader(&prefix, cache.path()).await;
         check(first.multi_get(&keys).await.expect("first"));
         assert_eq!(first.stats().downloads, 2);
         let files = cached_files(cache.path(), "db");
 
         // Another reader on the same cache reuses the files.
-        let second = open(&current, cache.path(), SqliteMode::Download).await;
+        let second = download_reader(&prefix, cache.path()).await;
         check(second.multi_get(&keys).await.expect("second"));
         let s = second.stats();
         assert_eq!((s.downloads, s.cache_hits, s.cache_repairs), (0, 2, 0), "{s:?}");
@@ -134,7 +123,7 @@ async fn cached_files_are_reused_and_damage_is_repaired() {
         let f = std::fs::OpenOptions::new().write(true).open(&ours[1]).expect("open");
         f.set_len(4096).expect("truncate");
         drop(f);
-        let third = open(&current, cache.path(), SqliteMode::Download).await;
+        let third = download_reader(&prefix, cache.path()).await;
         check(third.multi_get(&keys).await.expect("third"));
         let s = third.stats();
         assert_eq!((s.downloads, s.cache_repairs), (2, 2), "{s:?}");
@@ -145,7 +134,7 @@ async fn cached_files_are_reused_and_damage_is_repaired() {
                 std::fs::remove_file(sum).expect("remove digest");
             }
         }
-        let fourth = open(&current, cache.path(), SqliteMode::Download).await;
+        let fourth = download_reader(&prefix, cache.path()).await;
         check(fourth.multi_get(&keys).await.expect("fourth"));
         let s = fourth.stats();
         if checksums {

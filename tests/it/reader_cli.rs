@@ -6,21 +6,22 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use object_store::PutPayload;
 use serde_json::Value;
-use sf_manifest::{
-    CelType, CurrentPointer, Key, KeyEncoding, ManifestStore, ObjectManifestStore, RoutingValue, RunId, ShardingSpec,
-    StorageOptions, Timestamp, format::layout,
+use sf_manifest::{CelType, Key, KeyEncoding, RoutingValue, RunId, ShardingSpec, Timestamp};
+use sf_reader::{ContextValue, ReaderSettings};
+use sf_tests::readers::{key_in, open};
+use sf_tests::snapshots::{
+    Backend, Row, SnapshotSpec, build_snapshot, fixture_copy, int_rows, publish_ints, tree_state,
 };
-use sf_reader::ContextValue;
-use sf_tests::snapshots::{Backend, Row, SnapshotSpec, build_snapshot, fixture_copy, int_rows, tree_state};
+use sf_tests::tamper::{damage_shard, delete_shard, point_current_at, publish_over, put_manifest_bytes};
+use sf_tests::writer_support::{binary, output_with_input};
 use sf_tests::{fixture_dir, s3_prefix};
 
 /// The `sf-read` binary that `./scripts/test.sh` builds first.
 fn sf_read() -> PathBuf {
-    sf_tests::writer_support::binary("sf-read")
+    binary("sf-read")
 }
 
 struct Out {
@@ -31,23 +32,8 @@ struct Out {
 
 fn run(args: &[&str], cache: &Path, stdin: Option<&str>) -> Out {
     let mut cmd = Command::new(sf_read());
-    cmd.args(args)
-        .env("SF_CACHE_DIR", cache)
-        .env_remove("SF_CURRENT_URL")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn sf-read");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("sf-read ran");
+    cmd.args(args).env("SF_CACHE_DIR", cache).env_remove("SF_CURRENT_URL");
+    let out = output_with_input(&mut cmd, stdin);
     Out {
         code: out.status.code().expect("exit code"),
         stdout: String::from_utf8(out.stdout).expect("utf8 stdout"),
@@ -456,10 +442,6 @@ async fn rollback_and_cleanup_on_s3() {
     admin_commands(&s3_prefix("reader-cli-admin"), None).await;
 }
 
-fn store(prefix: &str) -> ObjectManifestStore {
-    ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store")
-}
-
 /// `health` compares the snapshot's build time with `--max-age`: a
 /// snapshot built in 2001 is stale and one built now is healthy, whatever
 /// the date the suite runs on (neither depends on a fixture's date).
@@ -468,12 +450,7 @@ async fn health_exits_by_the_snapshot_age_whatever_the_date() {
     let root = tempfile::tempdir().expect("root");
     let cache = tempfile::tempdir().expect("cache");
     let fresh = format!("file://{}/fresh", root.path().display());
-    build_snapshot(
-        &fresh,
-        &SnapshotSpec::hash("r1", 2, KeyEncoding::U64Be),
-        &int_rows(10, "v"),
-    )
-    .await;
+    publish_ints(&fresh, "r1", 2, 10, "v").await;
     let o = run(
         &[
             "--current-url",
@@ -489,18 +466,11 @@ async fn health_exits_by_the_snapshot_age_whatever_the_date() {
     assert_eq!(json(&o.stdout)["status"], "healthy");
 
     let old = format!("file://{}/old", root.path().display());
-    let built = build_snapshot(
-        &old,
-        &SnapshotSpec::hash("r1", 2, KeyEncoding::U64Be),
-        &int_rows(10, "v"),
-    )
-    .await;
+    let built = publish_ints(&old, "r1", 2, 10, "v").await;
     let mut m = built.manifest.clone();
     m.build.run_id = RunId::new("r2001").expect("run");
     m.build.created_at = Timestamp::from_micros(978_307_200_000_000).expect("2001-01-01");
-    let s = store(&old);
-    let cur = s.load_current().await.expect("load").expect("current");
-    s.publish(&m, Some(&cur.version)).await.expect("publish");
+    publish_over(&old, &m).await;
     let o = run(
         &["--current-url", &format!("{old}/_CURRENT"), "health", "--max-age", "1d"],
         cache.path(),
@@ -521,18 +491,9 @@ async fn health_exits_by_the_snapshot_age_whatever_the_date() {
 async fn data_errors_exit_3_naming_the_bad_object() {
     let root = tempfile::tempdir().expect("root");
     let cache = tempfile::tempdir().expect("cache");
-    let spec = SnapshotSpec::hash("r1", 4, KeyEncoding::U64Be);
-    let shard_of = |prefix: &str, db: u32| {
-        let prefix = prefix.to_string();
-        async move {
-            let reader = sf_reader::Reader::builder(format!("{prefix}/_CURRENT"))
-                .build()
-                .await
-                .expect("open");
-            (0..40i64)
-                .find(|k| reader.route(&Key::Int(*k), None).expect("route").db_id.map(|d| d.0) == Some(db))
-                .expect("a key in that shard")
-        }
+    let shard_of = async |prefix: &str, db: u32| {
+        let reader = open(prefix, ReaderSettings::default()).await;
+        key_in(&reader, db, 40)
     };
     let exits_3 = |prefix: &str, key: i64, needles: &[&str]| {
         let o = run(
@@ -549,72 +510,37 @@ async fn data_errors_exit_3_naming_the_bad_object() {
 
     // _CURRENT names a manifest that is not there.
     let p = format!("file://{}/dangling", root.path().display());
-    build_snapshot(&p, &spec, &int_rows(40, "v")).await;
+    publish_ints(&p, "r1", 4, 40, "v").await;
     let missing = format!("{p}/manifests/2030-01-01T00:00:00.000000Z_run_id=gone/manifest");
-    let s = store(&p);
-    let cur = s.load_current().await.expect("load").expect("current");
-    s.swap_current(
-        &CurrentPointer::new(&missing, RunId::new("gone").expect("run")),
-        Some(&cur.version),
-    )
-    .await
-    .expect("swap");
+    point_current_at(&p, &missing, "gone").await;
     exits_3(&p, 1, &[&missing]);
 
     // A manifest of format_version 5.
     let p = format!("file://{}/v5", root.path().display());
-    let built = build_snapshot(&p, &spec, &int_rows(40, "v")).await;
+    let built = publish_ints(&p, "r1", 4, 40, "v").await;
     let mut m = built.manifest.clone();
     m.build.format_version = 5;
     m.build.run_id = RunId::new("v5").expect("run");
-    let s = store(&p);
-    let key = layout::manifest_key(Timestamp::now(), &m.build.run_id);
-    s.object_store()
-        .put(
-            &s.location().path_of(&key),
-            PutPayload::from(m.to_sqlite_bytes().expect("encode")),
-        )
-        .await
-        .expect("put");
-    let v5 = layout::join_url(s.prefix_url(), &key);
-    let cur = s.load_current().await.expect("load").expect("current");
-    s.swap_current(&CurrentPointer::new(&v5, m.build.run_id.clone()), Some(&cur.version))
-        .await
-        .expect("swap");
+    let v5 = put_manifest_bytes(&p, "v5", m.to_sqlite_bytes().expect("encode")).await;
+    point_current_at(&p, &v5, "v5").await;
     exits_3(&p, 1, &[&v5, "format_version 5"]);
 
     // A shard whose file is gone.
     let p = format!("file://{}/noshard", root.path().display());
-    let built = build_snapshot(&p, &spec, &int_rows(40, "v")).await;
+    let built = publish_ints(&p, "r1", 4, 40, "v").await;
     let victim = built.manifest.shards.iter().find(|r| r.db_id.0 == 1).expect("row");
     let url = victim.db_url.clone().expect("url");
     let k = shard_of(&p, 1).await;
-    let s = store(&p);
-    let key = layout::locate(s.prefix_url(), None, &url).expect("key");
-    sf_manifest::publish::gc::delete_prefix(&s, &key).await.expect("delete");
+    delete_shard(&p, &url).await;
     exits_3(&p, k, &["shard 1", &url]);
 
     // A shard whose bytes do not match its checksum.
     let p = format!("file://{}/damaged", root.path().display());
-    let built = build_snapshot(&p, &spec, &int_rows(40, "v")).await;
+    let built = publish_ints(&p, "r1", 4, 40, "v").await;
     let victim = built.manifest.shards.iter().find(|r| r.db_id.0 == 2).expect("row");
     let url = victim.db_url.clone().expect("url");
     let k = shard_of(&p, 2).await;
-    let s = store(&p);
-    let key = layout::locate(s.prefix_url(), None, &url).expect("key");
-    let path = s.location().path_of(&format!("{key}/shard.db"));
-    let mut bytes = s
-        .object_store()
-        .get(&path)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes")
-        .to_vec();
-    let at = bytes.len() - 100;
-    bytes[at] ^= 0x01;
-    s.object_store().put(&path, PutPayload::from(bytes)).await.expect("put");
+    damage_shard(&p, &url).await;
     exits_3(
         &p,
         k,

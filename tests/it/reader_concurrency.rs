@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sf_manifest::{Key, KeyEncoding};
-use sf_reader::{Reader, ReaderSettings, SqliteMode};
+use sf_reader::{ReaderSettings, SqliteMode};
+use sf_tests::readers::{open, settings};
 use sf_tests::snapshots::{Backend, SnapshotSpec, build_snapshot, int_rows};
 
 const KEYS: u64 = 2_000;
@@ -46,16 +47,14 @@ async fn swap_under_load(backend: Backend, mode: SqliteMode, gets_per_task: usiz
     let mut spec = SnapshotSpec::hash("old", 8, KeyEncoding::U64Be);
     spec.backend = backend;
     build_snapshot(&prefix, &spec, &int_rows(KEYS, "old")).await;
-    let reader = Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.path().to_path_buf()),
-            sqlite_mode: mode,
+    let reader = open(
+        &prefix,
+        ReaderSettings {
             refresh_interval: Some(Duration::from_millis(20)),
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("open");
+            ..settings(mode, cache.path())
+        },
+    )
+    .await;
 
     let done = Arc::new(AtomicUsize::new(0));
     let swapped = Arc::new(AtomicBool::new(false));

@@ -4,72 +4,19 @@
 use sf_manifest::Classified;
 use std::time::Duration;
 
-use object_store::PutPayload;
-use sf_manifest::{
-    CurrentPointer, ErrorKind, Key, KeyEncoding, ManifestStore, ObjectManifestStore, RunId, StorageOptions, Timestamp,
-    format::layout,
-};
+use sf_manifest::{ErrorKind, Key, KeyEncoding, RunId, format::layout};
 use sf_reader::{Error, Reader, ReaderSettings, SqliteMode};
-use sf_tests::snapshots::{Backend, SnapshotSpec, build_snapshot, int_rows};
+use sf_tests::manifest_store;
+use sf_tests::readers::{SQLITE_MODES, in_every_mode, key_in, open, settings, try_open};
+use sf_tests::snapshots::{Backend, SnapshotSpec, build_snapshot, int_rows, publish_ints};
+use sf_tests::tamper::{damage_shard, delete_shard, point_current_at, publish_over, put_manifest_bytes};
 
 fn prefix(root: &tempfile::TempDir, name: &str) -> String {
     format!("file://{}/{name}", root.path().display())
 }
 
 async fn reader(prefix: &str, cache: &std::path::Path, mode: SqliteMode) -> sf_reader::Result<Reader> {
-    Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.to_path_buf()),
-            sqlite_mode: mode,
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-}
-
-fn store(prefix: &str) -> ObjectManifestStore {
-    ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store")
-}
-
-/// Points `_CURRENT` at `manifest_ref` (compare-and-swap).
-async fn point_at(prefix: &str, manifest_ref: &str, run: &str) {
-    let s = store(prefix);
-    let cur = s.load_current().await.expect("load");
-    let p = CurrentPointer::new(manifest_ref, RunId::new(run).expect("run"));
-    s.swap_current(&p, cur.as_ref().map(|c| &c.version))
-        .await
-        .expect("swap");
-}
-
-/// Writes raw bytes as a new manifest object; returns its URL.
-async fn put_manifest_bytes(prefix: &str, run: &str, bytes: Vec<u8>) -> String {
-    let s = store(prefix);
-    let key = layout::manifest_key(Timestamp::now(), &RunId::new(run).expect("run"));
-    s.object_store()
-        .put(&s.location().path_of(&key), PutPayload::from(bytes))
-        .await
-        .expect("put");
-    layout::join_url(s.prefix_url(), &key)
-}
-
-/// Flips one byte of the `shard.db` under the attempt folder `db_url`,
-/// keeping its size.
-async fn flip_a_byte(prefix: &str, db_url: &str) {
-    let s = store(prefix);
-    let key = layout::locate(s.prefix_url(), None, db_url).expect("key");
-    let path = s.location().path_of(&format!("{key}/shard.db"));
-    let mut bytes = s
-        .object_store()
-        .get(&path)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes")
-        .to_vec();
-    let at = bytes.len() - 100;
-    bytes[at] ^= 0x01;
-    s.object_store().put(&path, PutPayload::from(bytes)).await.expect("put");
+    try_open(prefix, settings(mode, cache)).await
 }
 
 fn assert_names(e: &Error, parts: &[&str]) {
@@ -95,7 +42,7 @@ async fn bad_snapshots_are_named_in_errors() {
     // _CURRENT pointing at a manifest that is not there.
     let p = prefix(&root, "dangling");
     let missing = format!("{p}/manifests/2026-01-01T00:00:00.000000Z_run_id=gone/manifest");
-    point_at(&p, &missing, "gone").await;
+    point_current_at(&p, &missing, "gone").await;
     let e = reader(&p, cache.path(), SqliteMode::Auto)
         .await
         .expect_err("missing manifest");
@@ -105,7 +52,7 @@ async fn bad_snapshots_are_named_in_errors() {
     // A manifest that is not SQLite.
     let p = prefix(&root, "garbage");
     let bad = put_manifest_bytes(&p, "junk", b"{\"this is\": \"json, not SQLite\"}".to_vec()).await;
-    point_at(&p, &bad, "junk").await;
+    point_current_at(&p, &bad, "junk").await;
     let e = reader(&p, cache.path(), SqliteMode::Auto)
         .await
         .expect_err("not SQLite");
@@ -114,28 +61,21 @@ async fn bad_snapshots_are_named_in_errors() {
 
     // format_version 5.
     let p = prefix(&root, "future");
-    let built = build_snapshot(
-        &p,
-        &SnapshotSpec::hash("v4run", 2, KeyEncoding::U64Be),
-        &int_rows(10, "v"),
-    )
-    .await;
+    let built = publish_ints(&p, "v4run", 2, 10, "v").await;
     let mut m = built.manifest.clone();
     m.build.format_version = 5;
     let v5 = put_manifest_bytes(&p, "v5run", m.to_sqlite_bytes().expect("encode")).await;
-    point_at(&p, &v5, "v5run").await;
+    point_current_at(&p, &v5, "v5run").await;
     let e = reader(&p, cache.path(), SqliteMode::Auto).await.expect_err("v5");
     assert_names(&e, &[&v5, "format_version 5", "format_version 4"]);
 
     // A missing shard file: the shard's reads fail naming it; others work.
-    for mode in [SqliteMode::Download, SqliteMode::Range, SqliteMode::Memory] {
+    in_every_mode(&SQLITE_MODES, async |mode| {
         let p = prefix(&root, &format!("noshard-{mode:?}"));
-        let built = build_snapshot(&p, &SnapshotSpec::hash("r1", 4, KeyEncoding::U64Be), &int_rows(40, "v")).await;
+        let built = publish_ints(&p, "r1", 4, 40, "v").await;
         let victim = &built.manifest.shards[1];
         let url = victim.db_url.clone().expect("db_url");
-        let s = store(&p);
-        let key = layout::locate(s.prefix_url(), None, &url).expect("key");
-        sf_manifest::publish::gc::delete_prefix(&s, &key).await.expect("delete");
+        delete_shard(&p, &url).await;
         let r = reader(&p, cache.path(), mode).await.expect("the manifest is fine");
         let (in_victim, elsewhere): (Vec<i64>, Vec<i64>) =
             (0..40).partition(|k| r.route(&Key::Int(*k), None).expect("route").db_id == Some(victim.db_id));
@@ -148,32 +88,17 @@ async fn bad_snapshots_are_named_in_errors() {
             .await
             .expect_err("multi");
         assert_names(&e, &[&format!("shard {}", victim.db_id), &url]);
-    }
+    })
+    .await;
 
     // A checksum mismatch: same size, one byte different.
-    for mode in [SqliteMode::Download, SqliteMode::Range, SqliteMode::Memory] {
+    in_every_mode(&SQLITE_MODES, async |mode| {
         let p = prefix(&root, &format!("damaged-{mode:?}"));
-        let built = build_snapshot(&p, &SnapshotSpec::hash("r1", 2, KeyEncoding::U64Be), &int_rows(40, "v")).await;
+        let built = publish_ints(&p, "r1", 2, 40, "v").await;
         let victim = &built.manifest.shards[0];
-        let s = store(&p);
-        let key = layout::locate(s.prefix_url(), None, victim.db_url.as_deref().expect("url")).expect("key");
-        let path = s.location().path_of(&format!("{key}/shard.db"));
-        let mut bytes = s
-            .object_store()
-            .get(&path)
-            .await
-            .expect("get")
-            .bytes()
-            .await
-            .expect("bytes")
-            .to_vec();
-        let last = bytes.len() - 100;
-        bytes[last] ^= 0x01;
-        s.object_store().put(&path, PutPayload::from(bytes)).await.expect("put");
+        damage_shard(&p, victim.db_url.as_deref().expect("url")).await;
         let r = reader(&p, cache.path(), mode).await.expect("open");
-        let k = (0..40)
-            .find(|k| r.route(&Key::Int(*k), None).expect("route").db_id == Some(victim.db_id))
-            .expect("a key in the damaged shard");
+        let k = key_in(&r, victim.db_id.0, 40);
         let e = r.get(&Key::Int(k)).await.expect_err("checksum");
         assert!(matches!(e, Error::ChecksumMismatch { .. }), "{mode:?}: {e:?}");
         assert_names(
@@ -183,7 +108,8 @@ async fn bad_snapshots_are_named_in_errors() {
                 victim.writer_info.checksum().expect("checksum"),
             ],
         );
-    }
+    })
+    .await;
 
     // A SlateDB shard whose content does not match its recorded checksum.
     let p = prefix(&root, "damaged-slatedb");
@@ -196,13 +122,9 @@ async fn bad_snapshots_are_named_in_errors() {
         "checksum".into(),
         serde_json::Value::from("xxh3_128-kv:00000000000000000000000000000000"),
     );
-    let s = store(&p);
-    let cur = s.load_current().await.expect("load").expect("current");
-    s.publish(&m, Some(&cur.version)).await.expect("publish");
+    publish_over(&p, &m).await;
     let r = reader(&p, cache.path(), SqliteMode::Auto).await.expect("open");
-    let k = (0..20)
-        .find(|k| r.route(&Key::Int(*k), None).expect("route").db_id == Some(m.shards[0].db_id))
-        .expect("key");
+    let k = key_in(&r, m.shards[0].db_id.0, 20);
     let e = r.get(&Key::Int(k)).await.expect_err("kv checksum");
     assert!(matches!(e, Error::ChecksumMismatch { .. }), "{e:?}");
     assert_names(&e, &[&format!("shard {}", m.shards[0].db_id), "xxh3_128-kv:0000"]);
@@ -213,7 +135,7 @@ async fn keys_of_the_wrong_type_are_refused_before_any_read() {
     let root = tempfile::tempdir().expect("root");
     let cache = tempfile::tempdir().expect("cache");
     let p = prefix(&root, "ints");
-    build_snapshot(&p, &SnapshotSpec::hash("r1", 2, KeyEncoding::U64Be), &int_rows(10, "v")).await;
+    publish_ints(&p, "r1", 2, 10, "v").await;
     let r = reader(&p, cache.path(), SqliteMode::Auto).await.expect("open");
     let e = r.get(&Key::Str("abc".into())).await.expect_err("text key");
     assert_eq!(e.kind(), ErrorKind::Data);
@@ -249,12 +171,7 @@ async fn failed_refreshes_keep_the_last_good_snapshot() {
     let root = tempfile::tempdir().expect("root");
     let cache = tempfile::tempdir().expect("cache");
     let p = prefix(&root, "refresh");
-    let good = build_snapshot(
-        &p,
-        &SnapshotSpec::hash("good", 4, KeyEncoding::U64Be),
-        &int_rows(50, "good"),
-    )
-    .await;
+    let good = publish_ints(&p, "good", 4, 50, "good").await;
     let r = reader(&p, cache.path(), SqliteMode::Download).await.expect("open");
     // Open every shard, so a refresh must open the new ones before swapping.
     let keys: Vec<Key> = (0..50).map(Key::Int).collect();
@@ -269,12 +186,12 @@ async fn failed_refreshes_keep_the_last_good_snapshot() {
 
     // 1. Garbage manifest.
     let junk = put_manifest_bytes(&p, "junk", b"junk".to_vec()).await;
-    point_at(&p, &junk, "junk").await;
+    point_current_at(&p, &junk, "junk").await;
     let e = r.refresh().await.expect_err("garbage");
     assert_names(&e, &[&junk]);
     // 2. A manifest that is not there.
     let gone = format!("{p}/manifests/2030-01-01T00:00:00.000000Z_run_id=gone/manifest");
-    point_at(&p, &gone, "gone").await;
+    point_current_at(&p, &gone, "gone").await;
     let e = r.refresh().await.expect_err("missing");
     assert_names(&e, &[&gone]);
     // 3. A snapshot whose shards are missing (caught by opening them
@@ -282,7 +199,7 @@ async fn failed_refreshes_keep_the_last_good_snapshot() {
     let mut spec = SnapshotSpec::hash("broken", 4, KeyEncoding::U64Be);
     spec.publish = true;
     let broken = build_snapshot(&p, &spec, &int_rows(50, "broken")).await;
-    let s = store(&p);
+    let s = manifest_store(&p);
     sf_manifest::publish::gc::delete_prefix(&s, &layout::run_shards_key(&RunId::new("broken").expect("run")))
         .await
         .expect("delete data");
@@ -300,20 +217,15 @@ async fn failed_refreshes_keep_the_last_good_snapshot() {
     v5.build.run_id = RunId::new("v5run").expect("run");
     v5.build.format_version = 5;
     let v5_ref = put_manifest_bytes(&p, "v5run", v5.to_sqlite_bytes().expect("encode")).await;
-    point_at(&p, &v5_ref, "v5run").await;
+    point_current_at(&p, &v5_ref, "v5run").await;
     let e = r.refresh().await.expect_err("format_version 5");
     assert_names(&e, &[&v5_ref, "format_version 5"]);
     assert!(serving_good(r.multi_get(&keys).await.expect("still serving")));
     // 5. A shard whose content does not match its checksum (caught when
     //    the refresh opens it, before the swap).
-    let damaged = build_snapshot(
-        &p,
-        &SnapshotSpec::hash("damaged", 4, KeyEncoding::U64Be),
-        &int_rows(50, "damaged"),
-    )
-    .await;
+    let damaged = publish_ints(&p, "damaged", 4, 50, "damaged").await;
     let victim = &damaged.manifest.shards[0];
-    flip_a_byte(&p, victim.db_url.as_deref().expect("url")).await;
+    damage_shard(&p, victim.db_url.as_deref().expect("url")).await;
     let e = r.refresh().await.expect_err("checksum mismatch");
     assert!(matches!(e, Error::ChecksumMismatch { .. }), "{e:?}");
     assert_names(
@@ -326,7 +238,7 @@ async fn failed_refreshes_keep_the_last_good_snapshot() {
     );
     assert!(serving_good(r.multi_get(&keys).await.expect("still serving")));
     // 6. `_CURRENT` deleted.
-    let s = store(&p);
+    let s = manifest_store(&p);
     s.object_store()
         .delete(&s.location().path_of(layout::CURRENT))
         .await
@@ -346,12 +258,7 @@ async fn failed_refreshes_keep_the_last_good_snapshot() {
     drop(broken);
 
     // A good snapshot is picked up by the next refresh.
-    let next = build_snapshot(
-        &p,
-        &SnapshotSpec::hash("next", 4, KeyEncoding::U64Be),
-        &int_rows(50, "next"),
-    )
-    .await;
+    let next = publish_ints(&p, "next", 4, 50, "next").await;
     assert!(matches!(
         r.refresh().await.expect("refresh"),
         sf_reader::RefreshOutcome::Swapped { .. }
@@ -368,24 +275,18 @@ async fn background_refresh_keeps_retrying_after_failures_and_recovers() {
     let root = tempfile::tempdir().expect("root");
     let cache = tempfile::tempdir().expect("cache");
     let p = prefix(&root, "background");
-    build_snapshot(
+    publish_ints(&p, "one", 2, 20, "one").await;
+    let r = open(
         &p,
-        &SnapshotSpec::hash("one", 2, KeyEncoding::U64Be),
-        &int_rows(20, "one"),
-    )
-    .await;
-    let r = Reader::builder(format!("{p}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.path().to_path_buf()),
+        ReaderSettings {
             refresh_interval: Some(Duration::from_millis(20)),
             refresh_max_backoff: Duration::from_millis(100),
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("open");
+            ..settings(SqliteMode::Auto, cache.path())
+        },
+    )
+    .await;
     let junk = put_manifest_bytes(&p, "junk", b"junk".to_vec()).await;
-    point_at(&p, &junk, "junk").await;
+    point_current_at(&p, &junk, "junk").await;
     // Bounded wait for several failed rounds (a minute: the rounds come
     // every 20 to 100 ms, but a loaded machine may starve the loop).
     let mut failures = 0;
@@ -402,12 +303,7 @@ async fn background_refresh_keeps_retrying_after_failures_and_recovers() {
         Some(&b"one:3"[..])
     );
 
-    build_snapshot(
-        &p,
-        &SnapshotSpec::hash("two", 2, KeyEncoding::U64Be),
-        &int_rows(20, "two"),
-    )
-    .await;
+    publish_ints(&p, "two", 2, 20, "two").await;
     let mut swapped = false;
     for _ in 0..6_000 {
         if r.info().run_id.as_str() == "two" {

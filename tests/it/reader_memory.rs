@@ -12,26 +12,15 @@ use std::path::Path;
 use sf_manifest::{DbId, Key, KeyEncoding};
 use sf_reader::{Error, Reader, ReaderSettings, SqliteMode};
 use sf_router::{Routed, Router};
+use sf_tests::readers::{open, settings};
 use sf_tests::snapshots::{BuiltSnapshot, Row, SnapshotSpec, build_sqlite_snapshot, fixture_copy, int_rows};
 
 fn prefix(root: &tempfile::TempDir, name: &str) -> String {
     format!("file://{}/{name}", root.path().display())
 }
 
-async fn reader(prefix: &str, settings: ReaderSettings) -> Reader {
-    Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(settings)
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("open {prefix}: {e}"))
-}
-
 fn memory_settings(cache: &Path) -> ReaderSettings {
-    ReaderSettings {
-        cache_dir: Some(cache.to_path_buf()),
-        sqlite_mode: SqliteMode::Memory,
-        ..ReaderSettings::default()
-    }
+    settings(SqliteMode::Memory, cache)
 }
 
 /// Every stored row of `built`, as keys and values.
@@ -81,7 +70,7 @@ async fn shards_beyond_the_memory_limit_stay_on_sqlite() {
     // Room for about half the shards.
     let cache = tempfile::tempdir().expect("cache");
     let limit = total / 2;
-    let r = reader(
+    let r = open(
         &p,
         ReaderSettings {
             memory_limit_bytes: limit,
@@ -104,7 +93,7 @@ async fn shards_beyond_the_memory_limit_stay_on_sqlite() {
     );
 
     // No memory at all: every shard stays on SQLite and still answers.
-    let r = reader(
+    let r = open(
         &p,
         ReaderSettings {
             memory_limit_bytes: 0,
@@ -123,7 +112,7 @@ async fn shards_beyond_the_memory_limit_stay_on_sqlite() {
     assert!(opened_as(&r).values().all(|b| *b == Some("sqlite-download")));
 
     // Room for all: each shard holds about what its file takes.
-    let r = reader(&p, memory_settings(cache.path())).await;
+    let r = open(&p, memory_settings(cache.path())).await;
     read_all(&r, &all, &misses).await;
     let s = r.stats();
     assert_eq!((s.memory_shards, s.memory_fallbacks), (8, 0), "{s:?}");
@@ -143,7 +132,7 @@ async fn refresh_and_close_give_the_memory_back() {
     build_sqlite_snapshot(&p, &spec("big"), &int_rows(3000, "big")).await;
     // Without kept versions: a replaced snapshot is let go at the swap
     // (with `keep_versions`, it stays open for pinned reads until close).
-    let r = reader(
+    let r = open(
         &p,
         ReaderSettings {
             keep_versions: 0,
@@ -188,7 +177,7 @@ async fn refresh_and_close_give_the_memory_back() {
 
     // With the default `keep_versions`, the replaced snapshot stays held
     // for pinned reads, and a close lets go of it too.
-    let kept = reader(&p, memory_settings(cache.path())).await;
+    let kept = open(&p, memory_settings(cache.path())).await;
     let few: Vec<Key> = (0..300).map(Key::Int).collect();
     assert!(kept.multi_get(&few).await.expect("read").iter().all(Option::is_some));
     build_sqlite_snapshot(&p, &spec("again"), &int_rows(300, "again")).await;
@@ -225,7 +214,7 @@ async fn auto_mode_holds_shards_below_the_threshold_in_memory() {
         .expect("shards");
     assert!(sizes[&DbId(0)] > threshold, "{sizes:?}");
 
-    let r = reader(
+    let r = open(
         &p,
         ReaderSettings {
             cache_dir: Some(cache.path().to_path_buf()),
@@ -244,7 +233,7 @@ async fn auto_mode_holds_shards_below_the_threshold_in_memory() {
     assert_eq!((s.memory_shards, s.memory_fallbacks), (3, 0), "{s:?}");
 
     // The default threshold, 0, holds nothing in memory.
-    let r = reader(
+    let r = open(
         &p,
         ReaderSettings {
             cache_dir: Some(cache.path().to_path_buf()),
@@ -267,7 +256,7 @@ async fn large_multi_gets_answer_in_input_order() {
         let p = prefix(&root, name);
         let spec = SnapshotSpec::hash(name, shards, KeyEncoding::U64Be);
         build_sqlite_snapshot(&p, &spec, &int_rows(20_000, name)).await;
-        let r = reader(&p, memory_settings(cache.path())).await;
+        let r = open(&p, memory_settings(cache.path())).await;
         // Every key twice (once as a miss beyond the rows), shuffled by a
         // stride coprime with the count.
         let n = 50_000i64;
@@ -302,8 +291,8 @@ async fn edge_rows_read_alike_in_memory_and_on_sqlite() {
     let all = stored(&built, KeyEncoding::Raw);
     assert_eq!(all.len(), rows.len());
     let misses = [Key::Bytes(vec![0, 0, 0]), Key::Bytes(vec![0xff; 4999])];
-    let memory = reader(&p, memory_settings(cache.path())).await;
-    let download = reader(
+    let memory = open(&p, memory_settings(cache.path())).await;
+    let download = open(
         &p,
         ReaderSettings {
             sqlite_mode: SqliteMode::Download,

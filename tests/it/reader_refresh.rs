@@ -6,49 +6,59 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sf_manifest::{Classified, ErrorKind, Key, KeyEncoding, ManifestStore, ObjectManifestStore, RunId, StorageOptions};
+use sf_manifest::{Classified, ErrorKind, Key, KeyEncoding, RunId, StorageOptions};
 use sf_reader::{Error, Reader, ReaderSettings, RefreshOutcome, SqliteMode};
-use sf_tests::fault_store::{Fault, FaultStore, Op};
-use sf_tests::hook_store::{Gate, HookStore};
+use sf_tests::fault_store::{Fault, FaultStore, Gate, Op, containing, ending};
+use sf_tests::readers::{PAGED_MODES, in_every_mode, key_in, open, open_through, settings};
 use sf_tests::s3_prefix;
-use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
+use sf_tests::snapshots::{BuiltSnapshot, SnapshotSpec, build_snapshot, int_rows, publish_ints};
+use sf_tests::tamper::publish_over;
 
 const KEYS: i64 = 40;
 
-fn file_prefix(root: &tempfile::TempDir) -> String {
-    format!("file://{}/snap", root.path().display())
+/// A snapshot published in a scratch folder, and a cache for its readers.
+struct Site {
+    _root: tempfile::TempDir,
+    cache: tempfile::TempDir,
+    prefix: String,
+    built: BuiltSnapshot,
 }
 
-fn store(prefix: &str) -> ObjectManifestStore {
-    ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store")
+impl Site {
+    /// Run `run` of `KEYS` keys tagged `tag` over `shards` shards.
+    async fn publish(run: &str, shards: u32, tag: &str) -> Site {
+        let root = tempfile::tempdir().expect("root");
+        let prefix = format!("file://{}/snap", root.path().display());
+        let built = publish_ints(&prefix, run, shards, KEYS as u64, tag).await;
+        Site {
+            _root: root,
+            cache: tempfile::tempdir().expect("cache"),
+            prefix,
+            built,
+        }
+    }
+
+    /// A reader in `mode` reading through `store`, refreshing itself every
+    /// `refresh_interval` when one is given.
+    async fn reader_through(
+        &self,
+        store: Arc<dyn object_store::ObjectStore>,
+        mode: SqliteMode,
+        refresh_interval: Option<Duration>,
+    ) -> Reader {
+        let settings = ReaderSettings {
+            refresh_interval,
+            refresh_max_backoff: Duration::from_millis(200),
+            ..settings(mode, self.cache.path())
+        };
+        open_through(&self.prefix, store, settings).await
+    }
 }
 
 fn all_keys() -> Vec<Key> {
     (0..KEYS).map(Key::Int).collect()
-}
-
-async fn reader_through(
-    prefix: &str,
-    store: Arc<dyn object_store::ObjectStore>,
-    cache: &std::path::Path,
-    mode: SqliteMode,
-    refresh_interval: Option<Duration>,
-) -> Reader {
-    Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_object_store(store)
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.to_path_buf()),
-            sqlite_mode: mode,
-            refresh_interval,
-            refresh_max_backoff: Duration::from_millis(200),
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("open the reader")
 }
 
 /// The tag (`old`, `new`, ...) of each value, checking each is its key's.
@@ -64,13 +74,6 @@ fn tags(values: &[Option<bytes::Bytes>]) -> Vec<String> {
             tag.to_string()
         })
         .collect()
-}
-
-/// A key of `db` in `reader`'s snapshot.
-fn key_in(reader: &Reader, db: u32) -> i64 {
-    (0..KEYS)
-        .find(|k| reader.route(&Key::Int(*k), None).expect("route").db_id.map(|d| d.0) == Some(db))
-        .expect("a key in that shard")
 }
 
 /// Bounded wait (a minute, polled every 5 ms) for a condition.
@@ -90,39 +93,21 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 /// made after the swap answer from the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_multi_get_reads_one_snapshot_when_a_swap_lands_mid_call() {
-    for mode in [SqliteMode::Download, SqliteMode::Range] {
-        let root = tempfile::tempdir().expect("root");
-        let cache = tempfile::tempdir().expect("cache");
-        let prefix = file_prefix(&root);
-        build_snapshot(
-            &prefix,
-            &SnapshotSpec::hash("old", 4, KeyEncoding::U64Be),
-            &int_rows(40, "old"),
-        )
-        .await;
-        let hooked = HookStore::over(&prefix);
+    in_every_mode(&PAGED_MODES, async |mode| {
+        let site = Site::publish("old", 4, "old").await;
+        let hooked = FaultStore::over(&site.prefix);
         let gate = Gate::new();
-        {
-            let gate = Arc::clone(&gate);
-            hooked.set_hook(move |op, path| {
-                (op == "get" && path.as_ref().contains("run_id=old/db=00002/attempt=00/shard.db"))
-                    .then(|| gate.hold())
-                    .flatten()
-            });
-        }
-        let reader = reader_through(&prefix, hooked.clone(), cache.path(), mode, None).await;
+        hooked
+            .at(Op::Get, containing("run_id=old/db=00002/attempt=00/shard.db"))
+            .wait(&gate);
+        let reader = site.reader_through(hooked.clone(), mode, None).await;
 
         let in_flight = {
             let reader = reader.clone();
             tokio::spawn(async move { reader.multi_get(&all_keys()).await })
         };
         gate.entered().await;
-        build_snapshot(
-            &prefix,
-            &SnapshotSpec::hash("new", 4, KeyEncoding::U64Be),
-            &int_rows(40, "new"),
-        )
-        .await;
+        publish_ints(&site.prefix, "new", 4, KEYS as u64, "new").await;
         let outcome = reader.refresh().await.expect("refresh while a read is held");
         assert!(
             matches!(outcome, RefreshOutcome::Swapped { .. }),
@@ -130,7 +115,7 @@ async fn one_multi_get_reads_one_snapshot_when_a_swap_lands_mid_call() {
         );
         assert_eq!(reader.info().run_id.as_str(), "new");
         // Later calls read the new snapshot, the held shard included.
-        let k2 = key_in(&reader, 2);
+        let k2 = key_in(&reader, 2, KEYS);
         assert_eq!(
             reader.get(&Key::Int(k2)).await.expect("get after the swap").as_deref(),
             Some(format!("new:{k2}").as_bytes())
@@ -151,7 +136,8 @@ async fn one_multi_get_reads_one_snapshot_when_a_swap_lands_mid_call() {
             .into_iter()
             .collect();
         assert_eq!(after, BTreeSet::from(["new".to_string()]), "{mode:?}");
-    }
+    })
+    .await;
 }
 
 /// A new manifest that changes one shard of four: the refresh opens that
@@ -159,31 +145,17 @@ async fn one_multi_get_reads_one_snapshot_when_a_swap_lands_mid_call() {
 /// are, without opening or downloading them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_reopens_only_the_shards_that_changed() {
-    for mode in [SqliteMode::Download, SqliteMode::Range] {
-        let root = tempfile::tempdir().expect("root");
-        let cache = tempfile::tempdir().expect("cache");
-        let prefix = file_prefix(&root);
-        let one = build_snapshot(
-            &prefix,
-            &SnapshotSpec::hash("one", 4, KeyEncoding::U64Be),
-            &int_rows(40, "one"),
-        )
-        .await;
+    in_every_mode(&PAGED_MODES, async |mode| {
+        let site = Site::publish("one", 4, "one").await;
         let mut spec = SnapshotSpec::hash("two", 4, KeyEncoding::U64Be);
         spec.publish = false;
         spec.run_record = false;
-        let two = build_snapshot(&prefix, &spec, &int_rows(40, "two")).await;
+        let two = build_snapshot(&site.prefix, &spec, &int_rows(40, "two")).await;
 
-        let reader = reader_through(
-            &prefix,
-            sf_manifest::resolve(&prefix, &StorageOptions::new())
-                .expect("resolve")
-                .store,
-            cache.path(),
-            mode,
-            None,
-        )
-        .await;
+        let plain = sf_manifest::resolve(&site.prefix, &StorageOptions::new())
+            .expect("resolve")
+            .store;
+        let reader = site.reader_through(plain, mode, None).await;
         assert!(
             tags(&reader.multi_get(&all_keys()).await.expect("warm"))
                 .iter()
@@ -193,7 +165,7 @@ async fn a_refresh_reopens_only_the_shards_that_changed() {
         assert_eq!(before.shard_opens, 4, "{mode:?}: {before:?}");
 
         // run one's manifest with shard 1 taken from run two.
-        let mut mixed = one.manifest.clone();
+        let mut mixed = site.built.manifest.clone();
         mixed.build.run_id = RunId::new("mixed").expect("run");
         let changed = mixed.shards.iter().position(|r| r.db_id.0 == 1).expect("shard 1 row");
         mixed.shards[changed] = two
@@ -203,9 +175,7 @@ async fn a_refresh_reopens_only_the_shards_that_changed() {
             .find(|r| r.db_id.0 == 1)
             .expect("row")
             .clone();
-        let s = store(&prefix);
-        let cur = s.load_current().await.expect("load").expect("current");
-        s.publish(&mixed, Some(&cur.version)).await.expect("publish mixed");
+        publish_over(&site.prefix, &mixed).await;
 
         let outcome = reader.refresh().await.expect("refresh");
         assert!(matches!(outcome, RefreshOutcome::Swapped { .. }), "{outcome:?}");
@@ -231,7 +201,8 @@ async fn a_refresh_reopens_only_the_shards_that_changed() {
                 .0;
             assert_eq!(tag, if db == 1 { "two" } else { "one" }, "key {k} in shard {db}");
         }
-    }
+    })
+    .await;
 }
 
 /// After `close()`: every read and refresh is refused naming the prefix,
@@ -239,48 +210,24 @@ async fn a_refresh_reopens_only_the_shards_that_changed() {
 /// published afterwards is never picked up, `_CURRENT` is not read again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_refuses_reads_and_stops_the_background_refresh() {
-    let root = tempfile::tempdir().expect("root");
-    let cache = tempfile::tempdir().expect("cache");
-    let prefix = file_prefix(&root);
-    build_snapshot(
-        &prefix,
-        &SnapshotSpec::hash("old", 2, KeyEncoding::U64Be),
-        &int_rows(40, "old"),
-    )
-    .await;
-    let hooked = HookStore::over(&prefix);
-    let current_reads = Arc::new(AtomicUsize::new(0));
-    {
-        let reads = Arc::clone(&current_reads);
-        hooked.set_hook(move |op, path| {
-            if op == "get" && path.as_ref().ends_with("_CURRENT") {
-                reads.fetch_add(1, Ordering::SeqCst);
-            }
-            None
-        });
-    }
+    let site = Site::publish("old", 2, "old").await;
+    let prefix = &site.prefix;
+    let hooked = FaultStore::over(prefix);
+    let current_reads = || hooked.calls(Op::Get, &ending("_CURRENT"));
     let interval = Duration::from_millis(10);
-    let reader = reader_through(
-        &prefix,
-        hooked.clone(),
-        cache.path(),
-        SqliteMode::Download,
-        Some(interval),
-    )
-    .await;
+    let reader = site
+        .reader_through(hooked.clone(), SqliteMode::Download, Some(interval))
+        .await;
     assert_eq!(
         reader.get(&Key::Int(1)).await.expect("get").as_deref(),
         Some(&b"old:1"[..])
     );
-    wait_until("the background refresh to run twice", || {
-        current_reads.load(Ordering::SeqCst) >= 2
-    })
-    .await;
+    wait_until("the background refresh to run twice", || current_reads() >= 2).await;
 
     reader.close();
     let closed = |e: Error| {
         assert!(matches!(e, Error::Closed { .. }), "{e:?}");
-        assert!(e.to_string().contains(&prefix), "{e}");
+        assert!(e.to_string().contains(prefix.as_str()), "{e}");
         assert_eq!(e.kind(), ErrorKind::Config);
     };
     closed(reader.get(&Key::Int(1)).await.expect_err("get after close"));
@@ -301,24 +248,15 @@ async fn close_refuses_reads_and_stops_the_background_refresh() {
     );
     assert!(reader.health(Duration::from_secs(3600)).is_closed);
 
-    build_snapshot(
-        &prefix,
-        &SnapshotSpec::hash("new", 2, KeyEncoding::U64Be),
-        &int_rows(40, "new"),
-    )
-    .await;
+    publish_ints(prefix, "new", 2, KEYS as u64, "new").await;
     // Nothing to wait for when a loop has stopped: a window of fifty
     // intervals, in which a live loop would read `_CURRENT` again and swap.
     // A round that was past its check when close() came ends at its next
     // await, so the count is taken after a first window.
     tokio::time::sleep(interval * 50).await;
-    let settled = current_reads.load(Ordering::SeqCst);
+    let settled = current_reads();
     tokio::time::sleep(interval * 50).await;
-    assert_eq!(
-        current_reads.load(Ordering::SeqCst),
-        settled,
-        "_CURRENT was read after close()"
-    );
+    assert_eq!(current_reads(), settled, "_CURRENT was read after close()");
     assert_eq!(reader.info().run_id.as_str(), "old", "no swap after close()");
     assert_eq!(reader.stats().swaps, 0);
 }
@@ -328,35 +266,14 @@ async fn close_refuses_reads_and_stops_the_background_refresh() {
 /// status and health, and the loop goes on to pick up the next snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_a_background_refresh_is_caught_recorded_and_retried() {
-    let root = tempfile::tempdir().expect("root");
-    let cache = tempfile::tempdir().expect("cache");
-    let prefix = file_prefix(&root);
-    build_snapshot(
-        &prefix,
-        &SnapshotSpec::hash("old", 2, KeyEncoding::U64Be),
-        &int_rows(40, "old"),
-    )
-    .await;
-    let hooked = HookStore::over(&prefix);
-    let armed = Arc::new(AtomicBool::new(false));
-    {
-        let armed = Arc::clone(&armed);
-        hooked.set_hook(move |op, path| {
-            if op == "get" && path.as_ref().ends_with("_CURRENT") && armed.swap(false, Ordering::SeqCst) {
-                panic!("injected panic while reading _CURRENT");
-            }
-            None
-        });
-    }
-    let reader = reader_through(
-        &prefix,
-        hooked.clone(),
-        cache.path(),
-        SqliteMode::Download,
-        Some(Duration::from_millis(20)),
-    )
-    .await;
-    armed.store(true, Ordering::SeqCst);
+    let site = Site::publish("old", 2, "old").await;
+    let hooked = FaultStore::over(&site.prefix);
+    let reader = site
+        .reader_through(hooked.clone(), SqliteMode::Download, Some(Duration::from_millis(20)))
+        .await;
+    hooked
+        .at(Op::Get, ending("_CURRENT"))
+        .run(|_| async { panic!("injected panic while reading _CURRENT") });
     wait_until("the panicking round to be recorded", || {
         reader.refresh_status().last_error.is_some()
     })
@@ -377,12 +294,7 @@ async fn a_panic_in_a_background_refresh_is_caught_recorded_and_retried() {
         Some(&b"old:3"[..])
     );
 
-    build_snapshot(
-        &prefix,
-        &SnapshotSpec::hash("new", 2, KeyEncoding::U64Be),
-        &int_rows(40, "new"),
-    )
-    .await;
+    publish_ints(&site.prefix, "new", 2, KEYS as u64, "new").await;
     wait_until("the loop to swap after the panic", || {
         reader.info().run_id.as_str() == "new"
     })
@@ -405,25 +317,17 @@ async fn a_panic_in_a_background_refresh_is_caught_recorded_and_retried() {
 /// it: the next caller opens it again and reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_shard_open_is_retried_by_the_next_caller() {
-    for mode in [SqliteMode::Download, SqliteMode::Range] {
-        let root = tempfile::tempdir().expect("root");
-        let cache = tempfile::tempdir().expect("cache");
-        let prefix = file_prefix(&root);
-        let built = build_snapshot(
-            &prefix,
-            &SnapshotSpec::hash("r1", 4, KeyEncoding::U64Be),
-            &int_rows(40, "v"),
-        )
-        .await;
-        let flaky = FaultStore::new(
-            sf_manifest::resolve(&prefix, &StorageOptions::new())
-                .expect("resolve")
-                .store,
-        );
-        flaky.fail(Op::Get, "db=00001/attempt=00/shard.db", 0, usize::MAX, Fault::Generic);
-        let reader = reader_through(&prefix, flaky.clone(), cache.path(), mode, None).await;
-        let k = key_in(&reader, 1);
-        let url = built
+    in_every_mode(&PAGED_MODES, async |mode| {
+        let site = Site::publish("r1", 4, "v").await;
+        let flaky = FaultStore::over(&site.prefix);
+        flaky
+            .at(Op::Get, ending("db=00001/attempt=00/shard.db"))
+            .every()
+            .fail(Fault::Generic);
+        let reader = site.reader_through(flaky.clone(), mode, None).await;
+        let k = key_in(&reader, 1, KEYS);
+        let url = site
+            .built
             .manifest
             .shards
             .iter()
@@ -443,7 +347,7 @@ async fn a_failed_shard_open_is_retried_by_the_next_caller() {
         );
         assert!(flaky.fired() >= 1);
         // Other shards are not affected.
-        let k0 = key_in(&reader, 0);
+        let k0 = key_in(&reader, 0, KEYS);
         assert_eq!(
             reader.get(&Key::Int(k0)).await.expect("shard 0").as_deref(),
             Some(format!("v:{k0}").as_bytes())
@@ -465,7 +369,8 @@ async fn a_failed_shard_open_is_retried_by_the_next_caller() {
                 .all(|t| t == "v")
         );
         assert_eq!(reader.info().shards_open, 4);
-    }
+    })
+    .await;
 }
 
 /// Range mode's blocking object-store calls run off the runtime: on a
@@ -473,22 +378,9 @@ async fn a_failed_shard_open_is_retried_by_the_next_caller() {
 /// hang) every key still reads, within a minute.
 async fn range_reads_on_one_thread(prefix: &str) {
     let cache = tempfile::tempdir().expect("cache");
-    build_snapshot(
-        prefix,
-        &SnapshotSpec::hash("r1", 4, KeyEncoding::U64Be),
-        &int_rows(40, "v"),
-    )
-    .await;
+    publish_ints(prefix, "r1", 4, KEYS as u64, "v").await;
     let work = async {
-        let reader = Reader::builder(format!("{prefix}/_CURRENT"))
-            .with_settings(ReaderSettings {
-                cache_dir: Some(cache.path().to_path_buf()),
-                sqlite_mode: SqliteMode::Range,
-                ..ReaderSettings::default()
-            })
-            .build()
-            .await
-            .expect("open");
+        let reader = open(prefix, settings(SqliteMode::Range, cache.path())).await;
         for k in 0..KEYS {
             assert_eq!(
                 reader.get(&Key::Int(k)).await.expect("get").as_deref(),
@@ -512,7 +404,7 @@ async fn range_reads_on_one_thread(prefix: &str) {
 #[tokio::test(flavor = "current_thread")]
 async fn range_mode_reads_on_a_current_thread_runtime() {
     let root = tempfile::tempdir().expect("root");
-    range_reads_on_one_thread(&file_prefix(&root)).await;
+    range_reads_on_one_thread(&format!("file://{}/snap", root.path().display())).await;
 }
 
 #[tokio::test(flavor = "current_thread")]

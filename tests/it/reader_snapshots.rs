@@ -1,12 +1,13 @@
 //! The reader on snapshots written the way our writer writes them (by the
-//! `sf_tests::snapshots` helper until `sf-write` exists): hash and CEL
+//! `sf_tests::snapshots` helper, without running `sf-write`): hash and CEL
 //! routing, SQLite (download, range and memory) and SlateDB shards, checksums
 //! verified, on `file://` and on S3 (the moto server of `scripts/test.sh`).
 
 use std::collections::BTreeMap;
 
 use sf_manifest::{CelType, Key, KeyEncoding, RoutingValue, ShardingSpec};
-use sf_reader::{ContextValue, Reader, ReaderSettings, RoutingContext, SqliteMode};
+use sf_reader::{ContextValue, Reader, RoutingContext, SqliteMode};
+use sf_tests::readers::{SQLITE_MODES, in_every_mode, open, settings};
 use sf_tests::s3_prefix;
 use sf_tests::snapshots::{Backend, Row, SnapshotSpec, build_snapshot};
 
@@ -158,20 +159,12 @@ async fn matrix(prefix_of: impl Fn(&str) -> String) {
             let built = build_snapshot(&prefix, &case.spec, &case.rows).await;
             assert!(built.manifest.shards.iter().all(|s| s.writer_info.checksum().is_some()));
             let modes: &[SqliteMode] = match backend {
-                Backend::Sqlite => &[SqliteMode::Download, SqliteMode::Range, SqliteMode::Memory],
+                Backend::Sqlite => &SQLITE_MODES,
                 Backend::SlateDb => &[SqliteMode::Auto],
             };
-            for mode in modes {
+            in_every_mode(modes, async |mode| {
                 let label = format!("{} {backend:?} {mode:?} at {prefix}", case.name);
-                let reader = Reader::builder(format!("{prefix}/_CURRENT"))
-                    .with_settings(ReaderSettings {
-                        cache_dir: Some(cache.path().to_path_buf()),
-                        sqlite_mode: *mode,
-                        ..ReaderSettings::default()
-                    })
-                    .build()
-                    .await
-                    .unwrap_or_else(|e| panic!("{label}: open: {e}"));
+                let reader = open(&prefix, settings(mode, cache.path())).await;
                 assert_eq!(reader.info().manifest_ref, built.manifest_ref);
                 check(&reader, &case, &label).await;
                 let expected_backend = match (backend, mode) {
@@ -183,7 +176,8 @@ async fn matrix(prefix_of: impl Fn(&str) -> String) {
                 for s in reader.shards() {
                     assert_eq!(s.opened_as, Some(expected_backend), "{label}: shard {}", s.db_id);
                 }
-            }
+            })
+            .await;
         }
     }
 }

@@ -5,27 +5,21 @@
 
 use std::sync::OnceLock;
 
-use sf_manifest::{Classified, Key, KeyEncoding};
+use sf_manifest::{Classified, Key};
 use sf_reader::{Reader, ReaderSettings, RefreshOutcome, SqliteMode, Version};
-use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
+use sf_tests::readers::{settings, try_open};
+use sf_tests::snapshots::publish_ints;
 
 async fn publish(prefix: &str, run: &str) {
-    build_snapshot(
-        prefix,
-        &SnapshotSpec::hash(run, 4, KeyEncoding::U64Be),
-        &int_rows(50, run),
-    )
-    .await;
+    publish_ints(prefix, run, 4, 50, run).await;
 }
 
 async fn open(prefix: &str, cache: &std::path::Path, keep: usize, warm: &[&str]) -> Reader {
     Reader::builder(format!("{prefix}/_CURRENT"))
         .with_settings(ReaderSettings {
-            cache_dir: Some(cache.to_path_buf()),
-            sqlite_mode: SqliteMode::Download,
             keep_versions: keep,
             warmup_keys: warm.iter().map(|s| s.to_string()).collect(),
-            ..ReaderSettings::default()
+            ..settings(SqliteMode::Download, cache)
         })
         .with_metric_label("test", prefix.to_string())
         .build()
@@ -126,14 +120,14 @@ async fn warm_up_keys_open_their_shards_before_a_swap() {
     // A warm-up key that does not parse by the snapshot's key encoding
     // fails the build, naming it.
     let cache2 = tempfile::tempdir().expect("cache");
-    let r = Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache2.path().to_path_buf()),
+    let r = try_open(
+        &prefix,
+        ReaderSettings {
             warmup_keys: vec!["not-a-number".into()],
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await;
+            ..settings(SqliteMode::Auto, cache2.path())
+        },
+    )
+    .await;
     let e = r.expect_err("bad warm-up key").to_string();
     assert!(e.contains("not-a-number"), "{e}");
 }

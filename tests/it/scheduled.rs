@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use sf_manifest::{ManifestStore, RunRecord, RunStatus};
-use sf_tests::s3_prefix;
 use sf_tests::scenario::{
-    JobDir, assert_history_reads, attempt_folders, current_run, read_history, referenced_folders, sf_read, store, text,
+    JobDir, assert_history_reads, attempt_folders, current_run, read_history, referenced_folders, sf_read, text,
     wait_for_leases,
 };
+use sf_tests::writer_support::list_objects;
+use sf_tests::{manifest_store, s3_prefix};
 
 fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
@@ -25,29 +26,6 @@ fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
 }
 
-/// Every object under the prefix with its size: what "nothing deleted" means.
-async fn objects(prefix: &str) -> BTreeMap<String, u64> {
-    use futures::TryStreamExt;
-    let s = store(prefix);
-    let n = s.location().path.parts().count();
-    s.object_store()
-        .list(Some(&s.location().path))
-        .map_ok(|m| {
-            (
-                m.location
-                    .parts()
-                    .skip(n)
-                    .map(|p| p.as_ref().to_string())
-                    .collect::<Vec<_>>()
-                    .join("/"),
-                m.size,
-            )
-        })
-        .try_collect()
-        .await
-        .expect("list")
-}
-
 async fn rerun_published(prefix: &str) {
     let job = JobDir::new(prefix);
     job.input(30, "nightly-1");
@@ -55,7 +33,8 @@ async fn rerun_published(prefix: &str) {
     let first = job.sf_write(&["--json"], &[]);
     assert_eq!(code(&first), 0, "{}", text(&first.stderr));
     assert_eq!(json(&first)["outcome"], "published");
-    let before = objects(prefix).await;
+    // Every object with its size: what "nothing deleted" means.
+    let before = list_objects(prefix).await;
 
     // The scheduler retries the same run: nothing is built or deleted.
     let again = job.sf_write(&[], &[]);
@@ -65,7 +44,7 @@ async fn rerun_published(prefix: &str) {
         said.contains("run nightly-1 was already published") && said.contains("rows:           30"),
         "{said}"
     );
-    let after: BTreeMap<String, u64> = objects(prefix)
+    let after: BTreeMap<String, u64> = list_objects(prefix)
         .await
         .into_iter()
         .filter(|(k, _)| !k.starts_with("runs/"))
@@ -83,7 +62,7 @@ async fn rerun_published(prefix: &str) {
     assert_history_reads(prefix, 30).await;
     for key in &before {
         assert!(
-            objects(prefix).await.contains_key(key.0),
+            list_objects(prefix).await.contains_key(key.0),
             "{} (referenced by the first manifest) is still there",
             key.0
         );
@@ -123,7 +102,7 @@ async fn live_lease_refuses(prefix: &str) {
     assert_eq!(code(&ok), 0, "{}", text(&ok.stderr));
     assert_history_reads(prefix, 20).await;
     // The refused build's record says why.
-    let records = store(prefix).list_run_records().await.expect("records");
+    let records = manifest_store(prefix).list_run_records().await.expect("records");
     assert!(
         records
             .iter()
@@ -157,7 +136,7 @@ async fn a_running_build_keeps_renewing_its_lease() {
     job.job("hb", "");
     let paused = job.sf_write_paused_at("verify", &[]);
     let lease = || async {
-        let records = store(&prefix).list_run_records().await.expect("records");
+        let records = manifest_store(&prefix).list_run_records().await.expect("records");
         let (_, r) = records
             .into_iter()
             .find(|(_, r)| r.run_id.as_str() == "hb")
@@ -222,9 +201,9 @@ async fn gates_stop_bad_builds_before_anything_is_visible() {
     assert!(err.contains("min_rows") && err.contains("measured 0, limit 1"), "{err}");
     assert_eq!(json(&empty)["outcome"], "failed");
     assert_eq!(current_run(&prefix).await, None);
-    assert!(store(&prefix).history().await.expect("history").is_empty());
+    assert!(manifest_store(&prefix).history().await.expect("history").is_empty());
     assert!(attempt_folders(&prefix).await.is_empty(), "its shard data is swept");
-    let records = store(&prefix).list_run_records().await.expect("records");
+    let records = manifest_store(&prefix).list_run_records().await.expect("records");
     assert!(
         records.iter().any(|(_, r)| r.run_id.as_str() == "empty"
             && r.status == RunStatus::Failed
@@ -345,9 +324,9 @@ async fn gates_stop_bad_builds_before_anything_is_visible() {
     job.job("forced", "[validate]\nmin_rows = 10\n");
     let forced = job.sf_write(&["--force"], &[]);
     assert_eq!(code(&forced), 0, "{}", text(&forced.stderr));
-    let m = store(&prefix)
+    let m = manifest_store(&prefix)
         .load_manifest(
-            &store(&prefix)
+            &manifest_store(&prefix)
                 .load_current()
                 .await
                 .expect("current")
@@ -359,7 +338,7 @@ async fn gates_stop_bad_builds_before_anything_is_visible() {
         .expect("manifest");
     let custom = m.build.custom["shardforge"]["forced_gates"].to_string();
     assert!(custom.contains("min_rows"), "{custom}");
-    let records = store(&prefix).list_run_records().await.expect("records");
+    let records = manifest_store(&prefix).list_run_records().await.expect("records");
     assert!(
         records.iter().any(|(_, r)| r.run_id.as_str() == "forced"
             && r.status == RunStatus::Succeeded
@@ -403,7 +382,7 @@ async fn retention_keeps_the_last_runs_and_removes_abandoned_records() {
     assert_eq!(runs, vec!["c", "b"]);
     assert_history_reads(&prefix, 10).await;
     assert_eq!(attempt_folders(&prefix).await, referenced_folders(&prefix).await);
-    let records: Vec<String> = store(&prefix)
+    let records: Vec<String> = manifest_store(&prefix)
         .list_run_records()
         .await
         .expect("records")
@@ -432,7 +411,7 @@ async fn cleanup_removes_a_dead_builds_record_even_without_data() {
     let early = sf_read(&prefix, &["cleanup", "--include-abandoned"]);
     assert_eq!(code(&early), 0, "{}", text(&early.stderr));
     let has_dead = || async {
-        store(&prefix)
+        manifest_store(&prefix)
             .list_run_records()
             .await
             .expect("records")

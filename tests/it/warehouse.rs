@@ -14,10 +14,11 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int32Type};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
-use sf_manifest::{Classified, ErrorKind, Key, ManifestStore, ObjectManifestStore, StorageOptions};
-use sf_reader::{Reader, ReaderSettings};
-use sf_tests::s3_prefix;
+use sf_manifest::{Classified, ErrorKind, Key, ManifestStore, StorageOptions};
+use sf_reader::SqliteMode;
+use sf_tests::readers::{open, settings};
 use sf_tests::writer_support::{binary, write_parquet};
+use sf_tests::{manifest_store, s3_prefix};
 use sf_warehouse::table::{ShardLookupExec, ShardScanExec};
 use sf_warehouse::{Catalogs, SaveMode, Warehouse, table_job};
 use sf_writer::job::Embedded;
@@ -104,8 +105,54 @@ fn names_of(batch: &RecordBatch) -> Vec<String> {
     names.iter().map(|n| n.unwrap_or("<null>").to_string()).collect()
 }
 
+/// The first column of the first row of `batches`, an `Int64` (a count,
+/// the rows a statement wrote).
+fn first_i64(batches: &[RecordBatch]) -> i64 {
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("an Int64 column")
+        .value(0)
+}
+
+/// A warehouse with one catalog, `wh`, in a scratch folder (`w/`, readers
+/// caching under `cache/`), and a session to build frames in.
+struct Local {
+    root: tempfile::TempDir,
+    wh: Warehouse,
+    ctx: SessionContext,
+}
+
+impl Local {
+    fn new() -> Local {
+        let root = tempfile::tempdir().expect("tempdir");
+        let wh = warehouse(&[("wh", &file_url(&root.path().join("w")))], &root.path().join("cache"));
+        Local {
+            root,
+            wh,
+            ctx: SessionContext::new(),
+        }
+    }
+
+    /// Saves users `ids` (names `<tag>-<id>`) as `table`, keyed by `id`
+    /// over `shards` shards.
+    async fn save_users(
+        &self,
+        ids: std::ops::Range<i64>,
+        tag: &str,
+        table: &str,
+        mode: SaveMode,
+        shards: u32,
+    ) -> sf_warehouse::Result<Outcome> {
+        self.wh
+            .save_as_table(frame(&self.ctx, users(ids, tag)), table, mode, "id", shards)
+            .await
+    }
+}
+
 async fn run_id(prefix: &str) -> String {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     let current = store.load_current().await.expect("current").expect("published");
     let manifest = store
         .load_manifest(&current.pointer.manifest_ref)
@@ -116,36 +163,29 @@ async fn run_id(prefix: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_four_modes_on_the_file_system() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let cache = root.path().join("cache");
-    let wh = warehouse(&[("wh", &file_url(&root.path().join("warehouse")))], &cache);
-    let ctx = SessionContext::new();
-    let prefix = file_url(&root.path().join("warehouse/app/users"));
+    let local = Local::new();
+    let (wh, ctx) = (&local.wh, &local.ctx);
+    let cache = local.root.path().join("cache");
+    let prefix = file_url(&local.root.path().join("w/app/users"));
 
-    let first = wh
-        .save_as_table(
-            frame(&ctx, users(0..100, "v1")),
-            "wh.app.users",
-            SaveMode::Error,
-            "id",
-            4,
-        )
+    let first = local
+        .save_users(0..100, "v1", "wh.app.users", SaveMode::Error, 4)
         .await
         .expect("first save");
     assert!(matches!(first, Outcome::Built(ref s) if s.rows == 100), "{first:?}");
     let run1 = run_id(&prefix).await;
 
     // error: the table exists.
-    let e = wh
-        .save_as_table(frame(&ctx, users(0..5, "x")), "wh.app.users", SaveMode::Error, "id", 4)
+    let e = local
+        .save_users(0..5, "x", "wh.app.users", SaveMode::Error, 4)
         .await
         .expect_err("error mode on an existing table");
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("wh.app.users exists"), "{e}");
 
     // ignore: nothing written.
-    let ignored = wh
-        .save_as_table(frame(&ctx, users(0..5, "x")), "app.users", SaveMode::Ignore, "id", 4)
+    let ignored = local
+        .save_users(0..5, "x", "app.users", SaveMode::Ignore, 4)
         .await
         .expect("ignore");
     assert!(
@@ -155,26 +195,14 @@ async fn the_four_modes_on_the_file_system() {
     assert_eq!(run_id(&prefix).await, run1, "ignore publishes nothing");
 
     // overwrite while a reader holds the old snapshot.
-    let old = Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(cache.clone()),
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("reader of run 1");
+    let old = open(&prefix, settings(SqliteMode::Auto, &cache)).await;
     let before = old.get(&Key::Int(75)).await.expect("get").expect("key 75 in run 1");
-    wh.save_as_table(
-        frame(&ctx, users(0..50, "v2")),
-        "wh.app.users",
-        SaveMode::Overwrite,
-        "id",
-        4,
-    )
-    .await
-    .expect("overwrite");
+    local
+        .save_users(0..50, "v2", "wh.app.users", SaveMode::Overwrite, 4)
+        .await
+        .expect("overwrite");
     assert_ne!(run_id(&prefix).await, run1);
-    let rows = table_rows(&wh, "wh.app.users").await;
+    let rows = table_rows(wh, "wh.app.users").await;
     assert_eq!(rows.num_rows(), 50, "overwrite replaces every row");
     assert!(names_of(&rows).iter().all(|n| n.starts_with("v2-")));
     assert_eq!(
@@ -189,25 +217,15 @@ async fn the_four_modes_on_the_file_system() {
     );
 
     // append twice: old rows kept, duplicate keys take the new rows.
-    wh.save_as_table(
-        frame(&ctx, users(40..60, "v3")),
-        "wh.app.users",
-        SaveMode::Append,
-        "id",
-        4,
-    )
-    .await
-    .expect("append 1");
-    wh.save_as_table(
-        frame(&ctx, users(60..70, "v4")),
-        "wh.app.users",
-        SaveMode::Append,
-        "id",
-        4,
-    )
-    .await
-    .expect("append 2");
-    let rows = table_rows(&wh, "wh.app.users").await;
+    local
+        .save_users(40..60, "v3", "wh.app.users", SaveMode::Append, 4)
+        .await
+        .expect("append 1");
+    local
+        .save_users(60..70, "v4", "wh.app.users", SaveMode::Append, 4)
+        .await
+        .expect("append 2");
+    let rows = table_rows(wh, "wh.app.users").await;
     assert_eq!(rows.num_rows(), 70);
     let names = names_of(&rows);
     for (i, n) in names.iter().enumerate() {
@@ -228,13 +246,13 @@ async fn the_four_modes_on_the_file_system() {
     ])
     .expect("batch");
     let e = wh
-        .save_as_table(frame(&ctx, other), "wh.app.users", SaveMode::Append, "id", 4)
+        .save_as_table(frame(ctx, other), "wh.app.users", SaveMode::Append, "id", 4)
         .await
         .expect_err("append of another schema");
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(e.to_string().contains("differ"), "{e}");
     assert_eq!(
-        table_rows(&wh, "wh.app.users").await.num_rows(),
+        table_rows(wh, "wh.app.users").await.num_rows(),
         70,
         "a refused append changes nothing"
     );
@@ -244,7 +262,7 @@ async fn the_four_modes_on_the_file_system() {
     strict.write.on_duplicate = sf_writer::build::backend::DuplicatePolicy::Error;
     let e = wh
         .save(
-            frame(&ctx, users(65..66, "v5")),
+            frame(ctx, users(65..66, "v5")),
             "wh.app.users",
             SaveMode::Append,
             &strict,
@@ -410,18 +428,12 @@ async fn explain(wh: &Warehouse, ctx: &SessionContext, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_point_lookups_read_only_the_routed_shards() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let wh = warehouse(&[("wh", &file_url(&root.path().join("w")))], &root.path().join("cache"));
-    let ctx = SessionContext::new();
-    wh.save_as_table(
-        frame(&ctx, users(0..1000, "u")),
-        "wh.app.users",
-        SaveMode::Error,
-        "id",
-        8,
-    )
-    .await
-    .expect("save");
+    let local = Local::new();
+    let (wh, ctx) = (&local.wh, &local.ctx);
+    local
+        .save_users(0..1000, "u", "wh.app.users", SaveMode::Error, 8)
+        .await
+        .expect("save");
     let table = wh.table("wh.app.users").await.expect("table");
     let router_of = table.reader().await.expect("reader");
     let shard_of = |k: i64| {
@@ -433,12 +445,12 @@ async fn sql_point_lookups_read_only_the_routed_shards() {
     };
 
     let sql = "SELECT name, score FROM wh.app.users WHERE id = 42";
-    let plan_text = explain(&wh, &ctx, sql).await;
+    let plan_text = explain(wh, ctx, sql).await;
     assert!(plan_text.contains("ShardLookupExec"), "{plan_text}");
     assert!(plan_text.contains(&format!("shards=[{}]", shard_of(42))), "{plan_text}");
     assert!(!plan_text.contains("ShardScanExec"), "{plan_text}");
 
-    let df = wh.sql(&ctx, sql).await.expect("query");
+    let df = wh.sql(ctx, sql).await.expect("query");
     let plan = df.create_physical_plan().await.expect("plan");
     let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.expect("run");
     let out = arrow::util::pretty::pretty_format_batches(&batches)
@@ -453,7 +465,7 @@ async fn sql_point_lookups_read_only_the_routed_shards() {
     let keys = [3i64, 500, 999, 5000];
     let df = wh
         .sql(
-            &ctx,
+            ctx,
             "SELECT id FROM wh.app.users WHERE id IN (3, 500, 999, 5000) ORDER BY id",
         )
         .await
@@ -479,17 +491,12 @@ async fn sql_point_lookups_read_only_the_routed_shards() {
 
     // Any other filter scans every shard, in parallel partitions.
     let df = wh
-        .sql(&ctx, "SELECT count(*) AS n FROM wh.app.users WHERE score > 500")
+        .sql(ctx, "SELECT count(*) AS n FROM wh.app.users WHERE score > 500")
         .await
         .expect("scan");
     let plan = df.create_physical_plan().await.expect("plan");
     let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.expect("run");
-    let n = batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("count")
-        .value(0);
+    let n = first_i64(&batches);
     let want = (0..1000i64).filter(|i| i % 10 != 0 && i * 7 % 1000 > 500).count() as i64;
     assert_eq!(n, want);
     let scan = find::<ShardScanExec>(&plan).expect("scan node");
@@ -503,22 +510,16 @@ async fn sql_point_lookups_read_only_the_routed_shards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctas_drop_listing_and_bad_names() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let wh = warehouse(&[("wh", &file_url(&root.path().join("w")))], &root.path().join("cache"));
-    let ctx = SessionContext::new();
-    wh.save_as_table(
-        frame(&ctx, users(0..200, "u")),
-        "wh.app.users",
-        SaveMode::Error,
-        "id",
-        4,
-    )
-    .await
-    .expect("save");
+    let local = Local::new();
+    let (wh, ctx) = (&local.wh, &local.ctx);
+    local
+        .save_users(0..200, "u", "wh.app.users", SaveMode::Error, 4)
+        .await
+        .expect("save");
 
     let made = wh
         .sql(
-            &ctx,
+            ctx,
             "CREATE TABLE wh.app.top AS SELECT id, name FROM wh.app.users WHERE score >= 900",
         )
         .await
@@ -527,39 +528,34 @@ async fn ctas_drop_listing_and_bad_names() {
         .await
         .expect("ctas rows");
     let want = (0..200i64).filter(|i| i % 10 != 0 && i * 7 % 1000 >= 900).count();
-    let written = made[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("i64")
-        .value(0);
+    let written = first_i64(&made);
     assert_eq!(written as usize, want);
-    let top = table_rows(&wh, "wh.app.top").await;
+    let top = table_rows(wh, "wh.app.top").await;
     assert_eq!(top.num_rows(), want);
     assert_eq!(top.schema().fields().len(), 2);
     let e = wh
-        .sql(&ctx, "CREATE TABLE wh.app.top AS SELECT id, name FROM wh.app.users")
+        .sql(ctx, "CREATE TABLE wh.app.top AS SELECT id, name FROM wh.app.users")
         .await
         .expect_err("exists");
     assert!(e.to_string().contains("exists"), "{e}");
     wh.sql(
-        &ctx,
+        ctx,
         "CREATE TABLE IF NOT EXISTS wh.app.top AS SELECT id, name FROM wh.app.users",
     )
     .await
     .expect("if not exists");
     assert_eq!(
-        table_rows(&wh, "wh.app.top").await.num_rows(),
+        table_rows(wh, "wh.app.top").await.num_rows(),
         want,
         "IF NOT EXISTS left it"
     );
     wh.sql(
-        &ctx,
+        ctx,
         "CREATE OR REPLACE TABLE wh.app.top AS SELECT id, name FROM wh.app.users WHERE id < 3",
     )
     .await
     .expect("or replace");
-    assert_eq!(table_rows(&wh, "wh.app.top").await.num_rows(), 3);
+    assert_eq!(table_rows(wh, "wh.app.top").await.num_rows(), 3);
 
     let listed: Vec<String> = wh
         .list_tables(Some("wh"), "app")
@@ -571,22 +567,20 @@ async fn ctas_drop_listing_and_bad_names() {
     assert_eq!(listed, vec!["wh.app.top", "wh.app.users"]);
     assert_eq!(wh.list_databases(Some("wh")).await.expect("dbs"), vec!["app"]);
 
-    let dropped = wh.sql(&ctx, "DROP TABLE wh.app.top").await.expect("drop");
+    let dropped = wh.sql(ctx, "DROP TABLE wh.app.top").await.expect("drop");
     dropped.collect().await.expect("drop rows");
     let listed = wh.list_tables(Some("wh"), "app").await.expect("list");
     assert_eq!(listed.len(), 1, "{listed:?}");
-    let e = wh.sql(&ctx, "SELECT * FROM wh.app.top").await.expect_err("dropped");
+    let e = wh.sql(ctx, "SELECT * FROM wh.app.top").await.expect_err("dropped");
     assert!(e.to_string().contains("top"), "{e}");
     assert!(
-        root.path().join("w/app/top/_CURRENT").exists(),
+        local.root.path().join("w/app/top/_CURRENT").exists(),
         "the data stays until cleanup"
     );
     let e = wh.drop_table("wh.app.top", false).await.expect_err("twice");
     assert!(e.to_string().contains("does not exist"), "{e}");
     assert!(!wh.drop_table("wh.app.top", true).await.expect("if exists"));
-    wh.sql(&ctx, "DROP TABLE IF EXISTS wh.app.top")
-        .await
-        .expect("if exists");
+    wh.sql(ctx, "DROP TABLE IF EXISTS wh.app.top").await.expect("if exists");
 
     for bad in [
         "wh.app.bad-name",
@@ -597,7 +591,7 @@ async fn ctas_drop_listing_and_bad_names() {
         "wh.app.",
     ] {
         let e = wh
-            .save_as_table(frame(&ctx, users(0..1, "x")), bad, SaveMode::Error, "id", 1)
+            .save_as_table(frame(ctx, users(0..1, "x")), bad, SaveMode::Error, "id", 1)
             .await
             .expect_err(bad);
         assert_eq!(e.kind(), ErrorKind::Config, "{bad}: {e}");
@@ -647,12 +641,7 @@ async fn two_catalogs_at_once() {
         .collect()
         .await
         .expect("rows");
-    let n = batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("count")
-        .value(0);
+    let n = first_i64(&batches);
     assert_eq!(n, 25);
     assert!(root.path().join("w/app/users/_CURRENT").exists());
 }
@@ -717,14 +706,7 @@ warehouse = "{wh_url}"
     assert!(String::from_utf8_lossy(&ignore.stdout).contains("nothing was written"));
 
     let prefix = format!("{wh_url}/app/users");
-    let reader = Reader::builder(format!("{prefix}/_CURRENT"))
-        .with_settings(ReaderSettings {
-            cache_dir: Some(root.path().join("cache")),
-            ..ReaderSettings::default()
-        })
-        .build()
-        .await
-        .expect("reader");
+    let reader = open(&prefix, settings(SqliteMode::Auto, &root.path().join("cache"))).await;
     assert_eq!(
         reader.get(&Key::Int(7)).await.expect("get").as_deref(),
         Some(&br#"{"name":"w-7","score":49}"#[..])

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::physical_plan::{ExecutionPlanProperties, collect_partitioned};
 use sf_manifest::format::json::{JsonStyle, to_sorted_string};
-use sf_manifest::{Classified, DbId, ErrorKind, Key, ManifestStore, ObjectManifestStore, RoutingValue, StorageOptions};
+use sf_manifest::{Classified, DbId, ErrorKind, Key, ManifestStore, RoutingValue};
 use sf_router::{ContextValue, Routed, Router};
-use sf_tests::fault_store::{Fault, FaultStore, Op};
-use sf_tests::writer_support::{binary, list_keys, read_snapshot, write_csv, write_json, write_parquet};
-use sf_tests::{fixture_dir, s3_prefix};
-use sf_writer::config::{self, JobConfig};
-use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Outcome, build, prepare};
+use sf_tests::fault_store::{Fault, FaultStore, Op, ending};
+use sf_tests::readers::{PAGED_MODES, read_in_every_mode};
+use sf_tests::writer_support::{
+    binary, build_embedded, list_keys, parse_job, read_snapshot, write_csv, write_json, write_parquet,
+};
+use sf_tests::{fixture_dir, manifest_store, s3_prefix};
+use sf_writer::job::{BuildOptions, Embedded, build, prepare};
 
 const REGIONS: [&str; 3] = ["ap", "eu", "us"];
 
@@ -47,18 +49,6 @@ fn users(n: i64) -> RecordBatch {
 
 fn json_value(id: i64) -> Vec<u8> {
     format!(r#"{{"name":"user-{id}","score":{}}}"#, id * 7 % 1000).into_bytes()
-}
-
-fn job(dir: &Path, toml: &str) -> JobConfig {
-    config::parse(toml, "job.toml", dir, Vec::<(String, String)>::new()).expect("valid job")
-}
-
-async fn run(job: &JobConfig) -> BuildSummary {
-    match build(job, &Embedded::default(), &BuildOptions::default()).await {
-        Ok(Outcome::Built(s)) => s,
-        Ok(other) => panic!("expected a build, got {other:?}"),
-        Err(e) => panic!("build failed: {e}"),
-    }
 }
 
 /// Reads the snapshot back and checks every input row is stored, with its
@@ -97,17 +87,7 @@ async fn check(prefix: &str, n: i64, value: impl Fn(i64) -> Vec<u8>) -> sf_tests
 /// both download and range mode), with a routing context when the
 /// snapshot routes by other columns, and misses an absent key.
 async fn read_through_the_reader(prefix: &str, n: i64, value: &impl Fn(i64) -> Vec<u8>) {
-    for mode in [sf_reader::SqliteMode::Download, sf_reader::SqliteMode::Range] {
-        let cache = tempfile::tempdir().expect("cache");
-        let reader = sf_reader::Reader::builder(format!("{prefix}/_CURRENT"))
-            .with_settings(sf_reader::ReaderSettings {
-                cache_dir: Some(cache.path().to_path_buf()),
-                sqlite_mode: mode,
-                ..sf_reader::ReaderSettings::default()
-            })
-            .build()
-            .await
-            .expect("reader");
+    read_in_every_mode(prefix, &PAGED_MODES, async |reader| {
         let context = |id: i64| {
             BTreeMap::from([(
                 "region".to_string(),
@@ -124,9 +104,9 @@ async fn read_through_the_reader(prefix: &str, n: i64, value: &impl Fn(i64) -> V
         };
         for (id, v) in ids.iter().zip(&got) {
             if *id < n {
-                assert_eq!(v.as_deref(), Some(value(*id).as_slice()), "reader ({mode:?}): key {id}");
+                assert_eq!(v.as_deref(), Some(value(*id).as_slice()), "reader: key {id}");
             } else {
-                assert_eq!(v, &None, "reader ({mode:?}): absent key {id}");
+                assert_eq!(v, &None, "reader: absent key {id}");
             }
         }
         let one = if reader.needs_context() {
@@ -135,8 +115,8 @@ async fn read_through_the_reader(prefix: &str, n: i64, value: &impl Fn(i64) -> V
             reader.get(&Key::Int(1)).await
         };
         assert_eq!(one.expect("get").as_deref(), Some(value(1).as_slice()));
-        reader.close();
-    }
+    })
+    .await;
 }
 
 fn fixture_schema() -> String {
@@ -162,7 +142,7 @@ fn schema_of(bytes: &[u8]) -> String {
 
 /// The manifest has the reference's tables and JSON shapes.
 async fn check_manifest_shapes(prefix: &str) {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("store");
+    let store = manifest_store(prefix);
     let cur = store.load_current().await.expect("current").expect("published");
     let loc = store.locate(&cur.pointer.manifest_ref, None).expect("locate");
     let bytes = loc
@@ -215,7 +195,7 @@ async fn parquet_hash_sqlite_on_local_files() {
         &dir.path().join("users.parquet"),
         &[users(3000), users(3000).slice(0, 0)],
     );
-    let j = job(
+    let j = parse_job(
         dir.path(),
         r#"
 key_col = "id"
@@ -230,7 +210,7 @@ num_dbs = 7
 prefix = "out"
 "#,
     );
-    let s = run(&j).await;
+    let s = build_embedded(&j).await;
     assert_eq!((s.rows, s.num_dbs, s.shards_written), (3000, 7, 7));
     let prefix = format!("file://{}/out", dir.path().display());
     check(&prefix, 3000, |id| format!("p{id}").into_bytes()).await;
@@ -245,7 +225,7 @@ prefix = "out"
 async fn csv_cel_direct_sqlite_on_local_files() {
     let dir = tempfile::tempdir().expect("tmp");
     write_csv(&dir.path().join("users.csv"), &[users(2000)]);
-    let j = job(
+    let j = parse_job(
         dir.path(),
         r#"
 key_col = "id"
@@ -263,7 +243,7 @@ num_dbs = 5
 prefix = "out"
 "#,
     );
-    let s = run(&j).await;
+    let s = build_embedded(&j).await;
     assert_eq!((s.rows, s.num_dbs), (2000, 5));
     let prefix = format!("file://{}/out", dir.path().display());
     let snap = check(&prefix, 2000, json_value).await;
@@ -280,7 +260,7 @@ prefix = "out"
 async fn json_cel_categorical_inferred_slatedb_on_local_files() {
     let dir = tempfile::tempdir().expect("tmp");
     write_json(&dir.path().join("users.json"), &[users(1500)]);
-    let j = job(
+    let j = parse_job(
         dir.path(),
         r#"
 key_col = "id"
@@ -298,7 +278,7 @@ prefix = "out"
 backend = "slatedb"
 "#,
     );
-    let s = run(&j).await;
+    let s = build_embedded(&j).await;
     assert_eq!((s.rows, s.num_dbs), (1500, 3));
     let prefix = format!("file://{}/out", dir.path().display());
     let snap = check(&prefix, 1500, json_value).await;
@@ -327,7 +307,7 @@ async fn sql_input_hash_slatedb_on_s3() {
         &[all.project(&[0, 3]).expect("project")],
     );
     let prefix = s3_prefix("sql-slatedb");
-    let j = job(
+    let j = parse_job(
         dir.path(),
         &format!(
             r#"
@@ -351,7 +331,7 @@ backend = "slatedb"
 "#
         ),
     );
-    let s = run(&j).await;
+    let s = build_embedded(&j).await;
     assert_eq!((s.rows, s.num_dbs), (1200, 4));
     check(&prefix, 1200, json_value).await;
 }
@@ -361,7 +341,7 @@ async fn parquet_hash_sqlite_on_s3_sized_by_max_keys() {
     let dir = tempfile::tempdir().expect("tmp");
     write_parquet(&dir.path().join("users.parquet"), &[users(4500)]);
     let prefix = s3_prefix("max-keys");
-    let j = job(
+    let j = parse_job(
         dir.path(),
         &format!(
             r#"
@@ -378,7 +358,7 @@ prefix = "{prefix}"
 "#
         ),
     );
-    let s = run(&j).await;
+    let s = build_embedded(&j).await;
     assert_eq!((s.rows, s.num_dbs), (4500, 5), "ceil(4500 / 1000) shards");
     check(&prefix, 4500, json_value).await;
     check_manifest_shapes(&prefix).await;
@@ -389,7 +369,7 @@ async fn categorical_with_given_values_sqlite_on_s3() {
     let dir = tempfile::tempdir().expect("tmp");
     write_parquet(&dir.path().join("users.parquet"), &[users(900)]);
     let prefix = s3_prefix("cat-values");
-    let j = job(
+    let j = parse_job(
         dir.path(),
         &format!(
             r#"
@@ -409,7 +389,7 @@ prefix = "{prefix}"
 "#
         ),
     );
-    run(&j).await;
+    build_embedded(&j).await;
     let snap = check(&prefix, 900, json_value).await;
     // db id is the token's index: "us" rows (id % 3 == 2) are in shard 0.
     let us = snap.shards.get(&DbId(0)).expect("shard 0");
@@ -431,7 +411,7 @@ async fn each_partition_holds_exactly_one_shard() {
     write_parquet(&dir.path().join("a.parquet"), &[users(2000)]);
     write_parquet(&dir.path().join("b.parquet"), &[users(3000).slice(2000, 1000)]);
     for (num_dbs, target_partitions) in [(11u32, 3usize), (4, 8), (1, 2)] {
-        let j = job(
+        let j = parse_job(
             dir.path(),
             &format!(
                 r#"
@@ -602,9 +582,9 @@ async fn bad_rows_publish_nothing_and_leave_the_old_snapshot() {
     let dir = tempfile::tempdir().expect("tmp");
     write_parquet(&dir.path().join("users.parquet"), &[users(300)]);
     let prefix = format!("file://{}/out", dir.path().display());
-    let good = job(dir.path(), CLI_JOB);
-    run(&good).await;
-    let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
+    let good = parse_job(dir.path(), CLI_JOB);
+    build_embedded(&good).await;
+    let store = manifest_store(&prefix);
     let before = store.load_current().await.expect("load").expect("current");
 
     // Null keys: a data error naming the row; nothing published.
@@ -618,7 +598,7 @@ async fn bad_rows_publish_nothing_and_leave_the_old_snapshot() {
     ])
     .expect("batch");
     write_parquet(&dir.path().join("nulls.parquet"), &[with_null]);
-    let bad = job(dir.path(), &CLI_JOB.replace("users.parquet", "nulls.parquet"));
+    let bad = parse_job(dir.path(), &CLI_JOB.replace("users.parquet", "nulls.parquet"));
     let e = build(&bad, &Embedded::default(), &BuildOptions::default())
         .await
         .expect_err("null key");
@@ -634,7 +614,7 @@ async fn bad_rows_publish_nothing_and_leave_the_old_snapshot() {
     ])
     .expect("batch");
     write_parquet(&dir.path().join("neg.parquet"), &[negative]);
-    let neg = job(dir.path(), &CLI_JOB.replace("users.parquet", "neg.parquet"));
+    let neg = parse_job(dir.path(), &CLI_JOB.replace("users.parquet", "neg.parquet"));
     let e = build(&neg, &Embedded::default(), &BuildOptions::default())
         .await
         .expect_err("negative key");
@@ -674,7 +654,7 @@ async fn duplicate_keys_follow_the_policy() {
     ])
     .expect("batch");
     write_parquet(&dir.path().join("users.parquet"), &[dup]);
-    let strict = job(
+    let strict = parse_job(
         dir.path(),
         &CLI_JOB
             .replace("num_dbs = 3", "num_dbs = 1")
@@ -686,8 +666,8 @@ async fn duplicate_keys_follow_the_policy() {
     assert_eq!(e.kind(), ErrorKind::Data);
     assert!(e.to_string().contains("duplicate key"), "{e}");
 
-    let lenient = job(dir.path(), &CLI_JOB.replace("num_dbs = 3", "num_dbs = 1"));
-    let s = run(&lenient).await;
+    let lenient = parse_job(dir.path(), &CLI_JOB.replace("num_dbs = 3", "num_dbs = 1"));
+    let s = build_embedded(&lenient).await;
     assert_eq!((s.rows, s.duplicates), (3, 2));
     let prefix = format!("file://{}/out", dir.path().display());
     let rows = read_snapshot(&prefix).await.rows();
@@ -729,7 +709,7 @@ async fn shards_larger_than_their_sort_buffer_spill_and_merge() {
     );
     for backend in ["sqlite", "slatedb"] {
         // 16 MiB: 8 MiB of rows in memory for ~40 MiB of rows.
-        let j = job(
+        let j = parse_job(
             dir.path(),
             &format!(
                 r#"
@@ -749,7 +729,7 @@ backend = "{backend}"
 "#
             ),
         );
-        let s = run(&j).await;
+        let s = build_embedded(&j).await;
         assert_eq!((s.rows, s.duplicates), (N as u64, REWRITTEN as u64), "{backend}");
         assert!(
             s.spilled_runs >= 4,
@@ -793,17 +773,17 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
     write_parquet(&dir.path().join("users.parquet"), &[users(600)]);
     let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let flaky = FaultStore::new(Arc::clone(&inner));
-    flaky.fail(Op::Put, "shard.db", 0, 2, Fault::Generic);
+    flaky.at(Op::Put, ending("shard.db")).times(2).fail(Fault::Generic);
     let registered = flaky.register();
     let base = registered.base();
     let prefix = format!("{base}/snap");
-    let j = job(
+    let j = parse_job(
         dir.path(),
         &CLI_JOB
             .replace("prefix = \"out\"", &format!("prefix = \"{prefix}\""))
             .replace("[output]", "[write]\nretry_backoff_ms = 1\n[output]"),
     );
-    let s = run(&j).await;
+    let s = build_embedded(&j).await;
     assert_eq!(flaky.fired(), 2);
     assert_eq!(s.retries, 2);
     assert_eq!(s.losers_deleted, 2, "the two failed attempts' claims");
@@ -826,10 +806,10 @@ async fn a_second_build_swaps_current_and_keeps_history() {
     let dir = tempfile::tempdir().expect("tmp");
     write_parquet(&dir.path().join("users.parquet"), &[users(100)]);
     let prefix = format!("file://{}/out", dir.path().display());
-    let first = run(&job(dir.path(), CLI_JOB)).await;
+    let first = build_embedded(&parse_job(dir.path(), CLI_JOB)).await;
     write_parquet(&dir.path().join("users.parquet"), &[users(250)]);
-    let second = run(&job(dir.path(), CLI_JOB)).await;
-    let store = ObjectManifestStore::open(&prefix, &StorageOptions::new()).expect("store");
+    let second = build_embedded(&parse_job(dir.path(), CLI_JOB)).await;
+    let store = manifest_store(&prefix);
     let history = store.history().await.expect("history");
     let runs: Vec<_> = history.iter().map(|h| h.run_id.clone()).collect();
     assert_eq!(runs, vec![second.run_id.clone(), first.run_id.clone()]);

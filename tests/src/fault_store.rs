@@ -1,20 +1,38 @@
-//! An object store that fails chosen calls with the errors the world
-//! produces, or runs a hook at a chosen call, for tests of the writer and
-//! the reader against faults they did not choose.
+//! An object store that does to chosen calls what the world or another
+//! process would: fails them with the errors object_store returns, runs a
+//! test's hook before them, or holds them at a [`Gate`] until the test lets
+//! them go. The writer and the reader meet faults they did not choose, and
+//! a race (another publisher moving `_CURRENT` while a build writes, a swap
+//! landing while one shard read of a `multi_get` is held) happens exactly
+//! between the two steps a test names.
+//!
+//! Every rule is said the same way: at which calls of which operation on a
+//! key matching what, do what.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use sf_tests::fault_store::{Fault, FaultStore, Gate, Op, containing, ending};
+//! # let store = FaultStore::new(Arc::new(object_store::memory::InMemory::new()));
+//! // The first two shard uploads fail as a dropped connection would.
+//! store.at(Op::Put, ending("shard.db")).times(2).fail(Fault::Generic);
+//! // The first read of shard 2 waits until the test releases it.
+//! let gate = Gate::new();
+//! store.at(Op::Get, containing("db=00002/")).wait(&gate);
+//! // Before the first claim marker is written, something else happens.
+//! store.at(Op::Put, ending("_claim.json")).run(|_path| async { /* ... */ });
+//! ```
 //!
 //! Each [`Fault`] is one error class `object_store` returns (and the form
 //! it takes there: a timeout and a 5xx answer arrive as `Generic` with
-//! the cause inside, as the HTTP client reports them). A rule selects an
-//! operation, a path predicate and which of the matching calls (the
-//! `from`-th onwards, `count` of them) fail; a hook rule runs an async
-//! closure before the selected call goes through, which makes a race
-//! (another publisher moving `_CURRENT` while a build writes) exact.
+//! the cause inside, as the HTTP client reports them).
 //!
 //! [`FaultStore::register`] puts the store under a fresh URL base of its
 //! own (`fault<hex>://t`), so a test's job and reader reach it through
-//! the normal URL resolution while every other test is untouched.
+//! the normal URL resolution while every other test is untouched; a reader
+//! or an admin can also be given the store itself.
 
 use std::fmt;
+use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,12 +41,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{
     GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
     PutPayload, PutResult,
 };
 use sf_manifest::ErrorKind;
+use tokio::sync::Notify;
 
 /// One class of object-store failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,34 +131,93 @@ impl Fault {
 pub enum Op {
     /// `put_opts` and `put_multipart_opts`.
     Put,
-    /// `get_opts` and `get_range`.
+    /// `get_opts` (unless it asks for the head only) and `get_range`.
     Get,
-    /// `head`.
+    /// `head`, and `get_opts` asking for the head only.
     Head,
     /// `delete`.
     Delete,
     /// `list` and `list_with_delimiter`.
     List,
-    /// `copy` and `copy_if_not_exists`.
+    /// `copy` and `copy_if_not_exists` (matched on the target).
     Copy,
 }
 
-/// Code a hook rule runs before the call it selected goes through; it
-/// gets the call's path.
-pub type Hook = Arc<dyn Fn(ObjPath) -> BoxFuture<'static, ()> + Send + Sync>;
+/// Which object paths a rule matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMatch {
+    /// Paths ending with this text.
+    Ending(String),
+    /// Paths holding this text anywhere.
+    Containing(String),
+}
 
-type PathMatch = Box<dyn Fn(&ObjPath) -> bool + Send + Sync>;
+impl KeyMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            KeyMatch::Ending(s) => path.ends_with(s.as_str()),
+            KeyMatch::Containing(s) => path.contains(s.as_str()),
+        }
+    }
+}
 
+/// Paths ending with `suffix` (`"shard.db"`, `"_CURRENT"`).
+pub fn ending(suffix: &str) -> KeyMatch {
+    KeyMatch::Ending(suffix.to_string())
+}
+
+/// Paths holding `part` anywhere (`"run_id=old/db=00002/"`).
+pub fn containing(part: &str) -> KeyMatch {
+    KeyMatch::Containing(part.to_string())
+}
+
+/// Holds the calls a rule sends to it until the test releases them: a
+/// held call announces itself through [`entered`](Self::entered) and waits
+/// for [`release`](Self::release) (one release per held call).
+#[derive(Debug, Default)]
+pub struct Gate {
+    entered: Notify,
+    release: Notify,
+}
+
+impl Gate {
+    /// A gate no call has reached yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Gate::default())
+    }
+
+    /// Waits (at most a minute) until a call is held.
+    pub async fn entered(&self) {
+        tokio::time::timeout(std::time::Duration::from_secs(60), self.entered.notified())
+            .await
+            .expect("the gated call never came");
+    }
+
+    /// Lets a held call go on.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+
+    async fn hold(&self) {
+        self.entered.notify_one();
+        self.release.notified().await;
+    }
+}
+
+type Hook = Arc<dyn Fn(ObjPath) -> BoxFuture<'static, ()> + Send + Sync>;
+
+#[derive(Clone)]
 enum Action {
     Fail(Fault),
     /// The call goes through, then fails: its answer is lost.
     FailAfter(Fault),
     Run(Hook),
+    Wait(Arc<Gate>),
 }
 
 struct Rule {
     op: Op,
-    matches: PathMatch,
+    key: KeyMatch,
     /// Matching calls to let through before the first selected one.
     skip: usize,
     /// Selected calls (`usize::MAX`: every one after `skip`).
@@ -146,6 +225,75 @@ struct Rule {
     seen: AtomicUsize,
     fired: AtomicUsize,
     action: Action,
+}
+
+/// Which calls a rule will select: made by [`FaultStore::at`], finished
+/// (and added to the store) by the action it is given.
+#[derive(Debug)]
+#[must_use = "a rule is added only when it is given its action"]
+pub struct At<'a> {
+    store: &'a FaultStore,
+    op: Op,
+    key: KeyMatch,
+    skip: usize,
+    count: usize,
+}
+
+impl At<'_> {
+    /// Lets the first `calls` matching calls through untouched.
+    pub fn after(mut self, calls: usize) -> Self {
+        self.skip = calls;
+        self
+    }
+
+    /// Selects `calls` matching calls (one unless said otherwise).
+    pub fn times(mut self, calls: usize) -> Self {
+        self.count = calls;
+        self
+    }
+
+    /// Selects every matching call from then on.
+    pub fn every(self) -> Self {
+        self.times(usize::MAX)
+    }
+
+    /// Fails the selected calls with `fault` before they reach the store.
+    pub fn fail(self, fault: Fault) {
+        self.then(Action::Fail(fault));
+    }
+
+    /// Lets the selected calls reach the store and then fails them with
+    /// `fault`: the store did the work and the answer was lost (a timeout
+    /// after the write landed).
+    pub fn fail_after(self, fault: Fault) {
+        self.then(Action::FailAfter(fault));
+    }
+
+    /// Runs `hook`, given the call's path, before each selected call goes on.
+    pub fn run<F, Fut>(self, hook: F)
+    where
+        F: Fn(ObjPath) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.then(Action::Run(Arc::new(move |path| hook(path).boxed())));
+    }
+
+    /// Holds each selected call at `gate` until the test releases it.
+    pub fn wait(self, gate: &Arc<Gate>) {
+        self.then(Action::Wait(Arc::clone(gate)));
+    }
+
+    fn then(self, action: Action) {
+        sf_manifest::sync::lock(&self.store.rules).push(Arc::new(Rule {
+            op: self.op,
+            key: self.key,
+            skip: self.skip,
+            count: self.count,
+            seen: AtomicUsize::new(0),
+            fired: AtomicUsize::new(0),
+            action,
+        }));
+    }
 }
 
 /// The store (see the module docs).
@@ -165,62 +313,29 @@ impl FaultStore {
         })
     }
 
-    fn add(&self, op: Op, matches: PathMatch, skip: usize, count: usize, action: Action) {
-        sf_manifest::sync::lock(&self.rules).push(Arc::new(Rule {
-            op,
-            matches,
-            skip,
-            count,
-            seen: AtomicUsize::new(0),
-            fired: AtomicUsize::new(0),
-            action,
-        }));
+    /// Wraps the store `url` resolves to (with default options); paths
+    /// are the ones that store sees.
+    pub fn over(url: &str) -> Arc<Self> {
+        let location = sf_manifest::resolve(url, &sf_manifest::StorageOptions::new()).expect("resolve the prefix");
+        Self::new(location.store)
     }
 
-    /// Fails `count` calls of `op` on paths ending with `suffix` with
-    /// `fault`, after letting the first `skip` of them through
-    /// (`usize::MAX` fails every one after that).
-    pub fn fail(&self, op: Op, suffix: &str, skip: usize, count: usize, fault: Fault) {
-        let suffix = suffix.to_string();
-        self.add(
+    /// A rule for calls of `op` on paths matching `key`: by default the
+    /// first such call; [`At::after`], [`At::times`] and [`At::every`]
+    /// choose others, and the action ends the sentence.
+    pub fn at(&self, op: Op, key: KeyMatch) -> At<'_> {
+        At {
+            store: self,
             op,
-            Box::new(move |p| p.as_ref().ends_with(&suffix)),
-            skip,
-            count,
-            Action::Fail(fault),
-        );
+            key,
+            skip: 0,
+            count: 1,
+        }
     }
 
-    /// The store under the faults, for hooks that change what it holds.
+    /// The store under the rules, for hooks that change what it holds.
     pub fn inner(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.inner)
-    }
-
-    /// Lets the first put on a path ending with `suffix` through and then
-    /// fails it with `fault`: the store wrote it, the answer was lost (a
-    /// timeout after the write landed).
-    pub fn fail_after_first_put(&self, suffix: &str, fault: Fault) {
-        let suffix = suffix.to_string();
-        self.add(
-            Op::Put,
-            Box::new(move |p| p.as_ref().ends_with(&suffix)),
-            0,
-            1,
-            Action::FailAfter(fault),
-        );
-    }
-
-    /// Runs `hook` once, before the first call of `op` on a path ending
-    /// with `suffix` goes through.
-    pub fn before_first(&self, op: Op, suffix: &str, hook: Hook) {
-        let suffix = suffix.to_string();
-        self.add(
-            op,
-            Box::new(move |p| p.as_ref().ends_with(&suffix)),
-            0,
-            1,
-            Action::Run(hook),
-        );
     }
 
     /// Removes every rule: calls go through from now on.
@@ -228,7 +343,7 @@ impl FaultStore {
         sf_manifest::sync::lock(&self.rules).clear();
     }
 
-    /// How many calls the rules failed or ran a hook for.
+    /// How many calls the rules failed, ran a hook for or held.
     pub fn fired(&self) -> usize {
         sf_manifest::sync::lock(&self.rules)
             .iter()
@@ -236,11 +351,12 @@ impl FaultStore {
             .sum()
     }
 
-    /// The calls of `op` seen on paths ending with `suffix`.
-    pub fn calls(&self, op: Op, suffix: &str) -> usize {
+    /// How many calls of `op` on paths matching `key` were made, whether
+    /// a rule selected them or not.
+    pub fn calls(&self, op: Op, key: &KeyMatch) -> usize {
         sf_manifest::sync::lock(&self.calls)
             .iter()
-            .filter(|(o, p)| *o == op && p.ends_with(suffix))
+            .filter(|(o, p)| *o == op && key.matches(p))
             .count()
     }
 
@@ -252,11 +368,15 @@ impl FaultStore {
         Registered { base }
     }
 
-    async fn before(&self, op: Op, path: &ObjPath) -> object_store::Result<Option<Fault>> {
+    /// Notes the call and picks what the rules do to it, in the order
+    /// they were added, up to the first that fails it. Hooks run outside
+    /// the locks: they may panic on purpose, or take their time.
+    fn select(&self, op: Op, path: &ObjPath) -> Vec<Action> {
         sf_manifest::sync::lock(&self.calls).push((op, path.to_string()));
         let rules: Vec<Arc<Rule>> = sf_manifest::sync::lock(&self.rules).clone();
+        let mut actions = Vec::new();
         for rule in rules {
-            if rule.op != op || !(rule.matches)(path) {
+            if rule.op != op || !rule.key.matches(path.as_ref()) {
                 continue;
             }
             let n = rule.seen.fetch_add(1, Ordering::SeqCst);
@@ -264,13 +384,40 @@ impl FaultStore {
                 continue;
             }
             rule.fired.fetch_add(1, Ordering::SeqCst);
-            match &rule.action {
+            actions.push(rule.action.clone());
+            if matches!(rule.action, Action::Fail(_) | Action::FailAfter(_)) {
+                break;
+            }
+        }
+        actions
+    }
+
+    /// Runs the hooks and gates the rules picked for the call; an error
+    /// fails it at once, a fault returned fails it after it went through.
+    async fn before(&self, op: Op, path: &ObjPath) -> object_store::Result<Option<Fault>> {
+        for action in self.select(op, path) {
+            match action {
                 Action::Fail(fault) => return Err(fault.error(op, path)),
-                Action::FailAfter(fault) => return Ok(Some(*fault)),
+                Action::FailAfter(fault) => return Ok(Some(fault)),
                 Action::Run(hook) => hook(path.clone()).await,
+                Action::Wait(gate) => gate.hold().await,
             }
         }
         Ok(None)
+    }
+
+    /// One call of `op` on `path` through the rules, then `call` on the
+    /// inner store.
+    async fn through<T, Fut>(&self, op: Op, path: &ObjPath, call: impl FnOnce() -> Fut) -> object_store::Result<T>
+    where
+        Fut: Future<Output = object_store::Result<T>>,
+    {
+        let after = self.before(op, path).await?;
+        let done = call().await?;
+        match after {
+            Some(fault) => Err(fault.error(op, path)),
+            None => Ok(done),
+        }
     }
 }
 
@@ -313,12 +460,8 @@ impl ObjectStore for FaultStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        let after = self.before(Op::Put, location).await?;
-        let done = self.inner.put_opts(location, payload, opts).await?;
-        match after {
-            Some(fault) => Err(fault.error(Op::Put, location)),
-            None => Ok(done),
-        }
+        self.through(Op::Put, location, || self.inner.put_opts(location, payload, opts))
+            .await
     }
 
     async fn put_multipart_opts(
@@ -326,48 +469,71 @@ impl ObjectStore for FaultStore {
         location: &ObjPath,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.before(Op::Put, location).await?;
-        self.inner.put_multipart_opts(location, opts).await
+        self.through(Op::Put, location, || self.inner.put_multipart_opts(location, opts))
+            .await
     }
 
     async fn get_opts(&self, location: &ObjPath, options: GetOptions) -> object_store::Result<GetResult> {
-        self.before(Op::Get, location).await?;
-        self.inner.get_opts(location, options).await
+        let op = if options.head { Op::Head } else { Op::Get };
+        self.through(op, location, || self.inner.get_opts(location, options))
+            .await
     }
 
     async fn get_range(&self, location: &ObjPath, range: Range<u64>) -> object_store::Result<Bytes> {
-        self.before(Op::Get, location).await?;
-        self.inner.get_range(location, range).await
+        self.through(Op::Get, location, || self.inner.get_range(location, range))
+            .await
     }
 
     async fn head(&self, location: &ObjPath) -> object_store::Result<ObjectMeta> {
-        self.before(Op::Head, location).await?;
-        self.inner.head(location).await
+        self.through(Op::Head, location, || self.inner.head(location)).await
     }
 
     async fn delete(&self, location: &ObjPath) -> object_store::Result<()> {
-        self.before(Op::Delete, location).await?;
-        self.inner.delete(location).await
+        self.through(Op::Delete, location, || self.inner.delete(location)).await
     }
 
     fn list(&self, prefix: Option<&ObjPath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        sf_manifest::sync::lock(&self.calls).push((Op::List, prefix.map(ToString::to_string).unwrap_or_default()));
-        self.inner.list(prefix)
+        let at = prefix.cloned().unwrap_or_default();
+        let actions = self.select(Op::List, &at);
+        let inner = self.inner.list(prefix);
+        if actions.is_empty() {
+            return inner;
+        }
+        // The listing is a stream: the hooks and gates run when it is
+        // first polled, as a call would meet them.
+        futures::stream::once(async move {
+            for action in actions {
+                match action {
+                    Action::Fail(fault) => {
+                        return futures::stream::once(async move { Err(fault.error(Op::List, &at)) }).boxed();
+                    }
+                    Action::FailAfter(fault) => {
+                        return inner
+                            .chain(futures::stream::once(async move { Err(fault.error(Op::List, &at)) }))
+                            .boxed();
+                    }
+                    Action::Run(hook) => hook(at.clone()).await,
+                    Action::Wait(gate) => gate.hold().await,
+                }
+            }
+            inner
+        })
+        .flatten()
+        .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&ObjPath>) -> object_store::Result<ListResult> {
         let at = prefix.cloned().unwrap_or_default();
-        self.before(Op::List, &at).await?;
-        self.inner.list_with_delimiter(prefix).await
+        self.through(Op::List, &at, || self.inner.list_with_delimiter(prefix))
+            .await
     }
 
     async fn copy(&self, from: &ObjPath, to: &ObjPath) -> object_store::Result<()> {
-        self.before(Op::Copy, to).await?;
-        self.inner.copy(from, to).await
+        self.through(Op::Copy, to, || self.inner.copy(from, to)).await
     }
 
     async fn copy_if_not_exists(&self, from: &ObjPath, to: &ObjPath) -> object_store::Result<()> {
-        self.before(Op::Copy, to).await?;
-        self.inner.copy_if_not_exists(from, to).await
+        self.through(Op::Copy, to, || self.inner.copy_if_not_exists(from, to))
+            .await
     }
 }

@@ -1,5 +1,8 @@
 //! Helpers for ShardForge's cross-crate tests: fixture locations, the
-//! reference's manifest dumps, and the storage emulators' settings.
+//! reference's manifest dumps, the storage emulators' settings, and the
+//! rooms below: snapshots built and tampered with, readers opened in every
+//! read mode, writer jobs, faults injected in a store or a proxy, clusters
+//! and scheduled runs of the real programs.
 //!
 //! Tests that need S3, GCS or Azure Blob call [`s3_prefix`], [`gcs_prefix`]
 //! or [`azure_prefix`]; each reads the emulator the test script started
@@ -9,14 +12,35 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use sf_manifest::{ManifestStore, ObjectManifestStore, StorageOptions};
+
 pub mod cluster;
 pub mod fault_proxy;
 pub mod fault_store;
-pub mod hook_store;
+pub mod readers;
 pub mod scenario;
 pub mod serve;
 pub mod snapshots;
+pub mod tamper;
 pub mod writer_support;
+
+/// The manifest store of the snapshot under `prefix`, with the storage
+/// settings the environment gives.
+pub fn manifest_store(prefix: &str) -> ObjectManifestStore {
+    ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("open the prefix")
+}
+
+/// The run ids of the manifests in the history under `prefix`, newest
+/// first.
+pub async fn history_runs(prefix: &str) -> Vec<String> {
+    manifest_store(prefix)
+        .history()
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|h| h.run_id.as_str().to_string())
+        .collect()
+}
 
 /// Folder of the reference snapshots (copied from shardyfusion v4).
 pub fn fixture_dir() -> PathBuf {

@@ -9,10 +9,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sf_manifest::{Key, ManifestStore, ObjectManifestStore, RunStatus, StorageOptions, Timestamp, publish::gc};
-use sf_reader::{Pin, Reader, ReaderSettings};
+use sf_manifest::{Key, ManifestStore, RunStatus, Timestamp, publish::gc};
+use sf_reader::{Pin, ReaderSettings, SqliteMode};
 
-use crate::writer_support::binary;
+use crate::writer_support::{binary, short_storage_retries};
+use crate::{manifest_store, readers};
 
 /// A job folder: a CSV input of `id,v` rows and a job file writing it to
 /// `prefix` as run `run_id`.
@@ -50,11 +51,7 @@ impl JobDir {
     /// lease (3 s) and no shard retries, plus `extra` TOML (sections of
     /// its own, e.g. `[validate]`), and storage retries kept short on S3.
     pub fn job(&self, run_id: &str, extra: &str) -> PathBuf {
-        let storage = if self.prefix.starts_with("s3://") {
-            "[storage]\nmax_retries = \"1\"\nretry_timeout = \"2s\"\n"
-        } else {
-            ""
-        };
+        let storage = short_storage_retries(&self.prefix);
         let text = format!(
             "key_col = \"id\"\n[input]\nformat = \"csv\"\npath = \"input.csv\"\n[value]\nbinary_col = \"v\"\n\
              [routing]\nnum_dbs = 2\n[output]\nprefix = \"{}\"\nrun_id = \"{run_id}\"\n\
@@ -154,14 +151,9 @@ impl Drop for Paused {
     }
 }
 
-/// The manifest store of `prefix`.
-pub fn store(prefix: &str) -> ObjectManifestStore {
-    ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("open the prefix")
-}
-
 /// The run `_CURRENT` names, if any.
 pub async fn current_run(prefix: &str) -> Option<String> {
-    store(prefix)
+    manifest_store(prefix)
         .load_current()
         .await
         .expect("read _CURRENT")
@@ -172,17 +164,15 @@ pub async fn current_run(prefix: &str) -> Option<String> {
 /// it: `(run id, every key's value)`, newest first. Panics if any manifest
 /// does not read (a missing or damaged shard).
 pub async fn read_history(prefix: &str, keys: u64) -> Vec<(String, BTreeMap<u64, String>)> {
-    let history = store(prefix).history().await.expect("history");
+    let history = manifest_store(prefix).history().await.expect("history");
     let cache = tempfile::tempdir().expect("cache");
     let mut out = Vec::new();
     for h in history {
-        let reader = Reader::builder(format!("{prefix}/_CURRENT"))
-            .with_settings(ReaderSettings {
-                cache_dir: Some(cache.path().to_path_buf()),
-                pin: Pin::Ref(h.manifest_ref.clone()),
-                ..ReaderSettings::default()
-            })
-            .build()
+        let settings = ReaderSettings {
+            pin: Pin::Ref(h.manifest_ref.clone()),
+            ..readers::settings(SqliteMode::Auto, cache.path())
+        };
+        let reader = readers::try_open(prefix, settings)
             .await
             .unwrap_or_else(|e| panic!("manifest {} does not open: {e}", h.manifest_ref));
         // Parsed by the snapshot's own key encoding (an empty snapshot may
@@ -219,7 +209,7 @@ pub async fn assert_history_reads(prefix: &str, keys: u64) {
 
 /// Attempt folders on storage, as `shards/run_id=R/db=N/attempt=A` keys.
 pub async fn attempt_folders(prefix: &str) -> BTreeSet<String> {
-    gc::list_attempts(&store(prefix), None)
+    gc::list_attempts(&manifest_store(prefix), None)
         .await
         .expect("list attempts")
         .into_iter()
@@ -229,7 +219,7 @@ pub async fn attempt_folders(prefix: &str) -> BTreeSet<String> {
 
 /// Attempt folders the manifests of the history reference.
 pub async fn referenced_folders(prefix: &str) -> BTreeSet<String> {
-    let s = store(prefix);
+    let s = manifest_store(prefix);
     let mut out = BTreeSet::new();
     for h in s.history().await.expect("history") {
         let m = s.load_manifest(&h.manifest_ref).await.expect("manifest");
@@ -250,7 +240,7 @@ pub async fn wait_for_leases(prefix: &str, run: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = Timestamp::now();
-        let live = store(prefix)
+        let live = manifest_store(prefix)
             .list_run_records()
             .await
             .expect("run records")

@@ -2,24 +2,27 @@
 //! files or SlateDB databases, a manifest, `_CURRENT`, a run record, on
 //! any store URL (`file://`, `s3://`, `memory://`).
 //!
-//! It stands in for `sf-write` until that exists, following the writer's
-//! conventions: rows routed by `sf-router`; shards in
-//! `shards/run_id=R/db=NNNNN/attempt=AA/` with a `_claim.json` marker;
-//! SQLite shards as `shard.db` (`kv` table, page size 4096) with
-//! `writer_info["checksum"] = "xxh3_128:<hex>"` over the file and
-//! `checkpoint_id` = that hex; SlateDB shards rooted at the attempt folder
-//! with `"xxh3_128-kv:<hex>"` over the ordered (u32 LE len, key, u32 LE
-//! len, value) stream.
+//! It writes without running `sf-write`, so a test sets up in
+//! milliseconds what a build would not leave (losing attempts, a manifest
+//! never published), following the writer's conventions: rows routed by
+//! `sf-router`; shards in `shards/run_id=R/db=NNNNN/attempt=AA/` with a
+//! `_claim.json` marker; SQLite shards as `shard.db` (`kv` table, page
+//! size 4096) with `writer_info["checksum"] = "xxh3_128:<hex>"` over the
+//! file and `checkpoint_id` = that hex; SlateDB shards rooted at the
+//! attempt folder with `"xxh3_128-kv:<hex>"` over the ordered (u32 LE len,
+//! key, u32 LE len, value) stream.
 
 use std::collections::BTreeMap;
 
 use object_store::PutPayload;
 use sf_manifest::{
-    Attempt, BuildMeta, DbId, Key, KeyEncoding, Manifest, ManifestStore, ObjectManifestStore, RunId, RunRecord,
-    ShardRow, ShardingSpec, StorageOptions, Timestamp, WriterInfo, format::layout,
+    Attempt, BuildMeta, DbId, Key, KeyEncoding, Manifest, ManifestStore, RunId, RunRecord, ShardRow, ShardingSpec,
+    Timestamp, WriterInfo, format::layout,
 };
 use sf_router::{ContextValue, KEY_VARIABLE, Routed, Router, decode_key, key_as_context};
 use xxhash_rust::xxh3::Xxh3;
+
+use crate::manifest_store;
 
 /// Which backend writes the shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +160,7 @@ pub fn route_rows(router: &Router, rows: &[Row]) -> BTreeMap<u32, BTreeMap<Vec<u
 
 /// Builds a snapshot with the backend `spec` names.
 pub async fn build_snapshot(prefix_url: &str, spec: &SnapshotSpec, rows: &[Row]) -> BuiltSnapshot {
-    let store = ObjectManifestStore::open(prefix_url, &StorageOptions::new()).expect("open prefix");
+    let store = manifest_store(prefix_url);
     let run = RunId::new(spec.run_id.clone()).expect("run id");
     let router = Router::new(&spec.sharding, spec.num_dbs, spec.key_encoding).expect("router");
     let started = Timestamp::now();
@@ -309,6 +312,18 @@ fn sqlite_file(dir: &std::path::Path, db: u32, kv: &BTreeMap<Vec<u8>, Vec<u8>>) 
     let bytes = std::fs::read(&path).expect("read shard file");
     let _ = std::fs::remove_file(&path);
     bytes
+}
+
+/// Builds and publishes the snapshot most reader tests start from: run
+/// `run`, hash routed over `num_dbs` SQLite shards, keys `0..rows`
+/// (`u64be`) with values `"{tag}:{k}"`.
+pub async fn publish_ints(prefix_url: &str, run: &str, num_dbs: u32, rows: u64, tag: &str) -> BuiltSnapshot {
+    build_snapshot(
+        prefix_url,
+        &SnapshotSpec::hash(run, num_dbs, KeyEncoding::U64Be),
+        &int_rows(rows, tag),
+    )
+    .await
 }
 
 /// `n` integer keys `0..n` with values `"{tag}:{k}"`.

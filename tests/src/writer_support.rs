@@ -1,14 +1,18 @@
 //! Helpers for the writer's end-to-end tests: input files in every format,
-//! reading a published snapshot back shard by shard, and the location of
-//! the project's binaries (the fault-injecting store is
-//! [`crate::fault_store`]).
+//! job files parsed and built on the embedded engine, reading a published
+//! snapshot back shard by shard, and the location of the project's
+//! binaries (the fault-injecting store is [`crate::fault_store`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use object_store::ObjectStore;
-use sf_manifest::{DbId, Manifest, ManifestStore, ObjectManifestStore, StorageOptions, format::layout};
+use sf_manifest::{DbId, Manifest, ManifestStore, StorageOptions, format::layout};
+use sf_writer::config::JobConfig;
+use sf_writer::job::{BuildOptions, BuildSummary, Embedded, Outcome, build};
+
+use crate::manifest_store;
 
 /// Writes `batches` as one Parquet file.
 pub fn write_parquet(path: &Path, batches: &[RecordBatch]) {
@@ -39,6 +43,33 @@ pub fn write_json(path: &Path, batches: &[RecordBatch]) {
     w.finish().expect("finish json");
 }
 
+/// A job file's text parsed as `sf-write` parses it, relative paths
+/// against `dir`, without environment overrides.
+pub fn parse_job(dir: &Path, toml: &str) -> JobConfig {
+    sf_writer::config::parse(toml, "job.toml", dir, Vec::<(String, String)>::new()).expect("valid job")
+}
+
+/// The `[storage]` section of a job writing to `prefix`: on S3, one retry
+/// within two seconds, so that a failing store is reported in seconds,
+/// not minutes; elsewhere nothing.
+pub fn short_storage_retries(prefix: &str) -> &'static str {
+    if prefix.starts_with("s3://") {
+        "[storage]\nmax_retries = \"1\"\nretry_timeout = \"2s\"\n"
+    } else {
+        ""
+    }
+}
+
+/// Builds `job` on the embedded engine with the default options; panics,
+/// naming the job's prefix, unless it built a snapshot.
+pub async fn build_embedded(job: &JobConfig) -> BuildSummary {
+    match build(job, &Embedded::default(), &BuildOptions::default()).await {
+        Ok(Outcome::Built(s)) => s,
+        Ok(other) => panic!("{}: expected a build, got {other:?}", job.output.prefix),
+        Err(e) => panic!("{}: build failed: {e}", job.output.prefix),
+    }
+}
+
 /// One shard's stored (key, value) pairs in key order.
 pub type ShardRows = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -67,7 +98,7 @@ impl Snapshot {
 /// Reads the snapshot `_CURRENT` under `prefix` points at: SQLite shards by
 /// downloading `shard.db`, SlateDB shards with a read-only scan.
 pub async fn read_snapshot(prefix: &str) -> Snapshot {
-    let store = ObjectManifestStore::open(prefix, &StorageOptions::new()).expect("open store");
+    let store = manifest_store(prefix);
     let current = store.load_current().await.expect("load _CURRENT").expect("published");
     let manifest = store
         .load_manifest(&current.pointer.manifest_ref)
@@ -116,27 +147,32 @@ pub async fn read_snapshot(prefix: &str) -> Snapshot {
     Snapshot { manifest, shards }
 }
 
-/// Every object key under `prefix`, relative to it, sorted.
-pub async fn list_keys(prefix: &str) -> Vec<String> {
+/// Every object under `prefix` with its size, by its key relative to the
+/// prefix.
+pub async fn list_objects(prefix: &str) -> BTreeMap<String, u64> {
     use futures::TryStreamExt;
     let loc = sf_manifest::resolve(prefix, &StorageOptions::new()).expect("resolve");
     let n = loc.path.parts().count();
-    let mut keys: Vec<String> = loc
-        .store
+    loc.store
         .list(Some(&loc.path))
         .map_ok(|m| {
-            m.location
+            let key = m
+                .location
                 .parts()
                 .skip(n)
                 .map(|p| p.as_ref().to_string())
                 .collect::<Vec<_>>()
-                .join("/")
+                .join("/");
+            (key, m.size)
         })
         .try_collect()
         .await
-        .expect("list");
-    keys.sort();
-    keys
+        .expect("list")
+}
+
+/// Every object key under `prefix`, relative to it, sorted.
+pub async fn list_keys(prefix: &str) -> Vec<String> {
+    list_objects(prefix).await.into_keys().collect()
 }
 
 /// Path of one of the project's binaries (`sf-write`, `sf-read`, ...).
@@ -163,4 +199,28 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Runs `cmd` to its end with `stdin` as its input (none: an empty one),
+/// its output captured.
+pub fn output_with_input(cmd: &mut std::process::Command, stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let Some(input) = stdin else {
+        return cmd.output().expect("run the program");
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the program");
+    // The handle is dropped after the write: the program sees the input end.
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for the program")
 }
