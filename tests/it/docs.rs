@@ -1212,7 +1212,7 @@ named_paths! {
     sf_reader::RoutingContext,
     sf_reader::SqliteMode,
     sf_server::grpc::proto::lookup_client::LookupClient,
-    sf_tests::hook_store,
+    sf_tests::fault_store,
     sf_tests::s3_prefix,
     sf_warehouse::Catalogs,
     sf_warehouse::Driver,
