@@ -13,6 +13,10 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Limits, ServeConfig, SnapshotConfig};
+use crate::metrics::{
+    KEYS_LOOKED_UP, REQUESTS_IN_FLIGHT, REQUESTS_REJECTED, RequestMetrics, SNAPSHOT_AGE, SNAPSHOT_INFO,
+    SNAPSHOT_OPEN_SHARDS, SNAPSHOT_READY,
+};
 
 /// A request that failed, as the client is told: an HTTP status, a kind
 /// (stable, for programs), a message (for people).
@@ -112,8 +116,8 @@ pub(crate) struct Served {
     pub(crate) admin: Admin,
     found: metrics::Counter,
     missing: metrics::Counter,
-    /// The run last published as `sf_serve_snapshot_info`, to zero it on a swap.
-    pub(crate) info_run: Mutex<Option<String>>,
+    /// The run last published as [`SNAPSHOT_INFO`], to zero it on a swap.
+    info_run: Mutex<Option<String>>,
 }
 
 impl Served {
@@ -144,6 +148,31 @@ impl Served {
         let found = values.iter().filter(|v| v.is_some()).count() as u64;
         self.found.increment(found);
         self.missing.increment(values.len() as u64 - found);
+    }
+
+    /// Sets this snapshot's gauges from its reader (age, run, open shards,
+    /// readiness).
+    fn publish_gauges(&self) {
+        let name = &self.config.name;
+        let Some(reader) = self.opened() else {
+            metrics::gauge!(SNAPSHOT_READY, "snapshot" => name.clone()).set(0.0);
+            return;
+        };
+        let info = reader.info();
+        let health = reader.health(self.config.max_age.unwrap_or(Duration::MAX));
+        let ready = self.config.max_age.is_none() || health.status == sf_reader::HealthStatus::Healthy;
+        metrics::gauge!(SNAPSHOT_READY, "snapshot" => name.clone()).set(if ready { 1.0 } else { 0.0 });
+        metrics::gauge!(SNAPSHOT_AGE, "snapshot" => name.clone()).set(health.snapshot_age_seconds);
+        metrics::gauge!(SNAPSHOT_OPEN_SHARDS, "snapshot" => name.clone()).set(info.shards_open as f64);
+        let run = info.run_id.to_string();
+        let mut last = sf_manifest::sync::lock(&self.info_run);
+        if last.as_deref() != Some(run.as_str()) {
+            if let Some(old) = last.take() {
+                metrics::gauge!(SNAPSHOT_INFO, "snapshot" => name.clone(), "run_id" => old).set(0.0);
+            }
+            metrics::gauge!(SNAPSHOT_INFO, "snapshot" => name.clone(), "run_id" => run.clone()).set(1.0);
+            *last = Some(run);
+        }
     }
 
     /// Opens the reader, trying again (from 1 s, doubling up to 30 s)
@@ -221,7 +250,7 @@ pub(crate) struct App {
     in_flight: Arc<Semaphore>,
     rejected_overloaded: metrics::Counter,
     rejected_unauthenticated: metrics::Counter,
-    pub(crate) request_metrics: crate::metrics::RequestMetrics,
+    pub(crate) request_metrics: RequestMetrics,
 }
 
 impl App {
@@ -234,7 +263,7 @@ impl App {
                 .with_storage_options(s.storage.clone())
                 .build()
                 .map_err(|e| crate::Error::config(format!("snapshot {}", s.name), e.to_string()))?;
-            let counter = |result: &'static str| metrics::counter!("sf_serve_keys_total", "snapshot" => s.name.clone(), "result" => result);
+            let counter = |result: &'static str| metrics::counter!(KEYS_LOOKED_UP, "snapshot" => s.name.clone(), "result" => result);
             snapshots.insert(
                 s.name.clone(),
                 Arc::new(Served {
@@ -255,9 +284,9 @@ impl App {
                 tokens: config.auth_tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
             },
             in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
-            rejected_overloaded: metrics::counter!("sf_serve_requests_rejected_total", "reason" => "overloaded"),
-            rejected_unauthenticated: metrics::counter!("sf_serve_requests_rejected_total", "reason" => "unauthenticated"),
-            request_metrics: crate::metrics::RequestMetrics::new(),
+            rejected_overloaded: metrics::counter!(REQUESTS_REJECTED, "reason" => "overloaded"),
+            rejected_unauthenticated: metrics::counter!(REQUESTS_REJECTED, "reason" => "unauthenticated"),
+            request_metrics: RequestMetrics::new(),
         })
     }
 
@@ -279,6 +308,15 @@ impl App {
     /// Requests in flight now.
     pub(crate) fn in_flight(&self) -> usize {
         self.limits.max_in_flight - self.in_flight.available_permits()
+    }
+
+    /// Sets the gauges that are read off the readers and the in-flight
+    /// bound; called before each scrape.
+    pub(crate) fn publish_gauges(&self) {
+        metrics::gauge!(REQUESTS_IN_FLIGHT).set(self.in_flight() as f64);
+        for served in self.snapshots.values() {
+            served.publish_gauges();
+        }
     }
 
     /// Checks the `authorization` header.

@@ -60,5 +60,5 @@ mod server;
 pub use api::ApiError;
 pub use config::{DEFAULT_LISTEN, FileConfig, Limits, ServeConfig, SnapshotConfig};
 pub use error::{Error, Result};
-pub use metrics::install_prometheus;
+pub use metrics::{METRICS, install_prometheus};
 pub use server::Server;
