@@ -27,7 +27,9 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use sf_reader::{RollbackTarget, Version};
 
-use crate::api::{ApiError, App, Contexts, Served};
+use crate::api_error::ApiError;
+use crate::app::{App, Contexts};
+use crate::snapshot::ServedSnapshot;
 
 /// The header naming the run a read was served from.
 pub const RUN_ID_HEADER: &str = "sf-run-id";
@@ -259,7 +261,7 @@ async fn list(State(app): State<Arc<App>>) -> Response {
 }
 
 /// One snapshot as `GET /v1/snapshots` lists it.
-fn listing(served: &Served) -> serde_json::Value {
+fn listing(served: &ServedSnapshot) -> serde_json::Value {
     let c = &served.config;
     let Some(reader) = served.opened() else {
         return serde_json::json!({
@@ -405,7 +407,7 @@ struct MultiGetBody {
     value_format: ValueFormat,
 }
 
-fn pairs(c: JsonContext) -> Vec<String> {
+fn context_pairs(c: JsonContext) -> Vec<String> {
     c.into_iter().map(|(k, v)| format!("{k}={}", v.text())).collect()
 }
 
@@ -477,8 +479,8 @@ async fn multiget_inner(
                 "give \"context\" or \"contexts\", not both",
             ));
         }
-        (Some(list), None) => Contexts::PerKey(list.into_iter().map(|c| c.map(pairs)).collect()),
-        (None, Some(c)) => Contexts::Shared(pairs(c)),
+        (Some(list), None) => Contexts::PerKey(list.into_iter().map(|c| c.map(context_pairs)).collect()),
+        (None, Some(c)) => Contexts::Shared(context_pairs(c)),
         (None, None) => Contexts::None,
     };
     let keys: Vec<String> = body.keys.into_iter().map(Scalar::text).collect();

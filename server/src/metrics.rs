@@ -146,7 +146,7 @@ impl RequestMetrics {
             ROUTES.iter().position(|x| *x == route),
             STATUSES.iter().position(|x| *x == status),
         ) else {
-            return record_request(route, status, took);
+            return record_uncached(route, status, took);
         };
         self.counters[r][s]
             .get_or_init(|| metrics::counter!(REQUESTS, "route" => route, "status" => status_label(status)))
@@ -160,8 +160,9 @@ impl RequestMetrics {
 }
 
 /// Counts one answered request, and its latency for the lookup routes,
-/// through the recorder's registry.
-pub(crate) fn record_request(route: &'static str, status: u16, took: Duration) {
+/// through the recorder's registry: for a route or status without a kept
+/// handle.
+fn record_uncached(route: &'static str, status: u16, took: Duration) {
     metrics::counter!(REQUESTS, "route" => route, "status" => status_label(status)).increment(1);
     if timed(route) {
         metrics::histogram!(REQUEST_DURATION, "route" => route).record(took.as_secs_f64());
