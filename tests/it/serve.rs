@@ -6,6 +6,7 @@
 //! cannot be read, SIGTERM draining, `/metrics`, and the reference
 //! fixtures (CEL with routing context included).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -1224,4 +1225,112 @@ async fn bad_configuration_exits_2() {
     let (st, _, body) = call(c.get(s.url("/v1/snapshots/ghost/keys/1"))).await;
     assert_eq!((st, kind(&body)), (503, "not_ready"));
     assert!(s.terminate().success());
+}
+
+/// `docs/serving.md` against the program: the flags of its table are
+/// those `sf-serve --help` lists, its metric names are those of the
+/// catalogs (`sf_server::METRICS`, `sf_reader::METRICS`), and its
+/// `serve.toml` loads into a valid configuration.
+#[test]
+fn the_serving_page_matches_the_program() {
+    let page_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/serving.md");
+    let page = std::fs::read_to_string(&page_path).expect("docs/serving.md");
+
+    let out = sf_tests::cluster::run_bounded(
+        std::process::Command::new(sf_tests::writer_support::binary("sf-serve")).arg("--help"),
+        Duration::from_secs(60),
+        "sf-serve --help",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let help = String::from_utf8(out.stdout).expect("utf8 help");
+    let flag = |word: &str| -> String {
+        word.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect()
+    };
+    let helped: BTreeSet<String> = help
+        .lines()
+        // Options are indented less than their descriptions, which may
+        // wrap onto a line that starts with another program's flag.
+        .filter(|l| l.len() - l.trim_start().len() < 8)
+        .map(str::trim_start)
+        .map(|l| l.strip_prefix("-h, ").or_else(|| l.strip_prefix("-V, ")).unwrap_or(l))
+        .filter(|l| l.starts_with("--"))
+        .map(flag)
+        .filter(|f| f != "--help" && f != "--version")
+        .collect();
+    let documented: BTreeSet<String> = page
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| {
+            cell.split(['`', ' ', ','])
+                .filter(|w| w.starts_with("--"))
+                .map(flag)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        documented, helped,
+        "the flags of docs/serving.md and of sf-serve --help"
+    );
+    let sqlite_mode = help
+        .split("--sqlite-mode")
+        .nth(1)
+        .and_then(|rest| rest.split("\n  -").next())
+        .expect("--sqlite-mode in --help");
+    for mode in ["download", "range", "auto", "memory"] {
+        assert!(
+            sqlite_mode.contains(mode),
+            "--sqlite-mode's help omits {mode}: {sqlite_mode}"
+        );
+    }
+
+    let names = |prefix: &str| -> BTreeSet<String> {
+        page.match_indices(prefix)
+            .map(|(at, _)| {
+                page[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|n| n.len() > prefix.len())
+            .collect()
+    };
+    let catalog =
+        |metrics: &[(&str, &str)]| -> BTreeSet<String> { metrics.iter().map(|(n, _)| n.to_string()).collect() };
+    assert_eq!(
+        names("sf_serve_"),
+        catalog(sf_server::METRICS),
+        "docs/serving.md and sf_server::METRICS"
+    );
+    assert_eq!(
+        names("sf_reader_"),
+        catalog(sf_reader::METRICS),
+        "docs/serving.md and sf_reader::METRICS"
+    );
+
+    let toml = page
+        .split("### `serve.toml`")
+        .nth(1)
+        .and_then(|rest| rest.split("```toml\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("the serve.toml block");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("serve.toml");
+    std::fs::write(&file, toml).expect("write serve.toml");
+    let loaded = sf_server::FileConfig::load(&file).expect("the page's serve.toml loads");
+    let config = sf_server::ServeConfig {
+        listen: loaded.listen.clone().expect("listen"),
+        grpc_listen: loaded.grpc_listen.clone(),
+        snapshots: loaded.snapshots().expect("its snapshots"),
+        limits: loaded.limits.clone(),
+        auth_tokens: vec![],
+    };
+    config.validate().expect("the page's serve.toml is valid");
+    assert_eq!(
+        config.limits,
+        sf_server::Limits::default(),
+        "the page's limits are the defaults"
+    );
 }
