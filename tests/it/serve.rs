@@ -397,6 +397,29 @@ async fn every_route_and_error_over_files_http_and_grpc() {
         0.0,
         "the scrape itself is not counted"
     );
+    // Every figure the routes above produced is named in a catalog, and
+    // every name of the server's catalog was produced.
+    let catalog = |metrics: &'static [(&'static str, &'static str)]| -> BTreeSet<&'static str> {
+        metrics.iter().map(|(n, _)| *n).collect()
+    };
+    let (served, read) = (catalog(sf_server::METRICS), catalog(sf_reader::METRICS));
+    let mut exposed = BTreeSet::new();
+    for series in m.keys() {
+        let name = series.split('{').next().unwrap_or(series);
+        // A histogram is exposed as three series under its name.
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .find(|base| served.contains(base))
+            .unwrap_or(name);
+        if name.starts_with("sf_serve_") {
+            assert!(served.contains(name), "{name} is not in sf_server::METRICS");
+            exposed.insert(name);
+        } else if name.starts_with("sf_reader_") {
+            assert!(read.contains(name), "{name} is not in sf_reader::METRICS");
+        }
+    }
+    assert_eq!(exposed, served, "every name of sf_server::METRICS is exposed");
 
     let status = s.terminate();
     assert!(status.success(), "{status:?}: {}", s.stderr());
