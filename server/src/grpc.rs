@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api_error::ApiError;
 use crate::app::{App, Contexts};
+use crate::http::RUN_ID_HEADER;
 use crate::metrics::record_grpc;
 use crate::snapshot::ServedSnapshot;
 
@@ -47,7 +48,7 @@ impl From<ApiError> for Status {
             .metadata_mut()
             .insert("sf-error-kind", MetadataValue::from_static(e.kind));
         if let Some(run) = e.run_id.and_then(|r| MetadataValue::try_from(r).ok()) {
-            status.metadata_mut().insert("sf-run-id", run);
+            status.metadata_mut().insert(RUN_ID_HEADER, run);
         }
         status
     }
@@ -98,7 +99,7 @@ fn found_values(v: Vec<Option<bytes::Bytes>>) -> Vec<Value> {
 fn with_run<T>(body: T, view: &SnapshotView) -> Response<T> {
     let mut resp = Response::new(body);
     if let Ok(v) = MetadataValue::try_from(view.run_id().as_str()) {
-        resp.metadata_mut().insert("sf-run-id", v);
+        resp.metadata_mut().insert(RUN_ID_HEADER, v);
     }
     resp
 }

@@ -31,7 +31,8 @@ use crate::api_error::ApiError;
 use crate::app::{App, Contexts};
 use crate::snapshot::ServedSnapshot;
 
-/// The header naming the run a read was served from.
+/// The header naming the run a read was served from (in gRPC, the
+/// metadata key of the same name).
 pub const RUN_ID_HEADER: &str = "sf-run-id";
 
 /// Query parameters of a read.
