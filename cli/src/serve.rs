@@ -84,7 +84,9 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     pub grace_period: Option<String>,
 
-    /// How SQLite shards are read: download, range, or auto.
+    /// How SQLite shards are read: download (whole file, cached), range
+    /// (ranged GETs), auto (range above 256 MiB), or memory (downloaded,
+    /// then held in memory, up to 1 GiB in all).
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub sqlite_mode: ModeArg,
 
@@ -112,7 +114,8 @@ pub struct Args {
     #[arg(long = "warmup-key", value_name = "KEY")]
     pub warmup_keys: Vec<String>,
 
-    /// A storage option (repeatable), e.g. aws_endpoint=http://127.0.0.1:9000.
+    /// A storage option of the --snapshot snapshots (repeatable), e.g.
+    /// aws_endpoint=http://127.0.0.1:9000.
     #[arg(long = "storage-option", value_name = "KEY=VALUE")]
     pub storage_options: Vec<String>,
 

@@ -1,5 +1,5 @@
 //! The server's error type: what stops it from starting or serving. Errors
-//! of single requests are answers ([`crate::api::ApiError`]), not this.
+//! of single requests are answers ([`crate::ApiError`]), not this.
 
 use sf_manifest::{Classified, ErrorKind};
 

@@ -10,7 +10,11 @@ use sf_reader::{SnapshotView, Version};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use crate::api::{ApiError, App, Contexts, Served};
+use crate::api_error::ApiError;
+use crate::app::{App, Contexts};
+use crate::http::RUN_ID_HEADER;
+use crate::metrics::record_grpc;
+use crate::snapshot::ServedSnapshot;
 
 /// The code generated from `proto/shardforge.proto` (messages, the
 /// `Lookup` server trait and the `LookupClient`).
@@ -23,7 +27,7 @@ use proto::lookup_server::Lookup;
 use proto::{GetRequest, GetResponse, MultiGetChunk, MultiGetRequest, MultiGetResponse, Value};
 
 /// Keys per streamed chunk when the request does not say.
-pub const DEFAULT_CHUNK: usize = 1000;
+pub const DEFAULT_CHUNK_SIZE: usize = 1000;
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
@@ -44,7 +48,7 @@ impl From<ApiError> for Status {
             .metadata_mut()
             .insert("sf-error-kind", MetadataValue::from_static(e.kind));
         if let Some(run) = e.run_id.and_then(|r| MetadataValue::try_from(r).ok()) {
-            status.metadata_mut().insert("sf-run-id", run);
+            status.metadata_mut().insert(RUN_ID_HEADER, run);
         }
         status
     }
@@ -55,7 +59,7 @@ pub(crate) struct LookupService {
     pub(crate) app: Arc<App>,
 }
 
-fn version(v: Option<proto::Version>) -> Result<Version, ApiError> {
+fn requested_version(v: Option<proto::Version>) -> Result<Version, ApiError> {
     Ok(match v.and_then(|v| v.version) {
         None => Version::Current,
         Some(proto::version::Version::RunId(r)) => Version::RunId(
@@ -66,7 +70,7 @@ fn version(v: Option<proto::Version>) -> Result<Version, ApiError> {
     })
 }
 
-fn pairs(c: proto::Context) -> Vec<String> {
+fn context_pairs(c: proto::Context) -> Vec<String> {
     let mut v: Vec<(String, String)> = c.values.into_iter().collect();
     v.sort();
     v.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
@@ -75,12 +79,12 @@ fn pairs(c: proto::Context) -> Vec<String> {
 fn contexts(list: Vec<proto::Context>) -> Contexts {
     match list.len() {
         0 => Contexts::None,
-        1 => Contexts::Shared(pairs(list.into_iter().next().unwrap_or_default())),
-        _ => Contexts::PerKey(list.into_iter().map(|c| Some(pairs(c))).collect()),
+        1 => Contexts::Shared(context_pairs(list.into_iter().next().unwrap_or_default())),
+        _ => Contexts::PerKey(list.into_iter().map(|c| Some(context_pairs(c))).collect()),
     }
 }
 
-fn values(v: Vec<Option<bytes::Bytes>>) -> Vec<Value> {
+fn found_values(v: Vec<Option<bytes::Bytes>>) -> Vec<Value> {
     v.into_iter()
         .map(|v| match v {
             Some(b) => Value {
@@ -95,7 +99,7 @@ fn values(v: Vec<Option<bytes::Bytes>>) -> Vec<Value> {
 fn with_run<T>(body: T, view: &SnapshotView) -> Response<T> {
     let mut resp = Response::new(body);
     if let Ok(v) = MetadataValue::try_from(view.run_id().as_str()) {
-        resp.metadata_mut().insert("sf-run-id", v);
+        resp.metadata_mut().insert(RUN_ID_HEADER, v);
     }
     resp
 }
@@ -128,12 +132,12 @@ impl LookupService {
         .await
         .map_err(Status::from);
         let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-        crate::metrics::record_grpc(route, code, started.elapsed());
+        record_grpc(route, code, started.elapsed());
         result
     }
 
-    fn view(&self, name: &str, v: Option<proto::Version>) -> Result<(Arc<Served>, SnapshotView), ApiError> {
-        let (served, view) = self.app.view(name, &version(v)?)?;
+    fn view(&self, name: &str, v: Option<proto::Version>) -> Result<(Arc<ServedSnapshot>, SnapshotView), ApiError> {
+        let (served, view) = self.app.view(name, &requested_version(v)?)?;
         Ok((Arc::clone(served), view))
     }
 }
@@ -145,10 +149,10 @@ impl Lookup for LookupService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
         self.guarded("grpc_get", &metadata, async {
-            let context = req.context.map(pairs).unwrap_or_default();
+            let context = req.context.map(context_pairs).unwrap_or_default();
             let (view, value) = self
                 .app
-                .get(&req.snapshot, &req.key, &context, &version(req.version)?)
+                .get(&req.snapshot, &req.key, &context, &requested_version(req.version)?)
                 .await?;
             let body = GetResponse {
                 run_id: view.run_id().to_string(),
@@ -171,7 +175,7 @@ impl Lookup for LookupService {
                 .await?;
             let body = MultiGetResponse {
                 run_id: view.run_id().to_string(),
-                values: values(found),
+                values: found_values(found),
             };
             Ok(with_run(body, &view))
         })
@@ -200,12 +204,12 @@ impl Lookup for LookupService {
             Ok(x) => x,
             Err(e) => {
                 let status = Status::from(e);
-                crate::metrics::record_grpc("grpc_multiget_stream", status.code(), started.elapsed());
+                record_grpc("grpc_multiget_stream", status.code(), started.elapsed());
                 return Err(status);
             }
         };
         let chunk = match req.chunk_size {
-            0 => DEFAULT_CHUNK,
+            0 => DEFAULT_CHUNK_SIZE,
             n => n as usize,
         };
         let contexts = contexts(req.contexts);
@@ -246,7 +250,7 @@ impl Lookup for LookupService {
 
 struct StreamState {
     app: Arc<App>,
-    served: Arc<Served>,
+    served: Arc<ServedSnapshot>,
     view: SnapshotView,
     keys: Vec<String>,
     contexts: Contexts,
@@ -284,18 +288,18 @@ impl StreamState {
         match result {
             Ok(found) => {
                 if self.done {
-                    crate::metrics::record_grpc("grpc_multiget_stream", tonic::Code::Ok, self.started.elapsed());
+                    record_grpc("grpc_multiget_stream", tonic::Code::Ok, self.started.elapsed());
                 }
                 Ok(MultiGetChunk {
                     run_id: self.view.run_id().to_string(),
                     start: start as u64,
-                    values: values(found),
+                    values: found_values(found),
                 })
             }
             Err(e) => {
                 self.done = true;
                 let status = Status::from(e);
-                crate::metrics::record_grpc("grpc_multiget_stream", status.code(), self.started.elapsed());
+                record_grpc("grpc_multiget_stream", status.code(), self.started.elapsed());
                 Err(status)
             }
         }

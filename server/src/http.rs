@@ -14,7 +14,7 @@
 //! `?run_id=R` or `?offset=N` reads a version the server holds.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -27,9 +27,12 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use sf_reader::{RollbackTarget, Version};
 
-use crate::api::{ApiError, App, Contexts};
+use crate::api_error::ApiError;
+use crate::app::{App, Contexts};
+use crate::snapshot::ServedSnapshot;
 
-/// The header naming the run a read was served from.
+/// The header naming the run a read was served from (in gRPC, the
+/// metadata key of the same name).
 pub const RUN_ID_HEADER: &str = "sf-run-id";
 
 /// Query parameters of a read.
@@ -117,7 +120,7 @@ pub(crate) fn router(app: Arc<App>, metrics: Option<metrics_exporter_prometheus:
         async move {
             match handle {
                 Some(h) => {
-                    crate::metrics::publish_gauges(&app);
+                    app.publish_gauges();
                     (
                         [(
                             header::CONTENT_TYPE,
@@ -254,8 +257,67 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn list(State(app): State<Arc<App>>) -> Response {
-    let items: Vec<serde_json::Value> = app.snapshots.values().map(|s| crate::metrics::describe(s)).collect();
+    let items: Vec<serde_json::Value> = app.snapshots.values().map(|s| listing(s)).collect();
     json(StatusCode::OK, &serde_json::json!({ "snapshots": items }))
+}
+
+/// One snapshot as `GET /v1/snapshots` lists it.
+fn listing(served: &ServedSnapshot) -> serde_json::Value {
+    let c = &served.config;
+    let Some(reader) = served.opened() else {
+        return serde_json::json!({
+            "name": c.name,
+            "current_url": c.current_url,
+            "open": false,
+            "open_error": served.open_error(),
+        });
+    };
+    let info = reader.info();
+    let health = reader.health(c.max_age.unwrap_or(Duration::MAX));
+    let refresh = reader.refresh_status();
+    let stats = reader.stats();
+    let versions: Vec<serde_json::Value> = reader
+        .versions()
+        .iter()
+        .enumerate()
+        .map(|(offset, v)| {
+            serde_json::json!({
+                "offset": offset,
+                "run_id": v.run_id.as_str(),
+                "manifest_ref": v.manifest_ref,
+                "created_at": v.created_at.to_iso(),
+                "open_shards": v.shards_open,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": c.name,
+        "current_url": c.current_url,
+        "open": true,
+        "run_id": info.run_id.as_str(),
+        "manifest_ref": info.manifest_ref,
+        "created_at": info.created_at.to_iso(),
+        "published_at": info.published_at.map(|t| t.to_iso()),
+        "loaded_at": info.loaded_at.to_iso(),
+        "age_seconds": health.snapshot_age_seconds,
+        "max_age_seconds": c.max_age.map(|d| d.as_secs_f64()),
+        "num_dbs": info.num_dbs,
+        "shard_count": info.shards_in_manifest,
+        "open_shards": info.shards_open,
+        "row_count": info.row_count,
+        "key_encoding": info.key_encoding.as_str(),
+        "needs_context": reader.needs_context(),
+        "refresh": {
+            "interval_seconds": c.reader.refresh_interval.map(|d| d.as_secs_f64()),
+            "last_attempt": refresh.last_attempt.map(|t| t.to_iso()),
+            "last_success": refresh.last_success.map(|t| t.to_iso()),
+            "last_error": refresh.last_error,
+            "consecutive_failures": refresh.consecutive_failures,
+            "swaps": stats.swaps,
+            "failures": stats.refresh_failures,
+        },
+        "versions": versions,
+    })
 }
 
 async fn get_key(
@@ -346,7 +408,7 @@ struct MultiGetBody {
     value_format: ValueFormat,
 }
 
-fn pairs(c: JsonContext) -> Vec<String> {
+fn context_pairs(c: JsonContext) -> Vec<String> {
     c.into_iter().map(|(k, v)| format!("{k}={}", v.text())).collect()
 }
 
@@ -418,8 +480,8 @@ async fn multiget_inner(
                 "give \"context\" or \"contexts\", not both",
             ));
         }
-        (Some(list), None) => Contexts::PerKey(list.into_iter().map(|c| c.map(pairs)).collect()),
-        (None, Some(c)) => Contexts::Shared(pairs(c)),
+        (Some(list), None) => Contexts::PerKey(list.into_iter().map(|c| c.map(context_pairs)).collect()),
+        (None, Some(c)) => Contexts::Shared(context_pairs(c)),
         (None, None) => Contexts::None,
     };
     let keys: Vec<String> = body.keys.into_iter().map(Scalar::text).collect();

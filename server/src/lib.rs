@@ -1,7 +1,11 @@
-//! # sf-server: the lookup service over published snapshots
+//! # sf-server: the library behind the `sf-serve` program
 //!
-//! `sf-serve` (in `sf-cli`) is a thin face over this crate. A [`Server`]
-//! serves one or more snapshots, each through an [`sf_reader::Reader`]
+//! `sf-server` is the lookup service over published snapshots; `sf-serve`
+//! (in `sf-cli`) is the program that runs it, a thin face that turns flags
+//! and `serve.toml` into a [`ServeConfig`] and calls [`Server::bind`] and
+//! [`Server::run`]. A program of its own can embed the service the same way.
+//!
+//! A [`Server`] serves one or more snapshots, each through an [`sf_reader::Reader`]
 //! that follows its `_CURRENT` (opening a new snapshot before swapping to
 //! it, and keeping the replaced ones open for pinned reads), over:
 //!
@@ -20,8 +24,15 @@
 //!  client ──HTTP──▶ guard (auth, in-flight bound, deadline, metrics) ──▶ handler ─┐
 //!  client ──gRPC──▶ same checks ─────────────────────────────────────▶ service ─┤
 //!                                                                               ▼
-//!                  App: name ─▶ Served { Reader (refresh, keep_versions), Admin }
+//!                  App: name ─▶ ServedSnapshot { Reader (refresh, keep_versions), Admin }
 //! ```
+//!
+//! The rooms: [`config`] (what is served and how), `listen` (the
+//! listeners, run and drain: [`Server`]), [`http`] and [`grpc`] (the two
+//! front ends), `app` (the state and lookups both share), `snapshot` (one
+//! served snapshot and its reader), `auth` (bearer tokens), `api_error`
+//! (a failed request as its client is told: [`ApiError`]) and
+//! [`mod@metrics`] (the names of the figures, [`METRICS`]).
 //!
 //! ```no_run
 //! # async fn demo() -> sf_server::Result<()> {
@@ -49,16 +60,19 @@
 //! # }
 //! ```
 
-mod api;
+mod api_error;
+mod app;
+mod auth;
 pub mod config;
 mod error;
 pub mod grpc;
 pub mod http;
+mod listen;
 pub mod metrics;
-mod server;
+mod snapshot;
 
-pub use api::ApiError;
+pub use api_error::ApiError;
 pub use config::{DEFAULT_LISTEN, FileConfig, Limits, ServeConfig, SnapshotConfig};
 pub use error::{Error, Result};
-pub use metrics::install_prometheus;
-pub use server::Server;
+pub use listen::Server;
+pub use metrics::{METRICS, install_prometheus};

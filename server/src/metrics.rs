@@ -1,26 +1,67 @@
-//! The server's figures, through the `metrics` facade (the reader's own
-//! come through it too, labelled `snapshot`), and the Prometheus recorder
-//! a program installs to serve them at `/metrics`.
+//! The server's figures: the one catalog of their names ([`METRICS`]),
+//! the Prometheus recorder a program installs to serve them at
+//! `/metrics`, and the per-request figures of both front ends. The reader's
+//! own figures come through the same `metrics` facade, labelled `snapshot`
+//! (their names: `sf_reader::METRICS`).
 //!
-//! | name | type | labels |
-//! |---|---|---|
-//! | `sf_serve_requests_total` | counter | `route`, `status` |
-//! | `sf_serve_request_duration_seconds` | histogram | `route` (`get`, `multiget`, `grpc_get`, `grpc_multiget`, `grpc_multiget_stream`) |
-//! | `sf_serve_keys_total` | counter | `snapshot`, `result` (`found`, `missing`) |
-//! | `sf_serve_requests_in_flight` | gauge | |
-//! | `sf_serve_requests_rejected_total` | counter | `reason` (`overloaded`, `unauthenticated`) |
-//! | `sf_serve_snapshot_age_seconds` | gauge | `snapshot` |
-//! | `sf_serve_snapshot_info` | gauge, 1 for the served run | `snapshot`, `run_id` |
-//! | `sf_serve_snapshot_open_shards` | gauge | `snapshot` |
-//! | `sf_serve_snapshot_ready` | gauge | `snapshot` |
-//! | `sf_reader_*` | see `sf_reader::METRICS` | `snapshot` |
+//! Label values: `route` is `livez`, `readyz`, `metrics`, `snapshots`,
+//! `get`, `multiget`, `rollback` (HTTP) or `grpc_get`, `grpc_multiget`,
+//! `grpc_multiget_stream`; latency is kept for the lookup routes only
+//! (`get`, `multiget` and the three gRPC ones). `status` is the HTTP status,
+//! or the gRPC code in lower case (`ok`, `notfound`, ...). `result` is
+//! `found` or `missing`; `reason` is `overloaded` or `unauthenticated`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::api::{App, Served};
+// The names, each written once: every emission and [`METRICS`] use these.
+pub(crate) const REQUESTS: &str = "sf_serve_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "sf_serve_request_duration_seconds";
+pub(crate) const KEYS_LOOKED_UP: &str = "sf_serve_keys_total";
+pub(crate) const REQUESTS_IN_FLIGHT: &str = "sf_serve_requests_in_flight";
+pub(crate) const REQUESTS_REJECTED: &str = "sf_serve_requests_rejected_total";
+pub(crate) const SNAPSHOT_AGE: &str = "sf_serve_snapshot_age_seconds";
+pub(crate) const SNAPSHOT_INFO: &str = "sf_serve_snapshot_info";
+pub(crate) const SNAPSHOT_OPEN_SHARDS: &str = "sf_serve_snapshot_open_shards";
+pub(crate) const SNAPSHOT_READY: &str = "sf_serve_snapshot_ready";
+
+/// Every name the server emits through the `metrics` facade, with what it
+/// counts: the one catalog, from which every emission takes its name.
+/// The reader's names are in `sf_reader::METRICS`.
+pub const METRICS: &[(&str, &str)] = &[
+    (REQUESTS, "requests answered, by route and status"),
+    (
+        REQUEST_DURATION,
+        "seconds to answer a lookup, by route (histogram, 0.1 ms to 10 s)",
+    ),
+    (
+        KEYS_LOOKED_UP,
+        "keys looked up, by snapshot and result (found, missing)",
+    ),
+    (REQUESTS_IN_FLIGHT, "requests in flight now (gauge)"),
+    (
+        REQUESTS_REJECTED,
+        "requests refused before any work, by reason (overloaded, unauthenticated)",
+    ),
+    (
+        SNAPSHOT_AGE,
+        "age of the served snapshot by its manifest's created_at, by snapshot (gauge)",
+    ),
+    (
+        SNAPSHOT_INFO,
+        "1 for the served run, 0 for runs served before, by snapshot and run_id (gauge)",
+    ),
+    (
+        SNAPSHOT_OPEN_SHARDS,
+        "shards of the served snapshot open now, by snapshot (gauge)",
+    ),
+    (
+        SNAPSHOT_READY,
+        "1 while the snapshot is open and within its max_age, else 0, by snapshot (gauge)",
+    ),
+];
 
 /// Latency buckets, in seconds: fine below a millisecond, where lookups are.
 const BUCKETS: &[f64] = &[
@@ -105,27 +146,26 @@ impl RequestMetrics {
             ROUTES.iter().position(|x| *x == route),
             STATUSES.iter().position(|x| *x == status),
         ) else {
-            return record_request(route, status, took);
+            return record_uncached(route, status, took);
         };
         self.counters[r][s]
-            .get_or_init(
-                || metrics::counter!("sf_serve_requests_total", "route" => route, "status" => status_label(status)),
-            )
+            .get_or_init(|| metrics::counter!(REQUESTS, "route" => route, "status" => status_label(status)))
             .increment(1);
         if timed(route) {
             self.latency[r]
-                .get_or_init(|| metrics::histogram!("sf_serve_request_duration_seconds", "route" => route))
+                .get_or_init(|| metrics::histogram!(REQUEST_DURATION, "route" => route))
                 .record(took.as_secs_f64());
         }
     }
 }
 
 /// Counts one answered request, and its latency for the lookup routes,
-/// through the recorder's registry.
-pub(crate) fn record_request(route: &'static str, status: u16, took: Duration) {
-    metrics::counter!("sf_serve_requests_total", "route" => route, "status" => status_label(status)).increment(1);
+/// through the recorder's registry: for a route or status without a kept
+/// handle.
+fn record_uncached(route: &'static str, status: u16, took: Duration) {
+    metrics::counter!(REQUESTS, "route" => route, "status" => status_label(status)).increment(1);
     if timed(route) {
-        metrics::histogram!("sf_serve_request_duration_seconds", "route" => route).record(took.as_secs_f64());
+        metrics::histogram!(REQUEST_DURATION, "route" => route).record(took.as_secs_f64());
     }
 }
 
@@ -135,92 +175,36 @@ pub(crate) fn record_grpc(route: &'static str, code: tonic::Code, took: Duration
         tonic::Code::Ok => "ok".into(),
         other => format!("{other:?}").to_ascii_lowercase().into(),
     };
-    metrics::counter!("sf_serve_requests_total", "route" => route, "status" => status).increment(1);
-    metrics::histogram!("sf_serve_request_duration_seconds", "route" => route).record(took.as_secs_f64());
+    metrics::counter!(REQUESTS, "route" => route, "status" => status).increment(1);
+    metrics::histogram!(REQUEST_DURATION, "route" => route).record(took.as_secs_f64());
 }
 
-/// Sets the gauges that are read off the readers (age, run, open shards,
-/// readiness, requests in flight); called before each scrape.
-pub(crate) fn publish_gauges(app: &App) {
-    metrics::gauge!("sf_serve_requests_in_flight").set(app.in_flight() as f64);
-    for (name, served) in &app.snapshots {
-        let Some(reader) = served.opened() else {
-            metrics::gauge!("sf_serve_snapshot_ready", "snapshot" => name.clone()).set(0.0);
-            continue;
-        };
-        let info = reader.info();
-        let health = reader.health(served.config.max_age.unwrap_or(Duration::MAX));
-        let ready = served.config.max_age.is_none() || health.status == sf_reader::HealthStatus::Healthy;
-        metrics::gauge!("sf_serve_snapshot_ready", "snapshot" => name.clone()).set(if ready { 1.0 } else { 0.0 });
-        metrics::gauge!("sf_serve_snapshot_age_seconds", "snapshot" => name.clone()).set(health.snapshot_age_seconds);
-        metrics::gauge!("sf_serve_snapshot_open_shards", "snapshot" => name.clone()).set(info.shards_open as f64);
-        let run = info.run_id.to_string();
-        let mut last = sf_manifest::sync::lock(&served.info_run);
-        if last.as_deref() != Some(run.as_str()) {
-            if let Some(old) = last.take() {
-                metrics::gauge!("sf_serve_snapshot_info", "snapshot" => name.clone(), "run_id" => old).set(0.0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalog_is_the_only_place_a_name_is_written() {
+        let mut names: Vec<&str> = METRICS.iter().map(|(name, _)| *name).collect();
+        assert!(names.iter().all(|n| n.starts_with("sf_serve_")), "{names:?}");
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len(), "a name is in the catalog twice");
+        // A second spelling of a name would drift from the catalog
+        // unnoticed: the source holds each once, in the constants above.
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut spelled = 0;
+        for entry in std::fs::read_dir(&src).expect("src") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("source");
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let found = code.matches("\"sf_serve_").count();
+            if path.ends_with("metrics.rs") {
+                spelled += found;
+            } else {
+                assert_eq!(found, 0, "{} spells a metric name", path.display());
             }
-            metrics::gauge!("sf_serve_snapshot_info", "snapshot" => name.clone(), "run_id" => run.clone()).set(1.0);
-            *last = Some(run);
         }
+        assert_eq!(spelled, METRICS.len());
     }
-}
-
-/// One snapshot as `GET /v1/snapshots` lists it.
-pub(crate) fn describe(served: &Served) -> serde_json::Value {
-    let c = &served.config;
-    let Some(reader) = served.opened() else {
-        return serde_json::json!({
-            "name": c.name,
-            "current_url": c.current_url,
-            "open": false,
-            "open_error": served.open_error(),
-        });
-    };
-    let info = reader.info();
-    let health = reader.health(c.max_age.unwrap_or(Duration::MAX));
-    let refresh = reader.refresh_status();
-    let stats = reader.stats();
-    let versions: Vec<serde_json::Value> = reader
-        .versions()
-        .iter()
-        .enumerate()
-        .map(|(offset, v)| {
-            serde_json::json!({
-                "offset": offset,
-                "run_id": v.run_id.as_str(),
-                "manifest_ref": v.manifest_ref,
-                "created_at": v.created_at.to_iso(),
-                "open_shards": v.shards_open,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "name": c.name,
-        "current_url": c.current_url,
-        "open": true,
-        "run_id": info.run_id.as_str(),
-        "manifest_ref": info.manifest_ref,
-        "created_at": info.created_at.to_iso(),
-        "published_at": info.published_at.map(|t| t.to_iso()),
-        "loaded_at": info.loaded_at.to_iso(),
-        "age_seconds": health.snapshot_age_seconds,
-        "max_age_seconds": c.max_age.map(|d| d.as_secs_f64()),
-        "num_dbs": info.num_dbs,
-        "shard_count": info.shards_in_manifest,
-        "open_shards": info.shards_open,
-        "row_count": info.row_count,
-        "key_encoding": info.key_encoding.as_str(),
-        "needs_context": reader.needs_context(),
-        "refresh": {
-            "interval_seconds": c.reader.refresh_interval.map(|d| d.as_secs_f64()),
-            "last_attempt": refresh.last_attempt.map(|t| t.to_iso()),
-            "last_success": refresh.last_success.map(|t| t.to_iso()),
-            "last_error": refresh.last_error,
-            "consecutive_failures": refresh.consecutive_failures,
-            "swaps": stats.swaps,
-            "failures": stats.refresh_failures,
-        },
-        "versions": versions,
-    })
 }

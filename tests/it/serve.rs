@@ -6,202 +6,125 @@
 //! cannot be read, SIGTERM draining, `/metrics`, and the reference
 //! fixtures (CEL with routing context included).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sf_manifest::{Key, KeyEncoding};
+use sf_manifest::Key;
 use sf_server::grpc::proto::lookup_client::LookupClient;
 use sf_server::grpc::proto::{GetRequest, MultiGetRequest};
-use sf_tests::serve::{ServeProcess, metric, parse_prometheus, wait_ready};
-use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
+use sf_tests::serve::{
+    JsonBody, KEYS, LocalSnapshot, ServeProcess, call, get_request, kind, metric, multiget_request, publish_ints,
+    read_answer, run_serve, slow_request, with_token, write_tokens,
+};
 use sf_tests::{expected, fixture_dir, s3_prefix};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const KEYS: u64 = 200;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
-}
-
-async fn publish(prefix: &str, run: &str) {
-    build_snapshot(
-        prefix,
-        &SnapshotSpec::hash(run, 4, KeyEncoding::U64Be),
-        &int_rows(KEYS, run),
-    )
-    .await;
-}
-
-/// Status, `sf-run-id`, and the body as JSON (or text when it is not).
-async fn call(req: reqwest::RequestBuilder) -> (u16, Option<String>, Value) {
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let run = resp
-        .headers()
-        .get("sf-run-id")
-        .map(|v| v.to_str().expect("ascii").to_string());
-    let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, run, body)
-}
-
-fn kind(body: &Value) -> &str {
-    body["error"]["kind"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an error body: {body}"))
-}
-
-async fn multiget(c: &reqwest::Client, s: &ServeProcess, name: &str, body: Value) -> (u16, Option<String>, Value) {
-    call(
-        c.post(s.url(&format!("/v1/snapshots/{name}/multiget")))
-            .json_body(&body),
-    )
-    .await
-}
-
-/// `reqwest` without its `json` feature: a JSON body by hand.
-trait JsonBody {
-    fn json_body(self, v: &Value) -> Self;
-}
-
-impl JsonBody for reqwest::RequestBuilder {
-    fn json_body(self, v: &Value) -> Self {
-        self.header("content-type", "application/json").body(v.to_string())
-    }
-}
-
-async fn metrics_of(
-    c: &reqwest::Client,
-    s: &ServeProcess,
-    token: Option<&str>,
-) -> std::collections::BTreeMap<String, f64> {
-    let mut req = c.get(s.url("/metrics"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.expect("metrics");
-    assert_eq!(resp.status(), 200);
-    parse_prometheus(&resp.text().await.expect("metrics text"))
-}
+use tokio::io::AsyncWriteExt;
 
 /// Every route and error status over a snapshot on the file system, over
 /// HTTP/1.1 and HTTP/2 and gRPC; `/metrics` counts what was done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_and_error_over_files_http_and_grpc() {
-    let root = tempfile::tempdir().expect("root");
-    let cache = tempfile::tempdir().expect("cache");
-    let prefix = format!("file://{}/snap", root.path().display());
-    publish(&prefix, "run1").await;
-    let cache_arg = cache.path().display().to_string();
-    let mut s = ServeProcess::start(&[
-        "--snapshot",
-        &format!("users={prefix}/_CURRENT"),
-        "--listen",
-        "127.0.0.1:0",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--cache-dir",
-        &cache_arg,
-        "--max-keys",
-        "50",
-        "--max-body-bytes",
-        "4000",
-        "--max-age",
-        "1d",
-    ]);
-    let c = client();
-    let (st, _, body) = call(c.get(s.url("/livez"))).await;
+    let snap = LocalSnapshot::with_runs(&["run1"]).await;
+    let mut s = ServeProcess::serving(
+        &[("users", &snap.current_url())],
+        &[
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--max-keys",
+            "50",
+            "--max-body-bytes",
+            "4000",
+            "--max-age",
+            "1d",
+        ],
+    );
+    let (st, _, body) = call(s.get("/livez")).await;
     assert_eq!((st, body), (200, Value::String("ok\n".into())));
-    wait_ready(&c, &s.http).await;
-    let (st, _, ready) = call(c.get(s.url("/readyz"))).await;
+    s.wait_ready().await;
+    let (st, _, ready) = call(s.get("/readyz")).await;
     assert_eq!(st, 200);
     assert_eq!(ready["snapshots"]["users"]["ready"], true);
 
     // One key: raw bytes, the run in a header.
-    let resp = c.get(s.url("/v1/snapshots/users/keys/7")).send().await.expect("get");
+    let resp = s.get("/v1/snapshots/users/keys/7").send().await.expect("get");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_11);
     assert_eq!(resp.headers()["content-type"], "application/octet-stream");
     assert_eq!(resp.headers()["sf-run-id"], "run1");
     assert_eq!(resp.bytes().await.expect("body").as_ref(), b"run1:7");
-    let (st, run, body) = call(c.get(s.url("/v1/snapshots/users/keys/100000"))).await;
+    let (st, run, body) = call(s.get("/v1/snapshots/users/keys/100000")).await;
     assert_eq!((st, run.as_deref(), kind(&body)), (404, Some("run1"), "key_not_found"));
-    let (st, _, body) = call(c.get(s.url("/v1/snapshots/users/keys/abc"))).await;
+    let (st, _, body) = call(s.get("/v1/snapshots/users/keys/abc")).await;
     assert_eq!((st, kind(&body)), (400, "invalid_key"));
     assert!(body["error"]["message"].as_str().expect("message").contains("abc"));
-    let (st, _, body) = call(c.get(s.url("/v1/snapshots/nope/keys/1"))).await;
+    let (st, _, body) = call(s.get("/v1/snapshots/nope/keys/1")).await;
     assert_eq!((st, kind(&body)), (404, "unknown_snapshot"));
-    let (st, _, body) = call(c.get(s.url("/v1/snapshots/users/keys/1?colour=red"))).await;
+    let (st, _, body) = call(s.get("/v1/snapshots/users/keys/1?colour=red")).await;
     assert_eq!((st, kind(&body)), (400, "bad_query"));
-    let (st, _, body) = call(c.get(s.url("/v1/snapshots/users/keys/1?ctx.region=eu"))).await;
+    let (st, _, body) = call(s.get("/v1/snapshots/users/keys/1?ctx.region=eu")).await;
     assert_eq!(
         (st, kind(&body)),
         (400, "bad_request"),
         "a hash snapshot has no routing columns"
     );
-    let (st, _, body) = call(c.get(s.url("/nothing/here"))).await;
+    let (st, _, body) = call(s.get("/nothing/here")).await;
     assert_eq!((st, kind(&body)), (404, "no_route"));
 
     // Pins: offset 0 and the served run are held; nothing else is.
-    let (st, run, _) = call(c.get(s.url("/v1/snapshots/users/keys/1?offset=0"))).await;
+    let (st, run, _) = call(s.get("/v1/snapshots/users/keys/1?offset=0")).await;
     assert_eq!((st, run.as_deref()), (200, Some("run1")));
-    let (st, _, _) = call(c.get(s.url("/v1/snapshots/users/keys/1?run_id=run1"))).await;
+    let (st, _, _) = call(s.get("/v1/snapshots/users/keys/1?run_id=run1")).await;
     assert_eq!(st, 200);
-    let (st, _, body) = call(c.get(s.url("/v1/snapshots/users/keys/1?offset=1"))).await;
+    let (st, _, body) = call(s.get("/v1/snapshots/users/keys/1?offset=1")).await;
     assert_eq!((st, kind(&body)), (404, "version_not_held"));
-    let (st, _, body) = call(c.get(s.url("/v1/snapshots/users/keys/1?run_id=run9"))).await;
+    let (st, _, body) = call(s.get("/v1/snapshots/users/keys/1?run_id=run9")).await;
     assert_eq!((st, kind(&body)), (404, "version_not_held"));
 
     // Multiget: input order, misses as null, each value format.
-    let (st, run, body) = multiget(&c, &s, "users", json!({"keys": [3, "1", 99999, 0]})).await;
+    let (st, run, body) = s.multiget("users", json!({"keys": [3, "1", 99999, 0]})).await;
     assert_eq!((st, run.as_deref()), (200, Some("run1")));
     assert_eq!(
         body,
         json!({"run_id": "run1", "values": ["run1:3", "run1:1", null, "run1:0"]})
     );
-    let (_, _, body) = multiget(&c, &s, "users", json!({"keys": [5], "value_format": "hex"})).await;
+    let (_, _, body) = s.multiget("users", json!({"keys": [5], "value_format": "hex"})).await;
     assert_eq!(body["values"][0], hex::encode("run1:5"));
-    let (_, _, body) = multiget(&c, &s, "users", json!({"keys": [5], "value_format": "base64"})).await;
+    let (_, _, body) = s
+        .multiget("users", json!({"keys": [5], "value_format": "base64"}))
+        .await;
     assert_eq!(body["values"][0], "cnVuMTo1");
-    let (st, _, body) = multiget(&c, &s, "users", json!({"keys": []})).await;
+    let (st, _, body) = s.multiget("users", json!({"keys": []})).await;
     assert_eq!((st, body["values"].clone()), (200, json!([])));
-    let (st, _, body) = multiget(&c, &s, "nope", json!({"keys": [1]})).await;
+    let (st, _, body) = s.multiget("nope", json!({"keys": [1]})).await;
     assert_eq!((st, kind(&body)), (404, "unknown_snapshot"));
     for bad in [
         json!({"key": [1]}),
         json!({"keys": 1}),
         json!({"keys": [1], "value_format": "morse"}),
     ] {
-        let (st, _, body) = multiget(&c, &s, "users", bad.clone()).await;
+        let (st, _, body) = s.multiget("users", bad.clone()).await;
         assert_eq!((st, kind(&body)), (400, "bad_body"), "{bad}");
     }
-    let (st, _, body) = call(c.post(s.url("/v1/snapshots/users/multiget")).body("{not json")).await;
+    let (st, _, body) = call(s.client.post(s.url("/v1/snapshots/users/multiget")).body("{not json")).await;
     assert_eq!((st, kind(&body)), (400, "bad_body"));
-    let (st, _, body) = multiget(&c, &s, "users", json!({"keys": ["x"]})).await;
+    let (st, _, body) = s.multiget("users", json!({"keys": ["x"]})).await;
     assert_eq!((st, kind(&body)), (400, "invalid_key"));
-    let (st, _, body) = multiget(&c, &s, "users", json!({"keys": (0..51).collect::<Vec<_>>()})).await;
+    let (st, _, body) = s.multiget("users", json!({"keys": (0..51).collect::<Vec<_>>()})).await;
     assert_eq!((st, kind(&body)), (413, "too_many_keys"));
     let big = json!({"keys": (0..50).map(|k| format!("{k:0>90}")).collect::<Vec<_>>()});
-    let (st, _, body) = multiget(&c, &s, "users", big).await;
+    let (st, _, body) = s.multiget("users", big).await;
     assert_eq!((st, kind(&body)), (413, "body_too_large"));
-    let (st, _, body) = multiget(&c, &s, "users", json!({"keys": [1], "contexts": [{}, {}]})).await;
+    let (st, _, body) = s.multiget("users", json!({"keys": [1], "contexts": [{}, {}]})).await;
     assert_eq!((st, kind(&body)), (400, "bad_body"));
 
     // Rollback is refused without authentication configured.
-    let (st, _, body) = call(
-        c.post(s.url("/v1/snapshots/users/rollback"))
-            .json_body(&json!({"offset": 1})),
-    )
-    .await;
+    let (st, _, body) = call(s.post_json("/v1/snapshots/users/rollback", &json!({"offset": 1}))).await;
     assert_eq!((st, kind(&body)), (403, "admin_disabled"));
 
     // The listing.
-    let (st, _, list) = call(c.get(s.url("/v1/snapshots"))).await;
+    let (st, _, list) = call(s.get("/v1/snapshots")).await;
     assert_eq!(st, 200);
     let users = &list["snapshots"][0];
     assert_eq!(users["name"], "users");
@@ -228,17 +151,8 @@ async fn every_route_and_error_over_files_http_and_grpc() {
     assert_eq!(resp.bytes().await.expect("body").as_ref(), b"run1:9");
 
     // gRPC through the generated client.
-    let mut g = LookupClient::connect(s.grpc.clone().expect("grpc address"))
-        .await
-        .expect("grpc connect");
-    let got = g
-        .get(GetRequest {
-            snapshot: "users".into(),
-            key: "11".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("grpc get");
+    let mut g = s.grpc_client().await;
+    let got = g.get(get_request("users", "11")).await.expect("grpc get");
     assert_eq!(got.metadata().get("sf-run-id").expect("run header"), "run1");
     let got = got.into_inner();
     assert_eq!(
@@ -246,22 +160,14 @@ async fn every_route_and_error_over_files_http_and_grpc() {
         ("run1", true, &b"run1:11"[..])
     );
     let miss = g
-        .get(GetRequest {
-            snapshot: "users".into(),
-            key: "77777".into(),
-            ..Default::default()
-        })
+        .get(get_request("users", "77777"))
         .await
         .expect("grpc miss")
         .into_inner();
     assert!(!miss.found);
     let keys: Vec<String> = (0..KEYS + 10).rev().map(|k| k.to_string()).collect();
     let mg = g
-        .multi_get(MultiGetRequest {
-            snapshot: "users".into(),
-            keys: keys[..50].to_vec(),
-            ..Default::default()
-        })
+        .multi_get(multiget_request("users", keys[..50].to_vec()))
         .await
         .expect("grpc multiget")
         .into_inner();
@@ -277,10 +183,8 @@ async fn every_route_and_error_over_files_http_and_grpc() {
     // Streamed: more keys than a multiget may carry, in chunks of 64.
     let mut stream = g
         .multi_get_stream(MultiGetRequest {
-            snapshot: "users".into(),
-            keys: keys.clone(),
             chunk_size: 64,
-            ..Default::default()
+            ..multiget_request("users", keys.clone())
         })
         .await
         .expect("grpc stream")
@@ -300,36 +204,18 @@ async fn every_route_and_error_over_files_http_and_grpc() {
         assert_eq!(v.found, n < KEYS, "{n}");
     }
     let e = g
-        .multi_get(MultiGetRequest {
-            snapshot: "users".into(),
-            keys: keys.clone(),
-            ..Default::default()
-        })
+        .multi_get(multiget_request("users", keys.clone()))
         .await
         .expect_err("over max_keys");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     assert_eq!(e.metadata().get("sf-error-kind").expect("kind"), "too_many_keys");
-    let e = g
-        .get(GetRequest {
-            snapshot: "nope".into(),
-            key: "1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("unknown snapshot");
+    let e = g.get(get_request("nope", "1")).await.expect_err("unknown snapshot");
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = g
-        .get(GetRequest {
-            snapshot: "users".into(),
-            key: "x".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("bad key");
+    let e = g.get(get_request("users", "x")).await.expect_err("bad key");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
     // /metrics: what was just done, counted.
-    let m = metrics_of(&c, &s, None).await;
+    let m = s.metrics(None).await;
     let get_ok = metric(&m, "sf_serve_requests_total", &[("route", "get"), ("status", "200")]);
     assert!(get_ok >= 3.0, "{get_ok}");
     assert!(metric(&m, "sf_serve_requests_total", &[("route", "get"), ("status", "404")]) >= 3.0);
@@ -396,103 +282,65 @@ async fn every_route_and_error_over_files_http_and_grpc() {
         0.0,
         "the scrape itself is not counted"
     );
+    // Every figure the routes above produced is named in a catalog, and
+    // every name of the server's catalog was produced.
+    let catalog = |metrics: &'static [(&'static str, &'static str)]| -> BTreeSet<&'static str> {
+        metrics.iter().map(|(n, _)| *n).collect()
+    };
+    let (served, read) = (catalog(sf_server::METRICS), catalog(sf_reader::METRICS));
+    let mut exposed = BTreeSet::new();
+    for series in m.keys() {
+        let name = series.split('{').next().unwrap_or(series);
+        // A histogram is exposed as three series under its name.
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .find(|base| served.contains(base))
+            .unwrap_or(name);
+        if name.starts_with("sf_serve_") {
+            assert!(served.contains(name), "{name} is not in sf_server::METRICS");
+            exposed.insert(name);
+        } else if name.starts_with("sf_reader_") {
+            assert!(read.contains(name), "{name} is not in sf_reader::METRICS");
+        }
+    }
+    assert_eq!(exposed, served, "every name of sf_server::METRICS is exposed");
 
     let status = s.terminate();
     assert!(status.success(), "{status:?}: {}", s.stderr());
-}
-
-/// Writes a request head that promises a body, and part of the body: the
-/// server holds it in flight, reading, until the rest comes or its
-/// deadline passes.
-async fn slow_request(addr: &str, path: &str, body: &[u8]) -> tokio::net::TcpStream {
-    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await.expect("head");
-    sock.write_all(&body[..body.len() / 2]).await.expect("half a body");
-    sock
-}
-
-/// Reads one HTTP/1.1 answer's status line and body (the server closes
-/// or answers with a length; this reads until the body is complete).
-async fn read_answer(sock: &mut tokio::net::TcpStream) -> (u16, String) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(60), sock.read(&mut chunk))
-            .await
-            .expect("an answer within 60 s")
-            .expect("read");
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(str::to_string)
-                })
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            if n == 0 || len.is_some_and(|l| body.len() >= l) {
-                let status = head
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_else(|| panic!("no status in {head:?}"));
-                return (status, body.to_string());
-            }
-        }
-        assert!(n > 0, "the connection closed before an answer: {text:?}");
-    }
 }
 
 /// With one request allowed in flight, a second is refused at once (503,
 /// Retry-After); a request still unfinished at the deadline gets 504.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_and_deadlines_answer_504() {
-    let root = tempfile::tempdir().expect("root");
-    let cache = tempfile::tempdir().expect("cache");
-    let prefix = format!("file://{}/snap", root.path().display());
-    publish(&prefix, "run1").await;
-    let cache_arg = cache.path().display().to_string();
-    let mut s = ServeProcess::start(&[
-        "--snapshot",
-        &format!("users={prefix}"),
-        "--listen",
-        "127.0.0.1:0",
-        "--cache-dir",
-        &cache_arg,
-        "--max-in-flight",
-        "1",
-        "--request-timeout",
-        "5s",
-    ]);
-    let c = client();
-    wait_ready(&c, &s.http).await;
+    let snap = LocalSnapshot::with_runs(&["run1"]).await;
+    let mut s = ServeProcess::serving(
+        &[("users", &snap.prefix)],
+        &["--max-in-flight", "1", "--request-timeout", "5s"],
+    );
+    s.wait_ready().await;
     let body = json!({"keys": [1, 2, 3]}).to_string();
     let mut slow = slow_request(&s.addr(), "/v1/snapshots/users/multiget", body.as_bytes()).await;
     // The slow request holds the only place once the server has read its
     // head (`/metrics` is outside the bound, so it can tell).
-    wait_in_flight(&c, &s, 1.0).await;
-    let resp = c.get(s.url("/v1/snapshots/users/keys/1")).send().await.expect("get");
+    s.wait_in_flight(1.0).await;
+    let resp = s.get("/v1/snapshots/users/keys/1").send().await.expect("get");
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     let err: Value = serde_json::from_str(&resp.text().await.expect("body")).expect("json");
     assert_eq!(kind(&err), "overloaded");
     // Probes are not bounded.
-    assert_eq!(c.get(s.url("/livez")).send().await.expect("livez").status(), 200);
-    assert_eq!(c.get(s.url("/readyz")).send().await.expect("readyz").status(), 200);
+    assert_eq!(s.get("/livez").send().await.expect("livez").status(), 200);
+    assert_eq!(s.get("/readyz").send().await.expect("readyz").status(), 200);
     // The slow one runs into the 5 s deadline.
     let (status, text) = read_answer(&mut slow).await;
     assert_eq!(status, 504, "{text}");
     assert!(text.contains("deadline_exceeded"), "{text}");
     // And the place is free again.
-    let (st, _, _) = call(c.get(s.url("/v1/snapshots/users/keys/1"))).await;
+    let (st, _, _) = call(s.get("/v1/snapshots/users/keys/1")).await;
     assert_eq!(st, 200);
-    let m = metrics_of(&c, &s, None).await;
+    let m = s.metrics(None).await;
     assert!(metric(&m, "sf_serve_requests_rejected_total", &[("reason", "overloaded")]) >= 1.0);
     assert_eq!(
         metric(
@@ -505,46 +353,20 @@ async fn overload_is_refused_and_deadlines_answer_504() {
     assert!(s.terminate().success());
 }
 
-/// Polls `/metrics` until `want` requests are in flight (at most 60 s).
-async fn wait_in_flight(c: &reqwest::Client, s: &ServeProcess, want: f64) {
-    let mut seen = 0.0;
-    for _ in 0..6000 {
-        seen = metric(&metrics_of(c, s, None).await, "sf_serve_requests_in_flight", &[]);
-        if seen == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{want} requests never were in flight (last seen {seen})");
-}
-
 /// SIGTERM: the listener closes, a request in flight still gets its
 /// answer, and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_in_flight() {
-    let root = tempfile::tempdir().expect("root");
-    let cache = tempfile::tempdir().expect("cache");
-    let prefix = format!("file://{}/snap", root.path().display());
-    publish(&prefix, "run1").await;
-    let cache_arg = cache.path().display().to_string();
-    let mut s = ServeProcess::start(&[
-        "--snapshot",
-        &format!("users={prefix}"),
-        "--listen",
-        "127.0.0.1:0",
-        "--cache-dir",
-        &cache_arg,
-        "--request-timeout",
-        "60s",
-        "--grace-period",
-        "60s",
-    ]);
-    let c = client();
-    wait_ready(&c, &s.http).await;
+    let snap = LocalSnapshot::with_runs(&["run1"]).await;
+    let mut s = ServeProcess::serving(
+        &[("users", &snap.prefix)],
+        &["--request-timeout", "60s", "--grace-period", "60s"],
+    );
+    s.wait_ready().await;
     let body = json!({"keys": [4, 5]}).to_string();
     let mut slow = slow_request(&s.addr(), "/v1/snapshots/users/multiget", body.as_bytes()).await;
     // The server has the request once it counts it in flight.
-    wait_in_flight(&c, &s, 1.0).await;
+    s.wait_in_flight(1.0).await;
     s.signal_term();
     // New connections are refused once the listener is closed.
     let mut closed = false;
@@ -574,79 +396,45 @@ async fn sigterm_drains_requests_in_flight() {
 /// server swaps; the replaced run stays readable by `run_id` and `offset`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_rollback_and_pinned_reads() {
-    let root = tempfile::tempdir().expect("root");
-    let cache = tempfile::tempdir().expect("cache");
-    let prefix = format!("file://{}/snap", root.path().display());
-    publish(&prefix, "run1").await;
-    publish(&prefix, "run2").await;
-    let tokens = root.path().join("tokens");
-    std::fs::write(&tokens, "# readers\nsecret-alpha\nsecret-beta\n").expect("tokens");
-    let cache_arg = cache.path().display().to_string();
-    let tokens_arg = tokens.display().to_string();
-    let mut s = ServeProcess::start(&[
-        "--snapshot",
-        &format!("users={prefix}/_CURRENT"),
-        "--listen",
-        "127.0.0.1:0",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--cache-dir",
-        &cache_arg,
-        "--auth-token-file",
-        &tokens_arg,
-    ]);
-    let c = client();
-    wait_ready(&c, &s.http).await; // no token needed
-    assert_eq!(c.get(s.url("/livez")).send().await.expect("livez").status(), 200);
-    let key = s.url("/v1/snapshots/users/keys/1");
-    let resp = c.get(&key).send().await.expect("get");
+    let snap = LocalSnapshot::with_runs(&["run1", "run2"]).await;
+    let tokens = write_tokens(snap.folder(), &["secret-alpha", "secret-beta"]);
+    let mut s = ServeProcess::serving(
+        &[("users", &snap.current_url())],
+        &["--grpc-listen", "127.0.0.1:0", "--auth-token-file", &tokens],
+    );
+    s.wait_ready().await; // no token needed
+    assert_eq!(s.get("/livez").send().await.expect("livez").status(), 200);
+    let key = "/v1/snapshots/users/keys/1";
+    let resp = s.get(key).send().await.expect("get");
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.headers()["www-authenticate"], "Bearer");
-    let (st, _, body) = call(c.get(&key).bearer_auth("secret-gamma")).await;
+    let (st, _, body) = call(s.get(key).bearer_auth("secret-gamma")).await;
     assert_eq!((st, kind(&body)), (401, "unauthenticated"));
-    let (st, _, body) = call(c.get(&key).header("authorization", "Basic c2VjcmV0")).await;
+    let (st, _, body) = call(s.get(key).header("authorization", "Basic c2VjcmV0")).await;
     assert_eq!((st, kind(&body)), (401, "unauthenticated"));
     for t in ["secret-alpha", "secret-beta"] {
-        let (st, run, _) = call(c.get(&key).bearer_auth(t)).await;
+        let (st, run, _) = call(s.get(key).bearer_auth(t)).await;
         assert_eq!((st, run.as_deref()), (200, Some("run2")));
     }
     for path in ["/metrics", "/v1/snapshots"] {
-        assert_eq!(c.get(s.url(path)).send().await.expect(path).status(), 401, "{path}");
+        assert_eq!(s.get(path).send().await.expect(path).status(), 401, "{path}");
     }
-    let (st, _, _) = call(
-        c.post(s.url("/v1/snapshots/users/multiget"))
-            .json_body(&json!({"keys": [1]})),
-    )
-    .await;
+    let (st, _, _) = call(s.post_json("/v1/snapshots/users/multiget", &json!({"keys": [1]}))).await;
     assert_eq!(st, 401);
-    let (st, _, _) = call(
-        c.post(s.url("/v1/snapshots/users/rollback"))
-            .json_body(&json!({"offset": 1})),
-    )
-    .await;
+    let (st, _, _) = call(s.post_json("/v1/snapshots/users/rollback", &json!({"offset": 1}))).await;
     assert_eq!(st, 401);
     // gRPC takes the same tokens.
-    let mut g = LookupClient::connect(s.grpc.clone().expect("grpc"))
-        .await
-        .expect("connect");
-    let req = || GetRequest {
-        snapshot: "users".into(),
-        key: "1".into(),
-        ..Default::default()
-    };
+    let mut g = s.grpc_client().await;
+    let req = || get_request("users", "1");
     let e = g.get(req()).await.expect_err("no token");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
-    let mut authed = tonic::Request::new(req());
-    authed
-        .metadata_mut()
-        .insert("authorization", "Bearer secret-beta".parse().expect("metadata"));
+    let authed = with_token(req(), "secret-beta");
     assert_eq!(g.get(authed).await.expect("authed get").into_inner().run_id, "run2");
 
     // Rollback to run1 by run id: _CURRENT moves, the server swaps at once.
     let (st, run, body) = call(
-        c.post(s.url("/v1/snapshots/users/rollback"))
-            .bearer_auth("secret-alpha")
-            .json_body(&json!({"run_id": "run1"})),
+        s.post_json("/v1/snapshots/users/rollback", &json!({"run_id": "run1"}))
+            .bearer_auth("secret-alpha"),
     )
     .await;
     assert_eq!(st, 200, "{body}");
@@ -654,15 +442,15 @@ async fn tokens_rollback_and_pinned_reads() {
     assert_eq!(body["changed"], true);
     assert_eq!(body["from_run_id"], "run2");
     assert_eq!(body["serving_run_id"], "run1");
-    let resp = c.get(&key).bearer_auth("secret-alpha").send().await.expect("get");
+    let resp = s.get(key).bearer_auth("secret-alpha").send().await.expect("get");
     assert_eq!(resp.headers()["sf-run-id"], "run1");
     assert_eq!(resp.bytes().await.expect("body").as_ref(), b"run1:1");
-    let current = std::fs::read_to_string(root.path().join("snap/_CURRENT")).expect("_CURRENT");
+    let current = std::fs::read_to_string(snap.folder().join("snap/_CURRENT")).expect("_CURRENT");
     assert!(current.contains("run1"), "{current}");
     // The replaced run2 is kept (keep_versions 1): pinned by run or offset.
     for q in ["run_id=run2", "offset=1"] {
-        let resp = c
-            .get(s.url(&format!("/v1/snapshots/users/keys/1?{q}")))
+        let resp = s
+            .get(&format!("/v1/snapshots/users/keys/1?{q}"))
             .bearer_auth("secret-beta")
             .send()
             .await
@@ -672,43 +460,38 @@ async fn tokens_rollback_and_pinned_reads() {
         assert_eq!(resp.bytes().await.expect("body").as_ref(), b"run2:1");
     }
     let (st, run, body) = call(
-        c.post(s.url("/v1/snapshots/users/multiget?run_id=run2"))
-            .bearer_auth("secret-beta")
-            .json_body(&json!({"keys": [1, 2]})),
+        s.post_json("/v1/snapshots/users/multiget?run_id=run2", &json!({"keys": [1, 2]}))
+            .bearer_auth("secret-beta"),
     )
     .await;
     assert_eq!((st, run.as_deref()), (200, Some("run2")));
     assert_eq!(body["values"], json!(["run2:1", "run2:2"]));
     // gRPC pinned the same way.
-    let mut pinned = tonic::Request::new(GetRequest {
-        snapshot: "users".into(),
-        key: "3".into(),
-        version: Some(sf_server::grpc::proto::Version {
-            version: Some(sf_server::grpc::proto::version::Version::RunId("run2".into())),
-        }),
-        ..Default::default()
-    });
-    pinned
-        .metadata_mut()
-        .insert("authorization", "Bearer secret-alpha".parse().expect("metadata"));
+    let pinned = with_token(
+        GetRequest {
+            version: Some(sf_server::grpc::proto::Version {
+                version: Some(sf_server::grpc::proto::version::Version::RunId("run2".into())),
+            }),
+            ..get_request("users", "3")
+        },
+        "secret-alpha",
+    );
     let got = g.get(pinned).await.expect("pinned grpc").into_inner();
     assert_eq!((got.run_id.as_str(), got.value.as_slice()), ("run2", &b"run2:3"[..]));
     // A target that is not in the history.
     let (st, _, body) = call(
-        c.post(s.url("/v1/snapshots/users/rollback"))
-            .bearer_auth("secret-alpha")
-            .json_body(&json!({"run_id": "run7"})),
+        s.post_json("/v1/snapshots/users/rollback", &json!({"run_id": "run7"}))
+            .bearer_auth("secret-alpha"),
     )
     .await;
     assert_eq!((st, kind(&body)), (404, "not_in_history"));
     let (st, _, body) = call(
-        c.post(s.url("/v1/snapshots/users/rollback"))
-            .bearer_auth("secret-alpha")
-            .json_body(&json!({"run_id": "run1", "offset": 0})),
+        s.post_json("/v1/snapshots/users/rollback", &json!({"run_id": "run1", "offset": 0}))
+            .bearer_auth("secret-alpha"),
     )
     .await;
     assert_eq!((st, kind(&body)), (400, "bad_body"));
-    let m = metrics_of(&c, &s, Some("secret-alpha")).await;
+    let m = s.metrics(Some("secret-alpha")).await;
     assert!(metric(&m, "sf_serve_requests_rejected_total", &[("reason", "unauthenticated")]) >= 6.0);
     assert_eq!(
         metric(
@@ -732,12 +515,9 @@ async fn tokens_rollback_and_pinned_reads() {
 /// the snapshot is served and the process keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_that_cannot_be_read_answers_503() {
-    let root = tempfile::tempdir().expect("root");
-    let cache = tempfile::tempdir().expect("cache");
-    let prefix = format!("file://{}/snap", root.path().display());
-    publish(&prefix, "run1").await;
+    let snap = LocalSnapshot::with_runs(&["run1"]).await;
     let routing_cache = tempfile::tempdir().expect("cache");
-    let reader = sf_reader::Reader::builder(format!("{prefix}/_CURRENT"))
+    let reader = sf_reader::Reader::builder(snap.current_url())
         .with_settings(sf_reader::ReaderSettings {
             cache_dir: Some(routing_cache.path().to_path_buf()),
             ..Default::default()
@@ -758,21 +538,10 @@ async fn a_shard_that_cannot_be_read_answers_503() {
     let dir = url.expect("url").trim_start_matches("file://").to_string();
     std::fs::remove_file(format!("{dir}/shard.db")).expect("remove shard 2's file");
 
-    let cache_arg = cache.path().display().to_string();
-    let mut s = ServeProcess::start(&[
-        "--snapshot",
-        &format!("users={prefix}"),
-        "--listen",
-        "127.0.0.1:0",
-        "--cache-dir",
-        &cache_arg,
-        "--sqlite-mode",
-        "download",
-    ]);
-    let c = client();
-    wait_ready(&c, &s.http).await;
-    let resp = c
-        .get(s.url(&format!("/v1/snapshots/users/keys/{broken_key}")))
+    let mut s = ServeProcess::serving(&[("users", &snap.prefix)], &["--sqlite-mode", "download"]);
+    s.wait_ready().await;
+    let resp = s
+        .get(&format!("/v1/snapshots/users/keys/{broken_key}"))
         .send()
         .await
         .expect("get");
@@ -786,11 +555,11 @@ async fn a_shard_that_cannot_be_read_answers_503() {
         body["error"]["message"].as_str().expect("message").contains("shard 2"),
         "{body}"
     );
-    let (st, _, body) = multiget(&c, &s, "users", json!({"keys": [fine_key, broken_key]})).await;
+    let (st, _, body) = s.multiget("users", json!({"keys": [fine_key, broken_key]})).await;
     assert_eq!((st, kind(&body)), (503, "shard_unavailable"));
-    let (st, _, _) = call(c.get(s.url(&format!("/v1/snapshots/users/keys/{fine_key}")))).await;
+    let (st, _, _) = call(s.get(&format!("/v1/snapshots/users/keys/{fine_key}"))).await;
     assert_eq!(st, 200);
-    assert_eq!(c.get(s.url("/livez")).send().await.expect("livez").status(), 200);
+    assert_eq!(s.get("/livez").send().await.expect("livez").status(), 200);
     assert!(s.running());
     assert!(s.terminate().success());
 }
@@ -801,13 +570,8 @@ async fn a_shard_that_cannot_be_read_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_under_load_on_s3() {
     let prefix = s3_prefix("serve-publish");
-    publish(&prefix, "run1").await;
-    let cache = tempfile::tempdir().expect("cache");
-    let cache_arg = cache.path().display().to_string();
-    let config = tempfile::tempdir().expect("config dir");
-    let file = config.path().join("serve.toml");
-    std::fs::write(
-        &file,
+    publish_ints(&prefix, "run1").await;
+    let mut s = ServeProcess::with_config(|cache| {
         format!(
             r#"
 listen = "127.0.0.1:0"
@@ -819,17 +583,15 @@ name = "users"
 current_url = "{prefix}/_CURRENT"
 max_age = "1h"
 [snapshot.reader]
-cache_dir = "{cache_arg}"
+cache_dir = "{}"
 refresh_interval = "100ms"
 keep_versions = 1
 warmup_keys = ["1"]
-"#
-        ),
-    )
-    .expect("write config");
-    let mut s = ServeProcess::start(&["--config", file.to_str().expect("utf8")]);
-    let c = client();
-    wait_ready(&c, &s.http).await;
+"#,
+            cache.display()
+        )
+    });
+    s.wait_ready().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -842,7 +604,7 @@ warmup_keys = ["1"]
         let (stop, failures, requests) = (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&requests));
         let base = s.http.clone();
         let grpc = s.grpc.clone().expect("grpc");
-        let c = c.clone();
+        let c = s.client.clone();
         tasks.push(tokio::spawn(async move {
             let mut runs = Vec::<String>::new();
             let mut g = LookupClient::connect(grpc).await.expect("grpc connect");
@@ -894,14 +656,7 @@ warmup_keys = ["1"]
                     }
                     _ => {
                         let keys: Vec<String> = (0..100).map(|j| ((k + j * 5) % KEYS).to_string()).collect();
-                        match g
-                            .multi_get(MultiGetRequest {
-                                snapshot: "users".into(),
-                                keys: keys.clone(),
-                                ..Default::default()
-                            })
-                            .await
-                        {
+                        match g.multi_get(multiget_request("users", keys.clone())).await {
                             Ok(r) => {
                                 let r = r.into_inner();
                                 for (key, value) in keys.iter().zip(&r.values) {
@@ -933,10 +688,10 @@ warmup_keys = ["1"]
     while requests.load(Ordering::Relaxed) < 300 && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    publish(&prefix, "run2").await;
+    publish_ints(&prefix, "run2").await;
     let mut switched = false;
     for _ in 0..3000 {
-        let resp = c.get(s.url("/v1/snapshots/users/keys/1")).send().await.expect("get");
+        let resp = s.get("/v1/snapshots/users/keys/1").send().await.expect("get");
         if resp.headers()["sf-run-id"] == "run2" {
             switched = true;
             break;
@@ -962,17 +717,13 @@ warmup_keys = ["1"]
         );
     }
     // The replaced run is still held for pinned reads.
-    let (st, run, body) = multiget(&c, &s, "users", json!({"keys": [1, 2]})).await;
+    let (st, run, body) = s.multiget("users", json!({"keys": [1, 2]})).await;
     assert_eq!((st, run.as_deref()), (200, Some("run2")));
     assert_eq!(body["values"], json!(["run2:1", "run2:2"]));
-    let (st, run, body) = call(
-        c.post(s.url("/v1/snapshots/users/multiget?offset=1"))
-            .json_body(&json!({"keys": [1, 2]})),
-    )
-    .await;
+    let (st, run, body) = call(s.post_json("/v1/snapshots/users/multiget?offset=1", &json!({"keys": [1, 2]}))).await;
     assert_eq!((st, run.as_deref()), (200, Some("run1")));
     assert_eq!(body["values"], json!(["run1:1", "run1:2"]));
-    let (_, _, list) = call(c.get(s.url("/v1/snapshots"))).await;
+    let (_, _, list) = call(s.get("/v1/snapshots")).await;
     let versions: Vec<&str> = list["snapshots"][0]["versions"]
         .as_array()
         .expect("versions")
@@ -980,7 +731,7 @@ warmup_keys = ["1"]
         .map(|v| v["run_id"].as_str().expect("run"))
         .collect();
     assert_eq!(versions, vec!["run2", "run1"]);
-    let m = metrics_of(&c, &s, None).await;
+    let m = s.metrics(None).await;
     assert_eq!(metric(&m, "sf_reader_swaps_total", &[("snapshot", "users")]), 1.0);
     assert!(metric(&m, "sf_reader_refreshes_total", &[("snapshot", "users")]) >= 1.0);
     assert_eq!(
@@ -1006,43 +757,32 @@ fn want(v: &Value) -> Option<Vec<u8>> {
 async fn reference_fixtures_are_served() {
     let exp = expected();
     let read = &exp["read"];
-    let cache = tempfile::tempdir().expect("cache");
     let golden = |name: &str| {
         format!(
-            "{name}={}/_CURRENT",
+            "{}/_CURRENT",
             fixture_dir().join("sqlite-bucket-golden").join(name).display()
         )
     };
     // A copy of the SlateDB fixture, compared file by file afterwards.
     let (_slate_dir, slate_path) = sf_tests::snapshots::fixture_copy("slatedb-bucket-goldenslate/hash_int");
-    let slate = format!("slate={}/_CURRENT", slate_path.display());
+    let slate = format!("{}/_CURRENT", slate_path.display());
     let slate_before = sf_tests::snapshots::tree_state(&slate_path);
-    let cache_arg = cache.path().display().to_string();
-    let mut args = vec![
-        "--listen".to_string(),
-        "127.0.0.1:0".into(),
-        "--cache-dir".into(),
-        cache_arg,
-    ];
-    for snap in [
-        golden("hash_int"),
-        golden("hash_str"),
-        golden("cel_direct"),
-        golden("cel_cat"),
-        slate,
-    ] {
-        args.push("--snapshot".into());
-        args.push(snap);
-    }
-    let mut s = ServeProcess::start(&args);
-    let c = client();
-    wait_ready(&c, &s.http).await;
+    let mut s = ServeProcess::serving(
+        &[
+            ("hash_int", &golden("hash_int")),
+            ("hash_str", &golden("hash_str")),
+            ("cel_direct", &golden("cel_direct")),
+            ("cel_cat", &golden("cel_cat")),
+            ("slate", &slate),
+        ],
+        &[],
+    );
+    s.wait_ready().await;
     let get = |snap: &str, key: &str| {
-        let url = s.url(&format!("/v1/snapshots/{snap}/keys/{key}"));
-        let c = c.clone();
+        let req = s.get(&format!("/v1/snapshots/{snap}/keys/{key}"));
         let what = format!("{snap} {key}");
         async move {
-            let resp = c.get(url).send().await.expect("get");
+            let resp = req.send().await.expect("get");
             let run = resp
                 .headers()
                 .get("sf-run-id")
@@ -1060,7 +800,7 @@ async fn reference_fixtures_are_served() {
     assert_eq!(get("hash_int", "999").await.0, want(&read["hash_int_get_999"]));
     let multi = read["hash_int_multi"].as_object().expect("multi");
     let keys: Vec<&String> = multi.keys().collect();
-    let (st, _, body) = multiget(&c, &s, "hash_int", json!({ "keys": keys })).await;
+    let (st, _, body) = s.multiget("hash_int", json!({ "keys": keys })).await;
     assert_eq!(st, 200);
     for ((k, v), got) in multi.iter().zip(body["values"].as_array().expect("values")) {
         assert_eq!(got.as_str().map(|g| g.as_bytes().to_vec()), want(v), "hash_int {k}");
@@ -1090,27 +830,22 @@ async fn reference_fixtures_are_served() {
         want(&read["cel_cat_unknown_token"]),
         "an unknown token is a miss"
     );
-    let (st, _, body) = call(c.get(s.url("/v1/snapshots/cel_cat/keys/4"))).await;
+    let (st, _, body) = call(s.get("/v1/snapshots/cel_cat/keys/4")).await;
     assert_eq!((st, kind(&body)), (400, "routing"), "{body}");
     assert!(body["error"]["message"].as_str().expect("message").contains("region"));
     let contexts: Vec<Value> = (0..9).map(|k| json!({"region": region(k)})).collect();
-    let (st, _, body) = multiget(
-        &c,
-        &s,
-        "cel_cat",
-        json!({"keys": (0..9).collect::<Vec<_>>(), "contexts": contexts}),
-    )
-    .await;
+    let (st, _, body) = s
+        .multiget(
+            "cel_cat",
+            json!({"keys": (0..9).collect::<Vec<_>>(), "contexts": contexts}),
+        )
+        .await;
     assert_eq!(st, 200, "{body}");
     let values: Vec<String> = (0..9).map(|k| format!("c{k}")).collect();
     assert_eq!(body["values"], json!(values));
-    let (_, _, body) = multiget(
-        &c,
-        &s,
-        "cel_cat",
-        json!({"keys": [0, 3, 6, 1], "context": {"region": "eu"}}),
-    )
-    .await;
+    let (_, _, body) = s
+        .multiget("cel_cat", json!({"keys": [0, 3, 6, 1], "context": {"region": "eu"}}))
+        .await;
     assert_eq!(body["values"], json!(["c0", "c3", "c6", null]));
     // SlateDB shards: every stored key, read without writing to them.
     for k in 0..6 {
@@ -1133,54 +868,29 @@ async fn reference_fixtures_are_served() {
 /// address already taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_exits_2() {
-    let serve = sf_tests::writer_support::binary("sf-serve");
     let dir = tempfile::tempdir().expect("dir");
     let bad_toml = dir.path().join("bad.toml");
     std::fs::write(&bad_toml, "[limits]\nmax_keyz = 3\n").expect("write");
+    let bad_toml = bad_toml.display().to_string();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_addr = taken.local_addr().expect("addr").to_string();
-    let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec![], "no snapshot"),
-        (vec!["--snapshot".into(), "nourl".into()], "NAME=URL"),
-        (vec!["--config".into(), bad_toml.display().to_string()], "max_keyz"),
+    let cases: [(&[&str], &str); 7] = [
+        (&[], "no snapshot"),
+        (&["--snapshot", "nourl"], "NAME=URL"),
+        (&["--config", &bad_toml], "max_keyz"),
+        (&["--snapshot", "a=/x", "--snapshot", "a=/y"], "twice"),
         (
-            vec!["--snapshot".into(), "a=/x".into(), "--snapshot".into(), "a=/y".into()],
-            "twice",
-        ),
-        (
-            vec![
-                "--snapshot".into(),
-                "a=/x".into(),
-                "--request-timeout".into(),
-                "soon".into(),
-            ],
+            &["--snapshot", "a=/x", "--request-timeout", "soon"],
             "--request-timeout",
         ),
+        (&["--snapshot", "a=/x", "--listen", &taken_addr], "cannot listen"),
         (
-            vec![
-                "--snapshot".into(),
-                "a=/x".into(),
-                "--listen".into(),
-                taken_addr.clone(),
-            ],
-            "cannot listen",
-        ),
-        (
-            vec![
-                "--snapshot".into(),
-                "a=/x".into(),
-                "--auth-token-file".into(),
-                "/nonexistent/tokens".into(),
-            ],
+            &["--snapshot", "a=/x", "--auth-token-file", "/nonexistent/tokens"],
             "auth token file",
         ),
     ];
     for (args, want) in cases {
-        let out = sf_tests::cluster::run_bounded(
-            std::process::Command::new(&serve).args(&args),
-            Duration::from_secs(60),
-            "sf-serve",
-        );
+        let out = run_serve(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         let want_text = if want == "no snapshot" { "snapshots" } else { want };
@@ -1195,16 +905,10 @@ async fn bad_configuration_exits_2() {
     // An unknown snapshot name in the set of served ones is 404 (above);
     // a snapshot that cannot be opened keeps /readyz at 503 and says why.
     let missing = dir.path().join("nothing-here");
-    let mut s = ServeProcess::start(&[
-        "--snapshot".to_string(),
-        format!("ghost={}", missing.display()),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-    ]);
-    let c = client();
+    let mut s = ServeProcess::serving(&[("ghost", &missing.display().to_string())], &[]);
     let mut last = Value::Null;
     for _ in 0..600 {
-        let (st, _, body) = call(c.get(s.url("/readyz"))).await;
+        let (st, _, body) = call(s.get("/readyz")).await;
         assert_eq!(st, 503);
         last = body;
         if last["snapshots"]["ghost"]["reason"]
@@ -1221,7 +925,111 @@ async fn bad_configuration_exits_2() {
             .is_some_and(|r| r.contains("_CURRENT")),
         "{last}"
     );
-    let (st, _, body) = call(c.get(s.url("/v1/snapshots/ghost/keys/1"))).await;
+    let (st, _, body) = call(s.get("/v1/snapshots/ghost/keys/1")).await;
     assert_eq!((st, kind(&body)), (503, "not_ready"));
     assert!(s.terminate().success());
+}
+
+/// `docs/serving.md` against the program: the flags of its table are
+/// those `sf-serve --help` lists, its metric names are those of the
+/// catalogs (`sf_server::METRICS`, `sf_reader::METRICS`), and its
+/// `serve.toml` loads into a valid configuration.
+#[test]
+fn the_serving_page_matches_the_program() {
+    let page_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/serving.md");
+    let page = std::fs::read_to_string(&page_path).expect("docs/serving.md");
+
+    let out = run_serve(["--help"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let help = String::from_utf8(out.stdout).expect("utf8 help");
+    let flag = |word: &str| -> String {
+        word.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect()
+    };
+    let helped: BTreeSet<String> = help
+        .lines()
+        // Options are indented less than their descriptions, which may
+        // wrap onto a line that starts with another program's flag.
+        .filter(|l| l.len() - l.trim_start().len() < 8)
+        .map(str::trim_start)
+        .map(|l| l.strip_prefix("-h, ").or_else(|| l.strip_prefix("-V, ")).unwrap_or(l))
+        .filter(|l| l.starts_with("--"))
+        .map(flag)
+        .filter(|f| f != "--help" && f != "--version")
+        .collect();
+    let documented: BTreeSet<String> = page
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| {
+            cell.split(['`', ' ', ','])
+                .filter(|w| w.starts_with("--"))
+                .map(flag)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        documented, helped,
+        "the flags of docs/serving.md and of sf-serve --help"
+    );
+    let sqlite_mode = help
+        .split("--sqlite-mode")
+        .nth(1)
+        .and_then(|rest| rest.split("\n  -").next())
+        .expect("--sqlite-mode in --help");
+    for mode in ["download", "range", "auto", "memory"] {
+        assert!(
+            sqlite_mode.contains(mode),
+            "--sqlite-mode's help omits {mode}: {sqlite_mode}"
+        );
+    }
+
+    let names = |prefix: &str| -> BTreeSet<String> {
+        page.match_indices(prefix)
+            .map(|(at, _)| {
+                page[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|n| n.len() > prefix.len())
+            .collect()
+    };
+    let catalog =
+        |metrics: &[(&str, &str)]| -> BTreeSet<String> { metrics.iter().map(|(n, _)| n.to_string()).collect() };
+    assert_eq!(
+        names("sf_serve_"),
+        catalog(sf_server::METRICS),
+        "docs/serving.md and sf_server::METRICS"
+    );
+    assert_eq!(
+        names("sf_reader_"),
+        catalog(sf_reader::METRICS),
+        "docs/serving.md and sf_reader::METRICS"
+    );
+
+    let toml = page
+        .split("### `serve.toml`")
+        .nth(1)
+        .and_then(|rest| rest.split("```toml\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("the serve.toml block");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("serve.toml");
+    std::fs::write(&file, toml).expect("write serve.toml");
+    let loaded = sf_server::FileConfig::load(&file).expect("the page's serve.toml loads");
+    let config = sf_server::ServeConfig {
+        listen: loaded.listen.clone().expect("listen"),
+        grpc_listen: loaded.grpc_listen.clone(),
+        snapshots: loaded.snapshots().expect("its snapshots"),
+        limits: loaded.limits.clone(),
+        auth_tokens: vec![],
+    };
+    config.validate().expect("the page's serve.toml is valid");
+    assert_eq!(
+        config.limits,
+        sf_server::Limits::default(),
+        "the page's limits are the defaults"
+    );
 }

@@ -1,18 +1,94 @@
 //! The real `sf-serve` binary as a child process on 127.0.0.1, for tests
 //! and the serving benchmark: started with port 0, its bound addresses
 //! read from the lines it prints, stopped (SIGTERM, or killed when a test
-//! fails) by whoever started it.
+//! fails) by whoever started it. Around it, what the serving tests set up
+//! again and again: an integer snapshot in a scratch folder, requests with
+//! their answers taken apart, `/metrics` read, gRPC requests and tokens,
+//! and requests held open half sent.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use serde_json::Value;
+use sf_manifest::KeyEncoding;
+use sf_server::grpc::proto::lookup_client::LookupClient;
+use sf_server::grpc::proto::{GetRequest, MultiGetRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::cluster::wait_bounded;
+use crate::snapshots::{SnapshotSpec, build_snapshot, int_rows};
 use crate::writer_support::binary;
 
-/// A running `sf-serve`.
+/// Keys of the snapshots [`publish_ints`] builds: `0..KEYS`.
+pub const KEYS: u64 = 200;
+
+/// Publishes run `run` at `prefix`: keys `0..KEYS` (`u64be`, four hash
+/// shards), each with the value `{run}:{key}`, so every answer shows the
+/// run it came from.
+pub async fn publish_ints(prefix: &str, run: &str) {
+    build_snapshot(
+        prefix,
+        &SnapshotSpec::hash(run, 4, KeyEncoding::U64Be),
+        &int_rows(KEYS, run),
+    )
+    .await;
+}
+
+/// A snapshot prefix in a scratch folder, `file://{folder}/snap`, with
+/// runs of [`publish_ints`] published into it.
+#[derive(Debug)]
+pub struct LocalSnapshot {
+    root: tempfile::TempDir,
+    /// `file://{folder}/snap`
+    pub prefix: String,
+}
+
+impl LocalSnapshot {
+    /// A fresh prefix with `runs` published in order (the last is current).
+    pub async fn with_runs(runs: &[&str]) -> LocalSnapshot {
+        let root = tempfile::tempdir().expect("snapshot folder");
+        let prefix = format!("file://{}/snap", root.path().display());
+        for run in runs {
+            publish_ints(&prefix, run).await;
+        }
+        LocalSnapshot { root, prefix }
+    }
+
+    /// `{prefix}/_CURRENT`
+    pub fn current_url(&self) -> String {
+        format!("{}/_CURRENT", self.prefix)
+    }
+
+    /// The scratch folder (the prefix is its `snap`).
+    pub fn folder(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+/// Writes a token file into `folder`: a comment line, then `tokens`, one
+/// a line; returns its path.
+pub fn write_tokens(folder: &Path, tokens: &[&str]) -> String {
+    let path = folder.join("tokens");
+    let text: String = tokens.iter().map(|t| format!("{t}\n")).collect();
+    std::fs::write(&path, format!("# readers\n{text}")).expect("token file");
+    path.display().to_string()
+}
+
+/// Runs `sf-serve ARGS` to its exit (at most 60 s): for what it refuses
+/// to start with, and its `--help`.
+pub fn run_serve<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
+    crate::cluster::run_bounded(
+        Command::new(binary("sf-serve")).args(args),
+        Duration::from_secs(60),
+        "sf-serve",
+    )
+}
+
+/// A running `sf-serve`, with an HTTP client for it.
 #[derive(Debug)]
 pub struct ServeProcess {
     child: Child,
@@ -20,6 +96,8 @@ pub struct ServeProcess {
     pub http: String,
     /// `http://127.0.0.1:PORT` of the gRPC service, when started with one.
     pub grpc: Option<String>,
+    /// A client with a 60 s timeout, for requests to this server.
+    pub client: reqwest::Client,
     stderr: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -34,6 +112,40 @@ impl ServeProcess {
     /// [`start`](Self::start) with extra environment variables.
     pub fn start_with<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> ServeProcess {
         let dir = tempfile::tempdir().expect("scratch dir");
+        Self::spawn(dir, args, env)
+    }
+
+    /// Starts `sf-serve` serving `snapshots` (name, URL) on 127.0.0.1
+    /// (any free port), with a fresh shard cache of its own, and `flags`
+    /// after those.
+    pub fn serving(snapshots: &[(&str, &str)], flags: &[&str]) -> ServeProcess {
+        let dir = tempfile::tempdir().expect("scratch dir");
+        let cache = dir.path().join("cache");
+        let mut args = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--cache-dir".into(),
+            cache.display().to_string(),
+        ];
+        for (name, url) in snapshots {
+            args.push("--snapshot".into());
+            args.push(format!("{name}={url}"));
+        }
+        args.extend(flags.iter().map(|f| f.to_string()));
+        Self::spawn(dir, &args, &[])
+    }
+
+    /// Starts `sf-serve --config FILE`, the file's text made by `config`
+    /// from the path of a fresh shard cache.
+    pub fn with_config(config: impl FnOnce(&Path) -> String) -> ServeProcess {
+        let dir = tempfile::tempdir().expect("scratch dir");
+        let file = dir.path().join("serve.toml");
+        std::fs::write(&file, config(&dir.path().join("cache"))).expect("write serve.toml");
+        let args = ["--config".to_string(), file.display().to_string()];
+        Self::spawn(dir, &args, &[])
+    }
+
+    fn spawn<S: AsRef<std::ffi::OsStr>>(dir: tempfile::TempDir, args: &[S], env: &[(&str, &str)]) -> ServeProcess {
         let stderr = dir.path().join("stderr");
         let mut cmd = Command::new(binary("sf-serve"));
         cmd.args(args)
@@ -88,6 +200,7 @@ impl ServeProcess {
             child,
             http,
             grpc,
+            client: client(),
             stderr,
             _dir: dir,
         }
@@ -96,6 +209,57 @@ impl ServeProcess {
     /// `http://127.0.0.1:PORT{path}`
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.http)
+    }
+
+    /// `GET {path}`, to be sent with [`call`] (or `.send()`).
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    /// `POST {path}` with `body` as JSON.
+    pub fn post_json(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path)).json_body(body)
+    }
+
+    /// A multiget of snapshot `name`, answered.
+    pub async fn multiget(&self, name: &str, body: Value) -> (u16, Option<String>, Value) {
+        call(self.post_json(&format!("/v1/snapshots/{name}/multiget"), &body)).await
+    }
+
+    /// Waits (at most 60 s) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        wait_ready(&self.client, &self.http).await;
+    }
+
+    /// `/metrics` (with `token`, when the server wants one), as samples.
+    pub async fn metrics(&self, token: Option<&str>) -> BTreeMap<String, f64> {
+        let mut req = self.get("/metrics");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("metrics");
+        assert_eq!(resp.status(), 200);
+        parse_prometheus(&resp.text().await.expect("metrics text"))
+    }
+
+    /// Polls `/metrics` until `want` requests are in flight (at most 60 s).
+    pub async fn wait_in_flight(&self, want: f64) {
+        let mut seen = 0.0;
+        for _ in 0..6000 {
+            seen = metric(&self.metrics(None).await, "sf_serve_requests_in_flight", &[]);
+            if seen == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{want} requests never were in flight (last seen {seen})");
+    }
+
+    /// A client of the gRPC service.
+    pub async fn grpc_client(&self) -> LookupClient<tonic::transport::Channel> {
+        LookupClient::connect(self.grpc.clone().expect("a server started with --grpc-listen"))
+            .await
+            .expect("grpc connect")
     }
 
     /// The `127.0.0.1:PORT` of the HTTP API.
@@ -163,8 +327,8 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str) {
 }
 
 /// The samples of a Prometheus text exposition: `name{labels}` -> value.
-pub fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
-    let mut out = std::collections::BTreeMap::new();
+pub fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
     for line in text.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
@@ -180,7 +344,7 @@ pub fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
 
 /// The value of the series with `name` whose labels include all of
 /// `labels` (0 when there is none; summed when several match).
-pub fn metric(samples: &std::collections::BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn metric(samples: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|(series, _)| {
@@ -189,4 +353,119 @@ pub fn metric(samples: &std::collections::BTreeMap<String, f64>, name: &str, lab
         })
         .map(|(_, v)| v)
         .sum()
+}
+
+/// A client with a 60 s timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// Sends `req`: its status, `sf-run-id`, and the body as JSON (or as a
+/// JSON string when it is not JSON).
+pub async fn call(req: reqwest::RequestBuilder) -> (u16, Option<String>, Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let run = resp
+        .headers()
+        .get("sf-run-id")
+        .map(|v| v.to_str().expect("ascii").to_string());
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, run, body)
+}
+
+/// The `kind` of an error answer's body.
+pub fn kind(body: &Value) -> &str {
+    body["error"]["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+/// `reqwest` without its `json` feature: a JSON body by hand.
+pub trait JsonBody {
+    /// `v` as the body, with its content type.
+    fn json_body(self, v: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, v: &Value) -> Self {
+        self.header("content-type", "application/json").body(v.to_string())
+    }
+}
+
+/// A gRPC `Get` of `key` from `snapshot`.
+pub fn get_request(snapshot: &str, key: &str) -> GetRequest {
+    GetRequest {
+        snapshot: snapshot.into(),
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+/// A gRPC `MultiGet` of `keys` from `snapshot`.
+pub fn multiget_request(snapshot: &str, keys: Vec<String>) -> MultiGetRequest {
+    MultiGetRequest {
+        snapshot: snapshot.into(),
+        keys,
+        ..Default::default()
+    }
+}
+
+/// `message` with `authorization: Bearer {token}` in its metadata.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+    req
+}
+
+/// Writes a request head that promises a body, and part of the body: the
+/// server holds it in flight, reading, until the rest comes or its
+/// deadline passes.
+pub async fn slow_request(addr: &str, path: &str, body: &[u8]) -> tokio::net::TcpStream {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.expect("head");
+    sock.write_all(&body[..body.len() / 2]).await.expect("half a body");
+    sock
+}
+
+/// Reads one HTTP/1.1 answer's status line and body (the server closes
+/// or answers with a length; this reads until the body is complete).
+pub async fn read_answer(sock: &mut tokio::net::TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(60), sock.read(&mut chunk))
+            .await
+            .expect("an answer within 60 s")
+            .expect("read");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if n == 0 || len.is_some_and(|l| body.len() >= l) {
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("no status in {head:?}"));
+                return (status, body.to_string());
+            }
+        }
+        assert!(n > 0, "the connection closed before an answer: {text:?}");
+    }
 }

@@ -1,4 +1,5 @@
-//! Binding the listeners and running until shutdown.
+//! Binding the listeners (HTTP, and gRPC when asked), serving on them
+//! until shutdown, then draining the requests in flight ([`Server`]).
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::App;
+use crate::app::App;
 use crate::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::grpc::LookupService;

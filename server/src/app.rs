@@ -1,0 +1,212 @@
+//! What the HTTP API and the gRPC service share ([`App`]): the served
+//! snapshots, admission (authentication, the bound on requests in flight),
+//! and the lookups themselves, with their errors as answers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sf_reader::{SnapshotView, Version};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::api_error::ApiError;
+use crate::auth::Auth;
+use crate::config::{Limits, ServeConfig};
+use crate::metrics::{REQUESTS_IN_FLIGHT, REQUESTS_REJECTED, RequestMetrics};
+use crate::snapshot::ServedSnapshot;
+
+/// Routing context of a lookup, as `column=value` texts.
+pub type ContextPairs = Vec<String>;
+
+/// The routing contexts of a multiget.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Contexts {
+    /// Keys route alone.
+    #[default]
+    None,
+    /// One context for every key.
+    Shared(ContextPairs),
+    /// One per key (`None`: that key routes alone).
+    PerKey(Vec<Option<ContextPairs>>),
+}
+
+/// The state every request handler shares.
+pub(crate) struct App {
+    pub(crate) snapshots: BTreeMap<String, Arc<ServedSnapshot>>,
+    pub(crate) limits: Limits,
+    pub(crate) auth: Auth,
+    in_flight: Arc<Semaphore>,
+    rejected_overloaded: metrics::Counter,
+    rejected_unauthenticated: metrics::Counter,
+    pub(crate) request_metrics: RequestMetrics,
+}
+
+impl App {
+    /// The state for `config`; the metrics recorder (if any) must be
+    /// installed before, as the counters are registered here.
+    pub(crate) fn new(config: &ServeConfig) -> crate::Result<App> {
+        let snapshots = config
+            .snapshots
+            .iter()
+            .map(|s| Ok((s.name.clone(), Arc::new(ServedSnapshot::new(s)?))))
+            .collect::<crate::Result<BTreeMap<_, _>>>()?;
+        Ok(App {
+            snapshots,
+            limits: config.limits.clone(),
+            auth: Auth::new(&config.auth_tokens),
+            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
+            rejected_overloaded: metrics::counter!(REQUESTS_REJECTED, "reason" => "overloaded"),
+            rejected_unauthenticated: metrics::counter!(REQUESTS_REJECTED, "reason" => "unauthenticated"),
+            request_metrics: RequestMetrics::new(),
+        })
+    }
+
+    /// A place among the requests in flight, or 503 when all are taken.
+    pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
+            self.rejected_overloaded.increment(1);
+            ApiError::new(
+                503,
+                "overloaded",
+                format!(
+                    "the server is at its bound of {} requests in flight; try again",
+                    self.limits.max_in_flight
+                ),
+            )
+        })
+    }
+
+    /// Requests in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.limits.max_in_flight - self.in_flight.available_permits()
+    }
+
+    /// Sets the gauges read off the readers, and the requests in flight;
+    /// called before each scrape.
+    pub(crate) fn publish_gauges(&self) {
+        metrics::gauge!(REQUESTS_IN_FLIGHT).set(self.in_flight() as f64);
+        for served in self.snapshots.values() {
+            served.publish_gauges();
+        }
+    }
+
+    /// Checks the `authorization` header.
+    pub(crate) fn authenticate(&self, header: Option<&[u8]>) -> Result<(), ApiError> {
+        self.auth
+            .check(header)
+            .inspect_err(|_| self.rejected_unauthenticated.increment(1))
+    }
+
+    /// The snapshot served as `name`, or 404.
+    pub(crate) fn served(&self, name: &str) -> Result<&Arc<ServedSnapshot>, ApiError> {
+        self.snapshots.get(name).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "unknown_snapshot",
+                format!(
+                    "no snapshot is served as {name:?} (served: {})",
+                    self.snapshots.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// The snapshot `version` of `name` names.
+    pub(crate) fn view(&self, name: &str, version: &Version) -> Result<(&Arc<ServedSnapshot>, SnapshotView), ApiError> {
+        let served = self.served(name)?;
+        let reader = served.reader()?;
+        let view = match version {
+            Version::Current => reader.current(),
+            v => reader.version(v)?,
+        };
+        Ok((served, view))
+    }
+
+    /// One key.
+    pub(crate) async fn get(
+        &self,
+        name: &str,
+        key: &str,
+        context: &[String],
+        version: &Version,
+    ) -> Result<(SnapshotView, Option<Bytes>), ApiError> {
+        let (served, view) = self.view(name, version)?;
+        let run = view.run_id().clone();
+        let result = async {
+            let k = view.parse_key(key)?;
+            if context.is_empty() {
+                view.get(&k).await
+            } else {
+                let c = view.parse_context(context.iter().map(String::as_str))?;
+                view.get_with_context(&k, &c).await
+            }
+        }
+        .await
+        .map_err(|e| ApiError::from(e).with_run(&run))?;
+        served.count(std::slice::from_ref(&result));
+        Ok((view, result))
+    }
+
+    /// Checks a multiget's size before any work.
+    pub(crate) fn check_keys(&self, n: usize, limit: usize) -> Result<(), ApiError> {
+        if n > limit {
+            return Err(ApiError::new(
+                413,
+                "too_many_keys",
+                format!("{n} keys is over this server's limit of {limit} per request"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Many keys from `view`, in input order.
+    pub(crate) async fn multi_get_in(
+        &self,
+        served: &ServedSnapshot,
+        view: &SnapshotView,
+        keys: &[String],
+        contexts: &Contexts,
+    ) -> Result<Vec<Option<Bytes>>, ApiError> {
+        let run = view.run_id().clone();
+        let bad = |e: sf_reader::Error| ApiError::from(e).with_run(&run);
+        let parsed = keys
+            .iter()
+            .map(|k| view.parse_key(k))
+            .collect::<sf_reader::Result<Vec<_>>>()
+            .map_err(bad)?;
+        let values = match contexts {
+            Contexts::None => view.multi_get(&parsed).await.map_err(bad)?,
+            Contexts::Shared(pairs) => {
+                let c = view.parse_context(pairs.iter().map(String::as_str)).map_err(bad)?;
+                let items: Vec<_> = parsed.into_iter().map(|k| (k, Some(c.clone()))).collect();
+                view.multi_get_with_contexts(&items).await.map_err(bad)?
+            }
+            Contexts::PerKey(list) => {
+                if list.len() != parsed.len() {
+                    return Err(ApiError::bad_request(
+                        "bad_body",
+                        format!(
+                            "{} contexts for {} keys: give one per key, or one for all",
+                            list.len(),
+                            parsed.len()
+                        ),
+                    )
+                    .with_run(&run));
+                }
+                let mut items = Vec::with_capacity(parsed.len());
+                for (k, c) in parsed.into_iter().zip(list) {
+                    let c = match c {
+                        Some(pairs) if !pairs.is_empty() => {
+                            Some(view.parse_context(pairs.iter().map(String::as_str)).map_err(bad)?)
+                        }
+                        _ => None,
+                    };
+                    items.push((k, c));
+                }
+                view.multi_get_with_contexts(&items).await.map_err(bad)?
+            }
+        };
+        served.count(&values);
+        Ok(values)
+    }
+}
