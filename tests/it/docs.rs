@@ -979,7 +979,7 @@ fn metric_catalogs() -> Vec<Catalog> {
             sf_cli::report::METRICS,
             "docs/operations.md",
         ),
-        // catalog("sf_serve_", "sf_server::METRICS", sf_server::METRICS, "docs/serving.md"),
+        catalog("sf_serve_", "sf_server::METRICS", sf_server::METRICS, "docs/serving.md"),
     ]
 }
 
@@ -1211,6 +1211,7 @@ named_paths! {
     sf_reader::ReaderSettings,
     sf_reader::RoutingContext,
     sf_reader::SqliteMode,
+    sf_server::METRICS,
     sf_server::grpc::proto::lookup_client::LookupClient,
     sf_tests::fault_store,
     sf_tests::s3_prefix,

@@ -1012,7 +1012,7 @@ fn the_serving_page_matches_the_program() {
     let toml = page
         .split("### `serve.toml`")
         .nth(1)
-        .and_then(|rest| rest.split("```toml\n").nth(1))
+        .and_then(|rest| rest.split("```toml serve.toml\n").nth(1))
         .and_then(|block| block.split("```").next())
         .expect("the serve.toml block");
     let dir = tempfile::tempdir().expect("dir");
