@@ -295,28 +295,44 @@ fn section_header(line: &str) -> Option<Vec<String>> {
 
 /// Whether a comment's text is a setting, `key = ...` or `"a.b" = ...`.
 fn is_setting(text: &str) -> bool {
-    let key_len = if let Some(quoted) = text.strip_prefix('"') {
-        quoted.find('"').map_or(0, |k| k + 2)
+    setting_key(text).is_some()
+}
+
+/// The key a `key = value` line sets (its first part when dotted, without
+/// quotes), or `None` when the line is no setting.
+fn setting_key(text: &str) -> Option<&str> {
+    let (key, rest) = if let Some(quoted) = text.strip_prefix('"') {
+        let end = quoted.find('"')?;
+        (&quoted[..end], &quoted[end + 1..])
     } else {
-        text.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
-            .unwrap_or(0)
+        let len = text
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+            .unwrap_or(0);
+        (&text[..len], &text[len..])
     };
-    key_len > 0 && text[key_len..].trim_start().starts_with('=')
+    let key = key.split('.').next().unwrap_or(key);
+    (!key.is_empty() && rest.trim_start().starts_with('=')).then_some(key)
 }
 
 /// Settings a job example shows commented out (`# key = value`): one per
-/// setting of a real section, or all the settings under a commented-out
-/// header (`# [input.tables.users]`, ending at a blank line) together.
+/// setting of a real section; all the settings under a commented-out
+/// header (`# [input.tables.users]`, ending at a blank line) together; or
+/// an alternative, the settings after a `# or ...` line (ending at a blank
+/// line), which stand in for the settings its section writes above it.
 struct Commented {
     /// Line within the block (0-based).
     line: usize,
     section: Vec<String>,
     text: String,
+    /// Keys of the section the settings replace (an alternative's).
+    replaces: Vec<String>,
 }
 
 fn commented_settings(text: &str) -> Vec<Commented> {
     let mut out: Vec<Commented> = Vec::new();
     let mut section: Vec<String> = Vec::new();
+    // Keys the current section sets, uncommented, so far.
+    let mut written: Vec<String> = Vec::new();
     let mut open: Option<usize> = None;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -326,10 +342,12 @@ fn commented_settings(text: &str) -> Vec<Commented> {
         }
         if let Some(path) = section_header(line) {
             section = path;
+            written.clear();
             open = None;
             continue;
         }
         let Some(comment) = line.strip_prefix('#').map(str::trim_start) else {
+            written.extend(setting_key(line).map(str::to_string));
             continue;
         };
         if let Some(path) = section_header(comment) {
@@ -337,6 +355,7 @@ fn commented_settings(text: &str) -> Vec<Commented> {
                 line: i,
                 section: path,
                 text: String::new(),
+                replaces: Vec::new(),
             });
             open = Some(out.len() - 1);
         } else if is_setting(comment) {
@@ -349,10 +368,20 @@ fn commented_settings(text: &str) -> Vec<Commented> {
                     line: i,
                     section: section.clone(),
                     text: format!("{comment}\n"),
+                    replaces: Vec::new(),
                 }),
             }
+        } else if comment.starts_with("or ") {
+            out.push(Commented {
+                line: i + 1,
+                section: section.clone(),
+                text: String::new(),
+                replaces: written.clone(),
+            });
+            open = Some(out.len() - 1);
         }
     }
+    out.retain(|c| !c.text.is_empty());
     out
 }
 
@@ -379,7 +408,10 @@ fn check_job(job: &str, origin: &str, own_text: &str, file: &str, line: usize, f
         };
         let mut doc = base.clone();
         match table_at(&mut doc, &c.section) {
-            Some(table) => table.extend(settings),
+            Some(table) => {
+                table.retain(|key, _| !c.replaces.contains(key));
+                table.extend(settings)
+            }
             None => {
                 failures.push(format!("{at}: [{}] is a value, not a section", c.section.join(".")));
                 continue;
