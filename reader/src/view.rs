@@ -96,26 +96,14 @@ impl SnapshotView {
     /// Values of many keys from this snapshot, in input order.
     pub async fn multi_get(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
         self.state.check_open()?;
-        multi_lookup(
-            &self.state.env,
-            &self.snap,
-            self.state.settings.max_concurrency,
-            keys.iter().map(|k| (k, None)),
-        )
-        .await
+        served_multi_lookup(&self.state, &self.snap, keys.iter().map(|k| (k, None))).await
     }
 
     /// [`multi_get`](Self::multi_get) with a routing context per key
     /// (`None`: the key alone routes).
     pub async fn multi_get_with_contexts(&self, items: &[(Key, Option<RoutingContext>)]) -> Result<Vec<Option<Bytes>>> {
         self.state.check_open()?;
-        multi_lookup(
-            &self.state.env,
-            &self.snap,
-            self.state.settings.max_concurrency,
-            items.iter().map(|(k, c)| (k, c.as_ref())),
-        )
-        .await
+        served_multi_lookup(&self.state, &self.snap, items.iter().map(|(k, c)| (k, c.as_ref()))).await
     }
 
     /// Parses a key as `sf-read` does, by this snapshot's key encoding.
@@ -180,6 +168,25 @@ pub(crate) async fn lookup(
 
 /// Keys grouped by shard; shards read concurrently (up to
 /// `max_concurrency`), all from `snap`; values in input order.
+/// A reader's multi_get: [`multi_lookup`] of `snap` with the reader's
+/// concurrency.
+pub(crate) async fn served_multi_lookup<'a>(
+    state: &ReaderState,
+    snap: &Snapshot,
+    items: impl ExactSizeIterator<Item = (&'a Key, Option<&'a RoutingContext>)>,
+) -> Result<Vec<Option<Bytes>>> {
+    if sf_manifest::publish::failpoint::sabotaged("multi-get-across-versions") {
+        // Sabotage: each key from the snapshot served when it is read.
+        let mut out = Vec::with_capacity(items.len());
+        for (key, ctx) in items {
+            out.push(lookup(&state.env, &state.served(), key, ctx).await?);
+            tokio::task::yield_now().await;
+        }
+        return Ok(out);
+    }
+    multi_lookup(&state.env, snap, state.settings.max_concurrency, items).await
+}
+
 pub(crate) async fn multi_lookup<'a>(
     env: &Arc<ShardEnv>,
     snap: &Snapshot,

@@ -409,7 +409,7 @@ fn check_job(job: &str, origin: &str, own_text: &str, file: &str, line: usize, f
         let mut doc = base.clone();
         match table_at(&mut doc, &c.section) {
             Some(table) => {
-                table.retain(|key, _| !c.replaces.contains(key));
+                table.retain(|key, _| !c.replaces.iter().any(|r| r == key));
                 table.extend(settings)
             }
             None => {
@@ -1227,15 +1227,24 @@ macro_rules! named_paths {
 
 named_paths! {
     sf_cli::report::METRICS,
+    sf_executor::ClusterEngine,
     sf_executor::driver,
     sf_executor::driver_for_job,
     sf_executor::register,
+    sf_manifest::Cause,
+    sf_manifest::Classified,
     sf_manifest::Key,
+    sf_manifest::chain,
+    sf_manifest::publish::failpoint,
+    sf_manifest::publish::failpoint::sabotaged,
     sf_manifest::publish::gc,
     sf_manifest::storage::body,
     sf_manifest::storage::location::resolve,
     sf_manifest::storage::resend,
     sf_manifest::store_error_kind,
+    sf_manifest::sync::lock,
+    sf_manifest::sync::read,
+    sf_manifest::sync::write,
     sf_reader::ContextValue,
     sf_reader::Error,
     sf_reader::METRICS,
@@ -1249,12 +1258,15 @@ named_paths! {
     sf_tests::s3_prefix,
     sf_warehouse::Catalogs,
     sf_warehouse::Driver,
+    sf_warehouse::JobFile,
     sf_warehouse::SaveMode,
     sf_warehouse::Source,
     sf_warehouse::Warehouse,
     sf_warehouse::sql,
     sf_warehouse::table_job,
+    sf_writer::config,
     sf_writer::job::Embedded,
+    sf_writer::job::Engine,
 }
 
 const CRATES: &[&str] = &[

@@ -60,23 +60,27 @@ pub const POINTS: &[(&str, &str)] = &[
 pub const SWITCHES: &[(&str, &str)] = &[
     (
         "swap-before-manifest",
-        "_CURRENT is swapped to the new manifest before the manifest is written",
+        "_CURRENT names the new manifest before the manifest is written",
     ),
     (
         "ignore-cas-version",
-        "_CURRENT is written unconditionally, whatever another publisher wrote",
+        "_CURRENT is written whatever another publisher wrote since the build read it",
     ),
     (
         "publish-missing-shard",
-        "the manifest leaves out the last shard's winner",
+        "the manifest leaves out the last shard, and the build publishes it anyway",
     ),
     (
         "skip-checksum-reread",
-        "winners are published without re-reading them against their checksums",
+        "shards are not read back against their checksums before publishing",
     ),
     (
         "delete-referenced-shard",
-        "deleting a build's losers also deletes its winners",
+        "deleting losers and cleaning up also delete the winners manifests reference",
+    ),
+    (
+        "sweep-foreign-attempts",
+        "deleting a build's attempts takes every attempt of the run, whoever claimed it",
     ),
     (
         "sweep-sent-manifest",
@@ -86,45 +90,41 @@ pub const SWITCHES: &[(&str, &str)] = &[
         "keep-failed-attempts",
         "a failed build leaves its attempt folders behind",
     ),
-    (
-        "keep-losers",
-        "losing attempts are left behind after publishing",
-    ),
-    (
-        "shared-attempt-folder",
-        "every attempt of a shard writes to the same folder",
-    ),
+    ("keep-losers", "losing attempts are left behind after publishing"),
+    ("shared-attempt-folder", "every task of a shard writes into attempt 0"),
     (
         "retention-deletes-kept",
-        "retention deletes every run's data but the current one's",
+        "cleanup's keep_last keeps only the manifest _CURRENT names",
+    ),
+    (
+        "cleanup-ignores-moved-current",
+        "cleanup deletes what it planned even when _CURRENT moved meanwhile",
     ),
     (
         "ignore-run-lease",
-        "a run id held by a live lease is built again",
+        "a run id held by a live lease is built again beside its holder",
     ),
-    (
-        "skip-gates",
-        "validation gates are not checked",
-    ),
+    ("skip-gates", "validation gates report failures but never stop a build"),
     (
         "skip-routing-check",
-        "the routing sample check passes whatever the routers say",
+        "the sample check passes whatever the kernel and the row router say",
+    ),
+    ("skip-rate-limiter", "writes ignore the rate limits"),
+    (
+        "failed-refresh-drops-snapshot",
+        "a failed refresh leaves the reader serving nothing",
     ),
     (
-        "reader-ignores-failed-refresh",
-        "a failed refresh drops the snapshot that was serving",
+        "refresh-dies-after-failure",
+        "the first failed background refresh ends the background refresh",
     ),
     (
-        "half-swapped-snapshot",
-        "a reader swaps to a new snapshot before its shards are open",
+        "reopen-unchanged-shards",
+        "a refresh carries no open shard over; every shard opens again",
     ),
     (
         "multi-get-across-versions",
-        "a multi_get reads each key from the newest snapshot at that moment",
-    ),
-    (
-        "skip-rate-limiter",
-        "writes ignore the rate limits",
+        "a multi_get reads each key from the snapshot served when it is read",
     ),
 ];
 
@@ -163,7 +163,7 @@ mod imp {
     use crate::error::{Error, Result};
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Action {
+    pub(super) enum Action {
         Error,
         Pause,
     }
@@ -189,7 +189,10 @@ mod imp {
                 .ok_or_else(|| format!("{item:?} is not name=action"))?;
             let name = name.trim();
             if !super::POINTS.iter().any(|(n, _)| *n == name) {
-                return Err(format!("no fail point {name:?}; the points are {}", known(super::POINTS)));
+                return Err(format!(
+                    "no fail point {name:?}; the points are {}",
+                    known(super::POINTS)
+                ));
             }
             let action = match action.trim() {
                 "error" => Action::Error,
@@ -279,7 +282,10 @@ mod imp {
         fn unknown_points_actions_and_switches_are_refused() {
             assert_eq!(
                 parse_points(" claim=error , swap=pause ").unwrap(),
-                BTreeMap::from([("claim".to_string(), Action::Error), ("swap".to_string(), Action::Pause)])
+                BTreeMap::from([
+                    ("claim".to_string(), Action::Error),
+                    ("swap".to_string(), Action::Pause)
+                ])
             );
             assert!(parse_points("").unwrap().is_empty());
             let e = parse_points("clam=error").unwrap_err();

@@ -106,6 +106,9 @@ pub async fn delete_prefix(store: &ObjectManifestStore, key: &str) -> Result<usi
 /// `build_id` (its claim marker names it). A folder without a readable
 /// claim is nobody's: not ours to delete.
 pub async fn claimed_by(store: &ObjectManifestStore, attempt_key: &str, build_id: &str) -> Result<bool> {
+    if crate::publish::failpoint::sabotaged("sweep-foreign-attempts") {
+        return Ok(true);
+    }
     if build_id.is_empty() {
         return Ok(false);
     }
@@ -133,7 +136,9 @@ pub async fn delete_own_attempts(
 ) -> Result<usize> {
     let mut deleted = 0;
     for dir in list_attempts(store, Some(run)).await? {
-        if keep.contains(&(dir.db_id, dir.attempt)) || !claimed_by(store, &dir.key, build_id).await? {
+        let kept = keep.contains(&(dir.db_id, dir.attempt))
+            && !crate::publish::failpoint::sabotaged("delete-referenced-shard");
+        if kept || !claimed_by(store, &dir.key, build_id).await? {
             continue;
         }
         crate::publish::failpoint::hit("delete-losers").await?;
@@ -251,9 +256,10 @@ pub async fn cleanup(store: &ObjectManifestStore, options: &CleanupOptions) -> R
     let history = store.history().await?;
     let now = Timestamp::now().as_micros();
     let age_rules = options.keep_last.is_some() || options.older_than.is_some();
+    let keep_none = crate::publish::failpoint::sabotaged("retention-deletes-kept");
     let is_old = |e: &HistoryEntry| {
         age_rules
-            && options.keep_last.is_none_or(|n| e.offset >= n)
+            && options.keep_last.is_none_or(|n| keep_none || e.offset >= n)
             && options.older_than.is_none_or(|d| {
                 let cutoff = now - i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
                 e.published_at.as_micros() < cutoff
@@ -355,7 +361,8 @@ pub async fn cleanup(store: &ObjectManifestStore, options: &CleanupOptions) -> R
         bytes: a.bytes,
     };
     for a in &attempts {
-        if protected.contains(&a.key) || live(&a.run_id) {
+        let protected = protected.contains(&a.key) && !crate::publish::failpoint::sabotaged("delete-referenced-shard");
+        if protected || live(&a.run_id) {
             continue;
         }
         if kept_runs.contains(&a.run_id) {
@@ -429,7 +436,9 @@ pub async fn cleanup(store: &ObjectManifestStore, options: &CleanupOptions) -> R
     }
     // _CURRENT may have moved (a publish, a rollback) since the plan.
     let now_current = store.load_current().await?;
-    if now_current.as_ref().map(|c| &c.version) != Some(&current.version) {
+    if now_current.as_ref().map(|c| &c.version) != Some(&current.version)
+        && !crate::publish::failpoint::sabotaged("cleanup-ignores-moved-current")
+    {
         return Err(Error::Conflict {
             location: layout::join_url(store.prefix_url(), layout::CURRENT),
             expected: Some(current.version.to_string()),

@@ -272,6 +272,7 @@ impl ManifestStore for ObjectManifestStore {
         let url = self.url(layout::CURRENT);
         let path = self.path(layout::CURRENT);
         let mode = match expected {
+            _ if crate::publish::failpoint::sabotaged("ignore-cas-version") => PutMode::Overwrite,
             None => PutMode::Create,
             Some(v) => PutMode::Update(UpdateVersion {
                 e_tag: v.e_tag.clone(),

@@ -146,7 +146,7 @@ impl Reader {
     ) -> Result<Vec<Option<Bytes>>> {
         self.check_open()?;
         let snap = self.snapshot();
-        crate::view::multi_lookup(&self.state.env, &snap, self.state.settings.max_concurrency, items).await
+        crate::view::served_multi_lookup(&self.state, &snap, items).await
     }
 
     /// Where `key` lives in the served snapshot.

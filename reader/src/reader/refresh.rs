@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use sf_manifest::{ManifestStore, Timestamp};
+use sf_manifest::{ManifestStore, Timestamp, publish::failpoint};
 
 use crate::error::{Error, Result};
 use crate::info::RefreshOutcome;
@@ -25,6 +25,10 @@ pub(super) async fn refresh(state: &ReaderState) -> Result<RefreshOutcome> {
     bump(&state.counters.refreshes, 1);
     let started = Timestamp::now();
     let result = try_refresh(state).await;
+    if result.is_err() && failpoint::sabotaged("failed-refresh-drops-snapshot") {
+        // Sabotage: a failed refresh leaves nothing serving.
+        state.mark_closed();
+    }
     state.record_refresh(started, result.as_ref().map(|_| ()).map_err(ToString::to_string));
     result
 }
@@ -50,10 +54,15 @@ async fn try_refresh(state: &ReaderState) -> Result<RefreshOutcome> {
     // the same (a rollback to a kept snapshot reopens nothing); those
     // the served one has open and that changed are opened now.
     let kept: Vec<Arc<Snapshot>> = state.kept().iter().cloned().collect();
-    for k in &kept {
-        next.adopt(k);
-    }
-    let to_warm = next.adopt(&old);
+    let to_warm = if failpoint::sabotaged("reopen-unchanged-shards") {
+        // Sabotage: nothing carries over; every shard opens again.
+        Vec::new()
+    } else {
+        for k in &kept {
+            next.adopt(k);
+        }
+        next.adopt(&old)
+    };
     let env = &state.env;
     let next_ref = &next;
     futures::stream::iter(to_warm)
@@ -134,6 +143,10 @@ async fn refresh_loop(state: Weak<ReaderState>, interval: Duration, max_backoff:
         }
         let started = Timestamp::now();
         let round = std::panic::AssertUnwindSafe(refresh(&state)).catch_unwind().await;
+        if matches!(round, Ok(Err(_)) | Err(_)) && failpoint::sabotaged("refresh-dies-after-failure") {
+            // Sabotage: the first failed round ends the background refresh.
+            return;
+        }
         failures = match round {
             Ok(Ok(_)) => 0,
             Ok(Err(_)) => failures.saturating_add(1),

@@ -37,6 +37,15 @@ pub async fn claim_attempt(
         let attempt = Attempt(a);
         let location = prefix.child(&layout::shard_attempt_key(run_id, db_id, attempt));
         let claim = location.child(CLAIM_FILE);
+        if sf_manifest::publish::failpoint::sabotaged("shared-attempt-folder") {
+            // Sabotage: every task of the shard writes into attempt 0.
+            claim
+                .store
+                .put(&claim.path, PutPayload::from(body.clone()))
+                .await
+                .map_err(|e| Error::shard_store(db_id, Some(attempt), format!("claiming {}: {e}", claim.url), e))?;
+            return Ok((attempt, location));
+        }
         let put = claim
             .store
             .put_opts(

@@ -116,7 +116,8 @@ impl RateLimiter {
     /// Takes `rows` and `bytes` tokens; returns how long to wait before the
     /// write they stand for (zero when within the limits).
     pub fn acquire(&mut self, rows: u64, bytes: u64) -> Duration {
-        if self.rows.is_none() && self.bytes.is_none() {
+        let unlimited = self.rows.is_none() && self.bytes.is_none();
+        if unlimited || sf_manifest::publish::failpoint::sabotaged("skip-rate-limiter") {
             return Duration::ZERO;
         }
         let now = self.clock.now();

@@ -20,7 +20,7 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use sf_manifest::{
     Attempt, CurrentPointer, CurrentVersion, DbId, ManifestStore, ObjectManifestStore, RunId, RunRecord, RunStatus,
-    Timestamp, format::layout,
+    Timestamp, format::layout, publish::failpoint,
 };
 
 use crate::build::backend::backend_for;
@@ -334,12 +334,14 @@ pub async fn build_prepared(
         // Nothing new is visible: remove what this build wrote (only what
         // it claimed), keeping the winners of a manifest it wrote or may
         // have written.
-        let keep = if state.manifest_sent {
+        let keep = if state.manifest_sent && !failpoint::sabotaged("sweep-sent-manifest") {
             state.winners.clone()
         } else {
             BTreeSet::new()
         };
-        sweep_own_data(&store, &run_id, &build_id, &keep).await;
+        if !failpoint::sabotaged("keep-failed-attempts") {
+            sweep_own_data(&store, &run_id, &build_id, &keep).await;
+        }
     }
     if let Err(e) = store.put_run_record(&record_key, &final_record).await {
         tracing::warn!(error = %e, "could not update the run record {record_key}");
@@ -369,6 +371,9 @@ pub async fn build_prepared(
 /// time, then key). Two builds starting together both see both records
 /// and agree on the one that goes on.
 async fn run_taken(store: &ObjectManifestStore, run: &RunId, ours: &str, mine: &RunRecord) -> Result<Option<Error>> {
+    if failpoint::sabotaged("ignore-run-lease") {
+        return Ok(None);
+    }
     let now = Timestamp::now();
     let records = store.list_run_records().await?;
     let holder = records

@@ -106,6 +106,14 @@ pub fn winner_key(r: &ShardResult) -> (Attempt, i64, String) {
 /// One winner per non-empty shard; errors when a shard has no result at
 /// all or a result names a shard outside `0..num_dbs`.
 pub fn pick_winners(results: &[ShardResult], num_dbs: u32) -> Result<BTreeMap<DbId, ShardResult>> {
+    let last = DbId(num_dbs.saturating_sub(1));
+    let sabotaged: Vec<ShardResult>;
+    let results = if failpoint::sabotaged("publish-missing-shard") {
+        sabotaged = results.iter().filter(|r| r.db_id != last).cloned().collect();
+        &sabotaged[..]
+    } else {
+        results
+    };
     if let Some(bad) = results.iter().find(|r| r.db_id.0 >= num_dbs) {
         return Err(Error::Internal(format!(
             "a task reported shard {} but the build has {num_dbs} shards; nothing was published",
@@ -113,7 +121,7 @@ pub fn pick_winners(results: &[ShardResult], num_dbs: u32) -> Result<BTreeMap<Db
         )));
     }
     let seen: BTreeSet<DbId> = results.iter().map(|r| r.db_id).collect();
-    if seen.len() != num_dbs as usize {
+    if seen.len() != num_dbs as usize && !failpoint::sabotaged("publish-missing-shard") {
         let missing: Vec<String> = (0..num_dbs)
             .map(DbId)
             .filter(|d| !seen.contains(d))
@@ -255,7 +263,7 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
     // Publish: the manifest (create-if-absent), then the swap of _CURRENT
     // against the version the build started from.
     let observed = input.store.load_current().await?;
-    if observed.as_ref().map(|c| &c.version) != input.expected.as_ref() {
+    if observed.as_ref().map(|c| &c.version) != input.expected.as_ref() && !failpoint::sabotaged("ignore-cas-version") {
         return Err(sf_manifest::Error::Conflict {
             location: layout::join_url(input.store.prefix_url(), layout::CURRENT),
             expected: input.expected.as_ref().map(CurrentVersion::describe),
@@ -264,10 +272,28 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
         .into());
     }
     state.manifest_sent = true;
-    let written = input.store.put_manifest(&manifest).await?;
-    failpoint::hit("manifest").await?;
-    let pointer = CurrentPointer::new(written.manifest_ref.clone(), manifest.build.run_id.clone());
-    let swapped = match input.store.swap_current(&pointer, input.expected.as_ref()).await {
+    let run_id = manifest.build.run_id.clone();
+    let pointer_to = |manifest_ref: &str| CurrentPointer::new(manifest_ref.to_string(), run_id.clone());
+    let (written, swap) = if failpoint::sabotaged("swap-before-manifest") {
+        // Sabotage: _CURRENT names the manifest before it is written.
+        let at = sf_manifest::Timestamp::now();
+        let early = layout::join_url(input.store.prefix_url(), &layout::manifest_key(at, &run_id));
+        let swap = input
+            .store
+            .swap_current(&pointer_to(&early), input.expected.as_ref())
+            .await;
+        failpoint::hit("manifest").await?;
+        (input.store.put_manifest_at(&manifest, at).await?, swap)
+    } else {
+        let written = input.store.put_manifest(&manifest).await?;
+        failpoint::hit("manifest").await?;
+        let swap = input
+            .store
+            .swap_current(&pointer_to(&written.manifest_ref), input.expected.as_ref())
+            .await;
+        (written, swap)
+    };
+    let swapped = match swap {
         Ok(_) => failpoint::hit("swap").await.map_err(Error::from),
         Err(e) => Err(e.into()),
     };
@@ -289,6 +315,9 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
     // snapshot is published: a failure here leaves them to cleanup.
     let losers = async {
         failpoint::hit("delete-losers").await?;
+        if failpoint::sabotaged("keep-losers") {
+            return Ok(0);
+        }
         gc::delete_own_attempts(input.store, &input.run_id, &input.build_id, &state.winners).await
     };
     let losers_deleted = match losers.await {
