@@ -7,6 +7,7 @@
 # last result and why each survivor is harmless.
 #
 #   ./scripts/mutants.sh [extra cargo-mutants arguments]
+#   ./scripts/mutants.sh --file manifest/src/publish/gc.rs   (one module)
 #
 # It installs cargo-mutants (the version below, from crates.io) into
 # .cache/cargo-mutants if missing. Too slow for CI on two cores (each
@@ -24,15 +25,19 @@ if ! "$TOOL/bin/cargo-mutants" mutants --version 2>/dev/null | grep -qF "$VERSIO
 fi
 export PATH="$TOOL/bin:$PATH"
 
-# cargo-mutants builds copies of the tree; a target directory of its own
-# keeps its rebuilds from invalidating the shared one.
-unset CARGO_TARGET_DIR
+# cargo-mutants builds a copy of the tree; a target directory of its own
+# (kept between runs) keeps its rebuilds from invalidating the shared one.
+export CARGO_TARGET_DIR="${SHARDFORGE_MUTANTS_TARGET:-$HOME/.cache/shardforge-mutants-target}"
+FILES=(
+  --file manifest/src/publish/manifest_store.rs
+  --file manifest/src/publish/gc.rs
+  --file manifest/src/format/checksum.rs
+  --file 'router/src/**/*.rs'
+)
+# Given --file arguments replace the default set (one module at a time).
+case " $* " in *" --file "* | *" -f "*) FILES=() ;; esac
 exec cargo mutants \
-  --package sf-manifest --package sf-router \
-  --file manifest/src/publish/manifest_store.rs \
-  --file manifest/src/publish/gc.rs \
-  --file manifest/src/format/checksum.rs \
-  --file 'router/src/**/*.rs' \
+  --package sf-manifest --package sf-router ${FILES[@]+"${FILES[@]}"} \
   --test-package sf-manifest --test-package sf-router \
   --output "$ROOT/.cache" \
   "$@"

@@ -203,6 +203,7 @@ pub fn store_error_kind(e: &object_store::Error) -> ErrorKind {
 /// error arrives as `Generic` with the answer's status only in its text
 /// (`Server returned non-2xx status code: 403 Forbidden`); without this a
 /// denied listing would be retried and reported as storage unavailable.
+#[cfg(feature = "store")]
 fn refused_access(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(x) = cur {

@@ -456,6 +456,48 @@ mod tests {
     }
 
     #[test]
+    fn uint_ids_out_of_range_name_their_value() {
+        let r = CelRouting::compile("key", &cols(&[("key", CelType::Uint)]), None, 4).expect("compile");
+        assert_eq!(r.expr(), "key");
+        let mut s = r.scope();
+        s.set("key", ContextValue::UInt(3));
+        assert_eq!(s.route().expect("in range"), Routed::Db(3));
+        s.set("key", ContextValue::UInt(9));
+        match s.route() {
+            Err(Error::DbIdOutOfRange { value, num_dbs: 4, .. }) => assert_eq!(value, "9"),
+            other => panic!("{other:?}"),
+        }
+        let debug = format!("{r:?}");
+        assert!(
+            debug.contains("CelRouting") && debug.contains("expr: \"key\""),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn token_expressions_are_type_checked_when_compiled() {
+        let c = cols(&[("region", CelType::String)]);
+        let r = CelRouting::compile_tokens("region", &c).expect("a string token");
+        assert_eq!(r.expr(), "region");
+        let e = CelRouting::compile_tokens("region == \"eu\"", &c).expect_err("a bool is no token");
+        assert!(e.to_string().contains("returned a bool"), "{e}");
+        assert_eq!(e.kind(), sf_manifest::ErrorKind::Config);
+    }
+
+    #[test]
+    fn booleans_parse_both_ways() {
+        assert_eq!(
+            ContextValue::parse(CelType::Bool, " true").expect("true"),
+            ContextValue::Bool(true)
+        );
+        assert_eq!(
+            ContextValue::parse(CelType::Bool, "false ").expect("false"),
+            ContextValue::Bool(false)
+        );
+        assert!(ContextValue::parse(CelType::Bool, "yes").is_err());
+    }
+
+    #[test]
     fn out_of_range_ids_and_runtime_errors_are_reported() {
         let r = CelRouting::compile("key", &cols(&[("key", CelType::Int)]), None, 4).expect("compile");
         let mut s = r.scope();

@@ -120,6 +120,55 @@ mod tests {
     use arrow::array::{BinaryArray, BooleanArray, Float32Array, Int8Array, LargeStringArray, UInt64Array};
 
     #[test]
+    fn every_integer_width_reads_as_its_value() {
+        use arrow::array::{Int16Array, Int32Array, UInt8Array, UInt16Array, UInt32Array};
+        let cases: Vec<(Box<dyn Array>, i128)> = vec![
+            (Box::new(Int16Array::from(vec![-300])), -300),
+            (Box::new(Int32Array::from(vec![-70_000])), -70_000),
+            (Box::new(UInt8Array::from(vec![200])), 200),
+            (Box::new(UInt16Array::from(vec![60_000])), 60_000),
+            (Box::new(UInt32Array::from(vec![4_000_000_000])), 4_000_000_000),
+        ];
+        for (array, want) in cases {
+            assert_eq!(int_at(array.as_ref(), 0), Some(want), "{}", array.data_type());
+        }
+    }
+
+    #[test]
+    fn every_text_and_binary_layout_reads_as_its_bytes() {
+        use arrow::array::{BinaryViewArray, LargeBinaryArray, StringViewArray};
+        let view = StringViewArray::from(vec!["a string longer than twelve bytes"]);
+        assert_eq!(
+            key_at(&view, 0, "k").expect("utf8 view"),
+            Key::Str("a string longer than twelve bytes".into())
+        );
+        let large = LargeBinaryArray::from_vec(vec![b"\x01\x02"]);
+        assert_eq!(key_at(&large, 0, "k").expect("large binary"), Key::Bytes(vec![1, 2]));
+        let bview = BinaryViewArray::from(vec![&b"\x03"[..]]);
+        assert_eq!(key_at(&bview, 0, "k").expect("binary view"), Key::Bytes(vec![3]));
+    }
+
+    #[test]
+    fn context_values_take_their_column_types() {
+        use arrow::array::{Float64Array, StringArray};
+        assert_eq!(
+            context_value_at(&Float64Array::from(vec![2.5]), 0, CelType::Double, "x").expect("f64"),
+            ContextValue::Double(2.5)
+        );
+        assert_eq!(
+            context_value_at(&Float32Array::from(vec![1.5]), 0, CelType::Double, "x").expect("f32"),
+            ContextValue::Double(1.5)
+        );
+        assert_eq!(
+            context_value_at(&StringArray::from(vec!["eu"]), 0, CelType::String, "x").expect("text"),
+            ContextValue::Str("eu".into())
+        );
+        let e = context_value_at(&BinaryArray::from_vec(vec![b"eu"]), 0, CelType::String, "x")
+            .expect_err("binary is not a string");
+        assert!(e.to_string().contains("Binary"), "{e}");
+    }
+
+    #[test]
     fn keys_of_every_column_type() {
         assert_eq!(key_at(&Int8Array::from(vec![-3]), 0, "k").expect("i8"), Key::Int(-3));
         let big = UInt64Array::from(vec![u64::MAX, 7]);

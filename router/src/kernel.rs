@@ -259,6 +259,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn cel_tokens_are_each_rows_raw_result() {
+        let cols = BTreeMap::from([("region".to_string(), CelType::String)]);
+        let cel = CelRouting::compile_tokens("region", &cols).expect("compile");
+        let b = batch("region", Arc::new(StringArray::from(vec!["eu", "us", "eu"])));
+        assert_eq!(
+            cel_tokens(&cel, &b, "id").expect("tokens"),
+            vec![
+                RoutingValue::Str("eu".into()),
+                RoutingValue::Str("us".into()),
+                RoutingValue::Str("eu".into())
+            ]
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -121,6 +121,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_kv_hasher_counts_its_rows() {
+        let mut h = KvHasher::default();
+        assert_eq!(h.rows(), 0);
+        h.add(b"a", b"1");
+        h.add(b"b", b"2");
+        h.add(b"c", b"3");
+        assert_eq!(h.rows(), 3);
+        assert_eq!(format!("{h:?}"), "KvHasher { rows: 3, .. }");
+    }
+
+    #[test]
     fn recorded_checksums_parse() {
         let r = Recorded::parse("xxh3_128:00112233445566778899AABBCCDDEEFF").expect("file");
         assert_eq!(r.coverage, Coverage::File);

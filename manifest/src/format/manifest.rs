@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::format::ids::{Attempt, DbId, RunId, Timestamp};
+#[cfg(feature = "codec")]
 use crate::format::json::{JsonStyle, to_sorted_string};
 use crate::format::sharding::{FORMAT_VERSION, Key, KeyEncoding, ShardingSpec};
 
