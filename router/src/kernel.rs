@@ -260,6 +260,32 @@ mod tests {
     }
 
     #[test]
+    fn a_declared_column_missing_from_the_input_is_named() {
+        let cols = BTreeMap::from([("region".to_string(), CelType::String)]);
+        let cel = CelRouting::compile_tokens("region", &cols).expect("compile");
+        let b = batch("id", Arc::new(StringArray::from(vec!["eu"])));
+        let e = cel_tokens(&cel, &b, "id").expect_err("no region column");
+        assert!(
+            matches!(&e, Error::MissingColumn { column, .. } if column == "region"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn column_types_fit_their_cel_types() {
+        use arrow::datatypes::DataType as D;
+        assert!(cel_column_type_fits(CelType::Int, &D::Int16));
+        assert!(!cel_column_type_fits(CelType::Int, &D::Utf8));
+        assert!(cel_column_type_fits(CelType::Double, &D::Int64));
+        assert!(cel_column_type_fits(CelType::Double, &D::Float32));
+        assert!(!cel_column_type_fits(CelType::Double, &D::Utf8));
+        assert!(cel_column_type_fits(CelType::String, &D::Utf8View));
+        assert!(!cel_column_type_fits(CelType::String, &D::Binary));
+        assert!(cel_column_type_fits(CelType::Bytes, &D::LargeBinary));
+        assert!(!cel_column_type_fits(CelType::Bool, &D::Int8));
+    }
+
+    #[test]
     fn cel_tokens_are_each_rows_raw_result() {
         let cols = BTreeMap::from([("region".to_string(), CelType::String)]);
         let cel = CelRouting::compile_tokens("region", &cols).expect("compile");

@@ -192,6 +192,38 @@ mod tests {
     }
 
     #[test]
+    fn text_and_bytes_hash_to_the_documented_digests() {
+        // docs/FORMAT.md's table (the reference's values).
+        assert_eq!(
+            shard_hash(&Key::Str(String::new())).expect("empty"),
+            3244421341483603138
+        );
+        assert_eq!(
+            shard_hash(&Key::Str("user:0".into())).expect("text"),
+            9296640054432561966
+        );
+        assert_eq!(
+            shard_hash(&Key::Bytes(b"abc".to_vec())).expect("bytes"),
+            8696274497037089104
+        );
+    }
+
+    #[test]
+    fn fixed_width_byte_keys_pass_only_at_their_width() {
+        let eight = vec![0, 0, 0, 0, 0, 0, 1, 2];
+        assert_eq!(
+            encode_key(&Key::Bytes(eight.clone()), KeyEncoding::U64Be).expect("8 bytes"),
+            eight
+        );
+        assert_eq!(
+            encode_key(&Key::Bytes(vec![0, 0, 1, 2]), KeyEncoding::U32Be).expect("4 bytes"),
+            vec![0, 0, 1, 2]
+        );
+        assert!(encode_key(&Key::Bytes(vec![1, 2, 3]), KeyEncoding::U32Be).is_err());
+        assert!(encode_key(&Key::Bytes(vec![1; 7]), KeyEncoding::U64Be).is_err());
+    }
+
+    #[test]
     fn encodings_check_ranges_and_types() {
         let e = encode_key(&Key::Int(-1), KeyEncoding::U64Be).unwrap_err();
         assert!(e.to_string().contains("at least 0"), "{e}");
