@@ -203,6 +203,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_router_reports_its_shards_and_encodes_by_its_encoding() {
+        let r = Router::hash(7, KeyEncoding::U32Be).expect("router");
+        assert_eq!(r.num_dbs(), 7);
+        assert_eq!(r.key_encoding(), KeyEncoding::U32Be);
+        assert_eq!(r.encode_key(&Key::Int(258)).expect("u32"), vec![0, 0, 1, 2]);
+        assert!(r.encode_key(&Key::Str("x".into())).is_err());
+    }
+
+    #[test]
+    fn keys_become_the_key_column_of_each_cel_type() {
+        let ok = |ty, key: Key| key_as_context(&key, ty).expect("fits");
+        assert_eq!(ok(CelType::Int, Key::Int(-2)), ContextValue::Int(-2));
+        assert_eq!(ok(CelType::Uint, Key::Int(5)), ContextValue::UInt(5));
+        assert_eq!(ok(CelType::Uint, Key::UInt(u64::MAX)), ContextValue::UInt(u64::MAX));
+        assert_eq!(ok(CelType::String, Key::Str("a".into())), ContextValue::Str("a".into()));
+        assert_eq!(
+            ok(CelType::String, Key::Bytes(b"b".to_vec())),
+            ContextValue::Str("b".into())
+        );
+        assert_eq!(
+            ok(CelType::Bytes, Key::Bytes(vec![0xff])),
+            ContextValue::Bytes(vec![0xff])
+        );
+        assert_eq!(
+            ok(CelType::Bytes, Key::Str("c".into())),
+            ContextValue::Bytes(b"c".to_vec())
+        );
+        assert_eq!(ok(CelType::Double, Key::Int(3)), ContextValue::Double(3.0));
+        assert!(key_as_context(&Key::Int(-1), CelType::Uint).is_err());
+        assert!(key_as_context(&Key::Bytes(vec![0xff]), CelType::String).is_err());
+        assert!(key_as_context(&Key::Str("x".into()), CelType::Int).is_err());
+    }
+
+    #[test]
     fn fast_mod_equals_remainder() {
         let xs = [
             0u64,
