@@ -17,6 +17,12 @@ pub const DB_PATH_TEMPLATE: &str = "db={db_id:05d}";
 /// `build_meta.shard_prefix` in format v4.
 pub const SHARD_PREFIX: &str = "shards";
 
+/// The most shards a snapshot may have. Readers size a table by
+/// `num_dbs`, so a manifest claiming more is refused before anything is
+/// allocated for it; a million shards is far above any real snapshot
+/// (the test suite publishes 100,000).
+pub const MAX_NUM_DBS: u32 = 1_000_000;
+
 /// The `build_meta` row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildMeta {
@@ -223,6 +229,12 @@ impl Manifest {
     /// Checks the invariants docs/FORMAT.md states for a manifest.
     pub fn validate(&self) -> Result<()> {
         let b = &self.build;
+        if b.num_dbs > MAX_NUM_DBS {
+            return Err(Error::invalid(
+                "num_dbs",
+                format!("{} is above the maximum of {MAX_NUM_DBS} shards", b.num_dbs),
+            ));
+        }
         b.sharding.validate(b.num_dbs)?;
         if b.key_col.is_empty() {
             return Err(Error::invalid("key_col", "must not be empty"));
@@ -412,9 +424,16 @@ impl Manifest {
         let build = BuildMeta {
             run_id: RunId::new(run_id).map_err(|e| field("run_id", e))?,
             created_at: Timestamp::parse(&created_at).map_err(|e| field("created_at", e))?,
-            num_dbs: u32::try_from(num_dbs).ok().filter(|n| *n > 0).ok_or_else(|| {
-                Error::corrupt(WHAT, location, format!("build_meta.num_dbs {num_dbs} is out of range"))
-            })?,
+            num_dbs: u32::try_from(num_dbs)
+                .ok()
+                .filter(|n| (1..=MAX_NUM_DBS).contains(n))
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        WHAT,
+                        location,
+                        format!("build_meta.num_dbs {num_dbs} is out of range (1 to {MAX_NUM_DBS})"),
+                    )
+                })?,
             s3_prefix,
             key_col,
             sharding,
@@ -505,5 +524,74 @@ impl Manifest {
             .binary_search_by_key(&db_id, |s| s.db_id)
             .ok()
             .map(|i| &self.shards[i])
+    }
+}
+
+#[cfg(all(test, feature = "codec"))]
+mod tests {
+    use super::*;
+
+    fn manifest(num_dbs: u32, ids: &[u32]) -> Manifest {
+        let build = BuildMeta::new(
+            RunId::new("r1").expect("id"),
+            num_dbs,
+            "memory://t/snap",
+            "k",
+            ShardingSpec::hash(),
+            KeyEncoding::U64Be,
+        );
+        let shards = ids
+            .iter()
+            .map(|&d| ShardRow {
+                db_id: DbId(d),
+                db_url: Some(format!("memory://t/snap/shards/db={d:05}")),
+                attempt: Attempt(0),
+                row_count: 1,
+                db_bytes: 4096,
+                min_key: None,
+                max_key: None,
+                checkpoint_id: None,
+                writer_info: WriterInfo::default(),
+            })
+            .collect();
+        Manifest { build, shards }
+    }
+
+    /// Rewrites one SQL statement into an encoded manifest.
+    fn tamper(bytes: &[u8], sql: &str) -> Vec<u8> {
+        use rusqlite::{Connection, MAIN_DB};
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.deserialize_read_exact(MAIN_DB, bytes, bytes.len(), false)
+            .expect("load");
+        conn.execute_batch(sql).expect("tamper");
+        conn.serialize(MAIN_DB).expect("serialise").to_vec()
+    }
+
+    #[test]
+    fn num_dbs_above_the_maximum_is_refused_before_the_shards_are_read() {
+        assert!(manifest(MAX_NUM_DBS, &[0, MAX_NUM_DBS - 1]).validate().is_ok());
+        let e = manifest(MAX_NUM_DBS + 1, &[0]).validate().expect_err("too many");
+        assert!(e.to_string().contains(&MAX_NUM_DBS.to_string()), "{e}");
+
+        let bytes = manifest(4, &[0, 2]).to_sqlite_bytes().expect("encode");
+        for claimed in [4_000_000_000i64, i64::from(MAX_NUM_DBS) + 1, 0, -1] {
+            let bad = tamper(&bytes, &format!("UPDATE build_meta SET num_dbs = {claimed}"));
+            let e = Manifest::from_sqlite_bytes(&bad, "mem://m").expect_err("out of range");
+            let text = e.to_string();
+            assert!(text.contains("num_dbs") && text.contains("mem://m"), "{text}");
+        }
+    }
+
+    #[test]
+    fn shard_rows_must_lie_below_num_dbs() {
+        let bytes = manifest(4, &[0, 2]).to_sqlite_bytes().expect("encode");
+        assert_eq!(
+            Manifest::from_sqlite_bytes(&bytes, "m").expect("decode").shards.len(),
+            2
+        );
+        let bad = tamper(&bytes, "UPDATE shards SET db_id = 4 WHERE db_id = 2");
+        let e = Manifest::from_sqlite_bytes(&bad, "m").expect_err("db_id 4 of 4");
+        assert!(e.to_string().contains("num_dbs"), "{e}");
+        assert!(manifest(4, &[1, 1]).validate().is_err(), "a duplicated db_id");
     }
 }
