@@ -1236,6 +1236,7 @@ named_paths! {
     sf_manifest::Key,
     sf_manifest::chain,
     sf_manifest::format::manifest::MAX_NUM_DBS,
+    sf_manifest::format::untrusted,
     sf_manifest::publish::failpoint,
     sf_manifest::publish::failpoint::sabotaged,
     sf_manifest::publish::gc,

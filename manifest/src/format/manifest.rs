@@ -336,6 +336,48 @@ impl Manifest {
         let mut conn = Connection::open_in_memory().map_err(corrupt)?;
         conn.deserialize_read_exact(MAIN_DB, bytes, bytes.len(), true)
             .map_err(corrupt)?;
+        // The file comes from the bucket: hardened, its tables checked to be
+        // tables, and its reads given a budget by its size (a real table's
+        // rows take a few steps each and bytes of the file each).
+        crate::format::untrusted::harden(&conn).map_err(corrupt)?;
+        for (table, columns) in [
+            (
+                "build_meta",
+                &[
+                    "run_id",
+                    "created_at",
+                    "num_dbs",
+                    "s3_prefix",
+                    "key_col",
+                    "sharding",
+                    "db_path_template",
+                    "shard_prefix",
+                    "format_version",
+                    "key_encoding",
+                    "custom",
+                ][..],
+            ),
+            (
+                "shards",
+                &[
+                    "db_id",
+                    "db_url",
+                    "attempt",
+                    "row_count",
+                    "db_bytes",
+                    "min_key",
+                    "max_key",
+                    "checkpoint_id",
+                    "writer_info",
+                ][..],
+            ),
+        ] {
+            if let Some(reason) = crate::format::untrusted::check_table(&conn, table, columns).map_err(corrupt)? {
+                return Err(Error::corrupt(WHAT, location, reason));
+            }
+        }
+        let _budget =
+            crate::format::untrusted::Budget::start((bytes.len() as u64).saturating_mul(64).saturating_add(1 << 20));
 
         type MetaRow = (
             String,
@@ -593,5 +635,23 @@ mod tests {
         let e = Manifest::from_sqlite_bytes(&bad, "m").expect_err("db_id 4 of 4");
         assert!(e.to_string().contains("num_dbs"), "{e}");
         assert!(manifest(4, &[1, 1]).validate().is_err(), "a duplicated db_id");
+    }
+
+    #[test]
+    fn manifest_tables_that_are_views_are_refused() {
+        let bytes = manifest(4, &[0, 2]).to_sqlite_bytes().expect("encode");
+        let bad = tamper(
+            &bytes,
+            "ALTER TABLE shards RENAME TO real_shards; \
+             CREATE VIEW shards AS WITH RECURSIVE r(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM r) \
+             SELECT n AS db_id, NULL AS db_url, 0 AS attempt, 0 AS row_count, 0 AS db_bytes, NULL AS min_key, \
+             NULL AS max_key, NULL AS checkpoint_id, '{}' AS writer_info FROM r;",
+        );
+        let e = Manifest::from_sqlite_bytes(&bad, "mem://m").expect_err("a view");
+        let text = e.to_string();
+        assert!(text.contains("shards is a view") && text.contains("mem://m"), "{text}");
+        let narrow = tamper(&bytes, "ALTER TABLE build_meta DROP COLUMN custom");
+        let e = Manifest::from_sqlite_bytes(&narrow, "mem://m").expect_err("a missing column");
+        assert!(e.to_string().contains("no column custom"), "{e}");
     }
 }
