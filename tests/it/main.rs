@@ -7,6 +7,7 @@ mod exit_codes;
 mod fault_matrix;
 mod faults;
 mod fixtures;
+mod hostile;
 mod many_shards;
 mod publish;
 mod reader_admin;

@@ -18,6 +18,12 @@ pub const DB_PATH_TEMPLATE: &str = "db={db_id:05d}";
 /// `build_meta.shard_prefix` in format v4.
 pub const SHARD_PREFIX: &str = "shards";
 
+/// The most shards a snapshot may have. Readers size a table by
+/// `num_dbs`, so a manifest claiming more is refused before anything is
+/// allocated for it; a million shards is far above any real snapshot
+/// (the test suite publishes 100,000).
+pub const MAX_NUM_DBS: u32 = 1_000_000;
+
 /// The `build_meta` row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildMeta {
@@ -224,6 +230,12 @@ impl Manifest {
     /// Checks the invariants docs/FORMAT.md states for a manifest.
     pub fn validate(&self) -> Result<()> {
         let b = &self.build;
+        if b.num_dbs > MAX_NUM_DBS {
+            return Err(Error::invalid(
+                "num_dbs",
+                format!("{} is above the maximum of {MAX_NUM_DBS} shards", b.num_dbs),
+            ));
+        }
         b.sharding.validate(b.num_dbs)?;
         if b.key_col.is_empty() {
             return Err(Error::invalid("key_col", "must not be empty"));
@@ -325,6 +337,48 @@ impl Manifest {
         let mut conn = Connection::open_in_memory().map_err(corrupt)?;
         conn.deserialize_read_exact(MAIN_DB, bytes, bytes.len(), true)
             .map_err(corrupt)?;
+        // The file comes from the bucket: hardened, its tables checked to be
+        // tables, and its reads given a budget by its size (a real table's
+        // rows take a few steps each and bytes of the file each).
+        crate::format::untrusted::harden(&conn).map_err(corrupt)?;
+        for (table, columns) in [
+            (
+                "build_meta",
+                &[
+                    "run_id",
+                    "created_at",
+                    "num_dbs",
+                    "s3_prefix",
+                    "key_col",
+                    "sharding",
+                    "db_path_template",
+                    "shard_prefix",
+                    "format_version",
+                    "key_encoding",
+                    "custom",
+                ][..],
+            ),
+            (
+                "shards",
+                &[
+                    "db_id",
+                    "db_url",
+                    "attempt",
+                    "row_count",
+                    "db_bytes",
+                    "min_key",
+                    "max_key",
+                    "checkpoint_id",
+                    "writer_info",
+                ][..],
+            ),
+        ] {
+            if let Some(reason) = crate::format::untrusted::check_table(&conn, table, columns).map_err(corrupt)? {
+                return Err(Error::corrupt(WHAT, location, reason));
+            }
+        }
+        let _budget =
+            crate::format::untrusted::Budget::start((bytes.len() as u64).saturating_mul(64).saturating_add(1 << 20));
 
         type MetaRow = (
             String,
@@ -413,9 +467,16 @@ impl Manifest {
         let build = BuildMeta {
             run_id: RunId::new(run_id).map_err(|e| field("run_id", e))?,
             created_at: Timestamp::parse(&created_at).map_err(|e| field("created_at", e))?,
-            num_dbs: u32::try_from(num_dbs).ok().filter(|n| *n > 0).ok_or_else(|| {
-                Error::corrupt(WHAT, location, format!("build_meta.num_dbs {num_dbs} is out of range"))
-            })?,
+            num_dbs: u32::try_from(num_dbs)
+                .ok()
+                .filter(|n| (1..=MAX_NUM_DBS).contains(n))
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        WHAT,
+                        location,
+                        format!("build_meta.num_dbs {num_dbs} is out of range (1 to {MAX_NUM_DBS})"),
+                    )
+                })?,
             s3_prefix,
             key_col,
             sharding,
@@ -506,5 +567,92 @@ impl Manifest {
             .binary_search_by_key(&db_id, |s| s.db_id)
             .ok()
             .map(|i| &self.shards[i])
+    }
+}
+
+#[cfg(all(test, feature = "codec"))]
+mod tests {
+    use super::*;
+
+    fn manifest(num_dbs: u32, ids: &[u32]) -> Manifest {
+        let build = BuildMeta::new(
+            RunId::new("r1").expect("id"),
+            num_dbs,
+            "memory://t/snap",
+            "k",
+            ShardingSpec::hash(),
+            KeyEncoding::U64Be,
+        );
+        let shards = ids
+            .iter()
+            .map(|&d| ShardRow {
+                db_id: DbId(d),
+                db_url: Some(format!("memory://t/snap/shards/db={d:05}")),
+                attempt: Attempt(0),
+                row_count: 1,
+                db_bytes: 4096,
+                min_key: None,
+                max_key: None,
+                checkpoint_id: None,
+                writer_info: WriterInfo::default(),
+            })
+            .collect();
+        Manifest { build, shards }
+    }
+
+    /// Rewrites one SQL statement into an encoded manifest.
+    fn tamper(bytes: &[u8], sql: &str) -> Vec<u8> {
+        use rusqlite::{Connection, MAIN_DB};
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.deserialize_read_exact(MAIN_DB, bytes, bytes.len(), false)
+            .expect("load");
+        conn.execute_batch(sql).expect("tamper");
+        conn.serialize(MAIN_DB).expect("serialise").to_vec()
+    }
+
+    #[test]
+    fn num_dbs_above_the_maximum_is_refused_before_the_shards_are_read() {
+        assert!(manifest(MAX_NUM_DBS, &[0, MAX_NUM_DBS - 1]).validate().is_ok());
+        let e = manifest(MAX_NUM_DBS + 1, &[0]).validate().expect_err("too many");
+        assert!(e.to_string().contains(&MAX_NUM_DBS.to_string()), "{e}");
+
+        let bytes = manifest(4, &[0, 2]).to_sqlite_bytes().expect("encode");
+        for claimed in [4_000_000_000i64, i64::from(MAX_NUM_DBS) + 1, 0, -1] {
+            let bad = tamper(&bytes, &format!("UPDATE build_meta SET num_dbs = {claimed}"));
+            let e = Manifest::from_sqlite_bytes(&bad, "mem://m").expect_err("out of range");
+            let text = e.to_string();
+            assert!(text.contains("num_dbs") && text.contains("mem://m"), "{text}");
+        }
+    }
+
+    #[test]
+    fn shard_rows_must_lie_below_num_dbs() {
+        let bytes = manifest(4, &[0, 2]).to_sqlite_bytes().expect("encode");
+        assert_eq!(
+            Manifest::from_sqlite_bytes(&bytes, "m").expect("decode").shards.len(),
+            2
+        );
+        let bad = tamper(&bytes, "UPDATE shards SET db_id = 4 WHERE db_id = 2");
+        let e = Manifest::from_sqlite_bytes(&bad, "m").expect_err("db_id 4 of 4");
+        assert!(e.to_string().contains("num_dbs"), "{e}");
+        assert!(manifest(4, &[1, 1]).validate().is_err(), "a duplicated db_id");
+    }
+
+    #[test]
+    fn manifest_tables_that_are_views_are_refused() {
+        let bytes = manifest(4, &[0, 2]).to_sqlite_bytes().expect("encode");
+        let bad = tamper(
+            &bytes,
+            "ALTER TABLE shards RENAME TO real_shards; \
+             CREATE VIEW shards AS WITH RECURSIVE r(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM r) \
+             SELECT n AS db_id, NULL AS db_url, 0 AS attempt, 0 AS row_count, 0 AS db_bytes, NULL AS min_key, \
+             NULL AS max_key, NULL AS checkpoint_id, '{}' AS writer_info FROM r;",
+        );
+        let e = Manifest::from_sqlite_bytes(&bad, "mem://m").expect_err("a view");
+        let text = e.to_string();
+        assert!(text.contains("shards is a view") && text.contains("mem://m"), "{text}");
+        let narrow = tamper(&bytes, "ALTER TABLE build_meta DROP COLUMN custom");
+        let e = Manifest::from_sqlite_bytes(&narrow, "mem://m").expect_err("a missing column");
+        assert!(e.to_string().contains("no column custom"), "{e}");
     }
 }

@@ -8,6 +8,7 @@
 //!   the object keys of everything under a prefix;
 //! - [`kv`]: the table every SQLite shard holds;
 //! - [`checksum`]: the shard checksums writers record and readers verify;
+//! - `untrusted`: opening SQLite files from the bucket as untrusted input;
 //! - [`ids`]: the identifiers (`RunId`, `DbId`, `Attempt`) and timestamps;
 //! - [`json`], [`base64`], [`duration`]: the text encodings the format and
 //!   the settings use.
@@ -23,3 +24,5 @@ pub mod layout;
 pub mod manifest;
 pub mod run_record;
 pub mod sharding;
+#[cfg(feature = "codec")]
+pub mod untrusted;

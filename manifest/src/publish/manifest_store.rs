@@ -227,6 +227,16 @@ impl ObjectManifestStore {
     }
 }
 
+/// The largest `_CURRENT` a reader accepts. The pointer is a few hundred
+/// bytes of JSON; anything near this is not a pointer.
+pub const MAX_CURRENT_BYTES: u64 = 64 << 10;
+
+/// The largest manifest a reader accepts. A manifest costs a few hundred
+/// bytes per shard, so this admits [`MAX_NUM_DBS`](crate::format::manifest::MAX_NUM_DBS)
+/// shards with room to spare, and keeps a hostile object from costing the
+/// reader its memory.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 30;
+
 /// Reads a whole object, turning "not found" into [`Error::NotFound`] naming `what`.
 pub async fn get_bytes(store: &Arc<dyn ObjectStore>, path: &Path, what: &'static str, url: &str) -> Result<Bytes> {
     let res = match store.get(path).await {
@@ -240,6 +250,58 @@ pub async fn get_bytes(store: &Arc<dyn ObjectStore>, path: &Path, what: &'static
         Err(e) => return Err(Error::store("read", url, e)),
     };
     res.bytes().await.map_err(|e| Error::store("read", url, e))
+}
+
+/// The error for an object larger than `cap`.
+fn too_large(what: &'static str, url: &str, size: u64, cap: u64) -> Error {
+    Error::corrupt(
+        what,
+        url,
+        format!("it has {size} bytes or more, above the cap of {cap} bytes for a {what}"),
+    )
+}
+
+/// The body of `res`, refused as soon as its announced size or the bytes
+/// read pass `cap` (never read to its end when it is larger).
+async fn capped_body(res: object_store::GetResult, what: &'static str, url: &str, cap: u64) -> Result<Bytes> {
+    use futures::StreamExt;
+    let size = res.meta.size;
+    if size > cap {
+        return Err(too_large(what, url, size, cap));
+    }
+    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    let mut stream = crate::storage::body::body_chunks(res);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::store("read", url, e))?;
+        let read = (out.len() + chunk.len()) as u64;
+        if read > cap {
+            return Err(too_large(what, url, read, cap));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// [`get_bytes`] for an object of at most `cap` bytes: a larger one is
+/// [`Error::Corrupt`] naming the URL and the cap, and is not read whole.
+pub async fn get_bytes_capped(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    what: &'static str,
+    url: &str,
+    cap: u64,
+) -> Result<Bytes> {
+    let res = match store.get(path).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(Error::NotFound {
+                what,
+                location: url.to_string(),
+            });
+        }
+        Err(e) => return Err(Error::store("read", url, e)),
+    };
+    capped_body(res, what, url, cap).await
 }
 
 #[async_trait]
@@ -263,7 +325,7 @@ impl ManifestStore for ObjectManifestStore {
             e_tag: res.meta.e_tag.clone(),
             version: res.meta.version.clone(),
         };
-        let bytes = res.bytes().await.map_err(|e| Error::store("read", &url, e))?;
+        let bytes = capped_body(res, "_CURRENT", &url, MAX_CURRENT_BYTES).await?;
         let pointer = CurrentPointer::from_json_bytes(&bytes, &url)?;
         Ok(Some(CurrentState { pointer, version }))
     }
@@ -317,7 +379,7 @@ impl ManifestStore for ObjectManifestStore {
 
     async fn load_manifest(&self, manifest_ref: &str) -> Result<Manifest> {
         let loc = self.locate(manifest_ref, None)?;
-        let bytes = get_bytes(&loc.store, &loc.path, "manifest", manifest_ref).await?;
+        let bytes = get_bytes_capped(&loc.store, &loc.path, "manifest", manifest_ref, MAX_MANIFEST_BYTES).await?;
         Manifest::from_sqlite_bytes(&bytes, manifest_ref)
     }
 
@@ -435,5 +497,81 @@ impl ObjectManifestStore {
     pub async fn load_run_record(&self, key: &str) -> Result<RunRecord> {
         let bytes = self.get_bytes(key, "run record").await?;
         RunRecord::from_yaml(&String::from_utf8_lossy(&bytes), &self.url(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::sharding::{KeyEncoding, ShardingSpec};
+    use crate::storage::location::StorageOptions;
+    use crate::{BuildMeta, Classified, ErrorKind};
+
+    fn memory_store(name: &str) -> ObjectManifestStore {
+        ObjectManifestStore::open(&format!("memory://{name}/snap"), &StorageOptions::new()).expect("open")
+    }
+
+    #[tokio::test]
+    async fn an_oversized_current_is_refused_naming_the_url_and_the_cap() {
+        let store = memory_store("big-current");
+        let big = vec![b' '; MAX_CURRENT_BYTES as usize + 1];
+        store
+            .object_store()
+            .put(&store.path(layout::CURRENT), PutPayload::from(big))
+            .await
+            .expect("put");
+        let e = store.load_current().await.expect_err("too large");
+        assert_eq!(e.kind(), ErrorKind::Data);
+        let text = e.to_string();
+        assert!(
+            text.contains("_CURRENT") && text.contains(&MAX_CURRENT_BYTES.to_string()),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_manifest_above_the_cap_is_refused_before_it_is_read_whole() {
+        let store = memory_store("big-manifest");
+        let key = "manifests/huge/manifest";
+        store
+            .object_store()
+            .put(&store.path(key), PutPayload::from(vec![0u8; 4096]))
+            .await
+            .expect("put");
+        let url = store.url(key);
+        let e = get_bytes_capped(store.object_store(), &store.path(key), "manifest", &url, 1024)
+            .await
+            .expect_err("above the cap");
+        assert_eq!(e.kind(), ErrorKind::Data);
+        let text = e.to_string();
+        assert!(text.contains(&url) && text.contains("1024"), "{text}");
+        let within = get_bytes_capped(store.object_store(), &store.path(key), "manifest", &url, 4096)
+            .await
+            .expect("at the cap");
+        assert_eq!(within.len(), 4096);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_within_the_cap_still_loads() {
+        let store = memory_store("ok-manifest");
+        let run = RunId::new("r1").expect("id");
+        let manifest = Manifest {
+            build: BuildMeta::new(
+                run,
+                4,
+                "memory://ok-manifest/snap",
+                "k",
+                ShardingSpec::hash(),
+                KeyEncoding::U64Be,
+            ),
+            shards: vec![],
+        };
+        let published = store.publish(&manifest, None).await.expect("publish");
+        let loaded = store
+            .load_manifest(&published.manifest.manifest_ref)
+            .await
+            .expect("load");
+        assert_eq!(loaded.build.num_dbs, 4);
+        assert!(store.load_current().await.expect("current").is_some());
     }
 }

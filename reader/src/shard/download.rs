@@ -184,6 +184,16 @@ impl DownloadCache {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(spec.store_error(format!("reading {}: {e}", file.url), e)),
         };
+        // A file of another size than the manifest records is refused before
+        // a byte of it is downloaded (and a body longer than announced is
+        // refused as soon as it passes the recorded size, below).
+        let declared = spec.row.db_bytes;
+        if declared > 0 && res.meta.size != declared {
+            return Err(spec.open_error(format!(
+                "{} has {} bytes, the manifest records db_bytes {declared}",
+                file.url, res.meta.size
+            )));
+        }
         let tmp = dir.join(format!(".tmp-{key}-{}", sf_manifest::format::ids::unique_hex()));
         let result = async {
             // tokio::fs: file writes and the fsync run on the blocking pool,
@@ -201,8 +211,15 @@ impl DownloadCache {
             let mut stream = sf_manifest::storage::body::body_chunks(res);
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| spec.store_error(format!("downloading {}: {e}", file.url), e))?;
-                hasher.update(&chunk);
                 size += chunk.len() as u64;
+                if declared > 0 && size > declared {
+                    return Err(spec.open_error(format!(
+                        "{} is longer than the {declared} bytes the manifest records (db_bytes); \
+                         the download stopped at {size} bytes",
+                        file.url
+                    )));
+                }
+                hasher.update(&chunk);
                 out.write_all(&chunk)
                     .await
                     .map_err(|e| Error::io("writing a download file", &tmp, e))?;
@@ -253,5 +270,54 @@ impl DownloadCache {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
         result.map(|()| Some(db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::PutPayload;
+    use sf_manifest::{Attempt, DbId, ShardRow, StorageOptions, WriterInfo, resolve};
+
+    fn row(db_bytes: u64) -> ShardRow {
+        ShardRow {
+            db_id: DbId(0),
+            db_url: None,
+            attempt: Attempt(0),
+            row_count: 1,
+            db_bytes,
+            min_key: None,
+            max_key: None,
+            checkpoint_id: Some("abc".into()),
+            writer_info: WriterInfo::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shard_of_another_size_than_declared_is_refused_without_being_kept() {
+        let location = resolve("memory://dl-test/snap/shards/db=00000", &StorageOptions::new()).expect("resolve");
+        let file = location.child(sf_manifest::format::layout::SQLITE_SHARD_FILE);
+        let mut body = SQLITE_MAGIC.to_vec();
+        body.resize(8192, 0);
+        file.store.put(&file.path, PutPayload::from(body)).await.expect("put");
+        let cache_dir = tempfile::tempdir().expect("tmp");
+        let cache = DownloadCache::open(cache_dir.path(), true, Arc::new(Counters::default())).expect("cache");
+        for declared in [4096u64, 16384] {
+            let row = row(declared);
+            let spec = ShardSpec {
+                db_id: DbId(0),
+                row: &row,
+                location: &location,
+                url: &location.url,
+            };
+            let e = cache.cached_file(&spec).await.expect_err("wrong size");
+            assert_eq!(sf_manifest::Classified::kind(&e), sf_manifest::ErrorKind::Data);
+            let text = e.to_string();
+            assert!(text.contains(&format!("db_bytes {declared}")), "{text}");
+        }
+        let left: Vec<_> = std::fs::read_dir(cache_dir.path().join("sqlite"))
+            .expect("list")
+            .collect();
+        assert!(left.is_empty(), "nothing is kept: {left:?}");
     }
 }

@@ -535,6 +535,10 @@ fn load_index<H: KeyHash>(
     let mut builder = IndexBuilder::<H>::new(reservation, arena_estimate(file_bytes, rows))?;
     // `k` is the primary key of a WITHOUT ROWID table: this walks the
     // table's own B-tree in order, no sort.
+    // A full read of a real table takes a few steps per row, and a row
+    // takes bytes of the file: a budget by the file's size stops only a
+    // file whose `kv` makes more work than it holds.
+    let _budget = sf_manifest::format::untrusted::Budget::start(file_bytes.saturating_mul(64).saturating_add(1 << 20));
     let mut stmt = conn.prepare(sf_manifest::format::kv::SCAN)?;
     let mut cursor = stmt.raw_query();
     let mut row = 0u64;

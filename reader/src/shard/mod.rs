@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use sf_manifest::format::untrusted;
 use sf_manifest::{DbId, ErrorKind, ShardRow};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -431,6 +432,14 @@ impl ShardHandle {
         // classified as the store's failure.
         match file.and_then(RemoteFile::take_error) {
             Some(detail) => self.read_error(format!("{e} ({detail})"), detail.kind, Some(Box::new(e))),
+            None if untrusted::is_interrupted(&e) => self.read_error(
+                format!(
+                    "the query passed its budget of SQLite steps and was stopped \
+                     (the shard's kv is not a plain keyed table): {e}"
+                ),
+                ErrorKind::Data,
+                Some(Box::new(e)),
+            ),
             None => self.read_error(e.to_string(), ErrorKind::Data, Some(Box::new(e))),
         }
     }

@@ -14,6 +14,15 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags};
 use sf_manifest::format::kv;
+use sf_manifest::format::untrusted::{self, Budget};
+
+/// SQLite VM steps one point lookup (or one batch of [`BATCH`] keys) may
+/// take. A lookup in a real `kv` table takes a few dozen; a file whose
+/// `kv` makes a lookup take more (a view, a table without its key index)
+/// is not a shard, and its query is stopped with an error.
+pub(crate) const LOOKUP_STEP_BUDGET: u64 = 100_000;
+/// SQLite VM steps a scan may take per row of its page.
+pub(crate) const SCAN_STEPS_PER_ROW: u64 = 1_000;
 
 /// Where connections come from.
 #[derive(Debug)]
@@ -62,7 +71,9 @@ impl ConnPool {
         sf_manifest::sync::lock(&self.idle)
     }
 
-    /// Opens a connection and checks the file is a shard (has `kv`).
+    /// Opens a connection, hardened for a file from the bucket
+    /// ([`untrusted::harden`]), and checks the file is a shard: `kv` is a
+    /// table with columns `k` and `v`.
     pub(crate) fn open_connection(&self) -> rusqlite::Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = match &self.source {
@@ -78,6 +89,10 @@ impl ConnPool {
                 conn
             }
         };
+        untrusted::harden(&conn)?;
+        if let Some(reason) = untrusted::check_table(&conn, kv::TABLE, &[kv::KEY_COLUMN, kv::VALUE_COLUMN])? {
+            return Err(not_a_shard(reason));
+        }
         conn.prepare_cached(kv::LOOKUP)?;
         Ok(conn)
     }
@@ -105,7 +120,10 @@ impl ConnPool {
     /// The value stored for `key`.
     pub(crate) fn get(&self, key: &[u8]) -> rusqlite::Result<Option<Bytes>> {
         let conn = self.take()?;
-        let result = lookup(&conn, key);
+        let result = {
+            let _budget = Budget::start(LOOKUP_STEP_BUDGET);
+            lookup(&conn, key)
+        };
         // A connection whose query failed (an I/O error in range mode) is
         // dropped rather than reused.
         if result.is_ok() {
@@ -127,6 +145,7 @@ impl ConnPool {
             let mut stmt = conn.prepare_cached(batch_sql())?;
             let mut found: Vec<(Vec<u8>, Bytes)> = Vec::with_capacity(BATCH);
             for chunk in keys.chunks(BATCH) {
+                let _budget = Budget::start(LOOKUP_STEP_BUDGET);
                 for i in 0..BATCH {
                     match chunk.get(i) {
                         Some((_, key)) => stmt.raw_bind_parameter(i + 1, key.as_slice())?,
@@ -167,6 +186,8 @@ impl ConnPool {
         let conn = self.take()?;
         let mut out = Vec::with_capacity(limit.min(65_536));
         {
+            let _budget =
+                Budget::start(LOOKUP_STEP_BUDGET.saturating_add(SCAN_STEPS_PER_ROW.saturating_mul(limit as u64)));
             // `kv.k` is the primary key: both statements walk its index.
             let mut stmt = match after {
                 Some(_) => conn.prepare_cached(kv::SCAN_AFTER)?,
@@ -191,6 +212,14 @@ impl ConnPool {
         self.give_back(conn);
         Ok(out)
     }
+}
+
+/// The error for a file that is not a shard.
+fn not_a_shard(reason: String) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+        Some(format!("not a shard: {reason}")),
+    )
 }
 
 /// Keys per batched lookup.
@@ -284,5 +313,39 @@ mod tests {
         let pool = ConnPool::new(Source::Local { path, mmap_bytes: 0 }, 1);
         let e = pool.open_connection().expect_err("no kv").to_string();
         assert!(e.contains("kv"), "{e}");
+    }
+
+    #[test]
+    fn a_kv_view_over_an_endless_query_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("view.db");
+        Connection::open(&path)
+            .expect("create")
+            .execute_batch(
+                "CREATE VIEW kv AS WITH RECURSIVE r(k, v) AS (SELECT x'00', x'00' UNION ALL SELECT k, v FROM r) \
+                 SELECT k, v FROM r",
+            )
+            .expect("ddl");
+        let pool = ConnPool::new(Source::Local { path, mmap_bytes: 0 }, 1);
+        let e = pool.open_connection().expect_err("a view").to_string();
+        assert!(e.contains("kv is a view"), "{e}");
+    }
+
+    #[test]
+    fn a_lookup_that_passes_its_step_budget_is_stopped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("unkeyed.db");
+        let mut conn = Connection::open(&path).expect("create");
+        conn.execute_batch("CREATE TABLE kv (k BLOB, v BLOB)").expect("ddl");
+        let tx = conn.transaction().expect("tx");
+        for i in 0u64..50_000 {
+            tx.execute("INSERT INTO kv VALUES (?1, x'00')", [i.to_be_bytes().to_vec()])
+                .expect("insert");
+        }
+        tx.commit().expect("commit");
+        drop(conn);
+        let pool = ConnPool::new(Source::Local { path, mmap_bytes: 0 }, 1);
+        let e = pool.get(&u64::MAX.to_be_bytes()).expect_err("a full scan");
+        assert!(untrusted::is_interrupted(&e), "{e}");
     }
 }

@@ -81,6 +81,15 @@ fn any_shard_count_fits_any_memory_limit() {
 }
 
 #[test]
+fn num_dbs_above_what_readers_accept_is_refused() {
+    let max = sf_manifest::format::manifest::MAX_NUM_DBS;
+    parse_env(MINIMAL, &[("SF_ROUTING__NUM_DBS", &max.to_string())]).expect("the maximum");
+    let e = parse_env(MINIMAL, &[("SF_ROUTING__NUM_DBS", &(max + 1).to_string())]).expect_err("above it");
+    let m = e.to_string();
+    assert!(m.contains("routing.num_dbs") && m.contains(&max.to_string()), "{m}");
+}
+
+#[test]
 fn unknown_keys_are_errors_with_their_place() {
     let e = parse_env(&format!("{MINIMAL}\n[write]\nbatchsize = 3\n"), &[]).expect_err("unknown");
     let m = e.to_string();

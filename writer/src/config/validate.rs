@@ -149,6 +149,17 @@ impl JobConfig {
         if r.num_dbs == Some(0) {
             return Err(Error::config("routing.num_dbs", "must be at least 1"));
         }
+        if let Some(n) = r.num_dbs
+            && n > sf_manifest::format::manifest::MAX_NUM_DBS
+        {
+            return Err(Error::config(
+                "routing.num_dbs",
+                format!(
+                    "{n} is above the maximum of {} shards a reader accepts",
+                    sf_manifest::format::manifest::MAX_NUM_DBS
+                ),
+            ));
+        }
         match r.strategy {
             Strategy::Hash => {
                 if r.num_dbs.is_some() == r.max_keys_per_shard.is_some() {
