@@ -340,7 +340,7 @@ impl Manifest {
         // The file comes from the bucket: hardened, its tables checked to be
         // tables, and its reads given a budget by its size (a real table's
         // rows take a few steps each and bytes of the file each).
-        crate::format::untrusted::harden(&conn).map_err(corrupt)?;
+        crate::format::untrusted::harden(&mut conn).map_err(corrupt)?;
         for (table, columns) in [
             (
                 "build_meta",

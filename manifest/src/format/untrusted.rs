@@ -14,21 +14,8 @@
 //!
 //! [`check_table`] then requires each object the reader queries to be a
 //! plain table with the expected columns.
-//!
-//! # Why this module has `unsafe`
-//!
-//! rusqlite offers its progress handler only behind its `hooks` feature,
-//! which the workspace does not enable; the handler is registered through
-//! `rusqlite::ffi` instead. It is one `extern "C"` function without user
-//! data (the budget lives in a thread-local: a statement runs on the thread
-//! that steps it), so nothing is handed to SQLite that must outlive the
-//! connection. The workspace denies `unsafe_code`; this module is one of
-//! its few exceptions, and its one `unsafe` block carries a `SAFETY:` note.
-
-#![allow(unsafe_code)]
 
 use std::cell::Cell;
-use std::os::raw::{c_int, c_void};
 
 use rusqlite::Connection;
 use rusqlite::config::DbConfig;
@@ -42,13 +29,14 @@ thread_local! {
     static STEPS_LEFT: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
-extern "C" fn progress(_: *mut c_void) -> c_int {
+/// The progress handler: false (go on) while the thread's budget lasts.
+fn out_of_steps() -> bool {
     STEPS_LEFT.with(|left| match left.get() {
         Some(n) if n > PROGRESS_PERIOD => {
             left.set(Some(n - PROGRESS_PERIOD));
-            0
+            false
         }
-        _ => 1,
+        _ => true,
     })
 }
 
@@ -81,22 +69,10 @@ pub fn is_interrupted(e: &rusqlite::Error) -> bool {
 
 /// Turns on defensive mode, turns off the trusted schema, and installs the
 /// budget's progress handler (see the module docs).
-pub fn harden(conn: &Connection) -> rusqlite::Result<()> {
+pub fn harden(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
-    // SAFETY: `handle()` is the connection's open database handle, valid
-    // for this call. `progress` is a plain `extern "C"` function that never
-    // unwinds and ignores its argument, so passing a null user-data pointer
-    // is sound and nothing must outlive the connection.
-    unsafe {
-        rusqlite::ffi::sqlite3_progress_handler(
-            conn.handle(),
-            PROGRESS_PERIOD as c_int,
-            Some(progress),
-            std::ptr::null_mut(),
-        );
-    }
-    Ok(())
+    conn.progress_handler(PROGRESS_PERIOD as i32, Some(out_of_steps))
 }
 
 /// Checks that `name` is a plain table (not a view, not a virtual table)
@@ -142,9 +118,9 @@ mod tests {
     use super::*;
 
     fn hardened(sql: &str) -> Connection {
-        let conn = Connection::open_in_memory().expect("open");
+        let mut conn = Connection::open_in_memory().expect("open");
         conn.execute_batch(sql).expect("schema");
-        harden(&conn).expect("harden");
+        harden(&mut conn).expect("harden");
         conn
     }
 

@@ -76,7 +76,7 @@ impl ConnPool {
     /// table with columns `k` and `v`.
     pub(crate) fn open_connection(&self) -> rusqlite::Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-        let conn = match &self.source {
+        let mut conn = match &self.source {
             Source::Local { path, mmap_bytes } => {
                 let conn = Connection::open_with_flags(file_uri(path), flags)?;
                 // Memory-mapped reads skip a copy and a syscall per page.
@@ -89,7 +89,7 @@ impl ConnPool {
                 conn
             }
         };
-        untrusted::harden(&conn)?;
+        untrusted::harden(&mut conn)?;
         if let Some(reason) = untrusted::check_table(&conn, kv::TABLE, &[kv::KEY_COLUMN, kv::VALUE_COLUMN])? {
             return Err(not_a_shard(reason));
         }
