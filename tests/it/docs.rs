@@ -409,7 +409,7 @@ fn check_job(job: &str, origin: &str, own_text: &str, file: &str, line: usize, f
         let mut doc = base.clone();
         match table_at(&mut doc, &c.section) {
             Some(table) => {
-                table.retain(|key, _| !c.replaces.contains(key));
+                table.retain(|key, _| !c.replaces.iter().any(|r| r == key));
                 table.extend(settings)
             }
             None => {
