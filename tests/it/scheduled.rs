@@ -16,7 +16,7 @@ use sf_tests::scenario::{
     wait_for_leases,
 };
 use sf_tests::writer_support::list_objects;
-use sf_tests::{manifest_store, s3_prefix};
+use sf_tests::{manifest_store, replace_in, s3_prefix};
 
 fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
@@ -435,7 +435,7 @@ fn an_input_matching_no_files_is_named() {
     let text_of_job = std::fs::read_to_string(job.path().join("job.toml")).expect("job");
     std::fs::write(
         job.path().join("job.toml"),
-        text_of_job.replace("path = \"input.csv\"", "path = \"incoming/*.csv\""),
+        replace_in(&text_of_job, "path = \"input.csv\"", "path = \"incoming/*.csv\""),
     )
     .expect("job");
     std::fs::create_dir_all(job.path().join("incoming")).expect("folder");

@@ -15,7 +15,8 @@ use sf_tests::readers::{PAGED_MODES, read_in_every_mode};
 use sf_tests::writer_support::{
     binary, build_embedded, list_keys, parse_job, read_snapshot, write_csv, write_json, write_parquet,
 };
-use sf_tests::{fixture_dir, manifest_store, s3_prefix};
+use sf_tests::{fixture_dir, manifest_store, replace_in, s3_prefix};
+use sf_writer::build::backend::DuplicatePolicy;
 use sf_writer::job::{BuildOptions, Embedded, build, prepare};
 
 const REGIONS: [&str; 3] = ["ap", "eu", "us"];
@@ -553,7 +554,7 @@ fn the_cli_dry_runs_builds_and_exits_by_cause() {
     // Bad configuration: exit 2, naming the key.
     std::fs::write(
         dir.path().join("bad.toml"),
-        CLI_JOB.replace("num_dbs = 3", "num_dbz = 3"),
+        replace_in(CLI_JOB, "num_dbs = 3", "num_dbz = 3"),
     )
     .expect("job");
     let bad = sf_write(&["--config", "bad.toml"], dir.path());
@@ -598,7 +599,7 @@ async fn bad_rows_publish_nothing_and_leave_the_old_snapshot() {
     ])
     .expect("batch");
     write_parquet(&dir.path().join("nulls.parquet"), &[with_null]);
-    let bad = parse_job(dir.path(), &CLI_JOB.replace("users.parquet", "nulls.parquet"));
+    let bad = parse_job(dir.path(), &replace_in(CLI_JOB, "users.parquet", "nulls.parquet"));
     let e = build(&bad, &Embedded::default(), &BuildOptions::default())
         .await
         .expect_err("null key");
@@ -614,7 +615,7 @@ async fn bad_rows_publish_nothing_and_leave_the_old_snapshot() {
     ])
     .expect("batch");
     write_parquet(&dir.path().join("neg.parquet"), &[negative]);
-    let neg = parse_job(dir.path(), &CLI_JOB.replace("users.parquet", "neg.parquet"));
+    let neg = parse_job(dir.path(), &replace_in(CLI_JOB, "users.parquet", "neg.parquet"));
     let e = build(&neg, &Embedded::default(), &BuildOptions::default())
         .await
         .expect_err("negative key");
@@ -654,19 +655,38 @@ async fn duplicate_keys_follow_the_policy() {
     ])
     .expect("batch");
     write_parquet(&dir.path().join("users.parquet"), &[dup]);
-    let strict = parse_job(
-        dir.path(),
-        &CLI_JOB
-            .replace("num_dbs = 3", "num_dbs = 1")
-            .replace("[output]", "[write]\non_duplicate = \"error\"\n[output]"),
-    );
+    // Each policy named, into one shard.
+    let one_shard = replace_in(CLI_JOB, "num_dbs = 3", "num_dbs = 1");
+    let with_policy = |policy: &str| {
+        parse_job(
+            dir.path(),
+            &replace_in(
+                &one_shard,
+                "[output]",
+                &format!("[write]\non_duplicate = \"{policy}\"\n[output]"),
+            ),
+        )
+    };
+    let strict = with_policy("error");
+    assert_eq!(strict.write.on_duplicate, DuplicatePolicy::Error);
+    assert_eq!(strict.routing.num_dbs, Some(1));
     let e = build(&strict, &Embedded::default(), &BuildOptions::default())
         .await
         .expect_err("duplicates");
     assert_eq!(e.kind(), ErrorKind::Data);
     assert!(e.to_string().contains("duplicate key"), "{e}");
 
-    let lenient = parse_job(dir.path(), &CLI_JOB.replace("num_dbs = 3", "num_dbs = 1"));
+    assert!(
+        manifest_store(&format!("file://{}/out", dir.path().display()))
+            .load_current()
+            .await
+            .expect("load")
+            .is_none(),
+        "nothing was published"
+    );
+
+    let lenient = with_policy("last_wins");
+    assert_eq!(lenient.write.on_duplicate, DuplicatePolicy::LastWins);
     let s = build_embedded(&lenient).await;
     assert_eq!((s.rows, s.duplicates), (3, 2));
     let prefix = format!("file://{}/out", dir.path().display());
@@ -779,9 +799,11 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
     let prefix = format!("{base}/snap");
     let j = parse_job(
         dir.path(),
-        &CLI_JOB
-            .replace("prefix = \"out\"", &format!("prefix = \"{prefix}\""))
-            .replace("[output]", "[write]\nretry_backoff_ms = 1\n[output]"),
+        &replace_in(
+            &replace_in(CLI_JOB, "prefix = \"out\"", &format!("prefix = \"{prefix}\"")),
+            "[output]",
+            "[write]\nretry_backoff_ms = 1\n[output]",
+        ),
     );
     let s = build_embedded(&j).await;
     assert_eq!(flaky.fired(), 2);
@@ -801,6 +823,11 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
     assert_eq!(attempts.len(), 3, "one attempt folder per shard remains: {attempts:?}");
 }
 
+/// A second build swaps `_CURRENT` to itself and keeps the first build's
+/// manifest readable: every manifest of the history, opened pinned (in
+/// download and range mode), reads every key of its own build with that
+/// build's value, and not one key more. The builds differ in keys (100
+/// users, then 250) and in every value (the second renames its users).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_build_swaps_current_and_keeps_history() {
     let dir = tempfile::tempdir().expect("tmp");
