@@ -7,13 +7,15 @@
 //! removes what no kept manifest references; reports and metrics say what
 //! happened, on success and on failure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use sf_manifest::{ManifestStore, RunRecord, RunStatus};
+use sf_manifest::format::layout;
+use sf_manifest::publish::failpoint;
+use sf_manifest::{ManifestStore, RunRecord, RunStatus, Timestamp};
 use sf_tests::scenario::{
-    JobDir, assert_history_reads, attempt_folders, current_run, read_history, referenced_folders, sf_read, text,
-    wait_for_leases,
+    JobDir, assert_history_reads, attempt_builds, attempt_folders, current_run, read_history, referenced_folders,
+    sf_read, text, wait_for_leases,
 };
 use sf_tests::writer_support::list_objects;
 use sf_tests::{manifest_store, replace_in, s3_prefix};
@@ -165,23 +167,121 @@ async fn a_running_build_keeps_renewing_its_lease() {
     paused.kill();
 }
 
+/// The run records of `run` under `prefix`, oldest first.
+async fn records_of(prefix: &str, run: &str) -> Vec<RunRecord> {
+    let mut records: Vec<RunRecord> = manifest_store(prefix)
+        .list_run_records()
+        .await
+        .expect("records")
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.run_id.as_str() == run)
+        .collect();
+    records.sort_by_key(|r| r.started_at);
+    records
+}
+
+/// A run id whose earlier builds failed after they had started writing is
+/// built again cleanly. The first build of run `f` dies after uploading a
+/// shard (stopped at the `upload` fail point and killed): its `running`
+/// record and its attempt folders stay on storage until its lease runs
+/// out. The second fails after every shard was uploaded and verified (an
+/// injected error at `verify`): it marks its record `failed` and sweeps
+/// its own attempts, and only those. The third builds the run: it
+/// publishes, every key reads its value, and its manifest references only
+/// its own attempts. What the dead build left is no manifest's, and
+/// cleanup removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_is_rebuilt_cleanly() {
     let root = tempfile::tempdir().expect("root");
     let prefix = format!("file://{}/snap", root.path().display());
     let job = JobDir::new(&prefix);
-    // A null key fails the first try of run f.
-    std::fs::write(job.path().join("input.csv"), "id,v\n1,f:1\n,f:x\n").expect("input");
-    job.job("f", "");
-    let failed = job.sf_write(&[], &[]);
-    assert_eq!(code(&failed), 3, "{}", text(&failed.stderr));
-    assert!(
-        attempt_folders(&prefix).await.is_empty(),
-        "the failed build swept its data"
-    );
     job.input(10, "f");
-    let ok = job.sf_write(&[], &[]);
+    job.job("f", "");
+
+    // 1. A crash after an upload: a live `running` record and attempt
+    // folders, one of them holding an uploaded shard.
+    let crashed = job.sf_write_paused_at("upload", &[]);
+    let records = records_of(&prefix, "f").await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].status, RunStatus::Running, "{records:?}");
+    assert!(records[0].lease_expires_at > Timestamp::now(), "{records:?}");
+    let dead = attempt_builds(&prefix).await;
+    assert!(!dead.is_empty(), "the crashed build claimed attempt folders");
+    let dead_build = dead.values().next().expect("a claim").clone();
+    assert!(
+        !dead_build.is_empty() && dead.values().all(|b| *b == dead_build),
+        "one build claimed them: {dead:?}"
+    );
+    let files = list_objects(&prefix).await;
+    assert!(
+        dead.keys()
+            .any(|k| files.contains_key(&format!("{k}/{}", layout::SQLITE_SHARD_FILE))),
+        "a shard was uploaded before the crash: {files:?}"
+    );
+    crashed.kill();
+    wait_for_leases(&prefix, "f").await;
+    let records = records_of(&prefix, "f").await;
+    assert!(
+        records.len() == 1 && records[0].status == RunStatus::Running && records[0].lease_expires_at <= Timestamp::now(),
+        "the dead build's record is stale: {records:?}"
+    );
+    assert_eq!(current_run(&prefix).await, None, "nothing was published");
+
+    // 2. An error after every shard was uploaded and verified.
+    let failed = job.sf_write(&["--json"], &[(failpoint::ENV, "verify=error")]);
+    let err = text(&failed.stderr);
+    assert_eq!(code(&failed), 5, "{err}");
+    assert!(err.contains("sf-failpoint: hit verify"), "the error was injected: {err}");
+    let doc = json(&failed);
+    assert_eq!((doc["outcome"].as_str(), doc["error"]["kind"].as_str()), (Some("failed"), Some("unavailable")), "{doc}");
+    let records = records_of(&prefix, "f").await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[1].status, RunStatus::Failed, "{records:?}");
+    assert_eq!(records[1].error_type.as_deref(), Some("unavailable"), "{records:?}");
+    assert!(
+        records[1].error_message.as_deref().is_some_and(|m| m.contains("fail point verify")),
+        "{records:?}"
+    );
+    assert_eq!(
+        attempt_builds(&prefix).await,
+        dead,
+        "the failed build swept its own attempts and nothing of the dead build's"
+    );
+    assert_eq!(current_run(&prefix).await, None, "nothing was published");
+
+    // 3. The rebuild.
+    let ok = job.sf_write(&["--json"], &[]);
     assert_eq!(code(&ok), 0, "{}", text(&ok.stderr));
+    assert_eq!(json(&ok)["outcome"], "published", "built, not taken for published");
+    assert_eq!(current_run(&prefix).await.as_deref(), Some("f"));
+    let history = read_history(&prefix, 10).await;
+    assert_eq!(history.len(), 1, "one manifest of run f");
+    assert_history_reads(&prefix, 10).await;
+    let records = records_of(&prefix, "f").await;
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records[2].status, RunStatus::Succeeded, "{records:?}");
+    let builds = attempt_builds(&prefix).await;
+    let referenced = referenced_folders(&prefix).await;
+    assert_eq!(referenced.len(), 2, "one winner per shard: {referenced:?}");
+    let rebuild: BTreeSet<&String> = referenced.iter().map(|k| &builds[k]).collect();
+    assert_eq!(rebuild.len(), 1, "one build wrote the winners: {builds:?}");
+    assert!(
+        !rebuild.contains(&dead_build),
+        "no attempt of the dead build is referenced: {builds:?}"
+    );
+    // Besides its winners, only what the dead build left: a build never
+    // deletes another build's claims, and it is no manifest's.
+    let left: BTreeMap<String, String> = builds.into_iter().filter(|(k, _)| !referenced.contains(k)).collect();
+    assert_eq!(left, dead, "the rest is the dead build's");
+    let cleanup = sf_read(&prefix, &["cleanup", "--include-abandoned"]);
+    assert_eq!(code(&cleanup), 0, "{}", text(&cleanup.stderr));
+    assert_eq!(
+        attempt_folders(&prefix).await,
+        referenced,
+        "cleanup removes what the dead build left: {}",
+        text(&cleanup.stdout)
+    );
     assert_history_reads(&prefix, 10).await;
 }
 
