@@ -362,14 +362,7 @@ async fn gates_stop_bad_builds_before_anything_is_visible() {
         "{doc}"
     );
     let prom = std::fs::read_to_string(&metrics).expect("metrics");
-    assert!(
-        prom.contains("shardforge_build_success{prefix=") && prom.contains("} 0\n"),
-        "{prom}"
-    );
-    assert!(
-        prom.contains("shardforge_build_exit_code{") && prom.contains("gate=\"max_row_change\",result=\"fail\"} 0"),
-        "{prom}"
-    );
+    assert_failed_gate_metrics(&prom, &doc, &prefix);
 
     // The same gate on "warn" publishes, and the report records the warning.
     job.job(
@@ -445,17 +438,103 @@ async fn gates_stop_bad_builds_before_anything_is_visible() {
             && r.notes.as_deref().is_some_and(|n| n.contains("min_rows"))),
         "{records:?}"
     );
-    assert_history_reads_tagged(&prefix).await;
+    // Published, newest first: each manifest with its own rows (the
+    // failed builds published none).
+    assert_history_reads_tagged(
+        &prefix,
+        &[("forced", 5), ("canary", 50), ("half", 50), ("big", 100), ("empty", 0)],
+    )
+    .await;
 }
 
-/// Every manifest of the history reads every key it has, values tagged
-/// with its run.
-async fn assert_history_reads_tagged(prefix: &str) {
-    for (run, values) in read_history(prefix, 100).await {
+/// The history is `runs` (run id and row count, newest first), and each
+/// manifest reads exactly keys `0..count`, values tagged with its run.
+async fn assert_history_reads_tagged(prefix: &str, runs: &[(&str, u64)]) {
+    let history = read_history(prefix, 100).await;
+    let got: Vec<(&str, u64)> = history.iter().map(|(r, v)| (r.as_str(), v.len() as u64)).collect();
+    assert_eq!(got, runs, "the history's runs and the keys each reads");
+    for (run, values) in &history {
         for (k, v) in values {
-            assert_eq!(v, format!("{run}:{k}"), "run {run}");
+            assert_eq!(v, &format!("{run}:{k}"), "run {run}");
         }
+        let keys: Vec<u64> = values.keys().copied().collect();
+        assert_eq!(keys, (0..keys.len() as u64).collect::<Vec<_>>(), "run {run}: its keys");
     }
+}
+
+/// The series of a metrics file (name and labels as written) with their
+/// values; checks every name has its `# HELP` and `# TYPE` lines.
+fn metric_series(prom: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in prom.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not `series value`: {line}"));
+        let name = series.split('{').next().unwrap_or_default();
+        let help = sf_cli::report::METRICS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} is not in the catalog"))
+            .1;
+        assert!(prom.contains(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n")), "{name}: {prom}");
+        let value: f64 = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(out.insert(series.to_string(), value).is_none(), "{series} twice: {prom}");
+    }
+    out
+}
+
+/// The metrics file of the build of run `half` that gate `max_row_change`
+/// stopped (exit 6) holds exactly: success 0, exit code 6, the run and its
+/// outcome, each phase's and the build's seconds as the report has them,
+/// each gate (1 passed or skipped, else 0); and no rows, bytes, shards,
+/// retries or last success, which a failed build does not have.
+fn assert_failed_gate_metrics(prom: &str, doc: &Value, prefix: &str) {
+    let p = format!("prefix=\"{prefix}\"");
+    let mut want = BTreeMap::from([
+        (format!("shardforge_build_success{{{p}}}"), 0.0),
+        (format!("shardforge_build_exit_code{{{p}}}"), 6.0),
+        (
+            format!("shardforge_build_info{{{p},run_id=\"half\",outcome=\"failed\"}}"),
+            1.0,
+        ),
+        (
+            format!("shardforge_build_seconds{{{p}}}"),
+            doc["wall_seconds"].as_f64().expect("wall_seconds"),
+        ),
+    ]);
+    let phases = doc["phases"].as_array().expect("phases");
+    assert!(phases.iter().any(|x| x["name"] == "writing shards"), "{doc}");
+    for phase in phases {
+        want.insert(
+            format!(
+                "shardforge_build_phase_seconds{{{p},phase=\"{}\"}}",
+                phase["name"].as_str().expect("name")
+            ),
+            phase["seconds"].as_f64().expect("seconds"),
+        );
+    }
+    let gates = doc["gates"].as_array().expect("gates");
+    for gate in gates {
+        let result = gate["result"].as_str().expect("result");
+        want.insert(
+            format!(
+                "shardforge_build_gate_passed{{{p},gate=\"{}\",result=\"{result}\"}}",
+                gate["gate"].as_str().expect("gate")
+            ),
+            if matches!(result, "pass" | "skipped") { 1.0 } else { 0.0 },
+        );
+    }
+    let got = metric_series(prom);
+    assert_eq!(got, want, "{prom}");
+    // The two gates this build is about, whatever else the report lists.
+    assert_eq!(
+        got.get(&format!("shardforge_build_gate_passed{{{p},gate=\"max_row_change\",result=\"fail\"}}")),
+        Some(&0.0),
+        "{prom}"
+    );
+    assert_eq!(
+        got.get(&format!("shardforge_build_gate_passed{{{p},gate=\"min_rows\",result=\"pass\"}}")),
+        Some(&1.0),
+        "{prom}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
