@@ -11,7 +11,8 @@ use sf_manifest::format::json::{JsonStyle, to_sorted_string};
 use sf_manifest::{Classified, DbId, ErrorKind, Key, ManifestStore, RoutingValue};
 use sf_router::{ContextValue, Routed, Router};
 use sf_tests::fault_store::{Fault, FaultStore, Op, ending};
-use sf_tests::readers::{PAGED_MODES, read_in_every_mode};
+use sf_reader::{Pin, ReaderSettings};
+use sf_tests::readers::{self, PAGED_MODES, in_every_mode, read_in_every_mode};
 use sf_tests::writer_support::{
     binary, build_embedded, list_keys, parse_job, read_snapshot, write_csv, write_json, write_parquet,
 };
@@ -23,12 +24,17 @@ const REGIONS: [&str; 3] = ["ap", "eu", "us"];
 
 /// `n` users: id, name, region, score, payload.
 fn users(n: i64) -> RecordBatch {
+    users_named(n, "user")
+}
+
+/// [`users`] named `<name>-<id>`.
+fn users_named(n: i64, name: &str) -> RecordBatch {
     let ids: Vec<i64> = (0..n).collect();
     RecordBatch::try_from_iter([
         ("id", Arc::new(Int64Array::from(ids.clone())) as ArrayRef),
         (
             "name",
-            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("user-{i}")))) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("{name}-{i}")))) as ArrayRef,
         ),
         (
             "region",
@@ -49,7 +55,12 @@ fn users(n: i64) -> RecordBatch {
 }
 
 fn json_value(id: i64) -> Vec<u8> {
-    format!(r#"{{"name":"user-{id}","score":{}}}"#, id * 7 % 1000).into_bytes()
+    json_value_named("user", id)
+}
+
+/// The stored value of user `id` of [`users_named`].
+fn json_value_named(name: &str, id: i64) -> Vec<u8> {
+    format!(r#"{{"name":"{name}-{id}","score":{}}}"#, id * 7 % 1000).into_bytes()
 }
 
 /// Reads the snapshot back and checks every input row is stored, with its
@@ -834,11 +845,40 @@ async fn a_second_build_swaps_current_and_keeps_history() {
     write_parquet(&dir.path().join("users.parquet"), &[users(100)]);
     let prefix = format!("file://{}/out", dir.path().display());
     let first = build_embedded(&parse_job(dir.path(), CLI_JOB)).await;
-    write_parquet(&dir.path().join("users.parquet"), &[users(250)]);
+    write_parquet(&dir.path().join("users.parquet"), &[users_named(250, "second")]);
     let second = build_embedded(&parse_job(dir.path(), CLI_JOB)).await;
     let store = manifest_store(&prefix);
     let history = store.history().await.expect("history");
     let runs: Vec<_> = history.iter().map(|h| h.run_id.clone()).collect();
     assert_eq!(runs, vec![second.run_id.clone(), first.run_id.clone()]);
-    check(&prefix, 250, json_value).await;
+    let current = store.load_current().await.expect("load").expect("current");
+    assert_eq!(current.pointer.manifest_ref, history[0].manifest_ref, "_CURRENT names the second build");
+    check(&prefix, 250, |id| json_value_named("second", id)).await;
+
+    // Each build: its run, its keys, the name its values carry.
+    let builds = [(&second.run_id, 250, "second"), (&first.run_id, 100, "user")];
+    for (entry, (run, keys, name)) in history.iter().zip(builds) {
+        in_every_mode(&PAGED_MODES, async |mode| {
+            let cache = tempfile::tempdir().expect("cache");
+            let reader = readers::open(
+                &prefix,
+                ReaderSettings {
+                    pin: Pin::Ref(entry.manifest_ref.clone()),
+                    ..readers::settings(mode, cache.path())
+                },
+            )
+            .await;
+            assert_eq!(&reader.info().run_id, run, "the reader serves the manifest it was pinned to");
+            // Every key either build has, and a few beyond.
+            let ids: Vec<i64> = (0..260).collect();
+            let all: Vec<Key> = ids.iter().map(|i| Key::Int(*i)).collect();
+            let got = reader.multi_get(&all).await.expect("multi_get");
+            for (id, v) in ids.iter().zip(&got) {
+                let want = (*id < keys).then(|| json_value_named(name, *id));
+                assert_eq!(v.as_deref(), want.as_deref(), "run {run}: key {id}");
+            }
+            reader.close();
+        })
+        .await;
+    }
 }
