@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sf_manifest::Key;
@@ -595,24 +595,22 @@ warmup_keys = ["1"]
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
-    let requests = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    // Answers each client got from run1 and from run2.
+    let answered: Arc<[[AtomicUsize; 2]; 3]> = Arc::new(Default::default());
     let mut tasks = Vec::new();
-    // Three clients: gets, HTTP multigets, gRPC multigets. Each bounded
-    // in count and time; they stop when told or at the bound.
+    // Three clients: gets, HTTP multigets, gRPC multigets, until told to
+    // stop; each counts the answers it got from each run.
     for worker in 0..3usize {
-        let (stop, failures, requests) = (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&requests));
+        let (stop, failures, answered) = (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&answered));
         let base = s.http.clone();
         let grpc = s.grpc.clone().expect("grpc");
         let c = s.client.clone();
         tasks.push(tokio::spawn(async move {
             let mut runs = Vec::<String>::new();
             let mut g = LookupClient::connect(grpc).await.expect("grpc connect");
-            for i in 0..20_000u64 {
-                if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(90) {
-                    break;
-                }
-                requests.fetch_add(1, Ordering::Relaxed);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
                 let k = (i * 7 + worker as u64) % KEYS;
                 let run = match worker {
                     0 => {
@@ -676,6 +674,12 @@ warmup_keys = ["1"]
                         }
                     }
                 };
+                let slot = match run.as_str() {
+                    "run1" => 0,
+                    "run2" => 1,
+                    other => panic!("client {worker}: an answer from {other}"),
+                };
+                answered[worker][slot].fetch_add(1, Ordering::Relaxed);
                 if runs.last() != Some(&run) {
                     runs.push(run);
                 }
@@ -683,26 +687,31 @@ warmup_keys = ["1"]
             runs
         }));
     }
-    // Let the load run on run1, publish run2, and wait until every
-    // client has seen it (bounded).
-    while requests.load(Ordering::Relaxed) < 300 && started.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    publish_ints(&prefix, "run2").await;
-    let mut switched = false;
-    for _ in 0..3000 {
-        let resp = s.get("/v1/snapshots/users/keys/1").send().await.expect("get");
-        if resp.headers()["sf-run-id"] == "run2" {
-            switched = true;
-            break;
+    // Waits (bounded) until every client has had `n` answers from run
+    // `slot`; fails naming the counts and failures otherwise.
+    let every_client_answered = |slot: usize, n: usize, what: &'static str| {
+        let (answered, failures) = (Arc::clone(&answered), Arc::clone(&failures));
+        async move {
+            let counts = || -> Vec<usize> { answered.iter().map(|c| c[slot].load(Ordering::Relaxed)).collect() };
+            let waited = tokio::time::timeout(Duration::from_secs(180), async {
+                while counts().iter().any(|c| *c < n) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            assert!(
+                waited.is_ok(),
+                "{what}: answers per client {:?} after 180 s, {} failed requests",
+                counts(),
+                failures.load(Ordering::Relaxed)
+            );
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(switched, "the server never swapped to run2");
-    let after = requests.load(Ordering::Relaxed);
-    while requests.load(Ordering::Relaxed) < after + 300 && started.elapsed() < Duration::from_secs(90) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    // The load runs on run1; then run2 is published, and every client
+    // must be answered from it.
+    every_client_answered(0, 100, "every client reads run1").await;
+    publish_ints(&prefix, "run2").await;
+    every_client_answered(1, 100, "every client reads run2 once it is published").await;
     stop.store(true, Ordering::Relaxed);
     let mut all_runs = Vec::new();
     for t in tasks {
