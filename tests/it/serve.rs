@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sf_manifest::Key;
@@ -26,6 +26,9 @@ use tokio::io::AsyncWriteExt;
 /// HTTP/1.1 and HTTP/2 and gRPC; `/metrics` counts what was done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_and_error_over_files_http_and_grpc() {
+    // The snapshot is built after this: its age can never be more than
+    // the time since.
+    let built_after = Instant::now();
     let snap = LocalSnapshot::with_runs(&["run1"]).await;
     let mut s = ServeProcess::serving(
         &[("users", &snap.current_url())],
@@ -131,7 +134,7 @@ async fn every_route_and_error_over_files_http_and_grpc() {
     assert_eq!(users["run_id"], "run1");
     assert_eq!(users["shard_count"], 4);
     assert!(users["open_shards"].as_u64().expect("open shards") >= 1);
-    assert!(users["age_seconds"].as_f64().expect("age") >= 0.0);
+    assert_age(users["age_seconds"].as_f64().expect("age"), built_after);
     assert!(users["published_at"].is_string());
     assert_eq!(users["refresh"]["consecutive_failures"], 0);
     assert_eq!(users["versions"][0]["run_id"], "run1");
@@ -273,7 +276,10 @@ async fn every_route_and_error_over_files_http_and_grpc() {
         metric(&m, "sf_serve_snapshot_open_shards", &[("snapshot", "users")]),
         4.0
     );
-    assert!(metric(&m, "sf_serve_snapshot_age_seconds", &[("snapshot", "users")]) >= 0.0);
+    assert_age(
+        metric(&m, "sf_serve_snapshot_age_seconds", &[("snapshot", "users")]),
+        built_after,
+    );
     assert_eq!(metric(&m, "sf_reader_shard_opens_total", &[("snapshot", "users")]), 4.0);
     assert_eq!(metric(&m, "sf_reader_downloads_total", &[("snapshot", "users")]), 4.0);
     assert!(metric(&m, "sf_reader_download_bytes_total", &[("snapshot", "users")]) > 0.0);
@@ -562,6 +568,17 @@ async fn a_shard_that_cannot_be_read_answers_503() {
     assert_eq!(s.get("/livez").send().await.expect("livez").status(), 200);
     assert!(s.running());
     assert!(s.terminate().success());
+}
+
+/// A snapshot's age in seconds: not negative, and at most the time since
+/// `built_after`, a moment before the snapshot was built (with a second
+/// for the clocks: the age is wall-clock time, this monotonic time).
+fn assert_age(age: f64, built_after: Instant) {
+    let bound = built_after.elapsed().as_secs_f64() + 1.0;
+    assert!(
+        (0.0..=bound).contains(&age),
+        "the age is {age} s, the snapshot was built less than {bound} s ago"
+    );
 }
 
 /// On S3: a new run is published while clients read; no request fails,
