@@ -273,6 +273,7 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request<Body>) -> R
         Some(Fault::Hang(d)) => tokio::time::sleep(d).await,
         None => {}
     }
+    let head = method == Method::HEAD;
     let headers: HeaderMap = request.headers().clone();
     let body = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
         Ok(b) => b,
@@ -288,7 +289,9 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request<Body>) -> R
         Ok(answer) => {
             let mut response = Response::builder().status(answer.status());
             for (name, value) in answer.headers() {
-                if name != "content-length" && name != "transfer-encoding" {
+                // The body is sent again whole; a HEAD answer has none, and
+                // its content-length is the object's size.
+                if (head || name != "content-length") && name != "transfer-encoding" {
                     response = response.header(name, value);
                 }
             }
@@ -373,5 +376,21 @@ mod tests {
             answer.bytes().await
         });
         assert!(dropped.is_err(), "a dropped connection is an error: {dropped:?}");
+    }
+
+    #[test]
+    fn a_head_answer_keeps_the_size_of_the_object() {
+        let (up, _stop) = upstream();
+        let proxy = FaultProxy::start(&up);
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let length = rt.block_on(async {
+            let answer = reqwest::Client::new()
+                .head(format!("{}/b/k", proxy.url()))
+                .send()
+                .await
+                .expect("answer");
+            answer.headers().get("content-length").cloned()
+        });
+        assert_eq!(length.as_ref().map(|l| l.as_bytes()), Some(&b"2"[..]), "the size of \"up\"");
     }
 }
