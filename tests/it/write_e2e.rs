@@ -797,17 +797,15 @@ backend = "{backend}"
 }
 
 /// A transient failure retries into a new attempt; the driver publishes
-/// the winners and deletes every losing attempt folder.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
+/// the winners and deletes every losing attempt folder. On `inner` (the
+/// object store under a prefix's URL), at `path` in it.
+async fn retried_uploads_claim_new_attempts(inner: Arc<dyn object_store::ObjectStore>, path: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     write_parquet(&dir.path().join("users.parquet"), &[users(600)]);
-    let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let flaky = FaultStore::new(Arc::clone(&inner));
+    let flaky = FaultStore::new(inner);
     flaky.at(Op::Put, ending("shard.db")).times(2).fail(Fault::Generic);
     let registered = flaky.register();
-    let base = registered.base();
-    let prefix = format!("{base}/snap");
+    let prefix = format!("{}/{}", registered.base(), path.trim_start_matches('/'));
     let j = parse_job(
         dir.path(),
         &replace_in(
@@ -825,13 +823,59 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
         snap.manifest.shards.iter().any(|s| s.attempt.0 > 0),
         "a retried shard won with a later attempt"
     );
+    // What is left is one attempt folder per shard, the winner's, holding
+    // its claim and its shard file and nothing of another attempt.
     let keys = list_keys(&prefix).await;
-    let attempts: std::collections::BTreeSet<String> = keys
+    let mut attempts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for k in keys.iter().filter(|k| k.starts_with("shards/")) {
+        let (folder, file) = k.rsplit_once('/').expect("file");
+        attempts.entry(folder.to_string()).or_default().push(file.to_string());
+    }
+    let winners: BTreeMap<String, Vec<String>> = snap
+        .manifest
+        .shards
         .iter()
-        .filter(|k| k.starts_with("shards/"))
-        .map(|k| k.rsplit_once('/').expect("file").0.to_string())
+        .map(|r| {
+            (
+                format!(
+                    "shards/run_id={}/db={:05}/attempt={:02}",
+                    snap.manifest.build.run_id.as_str(),
+                    r.db_id.0,
+                    r.attempt.0
+                ),
+                vec!["_claim.json".to_string(), "shard.db".to_string()],
+            )
+        })
         .collect();
-    assert_eq!(attempts.len(), 3, "one attempt folder per shard remains: {attempts:?}");
+    assert_eq!(attempts, winners, "one attempt folder per shard remains, the winner's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
+    retried_uploads_claim_new_attempts(Arc::new(object_store::memory::InMemory::new()), "snap").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_uploads_claim_new_attempts_and_losers_are_deleted_on_local_files() {
+    let root = tempfile::tempdir().expect("root");
+    let at = sf_manifest::resolve(
+        &format!("file://{}/snap", root.path().display()),
+        &sf_manifest::StorageOptions::new(),
+    )
+    .expect("resolve");
+    retried_uploads_claim_new_attempts(at.store, at.path.as_ref()).await;
+    assert!(root.path().join("snap/_CURRENT").exists(), "the snapshot is on the file system");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_uploads_claim_new_attempts_and_losers_are_deleted_on_s3() {
+    let prefix = s3_prefix("attempts");
+    let at = sf_manifest::resolve(&prefix, &sf_manifest::StorageOptions::new()).expect("resolve");
+    retried_uploads_claim_new_attempts(at.store, at.path.as_ref()).await;
+    assert!(
+        list_keys(&prefix).await.iter().any(|k| k == "_CURRENT"),
+        "the snapshot is on S3"
+    );
 }
 
 /// A second build swaps `_CURRENT` to itself and keeps the first build's
