@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::physical_plan::{ExecutionPlanProperties, collect_partitioned};
@@ -876,6 +877,92 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted_on_s3() {
         list_keys(&prefix).await.iter().any(|k| k == "_CURRENT"),
         "the snapshot is on S3"
     );
+}
+
+/// Writes of SQLite shards (the default backend) follow the rate limits,
+/// in rows per second and in key and value bytes per second, each per
+/// shard attempt. A shard's rows all pass its limiter after the build's
+/// run record is written (before any shard is built) and before the
+/// shard's claim (made once its file is built, before the upload); the
+/// store sees both, so the rows or bytes of a shard over the time between
+/// them bound the rate it was written at from above. The limiters let a
+/// second's worth through at once, so a shard of five seconds' worth is
+/// written at no more than 5/4 of its limit; the test allows 3/2, and a
+/// slow machine only lowers the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writes_follow_the_row_and_byte_limits() {
+    const ROWS: i64 = 4_000;
+    // 8-byte keys (u64be) and 100-byte values.
+    const ROW_BYTES: f64 = 108.0;
+    let dir = tempfile::tempdir().expect("tmp");
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from_iter_values(0..ROWS)) as ArrayRef),
+        (
+            "v",
+            Arc::new(StringArray::from_iter_values((0..ROWS).map(|i| format!("{i:0>100}")))) as ArrayRef,
+        ),
+    ])
+    .expect("batch");
+    write_parquet(&dir.path().join("rows.parquet"), &[batch]);
+    for (setting, limit, per_row) in [
+        ("max_writes_per_second = 400", 400.0, 1.0),
+        ("max_write_bytes_per_second = 43200", 43_200.0, ROW_BYTES),
+    ] {
+        let root = tempfile::tempdir().expect("root");
+        let timed = FaultStore::over(&format!("file://{}", root.path().display()));
+        let started: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let claimed: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+        {
+            let started = Arc::clone(&started);
+            timed.at(Op::Put, ending("run.yaml")).run(move |_| {
+                sf_manifest::sync::lock(&started).get_or_insert_with(Instant::now);
+                async {}
+            });
+            let claimed = Arc::clone(&claimed);
+            timed.at(Op::Put, ending("_claim.json")).every().run(move |path| {
+                sf_manifest::sync::lock(&claimed).push((path.to_string(), Instant::now()));
+                async {}
+            });
+        }
+        let registered = timed.register();
+        let prefix = format!("{}{}/snap", registered.base(), root.path().display());
+        let job = parse_job(
+            dir.path(),
+            &format!(
+                "key_col = \"id\"\n[input]\nformat = \"parquet\"\npath = \"rows.parquet\"\n[value]\nbinary_col = \"v\"\n\
+                 [routing]\nnum_dbs = 2\n[write]\n{setting}\n[output]\nprefix = \"{prefix}\"\n"
+            ),
+        );
+        assert_eq!(job.backend().name(), "sqlite", "the default backend");
+        let s = build_embedded(&job).await;
+        assert_eq!(s.rows, ROWS as u64, "{setting}");
+        let store = manifest_store(&prefix);
+        let current = store.load_current().await.expect("load").expect("published");
+        let manifest = store.load_manifest(&current.pointer.manifest_ref).await.expect("manifest");
+        let t0 = sf_manifest::sync::lock(&started).expect("the run record was written");
+        let claims = sf_manifest::sync::lock(&claimed).clone();
+        assert_eq!(claims.len(), 2, "{setting}: one claim per shard, no retry: {claims:?}");
+        for shard in &manifest.shards {
+            let db = format!("db={:05}/", shard.db_id.0);
+            let (_, at) = claims
+                .iter()
+                .find(|(path, _)| path.contains(&db))
+                .unwrap_or_else(|| panic!("{setting}: no claim of shard {}", shard.db_id));
+            let amount = shard.row_count as f64 * per_row;
+            assert!(
+                amount >= 4.0 * limit,
+                "{setting}: shard {} holds {amount}, at least four seconds' worth",
+                shard.db_id
+            );
+            let seconds = at.duration_since(t0).as_secs_f64();
+            let rate = amount / seconds;
+            assert!(
+                rate <= 1.5 * limit,
+                "{setting}: shard {} wrote {amount} in {seconds:.2} s, {rate:.0} a second",
+                shard.db_id
+            );
+        }
+    }
 }
 
 /// A second build swaps `_CURRENT` to itself and keeps the first build's
