@@ -369,6 +369,13 @@ async fn losing_every_executor_fails_the_build_within_a_bound() {
     );
 }
 
+/// Nothing listens at the scheduler's address: `sf-write` says so and
+/// exits 1 at once. "At once" is measured against the connect timeout the
+/// client would otherwise wait out, set here to 120 s
+/// (`ballista.grpc.client.connect_timeout_seconds`): the build must end
+/// within 30 s, a quarter of it, which leaves a debug build on a loaded
+/// machine ample time to start, read its job and be refused (it takes
+/// well under a second here).
 #[test]
 fn an_unreachable_scheduler_is_reported_at_once() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -377,18 +384,29 @@ fn an_unreachable_scheduler_is_reported_at_once() {
     let out_dir = dir.path().join("out");
     let job = write_job(
         dir.path(),
-        &job_text(&input.to_string_lossy(), &out_dir.to_string_lossy(), ""),
+        &job_text(
+            &input.to_string_lossy(),
+            &out_dir.to_string_lossy(),
+            "[cluster.session]\n\"ballista.grpc.client.connect_timeout_seconds\" = 120\n",
+        ),
     );
     let url = format!("df://127.0.0.1:{}", free_port());
+    let started = Instant::now();
     let out = run_bounded(
         Command::new(binary("sf-write"))
             .arg("--config")
             .arg(&job)
             .args(["--cluster", &url, "--progress", "off"]),
-        Duration::from_secs(60),
+        Duration::from_secs(180),
         "sf-write against no scheduler",
     );
+    let took = started.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("sf-write against no scheduler took {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the refusal took {took:?}, not at once (connect timeout 120 s): {err}"
+    );
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("cannot reach the Ballista scheduler at {url}")) && err.contains("sf-scheduler"),
@@ -397,6 +415,13 @@ fn an_unreachable_scheduler_is_reported_at_once() {
     assert!(!out_dir.exists(), "nothing was written");
 }
 
+/// A stock Ballista executor rejects ShardForge's tasks; the build fails
+/// at the first rejection, with the reason. "At once" is measured against
+/// what stock Ballista does instead, launching the tasks again at the
+/// executor's next heartbeat: the executor beats every 90 s here (and is
+/// not timed out before 10 minutes), and the build must end within 30 s,
+/// a third of that, long before any second launch, which leaves this
+/// build (under a second here) ample room on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_without_the_extension_fails_the_build_with_the_reason() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -405,11 +430,13 @@ async fn an_executor_without_the_extension_fails_the_build_with_the_reason() {
     // Ballista configures it: default codecs, runtime and config.
     let cluster = LocalCluster::start(&ClusterOptions {
         executors: 1,
-        executor_args: vec!["--without-extension".into()],
+        scheduler_args: vec!["--executor-timeout-secs=600".into()],
+        executor_args: vec!["--without-extension".into(), "--heartbeat-interval-secs=90".into()],
         ..ClusterOptions::default()
     });
     let prefix = s3_prefix("cluster-plain");
     let job = write_job(dir.path(), &job_text(&input, &prefix, ""));
+    let started = Instant::now();
     let out = run_bounded(
         Command::new(binary("sf-write")).arg("--config").arg(&job).args([
             "--cluster",
@@ -417,10 +444,16 @@ async fn an_executor_without_the_extension_fails_the_build_with_the_reason() {
             "--progress",
             "off",
         ]),
-        Duration::from_secs(120),
+        Duration::from_secs(180),
         "sf-write on an executor without the extension",
     );
+    let took = started.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("sf-write on an executor without the extension took {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the build failed after {took:?}, not at the first rejection: {err}"
+    );
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("lacks ShardForge's extension") && err.contains("Run sf-executor"),
