@@ -234,7 +234,10 @@ async fn a_build_on_two_executors_matches_the_embedded_build() {
                 .pid
         })
         .collect();
-    assert_eq!(gathered, executors, "the two claims held together were one per executor");
+    assert_eq!(
+        gathered, executors,
+        "the two claims held together were one per executor"
+    );
     let writers: BTreeSet<u32> = claimed
         .iter()
         .filter(|c| winners.iter().any(|w| c.attempt_key.ends_with(w.as_str())))

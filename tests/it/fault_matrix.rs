@@ -247,7 +247,9 @@ fn injected_error_said(point: &str, expect: Expect, out: &std::process::Output, 
             published();
             assert!(warnings.is_empty(), "{cell}: {doc}");
             assert!(
-                doc["retention"]["error"].as_str().is_some_and(|e| e.contains(&injected)),
+                doc["retention"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(&injected)),
                 "{cell}: the retention's error names the fail point: {doc}"
             );
         }

@@ -223,7 +223,9 @@ async fn a_failed_run_is_rebuilt_cleanly() {
     wait_for_leases(&prefix, "f").await;
     let records = records_of(&prefix, "f").await;
     assert!(
-        records.len() == 1 && records[0].status == RunStatus::Running && records[0].lease_expires_at <= Timestamp::now(),
+        records.len() == 1
+            && records[0].status == RunStatus::Running
+            && records[0].lease_expires_at <= Timestamp::now(),
         "the dead build's record is stale: {records:?}"
     );
     assert_eq!(current_run(&prefix).await, None, "nothing was published");
@@ -232,15 +234,25 @@ async fn a_failed_run_is_rebuilt_cleanly() {
     let failed = job.sf_write(&["--json"], &[(failpoint::ENV, "verify=error")]);
     let err = text(&failed.stderr);
     assert_eq!(code(&failed), 5, "{err}");
-    assert!(err.contains("sf-failpoint: hit verify"), "the error was injected: {err}");
+    assert!(
+        err.contains("sf-failpoint: hit verify"),
+        "the error was injected: {err}"
+    );
     let doc = json(&failed);
-    assert_eq!((doc["outcome"].as_str(), doc["error"]["kind"].as_str()), (Some("failed"), Some("unavailable")), "{doc}");
+    assert_eq!(
+        (doc["outcome"].as_str(), doc["error"]["kind"].as_str()),
+        (Some("failed"), Some("unavailable")),
+        "{doc}"
+    );
     let records = records_of(&prefix, "f").await;
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(records[1].status, RunStatus::Failed, "{records:?}");
     assert_eq!(records[1].error_type.as_deref(), Some("unavailable"), "{records:?}");
     assert!(
-        records[1].error_message.as_deref().is_some_and(|m| m.contains("fail point verify")),
+        records[1]
+            .error_message
+            .as_deref()
+            .is_some_and(|m| m.contains("fail point verify")),
         "{records:?}"
     );
     assert_eq!(
@@ -467,16 +479,24 @@ async fn assert_history_reads_tagged(prefix: &str, runs: &[(&str, u64)]) {
 fn metric_series(prom: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for line in prom.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not `series value`: {line}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not `series value`: {line}"));
         let name = series.split('{').next().unwrap_or_default();
         let help = sf_cli::report::METRICS
             .iter()
             .find(|(n, _)| *n == name)
             .unwrap_or_else(|| panic!("{name} is not in the catalog"))
             .1;
-        assert!(prom.contains(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n")), "{name}: {prom}");
+        assert!(
+            prom.contains(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n")),
+            "{name}: {prom}"
+        );
         let value: f64 = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
-        assert!(out.insert(series.to_string(), value).is_none(), "{series} twice: {prom}");
+        assert!(
+            out.insert(series.to_string(), value).is_none(),
+            "{series} twice: {prom}"
+        );
     }
     out
 }
@@ -526,12 +546,16 @@ fn assert_failed_gate_metrics(prom: &str, doc: &Value, prefix: &str) {
     assert_eq!(got, want, "{prom}");
     // The two gates this build is about, whatever else the report lists.
     assert_eq!(
-        got.get(&format!("shardforge_build_gate_passed{{{p},gate=\"max_row_change\",result=\"fail\"}}")),
+        got.get(&format!(
+            "shardforge_build_gate_passed{{{p},gate=\"max_row_change\",result=\"fail\"}}"
+        )),
         Some(&0.0),
         "{prom}"
     );
     assert_eq!(
-        got.get(&format!("shardforge_build_gate_passed{{{p},gate=\"min_rows\",result=\"pass\"}}")),
+        got.get(&format!(
+            "shardforge_build_gate_passed{{{p},gate=\"min_rows\",result=\"pass\"}}"
+        )),
         Some(&1.0),
         "{prom}"
     );

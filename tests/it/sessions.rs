@@ -485,7 +485,11 @@ async fn each_source_feeds_a_build_and_a_save_embedded() {
         .rows,
         200
     );
-    let missing = sf_tests::replace_in(&job_text(&format!("prefix = \"{snap}-x\"")), "wh.app.users", "wh.app.nope");
+    let missing = sf_tests::replace_in(
+        &job_text(&format!("prefix = \"{snap}-x\"")),
+        "wh.app.users",
+        "wh.app.nope",
+    );
     let job =
         sf_warehouse::JobFile::parse(&missing, "job.toml", root.path(), Vec::<(String, String)>::new()).expect("job");
     let e = driver

@@ -10,9 +10,9 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::physical_plan::{ExecutionPlanProperties, collect_partitioned};
 use sf_manifest::format::json::{JsonStyle, to_sorted_string};
 use sf_manifest::{Classified, DbId, ErrorKind, Key, ManifestStore, RoutingValue};
+use sf_reader::{Pin, ReaderSettings};
 use sf_router::{ContextValue, Routed, Router};
 use sf_tests::fault_store::{Fault, FaultStore, Op, ending};
-use sf_reader::{Pin, ReaderSettings};
 use sf_tests::readers::{self, PAGED_MODES, in_every_mode, read_in_every_mode};
 use sf_tests::writer_support::{
     binary, build_embedded, list_keys, parse_job, read_snapshot, write_csv, write_json, write_parquet,
@@ -865,7 +865,10 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted_on_local_file
     )
     .expect("resolve");
     retried_uploads_claim_new_attempts(at.store, at.path.as_ref()).await;
-    assert!(root.path().join("snap/_CURRENT").exists(), "the snapshot is on the file system");
+    assert!(
+        root.path().join("snap/_CURRENT").exists(),
+        "the snapshot is on the file system"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -938,7 +941,10 @@ async fn sqlite_writes_follow_the_row_and_byte_limits() {
         assert_eq!(s.rows, ROWS as u64, "{setting}");
         let store = manifest_store(&prefix);
         let current = store.load_current().await.expect("load").expect("published");
-        let manifest = store.load_manifest(&current.pointer.manifest_ref).await.expect("manifest");
+        let manifest = store
+            .load_manifest(&current.pointer.manifest_ref)
+            .await
+            .expect("manifest");
         let t0 = sf_manifest::sync::lock(&started).expect("the run record was written");
         let claims = sf_manifest::sync::lock(&claimed).clone();
         assert_eq!(claims.len(), 2, "{setting}: one claim per shard, no retry: {claims:?}");
@@ -983,7 +989,10 @@ async fn a_second_build_swaps_current_and_keeps_history() {
     let runs: Vec<_> = history.iter().map(|h| h.run_id.clone()).collect();
     assert_eq!(runs, vec![second.run_id.clone(), first.run_id.clone()]);
     let current = store.load_current().await.expect("load").expect("current");
-    assert_eq!(current.pointer.manifest_ref, history[0].manifest_ref, "_CURRENT names the second build");
+    assert_eq!(
+        current.pointer.manifest_ref, history[0].manifest_ref,
+        "_CURRENT names the second build"
+    );
     check(&prefix, 250, |id| json_value_named("second", id)).await;
 
     // Each build: its run, its keys, the name its values carry.
@@ -999,7 +1008,11 @@ async fn a_second_build_swaps_current_and_keeps_history() {
                 },
             )
             .await;
-            assert_eq!(&reader.info().run_id, run, "the reader serves the manifest it was pinned to");
+            assert_eq!(
+                &reader.info().run_id,
+                run,
+                "the reader serves the manifest it was pinned to"
+            );
             // Every key either build has, and a few beyond.
             let ids: Vec<i64> = (0..260).collect();
             let all: Vec<Key> = ids.iter().map(|i| Key::Int(*i)).collect();

@@ -162,15 +162,27 @@ impl LocalCluster {
         std::fs::create_dir_all(&work).expect("executor work folder");
         let log = std::fs::File::create(self.executor_log(n - 1)).expect("executor log");
         let mut cmd = Command::new(binary("sf-executor"));
-        cmd.args(["--scheduler", &self.url, "--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
-            .args(["--port", &free_port().to_string(), "--grpc-port", &free_port().to_string()])
-            .arg("--work-dir")
-            .arg(&work)
-            .args(["--concurrent-tasks", &concurrent_tasks.to_string()])
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+        cmd.args([
+            "--scheduler",
+            &self.url,
+            "--bind-host",
+            "127.0.0.1",
+            "--external-host",
+            "127.0.0.1",
+        ])
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--grpc-port",
+            &free_port().to_string(),
+        ])
+        .arg("--work-dir")
+        .arg(&work)
+        .args(["--concurrent-tasks", &concurrent_tasks.to_string()])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -181,7 +193,10 @@ impl LocalCluster {
         let state = self.dir.path().join("scheduler-state.json");
         let started = Instant::now();
         loop {
-            let listed = std::fs::read_to_string(&state).unwrap_or_default().matches("\"id\":").count();
+            let listed = std::fs::read_to_string(&state)
+                .unwrap_or_default()
+                .matches("\"id\":")
+                .count();
             if listed >= self.executor_pids.len() {
                 return pid;
             }

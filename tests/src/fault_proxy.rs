@@ -447,6 +447,10 @@ mod tests {
                 .expect("answer");
             answer.headers().get("content-length").cloned()
         });
-        assert_eq!(length.as_ref().map(|l| l.as_bytes()), Some(&b"2"[..]), "the size of \"up\"");
+        assert_eq!(
+            length.as_ref().map(|l| l.as_bytes()),
+            Some(&b"2"[..]),
+            "the size of \"up\""
+        );
     }
 }

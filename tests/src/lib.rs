@@ -47,10 +47,7 @@ pub async fn history_runs(prefix: &str) -> Vec<String> {
 /// longer matches cannot leave the job as it was and the test passing on
 /// the defaults.
 pub fn replace_in(text: &str, from: &str, to: &str) -> String {
-    assert!(
-        text.contains(from),
-        "the text to replace, {from:?}, is not in:\n{text}"
-    );
+    assert!(text.contains(from), "the text to replace, {from:?}, is not in:\n{text}");
     text.replace(from, to)
 }
 
