@@ -6,14 +6,15 @@
 //! job: rows per shard, values, checksums.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use sf_manifest::DbId;
 use sf_tests::cluster::{ClusterOptions, LocalCluster, claims, free_port, run_bounded, upload, wait_bounded};
+use sf_tests::fault_proxy::{Fault, FaultProxy, Rule};
 use sf_tests::s3_prefix;
 use sf_tests::writer_support::{Snapshot, binary, build_embedded, list_keys, parse_job, read_snapshot, write_parquet};
 use sf_writer::job::Embedded;
@@ -140,16 +141,75 @@ fn summary(stdout: &[u8]) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("--json summary: {e}: {text}"))
 }
 
+/// Runs `sf-write --config job --cluster URL --json` as a child process,
+/// its output in files under `dir`.
+fn spawn_sf_write(job: &Path, cluster: &LocalCluster, dir: &Path) -> (Child, PathBuf, PathBuf) {
+    let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
+    let child = Command::new(binary("sf-write"))
+        .arg("--config")
+        .arg(job)
+        .args(["--cluster", cluster.url(), "--json", "--progress", "off"])
+        .stdout(std::fs::File::create(&stdout).expect("stdout"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr"))
+        .spawn()
+        .expect("start sf-write");
+    (child, stdout, stderr)
+}
+
+/// Waits (at most `bound`) until `event` holds while `child` runs; panics,
+/// naming `what` and the child's stderr, if it ends first or the bound
+/// passes.
+fn wait_while_running(child: &mut Child, stderr: &Path, bound: Duration, what: &str, mut event: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !event() {
+        if let Some(status) = child.try_wait().expect("poll sf-write") {
+            panic!(
+                "sf-write finished ({status}) before {what}: {}",
+                std::fs::read_to_string(stderr).unwrap_or_default()
+            );
+        }
+        assert!(started.elapsed() < bound, "no {what} within {bound:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A build on two executors stores what the embedded build stores, and
+/// both executors write shards. That needs a schedule, which the test
+/// makes certain: each executor has one task slot, and the executors
+/// reach S3 through a proxy that holds shard claims until two of them
+/// (two shards) are held together, which only two tasks running at once,
+/// one per executor, can make.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_on_two_executors_matches_the_embedded_build() {
     let dir = tempfile::tempdir().expect("tmp");
     let input = s3_input("cluster-same", 20_000, dir.path()).await;
     let reference = embedded_run(&job_text(&input, &s3_prefix("cluster-same-embedded"), ""), dir.path()).await;
 
-    let cluster = LocalCluster::start(&ClusterOptions::default());
+    let proxy = FaultProxy::for_s3();
+    proxy.add(Rule::new("PUT", "/_claim.json").times(2).fault(Fault::Gather(2)));
+    let cluster = LocalCluster::start(&ClusterOptions {
+        concurrent_tasks: 1,
+        env: vec![("AWS_ENDPOINT".into(), proxy.url().into())],
+        ..ClusterOptions::default()
+    });
     let prefix = s3_prefix("cluster-same");
     let job = write_job(dir.path(), &job_text(&input, &prefix, ""));
-    let s = cluster.sf_write_json(&job, Duration::from_secs(300));
+    let (mut child, stdout, stderr) = spawn_sf_write(&job, &cluster, dir.path());
+    wait_while_running(
+        &mut child,
+        &stderr,
+        Duration::from_secs(240),
+        "two shard claims held together",
+        || proxy.gathered(),
+    );
+    let status = wait_bounded(&mut child, Duration::from_secs(300), "sf-write on the cluster");
+    assert!(
+        status.success(),
+        "{}\n{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default(),
+        cluster.log_tails()
+    );
+    let s = summary(&std::fs::read(&stdout).expect("stdout"));
     assert_eq!(s["rows"], 20_000);
     assert_eq!(s["num_dbs"], NUM_DBS);
 
@@ -157,15 +217,32 @@ async fn a_build_on_two_executors_matches_the_embedded_build() {
     assert_same_content(&snap, &reference);
 
     // Tasks ran on both executors: the winners' claim markers name the
-    // process that wrote each shard.
+    // process that wrote each shard, the two claims held together first.
     let winners = winner_folders(&snap);
     let claimed = claims(&prefix).await;
+    let executors: BTreeSet<u32> = cluster.executor_pids().iter().copied().collect();
+    let gathered: BTreeSet<u32> = proxy
+        .gathering()
+        .iter()
+        .map(|path| {
+            // The proxy sees the request's path, `=` escaped.
+            let path = path.replace("%3D", "=");
+            claimed
+                .iter()
+                .find(|c| path.ends_with(&format!("/{}/_claim.json", c.attempt_key)))
+                .unwrap_or_else(|| panic!("the held claim {path} is a winner's claim: {claimed:?}"))
+                .pid
+        })
+        .collect();
+    assert_eq!(
+        gathered, executors,
+        "the two claims held together were one per executor"
+    );
     let writers: BTreeSet<u32> = claimed
         .iter()
         .filter(|c| winners.iter().any(|w| c.attempt_key.ends_with(w.as_str())))
         .map(|c| c.pid)
         .collect();
-    let executors: BTreeSet<u32> = cluster.executor_pids().iter().copied().collect();
     assert_eq!(
         writers, executors,
         "every executor wrote shards, and only executors did"
@@ -188,34 +265,42 @@ async fn a_build_on_two_executors_matches_the_embedded_build() {
     assert_eq!(attempt_folders(&prefix, &run_id).await, winners, "no other attempt");
 }
 
+/// An executor killed while it writes shards: the build still publishes
+/// the whole snapshot, the survivor rewriting what the victim had. The
+/// victim is made to stop for good right after uploading a shard (fail
+/// point `upload`, in its environment only) and is killed once it says
+/// so: it has claimed and written attempts whose results never reached
+/// the scheduler, so those shards are unwritten for the build, whatever
+/// the schedule otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_an_executor_mid_write_still_publishes_the_whole_snapshot() {
     let dir = tempfile::tempdir().expect("tmp");
     let rows = 16_000;
     let input = s3_input("cluster-kill", rows, dir.path()).await;
-    // About 2,000 rows per shard at 800 rows/s: a shard takes 2-3 s, so
-    // the kill lands while shards are being written.
-    let slow = "[write]\nbatch_size = 250\nmax_writes_per_second = 800\n";
-    let reference = embedded_run(&job_text(&input, &s3_prefix("cluster-kill-embedded"), slow), dir.path()).await;
+    let reference = embedded_run(&job_text(&input, &s3_prefix("cluster-kill-embedded"), ""), dir.path()).await;
 
     // A lost executor is noticed after 20 s without heartbeats (beats every
     // 1 s): twenty missed beats, headroom enough for the survivor on a
     // loaded 2-core machine, where a 6 s timeout dropped it too.
-    let cluster = LocalCluster::start(&ClusterOptions {
+    let mut cluster = LocalCluster::start(&ClusterOptions {
+        executors: 1,
         scheduler_args: vec!["--executor-timeout-secs=20".into(), "--expire-check-secs=1".into()],
         executor_args: vec!["--heartbeat-interval-secs=1".into()],
         ..ClusterOptions::default()
     });
+    let survivor = cluster.executor_pids()[0];
+    let victim = cluster.start_executor(
+        2,
+        &["--heartbeat-interval-secs=1"],
+        &[(sf_manifest::publish::failpoint::ENV, "upload=pause")],
+    );
     let prefix = s3_prefix("cluster-kill");
     // The scheduler and a session setting come from the job file this time.
     let cluster_section = format!(
         "[cluster]\nscheduler = \"{}\"\n[cluster.session]\n\"ballista.job.name\" = \"fault test\"\n",
         cluster.url()
     );
-    let job = write_job(
-        dir.path(),
-        &job_text(&input, &prefix, &format!("{slow}{cluster_section}")),
-    );
+    let job = write_job(dir.path(), &job_text(&input, &prefix, &cluster_section));
     let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = Command::new(binary("sf-write"))
         .arg("--config")
@@ -226,29 +311,22 @@ async fn killing_an_executor_mid_write_still_publishes_the_whole_snapshot() {
         .spawn()
         .expect("start sf-write");
 
-    // Wait until the second executor has claimed an attempt while shards
-    // remain unwritten, then kill it.
-    let victim = cluster.executor_pids()[1];
-    let started = Instant::now();
-    let seen_before_kill = loop {
-        if let Some(status) = child.try_wait().expect("poll sf-write") {
-            panic!(
-                "sf-write finished ({status}) before an executor could be killed: {}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            );
-        }
-        let seen = claims(&prefix).await;
-        let shards: BTreeSet<u32> = seen.iter().map(|c| c.db_id).collect();
-        if seen.iter().any(|c| c.pid == victim) && (shards.len() as u32) < NUM_DBS {
-            cluster.kill_executor(1);
-            break seen;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "the second executor claimed no attempt within 180 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // The victim stops after its first upload and says so in its log.
+    let victim_log = cluster.executor_log(1);
+    wait_while_running(
+        &mut child,
+        &stderr,
+        Duration::from_secs(240),
+        "the second executor stopped after an upload",
+        || {
+            std::fs::read_to_string(&victim_log)
+                .unwrap_or_default()
+                .contains("sf-failpoint: paused at upload")
+        },
+    );
+    let seen_before_kill = claims(&prefix).await;
+    cluster.kill_executor(1);
+
     let status = wait_bounded(&mut child, Duration::from_secs(300), "sf-write after the kill");
     let err = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert!(status.success(), "the build survives a lost executor: {err}");
@@ -264,11 +342,11 @@ async fn killing_an_executor_mid_write_still_publishes_the_whole_snapshot() {
         .filter(|c| c.pid == victim)
         .map(|c| c.attempt_key.clone())
         .collect();
-    assert!(!victim_attempts.is_empty());
+    assert!(!victim_attempts.is_empty(), "{seen_before_kill:?}");
     let survivors: BTreeSet<u32> = claims(&prefix).await.iter().map(|c| c.pid).collect();
     assert_eq!(
         survivors,
-        BTreeSet::from([cluster.executor_pids()[0]]),
+        BTreeSet::from([survivor]),
         "every remaining attempt, the winners, was written by the surviving executor"
     );
     assert!(
@@ -294,7 +372,7 @@ async fn losing_every_executor_fails_the_build_within_a_bound() {
     let slow = "[write]\nbatch_size = 250\nmax_writes_per_second = 800\n";
     // Executors are dropped after 10 s without a heartbeat; with none left
     // for 5 s, the scheduler fails the job.
-    let cluster = LocalCluster::start(&ClusterOptions {
+    let mut cluster = LocalCluster::start(&ClusterOptions {
         scheduler_args: vec![
             "--executor-timeout-secs=10".into(),
             "--expire-check-secs=1".into(),
@@ -369,6 +447,13 @@ async fn losing_every_executor_fails_the_build_within_a_bound() {
     );
 }
 
+/// Nothing listens at the scheduler's address: `sf-write` says so and
+/// exits 1 at once. "At once" is measured against the connect timeout the
+/// client would otherwise wait out, set here to 120 s
+/// (`ballista.grpc.client.connect_timeout_seconds`): the build must end
+/// within 30 s, a quarter of it, which leaves a debug build on a loaded
+/// machine ample time to start, read its job and be refused (it takes
+/// well under a second here).
 #[test]
 fn an_unreachable_scheduler_is_reported_at_once() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -377,18 +462,29 @@ fn an_unreachable_scheduler_is_reported_at_once() {
     let out_dir = dir.path().join("out");
     let job = write_job(
         dir.path(),
-        &job_text(&input.to_string_lossy(), &out_dir.to_string_lossy(), ""),
+        &job_text(
+            &input.to_string_lossy(),
+            &out_dir.to_string_lossy(),
+            "[cluster.session]\n\"ballista.grpc.client.connect_timeout_seconds\" = 120\n",
+        ),
     );
     let url = format!("df://127.0.0.1:{}", free_port());
+    let started = Instant::now();
     let out = run_bounded(
         Command::new(binary("sf-write"))
             .arg("--config")
             .arg(&job)
             .args(["--cluster", &url, "--progress", "off"]),
-        Duration::from_secs(60),
+        Duration::from_secs(180),
         "sf-write against no scheduler",
     );
+    let took = started.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("sf-write against no scheduler took {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the refusal took {took:?}, not at once (connect timeout 120 s): {err}"
+    );
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("cannot reach the Ballista scheduler at {url}")) && err.contains("sf-scheduler"),
@@ -397,6 +493,13 @@ fn an_unreachable_scheduler_is_reported_at_once() {
     assert!(!out_dir.exists(), "nothing was written");
 }
 
+/// A stock Ballista executor rejects ShardForge's tasks; the build fails
+/// at the first rejection, with the reason. "At once" is measured against
+/// what stock Ballista does instead, launching the tasks again at the
+/// executor's next heartbeat: the executor beats every 90 s here (and is
+/// not timed out before 10 minutes), and the build must end within 30 s,
+/// a third of that, long before any second launch, which leaves this
+/// build (under a second here) ample room on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_without_the_extension_fails_the_build_with_the_reason() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -405,11 +508,13 @@ async fn an_executor_without_the_extension_fails_the_build_with_the_reason() {
     // Ballista configures it: default codecs, runtime and config.
     let cluster = LocalCluster::start(&ClusterOptions {
         executors: 1,
-        executor_args: vec!["--without-extension".into()],
+        scheduler_args: vec!["--executor-timeout-secs=600".into()],
+        executor_args: vec!["--without-extension".into(), "--heartbeat-interval-secs=90".into()],
         ..ClusterOptions::default()
     });
     let prefix = s3_prefix("cluster-plain");
     let job = write_job(dir.path(), &job_text(&input, &prefix, ""));
+    let started = Instant::now();
     let out = run_bounded(
         Command::new(binary("sf-write")).arg("--config").arg(&job).args([
             "--cluster",
@@ -417,10 +522,16 @@ async fn an_executor_without_the_extension_fails_the_build_with_the_reason() {
             "--progress",
             "off",
         ]),
-        Duration::from_secs(120),
+        Duration::from_secs(180),
         "sf-write on an executor without the extension",
     );
+    let took = started.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("sf-write on an executor without the extension took {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the build failed after {took:?}, not at the first rejection: {err}"
+    );
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("lacks ShardForge's extension") && err.contains("Run sf-executor"),

@@ -83,7 +83,11 @@ fn sf_write_exits_by_cause() {
     // 2: a key the job file does not have; nothing written.
     job(d, "bad-out", "");
     let text_of_job = std::fs::read_to_string(d.join("job.toml")).expect("job");
-    std::fs::write(d.join("job.toml"), text_of_job.replace("num_dbs = 2", "num_dbz = 2")).expect("job");
+    std::fs::write(
+        d.join("job.toml"),
+        sf_tests::replace_in(&text_of_job, "num_dbs = 2", "num_dbz = 2"),
+    )
+    .expect("job");
     let bad = run("sf-write", &["--config", "job.toml"], d, None, None);
     assert_code(&bad, 2, "num_dbz");
     assert!(!d.join("bad-out").exists(), "nothing was written");

@@ -25,12 +25,32 @@ const ROWS: u64 = 30;
 struct Expect {
     /// Exit code of the build with an injected error.
     error_exit: i32,
+    /// Where the build with an injected error says what happened to it.
+    error_said: Said,
     /// Whether `_CURRENT` names the new run once the faulty build is over.
     switched: bool,
     /// What re-running the job says (`published`, `already_published`,
     /// `completed_publish`), after an error and after a crash.
     rerun_after_error: &'static str,
     rerun_after_crash: &'static str,
+}
+
+/// How a build with an injected error reports it (besides the fail
+/// point's own `sf-failpoint: hit <point>` line, which every cell checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Said {
+    /// It failed: the report's outcome is `failed`, its error of kind
+    /// `unavailable` names the fail point.
+    Failed,
+    /// It published; the swap's error is logged as a warning on stderr
+    /// (the swap was made, as `_CURRENT` shows).
+    SwapWarning,
+    /// It published; the report's warnings say the losers were not
+    /// deleted, naming the fail point.
+    LosersWarning,
+    /// It published; the report's retention holds the error naming the
+    /// fail point.
+    RetentionError,
 }
 
 /// The windows, in build order, with the outcomes docs/operations.md
@@ -40,6 +60,7 @@ const WINDOWS: [(&str, Expect); 7] = [
         "claim",
         Expect {
             error_exit: 5,
+            error_said: Said::Failed,
             switched: false,
             rerun_after_error: "published",
             rerun_after_crash: "published",
@@ -49,6 +70,7 @@ const WINDOWS: [(&str, Expect); 7] = [
         "upload",
         Expect {
             error_exit: 5,
+            error_said: Said::Failed,
             switched: false,
             rerun_after_error: "published",
             rerun_after_crash: "published",
@@ -58,6 +80,7 @@ const WINDOWS: [(&str, Expect); 7] = [
         "verify",
         Expect {
             error_exit: 5,
+            error_said: Said::Failed,
             switched: false,
             rerun_after_error: "published",
             rerun_after_crash: "published",
@@ -67,6 +90,7 @@ const WINDOWS: [(&str, Expect); 7] = [
         "manifest",
         Expect {
             error_exit: 5,
+            error_said: Said::Failed,
             switched: false,
             rerun_after_error: "completed_publish",
             rerun_after_crash: "completed_publish",
@@ -76,6 +100,7 @@ const WINDOWS: [(&str, Expect); 7] = [
         "swap",
         Expect {
             error_exit: 0,
+            error_said: Said::SwapWarning,
             switched: true,
             rerun_after_error: "already_published",
             rerun_after_crash: "already_published",
@@ -85,6 +110,7 @@ const WINDOWS: [(&str, Expect); 7] = [
         "delete-losers",
         Expect {
             error_exit: 0,
+            error_said: Said::LosersWarning,
             switched: true,
             rerun_after_error: "already_published",
             rerun_after_crash: "already_published",
@@ -94,6 +120,7 @@ const WINDOWS: [(&str, Expect); 7] = [
         "cleanup",
         Expect {
             error_exit: 0,
+            error_said: Said::RetentionError,
             switched: true,
             rerun_after_error: "already_published",
             rerun_after_crash: "already_published",
@@ -166,6 +193,69 @@ async fn after_the_fault(prefix: &str, job: &JobDir, expect: Expect, crashed: bo
     assert_history_reads(prefix, ROWS).await;
 }
 
+/// The build with an error injected at `point` ran into it and exited
+/// and reported as the cell expects.
+fn injected_error_said(point: &str, expect: Expect, out: &std::process::Output, cell: &str) {
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("sf-failpoint: hit {point}\n")),
+        "{cell}: the error was injected: {err}"
+    );
+    assert_eq!(out.status.code(), Some(expect.error_exit), "{cell}: {err}");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{cell}: a JSON report ({e}): {err}"));
+    assert_eq!(doc["exit_code"], expect.error_exit, "{cell}: {doc}");
+    let injected = format!("injected failure at fail point {point}");
+    let published = || {
+        assert_eq!(doc["outcome"], "published", "{cell}: {doc}");
+        assert_eq!(doc["run_id"], "new", "{cell}: {doc}");
+    };
+    let warnings: Vec<&str> = doc["warnings"]
+        .as_array()
+        .map(|w| w.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    match expect.error_said {
+        Said::Failed => {
+            assert_eq!(doc["outcome"], "failed", "{cell}: {doc}");
+            assert_eq!(doc["error"]["kind"], "unavailable", "{cell}: {doc}");
+            assert!(
+                doc["error"]["message"].as_str().is_some_and(|m| m.contains(&injected)),
+                "{cell}: the error names the cause: {doc}"
+            );
+        }
+        Said::SwapWarning => {
+            published();
+            assert!(
+                err.lines().any(|l| l.contains("WARN")
+                    && l.contains("the swap of _CURRENT answered with an error but was made")
+                    && l.contains(&injected)),
+                "{cell}: a warning names the swap's error: {err}"
+            );
+            assert!(warnings.is_empty(), "{cell}: {doc}");
+            assert!(doc["retention"]["manifests"].is_u64(), "{cell}: retention ran: {doc}");
+        }
+        Said::LosersWarning => {
+            published();
+            assert_eq!(warnings.len(), 1, "{cell}: {doc}");
+            assert!(
+                warnings[0].contains("losing attempts were not deleted") && warnings[0].contains(&injected),
+                "{cell}: the warning names the fail point: {doc}"
+            );
+            assert!(doc["retention"]["manifests"].is_u64(), "{cell}: retention ran: {doc}");
+        }
+        Said::RetentionError => {
+            published();
+            assert!(warnings.is_empty(), "{cell}: {doc}");
+            assert!(
+                doc["retention"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(&injected)),
+                "{cell}: the retention's error names the fail point: {doc}"
+            );
+        }
+    }
+}
+
 /// One window, error then crash, on the prefixes `make_prefix` hands out.
 async fn window(name: &str, expect: Expect, make_prefix: &dyn Fn(&str) -> String) {
     for crash in [false, true] {
@@ -184,20 +274,11 @@ async fn window(name: &str, expect: Expect, make_prefix: &dyn Fn(&str) -> String
             readers_see_old_or_new(&prefix).await;
             paused.kill();
         } else {
-            let out = job.sf_write(&[], &[(sf_manifest::publish::failpoint::ENV, &format!("{name}=error"))]);
-            assert_eq!(
-                out.status.code(),
-                Some(expect.error_exit),
-                "{cell}: {}",
-                text(&out.stderr)
+            let out = job.sf_write(
+                &["--json"],
+                &[(sf_manifest::publish::failpoint::ENV, &format!("{name}=error"))],
             );
-            if expect.error_exit != 0 {
-                assert!(
-                    text(&out.stderr).contains(&format!("injected failure at fail point {name}")),
-                    "{cell}: the error names the cause: {}",
-                    text(&out.stderr)
-                );
-            }
+            injected_error_said(name, expect, &out, &cell);
         }
         after_the_fault(&prefix, &job, expect, crash, &cell).await;
     }

@@ -4,11 +4,14 @@
 //! without a single write to them.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sf_manifest::{DbId, Key};
 use sf_reader::{ContextValue, Pin, Reader, ReaderSettings, RoutingContext, SqliteMode};
-use sf_tests::readers::{SQLITE_MODES, in_every_mode, settings};
+use sf_tests::fault_store::{FaultStore, Op, containing};
+use sf_tests::readers::{SQLITE_MODES, in_every_mode, open_through, settings};
 use sf_tests::snapshots::{fixture_copy, tree_state};
 use sf_tests::{expected, fixture_dir};
 
@@ -231,20 +234,20 @@ fn the_mode_read_as_it_says(r: &Reader, mode: SqliteMode, cache: &Path) {
 
 /// The SlateDB fixture reads through a read-only reader: every stored key
 /// is found where the router says, misses are misses, and not one file of
-/// the snapshot is created, changed or removed.
+/// the snapshot is created, changed or removed. The reader reads through a
+/// store that records every call; once the reader is dropped and the last
+/// holder of that store (the shards' closing tasks included) has let go
+/// of it, nothing can write through it any more: then no write was made
+/// and the files are as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slatedb_fixture_reads_without_writing() {
     let (_dir, snap) = fixture_copy("slatedb-bucket-goldenslate/hash_int");
+    let prefix = snap.display().to_string();
     let before = tree_state(&snap);
     let cache = tempfile::tempdir().expect("cache");
+    let recorded = FaultStore::over(&prefix);
     {
-        let r = open(
-            &snap.display().to_string(),
-            SqliteMode::Auto,
-            Pin::Current,
-            cache.path(),
-        )
-        .await;
+        let r = open_through(&prefix, recorded.clone(), settings(SqliteMode::Auto, cache.path())).await;
         let info = r.info();
         assert_eq!(info.run_id.as_str(), "slaterun0001");
         assert_eq!(info.row_count, 6);
@@ -271,8 +274,29 @@ async fn slatedb_fixture_reads_without_writing() {
             assert_eq!(s.opened_as, Some("slatedb"));
         }
         assert_eq!(r.stats().downloads, 0);
+        assert!(
+            recorded.calls(Op::Get, &containing("")) > 0,
+            "the reader read through the recording store"
+        );
     }
-    // Let the shard readers' close tasks run, then compare.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Dropped: its shards close in tasks of their own, each holding the
+    // store until it is done. Wait (bounded) until ours is the only
+    // reference left.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Arc::strong_count(&recorded) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped reader still holds the store ({} references) after 120 s",
+            Arc::strong_count(&recorded)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for op in [Op::Put, Op::Delete, Op::Copy] {
+        assert_eq!(
+            recorded.calls(op, &containing("")),
+            0,
+            "{op:?} calls reached the snapshot's store"
+        );
+    }
     assert_eq!(tree_state(&snap), before, "the reader wrote into the snapshot");
 }

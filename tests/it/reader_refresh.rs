@@ -208,6 +208,13 @@ async fn a_refresh_reopens_only_the_shards_that_changed() {
 /// After `close()`: every read and refresh is refused naming the prefix,
 /// health says closed, and the background refresh stops (a snapshot
 /// published afterwards is never picked up, `_CURRENT` is not read again).
+///
+/// The loop is caught in the middle of a round: its read of `_CURRENT` is
+/// held in the store, announcing itself, with a guard that tells when the
+/// held call is dropped. `close()` must end the loop's task, which drops
+/// the held round; a loop left running would hold it for ever, and the
+/// bounded wait for the drop fails. With the task gone nothing can read
+/// `_CURRENT` again, which the counts then confirm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_refuses_reads_and_stops_the_background_refresh() {
     let site = Site::publish("old", 2, "old").await;
@@ -224,7 +231,38 @@ async fn close_refuses_reads_and_stops_the_background_refresh() {
     );
     wait_until("the background refresh to run twice", || current_reads() >= 2).await;
 
+    // The next read of `_CURRENT` (the loop's: nothing else reads it now)
+    // is held for good; the guard reports when its future is dropped.
+    struct Dropped(std::sync::mpsc::Sender<&'static str>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            let _ = self.0.send("dropped");
+        }
+    }
+    let (tx, events) = std::sync::mpsc::channel::<&'static str>();
+    let tx = std::sync::Mutex::new(tx);
+    hooked.at(Op::Get, ending("_CURRENT")).run(move |_| {
+        let tx = sf_manifest::sync::lock(&tx).clone();
+        async move {
+            let guard = Dropped(tx.clone());
+            let _ = tx.send("held");
+            std::future::pending::<()>().await;
+            drop(guard);
+        }
+    });
+    let next = |what: &str| {
+        events
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no event within 60 s: {what}"))
+    };
+    assert_eq!(next("the loop's next round reading _CURRENT"), "held");
+    let reads_at_close = current_reads();
+
     reader.close();
+    assert_eq!(
+        next("close() ending the background loop, which drops its held round"),
+        "dropped"
+    );
     let closed = |e: Error| {
         assert!(matches!(e, Error::Closed { .. }), "{e:?}");
         assert!(e.to_string().contains(prefix.as_str()), "{e}");
@@ -249,14 +287,7 @@ async fn close_refuses_reads_and_stops_the_background_refresh() {
     assert!(reader.health(Duration::from_secs(3600)).is_closed);
 
     publish_ints(prefix, "new", 2, KEYS as u64, "new").await;
-    // Nothing to wait for when a loop has stopped: a window of fifty
-    // intervals, in which a live loop would read `_CURRENT` again and swap.
-    // A round that was past its check when close() came ends at its next
-    // await, so the count is taken after a first window.
-    tokio::time::sleep(interval * 50).await;
-    let settled = current_reads();
-    tokio::time::sleep(interval * 50).await;
-    assert_eq!(current_reads(), settled, "_CURRENT was read after close()");
+    assert_eq!(current_reads(), reads_at_close, "_CURRENT was read after close()");
     assert_eq!(reader.info().run_id.as_str(), "old", "no swap after close()");
     assert_eq!(reader.stats().swaps, 0);
 }

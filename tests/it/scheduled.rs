@@ -7,16 +7,18 @@
 //! removes what no kept manifest references; reports and metrics say what
 //! happened, on success and on failure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use sf_manifest::{ManifestStore, RunRecord, RunStatus};
+use sf_manifest::format::layout;
+use sf_manifest::publish::failpoint;
+use sf_manifest::{ManifestStore, RunRecord, RunStatus, Timestamp};
 use sf_tests::scenario::{
-    JobDir, assert_history_reads, attempt_folders, current_run, read_history, referenced_folders, sf_read, text,
-    wait_for_leases,
+    JobDir, assert_history_reads, attempt_builds, attempt_folders, current_run, read_history, referenced_folders,
+    sf_read, text, wait_for_leases,
 };
 use sf_tests::writer_support::list_objects;
-use sf_tests::{manifest_store, s3_prefix};
+use sf_tests::{manifest_store, replace_in, s3_prefix};
 
 fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
@@ -165,23 +167,133 @@ async fn a_running_build_keeps_renewing_its_lease() {
     paused.kill();
 }
 
+/// The run records of `run` under `prefix`, oldest first.
+async fn records_of(prefix: &str, run: &str) -> Vec<RunRecord> {
+    let mut records: Vec<RunRecord> = manifest_store(prefix)
+        .list_run_records()
+        .await
+        .expect("records")
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.run_id.as_str() == run)
+        .collect();
+    records.sort_by_key(|r| r.started_at);
+    records
+}
+
+/// A run id whose earlier builds failed after they had started writing is
+/// built again cleanly. The first build of run `f` dies after uploading a
+/// shard (stopped at the `upload` fail point and killed): its `running`
+/// record and its attempt folders stay on storage until its lease runs
+/// out. The second fails after every shard was uploaded and verified (an
+/// injected error at `verify`): it marks its record `failed` and sweeps
+/// its own attempts, and only those. The third builds the run: it
+/// publishes, every key reads its value, and its manifest references only
+/// its own attempts. What the dead build left is no manifest's, and
+/// cleanup removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_is_rebuilt_cleanly() {
     let root = tempfile::tempdir().expect("root");
     let prefix = format!("file://{}/snap", root.path().display());
     let job = JobDir::new(&prefix);
-    // A null key fails the first try of run f.
-    std::fs::write(job.path().join("input.csv"), "id,v\n1,f:1\n,f:x\n").expect("input");
-    job.job("f", "");
-    let failed = job.sf_write(&[], &[]);
-    assert_eq!(code(&failed), 3, "{}", text(&failed.stderr));
-    assert!(
-        attempt_folders(&prefix).await.is_empty(),
-        "the failed build swept its data"
-    );
     job.input(10, "f");
-    let ok = job.sf_write(&[], &[]);
+    job.job("f", "");
+
+    // 1. A crash after an upload: a live `running` record and attempt
+    // folders, one of them holding an uploaded shard.
+    let crashed = job.sf_write_paused_at("upload", &[]);
+    let records = records_of(&prefix, "f").await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].status, RunStatus::Running, "{records:?}");
+    assert!(records[0].lease_expires_at > Timestamp::now(), "{records:?}");
+    let dead = attempt_builds(&prefix).await;
+    assert!(!dead.is_empty(), "the crashed build claimed attempt folders");
+    let dead_build = dead.values().next().expect("a claim").clone();
+    assert!(
+        !dead_build.is_empty() && dead.values().all(|b| *b == dead_build),
+        "one build claimed them: {dead:?}"
+    );
+    let files = list_objects(&prefix).await;
+    assert!(
+        dead.keys()
+            .any(|k| files.contains_key(&format!("{k}/{}", layout::SQLITE_SHARD_FILE))),
+        "a shard was uploaded before the crash: {files:?}"
+    );
+    crashed.kill();
+    wait_for_leases(&prefix, "f").await;
+    let records = records_of(&prefix, "f").await;
+    assert!(
+        records.len() == 1
+            && records[0].status == RunStatus::Running
+            && records[0].lease_expires_at <= Timestamp::now(),
+        "the dead build's record is stale: {records:?}"
+    );
+    assert_eq!(current_run(&prefix).await, None, "nothing was published");
+
+    // 2. An error after every shard was uploaded and verified.
+    let failed = job.sf_write(&["--json"], &[(failpoint::ENV, "verify=error")]);
+    let err = text(&failed.stderr);
+    assert_eq!(code(&failed), 5, "{err}");
+    assert!(
+        err.contains("sf-failpoint: hit verify"),
+        "the error was injected: {err}"
+    );
+    let doc = json(&failed);
+    assert_eq!(
+        (doc["outcome"].as_str(), doc["error"]["kind"].as_str()),
+        (Some("failed"), Some("unavailable")),
+        "{doc}"
+    );
+    let records = records_of(&prefix, "f").await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[1].status, RunStatus::Failed, "{records:?}");
+    assert_eq!(records[1].error_type.as_deref(), Some("unavailable"), "{records:?}");
+    assert!(
+        records[1]
+            .error_message
+            .as_deref()
+            .is_some_and(|m| m.contains("fail point verify")),
+        "{records:?}"
+    );
+    assert_eq!(
+        attempt_builds(&prefix).await,
+        dead,
+        "the failed build swept its own attempts and nothing of the dead build's"
+    );
+    assert_eq!(current_run(&prefix).await, None, "nothing was published");
+
+    // 3. The rebuild.
+    let ok = job.sf_write(&["--json"], &[]);
     assert_eq!(code(&ok), 0, "{}", text(&ok.stderr));
+    assert_eq!(json(&ok)["outcome"], "published", "built, not taken for published");
+    assert_eq!(current_run(&prefix).await.as_deref(), Some("f"));
+    let history = read_history(&prefix, 10).await;
+    assert_eq!(history.len(), 1, "one manifest of run f");
+    assert_history_reads(&prefix, 10).await;
+    let records = records_of(&prefix, "f").await;
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records[2].status, RunStatus::Succeeded, "{records:?}");
+    let builds = attempt_builds(&prefix).await;
+    let referenced = referenced_folders(&prefix).await;
+    assert_eq!(referenced.len(), 2, "one winner per shard: {referenced:?}");
+    let rebuild: BTreeSet<&String> = referenced.iter().map(|k| &builds[k]).collect();
+    assert_eq!(rebuild.len(), 1, "one build wrote the winners: {builds:?}");
+    assert!(
+        !rebuild.contains(&dead_build),
+        "no attempt of the dead build is referenced: {builds:?}"
+    );
+    // Besides its winners, only what the dead build left: a build never
+    // deletes another build's claims, and it is no manifest's.
+    let left: BTreeMap<String, String> = builds.into_iter().filter(|(k, _)| !referenced.contains(k)).collect();
+    assert_eq!(left, dead, "the rest is the dead build's");
+    let cleanup = sf_read(&prefix, &["cleanup", "--include-abandoned"]);
+    assert_eq!(code(&cleanup), 0, "{}", text(&cleanup.stderr));
+    assert_eq!(
+        attempt_folders(&prefix).await,
+        referenced,
+        "cleanup removes what the dead build left: {}",
+        text(&cleanup.stdout)
+    );
     assert_history_reads(&prefix, 10).await;
 }
 
@@ -262,14 +374,7 @@ async fn gates_stop_bad_builds_before_anything_is_visible() {
         "{doc}"
     );
     let prom = std::fs::read_to_string(&metrics).expect("metrics");
-    assert!(
-        prom.contains("shardforge_build_success{prefix=") && prom.contains("} 0\n"),
-        "{prom}"
-    );
-    assert!(
-        prom.contains("shardforge_build_exit_code{") && prom.contains("gate=\"max_row_change\",result=\"fail\"} 0"),
-        "{prom}"
-    );
+    assert_failed_gate_metrics(&prom, &doc, &prefix);
 
     // The same gate on "warn" publishes, and the report records the warning.
     job.job(
@@ -345,17 +450,115 @@ async fn gates_stop_bad_builds_before_anything_is_visible() {
             && r.notes.as_deref().is_some_and(|n| n.contains("min_rows"))),
         "{records:?}"
     );
-    assert_history_reads_tagged(&prefix).await;
+    // Published, newest first: each manifest with its own rows (the
+    // failed builds published none).
+    assert_history_reads_tagged(
+        &prefix,
+        &[("forced", 5), ("canary", 50), ("half", 50), ("big", 100), ("empty", 0)],
+    )
+    .await;
 }
 
-/// Every manifest of the history reads every key it has, values tagged
-/// with its run.
-async fn assert_history_reads_tagged(prefix: &str) {
-    for (run, values) in read_history(prefix, 100).await {
+/// The history is `runs` (run id and row count, newest first), and each
+/// manifest reads exactly keys `0..count`, values tagged with its run.
+async fn assert_history_reads_tagged(prefix: &str, runs: &[(&str, u64)]) {
+    let history = read_history(prefix, 100).await;
+    let got: Vec<(&str, u64)> = history.iter().map(|(r, v)| (r.as_str(), v.len() as u64)).collect();
+    assert_eq!(got, runs, "the history's runs and the keys each reads");
+    for (run, values) in &history {
         for (k, v) in values {
-            assert_eq!(v, format!("{run}:{k}"), "run {run}");
+            assert_eq!(v, &format!("{run}:{k}"), "run {run}");
         }
+        let keys: Vec<u64> = values.keys().copied().collect();
+        assert_eq!(keys, (0..keys.len() as u64).collect::<Vec<_>>(), "run {run}: its keys");
     }
+}
+
+/// The series of a metrics file (name and labels as written) with their
+/// values; checks every name has its `# HELP` and `# TYPE` lines.
+fn metric_series(prom: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in prom.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not `series value`: {line}"));
+        let name = series.split('{').next().unwrap_or_default();
+        let help = sf_cli::report::METRICS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} is not in the catalog"))
+            .1;
+        assert!(
+            prom.contains(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n")),
+            "{name}: {prom}"
+        );
+        let value: f64 = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(
+            out.insert(series.to_string(), value).is_none(),
+            "{series} twice: {prom}"
+        );
+    }
+    out
+}
+
+/// The metrics file of the build of run `half` that gate `max_row_change`
+/// stopped (exit 6) holds exactly: success 0, exit code 6, the run and its
+/// outcome, each phase's and the build's seconds as the report has them,
+/// each gate (1 passed or skipped, else 0); and no rows, bytes, shards,
+/// retries or last success, which a failed build does not have.
+fn assert_failed_gate_metrics(prom: &str, doc: &Value, prefix: &str) {
+    let p = format!("prefix=\"{prefix}\"");
+    let mut want = BTreeMap::from([
+        (format!("shardforge_build_success{{{p}}}"), 0.0),
+        (format!("shardforge_build_exit_code{{{p}}}"), 6.0),
+        (
+            format!("shardforge_build_info{{{p},run_id=\"half\",outcome=\"failed\"}}"),
+            1.0,
+        ),
+        (
+            format!("shardforge_build_seconds{{{p}}}"),
+            doc["wall_seconds"].as_f64().expect("wall_seconds"),
+        ),
+    ]);
+    let phases = doc["phases"].as_array().expect("phases");
+    assert!(phases.iter().any(|x| x["name"] == "writing shards"), "{doc}");
+    for phase in phases {
+        want.insert(
+            format!(
+                "shardforge_build_phase_seconds{{{p},phase=\"{}\"}}",
+                phase["name"].as_str().expect("name")
+            ),
+            phase["seconds"].as_f64().expect("seconds"),
+        );
+    }
+    let gates = doc["gates"].as_array().expect("gates");
+    for gate in gates {
+        let result = gate["result"].as_str().expect("result");
+        want.insert(
+            format!(
+                "shardforge_build_gate_passed{{{p},gate=\"{}\",result=\"{result}\"}}",
+                gate["gate"].as_str().expect("gate")
+            ),
+            if matches!(result, "pass" | "skipped") { 1.0 } else { 0.0 },
+        );
+    }
+    let got = metric_series(prom);
+    assert_eq!(got, want, "{prom}");
+    // The two gates this build is about, whatever else the report lists.
+    assert_eq!(
+        got.get(&format!(
+            "shardforge_build_gate_passed{{{p},gate=\"max_row_change\",result=\"fail\"}}"
+        )),
+        Some(&0.0),
+        "{prom}"
+    );
+    assert_eq!(
+        got.get(&format!(
+            "shardforge_build_gate_passed{{{p},gate=\"min_rows\",result=\"pass\"}}"
+        )),
+        Some(&1.0),
+        "{prom}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,7 +638,7 @@ fn an_input_matching_no_files_is_named() {
     let text_of_job = std::fs::read_to_string(job.path().join("job.toml")).expect("job");
     std::fs::write(
         job.path().join("job.toml"),
-        text_of_job.replace("path = \"input.csv\"", "path = \"incoming/*.csv\""),
+        replace_in(&text_of_job, "path = \"input.csv\"", "path = \"incoming/*.csv\""),
     )
     .expect("job");
     std::fs::create_dir_all(job.path().join("incoming")).expect("folder");

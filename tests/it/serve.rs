@@ -26,6 +26,9 @@ use tokio::io::AsyncWriteExt;
 /// HTTP/1.1 and HTTP/2 and gRPC; `/metrics` counts what was done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_and_error_over_files_http_and_grpc() {
+    // The snapshot is built after this: its age can never be more than
+    // the time since.
+    let built_after = Instant::now();
     let snap = LocalSnapshot::with_runs(&["run1"]).await;
     let mut s = ServeProcess::serving(
         &[("users", &snap.current_url())],
@@ -131,7 +134,7 @@ async fn every_route_and_error_over_files_http_and_grpc() {
     assert_eq!(users["run_id"], "run1");
     assert_eq!(users["shard_count"], 4);
     assert!(users["open_shards"].as_u64().expect("open shards") >= 1);
-    assert!(users["age_seconds"].as_f64().expect("age") >= 0.0);
+    assert_age(users["age_seconds"].as_f64().expect("age"), built_after);
     assert!(users["published_at"].is_string());
     assert_eq!(users["refresh"]["consecutive_failures"], 0);
     assert_eq!(users["versions"][0]["run_id"], "run1");
@@ -273,7 +276,10 @@ async fn every_route_and_error_over_files_http_and_grpc() {
         metric(&m, "sf_serve_snapshot_open_shards", &[("snapshot", "users")]),
         4.0
     );
-    assert!(metric(&m, "sf_serve_snapshot_age_seconds", &[("snapshot", "users")]) >= 0.0);
+    assert_age(
+        metric(&m, "sf_serve_snapshot_age_seconds", &[("snapshot", "users")]),
+        built_after,
+    );
     assert_eq!(metric(&m, "sf_reader_shard_opens_total", &[("snapshot", "users")]), 4.0);
     assert_eq!(metric(&m, "sf_reader_downloads_total", &[("snapshot", "users")]), 4.0);
     assert!(metric(&m, "sf_reader_download_bytes_total", &[("snapshot", "users")]) > 0.0);
@@ -564,6 +570,17 @@ async fn a_shard_that_cannot_be_read_answers_503() {
     assert!(s.terminate().success());
 }
 
+/// A snapshot's age in seconds: not negative, and at most the time since
+/// `built_after`, a moment before the snapshot was built (with a second
+/// for the clocks: the age is wall-clock time, this monotonic time).
+fn assert_age(age: f64, built_after: Instant) {
+    let bound = built_after.elapsed().as_secs_f64() + 1.0;
+    assert!(
+        (0.0..=bound).contains(&age),
+        "the age is {age} s, the snapshot was built less than {bound} s ago"
+    );
+}
+
 /// On S3: a new run is published while clients read; no request fails,
 /// the run id switches, every multiget answers from one run, and the
 /// replaced run stays readable pinned.
@@ -595,24 +612,22 @@ warmup_keys = ["1"]
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
-    let requests = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    // Answers each client got from run1 and from run2.
+    let answered: Arc<[[AtomicUsize; 2]; 3]> = Arc::new(Default::default());
     let mut tasks = Vec::new();
-    // Three clients: gets, HTTP multigets, gRPC multigets. Each bounded
-    // in count and time; they stop when told or at the bound.
+    // Three clients: gets, HTTP multigets, gRPC multigets, until told to
+    // stop; each counts the answers it got from each run.
     for worker in 0..3usize {
-        let (stop, failures, requests) = (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&requests));
+        let (stop, failures, answered) = (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&answered));
         let base = s.http.clone();
         let grpc = s.grpc.clone().expect("grpc");
         let c = s.client.clone();
         tasks.push(tokio::spawn(async move {
             let mut runs = Vec::<String>::new();
             let mut g = LookupClient::connect(grpc).await.expect("grpc connect");
-            for i in 0..20_000u64 {
-                if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(90) {
-                    break;
-                }
-                requests.fetch_add(1, Ordering::Relaxed);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
                 let k = (i * 7 + worker as u64) % KEYS;
                 let run = match worker {
                     0 => {
@@ -676,6 +691,12 @@ warmup_keys = ["1"]
                         }
                     }
                 };
+                let slot = match run.as_str() {
+                    "run1" => 0,
+                    "run2" => 1,
+                    other => panic!("client {worker}: an answer from {other}"),
+                };
+                answered[worker][slot].fetch_add(1, Ordering::Relaxed);
                 if runs.last() != Some(&run) {
                     runs.push(run);
                 }
@@ -683,26 +704,31 @@ warmup_keys = ["1"]
             runs
         }));
     }
-    // Let the load run on run1, publish run2, and wait until every
-    // client has seen it (bounded).
-    while requests.load(Ordering::Relaxed) < 300 && started.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    publish_ints(&prefix, "run2").await;
-    let mut switched = false;
-    for _ in 0..3000 {
-        let resp = s.get("/v1/snapshots/users/keys/1").send().await.expect("get");
-        if resp.headers()["sf-run-id"] == "run2" {
-            switched = true;
-            break;
+    // Waits (bounded) until every client has had `n` answers from run
+    // `slot`; fails naming the counts and failures otherwise.
+    let every_client_answered = |slot: usize, n: usize, what: &'static str| {
+        let (answered, failures) = (Arc::clone(&answered), Arc::clone(&failures));
+        async move {
+            let counts = || -> Vec<usize> { answered.iter().map(|c| c[slot].load(Ordering::Relaxed)).collect() };
+            let waited = tokio::time::timeout(Duration::from_secs(180), async {
+                while counts().iter().any(|c| *c < n) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            assert!(
+                waited.is_ok(),
+                "{what}: answers per client {:?} after 180 s, {} failed requests",
+                counts(),
+                failures.load(Ordering::Relaxed)
+            );
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(switched, "the server never swapped to run2");
-    let after = requests.load(Ordering::Relaxed);
-    while requests.load(Ordering::Relaxed) < after + 300 && started.elapsed() < Duration::from_secs(90) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    // The load runs on run1; then run2 is published, and every client
+    // must be answered from it.
+    every_client_answered(0, 100, "every client reads run1").await;
+    publish_ints(&prefix, "run2").await;
+    every_client_answered(1, 100, "every client reads run2 once it is published").await;
     stop.store(true, Ordering::Relaxed);
     let mut all_runs = Vec::new();
     for t in tasks {

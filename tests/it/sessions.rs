@@ -119,19 +119,29 @@ async fn the_pool_never_exceeds_its_size_and_waiters_proceed_when_a_session_retu
     let root = tempfile::tempdir().expect("tmp");
     let driver = embedded(root.path(), 3);
 
-    // Many borrowers at once, each running a query while it holds its session.
+    // Many borrowers at once, each running a query while it holds its
+    // session. Each holds it until three sessions have been out at the
+    // same time, so the pool is seen full: a pool lending fewer than its
+    // size would keep them waiting (and fail the bounded wait), one
+    // lending more fails the count.
     let in_use = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
+    let (most, _) = tokio::sync::watch::channel(0usize);
+    let most = Arc::new(most);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..24 {
         let (driver, in_use, most) = (driver.clone(), Arc::clone(&in_use), Arc::clone(&most));
         tasks.spawn(async move {
             let session = driver.session().await.expect("borrow");
             let now = in_use.fetch_add(1, Ordering::SeqCst) + 1;
-            most.fetch_max(now, Ordering::SeqCst);
+            most.send_modify(|m| *m = (*m).max(now));
             assert!(now <= 3, "{now} sessions lent out at once");
             let stats = driver.stats();
             assert!(stats.live <= 3 && stats.borrowed <= 3, "{stats:?}");
+            let mut seen = most.subscribe();
+            tokio::time::timeout(Duration::from_secs(60), seen.wait_for(|m| *m >= 3))
+                .await
+                .unwrap_or_else(|_| panic!("the pool of 3 never lent 3 sessions at once ({:?})", driver.stats()))
+                .expect("the counter lives");
             let n = single_i64(session.sql(&format!("SELECT {i} + 1 AS n")).await.expect("query")).await;
             assert_eq!(n, i + 1);
             in_use.fetch_sub(1, Ordering::SeqCst);
@@ -149,7 +159,7 @@ async fn the_pool_never_exceeds_its_size_and_waiters_proceed_when_a_session_retu
         (stats.live, stats.idle, stats.borrowed, stats.waiting),
         (stats.created as usize, stats.live, 0, 0)
     );
-    assert!(most.load(Ordering::SeqCst) >= 1);
+    assert_eq!(*most.borrow(), 3, "the pool was full, never more");
 
     // All three lent out: the next borrower waits, and takes the first
     // session given back.
@@ -475,7 +485,11 @@ async fn each_source_feeds_a_build_and_a_save_embedded() {
         .rows,
         200
     );
-    let missing = job_text(&format!("prefix = \"{snap}-x\"")).replace("wh.app.users", "wh.app.nope");
+    let missing = sf_tests::replace_in(
+        &job_text(&format!("prefix = \"{snap}-x\"")),
+        "wh.app.users",
+        "wh.app.nope",
+    );
     let job =
         sf_warehouse::JobFile::parse(&missing, "job.toml", root.path(), Vec::<(String, String)>::new()).expect("job");
     let e = driver

@@ -3,31 +3,39 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::physical_plan::{ExecutionPlanProperties, collect_partitioned};
 use sf_manifest::format::json::{JsonStyle, to_sorted_string};
 use sf_manifest::{Classified, DbId, ErrorKind, Key, ManifestStore, RoutingValue};
+use sf_reader::{Pin, ReaderSettings};
 use sf_router::{ContextValue, Routed, Router};
 use sf_tests::fault_store::{Fault, FaultStore, Op, ending};
-use sf_tests::readers::{PAGED_MODES, read_in_every_mode};
+use sf_tests::readers::{self, PAGED_MODES, in_every_mode, read_in_every_mode};
 use sf_tests::writer_support::{
     binary, build_embedded, list_keys, parse_job, read_snapshot, write_csv, write_json, write_parquet,
 };
-use sf_tests::{fixture_dir, manifest_store, s3_prefix};
+use sf_tests::{fixture_dir, manifest_store, replace_in, s3_prefix};
+use sf_writer::build::backend::DuplicatePolicy;
 use sf_writer::job::{BuildOptions, Embedded, build, prepare};
 
 const REGIONS: [&str; 3] = ["ap", "eu", "us"];
 
 /// `n` users: id, name, region, score, payload.
 fn users(n: i64) -> RecordBatch {
+    users_named(n, "user")
+}
+
+/// [`users`] named `<name>-<id>`.
+fn users_named(n: i64, name: &str) -> RecordBatch {
     let ids: Vec<i64> = (0..n).collect();
     RecordBatch::try_from_iter([
         ("id", Arc::new(Int64Array::from(ids.clone())) as ArrayRef),
         (
             "name",
-            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("user-{i}")))) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("{name}-{i}")))) as ArrayRef,
         ),
         (
             "region",
@@ -48,7 +56,12 @@ fn users(n: i64) -> RecordBatch {
 }
 
 fn json_value(id: i64) -> Vec<u8> {
-    format!(r#"{{"name":"user-{id}","score":{}}}"#, id * 7 % 1000).into_bytes()
+    json_value_named("user", id)
+}
+
+/// The stored value of user `id` of [`users_named`].
+fn json_value_named(name: &str, id: i64) -> Vec<u8> {
+    format!(r#"{{"name":"{name}-{id}","score":{}}}"#, id * 7 % 1000).into_bytes()
 }
 
 /// Reads the snapshot back and checks every input row is stored, with its
@@ -553,7 +566,7 @@ fn the_cli_dry_runs_builds_and_exits_by_cause() {
     // Bad configuration: exit 2, naming the key.
     std::fs::write(
         dir.path().join("bad.toml"),
-        CLI_JOB.replace("num_dbs = 3", "num_dbz = 3"),
+        replace_in(CLI_JOB, "num_dbs = 3", "num_dbz = 3"),
     )
     .expect("job");
     let bad = sf_write(&["--config", "bad.toml"], dir.path());
@@ -598,7 +611,7 @@ async fn bad_rows_publish_nothing_and_leave_the_old_snapshot() {
     ])
     .expect("batch");
     write_parquet(&dir.path().join("nulls.parquet"), &[with_null]);
-    let bad = parse_job(dir.path(), &CLI_JOB.replace("users.parquet", "nulls.parquet"));
+    let bad = parse_job(dir.path(), &replace_in(CLI_JOB, "users.parquet", "nulls.parquet"));
     let e = build(&bad, &Embedded::default(), &BuildOptions::default())
         .await
         .expect_err("null key");
@@ -614,7 +627,7 @@ async fn bad_rows_publish_nothing_and_leave_the_old_snapshot() {
     ])
     .expect("batch");
     write_parquet(&dir.path().join("neg.parquet"), &[negative]);
-    let neg = parse_job(dir.path(), &CLI_JOB.replace("users.parquet", "neg.parquet"));
+    let neg = parse_job(dir.path(), &replace_in(CLI_JOB, "users.parquet", "neg.parquet"));
     let e = build(&neg, &Embedded::default(), &BuildOptions::default())
         .await
         .expect_err("negative key");
@@ -654,19 +667,38 @@ async fn duplicate_keys_follow_the_policy() {
     ])
     .expect("batch");
     write_parquet(&dir.path().join("users.parquet"), &[dup]);
-    let strict = parse_job(
-        dir.path(),
-        &CLI_JOB
-            .replace("num_dbs = 3", "num_dbs = 1")
-            .replace("[output]", "[write]\non_duplicate = \"error\"\n[output]"),
-    );
+    // Each policy named, into one shard.
+    let one_shard = replace_in(CLI_JOB, "num_dbs = 3", "num_dbs = 1");
+    let with_policy = |policy: &str| {
+        parse_job(
+            dir.path(),
+            &replace_in(
+                &one_shard,
+                "[output]",
+                &format!("[write]\non_duplicate = \"{policy}\"\n[output]"),
+            ),
+        )
+    };
+    let strict = with_policy("error");
+    assert_eq!(strict.write.on_duplicate, DuplicatePolicy::Error);
+    assert_eq!(strict.routing.num_dbs, Some(1));
     let e = build(&strict, &Embedded::default(), &BuildOptions::default())
         .await
         .expect_err("duplicates");
     assert_eq!(e.kind(), ErrorKind::Data);
     assert!(e.to_string().contains("duplicate key"), "{e}");
 
-    let lenient = parse_job(dir.path(), &CLI_JOB.replace("num_dbs = 3", "num_dbs = 1"));
+    assert!(
+        manifest_store(&format!("file://{}/out", dir.path().display()))
+            .load_current()
+            .await
+            .expect("load")
+            .is_none(),
+        "nothing was published"
+    );
+
+    let lenient = with_policy("last_wins");
+    assert_eq!(lenient.write.on_duplicate, DuplicatePolicy::LastWins);
     let s = build_embedded(&lenient).await;
     assert_eq!((s.rows, s.duplicates), (3, 2));
     let prefix = format!("file://{}/out", dir.path().display());
@@ -766,22 +798,22 @@ backend = "{backend}"
 }
 
 /// A transient failure retries into a new attempt; the driver publishes
-/// the winners and deletes every losing attempt folder.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
+/// the winners and deletes every losing attempt folder. On `inner` (the
+/// object store under a prefix's URL), at `path` in it.
+async fn retried_uploads_claim_new_attempts(inner: Arc<dyn object_store::ObjectStore>, path: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     write_parquet(&dir.path().join("users.parquet"), &[users(600)]);
-    let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let flaky = FaultStore::new(Arc::clone(&inner));
+    let flaky = FaultStore::new(inner);
     flaky.at(Op::Put, ending("shard.db")).times(2).fail(Fault::Generic);
     let registered = flaky.register();
-    let base = registered.base();
-    let prefix = format!("{base}/snap");
+    let prefix = format!("{}/{}", registered.base(), path.trim_start_matches('/'));
     let j = parse_job(
         dir.path(),
-        &CLI_JOB
-            .replace("prefix = \"out\"", &format!("prefix = \"{prefix}\""))
-            .replace("[output]", "[write]\nretry_backoff_ms = 1\n[output]"),
+        &replace_in(
+            &replace_in(CLI_JOB, "prefix = \"out\"", &format!("prefix = \"{prefix}\"")),
+            "[output]",
+            "[write]\nretry_backoff_ms = 1\n[output]",
+        ),
     );
     let s = build_embedded(&j).await;
     assert_eq!(flaky.fired(), 2);
@@ -792,26 +824,205 @@ async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
         snap.manifest.shards.iter().any(|s| s.attempt.0 > 0),
         "a retried shard won with a later attempt"
     );
+    // What is left is one attempt folder per shard, the winner's, holding
+    // its claim and its shard file and nothing of another attempt.
     let keys = list_keys(&prefix).await;
-    let attempts: std::collections::BTreeSet<String> = keys
+    let mut attempts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for k in keys.iter().filter(|k| k.starts_with("shards/")) {
+        let (folder, file) = k.rsplit_once('/').expect("file");
+        attempts.entry(folder.to_string()).or_default().push(file.to_string());
+    }
+    let winners: BTreeMap<String, Vec<String>> = snap
+        .manifest
+        .shards
         .iter()
-        .filter(|k| k.starts_with("shards/"))
-        .map(|k| k.rsplit_once('/').expect("file").0.to_string())
+        .map(|r| {
+            (
+                format!(
+                    "shards/run_id={}/db={:05}/attempt={:02}",
+                    snap.manifest.build.run_id.as_str(),
+                    r.db_id.0,
+                    r.attempt.0
+                ),
+                vec!["_claim.json".to_string(), "shard.db".to_string()],
+            )
+        })
         .collect();
-    assert_eq!(attempts.len(), 3, "one attempt folder per shard remains: {attempts:?}");
+    assert_eq!(attempts, winners, "one attempt folder per shard remains, the winner's");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_uploads_claim_new_attempts_and_losers_are_deleted() {
+    retried_uploads_claim_new_attempts(Arc::new(object_store::memory::InMemory::new()), "snap").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_uploads_claim_new_attempts_and_losers_are_deleted_on_local_files() {
+    let root = tempfile::tempdir().expect("root");
+    let at = sf_manifest::resolve(
+        &format!("file://{}/snap", root.path().display()),
+        &sf_manifest::StorageOptions::new(),
+    )
+    .expect("resolve");
+    retried_uploads_claim_new_attempts(at.store, at.path.as_ref()).await;
+    assert!(
+        root.path().join("snap/_CURRENT").exists(),
+        "the snapshot is on the file system"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_uploads_claim_new_attempts_and_losers_are_deleted_on_s3() {
+    let prefix = s3_prefix("attempts");
+    let at = sf_manifest::resolve(&prefix, &sf_manifest::StorageOptions::new()).expect("resolve");
+    retried_uploads_claim_new_attempts(at.store, at.path.as_ref()).await;
+    assert!(
+        list_keys(&prefix).await.iter().any(|k| k == "_CURRENT"),
+        "the snapshot is on S3"
+    );
+}
+
+/// Writes of SQLite shards (the default backend) follow the rate limits,
+/// in rows per second and in key and value bytes per second, each per
+/// shard attempt. A shard's rows all pass its limiter after the build's
+/// run record is written (before any shard is built) and before the
+/// shard's claim (made once its file is built, before the upload); the
+/// store sees both, so the rows or bytes of a shard over the time between
+/// them bound the rate it was written at from above. The limiters let a
+/// second's worth through at once, so a shard of five seconds' worth is
+/// written at no more than 5/4 of its limit; the test allows 3/2, and a
+/// slow machine only lowers the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writes_follow_the_row_and_byte_limits() {
+    const ROWS: i64 = 4_000;
+    // 8-byte keys (u64be) and 100-byte values.
+    const ROW_BYTES: f64 = 108.0;
+    let dir = tempfile::tempdir().expect("tmp");
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from_iter_values(0..ROWS)) as ArrayRef),
+        (
+            "v",
+            Arc::new(StringArray::from_iter_values((0..ROWS).map(|i| format!("{i:0>100}")))) as ArrayRef,
+        ),
+    ])
+    .expect("batch");
+    write_parquet(&dir.path().join("rows.parquet"), &[batch]);
+    for (setting, limit, per_row) in [
+        ("max_writes_per_second = 400", 400.0, 1.0),
+        ("max_write_bytes_per_second = 43200", 43_200.0, ROW_BYTES),
+    ] {
+        let root = tempfile::tempdir().expect("root");
+        let timed = FaultStore::over(&format!("file://{}", root.path().display()));
+        let started: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let claimed: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+        {
+            let started = Arc::clone(&started);
+            timed.at(Op::Put, ending("run.yaml")).run(move |_| {
+                sf_manifest::sync::lock(&started).get_or_insert_with(Instant::now);
+                async {}
+            });
+            let claimed = Arc::clone(&claimed);
+            timed.at(Op::Put, ending("_claim.json")).every().run(move |path| {
+                sf_manifest::sync::lock(&claimed).push((path.to_string(), Instant::now()));
+                async {}
+            });
+        }
+        let registered = timed.register();
+        let prefix = format!("{}{}/snap", registered.base(), root.path().display());
+        let job = parse_job(
+            dir.path(),
+            &format!(
+                "key_col = \"id\"\n[input]\nformat = \"parquet\"\npath = \"rows.parquet\"\n[value]\nbinary_col = \"v\"\n\
+                 [routing]\nnum_dbs = 2\n[write]\n{setting}\n[output]\nprefix = \"{prefix}\"\n"
+            ),
+        );
+        assert_eq!(job.backend().name(), "sqlite", "the default backend");
+        let s = build_embedded(&job).await;
+        assert_eq!(s.rows, ROWS as u64, "{setting}");
+        let store = manifest_store(&prefix);
+        let current = store.load_current().await.expect("load").expect("published");
+        let manifest = store
+            .load_manifest(&current.pointer.manifest_ref)
+            .await
+            .expect("manifest");
+        let t0 = sf_manifest::sync::lock(&started).expect("the run record was written");
+        let claims = sf_manifest::sync::lock(&claimed).clone();
+        assert_eq!(claims.len(), 2, "{setting}: one claim per shard, no retry: {claims:?}");
+        for shard in &manifest.shards {
+            let db = format!("db={:05}/", shard.db_id.0);
+            let (_, at) = claims
+                .iter()
+                .find(|(path, _)| path.contains(&db))
+                .unwrap_or_else(|| panic!("{setting}: no claim of shard {}", shard.db_id));
+            let amount = shard.row_count as f64 * per_row;
+            assert!(
+                amount >= 4.0 * limit,
+                "{setting}: shard {} holds {amount}, at least four seconds' worth",
+                shard.db_id
+            );
+            let seconds = at.duration_since(t0).as_secs_f64();
+            let rate = amount / seconds;
+            assert!(
+                rate <= 1.5 * limit,
+                "{setting}: shard {} wrote {amount} in {seconds:.2} s, {rate:.0} a second",
+                shard.db_id
+            );
+        }
+    }
+}
+
+/// A second build swaps `_CURRENT` to itself and keeps the first build's
+/// manifest readable: every manifest of the history, opened pinned (in
+/// download and range mode), reads every key of its own build with that
+/// build's value, and not one key more. The builds differ in keys (100
+/// users, then 250) and in every value (the second renames its users).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_build_swaps_current_and_keeps_history() {
     let dir = tempfile::tempdir().expect("tmp");
     write_parquet(&dir.path().join("users.parquet"), &[users(100)]);
     let prefix = format!("file://{}/out", dir.path().display());
     let first = build_embedded(&parse_job(dir.path(), CLI_JOB)).await;
-    write_parquet(&dir.path().join("users.parquet"), &[users(250)]);
+    write_parquet(&dir.path().join("users.parquet"), &[users_named(250, "second")]);
     let second = build_embedded(&parse_job(dir.path(), CLI_JOB)).await;
     let store = manifest_store(&prefix);
     let history = store.history().await.expect("history");
     let runs: Vec<_> = history.iter().map(|h| h.run_id.clone()).collect();
     assert_eq!(runs, vec![second.run_id.clone(), first.run_id.clone()]);
-    check(&prefix, 250, json_value).await;
+    let current = store.load_current().await.expect("load").expect("current");
+    assert_eq!(
+        current.pointer.manifest_ref, history[0].manifest_ref,
+        "_CURRENT names the second build"
+    );
+    check(&prefix, 250, |id| json_value_named("second", id)).await;
+
+    // Each build: its run, its keys, the name its values carry.
+    let builds = [(&second.run_id, 250, "second"), (&first.run_id, 100, "user")];
+    for (entry, (run, keys, name)) in history.iter().zip(builds) {
+        in_every_mode(&PAGED_MODES, async |mode| {
+            let cache = tempfile::tempdir().expect("cache");
+            let reader = readers::open(
+                &prefix,
+                ReaderSettings {
+                    pin: Pin::Ref(entry.manifest_ref.clone()),
+                    ..readers::settings(mode, cache.path())
+                },
+            )
+            .await;
+            assert_eq!(
+                &reader.info().run_id,
+                run,
+                "the reader serves the manifest it was pinned to"
+            );
+            // Every key either build has, and a few beyond.
+            let ids: Vec<i64> = (0..260).collect();
+            let all: Vec<Key> = ids.iter().map(|i| Key::Int(*i)).collect();
+            let got = reader.multi_get(&all).await.expect("multi_get");
+            for (id, v) in ids.iter().zip(&got) {
+                let want = (*id < keys).then(|| json_value_named(name, *id));
+                assert_eq!(v.as_deref(), want.as_deref(), "run {run}: key {id}");
+            }
+            reader.close();
+        })
+        .await;
+    }
 }

@@ -25,6 +25,9 @@ pub struct ClusterOptions {
     pub scheduler_args: Vec<String>,
     /// Extra arguments for every `sf-executor`.
     pub executor_args: Vec<String>,
+    /// Environment of the scheduler and executors, besides the test's
+    /// (e.g. `AWS_ENDPOINT` of a fault proxy).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -34,6 +37,7 @@ impl Default for ClusterOptions {
             concurrent_tasks: 2,
             scheduler_args: vec![],
             executor_args: vec![],
+            env: vec![],
         }
     }
 }
@@ -45,6 +49,9 @@ pub struct LocalCluster {
     url: String,
     scheduler_pid: u32,
     executor_pids: Vec<u32>,
+    /// Executors started by [`start_executor`](Self::start_executor):
+    /// children of this process, reaped here.
+    own: Vec<Child>,
     stopped: bool,
 }
 
@@ -85,6 +92,9 @@ impl LocalCluster {
         for a in &options.executor_args {
             cmd.arg(format!("--executor-arg={a}"));
         }
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
         let out = cmd.output().expect("run start-cluster.sh");
         assert!(
             out.status.success(),
@@ -104,6 +114,7 @@ impl LocalCluster {
             scheduler_pid: env["SF_SCHEDULER_PID"].parse().expect("scheduler pid"),
             executor_pids: pids(&env["SF_EXECUTOR_PIDS"]),
             dir,
+            own: Vec::new(),
             stopped: false,
         };
         assert_eq!(
@@ -139,6 +150,71 @@ impl LocalCluster {
         serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("--json summary: {e}: {stdout}"))
     }
 
+    /// Starts one more `sf-executor` against the scheduler, as
+    /// `start-cluster.sh` starts them (`concurrent_tasks` slots, `args`),
+    /// with `env` added to its environment (a fail point, say), and waits
+    /// until the scheduler lists it. Its output goes to a log in the run
+    /// folder ([`executor_log`](Self::executor_log)); it is stopped with
+    /// the rest.
+    pub fn start_executor(&mut self, concurrent_tasks: usize, args: &[&str], env: &[(&str, &str)]) -> u32 {
+        let n = self.executor_pids.len() + 1;
+        let work = self.dir.path().join(format!("executor-{n}"));
+        std::fs::create_dir_all(&work).expect("executor work folder");
+        let log = std::fs::File::create(self.executor_log(n - 1)).expect("executor log");
+        let mut cmd = Command::new(binary("sf-executor"));
+        cmd.args([
+            "--scheduler",
+            &self.url,
+            "--bind-host",
+            "127.0.0.1",
+            "--external-host",
+            "127.0.0.1",
+        ])
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--grpc-port",
+            &free_port().to_string(),
+        ])
+        .arg("--work-dir")
+        .arg(&work)
+        .args(["--concurrent-tasks", &concurrent_tasks.to_string()])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start sf-executor");
+        let pid = child.id();
+        self.own.push(child);
+        self.executor_pids.push(pid);
+        let state = self.dir.path().join("scheduler-state.json");
+        let started = Instant::now();
+        loop {
+            let listed = std::fs::read_to_string(&state)
+                .unwrap_or_default()
+                .matches("\"id\":")
+                .count();
+            if listed >= self.executor_pids.len() {
+                return pid;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "executor {n} did not register within 90 s:\n{}",
+                self.log_tails()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The log of executor `i` (0-based, in start order): its stdout and
+    /// stderr.
+    pub fn executor_log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("executor-{}.log", i + 1))
+    }
+
     /// `df://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
@@ -155,7 +231,13 @@ impl LocalCluster {
     }
 
     /// Kills executor `i` (0-based) with SIGKILL: no goodbye to the scheduler.
-    pub fn kill_executor(&self, i: usize) {
+    pub fn kill_executor(&mut self, i: usize) {
+        let pid = self.executor_pids[i];
+        if let Some(child) = self.own.iter_mut().find(|c| c.id() == pid) {
+            child.kill().expect("kill sf-executor");
+            child.wait().expect("reap sf-executor");
+            return;
+        }
         let status = Command::new("kill")
             .args(["-KILL", &self.executor_pids[i].to_string()])
             .status()
@@ -189,6 +271,10 @@ impl LocalCluster {
             return;
         }
         self.stopped = true;
+        for child in &mut self.own {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let out = Command::new(deploy_script("stop-cluster.sh"))
             .arg("--dir")
             .arg(self.dir.path())

@@ -40,6 +40,10 @@ pub enum Fault {
     Hang(Duration),
     /// The connection is closed without an answer.
     Drop,
+    /// Held until this many distinct requests (by path) are held together,
+    /// then forwarded, all of them: a rendezvous of that many clients (see
+    /// [`FaultProxy::gathered`]). Give the rule as many `times`.
+    Gather(usize),
 }
 
 /// Which requests fail, and how.
@@ -108,6 +112,9 @@ struct Shared {
     client: reqwest::Client,
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
+    /// Paths held by [`Fault::Gather`], and whether the gathering met.
+    gathering: Mutex<std::collections::BTreeSet<String>>,
+    gathered: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running proxy; stopped when dropped.
@@ -133,6 +140,8 @@ impl FaultProxy {
             client: reqwest::Client::builder().no_proxy().build().expect("an HTTP client"),
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
+            gathering: Mutex::new(std::collections::BTreeSet::new()),
+            gathered: tokio::sync::watch::channel(false).0,
         });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -201,6 +210,17 @@ impl FaultProxy {
     /// How many requests got a fault.
     pub fn faults_served(&self) -> usize {
         lock(&self.shared.seen).iter().filter(|s| s.fault.is_some()).count()
+    }
+
+    /// Whether a [`Fault::Gather`] rule had its requests held together
+    /// (and let them go).
+    pub fn gathered(&self) -> bool {
+        *self.shared.gathered.borrow()
+    }
+
+    /// The distinct paths a [`Fault::Gather`] rule holds or held.
+    pub fn gathering(&self) -> Vec<String> {
+        lock(&self.shared.gathering).iter().cloned().collect()
     }
 }
 
@@ -271,8 +291,22 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request<Body>) -> R
                 .expect("a broken response");
         }
         Some(Fault::Hang(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Gather(n)) => {
+            let held = {
+                let mut held = lock(&shared.gathering);
+                held.insert(path.clone());
+                held.len()
+            };
+            if held >= n {
+                shared.gathered.send_replace(true);
+            }
+            let mut met = shared.gathered.subscribe();
+            // The sender lives in `shared`: the wait ends when it is met.
+            let _ = met.wait_for(|m| *m).await;
+        }
         None => {}
     }
+    let head = method == Method::HEAD;
     let headers: HeaderMap = request.headers().clone();
     let body = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
         Ok(b) => b,
@@ -288,7 +322,9 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request<Body>) -> R
         Ok(answer) => {
             let mut response = Response::builder().status(answer.status());
             for (name, value) in answer.headers() {
-                if name != "content-length" && name != "transfer-encoding" {
+                // The body is sent again whole; a HEAD answer has none, and
+                // its content-length is the object's size.
+                if (head || name != "content-length") && name != "transfer-encoding" {
                     response = response.header(name, value);
                 }
             }
@@ -373,5 +409,48 @@ mod tests {
             answer.bytes().await
         });
         assert!(dropped.is_err(), "a dropped connection is an error: {dropped:?}");
+    }
+
+    #[test]
+    fn gathered_requests_wait_for_each_other() {
+        let (up, _stop) = upstream();
+        let proxy = FaultProxy::start(&up);
+        proxy.add(Rule::new("PUT", "/g/").times(2).fault(Fault::Gather(2)));
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let c = reqwest::Client::new();
+            let first = tokio::spawn(c.put(format!("{}/g/1", proxy.url())).send());
+            // The first is held until a second request comes.
+            while proxy.gathering().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(!proxy.gathered() && !first.is_finished());
+            let second = c.put(format!("{}/g/2", proxy.url())).send().await.expect("answer");
+            assert_eq!(second.status(), 200);
+            let first = first.await.expect("task").expect("answer");
+            assert_eq!(first.status(), 200);
+        });
+        assert!(proxy.gathered());
+        assert_eq!(proxy.gathering(), vec!["/g/1".to_string(), "/g/2".to_string()]);
+    }
+
+    #[test]
+    fn a_head_answer_keeps_the_size_of_the_object() {
+        let (up, _stop) = upstream();
+        let proxy = FaultProxy::start(&up);
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let length = rt.block_on(async {
+            let answer = reqwest::Client::new()
+                .head(format!("{}/b/k", proxy.url()))
+                .send()
+                .await
+                .expect("answer");
+            answer.headers().get("content-length").cloned()
+        });
+        assert_eq!(
+            length.as_ref().map(|l| l.as_bytes()),
+            Some(&b"2"[..]),
+            "the size of \"up\""
+        );
     }
 }

@@ -42,6 +42,15 @@ pub async fn history_runs(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// `text` with `from` replaced by `to`, for editing job files in tests;
+/// panics when `text` does not hold `from`, so that an edit whose text no
+/// longer matches cannot leave the job as it was and the test passing on
+/// the defaults.
+pub fn replace_in(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "the text to replace, {from:?}, is not in:\n{text}");
+    text.replace(from, to)
+}
+
 /// Folder of the reference snapshots (copied from shardyfusion v4).
 pub fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/shardyfusion-v4")

@@ -217,6 +217,28 @@ pub async fn attempt_folders(prefix: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Attempt folders on storage with the build that claimed each (the
+/// `build_id` of its `_claim.json`; empty when it has no readable claim).
+pub async fn attempt_builds(prefix: &str) -> BTreeMap<String, String> {
+    let store = manifest_store(prefix);
+    let mut out = BTreeMap::new();
+    for key in attempt_folders(prefix).await {
+        let claim = store
+            .location()
+            .child(&format!("{key}/{}", sf_manifest::format::layout::CLAIM_FILE));
+        let build = match claim.store.get(&claim.path).await {
+            Ok(got) => {
+                let body = got.bytes().await.expect("claim body");
+                let v: serde_json::Value = serde_json::from_slice(&body).expect("claim JSON");
+                v["build_id"].as_str().unwrap_or_default().to_string()
+            }
+            Err(_) => String::new(),
+        };
+        out.insert(key, build);
+    }
+    out
+}
+
 /// Attempt folders the manifests of the history reference.
 pub async fn referenced_folders(prefix: &str) -> BTreeSet<String> {
     let s = manifest_store(prefix);

@@ -1,37 +1,40 @@
 //! A merge never holds more than [`MAX_FAN_IN`] sources open, measured
-//! from the outside: the process's open file descriptors while a shard of
-//! many spilled runs drains (passes and the final merge). One test in
-//! this file, so that no other test opens files in the same process.
+//! exactly by the kernel: the process's limit on open files is set just
+//! above what it holds before the drain, so every open the drain makes is
+//! checked against it as it happens (an open past the limit fails with
+//! "Too many open files"). At `MAX_FAN_IN + 1` more files (the sources of
+//! a merge pass and the run it writes) the drain of a shard of many
+//! spilled runs succeeds; at one fewer it fails, so the merge does reach
+//! that width and the limit is what is measured. One test in this file,
+//! so that no other test opens files in the same process.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use arrow::array::BinaryArray;
 use sf_manifest::{DbId, KeyEncoding};
 use sf_writer::build::backend::DuplicatePolicy;
-use sf_writer::build::merge::{MAX_FAN_IN, Order};
+use sf_writer::build::merge::{MAX_FAN_IN, Order, ShardRows};
 use sf_writer::route::budget::MemoryBudget;
 use sf_writer::route::collect::{CollectorSettings, RowCollector};
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd lists the open files")
-        .count()
-}
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
-#[test]
-fn merges_never_open_more_runs_than_their_width() {
-    let dir = tempfile::tempdir().expect("tmp");
+/// One shard of 20,000 rows collected under a budget of a few chunks, so
+/// that it spilled many runs; and its rows as the drain must hand them on
+/// (in key order, the last of each key).
+fn spilled_shard(dir: &Path) -> (ShardRows, Rows) {
     let settings = CollectorSettings {
         order: Order::Key,
         on_duplicate: DuplicatePolicy::LastWins,
         key_encoding: KeyEncoding::Raw,
         chunk_bytes: 2048,
-        spill_dir: dir.path().join("spill"),
+        spill_dir: dir.join("spill"),
     };
-    // A budget of a few chunks: the shard spills again and again.
     let budget = MemoryBudget::new(24_000);
     let mut c = RowCollector::new(settings, Arc::clone(&budget), 0, 1);
     let mut want = BTreeMap::new();
@@ -60,50 +63,107 @@ fn merges_never_open_more_runs_than_their_width() {
         }
     }
     let rows = c.take_shard(0).expect("take").expect("the shard holds rows");
+    (rows, want.into_iter().collect())
+}
 
-    // Watch the open descriptors from another thread for the whole drain.
-    let baseline = open_fds();
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicUsize::new(baseline));
-    let watcher = {
-        let (done, peak) = (Arc::clone(&done), Arc::clone(&peak));
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
-                peak.fetch_max(open_fds(), Ordering::Relaxed);
-            }
-        })
-    };
-    let mut in_final_merge = 0usize;
-    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let stats = rows
-        .drain(&dir.path().join("merge"), &mut |slice| {
-            // Called during the final merge, with its sources open.
-            in_final_merge = in_final_merge.max(open_fds());
-            out.extend(slice.iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
-            Ok(())
-        })
-        .expect("drain");
-    done.store(true, Ordering::Release);
-    watcher.join().expect("watcher");
+/// The process's open-file limit: (soft, hard).
+fn nofile() -> (u64, String) {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = line["Max open files".len()..].split_whitespace().collect();
+    (fields[0].parse().expect("soft limit"), fields[1].to_string())
+}
 
+/// Sets the soft open-file limit of this process (with util-linux's
+/// `prlimit`).
+fn set_soft_nofile(soft: u64) {
+    let status = Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={soft}:"))
+        .status()
+        .expect("run prlimit (util-linux) to set the open-file limit");
+    assert!(status.success(), "prlimit --nofile={soft}: {status}");
+    assert_eq!(nofile().0, soft, "the limit took");
+}
+
+/// The highest open file descriptor, the listing's own left out.
+fn highest_open() -> i32 {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let n: i32 = e.file_name().to_str()?.parse().ok()?;
+            // The listing's own descriptor is the /proc/<pid>/fd folder.
+            let target = std::fs::read_link(e.path()).ok()?;
+            let listing = target.starts_with("/proc") && target.ends_with("fd");
+            (!listing).then_some(n)
+        })
+        .max()
+        .unwrap_or(2)
+}
+
+/// The number of the next file descriptor the process gets, once every
+/// lower number is taken: holes below the highest open descriptor are
+/// filled with files held in `fillers`. Then exactly `limit - next` more
+/// files can be open at once under a soft limit of `limit` (a new
+/// descriptor gets the lowest free number, and the limit bounds numbers).
+fn next_descriptor(fillers: &mut Vec<File>) -> u64 {
+    let highest = highest_open();
+    loop {
+        let f = File::open("/dev/null").expect("open /dev/null");
+        let fd = f.as_raw_fd();
+        if fd > highest {
+            assert_eq!(fd, highest + 1, "every lower descriptor is taken");
+            return fd as u64;
+        }
+        fillers.push(f);
+    }
+}
+
+/// Drains `rows` with at most `extra` more files open at once than the
+/// process holds now.
+fn drain_within(rows: ShardRows, merge_dir: &Path, extra: u64) -> (sf_writer::Result<u32>, Rows) {
+    let mut fillers = Vec::new();
+    let next = next_descriptor(&mut fillers);
+    let (soft, _) = nofile();
+    let mut out: Rows = Vec::new();
+    set_soft_nofile(next + extra);
+    let stats = rows.drain(merge_dir, &mut |slice| {
+        out.extend(slice.iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
+        Ok(())
+    });
+    set_soft_nofile(soft);
+    drop(fillers);
+    (stats.map(|s| s.spilled_runs), out)
+}
+
+#[test]
+fn merges_never_open_more_runs_than_their_width() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let width = MAX_FAN_IN as u64 + 1;
+
+    // One file fewer than a merge of MAX_FAN_IN runs writing its output
+    // needs: the drain fails at the open that would go past.
+    let (rows, _) = spilled_shard(&dir.path().join("a"));
+    let (failed, _) = drain_within(rows, &dir.path().join("a/merge"), width - 1);
+    let e = failed.expect_err("a merge of MAX_FAN_IN runs and its output needs MAX_FAN_IN + 1 files");
     assert!(
-        stats.spilled_runs as usize > 3 * MAX_FAN_IN,
-        "the shard spilled many runs ({}), more than a merge may open",
-        stats.spilled_runs
+        e.to_string().contains("Too many open files"),
+        "the drain failed for want of a file: {e}"
     );
-    assert!(out == want.into_iter().collect::<Vec<_>>(), "every key once, in order");
-    // The descriptors a merge may add: its sources, and the run a pass
-    // writes (the watcher's own listing is in the baseline as well).
-    let extra = peak.load(Ordering::Relaxed).max(in_final_merge) - baseline;
+
+    // MAX_FAN_IN sources and one output: enough, for every pass and the
+    // final merge.
+    let (rows, want) = spilled_shard(&dir.path().join("b"));
+    let (spilled_runs, out) = drain_within(rows, &dir.path().join("b/merge"), width);
+    let spilled_runs = spilled_runs.expect("the drain holds at most MAX_FAN_IN runs and its output open");
     assert!(
-        extra <= MAX_FAN_IN + 1,
-        "{extra} files open at once, more than {MAX_FAN_IN} sources and one output"
+        spilled_runs as usize > 3 * MAX_FAN_IN,
+        "the shard spilled many runs ({spilled_runs}), more than a merge may open"
     );
-    // And the measure sees the merge's files: the final merge reads
-    // several runs from disk.
-    assert!(
-        in_final_merge >= baseline + 2,
-        "the final merge holds its runs open ({in_final_merge} against {baseline})"
-    );
+    assert!(out == want, "every key once, in order");
 }

@@ -564,8 +564,10 @@ mod tests {
 
     /// A row router that disagrees with the kernel (here: one routing
     /// over 7 shards where the kernel routed over 8) fails the check,
-    /// naming the sample row and both shard ids, before anything is
-    /// written.
+    /// naming the sample row and both shard ids; a build with it fails
+    /// the same way before it writes anything under the prefix (no run
+    /// record, no shard, no manifest), where the same build with the
+    /// snapshot's own router writes and publishes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sample_check_fails_when_the_routers_disagree() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -581,7 +583,57 @@ mod tests {
                 && text.contains("nothing was written"),
             "{text}"
         );
-        assert!(!dir.path().join("out").exists(), "nothing was written under the prefix");
+
+        let out = dir.path().join("out");
+        let options = crate::job::BuildOptions::default();
+        let e = crate::job::build_prepared(
+            &job,
+            Prepared { router: other, ..p },
+            &Embedded::default(),
+            &options,
+            std::time::Instant::now(),
+        )
+        .await
+        .expect_err("the routers disagree");
+        assert!(e.to_string().contains("routing check failed at sample row"), "{e}");
+        let written: Vec<_> = walk(&out);
+        assert!(written.is_empty(), "nothing was written under the prefix: {written:?}");
+
+        // The prefix is where a build writes: with the snapshot's router it
+        // records its run, writes its shards and publishes there.
+        let (job, p) = prepared(dir.path(), 500).await;
+        crate::job::build_prepared(&job, p, &Embedded::default(), &options, std::time::Instant::now())
+            .await
+            .expect("the build publishes");
+        let written = walk(&out);
+        for part in ["_CURRENT", "runs/", "shards/", "manifests/"] {
+            assert!(
+                written.iter().any(|f| f.contains(part)),
+                "{part} under the prefix: {written:?}"
+            );
+        }
+    }
+
+    /// Every file under `dir`, by its path relative to it (none when
+    /// `dir` does not exist).
+    fn walk(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    todo.push(path);
+                } else {
+                    out.push(path.strip_prefix(dir).unwrap_or(&path).display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Only the rows of the sample are checked: a kernel id changed in
