@@ -492,4 +492,317 @@ mod tests {
         let left = list_attempts(&store, None).await.expect("list");
         assert_eq!(left.len(), 2);
     }
+
+    use crate::format::current::CurrentPointer;
+    use crate::format::manifest::{BuildMeta, Manifest, ShardRow, WriterInfo};
+    use crate::format::run_record::RunRecord;
+    use crate::format::sharding::{KeyEncoding, ShardingSpec};
+
+    const HOUR: i64 = 3_600_000_000;
+
+    /// A prefix on the in-memory store, filled by hand: attempt folders
+    /// with their claims, manifests published at chosen ages, run records.
+    struct Site {
+        store: ObjectManifestStore,
+    }
+
+    impl Site {
+        fn new(name: &str) -> Site {
+            let url = format!("memory://gc-{name}/snap");
+            Site {
+                store: ObjectManifestStore::open(&url, &StorageOptions::new()).expect("open"),
+            }
+        }
+
+        fn run(id: &str) -> RunId {
+            RunId::new(id).expect("run id")
+        }
+
+        /// An attempt folder with a shard file and a claim by `build`.
+        async fn attempt(&self, run: &str, db: u32, attempt: u32, build: &str) -> String {
+            let key = layout::shard_attempt_key(&Self::run(run), DbId(db), Attempt(attempt));
+            let os = self.store.object_store();
+            let claim = serde_json::json!({ "build_id": build }).to_string();
+            os.put(
+                &self.store.location().path_of(&format!("{key}/shard.db")),
+                PutPayload::from_static(b"db"),
+            )
+            .await
+            .expect("put shard");
+            os.put(
+                &self.store.location().path_of(&format!("{key}/{}", layout::CLAIM_FILE)),
+                PutPayload::from(claim.into_bytes()),
+            )
+            .await
+            .expect("put claim");
+            key
+        }
+
+        /// Publishes `run` with `winners` ((db, attempt)) as if `hours_ago`
+        /// hours ago, and points `_CURRENT` at it.
+        async fn publish(&self, run: &str, winners: &[(u32, u32)], hours_ago: i64) -> String {
+            let build = BuildMeta::new(
+                Self::run(run),
+                4,
+                self.store.prefix_url(),
+                "k",
+                ShardingSpec::hash(),
+                KeyEncoding::U64Be,
+            );
+            let shards = winners
+                .iter()
+                .map(|&(db, attempt)| ShardRow {
+                    db_id: DbId(db),
+                    db_url: Some(layout::join_url(
+                        self.store.prefix_url(),
+                        &layout::shard_attempt_key(&Self::run(run), DbId(db), Attempt(attempt)),
+                    )),
+                    attempt: Attempt(attempt),
+                    row_count: 1,
+                    db_bytes: 2,
+                    min_key: None,
+                    max_key: None,
+                    checkpoint_id: None,
+                    writer_info: WriterInfo::default(),
+                })
+                .collect();
+            let at = Timestamp::from_micros(Timestamp::now().as_micros() - hours_ago * HOUR).expect("time");
+            let written = self
+                .store
+                .put_manifest_at(&Manifest { build, shards }, at)
+                .await
+                .expect("manifest");
+            let expected = self.store.load_current().await.expect("current").map(|c| c.version);
+            let pointer = CurrentPointer::new(written.manifest_ref.clone(), Self::run(run));
+            self.store
+                .swap_current(&pointer, expected.as_ref())
+                .await
+                .expect("swap");
+            written.manifest_ref
+        }
+
+        /// A run record of `run` in `status`, its lease ending
+        /// `lease_hours` from now, last written `updated_hours_ago` ago.
+        async fn record(&self, run: &str, status: RunStatus, lease_hours: i64, updated_hours_ago: i64) {
+            let now = Timestamp::now().as_micros();
+            let mut r = RunRecord::start(Self::run(run), self.store.prefix_url(), std::time::Duration::ZERO);
+            r.status = status;
+            r.lease_expires_at = Timestamp::from_micros(now + lease_hours * HOUR).expect("lease");
+            r.updated_at = Timestamp::from_micros(now - updated_hours_ago * HOUR).expect("updated");
+            let key = layout::run_record_key(r.started_at, &r.run_id, &format!("{:032x}", run.len()));
+            self.store.put_run_record(&key, &r).await.expect("record");
+        }
+
+        async fn attempts(&self) -> Vec<(String, u32, u32)> {
+            list_attempts(&self.store, None)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|a| (a.run_id.to_string(), a.db_id.0, a.attempt.0))
+                .collect()
+        }
+
+        async fn runs_in_history(&self) -> Vec<String> {
+            let mut runs: Vec<String> = self
+                .store
+                .history()
+                .await
+                .expect("history")
+                .into_iter()
+                .map(|h| h.run_id.to_string())
+                .collect();
+            runs.sort();
+            runs
+        }
+    }
+
+    fn keys(report: &CleanupReport, reason: RemovalReason) -> Vec<String> {
+        report.of(reason).map(|r| r.key.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn claims_name_their_build_and_a_folder_without_one_is_nobodys() {
+        let site = Site::new("claims");
+        let key = site.attempt("r1", 0, 0, "b1").await;
+        assert!(claimed_by(&site.store, &key, "b1").await.expect("b1"));
+        assert!(!claimed_by(&site.store, &key, "b2").await.expect("b2"));
+        assert!(!claimed_by(&site.store, &key, "").await.expect("no build"));
+        let bare = layout::shard_attempt_key(&Site::run("r1"), DbId(1), Attempt(0));
+        assert!(!claimed_by(&site.store, &bare, "b1").await.expect("no claim"));
+    }
+
+    #[tokio::test]
+    async fn a_build_deletes_only_its_own_attempts_and_keeps_its_winners() {
+        let site = Site::new("own");
+        site.attempt("r1", 0, 0, "b1").await;
+        site.attempt("r1", 0, 1, "b1").await;
+        site.attempt("r1", 1, 0, "b2").await;
+        site.attempt("r1", 1, 1, "b1").await;
+        site.attempt("r2", 0, 0, "b1").await;
+        let keep = BTreeSet::from([(DbId(0), Attempt(1))]);
+        let deleted = delete_own_attempts(&site.store, &Site::run("r1"), "b1", &keep)
+            .await
+            .expect("delete");
+        assert_eq!(deleted, 2);
+        assert_eq!(
+            site.attempts().await,
+            vec![("r1".into(), 0, 1), ("r1".into(), 1, 0), ("r2".into(), 0, 0)]
+        );
+    }
+
+    /// Three published runs an hour apart (r3 current) with their winners,
+    /// a loser of r3, and runs that never published: failed, expired,
+    /// live, and one without a record.
+    async fn history_site(name: &str) -> Site {
+        let site = Site::new(name);
+        for (run, hours_ago) in [("r1", 3), ("r2", 2), ("r3", 1)] {
+            site.attempt(run, 0, 0, "b").await;
+            site.publish(run, &[(0, 0)], hours_ago).await;
+            site.record(run, RunStatus::Succeeded, -hours_ago, hours_ago).await;
+        }
+        site.attempt("r3", 0, 1, "b").await;
+        for run in ["failed", "expired", "live", "unknown"] {
+            site.attempt(run, 0, 0, "b").await;
+        }
+        site.record("failed", RunStatus::Failed, -5, 5).await;
+        site.record("expired", RunStatus::Running, -1, 4).await;
+        site.record("live", RunStatus::Running, 1, 0).await;
+        site
+    }
+
+    #[tokio::test]
+    async fn keep_last_deletes_older_runs_and_losers_but_nothing_kept_live_or_unknown() {
+        let site = history_site("keep-last").await;
+        let options = CleanupOptions {
+            keep_last: Some(2),
+            ..CleanupOptions::default()
+        };
+        let dry = cleanup(
+            &site.store,
+            &CleanupOptions {
+                dry_run: true,
+                ..options.clone()
+            },
+        )
+        .await
+        .expect("dry");
+        assert!(dry.dry_run);
+        assert_eq!(site.attempts().await.len(), 8, "a dry run deletes nothing");
+        let report = cleanup(&site.store, &options).await.expect("cleanup");
+        assert_eq!(report.current_run_id, Site::run("r3"));
+        assert_eq!(report.kept_manifests.len(), 2);
+        assert_eq!(keys(&report, RemovalReason::OldManifest).len(), 1);
+        assert_eq!(
+            keys(&report, RemovalReason::OldRun),
+            vec!["shards/run_id=r1/db=00000/attempt=00"]
+        );
+        assert_eq!(
+            keys(&report, RemovalReason::StaleAttempt),
+            vec!["shards/run_id=r3/db=00000/attempt=01"]
+        );
+        assert_eq!(
+            keys(&report, RemovalReason::AbandonedRun),
+            vec![
+                "shards/run_id=expired/db=00000/attempt=00",
+                "shards/run_id=failed/db=00000/attempt=00"
+            ]
+        );
+        assert_eq!(keys(&report, RemovalReason::RunRecord).len(), 3, "r1, failed, expired");
+        assert_eq!(report.unknown_runs, vec![Site::run("unknown")]);
+        assert_eq!(dry.removals, report.removals, "the dry run listed what went");
+        assert_eq!(
+            site.attempts().await,
+            vec![
+                ("live".into(), 0, 0),
+                ("r2".into(), 0, 0),
+                ("r3".into(), 0, 0),
+                ("unknown".into(), 0, 0)
+            ]
+        );
+        assert_eq!(site.runs_in_history().await, vec!["r2", "r3"]);
+    }
+
+    #[tokio::test]
+    async fn older_than_and_keep_last_together_need_both_to_call_a_manifest_old() {
+        let site = history_site("older-than").await;
+        // Alone, 90 minutes makes r1 and r2 old.
+        let alone = CleanupOptions {
+            older_than: Some(std::time::Duration::from_secs(90 * 60)),
+            dry_run: true,
+            ..CleanupOptions::default()
+        };
+        let report = cleanup(&site.store, &alone).await.expect("older_than");
+        assert_eq!(keys(&report, RemovalReason::OldManifest).len(), 2);
+        // With keep_last 2 as well, r1 only: both rules must call it old.
+        let both = CleanupOptions {
+            keep_last: Some(2),
+            ..alone.clone()
+        };
+        let report = cleanup(&site.store, &both).await.expect("both");
+        assert_eq!(
+            keys(&report, RemovalReason::OldRun),
+            vec!["shards/run_id=r1/db=00000/attempt=00"]
+        );
+        // Abandoned runs go only when their record is older than the cutoff too.
+        assert_eq!(
+            keys(&report, RemovalReason::AbandonedRun),
+            vec![
+                "shards/run_id=expired/db=00000/attempt=00",
+                "shards/run_id=failed/db=00000/attempt=00"
+            ]
+        );
+        let recent = CleanupOptions {
+            older_than: Some(std::time::Duration::from_secs(6 * 3600)),
+            dry_run: true,
+            ..CleanupOptions::default()
+        };
+        let report = cleanup(&site.store, &recent).await.expect("six hours");
+        assert!(
+            report.removals.iter().all(|r| r.reason == RemovalReason::StaleAttempt),
+            "{:?}",
+            report.removals
+        );
+    }
+
+    #[tokio::test]
+    async fn without_age_rules_only_losers_go_unless_abandoned_runs_are_asked_for() {
+        let site = history_site("abandoned").await;
+        let report = cleanup(
+            &site.store,
+            &CleanupOptions {
+                dry_run: true,
+                ..CleanupOptions::default()
+            },
+        )
+        .await
+        .expect("plain");
+        assert_eq!(
+            keys(&report, RemovalReason::StaleAttempt),
+            vec!["shards/run_id=r3/db=00000/attempt=01"]
+        );
+        assert_eq!(report.removals.len(), 1);
+        let report = cleanup(
+            &site.store,
+            &CleanupOptions {
+                include_abandoned: true,
+                dry_run: true,
+                ..CleanupOptions::default()
+            },
+        )
+        .await
+        .expect("abandoned");
+        assert_eq!(keys(&report, RemovalReason::AbandonedRun).len(), 2);
+        assert_eq!(keys(&report, RemovalReason::RunRecord).len(), 2);
+        assert!(report.removals.iter().all(|r| r.run_id != Site::run("live")));
+        let e = cleanup(
+            &site.store,
+            &CleanupOptions {
+                keep_last: Some(0),
+                ..CleanupOptions::default()
+            },
+        )
+        .await
+        .expect_err("keep_last 0");
+        assert!(e.to_string().contains("keep_last"), "{e}");
+    }
 }
