@@ -37,6 +37,8 @@ use crate::publish::winners::{PublishInput, PublishState, publish_winners};
 pub mod engine;
 pub mod report;
 pub mod resolve;
+#[cfg(test)]
+mod tests;
 
 pub use engine::{
     Embedded, Engine, MemoryShares, embedded_state_builder, job_runtime, job_session_config, memory_shares,
