@@ -765,6 +765,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_record_without_data_goes_under_age_rules_alone() {
+        let site = history_site("record-only").await;
+        site.record("no-data", RunStatus::Failed, -5, 5).await;
+        let report = cleanup(
+            &site.store,
+            &CleanupOptions {
+                keep_last: Some(3),
+                dry_run: true,
+                ..CleanupOptions::default()
+            },
+        )
+        .await
+        .expect("keep_last");
+        let records: BTreeSet<RunId> = report.of(RemovalReason::RunRecord).map(|r| r.run_id.clone()).collect();
+        assert_eq!(
+            records.into_iter().collect::<Vec<_>>(),
+            vec![Site::run("expired"), Site::run("failed"), Site::run("no-data")]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_old_run_being_rebuilt_keeps_its_data_and_records() {
+        let site = history_site("rebuilt").await;
+        site.record("r1", RunStatus::Running, 1, 0).await;
+        let report = cleanup(
+            &site.store,
+            &CleanupOptions {
+                keep_last: Some(2),
+                dry_run: true,
+                ..CleanupOptions::default()
+            },
+        )
+        .await
+        .expect("keep_last");
+        assert_eq!(
+            keys(&report, RemovalReason::OldManifest).len(),
+            1,
+            "its old manifest goes"
+        );
+        assert!(
+            report
+                .removals
+                .iter()
+                .all(|r| r.run_id != Site::run("r1") || r.reason == RemovalReason::OldManifest),
+            "a live run keeps its shards and records: {:?}",
+            report.removals
+        );
+    }
+
+    #[tokio::test]
     async fn without_age_rules_only_losers_go_unless_abandoned_runs_are_asked_for() {
         let site = history_site("abandoned").await;
         let report = cleanup(
