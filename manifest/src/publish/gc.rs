@@ -710,6 +710,8 @@ mod tests {
         assert_eq!(keys(&report, RemovalReason::RunRecord).len(), 3, "r1, failed, expired");
         assert_eq!(report.unknown_runs, vec![Site::run("unknown")]);
         assert_eq!(dry.removals, report.removals, "the dry run listed what went");
+        assert_eq!((report.prefixes_removed, report.objects_deleted), (8, 12));
+        assert_eq!((dry.prefixes_removed, dry.objects_deleted), (8, 12));
         assert_eq!(
             site.attempts().await,
             vec![

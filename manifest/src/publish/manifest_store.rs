@@ -574,4 +574,80 @@ mod tests {
         assert_eq!(loaded.build.num_dbs, 4);
         assert!(store.load_current().await.expect("current").is_some());
     }
+
+    #[test]
+    fn versions_describe_themselves_by_what_the_store_gave() {
+        let v = |e: Option<&str>, n: Option<&str>| CurrentVersion {
+            e_tag: e.map(str::to_string),
+            version: n.map(str::to_string),
+        };
+        assert_eq!(v(Some("\"e1\""), Some("7")).describe(), "ETag \"e1\"");
+        assert_eq!(v(None, Some("7")).to_string(), "version 7");
+        assert_eq!(v(None, None).to_string(), "an unversioned object");
+    }
+
+    #[tokio::test]
+    async fn a_swap_against_a_stale_version_is_a_conflict_and_changes_nothing() {
+        let store = memory_store("stale-swap");
+        assert_eq!(store.prefix_url(), "memory://stale-swap/snap");
+        assert!(format!("{store:?}").contains("memory://stale-swap/snap"));
+        let run = RunId::new("r1").expect("run");
+        let p = |m: &str| CurrentPointer::new(format!("memory://stale-swap/snap/manifests/{m}/manifest"), run.clone());
+        let v1 = store.swap_current(&p("a"), None).await.expect("create");
+        let e = store.swap_current(&p("x"), None).await.expect_err("exists");
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        let v2 = store.swap_current(&p("b"), Some(&v1)).await.expect("update");
+        let e = store.swap_current(&p("c"), Some(&v1)).await.expect_err("stale");
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        let now = store.load_current().await.expect("read").expect("current");
+        assert_eq!(now.pointer.manifest_ref, p("b").manifest_ref);
+        assert_eq!(now.version, v2);
+    }
+
+    #[tokio::test]
+    async fn run_records_read_back_as_written() {
+        let store = memory_store("records");
+        let record = RunRecord::start(
+            RunId::new("r1").expect("run"),
+            store.prefix_url(),
+            std::time::Duration::from_secs(60),
+        );
+        let key = layout::run_record_key(record.started_at, &record.run_id, &"0".repeat(32));
+        store.put_run_record(&key, &record).await.expect("put");
+        assert_eq!(store.load_run_record(&key).await.expect("load"), record);
+        assert_eq!(store.list_run_records().await.expect("list"), vec![(key, record)]);
+    }
+
+    #[tokio::test]
+    async fn history_lists_manifests_newest_first_and_nothing_else() {
+        // A prefix some folders deep: the manifest's folder is found from
+        // the end of its key, whatever the depth.
+        let store = ObjectManifestStore::open("memory://history/a/b/snap", &StorageOptions::new()).expect("open");
+        let now = Timestamp::now().as_micros();
+        let manifest = |run: &str| Manifest {
+            build: BuildMeta::new(
+                RunId::new(run).expect("run"),
+                1,
+                store.prefix_url(),
+                "k",
+                ShardingSpec::hash(),
+                KeyEncoding::U64Be,
+            ),
+            shards: Vec::new(),
+        };
+        for (run, hours) in [("r1", 2), ("r2", 1), ("r3", 3)] {
+            let at = Timestamp::from_micros(now - hours * 3_600_000_000).expect("time");
+            let written = store.put_manifest_at(&manifest(run), at).await.expect("put");
+            // Another object in a manifest's folder is not a manifest.
+            let beside = written.key.replace(layout::MANIFEST_FILE, "notes.txt");
+            store
+                .object_store()
+                .put(&store.path(&beside), PutPayload::from_static(b"x"))
+                .await
+                .expect("put");
+        }
+        let history = store.history().await.expect("history");
+        let runs: Vec<(usize, String)> = history.iter().map(|h| (h.offset, h.run_id.to_string())).collect();
+        assert_eq!(runs, vec![(0, "r2".into()), (1, "r1".into()), (2, "r3".into())]);
+    }
 }
