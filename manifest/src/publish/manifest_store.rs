@@ -639,7 +639,8 @@ mod tests {
             let at = Timestamp::from_micros(now - hours * 3_600_000_000).expect("time");
             let written = store.put_manifest_at(&manifest(run), at).await.expect("put");
             // Another object in a manifest's folder is not a manifest.
-            let beside = written.key.replace(layout::MANIFEST_FILE, "notes.txt");
+            let folder = written.key.rsplit_once('/').expect("a folder").0;
+            let beside = format!("{folder}/notes.txt");
             store
                 .object_store()
                 .put(&store.path(&beside), PutPayload::from_static(b"x"))
