@@ -651,4 +651,28 @@ mod tests {
         let runs: Vec<(usize, String)> = history.iter().map(|h| (h.offset, h.run_id.to_string())).collect();
         assert_eq!(runs, vec![(0, "r2".into()), (1, "r1".into()), (2, "r3".into())]);
     }
+
+    #[tokio::test]
+    async fn a_body_longer_than_announced_is_refused_once_it_passes_the_cap() {
+        use futures::StreamExt as _;
+        let chunks = vec![Ok(Bytes::from_static(b"a")), Ok(Bytes::from(vec![b'b'; 10]))];
+        let res = object_store::GetResult {
+            payload: object_store::GetResultPayload::Stream(futures::stream::iter(chunks).boxed()),
+            meta: object_store::ObjectMeta {
+                location: Path::from("snap/_CURRENT"),
+                last_modified: chrono::Utc::now(),
+                // The store announces 5 bytes and sends 11.
+                size: 5,
+                e_tag: None,
+                version: None,
+            },
+            range: 0..5,
+            attributes: Default::default(),
+        };
+        let e = capped_body(res, "_CURRENT", "memory://t/snap/_CURRENT", 10)
+            .await
+            .expect_err("past the cap");
+        assert_eq!(e.kind(), ErrorKind::Data);
+        assert!(e.to_string().contains("10"), "{e}");
+    }
 }
