@@ -11,31 +11,11 @@ use std::time::{Duration, Instant};
 
 use object_store::PutPayload;
 use serde_json::Value;
+use sf_manifest::ManifestStore;
 use sf_manifest::format::layout;
-use sf_manifest::{Manifest, ManifestStore};
 use sf_tests::manifest_store;
 use sf_tests::serve::{LocalSnapshot, ServeProcess, call, kind};
-use sf_tests::tamper::{point_current_at, publish_over, put_manifest_bytes};
-
-/// The manifest `_CURRENT` names under `prefix`, decoded, and its bytes.
-async fn current_manifest(prefix: &str) -> (Manifest, Vec<u8>) {
-    let s = manifest_store(prefix);
-    let current = s.load_current().await.expect("load").expect("published");
-    let loc = s.locate(&current.pointer.manifest_ref, None).expect("locate");
-    let bytes = loc
-        .store
-        .get(&loc.path)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes")
-        .to_vec();
-    (
-        s.load_manifest(&current.pointer.manifest_ref).await.expect("manifest"),
-        bytes,
-    )
-}
+use sf_tests::tamper::{current_manifest, point_current_at, publish_over, put_manifest_bytes};
 
 /// `bytes` (a manifest file) with `sql` run over it.
 fn tamper_sqlite(bytes: &[u8], sql: &str) -> Vec<u8> {

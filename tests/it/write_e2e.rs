@@ -155,19 +155,8 @@ fn schema_of(bytes: &[u8]) -> String {
 
 /// The manifest has the reference's tables and JSON shapes.
 async fn check_manifest_shapes(prefix: &str) {
-    let store = manifest_store(prefix);
-    let cur = store.load_current().await.expect("current").expect("published");
-    let loc = store.locate(&cur.pointer.manifest_ref, None).expect("locate");
-    let bytes = loc
-        .store
-        .get(&loc.path)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes");
+    let (m, bytes) = sf_tests::tamper::current_manifest(prefix).await;
     assert_eq!(schema_of(&bytes), fixture_schema());
-    let m = store.load_manifest(&cur.pointer.manifest_ref).await.expect("manifest");
     assert_eq!(m.build.format_version, 4);
     assert_eq!(m.build.db_path_template, "db={db_id:05d}");
     assert_eq!(m.build.shard_prefix, "shards");

@@ -9,6 +9,27 @@ use sf_manifest::{CurrentPointer, Manifest, ManifestStore, RunId, Timestamp, for
 
 use crate::manifest_store;
 
+/// The manifest `_CURRENT` names under `prefix`, decoded, and its bytes
+/// as stored.
+pub async fn current_manifest(prefix: &str) -> (Manifest, Vec<u8>) {
+    let s = manifest_store(prefix);
+    let current = s.load_current().await.expect("load").expect("published");
+    let loc = s.locate(&current.pointer.manifest_ref, None).expect("locate");
+    let bytes = loc
+        .store
+        .get(&loc.path)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes")
+        .to_vec();
+    (
+        s.load_manifest(&current.pointer.manifest_ref).await.expect("manifest"),
+        bytes,
+    )
+}
+
 /// Points `_CURRENT` under `prefix` at `manifest_ref` as run `run`, by
 /// compare-and-swap against what is there, as another publisher would.
 pub async fn point_current_at(prefix: &str, manifest_ref: &str, run: &str) {

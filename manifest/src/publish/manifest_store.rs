@@ -237,18 +237,27 @@ pub const MAX_CURRENT_BYTES: u64 = 64 << 10;
 /// reader its memory.
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 30;
 
+/// Starts reading an object, turning "not found" into [`Error::NotFound`]
+/// naming `what`.
+async fn get_object(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    what: &'static str,
+    url: &str,
+) -> Result<object_store::GetResult> {
+    match store.get(path).await {
+        Ok(r) => Ok(r),
+        Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound {
+            what,
+            location: url.to_string(),
+        }),
+        Err(e) => Err(Error::store("read", url, e)),
+    }
+}
+
 /// Reads a whole object, turning "not found" into [`Error::NotFound`] naming `what`.
 pub async fn get_bytes(store: &Arc<dyn ObjectStore>, path: &Path, what: &'static str, url: &str) -> Result<Bytes> {
-    let res = match store.get(path).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(Error::NotFound {
-                what,
-                location: url.to_string(),
-            });
-        }
-        Err(e) => return Err(Error::store("read", url, e)),
-    };
+    let res = get_object(store, path, what, url).await?;
     res.bytes().await.map_err(|e| Error::store("read", url, e))
 }
 
@@ -291,16 +300,7 @@ pub async fn get_bytes_capped(
     url: &str,
     cap: u64,
 ) -> Result<Bytes> {
-    let res = match store.get(path).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(Error::NotFound {
-                what,
-                location: url.to_string(),
-            });
-        }
-        Err(e) => return Err(Error::store("read", url, e)),
-    };
+    let res = get_object(store, path, what, url).await?;
     capped_body(res, what, url, cap).await
 }
 
