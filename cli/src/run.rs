@@ -37,7 +37,12 @@ where
             return Err(exit::FAILED);
         }
     };
-    match runtime.block_on(work) {
+    let outcome = runtime.block_on(work);
+    // Work the program gave up on (a lookup abandoned after sf-serve's
+    // grace period, stuck in storage) must not hold the exit: blocking
+    // tasks still running after a moment are left to the process's end.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match outcome {
         Ok(code) => Ok(code),
         Err(f) => {
             eprintln!("{name}: {}", f.message());

@@ -13,7 +13,7 @@ use sf_manifest::StorageOptions;
 use sf_reader::ReaderSettings;
 use sf_reader::duration::parse_duration;
 use sf_server::config::{FileConfig, read_tokens, storage_for};
-use sf_server::{DEFAULT_LISTEN, Limits, ServeConfig, Server, SnapshotConfig};
+use sf_server::{DEFAULT_LISTEN, Limits, ServeConfig, Server, SnapshotConfig, TlsFiles};
 
 use crate::exit::{self, EXIT_CODES, Failure};
 use crate::read::ModeArg;
@@ -60,6 +60,15 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// TLS certificate chain (PEM, leaf first) for both listeners; with
+    /// --tls-key. Reloaded on SIGHUP and when the files change.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The TLS private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Requests served at once; more get 503 with Retry-After.
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
@@ -80,9 +89,30 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_body_bytes: Option<usize>,
 
-    /// After SIGTERM/SIGINT, how long requests in flight may take.
+    /// After SIGTERM/SIGINT, how long requests in flight may take; those
+    /// still running then are abandoned and the exit status is 1.
     #[arg(long, value_name = "DURATION")]
     pub grace_period: Option<String>,
+
+    /// Open connections, HTTP and gRPC together. At the bound the
+    /// longest-idle connection is closed to make room; when all are busy a
+    /// new one is refused. Default: half the open-file limit.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// An HTTP/1 request head not wholly received after this closes its
+    /// connection. Default 10s.
+    #[arg(long, value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+
+    /// A connection with no request running for this long is closed.
+    /// Default 60s.
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+
+    /// The whole of one streamed gRPC MultiGet, read or not. Default 60s.
+    #[arg(long, value_name = "DURATION")]
+    pub stream_timeout: Option<String>,
 
     /// How SQLite shards are read: download (whole file, cached), range
     /// (ranged GETs), auto (range above 256 MiB), or memory (downloaded,
@@ -192,6 +222,30 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
     if let Some(t) = &args.grace_period {
         limits.grace_period = duration("--grace-period", t)?;
     }
+    if let Some(n) = args.max_connections {
+        limits.max_connections = Some(n);
+    }
+    for (flag, text, field) in [
+        (
+            "--header-read-timeout",
+            &args.header_read_timeout,
+            &mut limits.header_read_timeout,
+        ),
+        ("--idle-timeout", &args.idle_timeout, &mut limits.idle_timeout),
+        ("--stream-timeout", &args.stream_timeout, &mut limits.stream_timeout),
+    ] {
+        if let Some(t) = text {
+            *field = duration(flag, t)?;
+        }
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => file.tls.clone(),
+        _ => return Err(Failure::usage("--tls-cert", "give --tls-cert and --tls-key together")),
+    };
     let token_file = args.auth_token_file.as_ref().or(file.auth_token_file.as_ref());
     let auth_tokens = match token_file {
         Some(p) => read_tokens(p)?,
@@ -207,6 +261,7 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
         snapshots,
         limits,
         auth_tokens,
+        tls,
     };
     config.validate()?;
     Ok(config)
@@ -249,10 +304,12 @@ pub async fn run(args: Args) -> Result<u8, Failure> {
         // The gRPC line first: whoever waits for `listening on` (the
         // documented line) then has every address, whichever flag or
         // config file asked for gRPC.
+        let scheme = server.scheme();
         if let Some(g) = server.grpc_addr()? {
-            write(&mut out, format!("grpc listening on http://{g}")).map_err(crate::output::output_error)?;
+            write(&mut out, format!("grpc listening on {scheme}://{g}")).map_err(crate::output::output_error)?;
         }
-        write(&mut out, format!("listening on http://{}", server.http_addr()?)).map_err(crate::output::output_error)?;
+        write(&mut out, format!("listening on {scheme}://{}", server.http_addr()?))
+            .map_err(crate::output::output_error)?;
     }
     server.run(stop).await?;
     Ok(exit::OK)

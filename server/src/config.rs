@@ -6,6 +6,10 @@
 //! grpc_listen = "127.0.0.1:50061"      # optional
 //! auth_token_file = "/etc/sf/tokens"   # optional: one token a line
 //!
+//! [tls]                                # optional: TLS on both listeners
+//! cert = "/etc/sf/tls/cert.pem"        # the chain, leaf first
+//! key = "/etc/sf/tls/key.pem"
+//!
 //! [limits]                             # all optional
 //! max_in_flight = 1024
 //! request_timeout = "5s"
@@ -13,6 +17,12 @@
 //! max_stream_keys = 1000000
 //! max_body_bytes = 4194304
 //! grace_period = "30s"
+//! max_connections = 4096               # default: half the open-file limit
+//! header_read_timeout = "10s"
+//! idle_timeout = "60s"
+//! max_streams_per_connection = 100
+//! keepalive_interval = "30s"
+//! stream_timeout = "60s"
 //!
 //! [storage]                            # storage options for every snapshot
 //! aws_endpoint = "http://127.0.0.1:9000"
@@ -65,9 +75,37 @@ pub struct Limits {
     /// Bytes of one request body (HTTP) or message (gRPC). Default 4 MiB.
     pub max_body_bytes: usize,
     /// After SIGTERM/SIGINT, how long requests in flight may take before
-    /// the server exits anyway. Default 30 s.
+    /// the server exits anyway (non-zero, saying how many it abandoned).
+    /// Default 30 s.
     #[serde(with = "sf_manifest::format::duration::serde")]
     pub grace_period: Duration,
+    /// Open connections, HTTP and gRPC together. At the bound, the
+    /// connection idle the longest is closed to make room; when none is
+    /// idle, a new one is closed at accept and counted
+    /// (`sf_serve_connections_refused_total`). Default (`None`): half the
+    /// process's open-file limit, so that the other half stays for shard
+    /// files and storage connections, between 16 and 10,000.
+    pub max_connections: Option<usize>,
+    /// An HTTP/1 request whose head has not wholly arrived after this is
+    /// dropped with its connection. Default 10 s.
+    #[serde(with = "sf_manifest::format::duration::serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request running for this long is closed.
+    /// Default 60 s.
+    #[serde(with = "sf_manifest::format::duration::serde")]
+    pub idle_timeout: Duration,
+    /// Requests at once on one HTTP/2 connection (HTTP and gRPC). Default 100.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 (and gRPC) keep-alive: a ping after this long without
+    /// frames; a peer that does not answer within 20 s more is dropped.
+    /// Default 30 s.
+    #[serde(with = "sf_manifest::format::duration::serde")]
+    pub keepalive_interval: Duration,
+    /// The whole of one streamed gRPC MultiGet, however fast its client
+    /// reads: past it the stream ends with DEADLINE_EXCEEDED and gives its
+    /// place among the requests in flight back. Default 60 s.
+    #[serde(with = "sf_manifest::format::duration::serde")]
+    pub stream_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -79,7 +117,23 @@ impl Default for Limits {
             max_stream_keys: 1_000_000,
             max_body_bytes: 4 * 1024 * 1024,
             grace_period: Duration::from_secs(30),
+            max_connections: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_streams_per_connection: 100,
+            keepalive_interval: Duration::from_secs(30),
+            stream_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+impl Limits {
+    /// The bound on open connections: [`Limits::max_connections`], or
+    /// half of `open_files` (the process's open-file limit) between 16
+    /// and 10,000.
+    pub fn connection_cap(&self, open_files: u64) -> usize {
+        self.max_connections
+            .unwrap_or_else(|| usize::try_from(open_files / 2).unwrap_or(usize::MAX).clamp(16, 10_000))
     }
 }
 
@@ -113,6 +167,18 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Bearer tokens; empty: no authentication.
     pub auth_tokens: Vec<String>,
+    /// TLS on both listeners; `None`: clear text.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A TLS certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key of the leaf.
+    pub key: PathBuf,
 }
 
 /// `serve.toml` as written.
@@ -125,6 +191,8 @@ pub struct FileConfig {
     pub grpc_listen: Option<String>,
     /// A file of bearer tokens, one a line.
     pub auth_token_file: Option<PathBuf>,
+    /// TLS on both listeners: `[tls] cert = "..."`, `key = "..."`.
+    pub tls: Option<TlsFiles>,
     /// Request bounds.
     #[serde(default)]
     pub limits: Limits,
@@ -279,8 +347,22 @@ impl ServeConfig {
                 return Err(Error::config(format!("limits.{field}"), "must be at least 1"));
             }
         }
-        if l.request_timeout.is_zero() {
-            return Err(Error::config("limits.request_timeout", "must be above zero"));
+        if l.max_connections == Some(0) {
+            return Err(Error::config("limits.max_connections", "must be at least 1"));
+        }
+        if l.max_streams_per_connection == 0 {
+            return Err(Error::config("limits.max_streams_per_connection", "must be at least 1"));
+        }
+        for (field, d) in [
+            ("request_timeout", l.request_timeout),
+            ("header_read_timeout", l.header_read_timeout),
+            ("idle_timeout", l.idle_timeout),
+            ("keepalive_interval", l.keepalive_interval),
+            ("stream_timeout", l.stream_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::config(format!("limits.{field}"), "must be above zero"));
+            }
         }
         for (field, addr) in [
             ("listen", Some(&self.listen)),
@@ -366,6 +448,7 @@ mod tests {
             }],
             limits: Limits::default(),
             auth_tokens: vec![],
+            tls: None,
         };
         good.validate().expect("valid");
         let mut cases: Vec<(ServeConfig, &str)> = vec![];

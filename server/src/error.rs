@@ -28,6 +28,12 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
+    /// Requests were still in flight when the grace period after a stop
+    /// signal ended; they were abandoned (their clients see the
+    /// connection close).
+    #[error("stopped with {count} request(s) still in flight after the grace period of {grace:?}: abandoned")]
+    Abandoned { count: usize, grace: std::time::Duration },
+
     /// The metrics recorder could not be installed.
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(String),
@@ -41,7 +47,7 @@ impl Classified for Error {
         match self {
             // An address in use or not ours is the operator's to fix.
             Error::Config { .. } | Error::Bind { .. } => ErrorKind::Config,
-            Error::Serve { .. } | Error::Metrics(_) => ErrorKind::Internal,
+            Error::Serve { .. } | Error::Abandoned { .. } | Error::Metrics(_) => ErrorKind::Internal,
         }
     }
 }

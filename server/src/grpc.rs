@@ -1,19 +1,31 @@
 //! The gRPC service (`proto/shardforge.proto`): the same lookups, limits
 //! and authentication as the HTTP API.
+//!
+//! Authentication and admission happen in front of the service, on the
+//! call's headers, before its message is read or decoded: a call without
+//! a valid token, or beyond the bound on requests in flight, costs the
+//! server its headers only. A streamed `MultiGet` holds its place among
+//! the requests in flight until it ends, at the latest after the limits'
+//! `stream_timeout`, whether or not its client reads.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::Stream;
 use sf_reader::{SnapshotView, Version};
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::api_error::ApiError;
 use crate::app::{App, Contexts};
+use crate::conn::ConnInfo;
 use crate::http::RUN_ID_HEADER;
-use crate::metrics::record_grpc;
+use crate::metrics::{REQUESTS_ABANDONED, record_grpc};
 use crate::snapshot::ServedSnapshot;
 
 /// The code generated from `proto/shardforge.proto` (messages, the
@@ -57,6 +69,99 @@ impl From<ApiError> for Status {
 /// The service over the shared state.
 pub(crate) struct LookupService {
     pub(crate) app: Arc<App>,
+}
+
+/// A call's place among the requests in flight, taken by [`Gate`] before
+/// its message was decoded; held while any clone lives (a streamed call's
+/// producer keeps one).
+#[derive(Clone)]
+struct Admitted(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+/// The metrics label of a gRPC method path.
+fn route_of(path: &str) -> &'static str {
+    match path.rsplit('/').next() {
+        Some("Get") => "grpc_get",
+        Some("MultiGet") => "grpc_multiget",
+        Some("MultiGetStream") => "grpc_multiget_stream",
+        _ => "grpc_other",
+    }
+}
+
+/// The layer that puts [`Gate`] in front of the gRPC services.
+#[derive(Clone)]
+pub(crate) struct GateLayer {
+    app: Arc<App>,
+}
+
+impl GateLayer {
+    pub(crate) fn new(app: Arc<App>) -> Self {
+        GateLayer { app }
+    }
+}
+
+impl<S> tower::Layer<S> for GateLayer {
+    type Service = Gate<S>;
+
+    fn layer(&self, inner: S) -> Gate<S> {
+        Gate {
+            inner,
+            app: Arc::clone(&self.app),
+        }
+    }
+}
+
+/// Authentication and admission of every gRPC call, on its headers: a
+/// refused call is answered without its message being read.
+#[derive(Clone)]
+pub(crate) struct Gate<S> {
+    inner: S,
+    app: Arc<App>,
+}
+
+type Body = tonic::body::Body;
+
+impl<S> tower::Service<http::Request<Body>> for Gate<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        let busy = req.extensions().get::<ConnInfo>().map(|c| c.activity.begin());
+        let admitted = self
+            .app
+            .authenticate(req.headers().get("authorization").map(|v| v.as_bytes()))
+            .and_then(|()| self.app.admit());
+        match admitted {
+            Ok(permit) => {
+                req.extensions_mut().insert(Admitted(Arc::new(permit)));
+            }
+            Err(e) => {
+                let status = Status::from(e);
+                record_grpc(route_of(req.uri().path()), status.code(), started.elapsed());
+                return Box::pin(async move {
+                    drop(busy);
+                    Ok(status.into_http())
+                });
+            }
+        }
+        // The clone that was made ready is the one called.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        Box::pin(async move {
+            let answer = inner.call(req).await;
+            drop(busy);
+            answer
+        })
+    }
 }
 
 fn requested_version(v: Option<proto::Version>) -> Result<Version, ApiError> {
@@ -105,21 +210,14 @@ fn with_run<T>(body: T, view: &SnapshotView) -> Response<T> {
 }
 
 impl LookupService {
-    /// Authentication and admission, then `work` under the deadline.
-    async fn guarded<T, F>(
-        &self,
-        route: &'static str,
-        metadata: &tonic::metadata::MetadataMap,
-        work: F,
-    ) -> Result<T, Status>
+    /// `work` under the deadline (the call was authenticated and admitted
+    /// by [`Gate`]), with its metrics.
+    async fn guarded<T, F>(&self, route: &'static str, work: F) -> Result<T, Status>
     where
         F: Future<Output = Result<T, ApiError>>,
     {
         let started = Instant::now();
         let result = async {
-            self.app
-                .authenticate(metadata.get("authorization").map(MetadataValue::as_bytes))?;
-            let _permit = self.app.admit()?;
             let deadline = self.app.limits.request_timeout;
             tokio::time::timeout(deadline, work).await.map_err(|_| {
                 ApiError::new(
@@ -147,8 +245,9 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<MultiGetChunk, Status>> + Se
 #[tonic::async_trait]
 impl Lookup for LookupService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        self.guarded("grpc_get", &metadata, async {
+        // The extensions hold the call's place until it is answered.
+        let (_, _admitted, req) = request.into_parts();
+        self.guarded("grpc_get", async {
             let context = req.context.map(context_pairs).unwrap_or_default();
             let (view, value) = self
                 .app
@@ -165,8 +264,8 @@ impl Lookup for LookupService {
     }
 
     async fn multi_get(&self, request: Request<MultiGetRequest>) -> Result<Response<MultiGetResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        self.guarded("grpc_multiget", &metadata, async {
+        let (_, _admitted, req) = request.into_parts();
+        self.guarded("grpc_multiget", async {
             self.app.check_keys(req.keys.len(), self.app.limits.max_keys)?;
             let (served, view) = self.view(&req.snapshot, req.version)?;
             let found = self
@@ -188,18 +287,21 @@ impl Lookup for LookupService {
         &self,
         request: Request<MultiGetRequest>,
     ) -> Result<Response<Self::MultiGetStreamStream>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (_, extensions, req) = request.into_parts();
         let started = Instant::now();
-        // Admission holds for the whole stream; the deadline applies to
-        // each chunk.
+        // The place taken by the gate holds for the whole stream (its
+        // producer keeps it); the request deadline applies to each chunk,
+        // the stream deadline to the whole.
         let admitted = (|| {
-            self.app
-                .authenticate(metadata.get("authorization").map(MetadataValue::as_bytes))?;
+            let permit = extensions
+                .get::<Admitted>()
+                .cloned()
+                .ok_or_else(|| ApiError::new(500, "internal", "a call reached the service without admission"))?;
             self.app.check_keys(req.keys.len(), self.app.limits.max_stream_keys)?;
-            let permit = self.app.admit()?;
             let (served, view) = self.view(&req.snapshot, req.version)?;
             Ok::<_, ApiError>((permit, served, view))
         })();
+        drop(extensions);
         let (permit, served, view) = match admitted {
             Ok(x) => x,
             Err(e) => {
@@ -225,7 +327,7 @@ impl Lookup for LookupService {
                 ),
             )));
         }
-        let state = StreamState {
+        let mut state = StreamState {
             app: Arc::clone(&self.app),
             served,
             view: view.clone(),
@@ -235,14 +337,50 @@ impl Lookup for LookupService {
             next: 0,
             started,
             done: false,
-            _permit: permit,
         };
-        let stream = futures::stream::unfold(state, |mut s| async move {
-            if s.done {
+        // A producer task reads the chunks into a short queue the answer
+        // drains: a client that stops reading stops the producer at the
+        // queue, and the stream deadline ends it (and its place) anyway.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<MultiGetChunk, Status>>(2);
+        let expired = Arc::new(AtomicBool::new(false));
+        let total = self.app.limits.stream_timeout;
+        tokio::spawn({
+            let expired = Arc::clone(&expired);
+            async move {
+                let _place = permit;
+                let produce = async {
+                    while !state.done {
+                        let item = state.next_chunk().await;
+                        if tx.send(item).await.is_err() {
+                            // The client went away.
+                            return;
+                        }
+                    }
+                };
+                if tokio::time::timeout(total, produce).await.is_err() {
+                    expired.store(true, Ordering::Release);
+                    metrics::counter!(REQUESTS_ABANDONED, "route" => "grpc_multiget_stream").increment(1);
+                    record_grpc("grpc_multiget_stream", tonic::Code::DeadlineExceeded, started.elapsed());
+                }
+            }
+        });
+        let stream = futures::stream::unfold((rx, expired, false), move |(mut rx, expired, ended)| async move {
+            if ended {
                 return None;
             }
-            let item = s.next_chunk().await;
-            Some((item, s))
+            match rx.recv().await {
+                Some(item) => Some((item, (rx, expired, false))),
+                // The producer is gone: finished, or stopped at the deadline.
+                None if expired.load(Ordering::Acquire) => {
+                    let status = Status::from(ApiError::new(
+                        504,
+                        "deadline_exceeded",
+                        format!("the stream took longer than this server's stream deadline of {total:?}"),
+                    ));
+                    Some((Err(status), (rx, expired, true)))
+                }
+                None => None,
+            }
         });
         Ok(with_run(Box::pin(stream) as ChunkStream, &view))
     }
@@ -259,7 +397,6 @@ struct StreamState {
     started: Instant,
     /// The last chunk (or an error) was sent.
     done: bool,
-    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl StreamState {

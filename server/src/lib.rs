@@ -50,6 +50,7 @@
 //!     }],
 //!     limits: Limits::default(),
 //!     auth_tokens: vec![],
+//!     tls: None,
 //! };
 //! let server = Server::bind(config, None).await?;
 //! let addr = server.http_addr()?;
@@ -64,15 +65,17 @@ mod api_error;
 mod app;
 mod auth;
 pub mod config;
+mod conn;
 mod error;
 pub mod grpc;
 pub mod http;
 mod listen;
 pub mod metrics;
 mod snapshot;
+mod tls;
 
 pub use api_error::ApiError;
-pub use config::{DEFAULT_LISTEN, FileConfig, Limits, ServeConfig, SnapshotConfig};
+pub use config::{DEFAULT_LISTEN, FileConfig, Limits, ServeConfig, SnapshotConfig, TlsFiles};
 pub use error::{Error, Result};
 pub use listen::Server;
 pub use metrics::{METRICS, install_prometheus};

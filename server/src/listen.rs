@@ -1,27 +1,29 @@
 //! Binding the listeners (HTTP, and gRPC when asked), serving on them
 //! until shutdown, then draining the requests in flight ([`Server`]).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::ServeConfig;
+use crate::conn::{Connections, KEEPALIVE_TIMEOUT, MAX_HEADER_BYTES};
 use crate::error::{Error, Result};
-use crate::grpc::LookupService;
 use crate::grpc::proto::lookup_server::LookupServer;
+use crate::grpc::{GateLayer, LookupService};
+use crate::tls::Tls;
 
 /// A server with its listeners bound; see the crate docs.
 pub struct Server {
     app: Arc<App>,
     http: TcpListener,
     grpc: Option<TcpListener>,
+    tls: Option<Arc<Tls>>,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -50,6 +52,10 @@ impl Server {
     /// recorder ([`crate::install_prometheus`]), which `/metrics` renders.
     pub async fn bind(config: ServeConfig, metrics: Option<PrometheusHandle>) -> Result<Server> {
         config.validate()?;
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(Tls::load(&files.cert, &files.key)?)),
+            None => None,
+        };
         let app = Arc::new(App::new(&config)?);
         let http = bind("HTTP", &config.listen).await?;
         let grpc = match &config.grpc_listen {
@@ -60,8 +66,20 @@ impl Server {
             app,
             http,
             grpc,
+            tls,
             metrics,
         })
+    }
+
+    /// `https` when the listeners speak TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// Loads the TLS certificate and key again (a no-op without TLS); on
+    /// error the pair in use stays. New connections get the new pair.
+    pub fn reload_tls(&self) -> Result<()> {
+        self.tls.as_ref().map_or(Ok(()), |t| t.reload())
     }
 
     /// The bound HTTP address (the real port when 0 was asked for).
@@ -90,12 +108,14 @@ impl Server {
     /// Opens the snapshots (in the background, retrying; `/readyz` says
     /// when they are open) and serves until `shutdown` completes. Then it
     /// stops accepting connections, lets requests in flight finish for up
-    /// to the grace period, closes the readers and returns.
+    /// to the grace period, closes the readers and returns; requests still
+    /// in flight then are abandoned, and it returns [`Error::Abandoned`].
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let Server {
             app,
             http,
             grpc,
+            tls,
             metrics,
         } = self;
         let grace = app.limits.grace_period;
@@ -104,6 +124,9 @@ impl Server {
             .values()
             .map(|s| tokio::spawn(Arc::clone(s).open_until_done()))
             .collect();
+        if let Some(t) = &tls {
+            background.push(crate::tls::reload_on_hangup(Arc::clone(t))?);
+        }
         if let Some(h) = metrics.clone() {
             background.push(tokio::spawn(async move {
                 loop {
@@ -121,23 +144,37 @@ impl Server {
             let _ = rx.wait_for(|v| *v).await;
         };
 
+        // One bound on connections for both listeners, as they share the
+        // process's file descriptors.
+        let conns = Connections::new(&app.limits);
+        crate::metrics::register_series(if grpc.is_some() { &["http", "grpc"] } else { &["http"] });
+        tracing::debug!(max_connections = conns.cap(), "connection bound");
         let router = crate::http::router(Arc::clone(&app), metrics);
-        let listener = http.tap_io(|tcp| {
-            // Small answers go out at once, not after Nagle's delay.
-            let _ = tcp.set_nodelay(true);
+        let mut http_task = tokio::spawn({
+            let (conns, limits, stop, tls) = (Arc::clone(&conns), app.limits.clone(), rx.clone(), tls.clone());
+            async move {
+                let mut connections = tokio::task::JoinSet::new();
+                crate::conn::serve_http(conns, http, tls, router, &limits, stop, &mut connections).await;
+                // Stopped: every connection finishes its requests, unless
+                // the grace period ends first (this task is then aborted,
+                // and its connections with it).
+                while connections.join_next().await.is_some() {}
+                Ok::<(), std::convert::Infallible>(())
+            }
         });
-        let mut http_task = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stopping(rx.clone()))
-                .into_future(),
-        );
         let mut grpc_task = grpc.map(|l| {
+            let limits = &app.limits;
             let service = LookupServer::new(LookupService { app: Arc::clone(&app) })
-                .max_decoding_message_size(app.limits.max_body_bytes)
+                .max_decoding_message_size(limits.max_body_bytes)
                 .max_encoding_message_size(usize::MAX);
-            let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+            let incoming = crate::conn::grpc_incoming(Arc::clone(&conns), l, tls.clone(), limits.header_read_timeout);
             tokio::spawn(
                 tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(limits.keepalive_interval))
+                    .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                    .max_concurrent_streams(Some(limits.max_streams_per_connection))
+                    .http2_max_header_list_size(MAX_HEADER_BYTES)
+                    .layer(GateLayer::new(Arc::clone(&app)))
                     .add_service(service)
                     .serve_with_incoming_shutdown(incoming, stopping(rx.clone())),
             )
@@ -175,6 +212,7 @@ impl Server {
                 }
             }
         };
+        let mut abandoned = 0;
         if early.is_none() {
             tracing::info!(grace = ?grace, "shutting down: accepting no more connections, finishing requests in flight");
             let drain = async {
@@ -186,7 +224,8 @@ impl Server {
                 }
             };
             if tokio::time::timeout(grace, drain).await.is_err() {
-                tracing::warn!(grace = ?grace, "requests still in flight after the grace period; stopping anyway");
+                abandoned = app.in_flight();
+                tracing::warn!(grace = ?grace, abandoned, "requests still in flight after the grace period; abandoning them");
             }
         }
         http_task.abort();
@@ -203,6 +242,10 @@ impl Server {
         }
         match early {
             Some(e) => Err(e),
+            None if abandoned > 0 => Err(Error::Abandoned {
+                count: abandoned,
+                grace,
+            }),
             None => Ok(()),
         }
     }

@@ -26,6 +26,11 @@ pub(crate) const SNAPSHOT_AGE: &str = "sf_serve_snapshot_age_seconds";
 pub(crate) const SNAPSHOT_INFO: &str = "sf_serve_snapshot_info";
 pub(crate) const SNAPSHOT_OPEN_SHARDS: &str = "sf_serve_snapshot_open_shards";
 pub(crate) const SNAPSHOT_READY: &str = "sf_serve_snapshot_ready";
+pub(crate) const CONNECTIONS_OPEN: &str = "sf_serve_connections_open";
+pub(crate) const CONNECTIONS_REFUSED: &str = "sf_serve_connections_refused_total";
+pub(crate) const CONNECTIONS_CLOSED: &str = "sf_serve_connections_closed_total";
+pub(crate) const REQUESTS_ABANDONED: &str = "sf_serve_requests_abandoned_total";
+pub(crate) const RELOADS: &str = "sf_serve_reloads_total";
 
 /// Every name the server emits through the `metrics` facade, with what it
 /// counts: the one catalog, from which every emission takes its name.
@@ -61,7 +66,45 @@ pub const METRICS: &[(&str, &str)] = &[
         SNAPSHOT_READY,
         "1 while the snapshot is open and within its max_age, else 0, by snapshot (gauge)",
     ),
+    (
+        CONNECTIONS_OPEN,
+        "connections open now, by listener (http, grpc) (gauge)",
+    ),
+    (
+        CONNECTIONS_REFUSED,
+        "connections closed at accept because every connection was busy at the bound, by listener",
+    ),
+    (
+        CONNECTIONS_CLOSED,
+        "connections the server closed, by listener and reason (idle_timeout, evicted: to make room at the bound)",
+    ),
+    (
+        RELOADS,
+        "reloads of files the server reads at start, by what (tls) and outcome (ok, error)",
+    ),
+    (
+        REQUESTS_ABANDONED,
+        "streamed calls ended by their total deadline (stream_timeout), by route",
+    ),
 ];
+
+/// Registers the server's series that only counting would otherwise
+/// create, at zero, so that they are scraped (and alerts on them work)
+/// before the first event: the connection figures of each listener, the
+/// abandoned streams, and the reloads.
+pub(crate) fn register_series(listeners: &[&'static str]) {
+    for &l in listeners {
+        metrics::gauge!(CONNECTIONS_OPEN, "listener" => l).increment(0.0);
+        metrics::counter!(CONNECTIONS_REFUSED, "listener" => l).increment(0);
+        for reason in ["idle_timeout", "evicted"] {
+            metrics::counter!(CONNECTIONS_CLOSED, "listener" => l, "reason" => reason).increment(0);
+        }
+    }
+    metrics::counter!(REQUESTS_ABANDONED, "route" => "grpc_multiget_stream").increment(0);
+    for outcome in ["ok", "error"] {
+        metrics::counter!(RELOADS, "what" => "tls", "outcome" => outcome).increment(0);
+    }
+}
 
 /// Latency buckets, in seconds: fine below a millisecond, where lookups are.
 const BUCKETS: &[f64] = &[

@@ -22,6 +22,8 @@ mod reader_snapshots;
 mod reader_versions;
 mod scheduled;
 mod serve;
+mod serve_conn;
+mod serve_tls;
 mod sessions;
 mod warehouse;
 mod write_e2e;

@@ -1051,6 +1051,7 @@ fn the_serving_page_matches_the_program() {
         snapshots: loaded.snapshots().expect("its snapshots"),
         limits: loaded.limits.clone(),
         auth_tokens: vec![],
+        tls: loaded.tls.clone(),
     };
     config.validate().expect("the page's serve.toml is valid");
     assert_eq!(

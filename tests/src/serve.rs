@@ -119,6 +119,16 @@ impl ServeProcess {
     /// (any free port), with a fresh shard cache of its own, and `flags`
     /// after those.
     pub fn serving(snapshots: &[(&str, &str)], flags: &[&str]) -> ServeProcess {
+        Self::serving_within(snapshots, flags, None)
+    }
+
+    /// [`serving`](Self::serving) with the process's open-file limit set
+    /// to `open_files` from its start (through util-linux `prlimit`).
+    pub fn serving_with_open_files(snapshots: &[(&str, &str)], flags: &[&str], open_files: u64) -> ServeProcess {
+        Self::serving_within(snapshots, flags, Some(open_files))
+    }
+
+    fn serving_within(snapshots: &[(&str, &str)], flags: &[&str], open_files: Option<u64>) -> ServeProcess {
         let dir = tempfile::tempdir().expect("scratch dir");
         let cache = dir.path().join("cache");
         let mut args = vec![
@@ -132,7 +142,7 @@ impl ServeProcess {
             args.push(format!("{name}={url}"));
         }
         args.extend(flags.iter().map(|f| f.to_string()));
-        Self::spawn(dir, &args, &[])
+        Self::spawn_limited(dir, &args, &[], open_files)
     }
 
     /// Starts `sf-serve --config FILE`, the file's text made by `config`
@@ -146,8 +156,26 @@ impl ServeProcess {
     }
 
     fn spawn<S: AsRef<std::ffi::OsStr>>(dir: tempfile::TempDir, args: &[S], env: &[(&str, &str)]) -> ServeProcess {
+        Self::spawn_limited(dir, args, env, None)
+    }
+
+    fn spawn_limited<S: AsRef<std::ffi::OsStr>>(
+        dir: tempfile::TempDir,
+        args: &[S],
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> ServeProcess {
         let stderr = dir.path().join("stderr");
-        let mut cmd = Command::new(binary("sf-serve"));
+        let mut cmd = match open_files {
+            // prlimit sets the limit, then runs the program in its place
+            // (same process id).
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(binary("sf-serve"));
+                c
+            }
+            None => Command::new(binary("sf-serve")),
+        };
         cmd.args(args)
             .env_remove("SF_CACHE_DIR")
             .env("RUST_LOG", "info,slatedb=warn")
@@ -195,7 +223,10 @@ impl ServeProcess {
             }
         }
         let http = http.expect("http address");
-        assert!(http.starts_with("http://127.0.0.1:"), "{http}");
+        assert!(
+            http.starts_with("http://127.0.0.1:") || http.starts_with("https://127.0.0.1:"),
+            "{http}"
+        );
         ServeProcess {
             child,
             http,
@@ -264,7 +295,7 @@ impl ServeProcess {
 
     /// The `127.0.0.1:PORT` of the HTTP API.
     pub fn addr(&self) -> String {
-        self.http.trim_start_matches("http://").to_string()
+        self.http.split_once("://").map_or(&*self.http, |(_, a)| a).to_string()
     }
 
     /// Its process id.
@@ -284,6 +315,18 @@ impl ServeProcess {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM {}", self.child.id());
+    }
+
+    /// Its peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("VmHWM in /proc status");
+        kib * 1024
     }
 
     /// Whether it still runs.
@@ -468,4 +511,104 @@ pub async fn read_answer(sock: &mut tokio::net::TcpStream) -> (u16, String) {
         }
         assert!(n > 0, "the connection closed before an answer: {text:?}");
     }
+}
+
+/// A test certificate authority and a leaf certificate it signed for
+/// `localhost` and `127.0.0.1`, made in `dir` with the `openssl` program
+/// (files named after `tag`): the authority's PEM, and the paths of the
+/// leaf's certificate and key files, as `sf-serve --tls-cert/--tls-key`
+/// take them.
+pub fn make_certificate(dir: &Path, tag: &str) -> (Vec<u8>, PathBuf, PathBuf) {
+    let p = |name: &str| dir.join(format!("{tag}-{name}"));
+    let run = |args: &[String]| {
+        let out = Command::new("openssl").args(args).output().expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (ca_key, ca, key, csr, cert, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("key.pem"),
+        p("leaf.csr"),
+        p("cert.pem"),
+        p("leaf.ext"),
+    );
+    let words = |text: &str| -> Vec<String> { text.split_whitespace().map(str::to_string).collect() };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    let mut args = words(&format!(
+        "req -x509 {ec} -keyout {} -out {} -days 2",
+        ca_key.display(),
+        ca.display()
+    ));
+    args.extend(["-subj".to_string(), format!("/CN=ShardForge test authority {tag}")]);
+    run(&args);
+    run(&words(&format!(
+        "req {ec} -keyout {} -out {} -subj /CN=localhost",
+        key.display(),
+        csr.display()
+    )));
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("extensions file");
+    run(&words(&format!(
+        "x509 -req -in {} -CA {} -CAkey {} -CAcreateserial -out {} -days 2 -extfile {}",
+        csr.display(),
+        ca.display(),
+        ca_key.display(),
+        cert.display(),
+        ext.display()
+    )));
+    (std::fs::read(&ca).expect("CA file"), cert, key)
+}
+
+/// A client of the gRPC service at `addr` (`127.0.0.1:PORT`) over TLS,
+/// trusting only the authority `ca_pem` and checking the server's name as
+/// `localhost`; the error of the connection (a refused certificate) as text.
+pub async fn grpc_tls_client(addr: &str, ca_pem: &[u8]) -> Result<LookupClient<tonic::transport::Channel>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let addr = addr.to_string();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let (connector, addr) = (connector.clone(), addr.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+    Ok(LookupClient::new(channel))
+}
+
+/// An HTTP client trusting only the authority `ca_pem`, HTTPS only.
+pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).expect("CA PEM"))
+        .https_only(true)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
 }
