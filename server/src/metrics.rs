@@ -26,6 +26,8 @@ pub(crate) const SNAPSHOT_AGE: &str = "sf_serve_snapshot_age_seconds";
 pub(crate) const SNAPSHOT_INFO: &str = "sf_serve_snapshot_info";
 pub(crate) const SNAPSHOT_OPEN_SHARDS: &str = "sf_serve_snapshot_open_shards";
 pub(crate) const SNAPSHOT_READY: &str = "sf_serve_snapshot_ready";
+pub(crate) const SNAPSHOT_STALE: &str = "sf_serve_snapshot_stale";
+pub(crate) const SNAPSHOT_FALLBACK: &str = "sf_serve_snapshot_fallback";
 
 /// Every name the server emits through the `metrics` facade, with what it
 /// counts: the one catalog, from which every emission takes its name.
@@ -59,7 +61,15 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         SNAPSHOT_READY,
-        "1 while the snapshot is open and within its max_age, else 0, by snapshot (gauge)",
+        "1 while the snapshot counts as ready for /readyz (open; within its max_age under unready_when_stale), else 0, by snapshot (gauge)",
+    ),
+    (
+        SNAPSHOT_STALE,
+        "1 while the served snapshot is older than its max_age (it is still served), else 0, by snapshot (gauge)",
+    ),
+    (
+        SNAPSHOT_FALLBACK,
+        "1 while the snapshot serves an older manifest of its history because the one _CURRENT names could not be read at start, else 0, by snapshot (gauge)",
     ),
 ];
 
