@@ -210,7 +210,8 @@ async fn a_corrupt_current_manifest_at_start_serves_the_previous_run_ready_and_d
 async fn answers_tell_no_internals_and_server_failures_carry_an_error_id() {
     let snap = LocalSnapshot::with_runs(&["run1"]).await;
     // A snapshot whose shards are all gone: it opens, its lookups fail.
-    let broken = LocalSnapshot::with_runs(&["run1"]).await;
+    // (A run of its own: the shard cache shares files of equal content.)
+    let broken = LocalSnapshot::with_runs(&["broken1"]).await;
     let (manifest, _) = current_manifest(&broken.prefix).await;
     for row in &manifest.shards {
         delete_shard(&broken.prefix, row.db_url.as_deref().expect("db_url")).await;
