@@ -22,10 +22,17 @@ fn after_help() -> String {
     format!(
         "\
 Serves snapshots over HTTP (and gRPC with --grpc-listen). Reader flags
-(--sqlite-mode, --cache-dir, --refresh-interval, --max-age, --keep-versions,
---max-concurrency, --warmup-key) apply to the --snapshot snapshots; those of
---config have their own [snapshot.reader] tables. Limit flags override the
-file's [limits]. Routes, examples and metrics: docs/serving.md.
+(--sqlite-mode, --cache-dir, --refresh-interval, --max-age,
+--unready-when-stale, --keep-versions, --max-concurrency, --warmup-key)
+apply to the --snapshot snapshots; those of --config have their own
+[snapshot.reader] tables. Limit flags override the file's [limits].
+
+A snapshot older than --max-age, or serving an older manifest because the
+current one could not be read at start, stays ready and is reported
+degraded in /readyz and /v1/snapshots. /readyz tells the reasons only to
+callers with a token (any caller without --auth-token-file); 5xx answers
+carry an error_id whose log line has the details. Routes, examples and
+metrics: docs/serving.md.
 
 S3 settings come from the AWS_* environment variables or --storage-option.
 
@@ -89,6 +96,12 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_body_bytes: Option<usize>,
 
+    /// Bytes of one multiget answer, counted as values are encoded (413
+    /// `response_too_large` above; gRPC: RESOURCE_EXHAUSTED; the streamed
+    /// MultiGet: per chunk). Default 64 MiB.
+    #[arg(long, value_name = "N")]
+    pub max_response_bytes: Option<usize>,
+
     /// After SIGTERM/SIGINT, how long requests in flight may take; those
     /// still running then are abandoned and the exit status is 1.
     #[arg(long, value_name = "DURATION")]
@@ -128,9 +141,15 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub refresh_interval: String,
 
-    /// /readyz fails while a snapshot is older than this.
+    /// A snapshot older than this is reported stale (/v1/snapshots,
+    /// /readyz, the sf_serve_snapshot_stale gauge) and still served.
     #[arg(long, value_name = "DURATION")]
     pub max_age: Option<String>,
+
+    /// /readyz fails while a snapshot is older than --max-age (so a late
+    /// build takes every replica out of service at once).
+    #[arg(long)]
+    pub unready_when_stale: bool,
 
     /// Replaced snapshots kept open for pinned reads.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -199,6 +218,7 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
             name: name.to_string(),
             current_url: url.to_string(),
             max_age,
+            unready_when_stale: args.unready_when_stale,
             reader: reader.clone(),
             storage: storage_for(url, &shared, &StorageOptions::new()),
         });
@@ -218,6 +238,9 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
     }
     if let Some(n) = args.max_body_bytes {
         limits.max_body_bytes = n;
+    }
+    if let Some(n) = args.max_response_bytes {
+        limits.max_response_bytes = n;
     }
     if let Some(t) = &args.grace_period {
         limits.grace_period = duration("--grace-period", t)?;
@@ -337,6 +360,11 @@ mod tests {
             "127.0.0.1:0",
             "--max-keys",
             "7",
+            "--max-response-bytes",
+            "1000",
+            "--max-age",
+            "1h",
+            "--unready-when-stale",
             "--request-timeout",
             "250ms",
             "--keep-versions",
@@ -350,6 +378,8 @@ mod tests {
         let c = config(&args).expect("config");
         assert_eq!(c.listen, "127.0.0.1:0");
         assert_eq!(c.limits.max_keys, 7);
+        assert_eq!(c.limits.max_response_bytes, 1000);
+        assert!(c.snapshots.iter().all(|s| s.unready_when_stale));
         assert_eq!(c.limits.request_timeout, std::time::Duration::from_millis(250));
         assert_eq!(c.auth_tokens, vec!["t1", "t2"]);
         assert_eq!(c.snapshots.len(), 2);

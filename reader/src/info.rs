@@ -78,6 +78,13 @@ pub struct SnapshotInfo {
     pub loaded_at: Timestamp,
     /// Whether the reader is pinned (refresh does not move it).
     pub pinned: bool,
+    /// Why the reader serves this snapshot rather than the one `_CURRENT`
+    /// names: set while a reader that could not read `_CURRENT`'s
+    /// manifest at start serves an older one of the history, until a
+    /// refresh reads a good current manifest (see
+    /// [`Reader::degraded`](crate::Reader::degraded)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 impl SnapshotInfo {
@@ -98,6 +105,7 @@ impl SnapshotInfo {
             published_at: snap.pointer.as_ref().map(|p| p.updated_at),
             loaded_at: snap.loaded_at,
             pinned,
+            degraded: None,
         }
     }
 }
@@ -227,4 +235,7 @@ pub struct Health {
     pub is_closed: bool,
     /// How refreshes have gone.
     pub refresh: RefreshStatus,
+    /// See [`SnapshotInfo::degraded`]: the status speaks of the age only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }

@@ -38,6 +38,10 @@ pub(crate) struct ReaderState {
     pub(crate) refresh_lock: tokio::sync::Mutex<()>,
     status: Mutex<RefreshStatus>,
     closed: AtomicBool,
+    /// Why the served snapshot is not the one `_CURRENT` names, while the
+    /// reader serves an older manifest of the history (see
+    /// `lifecycle::fallback`); cleared by a refresh that reads `_CURRENT`'s.
+    degraded: Mutex<Option<String>>,
 }
 
 impl ReaderState {
@@ -61,6 +65,7 @@ impl ReaderState {
             refresh_lock: tokio::sync::Mutex::new(()),
             status: Mutex::new(RefreshStatus::default()),
             closed: AtomicBool::new(false),
+            degraded: Mutex::new(None),
         }
     }
 
@@ -94,6 +99,19 @@ impl ReaderState {
     /// Whether the reader is pinned (refresh does not move it).
     pub(crate) fn pinned(&self) -> bool {
         self.settings.pin != Pin::Current
+    }
+
+    /// See the `degraded` field.
+    pub(crate) fn degraded(&self) -> Option<String> {
+        sf_manifest::sync::lock(&self.degraded).clone()
+    }
+
+    pub(crate) fn set_degraded(&self, reason: Option<String>) {
+        let mut d = sf_manifest::sync::lock(&self.degraded);
+        if d.is_some() && reason.is_none() {
+            tracing::info!(prefix = %self.store.prefix_url(), "serving the manifest _CURRENT names again; no longer degraded");
+        }
+        *d = reason;
     }
 
     pub(crate) fn refresh_status(&self) -> RefreshStatus {

@@ -282,4 +282,41 @@ mod tests {
         );
         assert!(parse_key("hex:zz", KeyEncoding::Raw).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any text as a key of each encoding: a key that encodes, or an
+        /// error quoting the text, never a panic. Text keys are kept as
+        /// typed.
+        #[test]
+        fn any_text_parses_to_an_encodable_key_or_a_clear_error(text in ".{0,40}|hex:[0-9a-fA-Fg]{0,12}|[+-]?[0-9]{1,22}") {
+            for encoding in [KeyEncoding::U64Be, KeyEncoding::U32Be, KeyEncoding::Utf8, KeyEncoding::Raw] {
+                match parse_key(&text, encoding) {
+                    Ok(key) => {
+                        proptest::prop_assert!(encode_key(&key, encoding).is_ok());
+                        if encoding == KeyEncoding::Utf8 {
+                            proptest::prop_assert_eq!(&key, &Key::Str(text.clone()));
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        proptest::prop_assert!(!message.is_empty());
+                        proptest::prop_assert!(encoding != KeyEncoding::Utf8, "utf8 takes any text: {}", message);
+                    }
+                }
+            }
+        }
+
+        /// Any stored bytes as a key of each encoding: decoded or refused,
+        /// never a panic; what decodes encodes back to the same bytes.
+        #[test]
+        fn any_stored_bytes_decode_or_fail(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)) {
+            for encoding in [KeyEncoding::U64Be, KeyEncoding::U32Be, KeyEncoding::Utf8, KeyEncoding::Raw] {
+                if let Ok(key) = decode_key(&bytes, encoding) {
+                    proptest::prop_assert_eq!(encode_key(&key, encoding).expect("encode"), bytes.clone());
+                }
+            }
+        }
+    }
 }

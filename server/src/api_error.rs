@@ -1,6 +1,12 @@
 //! A request that failed, as its client is told: an HTTP status, a stable
 //! kind and a message ([`ApiError`]), and how each reader error becomes
 //! one. The HTTP API writes it as JSON, the gRPC service as a status.
+//!
+//! A failure of the server's side (5xx) that comes from the reader is
+//! told without its internals: the store's message, the bucket's URLs and
+//! the cache's paths go to the log, under an `error_id` the answer
+//! carries, and the client gets a generic message naming that id. A
+//! failure of the request (4xx) keeps its message about the request.
 
 use sf_manifest::{Classified, ErrorKind, chain};
 
@@ -18,6 +24,9 @@ pub struct ApiError {
     pub shard: Option<u32>,
     /// The run the request was served from, when it got that far.
     pub run_id: Option<String>,
+    /// For a failure of the server's side told without its internals: the
+    /// id of the log line that holds them.
+    pub error_id: Option<String>,
 }
 
 impl ApiError {
@@ -29,6 +38,22 @@ impl ApiError {
             message: message.into(),
             shard: None,
             run_id: None,
+            error_id: None,
+        }
+    }
+
+    /// A failure of the server's side: `error` goes to the log under a
+    /// fresh `error_id`; the client is told `what` and that id.
+    pub fn internal(status: u16, kind: &'static str, what: &str, error: &(dyn std::error::Error + 'static)) -> Self {
+        let id = format!("{:016x}", sf_manifest::format::ids::random_u64());
+        tracing::error!(error_id = %id, status, kind, error = %chain(error), "request failed");
+        ApiError {
+            error_id: Some(id.clone()),
+            ..ApiError::new(
+                status,
+                kind,
+                format!("{what}; the server's log has the details under error_id {id}"),
+            )
         }
     }
 
@@ -49,6 +74,9 @@ impl ApiError {
         if let Some(s) = self.shard {
             error["shard"] = serde_json::Value::from(s);
         }
+        if let Some(id) = &self.error_id {
+            error["error_id"] = serde_json::Value::from(id.as_str());
+        }
         serde_json::json!({ "error": error })
     }
 }
@@ -59,21 +87,39 @@ impl From<sf_reader::Error> for ApiError {
         let message = chain(&e);
         match &e {
             E::InvalidKey { .. } => ApiError::bad_request("invalid_key", message),
-            E::VersionNotHeld { .. } => ApiError::new(404, "version_not_held", message),
+            // Told without the prefix's URL: the runs are what the caller
+            // can ask for.
+            E::VersionNotHeld { what, held, .. } => ApiError::new(
+                404,
+                "version_not_held",
+                format!(
+                    "{what} is not among the snapshots this server holds (held runs: {})",
+                    held.join(", ")
+                ),
+            ),
             E::NotInHistory { .. } => ApiError::new(404, "not_in_history", message),
             E::ShardOpen { db_id, .. } | E::ShardRead { db_id, .. } | E::ChecksumMismatch { db_id, .. } => ApiError {
                 shard: Some(db_id.0),
-                ..ApiError::new(503, "shard_unavailable", message)
+                ..ApiError::internal(
+                    503,
+                    "shard_unavailable",
+                    &format!("shard {db_id} of this snapshot cannot be read now"),
+                    &e,
+                )
             },
-            E::Closed { .. } => ApiError::new(503, "shutting_down", message),
+            E::Closed { .. } => ApiError::internal(503, "shutting_down", "the server is shutting down", &e),
             E::Config { .. } => ApiError::bad_request("bad_request", message),
             E::Routing(_) => ApiError::bad_request("routing", message),
             _ => match e.kind() {
                 ErrorKind::Conflict => ApiError::new(409, "conflict", message),
-                ErrorKind::Unavailable => ApiError::new(503, "unavailable", message),
+                ErrorKind::Unavailable => {
+                    ApiError::internal(503, "unavailable", "the snapshot's storage cannot be reached now", &e)
+                }
                 ErrorKind::Config | ErrorKind::Routing => ApiError::bad_request("bad_request", message),
-                ErrorKind::Data | ErrorKind::Gate => ApiError::new(500, "data", message),
-                ErrorKind::Internal => ApiError::new(500, "internal", message),
+                ErrorKind::Data | ErrorKind::Gate => {
+                    ApiError::internal(500, "data", "the snapshot's stored data cannot be read", &e)
+                }
+                ErrorKind::Internal => ApiError::internal(500, "internal", "an internal error", &e),
             },
         }
     }
@@ -98,8 +144,65 @@ mod tests {
         assert_eq!(e.body()["error"]["shard"], 3);
         let e = ApiError::from(sf_reader::Error::config("x", "y"));
         assert_eq!((e.status, e.kind), (400, "bad_request"));
+        assert!(
+            e.message.contains('y') && e.error_id.is_none(),
+            "a 4xx keeps its message"
+        );
         let e = ApiError::from(sf_reader::Error::Internal("boom".into()));
         assert_eq!(e.status, 500);
         assert_eq!(e.body()["error"]["kind"], "internal");
+    }
+
+    #[test]
+    fn server_side_failures_are_told_without_urls_paths_or_store_messages() {
+        let internals = [
+            "file:///x/db=00003",
+            "/var/cache/sf",
+            "s3://bucket",
+            "disk on fire",
+            "boom",
+        ];
+        let errors = [
+            sf_reader::Error::ShardOpen {
+                db_id: sf_manifest::DbId(3),
+                url: "file:///x/db=00003".into(),
+                reason: "disk on fire".into(),
+                kind: ErrorKind::Unavailable,
+                source: None,
+            },
+            sf_reader::Error::Io {
+                context: "caching a shard",
+                path: "/var/cache/sf/shard.db".into(),
+                source: std::io::Error::other("disk on fire"),
+            },
+            sf_reader::Error::Closed {
+                location: "s3://bucket/snap".into(),
+            },
+            sf_reader::Error::Manifest(sf_manifest::Error::corrupt("manifest", "s3://bucket/m", "boom")),
+            sf_reader::Error::Internal("boom".into()),
+        ];
+        for err in errors {
+            let e = ApiError::from(err);
+            assert!(e.status >= 500, "{e:?}");
+            let id = e.error_id.clone().expect("an error id");
+            let body = e.body().to_string();
+            assert!(body.contains(&id), "{body}");
+            for secret in internals {
+                assert!(!body.contains(secret), "{secret:?} in {body}");
+            }
+        }
+        let held = sf_reader::Error::VersionNotHeld {
+            what: "run r9".into(),
+            location: "s3://bucket/snap".into(),
+            held: vec!["r2".into(), "r1".into()],
+        };
+        let e = ApiError::from(held);
+        assert_eq!((e.status, e.kind), (404, "version_not_held"));
+        assert!(
+            e.message.contains("r9") && e.message.contains("r2, r1"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("s3://"), "{}", e.message);
     }
 }

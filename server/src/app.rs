@@ -159,10 +159,66 @@ impl App {
         Ok(())
     }
 
-    /// Many keys from `view`, in input order.
+    /// Checks the values of a gRPC answer (or of one streamed chunk)
+    /// against `limits.max_response_bytes`, adding them up as it goes.
+    pub(crate) fn check_answer_bytes(&self, values: &[Option<Bytes>]) -> Result<(), ApiError> {
+        let limit = self.limits.max_response_bytes;
+        let mut total: usize = 0;
+        for (i, v) in values.iter().enumerate() {
+            // The value's bytes and a few of framing.
+            total = total.saturating_add(v.as_ref().map_or(0, Bytes::len).saturating_add(8));
+            if total > limit {
+                return Err(ApiError::new(
+                    413,
+                    "response_too_large",
+                    format!(
+                        "the answer passes this server's limit of {limit} bytes at key {i} of {}: ask for fewer keys (or smaller values) per request",
+                        values.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Many keys from `view`, in input order. A key asked for more than
+    /// once (with the same context) is looked up once.
     pub(crate) async fn multi_get_in(
         &self,
         served: &ServedSnapshot,
+        view: &SnapshotView,
+        keys: &[String],
+        contexts: &Contexts,
+    ) -> Result<Vec<Option<Bytes>>, ApiError> {
+        if let Contexts::PerKey(list) = contexts
+            && list.len() != keys.len()
+        {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                format!(
+                    "{} contexts for {} keys: give one per key, or one for all",
+                    list.len(),
+                    keys.len()
+                ),
+            )
+            .with_run(view.run_id()));
+        }
+        let (first, slot) = dedupe(keys, contexts);
+        let unique_keys: Vec<String> = first.iter().map(|&i| keys[i].clone()).collect();
+        let unique_contexts = match contexts {
+            Contexts::PerKey(list) => Contexts::PerKey(first.iter().map(|&i| list[i].clone()).collect()),
+            other => other.clone(),
+        };
+        let found = self.lookup_unique(view, &unique_keys, &unique_contexts).await?;
+        let values: Vec<Option<Bytes>> = slot.iter().map(|&u| found[u].clone()).collect();
+        served.count(&values);
+        Ok(values)
+    }
+
+    /// The lookups of [`multi_get_in`](Self::multi_get_in), for keys
+    /// without repeats.
+    async fn lookup_unique(
+        &self,
         view: &SnapshotView,
         keys: &[String],
         contexts: &Contexts,
@@ -206,7 +262,58 @@ impl App {
                 view.multi_get_with_contexts(&items).await.map_err(bad)?
             }
         };
-        served.count(&values);
         Ok(values)
+    }
+}
+
+/// The keys of a multiget without repeats: the index of each key's first
+/// occurrence (`first`), and for every key the position of its first
+/// occurrence in `first` (`slot`). Keys repeat when their text and their
+/// context (per-key contexts; an empty one is none) are the same.
+fn dedupe(keys: &[String], contexts: &Contexts) -> (Vec<usize>, Vec<usize>) {
+    let context_of = |i: usize| match contexts {
+        Contexts::PerKey(list) => list.get(i).and_then(|c| c.as_ref()).filter(|c| !c.is_empty()),
+        _ => None,
+    };
+    let mut seen: std::collections::HashMap<(&str, Option<&ContextPairs>), usize> =
+        std::collections::HashMap::with_capacity(keys.len());
+    let mut first = Vec::new();
+    let slot = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            *seen.entry((k.as_str(), context_of(i))).or_insert_with(|| {
+                first.push(i);
+                first.len() - 1
+            })
+        })
+        .collect();
+    (first, slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn repeated_keys_are_looked_up_once_and_answered_in_input_order() {
+        let keys = texts(&["1", "2", "1", "3", "2", "1"]);
+        let (first, slot) = dedupe(&keys, &Contexts::None);
+        assert_eq!(first, vec![0, 1, 3]);
+        assert_eq!(slot, vec![0, 1, 0, 2, 1, 0]);
+        // Per-key contexts: the same key under another context is another
+        // lookup; an empty context is none.
+        let ctx = |s: &str| Some(texts(&[s]));
+        let contexts = Contexts::PerKey(vec![ctx("r=eu"), ctx("r=us"), ctx("r=eu"), Some(vec![]), None]);
+        let keys = texts(&["1", "1", "1", "1", "1"]);
+        let (first, slot) = dedupe(&keys, &contexts);
+        assert_eq!(first, vec![0, 1, 3]);
+        assert_eq!(slot, vec![0, 1, 0, 2, 2]);
+        let (first, slot) = dedupe(&[], &Contexts::None);
+        assert!(first.is_empty() && slot.is_empty());
     }
 }

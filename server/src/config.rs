@@ -30,7 +30,8 @@
 //! [[snapshot]]
 //! name = "users"
 //! current_url = "s3://bucket/snapshots/users/_CURRENT"
-//! max_age = "2d"                       # optional: /readyz fails beyond it
+//! max_age = "2d"                       # optional: reported stale beyond it
+//! unready_when_stale = false           # optional: true makes /readyz fail beyond max_age
 //! [snapshot.reader]                    # sf_reader::ReaderSettings
 //! sqlite_mode = "download"
 //! refresh_interval = "30s"             # the server's default
@@ -74,6 +75,11 @@ pub struct Limits {
     pub max_stream_keys: usize,
     /// Bytes of one request body (HTTP) or message (gRPC). Default 4 MiB.
     pub max_body_bytes: usize,
+    /// Bytes of one multiget answer, counted as its values are encoded
+    /// (HTTP: the JSON body; gRPC MultiGet: the values; the streamed
+    /// MultiGet: each chunk's values). Above it the request fails with
+    /// 413 `response_too_large` (gRPC: RESOURCE_EXHAUSTED). Default 64 MiB.
+    pub max_response_bytes: usize,
     /// After SIGTERM/SIGINT, how long requests in flight may take before
     /// the server exits anyway (non-zero, saying how many it abandoned).
     /// Default 30 s.
@@ -116,6 +122,7 @@ impl Default for Limits {
             max_keys: 10_000,
             max_stream_keys: 1_000_000,
             max_body_bytes: 4 * 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
             grace_period: Duration::from_secs(30),
             max_connections: None,
             header_read_timeout: Duration::from_secs(10),
@@ -145,9 +152,15 @@ pub struct SnapshotConfig {
     pub name: String,
     /// `_CURRENT`'s URL (or its prefix's), as `sf-read --current-url` takes it.
     pub current_url: String,
-    /// `/readyz` fails while the served snapshot is older than this (by its
-    /// manifest's `created_at`). `None`: any age is ready.
+    /// The served snapshot is reported stale while it is older than this
+    /// (by its manifest's `created_at`): still served and ready, with
+    /// `"stale": true` in `/v1/snapshots`, a `degraded` health and the
+    /// `sf_serve_snapshot_stale` gauge. `None`: any age is fresh.
     pub max_age: Option<Duration>,
+    /// `/readyz` fails while the snapshot is stale (older than
+    /// `max_age`), the behaviour before staleness was only reported. A
+    /// late build then takes every replica out of service at once.
+    pub unready_when_stale: bool,
     /// The reader's settings.
     pub reader: ReaderSettings,
     /// Storage options (the server's, then this snapshot's).
@@ -215,6 +228,9 @@ pub struct FileSnapshot {
     /// See [`SnapshotConfig::max_age`].
     #[serde(default, with = "sf_manifest::format::duration::option_serde")]
     pub max_age: Option<Duration>,
+    /// See [`SnapshotConfig::unready_when_stale`].
+    #[serde(default)]
+    pub unready_when_stale: bool,
     /// Reader settings; `refresh_interval` defaults to
     /// [`DEFAULT_REFRESH_INTERVAL`] here.
     #[serde(default)]
@@ -264,6 +280,7 @@ impl FileConfig {
                     name: s.name.clone(),
                     current_url: s.current_url.clone(),
                     max_age: s.max_age,
+                    unready_when_stale: s.unready_when_stale,
                     reader,
                     storage,
                 })
@@ -342,6 +359,7 @@ impl ServeConfig {
             ("max_keys", l.max_keys),
             ("max_stream_keys", l.max_stream_keys),
             ("max_body_bytes", l.max_body_bytes),
+            ("max_response_bytes", l.max_response_bytes),
         ] {
             if v == 0 {
                 return Err(Error::config(format!("limits.{field}"), "must be at least 1"));
@@ -397,6 +415,7 @@ mod tests {
             name = "users"
             current_url = "s3://bucket/users/_CURRENT"
             max_age = "2d"
+            unready_when_stale = true
             [snapshot.reader]
             sqlite_mode = "range"
             keep_versions = 2
@@ -418,6 +437,9 @@ mod tests {
         assert_eq!(snaps[0].reader.keep_versions, 2);
         assert_eq!(snaps[0].reader.refresh_interval, Some(DEFAULT_REFRESH_INTERVAL));
         assert_eq!(snaps[0].max_age, Some(Duration::from_secs(2 * 86400)));
+        assert!(snaps[0].unready_when_stale);
+        assert!(!snaps[1].unready_when_stale);
+        assert_eq!(file.limits.max_response_bytes, 64 * 1024 * 1024);
         let region = |o: &StorageOptions| o.iter().find(|(k, _)| *k == "aws_region").map(|(_, v)| v.to_string());
         assert_eq!(region(&snaps[0].storage).as_deref(), Some("us-east-1"));
         assert_eq!(snaps[1].reader.refresh_interval, Some(Duration::from_secs(60)));
@@ -443,6 +465,7 @@ mod tests {
                 name: "users".into(),
                 current_url: "/data/users".into(),
                 max_age: None,
+                unready_when_stale: false,
                 reader: ReaderSettings::default(),
                 storage: StorageOptions::new(),
             }],

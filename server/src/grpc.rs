@@ -62,6 +62,9 @@ impl From<ApiError> for Status {
         if let Some(run) = e.run_id.and_then(|r| MetadataValue::try_from(r).ok()) {
             status.metadata_mut().insert(RUN_ID_HEADER, run);
         }
+        if let Some(id) = e.error_id.and_then(|r| MetadataValue::try_from(r).ok()) {
+            status.metadata_mut().insert("sf-error-id", id);
+        }
         status
     }
 }
@@ -272,6 +275,9 @@ impl Lookup for LookupService {
                 .app
                 .multi_get_in(&served, &view, &req.keys, &contexts(req.contexts))
                 .await?;
+            self.app
+                .check_answer_bytes(&found)
+                .map_err(|e| e.with_run(view.run_id()))?;
             let body = MultiGetResponse {
                 run_id: view.run_id().to_string(),
                 values: found_values(found),
@@ -415,7 +421,12 @@ impl StreamState {
             .app
             .multi_get_in(&self.served, &self.view, &self.keys[start..end], &contexts);
         let result = match tokio::time::timeout(deadline, work).await {
-            Ok(r) => r,
+            Ok(r) => r.and_then(|found| {
+                self.app
+                    .check_answer_bytes(&found)
+                    .map_err(|e| e.with_run(self.view.run_id()))
+                    .map(|()| found)
+            }),
             Err(_) => Err(ApiError::new(
                 504,
                 "deadline_exceeded",
@@ -438,6 +449,67 @@ impl StreamState {
                 let status = Status::from(e);
                 record_grpc("grpc_multiget_stream", status.code(), self.started.elapsed());
                 Err(status)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any bytes as a request message: decoded or a decode error (which
+        /// tonic answers INVALID_ARGUMENT), never a panic; a decoded request's
+        /// version and contexts then turn into a version or a 400.
+        #[test]
+        fn any_bytes_as_a_request_decode_or_fail(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            if let Ok(req) = GetRequest::decode(&bytes[..]) {
+                let _ = req.context.map(context_pairs);
+                if let Err(e) = requested_version(req.version) {
+                    proptest::prop_assert_eq!(e.status, 400);
+                }
+            }
+            if let Ok(req) = MultiGetRequest::decode(&bytes[..]) {
+                let n = req.contexts.len();
+                match contexts(req.contexts) {
+                    Contexts::None => proptest::prop_assert_eq!(n, 0),
+                    Contexts::Shared(_) => proptest::prop_assert_eq!(n, 1),
+                    Contexts::PerKey(list) => proptest::prop_assert_eq!(list.len(), n),
+                }
+                if let Err(e) = requested_version(req.version) {
+                    proptest::prop_assert_eq!(e.status, 400);
+                }
+            }
+        }
+
+        /// A real request with bytes changed or cut: the same.
+        #[test]
+        fn mutated_requests_decode_or_fail(
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..6),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let real = MultiGetRequest {
+                snapshot: "users".into(),
+                keys: vec!["1".into(), "2".into()],
+                contexts: vec![proto::Context { values: [("region".to_string(), "eu".to_string())].into() }],
+                version: Some(proto::Version { version: Some(proto::version::Version::RunId("run1".into())) }),
+                chunk_size: 10,
+            };
+            let mut bytes = real.encode_to_vec();
+            for (at, b) in edits {
+                let at = at % bytes.len();
+                bytes[at] = b;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            if let Ok(req) = MultiGetRequest::decode(&bytes[..]) {
+                let _ = contexts(req.contexts);
+                if let Err(e) = requested_version(req.version) {
+                    proptest::prop_assert_eq!(e.status, 400);
+                }
             }
         }
     }

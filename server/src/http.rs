@@ -3,7 +3,7 @@
 //! | route | |
 //! |---|---|
 //! | `GET /livez` | 200 while the process runs |
-//! | `GET /readyz` | 200 when every snapshot is open and young enough, else 503 |
+//! | `GET /readyz` | 200 when every snapshot is open (stale ones too, unless `unready_when_stale`), else 503 |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/snapshots` | the served snapshots |
 //! | `GET /v1/snapshots/{name}/keys/{key}` | the value's bytes, 404 for a miss |
@@ -11,7 +11,9 @@
 //! | `POST /v1/snapshots/{name}/rollback` | `_CURRENT` back to an older manifest (authenticated) |
 //!
 //! Every read answer carries the run it was read from in `sf-run-id`;
-//! `?run_id=R` or `?offset=N` reads a version the server holds.
+//! `?run_id=R` or `?offset=N` reads a version the server holds. Every
+//! answer carries `X-Content-Type-Options: nosniff`, so that a browser
+//! never takes a raw value for a page.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,7 +157,15 @@ pub(crate) fn router(app: Arc<App>, metrics: Option<metrics_exporter_prometheus:
                 "no such route; see /v1/snapshots, /livez, /readyz, /metrics",
             )
         })
+        .layer(axum::middleware::map_response(nosniff))
         .with_state(app)
+}
+
+/// `X-Content-Type-Options: nosniff` on every answer.
+async fn nosniff(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    resp
 }
 
 /// Route names for metrics labels (a fixed set).
@@ -219,41 +229,37 @@ async fn guarded(app: &App, route: &'static str, req: Request, next: Next) -> Re
     }
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+/// Ready or not, and each snapshot's state (`ready`, `stale`,
+/// `degraded`, `opening`, `failed`); the reasons (which name URLs and
+/// paths) only for a caller the server authenticates (every caller when
+/// it has no tokens).
+async fn readyz(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let trusted = app
+        .auth
+        .check(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
+        .is_ok();
     let mut all = true;
+    let mut degraded = false;
     let mut snaps = serde_json::Map::new();
     for (name, served) in &app.snapshots {
-        let (ready, reason) = match served.opened() {
-            None => (
-                false,
-                Some(served.open_error().unwrap_or_else(|| "being opened".to_string())),
-            ),
-            Some(reader) => match served.config.max_age {
-                Some(max_age) => {
-                    let h = reader.health(max_age);
-                    match h.status {
-                        sf_reader::HealthStatus::Healthy => (true, None),
-                        sf_reader::HealthStatus::Stale => (
-                            false,
-                            Some(format!(
-                                "run {} is {:.0} s old, above max_age {:.0} s",
-                                h.run_id, h.snapshot_age_seconds, h.max_age_seconds
-                            )),
-                        ),
-                    }
-                }
-                None => (true, None),
-            },
-        };
-        all &= ready;
-        snaps.insert(name.clone(), serde_json::json!({"ready": ready, "reason": reason}));
+        let r = served.readiness();
+        all &= r.ready;
+        degraded |= r.health() == "degraded";
+        let mut entry = serde_json::json!({"ready": r.ready, "state": r.state.as_str(), "stale": r.stale});
+        if trusted {
+            entry["reasons"] = serde_json::json!(r.reasons());
+        }
+        snaps.insert(name.clone(), entry);
     }
-    let status = if all {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let (status, health) = match (all, degraded) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unready"),
+        (true, true) => (StatusCode::OK, "degraded"),
+        (true, false) => (StatusCode::OK, "ok"),
     };
-    json(status, &serde_json::json!({"ready": all, "snapshots": snaps}))
+    json(
+        status,
+        &serde_json::json!({"ready": all, "health": health, "snapshots": snaps}),
+    )
 }
 
 async fn list(State(app): State<Arc<App>>) -> Response {
@@ -264,12 +270,16 @@ async fn list(State(app): State<Arc<App>>) -> Response {
 /// One snapshot as `GET /v1/snapshots` lists it.
 fn listing(served: &ServedSnapshot) -> serde_json::Value {
     let c = &served.config;
+    let readiness = served.readiness();
     let Some(reader) = served.opened() else {
         return serde_json::json!({
             "name": c.name,
             "current_url": c.current_url,
             "open": false,
-            "open_error": served.open_error(),
+            "ready": false,
+            "state": readiness.state.as_str(),
+            "health": readiness.health(),
+            "open_error": readiness.open_error,
         });
     };
     let info = reader.info();
@@ -294,6 +304,13 @@ fn listing(served: &ServedSnapshot) -> serde_json::Value {
         "name": c.name,
         "current_url": c.current_url,
         "open": true,
+        "ready": readiness.ready,
+        "state": readiness.state.as_str(),
+        "health": readiness.health(),
+        "stale": readiness.stale,
+        "stale_reason": readiness.stale_reason,
+        "degraded": readiness.fallback_reason,
+        "unready_when_stale": c.unready_when_stale,
         "run_id": info.run_id.as_str(),
         "manifest_ref": info.manifest_ref,
         "created_at": info.created_at.to_iso(),
@@ -396,16 +413,199 @@ impl Scalar {
 
 type JsonContext = std::collections::BTreeMap<String, Scalar>;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A multiget's body: `keys`, and optionally `context` (one for all),
+/// `contexts` (one per key) and `value_format`. Read through
+/// [`MultiGetSeed`], which stops at the key past the server's bound.
+#[derive(Debug)]
 struct MultiGetBody {
     keys: Vec<Scalar>,
-    #[serde(default)]
     contexts: Option<Vec<Option<JsonContext>>>,
-    #[serde(default)]
     context: Option<JsonContext>,
-    #[serde(default)]
     value_format: ValueFormat,
+}
+
+const MULTIGET_FIELDS: &[&str] = &["keys", "contexts", "context", "value_format"];
+
+/// Reads a [`MultiGetBody`], counting the keys (and per-key contexts) as
+/// they are parsed: the element past `max` stops the parse and sets
+/// `over`, so a body of a million keys costs no more than `max` of them.
+struct MultiGetSeed<'a> {
+    max: usize,
+    over: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for MultiGetSeed<'_> {
+    type Value = MultiGetBody;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<MultiGetBody, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for MultiGetSeed<'_> {
+    type Value = MultiGetBody;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object with \"keys\"")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<MultiGetBody, A::Error> {
+        use serde::de::Error as _;
+        let (mut keys, mut contexts, mut context, mut value_format) = (None, None, None, None);
+        while let Some(field) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let seq = || Bounded::<Scalar>::new(self.max, self.over);
+            match field.as_ref() {
+                "keys" if keys.is_none() => {
+                    keys = Some(
+                        map.next_value_seed(seq())?
+                            .ok_or_else(|| A::Error::custom("\"keys\" is null: give a list of keys"))?,
+                    );
+                }
+                "contexts" if contexts.is_none() => {
+                    contexts = Some(map.next_value_seed(Bounded::<Option<JsonContext>>::new(self.max, self.over))?);
+                }
+                "context" if context.is_none() => context = Some(map.next_value::<Option<JsonContext>>()?),
+                "value_format" if value_format.is_none() => value_format = Some(map.next_value::<ValueFormat>()?),
+                f if MULTIGET_FIELDS.contains(&f) => return Err(A::Error::custom(format!("duplicate field `{f}`"))),
+                other => return Err(A::Error::unknown_field(other, MULTIGET_FIELDS)),
+            }
+        }
+        Ok(MultiGetBody {
+            keys: keys.ok_or_else(|| A::Error::missing_field("keys"))?,
+            contexts: contexts.flatten(),
+            context: context.flatten(),
+            value_format: value_format.unwrap_or_default(),
+        })
+    }
+}
+
+/// A JSON list (or null) of at most `max` elements; see [`MultiGetSeed`].
+struct Bounded<'a, T> {
+    max: usize,
+    over: &'a std::cell::Cell<bool>,
+    of: std::marker::PhantomData<T>,
+}
+
+impl<'a, T> Bounded<'a, T> {
+    fn new(max: usize, over: &'a std::cell::Cell<bool>) -> Self {
+        Bounded {
+            max,
+            over,
+            of: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::DeserializeSeed<'de> for Bounded<'_, T> {
+    type Value = Option<Vec<T>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<'_, T> {
+    type Value = Option<Vec<T>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max).min(1024));
+        while let Some(item) = seq.next_element::<T>()? {
+            if out.len() == self.max {
+                self.over.set(true);
+                return Err(serde::de::Error::custom(format!(
+                    "more than this server's limit of {} per request",
+                    self.max
+                )));
+            }
+            out.push(item);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Parses a multiget body, stopping with 413 `too_many_keys` at the key
+/// (or per-key context) past `max_keys`.
+fn parse_multiget(bytes: &[u8], max_keys: usize) -> Result<MultiGetBody, ApiError> {
+    use serde::de::DeserializeSeed;
+    let over = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = MultiGetSeed {
+        max: max_keys,
+        over: &over,
+    }
+    .deserialize(&mut de)
+    .and_then(|body| de.end().map(|()| body));
+    parsed.map_err(|e| {
+        if over.get() {
+            ApiError::new(
+                413,
+                "too_many_keys",
+                format!("more than {max_keys} keys (or contexts) is over this server's limit per request"),
+            )
+        } else {
+            ApiError::bad_request("bad_body", format!("the body is not valid: {e}"))
+        }
+    })
+}
+
+/// A multiget's JSON answer, written value by value; fails with 413
+/// `response_too_large` as soon as it passes `limit` bytes.
+fn multiget_answer(
+    run_id: &str,
+    values: &[Option<bytes::Bytes>],
+    format: ValueFormat,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let too_large = |at: usize| {
+        ApiError::new(
+            413,
+            "response_too_large",
+            format!(
+                "the answer passes this server's limit of {limit} bytes at key {at} of {}: ask for fewer keys (or smaller values) per request",
+                values.len()
+            ),
+        )
+    };
+    let mut out = Vec::new();
+    let encode = |out: &mut Vec<u8>, v: &serde_json::Value| {
+        serde_json::to_writer(out, v).map_err(|e| ApiError::new(500, "internal", format!("encoding the answer: {e}")))
+    };
+    out.extend_from_slice(b"{\"run_id\":");
+    encode(&mut out, &serde_json::Value::from(run_id))?;
+    out.extend_from_slice(b",\"values\":[");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match v {
+            Some(b) => encode(&mut out, &serde_json::Value::String(format.show(b)))?,
+            None => out.extend_from_slice(b"null"),
+        }
+        if out.len() > limit {
+            return Err(too_large(i));
+        }
+    }
+    out.extend_from_slice(b"]}");
+    if out.len() > limit {
+        return Err(too_large(values.len().saturating_sub(1)));
+    }
+    Ok(out)
 }
 
 fn context_pairs(c: JsonContext) -> Vec<String> {
@@ -471,8 +671,7 @@ async fn multiget_inner(
     // The snapshot first: an unknown name is 404 whatever the body.
     app.served(name)?;
     let bytes = read_body(app, headers, body).await?;
-    let body: MultiGetBody = parse_json(&bytes)?;
-    app.check_keys(body.keys.len(), app.limits.max_keys)?;
+    let body = parse_multiget(&bytes, app.limits.max_keys)?;
     let contexts = match (body.contexts, body.context) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -487,19 +686,20 @@ async fn multiget_inner(
     let keys: Vec<String> = body.keys.into_iter().map(Scalar::text).collect();
     let (served, view) = app.view(name, &q.version.unwrap_or(Version::Current))?;
     let values = app.multi_get_in(served, &view, &keys, &contexts).await?;
-    let format = body.value_format;
-    let out: Vec<serde_json::Value> = values
-        .iter()
-        .map(|v| match v {
-            Some(b) => serde_json::Value::String(format.show(b)),
-            None => serde_json::Value::Null,
-        })
-        .collect();
+    let answer = multiget_answer(
+        view.run_id().as_str(),
+        &values,
+        body.value_format,
+        app.limits.max_response_bytes,
+    )
+    .map_err(|e| e.with_run(view.run_id()))?;
     Ok(with_run(
-        json(
+        (
             StatusCode::OK,
-            &serde_json::json!({"run_id": view.run_id().as_str(), "values": out}),
-        ),
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            answer,
+        )
+            .into_response(),
         view.run_id(),
     ))
 }
@@ -598,10 +798,104 @@ mod tests {
         assert_eq!(ValueFormat::Utf8.show(&[0xff, 0x00]), "hex:ff00");
         assert_eq!(ValueFormat::Hex.show(b"abc"), "616263");
         assert_eq!(ValueFormat::Base64.show(b"abc"), "YWJj");
-        let body: MultiGetBody =
-            serde_json::from_str(r#"{"keys": [1, "2", true], "value_format": "hex"}"#).expect("body");
+        let body = parse_multiget(br#"{"keys": [1, "2", true], "value_format": "hex"}"#, 10).expect("body");
         let keys: Vec<String> = body.keys.into_iter().map(Scalar::text).collect();
         assert_eq!(keys, vec!["1", "2", "true"]);
-        assert!(serde_json::from_str::<MultiGetBody>(r#"{"keys": [], "extra": 1}"#).is_err());
+        assert!(matches!(body.value_format, ValueFormat::Hex));
+        for bad in [
+            r#"{"keys": [], "extra": 1}"#,
+            r#"{"keys": [1], "keys": [2]}"#,
+            r#"{"keys": null}"#,
+            r#"{"context": {}}"#,
+            r#"{"keys": [1]} trailing"#,
+            r#"[1, 2]"#,
+        ] {
+            let e = parse_multiget(bad.as_bytes(), 10).expect_err(bad);
+            assert_eq!((e.status, e.kind), (400, "bad_body"), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn the_key_past_the_bound_stops_the_parse_with_413() {
+        let three = br#"{"keys": [1, 2, 3], "contexts": [null, {"a": 1}, null]}"#;
+        let body = parse_multiget(three, 3).expect("at the bound");
+        assert_eq!((body.keys.len(), body.contexts.map(|c| c.len())), (3, Some(3)));
+        let e = parse_multiget(three, 2).expect_err("over the bound");
+        assert_eq!((e.status, e.kind), (413, "too_many_keys"), "{}", e.message);
+        // The parse stops at the key past the bound: what follows it is
+        // never read (here, it is not even JSON).
+        let e = parse_multiget(br#"{"keys": [1, 2, 3, !!! not json"#, 2).expect_err("stops early");
+        assert_eq!((e.status, e.kind), (413, "too_many_keys"), "{}", e.message);
+        let e = parse_multiget(br#"{"keys": [1], "contexts": [null, null, null]}"#, 2).expect_err("contexts");
+        assert_eq!((e.status, e.kind), (413, "too_many_keys"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_answer_is_cut_at_the_byte_bound_as_it_is_encoded() {
+        let values = vec![
+            Some(bytes::Bytes::from_static(b"abcdef")),
+            None,
+            Some(bytes::Bytes::from_static(b"\x01")),
+        ];
+        let whole = multiget_answer("r1", &values, ValueFormat::Utf8, usize::MAX).expect("no bound");
+        let parsed: serde_json::Value = serde_json::from_slice(&whole).expect("JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!({"run_id": "r1", "values": ["abcdef", null, "\u{1}"]})
+        );
+        assert_eq!(
+            multiget_answer("r1", &values, ValueFormat::Utf8, whole.len()).expect("at the bound"),
+            whole
+        );
+        let e = multiget_answer("r1", &values, ValueFormat::Utf8, whole.len() - 1).expect_err("one byte over");
+        assert_eq!((e.status, e.kind), (413, "response_too_large"));
+        // Hex doubles the bytes: a bound the text fits is too small for it.
+        let e = multiget_answer("r1", &values, ValueFormat::Hex, whole.len()).expect_err("hex");
+        assert_eq!(e.kind, "response_too_large");
+        assert!(e.message.contains(&whole.len().to_string()), "{}", e.message);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any query string: a query or a 400 `bad_query`, never a panic.
+        #[test]
+        fn any_query_string_parses_or_is_a_bad_query(raw in "[a-z_.%=&0-9+-]{0,40}|.{0,40}") {
+            if let Err(e) = parse_query(Some(&raw)) {
+                proptest::prop_assert_eq!((e.status, e.kind), (400, "bad_query"));
+            }
+        }
+
+        /// Any bytes as a multiget body: a body of at most `max` keys, or a
+        /// 400 `bad_body` / 413 `too_many_keys`, never a panic.
+        #[test]
+        fn any_bytes_as_a_multiget_body_parse_or_fail_clearly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            max in 1usize..4,
+        ) {
+            match parse_multiget(&bytes, max) {
+                Ok(body) => proptest::prop_assert!(body.keys.len() <= max),
+                Err(e) => proptest::prop_assert!(
+                    matches!((e.status, e.kind), (400, "bad_body") | (413, "too_many_keys")),
+                    "{:?}", e
+                ),
+            }
+        }
+
+        /// JSON-shaped bodies (more of them reach the fields than random
+        /// bytes do): the same.
+        #[test]
+        fn json_shaped_multiget_bodies_parse_or_fail_clearly(
+            text in r#"\{("keys"|"contexts"|"context"|"value_format"|"x"): ?(\[(1|"a"|true|null|\{"r": ?1\}|-1|1e9|\[\])?(, ?(2|"b"|null|\{\}))*\]|null|"hex"|"utf8"|\{\}|7)(, ?"keys": ?\[1\])?\}"#,
+            max in 1usize..4,
+        ) {
+            match parse_multiget(text.as_bytes(), max) {
+                Ok(body) => proptest::prop_assert!(body.keys.len() <= max),
+                Err(e) => proptest::prop_assert!(
+                    matches!((e.status, e.kind), (400, "bad_body") | (413, "too_many_keys")),
+                    "{:?}", e
+                ),
+            }
+        }
     }
 }

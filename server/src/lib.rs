@@ -13,12 +13,14 @@
 //!   naming its run in `sf-run-id`, a multiget answered from one version;
 //! - a gRPC service ([`grpc`], `proto/shardforge.proto`): `Get`,
 //!   `MultiGet` and a streamed `MultiGet`;
-//! - `/livez`, `/readyz` (every snapshot open and younger than its
-//!   `max_age`) and `/metrics` (Prometheus, see [`mod@metrics`]).
+//! - `/livez`, `/readyz` (every snapshot open; one older than its
+//!   `max_age` is reported stale and still served, unless
+//!   `unready_when_stale`) and `/metrics` (Prometheus, see [`mod@metrics`]).
 //!
 //! Protection: a bound on requests in flight (503 beyond it), a deadline
-//! per request (504), bounds on keys and body bytes (413), optional bearer
-//! tokens, and a graceful shutdown.
+//! per request (504), bounds on keys, body bytes and answer bytes (413),
+//! optional bearer tokens, answers to server-side failures that carry an
+//! `error_id` instead of internals, and a graceful shutdown.
 //!
 //! ```text
 //!  client ──HTTP──▶ guard (auth, in-flight bound, deadline, metrics) ──▶ handler ─┐
@@ -45,6 +47,7 @@
 //!         name: "users".into(),
 //!         current_url: "s3://bucket/snapshots/users/_CURRENT".into(),
 //!         max_age: None,
+//!         unready_when_stale: false,
 //!         reader: sf_reader::ReaderSettings::default(),
 //!         storage: sf_manifest::StorageOptions::new(),
 //!     }],

@@ -31,6 +31,8 @@ pub(crate) const CONNECTIONS_REFUSED: &str = "sf_serve_connections_refused_total
 pub(crate) const CONNECTIONS_CLOSED: &str = "sf_serve_connections_closed_total";
 pub(crate) const REQUESTS_ABANDONED: &str = "sf_serve_requests_abandoned_total";
 pub(crate) const RELOADS: &str = "sf_serve_reloads_total";
+pub(crate) const SNAPSHOT_STALE: &str = "sf_serve_snapshot_stale";
+pub(crate) const SNAPSHOT_FALLBACK: &str = "sf_serve_snapshot_fallback";
 
 /// Every name the server emits through the `metrics` facade, with what it
 /// counts: the one catalog, from which every emission takes its name.
@@ -64,7 +66,15 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         SNAPSHOT_READY,
-        "1 while the snapshot is open and within its max_age, else 0, by snapshot (gauge)",
+        "1 while the snapshot counts as ready for /readyz (open; within its max_age under unready_when_stale), else 0, by snapshot (gauge)",
+    ),
+    (
+        SNAPSHOT_STALE,
+        "1 while the served snapshot is older than its max_age (it is still served), else 0, by snapshot (gauge)",
+    ),
+    (
+        SNAPSHOT_FALLBACK,
+        "1 while the snapshot serves an older manifest of its history because the one _CURRENT names could not be read at start, else 0, by snapshot (gauge)",
     ),
     (
         CONNECTIONS_OPEN,

@@ -10,7 +10,77 @@ use sf_reader::{Admin, Reader};
 
 use crate::api_error::ApiError;
 use crate::config::SnapshotConfig;
-use crate::metrics::{KEYS_LOOKED_UP, SNAPSHOT_AGE, SNAPSHOT_INFO, SNAPSHOT_OPEN_SHARDS, SNAPSHOT_READY};
+use crate::metrics::{
+    KEYS_LOOKED_UP, SNAPSHOT_AGE, SNAPSHOT_FALLBACK, SNAPSHOT_INFO, SNAPSHOT_OPEN_SHARDS, SNAPSHOT_READY,
+    SNAPSHOT_STALE,
+};
+
+/// Where a served snapshot stands, as `/readyz` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SnapshotState {
+    /// Its reader is being opened (no attempt failed yet).
+    Opening,
+    /// Opening it failed; it is tried again.
+    Failed,
+    /// Open, within its `max_age`, serving the manifest `_CURRENT` names.
+    Ready,
+    /// Open and serving, but older than its `max_age`.
+    Stale,
+    /// Open and serving an older manifest of the history, because the
+    /// one `_CURRENT` names could not be read at start.
+    Degraded,
+}
+
+impl SnapshotState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Opening => "opening",
+            SnapshotState::Failed => "failed",
+            SnapshotState::Ready => "ready",
+            SnapshotState::Stale => "stale",
+            SnapshotState::Degraded => "degraded",
+        }
+    }
+}
+
+/// A served snapshot's readiness: its state, whether it counts as ready,
+/// and why it is not simply ready (told to authenticated callers only:
+/// the reasons name URLs and paths).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Readiness {
+    pub(crate) state: SnapshotState,
+    /// Open, and not stale under `unready_when_stale`.
+    pub(crate) ready: bool,
+    /// Older than its `max_age`.
+    pub(crate) stale: bool,
+    /// Why it is stale.
+    pub(crate) stale_reason: Option<String>,
+    /// Why it serves an older manifest than `_CURRENT` names.
+    pub(crate) fallback_reason: Option<String>,
+    /// Why it is not open.
+    pub(crate) open_error: Option<String>,
+}
+
+impl Readiness {
+    /// `ok` for a ready snapshot that is neither stale nor fallen back,
+    /// `degraded` for one that serves but is, `unready` for one that does
+    /// not count as ready.
+    pub(crate) fn health(&self) -> &'static str {
+        match (self.ready, self.state) {
+            (false, _) => "unready",
+            (true, SnapshotState::Ready) => "ok",
+            (true, _) => "degraded",
+        }
+    }
+
+    /// The reasons, for callers allowed to see them.
+    pub(crate) fn reasons(&self) -> Vec<&str> {
+        [&self.open_error, &self.fallback_reason, &self.stale_reason]
+            .into_iter()
+            .filter_map(|r| r.as_deref())
+            .collect()
+    }
+}
 
 /// One served snapshot: its settings, and its reader once open.
 pub(crate) struct ServedSnapshot {
@@ -46,19 +116,68 @@ impl ServedSnapshot {
         })
     }
 
-    /// The reader, or 503 while the snapshot is not open yet.
+    /// The reader, or 503 while the snapshot is not open yet (the open
+    /// error is logged and listed, not told to the client).
     pub(crate) fn reader(&self) -> Result<&Reader, ApiError> {
         self.reader.get().ok_or_else(|| {
-            let why = sf_manifest::sync::lock(&self.open_error).clone();
+            let failed = sf_manifest::sync::lock(&self.open_error).is_some();
             ApiError::new(
                 503,
                 "not_ready",
-                match why {
-                    Some(e) => format!("snapshot {} is not open yet: {e}", self.config.name),
-                    None => format!("snapshot {} is being opened", self.config.name),
+                if failed {
+                    format!(
+                        "snapshot {} is not open yet: opening it failed and is tried again (the log, /v1/snapshots and an authenticated /readyz say why)",
+                        self.config.name
+                    )
+                } else {
+                    format!("snapshot {} is being opened", self.config.name)
                 },
             )
         })
+    }
+
+    /// Where the snapshot stands; see [`Readiness`].
+    pub(crate) fn readiness(&self) -> Readiness {
+        let Some(reader) = self.opened() else {
+            let open_error = self.open_error();
+            return Readiness {
+                state: if open_error.is_some() {
+                    SnapshotState::Failed
+                } else {
+                    SnapshotState::Opening
+                },
+                ready: false,
+                stale: false,
+                stale_reason: None,
+                fallback_reason: None,
+                open_error,
+            };
+        };
+        let stale_reason = self.config.max_age.and_then(|max_age| {
+            let h = reader.health(max_age);
+            (h.status == sf_reader::HealthStatus::Stale).then(|| {
+                format!(
+                    "run {} is {:.0} s old, above max_age {:.0} s",
+                    h.run_id, h.snapshot_age_seconds, h.max_age_seconds
+                )
+            })
+        });
+        let fallback_reason = reader.degraded();
+        let stale = stale_reason.is_some();
+        Readiness {
+            state: if fallback_reason.is_some() {
+                SnapshotState::Degraded
+            } else if stale {
+                SnapshotState::Stale
+            } else {
+                SnapshotState::Ready
+            },
+            ready: !(stale && self.config.unready_when_stale),
+            stale,
+            stale_reason,
+            fallback_reason,
+            open_error: None,
+        }
     }
 
     pub(crate) fn opened(&self) -> Option<&Reader> {
@@ -77,17 +196,19 @@ impl ServedSnapshot {
     }
 
     /// Sets this snapshot's gauges from its reader (age, run, open shards,
-    /// readiness).
+    /// readiness, staleness, fallback).
     pub(crate) fn publish_gauges(&self) {
         let name = &self.config.name;
+        let readiness = self.readiness();
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        metrics::gauge!(SNAPSHOT_READY, "snapshot" => name.clone()).set(flag(readiness.ready));
+        metrics::gauge!(SNAPSHOT_STALE, "snapshot" => name.clone()).set(flag(readiness.stale));
+        metrics::gauge!(SNAPSHOT_FALLBACK, "snapshot" => name.clone()).set(flag(readiness.fallback_reason.is_some()));
         let Some(reader) = self.opened() else {
-            metrics::gauge!(SNAPSHOT_READY, "snapshot" => name.clone()).set(0.0);
             return;
         };
         let info = reader.info();
         let health = reader.health(self.config.max_age.unwrap_or(Duration::MAX));
-        let ready = self.config.max_age.is_none() || health.status == sf_reader::HealthStatus::Healthy;
-        metrics::gauge!(SNAPSHOT_READY, "snapshot" => name.clone()).set(if ready { 1.0 } else { 0.0 });
         metrics::gauge!(SNAPSHOT_AGE, "snapshot" => name.clone()).set(health.snapshot_age_seconds);
         metrics::gauge!(SNAPSHOT_OPEN_SHARDS, "snapshot" => name.clone()).set(info.shards_open as f64);
         let run = info.run_id.to_string();
@@ -115,7 +236,14 @@ impl ServedSnapshot {
             match built {
                 Ok(reader) => {
                     let info = reader.info();
-                    tracing::info!(snapshot = %self.config.name, run_id = %info.run_id, manifest = %info.manifest_ref, "snapshot open");
+                    match &info.degraded {
+                        None => {
+                            tracing::info!(snapshot = %self.config.name, run_id = %info.run_id, manifest = %info.manifest_ref, "snapshot open")
+                        }
+                        Some(why) => {
+                            tracing::warn!(snapshot = %self.config.name, run_id = %info.run_id, manifest = %info.manifest_ref, reason = %why, "snapshot open, degraded: serving an older manifest of the history")
+                        }
+                    }
                     // Only this task sets it.
                     let _ = self.reader.set(reader);
                     *sf_manifest::sync::lock(&self.open_error) = None;

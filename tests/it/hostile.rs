@@ -4,13 +4,15 @@
 //! claiming 4e9 shards, an oversized `_CURRENT`, a shard whose `kv` is a
 //! view over an endless query, a manifest whose `shards` is a view, a
 //! truncated shard, a shard longer than declared) the hostile snapshot
-//! answers a clear error, the healthy one keeps answering, and `/livez`
-//! answers.
+//! answers a clear error (a refused current manifest: the run published
+//! before it, degraded, with the reason in its listing; a refused shard:
+//! an answer with an `error_id` whose log line says why), the healthy one
+//! keeps answering, and `/livez` answers.
 
 use std::time::{Duration, Instant};
 
 use object_store::PutPayload;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sf_manifest::ManifestStore;
 use sf_manifest::format::layout;
 use sf_tests::manifest_store;
@@ -101,8 +103,9 @@ async fn settle(s: &ServeProcess) {
 
 /// Serves `good` and the damaged `bad` side by side; checks the healthy
 /// snapshot answers, `/livez` answers, and returns the hostile snapshot's
-/// answer to a lookup of key 7 (status and body) and its listing.
-async fn serve_both(good: &LocalSnapshot, bad: &LocalSnapshot) -> (u16, Value, Value) {
+/// answer to a lookup of key 7 (status and body), its listing and the
+/// server's log.
+async fn serve_both(good: &LocalSnapshot, bad: &LocalSnapshot) -> (u16, Value, Value, String) {
     let mut s = ServeProcess::serving(
         &[("good", &good.prefix), ("bad", &bad.prefix)],
         &["--sqlite-mode", "download"],
@@ -120,27 +123,37 @@ async fn serve_both(good: &LocalSnapshot, bad: &LocalSnapshot) -> (u16, Value, V
     let listing = listed(&s, "bad").await;
     assert!(s.running(), "the process is alive");
     assert!(s.terminate().success());
-    (st, bad_answer, listing)
+    (st, bad_answer, listing, s.stderr())
 }
 
-/// Asserts the hostile snapshot could not open, its lookups answering
-/// 503 `not_ready` and its listing an open error, both containing `want`.
-fn assert_not_opened(st: u16, body: &Value, listing: &Value, want: &[&str]) {
-    assert_eq!((st, kind(body)), (503, "not_ready"), "{body}");
-    let message = body["error"]["message"].as_str().expect("message");
-    let error = listing["open_error"].as_str().expect("an open error");
+/// Asserts the hostile snapshot's current manifest (or `_CURRENT`) was
+/// refused and the snapshot serves run1, the one published before, its
+/// listing degraded with a reason containing `want`.
+fn assert_fell_back(st: u16, body: &Value, listing: &Value, want: &[&str]) {
+    assert_eq!((st, body), (200, &Value::String("run1:7".into())), "served from run1");
+    assert_eq!(
+        (&listing["state"], &listing["run_id"]),
+        (&json!("degraded"), &json!("run1")),
+        "{listing}"
+    );
+    let reason = listing["degraded"].as_str().expect("a reason");
     for w in want {
-        assert!(message.contains(w), "{w:?} not in {message}");
-        assert!(error.contains(w), "{w:?} not in {error}");
+        assert!(reason.contains(w), "{w:?} not in {reason}");
     }
 }
 
 /// Asserts the hostile snapshot opened but its shards answer 503
-/// `shard_unavailable` with a message containing `want`.
-fn assert_shard_refused(st: u16, body: &Value, want: &str) {
+/// `shard_unavailable` with a generic message and an `error_id`, the log
+/// holding that id with `want`.
+fn assert_shard_refused(st: u16, body: &Value, log: &str, want: &str) {
     assert_eq!((st, kind(body)), (503, "shard_unavailable"), "{body}");
     let message = body["error"]["message"].as_str().expect("message");
-    assert!(message.contains(want), "{want:?} not in {message}");
+    assert!(!message.contains(want), "{want:?} told to the client: {message}");
+    let id = body["error"]["error_id"].as_str().expect("an error id");
+    assert!(
+        log.lines().any(|l| l.contains(id) && l.contains(want)),
+        "no log line with {id} and {want:?}:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,8 +168,8 @@ async fn a_manifest_claiming_four_billion_shards_costs_one_error() {
         tamper_sqlite(&bytes, "UPDATE build_meta SET num_dbs = 4000000000"),
     )
     .await;
-    let (st, body, listing) = serve_both(&good, &bad).await;
-    assert_not_opened(st, &body, &listing, &["num_dbs 4000000000 is out of range"]);
+    let (st, body, listing, _) = serve_both(&good, &bad).await;
+    assert_fell_back(st, &body, &listing, &["num_dbs 4000000000 is out of range"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,8 +179,8 @@ async fn an_oversized_current_costs_one_error() {
         LocalSnapshot::with_runs(&["run1"]).await,
     );
     std::fs::write(bad.folder().join("snap").join("_CURRENT"), vec![b' '; 1 << 20]).expect("write");
-    let (st, body, listing) = serve_both(&good, &bad).await;
-    assert_not_opened(st, &body, &listing, &["_CURRENT", "cap of 65536 bytes"]);
+    let (st, body, listing, _) = serve_both(&good, &bad).await;
+    assert_fell_back(st, &body, &listing, &["_CURRENT", "cap of 65536 bytes"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,8 +198,8 @@ async fn a_manifest_whose_shards_is_a_view_costs_one_error() {
          NULL AS max_key, NULL AS checkpoint_id, '{}' AS writer_info FROM r;",
     );
     publish_manifest_bytes(&bad.prefix, hostile).await;
-    let (st, body, listing) = serve_both(&good, &bad).await;
-    assert_not_opened(st, &body, &listing, &["shards is a view"]);
+    let (st, body, listing, _) = serve_both(&good, &bad).await;
+    assert_fell_back(st, &body, &listing, &["shards is a view"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,8 +221,8 @@ async fn a_shard_whose_kv_is_an_endless_view_costs_one_error() {
             .remove(sf_manifest::format::manifest::CHECKSUM_KEY);
     }
     publish_over(&bad.prefix, &manifest).await;
-    let (st, body, _) = serve_both(&good, &bad).await;
-    assert_shard_refused(st, &body, "kv is a view");
+    let (st, body, _, log) = serve_both(&good, &bad).await;
+    assert_shard_refused(st, &body, &log, "kv is a view");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,8 +236,8 @@ async fn a_truncated_shard_costs_one_error() {
         b
     })
     .await;
-    let (st, body, _) = serve_both(&good, &bad).await;
-    assert_shard_refused(st, &body, "the manifest records db_bytes");
+    let (st, body, _, log) = serve_both(&good, &bad).await;
+    assert_shard_refused(st, &body, &log, "the manifest records db_bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +251,6 @@ async fn a_shard_longer_than_declared_costs_one_error() {
         b
     })
     .await;
-    let (st, body, _) = serve_both(&good, &bad).await;
-    assert_shard_refused(st, &body, "the manifest records db_bytes");
+    let (st, body, _, log) = serve_both(&good, &bad).await;
+    assert_shard_refused(st, &body, &log, "the manifest records db_bytes");
 }

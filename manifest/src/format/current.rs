@@ -93,4 +93,29 @@ mod tests {
                 .contains("format_version 2")
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any bytes as `_CURRENT`: a pointer or an error naming the
+        /// object, never a panic.
+        #[test]
+        fn any_bytes_as_current_decode_or_fail_naming_the_object(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Err(e) = CurrentPointer::from_json_bytes(&bytes, "mem://p/_CURRENT") {
+                proptest::prop_assert!(e.to_string().contains("mem://p/_CURRENT"), "{}", e);
+            }
+        }
+
+        /// Real `_CURRENT` text with one byte changed or the text cut:
+        /// decoded or refused, never a panic.
+        #[test]
+        fn mutated_current_decodes_or_fails(at in 0usize..400, byte in proptest::prelude::any::<u8>(), cut in proptest::prelude::any::<bool>()) {
+            let mut text = br#"{"format_version":1,"manifest_content_type":"application/x-sqlite3","manifest_ref":"s3://bucket/prefix/manifests/2026-11-20T23:48:07.694769Z_run_id=r5/manifest","run_id":"r5","updated_at":"2026-11-20T23:48:07.699007Z"}"#.to_vec();
+            let at = at % text.len();
+            if cut { text.truncate(at) } else { text[at] = byte }
+            if let Err(e) = CurrentPointer::from_json_bytes(&text, "mem://p/_CURRENT") {
+                proptest::prop_assert!(e.to_string().contains("mem://p/_CURRENT"), "{}", e);
+            }
+        }
+    }
 }

@@ -655,4 +655,46 @@ mod tests {
         let e = Manifest::from_sqlite_bytes(&narrow, "mem://m").expect_err("a missing column");
         assert!(e.to_string().contains("no column custom"), "{e}");
     }
+
+    proptest::proptest! {
+        // Each case opens an in-memory SQLite database: few of them.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any bytes as a manifest, with and without a SQLite header in
+        /// front: decoded through the untrusted open or refused with an
+        /// error naming the object, never a panic.
+        #[test]
+        fn any_bytes_as_a_manifest_decode_or_fail_naming_the_object(
+            header in proptest::prelude::any::<bool>(),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+        ) {
+            let mut bytes = if header { SQLITE_MAGIC.to_vec() } else { Vec::new() };
+            bytes.extend(tail);
+            if let Err(e) = Manifest::from_sqlite_bytes(&bytes, "mem://m") {
+                proptest::prop_assert!(e.to_string().contains("mem://m"), "{}", e);
+            }
+        }
+
+        /// A real manifest with bytes changed (anywhere, including the
+        /// page headers and the schema) or cut short: the manifest decoded
+        /// (and then valid) or refused with an error naming it.
+        #[test]
+        fn mutated_real_manifests_decode_valid_or_fail_naming_the_object(
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..8),
+            cut in proptest::option::of(proptest::prelude::any::<usize>()),
+        ) {
+            let mut bytes = manifest(4, &[0, 2]).to_sqlite_bytes().expect("encode");
+            for (at, b) in edits {
+                let at = at % bytes.len();
+                bytes[at] = b;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(c % bytes.len());
+            }
+            match Manifest::from_sqlite_bytes(&bytes, "mem://m") {
+                Ok(m) => proptest::prop_assert!(m.validate().is_ok()),
+                Err(e) => proptest::prop_assert!(e.to_string().contains("mem://m"), "{}", e),
+            }
+        }
+    }
 }

@@ -222,7 +222,19 @@ impl Reader {
 
     /// The served snapshot.
     pub fn info(&self) -> SnapshotInfo {
-        SnapshotInfo::of(&self.snapshot(), self.pinned())
+        SnapshotInfo {
+            degraded: self.degraded(),
+            ..SnapshotInfo::of(&self.snapshot(), self.pinned())
+        }
+    }
+
+    /// Why the reader does not serve the manifest `_CURRENT` names, while
+    /// it serves an older one of the history because `_CURRENT`'s could
+    /// not be read at start (missing, corrupt, refused; at most
+    /// three older manifests are tried). `None` once a refresh reads a good
+    /// current manifest, and for readers that opened it in the first place.
+    pub fn degraded(&self) -> Option<String> {
+        self.state.degraded()
     }
 
     /// The shards of the served snapshot, by db_id (empty shards, which the
@@ -263,6 +275,7 @@ impl Reader {
             num_shards: snap.manifest.shards.len(),
             is_closed: self.state.is_closed(),
             refresh: self.refresh_status(),
+            degraded: self.degraded(),
         }
     }
 

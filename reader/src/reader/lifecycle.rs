@@ -45,14 +45,15 @@ pub(super) async fn open(opening: Opening) -> Result<Reader> {
     let counters = Arc::new(Counters::new(&metric_labels));
     let env = Arc::new(ShardEnv::new(settings.clone(), Arc::clone(&counters), runtime.clone())?);
     let current_url = sf_manifest::format::layout::join_url(store.prefix_url(), sf_manifest::format::layout::CURRENT);
-    let snapshot = match unpublished {
-        Some((manifest, manifest_ref)) => Snapshot::from_manifest(&store, &manifest_ref, None, manifest)?,
+    let (snapshot, degraded) = match unpublished {
+        Some((manifest, manifest_ref)) => (Snapshot::from_manifest(&store, &manifest_ref, None, manifest)?, None),
         None => initial_snapshot(&store, &settings.pin, &current_url).await?,
     };
     crate::view::warm_up(&env, &snapshot, &settings.warmup_keys).await?;
     counters.snapshot_created.set(snapshot.created_seconds());
     counters.versions_held.set(1.0);
     let state = Arc::new(ReaderState::new(current_url, store, settings, env, counters, snapshot));
+    state.set_degraded(degraded);
     let refresher = state
         .settings
         .refresh_interval
@@ -60,14 +61,36 @@ pub(super) async fn open(opening: Opening) -> Result<Reader> {
     Ok(Reader { state, refresher })
 }
 
-async fn initial_snapshot(store: &ObjectManifestStore, pin: &Pin, current_url: &str) -> Result<Snapshot> {
+/// Older manifests of the history a reader tries at start when the one
+/// `_CURRENT` names cannot be read.
+pub(crate) const FALLBACK_ATTEMPTS: usize = 3;
+
+/// The first snapshot, and why it is not the one `_CURRENT` names when
+/// the reader fell back to the history (see [`fallback`]).
+async fn initial_snapshot(
+    store: &ObjectManifestStore,
+    pin: &Pin,
+    current_url: &str,
+) -> Result<(Snapshot, Option<String>)> {
+    let plain = |s: Snapshot| (s, None);
     match pin {
         Pin::Current => {
-            let state = store.load_current().await?.ok_or_else(|| Error::NoCurrent {
-                location: current_url.to_string(),
-            })?;
-            let manifest_ref = state.pointer.manifest_ref.clone();
-            Snapshot::load(store, &manifest_ref, Some(state.pointer), current_url).await
+            let (failed_ref, error) = match store.load_current().await {
+                Ok(None) => {
+                    return Err(Error::NoCurrent {
+                        location: current_url.to_string(),
+                    });
+                }
+                Ok(Some(state)) => {
+                    let manifest_ref = state.pointer.manifest_ref.clone();
+                    match Snapshot::load(store, &manifest_ref, Some(state.pointer), current_url).await {
+                        Ok(s) => return Ok(plain(s)),
+                        Err(e) => (Some(manifest_ref), e),
+                    }
+                }
+                Err(e) => (None, Error::from(e)),
+            };
+            fallback(store, failed_ref.as_deref(), error).await
         }
         Pin::Ref(r) => {
             let url = if r.contains("://") {
@@ -75,7 +98,7 @@ async fn initial_snapshot(store: &ObjectManifestStore, pin: &Pin, current_url: &
             } else {
                 sf_manifest::format::layout::join_url(store.prefix_url(), r)
             };
-            Snapshot::load(store, &url, None, "the pinned ref").await
+            Snapshot::load(store, &url, None, "the pinned ref").await.map(plain)
         }
         Pin::Offset(n) => {
             let history = store.history().await?;
@@ -83,9 +106,64 @@ async fn initial_snapshot(store: &ObjectManifestStore, pin: &Pin, current_url: &
                 what: format!("offset {n} (the history holds {} manifests)", history.len()),
                 location: store.prefix_url().to_string(),
             })?;
-            Snapshot::load(store, &entry.manifest_ref, None, &format!("history offset {n}")).await
+            Snapshot::load(store, &entry.manifest_ref, None, &format!("history offset {n}"))
+                .await
+                .map(plain)
         }
     }
+}
+
+/// At start, when `_CURRENT` or the manifest it names (`failed_ref`, when
+/// `_CURRENT` could be read) cannot be read because of what is stored
+/// (missing, corrupt, refused by the checks of untrusted manifests): the
+/// newest readable manifest of the history published before it, trying
+/// at most [`FALLBACK_ATTEMPTS`]. The reader then reports itself degraded
+/// (the reason returned here) until a refresh reads a good `_CURRENT`.
+///
+/// Errors of access or of an unreachable store are returned as they are:
+/// the history would fail the same way, and serving an older run for a
+/// passing outage would hide it. When no older manifest opens either, the
+/// error is `error`, the current manifest's.
+async fn fallback(
+    store: &ObjectManifestStore,
+    failed_ref: Option<&str>,
+    error: Error,
+) -> Result<(Snapshot, Option<String>)> {
+    use sf_manifest::{Classified, ErrorKind};
+    if !matches!(error.kind(), ErrorKind::Data | ErrorKind::Gate) {
+        return Err(error);
+    }
+    let history = match store.history().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(prefix = %store.prefix_url(), error = %sf_manifest::chain(&e), "the current manifest cannot be read, nor the history listed");
+            return Err(error);
+        }
+    };
+    // Only manifests published before the failed one: a newer one was
+    // never made current.
+    let older = match failed_ref.and_then(|r| history.iter().position(|h| h.manifest_ref == r)) {
+        Some(i) => &history[i + 1..],
+        None => &history[..],
+    };
+    let why = sf_manifest::chain(&error);
+    for entry in older.iter().take(FALLBACK_ATTEMPTS) {
+        let named_by = format!("history offset {}", entry.offset);
+        match Snapshot::load(store, &entry.manifest_ref, None, &named_by).await {
+            Ok(snapshot) => {
+                let reason = format!(
+                    "the manifest _CURRENT names cannot be read ({why}); serving run {} (history offset {}) until a refresh reads a good one",
+                    entry.run_id, entry.offset
+                );
+                tracing::warn!(prefix = %store.prefix_url(), run_id = %entry.run_id, manifest = %entry.manifest_ref, %reason, "fell back to an older manifest of the history");
+                return Ok((snapshot, Some(reason)));
+            }
+            Err(e) => {
+                tracing::warn!(prefix = %store.prefix_url(), manifest = %entry.manifest_ref, error = %sf_manifest::chain(&e), "an older manifest of the history cannot be read either");
+            }
+        }
+    }
+    Err(error)
 }
 
 impl Reader {

@@ -44,6 +44,7 @@ async fn try_refresh(state: &ReaderState) -> Result<RefreshOutcome> {
         location: state.current_url.clone(),
     })?;
     if current.pointer.manifest_ref == old.manifest_ref {
+        state.set_degraded(None);
         return Ok(RefreshOutcome::Unchanged {
             manifest_ref: old.manifest_ref.clone(),
         });
@@ -86,6 +87,7 @@ async fn try_refresh(state: &ReaderState) -> Result<RefreshOutcome> {
         *sf_manifest::sync::write(&state.served) = Arc::new(next);
         state.counters.versions_held.set((kept.len() + 1) as f64);
     }
+    state.set_degraded(None);
     state.counters.snapshot_created.set(created);
     bump(&state.counters.swaps, 1);
     tracing::info!(prefix = %state.store.prefix_url(), %from, to = %manifest_ref, "swapped to a new snapshot");

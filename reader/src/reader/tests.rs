@@ -142,3 +142,84 @@ fn the_reader_emits_exactly_the_names_of_the_catalog() {
     assert!(strays.is_empty(), "emitted but not in METRICS: {strays:?}");
     assert_eq!(recorded, catalog, "every name in METRICS is emitted");
 }
+
+/// The manifest file of `run` in the copied fixture at `prefix`.
+fn manifest_file(prefix: &Path, run: &str) -> std::path::PathBuf {
+    let dir = std::fs::read_dir(prefix.join("manifests"))
+        .expect("manifests")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("_run_id={run}")))
+        .expect("the run's manifest folder");
+    dir.join("manifest")
+}
+
+#[tokio::test]
+async fn a_reader_whose_current_manifest_is_corrupt_falls_back_to_the_history_until_a_refresh_reads_it() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = root.path().join("snap");
+    copy_dir(Path::new(FIXTURE), &prefix);
+    let current = manifest_file(&prefix, "goldenrun0005");
+    let good = std::fs::read(&current).expect("the current manifest");
+    std::fs::write(&current, b"not a manifest").expect("corrupt the current manifest");
+
+    let reader = open(&prefix, ReaderSettings::default()).await;
+    assert_eq!(
+        reader.info().run_id.as_str(),
+        "goldenrun0001",
+        "the previous run is served"
+    );
+    let why = reader.degraded().expect("the reader says it is degraded");
+    assert!(why.contains("goldenrun0001") && why.contains("cannot be read"), "{why}");
+    assert_eq!(reader.info().degraded.as_deref(), Some(why.as_str()));
+    assert_eq!(
+        reader.health(std::time::Duration::MAX).degraded.as_deref(),
+        Some(why.as_str())
+    );
+    assert_eq!(
+        reader.get(&Key::Int(3)).await.expect("get").as_deref(),
+        Some(&b"value-3"[..]),
+        "reads come from the previous run"
+    );
+
+    // Still corrupt: the refresh fails and the reader stays degraded.
+    reader
+        .refresh()
+        .await
+        .expect_err("the current manifest is still corrupt");
+    assert!(reader.degraded().is_some());
+    // Repaired: the refresh swaps to it and the reader is whole again.
+    std::fs::write(&current, good).expect("repair the current manifest");
+    reader.refresh().await.expect("refresh");
+    assert_eq!(reader.info().run_id.as_str(), "goldenrun0005");
+    assert_eq!(
+        reader.get(&Key::Int(3)).await.expect("get").as_deref(),
+        Some(&b"v2-3"[..])
+    );
+    assert_eq!(reader.degraded(), None);
+    assert_eq!(reader.info().degraded, None);
+}
+
+#[tokio::test]
+async fn a_reader_without_a_readable_manifest_in_reach_fails_with_the_current_ones_error() {
+    let root = tempfile::tempdir().expect("root");
+    let prefix = root.path().join("snap");
+    copy_dir(Path::new(FIXTURE), &prefix);
+    for run in ["goldenrun0005", "goldenrun0001"] {
+        std::fs::write(manifest_file(&prefix, run), b"not a manifest").expect("corrupt");
+    }
+    let e = Reader::builder(format!("{}/_CURRENT", prefix.display()))
+        .build()
+        .await
+        .expect_err("nothing readable");
+    let text = sf_manifest::chain(&e);
+    assert!(text.contains("goldenrun0005"), "names the current manifest: {text}");
+
+    // A store error that is not about the stored bytes does not fall back:
+    // `_CURRENT` that is not there at all is no reason to serve history.
+    std::fs::remove_file(prefix.join("_CURRENT")).expect("remove _CURRENT");
+    let e = Reader::builder(format!("{}/_CURRENT", prefix.display()))
+        .build()
+        .await
+        .expect_err("no _CURRENT");
+    assert!(matches!(e, crate::Error::NoCurrent { .. }), "{e}");
+}
