@@ -9,7 +9,9 @@
 //! `grpc_multiget_stream`; latency is kept for the lookup routes only
 //! (`get`, `multiget` and the three gRPC ones). `status` is the HTTP status,
 //! or the gRPC code in lower case (`ok`, `notfound`, ...). `result` is
-//! `found` or `missing`; `reason` is `overloaded` or `unauthenticated`.
+//! `found` or `missing`; `reason` is `overloaded`, `unauthenticated` or
+//! `forbidden` (a read token on an admin route). `what` is what a reload
+//! re-read (`tokens`), `outcome` `ok` or `failed`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -26,6 +28,7 @@ pub(crate) const SNAPSHOT_AGE: &str = "sf_serve_snapshot_age_seconds";
 pub(crate) const SNAPSHOT_INFO: &str = "sf_serve_snapshot_info";
 pub(crate) const SNAPSHOT_OPEN_SHARDS: &str = "sf_serve_snapshot_open_shards";
 pub(crate) const SNAPSHOT_READY: &str = "sf_serve_snapshot_ready";
+pub(crate) const RELOADS: &str = "sf_serve_reloads_total";
 
 /// Every name the server emits through the `metrics` facade, with what it
 /// counts: the one catalog, from which every emission takes its name.
@@ -43,7 +46,7 @@ pub const METRICS: &[(&str, &str)] = &[
     (REQUESTS_IN_FLIGHT, "requests in flight now (gauge)"),
     (
         REQUESTS_REJECTED,
-        "requests refused before any work, by reason (overloaded, unauthenticated)",
+        "requests refused before any work, by reason (overloaded, unauthenticated, forbidden)",
     ),
     (
         SNAPSHOT_AGE,
@@ -60,6 +63,10 @@ pub const METRICS: &[(&str, &str)] = &[
     (
         SNAPSHOT_READY,
         "1 while the snapshot is open and within its max_age, else 0, by snapshot (gauge)",
+    ),
+    (
+        RELOADS,
+        "reloads on SIGHUP or a changed file, by what (tokens) and outcome (ok, failed)",
     ),
 ];
 
