@@ -11,9 +11,8 @@
 //! | `POST /v1/snapshots/{name}/rollback` | `_CURRENT` back to an older manifest (admin token) |
 //!
 //! The admin routes (rollback) are declared in one place, the router's
-//! admin group, which needs an admin token; each use of one is logged at
-//! info level under the target `sf_server::audit`, naming the caller by
-//! its token's fingerprint.
+//! admin group, which needs an admin token; each use of one is logged by
+//! [`crate::audit`], naming the caller by its token's fingerprint.
 //!
 //! Every read answer carries the run it was read from in `sf-run-id`;
 //! `?run_id=R` or `?offset=N` reads a version the server holds.
@@ -119,9 +118,6 @@ fn with_run(mut resp: Response, run: &sf_manifest::RunId) -> Response {
     resp
 }
 
-/// The log target of admin actions.
-pub(crate) const AUDIT: &str = "sf_server::audit";
-
 /// The API's routes over `app`; see the module docs. Every routed request
 /// passes `guard`; the admin group also `admin_only`.
 pub(crate) fn router(app: Arc<App>, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Router {
@@ -194,14 +190,7 @@ async fn admin_only(State(app): State<Arc<App>>, req: Request, next: Next) -> Re
         return ApiError::new(500, "internal", "an admin route was reached without authentication").into_response();
     };
     if let Err(e) = app.authorize_admin(&caller) {
-        tracing::info!(
-            target: AUDIT,
-            action = %action,
-            snapshot = %snapshot_in(req.uri().path()),
-            token = %caller.name(),
-            outcome = %e.kind,
-            "admin action refused"
-        );
+        crate::audit::admin_action(action, snapshot_in(req.uri().path()), &caller, e.kind);
         return e.into_response();
     }
     next.run(req).await
@@ -579,7 +568,7 @@ async fn rollback(
         Ok(_) => "ok",
         Err(e) => e.kind,
     };
-    tracing::info!(target: AUDIT, action = %"rollback", snapshot = %name, token = %caller.name(), outcome = %outcome, "admin action");
+    crate::audit::admin_action("rollback", &name, &caller, outcome);
     match result {
         Ok(r) => r,
         Err(e) => e.into_response(),

@@ -33,7 +33,7 @@
 //! listeners, run and drain: [`Server`]), [`http`] and [`grpc`] (the two
 //! front ends), `app` (the state and lookups both share), `snapshot` (one
 //! served snapshot and its reader), `auth` (bearer tokens, their roles and
-//! digests), `reload` (what is re-read on SIGHUP or a changed file: the
+//! digests), [`audit`] (the log line of each admin action), `reload` (what is re-read on SIGHUP or a changed file: the
 //! tokens, and anything else that registers), `api_error`
 //! (a failed request as its client is told: [`ApiError`]) and
 //! [`mod@metrics`] (the names of the figures, [`METRICS`]).
@@ -66,6 +66,7 @@
 
 mod api_error;
 mod app;
+pub mod audit;
 mod auth;
 pub mod config;
 mod error;
