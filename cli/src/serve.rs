@@ -4,6 +4,8 @@
 //! [`ServeConfig`], installs the Prometheus recorder, binds, prints
 //! `grpc listening on http://HOST:PORT` (with gRPC) and then, always last,
 //! `listening on http://HOST:PORT`, and serves until SIGTERM or SIGINT, then drains and exits 0.
+//! SIGHUP re-reads the token files (the server listens for it from the
+//! bind on, before the listening lines).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +15,7 @@ use sf_manifest::StorageOptions;
 use sf_reader::ReaderSettings;
 use sf_reader::duration::parse_duration;
 use sf_server::config::{FileConfig, read_tokens, storage_for};
-use sf_server::{DEFAULT_LISTEN, Limits, ServeConfig, Server, SnapshotConfig, TlsFiles};
+use sf_server::{AuthConfig, DEFAULT_LISTEN, Limits, ServeConfig, Server, SnapshotConfig, TlsFiles};
 
 use crate::exit::{self, EXIT_CODES, Failure};
 use crate::read::ModeArg;
@@ -33,6 +35,11 @@ degraded in /readyz and /v1/snapshots. /readyz tells the reasons only to
 callers with a token (any caller without --auth-token-file); 5xx answers
 carry an error_id whose log line has the details. Routes, examples and
 metrics: docs/serving.md.
+
+Tokens: --auth-token-file (read) and --admin-token-file (read and roll
+back), re-read on SIGHUP and when a file changes (a bad file keeps the
+tokens in place). Listening beyond loopback without tokens needs
+--allow-unauthenticated.
 
 S3 settings come from the AWS_* environment variables or --storage-option.
 
@@ -62,8 +69,9 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     pub grpc_listen: Option<String>,
 
-    /// File of bearer tokens, one a line; then every route but /livez and
-    /// /readyz needs `Authorization: Bearer <token>`.
+    /// File of read tokens, one a line; with tokens, every route but
+    /// /livez and /readyz needs `Authorization: Bearer <token>`. Re-read on
+    /// SIGHUP and when its content changes.
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
 
@@ -75,6 +83,21 @@ pub struct Args {
     /// The TLS private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// File of admin tokens, one a line: they read too, and may roll back
+    /// (a read token gets 403). Re-read like --auth-token-file.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Turn the admin routes (rollback) off: they answer 403
+    /// admin_disabled whatever the token.
+    #[arg(long)]
+    pub no_admin_routes: bool,
+
+    /// Listen on an address other than loopback (127.0.0.0/8, ::1,
+    /// localhost) without any token; refused otherwise.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 
     /// Requests served at once; more get 503 with Retry-After.
     #[arg(long, value_name = "N")]
@@ -269,10 +292,16 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
         (None, None) => file.tls.clone(),
         _ => return Err(Failure::usage("--tls-cert", "give --tls-cert and --tls-key together")),
     };
-    let token_file = args.auth_token_file.as_ref().or(file.auth_token_file.as_ref());
-    let auth_tokens = match token_file {
-        Some(p) => read_tokens(p)?,
-        None => Vec::new(),
+    let read_token_file = args.auth_token_file.clone().or(file.auth_token_file.clone());
+    let admin_token_file = args.admin_token_file.clone().or(file.admin_token_file.clone());
+    let tokens = |f: &Option<PathBuf>| f.as_deref().map(read_tokens).transpose();
+    let auth = AuthConfig {
+        read_tokens: tokens(&read_token_file)?.unwrap_or_default(),
+        admin_tokens: tokens(&admin_token_file)?.unwrap_or_default(),
+        read_token_file,
+        admin_token_file,
+        admin_routes: !args.no_admin_routes && file.admin_routes.unwrap_or(true),
+        allow_unauthenticated: args.allow_unauthenticated || file.allow_unauthenticated,
     };
     let config = ServeConfig {
         listen: args
@@ -283,7 +312,7 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
         grpc_listen: args.grpc_listen.clone().or(file.grpc_listen.clone()),
         snapshots,
         limits,
-        auth_tokens,
+        auth,
         tls,
     };
     config.validate()?;
@@ -381,7 +410,9 @@ mod tests {
         assert_eq!(c.limits.max_response_bytes, 1000);
         assert!(c.snapshots.iter().all(|s| s.unready_when_stale));
         assert_eq!(c.limits.request_timeout, std::time::Duration::from_millis(250));
-        assert_eq!(c.auth_tokens, vec!["t1", "t2"]);
+        assert_eq!(c.auth.read_tokens, vec!["t1", "t2"]);
+        assert!(c.auth.admin_tokens.is_empty() && c.auth.admin_routes && !c.auth.allow_unauthenticated);
+        assert_eq!(c.auth.read_token_file.as_deref(), Some(tokens.as_path()));
         assert_eq!(c.snapshots.len(), 2);
         assert_eq!(c.snapshots[0].reader.keep_versions, 2);
         assert_eq!(c.snapshots[0].reader.warmup_keys, vec!["1"]);
@@ -394,5 +425,37 @@ mod tests {
         assert_eq!(config(&none).expect_err("no snapshots").exit_code(), exit::CONFIG);
         let bad = Args::try_parse_from(["sf-serve", "--snapshot", "nourl"]).expect("parse");
         assert_eq!(config(&bad).expect_err("bad spec").exit_code(), exit::CONFIG);
+
+        // Roles and switches, from flags and from the file.
+        let admin = dir.path().join("admin");
+        std::fs::write(&admin, "boss\n").expect("write");
+        let args = Args::try_parse_from([
+            "sf-serve",
+            "--snapshot",
+            "users=/data/users",
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-token-file",
+            admin.to_str().expect("utf8"),
+            "--no-admin-routes",
+        ])
+        .expect("parse");
+        let c = config(&args).expect("admin tokens alone allow 0.0.0.0");
+        assert_eq!(c.auth.admin_tokens, vec!["boss"]);
+        assert!(c.auth.read_tokens.is_empty() && !c.auth.admin_routes);
+        let file = dir.path().join("serve.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:0\"\nadmin_routes = false\nallow_unauthenticated = true\n\
+             [[snapshot]]\nname = \"a\"\ncurrent_url = \"/x\"\n",
+        )
+        .expect("write");
+        let args = Args::try_parse_from(["sf-serve", "--config", file.to_str().expect("utf8")]).expect("parse");
+        let c = config(&args).expect("allowed by the file");
+        assert!(c.auth.allow_unauthenticated && !c.auth.admin_routes && c.auth.is_open());
+        let open = Args::try_parse_from(["sf-serve", "--snapshot", "a=/x", "--listen", "0.0.0.0:0"]).expect("parse");
+        let e = config(&open).expect_err("open beyond loopback");
+        assert_eq!(e.exit_code(), exit::CONFIG);
+        assert!(e.to_string().contains("--allow-unauthenticated"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! What the HTTP API and the gRPC service share ([`App`]): the served
-//! snapshots, admission (authentication, the bound on requests in flight),
-//! and the lookups themselves, with their errors as answers.
+//! snapshots, admission (authentication and roles, the bound on requests
+//! in flight), the reloader of the tokens, and the lookups themselves,
+//! with their errors as answers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,9 +11,10 @@ use sf_reader::{SnapshotView, Version};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api_error::ApiError;
-use crate::auth::Auth;
-use crate::config::{Limits, ServeConfig};
+use crate::auth::{Auth, Caller, Tokens};
+use crate::config::{AuthConfig, Limits, ServeConfig};
 use crate::metrics::{REQUESTS_IN_FLIGHT, REQUESTS_REJECTED, RequestMetrics};
+use crate::reload::{POLL_INTERVAL, Reloader};
 use crate::snapshot::ServedSnapshot;
 
 /// Routing context of a lookup, as `column=value` texts.
@@ -34,29 +36,84 @@ pub enum Contexts {
 pub(crate) struct App {
     pub(crate) snapshots: BTreeMap<String, Arc<ServedSnapshot>>,
     pub(crate) limits: Limits,
-    pub(crate) auth: Auth,
+    /// The tokens of the moment (replaced on a reload).
+    pub(crate) auth: Arc<Auth>,
+    /// Whether the admin routes are served.
+    pub(crate) admin_routes: bool,
+    /// What is reloaded on SIGHUP or a changed file: the tokens, and
+    /// whatever else registers (with [`Reloader::register`]).
+    #[allow(
+        dead_code,
+        reason = "the registration point for other files read at start; the tokens register in `new`"
+    )]
+    pub(crate) reloader: Reloader,
+    /// The task of `reloader`, ended with the state.
+    reload_task: tokio::task::JoinHandle<()>,
     in_flight: Arc<Semaphore>,
     rejected_overloaded: metrics::Counter,
     rejected_unauthenticated: metrics::Counter,
+    rejected_forbidden: metrics::Counter,
     pub(crate) request_metrics: RequestMetrics,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.reload_task.abort();
+    }
+}
+
+/// Registers the token files of `config` with `reloader`: each reload
+/// reads both (those that are set) and replaces the tokens only when both
+/// could be read and hold a token. Registered without files too (tokens
+/// given as they are): SIGHUP then puts the same tokens back, and the
+/// reload figures exist on every server.
+fn reload_tokens(reloader: &Reloader, auth: &Arc<Auth>, config: &AuthConfig) {
+    let files: Vec<_> = [&config.read_token_file, &config.admin_token_file]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let (auth, config) = (Arc::clone(auth), config.clone());
+    reloader.register("tokens", files, move || {
+        let (read, admin) = config.load_tokens().map_err(|e| e.to_string())?;
+        let tokens = Tokens::new(&read, &admin);
+        let (r, a) = tokens.counts();
+        auth.replace(tokens);
+        Ok(format!("{r} read and {a} admin tokens"))
+    });
 }
 
 impl App {
     /// The state for `config`; the metrics recorder (if any) must be
-    /// installed before, as the counters are registered here.
+    /// installed before, as the counters are registered here. Called on a
+    /// Tokio runtime: it starts listening for SIGHUP and watching the
+    /// token files at once.
     pub(crate) fn new(config: &ServeConfig) -> crate::Result<App> {
         let snapshots = config
             .snapshots
             .iter()
             .map(|s| Ok((s.name.clone(), Arc::new(ServedSnapshot::new(s)?))))
             .collect::<crate::Result<BTreeMap<_, _>>>()?;
+        let auth = Arc::new(Auth::new(Tokens::new(
+            &config.auth.read_tokens,
+            &config.auth.admin_tokens,
+        )));
+        let reloader = Reloader::new();
+        reload_tokens(&reloader, &auth, &config.auth);
+        let watch = reloader
+            .watch(POLL_INTERVAL)
+            .map_err(|e| crate::Error::config("SIGHUP", format!("cannot listen for it: {e}")))?;
         Ok(App {
             snapshots,
             limits: config.limits.clone(),
-            auth: Auth::new(&config.auth_tokens),
+            auth,
+            admin_routes: config.auth.admin_routes,
+            reloader,
+            reload_task: tokio::spawn(watch),
             in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             rejected_overloaded: metrics::counter!(REQUESTS_REJECTED, "reason" => "overloaded"),
             rejected_unauthenticated: metrics::counter!(REQUESTS_REJECTED, "reason" => "unauthenticated"),
+            rejected_forbidden: metrics::counter!(REQUESTS_REJECTED, "reason" => "forbidden"),
             request_metrics: RequestMetrics::new(),
         })
     }
@@ -90,11 +147,31 @@ impl App {
         }
     }
 
-    /// Checks the `authorization` header.
-    pub(crate) fn authenticate(&self, header: Option<&[u8]>) -> Result<(), ApiError> {
+    /// Checks the `authorization` header against the tokens of the moment:
+    /// who the caller is, or 401.
+    pub(crate) fn authenticate(&self, header: Option<&[u8]>) -> Result<Caller, ApiError> {
         self.auth
+            .tokens()
             .check(header)
             .inspect_err(|_| self.rejected_unauthenticated.increment(1))
+    }
+
+    /// Whether `caller` (authenticated) may use an admin route: 403
+    /// `admin_disabled` when they are turned off or the server has no
+    /// tokens, 403 `forbidden` for a read token.
+    pub(crate) fn authorize_admin(&self, caller: &Caller) -> Result<(), ApiError> {
+        if !self.admin_routes {
+            return Err(ApiError::new(
+                403,
+                "admin_disabled",
+                "admin routes are turned off on this server (--no-admin-routes, admin_routes = false)",
+            ));
+        }
+        crate::auth::require_admin(&self.auth.tokens(), caller).inspect_err(|e| {
+            if e.kind == "forbidden" {
+                self.rejected_forbidden.increment(1);
+            }
+        })
     }
 
     /// The snapshot served as `name`, or 404.

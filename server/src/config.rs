@@ -4,7 +4,10 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"
 //! grpc_listen = "127.0.0.1:50061"      # optional
-//! auth_token_file = "/etc/sf/tokens"   # optional: one token a line
+//! auth_token_file = "/etc/sf/tokens"   # optional: read tokens, one a line
+//! admin_token_file = "/etc/sf/admin"   # optional: admin tokens (read, roll back)
+//! admin_routes = true                  # false: rollback is turned off
+//! allow_unauthenticated = false        # true: a non-loopback listen without tokens
 //!
 //! [tls]                                # optional: TLS on both listeners
 //! cert = "/etc/sf/tls/cert.pem"        # the chain, leaf first
@@ -178,8 +181,8 @@ pub struct ServeConfig {
     pub snapshots: Vec<SnapshotConfig>,
     /// Request bounds.
     pub limits: Limits,
-    /// Bearer tokens; empty: no authentication.
-    pub auth_tokens: Vec<String>,
+    /// Tokens and roles.
+    pub auth: AuthConfig,
     /// TLS on both listeners; `None`: clear text.
     pub tls: Option<TlsFiles>,
 }
@@ -194,6 +197,86 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Who may read and who may administer: bearer tokens, where they come
+/// from, and the two switches of the admin routes and of serving without
+/// tokens. Its `Debug` counts the tokens and never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Read tokens (as [`read_tokens`] reads them from
+    /// [`read_token_file`](Self::read_token_file)). No token of either
+    /// kind: every read is let in, and no admin route.
+    pub read_tokens: Vec<String>,
+    /// Admin tokens: they read too, and may use the admin routes
+    /// (rollback).
+    pub admin_tokens: Vec<String>,
+    /// The file the read tokens come from: re-read on SIGHUP and when its
+    /// content changes. `None`: `read_tokens` stay as given.
+    pub read_token_file: Option<PathBuf>,
+    /// The file the admin tokens come from, re-read the same way.
+    pub admin_token_file: Option<PathBuf>,
+    /// Whether the admin routes are served at all; off, they answer 403
+    /// `admin_disabled` whatever the token. Default on.
+    pub admin_routes: bool,
+    /// Whether to listen on an address other than loopback without any
+    /// token; [`ServeConfig::validate`] refuses it otherwise.
+    pub allow_unauthenticated: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            read_tokens: Vec::new(),
+            admin_tokens: Vec::new(),
+            read_token_file: None,
+            admin_token_file: None,
+            admin_routes: true,
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("read_tokens", &format_args!("<{} tokens>", self.read_tokens.len()))
+            .field("admin_tokens", &format_args!("<{} tokens>", self.admin_tokens.len()))
+            .field("read_token_file", &self.read_token_file)
+            .field("admin_token_file", &self.admin_token_file)
+            .field("admin_routes", &self.admin_routes)
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// Whether there is no token at all.
+    pub fn is_open(&self) -> bool {
+        self.read_tokens.is_empty() && self.admin_tokens.is_empty()
+    }
+
+    /// The read and admin tokens from their files (each file that is set),
+    /// or as given: what a reload puts in place. An error names the file,
+    /// never a token.
+    pub fn load_tokens(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let read = match &self.read_token_file {
+            Some(p) => read_tokens(p)?,
+            None => self.read_tokens.clone(),
+        };
+        let admin = match &self.admin_token_file {
+            Some(p) => read_tokens(p)?,
+            None => self.admin_tokens.clone(),
+        };
+        Ok((read, admin))
+    }
+}
+
+/// Whether `host` (of `HOST:PORT`) is a loopback address: `localhost`,
+/// 127.0.0.0/8 or `::1` (bracketed or not).
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `serve.toml` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,10 +285,17 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// See [`ServeConfig::grpc_listen`].
     pub grpc_listen: Option<String>,
-    /// A file of bearer tokens, one a line.
+    /// A file of read tokens, one a line.
     pub auth_token_file: Option<PathBuf>,
     /// TLS on both listeners: `[tls] cert = "..."`, `key = "..."`.
     pub tls: Option<TlsFiles>,
+    /// A file of admin tokens (they read too, and may roll back), one a line.
+    pub admin_token_file: Option<PathBuf>,
+    /// See [`AuthConfig::admin_routes`]; default true.
+    pub admin_routes: Option<bool>,
+    /// See [`AuthConfig::allow_unauthenticated`]; default false.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
     /// Request bounds.
     #[serde(default)]
     pub limits: Limits,
@@ -301,7 +391,7 @@ pub fn storage_for(url: &str, shared: &StorageOptions, own: &StorageOptions) -> 
 }
 
 /// Reads a token file: one token a line; blank lines and lines starting
-/// with `#` are skipped. The error never holds a token.
+/// with `#` are skipped. The error names the file and never holds a token.
 pub fn read_tokens(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
         field: "auth token file".into(),
@@ -393,6 +483,28 @@ impl ServeConfig {
                 return Err(Error::config(field, format!("{a:?} is not HOST:PORT")));
             }
         }
+        if self.auth.is_open() && !self.auth.allow_unauthenticated {
+            for (field, addr) in [
+                ("listen", Some(self.listen.as_str())),
+                ("grpc_listen", self.grpc_listen.as_deref()),
+            ] {
+                if let Some(a) = addr
+                    && let Some((host, _)) = a.rsplit_once(':')
+                    && !is_loopback_host(host)
+                {
+                    return Err(Error::config(
+                        field,
+                        format!(
+                            "{:?} is not a loopback address and this server has no tokens, so anyone \
+                             who reaches it could read every snapshot: give tokens (--auth-token-file \
+                             or auth_token_file), or to serve without authentication anyway, \
+                             --allow-unauthenticated (allow_unauthenticated = true)",
+                            a
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -470,7 +582,7 @@ mod tests {
                 storage: StorageOptions::new(),
             }],
             limits: Limits::default(),
-            auth_tokens: vec![],
+            auth: AuthConfig::default(),
             tls: None,
         };
         good.validate().expect("valid");
@@ -497,6 +609,68 @@ mod tests {
             let e = c.validate().expect_err(want).to_string();
             assert!(e.contains(want), "{e} should name {want}");
         }
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_tokens_or_the_explicit_switch() {
+        let base = ServeConfig {
+            listen: "127.0.0.1:0".into(),
+            grpc_listen: None,
+            snapshots: vec![SnapshotConfig {
+                name: "users".into(),
+                current_url: "/data/users".into(),
+                max_age: None,
+                unready_when_stale: false,
+                reader: ReaderSettings::default(),
+                storage: StorageOptions::new(),
+            }],
+            limits: Limits::default(),
+            auth: AuthConfig::default(),
+            tls: None,
+        };
+        for host in ["127.0.0.1", "127.3.4.5", "localhost", "LOCALHOST", "[::1]", "::1"] {
+            let mut c = base.clone();
+            c.listen = format!("{host}:8080");
+            c.validate().unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        for (http, grpc, field) in [
+            ("0.0.0.0:8080", None, "listen"),
+            ("[::]:8080", None, "listen"),
+            ("10.1.2.3:8080", None, "listen"),
+            ("serve.example:8080", None, "listen"),
+            ("127.0.0.1:8080", Some("0.0.0.0:50061"), "grpc_listen"),
+        ] {
+            let mut c = base.clone();
+            c.listen = http.into();
+            c.grpc_listen = grpc.map(str::to_string);
+            let e = c.validate().expect_err(http).to_string();
+            let addr = grpc.unwrap_or(http);
+            for want in [field, addr, "--auth-token-file", "--allow-unauthenticated"] {
+                assert!(e.contains(want), "{e} should say {want}");
+            }
+            // Either way out is accepted.
+            let mut allowed = c.clone();
+            allowed.auth.allow_unauthenticated = true;
+            allowed.validate().expect("allowed without tokens");
+            let mut read = c.clone();
+            read.auth.read_tokens = vec!["t".into()];
+            read.validate().expect("read tokens");
+            let mut admin = c;
+            admin.auth.admin_tokens = vec!["t".into()];
+            admin.validate().expect("admin tokens");
+        }
+    }
+
+    #[test]
+    fn debug_counts_tokens_and_never_shows_them() {
+        let auth = AuthConfig {
+            read_tokens: vec!["secret-read-1".into(), "secret-read-2".into()],
+            admin_tokens: vec!["secret-admin".into()],
+            ..AuthConfig::default()
+        };
+        let shown = format!("{auth:?}");
+        assert!(shown.contains("<2 tokens>") && shown.contains("<1 tokens>"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
     }
 
     #[test]

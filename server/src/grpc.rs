@@ -142,7 +142,7 @@ where
         let admitted = self
             .app
             .authenticate(req.headers().get("authorization").map(|v| v.as_bytes()))
-            .and_then(|()| self.app.admit());
+            .and_then(|_caller| self.app.admit());
         match admitted {
             Ok(permit) => {
                 req.extensions_mut().insert(Admitted(Arc::new(permit)));

@@ -8,7 +8,11 @@
 //! | `GET /v1/snapshots` | the served snapshots |
 //! | `GET /v1/snapshots/{name}/keys/{key}` | the value's bytes, 404 for a miss |
 //! | `POST /v1/snapshots/{name}/multiget` | values of many keys from one version |
-//! | `POST /v1/snapshots/{name}/rollback` | `_CURRENT` back to an older manifest (authenticated) |
+//! | `POST /v1/snapshots/{name}/rollback` | `_CURRENT` back to an older manifest (admin token) |
+//!
+//! The admin routes (rollback) are declared in one place, the router's
+//! admin group, which needs an admin token; each use of one is logged by
+//! [`crate::audit`], naming the caller by its token's fingerprint.
 //!
 //! Every read answer carries the run it was read from in `sf-run-id`;
 //! `?run_id=R` or `?offset=N` reads a version the server holds. Every
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::extract::{Extension, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +35,7 @@ use sf_reader::{RollbackTarget, Version};
 
 use crate::api_error::ApiError;
 use crate::app::{App, Contexts};
+use crate::auth::Caller;
 use crate::snapshot::ServedSnapshot;
 
 /// The header naming the run a read was served from (in gRPC, the
@@ -115,7 +120,8 @@ fn with_run(mut resp: Response, run: &sf_manifest::RunId) -> Response {
     resp
 }
 
-/// The API's routes over `app`; see the module docs.
+/// The API's routes over `app`; see the module docs. Every routed request
+/// passes `guard`; the admin group also `admin_only`.
 pub(crate) fn router(app: Arc<App>, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Router {
     let metrics_route = get(move |State(app): State<Arc<App>>| {
         let handle = metrics.clone();
@@ -148,7 +154,7 @@ pub(crate) fn router(app: Arc<App>, metrics: Option<metrics_exporter_prometheus:
         .route("/v1/snapshots", get(list))
         .route("/v1/snapshots/{name}/keys/{*key}", get(get_key))
         .route("/v1/snapshots/{name}/multiget", post(multiget))
-        .route("/v1/snapshots/{name}/rollback", post(rollback))
+        .merge(admin_routes(&app))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&app), guard))
         .fallback(|| async {
             ApiError::new(
@@ -166,6 +172,38 @@ async fn nosniff(mut resp: Response) -> Response {
     resp.headers_mut()
         .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     resp
+}
+
+/// The admin routes: every route here needs an admin token (and admin
+/// routes turned on), checked once, by `admin_only`.
+fn admin_routes(app: &Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/snapshots/{name}/rollback", post(rollback))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(app), admin_only))
+}
+
+/// The snapshot an admin route's path names (`/v1/snapshots/{name}/...`).
+fn snapshot_in(path: &str) -> &str {
+    path.strip_prefix("/v1/snapshots/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("")
+}
+
+/// Inside `guard`, on the admin routes: the caller's token must be an
+/// admin token; a refusal is logged as an admin action.
+async fn admin_only(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let action = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |p| route_label(p.as_str()));
+    let Some(caller) = req.extensions().get::<Caller>().cloned() else {
+        return ApiError::new(500, "internal", "an admin route was reached without authentication").into_response();
+    };
+    if let Err(e) = app.authorize_admin(&caller) {
+        crate::audit::admin_action(action, snapshot_in(req.uri().path()), &caller, e.kind);
+        return e.into_response();
+    }
+    next.run(req).await
 }
 
 /// Route names for metrics labels (a fixed set).
@@ -202,12 +240,17 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     resp
 }
 
-async fn guarded(app: &App, route: &'static str, req: Request, next: Next) -> Response {
-    if let Err(e) = app.authenticate(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
-        let mut resp = e.into_response();
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return resp;
+async fn guarded(app: &App, route: &'static str, mut req: Request, next: Next) -> Response {
+    match app.authenticate(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+        }
+        Err(e) => {
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
     }
     let _permit = if route == "metrics" {
         None
@@ -236,6 +279,7 @@ async fn guarded(app: &App, route: &'static str, req: Request, next: Next) -> Re
 async fn readyz(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let trusted = app
         .auth
+        .tokens()
         .check(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
         .is_ok();
     let mut all = true;
@@ -713,21 +757,26 @@ struct RollbackBody {
     manifest_ref: Option<String>,
 }
 
-async fn rollback(State(app): State<Arc<App>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    match rollback_inner(&app, &name, &headers, body).await {
+async fn rollback(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = rollback_inner(&app, &name, &headers, body).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.kind,
+    };
+    crate::audit::admin_action("rollback", &name, &caller, outcome);
+    match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
 async fn rollback_inner(app: &App, name: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    if !app.auth.required() {
-        return Err(ApiError::new(
-            403,
-            "admin_disabled",
-            "rollback needs authentication: start the server with --auth-token-file",
-        ));
-    }
     let served = app.served(name)?;
     let reader = served.reader()?;
     let bytes = read_body(app, headers, body).await?;

@@ -19,8 +19,12 @@
 //!
 //! Protection: a bound on requests in flight (503 beyond it), a deadline
 //! per request (504), bounds on keys, body bytes and answer bytes (413),
-//! optional bearer tokens, answers to server-side failures that carry an
-//! `error_id` instead of internals, and a graceful shutdown.
+//! bearer tokens in two roles (read, and admin for rollback; re-read on
+//! SIGHUP and when their files change), no unauthenticated listener beyond
+//! loopback unless asked for ([`ServeConfig::validate`]), answers to
+//! server-side failures that carry an `error_id` instead of internals, a
+//! bound on connections with idle and header timeouts, TLS, and a graceful
+//! shutdown.
 //!
 //! ```text
 //!  client ──HTTP──▶ guard (auth, in-flight bound, deadline, metrics) ──▶ handler ─┐
@@ -32,13 +36,15 @@
 //! The rooms: [`config`] (what is served and how), `listen` (the
 //! listeners, run and drain: [`Server`]), [`http`] and [`grpc`] (the two
 //! front ends), `app` (the state and lookups both share), `snapshot` (one
-//! served snapshot and its reader), `auth` (bearer tokens), `api_error`
+//! served snapshot and its reader), `auth` (bearer tokens, their roles and
+//! digests), [`audit`] (the log line of each admin action), `reload` (what is re-read on SIGHUP or a changed file: the
+//! tokens, and anything else that registers), `api_error`
 //! (a failed request as its client is told: [`ApiError`]) and
 //! [`mod@metrics`] (the names of the figures, [`METRICS`]).
 //!
 //! ```no_run
 //! # async fn demo() -> sf_server::Result<()> {
-//! use sf_server::{Limits, ServeConfig, Server, SnapshotConfig};
+//! use sf_server::{AuthConfig, Limits, ServeConfig, Server, SnapshotConfig};
 //!
 //! let config = ServeConfig {
 //!     listen: "127.0.0.1:0".into(),
@@ -52,7 +58,7 @@
 //!         storage: sf_manifest::StorageOptions::new(),
 //!     }],
 //!     limits: Limits::default(),
-//!     auth_tokens: vec![],
+//!     auth: AuthConfig::default(),
 //!     tls: None,
 //! };
 //! let server = Server::bind(config, None).await?;
@@ -66,6 +72,7 @@
 
 mod api_error;
 mod app;
+pub mod audit;
 mod auth;
 pub mod config;
 mod conn;
@@ -74,11 +81,12 @@ pub mod grpc;
 pub mod http;
 mod listen;
 pub mod metrics;
+mod reload;
 mod snapshot;
 mod tls;
 
 pub use api_error::ApiError;
-pub use config::{DEFAULT_LISTEN, FileConfig, Limits, ServeConfig, SnapshotConfig, TlsFiles};
+pub use config::{AuthConfig, DEFAULT_LISTEN, FileConfig, Limits, ServeConfig, SnapshotConfig, TlsFiles};
 pub use error::{Error, Result};
 pub use listen::Server;
 pub use metrics::{METRICS, install_prometheus};

@@ -57,6 +57,15 @@ impl Server {
             None => None,
         };
         let app = Arc::new(App::new(&config)?);
+        if let Some(t) = &tls {
+            let t = Arc::clone(t);
+            let files = t.files().map(std::path::Path::to_path_buf).to_vec();
+            app.reloader.register("certificates", files, move || {
+                t.reload()
+                    .map(|()| "the TLS certificate and key".to_string())
+                    .map_err(|e| e.to_string())
+            });
+        }
         let http = bind("HTTP", &config.listen).await?;
         let grpc = match &config.grpc_listen {
             Some(a) => Some(bind("gRPC", a).await?),
@@ -74,12 +83,6 @@ impl Server {
     /// `https` when the listeners speak TLS, else `http`.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
-    }
-
-    /// Loads the TLS certificate and key again (a no-op without TLS); on
-    /// error the pair in use stays. New connections get the new pair.
-    pub fn reload_tls(&self) -> Result<()> {
-        self.tls.as_ref().map_or(Ok(()), |t| t.reload())
     }
 
     /// The bound HTTP address (the real port when 0 was asked for).
@@ -124,9 +127,6 @@ impl Server {
             .values()
             .map(|s| tokio::spawn(Arc::clone(s).open_until_done()))
             .collect();
-        if let Some(t) = &tls {
-            background.push(crate::tls::reload_on_hangup(Arc::clone(t))?);
-        }
         if let Some(h) = metrics.clone() {
             background.push(tokio::spawn(async move {
                 loop {

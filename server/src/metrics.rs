@@ -9,7 +9,9 @@
 //! `grpc_multiget_stream`; latency is kept for the lookup routes only
 //! (`get`, `multiget` and the three gRPC ones). `status` is the HTTP status,
 //! or the gRPC code in lower case (`ok`, `notfound`, ...). `result` is
-//! `found` or `missing`; `reason` is `overloaded` or `unauthenticated`.
+//! `found` or `missing`; `reason` is `overloaded`, `unauthenticated` or
+//! `forbidden` (a read token on an admin route). `what` is what a reload
+//! re-read (`tokens`), `outcome` `ok` or `failed`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -50,7 +52,7 @@ pub const METRICS: &[(&str, &str)] = &[
     (REQUESTS_IN_FLIGHT, "requests in flight now (gauge)"),
     (
         REQUESTS_REJECTED,
-        "requests refused before any work, by reason (overloaded, unauthenticated)",
+        "requests refused before any work, by reason (overloaded, unauthenticated, forbidden)",
     ),
     (
         SNAPSHOT_AGE,
@@ -89,19 +91,19 @@ pub const METRICS: &[(&str, &str)] = &[
         "connections the server closed, by listener and reason (idle_timeout, evicted: to make room at the bound)",
     ),
     (
-        RELOADS,
-        "reloads of files the server reads at start, by what (tls) and outcome (ok, error)",
-    ),
-    (
         REQUESTS_ABANDONED,
         "streamed calls ended by their total deadline (stream_timeout), by route",
+    ),
+    (
+        RELOADS,
+        "reloads on SIGHUP or a changed file, by what (tokens, certificates) and outcome (ok, failed)",
     ),
 ];
 
 /// Registers the server's series that only counting would otherwise
 /// create, at zero, so that they are scraped (and alerts on them work)
 /// before the first event: the connection figures of each listener, the
-/// abandoned streams, and the reloads.
+/// abandoned streams.
 pub(crate) fn register_series(listeners: &[&'static str]) {
     for &l in listeners {
         metrics::gauge!(CONNECTIONS_OPEN, "listener" => l).increment(0.0);
@@ -111,9 +113,6 @@ pub(crate) fn register_series(listeners: &[&'static str]) {
         }
     }
     metrics::counter!(REQUESTS_ABANDONED, "route" => "grpc_multiget_stream").increment(0);
-    for outcome in ["ok", "error"] {
-        metrics::counter!(RELOADS, "what" => "tls", "outcome" => outcome).increment(0);
-    }
 }
 
 /// Latency buckets, in seconds: fine below a millisecond, where lookups are.

@@ -1,6 +1,7 @@
 //! TLS on both listeners, with rustls: a certificate chain and its key
 //! from PEM files, loaded at start (a bad pair stops the start, exit 2)
-//! and loaded again on reload; a reload that fails keeps the pair in use.
+//! and loaded again by the server's reloader (on SIGHUP and when a file
+//! changes, as `certificates`); a reload that fails keeps the pair in use.
 //!
 //! Each connection's handshake takes the configuration current when it
 //! starts, so a reload reaches new connections while open ones keep the
@@ -14,7 +15,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{Error, Result};
-use crate::metrics::RELOADS;
 
 /// Bytes read of a certificate or key file at most: a PEM chain is a few
 /// KiB; a path that names something else must not fill memory.
@@ -109,46 +109,6 @@ impl Tls {
             .clone();
         tokio_rustls::TlsAcceptor::from(config)
     }
-}
-
-/// Reloads `tls` on every SIGHUP and whenever its files change (checked
-/// every two seconds), logging the outcome; a failed reload keeps the pair
-/// in use.
-pub(crate) fn reload_on_hangup(tls: Arc<Tls>) -> Result<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| Error::Serve {
-        what: "TLS reload",
-        source: Box::new(e),
-    })?;
-    Ok(tokio::spawn(async move {
-        let stamp = |t: &Tls| {
-            t.files()
-                .map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok())))
-        };
-        let mut seen = stamp(&tls);
-        let mut poll = tokio::time::interval(std::time::Duration::from_secs(2));
-        loop {
-            let why = tokio::select! {
-                _ = hangup.recv() => "SIGHUP",
-                _ = poll.tick() => {
-                    let now = stamp(&tls);
-                    if now == seen { continue; }
-                    seen = now;
-                    "a changed file"
-                }
-            };
-            match tls.reload() {
-                Ok(()) => {
-                    tracing::info!(trigger = why, "reloaded the TLS certificate and key");
-                    metrics::counter!(RELOADS, "what" => "tls", "outcome" => "ok").increment(1);
-                }
-                Err(e) => {
-                    tracing::error!(trigger = why, error = %e, "reloading the TLS certificate and key failed; the pair in use stays");
-                    metrics::counter!(RELOADS, "what" => "tls", "outcome" => "error").increment(1);
-                }
-            }
-        }
-    }))
 }
 
 #[cfg(test)]

@@ -440,8 +440,8 @@ fn table_at<'a>(doc: &'a mut toml::Table, path: &[String]) -> Option<&'a mut tom
 
 /// A `serve.toml` through `sf-serve --config`'s own loader, its text
 /// starting at `line` of the file it was written to (so the loader's line
-/// numbers are the page's). A token file it names is pointed at one that
-/// exists here (the file is read at start).
+/// numbers are the page's). The token files it names are pointed at one
+/// that exists here (they are read at start).
 fn load_serve_config(text: &str, line: usize) -> Result<(), String> {
     use clap::Parser as _;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -449,9 +449,15 @@ fn load_serve_config(text: &str, line: usize) -> Result<(), String> {
     std::fs::write(&tokens, "a-token\n").expect("write tokens");
     let text: String = text
         .lines()
-        .map(|l| match l.trim_start().starts_with("auth_token_file") {
-            true => format!("auth_token_file = {:?}\n", tokens.display().to_string()),
-            false => format!("{l}\n"),
+        .map(|l| {
+            let key = l.trim_start();
+            match ["auth_token_file", "admin_token_file"]
+                .into_iter()
+                .find(|k| key.starts_with(k))
+            {
+                Some(k) => format!("{k} = {:?}\n", tokens.display().to_string()),
+                None => format!("{l}\n"),
+            }
         })
         .collect();
     let file = dir.path().join("serve.toml");
@@ -1256,6 +1262,7 @@ named_paths! {
     sf_reader::RoutingContext,
     sf_reader::SqliteMode,
     sf_server::METRICS,
+    sf_server::audit,
     sf_server::grpc::proto::lookup_client::LookupClient,
     sf_tests::fault_store,
     sf_tests::s3_prefix,

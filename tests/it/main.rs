@@ -22,6 +22,7 @@ mod reader_snapshots;
 mod reader_versions;
 mod scheduled;
 mod serve;
+mod serve_auth;
 mod serve_conn;
 mod serve_ready;
 mod serve_tls;

@@ -17,7 +17,7 @@ use sf_server::grpc::proto::lookup_client::LookupClient;
 use sf_server::grpc::proto::{GetRequest, MultiGetRequest};
 use sf_tests::serve::{
     JsonBody, KEYS, LocalSnapshot, ServeProcess, call, get_request, kind, metric, multiget_request, publish_ints,
-    read_answer, run_serve, slow_request, with_token, write_tokens,
+    read_answer, run_serve, slow_request, with_token, write_token_file, write_tokens,
 };
 use sf_tests::{expected, fixture_dir, s3_prefix};
 use tokio::io::AsyncWriteExt;
@@ -397,16 +397,25 @@ async fn sigterm_drains_requests_in_flight() {
     assert!(exit.success(), "{exit:?}: {}", s.stderr());
 }
 
-/// Tokens: required everywhere but the probes, any of several accepted,
-/// never logged; rollback (authenticated) moves `_CURRENT` back and the
-/// server swaps; the replaced run stays readable by `run_id` and `offset`.
+/// Tokens: required everywhere but the probes, a read and an admin token
+/// both read, never logged; rollback (an admin token) moves `_CURRENT`
+/// back and the server swaps; the replaced run stays readable by `run_id`
+/// and `offset`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_rollback_and_pinned_reads() {
     let snap = LocalSnapshot::with_runs(&["run1", "run2"]).await;
-    let tokens = write_tokens(snap.folder(), &["secret-alpha", "secret-beta"]);
+    let tokens = write_tokens(snap.folder(), &["secret-beta"]);
+    let admin = write_token_file(snap.folder(), "admin-tokens", &["secret-alpha"]);
     let mut s = ServeProcess::serving(
         &[("users", &snap.current_url())],
-        &["--grpc-listen", "127.0.0.1:0", "--auth-token-file", &tokens],
+        &[
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--auth-token-file",
+            &tokens,
+            "--admin-token-file",
+            &admin,
+        ],
     );
     s.wait_ready().await; // no token needed
     assert_eq!(s.get("/livez").send().await.expect("livez").status(), 200);
@@ -1052,7 +1061,7 @@ fn the_serving_page_matches_the_program() {
         grpc_listen: loaded.grpc_listen.clone(),
         snapshots: loaded.snapshots().expect("its snapshots"),
         limits: loaded.limits.clone(),
-        auth_tokens: vec![],
+        auth: sf_server::AuthConfig::default(),
         tls: loaded.tls.clone(),
     };
     config.validate().expect("the page's serve.toml is valid");

@@ -72,9 +72,15 @@ impl LocalSnapshot {
 /// Writes a token file into `folder`: a comment line, then `tokens`, one
 /// a line; returns its path.
 pub fn write_tokens(folder: &Path, tokens: &[&str]) -> String {
-    let path = folder.join("tokens");
+    write_token_file(folder, "tokens", tokens)
+}
+
+/// Writes (or rewrites) the token file `folder/name`, as [`write_tokens`]
+/// does; returns its path.
+pub fn write_token_file(folder: &Path, name: &str, tokens: &[&str]) -> String {
+    let path = folder.join(name);
     let text: String = tokens.iter().map(|t| format!("{t}\n")).collect();
-    std::fs::write(&path, format!("# readers\n{text}")).expect("token file");
+    std::fs::write(&path, format!("# tokens\n{text}")).expect("token file");
     path.display().to_string()
 }
 
@@ -310,11 +316,20 @@ impl ServeProcess {
 
     /// Sends SIGTERM.
     pub fn signal_term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGHUP (the server re-reads its token files).
+    pub fn signal_hup(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([format!("-{name}"), self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM {}", self.child.id());
+        assert!(status.success(), "kill -{name} {}", self.child.id());
     }
 
     /// Its peak resident memory so far (`VmHWM`), in bytes.
