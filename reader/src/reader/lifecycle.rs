@@ -46,8 +46,10 @@ pub(super) async fn open(opening: Opening) -> Result<Reader> {
     let env = Arc::new(ShardEnv::new(settings.clone(), Arc::clone(&counters), runtime.clone())?);
     let current_url = sf_manifest::format::layout::join_url(store.prefix_url(), sf_manifest::format::layout::CURRENT);
     let snapshot = match unpublished {
-        Some((manifest, manifest_ref)) => Snapshot::from_manifest(&store, &manifest_ref, None, manifest)?,
-        None => initial_snapshot(&store, &settings.pin, &current_url).await?,
+        Some((manifest, manifest_ref)) => {
+            Snapshot::from_manifest(&store, Some(&env), &manifest_ref, None, manifest)?
+        }
+        None => initial_snapshot(&store, &env, &settings.pin, &current_url).await?,
     };
     crate::view::warm_up(&env, &snapshot, &settings.warmup_keys).await?;
     counters.snapshot_created.set(snapshot.created_seconds());
@@ -60,14 +62,19 @@ pub(super) async fn open(opening: Opening) -> Result<Reader> {
     Ok(Reader { state, refresher })
 }
 
-async fn initial_snapshot(store: &ObjectManifestStore, pin: &Pin, current_url: &str) -> Result<Snapshot> {
+async fn initial_snapshot(
+    store: &ObjectManifestStore,
+    env: &ShardEnv,
+    pin: &Pin,
+    current_url: &str,
+) -> Result<Snapshot> {
     match pin {
         Pin::Current => {
             let state = store.load_current().await?.ok_or_else(|| Error::NoCurrent {
                 location: current_url.to_string(),
             })?;
             let manifest_ref = state.pointer.manifest_ref.clone();
-            Snapshot::load(store, &manifest_ref, Some(state.pointer), current_url).await
+            Snapshot::load(store, env, &manifest_ref, Some(state.pointer), current_url).await
         }
         Pin::Ref(r) => {
             let url = if r.contains("://") {
@@ -75,7 +82,7 @@ async fn initial_snapshot(store: &ObjectManifestStore, pin: &Pin, current_url: &
             } else {
                 sf_manifest::format::layout::join_url(store.prefix_url(), r)
             };
-            Snapshot::load(store, &url, None, "the pinned ref").await
+            Snapshot::load(store, env, &url, None, "the pinned ref").await
         }
         Pin::Offset(n) => {
             let history = store.history().await?;
@@ -83,7 +90,7 @@ async fn initial_snapshot(store: &ObjectManifestStore, pin: &Pin, current_url: &
                 what: format!("offset {n} (the history holds {} manifests)", history.len()),
                 location: store.prefix_url().to_string(),
             })?;
-            Snapshot::load(store, &entry.manifest_ref, None, &format!("history offset {n}")).await
+            Snapshot::load(store, env, &entry.manifest_ref, None, &format!("history offset {n}")).await
         }
     }
 }
@@ -105,6 +112,7 @@ impl Reader {
         let snap = self.state.served();
         match Snapshot::from_manifest(
             &self.state.store,
+            None,
             &snap.manifest_ref,
             snap.pointer.clone(),
             snap.manifest.clone(),
