@@ -24,8 +24,10 @@ fn after_help() -> String {
 Serves snapshots over HTTP (and gRPC with --grpc-listen). Reader flags
 (--sqlite-mode, --cache-dir, --refresh-interval, --max-age, --keep-versions,
 --max-concurrency, --warmup-key) apply to the --snapshot snapshots; those of
---config have their own [snapshot.reader] tables. Limit flags override the
-file's [limits]. Routes, examples and metrics: docs/serving.md.
+--config have their own [snapshot.reader] tables. --cache-max-bytes applies
+to every snapshot whose [snapshot.reader] sets no cache_max_bytes. Limit
+flags override the file's [limits]. Routes, examples and metrics:
+docs/serving.md.
 
 S3 settings come from the AWS_* environment variables or --storage-option.
 
@@ -90,9 +92,18 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub sqlite_mode: ModeArg,
 
-    /// Folder of downloaded shards.
+    /// Folder of downloaded shards. Default:
+    /// `<temp dir>/shardforge-cache-<uid>`, private to the user.
     #[arg(long, env = "SF_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// Bytes the shard cache folder may hold: after each download and
+    /// each snapshot let go, cached files that no served or kept snapshot
+    /// needs go, least recently used first (files in use never do, so the
+    /// folder may stay above it; logged and counted). Applies to every
+    /// snapshot unless its [snapshot.reader] sets cache_max_bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub cache_max_bytes: Option<u64>,
 
     /// How often `_CURRENT` is polled.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
@@ -149,8 +160,14 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
         shared.insert_pair(pair)?;
     }
     let mut snapshots = file.snapshots()?;
+    for s in &mut snapshots {
+        if s.reader.cache_max_bytes.is_none() {
+            s.reader.cache_max_bytes = args.cache_max_bytes;
+        }
+    }
     let reader = ReaderSettings {
         cache_dir: args.cache_dir.clone(),
+        cache_max_bytes: args.cache_max_bytes,
         sqlite_mode: args.sqlite_mode.into(),
         refresh_interval: Some(duration("--refresh-interval", &args.refresh_interval)?),
         keep_versions: args.keep_versions,
@@ -307,5 +324,34 @@ mod tests {
         assert_eq!(config(&none).expect_err("no snapshots").exit_code(), exit::CONFIG);
         let bad = Args::try_parse_from(["sf-serve", "--snapshot", "nourl"]).expect("parse");
         assert_eq!(config(&bad).expect_err("bad spec").exit_code(), exit::CONFIG);
+    }
+
+    #[test]
+    fn the_cache_bound_applies_to_every_snapshot_that_sets_none() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("serve.toml");
+        std::fs::write(
+            &file,
+            "[[snapshot]]\nname = \"own\"\ncurrent_url = \"/data/own\"\n[snapshot.reader]\ncache_max_bytes = 5\n\n\
+             [[snapshot]]\nname = \"plain\"\ncurrent_url = \"/data/plain\"\n",
+        )
+        .expect("write");
+        let args = Args::try_parse_from([
+            "sf-serve",
+            "--config",
+            file.to_str().expect("utf8"),
+            "--snapshot",
+            "flag=/data/flag",
+            "--cache-max-bytes",
+            "1000",
+        ])
+        .expect("parse");
+        let c = config(&args).expect("config");
+        let bounds: Vec<(&str, Option<u64>)> = c
+            .snapshots
+            .iter()
+            .map(|s| (s.name.as_str(), s.reader.cache_max_bytes))
+            .collect();
+        assert_eq!(bounds, [("own", Some(5)), ("plain", Some(1000)), ("flag", Some(1000))]);
     }
 }

@@ -22,6 +22,7 @@ mod reader_snapshots;
 mod reader_versions;
 mod scheduled;
 mod serve;
+mod serve_cache;
 mod sessions;
 mod warehouse;
 mod write_e2e;

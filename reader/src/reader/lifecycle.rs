@@ -46,9 +46,7 @@ pub(super) async fn open(opening: Opening) -> Result<Reader> {
     let env = Arc::new(ShardEnv::new(settings.clone(), Arc::clone(&counters), runtime.clone())?);
     let current_url = sf_manifest::format::layout::join_url(store.prefix_url(), sf_manifest::format::layout::CURRENT);
     let snapshot = match unpublished {
-        Some((manifest, manifest_ref)) => {
-            Snapshot::from_manifest(&store, Some(&env), &manifest_ref, None, manifest)?
-        }
+        Some((manifest, manifest_ref)) => Snapshot::from_manifest(&store, Some(&env), &manifest_ref, None, manifest)?,
         None => initial_snapshot(&store, &env, &settings.pin, &current_url).await?,
     };
     crate::view::warm_up(&env, &snapshot, &settings.warmup_keys).await?;

@@ -49,7 +49,14 @@ async fn try_refresh(state: &ReaderState) -> Result<RefreshOutcome> {
         });
     }
     let manifest_ref = current.pointer.manifest_ref.clone();
-    let next = Snapshot::load(&state.store, &state.env, &manifest_ref, Some(current.pointer), &state.current_url).await?;
+    let next = Snapshot::load(
+        &state.store,
+        &state.env,
+        &manifest_ref,
+        Some(current.pointer),
+        &state.current_url,
+    )
+    .await?;
     // Shards of the held snapshots carry over where their content is
     // the same (a rollback to a kept snapshot reopens nothing); those
     // the served one has open and that changed are opened now.

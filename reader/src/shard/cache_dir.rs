@@ -135,7 +135,10 @@ mod tests {
         let dir = root.path().join("cache");
         ensure_private(&dir, uid).expect("created");
         let e = ensure_private(&dir, uid + 1).expect_err("another user's").to_string();
-        assert!(e.contains(&dir.display().to_string()) && e.contains("another user"), "{e}");
+        assert!(
+            e.contains(&dir.display().to_string()) && e.contains("another user"),
+            "{e}"
+        );
         assert!(e.contains("--cache-dir"), "{e}");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         let e = ensure_private(&dir, uid).expect_err("open to others").to_string();

@@ -271,9 +271,7 @@ pub(crate) struct Choice {
 pub(crate) fn choose(entries: &[Entry], bound: u64) -> Choice {
     let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
     let mut candidates: Vec<usize> = (0..entries.len()).filter(|&i| !entries[i].held).collect();
-    candidates.sort_by(|&a, &b| {
-        (entries[a].last_used, &entries[a].key).cmp(&(entries[b].last_used, &entries[b].key))
-    });
+    candidates.sort_by(|&a, &b| (entries[a].last_used, &entries[a].key).cmp(&(entries[b].last_used, &entries[b].key)));
     let mut evict = Vec::new();
     for i in candidates {
         if total <= bound {
@@ -387,7 +385,10 @@ mod tests {
         drop(hold);
         assert!(!dir.path().join("a.db").exists() && !dir.path().join("c.db").exists());
         assert_eq!(counters.snapshot().cache_evictions, 3);
-        assert!(dir.path().join(".tmp-d-123").exists(), "a download in progress is left alone");
+        assert!(
+            dir.path().join(".tmp-d-123").exists(),
+            "a download in progress is left alone"
+        );
     }
 
     #[test]

@@ -447,7 +447,11 @@ mod tests {
         variants.push(v);
         let keys: std::collections::BTreeSet<String> = variants.iter().map(cache_key).collect();
         assert_eq!(keys.len(), variants.len(), "{keys:?}");
-        assert_eq!(cache_key(&base), cache_key(&base.clone()), "the same identity, the same key");
+        assert_eq!(
+            cache_key(&base),
+            cache_key(&base.clone()),
+            "the same identity, the same key"
+        );
         assert!(cache_key(&base).bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }

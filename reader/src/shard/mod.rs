@@ -40,8 +40,8 @@ use crate::stats::{Counters, bump};
 use sf_manifest::Cause;
 use sf_manifest::format::checksum::{Coverage, file_checksum};
 
-use download::DownloadCache;
 use cache_files::Hold;
+use download::DownloadCache;
 use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
 use slate::SlateShard;
