@@ -213,10 +213,15 @@ impl DownloadCache {
         )
     }
 
-    /// An eviction pass (on the blocking pool).
+    /// An eviction pass (on the blocking pool) when the cache is bounded.
+    /// Without a bound there is nothing to evict, and a pass after each
+    /// download would list the folder once per shard.
     pub(crate) async fn evict(&self) {
-        let (folder, bound, counters) = (Arc::clone(&self.folder), self.max_bytes, Arc::clone(&self.counters));
-        let _ = tokio::task::spawn_blocking(move || folder.evict(bound, &counters)).await;
+        let Some(bound) = self.max_bytes else {
+            return;
+        };
+        let (folder, counters) = (Arc::clone(&self.folder), Arc::clone(&self.counters));
+        let _ = tokio::task::spawn_blocking(move || folder.evict(Some(bound), &counters)).await;
     }
 
     /// The local path of the shard's SQLite file, downloading it if needed,
