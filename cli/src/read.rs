@@ -64,9 +64,15 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = ModeArg::Auto, global = true)]
     pub sqlite_mode: ModeArg,
 
-    /// Folder of downloaded shards, shared across runs.
+    /// Folder of downloaded shards, shared across runs. Default:
+    /// `<temp dir>/shardforge-cache-<uid>`, private to the user.
     #[arg(long, env = "SF_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
+
+    /// Bytes the shard cache folder may hold: after a download, cached
+    /// files no open snapshot needs go, least recently used first.
+    #[arg(long, value_name = "BYTES", global = true)]
+    pub cache_max_bytes: Option<u64>,
 
     /// The command.
     #[command(subcommand)]
@@ -263,6 +269,7 @@ async fn open_reader(cli: &Cli, current_url: &str, options: StorageOptions) -> R
     };
     let settings = ReaderSettings {
         cache_dir: cli.cache_dir.clone(),
+        cache_max_bytes: cli.cache_max_bytes,
         sqlite_mode: cli.sqlite_mode.into(),
         pin,
         ..ReaderSettings::default()

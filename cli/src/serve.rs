@@ -27,7 +27,9 @@ Serves snapshots over HTTP (and gRPC with --grpc-listen). Reader flags
 (--sqlite-mode, --cache-dir, --refresh-interval, --max-age,
 --unready-when-stale, --keep-versions, --max-concurrency, --warmup-key)
 apply to the --snapshot snapshots; those of --config have their own
-[snapshot.reader] tables. Limit flags override the file's [limits].
+[snapshot.reader] tables. --cache-max-bytes applies to every snapshot
+whose [snapshot.reader] sets no cache_max_bytes. Limit flags override the
+file's [limits].
 
 A snapshot older than --max-age, or serving an older manifest because the
 current one could not be read at start, stays ready and is reported
@@ -156,9 +158,18 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub sqlite_mode: ModeArg,
 
-    /// Folder of downloaded shards.
+    /// Folder of downloaded shards. Default:
+    /// `<temp dir>/shardforge-cache-<uid>`, private to the user.
     #[arg(long, env = "SF_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// Bytes the shard cache folder may hold: after each download and
+    /// each snapshot let go, cached files that no served or kept snapshot
+    /// needs go, least recently used first (files in use never do, so the
+    /// folder may stay above it; logged and counted). Applies to every
+    /// snapshot unless its [snapshot.reader] sets cache_max_bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub cache_max_bytes: Option<u64>,
 
     /// How often `_CURRENT` is polled.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
@@ -221,8 +232,14 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
         shared.insert_pair(pair)?;
     }
     let mut snapshots = file.snapshots()?;
+    for s in &mut snapshots {
+        if s.reader.cache_max_bytes.is_none() {
+            s.reader.cache_max_bytes = args.cache_max_bytes;
+        }
+    }
     let reader = ReaderSettings {
         cache_dir: args.cache_dir.clone(),
+        cache_max_bytes: args.cache_max_bytes,
         sqlite_mode: args.sqlite_mode.into(),
         refresh_interval: Some(duration("--refresh-interval", &args.refresh_interval)?),
         keep_versions: args.keep_versions,
@@ -457,5 +474,34 @@ mod tests {
         let e = config(&open).expect_err("open beyond loopback");
         assert_eq!(e.exit_code(), exit::CONFIG);
         assert!(e.to_string().contains("--allow-unauthenticated"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_bound_applies_to_every_snapshot_that_sets_none() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("serve.toml");
+        std::fs::write(
+            &file,
+            "[[snapshot]]\nname = \"own\"\ncurrent_url = \"/data/own\"\n[snapshot.reader]\ncache_max_bytes = 5\n\n\
+             [[snapshot]]\nname = \"plain\"\ncurrent_url = \"/data/plain\"\n",
+        )
+        .expect("write");
+        let args = Args::try_parse_from([
+            "sf-serve",
+            "--config",
+            file.to_str().expect("utf8"),
+            "--snapshot",
+            "flag=/data/flag",
+            "--cache-max-bytes",
+            "1000",
+        ])
+        .expect("parse");
+        let c = config(&args).expect("config");
+        let bounds: Vec<(&str, Option<u64>)> = c
+            .snapshots
+            .iter()
+            .map(|s| (s.name.as_str(), s.reader.cache_max_bytes))
+            .collect();
+        assert_eq!(bounds, [("own", Some(5)), ("plain", Some(1000)), ("flag", Some(1000))]);
     }
 }

@@ -84,9 +84,19 @@ pub const MAX_KEEP_VERSIONS: usize = 16;
 #[serde(default, deny_unknown_fields)]
 pub struct ReaderSettings {
     /// Folder of downloaded SQLite shards, shared by every reader and
-    /// process on the host (files are named by content and written by
-    /// atomic rename). Default: `<temp dir>/shardforge-cache`.
+    /// process that names it (files are named by a hash of the shard's
+    /// URL and content ids, and written by atomic rename). Default:
+    /// `<temp dir>/shardforge-cache-<uid>`, private to the user (created
+    /// with mode 0700; refused when another user owns it or others may
+    /// write to it).
     pub cache_dir: Option<PathBuf>,
+    /// Bytes the cache folder may hold. After each download and each
+    /// snapshot let go, cached files that no snapshot held in this process
+    /// needs are removed, least recently used first, until the folder fits.
+    /// Files a held snapshot needs are never removed: the folder may stay
+    /// above the bound then (logged and counted, lookups unaffected).
+    /// Default `None`: no bound.
+    pub cache_max_bytes: Option<u64>,
     /// How often a background task polls `_CURRENT` and swaps to a new
     /// snapshot. `None` (the default): only [`Reader::refresh`](crate::Reader::refresh).
     #[serde(with = "sf_manifest::format::duration::option_serde")]
@@ -147,6 +157,7 @@ impl Default for ReaderSettings {
     fn default() -> Self {
         ReaderSettings {
             cache_dir: None,
+            cache_max_bytes: None,
             refresh_interval: None,
             refresh_max_backoff: Duration::from_secs(300),
             max_concurrency: 16,
@@ -166,11 +177,13 @@ impl Default for ReaderSettings {
 }
 
 impl ReaderSettings {
-    /// The cache folder these settings name (or the default).
-    pub fn effective_cache_dir(&self) -> PathBuf {
-        self.cache_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("shardforge-cache"))
+    /// The cache folder these settings name, or the default one
+    /// (`<temp dir>/shardforge-cache-<uid>`; finding the uid may fail).
+    pub fn effective_cache_dir(&self) -> Result<PathBuf> {
+        match &self.cache_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => crate::shard::cache_dir::default_cache_dir(),
+        }
     }
 
     /// Checks the settings make sense together.
@@ -229,9 +242,11 @@ mod tests {
         assert!(json.contains("\"refresh_max_backoff\":\"5m\""), "{json}");
         let back: ReaderSettings = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, s);
-        let partial: ReaderSettings =
-            serde_json::from_str(r#"{"sqlite_mode": "range", "refresh_interval": "30s", "pin": {"offset": 1}}"#)
-                .expect("partial");
+        let partial: ReaderSettings = serde_json::from_str(
+            r#"{"sqlite_mode": "range", "refresh_interval": "30s", "pin": {"offset": 1}, "cache_max_bytes": 4096}"#,
+        )
+        .expect("partial");
+        assert_eq!(partial.cache_max_bytes, Some(4096));
         assert_eq!(partial.sqlite_mode, SqliteMode::Range);
         assert_eq!(partial.refresh_interval, Some(Duration::from_secs(30)));
         assert_eq!(partial.pin, Pin::Offset(1));

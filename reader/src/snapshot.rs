@@ -1,5 +1,11 @@
 //! One served snapshot: a decoded manifest, its router, and a slot per
 //! shard that opens lazily, exactly once.
+//!
+//! A shard's first open runs as a task of its own: callers wait for it,
+//! and one that gives up (its deadline passed) leaves it running, so that
+//! the next caller finds the shard open, or waits on the same open,
+//! instead of starting a download again. While a snapshot lives it holds
+//! the cached files of all its shards against eviction.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +15,7 @@ use sf_router::{ContextValue, KEY_VARIABLE, Routed, Router, key_as_context};
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
+use crate::shard::cache_files::Hold;
 use crate::shard::{ShardEnv, ShardHandle, ShardIdentity, ShardSpec};
 
 /// Values of the routing columns of a CEL snapshot, by column name.
@@ -20,7 +27,8 @@ struct Slot {
     location: Location,
     url: String,
     identity: ShardIdentity,
-    handle: OnceCell<Arc<ShardHandle>>,
+    /// Shared with the task that opens it.
+    handle: Arc<OnceCell<Arc<ShardHandle>>>,
 }
 
 /// See the module docs.
@@ -35,6 +43,8 @@ pub(crate) struct Snapshot {
     slots: Vec<Option<Slot>>,
     pub(crate) loaded_at: Timestamp,
     pub(crate) row_count: u64,
+    /// The cached files of every shard, held while the snapshot lives.
+    _files: Option<Hold>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -51,6 +61,7 @@ impl Snapshot {
     /// `named_by` says who named it, for the error when it is missing.
     pub(crate) async fn load(
         store: &ObjectManifestStore,
+        env: &ShardEnv,
         manifest_ref: &str,
         pointer: Option<CurrentPointer>,
         named_by: &str,
@@ -66,11 +77,14 @@ impl Snapshot {
             }
             Err(e) => return Err(e.into()),
         };
-        Self::from_manifest(store, manifest_ref, pointer, manifest)
+        Self::from_manifest(store, Some(env), manifest_ref, pointer, manifest)
     }
 
+    /// A snapshot of `manifest`; with `env`, it holds its shards' cached
+    /// files (a closed reader's snapshot, which opens nothing, holds none).
     pub(crate) fn from_manifest(
         store: &ObjectManifestStore,
+        env: Option<&ShardEnv>,
         manifest_ref: &str,
         pointer: Option<CurrentPointer>,
         manifest: Manifest,
@@ -97,9 +111,10 @@ impl Snapshot {
                 identity: ShardIdentity::of(row, &url),
                 url,
                 location,
-                handle: OnceCell::new(),
+                handle: Arc::new(OnceCell::new()),
             });
         }
+        let files = env.map(|env| env.downloads.hold(slots.iter().flatten().map(|s| &s.identity)));
         Ok(Snapshot {
             manifest_ref: manifest_ref.to_string(),
             pointer,
@@ -108,6 +123,7 @@ impl Snapshot {
             slots,
             loaded_at: Timestamp::now(),
             row_count,
+            _files: files,
         })
     }
 
@@ -144,8 +160,10 @@ impl Snapshot {
     }
 
     /// The open shard `db`, opening it on first use; `None` for an empty
-    /// shard. Concurrent first callers wait for one open; a failed open is
-    /// tried again by the next caller.
+    /// shard. The open runs as a task of its own (see the module docs):
+    /// concurrent first callers wait for one open, a caller that stops
+    /// waiting does not stop it, and a failed open is tried again by the
+    /// next caller.
     pub(crate) async fn shard(&self, env: &Arc<ShardEnv>, db: DbId) -> Result<Option<&Arc<ShardHandle>>> {
         let Some(Some(slot)) = self.slots.get(db.index()) else {
             return Ok(None);
@@ -153,16 +171,31 @@ impl Snapshot {
         if let Some(h) = slot.handle.get() {
             return Ok(Some(h));
         }
-        let spec = ShardSpec {
-            db_id: db,
-            row: &self.manifest.shards[slot.row],
-            location: &slot.location,
-            url: &slot.url,
-        };
+        let cell = Arc::clone(&slot.handle);
+        let (task_env, row, location, url) = (
+            Arc::clone(env),
+            self.manifest.shards[slot.row].clone(),
+            slot.location.clone(),
+            slot.url.clone(),
+        );
+        let open = env.runtime.spawn(async move {
+            let spec = ShardSpec {
+                db_id: db,
+                row: &row,
+                location: &location,
+                url: &url,
+            };
+            // Another task's open in progress is waited for, not repeated.
+            cell.get_or_try_init(|| ShardHandle::open(&task_env, spec))
+                .await
+                .map(|_| ())
+        });
+        open.await
+            .map_err(|e| Error::Internal(format!("the open task of shard {db} failed: {e}")))??;
         slot.handle
-            .get_or_try_init(|| ShardHandle::open(env, spec))
-            .await
+            .get()
             .map(Some)
+            .ok_or_else(|| Error::Internal(format!("shard {db} was opened but its slot is empty")))
     }
 
     /// The URL of shard `db`'s attempt folder, resolved under the prefix.

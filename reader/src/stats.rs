@@ -48,6 +48,15 @@ pub struct ReaderStats {
     /// Shard opens that were to load into memory but stayed in download
     /// mode because `memory_limit_bytes` was reached.
     pub memory_fallbacks: u64,
+    /// Bytes of the shard cache folder's files (`.db` and `.sum`) after
+    /// the last eviction pass of this reader (see
+    /// [`ReaderSettings::cache_max_bytes`](crate::ReaderSettings::cache_max_bytes)).
+    pub cache_bytes: u64,
+    /// Cached shard files this reader's eviction passes removed.
+    pub cache_evictions: u64,
+    /// Eviction passes that left the folder above `cache_max_bytes`
+    /// because every file left was held by a served or kept snapshot.
+    pub cache_over_bound: u64,
 }
 
 // The one spelling of each name: `METRICS` lists them and the
@@ -63,13 +72,16 @@ const REFRESHES: &str = "sf_reader_refreshes_total";
 const REFRESH_FAILURES: &str = "sf_reader_refresh_failures_total";
 const SWAPS: &str = "sf_reader_swaps_total";
 const MEMORY_FALLBACKS: &str = "sf_reader_memory_fallbacks_total";
+const CACHE_EVICTIONS: &str = "sf_reader_cache_evictions_total";
+const CACHE_OVER_BOUND: &str = "sf_reader_cache_over_bound_total";
+const CACHE_BYTES: &str = "sf_reader_cache_bytes";
 const SNAPSHOT_CREATED_SECONDS: &str = "sf_reader_snapshot_created_seconds";
 const VERSIONS_HELD: &str = "sf_reader_versions_held";
 
 /// Every name the reader emits through the `metrics` facade, with what
 /// each counts (a test checks that the reader emits these and nothing
-/// else). Counters end in `_total`; the two gauges are set when a snapshot
-/// is loaded or swapped in.
+/// else). Counters end in `_total`; two gauges are set when a snapshot
+/// is loaded or swapped in, the cache's after each eviction pass.
 pub const METRICS: &[(&str, &str)] = &[
     (SHARD_OPENS, "shards opened"),
     (DOWNLOADS, "SQLite shard files downloaded into the cache"),
@@ -84,6 +96,15 @@ pub const METRICS: &[(&str, &str)] = &[
     (
         MEMORY_FALLBACKS,
         "shards that were to be held in memory but stayed on SQLite (memory_limit_bytes reached)",
+    ),
+    (CACHE_EVICTIONS, "cached shard files evicted (cache_max_bytes)"),
+    (
+        CACHE_OVER_BOUND,
+        "eviction passes that left the cache above cache_max_bytes: every file left was held",
+    ),
+    (
+        CACHE_BYTES,
+        "bytes of the shard cache folder after the last eviction pass (gauge)",
     ),
     (
         SNAPSHOT_CREATED_SECONDS,
@@ -129,6 +150,10 @@ pub(crate) struct Counters {
     pub(crate) refresh_failures: Counter,
     pub(crate) swaps: Counter,
     pub(crate) memory_fallbacks: Counter,
+    pub(crate) cache_evictions: Counter,
+    pub(crate) cache_over_bound: Counter,
+    cache_bytes: AtomicU64,
+    cache_bytes_gauge: metrics::Gauge,
     pub(crate) snapshot_created: metrics::Gauge,
     pub(crate) versions_held: metrics::Gauge,
 }
@@ -165,6 +190,10 @@ impl Counters {
             refresh_failures: c(REFRESH_FAILURES),
             swaps: c(SWAPS),
             memory_fallbacks: c(MEMORY_FALLBACKS),
+            cache_evictions: c(CACHE_EVICTIONS),
+            cache_over_bound: c(CACHE_OVER_BOUND),
+            cache_bytes: AtomicU64::new(0),
+            cache_bytes_gauge: metrics::gauge!(CACHE_BYTES, labels.clone()),
             snapshot_created: metrics::gauge!(SNAPSHOT_CREATED_SECONDS, labels.clone()),
             versions_held: metrics::gauge!(VERSIONS_HELD, labels),
         }
@@ -186,6 +215,15 @@ impl Counters {
             memory_bytes: 0,
             memory_shards: 0,
             memory_fallbacks: self.memory_fallbacks.get(),
+            cache_bytes: self.cache_bytes.load(Ordering::Relaxed),
+            cache_evictions: self.cache_evictions.get(),
+            cache_over_bound: self.cache_over_bound.get(),
         }
+    }
+
+    /// Records the cache folder's size after an eviction pass.
+    pub(crate) fn set_cache_bytes(&self, bytes: u64) {
+        self.cache_bytes.store(bytes, Ordering::Relaxed);
+        self.cache_bytes_gauge.set(bytes as f64);
     }
 }

@@ -23,6 +23,7 @@ mod reader_versions;
 mod scheduled;
 mod serve;
 mod serve_auth;
+mod serve_cache;
 mod serve_conn;
 mod serve_ready;
 mod serve_tls;

@@ -46,8 +46,11 @@ pub(super) async fn open(opening: Opening) -> Result<Reader> {
     let env = Arc::new(ShardEnv::new(settings.clone(), Arc::clone(&counters), runtime.clone())?);
     let current_url = sf_manifest::format::layout::join_url(store.prefix_url(), sf_manifest::format::layout::CURRENT);
     let (snapshot, degraded) = match unpublished {
-        Some((manifest, manifest_ref)) => (Snapshot::from_manifest(&store, &manifest_ref, None, manifest)?, None),
-        None => initial_snapshot(&store, &settings.pin, &current_url).await?,
+        Some((manifest, manifest_ref)) => (
+            Snapshot::from_manifest(&store, Some(&env), &manifest_ref, None, manifest)?,
+            None,
+        ),
+        None => initial_snapshot(&store, &env, &settings.pin, &current_url).await?,
     };
     crate::view::warm_up(&env, &snapshot, &settings.warmup_keys).await?;
     counters.snapshot_created.set(snapshot.created_seconds());
@@ -69,6 +72,7 @@ pub(crate) const FALLBACK_ATTEMPTS: usize = 3;
 /// the reader fell back to the history (see [`fallback`]).
 async fn initial_snapshot(
     store: &ObjectManifestStore,
+    env: &ShardEnv,
     pin: &Pin,
     current_url: &str,
 ) -> Result<(Snapshot, Option<String>)> {
@@ -83,14 +87,14 @@ async fn initial_snapshot(
                 }
                 Ok(Some(state)) => {
                     let manifest_ref = state.pointer.manifest_ref.clone();
-                    match Snapshot::load(store, &manifest_ref, Some(state.pointer), current_url).await {
+                    match Snapshot::load(store, env, &manifest_ref, Some(state.pointer), current_url).await {
                         Ok(s) => return Ok(plain(s)),
                         Err(e) => (Some(manifest_ref), e),
                     }
                 }
                 Err(e) => (None, Error::from(e)),
             };
-            fallback(store, failed_ref.as_deref(), error).await
+            fallback(store, env, failed_ref.as_deref(), error).await
         }
         Pin::Ref(r) => {
             let url = if r.contains("://") {
@@ -98,7 +102,9 @@ async fn initial_snapshot(
             } else {
                 sf_manifest::format::layout::join_url(store.prefix_url(), r)
             };
-            Snapshot::load(store, &url, None, "the pinned ref").await.map(plain)
+            Snapshot::load(store, env, &url, None, "the pinned ref")
+                .await
+                .map(plain)
         }
         Pin::Offset(n) => {
             let history = store.history().await?;
@@ -106,7 +112,7 @@ async fn initial_snapshot(
                 what: format!("offset {n} (the history holds {} manifests)", history.len()),
                 location: store.prefix_url().to_string(),
             })?;
-            Snapshot::load(store, &entry.manifest_ref, None, &format!("history offset {n}"))
+            Snapshot::load(store, env, &entry.manifest_ref, None, &format!("history offset {n}"))
                 .await
                 .map(plain)
         }
@@ -126,6 +132,7 @@ async fn initial_snapshot(
 /// error is `error`, the current manifest's.
 async fn fallback(
     store: &ObjectManifestStore,
+    env: &ShardEnv,
     failed_ref: Option<&str>,
     error: Error,
 ) -> Result<(Snapshot, Option<String>)> {
@@ -149,7 +156,7 @@ async fn fallback(
     let why = sf_manifest::chain(&error);
     for entry in older.iter().take(FALLBACK_ATTEMPTS) {
         let named_by = format!("history offset {}", entry.offset);
-        match Snapshot::load(store, &entry.manifest_ref, None, &named_by).await {
+        match Snapshot::load(store, env, &entry.manifest_ref, None, &named_by).await {
             Ok(snapshot) => {
                 let reason = format!(
                     "the manifest _CURRENT names cannot be read ({why}); serving run {} (history offset {}) until a refresh reads a good one",
@@ -183,6 +190,7 @@ impl Reader {
         let snap = self.state.served();
         match Snapshot::from_manifest(
             &self.state.store,
+            None,
             &snap.manifest_ref,
             snap.pointer.clone(),
             snap.manifest.clone(),

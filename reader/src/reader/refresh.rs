@@ -50,7 +50,14 @@ async fn try_refresh(state: &ReaderState) -> Result<RefreshOutcome> {
         });
     }
     let manifest_ref = current.pointer.manifest_ref.clone();
-    let next = Snapshot::load(&state.store, &manifest_ref, Some(current.pointer), &state.current_url).await?;
+    let next = Snapshot::load(
+        &state.store,
+        &state.env,
+        &manifest_ref,
+        Some(current.pointer),
+        &state.current_url,
+    )
+    .await?;
     // Shards of the held snapshots carry over where their content is
     // the same (a rollback to a kept snapshot reopens nothing); those
     // the served one has open and that changed are opened now.
@@ -90,6 +97,9 @@ async fn try_refresh(state: &ReaderState) -> Result<RefreshOutcome> {
     state.set_degraded(None);
     state.counters.snapshot_created.set(created);
     bump(&state.counters.swaps, 1);
+    // The version that went (if no read holds it still) let go of its
+    // files; a pass now also covers files the new one no longer names.
+    state.env.downloads.evict().await;
     tracing::info!(prefix = %state.store.prefix_url(), %from, to = %manifest_ref, "swapped to a new snapshot");
     Ok(RefreshOutcome::Swapped { from, to: manifest_ref })
 }

@@ -77,7 +77,9 @@ async fn exercise(prefix: &Path, cache: &Path) {
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "db"))
         .collect();
-    cached.sort();
+    // The first downloaded is one of the served run's (the swap
+    // downloaded the older run's after), which the next reader reads.
+    cached.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).expect("mtime"));
     std::fs::write(&cached[0], b"damaged").expect("damage one cached file");
     let reader = open(prefix, settings.clone()).await;
     reader.multi_get(&keys).await.expect("multi_get from the cache");

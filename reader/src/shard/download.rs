@@ -6,14 +6,22 @@
 //! <cache_dir>/sqlite/.tmp-...      downloads in progress
 //! ```
 //!
-//! `<key>` is the shard's `checkpoint_id` (an identity of its content), or
-//! a hash of its URL when the manifest has none. A download streams into a
-//! temporary file while hashing, is checked (size against `db_bytes`,
-//! digest against the manifest's checksum when there is one), and is then
-//! renamed into place: readers in this or any other process see a whole
-//! file or none, and reuse it. A cached file is checked against the
-//! manifest's checksum, or the digest its download recorded, before use;
-//! a damaged one is fetched again.
+//! `<key>` identifies the content: a SHA-256 of the shard's full URL, its
+//! `checkpoint_id`, its checksum and its `db_bytes`, as the manifest
+//! records them. Two snapshots never share a file unless all four agree
+//! (a manifest that claims another's `checkpoint_id` gets a file of its
+//! own). A download streams into a temporary file while hashing, is
+//! checked (size against `db_bytes`, digest against the manifest's
+//! checksum when there is one), and is then renamed into place: readers in
+//! this or any other process see a whole file or none, and reuse it. A
+//! temporary file is removed on every path that does not rename it
+//! (errors, a body longer than announced, a checksum mismatch, and a
+//! download dropped halfway, by a guard). A cached file is checked against
+//! the manifest's checksum, or the digest its download recorded, before
+//! use; a damaged one is fetched again.
+//!
+//! What stays in the folder, and eviction under `cache_max_bytes`:
+//! `cache_files.rs`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -22,8 +30,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use xxhash_rust::xxh3::{Xxh3, xxh3_128};
+use xxhash_rust::xxh3::Xxh3;
 
+use super::ShardIdentity;
+use super::cache_files::{self, Folder, Hold};
 use super::spec::ShardSpec;
 use crate::error::{Error, Result};
 use crate::stats::{Counters, bump};
@@ -35,28 +45,62 @@ const STALE_TMP: Duration = Duration::from_secs(3600);
 /// Bytes a download gathers before each write to its file.
 const DOWNLOAD_BUFFER: usize = 1 << 20;
 
-fn cache_key(spec: &ShardSpec<'_>) -> String {
-    match spec.row.checkpoint_id.as_deref() {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 128
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-        {
-            id.to_string()
+/// The cache key of a shard's content (see the module docs): its fields
+/// length-prefixed, so that no two different identities hash the same
+/// text.
+pub(crate) fn cache_key(id: &ShardIdentity) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"sf-shard-cache-1");
+    let mut field = |value: Option<&[u8]>| match value {
+        None => h.update([0u8]),
+        Some(v) => {
+            h.update([1u8]);
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(v);
         }
-        _ => format!(
-            "url-{:032x}",
-            xxh3_128(format!("{}\u{0}{}", spec.url, spec.row.db_bytes).as_bytes())
-        ),
+    };
+    field(Some(id.url.as_bytes()));
+    field(id.checkpoint_id.as_deref().map(str::as_bytes));
+    field(id.checksum.as_deref().map(str::as_bytes));
+    field(Some(&id.db_bytes.to_be_bytes()[..]));
+    hex::encode(h.finalize())
+}
+
+/// Removes a temporary file when dropped, unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    fn new(path: PathBuf) -> Self {
+        TempFile { path, armed: true }
+    }
+
+    /// The file was renamed away: nothing to remove.
+    fn disarm(&mut self) {
+        self.armed = false;
     }
 }
 
-/// One reader's view of the cache: the folder, whether cached files are
-/// verified before use, and the counters a download or a reuse bumps.
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// One reader's view of the cache: the folder (shared with the process's
+/// other readers of it), whether cached files are verified before use,
+/// the bound, and the counters a download or a reuse bumps.
 #[derive(Debug)]
 pub(crate) struct DownloadCache {
     dir: PathBuf,
+    folder: Arc<Folder>,
     verify_checksums: bool,
+    max_bytes: Option<u64>,
     counters: Arc<Counters>,
 }
 
@@ -141,22 +185,65 @@ fn damage(db: &Path, sum: &Path, expected: Option<&Recorded>, db_bytes: u64, ful
 }
 
 impl DownloadCache {
-    /// The cache under `cache_dir` (see `prepare_dir`).
-    pub(crate) fn open(cache_dir: &Path, verify_checksums: bool, counters: Arc<Counters>) -> Result<Self> {
+    /// The cache under `cache_dir` (see `prepare_dir`), bounded by
+    /// `max_bytes`.
+    pub(crate) fn open(
+        cache_dir: &Path,
+        verify_checksums: bool,
+        max_bytes: Option<u64>,
+        counters: Arc<Counters>,
+    ) -> Result<Self> {
+        let dir = prepare_dir(cache_dir)?;
         Ok(DownloadCache {
-            dir: prepare_dir(cache_dir)?,
+            folder: Folder::shared(&dir),
+            dir,
             verify_checksums,
+            max_bytes,
             counters,
         })
     }
 
-    /// The local path of the shard's SQLite file, downloading it if needed;
-    /// `None` when the store has no `shard.db` for it.
-    pub(crate) async fn cached_file(&self, spec: &ShardSpec<'_>) -> Result<Option<PathBuf>> {
+    /// Holds the files of these shards until the hold is dropped (see
+    /// `cache_files.rs`).
+    pub(crate) fn hold<'a>(&self, ids: impl IntoIterator<Item = &'a ShardIdentity>) -> Hold {
+        self.folder.hold(
+            ids.into_iter().map(cache_key).collect(),
+            self.max_bytes,
+            Arc::clone(&self.counters),
+        )
+    }
+
+    /// An eviction pass (on the blocking pool) when the cache is bounded.
+    /// Without a bound there is nothing to evict, and a pass after each
+    /// download would list the folder once per shard.
+    pub(crate) async fn evict(&self) {
+        let Some(bound) = self.max_bytes else {
+            return;
+        };
+        let (folder, counters) = (Arc::clone(&self.folder), Arc::clone(&self.counters));
+        let _ = tokio::task::spawn_blocking(move || folder.evict(Some(bound), &counters)).await;
+    }
+
+    /// The local path of the shard's SQLite file, downloading it if needed,
+    /// and a hold on it for as long as it is read; `None` when the store
+    /// has no `shard.db` for it.
+    pub(crate) async fn cached_file(&self, spec: &ShardSpec<'_>) -> Result<Option<(PathBuf, Hold)>> {
+        let identity = ShardIdentity::of(spec.row, spec.url);
+        // Held before it is looked at, so no eviction pass removes it
+        // between the check (or the download) and the open.
+        let hold = self.hold([&identity]);
+        let key = cache_key(&identity);
+        let found = self.find_or_fetch(spec, &key).await?;
+        if found.is_some() {
+            self.folder.touch(&key);
+        }
+        Ok(found.map(|db| (db, hold)))
+    }
+
+    async fn find_or_fetch(&self, spec: &ShardSpec<'_>, key: &str) -> Result<Option<PathBuf>> {
         let dir = self.dir.clone();
-        let key = cache_key(spec);
-        let db = dir.join(format!("{key}.db"));
-        let sum = dir.join(format!("{key}.sum"));
+        let db = dir.join(format!("{key}.{}", cache_files::DB_EXT));
+        let sum = dir.join(format!("{key}.{}", cache_files::SUM_EXT));
         let expected = spec.expected_checksum(Coverage::File);
         let verify = self.verify_checksums;
 
@@ -195,6 +282,7 @@ impl DownloadCache {
             )));
         }
         let tmp = dir.join(format!(".tmp-{key}-{}", sf_manifest::format::ids::unique_hex()));
+        let mut tmp_guard = TempFile::new(tmp.clone());
         let result = async {
             // tokio::fs: file writes and the fsync run on the blocking pool,
             // not on the runtime's workers.
@@ -252,24 +340,31 @@ impl DownloadCache {
             }
             // The digest first, then the file: a file in place always has one.
             let sum_tmp = dir.join(format!(".tmp-{key}-{}.sum", sf_manifest::format::ids::unique_hex()));
+            let mut sum_guard = TempFile::new(sum_tmp.clone());
             tokio::fs::write(&sum_tmp, format!("{found} {size}\n"))
                 .await
                 .map_err(|e| Error::io("writing a cache digest", &sum_tmp, e))?;
             tokio::fs::rename(&sum_tmp, &sum)
                 .await
                 .map_err(|e| Error::io("writing a cache digest", &sum, e))?;
+            sum_guard.disarm();
             tokio::fs::rename(&tmp, &db)
                 .await
                 .map_err(|e| Error::io("moving a download into the cache", &db, e))?;
+            tmp_guard.disarm();
             bump(&self.counters.downloads, 1);
             bump(&self.counters.download_bytes, size);
             Ok(())
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
+        // The guard removes the temporary file (off the runtime's workers)
+        // unless it was renamed into place.
+        if tmp_guard.armed {
+            let _ = tokio::task::spawn_blocking(move || drop(tmp_guard)).await;
         }
-        result.map(|()| Some(db))
+        result?;
+        self.evict().await;
+        Ok(Some(db))
     }
 }
 
@@ -301,7 +396,7 @@ mod tests {
         body.resize(8192, 0);
         file.store.put(&file.path, PutPayload::from(body)).await.expect("put");
         let cache_dir = tempfile::tempdir().expect("tmp");
-        let cache = DownloadCache::open(cache_dir.path(), true, Arc::new(Counters::default())).expect("cache");
+        let cache = DownloadCache::open(cache_dir.path(), true, None, Arc::new(Counters::default())).expect("cache");
         for declared in [4096u64, 16384] {
             let row = row(declared);
             let spec = ShardSpec {
@@ -319,5 +414,49 @@ mod tests {
             .expect("list")
             .collect();
         assert!(left.is_empty(), "nothing is kept: {left:?}");
+    }
+
+    #[test]
+    fn a_temporary_file_goes_with_its_guard_unless_renamed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (gone, kept) = (dir.path().join(".tmp-a"), dir.path().join(".tmp-b"));
+        for p in [&gone, &kept] {
+            std::fs::write(p, b"partial").expect("write");
+        }
+        drop(TempFile::new(gone.clone()));
+        let mut renamed = TempFile::new(kept.clone());
+        renamed.disarm();
+        drop(renamed);
+        assert!(!gone.exists() && kept.exists());
+    }
+
+    #[test]
+    fn the_key_changes_with_every_part_of_the_identity() {
+        let row = row(4096);
+        let base = ShardIdentity::of(&row, "s3://b/a/shards/db=00000/attempt=00");
+        let mut variants = vec![base.clone()];
+        let mut v = base.clone();
+        v.url = "s3://b/other/shards/db=00000/attempt=00".into();
+        variants.push(v);
+        let mut v = base.clone();
+        v.checkpoint_id = Some("abd".into());
+        variants.push(v);
+        let mut v = base.clone();
+        v.checkpoint_id = None;
+        variants.push(v);
+        let mut v = base.clone();
+        v.checksum = Some("xxh3_128:00".into());
+        variants.push(v);
+        let mut v = base.clone();
+        v.db_bytes = 4097;
+        variants.push(v);
+        let keys: std::collections::BTreeSet<String> = variants.iter().map(cache_key).collect();
+        assert_eq!(keys.len(), variants.len(), "{keys:?}");
+        assert_eq!(
+            cache_key(&base),
+            cache_key(&base.clone()),
+            "the same identity, the same key"
+        );
+        assert!(cache_key(&base).bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }

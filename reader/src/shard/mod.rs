@@ -11,6 +11,8 @@
 //! downloaded and held in memory (`memory.rs`), where lookups never reach
 //! SQLite.
 
+pub(crate) mod cache_dir;
+pub(crate) mod cache_files;
 pub(crate) mod download;
 pub(crate) mod memory;
 pub(crate) mod remote_file;
@@ -38,6 +40,7 @@ use crate::stats::{Counters, bump};
 use sf_manifest::Cause;
 use sf_manifest::format::checksum::{Coverage, file_checksum};
 
+use cache_files::Hold;
 use download::DownloadCache;
 use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
@@ -80,9 +83,18 @@ pub(crate) struct ShardEnv {
 
 impl ShardEnv {
     pub(crate) fn new(settings: ReaderSettings, counters: Arc<Counters>, runtime: Handle) -> Result<Self> {
+        let cache_dir = match &settings.cache_dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = cache_dir::default_cache_dir()?;
+                cache_dir::prepare_default(&dir)?;
+                dir
+            }
+        };
         let downloads = DownloadCache::open(
-            &settings.effective_cache_dir(),
+            &cache_dir,
             settings.verify_checksums,
+            settings.cache_max_bytes,
             Arc::clone(&counters),
         )?;
         Ok(ShardEnv {
@@ -99,7 +111,8 @@ impl ShardEnv {
 }
 
 /// What makes two snapshots' shards the same content, so a refresh can
-/// carry an open shard over instead of opening it again.
+/// carry an open shard over instead of opening it again; the same fields
+/// name its file in the download cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ShardIdentity {
     url: String,
@@ -136,6 +149,9 @@ enum Backend {
     Slate(SlateShard),
 }
 
+/// An opened backend, and the hold on its cached file when it reads one.
+type Opened = (Backend, Option<Hold>);
+
 /// An open shard.
 pub(crate) struct ShardHandle {
     db_id: DbId,
@@ -143,6 +159,8 @@ pub(crate) struct ShardHandle {
     pub(crate) identity: ShardIdentity,
     backend: Backend,
     env: Arc<ShardEnv>,
+    /// The cached file a downloaded shard reads, held while it is open.
+    _cache_hold: Option<Hold>,
 }
 
 impl std::fmt::Debug for ShardHandle {
@@ -194,7 +212,7 @@ impl ShardHandle {
                 None => Self::try_slate(env, spec).await?,
             }
         };
-        let backend = backend.ok_or_else(|| {
+        let (backend, cache_hold) = backend.ok_or_else(|| {
             spec.open_error(
                 "the shard is missing: the attempt folder holds neither a shard.db nor a SlateDB database".into(),
             )
@@ -206,18 +224,19 @@ impl ShardHandle {
             identity: ShardIdentity::of(spec.row, spec.url),
             backend,
             env: Arc::clone(env),
+            _cache_hold: cache_hold,
         }))
     }
 
-    async fn try_slate(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
+    async fn try_slate(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Opened>> {
         if !slate::exists(&spec).await? {
             return Ok(None);
         }
         let shard = slate::open(&spec, env.settings.verify_checksums, env.runtime.clone()).await?;
-        Ok(Some(Backend::Slate(shard)))
+        Ok(Some((Backend::Slate(shard), None)))
     }
 
-    async fn try_sqlite(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
+    async fn try_sqlite(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Opened>> {
         let s = &env.settings;
         let db_bytes = spec.row.db_bytes;
         let mode = match s.sqlite_mode {
@@ -234,12 +253,12 @@ impl ShardHandle {
         }
     }
 
-    async fn open_local(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
-        let Some(path) = env.downloads.cached_file(&spec).await? else {
+    async fn open_local(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Opened>> {
+        let Some((path, hold)) = env.downloads.cached_file(&spec).await? else {
             return Ok(None);
         };
         let (pool, _) = Self::local_pool(env, path)?;
-        Self::seeded_local(spec, pool).map(Some)
+        Self::seeded_local(spec, pool).map(|b| Some((b, Some(hold))))
     }
 
     /// A pool over a cached file, and the file's size.
@@ -273,14 +292,14 @@ impl ShardHandle {
     /// Memory mode: the cached file (downloaded and verified as in
     /// download mode) loaded into memory, or left in download mode when
     /// the memory budget cannot hold it.
-    async fn open_memory(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
-        let Some(path) = env.downloads.cached_file(&spec).await? else {
+    async fn open_memory(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Opened>> {
+        let Some((path, hold)) = env.downloads.cached_file(&spec).await? else {
             return Ok(None);
         };
         let (pool, size) = Self::local_pool(env, path)?;
         let rows = spec.row.row_count;
         let Some(reservation) = env.memory.reserve(memory::estimate(size, rows)) else {
-            return Self::memory_fallback(env, spec, pool).map(Some);
+            return Self::memory_fallback(env, spec, pool).map(|b| Some((b, Some(hold))));
         };
         // A full read of the file: off the runtime's workers.
         let (pool, loaded) = tokio::task::spawn_blocking(move || {
@@ -295,12 +314,16 @@ impl ShardHandle {
         match loaded {
             Ok(index) => {
                 tracing::debug!(shard = %spec.db_id, rows = index.rows(), bytes = index.bytes(), "shard held in memory");
-                Ok(Some(Backend::Memory {
-                    index: Arc::new(index),
-                    pool,
-                }))
+                // Scans read the file: it stays held.
+                Ok(Some((
+                    Backend::Memory {
+                        index: Arc::new(index),
+                        pool,
+                    },
+                    Some(hold),
+                )))
             }
-            Err(LoadError::OverBudget) => Self::memory_fallback(env, spec, pool).map(Some),
+            Err(LoadError::OverBudget) => Self::memory_fallback(env, spec, pool).map(|b| Some((b, Some(hold)))),
             Err(LoadError::Sqlite(e)) => Err(Self::unreadable(spec, e)),
             Err(e) => Err(spec.open_failed(
                 format!("the shard cannot be held in memory: {e}"),
@@ -322,7 +345,7 @@ impl ShardHandle {
         Self::seeded_local(spec, pool)
     }
 
-    async fn open_range(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Backend>> {
+    async fn open_range(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Opened>> {
         let file_loc = spec.location.child(sf_manifest::format::layout::SQLITE_SHARD_FILE);
         let meta = match file_loc.store.head(&file_loc.path).await {
             Ok(m) => m,
@@ -403,11 +426,14 @@ impl ShardHandle {
             ),
         })?;
         pool.seed(conn);
-        Ok(Some(Backend::Range {
-            pool,
-            file,
-            _registration: registration,
-        }))
+        Ok(Some((
+            Backend::Range {
+                pool,
+                file,
+                _registration: registration,
+            },
+            None,
+        )))
     }
 
     fn read_error(&self, reason: String, kind: ErrorKind, source: Option<Cause>) -> Error {
