@@ -272,6 +272,9 @@ async fn open_reader(cli: &Cli, current_url: &str, options: StorageOptions) -> R
         cache_max_bytes: cli.cache_max_bytes,
         sqlite_mode: cli.sqlite_mode.into(),
         pin,
+        // One read, asked for now: a broken current manifest is the answer
+        // (exit 3), not an older run.
+        history_fallback: false,
         ..ReaderSettings::default()
     };
     Ok(Reader::builder(current_url)

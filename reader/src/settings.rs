@@ -151,6 +151,13 @@ pub struct ReaderSettings {
     /// fails the refresh (the previous snapshot keeps serving). Not for
     /// snapshots whose routing needs a context. Default: none.
     pub warmup_keys: Vec<String>,
+    /// When the manifest `_CURRENT` names cannot be read at start
+    /// (missing, corrupt, refused by the checks of untrusted manifests),
+    /// open the newest readable older one of the history instead (at most
+    /// three tried) and report the reader degraded until a refresh reads a
+    /// good one. Off: the start fails with the current manifest's error,
+    /// as `sf-read` wants it. Default on.
+    pub history_fallback: bool,
 }
 
 impl Default for ReaderSettings {
@@ -172,6 +179,7 @@ impl Default for ReaderSettings {
             max_idle_connections_per_shard: 8,
             keep_versions: 1,
             warmup_keys: Vec::new(),
+            history_fallback: true,
         }
     }
 }

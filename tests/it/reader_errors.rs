@@ -15,8 +15,14 @@ fn prefix(root: &tempfile::TempDir, name: &str) -> String {
     format!("file://{}/{name}", root.path().display())
 }
 
+/// A reader of `prefix`; without the history fallback, so that the error
+/// of each broken current manifest is what the start returns.
 async fn reader(prefix: &str, cache: &std::path::Path, mode: SqliteMode) -> sf_reader::Result<Reader> {
-    try_open(prefix, settings(mode, cache)).await
+    let settings = ReaderSettings {
+        history_fallback: false,
+        ..settings(mode, cache)
+    };
+    try_open(prefix, settings).await
 }
 
 fn assert_names(e: &Error, parts: &[&str]) {

@@ -50,7 +50,7 @@ pub(super) async fn open(opening: Opening) -> Result<Reader> {
             Snapshot::from_manifest(&store, Some(&env), &manifest_ref, None, manifest)?,
             None,
         ),
-        None => initial_snapshot(&store, &env, &settings.pin, &current_url).await?,
+        None => initial_snapshot(&store, &env, &settings.pin, &current_url, settings.history_fallback).await?,
     };
     crate::view::warm_up(&env, &snapshot, &settings.warmup_keys).await?;
     counters.snapshot_created.set(snapshot.created_seconds());
@@ -75,6 +75,7 @@ async fn initial_snapshot(
     env: &ShardEnv,
     pin: &Pin,
     current_url: &str,
+    history_fallback: bool,
 ) -> Result<(Snapshot, Option<String>)> {
     let plain = |s: Snapshot| (s, None);
     match pin {
@@ -94,6 +95,9 @@ async fn initial_snapshot(
                 }
                 Err(e) => (None, Error::from(e)),
             };
+            if !history_fallback {
+                return Err(error);
+            }
             fallback(store, env, failed_ref.as_deref(), error).await
         }
         Pin::Ref(r) => {
