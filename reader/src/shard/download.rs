@@ -32,8 +32,8 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::ShardIdentity;
 use super::cache_files::{self, Folder, Hold};
+use super::spec::ShardIdentity;
 use super::spec::ShardSpec;
 use crate::error::{Error, Result};
 use crate::stats::{Counters, bump};

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use futures::StreamExt;
 use sf_manifest::format::untrusted;
-use sf_manifest::{DbId, ErrorKind, ShardRow};
+use sf_manifest::{DbId, ErrorKind};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use xxhash_rust::xxh3::Xxh3;
@@ -45,7 +45,7 @@ use download::DownloadCache;
 use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
 use slate::SlateShard;
-pub(crate) use spec::ShardSpec;
+pub(crate) use spec::{ShardIdentity, ShardSpec};
 use sqlite::{ConnPool, Source};
 
 /// Multi-gets on a downloaded shard with at least this many keys run on
@@ -107,28 +107,6 @@ impl ShardEnv {
             runtime,
             next_file_id: AtomicU64::new(1),
         })
-    }
-}
-
-/// What makes two snapshots' shards the same content, so a refresh can
-/// carry an open shard over instead of opening it again; the same fields
-/// name its file in the download cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ShardIdentity {
-    url: String,
-    checkpoint_id: Option<String>,
-    checksum: Option<String>,
-    db_bytes: u64,
-}
-
-impl ShardIdentity {
-    pub(crate) fn of(row: &ShardRow, url: &str) -> Self {
-        ShardIdentity {
-            url: url.to_string(),
-            checkpoint_id: row.checkpoint_id.clone(),
-            checksum: row.writer_info.checksum().map(str::to_string),
-            db_bytes: row.db_bytes,
-        }
     }
 }
 

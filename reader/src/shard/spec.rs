@@ -57,3 +57,25 @@ impl ShardSpec<'_> {
         }
     }
 }
+
+/// What makes two snapshots' shards the same content, so a refresh can
+/// carry an open shard over instead of opening it again; the same fields
+/// name its file in the download cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShardIdentity {
+    pub(super) url: String,
+    pub(super) checkpoint_id: Option<String>,
+    pub(super) checksum: Option<String>,
+    pub(super) db_bytes: u64,
+}
+
+impl ShardIdentity {
+    pub(crate) fn of(row: &ShardRow, url: &str) -> Self {
+        ShardIdentity {
+            url: url.to_string(),
+            checkpoint_id: row.checkpoint_id.clone(),
+            checksum: row.writer_info.checksum().map(str::to_string),
+            db_bytes: row.db_bytes,
+        }
+    }
+}
