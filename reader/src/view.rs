@@ -18,12 +18,9 @@ use sf_router::ContextValue;
 
 use crate::error::{Error, Result};
 use crate::info::SnapshotInfo;
-use crate::shard::ShardEnv;
+use crate::shard::{ShardEnv, ShardHandle, SlotKey};
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
-
-/// A key's position in a `multi_get` and its encoded bytes.
-type SlotKey = (usize, Vec<u8>);
 
 /// Which of the snapshots a reader holds a read goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,20 +209,44 @@ pub(crate) async fn multi_lookup<'a>(
         }
     }
     let mut out: Vec<Option<Bytes>> = vec![None; n];
+    // Shards open concurrently; small groups on downloaded shards wait
+    // for the others' opens and then share one blocking task.
+    let mut small = Vec::new();
     let mut results = futures::stream::iter(groups)
         .map(|(db, keys)| async move {
             match snap.shard(env, db).await? {
-                None => Ok(Vec::new()),
-                Some(shard) => shard.get_many(keys).await,
+                None => Ok::<_, Error>(None),
+                Some(shard) if shard.batches_small_groups(keys.len()) => {
+                    Ok(Some(Deferred::Small(Arc::clone(shard), keys)))
+                }
+                Some(shard) => Ok(Some(Deferred::Done(shard.get_many(keys).await?))),
             }
         })
         .buffer_unordered(max_concurrency);
-    while let Some(values) = results.try_next().await? {
-        for (slot, v) in values {
+    while let Some(part) = results.try_next().await? {
+        match part {
+            None => {}
+            Some(Deferred::Small(shard, keys)) => small.push((shard, keys)),
+            Some(Deferred::Done(values)) => {
+                for (slot, v) in values {
+                    out[slot] = v;
+                }
+            }
+        }
+    }
+    if !small.is_empty() {
+        for (slot, v) in ShardHandle::get_small_groups(small).await? {
             out[slot] = v;
         }
     }
     Ok(out)
+}
+
+/// A shard group's part of a multi-get: looked up, or left for the batch
+/// of small groups.
+enum Deferred {
+    Small(Arc<ShardHandle>, Vec<SlotKey>),
+    Done(Vec<(usize, Option<Bytes>)>),
 }
 
 /// Reads `settings.warmup_keys` from `snap` (opening their shards).

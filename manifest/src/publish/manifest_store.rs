@@ -380,7 +380,12 @@ impl ManifestStore for ObjectManifestStore {
     async fn load_manifest(&self, manifest_ref: &str) -> Result<Manifest> {
         let loc = self.locate(manifest_ref, None)?;
         let bytes = get_bytes_capped(&loc.store, &loc.path, "manifest", manifest_ref, MAX_MANIFEST_BYTES).await?;
-        Manifest::from_sqlite_bytes(&bytes, manifest_ref)
+        // Decoding runs SQLite over the file (up to its step budget): on
+        // the blocking pool, never on a runtime worker.
+        let location = manifest_ref.to_owned();
+        tokio::task::spawn_blocking(move || Manifest::from_sqlite_bytes(&bytes, &location))
+            .await
+            .map_err(|e| Error::Internal(format!("the task decoding manifest {manifest_ref} failed: {e}")))?
     }
 
     async fn history(&self) -> Result<Vec<HistoryEntry>> {

@@ -46,12 +46,14 @@ use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
 use slate::SlateShard;
 pub(crate) use spec::{ShardIdentity, ShardSpec};
-use sqlite::{ConnPool, Source};
+use sqlite::{ConnPool, Source, spawn_sqlite};
 
 /// Multi-gets on a downloaded shard with at least this many keys run on
-/// the blocking pool, so that several shards' lookups use several cores;
-/// smaller ones run inline (a hop to another thread costs more).
-const PARALLEL_GROUP: usize = 64;
+/// the blocking pool in a task of their own, so that several shards'
+/// lookups use several cores; smaller groups of one `multi_get` share one
+/// blocking task (see [`Shard::get_small_groups`]), as a hop to another
+/// thread costs more than their lookups.
+pub(crate) const PARALLEL_GROUP: usize = 64;
 
 /// Multi-gets on a memory-mode shard with at least this many keys run as
 /// tasks of their own on the runtime's workers, so that one `multi_get`'s
@@ -64,6 +66,9 @@ const MEMORY_PARALLEL_GROUP: usize = 64;
 /// most, so that a huge `multi_get` on one shard still spreads over the
 /// cores and never holds a runtime worker for long.
 const MEMORY_TASK_KEYS: usize = 2048;
+
+/// A key to look up, with its position in the caller's batch.
+pub(crate) type SlotKey = (usize, Vec<u8>);
 
 /// What every shard open needs; one per reader.
 #[derive(Debug)]
@@ -236,7 +241,7 @@ impl ShardHandle {
             return Ok(None);
         };
         let (pool, _) = Self::local_pool(env, path)?;
-        Self::seeded_local(spec, pool).map(|b| Some((b, Some(hold))))
+        Self::seeded_local(spec, pool).await.map(|b| Some((b, Some(hold))))
     }
 
     /// A pool over a cached file, and the file's size.
@@ -261,9 +266,14 @@ impl ShardHandle {
 
     /// Download mode over `pool`, with its first connection open (which
     /// checks the file is a shard).
-    fn seeded_local(spec: ShardSpec<'_>, pool: ConnPool) -> Result<Backend> {
-        let conn = pool.open_connection().map_err(|e| Self::unreadable(spec, e))?;
-        pool.seed(conn);
+    async fn seeded_local(spec: ShardSpec<'_>, pool: ConnPool) -> Result<Backend> {
+        let (pool, opened) = spawn_sqlite(move || {
+            let opened = pool.open_connection();
+            (pool, opened)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("shard open task failed: {e}")))?;
+        pool.seed(opened.map_err(|e| Self::unreadable(spec, e))?);
         Ok(Backend::Local(pool))
     }
 
@@ -277,10 +287,12 @@ impl ShardHandle {
         let (pool, size) = Self::local_pool(env, path)?;
         let rows = spec.row.row_count;
         let Some(reservation) = env.memory.reserve(memory::estimate(size, rows)) else {
-            return Self::memory_fallback(env, spec, pool).map(|b| Some((b, Some(hold))));
+            return Self::memory_fallback(env, spec, pool)
+                .await
+                .map(|b| Some((b, Some(hold))));
         };
         // A full read of the file: off the runtime's workers.
-        let (pool, loaded) = tokio::task::spawn_blocking(move || {
+        let (pool, loaded) = spawn_sqlite(move || {
             let loaded = pool
                 .open_connection()
                 .map_err(LoadError::from)
@@ -301,7 +313,9 @@ impl ShardHandle {
                     Some(hold),
                 )))
             }
-            Err(LoadError::OverBudget) => Self::memory_fallback(env, spec, pool).map(|b| Some((b, Some(hold)))),
+            Err(LoadError::OverBudget) => Self::memory_fallback(env, spec, pool)
+                .await
+                .map(|b| Some((b, Some(hold)))),
             Err(LoadError::Sqlite(e)) => Err(Self::unreadable(spec, e)),
             Err(e) => Err(spec.open_failed(
                 format!("the shard cannot be held in memory: {e}"),
@@ -311,7 +325,7 @@ impl ShardHandle {
         }
     }
 
-    fn memory_fallback(env: &ShardEnv, spec: ShardSpec<'_>, pool: ConnPool) -> Result<Backend> {
+    async fn memory_fallback(env: &ShardEnv, spec: ShardSpec<'_>, pool: ConnPool) -> Result<Backend> {
         bump(&env.counters.memory_fallbacks, 1);
         tracing::info!(
             shard = %spec.db_id,
@@ -320,7 +334,7 @@ impl ShardHandle {
             memory_limit_bytes = env.settings.memory_limit_bytes,
             "the shard does not fit in the memory limit; reading it in download mode"
         );
-        Self::seeded_local(spec, pool)
+        Self::seeded_local(spec, pool).await
     }
 
     async fn open_range(env: &Arc<ShardEnv>, spec: ShardSpec<'_>) -> Result<Option<Opened>> {
@@ -384,7 +398,7 @@ impl ShardHandle {
         );
         // The first connection reads the header and schema pages: blocking
         // remote I/O, so it runs on the blocking pool.
-        let (pool, file, result) = tokio::task::spawn_blocking(move || {
+        let (pool, file, result) = spawn_sqlite(move || {
             let r = pool.open_connection();
             (pool, file, r)
         })
@@ -451,16 +465,18 @@ impl ShardHandle {
     /// The value stored for an encoded key.
     pub(crate) async fn get(self: &Arc<Self>, key: &[u8]) -> Result<Option<Bytes>> {
         match &self.backend {
-            // A warm lookup in a local, memory-mapped file takes a few
-            // microseconds: cheaper inline than any hop to another thread.
-            Backend::Local(pool) => pool.get(key).map_err(|e| self.sqlite_error(e, None)),
+            // SQLite never runs on the runtime's workers: a page that is not
+            // in memory blocks on the disk, and a shard from the bucket is
+            // not trusted to be cheap (its step budget bounds it, but in
+            // milliseconds, not microseconds). The hop costs a few
+            // microseconds; docs/performance.md has the figures.
+            Backend::Local(_) | Backend::Range { .. } => {
+                let key = key.to_vec();
+                self.on_sqlite_pool("lookup", move |pool| pool.get(&key)).await
+            }
             // The value is copied out, so that no caller's value keeps a
             // released shard's memory alive.
             Backend::Memory { index, .. } => Ok(index.get(key).map(Bytes::copy_from_slice)),
-            Backend::Range { .. } => {
-                let key = key.to_vec();
-                self.on_sqlite_pool("range lookup", move |pool| pool.get(&key)).await
-            }
             Backend::Slate(s) => {
                 let _permit = self.permit().await?;
                 s.get(key).await.map_err(|e| self.slate_error("", e))
@@ -502,7 +518,7 @@ impl ShardHandle {
             _ => None,
         };
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        spawn_sqlite(move || {
             let (pool, file) = match &this.backend {
                 Backend::Local(pool) | Backend::Memory { pool, .. } => (pool, None),
                 Backend::Range { pool, file, .. } => (pool, Some(file.as_ref())),
@@ -533,10 +549,6 @@ impl ShardHandle {
             keys.sort_unstable_by(|a, b| a.1.cmp(&b.1));
         }
         match &self.backend {
-            Backend::Local(pool) if keys.len() < PARALLEL_GROUP => {
-                let values = pool.get_many(&keys).map_err(|e| self.sqlite_error(e, None))?;
-                Ok(keys.into_iter().map(|(slot, _)| slot).zip(values).collect())
-            }
             Backend::Memory { index, .. } if keys.len() < MEMORY_PARALLEL_GROUP => Ok(memory_lookups(index, &keys)),
             Backend::Memory { index, .. } => self.memory_get_many(index, keys).await,
             Backend::Local(_) | Backend::Range { .. } => {
@@ -554,6 +566,35 @@ impl ShardHandle {
                 Ok(out)
             }
         }
+    }
+
+    /// Whether a group of `keys` keys on this shard is better looked up
+    /// with other small groups in one blocking task than in its own.
+    pub(crate) fn batches_small_groups(&self, keys: usize) -> bool {
+        matches!(self.backend, Backend::Local(_)) && keys < PARALLEL_GROUP
+    }
+
+    /// Looks up small groups of keys on downloaded shards, one after the
+    /// other in one task on the blocking pool: values with their positions.
+    pub(crate) async fn get_small_groups(
+        groups: Vec<(Arc<Self>, Vec<SlotKey>)>,
+    ) -> Result<Vec<(usize, Option<Bytes>)>> {
+        spawn_sqlite(move || {
+            let mut out = Vec::with_capacity(groups.iter().map(|(_, keys)| keys.len()).sum());
+            for (shard, mut keys) in groups {
+                let Backend::Local(pool) = &shard.backend else {
+                    return Err(Error::Internal(
+                        "a batched lookup reached a shard that is not local".into(),
+                    ));
+                };
+                keys.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+                let values = pool.get_many(&keys).map_err(|e| shard.sqlite_error(e, None))?;
+                out.extend(keys.into_iter().map(|(slot, _)| slot).zip(values));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("lookup task failed: {e}")))?
     }
 
     /// Looks `keys` up in a memory-mode shard in tasks of at most

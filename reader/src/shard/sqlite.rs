@@ -7,7 +7,14 @@
 //! file with `immutable=1`: shard files never change once published (and
 //! cached files are named by content), so SQLite takes no locks and checks
 //! for no journal, which keeps a warm lookup at a few microseconds.
+//!
+//! SQLite never runs on the async runtime's workers: every use of a
+//! connection goes through [`spawn_sqlite`], on tokio's blocking pool, so
+//! that a page read from a cold disk, or a hostile shard spending its step
+//! budget, never holds a worker that other requests need. Debug builds
+//! assert it at every connection taken or opened.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -23,6 +30,34 @@ use sf_manifest::format::untrusted::{self, Budget};
 pub(crate) const LOOKUP_STEP_BUDGET: u64 = 100_000;
 /// SQLite VM steps a scan may take per row of its page.
 pub(crate) const SCAN_STEPS_PER_ROW: u64 = 1_000;
+
+thread_local! {
+    /// Set while a [`spawn_sqlite`] task runs on this thread.
+    static SQLITE_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `work`, which uses SQLite, on tokio's blocking pool.
+pub(crate) fn spawn_sqlite<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> tokio::task::JoinHandle<T> {
+    /// Clears the mark when the task ends, even by a panic: a blocking-pool
+    /// thread may later become a runtime worker.
+    struct Mark;
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            SQLITE_TASK.with(|m| m.set(false));
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        SQLITE_TASK.with(|m| m.set(true));
+        let _mark = Mark;
+        work()
+    })
+}
+
+/// Whether SQLite may run on this thread: in a [`spawn_sqlite`] task, or
+/// on a thread outside any runtime (tests, tools).
+pub(crate) fn sqlite_may_run_here() -> bool {
+    SQLITE_TASK.with(Cell::get) || tokio::runtime::Handle::try_current().is_err()
+}
 
 /// Where connections come from.
 #[derive(Debug)]
@@ -75,6 +110,7 @@ impl ConnPool {
     /// ([`untrusted::harden`]), and checks the file is a shard: `kv` is a
     /// table with columns `k` and `v`.
     pub(crate) fn open_connection(&self) -> rusqlite::Result<Connection> {
+        debug_assert!(sqlite_may_run_here(), "a shard opened on an async runtime worker");
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let mut conn = match &self.source {
             Source::Local { path, mmap_bytes } => {
@@ -98,6 +134,7 @@ impl ConnPool {
     }
 
     fn take(&self) -> rusqlite::Result<Connection> {
+        debug_assert!(sqlite_may_run_here(), "a shard lookup on an async runtime worker");
         let pooled = self.idle().pop();
         match pooled {
             Some(c) => Ok(c),
@@ -242,6 +279,8 @@ fn lookup(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<Bytes>> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn shard_file(dir: &Path) -> PathBuf {
@@ -256,6 +295,45 @@ mod tests {
             .expect("insert");
         }
         path
+    }
+
+    fn local_pool(path: PathBuf) -> Arc<ConnPool> {
+        Arc::new(ConnPool::new(
+            Source::Local {
+                path,
+                mmap_bytes: 1 << 20,
+            },
+            2,
+        ))
+    }
+
+    #[test]
+    fn lookups_run_in_sqlite_tasks_off_the_runtime() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pool = local_pool(shard_file(dir.path()));
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        let value = rt
+            .block_on(async { spawn_sqlite(move || pool.get(&7u64.to_be_bytes())).await })
+            .expect("task")
+            .expect("get");
+        assert_eq!(value.as_deref(), Some(&b"v7"[..]));
+        assert!(sqlite_may_run_here(), "outside any runtime");
+        let inside = rt.block_on(async { sqlite_may_run_here() });
+        assert!(!inside, "a runtime's own thread is not a place for SQLite");
+        let after = rt.block_on(async { spawn_sqlite(sqlite_may_run_here).await.expect("task") });
+        assert!(after);
+    }
+
+    /// The debug assertion that keeps SQLite off the runtime's workers
+    /// bites: a lookup made inline in a task panics in debug builds.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "async runtime worker")]
+    fn a_lookup_inline_on_a_runtime_worker_is_caught() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pool = local_pool(shard_file(dir.path()));
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        let _ = rt.block_on(async { pool.get(&7u64.to_be_bytes()) });
     }
 
     #[test]
