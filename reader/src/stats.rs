@@ -75,13 +75,15 @@ const MEMORY_FALLBACKS: &str = "sf_reader_memory_fallbacks_total";
 const CACHE_EVICTIONS: &str = "sf_reader_cache_evictions_total";
 const CACHE_OVER_BOUND: &str = "sf_reader_cache_over_bound_total";
 const CACHE_BYTES: &str = "sf_reader_cache_bytes";
+const CACHE_MAX_BYTES: &str = "sf_reader_cache_max_bytes";
 const SNAPSHOT_CREATED_SECONDS: &str = "sf_reader_snapshot_created_seconds";
 const VERSIONS_HELD: &str = "sf_reader_versions_held";
 
 /// Every name the reader emits through the `metrics` facade, with what
 /// each counts (a test checks that the reader emits these and nothing
 /// else). Counters end in `_total`; two gauges are set when a snapshot
-/// is loaded or swapped in, the cache's after each eviction pass.
+/// is loaded or swapped in, the cache's size after each eviction pass,
+/// and its bound once, when the reader has one.
 pub const METRICS: &[(&str, &str)] = &[
     (SHARD_OPENS, "shards opened"),
     (DOWNLOADS, "SQLite shard files downloaded into the cache"),
@@ -105,6 +107,10 @@ pub const METRICS: &[(&str, &str)] = &[
     (
         CACHE_BYTES,
         "bytes of the shard cache folder after the last eviction pass (gauge)",
+    ),
+    (
+        CACHE_MAX_BYTES,
+        "the shard cache's bound, cache_max_bytes; absent when the cache has none (gauge)",
     ),
     (
         SNAPSHOT_CREATED_SECONDS,
@@ -154,6 +160,7 @@ pub(crate) struct Counters {
     pub(crate) cache_over_bound: Counter,
     cache_bytes: AtomicU64,
     cache_bytes_gauge: metrics::Gauge,
+    labels: Vec<metrics::Label>,
     pub(crate) snapshot_created: metrics::Gauge,
     pub(crate) versions_held: metrics::Gauge,
 }
@@ -195,7 +202,8 @@ impl Counters {
             cache_bytes: AtomicU64::new(0),
             cache_bytes_gauge: metrics::gauge!(CACHE_BYTES, labels.clone()),
             snapshot_created: metrics::gauge!(SNAPSHOT_CREATED_SECONDS, labels.clone()),
-            versions_held: metrics::gauge!(VERSIONS_HELD, labels),
+            versions_held: metrics::gauge!(VERSIONS_HELD, labels.clone()),
+            labels,
         }
     }
 
@@ -219,6 +227,12 @@ impl Counters {
             cache_evictions: self.cache_evictions.get(),
             cache_over_bound: self.cache_over_bound.get(),
         }
+    }
+
+    /// Publishes the cache's bound (a reader with a bounded cache only, so
+    /// that the series exists exactly when there is a bound to compare to).
+    pub(crate) fn set_cache_max_bytes(&self, bytes: u64) {
+        metrics::gauge!(CACHE_MAX_BYTES, self.labels.clone()).set(bytes as f64);
     }
 
     /// Records the cache folder's size after an eviction pass.

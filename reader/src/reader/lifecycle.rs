@@ -43,6 +43,9 @@ pub(super) async fn open(opening: Opening) -> Result<Reader> {
     let location = prefix_location(&current_url, &options, store)?;
     let store = ObjectManifestStore::new(location);
     let counters = Arc::new(Counters::new(&metric_labels));
+    if let Some(bound) = settings.cache_max_bytes {
+        counters.set_cache_max_bytes(bound);
+    }
     let env = Arc::new(ShardEnv::new(settings.clone(), Arc::clone(&counters), runtime.clone())?);
     let current_url = sf_manifest::format::layout::join_url(store.prefix_url(), sf_manifest::format::layout::CURRENT);
     let (snapshot, degraded) = match unpublished {

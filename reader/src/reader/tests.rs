@@ -46,6 +46,7 @@ async fn exercise(prefix: &Path, cache: &Path) {
     let keys: Vec<Key> = (0..100).map(Key::Int).collect();
     let settings = ReaderSettings {
         cache_dir: Some(cache.to_path_buf()),
+        cache_max_bytes: Some(1 << 30),
         ..ReaderSettings::default()
     };
 
