@@ -40,6 +40,16 @@ BUCKET="sf-test"
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
+APT_UPDATED=0
+# apt-get install with the package lists updated once per run.
+apt_install() {
+  if [ "$APT_UPDATED" = 0 ]; then
+    as_root apt-get update -qq
+    APT_UPDATED=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
     log "need root to run: $*"; return 1; fi
@@ -51,8 +61,7 @@ ensure_python() {
     return
   fi
   log "installing Python with venv support (apt-get)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+  apt_install python3 python3-venv python3-pip
 }
 
 ensure_venv() {
@@ -73,15 +82,21 @@ PY
 }
 
 # The serving tests make TLS certificates with openssl and lower a
-# process's descriptor limit with util-linux prlimit.
+# process's descriptor limit with util-linux prlimit; the alert rules are
+# checked and unit-tested with Prometheus' promtool (Debian's prometheus
+# package, without its recommended extras; the server is not started).
 ensure_tools() {
   local missing=()
   command -v openssl >/dev/null || missing+=(openssl)
   command -v prlimit >/dev/null || missing+=(util-linux)
-  [ "${#missing[@]}" -eq 0 ] && return
-  log "installing ${missing[*]} (apt-get)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} (apt-get)"
+    apt_install "${missing[@]}"
+  fi
+  if ! command -v promtool >/dev/null; then
+    log "installing promtool: prometheus (apt-get)"
+    apt_install --no-install-recommends prometheus
+  fi
 }
 
 ensure_node() {
@@ -89,8 +104,7 @@ ensure_node() {
     return
   fi
   log "installing Node.js and npm (apt-get)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  apt_install nodejs npm
 }
 
 ensure_azurite() {

@@ -9,6 +9,7 @@ mod faults;
 mod fixtures;
 mod hostile;
 mod many_shards;
+mod observability;
 mod publish;
 mod reader_admin;
 mod reader_cache;
