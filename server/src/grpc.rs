@@ -593,6 +593,35 @@ mod tests {
     use super::*;
     use prost::Message;
 
+    /// The methods let through without a token are those of the health
+    /// and reflection services, whole paths, and none of the lookups'.
+    #[test]
+    fn open_methods_are_health_and_reflection_only() {
+        let open_services = [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ];
+        assert_eq!(
+            open_services,
+            [
+                <tonic_health::pb::health_server::HealthServer<()> as tonic::server::NamedService>::NAME,
+                tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+                tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+            ]
+        );
+        for path in OPEN_METHODS {
+            let (service, method) = path[1..].split_once('/').expect("/service/method");
+            assert!(open_services.contains(&service), "{path}");
+            assert!(!method.is_empty() && !method.contains('/'), "{path}");
+        }
+        assert_eq!(LOOKUP_SERVICE, "shardforge.v1.Lookup");
+        for lookup in ["Get", "MultiGet", "MultiGetStream"] {
+            let path = format!("/{LOOKUP_SERVICE}/{lookup}");
+            assert!(!OPEN_METHODS.contains(&path.as_str()), "{path}");
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 

@@ -285,6 +285,10 @@ async fn request_ids_round_trip_and_hostile_ones_are_replaced() {
             &tokens,
             "--sqlite-mode",
             "download",
+            // The documented audit filter: the request's span must stay
+            // on under it, for the lines it keeps to name the request.
+            "--log",
+            "warn,sf_server::audit=info",
         ],
     );
     s.wait_ready().await;
@@ -384,6 +388,20 @@ async fn request_ids_round_trip_and_hostile_ones_are_replaced() {
     );
     let body: Value = serde_json::from_str(&resp.text().await.expect("body")).expect("json");
     assert_eq!(body["error"]["request_id"], "no-token-1", "{body}");
+    let resp = s
+        .post_json("/v1/snapshots/users/rollback", &serde_json::json!({"run_id": "run1"}))
+        .bearer_auth(TOKEN)
+        .header("x-request-id", "audit-req-7")
+        .send()
+        .await
+        .expect("rollback");
+    assert_eq!(resp.status(), 403, "a read token cannot roll back");
+    let log = s.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("admin action") && l.contains("request_id=audit-req-7")),
+        "the audit line names the request:\n{log}"
+    );
 
     // gRPC: the same, in metadata.
     let mut client = s.grpc_client().await;
