@@ -2,7 +2,8 @@
 //!
 //! It parses flags (and `--config serve.toml`) into a checked
 //! [`ServeConfig`], installs the Prometheus recorder, binds, prints
-//! `grpc listening on http://HOST:PORT` (with gRPC) and then, always last,
+//! `grpc listening on http://HOST:PORT` (with gRPC), `metrics listening on
+//! http://HOST:PORT` (with a metrics listener) and then, always last,
 //! `listening on http://HOST:PORT`, and serves until SIGTERM or SIGINT, then drains and exits 0.
 //! SIGHUP re-reads the token files (the server listens for it from the
 //! bind on, before the listening lines).
@@ -70,6 +71,12 @@ pub struct Args {
     /// gRPC address (none: no gRPC).
     #[arg(long, value_name = "HOST:PORT")]
     pub grpc_listen: Option<String>,
+
+    /// Address of a listener serving only /metrics, without a token (for
+    /// scrapers; the main listener's /metrics keeps its token). Or the
+    /// file's `metrics_listen`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 
     /// File of read tokens, one a line; with tokens, every route but
     /// /livez and /readyz needs `Authorization: Bearer <token>`. Re-read on
@@ -327,6 +334,7 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
             .or(file.listen.clone())
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
         grpc_listen: args.grpc_listen.clone().or(file.grpc_listen.clone()),
+        metrics_listen: args.metrics_listen.clone().or(file.metrics_listen.clone()),
         snapshots,
         limits,
         auth,
@@ -370,12 +378,15 @@ pub async fn run(args: Args) -> Result<u8, Failure> {
         let mut out = std::io::stdout().lock();
         let write =
             |out: &mut std::io::StdoutLock<'_>, line: String| writeln!(out, "{line}").and_then(|()| out.flush());
-        // The gRPC line first: whoever waits for `listening on` (the
+        // The gRPC and metrics lines first: whoever waits for `listening on` (the
         // documented line) then has every address, whichever flag or
         // config file asked for gRPC.
         let scheme = server.scheme();
         if let Some(g) = server.grpc_addr()? {
             write(&mut out, format!("grpc listening on {scheme}://{g}")).map_err(crate::output::output_error)?;
+        }
+        if let Some(m) = server.metrics_addr()? {
+            write(&mut out, format!("metrics listening on {scheme}://{m}")).map_err(crate::output::output_error)?;
         }
         write(&mut out, format!("listening on {scheme}://{}", server.http_addr()?))
             .map_err(crate::output::output_error)?;

@@ -7,8 +7,14 @@
 //! the cache's paths go to the log, under an `error_id` the answer
 //! carries, and the client gets a generic message naming that id. A
 //! failure of the request (4xx) keeps its message about the request.
+//!
+//! Every error made while a request is served names that request's id
+//! (its `request_id`, in the body beside `kind`), the id its log lines
+//! carry.
 
 use sf_manifest::{Classified, ErrorKind, chain};
+
+use crate::request_id::RequestId;
 
 /// A request that failed, as the client is told: an HTTP status, a kind
 /// (stable, for programs), a message (for people).
@@ -27,6 +33,9 @@ pub struct ApiError {
     /// For a failure of the server's side told without its internals: the
     /// id of the log line that holds them.
     pub error_id: Option<String>,
+    /// The id of the request that failed, when the error was made while
+    /// serving one.
+    pub request_id: Option<std::sync::Arc<str>>,
 }
 
 impl ApiError {
@@ -39,6 +48,7 @@ impl ApiError {
             shard: None,
             run_id: None,
             error_id: None,
+            request_id: RequestId::current(),
         }
     }
 
@@ -46,6 +56,7 @@ impl ApiError {
     /// fresh `error_id`; the client is told `what` and that id.
     pub fn internal(status: u16, kind: &'static str, what: &str, error: &(dyn std::error::Error + 'static)) -> Self {
         let id = format!("{:016x}", sf_manifest::format::ids::random_u64());
+        // Logged inside the request's span: the line names its request_id too.
         tracing::error!(error_id = %id, status, kind, error = %chain(error), "request failed");
         ApiError {
             error_id: Some(id.clone()),
@@ -76,6 +87,9 @@ impl ApiError {
         }
         if let Some(id) = &self.error_id {
             error["error_id"] = serde_json::Value::from(id.as_str());
+        }
+        if let Some(id) = &self.request_id {
+            error["request_id"] = serde_json::Value::from(&**id);
         }
         serde_json::json!({ "error": error })
     }

@@ -133,6 +133,12 @@ impl App {
         })
     }
 
+    /// Whether every snapshot is ready (as `/readyz` and the gRPC health
+    /// service tell).
+    pub(crate) fn ready(&self) -> bool {
+        self.snapshots.values().all(|s| s.readiness().ready)
+    }
+
     /// Requests in flight now.
     pub(crate) fn in_flight(&self) -> usize {
         self.limits.max_in_flight - self.in_flight.available_permits()

@@ -4,6 +4,7 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"
 //! grpc_listen = "127.0.0.1:50061"      # optional
+//! metrics_listen = "127.0.0.1:9090"    # optional: /metrics only, no token
 //! auth_token_file = "/etc/sf/tokens"   # optional: read tokens, one a line
 //! admin_token_file = "/etc/sf/admin"   # optional: admin tokens (read, roll back)
 //! admin_routes = true                  # false: rollback is turned off
@@ -177,6 +178,10 @@ pub struct ServeConfig {
     pub listen: String,
     /// `HOST:PORT` of the gRPC service, if any.
     pub grpc_listen: Option<String>,
+    /// `HOST:PORT` of a listener that serves `GET /metrics` alone, without
+    /// a token (for scrapers), if any. The main listener's `/metrics` keeps
+    /// its authentication.
+    pub metrics_listen: Option<String>,
     /// The snapshots, in order.
     pub snapshots: Vec<SnapshotConfig>,
     /// Request bounds.
@@ -285,6 +290,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// See [`ServeConfig::grpc_listen`].
     pub grpc_listen: Option<String>,
+    /// See [`ServeConfig::metrics_listen`].
+    pub metrics_listen: Option<String>,
     /// A file of read tokens, one a line.
     pub auth_token_file: Option<PathBuf>,
     /// TLS on both listeners: `[tls] cert = "..."`, `key = "..."`.
@@ -475,6 +482,7 @@ impl ServeConfig {
         for (field, addr) in [
             ("listen", Some(&self.listen)),
             ("grpc_listen", self.grpc_listen.as_ref()),
+            ("metrics_listen", self.metrics_listen.as_ref()),
         ] {
             if let Some(a) = addr
                 && a.rsplit_once(':')
@@ -573,6 +581,7 @@ mod tests {
         let good = ServeConfig {
             listen: "127.0.0.1:0".into(),
             grpc_listen: None,
+            metrics_listen: None,
             snapshots: vec![SnapshotConfig {
                 name: "users".into(),
                 current_url: "/data/users".into(),
@@ -616,6 +625,7 @@ mod tests {
         let base = ServeConfig {
             listen: "127.0.0.1:0".into(),
             grpc_listen: None,
+            metrics_listen: None,
             snapshots: vec![SnapshotConfig {
                 name: "users".into(),
                 current_url: "/data/users".into(),

@@ -474,14 +474,17 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|v| *v).await;
 }
 
-/// Serves HTTP on `listener` until `stop` turns true: each connection in
+/// Serves HTTP on `listener` (`which`: its label in the connection
+/// figures) until `stop` turns true: each connection in
 /// a task of `tasks` with the header timeout and HTTP/2 limits of
 /// `limits`, each request marked busy on its connection and given its
 /// [`ConnInfo`]. Once stopped, it accepts no more and asks every open
 /// connection to finish gracefully; the caller waits for `tasks`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_http(
     conns: Arc<Connections>,
     listener: TcpListener,
+    which: &'static str,
     tls: Option<Arc<crate::tls::Tls>>,
     router: axum::Router,
     limits: &Limits,
@@ -506,7 +509,7 @@ pub(crate) async fn serve_http(
     let builder = Arc::new(builder);
     loop {
         let io = tokio::select! {
-            io = conns.accept(&listener, "http") => io,
+            io = conns.accept(&listener, which) => io,
             () = stopped(&mut stop) => break,
         };
         // Reap the finished ones so the set stays the size of what is open.

@@ -7,6 +7,19 @@
 //! server its headers only. A streamed `MultiGet` holds its place among
 //! the requests in flight until it ends, at the latest after the limits'
 //! `stream_timeout`, whether or not its client reads.
+//!
+//! Beside the lookups, the listener serves the standard gRPC health
+//! service (`grpc.health.v1.Health`: the overall status `""` and
+//! `shardforge.v1.Lookup` are SERVING while the server is ready, as
+//! `/readyz` says, NOT_SERVING before and from the start of a shutdown)
+//! and server reflection (`grpc.reflection.v1` and `v1alpha`, describing
+//! `proto/shardforge.proto`). These need no token and take no place among
+//! the requests in flight (probes carry no token), but pass the same
+//! connection bounds; the gate lets exactly their methods through
+//! ([`OPEN_METHODS`]), so no other call escapes authentication.
+//!
+//! Every call has a request id (`x-request-id` metadata, see
+//! `request_id`), sent back in the answer's `x-request-id`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +39,7 @@ use crate::app::{App, Contexts};
 use crate::conn::ConnInfo;
 use crate::http::RUN_ID_HEADER;
 use crate::metrics::{REQUESTS_ABANDONED, record_grpc};
+use crate::request_id::{REQUEST_ID_HEADER, RequestId, carried};
 use crate::snapshot::ServedSnapshot;
 
 /// The code generated from `proto/shardforge.proto` (messages, the
@@ -35,7 +49,28 @@ pub mod proto {
     tonic::include_proto!("shardforge.v1");
 }
 
-use proto::lookup_server::Lookup;
+use proto::lookup_server::{Lookup, LookupServer};
+
+/// The compiled `proto/shardforge.proto` (an encoded
+/// `FileDescriptorSet`), which the reflection service describes.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shardforge_descriptor.bin"));
+
+/// The full name of the lookup service (`shardforge.v1.Lookup`), as the
+/// health service and reflection name it.
+pub const LOOKUP_SERVICE: &str = <LookupServer<LookupService> as tonic::server::NamedService>::NAME;
+
+/// The methods the gate lets through without a token or a place among
+/// the requests in flight: health checks and reflection, matched by their
+/// whole path.
+pub const OPEN_METHODS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// How often the health service's statuses follow the readiness.
+const HEALTH_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 use proto::{GetRequest, GetResponse, MultiGetChunk, MultiGetRequest, MultiGetResponse, Value};
 
 /// Keys per streamed chunk when the request does not say.
@@ -138,33 +173,132 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let started = Instant::now();
-        let busy = req.extensions().get::<ConnInfo>().map(|c| c.activity.begin());
-        let admitted = self
-            .app
-            .authenticate(req.headers().get("authorization").map(|v| v.as_bytes()))
-            .and_then(|_caller| self.app.admit());
-        match admitted {
-            Ok(permit) => {
-                req.extensions_mut().insert(Admitted(Arc::new(permit)));
+        let id = RequestId::from_header(req.headers().get(REQUEST_ID_HEADER).map(|v| v.as_bytes()));
+        let id_value = http::HeaderValue::from_str(id.as_str()).ok();
+        let with_id = move |mut resp: http::Response<Body>| {
+            if let Some(v) = id_value {
+                resp.headers_mut().insert(REQUEST_ID_HEADER, v);
             }
-            Err(e) => {
-                let status = Status::from(e);
-                record_grpc(route_of(req.uri().path()), status.code(), started.elapsed());
-                return Box::pin(async move {
-                    drop(busy);
-                    Ok(status.into_http())
-                });
+            resp
+        };
+        let busy = req.extensions().get::<ConnInfo>().map(|c| c.activity.begin());
+        // Health checks and reflection: no token, no place in flight.
+        if !OPEN_METHODS.contains(&req.uri().path()) {
+            let admitted = self
+                .app
+                .authenticate(req.headers().get("authorization").map(|v| v.as_bytes()))
+                .and_then(|_caller| self.app.admit());
+            match admitted {
+                Ok(permit) => {
+                    req.extensions_mut().insert(Admitted(Arc::new(permit)));
+                }
+                Err(mut e) => {
+                    e.request_id = Some(id.shared());
+                    let status = Status::from(e);
+                    record_grpc(route_of(req.uri().path()), status.code(), started.elapsed());
+                    return Box::pin(async move {
+                        drop(busy);
+                        Ok(with_id(status.into_http()))
+                    });
+                }
             }
         }
         // The clone that was made ready is the one called.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
-        Box::pin(async move {
+        Box::pin(id.scope(async move {
             let answer = inner.call(req).await;
             drop(busy);
-            answer
-        })
+            answer.map(with_id)
+        }))
     }
+}
+
+/// The health service, its statuses NOT_SERVING until
+/// [`report_health`] finds the server ready.
+pub(crate) async fn health_service() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    for name in ["", LOOKUP_SERVICE] {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    (reporter, service)
+}
+
+/// Keeps the health statuses (overall and the lookup service's) at the
+/// server's readiness, the one `/readyz` tells, until `stop` turns true:
+/// then NOT_SERVING for good.
+pub(crate) async fn report_health(
+    app: Arc<App>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut told = None;
+    loop {
+        let stopping = *stop.borrow();
+        let ready = !stopping && app.ready();
+        if told != Some(ready) {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            for name in ["", LOOKUP_SERVICE] {
+                reporter.set_service_status(name, status).await;
+            }
+            tracing::debug!(?status, "gRPC health");
+            told = Some(ready);
+        }
+        if stopping {
+            // Watchers have seen NOT_SERVING; new channels end their
+            // streams (a watch would otherwise hold the drain until the
+            // grace period), and later checks still read NOT_SERVING.
+            let mut reporter = reporter;
+            for name in ["", LOOKUP_SERVICE] {
+                reporter.clear_service_status(name).await;
+                reporter
+                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HEALTH_POLL) => {}
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    // The sender is gone: the server is ending.
+                    let _ = stop.borrow_and_update();
+                }
+            }
+        }
+    }
+}
+
+/// The reflection services (v1 and v1alpha, for older clients) over
+/// `proto/shardforge.proto` and the health service's descriptors.
+#[allow(clippy::type_complexity)]
+pub(crate) fn reflection_services() -> crate::Result<(
+    tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer<
+        impl tonic_reflection::pb::v1::server_reflection_server::ServerReflection,
+    >,
+    tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer<
+        impl tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let failed = |e: tonic_reflection::server::Error| crate::Error::config("gRPC reflection", e.to_string());
+    Ok((
+        builder().build_v1().map_err(failed)?,
+        builder().build_v1alpha().map_err(failed)?,
+    ))
 }
 
 fn requested_version(v: Option<proto::Version>) -> Result<Version, ApiError> {
@@ -350,7 +484,7 @@ impl Lookup for LookupService {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<MultiGetChunk, Status>>(2);
         let expired = Arc::new(AtomicBool::new(false));
         let total = self.app.limits.stream_timeout;
-        tokio::spawn({
+        tokio::spawn(carried({
             let expired = Arc::clone(&expired);
             async move {
                 let _place = permit;
@@ -369,7 +503,7 @@ impl Lookup for LookupService {
                     record_grpc("grpc_multiget_stream", tonic::Code::DeadlineExceeded, started.elapsed());
                 }
             }
-        });
+        }));
         let stream = futures::stream::unfold((rx, expired, false), move |(mut rx, expired, ended)| async move {
             if ended {
                 return None;
@@ -458,6 +592,35 @@ impl StreamState {
 mod tests {
     use super::*;
     use prost::Message;
+
+    /// The methods let through without a token are those of the health
+    /// and reflection services, whole paths, and none of the lookups'.
+    #[test]
+    fn open_methods_are_health_and_reflection_only() {
+        let open_services = [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ];
+        assert_eq!(
+            open_services,
+            [
+                <tonic_health::pb::health_server::HealthServer<()> as tonic::server::NamedService>::NAME,
+                tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+                tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+            ]
+        );
+        for path in OPEN_METHODS {
+            let (service, method) = path[1..].split_once('/').expect("/service/method");
+            assert!(open_services.contains(&service), "{path}");
+            assert!(!method.is_empty() && !method.contains('/'), "{path}");
+        }
+        assert_eq!(LOOKUP_SERVICE, "shardforge.v1.Lookup");
+        for lookup in ["Get", "MultiGet", "MultiGetStream"] {
+            let path = format!("/{LOOKUP_SERVICE}/{lookup}");
+            assert!(!OPEN_METHODS.contains(&path.as_str()), "{path}");
+        }
+    }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]

@@ -17,7 +17,11 @@
 //! Every read answer carries the run it was read from in `sf-run-id`;
 //! `?run_id=R` or `?offset=N` reads a version the server holds. Every
 //! answer carries `X-Content-Type-Options: nosniff`, so that a browser
-//! never takes a raw value for a page.
+//! never takes a raw value for a page, and its request's id in
+//! `x-request-id` (the client's, when sane; see `request_id`).
+//!
+//! With a metrics listener (`metrics_listen`), a second router serves
+//! `GET /metrics` alone there, without a token.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,12 +34,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use sf_reader::{RollbackTarget, Version};
 
 use crate::api_error::ApiError;
 use crate::app::{App, Contexts};
 use crate::auth::Caller;
+use crate::request_id::{REQUEST_ID_HEADER, RequestId};
 use crate::snapshot::ServedSnapshot;
 
 /// The header naming the run a read was served from (in gRPC, the
@@ -123,7 +129,31 @@ fn with_run(mut resp: Response, run: &sf_manifest::RunId) -> Response {
 /// The API's routes over `app`; see the module docs. Every routed request
 /// passes `guard`; the admin group also `admin_only`.
 pub(crate) fn router(app: Arc<App>, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Router {
-    let metrics_route = get(move |State(app): State<Arc<App>>| {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", metrics_route(metrics))
+        .route("/v1/snapshots", get(list))
+        .route("/v1/snapshots/{name}/keys/{*key}", get(get_key))
+        .route("/v1/snapshots/{name}/multiget", post(multiget))
+        .merge(admin_routes(&app))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&app), guard))
+        .fallback(|| async {
+            ApiError::new(
+                404,
+                "no_route",
+                "no such route; see /v1/snapshots, /livez, /readyz, /metrics",
+            )
+        })
+        .layer(axum::middleware::map_response(nosniff))
+        .layer(axum::middleware::from_fn(with_request_id))
+        .with_state(app)
+}
+
+/// `GET /metrics`: the recorder's figures as Prometheus text, or 404 when
+/// the process installed no recorder.
+fn metrics_route(metrics: Option<PrometheusHandle>) -> axum::routing::MethodRouter<Arc<App>> {
+    get(move |State(app): State<Arc<App>>| {
         let handle = metrics.clone();
         async move {
             match handle {
@@ -146,25 +176,38 @@ pub(crate) fn router(app: Arc<App>, metrics: Option<metrics_exporter_prometheus:
                 .into_response(),
             }
         }
-    });
+    })
+}
+
+/// The metrics listener's routes (`--metrics-listen`): `GET /metrics`
+/// without a token, and nothing else (404 for every other path). It
+/// answers from the same figures as the main listener's `/metrics`; it
+/// reads no snapshot and takes no place among the requests in flight.
+pub(crate) fn metrics_router(app: Arc<App>, metrics: Option<PrometheusHandle>) -> Router {
     Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", metrics_route)
-        .route("/v1/snapshots", get(list))
-        .route("/v1/snapshots/{name}/keys/{*key}", get(get_key))
-        .route("/v1/snapshots/{name}/multiget", post(multiget))
-        .merge(admin_routes(&app))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&app), guard))
+        .route("/metrics", metrics_route(metrics))
         .fallback(|| async {
             ApiError::new(
                 404,
                 "no_route",
-                "no such route; see /v1/snapshots, /livez, /readyz, /metrics",
+                "this listener serves /metrics only; the API is on the main listener",
             )
         })
         .layer(axum::middleware::map_response(nosniff))
         .with_state(app)
+}
+
+/// Outermost: the request's id (see [`crate::request_id`]), taken or
+/// made, around everything that serves it, and sent back in
+/// `x-request-id`.
+async fn with_request_id(req: Request, next: Next) -> Response {
+    let id = RequestId::from_header(req.headers().get(REQUEST_ID_HEADER).map(HeaderValue::as_bytes));
+    let value = HeaderValue::from_str(id.as_str()).ok();
+    let mut resp = id.scope(next.run(req)).await;
+    if let Some(v) = value {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
 }
 
 /// `X-Content-Type-Options: nosniff` on every answer.

@@ -12,10 +12,17 @@
 //! - an HTTP API ([`http`]): JSON, HTTP/1.1 and HTTP/2, every read answer
 //!   naming its run in `sf-run-id`, a multiget answered from one version;
 //! - a gRPC service ([`grpc`], `proto/shardforge.proto`): `Get`,
-//!   `MultiGet` and a streamed `MultiGet`;
+//!   `MultiGet` and a streamed `MultiGet`, beside the standard health
+//!   service (SERVING as `/readyz` is ready) and server reflection;
 //! - `/livez`, `/readyz` (every snapshot open; one older than its
 //!   `max_age` is reported stale and still served, unless
-//!   `unready_when_stale`) and `/metrics` (Prometheus, see [`mod@metrics`]).
+//!   `unready_when_stale`) and `/metrics` (Prometheus, see [`mod@metrics`]),
+//!   also on a listener of its own without a token
+//!   ([`ServeConfig::metrics_listen`]).
+//!
+//! Every request has an id (`x-request-id`, the client's when sane), sent
+//! back with the answer, named by error bodies and carried by every log
+//! line written while serving it (the `request_id` field of its span).
 //!
 //! Protection: a bound on requests in flight (503 beyond it), a deadline
 //! per request (504), bounds on keys, body bytes and answer bytes (413),
@@ -39,7 +46,8 @@
 //! served snapshot and its reader), `auth` (bearer tokens, their roles and
 //! digests), [`audit`] (the log line of each admin action), `reload` (what is re-read on SIGHUP or a changed file: the
 //! tokens, and anything else that registers), `api_error`
-//! (a failed request as its client is told: [`ApiError`]) and
+//! (a failed request as its client is told: [`ApiError`]), `request_id`
+//! (each request's id, its span and header) and
 //! [`mod@metrics`] (the names of the figures, [`METRICS`]).
 //!
 //! ```no_run
@@ -49,6 +57,7 @@
 //! let config = ServeConfig {
 //!     listen: "127.0.0.1:0".into(),
 //!     grpc_listen: None,
+//!     metrics_listen: None,
 //!     snapshots: vec![SnapshotConfig {
 //!         name: "users".into(),
 //!         current_url: "s3://bucket/snapshots/users/_CURRENT".into(),
@@ -82,6 +91,7 @@ pub mod http;
 mod listen;
 pub mod metrics;
 mod reload;
+mod request_id;
 mod snapshot;
 mod tls;
 

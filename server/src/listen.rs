@@ -1,4 +1,4 @@
-//! Binding the listeners (HTTP, and gRPC when asked), serving on them
+//! Binding the listeners (HTTP, and gRPC and metrics when asked), serving on them
 //! until shutdown, then draining the requests in flight ([`Server`]).
 
 use std::future::Future;
@@ -23,6 +23,8 @@ pub struct Server {
     app: Arc<App>,
     http: TcpListener,
     grpc: Option<TcpListener>,
+    /// The metrics listener (`/metrics` only, no token), if asked for.
+    metrics_listener: Option<TcpListener>,
     tls: Option<Arc<Tls>>,
     metrics: Option<PrometheusHandle>,
 }
@@ -32,6 +34,10 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("http", &self.http.local_addr().ok())
             .field("grpc", &self.grpc.as_ref().and_then(|l| l.local_addr().ok()))
+            .field(
+                "metrics",
+                &self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+            )
             .field("snapshots", &self.app.snapshots.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -71,10 +77,15 @@ impl Server {
             Some(a) => Some(bind("gRPC", a).await?),
             None => None,
         };
+        let metrics_listener = match &config.metrics_listen {
+            Some(a) => Some(bind("metrics", a).await?),
+            None => None,
+        };
         Ok(Server {
             app,
             http,
             grpc,
+            metrics_listener,
             tls,
             metrics,
         })
@@ -108,6 +119,20 @@ impl Server {
             .transpose()
     }
 
+    /// The bound address of the metrics listener, if any.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| {
+                l.local_addr().map_err(|source| Error::Bind {
+                    what: "metrics",
+                    addr: "the bound listener".into(),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
     /// Opens the snapshots (in the background, retrying; `/readyz` says
     /// when they are open) and serves until `shutdown` completes. Then it
     /// stops accepting connections, lets requests in flight finish for up
@@ -118,10 +143,16 @@ impl Server {
             app,
             http,
             grpc,
+            metrics_listener,
             tls,
             metrics,
         } = self;
         let grace = app.limits.grace_period;
+        // Made before any task starts, so that a failure leaves none behind.
+        let reflection = match &grpc {
+            Some(_) => Some(crate::grpc::reflection_services()?),
+            None => None,
+        };
         let mut background: Vec<tokio::task::JoinHandle<()>> = app
             .snapshots
             .values()
@@ -144,17 +175,35 @@ impl Server {
             let _ = rx.wait_for(|v| *v).await;
         };
 
-        // One bound on connections for both listeners, as they share the
+        // One bound on connections for every listener, as they share the
         // process's file descriptors.
         let conns = Connections::new(&app.limits);
-        crate::metrics::register_series(if grpc.is_some() { &["http", "grpc"] } else { &["http"] });
+        let mut listeners = vec!["http"];
+        if grpc.is_some() {
+            listeners.push("grpc");
+        }
+        if metrics_listener.is_some() {
+            listeners.push("metrics");
+        }
+        crate::metrics::register_series(&listeners);
         tracing::debug!(max_connections = conns.cap(), "connection bound");
+        if let Some(l) = metrics_listener {
+            // Scrapers are answered until the end, drain included: the
+            // task is aborted with the other background ones.
+            let router = crate::http::metrics_router(Arc::clone(&app), metrics.clone());
+            let (conns, limits, stop, tls) = (Arc::clone(&conns), app.limits.clone(), rx.clone(), tls.clone());
+            background.push(tokio::spawn(async move {
+                let mut connections = tokio::task::JoinSet::new();
+                crate::conn::serve_http(conns, l, "metrics", tls, router, &limits, stop, &mut connections).await;
+                while connections.join_next().await.is_some() {}
+            }));
+        }
         let router = crate::http::router(Arc::clone(&app), metrics);
         let mut http_task = tokio::spawn({
             let (conns, limits, stop, tls) = (Arc::clone(&conns), app.limits.clone(), rx.clone(), tls.clone());
             async move {
                 let mut connections = tokio::task::JoinSet::new();
-                crate::conn::serve_http(conns, http, tls, router, &limits, stop, &mut connections).await;
+                crate::conn::serve_http(conns, http, "http", tls, router, &limits, stop, &mut connections).await;
                 // Stopped: every connection finishes its requests, unless
                 // the grace period ends first (this task is then aborted,
                 // and its connections with it).
@@ -162,23 +211,37 @@ impl Server {
                 Ok::<(), std::convert::Infallible>(())
             }
         });
-        let mut grpc_task = grpc.map(|l| {
-            let limits = &app.limits;
-            let service = LookupServer::new(LookupService { app: Arc::clone(&app) })
-                .max_decoding_message_size(limits.max_body_bytes)
-                .max_encoding_message_size(usize::MAX);
-            let incoming = crate::conn::grpc_incoming(Arc::clone(&conns), l, tls.clone(), limits.header_read_timeout);
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .http2_keepalive_interval(Some(limits.keepalive_interval))
-                    .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-                    .max_concurrent_streams(Some(limits.max_streams_per_connection))
-                    .http2_max_header_list_size(MAX_HEADER_BYTES)
-                    .layer(GateLayer::new(Arc::clone(&app)))
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(incoming, stopping(rx.clone())),
-            )
-        });
+        let mut grpc_task = match grpc.zip(reflection) {
+            None => None,
+            Some((l, reflection)) => {
+                let limits = &app.limits;
+                let service = LookupServer::new(LookupService { app: Arc::clone(&app) })
+                    .max_decoding_message_size(limits.max_body_bytes)
+                    .max_encoding_message_size(usize::MAX);
+                let (reporter, health) = crate::grpc::health_service().await;
+                background.push(tokio::spawn(crate::grpc::report_health(
+                    Arc::clone(&app),
+                    reporter,
+                    rx.clone(),
+                )));
+                let (reflection, reflection_alpha) = reflection;
+                let incoming =
+                    crate::conn::grpc_incoming(Arc::clone(&conns), l, tls.clone(), limits.header_read_timeout);
+                Some(tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .http2_keepalive_interval(Some(limits.keepalive_interval))
+                        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+                        .http2_max_header_list_size(MAX_HEADER_BYTES)
+                        .layer(GateLayer::new(Arc::clone(&app)))
+                        .add_service(service)
+                        .add_service(health)
+                        .add_service(reflection)
+                        .add_service(reflection_alpha)
+                        .serve_with_incoming_shutdown(incoming, stopping(rx.clone())),
+                ))
+            }
+        };
 
         let failed = |what: &'static str, e: Box<dyn std::error::Error + Send + Sync>| Error::Serve { what, source: e };
         // A server that ends without error once the stop was sent ended

@@ -26,6 +26,7 @@ mod serve;
 mod serve_auth;
 mod serve_cache;
 mod serve_conn;
+mod serve_obs;
 mod serve_ready;
 mod serve_tls;
 mod sessions;

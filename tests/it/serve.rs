@@ -1059,6 +1059,7 @@ fn the_serving_page_matches_the_program() {
     let config = sf_server::ServeConfig {
         listen: loaded.listen.clone().expect("listen"),
         grpc_listen: loaded.grpc_listen.clone(),
+        metrics_listen: loaded.metrics_listen.clone(),
         snapshots: loaded.snapshots().expect("its snapshots"),
         limits: loaded.limits.clone(),
         auth: sf_server::AuthConfig::default(),

@@ -102,6 +102,8 @@ pub struct ServeProcess {
     pub http: String,
     /// `http://127.0.0.1:PORT` of the gRPC service, when started with one.
     pub grpc: Option<String>,
+    /// `http://127.0.0.1:PORT` of the metrics listener, when started with one.
+    pub metrics: Option<String>,
     /// A client with a 60 s timeout, for requests to this server.
     pub client: reqwest::Client,
     stderr: PathBuf,
@@ -204,9 +206,11 @@ impl ServeProcess {
             }
         });
         // `sf-serve` prints `grpc listening on` (when it serves gRPC,
-        // asked for by flag or config file) before `listening on`.
+        // asked for by flag or config file) and `metrics listening on`
+        // (with a metrics listener) before `listening on`.
         let mut http = None;
         let mut grpc = None;
+        let mut metrics = None;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while http.is_none() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -216,6 +220,8 @@ impl ServeProcess {
                         http = Some(a.to_string());
                     } else if let Some(a) = line.strip_prefix("grpc listening on ") {
                         grpc = Some(a.to_string());
+                    } else if let Some(a) = line.strip_prefix("metrics listening on ") {
+                        metrics = Some(a.to_string());
                     }
                 }
                 Err(_) => {
@@ -237,6 +243,7 @@ impl ServeProcess {
             child,
             http,
             grpc,
+            metrics,
             client: client(),
             stderr,
             _dir: dir,
@@ -295,6 +302,16 @@ impl ServeProcess {
     /// A client of the gRPC service.
     pub async fn grpc_client(&self) -> LookupClient<tonic::transport::Channel> {
         LookupClient::connect(self.grpc.clone().expect("a server started with --grpc-listen"))
+            .await
+            .expect("grpc connect")
+    }
+
+    /// A channel to the gRPC listener, for the clients of its other
+    /// services (health, reflection).
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.grpc.clone().expect("a server started with --grpc-listen"))
+            .expect("grpc address")
+            .connect()
             .await
             .expect("grpc connect")
     }
