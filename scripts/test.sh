@@ -314,7 +314,10 @@ cargo build --workspace --bins --features "$FEATURES"
 # Link this clone's binaries aside and point the tests at them: clones
 # sharing one CARGO_TARGET_DIR would otherwise overwrite each other's
 # target/debug/sf-* between this build and the tests.
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+# The target directory as cargo resolves it (the variable, a
+# .cargo/config.toml, or ./target).
+TARGET="$(cargo metadata --no-deps --format-version 1 \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 BIN_DIR="$TARGET/debug/clones/$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)"
 mkdir -p "$BIN_DIR"
 for exe in "$TARGET"/debug/sf-*; do
