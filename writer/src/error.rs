@@ -113,6 +113,17 @@ pub enum Error {
     #[error("{message}; nothing was published")]
     EngineUnavailable { message: String },
 
+    /// A task the engine ran in another process (a cluster executor)
+    /// failed: its message and class as that process reported them, so a
+    /// storage failure on an executor is a storage failure here too.
+    #[error("{message}")]
+    Task {
+        /// What the task's process reported, causes included.
+        message: String,
+        /// The class the task's process gave the failure.
+        kind: ErrorKind,
+    },
+
     /// The build was cancelled.
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -140,6 +151,7 @@ impl Classified for Error {
             Error::Gate { .. } => ErrorKind::Gate,
             Error::RunInProgress { .. } => ErrorKind::Conflict,
             Error::EngineUnavailable { .. } => ErrorKind::Unavailable,
+            Error::Task { kind, .. } => *kind,
             Error::Cancelled(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }
