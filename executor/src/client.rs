@@ -473,7 +473,10 @@ mod tests {
     fn a_failed_task_keeps_the_kind_its_executor_gave_it() {
         use sf_manifest::{Classified, ErrorKind};
         for (kind, message) in [
-            (ErrorKind::Unavailable, "shard 2 attempt 0: uploading: 503 Service Unavailable"),
+            (
+                ErrorKind::Unavailable,
+                "shard 2 attempt 0: uploading: 503 Service Unavailable",
+            ),
             (ErrorKind::Data, "shard 1: duplicate key 7 (on_duplicate = \"error\")"),
             (ErrorKind::Conflict, "shard 0: claim lost"),
         ] {

@@ -24,15 +24,17 @@
 //! reason without a marker (a Ballista failure of its own, a stock
 //! executor) stays an engine failure.
 //!
-//! Failures Ballista itself acts on pass through untouched: a failed
-//! shuffle fetch (the scheduler runs the map stage again) and a local I/O
-//! error (the task is retried).
+//! Failures Ballista itself acts on pass through untouched: its own
+//! errors, such as a failed shuffle fetch (shuffle readers' errors are
+//! kept recognisable through the shard writer, which converts its input's
+//! errors), and a local I/O error (the task is retried).
 
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
 use ballista_core::error::BallistaError;
+use ballista_core::execution_plans::ShuffleReaderExec;
 use ballista_executor::execution_engine::{DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -60,7 +62,8 @@ impl ExecutionEngine for ShardForgeExecutionEngine {
         let children = plan.children();
         let plan = match children.as_slice() {
             [input] => {
-                let wrapped: Arc<dyn ExecutionPlan> = Arc::new(TaskErrors::new(Arc::clone(input)));
+                let input = keep_fetch_failures(Arc::clone(input))?;
+                let wrapped: Arc<dyn ExecutionPlan> = Arc::new(TaskErrors::new(input));
                 Arc::clone(&plan).with_new_children(vec![wrapped])?
             }
             _ => plan,
@@ -119,7 +122,92 @@ impl ExecutionPlan for TaskErrors {
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
         let stream = self.input.execute(partition, context).map_err(classify)?;
         let schema = stream.schema();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream.map_err(classify))))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.map_err(classify),
+        )))
+    }
+}
+
+/// `plan` with every shuffle reader's failures kept recognisable as
+/// Ballista's: a reader reports a failed fetch inside an Arrow error,
+/// which a consumer that converts its input's errors (the shard writer)
+/// would turn into text; as DataFusion's `External` it keeps the error
+/// itself as its cause, so [`classify`] lets it pass.
+fn keep_fetch_failures(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    plan.transform_up(|node| {
+        if node.as_any().is::<ShuffleReaderExec>() {
+            Ok(Transformed::yes(
+                Arc::new(FetchFailures { input: node }) as Arc<dyn ExecutionPlan>
+            ))
+        } else {
+            Ok(Transformed::no(node))
+        }
+    })
+    .map(|t| t.data)
+}
+
+/// A shuffle reader whose Ballista errors surface as DataFusion's
+/// `External` (see [`keep_fetch_failures`]).
+#[derive(Debug)]
+struct FetchFailures {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl DisplayAs for FetchFailures {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FetchFailures")
+    }
+}
+
+impl ExecutionPlan for FetchFailures {
+    fn name(&self) -> &str {
+        "FetchFailures"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &PlanProperties {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        match <[_; 1]>::try_from(children) {
+            Ok([input]) => Ok(Arc::new(FetchFailures { input })),
+            Err(c) => Err(DataFusionError::Internal(format!(
+                "FetchFailures has one input, not {}",
+                c.len()
+            ))),
+        }
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let stream = self.input.execute(partition, context)?;
+        let schema = stream.schema();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.map_err(unwrap_ballista),
+        )))
+    }
+}
+
+/// A Ballista error inside an Arrow error, as DataFusion's `External`.
+fn unwrap_ballista(e: DataFusionError) -> DataFusionError {
+    match e {
+        DataFusionError::ArrowError(a, context) => match *a {
+            arrow::error::ArrowError::ExternalError(inner) if inner.is::<BallistaError>() => {
+                DataFusionError::External(inner)
+            }
+            other => DataFusionError::ArrowError(Box::new(other), context),
+        },
+        other => other,
     }
 }
 
@@ -223,7 +311,8 @@ mod tests {
 
     #[test]
     fn a_marker_survives_the_way_through_ballista() {
-        let message = "shard 3 attempt 0: uploading s3://b/p/shards/x: Generic S3 error: \"503\" ]\n[sf-task-error data x]";
+        let message =
+            "shard 3 attempt 0: uploading s3://b/p/shards/x: Generic S3 error: \"503\" ]\n[sf-task-error data x]";
         let text = encode(ErrorKind::Unavailable, message);
         // The executor's `{:?}`, the scheduler's prefix and its own `{:?}`.
         let executor = format!(
@@ -232,7 +321,12 @@ mod tests {
         );
         let reason = format!("Job failed due to stage 2 failed: {:?}\n", executor);
         assert_eq!(decode(&reason), Some((ErrorKind::Unavailable, message.to_string())));
-        for kind in [ErrorKind::Data, ErrorKind::Conflict, ErrorKind::Routing, ErrorKind::Internal] {
+        for kind in [
+            ErrorKind::Data,
+            ErrorKind::Conflict,
+            ErrorKind::Routing,
+            ErrorKind::Internal,
+        ] {
             assert_eq!(decode(&encode(kind, "x y")), Some((kind, "x y".to_string())));
         }
     }
@@ -262,6 +356,17 @@ mod tests {
         assert!(matches!(io, DataFusionError::IoError(_)));
         let fetch = DataFusionError::External(Box::new(BallistaError::FetchFailed("e".into(), 1, 0, "gone".into())));
         let passed = classify(fetch);
+        assert!(decode(&passed.to_string()).is_none(), "{passed}");
+        // A failed fetch as a shuffle reader reports it, through the shard
+        // writer's conversion of its input's errors: still Ballista's.
+        let from_reader = DataFusionError::ArrowError(
+            Box::new(arrow::error::ArrowError::ExternalError(Box::new(
+                BallistaError::FetchFailed("e".into(), 1, 0, "gone".into()),
+            ))),
+            None,
+        );
+        let in_writer = sf_writer::Error::from(unwrap_ballista(from_reader));
+        let passed = classify(in_writer.into());
         assert!(decode(&passed.to_string()).is_none(), "{passed}");
     }
 }

@@ -643,10 +643,16 @@ async fn a_shard_tasks_failure_exits_with_the_code_of_its_cause() {
         err.contains("503") && err.contains("/shards/"),
         "the error names the storage failure: {err}"
     );
-    assert!(!err.contains("sf-task-error"), "the marker stays between the processes: {err}");
+    assert!(
+        !err.contains("sf-task-error"),
+        "the marker stays between the processes: {err}"
+    );
     assert_eq!(summary(&out.stdout)["exit_code"], 5);
     assert!(
-        !list_keys(&prefix).await.iter().any(|k| k == "_CURRENT" || k.starts_with("manifests/")),
+        !list_keys(&prefix)
+            .await
+            .iter()
+            .any(|k| k == "_CURRENT" || k.starts_with("manifests/")),
         "nothing was published"
     );
 }
