@@ -216,10 +216,12 @@ async fn read(ctx: &SessionContext, format: InputFormat, path: &str, csv: &CsvOp
         }
     };
     let files = list_files(ctx, path, extension).await?;
-    if files.iter().all(|(_, size)| *size == 0) || format == InputFormat::Parquet {
-        if let Some(e) = empty_file(path, &files) {
-            return Err(e);
-        }
+    // A Parquet file of 0 bytes is bad wherever it is (it has no footer);
+    // for CSV and JSON, the input is empty when every file is.
+    if (files.iter().all(|(_, size)| *size == 0) || format == InputFormat::Parquet)
+        && let Some(e) = empty_file(path, &files)
+    {
+        return Err(e);
     }
     let df = match open(ctx, format, path, extension, csv).await {
         Ok(df) => df,
