@@ -19,7 +19,8 @@ pub const CONFIG: u8 = 2;
 pub const DATA: u8 = 3;
 /// Conflict: another publisher changed `_CURRENT`, or a live run holds the run id.
 pub const CONFLICT: u8 = 4;
-/// Storage unavailable after retries.
+/// Storage unavailable after retries, or the cluster (its scheduler, or
+/// every executor) unavailable.
 pub const UNAVAILABLE: u8 = 5;
 /// A validation gate failed; nothing was published.
 pub const GATE: u8 = 6;
@@ -30,12 +31,16 @@ Exit codes (the same for every ShardForge program):
   0  success
   1  failed for another reason (a bug, or the query engine failed)
   2  bad configuration or arguments; nothing was written
-  3  bad input data (null or out-of-range keys, duplicate keys, routing
-     errors, a missing or corrupt object); nothing was published
+  3  bad input data (an empty, truncated or unreadable input file, keys
+     of an unsupported type, null or out-of-range keys, duplicate keys,
+     routing errors, a missing or corrupt object); nothing was published
   4  conflict: another publisher changed _CURRENT, or a live run holds
      the run id; nothing was overwritten
-  5  storage unavailable after retries; nothing was published
-  6  a validation gate failed; nothing was published";
+  5  storage unavailable after retries, or the cluster (scheduler or
+     every executor) unavailable; nothing was published
+  6  a validation gate failed; nothing was published
+The code is the cause's wherever it happened: in this process or in a
+task on a cluster executor.";
 
 /// The exit code of an error of `kind`.
 pub fn code(kind: ErrorKind) -> u8 {

@@ -209,7 +209,29 @@ async fn build(
         force: args.force,
         ..BuildOptions::default()
     };
-    Ok(sf_warehouse::run_job(&job, engine.as_ref(), &options).await?)
+    sf_warehouse::run_job(&job, engine.as_ref(), &options)
+        .await
+        .map_err(|e| name_the_input(Failure::from(e), &job))
+}
+
+/// `failure` naming the job's input when it is bad input the query engine
+/// found while reading it (a CSV row cut short, a value that does not
+/// parse), which the engine reports without the file: it then names the
+/// input path (once). Other failures, and inputs read through SQL, as they
+/// are.
+fn name_the_input(failure: Failure, job: &JobFile) -> Failure {
+    let Some(path) = job.build.input.as_ref().and_then(|i| i.path.as_deref()) else {
+        return failure;
+    };
+    if failure.kind() != sf_manifest::ErrorKind::Data {
+        return failure;
+    }
+    match failure.message().strip_prefix("input: ") {
+        // Already names it ("input users.csv: the file is empty").
+        Some(what) if what.starts_with("input ") => Failure::new(sf_manifest::ErrorKind::Data, what.to_string()),
+        Some(what) => Failure::new(sf_manifest::ErrorKind::Data, format!("input {path}: {what}")),
+        None => failure,
+    }
 }
 
 /// Progress of a build whose shard tasks run on a cluster: phases as

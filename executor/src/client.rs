@@ -214,14 +214,38 @@ impl ExecutionPlan for ClusterQueryExec {
 pub const CLUSTER_LOST: &str = "every executor of the cluster is lost";
 
 /// The error of a job the scheduler failed with `reason`: the engine being
-/// unavailable when the scheduler lost every executor (the reason is the
-/// only channel across the processes), else an engine failure.
+/// unavailable when the scheduler lost every executor; the failure of a
+/// task with the kind and message its executor gave it
+/// ([`crate::task_error`]); else an engine failure. The reason is the only
+/// channel across the processes.
 fn job_failed(job_id: &str, reason: &str) -> DataFusionError {
-    match reason.find(CLUSTER_LOST) {
-        Some(at) => DataFusionError::External(Box::new(sf_writer::Error::EngineUnavailable {
-            message: format!("cluster unavailable: {}", &reason[at..]),
-        })),
+    if let Some(at) = reason.find(CLUSTER_LOST) {
+        return unavailable(format!("cluster unavailable: {}", &reason[at..]));
+    }
+    match crate::task_error::decode(reason) {
+        Some((kind, message)) => DataFusionError::External(Box::new(sf_writer::Error::Task { message, kind })),
         None => execution(format!("Job {job_id} failed: {reason}")),
+    }
+}
+
+/// The engine being unavailable (exit 5): the scheduler cannot be reached,
+/// or was lost while the job ran.
+fn unavailable(message: impl Into<String>) -> DataFusionError {
+    DataFusionError::External(Box::new(sf_writer::Error::EngineUnavailable {
+        message: message.into(),
+    }))
+}
+
+/// A gRPC failure talking to the scheduler while `doing`: the scheduler
+/// being unavailable when the call did not reach it or was cut off, an
+/// engine failure when the scheduler answered with an error.
+fn scheduler_status(doing: &str, url: &str, status: &tonic::Status) -> DataFusionError {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted => {
+            unavailable(format!("scheduler at {url} lost while {doing}: {}", status.message()))
+        }
+        _ => execution(format!("{doing}: {}", status.message())),
     }
 }
 
@@ -250,7 +274,7 @@ macro_rules! scheduler_client {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| execution(format!("connecting to the scheduler at {url}: {e}")))?;
+            .map_err(|e| unavailable(format!("cannot reach the scheduler at {url}: {e}")))?;
         SchedulerGrpcClient::with_interceptor(channel, config.ballista_grpc_interceptor().as_ref().clone())
             .max_encoding_message_size(max_message_size)
             .max_decoding_message_size(max_message_size)
@@ -281,15 +305,19 @@ async fn run_job(
     let mut updates = scheduler
         .execute_query_push(query)
         .await
-        .map_err(|e| execution(format!("submitting the job: {}", e.message())))?
+        .map_err(|e| scheduler_status("submitting the job", &scheduler_url, &e))?
         .into_inner();
     let mut announced = false;
     let (job, flight_proxy) = loop {
         let update: GetJobStatusResult = updates
             .message()
             .await
-            .map_err(|e| execution(format!("following the job: {}", e.message())))?
-            .ok_or_else(|| execution("the scheduler closed the job's status stream before the job ended"))?;
+            .map_err(|e| scheduler_status("following the job", &scheduler_url, &e))?
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "scheduler at {scheduler_url} lost: it closed the job's status stream before the job ended"
+                ))
+            })?;
         let job_id = update.status.as_ref().map(|s| s.job_id.clone()).unwrap_or_default();
         match update.status.and_then(|s| s.status) {
             Some(job_status::Status::Failed(f)) => return Err(job_failed(&job_id, &f.error)),
@@ -439,6 +467,46 @@ mod tests {
         let other = sf_writer::Error::from(job_failed("j2", "a task panicked"));
         assert_eq!(other.kind(), ErrorKind::Internal);
         assert!(other.to_string().contains("Job j2 failed: a task panicked"), "{other}");
+    }
+
+    #[test]
+    fn a_failed_task_keeps_the_kind_its_executor_gave_it() {
+        use sf_manifest::{Classified, ErrorKind};
+        for (kind, message) in [
+            (
+                ErrorKind::Unavailable,
+                "shard 2 attempt 0: uploading: 503 Service Unavailable",
+            ),
+            (ErrorKind::Data, "shard 1: duplicate key 7 (on_duplicate = \"error\")"),
+            (ErrorKind::Conflict, "shard 0: claim lost"),
+        ] {
+            let executor = format!(
+                "Task failed due to runtime execution error: {:?}",
+                DataFusionError::Execution(crate::task_error::encode(kind, message))
+            );
+            let reason = format!("Job failed due to stage 2 failed: {executor}\n");
+            let e = sf_writer::Error::from(job_failed("j3", &reason));
+            assert_eq!(e.kind(), kind, "{e}");
+            assert_eq!(e.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn a_scheduler_cut_off_is_the_engine_unavailable_and_its_refusal_is_not() {
+        use sf_manifest::{Classified, ErrorKind};
+        let lost = sf_writer::Error::from(scheduler_status(
+            "following the job",
+            "http://127.0.0.1:1",
+            &tonic::Status::unavailable("connection reset"),
+        ));
+        assert_eq!(lost.kind(), ErrorKind::Unavailable, "{lost}");
+        assert!(lost.to_string().contains("connection reset"), "{lost}");
+        let refused = sf_writer::Error::from(scheduler_status(
+            "submitting the job",
+            "http://127.0.0.1:1",
+            &tonic::Status::invalid_argument("bad plan"),
+        ));
+        assert_eq!(refused.kind(), ErrorKind::Internal, "{refused}");
     }
 
     fn location(partition: u32, executor: &str) -> PartitionLocation {

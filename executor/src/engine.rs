@@ -217,14 +217,15 @@ impl ClusterEngine {
     }
 
     /// Fails with a clear message, within the connect timeout, when nothing
-    /// accepts connections at the scheduler's address.
+    /// accepts connections at the scheduler's address: the engine is
+    /// unavailable (exit 5), as storage would be.
     async fn probe(&self, timeout: Duration) -> Result<()> {
         let target = (self.scheduler.host.as_str(), self.scheduler.port);
-        let unreachable = |why: String| {
-            Error::engine(format!(
+        let unreachable = |why: String| Error::EngineUnavailable {
+            message: format!(
                 "cannot reach the Ballista scheduler at {}: {why}; is sf-scheduler running there?",
                 self.scheduler
-            ))
+            ),
         };
         match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target)).await {
             Ok(Ok(_)) => Ok(()),
@@ -416,5 +417,6 @@ mod tests {
             m.contains("cannot reach the Ballista scheduler") && m.contains(&format!("127.0.0.1:{port}")),
             "{m}"
         );
+        assert_eq!(e.kind(), sf_manifest::ErrorKind::Unavailable, "an outage, retried: {m}");
     }
 }

@@ -21,7 +21,8 @@
 //! | [`options`] | the job's storage options (no credentials) and memory limit, carried by every session |
 //! | [`store`] | object stores resolved on each process from those options and its own environment |
 //! | [`engine`] | [`ClusterEngine`], the writer's engine on a cluster, for builds and for a driver's pooled sessions |
-//! | [`client`] | the driver's side of a query: submit, follow the job (a job failed for want of executors is reported as the engine being unavailable), fetch each result partition once |
+//! | [`task_error`] | executors classify a task's failure where it happens and send its kind with the text Ballista carries back |
+//! | [`client`] | the driver's side of a query: submit, follow the job (a task's failure keeps the kind its executor gave it; a job failed for want of executors, and a scheduler that cannot be reached or is lost, are the engine being unavailable), fetch each result partition once |
 //! | [`mod@driver`] | a `sf_warehouse::Driver` on the cluster a job file names |
 //! | [`scheduler_process`], [`executor_process`] | the `sf-scheduler` and `sf-executor` processes |
 //!
@@ -60,6 +61,7 @@ mod process;
 pub mod register;
 pub mod scheduler_process;
 pub mod store;
+pub mod task_error;
 
 pub use driver::{driver, driver_for_job};
 pub use engine::{ClusterEngine, SchedulerUrl, engine_for};

@@ -1,7 +1,9 @@
 //! Installing ShardForge's extension on Ballista: [`register`] on a
 //! client's session config (`sf-write`), a scheduler's configuration
 //! (`sf-scheduler`) or an executor's (`sf-executor`), and the task ids an
-//! executor reads from Ballista's task identity.
+//! executor reads from Ballista's task identity. Executors also run their
+//! stages through [`crate::task_error`], so a task's failure reaches the
+//! driver with its kind.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use sf_writer::build::task_ids::TaskIds;
 use crate::codec::{ShardForgeLogicalCodec, ShardForgePhysicalCodec};
 use crate::options::ShardForgeOptions;
 use crate::store;
+use crate::task_error::ShardForgeExecutionEngine;
 
 /// Something ShardForge's Ballista extension can be installed on: a client
 /// [`SessionConfig`], a [`SchedulerConfig`] or an [`ExecutorProcessConfig`].
@@ -73,6 +76,7 @@ impl Register for ExecutorProcessConfig {
         self.override_runtime_producer = Some(Arc::new(move |config: &SessionConfig| {
             store::runtime_for(config, work_dir.as_deref())
         }));
+        self.override_execution_engine = Some(Arc::new(ShardForgeExecutionEngine));
         sf_writer::build::task_ids::set_task_ids_fn(ballista_task_ids);
         self
     }

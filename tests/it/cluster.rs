@@ -447,8 +447,59 @@ async fn losing_every_executor_fails_the_build_within_a_bound() {
     );
 }
 
+/// The scheduler dies while the build runs: `sf-write` loses the job's
+/// status stream and exits 5 (the cluster unavailable, worth retrying),
+/// naming the scheduler, within a bound, publishing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_scheduler_fails_the_build_as_unavailable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = s3_input("cluster-no-scheduler", 16_000, dir.path()).await;
+    let slow = "[write]\nbatch_size = 250\nmax_writes_per_second = 800\n";
+    let cluster = LocalCluster::start(&ClusterOptions::default());
+    let prefix = s3_prefix("cluster-no-scheduler");
+    let job = write_job(dir.path(), &job_text(&input, &prefix, slow));
+    let (mut child, stdout, stderr) = spawn_sf_write(&job, &cluster, dir.path());
+
+    // Once shards are being written, the scheduler dies.
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("poll sf-write") {
+            panic!(
+                "sf-write finished ({status}) before the scheduler could be killed: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        if !claims(&prefix).await.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no shard attempt was claimed within 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = Command::new("kill")
+        .args(["-KILL", &cluster.scheduler_pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill the scheduler");
+
+    let status = wait_bounded(&mut child, Duration::from_secs(120), "sf-write without its scheduler");
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(status.code(), Some(5), "the cluster unavailable: {err}");
+    assert!(err.contains("scheduler"), "the error names the scheduler: {err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stdout).expect("stdout")).expect("a JSON report on failure");
+    assert_eq!(report["exit_code"], 5, "{report}");
+    let keys = list_keys(&prefix).await;
+    assert!(
+        !keys.iter().any(|k| k == "_CURRENT" || k.starts_with("manifests/")),
+        "nothing published: {keys:?}"
+    );
+}
+
 /// Nothing listens at the scheduler's address: `sf-write` says so and
-/// exits 1 at once. "At once" is measured against the connect timeout the
+/// exits 5 (the engine unavailable, retried like storage) at once. "At once" is measured against the connect timeout the
 /// client would otherwise wait out, set here to 120 s
 /// (`ballista.grpc.client.connect_timeout_seconds`): the build must end
 /// within 30 s, a quarter of it, which leaves a debug build on a loaded
@@ -485,12 +536,125 @@ fn an_unreachable_scheduler_is_reported_at_once() {
         took < Duration::from_secs(30),
         "the refusal took {took:?}, not at once (connect timeout 120 s): {err}"
     );
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(
         err.contains(&format!("cannot reach the Ballista scheduler at {url}")) && err.contains("sf-scheduler"),
         "{err}"
     );
     assert!(!out_dir.exists(), "nothing was written");
+}
+
+/// A shard task's failure on an executor exits with the code of its cause,
+/// as the same failure does on the embedded engine: bad data (a duplicate
+/// key with `on_duplicate = "error"`, found while the shard is written) 3,
+/// and storage that fails under the executors (every shard upload answers
+/// 503, through object_store's retries and the shard's) 5, naming the
+/// storage error. The executors reach S3 through the fault proxy; the
+/// driver does not, so only the tasks see the fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_tasks_failure_exits_with_the_code_of_its_cause() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let proxy = FaultProxy::for_s3();
+    let cluster = LocalCluster::start(&ClusterOptions {
+        env: vec![("AWS_ENDPOINT".into(), proxy.url().into())],
+        ..ClusterOptions::default()
+    });
+    let run = |job: &Path, what: &str| {
+        let out = run_bounded(
+            Command::new(binary("sf-write")).arg("--config").arg(job).args([
+                "--cluster",
+                cluster.url(),
+                "--json",
+                "--progress",
+                "off",
+            ]),
+            Duration::from_secs(300),
+            what,
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out, err)
+    };
+
+    // 3: two rows with key 7; the shard holding them refuses the second.
+    let dup_dir = dir.path().join("dup");
+    std::fs::create_dir_all(&dup_dir).expect("dir");
+    let mut ids: Vec<i64> = (0..1_000).collect();
+    ids.push(7);
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(ids.clone())) as ArrayRef),
+        (
+            "name",
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("user-{i}")))) as ArrayRef,
+        ),
+        (
+            "payload",
+            Arc::new(StringArray::from_iter_values(ids.iter().map(|i| format!("{i:0>40}")))) as ArrayRef,
+        ),
+    ])
+    .expect("batch");
+    let local = dup_dir.join("users.parquet");
+    write_parquet(&local, &[batch]);
+    let input = format!("{}/input/users.parquet", s3_prefix("cluster-exit-dup"));
+    upload(&local, &input).await;
+    let prefix = s3_prefix("cluster-exit-dup");
+    let job = write_job(
+        &dup_dir,
+        &job_text(&input, &prefix, "[write]\non_duplicate = \"error\"\n"),
+    );
+    let (out, err) = run(&job, "sf-write with a duplicate key on the cluster");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "bad data on an executor is bad data: {err}\n{}",
+        cluster.log_tails()
+    );
+    assert!(
+        err.contains("duplicate key 7") && err.contains("on_duplicate"),
+        "the error is the shard's own: {err}"
+    );
+    assert_eq!(summary(&out.stdout)["exit_code"], 3);
+
+    // 5: every shard upload (and claim) the executors make answers 503.
+    let down_dir = dir.path().join("down");
+    std::fs::create_dir_all(&down_dir).expect("dir");
+    let input = s3_input("cluster-exit-down", 1_000, &down_dir).await;
+    let prefix = s3_prefix("cluster-exit-down");
+    let job = write_job(
+        &down_dir,
+        &job_text(
+            &input,
+            &prefix,
+            &format!(
+                "[write]\nshard_retries = 1\nretry_backoff_ms = 10\n{}",
+                sf_tests::writer_support::short_storage_retries(&prefix)
+            ),
+        ),
+    );
+    proxy.add(Rule::new("PUT", "/shards/").fault(Fault::Status(503)));
+    let (out, err) = run(&job, "sf-write on executors whose storage fails");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "storage failing on an executor is storage unavailable: {err}\n{}",
+        cluster.log_tails()
+    );
+    assert!(proxy.faults_served() > 0, "the executors met the fault");
+    assert!(
+        err.contains("503") && err.contains("/shards/"),
+        "the error names the storage failure: {err}"
+    );
+    assert!(
+        !err.contains("sf-task-error"),
+        "the marker stays between the processes: {err}"
+    );
+    assert_eq!(summary(&out.stdout)["exit_code"], 5);
+    assert!(
+        !list_keys(&prefix)
+            .await
+            .iter()
+            .any(|k| k == "_CURRENT" || k.starts_with("manifests/")),
+        "nothing was published"
+    );
 }
 
 /// A stock Ballista executor rejects ShardForge's tasks; the build fails

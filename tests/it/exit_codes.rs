@@ -13,7 +13,7 @@ use sf_manifest::KeyEncoding;
 use sf_tests::fault_proxy::{Fault, FaultProxy, Rule};
 use sf_tests::s3_prefix;
 use sf_tests::snapshots::{SnapshotSpec, build_snapshot, int_rows};
-use sf_tests::writer_support::{binary, output_with_input, short_storage_retries};
+use sf_tests::writer_support::{binary, output_with_input, short_storage_retries, write_parquet};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -272,4 +272,168 @@ fn the_cluster_programs_refuse_bad_arguments() {
             "{program} --help prints the exit-code table: {out}"
         );
     }
+}
+
+/// A job reading `input` (`format`) in `dir`, writing under `dir/out`.
+fn input_job(dir: &Path, format: &str, input: &str) {
+    std::fs::write(
+        dir.join("job.toml"),
+        format!(
+            "key_col = \"id\"\n[input]\nformat = \"{format}\"\npath = \"{input}\"\n[routing]\nnum_dbs = 2\n\
+             [output]\nprefix = \"out\"\n"
+        ),
+    )
+    .expect("job");
+}
+
+/// Runs `sf-write` on `input` and asserts exit 3, the file named with
+/// `what` is wrong, and nothing written.
+fn assert_bad_input(dir: &Path, format: &str, input: &str, what: &[&str]) {
+    input_job(dir, format, input);
+    let out = run(
+        "sf-write",
+        &["--config", "job.toml", "--progress", "off"],
+        dir,
+        None,
+        None,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{format} {input}: {err}");
+    assert!(err.contains(input), "{format}: the error names the file {input}: {err}");
+    for w in what {
+        assert!(err.contains(w), "{format} {input}: the error says {w:?}: {err}");
+    }
+    assert!(!dir.join("out/_CURRENT").exists(), "nothing was published");
+}
+
+fn parquet_bytes(ids: arrow::array::ArrayRef) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let names: Vec<String> = (0..ids.len()).map(|i| format!("user-{i}")).collect();
+    let batch = arrow::array::RecordBatch::try_from_iter([
+        ("id", ids),
+        (
+            "name",
+            std::sync::Arc::new(arrow::array::StringArray::from(names)) as arrow::array::ArrayRef,
+        ),
+    ])
+    .expect("batch");
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &[batch]);
+    std::fs::read(&path).expect("read back")
+}
+
+/// Every input format, three ways of being bad: a truncated file, an
+/// empty one (0 bytes) and one whose key column has a type no key
+/// encoding stores. Each exits 3 (bad input data, not 1 or 2), naming the
+/// file and what is wrong with it.
+#[test]
+fn a_bad_input_file_exits_3_naming_the_file_in_every_format() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+
+    // Parquet.
+    let good = parquet_bytes(Arc::new(arrow::array::Int64Array::from_iter_values(0..100)));
+    std::fs::write(d.join("cut.parquet"), &good[..good.len() / 2]).expect("write");
+    assert_bad_input(d, "parquet", "cut.parquet", &["not a readable Parquet file"]);
+    std::fs::write(d.join("six.parquet"), &good[..6]).expect("write");
+    assert_bad_input(d, "parquet", "six.parquet", &["not a readable Parquet file"]);
+    std::fs::write(d.join("empty.parquet"), b"").expect("write");
+    assert_bad_input(d, "parquet", "empty.parquet", &["the file is empty"]);
+    let floats = parquet_bytes(Arc::new(arrow::array::Float64Array::from_iter_values(
+        (0..10).map(|i| i as f64 + 0.5),
+    )));
+    std::fs::write(d.join("floats.parquet"), floats).expect("write");
+    assert_bad_input(
+        d,
+        "parquet",
+        "floats.parquet",
+        &["\"id\" has type Float64", "keys must be"],
+    );
+    // In a folder of good files, the bad one is named.
+    std::fs::create_dir_all(d.join("set")).expect("dir");
+    for i in 0..3 {
+        std::fs::write(d.join(format!("set/part-{i}.parquet")), &good).expect("write");
+    }
+    std::fs::write(d.join("set/part-3.parquet"), &good[..good.len() - 10]).expect("write");
+    assert_bad_input(d, "parquet", "set", &["part-3.parquet", "not a readable Parquet file"]);
+
+    // CSV.
+    std::fs::write(d.join("cut.csv"), "id,name\n0,user-0\n1,user-1\n2").expect("write");
+    assert_bad_input(d, "csv", "cut.csv", &["not readable as CSV"]);
+    std::fs::write(d.join("empty.csv"), b"").expect("write");
+    assert_bad_input(d, "csv", "empty.csv", &["the file is empty"]);
+    std::fs::write(d.join("floats.csv"), "id,name\n0.5,a\n1.5,b\n").expect("write");
+    assert_bad_input(d, "csv", "floats.csv", &["\"id\" has type Float64", "keys must be"]);
+    // A value the schema (inferred from the first 1,000 rows) cannot hold,
+    // found only while the rows are read.
+    let mut late = String::from("id,name\n");
+    for i in 0..1_500 {
+        late.push_str(&format!("{i},user-{i}\n"));
+    }
+    late.push_str("x1501,user-x\n");
+    std::fs::write(d.join("late.csv"), late).expect("write");
+    assert_bad_input(d, "csv", "late.csv", &["x1501"]);
+
+    // Newline-delimited JSON.
+    std::fs::write(d.join("cut.json"), "{\"id\": 0, \"name\": \"a\"}\n{\"id\": 1, \"na").expect("write");
+    assert_bad_input(d, "json", "cut.json", &["not readable as newline-delimited JSON"]);
+    std::fs::write(d.join("empty.json"), b"").expect("write");
+    assert_bad_input(d, "json", "empty.json", &["the file is empty"]);
+    std::fs::write(
+        d.join("floats.json"),
+        "{\"id\": 0.5, \"name\": \"a\"}\n{\"id\": 1.5, \"name\": \"b\"}\n",
+    )
+    .expect("write");
+    assert_bad_input(d, "json", "floats.json", &["\"id\" has type Float64", "keys must be"]);
+}
+
+/// A gate's byte limit written as a float says what the field takes.
+#[test]
+fn a_limit_of_the_wrong_kind_says_what_the_field_takes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    users_csv(d, 10, false);
+    job(d, "out", "[validate]\nmax_shard_bytes = 2e9\n");
+    let out = run("sf-write", &["--config", "job.toml", "--dry-run"], d, None, None);
+    assert_code(&out, 2, "max_shard_bytes");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("a whole number") && err.contains("on_fail") && !err.contains("untagged"),
+        "{err}"
+    );
+}
+
+/// The CronJob's pod failure policy follows the exit-code table: the codes
+/// no retry heals fail the Job at once, 4 and 5 are retried.
+#[test]
+fn the_cronjob_retries_exactly_the_codes_that_heal() {
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/k8s/cronjob.yaml"))
+        .expect("cronjob.yaml");
+    let values_after = |action: &str| -> Vec<u8> {
+        let at = yaml
+            .find(&format!("- action: {action}"))
+            .unwrap_or_else(|| panic!("a {action} rule"));
+        let line = yaml[at..]
+            .lines()
+            .find(|l| l.trim_start().starts_with("values:"))
+            .expect("values");
+        line.trim()
+            .trim_start_matches("values:")
+            .trim()
+            .trim_matches(['[', ']'])
+            .split(',')
+            .map(|v| v.trim().parse().expect("an exit code"))
+            .collect()
+    };
+    assert_eq!(values_after("FailJob"), vec![1, 2, 3, 6], "fail at once");
+    assert_eq!(values_after("Count"), vec![4, 5], "retried up to backoffLimit");
+    let help = text(&run("sf-write", &["--help"], Path::new("."), None, None).stdout);
+    for code in 1..=6 {
+        assert!(
+            help.contains(&format!("\n  {code}  ")),
+            "{code} is in the table: {help}"
+        );
+    }
+    assert!(help.contains("5  storage unavailable"), "{help}");
 }

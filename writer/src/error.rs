@@ -113,6 +113,17 @@ pub enum Error {
     #[error("{message}; nothing was published")]
     EngineUnavailable { message: String },
 
+    /// A task the engine ran in another process (a cluster executor)
+    /// failed: its message and class as that process reported them, so a
+    /// storage failure on an executor is a storage failure here too.
+    #[error("{message}")]
+    Task {
+        /// What the task's process reported, causes included.
+        message: String,
+        /// The class the task's process gave the failure.
+        kind: ErrorKind,
+    },
+
     /// The build was cancelled.
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -140,6 +151,7 @@ impl Classified for Error {
             Error::Gate { .. } => ErrorKind::Gate,
             Error::RunInProgress { .. } => ErrorKind::Conflict,
             Error::EngineUnavailable { .. } => ErrorKind::Unavailable,
+            Error::Task { kind, .. } => *kind,
             Error::Cancelled(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -245,7 +257,13 @@ impl From<datafusion::error::DataFusionError> for Error {
             },
             D::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
                 Ok(inner) => Error::from(inner),
-                Err(shared) => Error::engine_caused(shared.to_string(), SharedCause(shared)),
+                // Still shared (an error a repartition sent to every
+                // output): classified through the reference, as the same
+                // error unshared would be.
+                Err(shared) => match shared_kind(&shared) {
+                    Some((kind, message)) => Error::Task { message, kind },
+                    None => Error::engine_caused(shared.to_string(), SharedCause(shared)),
+                },
             },
             // Errors crossing an Arrow-typed stream (a Ballista job's
             // results, our own errors from inside a plan) arrive wrapped as
@@ -265,6 +283,46 @@ impl From<datafusion::error::DataFusionError> for Error {
             D::SQL(s, _) => Error::Input(format!("SQL: {s}")),
             other => Error::engine_caused(other.to_string(), other),
         }
+    }
+}
+
+/// The kind and message of a DataFusion error that cannot be taken apart
+/// (it is shared), for the classes [`Error::from`] gives a kind other than
+/// an engine failure; `None` for the rest.
+fn shared_kind(e: &datafusion::error::DataFusionError) -> Option<(ErrorKind, String)> {
+    use datafusion::error::DataFusionError as D;
+    let boxed = |inner: &(dyn std::error::Error + Send + Sync + 'static)| -> Option<(ErrorKind, String)> {
+        if let Some(df) = inner.downcast_ref::<D>() {
+            return shared_kind(df);
+        }
+        if let Some(ours) = inner.downcast_ref::<Error>() {
+            return Some((ours.kind(), sf_manifest::chain(ours)));
+        }
+        if let Some(r) = inner.downcast_ref::<sf_router::Error>() {
+            return Some((r.kind(), Error::Routing(r.clone()).to_string()));
+        }
+        inner
+            .downcast_ref::<object_store::Error>()
+            .map(|o| (sf_manifest::store_error_kind(o), format!("object storage: {o}")))
+    };
+    match e {
+        D::External(inner) => boxed(inner.as_ref()),
+        D::Context(ctx, inner) => shared_kind(inner).map(|(k, m)| (k, format!("{ctx}: {m}"))),
+        D::Shared(inner) => shared_kind(inner),
+        D::ArrowError(a, _) => match a.as_ref() {
+            arrow::error::ArrowError::ExternalError(inner) => {
+                boxed(inner.as_ref()).or_else(|| Some((ErrorKind::Data, format!("input: {a}"))))
+            }
+            other => Some((ErrorKind::Data, format!("input: {other}"))),
+        },
+        D::ObjectStore(o) => Some((
+            sf_manifest::store_error_kind(o),
+            format!("reading through the query engine: {o}"),
+        )),
+        D::Plan(p) => Some((ErrorKind::Data, format!("input: {p}"))),
+        D::SchemaError(..) => Some((ErrorKind::Data, format!("input: {e}"))),
+        D::SQL(s, _) => Some((ErrorKind::Data, format!("input: SQL: {s}"))),
+        _ => None,
     }
 }
 
@@ -309,5 +367,51 @@ impl std::fmt::Display for SharedCause {
 impl std::error::Error for SharedCause {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(self.0.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::error::DataFusionError as D;
+
+    use super::*;
+
+    /// An error still shared (a repartition sends one error to every
+    /// output) is classified as the same error unshared.
+    #[test]
+    fn a_shared_error_keeps_its_kind() {
+        let parse = || {
+            D::ArrowError(
+                Box::new(arrow::error::ArrowError::ParseError("value 'x' is not Int64".into())),
+                None,
+            )
+        };
+        let keep = Arc::new(parse());
+        let e = Error::from(D::Shared(Arc::clone(&keep)));
+        assert_eq!(e.kind(), ErrorKind::Data, "{e}");
+        assert_eq!(e.to_string(), Error::from(parse()).to_string());
+
+        let store = || object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused".into(),
+        };
+        let keep = Arc::new(D::ObjectStore(Box::new(store())));
+        let e = Error::from(D::Shared(Arc::clone(&keep)));
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(e.to_string().contains("connection refused"), "{e}");
+
+        let ours = Arc::new(D::External(Box::new(Error::DuplicateKey {
+            db_id: DbId(1),
+            key: "7".into(),
+        })));
+        let e = Error::from(D::Shared(Arc::clone(&ours)));
+        assert_eq!(e.kind(), ErrorKind::Data, "{e}");
+        assert!(e.to_string().contains("duplicate key 7"), "{e}");
+
+        let other = Arc::new(D::NotImplemented("x".into()));
+        let e = Error::from(D::Shared(Arc::clone(&other)));
+        assert_eq!(e.kind(), ErrorKind::Internal, "{e}");
     }
 }

@@ -57,11 +57,10 @@ fn extension_for<'a>(path: &'a str, default: &'a str) -> &'a str {
     }
 }
 
-fn csv_options<'a>(path: &'a str, csv: &CsvOptions) -> CsvReadOptions<'a> {
+fn csv_options<'a>(csv: &CsvOptions) -> CsvReadOptions<'a> {
     CsvReadOptions::new()
         .has_header(csv.has_header)
         .delimiter(csv.delimiter as u8)
-        .file_extension(extension_for(path, ".csv"))
 }
 
 fn not_found_hint(path: &str, e: datafusion::error::DataFusionError) -> Error {
@@ -76,12 +75,13 @@ fn not_found_hint(path: &str, e: datafusion::error::DataFusionError) -> Error {
     }
 }
 
-/// Fails, naming `path`, when it matches no file (a glob that matches
-/// nothing, an empty folder, a file that is not there): DataFusion would
-/// read such a path as a table without columns.
-async fn require_files(ctx: &SessionContext, path: &str, extension: &str) -> Result<()> {
+/// The files `path` matches, with their sizes; fails, naming `path`, when
+/// it matches none (a glob that matches nothing, an empty folder, a file
+/// that is not there): DataFusion would read such a path as a table
+/// without columns.
+async fn list_files(ctx: &SessionContext, path: &str, extension: &str) -> Result<Vec<(String, u64)>> {
     use datafusion::datasource::listing::ListingTableUrl;
-    use futures::StreamExt;
+    use futures::TryStreamExt;
     let missing = |why: String| Error::Input(format!("input {path}: {why}"));
     let url = ListingTableUrl::parse(path).map_err(|e| Error::config("input.path", format!("{path}: {e}")))?;
     let store = ctx
@@ -89,16 +89,120 @@ async fn require_files(ctx: &SessionContext, path: &str, extension: &str) -> Res
         .object_store(&url)
         .map_err(|e| Error::config("input.path", format!("{path}: {e}")))?;
     let state = ctx.state();
-    let mut files = match url.list_all_files(&state, store.as_ref(), extension).await {
+    let files = match url.list_all_files(&state, store.as_ref(), extension).await {
         Ok(f) => f,
         Err(e) => return Err(not_found_hint(path, e)),
     };
-    match files.next().await {
-        Some(Ok(_)) => Ok(()),
-        Some(Err(e)) => Err(not_found_hint(path, e)),
-        None if extension.is_empty() => Err(missing("matches no files".into())),
-        None => Err(missing(format!("matches no files (looking for *{extension})"))),
+    let metas: Vec<_> = files.try_collect().await.map_err(|e| not_found_hint(path, e))?;
+    if metas.is_empty() {
+        return Err(if extension.is_empty() {
+            missing("matches no files".into())
+        } else {
+            missing(format!("matches no files (looking for *{extension})"))
+        });
     }
+    let base = url.object_store();
+    let base = base.as_str().trim_end_matches('/');
+    let mut files: Vec<(String, u64)> = metas
+        .into_iter()
+        .map(|m| {
+            let location = m.location.as_ref();
+            let name = if base == "file:" || base == "file://" {
+                format!("/{location}")
+            } else {
+                format!("{base}/{location}")
+            };
+            (name, m.size)
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The file of `files` (or of `path` when it is one file) that is empty,
+/// as an input error: a file of no bytes has no header, no schema and no
+/// rows, in every format.
+fn empty_file(path: &str, files: &[(String, u64)]) -> Option<Error> {
+    let (name, _) = files.iter().find(|(_, size)| *size == 0)?;
+    let name = if files.len() == 1 { path } else { name.as_str() };
+    Some(Error::Input(format!(
+        "input {name}: the file is empty (0 bytes: no header, no schema, no rows)"
+    )))
+}
+
+/// Reads one file or file set, without the checks of [`read`].
+async fn open(
+    ctx: &SessionContext,
+    format: InputFormat,
+    path: &str,
+    extension: &str,
+    csv: &CsvOptions,
+) -> datafusion::error::Result<DataFrame> {
+    match format {
+        InputFormat::Parquet => {
+            let opts = ParquetReadOptions::default().file_extension(extension);
+            ctx.read_parquet(path, opts).await
+        }
+        InputFormat::Csv => ctx.read_csv(path, csv_options(csv).file_extension(extension)).await,
+        InputFormat::Json => {
+            let opts = NdJsonReadOptions::default().file_extension(extension);
+            ctx.read_json(path, opts).await
+        }
+        InputFormat::Sql => Err(datafusion::error::DataFusionError::Internal(
+            "an input table is parquet, csv or json".into(),
+        )),
+    }
+}
+
+/// What a file that cannot be read as `format` is.
+fn unreadable(format: InputFormat) -> &'static str {
+    match format {
+        InputFormat::Parquet => "not a readable Parquet file (truncated, or not Parquet)",
+        InputFormat::Csv => "not readable as CSV",
+        InputFormat::Json => "not readable as newline-delimited JSON",
+        InputFormat::Sql => "not readable",
+    }
+}
+
+/// At most this many files are opened one by one to find which file of a
+/// file set cannot be read.
+const FILES_TO_SEARCH: usize = 1000;
+
+/// The input error for `path` (of `files`) that failed to open with `e`:
+/// a storage failure stays one; anything else is the input being bad,
+/// naming the file (found by opening the files one by one when `path`
+/// matches several) and what is wrong with it.
+async fn open_failed(
+    ctx: &SessionContext,
+    format: InputFormat,
+    path: &str,
+    files: &[(String, u64)],
+    csv: &CsvOptions,
+    e: datafusion::error::DataFusionError,
+) -> Error {
+    let err = not_found_hint(path, e);
+    let what = match &err {
+        Error::Input(m) => match m.strip_prefix(&format!("reading {path}: ")) {
+            Some(what) => what.to_string(),
+            // Already about the path as a whole (it does not exist).
+            None => return err,
+        },
+        // The engine's own reader failed on the bytes (a Parquet footer
+        // that is not there, say): the file is bad.
+        Error::Engine { message, .. } => message.clone(),
+        // Storage failing stays storage failing.
+        _ => return err,
+    };
+    let mut name = path.to_string();
+    if files.len() > 1 {
+        for (file, _) in files.iter().take(FILES_TO_SEARCH) {
+            if open(ctx, format, file, "", csv).await.is_err() {
+                name = file.clone();
+                break;
+            }
+        }
+    }
+    Error::Input(format!("input {name}: {}: {what}", unreadable(format)))
 }
 
 /// Reads one file set.
@@ -111,22 +215,24 @@ async fn read(ctx: &SessionContext, format: InputFormat, path: &str, csv: &CsvOp
             return Err(Error::Internal("an input table is parquet, csv or json".into()));
         }
     };
-    require_files(ctx, path, extension).await?;
-    let df = match format {
-        InputFormat::Parquet => {
-            let opts = ParquetReadOptions::default().file_extension(extension_for(path, ".parquet"));
-            ctx.read_parquet(path, opts).await
-        }
-        InputFormat::Csv => ctx.read_csv(path, csv_options(path, csv)).await,
-        InputFormat::Json => {
-            let opts = NdJsonReadOptions::default().file_extension(extension_for(path, ".json"));
-            ctx.read_json(path, opts).await
-        }
-        InputFormat::Sql => {
-            return Err(Error::Internal("an input table is parquet, csv or json".into()));
-        }
+    let files = list_files(ctx, path, extension).await?;
+    // A Parquet file of 0 bytes is bad wherever it is (it has no footer);
+    // for CSV and JSON, the input is empty when every file is.
+    if (files.iter().all(|(_, size)| *size == 0) || format == InputFormat::Parquet)
+        && let Some(e) = empty_file(path, &files)
+    {
+        return Err(e);
+    }
+    let df = match open(ctx, format, path, extension, csv).await {
+        Ok(df) => df,
+        Err(e) => return Err(open_failed(ctx, format, path, &files, csv, e).await),
     };
-    df.map_err(|e| not_found_hint(path, e))
+    if df.schema().fields().is_empty() {
+        return Err(Error::Input(format!(
+            "input {path}: no columns (is the file empty, or without a header?)"
+        )));
+    }
+    Ok(df)
 }
 
 /// The input as a DataFrame.

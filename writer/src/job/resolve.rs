@@ -180,6 +180,14 @@ impl Prepared {
     }
 }
 
+/// The input as an error names it: its path, or `input.sql`.
+fn input_name(job: &JobConfig) -> &str {
+    match &job.input {
+        Some(input) => input.path.as_deref().unwrap_or("input.sql"),
+        None => "input",
+    }
+}
+
 async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEncoding>) -> Result<Resolved> {
     let df = typed_if_empty(job, df, previous_encoding).await?;
     let schema: Schema = df.schema().as_arrow().clone();
@@ -224,14 +232,14 @@ async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEn
             }
             e
         }
+        // The job is fine; the input holds keys of a type no encoding
+        // stores: bad input data, naming the input.
         None => default_key_encoding(key_type).ok_or_else(|| {
-            Error::config(
-                "key_col",
-                format!(
-                    "key column {:?} has type {key_type}; keys must be integers, text or binary",
-                    job.key_col
-                ),
-            )
+            Error::Input(format!(
+                "input {}: key column {:?} has type {key_type}; keys must be integers, text or binary",
+                input_name(job),
+                job.key_col
+            ))
         })?,
     };
     let value = match (&job.value.binary_col, &job.value.json_cols) {

@@ -43,7 +43,7 @@ pub enum OnFail {
 
 /// A gate's limit: a bare value (`max_row_change = 0.2`), or with its
 /// failure mode (`max_row_change = { limit = 0.2, on_fail = "warn" }`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Limit<T> {
     /// Just the limit; failing it fails the build.
@@ -56,6 +56,46 @@ pub enum Limit<T> {
         #[serde(default)]
         on_fail: OnFail,
     },
+}
+
+/// The values a [`Limit`] of this type takes, as an error says them.
+pub trait LimitValue {
+    /// What a bare limit must be, with an example.
+    const EXPECTED: &'static str;
+}
+
+impl LimitValue for u64 {
+    const EXPECTED: &'static str = "a whole number (e.g. 2000000000; no fraction, exponent or unit)";
+}
+
+impl LimitValue for f64 {
+    const EXPECTED: &'static str = "a number (e.g. 0.2)";
+}
+
+/// [`Limit`] as it is written, before a value that fits neither form gets
+/// an error saying what fits.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LimitForm<T> {
+    Value(T),
+    With {
+        limit: T,
+        #[serde(default)]
+        on_fail: OnFail,
+    },
+}
+
+impl<'de, T: Deserialize<'de> + LimitValue> Deserialize<'de> for Limit<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match LimitForm::<T>::deserialize(d) {
+            Ok(LimitForm::Value(v)) => Ok(Limit::Value(v)),
+            Ok(LimitForm::With { limit, on_fail }) => Ok(Limit::With { limit, on_fail }),
+            Err(_) => Err(serde::de::Error::custom(format!(
+                "expected {}, or {{ limit = <that>, on_fail = \"fail\" | \"warn\" }}",
+                T::EXPECTED
+            ))),
+        }
+    }
 }
 
 impl<T: Copy> Limit<T> {
