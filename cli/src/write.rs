@@ -154,7 +154,7 @@ async fn run(args: Args, bar: bool) -> Result<u8, Failure> {
         crate::report::write_atomically(path, &format!("{doc}\n"))?;
     }
     if let Some(path) = &args.metrics_file {
-        crate::report::write_atomically(path, &crate::report::metrics(&doc))?;
+        crate::report::write_metrics_file(path, &doc)?;
     }
     if args.json {
         println!("{doc}");
