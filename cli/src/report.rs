@@ -544,7 +544,8 @@ mod tests {
 
     #[test]
     fn a_failed_build_keeps_the_last_success_time_of_its_prefix() {
-        let published = json!({"outcome": "published", "prefix": "s3://b/p", "exit_code": 0, "phases": [], "gates": []});
+        let published =
+            json!({"outcome": "published", "prefix": "s3://b/p", "exit_code": 0, "phases": [], "gates": []});
         let first = metrics(&published);
         let t = previous_last_success(first.as_bytes(), "s3://b/p")
             .expect("readable")
@@ -561,8 +562,14 @@ mod tests {
             )),
             "{second}"
         );
-        assert!(second.contains("shardforge_build_success{prefix=\"s3://b/p\"} 0\n"), "{second}");
-        assert!(second.contains("shardforge_build_exit_code{prefix=\"s3://b/p\"} 3\n"), "{second}");
+        assert!(
+            second.contains("shardforge_build_success{prefix=\"s3://b/p\"} 0\n"),
+            "{second}"
+        );
+        assert!(
+            second.contains("shardforge_build_exit_code{prefix=\"s3://b/p\"} 3\n"),
+            "{second}"
+        );
         // And the time survives any number of failures.
         assert_eq!(previous_last_success(second.as_bytes(), "s3://b/p"), Ok(Some(t)));
         // Without a previous success there is no series.
@@ -571,7 +578,11 @@ mod tests {
 
     #[test]
     fn a_garbled_previous_file_is_an_error_not_a_panic() {
-        for garbled in [&b"\xff\xfe"[..], b"not a metric\n", b"shardforge_build_success{prefix=\"p\"} x\n"] {
+        for garbled in [
+            &b"\xff\xfe"[..],
+            b"not a metric\n",
+            b"shardforge_build_success{prefix=\"p\"} x\n",
+        ] {
             assert!(previous_last_success(garbled, "p").is_err(), "{garbled:?}");
         }
         let zero = "shardforge_build_last_success_timestamp_seconds{prefix=\"p\"} 0\n";
