@@ -80,6 +80,8 @@ pub struct SchedulerArgs {
     /// Log filter (e.g. `info`, `ballista_scheduler=debug`); RUST_LOG works too.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    #[command(flatten)]
+    pub common: crate::run::CommonArgs,
 }
 
 impl From<SchedulerArgs> for SchedulerSettings {
@@ -154,6 +156,9 @@ pub struct ExecutorArgs {
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
 
+    #[command(flatten)]
+    pub common: crate::run::CommonArgs,
+
     /// Run as a stock Ballista executor, without ShardForge's codecs,
     /// storage and task ids. For testing what a cluster does with an
     /// executor that lacks the extension; never needed otherwise.
@@ -180,8 +185,8 @@ impl From<ExecutorArgs> for ExecutorSettings {
 
 /// Runs `sf-scheduler` with the process's arguments, until Ctrl-C or SIGTERM.
 pub fn scheduler_main() -> ExitCode {
-    let args = SchedulerArgs::parse();
-    crate::run::init_logging(args.log.as_deref(), "info");
+    let args: SchedulerArgs = crate::run::parse();
+    crate::run::init_logging(args.log.as_deref(), "info", args.common.log_format);
     crate::run::exit_code(crate::run::run_cli("sf-scheduler", async move {
         sf_executor::scheduler_process::run(args.into()).await?;
         Ok(exit::OK)
@@ -190,8 +195,8 @@ pub fn scheduler_main() -> ExitCode {
 
 /// Runs `sf-executor` with the process's arguments, until it is stopped.
 pub fn executor_main() -> ExitCode {
-    let args = ExecutorArgs::parse();
-    crate::run::init_logging(args.log.as_deref(), "info");
+    let args: ExecutorArgs = crate::run::parse();
+    crate::run::init_logging(args.log.as_deref(), "info", args.common.log_format);
     crate::run::exit_code(crate::run::run_cli("sf-executor", async move {
         sf_executor::executor_process::run(args.into()).await?;
         Ok(exit::OK)

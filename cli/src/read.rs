@@ -77,6 +77,9 @@ pub struct Cli {
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+
+    #[command(flatten)]
+    pub common: crate::run::CommonArgs,
 }
 
 /// `--sqlite-mode`
@@ -187,10 +190,10 @@ pub const HEALTH_ERROR: u8 = 2;
 /// Parses the process arguments, runs, prints errors, and returns the
 /// exit code (see `--help`).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = crate::run::parse();
     // Warnings (a damaged cache file, a skipped checksum) go to stderr;
     // RUST_LOG=sf_reader=debug shows more.
-    crate::run::init_logging(None, "warn,slatedb=error");
+    crate::run::init_logging(None, "warn,slatedb=error", cli.common.log_format);
     let health = matches!(cli.command, Command::Health { .. });
     let outcome = crate::run::run_cli("sf-read", async move {
         let stdout = std::io::stdout();

@@ -244,11 +244,15 @@ const SHARDS: Metric = ("shardforge_build_shards", "shards of the snapshot");
 const RETRIES: Metric = ("shardforge_build_retries", "shard uploads retried");
 const LAST_SUCCESS: Metric = (
     "shardforge_build_last_success_timestamp_seconds",
-    "when the last successful build ended (Unix time)",
+    "when the last successful build ended (Unix time; kept from the previous file while builds fail)",
 );
 const PHASE_SECONDS: Metric = (
     "shardforge_build_phase_seconds",
     "how long each phase of the last build took",
+);
+const STEP_SECONDS: Metric = (
+    "shardforge_build_step_seconds",
+    "seconds the last published build spent in each step: input, build, claim and upload summed over shards, verify, publish, cleanup",
 );
 const SECONDS: Metric = ("shardforge_build_seconds", "wall time of the last build");
 const GATE_PASSED: Metric = (
@@ -269,6 +273,7 @@ pub const METRICS: &[Metric] = &[
     RETRIES,
     LAST_SUCCESS,
     PHASE_SECONDS,
+    STEP_SECONDS,
     SECONDS,
     GATE_PASSED,
 ];
@@ -277,8 +282,17 @@ pub const METRICS: &[Metric] = &[
 /// [`METRICS`]: outcome, exit code, rows, bytes, shards, phase and gate
 /// durations and results. Series carry the snapshot's `prefix` only (run
 /// ids would make a new series every night); the run id is in
-/// `shardforge_build_info`.
+/// `shardforge_build_info`. A build that did not publish writes no success
+/// time of its own: see [`metrics_after`].
 pub fn metrics(doc: &Value) -> String {
+    metrics_after(doc, None)
+}
+
+/// [`metrics`], carrying `last_success` (the success time of the file a
+/// failed build replaces, see [`previous_last_success`]) when this build
+/// did not publish, so that "time since the last success" keeps counting
+/// through failed nights instead of losing its series.
+pub fn metrics_after(doc: &Value, last_success: Option<f64>) -> String {
     let prefix = label(doc["prefix"].as_str().unwrap_or_default());
     let mut out = String::new();
     let mut gauge = |(name, help): Metric, series: &[(String, f64)]| {
@@ -314,11 +328,13 @@ pub fn metrics(doc: &Value) -> String {
             gauge(metric, &[(String::new(), v)]);
         }
     }
-    if published {
-        gauge(
-            LAST_SUCCESS,
-            &[(String::new(), sf_manifest::format::ids::unix_millis() as f64 / 1000.0)],
-        );
+    let success_time = if published {
+        Some(sf_manifest::format::ids::unix_millis() as f64 / 1000.0)
+    } else {
+        last_success
+    };
+    if let Some(t) = success_time {
+        gauge(LAST_SUCCESS, &[(String::new(), t)]);
     }
     let phases: Vec<(String, f64)> = doc["phases"]
         .as_array()
@@ -332,6 +348,13 @@ pub fn metrics(doc: &Value) -> String {
         })
         .collect();
     gauge(PHASE_SECONDS, &phases);
+    if let Some(steps) = doc["steps"].as_object() {
+        let steps: Vec<(String, f64)> = STEPS
+            .iter()
+            .filter_map(|step| Some((format!(",step=\"{step}\""), steps.get(*step)?.as_f64()?)))
+            .collect();
+        gauge(STEP_SECONDS, &steps);
+    }
     gauge(SECONDS, &[(String::new(), doc["wall_seconds"].as_f64().unwrap_or(0.0))]);
     let gates: Vec<(String, f64)> = doc["gates"]
         .as_array()
@@ -351,6 +374,71 @@ pub fn metrics(doc: &Value) -> String {
         .collect();
     gauge(GATE_PASSED, &gates);
     out
+}
+
+/// The report's `steps` that are durations, in the order written.
+const STEPS: &[&str] = &[
+    "input",
+    "build_sum",
+    "claim_sum",
+    "upload_sum",
+    "verify",
+    "publish",
+    "cleanup",
+];
+
+/// Writes the metrics file of `doc` to `path` (whole or not at all),
+/// carrying the previous file's success time when this build did not
+/// publish.
+pub fn write_metrics_file(path: &Path, doc: &Value) -> Result<(), Failure> {
+    let prefix = doc["prefix"].as_str().unwrap_or_default();
+    let previous = match std::fs::read(path) {
+        Ok(bytes) => previous_last_success(&bytes, prefix).unwrap_or_else(|why| {
+            tracing::warn!(
+                "{}: the previous metrics file is unreadable ({why}); its last success time is lost",
+                path.display()
+            );
+            None
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!(
+                "{}: cannot read the previous metrics file ({e}); its last success time is lost",
+                path.display()
+            );
+            None
+        }
+    };
+    write_atomically(path, &metrics_after(doc, previous))
+}
+
+/// The `shardforge_build_last_success_timestamp_seconds` of `prefix` in a
+/// metrics file this program wrote before: `Ok(None)` when it has none (no
+/// build of the prefix succeeded yet), `Err` when the file is not the
+/// Prometheus text it should be.
+pub fn previous_last_success(file: &[u8], prefix: &str) -> Result<Option<f64>, String> {
+    let text = std::str::from_utf8(file).map_err(|_| "not UTF-8".to_string())?;
+    let wanted = format!("{}{{prefix=\"{}\"}}", LAST_SUCCESS.0, label(prefix));
+    let mut found = None;
+    for (i, line) in text.lines().enumerate() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = line
+            .rsplit_once(' ')
+            .filter(|(series, _)| series.ends_with('}') || !series.contains(['{', '}', ' ']))
+            .and_then(|(series, value)| Some((series, value.parse::<f64>().ok()?)));
+        let Some((series, value)) = parsed else {
+            return Err(format!("line {} is not a series and a value", i + 1));
+        };
+        if series == wanted {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!("line {}: {value} is not a time", i + 1));
+            }
+            found = Some(value);
+        }
+    }
+    Ok(found)
 }
 
 /// Writes `text` to `path` whole or not at all (a temporary file renamed
@@ -432,6 +520,8 @@ mod tests {
             "outcome": "published", "run_id": "r1", "prefix": "s3://b/p", "exit_code": 0,
             "rows": 10, "bytes": 2048, "num_dbs": 4, "retries": 1,
             "phases": [{"name": "plan", "seconds": 0.5}],
+            "steps": {"input": 0.1, "shards_built": 4, "build_sum": 1.0, "claim_sum": 0.0,
+                      "upload_sum": 0.2, "verify": 0.1, "publish": 0.05, "cleanup": 0.0},
             "gates": [{"gate": "min_rows", "result": "pass"}],
             "wall_seconds": 2.0,
         });
@@ -450,5 +540,53 @@ mod tests {
         }
         // A published build with every figure writes the whole catalog, in its order.
         assert_eq!(series_names(&metrics(&full)), catalog);
+    }
+
+    #[test]
+    fn a_failed_build_keeps_the_last_success_time_of_its_prefix() {
+        let published =
+            json!({"outcome": "published", "prefix": "s3://b/p", "exit_code": 0, "phases": [], "gates": []});
+        let first = metrics(&published);
+        let t = previous_last_success(first.as_bytes(), "s3://b/p")
+            .expect("readable")
+            .expect("a success time");
+        assert!(t > 1.0e9, "{t}");
+        // Another prefix's time is not this one's.
+        assert_eq!(previous_last_success(first.as_bytes(), "s3://b/q"), Ok(None));
+
+        let failed = json!({"outcome": "failed", "prefix": "s3://b/p", "exit_code": 3, "phases": [], "gates": []});
+        let second = metrics_after(&failed, Some(t));
+        assert!(
+            second.contains(&format!(
+                "shardforge_build_last_success_timestamp_seconds{{prefix=\"s3://b/p\"}} {t}\n"
+            )),
+            "{second}"
+        );
+        assert!(
+            second.contains("shardforge_build_success{prefix=\"s3://b/p\"} 0\n"),
+            "{second}"
+        );
+        assert!(
+            second.contains("shardforge_build_exit_code{prefix=\"s3://b/p\"} 3\n"),
+            "{second}"
+        );
+        // And the time survives any number of failures.
+        assert_eq!(previous_last_success(second.as_bytes(), "s3://b/p"), Ok(Some(t)));
+        // Without a previous success there is no series.
+        assert!(!metrics_after(&failed, None).contains("last_success"));
+    }
+
+    #[test]
+    fn a_garbled_previous_file_is_an_error_not_a_panic() {
+        for garbled in [
+            &b"\xff\xfe"[..],
+            b"not a metric\n",
+            b"shardforge_build_success{prefix=\"p\"} x\n",
+        ] {
+            assert!(previous_last_success(garbled, "p").is_err(), "{garbled:?}");
+        }
+        let zero = "shardforge_build_last_success_timestamp_seconds{prefix=\"p\"} 0\n";
+        assert!(previous_last_success(zero.as_bytes(), "p").is_err());
+        assert_eq!(previous_last_success(b"", "p"), Ok(None));
     }
 }

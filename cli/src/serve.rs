@@ -212,12 +212,14 @@ pub struct Args {
     /// Log filter (RUST_LOG works too). Default: info.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    #[command(flatten)]
+    pub common: crate::run::CommonArgs,
 }
 
 /// Parses, runs, prints errors, and returns the exit code.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
-    crate::run::init_logging(args.log.as_deref(), "info,slatedb=warn");
+    let args: Args = crate::run::parse();
+    crate::run::init_logging(args.log.as_deref(), "info,slatedb=warn", args.common.log_format);
     crate::run::exit_code(crate::run::run_cli("sf-serve", run(args)))
 }
 

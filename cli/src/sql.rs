@@ -89,12 +89,14 @@ struct Args {
     /// Log filter (e.g. `info`); default `warn`. RUST_LOG works too.
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
+    #[command(flatten)]
+    common: crate::run::CommonArgs,
 }
 
 /// Runs `sf-sql` with the process's arguments and environment.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
-    crate::run::init_logging(args.log.as_deref(), "warn");
+    let args: Args = crate::run::parse();
+    crate::run::init_logging(args.log.as_deref(), "warn", args.common.log_format);
     crate::run::exit_code(crate::run::run_cli("sf-sql", run(args)))
 }
 

@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sf_warehouse::JobFile;
 use sf_writer::job::{BuildOptions, Embedded, Engine, Outcome, ProgressSink};
+use tracing::Instrument;
 
 use crate::exit::{self, EXIT_CODES, Failure};
 use crate::report::Recorder;
@@ -32,8 +33,14 @@ append | ignore) the input is saved as a warehouse table instead, under
 the catalog's warehouse URL ([sf.catalog.NAME] warehouse = ...); query it
 with sf-sql, serve it with sf-read.
 
-Every job-file key can be overridden by an environment variable
-SF_<SECTION>__<KEY>, e.g. SF_ROUTING__NUM_DBS=16 or SF_OUTPUT__PREFIX=s3://b/p.
+A job-file key can be overridden by an environment variable
+SF_<SECTION>__<KEY>, e.g. SF_ROUTING__NUM_DBS=16, SF_OUTPUT__PREFIX=s3://b/p,
+SF_OUTPUT__RUN_ID=nightly-1 (the value typed by the key it sets: a text key
+takes the text as it is, whatever it looks like). Only names with a `__` are
+overrides: SF_* variables without one (SF_CURRENT_URL, SF_CACHE_DIR,
+SF_LOG_FORMAT, a deployment's SF_CLUSTER_URL) belong to other programs and
+are ignored, so one environment can hold them all; an override of a key
+that does not exist is an error naming the variable.
 Object-store credentials come from the usual environment variables
 (AWS_*, GOOGLE_*, AZURE_*); they are never printed.";
 
@@ -101,11 +108,13 @@ struct Args {
     /// `info` when progress goes to log lines. RUST_LOG works too.
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
+    #[command(flatten)]
+    common: crate::run::CommonArgs,
 }
 
 /// Runs `sf-write` with the process's arguments and environment.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = crate::run::parse();
     let bar = match args.progress {
         ProgressMode::Auto => std::io::stderr().is_terminal(),
         ProgressMode::Bar => true,
@@ -121,6 +130,7 @@ pub fn main() -> ExitCode {
     crate::run::init_logging(
         args.log.as_deref(),
         &format!("{default_log},datafusion_physical_plan::spill=error"),
+        args.common.log_format,
     );
     crate::run::exit_code(crate::run::run_cli("sf-write", run(args, bar)))
 }
@@ -154,7 +164,7 @@ async fn run(args: Args, bar: bool) -> Result<u8, Failure> {
         crate::report::write_atomically(path, &format!("{doc}\n"))?;
     }
     if let Some(path) = &args.metrics_file {
-        crate::report::write_atomically(path, &crate::report::metrics(&doc))?;
+        crate::report::write_metrics_file(path, &doc)?;
     }
     if args.json {
         println!("{doc}");
@@ -209,7 +219,11 @@ async fn build(
         force: args.force,
         ..BuildOptions::default()
     };
+    // Every line logged while the job runs names its run id (a field of
+    // `--log-format json`).
+    let span = tracing::info_span!("build", run_id = %id);
     sf_warehouse::run_job(&job, engine.as_ref(), &options)
+        .instrument(span)
         .await
         .map_err(|e| name_the_input(Failure::from(e), &job))
 }

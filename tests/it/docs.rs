@@ -1233,6 +1233,7 @@ macro_rules! named_paths {
 
 named_paths! {
     sf_cli::report::METRICS,
+    sf_cli::write,
     sf_executor::ClusterEngine,
     sf_executor::driver,
     sf_executor::driver_for_job,

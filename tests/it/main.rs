@@ -1,13 +1,17 @@
 //! ShardForge's cross-crate tests, as one test binary.
 
+mod build_metrics;
 mod cloud_backends;
 mod cluster;
+mod completions;
 mod docs;
+mod env_overrides;
 mod exit_codes;
 mod fault_matrix;
 mod faults;
 mod fixtures;
 mod hostile;
+mod logs;
 mod many_shards;
 mod observability;
 mod publish;

@@ -565,12 +565,12 @@ fn the_cli_dry_runs_builds_and_exits_by_cause() {
     // A key column that is not in the input: exit 2, listing the columns.
     let env = sf_write(&["--config", "job.toml"], dir.path());
     assert!(env.status.success());
-    let missing = std::process::Command::new(binary("sf-write"))
-        .args(["--config", "job.toml"])
-        .current_dir(dir.path())
-        .env("SF_KEY_COL", "user_id")
-        .output()
-        .expect("run");
+    std::fs::write(
+        dir.path().join("missing.toml"),
+        replace_in(CLI_JOB, "key_col = \"id\"", "key_col = \"user_id\""),
+    )
+    .expect("job");
+    let missing = sf_write(&["--config", "missing.toml"], dir.path());
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing.stderr));
     assert!(
         text(&missing.stderr).contains("\"user_id\" is not a column"),

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sf_writer::config::{JobConfig, JobDocument, read_job_file, resolve_path};
+use sf_writer::config::{JobConfig, JobDocument, key_is_text, read_job_file, resolve_path};
 
 use crate::canary::CanaryConfig;
 use crate::error::{Error, Result};
@@ -147,7 +147,7 @@ impl JobFile {
         base: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self> {
-        let mut doc = JobDocument::parse(text, origin, env)?;
+        let mut doc = JobDocument::parse_with(text, origin, env, &key_is_text_here)?;
         let cluster: Option<ClusterConfig> = doc.take(&["cluster"])?;
         let mut sf: toml::Table = doc.take(&["sf"])?.unwrap_or_default();
         let mut canary: Option<CanaryConfig> = doc.take(&["validate", "canary"])?;
@@ -245,6 +245,22 @@ impl JobFile {
 /// Takes `[input]` out of the document when it reads a warehouse table
 /// (`format = "table"`), and returns the table's name; leaves any other
 /// input to the writer.
+/// Which keys of a job file are text, for its `SF_<SECTION>__<KEY>`
+/// overrides: this layer's sections by their types, the rest by the
+/// writer's job.
+fn key_is_text_here(path: &[String]) -> Option<bool> {
+    let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+    match parts.as_slice() {
+        ["input" | "output", "table"] => Some(true),
+        ["output", "mode"] => Some(false),
+        ["cluster", rest @ ..] => key_is_text::<ClusterConfig>(&path[path.len() - rest.len()..]),
+        ["validate", "canary", rest @ ..] => key_is_text::<CanaryConfig>(&path[path.len() - rest.len()..]),
+        // Dotted settings of any type.
+        ["sf", ..] => None,
+        _ => key_is_text::<JobConfig>(path),
+    }
+}
+
 fn take_input_table(doc: &mut JobDocument) -> Result<Option<String>> {
     let is_table = doc
         .get(&["input", "format"])

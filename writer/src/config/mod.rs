@@ -16,7 +16,10 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use document::{ENV_PREFIX, JobDocument, load, parse, read_job_file, resolve_path};
+pub use document::{
+    ENV_PREFIX, ENV_SEPARATOR, JobDocument, KeyIsText, NOT_OVERRIDES, is_override, key_is_text, load, parse,
+    read_job_file, resolve_path,
+};
 pub use schema::{
     Backend, CelMode, CsvOptions, InputConfig, InputFormat, JobConfig, OutputConfig, RetentionConfig, RetryPolicy,
     RoutingConfig, Strategy, TableConfig, ValueConfig, WriteConfig, default_memory_limit_mib,

@@ -108,7 +108,6 @@ fn environment_overrides_keys() {
             ("SF_OUTPUT__PREFIX", "s3://bucket/other"),
             ("SF_WRITE__SORT_WITHIN_SHARD", "false"),
             ("SF_OUTPUT__SQLITE__CACHE_MIB", "32"),
-            ("SF_KEY_COL", "user_id"),
             ("OTHER", "ignored"),
         ],
     )
@@ -117,7 +116,56 @@ fn environment_overrides_keys() {
     assert_eq!(c.output.prefix, "s3://bucket/other");
     assert!(!c.write.sort_within_shard);
     assert_eq!(c.output.sqlite.cache_mib, 32);
-    assert_eq!(c.key_col, "user_id");
+}
+
+#[test]
+fn variables_without_a_separator_belong_to_other_programs() {
+    // Other programs' variables, a deployment's own, and a name that looks
+    // like a top-level key: none is an override, none is an error.
+    let c = parse_env(
+        MINIMAL,
+        &[
+            ("SF_CURRENT_URL", "s3://bucket/other/_CURRENT"),
+            ("SF_CACHE_DIR", "/var/cache/sf"),
+            ("SF_LOG_FORMAT", "json"),
+            ("SF_CLUSTER_URL", "df://sched:50050"),
+            ("SF_S3_ACCESS_KEY", "key"),
+            ("SF_KEY_COL", "user_id"),
+        ],
+    )
+    .expect("parse");
+    assert_eq!(c.key_col, "id");
+    assert_eq!(c, parse_env(MINIMAL, &[]).expect("parse"));
+    assert!(is_override("SF_OUTPUT__RUN_ID"));
+    assert!(!is_override("SF_CURRENT_URL"));
+    assert!(!is_override("OUTPUT__RUN_ID"));
+}
+
+#[test]
+fn an_override_is_typed_by_its_key() {
+    let c = parse_env(
+        MINIMAL,
+        &[
+            ("SF_OUTPUT__RUN_ID", "20261207"),
+            ("SF_OUTPUT__PREFIX", "true"),
+            ("SF_ROUTING__NUM_DBS", "16"),
+        ],
+    )
+    .expect("parse");
+    assert_eq!(c.output.run_id.as_deref(), Some("20261207"));
+    assert_eq!(c.output.prefix, "/jobs/true");
+    assert_eq!(c.routing.num_dbs, Some(16));
+    let text = |p: &[&str]| key_is_text::<JobConfig>(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(text(&["output", "run_id"]), Some(true));
+    assert_eq!(text(&["key_col"]), Some(true));
+    assert_eq!(text(&["input", "tables", "users", "path"]), Some(true));
+    assert_eq!(text(&["routing", "num_dbs"]), Some(false));
+    assert_eq!(text(&["output", "sqlite", "cache_mib"]), Some(false));
+    assert_eq!(text(&["routing", "num_dbz"]), None);
+    // A number where a number belongs stays a number, and a wrong type is
+    // still an error naming the variable.
+    let e = parse_env(MINIMAL, &[("SF_ROUTING__NUM_DBS", "many")]).expect_err("not a number");
+    assert!(e.to_string().contains("SF_ROUTING__NUM_DBS"), "{e}");
 }
 
 #[test]
