@@ -4,6 +4,7 @@ mod build_metrics;
 mod cloud_backends;
 mod cluster;
 mod completions;
+mod deploy;
 mod docs;
 mod env_overrides;
 mod exit_codes;
