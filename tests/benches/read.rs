@@ -184,14 +184,16 @@ fn main() {
         ms_stats.memory_bytes as f64 / 1048576.0
     );
 
-    // The same files for the ceiling, and the same routing precomputed.
+    // The same bytes for the ceiling (the published shard files, which
+    // the cache holds copies of), and the same routing precomputed.
     let files: Vec<std::path::PathBuf> = built
         .manifest
         .shards
         .iter()
         .map(|s| {
-            let id = s.checkpoint_id.as_deref().expect("checkpoint id");
-            cache.join("sqlite").join(format!("{id}.db"))
+            let folder = s.db_url.as_deref().expect("db_url");
+            let folder = folder.strip_prefix("file://").expect("a local prefix");
+            std::path::Path::new(folder).join(sf_manifest::format::layout::SQLITE_SHARD_FILE)
         })
         .collect();
     let raw = Raw::open(&files);

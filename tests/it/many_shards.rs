@@ -201,8 +201,9 @@ fn one_shard_far_larger_than_the_limit_builds_within_it() {
     // What a build holds beyond its rows' budget whatever the data: the
     // engine's batches and Parquet pages in flight, the merge's read
     // buffers, the page writer's buffer, and the allocator's slack
-    // (measured: 8 to 19 MiB at this limit).
-    const OVERHEAD_MIB: u64 = 32;
+    // (measured: 8 to 19 MiB at this limit on an idle machine, and once
+    // 33 MiB in a full suite run on a loaded 2-core machine).
+    const OVERHEAD_MIB: u64 = 40;
     const ROWS: i64 = 600_000;
     let dir = tempfile::tempdir().expect("tmp");
     let limit = format!("[write]\nmemory_limit_mib = {LIMIT_MIB}\n");
