@@ -9,7 +9,7 @@
 //! and every failure of a cluster build would exit 1.
 //!
 //! So each executor runs its stages through [`ShardForgeExecutionEngine`],
-//! which puts [`TaskErrors`] under the stage's shuffle writer: a failure
+//! which puts [`MapErrors::classifying`] under the stage's shuffle writer: a failure
 //! of the stage's plan is classified there, on the executor, while it is
 //! still the typed error, and travels on as a marker at the end of the
 //! text:
@@ -47,7 +47,7 @@ use sf_manifest::{Classified, ErrorKind, chain};
 pub const MARKER: &str = "[sf-task-error ";
 
 /// Ballista's execution engine with every stage's failures classified
-/// ([`TaskErrors`] under the shuffle writer).
+/// ([`MapErrors::classifying`] under the shuffle writer).
 #[derive(Debug, Default)]
 pub struct ShardForgeExecutionEngine;
 
@@ -63,7 +63,7 @@ impl ExecutionEngine for ShardForgeExecutionEngine {
         let plan = match children.as_slice() {
             [input] => {
                 let input = keep_fetch_failures(Arc::clone(input))?;
-                let wrapped: Arc<dyn ExecutionPlan> = Arc::new(TaskErrors::new(input));
+                let wrapped: Arc<dyn ExecutionPlan> = Arc::new(MapErrors::classifying(input));
                 Arc::clone(&plan).with_new_children(vec![wrapped])?
             }
             _ => plan,
@@ -72,29 +72,47 @@ impl ExecutionEngine for ShardForgeExecutionEngine {
     }
 }
 
-/// A plan node that passes its input through and classifies its failures
-/// (see the [module](self)).
+/// A plan node that passes its input through and maps its failures with
+/// `map`: [`MapErrors::classifying`] (see the [module](self)) and the
+/// wrapper that keeps shuffle readers' failures recognisable as Ballista's.
 #[derive(Debug)]
-pub struct TaskErrors {
+pub struct MapErrors {
+    name: &'static str,
+    map: fn(DataFusionError) -> DataFusionError,
     input: Arc<dyn ExecutionPlan>,
 }
 
-impl TaskErrors {
-    /// `input`, its failures classified.
-    pub fn new(input: Arc<dyn ExecutionPlan>) -> Self {
-        TaskErrors { input }
+impl MapErrors {
+    /// The node under a stage's shuffle writer: `input`'s failures
+    /// classified ([`classify`]).
+    pub fn classifying(input: Arc<dyn ExecutionPlan>) -> Self {
+        MapErrors {
+            name: "TaskErrors",
+            map: classify,
+            input,
+        }
+    }
+
+    /// A shuffle reader whose Ballista errors surface as DataFusion's
+    /// `External` (see [`keep_fetch_failures`]).
+    fn fetch_failures(input: Arc<dyn ExecutionPlan>) -> Self {
+        MapErrors {
+            name: "FetchFailures",
+            map: unwrap_ballista,
+            input,
+        }
     }
 }
 
-impl DisplayAs for TaskErrors {
+impl DisplayAs for MapErrors {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TaskErrors")
+        f.write_str(self.name)
     }
 }
 
-impl ExecutionPlan for TaskErrors {
+impl ExecutionPlan for MapErrors {
     fn name(&self) -> &str {
-        "TaskErrors"
+        self.name
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -111,20 +129,25 @@ impl ExecutionPlan for TaskErrors {
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
         match <[_; 1]>::try_from(children) {
-            Ok([input]) => Ok(Arc::new(TaskErrors::new(input))),
+            Ok([input]) => Ok(Arc::new(MapErrors {
+                name: self.name,
+                map: self.map,
+                input,
+            })),
             Err(c) => Err(DataFusionError::Internal(format!(
-                "TaskErrors has one input, not {}",
+                "{} has one input, not {}",
+                self.name,
                 c.len()
             ))),
         }
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let stream = self.input.execute(partition, context).map_err(classify)?;
+        let stream = self.input.execute(partition, context).map_err(self.map)?;
         let schema = stream.schema();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
-            stream.map_err(classify),
+            stream.map_err(self.map),
         )))
     }
 }
@@ -139,63 +162,13 @@ fn keep_fetch_failures(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn Executi
     plan.transform_up(|node| {
         if node.as_any().is::<ShuffleReaderExec>() {
             Ok(Transformed::yes(
-                Arc::new(FetchFailures { input: node }) as Arc<dyn ExecutionPlan>
+                Arc::new(MapErrors::fetch_failures(node)) as Arc<dyn ExecutionPlan>
             ))
         } else {
             Ok(Transformed::no(node))
         }
     })
     .map(|t| t.data)
-}
-
-/// A shuffle reader whose Ballista errors surface as DataFusion's
-/// `External` (see [`keep_fetch_failures`]).
-#[derive(Debug)]
-struct FetchFailures {
-    input: Arc<dyn ExecutionPlan>,
-}
-
-impl DisplayAs for FetchFailures {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FetchFailures")
-    }
-}
-
-impl ExecutionPlan for FetchFailures {
-    fn name(&self) -> &str {
-        "FetchFailures"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn properties(&self) -> &PlanProperties {
-        self.input.properties()
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
-        match <[_; 1]>::try_from(children) {
-            Ok([input]) => Ok(Arc::new(FetchFailures { input })),
-            Err(c) => Err(DataFusionError::Internal(format!(
-                "FetchFailures has one input, not {}",
-                c.len()
-            ))),
-        }
-    }
-
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let stream = self.input.execute(partition, context)?;
-        let schema = stream.schema();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            schema,
-            stream.map_err(unwrap_ballista),
-        )))
-    }
 }
 
 /// A Ballista error inside an Arrow error, as DataFusion's `External`.
