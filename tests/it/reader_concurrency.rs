@@ -40,6 +40,25 @@ async fn wait_for_or(what: &str, mut f: impl FnMut() -> bool, state: impl Fn() -
     panic!("gave up waiting for {what} {}", state());
 }
 
+/// One `multi_get` of 64 keys spread from `start`: every value from the
+/// same snapshot.
+async fn check_one_snapshot(reader: &sf_reader::Reader, start: u64) {
+    let keys: Vec<Key> = (0..64).map(|j| Key::Int(((start + j * 31) % KEYS) as i64)).collect();
+    let values = reader.multi_get(&keys).await.expect("multi_get");
+    let tags: Vec<&str> = keys
+        .iter()
+        .zip(&values)
+        .map(|(k, v)| match k {
+            Key::Int(k) => tag_of(*k as u64, v.as_deref()),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert!(
+        tags.iter().all(|t| *t == tags[0]),
+        "one multi_get mixed snapshots: {tags:?}"
+    );
+}
+
 async fn swap_under_load(backend: Backend, mode: SqliteMode, gets_per_task: usize) {
     let root = tempfile::tempdir().expect("root");
     let cache = tempfile::tempdir().expect("cache");
@@ -99,7 +118,14 @@ async fn swap_under_load(backend: Backend, mode: SqliteMode, gets_per_task: usiz
                 for i in 0..gets_per_task {
                     if i == gets_per_task / 2 {
                         // Half the reads before the swap is seen, half after.
-                        wait_for("the swap", || swapped.load(Ordering::SeqCst)).await;
+                        // While waiting, multi_gets run back to back, so that
+                        // the swap lands in the middle of some of them.
+                        let mut waited = 0;
+                        while !swapped.load(Ordering::SeqCst) {
+                            assert!(waited < 100_000, "gave up waiting for the swap");
+                            waited += 1;
+                            check_one_snapshot(&reader, x >> 33).await;
+                        }
                     }
                     let after_swap = swapped.load(Ordering::SeqCst);
                     x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -109,20 +135,7 @@ async fn swap_under_load(backend: Backend, mode: SqliteMode, gets_per_task: usiz
                     assert!(!(after_swap && tag == "old"), "an old value after the swap was seen");
                     seen[usize::from(tag == "new")] += 1;
                     if i % 250 == 0 {
-                        let keys: Vec<Key> = (0..64).map(|j| Key::Int(((key + j * 31) % KEYS) as i64)).collect();
-                        let values = reader.multi_get(&keys).await.expect("multi_get");
-                        let tags: Vec<&str> = keys
-                            .iter()
-                            .zip(&values)
-                            .map(|(k, v)| match k {
-                                Key::Int(k) => tag_of(*k as u64, v.as_deref()),
-                                _ => unreachable!(),
-                            })
-                            .collect();
-                        assert!(
-                            tags.iter().all(|t| *t == tags[0]),
-                            "one multi_get mixed snapshots: {tags:?}"
-                        );
+                        check_one_snapshot(&reader, key).await;
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
