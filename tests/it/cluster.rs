@@ -547,6 +547,7 @@ fn an_unreachable_scheduler_is_reported_at_once() {
 /// A shard task's failure on an executor exits with the code of its cause,
 /// as the same failure does on the embedded engine: bad data (a duplicate
 /// key with `on_duplicate = "error"`, found while the shard is written) 3,
+/// a conflict (every attempt folder of a shard claimed by a stale run) 4,
 /// and storage that fails under the executors (every shard upload answers
 /// 503, through object_store's retries and the shard's) 5, naming the
 /// storage error. The executors reach S3 through the fault proxy; the
@@ -613,6 +614,38 @@ async fn a_shard_tasks_failure_exits_with_the_code_of_its_cause() {
         "the error is the shard's own: {err}"
     );
     assert_eq!(summary(&out.stdout)["exit_code"], 3);
+
+    // 4: a stale run under the same run id left every attempt folder of
+    // shard 0 claimed; the shard task cannot claim one (a conflict: clean
+    // up or use a new run id, retrying will not help).
+    let stale_dir = dir.path().join("stale");
+    std::fs::create_dir_all(&stale_dir).expect("dir");
+    let input = s3_input("cluster-exit-stale", 1_000, &stale_dir).await;
+    let prefix = s3_prefix("cluster-exit-stale");
+    let run_id = sf_manifest::RunId::new("stale-night").expect("run id");
+    let claim = stale_dir.join("claim.json");
+    std::fs::write(&claim, br#"{"run_id":"stale-night","db_id":0}"#).expect("claim");
+    for a in 0..sf_writer::build::claim::MAX_ATTEMPTS {
+        let key = sf_manifest::format::layout::shard_attempt_key(&run_id, DbId(0), sf_manifest::Attempt(a));
+        upload(
+            &claim,
+            &format!("{prefix}/{key}/{}", sf_manifest::format::layout::CLAIM_FILE),
+        )
+        .await;
+    }
+    let job = write_job(&stale_dir, &job_text(&input, &prefix, "run_id = \"stale-night\"\n"));
+    let (out, err) = run(&job, "sf-write whose shard's attempts are all claimed, on the cluster");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a conflict on an executor is a conflict: {err}\n{}",
+        cluster.log_tails()
+    );
+    assert!(
+        err.contains("attempts of the shard are claimed"),
+        "the error is the shard's own: {err}"
+    );
+    assert_eq!(summary(&out.stdout)["exit_code"], 4);
 
     // 5: every shard upload (and claim) the executors make answers 503.
     let down_dir = dir.path().join("down");
