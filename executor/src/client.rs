@@ -245,6 +245,13 @@ fn scheduler_status(doing: &str, url: &str, status: &tonic::Status) -> DataFusio
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted => {
             unavailable(format!("scheduler at {url} lost while {doing}: {}", status.message()))
         }
+        // A failure of the connection itself (no answer of the scheduler's
+        // carries a source): something that does not speak the
+        // scheduler's gRPC listens there, or the connection broke.
+        _ if std::error::Error::source(status).is_some() => unavailable(format!(
+            "scheduler at {url} failed while {doing}: {}; is that sf-scheduler's gRPC port?",
+            status.message()
+        )),
         _ => execution(format!("{doing}: {}", status.message())),
     }
 }

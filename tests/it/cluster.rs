@@ -544,6 +544,65 @@ fn an_unreachable_scheduler_is_reported_at_once() {
     assert!(!out_dir.exists(), "nothing was written");
 }
 
+/// Something that is not a scheduler listens at the scheduler's address
+/// (here a server that answers every connection with an HTTP/1 error, as
+/// a web server or a proxy on the wrong port would): the connection
+/// succeeds and the job cannot be submitted. `sf-write` exits 5 (the
+/// engine unavailable, retried), naming the address and asking whether
+/// it is the scheduler's port.
+#[test]
+fn a_server_that_is_not_a_scheduler_is_reported_as_unavailable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("users.parquet");
+    write_parquet(&input, &[users(10)]);
+    let out_dir = dir.path().join("out");
+    let job = write_job(
+        dir.path(),
+        &job_text(&input.to_string_lossy(), &out_dir.to_string_lossy(), ""),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        use std::io::Write;
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        answered += 1;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            answered
+        })
+    };
+    let url = format!("df://127.0.0.1:{port}");
+    let out = run_bounded(
+        Command::new(binary("sf-write"))
+            .arg("--config")
+            .arg(&job)
+            .args(["--cluster", &url, "--progress", "off"]),
+        Duration::from_secs(180),
+        "sf-write against a server that is not a scheduler",
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answered = server.join().expect("server thread");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(answered > 0, "sf-write connected: {err}");
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("is that sf-scheduler's gRPC port?"),
+        "{err}"
+    );
+    assert!(!out_dir.exists(), "nothing was written");
+}
+
 /// A shard task's failure on an executor exits with the code of its cause,
 /// as the same failure does on the embedded engine: bad data (a duplicate
 /// key with `on_duplicate = "error"`, found while the shard is written) 3,

@@ -78,10 +78,19 @@ fn the_deployment_files_name_only_flags_the_binaries_accept() {
     // A volume naming a ConfigMap the bundle lacks, a Service targeting a
     // port its pods do not declare.
     let text = std::fs::read_to_string(&serve).expect("serve.yaml");
-    assert!(text.contains("            name: sf-serve-config\n"), "serve.yaml's volume changed");
-    assert!(text.contains("      targetPort: grpc\n"), "serve.yaml's Service changed");
+    assert!(
+        text.contains("            name: sf-serve-config\n"),
+        "serve.yaml's volume changed"
+    );
+    assert!(
+        text.contains("      targetPort: grpc\n"),
+        "serve.yaml's Service changed"
+    );
     let text = text
-        .replace("            name: sf-serve-config\n", "            name: sf-serve-konfig\n")
+        .replace(
+            "            name: sf-serve-config\n",
+            "            name: sf-serve-konfig\n",
+        )
         .replace("      targetPort: grpc\n", "      targetPort: grcp\n");
     std::fs::write(&serve, text).expect("write");
     let out = check(&deploy);
