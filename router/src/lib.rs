@@ -13,6 +13,9 @@
 //!   `shard_hash()` available in expressions; compiled once;
 //! - [`Router::route_batch`]: the Arrow kernel, a `RecordBatch` in and a
 //!   `UInt32Array` of db ids out;
+//! - [`vector`]: where a vector lives (CLUSTER and LSH routing of
+//!   vector-only snapshots), the distances searches score with, and the
+//!   exact top-k merge of per-shard results;
 //! - [`cell`]: one Arrow cell as a key or a CEL value, the conversion the
 //!   kernel and every row-by-row check share.
 //!
@@ -36,6 +39,7 @@ pub mod cell;
 pub mod error;
 pub mod kernel;
 pub mod key;
+pub mod vector;
 mod router;
 
 pub use cel::{CelRouting, ContextValue, Routed};

@@ -9,6 +9,8 @@
 //! - [`kv`]: the table every SQLite shard holds;
 //! - [`checksum`]: the shard checksums writers record and readers verify;
 //! - `untrusted`: opening SQLite files from the bucket as untrusted input;
+//! - [`vector`], [`npy`]: vector snapshots (`custom.vector`, the ids and
+//!   chunks of a sqlite-vec shard) and their routing artifacts;
 //! - [`ids`]: the identifiers (`RunId`, `DbId`, `Attempt`) and timestamps;
 //! - [`json`], [`base64`], [`duration`]: the text encodings the format and
 //!   the settings use.
@@ -22,7 +24,9 @@ pub mod json;
 pub mod kv;
 pub mod layout;
 pub mod manifest;
+pub mod npy;
 pub mod run_record;
 pub mod sharding;
+pub mod vector;
 #[cfg(feature = "codec")]
 pub mod untrusted;

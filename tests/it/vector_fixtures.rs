@@ -1,0 +1,247 @@
+//! The reference's vector snapshots (tests/data/shardyfusion-vector:
+//! unified sqlite-vec shards with hash routing under cosine and l2,
+//! vector-only CLUSTER and LSH), read with ShardForge's vector format code
+//! and router: the manifests' `custom.vector`, the `.npy` routing
+//! artifacts, the `vec0` chunks read from the shard files with plain SQLite
+//! (no extension), the id map and the payloads. Every stored row routes to
+//! the shard the reference put it in, every query probes the shards the
+//! reference probed, and an exact search over the decoded chunks returns
+//! the reference's ids and payloads in its order, with its scores within
+//! 1e-5.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sf_manifest::Manifest;
+use sf_manifest::format::npy;
+use sf_manifest::format::vector::{Chunk, VectorId, VectorMeta, VectorSharding, f32s};
+use sf_router::vector::{ClusterRouter, Hit, LshRouter, TopK, check_vector, distance, merge};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/shardyfusion-vector")
+}
+
+fn expected() -> Value {
+    let text = std::fs::read_to_string(root().join("expected.json")).expect("expected.json");
+    serde_json::from_str(&text).expect("expected.json parses")
+}
+
+fn vector(hex_text: &Value) -> Vec<f32> {
+    let bytes = hex::decode(hex_text.as_str().expect("hex")).expect("hex decodes");
+    f32s(&bytes).collect()
+}
+
+/// One shard file, decoded: rowid -> (vector, id, payload).
+struct Shard {
+    rows: BTreeMap<i64, (Vec<f32>, VectorId, Option<Value>)>,
+}
+
+fn read_shard(path: &Path, dim: usize) -> Shard {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut vectors = BTreeMap::new();
+    let mut stmt = conn
+        .prepare(
+            "SELECT c.validity, c.rowids, v.vectors FROM vec_index_chunks c \
+             JOIN vec_index_vector_chunks00 v ON v.rowid = c.chunk_id ORDER BY c.chunk_id",
+        )
+        .expect("chunks query");
+    let chunks = stmt
+        .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))
+        .expect("chunks")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chunk rows");
+    assert!(!chunks.is_empty(), "{}: no chunks", path.display());
+    for (validity, rowids, blob) in &chunks {
+        let chunk = Chunk::new(validity, rowids, blob, dim).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (rowid, v) in chunk.live() {
+            assert!(vectors.insert(rowid, f32s(v).collect::<Vec<f32>>()).is_none(), "rowid {rowid} twice");
+        }
+    }
+    let ids: BTreeMap<i64, VectorId> = conn
+        .prepare("SELECT internal_id, original_id FROM vec_id_map")
+        .expect("id map")
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .expect("id rows")
+        .map(|r| {
+            let (rowid, text) = r.expect("id row");
+            (rowid, VectorId::decode(&text).unwrap_or_else(|e| panic!("rowid {rowid}: {e}")))
+        })
+        .collect();
+    let payloads: BTreeMap<i64, Value> = conn
+        .prepare("SELECT rowid, payload FROM vec_payloads")
+        .expect("payloads")
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .expect("payload rows")
+        .map(|r| {
+            let (rowid, text) = r.expect("payload row");
+            (rowid, serde_json::from_str(&text).expect("payload JSON"))
+        })
+        .collect();
+    let rows = vectors
+        .into_iter()
+        .map(|(rowid, v)| {
+            // A rowid missing from the id map is its own id, as the
+            // reference reads it.
+            let id = ids.get(&rowid).cloned().unwrap_or(VectorId::Int(rowid));
+            (rowid, (v, id, payloads.get(&rowid).cloned()))
+        })
+        .collect();
+    Shard { rows }
+}
+
+fn local(set: &Value, url: &str) -> PathBuf {
+    let s3 = set["s3_prefix"].as_str().expect("s3_prefix");
+    let rest = url.strip_prefix(s3).unwrap_or_else(|| panic!("{url} is not under {s3}"));
+    root().join(set["local_prefix"].as_str().expect("local_prefix")).join(rest.trim_start_matches('/'))
+}
+
+enum Routing {
+    Unified,
+    Cluster(ClusterRouter),
+    Lsh(LshRouter),
+}
+
+impl Routing {
+    fn probes(&self, q: &[f32], n: usize) -> Vec<u32> {
+        match self {
+            Routing::Unified => unreachable!("unified snapshots are not routed by vector"),
+            Routing::Cluster(r) => r.probes(q, n),
+            Routing::Lsh(r) => r.probes(q, n),
+        }
+    }
+
+    fn assign(&self, v: &[f32]) -> u32 {
+        match self {
+            Routing::Unified => unreachable!("unified snapshots are not routed by vector"),
+            Routing::Cluster(r) => r.assign(v),
+            Routing::Lsh(r) => r.assign(v),
+        }
+    }
+}
+
+fn check_set(name: &str, set: &Value) {
+    // The manifest the reference wrote, decoded by ShardForge.
+    let current: Value = serde_json::from_slice(
+        &std::fs::read(local(set, &format!("{}/_CURRENT", set["s3_prefix"].as_str().unwrap()))).expect("_CURRENT"),
+    )
+    .expect("_CURRENT JSON");
+    let manifest_path = local(set, current["manifest_ref"].as_str().expect("manifest_ref"));
+    let manifest = Manifest::from_sqlite_bytes(&std::fs::read(&manifest_path).expect("manifest"), name)
+        .unwrap_or_else(|e| panic!("{name}: the manifest decodes: {e}"));
+    let meta = VectorMeta::from_custom(&manifest.build.custom)
+        .expect("custom.vector parses")
+        .expect("custom.vector is there");
+    let dim = meta.dim as usize;
+    assert_eq!(meta.unified, set["mode"] == "unified", "{name}");
+    let num_dbs = manifest.build.num_dbs;
+
+    let routing = match (meta.unified, meta.sharding) {
+        (true, _) => Routing::Unified,
+        (false, VectorSharding::Cluster) => {
+            let url = meta.centroids_ref.as_deref().expect("centroids_ref");
+            let m = npy::read(&std::fs::read(local(set, url)).expect("centroids"), url).expect("centroids decode");
+            assert_eq!((m.rows, m.cols), (num_dbs as usize, dim), "{name}: one centroid per shard");
+            let want: Vec<f32> = set["routing_artifact"]["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+                .collect();
+            assert_eq!(m.values, want, "{name}: the centroids' values");
+            Routing::Cluster(ClusterRouter::new(m, meta.metric))
+        }
+        (false, VectorSharding::Lsh) => {
+            let url = meta.hyperplanes_ref.as_deref().expect("hyperplanes_ref");
+            let m = npy::read(&std::fs::read(local(set, url)).expect("hyperplanes"), url).expect("hyperplanes decode");
+            assert_eq!(Some(m.rows as u32), meta.num_hash_bits, "{name}");
+            Routing::Lsh(LshRouter::new(m, num_dbs).expect("router"))
+        }
+        (false, other) => panic!("{name}: no fixture of {other:?}"),
+    };
+
+    // Every shard file decodes to the rows the reference stored there.
+    let mut shards: BTreeMap<u32, Shard> = BTreeMap::new();
+    for s in set["shards"].as_array().expect("shards") {
+        let db = s["db_id"].as_u64().unwrap() as u32;
+        let path = root().join(s["local_dir"].as_str().unwrap()).join("shard.db");
+        shards.insert(db, read_shard(&path, dim));
+    }
+    let rows = set["rows"].as_array().expect("rows");
+    for row in rows {
+        let db = row["db_id"].as_u64().unwrap() as u32;
+        let rowid = row["rowid"].as_i64().unwrap();
+        let v = vector(&row["vector_f32le_hex"]);
+        let (stored, id, payload) = &shards[&db].rows[&rowid];
+        assert_eq!(stored, &v, "{name}: shard {db} rowid {rowid}");
+        assert_eq!(&id.to_json(), &row["id"], "{name}: shard {db} rowid {rowid}");
+        assert_eq!(payload.as_ref().unwrap_or(&Value::Null), &row["payload"], "{name}: rowid {rowid}");
+        check_vector(meta.metric, dim, &v).unwrap_or_else(|e| panic!("{name}: a stored vector {e}"));
+        if !meta.unified {
+            assert_eq!(routing.assign(&v), db, "{name}: row {} routes to its shard", row["id"]);
+        }
+    }
+    assert_eq!(shards.values().map(|s| s.rows.len()).sum::<usize>(), rows.len());
+
+    let top_k = 5;
+    let mut searched = 0;
+    for q in set["queries"].as_array().expect("queries") {
+        let query = vector(&q["vector_f32le_hex"]);
+        if !meta.unified {
+            let want: Vec<u32> = serde_json::from_value(q["route_default"].clone()).expect("route_default");
+            assert_eq!(routing.probes(&query, meta.num_probes as usize), want, "{name} {}", q["name"]);
+        }
+        for search in q["searches"].as_array().expect("searches") {
+            let targets: Vec<u32> = if let Some(ids) = search["shard_ids"].as_array() {
+                ids.iter().map(|i| i.as_u64().unwrap() as u32).collect()
+            } else if meta.unified {
+                manifest.shards.iter().map(|s| s.db_id.0).collect()
+            } else {
+                let n = search["num_probes"].as_u64().map_or(meta.num_probes as usize, |n| n as usize);
+                let probes = routing.probes(&query, n);
+                assert_eq!(
+                    serde_json::to_value(&probes).unwrap(),
+                    search["route"],
+                    "{name} {}: probes with {n}",
+                    q["name"]
+                );
+                probes
+            };
+            assert_eq!(targets.len() as u64, search["num_shards_queried"].as_u64().unwrap(), "{name}");
+            let per_shard = targets.iter().filter_map(|db| shards.get(db).map(|s| (db, s))).map(|(db, s)| {
+                let mut top = TopK::new(top_k);
+                for (rowid, (v, _, _)) in &s.rows {
+                    top.push(Hit {
+                        shard: *db,
+                        rowid: *rowid,
+                        score: distance(meta.metric, &query, v),
+                    });
+                }
+                top.into_sorted()
+            });
+            let hits = merge(per_shard, top_k);
+            let want = search["results"].as_array().expect("results");
+            assert_eq!(hits.len(), want.len(), "{name} {}", q["name"]);
+            for (hit, w) in hits.iter().zip(want) {
+                let (_, id, payload) = &shards[&hit.shard].rows[&hit.rowid];
+                assert_eq!(&id.to_json(), &w["id"], "{name} {}: {hits:?}", q["name"]);
+                assert_eq!(payload.as_ref().unwrap_or(&Value::Null), &w["payload"], "{name}");
+                let score = w["score"].as_f64().unwrap();
+                assert!((hit.score - score).abs() < 1e-5, "{name} {}: {} vs {score}", q["name"], hit.score);
+            }
+            searched += 1;
+        }
+    }
+    assert!(searched >= 10, "{name}: {searched} searches");
+}
+
+#[test]
+fn the_references_vector_snapshots_route_decode_and_search_as_it_does() {
+    let expected = expected();
+    let sets = expected["sets"].as_object().expect("sets");
+    assert_eq!(sets.len(), 4);
+    for (name, set) in sets {
+        check_set(name, set);
+    }
+}
