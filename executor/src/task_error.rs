@@ -47,7 +47,8 @@ use sf_manifest::{Classified, ErrorKind, chain};
 pub const MARKER: &str = "[sf-task-error ";
 
 /// Ballista's execution engine with every stage's failures classified
-/// ([`MapErrors::classifying`] under the shuffle writer).
+/// ([`MapErrors::classifying`] under the shuffle writer) and its tasks
+/// counted ([`crate::metrics::CountedStage`]).
 #[derive(Debug, Default)]
 pub struct ShardForgeExecutionEngine;
 
@@ -68,7 +69,8 @@ impl ExecutionEngine for ShardForgeExecutionEngine {
             }
             _ => plan,
         };
-        DefaultExecutionEngine {}.create_query_stage_exec(job_id, stage_id, plan, work_dir)
+        let stage = DefaultExecutionEngine {}.create_query_stage_exec(job_id, stage_id, plan, work_dir)?;
+        Ok(Arc::new(crate::metrics::CountedStage::new(stage)))
     }
 }
 
