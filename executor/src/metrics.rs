@@ -157,10 +157,7 @@ impl SchedulerMetricsCollector for JobsCollector {
 /// Every second, sets the scheduler's gauges from its state: jobs
 /// running, their tasks running and pending, executors alive (a heartbeat
 /// within `executor_timeout`).
-pub async fn sample_scheduler(
-    server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
-    executor_timeout: Duration,
-) {
+pub async fn sample_scheduler(server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>, executor_timeout: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;

@@ -1,7 +1,7 @@
 //! What `sf-scheduler --metrics-listen` and `sf-executor --metrics-listen`
 //! export, scraped from the real processes of a local cluster while real
 //! builds run on it: the executors alive, jobs ended by outcome, tasks
-//! ended on the executor, and a failed task's kind.
+//! running, pending and ended, and a failed task's kind.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use sf_tests::cluster::{ClusterOptions, LocalCluster, free_port, run_bounded, upload};
+use sf_tests::cluster::{ClusterOptions, LocalCluster, free_port, run_bounded, upload, wait_bounded};
 use sf_tests::s3_prefix;
 use sf_tests::writer_support::{binary, write_parquet};
 
@@ -211,6 +211,91 @@ async fn the_scheduler_and_executor_export_jobs_tasks_and_failures() {
         .await
         .expect("request");
     assert_eq!(other.status(), 404);
+}
+
+/// While a build's shard task is held on the only executor (fail point
+/// `upload=pause`, one slot), the scheduler shows it running and the
+/// other shards pending, and the executor one task running; once that
+/// executor is killed, no executor is alive and the job the scheduler
+/// fails for want of executors counts once, as failed, not again when it
+/// is cancelled afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_running_and_pending_show_and_a_job_lost_with_its_executors_counts_failed_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (sched, exec) = (free_port(), free_port());
+    let mut cluster = LocalCluster::start(&ClusterOptions {
+        executors: 1,
+        concurrent_tasks: 1,
+        scheduler_args: vec![
+            format!("--metrics-listen=127.0.0.1:{sched}"),
+            "--executor-timeout-secs=5".into(),
+            "--expire-check-secs=1".into(),
+            "--lost-cluster-grace-secs=2".into(),
+        ],
+        executor_args: vec![
+            format!("--metrics-listen=127.0.0.1:{exec}"),
+            "--heartbeat-interval-secs=1".into(),
+        ],
+        env: vec![(sf_manifest::publish::failpoint::ENV.into(), "upload=pause".into())],
+    });
+    let input = s3_users("cluster-metrics-held", (0..2_000).collect(), dir.path()).await;
+    let held = job(dir.path(), "held", &input, &s3_prefix("cluster-metrics-held"));
+    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new(binary("sf-write"))
+        .arg("--config")
+        .arg(&held)
+        .args(["--cluster", cluster.url(), "--json", "--progress", "off"])
+        .stdout(std::fs::File::create(&stdout).expect("stdout"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr"))
+        .spawn()
+        .expect("start sf-write");
+
+    // One shard task held on the executor, the other three waiting.
+    let s = wait_for(&cluster, sched, "a task running and tasks pending", |s| {
+        s.get("shardforge_scheduler_tasks_running") == Some(&1.0)
+            && s.get("shardforge_scheduler_tasks_pending").is_some_and(|v| *v >= 1.0)
+    })
+    .await;
+    assert_eq!(get(&s, "shardforge_scheduler_jobs_running"), 1.0);
+    let e = wait_for(&cluster, exec, "the held task running", |e| {
+        e.get("shardforge_executor_tasks_running") == Some(&1.0)
+    })
+    .await;
+    assert_eq!(get(&e, "shardforge_executor_tasks_total{outcome=\"failed\"}"), 0.0);
+
+    cluster.kill_executor(0);
+    let status = wait_bounded(&mut child, Duration::from_secs(180), "sf-write with its executor lost");
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "cluster unavailable: {}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    wait_for(&cluster, sched, "no executor alive, the job failed", |s| {
+        s.get("shardforge_scheduler_executors_alive") == Some(&0.0)
+            && s.get("shardforge_scheduler_jobs_total{outcome=\"failed\"}") == Some(&1.0)
+    })
+    .await;
+    // The scheduler cancels the failed job a few seconds later.
+    let started = Instant::now();
+    while !std::fs::read_to_string(cluster.scheduler_log())
+        .unwrap_or_default()
+        .contains("Cancelled")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the failed job was not cancelled within 60 s:\n{}",
+            cluster.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = scrape(sched).await;
+    assert_eq!(get(&s, "shardforge_scheduler_jobs_total{outcome=\"failed\"}"), 1.0);
+    assert_eq!(
+        get(&s, "shardforge_scheduler_jobs_total{outcome=\"cancelled\"}"),
+        0.0,
+        "the failed job is not counted again: {s:#?}"
+    );
 }
 
 /// A metrics address that cannot be bound stops the program at start,
