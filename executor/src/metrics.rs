@@ -17,8 +17,9 @@
 //! class [`crate::task_error`] gave the failure: `config`, `routing`,
 //! `data`, `conflict`, `unavailable`, `gate`, `internal`; `engine` for a
 //! failure Ballista handles itself, such as a lost shuffle file). Counted
-//! around every stage task the executor's engine runs ([`CountedStage`]), so an executor started
-//! `--without-extension` counts none.
+//! around every stage task the executor's engine runs ([`CountedEngine`]
+//! around [`crate::task_error::ShardForgeExecutionEngine`]), so an executor
+//! started `--without-extension` counts none.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -28,11 +29,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ballista_core::error::Result as BallistaResult;
 use ballista_core::serde::protobuf::ShuffleWritePartition;
-use ballista_executor::execution_engine::QueryStageExecutor;
+use ballista_executor::execution_engine::{ExecutionEngine, QueryStageExecutor};
 use ballista_scheduler::metrics::SchedulerMetricsCollector;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 
@@ -191,6 +193,23 @@ pub fn register_executor_series() {
     }
     for kind in FAILURE_KINDS {
         metrics::counter!(EXECUTOR_TASK_FAILURES, "kind" => kind).increment(0);
+    }
+}
+
+/// An execution engine whose stages' tasks are counted ([`CountedStage`]).
+#[derive(Debug)]
+pub struct CountedEngine<E>(pub E);
+
+impl<E: ExecutionEngine> ExecutionEngine for CountedEngine<E> {
+    fn create_query_stage_exec(
+        &self,
+        job_id: String,
+        stage_id: usize,
+        plan: Arc<dyn ExecutionPlan>,
+        work_dir: &str,
+    ) -> DfResult<Arc<dyn QueryStageExecutor>> {
+        let stage = self.0.create_query_stage_exec(job_id, stage_id, plan, work_dir)?;
+        Ok(Arc::new(CountedStage::new(stage)))
     }
 }
 

@@ -47,8 +47,7 @@ use sf_manifest::{Classified, ErrorKind, chain};
 pub const MARKER: &str = "[sf-task-error ";
 
 /// Ballista's execution engine with every stage's failures classified
-/// ([`MapErrors::classifying`] under the shuffle writer) and its tasks
-/// counted ([`crate::metrics::CountedStage`]).
+/// ([`MapErrors::classifying`] under the shuffle writer).
 #[derive(Debug, Default)]
 pub struct ShardForgeExecutionEngine;
 
@@ -69,8 +68,7 @@ impl ExecutionEngine for ShardForgeExecutionEngine {
             }
             _ => plan,
         };
-        let stage = DefaultExecutionEngine {}.create_query_stage_exec(job_id, stage_id, plan, work_dir)?;
-        Ok(Arc::new(crate::metrics::CountedStage::new(stage)))
+        DefaultExecutionEngine {}.create_query_stage_exec(job_id, stage_id, plan, work_dir)
     }
 }
 
