@@ -1,6 +1,8 @@
 //! `sf-scheduler` and `sf-executor`: the command lines of ShardForge's
 //! Ballista processes. What the processes do is `sf_executor`'s;
-//! here are only their flags and help.
+//! here are only their flags and help, and the `/metrics` listener
+//! (`--metrics-listen`) that serves what they count
+//! (`sf_executor::metrics`) in Prometheus' text format.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +11,7 @@ use clap::{Parser, ValueEnum};
 use sf_executor::executor_process::ExecutorSettings;
 use sf_executor::scheduler_process::{Distribution, SchedulerSettings};
 
-use crate::exit::{self, EXIT_CODES};
+use crate::exit::{self, EXIT_CODES, Failure};
 
 /// `--task-distribution`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,6 +78,12 @@ pub struct SchedulerArgs {
     /// Write the registered executors to this JSON file every second.
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics (jobs ended, tasks running and pending,
+    /// executors alive) at /metrics on this address: plain HTTP, no token,
+    /// nothing else on it (default: no metrics listener).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 
     /// Log filter (e.g. `info`, `ballista_scheduler=debug`); RUST_LOG works too.
     #[arg(long, value_name = "FILTER")]
@@ -152,6 +160,12 @@ pub struct ExecutorArgs {
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub scheduler_connect_timeout_secs: u16,
 
+    /// Serve Prometheus metrics (tasks running, tasks ended, failures by
+    /// kind) at /metrics on this address: plain HTTP, no token, nothing
+    /// else on it (default: no metrics listener).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
+
     /// Log filter (e.g. `info`, `ballista_executor=debug`); RUST_LOG works too.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -188,7 +202,12 @@ pub fn scheduler_main() -> ExitCode {
     let args: SchedulerArgs = crate::run::parse();
     crate::run::init_logging(args.log.as_deref(), "info", args.common.log_format);
     crate::run::exit_code(crate::run::run_cli("sf-scheduler", async move {
-        sf_executor::scheduler_process::run(args.into()).await?;
+        let metrics = serve_metrics(args.metrics_listen.as_deref()).await?;
+        let outcome = sf_executor::scheduler_process::run(args.into()).await;
+        if let Some(m) = metrics {
+            m.abort();
+        }
+        outcome?;
         Ok(exit::OK)
     }))
 }
@@ -198,9 +217,53 @@ pub fn executor_main() -> ExitCode {
     let args: ExecutorArgs = crate::run::parse();
     crate::run::init_logging(args.log.as_deref(), "info", args.common.log_format);
     crate::run::exit_code(crate::run::run_cli("sf-executor", async move {
-        sf_executor::executor_process::run(args.into()).await?;
+        let metrics = serve_metrics(args.metrics_listen.as_deref()).await?;
+        let outcome = sf_executor::executor_process::run(args.into()).await;
+        if let Some(m) = metrics {
+            m.abort();
+        }
+        outcome?;
         Ok(exit::OK)
     }))
+}
+
+/// With `--metrics-listen ADDR`: installs the Prometheus recorder, binds
+/// `addr` (a bind failure is a configuration error, before the process
+/// does anything else) and serves `/metrics` there in the background.
+async fn serve_metrics(addr: Option<&str>) -> Result<Option<tokio::task::JoinHandle<()>>, Failure> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let handle = sf_server::install_prometheus()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| sf_server::Error::Bind {
+            what: "metrics",
+            addr: addr.to_string(),
+            source,
+        })?;
+    match listener.local_addr() {
+        Ok(bound) => tracing::info!("metrics listening on http://{bound}"),
+        Err(e) => tracing::warn!("metrics listening on {addr} (its bound address is unknown: {e})"),
+    }
+    let render = move || {
+        let handle = handle.clone();
+        async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                handle.render(),
+            )
+        }
+    };
+    let app = axum::Router::new().route("/metrics", axum::routing::get(render));
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the metrics listener failed: {e}");
+        }
+    })))
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! It registers with the scheduler, runs shard tasks, keeps shuffle files
 //! and shard staging under its work folder, and reads and writes object
 //! storage with its own credentials (`AWS_*`, `GOOGLE_*`, `AZURE_*` in its
-//! environment): plans carry no credentials.
+//! environment): plans carry no credentials. It counts its tasks
+//! (running, ended, failures by kind: [`crate::metrics`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -122,6 +123,7 @@ pub async fn run(args: ExecutorSettings) -> Result<()> {
         (None, None) => return Err(Error::Internal("no work folder".into())),
     };
     let config = args.config(&work_dir)?;
+    crate::metrics::register_executor_series();
     tracing::info!(
         "sf-executor {} joining {} ({}{})",
         env!("CARGO_PKG_VERSION"),

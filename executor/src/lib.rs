@@ -25,6 +25,7 @@
 //! | [`client`] | the driver's side of a query: submit, follow the job (a task's failure keeps the kind its executor gave it; a job failed for want of executors, and a scheduler that cannot be reached or is lost, are the engine being unavailable), fetch each result partition once |
 //! | [`mod@driver`] | a `sf_warehouse::Driver` on the cluster a job file names |
 //! | [`scheduler_process`], [`executor_process`] | the `sf-scheduler` and `sf-executor` processes |
+//! | [`mod@metrics`] | what the scheduler and executors count (jobs, tasks running and pending, task failures by kind, executors alive), served at `/metrics` with `--metrics-listen` |
 //!
 //! On the cluster the plan splits into two stages at the hash
 //! repartition:
@@ -56,6 +57,7 @@ pub mod codec;
 pub mod driver;
 pub mod engine;
 pub mod executor_process;
+pub mod metrics;
 pub mod options;
 mod process;
 pub mod register;

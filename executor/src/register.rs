@@ -16,6 +16,7 @@ use datafusion::prelude::SessionConfig;
 use sf_writer::build::task_ids::TaskIds;
 
 use crate::codec::{ShardForgeLogicalCodec, ShardForgePhysicalCodec};
+use crate::metrics::CountedEngine;
 use crate::options::ShardForgeOptions;
 use crate::store;
 use crate::task_error::ShardForgeExecutionEngine;
@@ -76,7 +77,7 @@ impl Register for ExecutorProcessConfig {
         self.override_runtime_producer = Some(Arc::new(move |config: &SessionConfig| {
             store::runtime_for(config, work_dir.as_deref())
         }));
-        self.override_execution_engine = Some(Arc::new(ShardForgeExecutionEngine));
+        self.override_execution_engine = Some(Arc::new(CountedEngine(ShardForgeExecutionEngine)));
         sf_writer::build::task_ids::set_task_ids_fn(ballista_task_ids);
         self
     }

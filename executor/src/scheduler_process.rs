@@ -36,6 +36,10 @@
 //!   reports as "cluster unavailable" (exit 5).
 //! - **A state file** (`--state-file`) lists the registered executors,
 //!   rewritten every second: deployment scripts wait on it.
+//! - **Figures through the `metrics` facade** instead of Ballista's own
+//!   Prometheus collector: jobs ended by outcome, tasks running and
+//!   pending, executors alive ([`crate::metrics`]); `sf-scheduler
+//!   --metrics-listen` serves them.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -53,7 +57,6 @@ use ballista_core::serde::protobuf::{
 use ballista_core::serde::scheduler::ExecutorMetadata;
 use ballista_scheduler::cluster::{BallistaCluster, JobState};
 use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
-use ballista_scheduler::metrics::default_metrics_collector;
 use ballista_scheduler::scheduler_process::start_grpc_service;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::state::executor_manager::ExecutorManager;
@@ -61,6 +64,7 @@ use ballista_scheduler::state::task_manager::TaskLauncher;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use sf_writer::{Error, Result};
 
+use crate::metrics::{JobsCollector, sample_scheduler};
 use crate::process::{default_external_host, stop_requested};
 use crate::register::register;
 
@@ -172,12 +176,13 @@ pub async fn run(args: SchedulerSettings) -> Result<()> {
         scheduler_id: config.scheduler_name(),
         self_url: self_url.clone(),
     });
+    let jobs = Arc::new(JobsCollector::new());
     let mut server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> = SchedulerServer::new_with_task_launcher(
         config.scheduler_name(),
         cluster,
         codec,
         Arc::clone(&config),
-        default_metrics_collector().map_err(engine)?,
+        Arc::clone(&jobs) as _,
         launcher,
     );
     server.init().await.map_err(engine)?;
@@ -202,10 +207,15 @@ pub async fn run(args: SchedulerSettings) -> Result<()> {
         tokio::spawn(fail_jobs_without_executors(
             server.clone(),
             job_state,
+            jobs,
             Duration::from_secs(args.lost_cluster_grace_secs),
             config.executor_timeout_seconds,
         ))
     });
+    let sampler = tokio::spawn(sample_scheduler(
+        server.clone(),
+        Duration::from_secs(config.executor_timeout_seconds),
+    ));
     let outcome = tokio::select! {
         r = start_grpc_service(addr, server) => r.map_err(engine),
         _ = stop_requested() => {
@@ -213,6 +223,7 @@ pub async fn run(args: SchedulerSettings) -> Result<()> {
             Ok(())
         }
     };
+    sampler.abort();
     for task in [state_writer, reviver, watchdog].into_iter().flatten() {
         task.abort();
     }
@@ -227,6 +238,7 @@ pub async fn run(args: SchedulerSettings) -> Result<()> {
 async fn fail_jobs_without_executors(
     server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     job_state: Arc<dyn JobState>,
+    jobs: Arc<JobsCollector>,
     grace: Duration,
     executor_timeout_secs: u64,
 ) {
@@ -263,6 +275,7 @@ async fn fail_jobs_without_executors(
                 grace.as_secs()
             );
             tracing::error!("{reason}");
+            jobs.failed_here(job_id);
             // Failing the graph and saving it is what Ballista does for a
             // failed job: the save pushes the status, with the reason, to the
             // driver waiting on it.

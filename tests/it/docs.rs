@@ -1018,6 +1018,19 @@ fn metric_catalogs() -> Vec<Catalog> {
             "docs/operations.md",
         ),
         catalog("sf_serve_", "sf_server::METRICS", sf_server::METRICS, "docs/serving.md"),
+        // One catalog for both programs, under each program's prefix.
+        catalog(
+            "shardforge_scheduler_",
+            "sf_executor::metrics::METRICS",
+            sf_executor::metrics::METRICS,
+            "docs/operations.md",
+        ),
+        catalog(
+            "shardforge_executor_",
+            "sf_executor::metrics::METRICS",
+            sf_executor::metrics::METRICS,
+            "docs/operations.md",
+        ),
     ]
 }
 

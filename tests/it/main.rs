@@ -3,6 +3,7 @@
 mod build_metrics;
 mod cloud_backends;
 mod cluster;
+mod cluster_metrics;
 mod completions;
 mod deploy;
 mod docs;

@@ -1,7 +1,7 @@
 //! The dashboards and alerts of `deploy/observability/` against what the
 //! programs really export: every metric an alert rule or a dashboard panel
-//! names is scraped from a real `sf-serve` or written by a real `sf-write`
-//! in the test, and the rules pass Prometheus' own checker and their unit
+//! names is scraped from a real `sf-serve`, `sf-scheduler` or
+//! `sf-executor` or written by a real `sf-write` in the test, and the rules pass Prometheus' own checker and their unit
 //! tests (`promtool`, installed by scripts/test.sh).
 
 use std::collections::BTreeSet;
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
+use sf_tests::cluster::{ClusterOptions, LocalCluster, free_port};
 use sf_tests::scenario::JobDir;
 use sf_tests::serve::{ServeProcess, call};
 
@@ -185,6 +186,27 @@ async fn every_dashboard_and_alert_expression_names_only_exported_metrics() {
         .await
         .expect("text");
     exported.extend(exposition_names(&text));
+
+    // sf-scheduler and sf-executor with their metrics listeners: every
+    // series they export is registered at start.
+    let (sched, exec) = (free_port(), free_port());
+    let cluster = LocalCluster::start(&ClusterOptions {
+        executors: 1,
+        concurrent_tasks: 1,
+        scheduler_args: vec![format!("--metrics-listen=127.0.0.1:{sched}")],
+        executor_args: vec![format!("--metrics-listen=127.0.0.1:{exec}")],
+        ..ClusterOptions::default()
+    });
+    for port in [sched, exec] {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .expect("cluster metrics")
+            .text()
+            .await
+            .expect("text");
+        exported.extend(exposition_names(&text));
+    }
+    drop(cluster);
 
     let mut missing = Vec::new();
     for (place, expr) in alert_expressions()

@@ -215,6 +215,11 @@ impl LocalCluster {
         self.dir.path().join(format!("executor-{}.log", i + 1))
     }
 
+    /// The scheduler's log: its stdout and stderr.
+    pub fn scheduler_log(&self) -> PathBuf {
+        self.dir.path().join("scheduler.log")
+    }
+
     /// `df://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
