@@ -39,8 +39,8 @@ pub mod cell;
 pub mod error;
 pub mod kernel;
 pub mod key;
-pub mod vector;
 mod router;
+pub mod vector;
 
 pub use cel::{CelRouting, ContextValue, Routed};
 pub use cell::{context_value_at, key_at};

@@ -195,7 +195,10 @@ impl Hit {
     /// Nearest first; equal distances by shard, then rowid, so results do
     /// not depend on the order shards answered in.
     pub fn order(a: &Hit, b: &Hit) -> std::cmp::Ordering {
-        a.score.total_cmp(&b.score).then(a.shard.cmp(&b.shard)).then(a.rowid.cmp(&b.rowid))
+        a.score
+            .total_cmp(&b.score)
+            .then(a.shard.cmp(&b.shard))
+            .then(a.rowid.cmp(&b.rowid))
     }
 }
 
@@ -228,7 +231,9 @@ impl TopK {
             }
             self.hits.pop();
         }
-        let at = self.hits.partition_point(|h| Hit::order(h, &hit) == std::cmp::Ordering::Less);
+        let at = self
+            .hits
+            .partition_point(|h| Hit::order(h, &hit) == std::cmp::Ordering::Less);
         self.hits.insert(at, hit);
     }
 
@@ -314,10 +319,26 @@ mod tests {
     #[test]
     fn vectors_are_checked_for_length_finiteness_and_direction() {
         assert!(check_vector(Metric::L2, 2, &[0.0, 0.0]).is_ok());
-        assert!(check_vector(Metric::L2, 3, &[0.0, 0.0]).unwrap_err().contains("dimension is 3"));
-        assert!(check_vector(Metric::L2, 2, &[f32::NAN, 0.0]).unwrap_err().contains("component 0 is NaN"));
-        assert!(check_vector(Metric::L2, 2, &[1.0, f32::INFINITY]).unwrap_err().contains("component 1 is inf"));
-        assert!(check_vector(Metric::Cosine, 2, &[0.0, 0.0]).unwrap_err().contains("zero"));
+        assert!(
+            check_vector(Metric::L2, 3, &[0.0, 0.0])
+                .unwrap_err()
+                .contains("dimension is 3")
+        );
+        assert!(
+            check_vector(Metric::L2, 2, &[f32::NAN, 0.0])
+                .unwrap_err()
+                .contains("component 0 is NaN")
+        );
+        assert!(
+            check_vector(Metric::L2, 2, &[1.0, f32::INFINITY])
+                .unwrap_err()
+                .contains("component 1 is inf")
+        );
+        assert!(
+            check_vector(Metric::Cosine, 2, &[0.0, 0.0])
+                .unwrap_err()
+                .contains("zero")
+        );
     }
 
     #[test]

@@ -48,7 +48,13 @@ fn read_shard(path: &Path, dim: usize) -> Shard {
         )
         .expect("chunks query");
     let chunks = stmt
-        .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
         .expect("chunks")
         .collect::<Result<Vec<_>, _>>()
         .expect("chunk rows");
@@ -56,7 +62,10 @@ fn read_shard(path: &Path, dim: usize) -> Shard {
     for (validity, rowids, blob) in &chunks {
         let chunk = Chunk::new(validity, rowids, blob, dim).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for (rowid, v) in chunk.live() {
-            assert!(vectors.insert(rowid, f32s(v).collect::<Vec<f32>>()).is_none(), "rowid {rowid} twice");
+            assert!(
+                vectors.insert(rowid, f32s(v).collect::<Vec<f32>>()).is_none(),
+                "rowid {rowid} twice"
+            );
         }
     }
     let ids: BTreeMap<i64, VectorId> = conn
@@ -66,7 +75,10 @@ fn read_shard(path: &Path, dim: usize) -> Shard {
         .expect("id rows")
         .map(|r| {
             let (rowid, text) = r.expect("id row");
-            (rowid, VectorId::decode(&text).unwrap_or_else(|e| panic!("rowid {rowid}: {e}")))
+            (
+                rowid,
+                VectorId::decode(&text).unwrap_or_else(|e| panic!("rowid {rowid}: {e}")),
+            )
         })
         .collect();
     let payloads: BTreeMap<i64, Value> = conn
@@ -93,8 +105,12 @@ fn read_shard(path: &Path, dim: usize) -> Shard {
 
 fn local(set: &Value, url: &str) -> PathBuf {
     let s3 = set["s3_prefix"].as_str().expect("s3_prefix");
-    let rest = url.strip_prefix(s3).unwrap_or_else(|| panic!("{url} is not under {s3}"));
-    root().join(set["local_prefix"].as_str().expect("local_prefix")).join(rest.trim_start_matches('/'))
+    let rest = url
+        .strip_prefix(s3)
+        .unwrap_or_else(|| panic!("{url} is not under {s3}"));
+    root()
+        .join(set["local_prefix"].as_str().expect("local_prefix"))
+        .join(rest.trim_start_matches('/'))
 }
 
 enum Routing {
@@ -124,7 +140,11 @@ impl Routing {
 fn check_set(name: &str, set: &Value) {
     // The manifest the reference wrote, decoded by ShardForge.
     let current: Value = serde_json::from_slice(
-        &std::fs::read(local(set, &format!("{}/_CURRENT", set["s3_prefix"].as_str().unwrap()))).expect("_CURRENT"),
+        &std::fs::read(local(
+            set,
+            &format!("{}/_CURRENT", set["s3_prefix"].as_str().expect("fixture field")),
+        ))
+        .expect("_CURRENT"),
     )
     .expect("_CURRENT JSON");
     let manifest_path = local(set, current["manifest_ref"].as_str().expect("manifest_ref"));
@@ -142,12 +162,21 @@ fn check_set(name: &str, set: &Value) {
         (false, VectorSharding::Cluster) => {
             let url = meta.centroids_ref.as_deref().expect("centroids_ref");
             let m = npy::read(&std::fs::read(local(set, url)).expect("centroids"), url).expect("centroids decode");
-            assert_eq!((m.rows, m.cols), (num_dbs as usize, dim), "{name}: one centroid per shard");
+            assert_eq!(
+                (m.rows, m.cols),
+                (num_dbs as usize, dim),
+                "{name}: one centroid per shard"
+            );
             let want: Vec<f32> = set["routing_artifact"]["values"]
                 .as_array()
-                .unwrap()
+                .expect("fixture field")
                 .iter()
-                .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+                .flat_map(|r| {
+                    r.as_array()
+                        .expect("fixture field")
+                        .iter()
+                        .map(|x| x.as_f64().expect("fixture field") as f32)
+                })
                 .collect();
             assert_eq!(m.values, want, "{name}: the centroids' values");
             Routing::Cluster(ClusterRouter::new(m, meta.metric))
@@ -164,19 +193,25 @@ fn check_set(name: &str, set: &Value) {
     // Every shard file decodes to the rows the reference stored there.
     let mut shards: BTreeMap<u32, Shard> = BTreeMap::new();
     for s in set["shards"].as_array().expect("shards") {
-        let db = s["db_id"].as_u64().unwrap() as u32;
-        let path = root().join(s["local_dir"].as_str().unwrap()).join("shard.db");
+        let db = s["db_id"].as_u64().expect("fixture field") as u32;
+        let path = root()
+            .join(s["local_dir"].as_str().expect("fixture field"))
+            .join("shard.db");
         shards.insert(db, read_shard(&path, dim));
     }
     let rows = set["rows"].as_array().expect("rows");
     for row in rows {
-        let db = row["db_id"].as_u64().unwrap() as u32;
-        let rowid = row["rowid"].as_i64().unwrap();
+        let db = row["db_id"].as_u64().expect("fixture field") as u32;
+        let rowid = row["rowid"].as_i64().expect("fixture field");
         let v = vector(&row["vector_f32le_hex"]);
         let (stored, id, payload) = &shards[&db].rows[&rowid];
         assert_eq!(stored, &v, "{name}: shard {db} rowid {rowid}");
         assert_eq!(&id.to_json(), &row["id"], "{name}: shard {db} rowid {rowid}");
-        assert_eq!(payload.as_ref().unwrap_or(&Value::Null), &row["payload"], "{name}: rowid {rowid}");
+        assert_eq!(
+            payload.as_ref().unwrap_or(&Value::Null),
+            &row["payload"],
+            "{name}: rowid {rowid}"
+        );
         check_vector(meta.metric, dim, &v).unwrap_or_else(|e| panic!("{name}: a stored vector {e}"));
         if !meta.unified {
             assert_eq!(routing.assign(&v), db, "{name}: row {} routes to its shard", row["id"]);
@@ -190,36 +225,50 @@ fn check_set(name: &str, set: &Value) {
         let query = vector(&q["vector_f32le_hex"]);
         if !meta.unified {
             let want: Vec<u32> = serde_json::from_value(q["route_default"].clone()).expect("route_default");
-            assert_eq!(routing.probes(&query, meta.num_probes as usize), want, "{name} {}", q["name"]);
+            assert_eq!(
+                routing.probes(&query, meta.num_probes as usize),
+                want,
+                "{name} {}",
+                q["name"]
+            );
         }
         for search in q["searches"].as_array().expect("searches") {
             let targets: Vec<u32> = if let Some(ids) = search["shard_ids"].as_array() {
-                ids.iter().map(|i| i.as_u64().unwrap() as u32).collect()
+                ids.iter().map(|i| i.as_u64().expect("fixture field") as u32).collect()
             } else if meta.unified {
                 manifest.shards.iter().map(|s| s.db_id.0).collect()
             } else {
-                let n = search["num_probes"].as_u64().map_or(meta.num_probes as usize, |n| n as usize);
+                let n = search["num_probes"]
+                    .as_u64()
+                    .map_or(meta.num_probes as usize, |n| n as usize);
                 let probes = routing.probes(&query, n);
                 assert_eq!(
-                    serde_json::to_value(&probes).unwrap(),
+                    serde_json::to_value(&probes).expect("fixture field"),
                     search["route"],
                     "{name} {}: probes with {n}",
                     q["name"]
                 );
                 probes
             };
-            assert_eq!(targets.len() as u64, search["num_shards_queried"].as_u64().unwrap(), "{name}");
-            let per_shard = targets.iter().filter_map(|db| shards.get(db).map(|s| (db, s))).map(|(db, s)| {
-                let mut top = TopK::new(top_k);
-                for (rowid, (v, _, _)) in &s.rows {
-                    top.push(Hit {
-                        shard: *db,
-                        rowid: *rowid,
-                        score: distance(meta.metric, &query, v),
-                    });
-                }
-                top.into_sorted()
-            });
+            assert_eq!(
+                targets.len() as u64,
+                search["num_shards_queried"].as_u64().expect("fixture field"),
+                "{name}"
+            );
+            let per_shard = targets
+                .iter()
+                .filter_map(|db| shards.get(db).map(|s| (db, s)))
+                .map(|(db, s)| {
+                    let mut top = TopK::new(top_k);
+                    for (rowid, (v, _, _)) in &s.rows {
+                        top.push(Hit {
+                            shard: *db,
+                            rowid: *rowid,
+                            score: distance(meta.metric, &query, v),
+                        });
+                    }
+                    top.into_sorted()
+                });
             let hits = merge(per_shard, top_k);
             let want = search["results"].as_array().expect("results");
             assert_eq!(hits.len(), want.len(), "{name} {}", q["name"]);
@@ -227,8 +276,13 @@ fn check_set(name: &str, set: &Value) {
                 let (_, id, payload) = &shards[&hit.shard].rows[&hit.rowid];
                 assert_eq!(&id.to_json(), &w["id"], "{name} {}: {hits:?}", q["name"]);
                 assert_eq!(payload.as_ref().unwrap_or(&Value::Null), &w["payload"], "{name}");
-                let score = w["score"].as_f64().unwrap();
-                assert!((hit.score - score).abs() < 1e-5, "{name} {}: {} vs {score}", q["name"], hit.score);
+                let score = w["score"].as_f64().expect("fixture field");
+                assert!(
+                    (hit.score - score).abs() < 1e-5,
+                    "{name} {}: {} vs {score}",
+                    q["name"],
+                    hit.score
+                );
             }
             searched += 1;
         }

@@ -27,6 +27,6 @@ pub mod manifest;
 pub mod npy;
 pub mod run_record;
 pub mod sharding;
-pub mod vector;
 #[cfg(feature = "codec")]
 pub mod untrusted;
+pub mod vector;

@@ -53,20 +53,35 @@ pub fn read(bytes: &[u8], location: &str) -> Result<Matrix> {
             if bytes.len() < 12 {
                 return Err(bad("truncated header length".into()));
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
-        v => return Err(bad(format!("format version {v}.{} is not one this build reads", bytes[7]))),
+        v => {
+            return Err(bad(format!(
+                "format version {v}.{} is not one this build reads",
+                bytes[7]
+            )));
+        }
     };
     if header_len > MAX_HEADER || start + header_len > bytes.len() {
-        return Err(bad(format!("a header of {header_len} bytes in a file of {}", bytes.len())));
+        return Err(bad(format!(
+            "a header of {header_len} bytes in a file of {}",
+            bytes.len()
+        )));
     }
-    let header = std::str::from_utf8(&bytes[start..start + header_len])
-        .map_err(|_| bad("the header is not text".into()))?;
+    let header =
+        std::str::from_utf8(&bytes[start..start + header_len]).map_err(|_| bad("the header is not text".into()))?;
     let descr = dict_value(header, "descr").ok_or_else(|| bad(format!("no 'descr' in header {header:?}")))?;
     let width = match descr.trim_matches(|c| c == '\'' || c == '"') {
         "<f4" => 4,
         "<f8" => 8,
-        other => return Err(bad(format!("dtype {other} (only little-endian float32 and float64 are read)"))),
+        other => {
+            return Err(bad(format!(
+                "dtype {other} (only little-endian float32 and float64 are read)"
+            )));
+        }
     };
     let fortran = dict_value(header, "fortran_order").ok_or_else(|| bad("no 'fortran_order' in header".into()))?;
     if fortran.trim() != "False" {
@@ -131,7 +146,10 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 /// `m` as a version 1.0 `.npy` file of `<f4`, as `np.save` writes it (the
 /// header padded with spaces to a multiple of 64 bytes, ending in `\n`).
 pub fn write_f32(m: &Matrix) -> Vec<u8> {
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", m.rows, m.cols);
+    let dict = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        m.rows, m.cols
+    );
     let unpadded = MAGIC.len() + 4 + dict.len() + 1;
     let header_len = dict.len() + 1 + (64 - unpadded % 64) % 64;
     let mut out = Vec::with_capacity(10 + header_len + m.values.len() * 4);
@@ -188,7 +206,10 @@ mod tests {
         let four = [0u8; 16];
         for (bytes, want) in [
             (b"PK\x03\x04 not numpy".to_vec(), "magic"),
-            (npy("<f4", "(2, 2)", &four[..12]), "needs 16 data bytes, the file has 12"),
+            (
+                npy("<f4", "(2, 2)", &four[..12]),
+                "needs 16 data bytes, the file has 12",
+            ),
             (npy("<f4", "(2, 2)", &[0u8; 20]), "the file has 20"),
             (npy(">f4", "(2, 2)", &four), "dtype >f4"),
             (npy("<i8", "(2, 1)", &four), "dtype <i8"),
@@ -200,6 +221,11 @@ mod tests {
         }
         let mut long = npy("<f4", "(1, 1)", &[0; 4]);
         long[8..10].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(read(&long, "x").unwrap_err().to_string().contains("header of 65535 bytes"));
+        assert!(
+            read(&long, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("header of 65535 bytes")
+        );
     }
 }

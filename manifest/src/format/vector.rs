@@ -34,9 +34,14 @@ impl Metric {
             "l2" => Ok(Metric::L2),
             "dot" | "dot_product" | "inner_product" => Err(invalid(
                 "vector.metric",
-                format!("{s:?}: sqlite-vec shards cannot store a dot-product index; use \"cosine\" (on normalised vectors it ranks the same) or \"l2\""),
+                format!(
+                    "{s:?}: sqlite-vec shards cannot store a dot-product index; use \"cosine\" (on normalised vectors it ranks the same) or \"l2\""
+                ),
             )),
-            other => Err(invalid("vector.metric", format!("{other:?} is not \"cosine\" or \"l2\""))),
+            other => Err(invalid(
+                "vector.metric",
+                format!("{other:?} is not \"cosine\" or \"l2\""),
+            )),
         }
     }
 
@@ -149,7 +154,12 @@ impl VectorMeta {
             None | Some(Value::Null) => 1,
             Some(n) => match n.as_u64() {
                 Some(n) if n >= 1 && n <= u64::from(u32::MAX) => n as u32,
-                _ => return Err(invalid("custom.vector.num_probes", format!("{n} is not a positive count"))),
+                _ => {
+                    return Err(invalid(
+                        "custom.vector.num_probes",
+                        format!("{n} is not a positive count"),
+                    ));
+                }
             },
         };
         Ok(Some(VectorMeta {
@@ -197,8 +207,14 @@ impl VectorId {
         };
         if t == Some("int") {
             return match value {
-                Value::Number(n) => n.as_i64().map(VectorId::Int).ok_or_else(|| format!("{text:?}: {n} is not a 64-bit integer")),
-                Value::String(s) => s.parse().map(VectorId::Int).map_err(|_| format!("{text:?}: {s:?} is not an integer")),
+                Value::Number(n) => n
+                    .as_i64()
+                    .map(VectorId::Int)
+                    .ok_or_else(|| format!("{text:?}: {n} is not a 64-bit integer")),
+                Value::String(s) => s
+                    .parse()
+                    .map(VectorId::Int)
+                    .map_err(|_| format!("{text:?}: {s:?} is not an integer")),
                 other => Err(format!("{text:?}: {other} is not an integer")),
             };
         }
@@ -256,13 +272,22 @@ pub struct Chunk<'a> {
 impl<'a> Chunk<'a> {
     /// Checks the three blobs against each other; the error says which
     /// length is wrong.
-    pub fn new(validity: &'a [u8], rowids: &'a [u8], vectors: &'a [u8], dim: usize) -> std::result::Result<Self, String> {
+    pub fn new(
+        validity: &'a [u8],
+        rowids: &'a [u8],
+        vectors: &'a [u8],
+        dim: usize,
+    ) -> std::result::Result<Self, String> {
         let slots = validity.len() * 8;
         if slots == 0 || dim == 0 {
             return Err(format!("a chunk of {slots} slots of dimension {dim}"));
         }
         if rowids.len() != slots * 8 {
-            return Err(format!("{slots} slots but {} bytes of rowids (want {})", rowids.len(), slots * 8));
+            return Err(format!(
+                "{slots} slots but {} bytes of rowids (want {})",
+                rowids.len(),
+                slots * 8
+            ));
         }
         let want = slots.checked_mul(dim).and_then(|n| n.checked_mul(4));
         if want != Some(vectors.len()) {
@@ -295,7 +320,9 @@ impl<'a> Chunk<'a> {
 
 /// Little-endian `f32` bytes as values.
 pub fn f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 #[cfg(test)]
@@ -305,13 +332,33 @@ mod tests {
     #[test]
     fn ids_round_trip_in_the_references_layout() {
         assert_eq!(VectorId::Int(4).encode(), r#"{"v": 4, "t": "int"}"#);
-        assert_eq!(VectorId::Str("grün".into()).encode(), r#"{"v": "gr\u00fcn", "t": "str"}"#);
-        for id in [VectorId::Int(-7), VectorId::Int(i64::MAX), VectorId::Str("doc-1".into()), VectorId::Str("日本".into())] {
+        assert_eq!(
+            VectorId::Str("grün".into()).encode(),
+            r#"{"v": "gr\u00fcn", "t": "str"}"#
+        );
+        for id in [
+            VectorId::Int(-7),
+            VectorId::Int(i64::MAX),
+            VectorId::Str("doc-1".into()),
+            VectorId::Str("日本".into()),
+        ] {
             assert_eq!(VectorId::decode(&id.encode()).unwrap(), id);
         }
-        assert_eq!(VectorId::decode(r#"{"v": "12", "t": "int"}"#).unwrap(), VectorId::Int(12));
-        assert_eq!(VectorId::decode(r#"{"v": 12, "t": "str"}"#).unwrap(), VectorId::Str("12".into()));
-        for bad in ["", "{", r#"{"t": "int"}"#, r#"{"v": 1.5, "t": "int"}"#, r#"{"v": "x", "t": "int"}"#] {
+        assert_eq!(
+            VectorId::decode(r#"{"v": "12", "t": "int"}"#).unwrap(),
+            VectorId::Int(12)
+        );
+        assert_eq!(
+            VectorId::decode(r#"{"v": 12, "t": "str"}"#).unwrap(),
+            VectorId::Str("12".into())
+        );
+        for bad in [
+            "",
+            "{",
+            r#"{"t": "int"}"#,
+            r#"{"v": 1.5, "t": "int"}"#,
+            r#"{"v": "x", "t": "int"}"#,
+        ] {
             assert!(VectorId::decode(bad).is_err(), "{bad}");
         }
     }
@@ -326,11 +373,25 @@ mod tests {
 
     #[test]
     fn custom_vector_takes_the_reference_readers_defaults() {
-        let custom = |v: Value| serde_json::from_value::<Map<String, Value>>(serde_json::json!({ "vector": v })).unwrap();
-        let m = VectorMeta::from_custom(&custom(serde_json::json!({"dim": 8}))).unwrap().unwrap();
-        assert_eq!((m.metric, m.sharding, m.num_probes, m.unified), (Metric::Cosine, VectorSharding::Explicit, 1, false));
-        assert!(VectorMeta::from_custom(&custom(serde_json::json!({"dim": 8, "unified": true}))).is_err(), "unified needs a metric");
-        for bad in [serde_json::json!({"dim": 0}), serde_json::json!({"dim": "8"}), serde_json::json!([1]), serde_json::json!({"dim": 8, "num_probes": 0})] {
+        let custom =
+            |v: Value| serde_json::from_value::<Map<String, Value>>(serde_json::json!({ "vector": v })).unwrap();
+        let m = VectorMeta::from_custom(&custom(serde_json::json!({"dim": 8})))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (m.metric, m.sharding, m.num_probes, m.unified),
+            (Metric::Cosine, VectorSharding::Explicit, 1, false)
+        );
+        assert!(
+            VectorMeta::from_custom(&custom(serde_json::json!({"dim": 8, "unified": true}))).is_err(),
+            "unified needs a metric"
+        );
+        for bad in [
+            serde_json::json!({"dim": 0}),
+            serde_json::json!({"dim": "8"}),
+            serde_json::json!([1]),
+            serde_json::json!({"dim": 8, "num_probes": 0}),
+        ] {
             assert!(VectorMeta::from_custom(&custom(bad.clone())).is_err(), "{bad}");
         }
         assert_eq!(VectorMeta::from_custom(&Map::new()).unwrap(), None);
@@ -344,8 +405,16 @@ mod tests {
         let chunk = Chunk::new(&validity, &rowids, &vectors, 2).unwrap();
         let live: Vec<(i64, Vec<f32>)> = chunk.live().map(|(r, v)| (r, f32s(v).collect())).collect();
         assert_eq!(live, vec![(0, vec![0.0, 1.0]), (20, vec![4.0, 5.0])]);
-        assert!(Chunk::new(&validity, &rowids[1..], &vectors, 2).unwrap_err().contains("rowids"));
-        assert!(Chunk::new(&validity, &rowids, &vectors[4..], 2).unwrap_err().contains("vectors"));
+        assert!(
+            Chunk::new(&validity, &rowids[1..], &vectors, 2)
+                .unwrap_err()
+                .contains("rowids")
+        );
+        assert!(
+            Chunk::new(&validity, &rowids, &vectors[4..], 2)
+                .unwrap_err()
+                .contains("vectors")
+        );
         assert!(Chunk::new(&[], &[], &[], 2).is_err());
     }
 }
