@@ -299,3 +299,73 @@ fn the_references_vector_snapshots_route_decode_and_search_as_it_does() {
         check_set(name, set);
     }
 }
+
+/// The key-value half of the reference's unified snapshots reads as any
+/// snapshot does, in every mode: every stored key's value, and a key that
+/// is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_value_half_of_a_unified_snapshot_reads_in_every_mode() {
+    let expected = expected();
+    for name in ["unified_hash", "unified_l2"] {
+        let set = &expected["sets"][name];
+        let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+        let rows = set["rows"].as_array().expect("rows").clone();
+        sf_tests::readers::read_in_every_mode(
+            &prefix.display().to_string(),
+            &sf_tests::readers::SQLITE_MODES,
+            async |reader| {
+                let keys: Vec<sf_manifest::Key> = rows
+                    .iter()
+                    .map(|r| reader.parse_key(&key_text(&r["key"])).expect("key"))
+                    .collect();
+                let values = reader.multi_get(&keys).await.expect("multi_get");
+                for (row, got) in rows.iter().zip(values) {
+                    let want = row["value"]["__bytes__"].as_str().expect("value");
+                    assert_eq!(got.as_deref(), Some(want.as_bytes()), "{name} key {}", row["key"]);
+                }
+                let one = &rows[rows.len() / 2];
+                let key = reader.parse_key(&key_text(&one["key"])).expect("key");
+                assert_eq!(
+                    reader.get(&key).await.expect("get").as_deref(),
+                    Some(one["value"]["__bytes__"].as_str().expect("value").as_bytes())
+                );
+                let absent = reader.parse_key("100000").expect("key");
+                assert_eq!(reader.get(&absent).await.expect("get"), None, "{name}");
+            },
+        )
+        .await;
+    }
+}
+
+/// A key as `sf-read` takes it on the command line.
+fn key_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A vector-only snapshot opens as a snapshot of no keys: its `kv` tables
+/// are empty, and its filler routing (`raw` keys, hash) answers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vector_only_snapshot_opens_with_no_keys() {
+    let expected = expected();
+    for name in ["vec_cluster", "vec_lsh"] {
+        let set = &expected["sets"][name];
+        let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+        sf_tests::readers::read_in_every_mode(
+            &prefix.display().to_string(),
+            &sf_tests::readers::SQLITE_MODES,
+            async |reader| {
+                assert_eq!(
+                    reader.info().row_count,
+                    set["rows"].as_array().expect("rows").len() as u64,
+                    "{name}"
+                );
+                let key = reader.parse_key("doc-00001").expect("key");
+                assert_eq!(reader.get(&key).await.expect("get"), None, "{name}");
+            },
+        )
+        .await;
+    }
+}
