@@ -35,5 +35,6 @@ mod serve_obs;
 mod serve_ready;
 mod serve_tls;
 mod sessions;
+mod tracing_otlp;
 mod warehouse;
 mod write_e2e;
