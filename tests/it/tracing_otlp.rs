@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{Tra
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use sf_tests::serve::{LocalSnapshot, ServeProcess, call};
 use sf_tests::writer_support::binary;
 
@@ -33,6 +34,8 @@ struct Received {
     attributes: BTreeMap<String, String>,
     start: u64,
     end: u64,
+    /// Its status is an error.
+    failed: bool,
 }
 
 /// An OTLP trace receiver: keeps every span exported to it.
@@ -79,6 +82,7 @@ impl TraceService for Receiver {
                         attributes: text(&span.attributes),
                         start: span.start_time_unix_nano,
                         end: span.end_time_unix_nano,
+                        failed: span.status.is_some_and(|s| s.code == StatusCode::Error as i32),
                     });
                 }
             }
@@ -192,6 +196,7 @@ async fn a_build_exports_its_phases_as_children_of_one_build_span() {
     );
     assert_eq!(build.service, "sf-write", "the service is named after the program");
     assert_eq!(build.trace_id.len(), 16);
+    assert!(!build.failed, "{build:?}");
     assert!(
         spans
             .iter()
@@ -262,6 +267,32 @@ async fn a_build_exports_its_phases_as_children_of_one_build_span() {
         .collect();
     shards.sort();
     assert_eq!(shards, ["0", "1", "2"], "{spans:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_build_exports_its_build_span_as_an_error() {
+    let (receiver, addr) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    write_job(dir.path());
+    std::fs::remove_file(dir.path().join("users.csv")).expect("remove the input");
+    let (out, _) = sf_write(dir.path(), &format!("http://{addr}"), Duration::from_secs(120)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "bad input: {stderr}");
+
+    // Sent before the exit on a failure too.
+    let spans = receiver.spans();
+    let build: Vec<&Received> = spans.iter().filter(|s| s.name == "build").collect();
+    assert_eq!(build.len(), 1, "{spans:#?}");
+    assert!(build[0].failed, "the build span says the build failed: {:?}", build[0]);
+    assert_eq!(
+        build[0].attributes.get("run_id").map(String::as_str),
+        Some("traced-run")
+    );
+    assert!(
+        spans.iter().all(|s| s.trace_id == build[0].trace_id),
+        "one trace: {spans:#?}"
+    );
+    assert!(!spans.iter().any(|s| s.name == "publish"), "{spans:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
