@@ -1,25 +1,42 @@
 //! What every program does around its work: the flags they all take
 //! ([`CommonArgs`]: the log line format, shell completions, the man page),
-//! logging to stderr as text or JSON lines, a multi-thread runtime, and the
-//! error printed as `<program>: <message>` with the exit code of its kind.
+//! logging to stderr as text or JSON lines, OpenTelemetry tracing when an
+//! OTLP endpoint is configured (exported spans, flushed before the exit),
+//! a multi-thread runtime, and the error printed as `<program>: <message>`
+//! with the exit code of its kind.
 
 use std::ffi::OsString;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use clap::{Parser, ValueEnum};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{FilterFn, LevelFilter};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::exit::{self, Failure};
 
 /// The format [`init_logging`] chose, for the lines printed outside the
 /// logger.
 static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The program's name as its parser knows it ([`parse`] records it): the
+/// default `service.name` of its exported spans.
+static PROGRAM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The span export [`init_logging`] started, for [`run_cli`] to flush.
+static EXPORT: std::sync::OnceLock<Export> = std::sync::OnceLock::new();
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -68,6 +85,7 @@ pub fn parse<A: Parser>() -> A {
     let args: Vec<OsString> = std::env::args_os().collect();
     let mut cmd = A::command();
     let name = cmd.get_name().to_string();
+    let _ = PROGRAM.set(name.clone());
     match generator_request(&args) {
         Some(Generate::Completions(shell)) => {
             clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
@@ -124,6 +142,12 @@ fn write_man_page(cmd: clap::Command, dir: &Path) -> std::io::Result<PathBuf> {
 /// Logs to stderr with `filter`: the `--log` flag or `RUST_LOG` when given,
 /// else `default`, in `format`. Ballista logs through the `log` crate;
 /// those records arrive here too.
+///
+/// With an OTLP endpoint in the environment ([`export_endpoint`]) the
+/// spans of ShardForge's own crates are exported as well, whatever the log
+/// filter: a build's phases, a lookup request's path. [`run_cli`] flushes
+/// them before the program exits. A collector that cannot be reached costs
+/// a warning, never the program's work.
 pub fn init_logging(flag: Option<&str>, default: &str, format: LogFormat) {
     let filter = flag
         .map(str::to_string)
@@ -131,21 +155,184 @@ pub fn init_logging(flag: Option<&str>, default: &str, format: LogFormat) {
         .unwrap_or_else(|| default.to_string());
     let filter = tracing_subscriber::EnvFilter::new(filter);
     let _ = FORMAT.set(format);
-    let _ = match format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
+    let program = PROGRAM.get().map_or("shardforge", String::as_str);
+    let (export, note) = match export_endpoint(|name| std::env::var(name).ok()) {
+        Ok(None) => (None, None),
+        Ok(Some(endpoint)) => match Export::start(program) {
+            Ok(export) => {
+                let tracer = export.provider.tracer("shardforge");
+                let _ = EXPORT.set(export);
+                let layer = tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_location(false)
+                    .with_threads(false)
+                    .with_filter(exported());
+                (Some(layer), Some(format!("exporting spans to {endpoint}")))
+            }
+            Err(e) => (None, Some(format!("spans are not exported: {e}"))),
+        },
+        Err(e) => (None, Some(format!("spans are not exported: {e}"))),
+    };
+    let exporting = export.is_some();
+    let _ = match export {
+        // The filter is the whole subscriber's: what it leaves out costs
+        // nothing, on the serve path as anywhere.
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(log_lines(format))
+            .try_init(),
+        // Each layer has its own: the export does not follow the log filter.
+        Some(export) => tracing_subscriber::registry()
+            .with(log_lines(format).with_filter(filter))
+            .with(export)
+            .try_init(),
+    };
+    match note {
+        Some(note) if exporting => tracing::debug!("{note}"),
+        Some(note) => tracing::warn!("{note}"),
+        None => {}
+    }
+}
+
+/// The log lines on stderr, in `format`.
+fn log_lines<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
-            .try_init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(false)
             .fmt_fields(JsonFields::new())
             .event_format(JsonLines)
-            .try_init(),
+            .boxed(),
+    }
+}
+
+/// What is exported: the spans of ShardForge's own crates down to `debug`
+/// (the lookup path's spans are `debug`, so that with export off and the
+/// default log filter the serve path creates none), and the events in
+/// them at `info` and above (as span events). Other crates' spans (the
+/// query engine's, the HTTP and gRPC stacks', the exporter's own) stay
+/// out. Decided once per call site.
+fn exported() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    FilterFn::new(|meta: &tracing::Metadata<'_>| {
+        let level = if meta.is_span() {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::INFO
+        };
+        meta.target().starts_with("sf_") && *meta.level() <= level
+    })
+    .with_max_level_hint(LevelFilter::DEBUG)
+}
+
+/// The OTLP endpoint spans go to: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (the standard OpenTelemetry variables,
+/// read through `var`). `None` (no export) when neither is set, or when
+/// `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER` names another
+/// exporter than `otlp` (`none`). An endpoint the exporter cannot speak to
+/// (not plain `http://`: OTLP over gRPC without TLS, to a collector on the
+/// node or beside the pod) is an error, which [`init_logging`] logs.
+pub fn export_endpoint(var: impl Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+    let set = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    if set("OTEL_TRACES_EXPORTER").is_some_and(|v| !v.eq_ignore_ascii_case("otlp")) {
+        return Ok(None);
+    }
+    let Some(endpoint) = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    else {
+        return Ok(None);
     };
+    if !endpoint.starts_with("http://") {
+        return Err(format!(
+            "the OTLP endpoint {endpoint:?} is not an http:// URL (spans go over gRPC without TLS, to a collector nearby)"
+        ));
+    }
+    Ok(Some(endpoint))
+}
+
+/// How long [`run_cli`] waits for the last spans to reach the collector
+/// before the program exits: a collector that is down or slow must not
+/// hold a nightly build.
+const FLUSH_WAIT: Duration = Duration::from_secs(3);
+
+/// The span export: the SDK's batch processor (its own thread) and the
+/// OTLP/gRPC exporter, whose connection lives on a small runtime of its
+/// own, so that the program's runtime can end before the last spans are
+/// sent.
+struct Export {
+    provider: SdkTracerProvider,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Export {
+    /// Starts the export of `program`'s spans (its `service.name` unless
+    /// `OTEL_SERVICE_NAME` names another; the endpoint, timeout, headers,
+    /// sampler and batching follow the standard `OTEL_*` variables). The
+    /// connection is made on the first export.
+    fn start(program: &str) -> Result<Export, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sf-otlp")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the exporter's runtime: {e}"))?;
+        let exporter = {
+            let _in_runtime = runtime.enter();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| e.to_string())?
+        };
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
+            resource = resource.with_service_name(program.to_string());
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        Ok(Export {
+            provider,
+            _runtime: runtime,
+        })
+    }
+}
+
+/// Sends the spans not yet exported and stops the export, waiting at most
+/// [`FLUSH_WAIT`]; a failure is a warning. Nothing when nothing is
+/// exported.
+fn flush_spans() {
+    let Some(export) = EXPORT.get() else {
+        return;
+    };
+    let provider = export.provider.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let flusher = std::thread::Builder::new().name("sf-otlp-flush".into()).spawn(move || {
+        let flushed = provider.force_flush();
+        let _ = provider.shutdown_with_timeout(FLUSH_WAIT);
+        let _ = tx.send(flushed);
+    });
+    if let Err(e) = flusher {
+        tracing::warn!("the last spans were not exported: {e}");
+        return;
+    }
+    match rx.recv_timeout(FLUSH_WAIT) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("the last spans were not exported: {e}"),
+        Err(_) => tracing::warn!(
+            "the last spans were not exported: the collector did not take them within {} s",
+            FLUSH_WAIT.as_secs()
+        ),
+    }
 }
 
 /// `--log-format json`: one object a line with the same names in every
@@ -273,6 +460,8 @@ where
     // grace period, stuck in storage) must not hold the exit: blocking
     // tasks still running after a moment are left to the process's end.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    // On success and on failure alike: the build's spans end with it.
+    flush_spans();
     match outcome {
         Ok(code) => Ok(code),
         Err(f) => {
@@ -361,6 +550,36 @@ mod tests {
         assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
         assert!(lines[0].starts_with("{\"time\":"), "the common fields first: {text}");
         assert!(lines[0].contains("\"level\":\"warn\",\"target\":"), "{text}");
+    }
+
+    #[test]
+    fn spans_are_exported_only_to_a_configured_plain_endpoint() {
+        fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+            let owned: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            move |name| owned.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        }
+        assert_eq!(export_endpoint(env(&[])), Ok(None));
+        assert_eq!(export_endpoint(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])), Ok(None));
+        assert_eq!(
+            export_endpoint(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")])),
+            Ok(Some("http://collector:4317".to_string()))
+        );
+        // The traces endpoint wins over the general one.
+        assert_eq!(
+            export_endpoint(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:4317"),
+            ])),
+            Ok(Some("http://b:4317".to_string()))
+        );
+        // Switched off whatever the endpoint.
+        for off in [("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")] {
+            let pairs = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317"), off];
+            assert_eq!(export_endpoint(env(&pairs)), Ok(None), "{off:?}");
+        }
+        // No TLS: refused, with the reason.
+        let e = export_endpoint(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://a:4317")])).expect_err("https");
+        assert!(e.contains("https://a:4317") && e.contains("http://"), "{e}");
     }
 
     fn os(args: &[&str]) -> Vec<OsString> {

@@ -220,12 +220,16 @@ async fn build(
         ..BuildOptions::default()
     };
     // Every line logged while the job runs names its run id (a field of
-    // `--log-format json`).
-    let span = tracing::info_span!("build", run_id = %id);
-    sf_warehouse::run_job(&job, engine.as_ref(), &options)
-        .instrument(span)
+    // `--log-format json`); an exported build span says whether it failed.
+    let span = tracing::info_span!("build", run_id = %id, otel.status_code = tracing::field::Empty);
+    let outcome = sf_warehouse::run_job(&job, engine.as_ref(), &options)
+        .instrument(span.clone())
         .await
-        .map_err(|e| name_the_input(Failure::from(e), &job))
+        .map_err(|e| name_the_input(Failure::from(e), &job));
+    if outcome.is_err() {
+        span.record("otel.status_code", "error");
+    }
+    outcome
 }
 
 /// `failure` naming the job's input when it is bad input the query engine

@@ -205,7 +205,11 @@ impl App {
         Ok((served, view))
     }
 
-    /// One key.
+    /// One key. The lookup spans (`lookup`, here and in
+    /// [`multi_get_in`](Self::multi_get_in)) are at `debug`: none is made
+    /// on the serve path unless the log filter or the span export asks
+    /// for them.
+    #[tracing::instrument(name = "lookup", level = "debug", skip_all, fields(snapshot = name, keys = 1))]
     pub(crate) async fn get(
         &self,
         name: &str,
@@ -266,6 +270,7 @@ impl App {
 
     /// Many keys from `view`, in input order. A key asked for more than
     /// once (with the same context) is looked up once.
+    #[tracing::instrument(name = "lookup", level = "debug", skip_all, fields(run_id = %view.run_id(), keys = keys.len()))]
     pub(crate) async fn multi_get_in(
         &self,
         served: &ServedSnapshot,

@@ -33,6 +33,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use futures::StreamExt;
 use sf_manifest::DbId;
+use tracing::Instrument;
 
 use crate::build::backend::{Row, ShardBuilder, backend_for};
 use crate::build::local_build::{Built, build_context, build_rows, work_dir};
@@ -189,12 +190,16 @@ impl ExecutionPlan for ShardWriteExec {
         let input = self.input.execute(partition, Arc::clone(&context))?;
         let spec = Arc::clone(&self.spec);
         let task = task_ids(&context, partition);
+        // Under the caller's span where there is one (in process); on a
+        // cluster's executor, the root of a trace of its own.
+        let span = tracing::info_span!("shard", db_id = partition);
         let fut = async move {
             let row = write_partition(&spec, DbId(partition as u32), input, task)
                 .await
                 .map_err(DataFusionError::from)?;
             ShardResult::to_batch(&[row]).map_err(DataFusionError::from)
-        };
+        }
+        .instrument(span);
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             result_schema(),
             futures::stream::once(fut),

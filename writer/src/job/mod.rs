@@ -22,6 +22,7 @@ use sf_manifest::{
     Attempt, CurrentPointer, CurrentVersion, DbId, ManifestStore, ObjectManifestStore, RunId, RunRecord, RunStatus,
     Timestamp, format::layout, publish::failpoint,
 };
+use tracing::Instrument;
 
 use crate::build::backend::backend_for;
 use crate::build::shard_result::ShardResult;
@@ -353,6 +354,7 @@ pub async fn build_prepared(
         phase("retention");
         summary.retention = Some(
             sf_manifest::publish::gc::cleanup(&store, &retention.cleanup_options())
+                .instrument(tracing::info_span!("retention"))
                 .await
                 .map(|r| RetentionReport {
                     manifests: r.of(sf_manifest::publish::gc::RemovalReason::OldManifest).count(),
@@ -440,6 +442,9 @@ fn spawn_heartbeat(
     })
 }
 
+/// The shard tasks, in the `write_shards` span (each shard's task in a
+/// `shard` span under it, where it runs in this process).
+#[tracing::instrument(name = "write_shards", skip_all, fields(num_dbs = spec.num_dbs))]
 async fn write_shards(
     ctx: &SessionContext,
     spec: ShardWriteSpec,

@@ -87,6 +87,7 @@ pub async fn prepare(job: &JobConfig, engine: &dyn Engine) -> Result<Prepared> {
 }
 
 /// A session of `engine` and the job's `[input]` as a DataFrame of it.
+#[tracing::instrument(name = "read_schema", skip_all)]
 pub async fn read_input(job: &JobConfig, engine: &dyn Engine) -> Result<(SessionContext, DataFrame)> {
     let input = job
         .input
@@ -100,6 +101,7 @@ pub async fn read_input(job: &JobConfig, engine: &dyn Engine) -> Result<(Session
 
 /// [`prepare`] for rows given as a DataFrame of `ctx` (the job's `[input]`
 /// is not read).
+#[tracing::instrument(name = "plan", skip_all)]
 pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) -> Result<Prepared> {
     job.validate_settings()?;
     let storage = job.storage_options();
@@ -483,6 +485,7 @@ async fn infer_tokens(
 
 /// Recomputes the shard id of a sample of rows with the row router (the
 /// reader's code path) and fails on any difference from the kernel's.
+#[tracing::instrument(name = "verify_routing", skip_all, fields(sample = job.routing.verify_sample_size))]
 pub(super) async fn verify_sample(
     routed: &DataFrame,
     job: &JobConfig,

@@ -21,6 +21,7 @@ use sf_manifest::{
     Attempt, BuildMeta, CurrentPointer, CurrentVersion, DbId, KeyEncoding, Manifest, ManifestStore,
     ObjectManifestStore, RunId, ShardRow, ShardingSpec, WriterInfo, format::layout, publish::failpoint, publish::gc,
 };
+use tracing::Instrument;
 
 use crate::build::backend::{ShardBackend, ShardContent};
 use crate::build::shard_result::ShardResult;
@@ -171,6 +172,7 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
             })
             .buffer_unordered(input.upload_concurrency.max(1))
             .try_collect::<Vec<()>>()
+            .instrument(tracing::info_span!("verify", shards = winners.len()))
             .await?;
     }
     failpoint::hit("verify").await?;
@@ -233,14 +235,19 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
     let mut manifest = Manifest { build, shards };
 
     // The gates, on the manifest as it would be published.
-    let previous = match input.store.load_current().await? {
-        Some(c) => Some(input.store.load_manifest(&c.pointer.manifest_ref).await?),
-        None => None,
-    };
-    let mut results = gates::evaluate(&input.validate, &manifest, previous.as_ref());
-    for check in &input.checks {
-        results.extend(check.check(&manifest, input.store).await?);
+    let mut results = async {
+        let previous = match input.store.load_current().await? {
+            Some(c) => Some(input.store.load_manifest(&c.pointer.manifest_ref).await?),
+            None => None,
+        };
+        let mut results = gates::evaluate(&input.validate, &manifest, previous.as_ref());
+        for check in &input.checks {
+            results.extend(check.check(&manifest, input.store).await?);
+        }
+        Ok::<_, Error>(results)
     }
+    .instrument(tracing::info_span!("gates"))
+    .await?;
     let blocking: Vec<GateResult> = gates::blocking(&results).into_iter().cloned().collect();
     if input.force {
         for g in results.iter_mut().filter(|g| g.verdict == Verdict::Fail) {
@@ -262,51 +269,57 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
 
     // Publish: the manifest (create-if-absent), then the swap of _CURRENT
     // against the version the build started from.
-    let observed = input.store.load_current().await?;
-    if observed.as_ref().map(|c| &c.version) != input.expected.as_ref() && !failpoint::sabotaged("ignore-cas-version") {
-        return Err(sf_manifest::Error::Conflict {
-            location: layout::join_url(input.store.prefix_url(), layout::CURRENT),
-            expected: input.expected.as_ref().map(CurrentVersion::describe),
-            found: observed.map(|c| c.version.describe()),
+    let written = async {
+        let observed = input.store.load_current().await?;
+        if observed.as_ref().map(|c| &c.version) != input.expected.as_ref()
+            && !failpoint::sabotaged("ignore-cas-version")
+        {
+            return Err(Error::from(sf_manifest::Error::Conflict {
+                location: layout::join_url(input.store.prefix_url(), layout::CURRENT),
+                expected: input.expected.as_ref().map(CurrentVersion::describe),
+                found: observed.map(|c| c.version.describe()),
+            }));
         }
-        .into());
-    }
-    state.manifest_sent = true;
-    let run_id = manifest.build.run_id.clone();
-    let pointer_to = |manifest_ref: &str| CurrentPointer::new(manifest_ref.to_string(), run_id.clone());
-    let (written, swap) = if failpoint::sabotaged("swap-before-manifest") {
-        // Sabotage: _CURRENT names the manifest before it is written.
-        let at = sf_manifest::Timestamp::now();
-        let early = layout::join_url(input.store.prefix_url(), &layout::manifest_key(at, &run_id));
-        let swap = input
-            .store
-            .swap_current(&pointer_to(&early), input.expected.as_ref())
-            .await;
-        failpoint::hit("manifest").await?;
-        (input.store.put_manifest_at(&manifest, at).await?, swap)
-    } else {
-        let written = input.store.put_manifest(&manifest).await?;
-        failpoint::hit("manifest").await?;
-        let swap = input
-            .store
-            .swap_current(&pointer_to(&written.manifest_ref), input.expected.as_ref())
-            .await;
-        (written, swap)
-    };
-    let swapped = match swap {
-        Ok(_) => failpoint::hit("swap").await.map_err(Error::from),
-        Err(e) => Err(e.into()),
-    };
-    if let Err(e) = swapped {
-        // The swap may have been made although its answer was lost (a
-        // timeout, a connection dropped after the write): look.
-        match input.store.load_current().await {
-            Ok(Some(c)) if c.pointer.manifest_ref == written.manifest_ref => {
-                tracing::warn!(error = %e, "the swap of _CURRENT answered with an error but was made");
+        state.manifest_sent = true;
+        let run_id = manifest.build.run_id.clone();
+        let pointer_to = |manifest_ref: &str| CurrentPointer::new(manifest_ref.to_string(), run_id.clone());
+        let (written, swap) = if failpoint::sabotaged("swap-before-manifest") {
+            // Sabotage: _CURRENT names the manifest before it is written.
+            let at = sf_manifest::Timestamp::now();
+            let early = layout::join_url(input.store.prefix_url(), &layout::manifest_key(at, &run_id));
+            let swap = input
+                .store
+                .swap_current(&pointer_to(&early), input.expected.as_ref())
+                .await;
+            failpoint::hit("manifest").await?;
+            (input.store.put_manifest_at(&manifest, at).await?, swap)
+        } else {
+            let written = input.store.put_manifest(&manifest).await?;
+            failpoint::hit("manifest").await?;
+            let swap = input
+                .store
+                .swap_current(&pointer_to(&written.manifest_ref), input.expected.as_ref())
+                .await;
+            (written, swap)
+        };
+        let swapped = match swap {
+            Ok(_) => failpoint::hit("swap").await.map_err(Error::from),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = swapped {
+            // The swap may have been made although its answer was lost (a
+            // timeout, a connection dropped after the write): look.
+            match input.store.load_current().await {
+                Ok(Some(c)) if c.pointer.manifest_ref == written.manifest_ref => {
+                    tracing::warn!(error = %e, "the swap of _CURRENT answered with an error but was made");
+                }
+                _ => return Err(e),
             }
-            _ => return Err(e),
         }
+        Ok::<_, Error>(written)
     }
+    .instrument(tracing::info_span!("publish"))
+    .await?;
     let publish_done = Instant::now();
     let mut warnings = Vec::new();
 
@@ -320,7 +333,7 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
         }
         gc::delete_own_attempts(input.store, &input.run_id, &input.build_id, &state.winners).await
     };
-    let losers_deleted = match losers.await {
+    let losers_deleted = match losers.instrument(tracing::info_span!("cleanup")).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "could not delete the build's losing attempts");

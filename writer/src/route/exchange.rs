@@ -39,6 +39,7 @@ use sf_manifest::DbId;
 use sf_manifest::sync::{self, lock};
 use tokio::sync::mpsc::Sender;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::build::local_build::{build_rows, build_slots, work_dir};
 use crate::build::merge::{Order, ShardRows};
@@ -63,7 +64,9 @@ pub(crate) fn run(
 ) -> SendableRecordBatchStream {
     let mut builder = RecordBatchReceiverStreamBuilder::new(result_schema(), 2);
     let tx = builder.tx();
-    builder.spawn(async move { exchange(spec, input, ctx, tx).await.map_err(DataFusionError::from) });
+    // The task keeps the caller's span (the build's `write_shards`), so
+    // that the shard tasks' spans are its children.
+    builder.spawn(async move { exchange(spec, input, ctx, tx).await.map_err(DataFusionError::from) }.in_current_span());
     builder.build()
 }
 
@@ -89,16 +92,21 @@ async fn exchange(
     )));
 
     // Read every input partition into the collector.
+    let reading = tracing::info_span!("input");
     let mut readers = JoinSet::new();
     for partition in 0..input.properties().output_partitioning().partition_count() {
-        readers.spawn(collect_partition(
-            Arc::clone(&spec),
-            Arc::clone(&input),
-            partition,
-            Arc::clone(&ctx),
-            Arc::clone(&collector),
-        ));
+        readers.spawn(
+            collect_partition(
+                Arc::clone(&spec),
+                Arc::clone(&input),
+                partition,
+                Arc::clone(&ctx),
+                Arc::clone(&collector),
+            )
+            .instrument(reading.clone()),
+        );
     }
+    drop(reading);
     while let Some(done) = readers.join_next().await {
         // The first failure ends the build; dropping the set stops the rest.
         done.map_err(|e| Error::Internal(format!("an input task failed: {e}")))??;
@@ -132,7 +140,8 @@ async fn exchange(
                     }
                 }
                 Some(rows) => {
-                    tasks.spawn(write_shard(Arc::clone(&spec), rows));
+                    let span = tracing::info_span!("shard", db_id = db_id.0);
+                    tasks.spawn(write_shard(Arc::clone(&spec), rows).instrument(span));
                 }
             }
         }
