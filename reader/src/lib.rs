@@ -76,6 +76,7 @@ mod shard;
 mod snapshot;
 mod state;
 mod stats;
+pub mod vector;
 mod view;
 
 pub use admin::{Admin, AdminBuilder, CleanupOptions, CleanupReport, Removal, RemovalReason, Rollback, RollbackTarget};
@@ -86,6 +87,7 @@ pub use settings::{MAX_KEEP_VERSIONS, Pin, ReaderSettings, SqliteMode};
 pub use sf_manifest::format::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
 pub use snapshot::RoutingContext;
 pub use stats::{METRICS, ReaderStats};
+pub use vector::{SearchHit, SearchOptions, SearchResults};
 pub use view::{SnapshotView, Version};
 
 /// Re-exported so callers can build routing contexts without naming `sf-router`.

@@ -17,6 +17,8 @@ use tokio::sync::OnceCell;
 use crate::error::{Error, Result};
 use crate::shard::cache_files::Hold;
 use crate::shard::{ShardEnv, ShardHandle, ShardIdentity, ShardSpec};
+use crate::state::ReaderState;
+use crate::vector::VectorIndex;
 
 /// Values of the routing columns of a CEL snapshot, by column name.
 pub type RoutingContext = BTreeMap<String, ContextValue>;
@@ -45,6 +47,8 @@ pub(crate) struct Snapshot {
     pub(crate) row_count: u64,
     /// The cached files of every shard, held while the snapshot lives.
     _files: Option<Hold>,
+    /// The vector metadata and router, loaded by the first search.
+    vector: OnceCell<Arc<VectorIndex>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -124,7 +128,24 @@ impl Snapshot {
             loaded_at: Timestamp::now(),
             row_count,
             _files: files,
+            vector: OnceCell::new(),
         })
+    }
+
+    /// The vector index of the snapshot, loaded on first use (a failed
+    /// load is tried again by the next search).
+    pub(crate) async fn vector_index(&self, state: &ReaderState) -> Result<&Arc<VectorIndex>> {
+        self.vector
+            .get_or_try_init(|| async { VectorIndex::load(state, self).await.map(Arc::new) })
+            .await
+    }
+
+    /// The shards the manifest lists (the non-empty ones), in id order.
+    pub(crate) fn non_empty_shards(&self) -> Vec<DbId> {
+        (0..self.slots.len() as u32)
+            .map(DbId)
+            .filter(|d| matches!(self.slots.get(d.index()), Some(Some(_))))
+            .collect()
     }
 
     /// The manifest's `created_at` in Unix seconds.

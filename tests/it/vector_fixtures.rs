@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use sf_manifest::Manifest;
 use sf_manifest::format::npy;
 use sf_manifest::format::vector::{Chunk, VectorId, VectorMeta, VectorSharding, f32s};
+use sf_manifest::{Classified, Manifest};
 use sf_router::vector::{ClusterRouter, Hit, LshRouter, TopK, check_vector, distance, merge};
 
 fn root() -> PathBuf {
@@ -368,4 +368,119 @@ async fn a_vector_only_snapshot_opens_with_no_keys() {
         )
         .await;
     }
+}
+
+/// `Reader::search` on the reference's four vector snapshots, in every
+/// mode: every search `expected.json` records returns the reference's
+/// ids, payloads and order, its scores within 1e-5, and the shards it
+/// asked (the probe order for vector-only snapshots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readers_search_the_references_vector_snapshots_as_it_does() {
+    let expected = expected();
+    for (name, set) in expected["sets"].as_object().expect("sets") {
+        let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+        let unified = set["mode"] == "unified";
+        sf_tests::readers::read_in_every_mode(
+            &prefix.display().to_string(),
+            &sf_tests::readers::SQLITE_MODES,
+            async |reader| {
+                let mut searched = 0;
+                for q in set["queries"].as_array().expect("queries") {
+                    let query = vector(&q["vector_f32le_hex"]);
+                    for search in q["searches"].as_array().expect("searches") {
+                        let options = sf_reader::SearchOptions {
+                            top_k: 5,
+                            num_probes: search["num_probes"].as_u64().map(|n| n as u32),
+                            shard_ids: search["shard_ids"].as_array().map(|ids| {
+                                ids.iter()
+                                    .map(|i| sf_manifest::DbId(i.as_u64().expect("id") as u32))
+                                    .collect()
+                            }),
+                            routing_context: None,
+                        };
+                        let got = reader
+                            .search(&query, &options)
+                            .await
+                            .unwrap_or_else(|e| panic!("{name}: {e}"));
+                        let want = search["results"].as_array().expect("results");
+                        assert_eq!(got.hits.len(), want.len(), "{name} {}", q["name"]);
+                        for (hit, w) in got.hits.iter().zip(want) {
+                            assert_eq!(hit.id.to_json(), w["id"], "{name} {}: {:?}", q["name"], got.hits);
+                            assert_eq!(hit.payload.as_ref().unwrap_or(&Value::Null), &w["payload"], "{name}");
+                            let score = w["score"].as_f64().expect("score");
+                            assert!((hit.score - score).abs() < 1e-5, "{name}: {} vs {score}", hit.score);
+                        }
+                        assert_eq!(
+                            got.shards.len() as u64,
+                            search["num_shards_queried"].as_u64().expect("count"),
+                            "{name}"
+                        );
+                        if !unified && search["shard_ids"].is_null() {
+                            let route: Vec<u32> = got.shards.iter().map(|d| d.0).collect();
+                            assert_eq!(serde_json::to_value(&route).expect("json"), search["route"], "{name}");
+                        }
+                        searched += 1;
+                    }
+                }
+                assert!(searched >= 10, "{name}");
+            },
+        )
+        .await;
+    }
+}
+
+/// What a search refuses, with the reason: a query of the wrong length,
+/// with a NaN, zero under cosine; a top_k of 0; a shard the snapshot does
+/// not have; a snapshot without vectors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_refuses_bad_queries_and_snapshots_without_vectors_clearly() {
+    let expected = expected();
+    let set = &expected["sets"]["unified_hash"];
+    let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+    let cache = tempfile::tempdir().expect("cache");
+    let reader = sf_tests::readers::open(
+        &prefix.display().to_string(),
+        sf_tests::readers::settings(sf_reader::SqliteMode::Download, cache.path()),
+    )
+    .await;
+    let options = sf_reader::SearchOptions::default();
+    let refused = async |query: &[f32], options: &sf_reader::SearchOptions| {
+        let e = reader.search(query, options).await.expect_err("refused");
+        assert_eq!(e.kind(), sf_manifest::ErrorKind::Config, "{e}");
+        e.to_string()
+    };
+    assert!(
+        refused(&[1.0; 7], &options)
+            .await
+            .contains("has 7 components, the snapshot's dimension is 8")
+    );
+    let mut nan = [1.0f32; 8];
+    nan[3] = f32::NAN;
+    assert!(refused(&nan, &options).await.contains("component 3 is NaN"));
+    assert!(refused(&[0.0; 8], &options).await.contains("is zero"));
+    let zero_k = sf_reader::SearchOptions {
+        top_k: 0,
+        ..options.clone()
+    };
+    assert!(refused(&[1.0; 8], &zero_k).await.contains("top_k"));
+    let far = sf_reader::SearchOptions {
+        shard_ids: Some(vec![sf_manifest::DbId(3)]),
+        ..options.clone()
+    };
+    assert!(
+        refused(&[1.0; 8], &far)
+            .await
+            .contains("shard 3 is not one of the snapshot's 3")
+    );
+    reader.close();
+
+    // A key-value snapshot of the reference has no custom.vector.
+    let kv = sf_tests::fixture_dir().join("sqlite-bucket-golden/hash_int");
+    let reader = sf_tests::readers::open(
+        &kv.display().to_string(),
+        sf_tests::readers::settings(sf_reader::SqliteMode::Download, cache.path()),
+    )
+    .await;
+    let e = reader.search(&[1.0; 8], &options).await.expect_err("no vectors");
+    assert!(e.to_string().contains("holds no vectors"), "{e}");
 }

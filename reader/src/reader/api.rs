@@ -140,6 +140,22 @@ impl Reader {
         self.multi_lookup(items.iter().map(|(k, c)| (k, Some(c)))).await
     }
 
+    /// The `options.top_k` vectors nearest `query` in the served snapshot,
+    /// nearest first (see [`crate::vector`]): every shard of a unified
+    /// snapshot, the nearest `num_probes` shards of a vector-only one, or
+    /// the shards named. A snapshot without vectors, a query of the wrong
+    /// length, with a non-finite component, or zero under cosine, is a
+    /// [`Error::Config`](crate::Error::Config).
+    pub async fn search(
+        &self,
+        query: &[f32],
+        options: &crate::vector::SearchOptions,
+    ) -> Result<crate::vector::SearchResults> {
+        self.check_open()?;
+        let snap = self.snapshot();
+        crate::vector::search(&self.state, &snap, query, options).await
+    }
+
     async fn multi_lookup<'a>(
         &self,
         items: impl ExactSizeIterator<Item = (&'a Key, Option<&'a RoutingContext>)>,

@@ -44,8 +44,10 @@ use cache_files::Hold;
 use download::DownloadCache;
 use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
+use sf_manifest::format::vector::Metric;
 use slate::SlateShard;
 pub(crate) use spec::{ShardIdentity, ShardSpec};
+pub(crate) use sqlite::VectorHit;
 use sqlite::{ConnPool, Source, spawn_sqlite};
 
 /// Multi-gets on a downloaded shard with at least this many keys run on
@@ -482,6 +484,30 @@ impl ShardHandle {
                 s.get(key).await.map_err(|e| self.slate_error("", e))
             }
         }
+    }
+
+    /// The `k` vectors of the shard nearest `query`, exactly, with their
+    /// ids and payloads (see `ConnPool::vector_top_k`); on the blocking
+    /// pool like every SQLite read. SlateDB shards hold no vectors.
+    pub(crate) async fn vector_top_k(
+        self: &Arc<Self>,
+        query: Arc<[f32]>,
+        metric: Metric,
+        k: usize,
+        max_vectors: u64,
+    ) -> Result<Vec<VectorHit>> {
+        if let Backend::Slate(_) = self.backend {
+            return Err(self.read_error(
+                "a SlateDB shard holds no vector index; vector snapshots use SQLite shards".into(),
+                ErrorKind::Config,
+                None,
+            ));
+        }
+        let db = self.db_id.0;
+        self.on_sqlite_pool("vector search", move |pool| {
+            pool.vector_top_k(db, &query, metric, k, max_vectors)
+        })
+        .await
     }
 
     /// Up to `limit` rows in key order, strictly after `after`.

@@ -19,9 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use rusqlite::OptionalExtension;
 use rusqlite::{Connection, OpenFlags};
 use sf_manifest::format::kv;
 use sf_manifest::format::untrusted::{self, Budget};
+use sf_manifest::format::vector::{Chunk, Metric, VectorId, f32s};
+use sf_router::vector::{Hit, TopK, distance};
 
 /// SQLite VM steps one point lookup (or one batch of [`BATCH`] keys) may
 /// take. A lookup in a real `kv` table takes a few dozen; a file whose
@@ -249,6 +252,100 @@ impl ConnPool {
         self.give_back(conn);
         Ok(out)
     }
+}
+
+/// One hit of a vector search in a shard: where, how near, and the id and
+/// payload text stored for it.
+#[derive(Debug)]
+pub(crate) struct VectorHit {
+    pub(crate) hit: Hit,
+    pub(crate) id: VectorId,
+    pub(crate) payload: Option<String>,
+}
+
+/// The live vectors of a `vec0` table, chunk by chunk, read from its
+/// shadow tables (no extension needed).
+const VECTOR_CHUNKS: &str = "SELECT c.validity, c.rowids, v.vectors FROM vec_index_chunks c \
+     JOIN vec_index_vector_chunks00 v ON v.rowid = c.chunk_id";
+const VECTOR_ID: &str = "SELECT original_id FROM vec_id_map WHERE internal_id = ?1";
+const VECTOR_PAYLOAD: &str = "SELECT payload FROM vec_payloads WHERE rowid = ?1";
+
+impl ConnPool {
+    /// The `k` vectors of the shard nearest `query` (exact: every live
+    /// vector is scored), with their ids and payloads. `max_vectors` (the
+    /// manifest's row count) bounds the SQLite steps the scan may take.
+    pub(crate) fn vector_top_k(
+        &self,
+        shard: u32,
+        query: &[f32],
+        metric: Metric,
+        k: usize,
+        max_vectors: u64,
+    ) -> rusqlite::Result<Vec<VectorHit>> {
+        let conn = self.take()?;
+        let out = vector_top_k(&conn, shard, query, metric, k, max_vectors)?;
+        self.give_back(conn);
+        Ok(out)
+    }
+}
+
+fn vector_top_k(
+    conn: &Connection,
+    shard: u32,
+    query: &[f32],
+    metric: Metric,
+    k: usize,
+    max_vectors: u64,
+) -> rusqlite::Result<Vec<VectorHit>> {
+    let chunks = max_vectors / 1024 + 2;
+    let _budget = Budget::start(
+        LOOKUP_STEP_BUDGET
+            .saturating_mul(k as u64 + 1)
+            .saturating_add(SCAN_STEPS_PER_ROW.saturating_mul(chunks)),
+    );
+    let mut top = TopK::new(k);
+    let mut vector = Vec::with_capacity(query.len());
+    {
+        let mut stmt = conn.prepare_cached(VECTOR_CHUNKS).map_err(|e| match e.to_string() {
+            m if m.contains("no such table") => not_a_shard(format!("it holds no vector index ({m})")),
+            _ => e,
+        })?;
+        let mut rows = stmt.raw_query();
+        while let Some(row) = rows.next()? {
+            let chunk = Chunk::new(
+                row.get_ref(0)?.as_blob()?,
+                row.get_ref(1)?.as_blob()?,
+                row.get_ref(2)?.as_blob()?,
+                query.len(),
+            )
+            .map_err(|e| not_a_shard(format!("vec_index: {e}")))?;
+            for (rowid, bytes) in chunk.live() {
+                vector.clear();
+                vector.extend(f32s(bytes));
+                top.push(Hit {
+                    shard,
+                    rowid,
+                    score: distance(metric, query, &vector),
+                });
+            }
+        }
+    }
+    let hits = top.into_sorted();
+    let mut out = Vec::with_capacity(hits.len());
+    let mut ids = conn.prepare_cached(VECTOR_ID)?;
+    let mut payloads = conn.prepare_cached(VECTOR_PAYLOAD)?;
+    for hit in hits {
+        // A rowid the id map lacks is its own id, as the reference reads it.
+        let id = match ids.query_row([hit.rowid], |r| r.get::<_, String>(0)).optional()? {
+            Some(text) => {
+                VectorId::decode(&text).map_err(|e| not_a_shard(format!("vec_id_map row {}: {e}", hit.rowid)))?
+            }
+            None => VectorId::Int(hit.rowid),
+        };
+        let payload = payloads.query_row([hit.rowid], |r| r.get::<_, String>(0)).optional()?;
+        out.push(VectorHit { hit, id, payload });
+    }
+    Ok(out)
 }
 
 /// The error for a file that is not a shard.

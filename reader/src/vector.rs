@@ -1,0 +1,284 @@
+//! Vector search over a snapshot that holds vectors (docs/FORMAT.md,
+//! "Vector snapshots"), written by the reference library or by ShardForge.
+//!
+//! A search picks its shards, asks each for its `top_k` nearest vectors
+//! (an exact scan of the shard's `vec0` chunks, on the blocking pool), and
+//! merges them: ascending distance, equal distances by shard then rowid.
+//! Which shards:
+//! - `shard_ids`, when given, exactly those;
+//! - a unified snapshot: every shard, or with a routing context (a CEL
+//!   snapshot) the one shard the context routes to;
+//! - a vector-only snapshot: the `num_probes` nearest shards by its CLUSTER
+//!   centroids or LSH hyperplanes (loaded from the snapshot's `.npy`
+//!   artifacts on the first search). `explicit` and `cel` vector-only
+//!   snapshots are searched with `shard_ids`.
+//!
+//! A query is checked first: its length must be the snapshot's dimension,
+//! its components finite, and under cosine it must not be zero.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use sf_manifest::DbId;
+use sf_manifest::format::npy;
+use sf_manifest::format::vector::{VectorMeta, VectorSharding};
+use sf_manifest::publish::manifest_store::get_bytes_capped;
+use sf_router::Routed;
+use sf_router::vector::{ClusterRouter, LshRouter, check_vector, merge};
+
+pub use sf_manifest::format::vector::{Metric, VectorId};
+
+use crate::error::{Error, Result};
+use crate::snapshot::{RoutingContext, Snapshot};
+use crate::state::ReaderState;
+
+/// The largest routing artifact read (a `.npy` of centroids or
+/// hyperplanes): 4096 shards of 8192 `f8` components.
+const MAX_ARTIFACT_BYTES: u64 = 4096 * 8192 * 8 + 4096;
+
+/// The most results one search returns.
+pub const MAX_TOP_K: usize = 10_000;
+
+/// What a search asks for besides its query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchOptions {
+    /// Results wanted (1 to [`MAX_TOP_K`]).
+    pub top_k: usize,
+    /// Vector-only snapshots: shards to probe (default: the manifest's
+    /// `num_probes`).
+    pub num_probes: Option<u32>,
+    /// Search exactly these shards.
+    pub shard_ids: Option<Vec<DbId>>,
+    /// A CEL snapshot: the routing columns' values, which name one shard.
+    pub routing_context: Option<RoutingContext>,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            top_k: 10,
+            num_probes: None,
+            shard_ids: None,
+            routing_context: None,
+        }
+    }
+}
+
+/// One result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    /// The id stored with the vector.
+    pub id: VectorId,
+    /// Its distance to the query (lower is nearer).
+    pub score: f64,
+    /// The payload stored with it, if any.
+    pub payload: Option<Value>,
+    /// The shard it is in.
+    pub db_id: DbId,
+}
+
+/// The results of one search, all from one snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchResults {
+    /// Nearest first.
+    pub hits: Vec<SearchHit>,
+    /// The shards searched, in the order they were chosen (probe order).
+    pub shards: Vec<DbId>,
+    /// The run id of the snapshot searched.
+    pub run_id: String,
+}
+
+/// A snapshot's vector metadata and the router its searches use.
+#[derive(Debug)]
+pub(crate) struct VectorIndex {
+    meta: VectorMeta,
+    routing: Routing,
+}
+
+#[derive(Debug)]
+enum Routing {
+    /// Unified: every shard (or the routing context's).
+    FanOut,
+    Cluster(ClusterRouter),
+    Lsh(LshRouter),
+    /// Vector-only `explicit` or `cel`: the caller names the shards.
+    Named(VectorSharding),
+}
+
+impl VectorIndex {
+    /// The index of `snap`: its `custom.vector`, and for CLUSTER and LSH
+    /// the artifact, read from the store (at most [`MAX_ARTIFACT_BYTES`]).
+    pub(crate) async fn load(state: &ReaderState, snap: &Snapshot) -> Result<VectorIndex> {
+        let bad = |reason: String| Error::Manifest(sf_manifest::Error::corrupt("manifest", &snap.manifest_ref, reason));
+        let meta = VectorMeta::from_custom(&snap.manifest.build.custom)
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| {
+                Error::config(
+                    "search",
+                    format!(
+                        "snapshot {} holds no vectors (its manifest has no custom.vector)",
+                        snap.manifest_ref
+                    ),
+                )
+            })?;
+        let num_dbs = snap.manifest.build.num_dbs;
+        let artifact = async |url: &Option<String>, what: &str| -> Result<npy::Matrix> {
+            let url = url
+                .as_deref()
+                .ok_or_else(|| bad(format!("a {} snapshot without its {what}_ref", meta.sharding.as_str())))?;
+            let location = state
+                .store
+                .locate(url, Some(snap.manifest.build.s3_prefix.as_str()))
+                .map_err(|e| bad(format!("{what}_ref: {e}")))?;
+            let bytes = get_bytes_capped(
+                &location.store,
+                &location.path,
+                "routing artifact",
+                &location.url,
+                MAX_ARTIFACT_BYTES,
+            )
+            .await?;
+            let m = npy::read(&bytes, &location.url)?;
+            if m.cols != meta.dim as usize {
+                return Err(bad(format!(
+                    "{what} of dimension {}, the snapshot's is {}",
+                    m.cols, meta.dim
+                )));
+            }
+            Ok(m)
+        };
+        let routing = match (meta.unified, meta.sharding) {
+            (true, _) => Routing::FanOut,
+            (false, VectorSharding::Cluster) => {
+                let m = artifact(&meta.centroids_ref, "centroids").await?;
+                if m.rows != num_dbs as usize {
+                    return Err(bad(format!("{} centroids for {num_dbs} shards", m.rows)));
+                }
+                Routing::Cluster(ClusterRouter::new(m, meta.metric))
+            }
+            (false, VectorSharding::Lsh) => {
+                let m = artifact(&meta.hyperplanes_ref, "hyperplanes").await?;
+                Routing::Lsh(LshRouter::new(m, num_dbs).map_err(bad)?)
+            }
+            (false, other) => Routing::Named(other),
+        };
+        Ok(VectorIndex { meta, routing })
+    }
+
+    /// The snapshot's vector metadata.
+    pub(crate) fn meta(&self) -> &VectorMeta {
+        &self.meta
+    }
+
+    /// The shards a search of `query` asks, in order.
+    fn targets(&self, snap: &Snapshot, query: &[f32], opts: &SearchOptions) -> Result<Vec<DbId>> {
+        let num_dbs = snap.manifest.build.num_dbs;
+        if let Some(ids) = &opts.shard_ids {
+            if let Some(bad) = ids.iter().find(|d| d.0 >= num_dbs) {
+                return Err(Error::config(
+                    "shard_ids",
+                    format!("shard {bad} is not one of the snapshot's {num_dbs}"),
+                ));
+            }
+            let mut seen = Vec::with_capacity(ids.len());
+            for id in ids {
+                if !seen.contains(id) {
+                    seen.push(*id);
+                }
+            }
+            return Ok(seen);
+        }
+        let probes = || opts.num_probes.unwrap_or(self.meta.num_probes).max(1) as usize;
+        match &self.routing {
+            Routing::FanOut => match &opts.routing_context {
+                Some(ctx) => match snap.router.route_context(ctx)? {
+                    Routed::Db(d) => Ok(vec![DbId(d)]),
+                    Routed::UnknownToken => Ok(Vec::new()),
+                },
+                None => Ok(snap.non_empty_shards()),
+            },
+            Routing::Cluster(r) => Ok(r.probes(query, probes()).into_iter().map(DbId).collect()),
+            Routing::Lsh(r) => Ok(r.probes(query, probes()).into_iter().map(DbId).collect()),
+            Routing::Named(how) => Err(Error::config(
+                "shard_ids",
+                format!(
+                    "a vector-only snapshot sharded by {} is searched in the shards you name (shard_ids)",
+                    how.as_str()
+                ),
+            )),
+        }
+    }
+}
+
+/// Searches `snap` for the vectors nearest `query`.
+pub(crate) async fn search(
+    state: &ReaderState,
+    snap: &Snapshot,
+    query: &[f32],
+    opts: &SearchOptions,
+) -> Result<SearchResults> {
+    if opts.top_k == 0 || opts.top_k > MAX_TOP_K {
+        return Err(Error::config(
+            "top_k",
+            format!("{} is not from 1 to {MAX_TOP_K}", opts.top_k),
+        ));
+    }
+    let index = snap.vector_index(state).await?;
+    let meta = index.meta();
+    check_vector(meta.metric, meta.dim as usize, query)
+        .map_err(|e| Error::config("query", format!("the query {e}")))?;
+    let shards = index.targets(snap, query, opts)?;
+    let query: Arc<[f32]> = Arc::from(query);
+    let env = &state.env;
+    let asks = shards.iter().map(|db| {
+        let query = Arc::clone(&query);
+        async move {
+            let Some(shard) = snap.shard(env, *db).await? else {
+                return Ok(Vec::new());
+            };
+            let max_vectors = snap.manifest.shard(*db).map_or(0, |r| r.row_count);
+            shard.vector_top_k(query, meta.metric, opts.top_k, max_vectors).await
+        }
+    });
+    let per_shard: Vec<Vec<crate::shard::VectorHit>> = futures::future::try_join_all(asks).await?;
+    let mut found = std::collections::HashMap::new();
+    let hits = merge(
+        per_shard.into_iter().map(|hits| {
+            hits.into_iter()
+                .map(|h| {
+                    let hit = h.hit;
+                    found.insert((hit.shard, hit.rowid), (h.id, h.payload));
+                    hit
+                })
+                .collect()
+        }),
+        opts.top_k,
+    );
+    let mut out = Vec::with_capacity(hits.len());
+    for hit in hits {
+        let (id, payload) = found
+            .remove(&(hit.shard, hit.rowid))
+            .ok_or_else(|| Error::Internal("a merged hit without its id".into()))?;
+        let payload = match payload {
+            None => None,
+            Some(text) => Some(serde_json::from_str(&text).map_err(|e| Error::ShardRead {
+                db_id: DbId(hit.shard),
+                url: snap.shard_url(DbId(hit.shard)).unwrap_or_default().to_string(),
+                reason: format!("vec_payloads row {} is not JSON: {e}", hit.rowid),
+                kind: sf_manifest::ErrorKind::Data,
+                source: None,
+            })?),
+        };
+        out.push(SearchHit {
+            id,
+            score: hit.score,
+            payload,
+            db_id: DbId(hit.shard),
+        });
+    }
+    Ok(SearchResults {
+        hits: out,
+        shards,
+        run_id: snap.manifest.build.run_id.as_str().to_string(),
+    })
+}
