@@ -139,6 +139,29 @@ pub enum Command {
         #[arg(long = "ctx", visible_alias = "routing-context", value_name = "COLUMN=VALUE")]
         ctx: Vec<String>,
     },
+    /// The vectors nearest a query, in a snapshot that holds vectors
+    /// (nearest first, with their ids, distances, payloads and shards).
+    Search {
+        /// The query as a JSON array of numbers (`[0.1, -2, 3.5]`), or
+        /// `-` to read queries from stdin, one array a line (one result
+        /// line each).
+        #[arg(long, value_name = "JSON", allow_hyphen_values = true)]
+        vector: String,
+        /// Results per query (1 to 10000).
+        #[arg(long, default_value_t = 10, value_name = "K")]
+        top_k: usize,
+        /// Shards to probe in a vector-only snapshot (default: the
+        /// manifest's num_probes).
+        #[arg(long, value_name = "N")]
+        num_probes: Option<u32>,
+        /// Search only this shard (repeatable).
+        #[arg(long = "shard", value_name = "DB_ID")]
+        shards: Vec<u32>,
+        /// Routing context naming the one shard of a CEL snapshot
+        /// (repeatable).
+        #[arg(long = "ctx", visible_alias = "routing-context", value_name = "COLUMN=VALUE")]
+        ctx: Vec<String>,
+    },
     /// The served snapshot.
     Info,
     /// The snapshot's shards.
@@ -251,6 +274,25 @@ pub async fn run(cli: Cli, out: &mut dyn Write, stdin: &mut dyn BufRead) -> Resu
         Command::Get { key, ctx } => get(&reader, key, ctx, &printer, out).await,
         Command::Multiget { keys, ctx } => multiget(&reader, keys, ctx, stdin, &printer, out).await,
         Command::Route { key, ctx } => route(&reader, key, ctx, &printer, out),
+        Command::Search {
+            vector,
+            top_k,
+            num_probes,
+            shards,
+            ctx,
+        } => {
+            let options = sf_reader::SearchOptions {
+                top_k: *top_k,
+                num_probes: *num_probes,
+                shard_ids: (!shards.is_empty()).then(|| shards.iter().map(|d| sf_manifest::DbId(*d)).collect()),
+                routing_context: if ctx.is_empty() {
+                    None
+                } else {
+                    Some(reader.parse_context(ctx.iter().map(String::as_str))?)
+                },
+            };
+            search(&reader, vector, &options, stdin, &printer, out).await
+        }
         Command::Info => info(&reader, &printer, out),
         Command::Shards => shards(&reader, &printer, out),
         Command::Health { max_age } => health(&reader, max_age, &printer, out),
@@ -429,6 +471,63 @@ async fn get(
     ]);
     printer.single(out, &line)?;
     Ok(exit::OK)
+}
+
+/// `search`: one result line per query, `--vector` or each line of stdin.
+async fn search(
+    reader: &Reader,
+    vector: &str,
+    options: &sf_reader::SearchOptions,
+    stdin: &mut dyn BufRead,
+    printer: &Printer,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let queries: Vec<String> = if vector == "-" {
+        read_keys(stdin)?.into_iter().filter(|l| !l.trim().is_empty()).collect()
+    } else {
+        vec![vector.to_string()]
+    };
+    for (n, text) in queries.iter().enumerate() {
+        let query = parse_vector(text).map_err(|e| {
+            let place = if vector == "-" {
+                format!("stdin line {}", n + 1)
+            } else {
+                "--vector".to_string()
+            };
+            Failure::usage(place, e)
+        })?;
+        let found = reader.search(&query, options).await?;
+        let items: Vec<Json> = found
+            .hits
+            .iter()
+            .map(|h| {
+                obj(vec![
+                    (
+                        "id",
+                        match &h.id {
+                            sf_reader::vector::VectorId::Int(i) => Json::Int(*i),
+                            sf_reader::vector::VectorId::Str(s) => Json::str(s.as_str()),
+                        },
+                    ),
+                    ("score", Json::Float(h.score)),
+                    (
+                        "payload",
+                        h.payload.as_ref().map_or(Json::Null, |p| Json::Raw(p.to_string())),
+                    ),
+                    ("db_id", Json::count(u64::from(h.db_id.0))),
+                ])
+            })
+            .collect();
+        printer.list(out, "search", "results", items)?;
+    }
+    Ok(exit::OK)
+}
+
+/// A query vector from a JSON array of numbers.
+fn parse_vector(text: &str) -> Result<Vec<f32>, String> {
+    let values: Vec<f64> =
+        serde_json::from_str(text.trim()).map_err(|e| format!("{text:?} is not a JSON array of numbers: {e}"))?;
+    Ok(values.into_iter().map(|v| v as f32).collect())
 }
 
 /// Keys from stdin, one per line (`\r\n` endings too). Every line is a

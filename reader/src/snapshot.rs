@@ -17,7 +17,6 @@ use tokio::sync::OnceCell;
 use crate::error::{Error, Result};
 use crate::shard::cache_files::Hold;
 use crate::shard::{ShardEnv, ShardHandle, ShardIdentity, ShardSpec};
-use crate::state::ReaderState;
 use crate::vector::VectorIndex;
 
 /// Values of the routing columns of a CEL snapshot, by column name.
@@ -134,9 +133,13 @@ impl Snapshot {
 
     /// The vector index of the snapshot, loaded on first use (a failed
     /// load is tried again by the next search).
-    pub(crate) async fn vector_index(&self, state: &ReaderState) -> Result<&Arc<VectorIndex>> {
+    pub(crate) async fn vector_index(&self, store: &ObjectManifestStore) -> Result<&Arc<VectorIndex>> {
         self.vector
-            .get_or_try_init(|| async { VectorIndex::load(state, self).await.map(Arc::new) })
+            .get_or_try_init(|| async {
+                VectorIndex::load(store, &self.manifest_ref, &self.manifest.build)
+                    .await
+                    .map(Arc::new)
+            })
             .await
     }
 

@@ -16,21 +16,21 @@
 //! A query is checked first: its length must be the snapshot's dimension,
 //! its components finite, and under cosine it must not be zero.
 
-use std::sync::Arc;
-
 use serde_json::Value;
-use sf_manifest::DbId;
 use sf_manifest::format::npy;
 use sf_manifest::format::vector::{VectorMeta, VectorSharding};
 use sf_manifest::publish::manifest_store::get_bytes_capped;
-use sf_router::Routed;
-use sf_router::vector::{ClusterRouter, LshRouter, check_vector, merge};
+use sf_manifest::{BuildMeta, DbId, ObjectManifestStore};
+use sf_router::vector::{ClusterRouter, LshRouter};
+use sf_router::{Routed, Router};
 
 pub use sf_manifest::format::vector::{Metric, VectorId};
 
 use crate::error::{Error, Result};
-use crate::snapshot::{RoutingContext, Snapshot};
-use crate::state::ReaderState;
+
+/// Values of a CEL snapshot's routing columns (the reader's
+/// `RoutingContext`).
+type RoutingContext = std::collections::BTreeMap<String, sf_router::ContextValue>;
 
 /// The largest routing artifact read (a `.npy` of centroids or
 /// hyperplanes): 4096 shards of 8192 `f8` components.
@@ -106,29 +106,33 @@ enum Routing {
 }
 
 impl VectorIndex {
-    /// The index of `snap`: its `custom.vector`, and for CLUSTER and LSH
-    /// the artifact, read from the store (at most [`MAX_ARTIFACT_BYTES`]).
-    pub(crate) async fn load(state: &ReaderState, snap: &Snapshot) -> Result<VectorIndex> {
-        let bad = |reason: String| Error::Manifest(sf_manifest::Error::corrupt("manifest", &snap.manifest_ref, reason));
-        let meta = VectorMeta::from_custom(&snap.manifest.build.custom)
+    /// The index of the snapshot of manifest `manifest_ref` (its `build`):
+    /// its `custom.vector`, and for CLUSTER and LSH the artifact, read from
+    /// `store` (at most [`MAX_ARTIFACT_BYTES`]).
+    pub(crate) async fn load(
+        store: &ObjectManifestStore,
+        manifest_ref: &str,
+        build: &BuildMeta,
+    ) -> Result<VectorIndex> {
+        let bad = |reason: String| Error::Manifest(sf_manifest::Error::corrupt("manifest", manifest_ref, reason));
+        let meta = VectorMeta::from_custom(&build.custom)
             .map_err(|e| bad(e.to_string()))?
             .ok_or_else(|| {
                 Error::config(
                     "search",
                     format!(
                         "snapshot {} holds no vectors (its manifest has no custom.vector)",
-                        snap.manifest_ref
+                        manifest_ref
                     ),
                 )
             })?;
-        let num_dbs = snap.manifest.build.num_dbs;
+        let num_dbs = build.num_dbs;
         let artifact = async |url: &Option<String>, what: &str| -> Result<npy::Matrix> {
             let url = url
                 .as_deref()
                 .ok_or_else(|| bad(format!("a {} snapshot without its {what}_ref", meta.sharding.as_str())))?;
-            let location = state
-                .store
-                .locate(url, Some(snap.manifest.build.s3_prefix.as_str()))
+            let location = store
+                .locate(url, Some(build.s3_prefix.as_str()))
                 .map_err(|e| bad(format!("{what}_ref: {e}")))?;
             let bytes = get_bytes_capped(
                 &location.store,
@@ -170,9 +174,17 @@ impl VectorIndex {
         &self.meta
     }
 
-    /// The shards a search of `query` asks, in order.
-    fn targets(&self, snap: &Snapshot, query: &[f32], opts: &SearchOptions) -> Result<Vec<DbId>> {
-        let num_dbs = snap.manifest.build.num_dbs;
+    /// The shards a search of `query` asks, in order, in a snapshot of
+    /// `num_dbs` shards routed by `router` whose manifest lists
+    /// `non_empty`.
+    pub(crate) fn targets(
+        &self,
+        num_dbs: u32,
+        router: &Router,
+        non_empty: impl FnOnce() -> Vec<DbId>,
+        query: &[f32],
+        opts: &SearchOptions,
+    ) -> Result<Vec<DbId>> {
         if let Some(ids) = &opts.shard_ids {
             if let Some(bad) = ids.iter().find(|d| d.0 >= num_dbs) {
                 return Err(Error::config(
@@ -191,11 +203,11 @@ impl VectorIndex {
         let probes = || opts.num_probes.unwrap_or(self.meta.num_probes).max(1) as usize;
         match &self.routing {
             Routing::FanOut => match &opts.routing_context {
-                Some(ctx) => match snap.router.route_context(ctx)? {
+                Some(ctx) => match router.route_context(ctx)? {
                     Routed::Db(d) => Ok(vec![DbId(d)]),
                     Routed::UnknownToken => Ok(Vec::new()),
                 },
-                None => Ok(snap.non_empty_shards()),
+                None => Ok(non_empty()),
             },
             Routing::Cluster(r) => Ok(r.probes(query, probes()).into_iter().map(DbId).collect()),
             Routing::Lsh(r) => Ok(r.probes(query, probes()).into_iter().map(DbId).collect()),
@@ -208,77 +220,4 @@ impl VectorIndex {
             )),
         }
     }
-}
-
-/// Searches `snap` for the vectors nearest `query`.
-pub(crate) async fn search(
-    state: &ReaderState,
-    snap: &Snapshot,
-    query: &[f32],
-    opts: &SearchOptions,
-) -> Result<SearchResults> {
-    if opts.top_k == 0 || opts.top_k > MAX_TOP_K {
-        return Err(Error::config(
-            "top_k",
-            format!("{} is not from 1 to {MAX_TOP_K}", opts.top_k),
-        ));
-    }
-    let index = snap.vector_index(state).await?;
-    let meta = index.meta();
-    check_vector(meta.metric, meta.dim as usize, query)
-        .map_err(|e| Error::config("query", format!("the query {e}")))?;
-    let shards = index.targets(snap, query, opts)?;
-    let query: Arc<[f32]> = Arc::from(query);
-    let env = &state.env;
-    let asks = shards.iter().map(|db| {
-        let query = Arc::clone(&query);
-        async move {
-            let Some(shard) = snap.shard(env, *db).await? else {
-                return Ok(Vec::new());
-            };
-            let max_vectors = snap.manifest.shard(*db).map_or(0, |r| r.row_count);
-            shard.vector_top_k(query, meta.metric, opts.top_k, max_vectors).await
-        }
-    });
-    let per_shard: Vec<Vec<crate::shard::VectorHit>> = futures::future::try_join_all(asks).await?;
-    let mut found = std::collections::HashMap::new();
-    let hits = merge(
-        per_shard.into_iter().map(|hits| {
-            hits.into_iter()
-                .map(|h| {
-                    let hit = h.hit;
-                    found.insert((hit.shard, hit.rowid), (h.id, h.payload));
-                    hit
-                })
-                .collect()
-        }),
-        opts.top_k,
-    );
-    let mut out = Vec::with_capacity(hits.len());
-    for hit in hits {
-        let (id, payload) = found
-            .remove(&(hit.shard, hit.rowid))
-            .ok_or_else(|| Error::Internal("a merged hit without its id".into()))?;
-        let payload = match payload {
-            None => None,
-            Some(text) => Some(serde_json::from_str(&text).map_err(|e| Error::ShardRead {
-                db_id: DbId(hit.shard),
-                url: snap.shard_url(DbId(hit.shard)).unwrap_or_default().to_string(),
-                reason: format!("vec_payloads row {} is not JSON: {e}", hit.rowid),
-                kind: sf_manifest::ErrorKind::Data,
-                source: None,
-            })?),
-        };
-        out.push(SearchHit {
-            id,
-            score: hit.score,
-            payload,
-            db_id: DbId(hit.shard),
-        });
-    }
-    Ok(SearchResults {
-        hits: out,
-        shards,
-        run_id: snap.manifest.build.run_id.as_str().to_string(),
-    })
 }

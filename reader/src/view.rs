@@ -18,9 +18,12 @@ use sf_router::ContextValue;
 
 use crate::error::{Error, Result};
 use crate::info::SnapshotInfo;
+use crate::shard::VectorHit;
 use crate::shard::{ShardEnv, ShardHandle, SlotKey};
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
+use crate::vector::{MAX_TOP_K, SearchHit, SearchOptions, SearchResults};
+use sf_router::vector::{check_vector, merge};
 
 /// Which of the snapshots a reader holds a read goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,4 +279,83 @@ pub(crate) async fn warm_up(env: &Arc<ShardEnv>, snap: &Snapshot, keys: &[String
     )
     .await?;
     Ok(())
+}
+
+/// Searches `snap` for the vectors nearest `query` (see [`crate::vector`]).
+pub(crate) async fn search_vectors(
+    state: &ReaderState,
+    snap: &Snapshot,
+    query: &[f32],
+    opts: &SearchOptions,
+) -> Result<SearchResults> {
+    if opts.top_k == 0 || opts.top_k > MAX_TOP_K {
+        return Err(Error::config(
+            "top_k",
+            format!("{} is not from 1 to {MAX_TOP_K}", opts.top_k),
+        ));
+    }
+    let index = snap.vector_index(&state.store).await?;
+    let meta = index.meta();
+    check_vector(meta.metric, meta.dim as usize, query)
+        .map_err(|e| Error::config("query", format!("the query {e}")))?;
+    let shards = index.targets(
+        snap.manifest.build.num_dbs,
+        &snap.router,
+        || snap.non_empty_shards(),
+        query,
+        opts,
+    )?;
+    let query: Arc<[f32]> = Arc::from(query);
+    let env = &state.env;
+    let asks = shards.iter().map(|db| {
+        let query = Arc::clone(&query);
+        async move {
+            let Some(shard) = snap.shard(env, *db).await? else {
+                return Ok(Vec::new());
+            };
+            let max_vectors = snap.manifest.shard(*db).map_or(0, |r| r.row_count);
+            shard.vector_top_k(query, meta.metric, opts.top_k, max_vectors).await
+        }
+    });
+    let per_shard: Vec<Vec<VectorHit>> = futures::future::try_join_all(asks).await?;
+    let mut found = std::collections::HashMap::new();
+    let hits = merge(
+        per_shard.into_iter().map(|hits| {
+            hits.into_iter()
+                .map(|h| {
+                    let hit = h.hit;
+                    found.insert((hit.shard, hit.rowid), (h.id, h.payload));
+                    hit
+                })
+                .collect()
+        }),
+        opts.top_k,
+    );
+    let mut out = Vec::with_capacity(hits.len());
+    for hit in hits {
+        let (id, payload) = found
+            .remove(&(hit.shard, hit.rowid))
+            .ok_or_else(|| Error::Internal("a merged hit without its id".into()))?;
+        let payload = match payload {
+            None => None,
+            Some(text) => Some(serde_json::from_str(&text).map_err(|e| Error::ShardRead {
+                db_id: DbId(hit.shard),
+                url: snap.shard_url(DbId(hit.shard)).unwrap_or_default().to_string(),
+                reason: format!("vec_payloads row {} is not JSON: {e}", hit.rowid),
+                kind: sf_manifest::ErrorKind::Data,
+                source: None,
+            })?),
+        };
+        out.push(SearchHit {
+            id,
+            score: hit.score,
+            payload,
+            db_id: DbId(hit.shard),
+        });
+    }
+    Ok(SearchResults {
+        hits: out,
+        shards,
+        run_id: snap.manifest.build.run_id.as_str().to_string(),
+    })
 }

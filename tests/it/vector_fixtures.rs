@@ -484,3 +484,78 @@ async fn a_search_refuses_bad_queries_and_snapshots_without_vectors_clearly() {
     let e = reader.search(&[1.0; 8], &options).await.expect_err("no vectors");
     assert!(e.to_string().contains("holds no vectors"), "{e}");
 }
+
+/// `sf-read search` on the real binary: the reference's results for a
+/// query given with `--vector`, one result line per query from stdin, and
+/// a query of the wrong length or that is not JSON refused (exit 2),
+/// saying why.
+#[test]
+fn sf_read_searches_from_the_command_line_and_stdin() {
+    let expected = expected();
+    let set = &expected["sets"]["vec_cluster"];
+    let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+    let cache = tempfile::tempdir().expect("cache");
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = std::process::Command::new(sf_tests::writer_support::binary("sf-read"));
+        cmd.arg("--current-url")
+            .arg(&prefix)
+            .args(args)
+            .env("SF_CACHE_DIR", cache.path())
+            .env_remove("SF_CURRENT_URL");
+        sf_tests::writer_support::output_with_input(&mut cmd, stdin)
+    };
+    let queries = set["queries"].as_array().expect("queries");
+    let text = |q: &Value| serde_json::to_string(&q["vector"]).expect("json");
+    let check = |line: &str, q: &Value| {
+        let got: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(got["op"], "search", "{line}");
+        // The default search: the manifest's num_probes.
+        let want = q["searches"]
+            .as_array()
+            .expect("searches")
+            .iter()
+            .find(|s| {
+                (s["num_probes"].is_null() || s["num_probes"] == set["manifest"]["custom"]["vector"]["num_probes"])
+                    && s["shard_ids"].is_null()
+            })
+            .expect("a default search");
+        let ids: Vec<&Value> = got["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|r| &r["id"])
+            .collect();
+        let want_ids: Vec<&Value> = want["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|r| &r["id"])
+            .collect();
+        assert_eq!(ids, want_ids, "{line}");
+    };
+    let out = run(&["search", "--vector", &text(&queries[0]), "--top-k", "5"], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check(stdout.trim(), &queries[0]);
+
+    let input = format!("{}\n\n{}\n", text(&queries[1]), text(&queries[2]));
+    let out = run(&["search", "--vector", "-", "--top-k", "5"], Some(&input));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    check(lines[0], &queries[1]);
+    check(lines[1], &queries[2]);
+
+    let out = run(&["search", "--vector", "[1, 2]"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("has 2 components, the snapshot's dimension is 8"), "{err}");
+    let out = run(&["search", "--vector", "[1, oops]"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--vector") && err.contains("not a JSON array of numbers"),
+        "{err}"
+    );
+}

@@ -153,7 +153,7 @@ impl Reader {
     ) -> Result<crate::vector::SearchResults> {
         self.check_open()?;
         let snap = self.snapshot();
-        crate::vector::search(&self.state, &snap, query, options).await
+        crate::view::search_vectors(&self.state, &snap, query, options).await
     }
 
     async fn multi_lookup<'a>(
