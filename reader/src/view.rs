@@ -99,6 +99,13 @@ impl SnapshotView {
         served_multi_lookup(&self.state, &self.snap, keys.iter().map(|k| (k, None))).await
     }
 
+    /// The vectors of this snapshot nearest `query`; see
+    /// [`Reader::search`](crate::Reader::search).
+    pub async fn search(&self, query: &[f32], options: &SearchOptions) -> Result<SearchResults> {
+        self.state.check_open()?;
+        search_vectors(&self.state, &self.snap, query, options).await
+    }
+
     /// [`multi_get`](Self::multi_get) with a routing context per key
     /// (`None`: the key alone routes).
     pub async fn multi_get_with_contexts(&self, items: &[(Key, Option<RoutingContext>)]) -> Result<Vec<Option<Bytes>>> {

@@ -8,6 +8,7 @@
 //! | `GET /v1/snapshots` | the served snapshots |
 //! | `GET /v1/snapshots/{name}/keys/{key}` | the value's bytes, 404 for a miss |
 //! | `POST /v1/snapshots/{name}/multiget` | values of many keys from one version |
+//! | `POST /v1/snapshots/{name}/search` | the vectors nearest one query or a batch of them, from one version |
 //! | `POST /v1/snapshots/{name}/rollback` | `_CURRENT` back to an older manifest (admin token) |
 //!
 //! The admin routes (rollback) are declared in one place, the router's
@@ -136,6 +137,7 @@ pub(crate) fn router(app: Arc<App>, metrics: Option<metrics_exporter_prometheus:
         .route("/v1/snapshots", get(list))
         .route("/v1/snapshots/{name}/keys/{*key}", get(get_key))
         .route("/v1/snapshots/{name}/multiget", post(multiget))
+        .route("/v1/snapshots/{name}/search", post(search))
         .merge(admin_routes(&app))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&app), guard))
         .fallback(|| async {
@@ -258,6 +260,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/snapshots" => "snapshots",
         "/v1/snapshots/{name}/keys/{*key}" => "get",
         "/v1/snapshots/{name}/multiget" => "multiget",
+        "/v1/snapshots/{name}/search" => "search",
         "/v1/snapshots/{name}/rollback" => "rollback",
         _ => "other",
     }
@@ -788,6 +791,138 @@ async fn multiget_inner(
         )
             .into_response(),
         view.run_id(),
+    ))
+}
+
+/// A search's body: `vector` (one query) or `vectors` (a batch), and
+/// optionally `top_k`, `num_probes`, `shard_ids` and `context`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    vector: Option<Vec<f32>>,
+    vectors: Option<Vec<Vec<f32>>>,
+    #[serde(default = "default_top_k")]
+    top_k: usize,
+    num_probes: Option<u32>,
+    shard_ids: Option<Vec<u32>>,
+    context: Option<JsonContext>,
+}
+
+fn default_top_k() -> usize {
+    10
+}
+
+async fn search(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match search_inner(&app, &name, query.as_deref(), &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST …/search`: `{"run_id", "results": [{"id", "score", "payload",
+/// "db_id"}], "shards"}` for `vector`; `{"run_id", "batches": [{"results",
+/// "shards"}]}` for `vectors`, every query of the batch from one version.
+async fn search_inner(
+    app: &App,
+    name: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let q = parse_query(query)?;
+    if !q.context.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "a search takes its routing context in the body (\"context\")",
+        ));
+    }
+    app.served(name)?;
+    let bytes = read_body(app, headers, body).await?;
+    let body: SearchBody = parse_json(&bytes)?;
+    let (queries, batch) = match (body.vector, body.vectors) {
+        (Some(v), None) => (vec![v], false),
+        (None, Some(list)) => (list, true),
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                "give \"vector\" (one query) or \"vectors\" (a batch), not both",
+            ));
+        }
+    };
+    if queries.len() > app.limits.max_keys {
+        return Err(ApiError::new(
+            413,
+            "too_many_keys",
+            format!(
+                "more than {} queries is over this server's limit per request",
+                app.limits.max_keys
+            ),
+        ));
+    }
+    let (_served, view) = app.view(name, &q.version.unwrap_or(Version::Current))?;
+    let run = view.run_id().clone();
+    let bad = |e: sf_reader::Error| ApiError::from(e).with_run(&run);
+    let routing_context = match body.context {
+        Some(c) => Some(
+            view.parse_context(context_pairs(c).iter().map(String::as_str))
+                .map_err(bad)?,
+        ),
+        None => None,
+    };
+    let options = sf_reader::SearchOptions {
+        top_k: body.top_k,
+        num_probes: body.num_probes,
+        shard_ids: body
+            .shard_ids
+            .map(|ids| ids.into_iter().map(sf_manifest::DbId).collect()),
+        routing_context,
+    };
+    let mut answers = Vec::with_capacity(queries.len());
+    for query in &queries {
+        let found = view.search(query, &options).await.map_err(bad)?;
+        answers.push(serde_json::json!({
+            "results": found.hits.iter().map(|h| serde_json::json!({
+                "id": h.id.to_json(),
+                "score": h.score,
+                "payload": h.payload,
+                "db_id": h.db_id.0,
+            })).collect::<Vec<_>>(),
+            "shards": found.shards.iter().map(|d| d.0).collect::<Vec<_>>(),
+        }));
+    }
+    let answer = if batch {
+        serde_json::json!({ "run_id": run.as_str(), "batches": answers })
+    } else {
+        let mut one = answers.pop().unwrap_or_default();
+        one["run_id"] = serde_json::Value::from(run.as_str());
+        one
+    };
+    let text = answer.to_string();
+    if text.len() > app.limits.max_response_bytes {
+        return Err(ApiError::new(
+            413,
+            "response_too_large",
+            format!(
+                "the answer is over this server's limit of {} bytes; ask for fewer results",
+                app.limits.max_response_bytes
+            ),
+        )
+        .with_run(&run));
+    }
+    Ok(with_run(
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            text,
+        )
+            .into_response(),
+        &run,
     ))
 }
 

@@ -5,9 +5,9 @@
 //! (their names: `sf_reader::METRICS`).
 //!
 //! Label values: `route` is `livez`, `readyz`, `metrics`, `snapshots`,
-//! `get`, `multiget`, `rollback` (HTTP) or `grpc_get`, `grpc_multiget`,
+//! `get`, `multiget`, `search`, `rollback` (HTTP) or `grpc_get`, `grpc_multiget`,
 //! `grpc_multiget_stream`; latency is kept for the lookup routes only
-//! (`get`, `multiget` and the three gRPC ones). `status` is the HTTP status,
+//! (`get`, `multiget`, `search` and the three gRPC ones). `status` is the HTTP status,
 //! or the gRPC code in lower case (`ok`, `notfound`, ...). `result` is
 //! `found` or `missing`; `reason` is `overloaded`, `unauthenticated` or
 //! `forbidden` (a read token on an admin route). `what` is what a reload
@@ -152,18 +152,19 @@ fn status_label(status: u16) -> metrics::SharedString {
 fn timed(route: &str) -> bool {
     matches!(
         route,
-        "get" | "multiget" | "grpc_get" | "grpc_multiget" | "grpc_multiget_stream"
+        "get" | "multiget" | "search" | "grpc_get" | "grpc_multiget" | "grpc_multiget_stream"
     )
 }
 
 /// The HTTP routes and statuses whose request figures are kept as handles.
-const ROUTES: [&str; 8] = [
+const ROUTES: [&str; 9] = [
     "livez",
     "readyz",
     "metrics",
     "snapshots",
     "get",
     "multiget",
+    "search",
     "rollback",
     "other",
 ];

@@ -559,3 +559,81 @@ fn sf_read_searches_from_the_command_line_and_stdin() {
         "{err}"
     );
 }
+
+/// `POST /v1/snapshots/{name}/search` on the real `sf-serve`: one query
+/// and a batch answer with the reference's results and the run id, a
+/// shard list narrows the search, a query of the wrong length is a 400
+/// saying why, and the route is counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sf_serve_answers_searches_over_http() {
+    use sf_tests::serve::{ServeProcess, call, metric};
+    let expected = expected();
+    let set = &expected["sets"]["unified_hash"];
+    let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+    let url = prefix.display().to_string();
+    let serve = ServeProcess::serving(&[("vecs", url.as_str())], &[]);
+    serve.wait_ready().await;
+    let queries = set["queries"].as_array().expect("queries");
+    let search_of = |q: &Value, shard_ids: Value| {
+        q["searches"]
+            .as_array()
+            .expect("searches")
+            .iter()
+            .find(|s| s["shard_ids"] == shard_ids)
+            .cloned()
+            .expect("a search")
+    };
+    let ids = |results: &Value| -> Vec<Value> {
+        results
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|r| r["id"].clone())
+            .collect()
+    };
+    let run = set["write"]["run_id"].as_str().expect("run id").to_string();
+
+    let body = serde_json::json!({ "vector": queries[0]["vector"], "top_k": 5 });
+    let (status, header_run, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(header_run.as_deref(), Some(run.as_str()));
+    assert_eq!(answer["run_id"], run.as_str());
+    let want = search_of(&queries[0], Value::Null);
+    assert_eq!(ids(&answer["results"]), ids(&want["results"]), "{answer}");
+    assert_eq!(answer["shards"].as_array().expect("shards").len(), 3);
+
+    let body = serde_json::json!({ "vectors": [queries[1]["vector"], queries[2]["vector"]], "top_k": 5 });
+    let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let batches = answer["batches"].as_array().expect("batches");
+    assert_eq!(batches.len(), 2);
+    for (b, q) in batches.iter().zip(&queries[1..3]) {
+        assert_eq!(ids(&b["results"]), ids(&search_of(q, Value::Null)["results"]));
+    }
+
+    let body = serde_json::json!({ "vector": queries[0]["vector"], "top_k": 5, "shard_ids": [1] });
+    let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        ids(&answer["results"]),
+        ids(&search_of(&queries[0], serde_json::json!([1]))["results"])
+    );
+
+    let body = serde_json::json!({ "vector": [1.0, 2.0] });
+    let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("the snapshot's dimension is 8"), "{answer}");
+    let body = serde_json::json!({ "vector": [1.0], "vectors": [[1.0]] });
+    let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 400, "{answer}");
+
+    let samples = serve.metrics(None).await;
+    assert!(
+        metric(
+            &samples,
+            "sf_serve_requests_total",
+            &[("route", "search"), ("status", "200")]
+        ) >= 3.0,
+        "{samples:?}"
+    );
+}
