@@ -565,7 +565,7 @@ fn sf_read_searches_from_the_command_line_and_stdin() {
 /// shard list narrows the search, a query of the wrong length is a 400
 /// saying why, and the route is counted in `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sf_serve_answers_searches_over_http() {
+async fn the_lookup_service_answers_searches_over_http() {
     use sf_tests::serve::{ServeProcess, call, metric};
     let expected = expected();
     let set = &expected["sets"]["unified_hash"];
