@@ -32,9 +32,8 @@ use crate::error::{Error, Result};
 /// `RoutingContext`).
 type RoutingContext = std::collections::BTreeMap<String, sf_router::ContextValue>;
 
-/// The largest routing artifact read (a `.npy` of centroids or
-/// hyperplanes): 4096 shards of 8192 `f8` components.
-const MAX_ARTIFACT_BYTES: u64 = 4096 * 8192 * 8 + 4096;
+/// Room for an `.npy` header (NumPy's own are under 1 KiB).
+const NPY_HEADER_BYTES: u64 = 64 * 1024;
 
 /// The most results one search returns.
 pub const MAX_TOP_K: usize = 10_000;
@@ -108,7 +107,7 @@ enum Routing {
 impl VectorIndex {
     /// The index of the snapshot of manifest `manifest_ref` (its `build`):
     /// its `custom.vector`, and for CLUSTER and LSH the artifact, read from
-    /// `store` (at most [`MAX_ARTIFACT_BYTES`]).
+    /// `store` (read no further than the size its shape allows).
     pub(crate) async fn load(
         store: &ObjectManifestStore,
         manifest_ref: &str,
@@ -127,7 +126,9 @@ impl VectorIndex {
                 )
             })?;
         let num_dbs = build.num_dbs;
-        let artifact = async |url: &Option<String>, what: &str| -> Result<npy::Matrix> {
+        // An artifact is read only up to the size its shape can have (`rows`
+        // of `dim` f8 values), so a hostile object costs no more memory.
+        let artifact = async |url: &Option<String>, what: &str, rows: u64| -> Result<npy::Matrix> {
             let url = url
                 .as_deref()
                 .ok_or_else(|| bad(format!("a {} snapshot without its {what}_ref", meta.sharding.as_str())))?;
@@ -139,7 +140,7 @@ impl VectorIndex {
                 &location.path,
                 "routing artifact",
                 &location.url,
-                MAX_ARTIFACT_BYTES,
+                rows * u64::from(meta.dim) * 8 + NPY_HEADER_BYTES,
             )
             .await?;
             let m = npy::read(&bytes, &location.url)?;
@@ -154,14 +155,14 @@ impl VectorIndex {
         let routing = match (meta.unified, meta.sharding) {
             (true, _) => Routing::FanOut,
             (false, VectorSharding::Cluster) => {
-                let m = artifact(&meta.centroids_ref, "centroids").await?;
+                let m = artifact(&meta.centroids_ref, "centroids", u64::from(num_dbs)).await?;
                 if m.rows != num_dbs as usize {
                     return Err(bad(format!("{} centroids for {num_dbs} shards", m.rows)));
                 }
                 Routing::Cluster(ClusterRouter::new(m, meta.metric))
             }
             (false, VectorSharding::Lsh) => {
-                let m = artifact(&meta.hyperplanes_ref, "hyperplanes").await?;
+                let m = artifact(&meta.hyperplanes_ref, "hyperplanes", 63).await?;
                 Routing::Lsh(LshRouter::new(m, num_dbs).map_err(bad)?)
             }
             (false, other) => Routing::Named(other),

@@ -23,7 +23,7 @@ use crate::shard::{ShardEnv, ShardHandle, SlotKey};
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
 use crate::vector::{MAX_TOP_K, SearchHit, SearchOptions, SearchResults};
-use sf_router::vector::{check_vector, merge};
+use sf_router::vector::{Hit, check_vector};
 
 /// Which of the snapshots a reader holds a read goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,24 +325,13 @@ pub(crate) async fn search_vectors(
         }
     });
     let per_shard: Vec<Vec<VectorHit>> = futures::future::try_join_all(asks).await?;
-    let mut found = std::collections::HashMap::new();
-    let hits = merge(
-        per_shard.into_iter().map(|hits| {
-            hits.into_iter()
-                .map(|h| {
-                    let hit = h.hit;
-                    found.insert((hit.shard, hit.rowid), (h.id, h.payload));
-                    hit
-                })
-                .collect()
-        }),
-        opts.top_k,
-    );
+    // Each shard's list is already its top_k: sorting their union is the
+    // merge.
+    let mut hits: Vec<VectorHit> = per_shard.into_iter().flatten().collect();
+    hits.sort_by(|a, b| Hit::order(&a.hit, &b.hit));
+    hits.truncate(opts.top_k);
     let mut out = Vec::with_capacity(hits.len());
-    for hit in hits {
-        let (id, payload) = found
-            .remove(&(hit.shard, hit.rowid))
-            .ok_or_else(|| Error::Internal("a merged hit without its id".into()))?;
+    for VectorHit { hit, id, payload } in hits {
         let payload = match payload {
             None => None,
             Some(text) => Some(serde_json::from_str(&text).map_err(|e| Error::ShardRead {

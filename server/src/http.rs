@@ -808,6 +808,10 @@ struct SearchBody {
     context: Option<JsonContext>,
 }
 
+/// The most queries one search request may carry (and `--max-keys`, if
+/// lower).
+const MAX_SEARCH_BATCH: usize = 256;
+
 fn default_top_k() -> usize {
     10
 }
@@ -855,14 +859,14 @@ async fn search_inner(
             ));
         }
     };
-    if queries.len() > app.limits.max_keys {
+    // Every query scans whole shards: a batch is bounded more tightly than
+    // a multiget's keys.
+    let max_queries = app.limits.max_keys.min(MAX_SEARCH_BATCH);
+    if queries.len() > max_queries {
         return Err(ApiError::new(
             413,
-            "too_many_keys",
-            format!(
-                "more than {} queries is over this server's limit per request",
-                app.limits.max_keys
-            ),
+            "too_many_queries",
+            format!("more than {max_queries} queries is over this server's limit per search"),
         ));
     }
     let (_served, view) = app.view(name, &q.version.unwrap_or(Version::Current))?;

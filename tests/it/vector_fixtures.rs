@@ -627,6 +627,21 @@ async fn the_lookup_service_answers_searches_over_http() {
     let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
     assert_eq!(status, 400, "{answer}");
 
+    // Past the batch bound, and a body that is not a search: one clear
+    // error for that request, and the server answers the next.
+    let many: Vec<&Value> = std::iter::repeat_n(&queries[0]["vector"], 257).collect();
+    let (status, _, answer) =
+        call(serve.post_json("/v1/snapshots/vecs/search", &serde_json::json!({ "vectors": many }))).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.to_string().contains("more than 256 queries"), "{answer}");
+    let (status, _, answer) =
+        call(serve.post_json("/v1/snapshots/vecs/search", &serde_json::json!({ "vector": ["x"] }))).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("the body is not valid"), "{answer}");
+    let body = serde_json::json!({ "vector": queries[0]["vector"], "top_k": 5 });
+    let (status, _, _) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 200);
+
     let samples = serve.metrics(None).await;
     assert!(
         metric(
@@ -636,4 +651,66 @@ async fn the_lookup_service_answers_searches_over_http() {
         ) >= 3.0,
         "{samples:?}"
     );
+}
+
+/// A broken routing artifact in the bucket (the centroids cut short, and
+/// then far longer than its shape allows) costs one clear error for the
+/// search, naming the file, and nothing else: gets keep working, and a
+/// search after the artifact is mended succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_routing_artifact_fails_the_search_clearly_and_nothing_else() {
+    let expected = expected();
+    let set = &expected["sets"]["vec_cluster"];
+    let copy = tempfile::tempdir().expect("scratch");
+    let prefix = copy.path().join("vec_cluster");
+    sf_tests::snapshots::copy_tree(&root().join(set["local_prefix"].as_str().expect("prefix")), &prefix);
+    let artifact = prefix.join(
+        set["routing_artifact"]["local_path"]
+            .as_str()
+            .expect("path")
+            .split_once("vec_cluster/")
+            .expect("under the set")
+            .1,
+    );
+    let good = std::fs::read(&artifact).expect("centroids");
+    let query = vector(&set["queries"][0]["vector_f32le_hex"]);
+    let cache = tempfile::tempdir().expect("cache");
+    let open = async || {
+        sf_tests::readers::open(
+            &prefix.display().to_string(),
+            sf_tests::readers::settings(sf_reader::SqliteMode::Download, cache.path()),
+        )
+        .await
+    };
+    for (broken, want) in [
+        (
+            good[..good.len() - 5].to_vec(),
+            "needs 128 data bytes, the file has 123",
+        ),
+        ([good.clone(), vec![0u8; 200_000]].concat(), "above the cap of"),
+    ] {
+        std::fs::write(&artifact, &broken).expect("break");
+        let reader = open().await;
+        let e = reader
+            .search(&query, &sf_reader::SearchOptions::default())
+            .await
+            .expect_err("a broken artifact");
+        let text = e.to_string();
+        assert!(text.contains("centroids.npy"), "{text}");
+        assert!(text.contains(want), "{text}");
+        assert_eq!(
+            reader.get(&reader.parse_key("1").expect("key")).await.expect("get"),
+            None
+        );
+        std::fs::write(&artifact, &good).expect("mend");
+        assert!(
+            !reader
+                .search(&query, &sf_reader::SearchOptions::default())
+                .await
+                .expect("a search once mended")
+                .hits
+                .is_empty()
+        );
+        reader.close();
+    }
 }
