@@ -118,7 +118,10 @@ def upload_tree(folder, url):
             continue
         key = f"{bucket_and_key}/{path.relative_to(folder).as_posix()}"
         req = urllib.request.Request(
-            f"{endpoint}/{urllib.parse.quote(key)}", data=path.read_bytes(), method="PUT"
+            f"{endpoint}/{urllib.parse.quote(key)}",
+            data=path.read_bytes(),
+            method="PUT",
+            headers={"Content-Type": "application/octet-stream"},
         )
         with urllib.request.urlopen(req, timeout=30) as r:
             assert r.status == 200, (r.status, key)

@@ -105,9 +105,9 @@ def test_reference_fixtures_str_and_cel(golden, cache_dir):
         keys = list(range(9))
         got = r.multi_get(keys, routing_context={"region": "eu"})
         assert got == [want(READ["cel_cat_get_ctx"][str(k)]) if region(k) == "eu" else None for k in keys]
-        with pytest.raises(shardforge.Error) as e:
+        with pytest.raises(shardforge.DataError) as e:
             r.get(4)
-        assert "region" in str(e.value)
+        assert 'column "region" needed for routing is missing' in str(e.value)
 
 
 def test_get_and_multi_get_on_a_built_snapshot(builder, prefix, cache_dir):
@@ -144,14 +144,17 @@ def test_keys_by_encoding_and_errors(builder, tmp_path, cache_dir):
     assert strs.get("user-3") == b"s-3" and strs.get(b"user-3") == b"s-3"
     assert strs.get("user-99") is None
     # A key of the wrong kind for the encoding is the reader's error, with its message.
-    with pytest.raises(shardforge.Error) as e:
+    with pytest.raises(shardforge.DataError) as e:
         ints.get("user-3")
-    assert "u64be" in str(e.value)
-    with pytest.raises(shardforge.Error):
+    assert str(e.value) == 'key for key encoding u64be: expected an integer (or 8 bytes), got text "user-3"'
+    with pytest.raises(shardforge.DataError) as e:
         ints.get(-1)
-    with pytest.raises(shardforge.Error):
+    assert "u64be keys must be at least 0" in str(e.value)
+    with pytest.raises(shardforge.DataError):
         ints.get(b"abc")
-    with pytest.raises(shardforge.Error):
+    with pytest.raises(shardforge.DataError):
+        ints.multi_get([1, "two"])
+    with pytest.raises(shardforge.DataError):
         strs.get(3)
     # Python-side mistakes are Python's own exceptions.
     with pytest.raises(TypeError):
