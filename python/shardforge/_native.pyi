@@ -3,7 +3,7 @@
 from datetime import timedelta
 from os import PathLike
 from types import TracebackType
-from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Type, TypedDict, Union
+from typing import Any, Awaitable, Iterable, List, Literal, Mapping, Optional, Type, TypedDict, Union
 
 __version__: str
 
@@ -137,6 +137,64 @@ class Reader:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> bool: ...
+
+class AsyncReader:
+    """The reader for asyncio: open it with ``await AsyncReader.open(...)``
+    (the arguments of ``Reader``); ``get``, ``multi_get``, ``search``,
+    ``history``, ``refresh`` and ``close`` are awaitables running on the
+    package's Rust runtime (no thread per call). One reader serves any
+    number of concurrent tasks. ``async with await AsyncReader.open(...) as r:``
+    closes it on exit. Calling ``AsyncReader(...)`` raises ``ConfigError``.
+    """
+
+    @staticmethod
+    def open(
+        current_url: str,
+        *,
+        cache_dir: Optional[Union[str, PathLike[str]]] = None,
+        sqlite_mode: SqliteMode = "auto",
+        refresh_interval: Optional[Duration] = None,
+        storage_options: Optional[Mapping[str, str]] = None,
+        cache_max_bytes: Optional[int] = None,
+        max_concurrency: Optional[int] = None,
+        memory_limit_bytes: Optional[int] = None,
+        verify_checksums: bool = True,
+        history_fallback: bool = True,
+    ) -> Awaitable["AsyncReader"]: ...
+    def get(
+        self, key: Key, *, routing_context: Optional[Mapping[str, ContextValue]] = None
+    ) -> Awaitable[Optional[bytes]]: ...
+    def multi_get(
+        self, keys: Iterable[Key], *, routing_context: Optional[Mapping[str, ContextValue]] = None
+    ) -> Awaitable[List[Optional[bytes]]]: ...
+    def search(
+        self,
+        query: Iterable[float],
+        *,
+        top_k: int = 10,
+        num_probes: Optional[int] = None,
+        shard_ids: Optional[Iterable[int]] = None,
+        routing_context: Optional[Mapping[str, ContextValue]] = None,
+    ) -> Awaitable[List[SearchHit]]: ...
+    def history(self) -> Awaitable[List[HistoryEntry]]: ...
+    def refresh(self) -> Awaitable[bool]: ...
+    def close(self) -> Awaitable[None]: ...
+    def info(self) -> SnapshotInfo: ...
+    def shards(self) -> List[ShardInfo]: ...
+    def health(self, max_age: Optional[Duration] = None) -> Health: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def key_encoding(self) -> Literal["u64be", "u32be", "utf8", "raw"]: ...
+    @property
+    def current_url(self) -> str: ...
+    def __aenter__(self) -> Awaitable["AsyncReader"]: ...
+    def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> Awaitable[bool]: ...
 
 class Error(Exception):
     """Base of every error ShardForge raises."""

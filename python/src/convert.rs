@@ -4,13 +4,16 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use pyo3::IntoPyObjectExt;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 use serde_json::Value;
-use sf_manifest::{Key, StorageOptions};
-use sf_reader::{ContextValue, RoutingContext};
+use sf_manifest::{HistoryEntry, Key, StorageOptions};
+use sf_reader::vector::VectorId;
+use sf_reader::{ContextValue, RoutingContext, SearchResults};
 
 /// A key as Python gives it: `int`, `str` or `bytes`. Whether it suits
 /// the snapshot's encoding (integers for `u64be`/`u32be`, text or bytes
@@ -172,4 +175,79 @@ pub(crate) fn json_value<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py,
             dict.into_any()
         }
     })
+}
+
+/// A value found (`bytes`) or a miss (`None`), converted when the GIL is
+/// at hand (after a blocking call, or when an awaitable completes).
+pub(crate) struct Found(pub(crate) Option<Bytes>);
+
+impl<'py> IntoPyObject<'py> for Found {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        Ok(value(py, self.0.as_deref()))
+    }
+}
+
+/// The values of a `multi_get`, as a list.
+pub(crate) struct FoundMany(pub(crate) Vec<Option<Bytes>>);
+
+impl<'py> IntoPyObject<'py> for FoundMany {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        Ok(PyList::new(py, self.0.iter().map(|v| value(py, v.as_deref())))?.into_any())
+    }
+}
+
+/// A search's hits: dicts of `id`, `score`, `payload`, `db_id`, `run_id`.
+pub(crate) struct Hits(pub(crate) SearchResults);
+
+impl<'py> IntoPyObject<'py> for Hits {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let hits = PyList::empty(py);
+        for hit in &self.0.hits {
+            let d = PyDict::new(py);
+            match &hit.id {
+                VectorId::Int(i) => d.set_item("id", i)?,
+                VectorId::Str(s) => d.set_item("id", s)?,
+            }
+            d.set_item("score", hit.score)?;
+            let payload = match &hit.payload {
+                Some(p) => json_value(py, p)?,
+                None => py.None().into_bound(py),
+            };
+            d.set_item("payload", payload)?;
+            d.set_item("db_id", hit.db_id.0)?;
+            d.set_item("run_id", &self.0.run_id)?;
+            hits.append(d)?;
+        }
+        Ok(hits.into_any())
+    }
+}
+
+/// A prefix's history: dicts of `offset`, `run_id`, `published_at`, `manifest_ref`.
+pub(crate) struct History(pub(crate) Vec<HistoryEntry>);
+
+impl<'py> IntoPyObject<'py> for History {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let out = PyList::empty(py);
+        for e in self.0 {
+            let d = PyDict::new(py);
+            d.set_item("offset", e.offset)?;
+            d.set_item("run_id", e.run_id.as_str())?;
+            d.set_item("published_at", e.published_at.to_rfc3339_offset())?;
+            d.set_item("manifest_ref", e.manifest_ref)?;
+            out.append(d)?;
+        }
+        Ok(out.into_any())
+    }
 }

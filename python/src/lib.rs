@@ -7,7 +7,12 @@
 //!
 //! - `shardforge.Reader` wraps [`sf_reader::Reader`]: `get`, `multi_get`,
 //!   `search`, `info`, `shards`, `health`, `history`, `refresh`, `close`,
-//!   and a context manager;
+//!   and a context manager, its calls blocking the calling thread with
+//!   the GIL released;
+//! - `shardforge.AsyncReader`, the same reader for asyncio: `open`, `get`,
+//!   `multi_get`, `search`, `history`, `refresh` and `close` are awaitables
+//!   (pyo3-async-runtimes), Rust futures on the module's runtime, with no
+//!   thread per call;
 //! - `shardforge.Error` and one subclass per [`sf_manifest::ErrorKind`]
 //!   (`ConfigError`, `RoutingError`, `DataError`, `ConflictError`,
 //!   `UnavailableError`, `GateError`, `InternalError`), with the Rust
@@ -40,6 +45,7 @@
 
 use pyo3::prelude::*;
 
+mod async_reader;
 mod convert;
 mod errors;
 mod reader;
@@ -49,6 +55,8 @@ mod runtime;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<reader::PyReader>()?;
+    m.add_class::<async_reader::PyAsyncReader>()?;
+    runtime::share_with_asyncio();
     errors::register(m)?;
     Ok(())
 }

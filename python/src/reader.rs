@@ -1,16 +1,98 @@
-//! `shardforge.Reader`: [`sf_reader::Reader`] for Python.
+//! `shardforge.Reader`: [`sf_reader::Reader`] for Python, its calls
+//! blocking the calling thread with the GIL released.
 
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
 use sf_manifest::{DbId, Key};
-use sf_reader::vector::VectorId;
-use sf_reader::{ReaderSettings, RefreshOutcome, SearchOptions, SqliteMode};
+use sf_reader::{ReaderBuilder, ReaderSettings, RefreshOutcome, RoutingContext, SearchOptions, SqliteMode};
 
-use crate::convert;
+use crate::convert::{self, Found, FoundMany, History, Hits};
 use crate::errors::to_py;
 use crate::runtime::block_on;
+
+/// The builder of a reader from the constructor's arguments, shared by
+/// `Reader` and `AsyncReader`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn builder(
+    current_url: String,
+    cache_dir: Option<PathBuf>,
+    sqlite_mode: &str,
+    refresh_interval: Option<&Bound<'_, PyAny>>,
+    storage_options: Option<&Bound<'_, PyAny>>,
+    cache_max_bytes: Option<u64>,
+    max_concurrency: Option<usize>,
+    memory_limit_bytes: Option<u64>,
+    verify_checksums: bool,
+    history_fallback: bool,
+) -> PyResult<ReaderBuilder> {
+    let defaults = ReaderSettings::default();
+    let settings = ReaderSettings {
+        cache_dir,
+        cache_max_bytes,
+        refresh_interval: refresh_interval
+            .map(|d| convert::duration("refresh_interval", d))
+            .transpose()?,
+        sqlite_mode: sqlite_mode.parse::<SqliteMode>().map_err(to_py)?,
+        max_concurrency: max_concurrency.unwrap_or(defaults.max_concurrency),
+        memory_limit_bytes: memory_limit_bytes.unwrap_or(defaults.memory_limit_bytes),
+        verify_checksums,
+        history_fallback,
+        ..defaults
+    };
+    let options = convert::storage_options(storage_options)?;
+    Ok(sf_reader::Reader::builder(current_url)
+        .with_settings(settings)
+        .with_storage_options(options))
+}
+
+/// A routing context argument, if given.
+pub(crate) fn context(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<RoutingContext>> {
+    obj.map(convert::routing_context).transpose()
+}
+
+/// A search's options from its keyword arguments.
+pub(crate) fn search_options(
+    top_k: usize,
+    num_probes: Option<u32>,
+    shard_ids: Option<Vec<u32>>,
+    routing_context: Option<&Bound<'_, PyAny>>,
+) -> PyResult<SearchOptions> {
+    Ok(SearchOptions {
+        top_k,
+        num_probes,
+        shard_ids: shard_ids.map(|ids| ids.into_iter().map(DbId).collect()),
+        routing_context: context(routing_context)?,
+    })
+}
+
+/// One key's lookup, with or without a routing context.
+pub(crate) async fn get(reader: &sf_reader::Reader, key: &Key, context: Option<&RoutingContext>) -> PyResult<Found> {
+    let found = match context {
+        None => reader.get(key).await,
+        Some(c) => reader.get_with_context(key, c).await,
+    };
+    found.map(Found).map_err(to_py)
+}
+
+/// Many keys' lookups, all with the same routing context when one is given.
+pub(crate) async fn multi_get(
+    reader: &sf_reader::Reader,
+    keys: Vec<Key>,
+    context: Option<RoutingContext>,
+) -> PyResult<FoundMany> {
+    let found = match context {
+        None => reader.multi_get(&keys).await,
+        Some(c) => {
+            let items: Vec<(Key, RoutingContext)> = keys.into_iter().map(|k| (k, c.clone())).collect();
+            reader.multi_get_with_context(&items).await
+        }
+    };
+    found.map(FoundMany).map_err(to_py)
+}
+
+/// The default `max_age` of `health()`, as `sf-read health`'s.
+pub(crate) const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A reader of one snapshot prefix, by the URL of its `_CURRENT`
 /// (`s3://`, `gs://`, `az://`, `file://` or a local path).
@@ -58,24 +140,18 @@ impl PyReader {
         verify_checksums: bool,
         history_fallback: bool,
     ) -> PyResult<Self> {
-        let defaults = ReaderSettings::default();
-        let settings = ReaderSettings {
+        let builder = builder(
+            current_url,
             cache_dir,
+            sqlite_mode,
+            refresh_interval,
+            storage_options,
             cache_max_bytes,
-            refresh_interval: refresh_interval
-                .map(|d| convert::duration("refresh_interval", d))
-                .transpose()?,
-            sqlite_mode: sqlite_mode.parse::<SqliteMode>().map_err(to_py)?,
-            max_concurrency: max_concurrency.unwrap_or(defaults.max_concurrency),
-            memory_limit_bytes: memory_limit_bytes.unwrap_or(defaults.memory_limit_bytes),
+            max_concurrency,
+            memory_limit_bytes,
             verify_checksums,
             history_fallback,
-            ..defaults
-        };
-        let options = convert::storage_options(storage_options)?;
-        let builder = sf_reader::Reader::builder(current_url)
-            .with_settings(settings)
-            .with_storage_options(options);
+        )?;
         // The open reads `_CURRENT` and the manifest: other threads run meanwhile.
         let inner = py.detach(|| block_on(builder.build())).map_err(to_py)?;
         Ok(PyReader { inner })
@@ -88,21 +164,11 @@ impl PyReader {
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         routing_context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Found> {
         let key = convert::key(key)?;
-        let context = routing_context.map(convert::routing_context).transpose()?;
+        let context = context(routing_context)?;
         let reader = &self.inner;
-        let found = py
-            .detach(|| {
-                block_on(async {
-                    match &context {
-                        None => reader.get(&key).await,
-                        Some(c) => reader.get_with_context(&key, c).await,
-                    }
-                })
-            })
-            .map_err(to_py)?;
-        Ok(convert::value(py, found.as_deref()))
+        py.detach(|| block_on(get(reader, &key, context.as_ref())))
     }
 
     /// The values of `keys`, in their order (None for a miss), all from one snapshot.
@@ -112,24 +178,11 @@ impl PyReader {
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
         routing_context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    ) -> PyResult<FoundMany> {
         let keys = convert::keys(keys)?;
-        let context = routing_context.map(convert::routing_context).transpose()?;
+        let context = context(routing_context)?;
         let reader = &self.inner;
-        let found = py
-            .detach(|| {
-                block_on(async {
-                    match context {
-                        None => reader.multi_get(&keys).await,
-                        Some(c) => {
-                            let items: Vec<(Key, _)> = keys.into_iter().map(|k| (k, c.clone())).collect();
-                            reader.multi_get_with_context(&items).await
-                        }
-                    }
-                })
-            })
-            .map_err(to_py)?;
-        PyList::new(py, found.iter().map(|v| convert::value(py, v.as_deref())))
+        py.detach(|| block_on(multi_get(reader, keys, context)))
     }
 
     /// The `top_k` stored vectors nearest `query`, nearest first.
@@ -142,35 +195,11 @@ impl PyReader {
         num_probes: Option<u32>,
         shard_ids: Option<Vec<u32>>,
         routing_context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let options = SearchOptions {
-            top_k,
-            num_probes,
-            shard_ids: shard_ids.map(|ids| ids.into_iter().map(DbId).collect()),
-            routing_context: routing_context.map(convert::routing_context).transpose()?,
-        };
+    ) -> PyResult<Hits> {
+        let options = search_options(top_k, num_probes, shard_ids, routing_context)?;
         let reader = &self.inner;
         let results = py.detach(|| block_on(reader.search(&query, &options))).map_err(to_py)?;
-        let hits = PyList::empty(py);
-        for hit in &results.hits {
-            let d = PyDict::new(py);
-            match &hit.id {
-                VectorId::Int(i) => d.set_item("id", i)?,
-                VectorId::Str(s) => d.set_item("id", s)?,
-            }
-            d.set_item("score", hit.score)?;
-            d.set_item(
-                "payload",
-                match &hit.payload {
-                    Some(p) => convert::json_value(py, p)?,
-                    None => py.None().into_bound(py),
-                },
-            )?;
-            d.set_item("db_id", hit.db_id.0)?;
-            d.set_item("run_id", &results.run_id)?;
-            hits.append(d)?;
-        }
-        Ok(hits)
+        Ok(Hits(results))
     }
 
     /// The served snapshot, as a dict.
@@ -188,25 +217,16 @@ impl PyReader {
     fn health<'py>(&self, py: Python<'py>, max_age: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let max_age = match max_age {
             Some(d) => convert::duration("max_age", d)?,
-            None => std::time::Duration::from_secs(24 * 3600),
+            None => DEFAULT_MAX_AGE,
         };
         convert::report(py, &self.inner.health(max_age))
     }
 
     /// The prefix's manifests, newest first.
-    fn history<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    fn history(&self, py: Python<'_>) -> PyResult<History> {
         let reader = &self.inner;
         let entries = py.detach(|| block_on(reader.history())).map_err(to_py)?;
-        let out = PyList::empty(py);
-        for e in entries {
-            let d = PyDict::new(py);
-            d.set_item("offset", e.offset)?;
-            d.set_item("run_id", e.run_id.as_str())?;
-            d.set_item("published_at", e.published_at.to_rfc3339_offset())?;
-            d.set_item("manifest_ref", e.manifest_ref)?;
-            out.append(d)?;
-        }
-        Ok(out)
+        Ok(History(entries))
     }
 
     /// Reads `_CURRENT` and swaps to the snapshot it names; True when the
@@ -226,7 +246,7 @@ impl PyReader {
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.health(std::time::Duration::MAX).is_closed
+        self.inner.health(DEFAULT_MAX_AGE).is_closed
     }
 
     /// The snapshot's key encoding: "u64be", "u32be", "utf8" or "raw".

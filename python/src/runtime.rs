@@ -24,6 +24,14 @@ fn runtime() -> &'static Runtime {
     })
 }
 
+/// Makes the runtime the one pyo3-async-runtimes runs `AsyncReader`'s
+/// futures on (its own default would be a second runtime).
+pub(crate) fn share_with_asyncio() {
+    // Already set only when the module is initialised again in the same
+    // process (a second interpreter): the runtime is the same one then.
+    let _ = pyo3_async_runtimes::tokio::init_with_runtime(runtime());
+}
+
 /// Runs `future` to completion on the runtime, from a Python thread (never
 /// one of the runtime's own).
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
