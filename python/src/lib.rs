@@ -1,0 +1,62 @@
+//! # sf-python: ShardForge for Python
+//!
+//! The native part of the `shardforge` Python package (built by maturin
+//! from `python/pyproject.toml`, imported as `shardforge._native` and
+//! re-exported by `shardforge/__init__.py`). It links the Rust crates
+//! directly, no subprocess and no HTTP:
+//!
+//! - `shardforge.Reader` wraps [`sf_reader::Reader`]: `get`, `multi_get`,
+//!   `search`, `info`, `shards`, `health`, `history`, `refresh`, `close`,
+//!   and a context manager, its calls blocking the calling thread with
+//!   the GIL released;
+//! - `shardforge.AsyncReader`, the same reader for asyncio: `open`, `get`,
+//!   `multi_get`, `search`, `history`, `refresh` and `close` are awaitables
+//!   (pyo3-async-runtimes), Rust futures on the module's runtime, with no
+//!   thread per call;
+//! - `shardforge.Error` and one subclass per [`sf_manifest::ErrorKind`]
+//!   (`ConfigError`, `RoutingError`, `DataError`, `ConflictError`,
+//!   `UnavailableError`, `GateError`, `InternalError`), with the Rust
+//!   error's message.
+//!
+//! ```text
+//!  Python thread ── get/multi_get ──▶ convert keys (GIL held)
+//!                                      │ release the GIL
+//!                                      ▼
+//!                      block_on(the module's one tokio runtime) ──▶ sf_reader::Reader
+//!                                      │ take the GIL back
+//!                                      ▼
+//!                              bytes / None ──▶ Python
+//! ```
+//!
+//! The GIL is released around every lookup batch, search, refresh, history
+//! listing and open, so other Python threads run while ShardForge reads;
+//! the reader is `Send + Sync` and its Python class is frozen, so one
+//! instance serves many threads. One multi-threaded tokio runtime per
+//! process, started on first use, runs every reader's I/O and background
+//! refresh.
+//!
+//! The crate is never a Rust dependency: it builds only the extension
+//! module (a `cdylib` with PyO3's `extension-module` feature, whose
+//! interpreter symbols are resolved when Python loads it), so it has no
+//! Rust test target; `python/tests` tests the installed package, and
+//! `scripts/test.sh` builds and runs them. PyO3's macros expand to no
+//! `unsafe` the crate has to allow: the workspace's `unsafe_code = "deny"`
+//! holds here too. See `docs/python.md`.
+
+use pyo3::prelude::*;
+
+mod async_reader;
+mod convert;
+mod errors;
+mod reader;
+mod runtime;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<reader::PyReader>()?;
+    m.add_class::<async_reader::PyAsyncReader>()?;
+    runtime::share_with_asyncio();
+    errors::register(m)?;
+    Ok(())
+}
