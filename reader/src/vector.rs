@@ -2,7 +2,9 @@
 //! "Vector snapshots"), written by the reference library or by ShardForge.
 //!
 //! A search picks its shards, asks each for its `top_k` nearest vectors
-//! (an exact scan of the shard's `vec0` chunks, on the blocking pool), and
+//! (an exact scan of the shard's `vec0` chunks, on the blocking pool; in
+//! memory mode a scan of the shard's vectors held in one `f32` arena,
+//! loaded on its first search, with the same scores bit for bit), and
 //! merges them: ascending distance, equal distances by shard then rowid.
 //! Which shards:
 //! - `shard_ids`, when given, exactly those;

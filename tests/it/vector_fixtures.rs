@@ -429,6 +429,141 @@ async fn the_readers_search_the_references_vector_snapshots_as_it_does() {
     }
 }
 
+/// Every mode searches exactly: for every query of the four reference
+/// snapshots, a search of all shards returns, in download, range and
+/// memory mode alike, the hits of an exhaustive search the test computes
+/// over the decoded shard files (ids, payloads, order; scores within
+/// 1e-6), for a short and a full top-k. Memory mode answers from the
+/// vector arena it loads on the first search (the reader's memory grows
+/// then, and not on later searches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_returns_the_exhaustive_search() {
+    let expected = expected();
+    for (name, set) in expected["sets"].as_object().expect("sets") {
+        let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+        let current: Value = serde_json::from_slice(
+            &std::fs::read(local(
+                set,
+                &format!("{}/_CURRENT", set["s3_prefix"].as_str().expect("fixture field")),
+            ))
+            .expect("_CURRENT"),
+        )
+        .expect("_CURRENT JSON");
+        let manifest = Manifest::from_sqlite_bytes(
+            &std::fs::read(local(set, current["manifest_ref"].as_str().expect("manifest_ref"))).expect("manifest"),
+            name,
+        )
+        .expect("manifest");
+        let meta = VectorMeta::from_custom(&manifest.build.custom)
+            .expect("custom.vector")
+            .expect("vectors");
+        let mut shards: BTreeMap<u32, Shard> = BTreeMap::new();
+        for s in set["shards"].as_array().expect("shards") {
+            let db = s["db_id"].as_u64().expect("fixture field") as u32;
+            let path = root()
+                .join(s["local_dir"].as_str().expect("fixture field"))
+                .join("shard.db");
+            shards.insert(db, read_shard(&path, meta.dim as usize));
+        }
+        let total: usize = shards.values().map(|s| s.rows.len()).sum();
+        let all: Vec<sf_manifest::DbId> = shards.keys().map(|d| sf_manifest::DbId(*d)).collect();
+        let queries: Vec<Vec<f32>> = set["queries"]
+            .as_array()
+            .expect("queries")
+            .iter()
+            .map(|q| vector(&q["vector_f32le_hex"]))
+            .collect();
+        let mut by_mode = Vec::new();
+        for mode in sf_tests::readers::SQLITE_MODES {
+            let cache = tempfile::tempdir().expect("cache");
+            let reader = sf_tests::readers::open(
+                &prefix.display().to_string(),
+                sf_tests::readers::settings(mode, cache.path()),
+            )
+            .await;
+            let mut answers = Vec::new();
+            let mut memory_after_first = None;
+            for query in &queries {
+                let mut exhaustive: Vec<Hit> = shards
+                    .iter()
+                    .flat_map(|(db, s)| {
+                        s.rows.iter().map(|(rowid, (v, _, _))| Hit {
+                            shard: *db,
+                            rowid: *rowid,
+                            score: distance(meta.metric, query, v),
+                        })
+                    })
+                    .collect();
+                exhaustive.sort_by(Hit::order);
+                for top_k in [7, total] {
+                    let options = sf_reader::SearchOptions {
+                        top_k,
+                        shard_ids: Some(all.clone()),
+                        ..sf_reader::SearchOptions::default()
+                    };
+                    let got = reader
+                        .search(query, &options)
+                        .await
+                        .unwrap_or_else(|e| panic!("{name} {mode:?}: {e}"));
+                    assert_eq!(got.hits.len(), top_k.min(total), "{name} {mode:?}");
+                    for (hit, want) in got.hits.iter().zip(&exhaustive) {
+                        let (_, id, payload) = &shards[&want.shard].rows[&want.rowid];
+                        assert_eq!(
+                            (&hit.id, hit.db_id.0, &hit.payload),
+                            (id, want.shard, payload),
+                            "{name} {mode:?} top {top_k}"
+                        );
+                        assert!(
+                            (hit.score - want.score).abs() < 1e-6,
+                            "{name} {mode:?}: {} vs {}",
+                            hit.score,
+                            want.score
+                        );
+                    }
+                    answers.push(got.hits);
+                    let memory = reader.stats().memory_bytes;
+                    match memory_after_first {
+                        None => memory_after_first = Some(memory),
+                        Some(first) => assert_eq!(memory, first, "{name} {mode:?}: the arena loads once"),
+                    }
+                }
+            }
+            if mode == sf_reader::SqliteMode::Memory {
+                // The kv index alone of a fresh reader, then the arena.
+                let fresh_cache = tempfile::tempdir().expect("cache");
+                let fresh = sf_tests::readers::open(
+                    &prefix.display().to_string(),
+                    sf_tests::readers::settings(mode, fresh_cache.path()),
+                )
+                .await;
+                for db in &all {
+                    fresh.scan_shard(*db, None, 1).await.expect("open by a scan");
+                }
+                let opened = fresh.stats().memory_bytes;
+                let options = sf_reader::SearchOptions {
+                    shard_ids: Some(all.clone()),
+                    ..Default::default()
+                };
+                fresh.search(&queries[0], &options).await.expect("search");
+                let vectors = shards.values().map(|s| s.rows.len()).sum::<usize>() * meta.dim as usize * 4;
+                assert!(
+                    fresh.stats().memory_bytes >= opened + vectors as u64,
+                    "{name}: {} bytes held after the search, {opened} before, {vectors} bytes of vectors",
+                    fresh.stats().memory_bytes
+                );
+                assert_eq!(fresh.stats().memory_fallbacks, 0);
+                fresh.close();
+            }
+            reader.close();
+            by_mode.push(answers);
+        }
+        assert!(
+            by_mode.windows(2).all(|w| w[0] == w[1]),
+            "{name}: every mode answers alike"
+        );
+    }
+}
+
 /// What a search refuses, with the reason: a query of the wrong length,
 /// with a NaN, zero under cosine; a top_k of 0; a shard the snapshot does
 /// not have; a snapshot without vectors.

@@ -152,6 +152,15 @@ impl ConnPool {
         }
     }
 
+    /// Runs `work` on a connection of the pool (kept for reuse when it
+    /// succeeds).
+    pub(crate) fn with_conn<T>(&self, work: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let conn = self.take()?;
+        let out = work(&conn)?;
+        self.give_back(conn);
+        Ok(out)
+    }
+
     /// Adds an already opened connection to the pool.
     pub(crate) fn seed(&self, conn: Connection) {
         self.give_back(conn);
@@ -349,7 +358,7 @@ fn vector_top_k(
 }
 
 /// The error for a file that is not a shard.
-fn not_a_shard(reason: String) -> rusqlite::Error {
+pub(crate) fn not_a_shard(reason: String) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
         Some(format!("not a shard: {reason}")),
