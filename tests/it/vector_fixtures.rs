@@ -788,6 +788,205 @@ async fn the_lookup_service_answers_searches_over_http() {
     );
 }
 
+/// gRPC `Search` on the real `sf-serve`: without a token it is refused
+/// before its message is read; with one, one query and a batch answer
+/// with the reference's results and the run id (in the message and the
+/// metadata), a shard list and `num_probes` narrow the search as the
+/// reference narrowed it, a query of the wrong length is INVALID_ARGUMENT
+/// saying why, a batch past 256 RESOURCE_EXHAUSTED, and the calls are
+/// counted as `grpc_search`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lookup_service_answers_searches_over_grpc() {
+    use sf_server::grpc::proto::{Query, SearchRequest, search_hit};
+    use sf_tests::serve::{ServeProcess, metric, with_token, write_tokens};
+    let expected = expected();
+    let folder = tempfile::tempdir().expect("tokens");
+    let tokens = write_tokens(folder.path(), &["search-secret"]);
+    let unified = &expected["sets"]["unified_hash"];
+    let cluster = &expected["sets"]["vec_cluster"];
+    let url = |set: &Value| {
+        root()
+            .join(set["local_prefix"].as_str().expect("prefix"))
+            .display()
+            .to_string()
+    };
+    let (u, c) = (url(unified), url(cluster));
+    let serve = ServeProcess::serving(
+        &[("vecs", u.as_str()), ("clustered", c.as_str())],
+        &["--grpc-listen", "127.0.0.1:0", "--auth-token-file", &tokens],
+    );
+    serve.wait_ready().await;
+    let mut g = serve.grpc_client().await;
+    let query = |v: &Value| Query {
+        vector: vector(&v["vector_f32le_hex"]),
+    };
+    let ids = |hits: &[sf_server::grpc::proto::SearchHit]| -> Vec<Value> {
+        hits.iter()
+            .map(|h| match h.id.clone().expect("an id") {
+                search_hit::Id::IntId(i) => Value::from(i),
+                search_hit::Id::StrId(s) => Value::from(s),
+            })
+            .collect()
+    };
+    let want_ids = |search: &Value| -> Vec<Value> {
+        search["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|r| r["id"].clone())
+            .collect()
+    };
+    let search_of = |q: &Value, pick: &dyn Fn(&Value) -> bool| -> Value {
+        q["searches"]
+            .as_array()
+            .expect("searches")
+            .iter()
+            .find(|s| pick(s))
+            .cloned()
+            .expect("a search")
+    };
+    let queries = unified["queries"].as_array().expect("queries");
+    let request = |snapshot: &str, qs: Vec<Query>| SearchRequest {
+        snapshot: snapshot.into(),
+        queries: qs,
+        top_k: 5,
+        ..Default::default()
+    };
+
+    let e = g
+        .search(request("vecs", vec![query(&queries[0])]))
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+
+    let run = unified["write"]["run_id"].as_str().expect("run id");
+    let answer = g
+        .search(with_token(request("vecs", vec![query(&queries[0])]), "search-secret"))
+        .await
+        .expect("search");
+    assert_eq!(
+        answer.metadata().get("sf-run-id").and_then(|v| v.to_str().ok()),
+        Some(run)
+    );
+    let answer = answer.into_inner();
+    assert_eq!(answer.run_id, run);
+    assert_eq!(answer.results.len(), 1);
+    let want = search_of(&queries[0], &|s| s["shard_ids"].is_null());
+    assert_eq!(ids(&answer.results[0].hits), want_ids(&want));
+    for (hit, w) in answer.results[0]
+        .hits
+        .iter()
+        .zip(want["results"].as_array().expect("results"))
+    {
+        assert!((hit.score - w["score"].as_f64().expect("score")).abs() < 1e-5);
+        let payload: Value = hit
+            .payload
+            .as_deref()
+            .map_or(Value::Null, |p| serde_json::from_str(p).expect("payload JSON"));
+        assert_eq!(payload, w["payload"]);
+    }
+    assert_eq!(answer.results[0].shards.len(), 3);
+
+    let batch = g
+        .search(with_token(
+            request("vecs", queries[1..3].iter().map(query).collect()),
+            "search-secret",
+        ))
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(batch.results.len(), 2);
+    for (r, q) in batch.results.iter().zip(&queries[1..3]) {
+        assert_eq!(ids(&r.hits), want_ids(&search_of(q, &|s| s["shard_ids"].is_null())));
+    }
+
+    let narrowed = g
+        .search(with_token(
+            SearchRequest {
+                shard_ids: vec![1],
+                ..request("vecs", vec![query(&queries[0])])
+            },
+            "search-secret",
+        ))
+        .await
+        .expect("shard_ids")
+        .into_inner();
+    assert_eq!(narrowed.results[0].shards, vec![1]);
+    assert_eq!(
+        ids(&narrowed.results[0].hits),
+        want_ids(&search_of(&queries[0], &|s| s["shard_ids"] == serde_json::json!([1])))
+    );
+
+    // A CLUSTER snapshot: each recorded num_probes probes the shards the
+    // reference probed, and finds its results.
+    let mut probed = 0;
+    for q in cluster["queries"].as_array().expect("queries") {
+        for search in q["searches"].as_array().expect("searches") {
+            let Some(n) = search["num_probes"].as_u64() else {
+                continue;
+            };
+            let answer = g
+                .search(with_token(
+                    SearchRequest {
+                        num_probes: n as u32,
+                        ..request("clustered", vec![query(q)])
+                    },
+                    "search-secret",
+                ))
+                .await
+                .expect("probes")
+                .into_inner();
+            assert_eq!(
+                serde_json::to_value(&answer.results[0].shards).expect("json"),
+                search["route"]
+            );
+            assert_eq!(ids(&answer.results[0].hits), want_ids(search));
+            probed += 1;
+        }
+    }
+    assert!(probed > 0);
+
+    let e = g
+        .search(with_token(
+            request("vecs", vec![Query { vector: vec![1.0, 2.0] }]),
+            "search-secret",
+        ))
+        .await
+        .expect_err("wrong length");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("the snapshot's dimension is 8"), "{e:?}");
+    let e = g
+        .search(with_token(request("vecs", Vec::new()), "search-secret"))
+        .await
+        .expect_err("no query");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let many = std::iter::repeat_n(query(&queries[0]), 257).collect();
+    let e = g
+        .search(with_token(request("vecs", many), "search-secret"))
+        .await
+        .expect_err("past the bound");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("more than 256 queries"), "{e:?}");
+
+    let samples = serve.metrics(Some("search-secret")).await;
+    assert!(
+        metric(
+            &samples,
+            "sf_serve_requests_total",
+            &[("route", "grpc_search"), ("status", "ok")]
+        ) >= 4.0,
+        "{samples:?}"
+    );
+    assert!(
+        metric(
+            &samples,
+            "sf_serve_requests_total",
+            &[("route", "grpc_search"), ("status", "unauthenticated")]
+        ) >= 1.0,
+        "{samples:?}"
+    );
+}
+
 /// A broken routing artifact in the bucket (the centroids cut short, and
 /// then far longer than its shape allows) costs one clear error for the
 /// search, naming the file, and nothing else: gets keep working, and a
