@@ -161,6 +161,11 @@ pub enum Command {
         /// (repeatable).
         #[arg(long = "ctx", visible_alias = "routing-context", value_name = "COLUMN=VALUE")]
         ctx: Vec<String>,
+        /// Keep only hits whose payload passes this CEL predicate (payload
+        /// fields are its variables: 'category == "a" && price < 10'),
+        /// checked before the top-k cut; a missing field does not match.
+        #[arg(long, value_name = "CEL")]
+        filter: Option<String>,
     },
     /// The served snapshot.
     Info,
@@ -280,6 +285,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, stdin: &mut dyn BufRead) -> Resu
             num_probes,
             shards,
             ctx,
+            filter,
         } => {
             let options = sf_reader::SearchOptions {
                 top_k: *top_k,
@@ -290,6 +296,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, stdin: &mut dyn BufRead) -> Resu
                 } else {
                     Some(reader.parse_context(ctx.iter().map(String::as_str))?)
                 },
+                filter: filter.clone(),
             };
             search(&reader, vector, &options, stdin, &printer, out).await
         }

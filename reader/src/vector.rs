@@ -52,6 +52,13 @@ pub struct SearchOptions {
     pub shard_ids: Option<Vec<DbId>>,
     /// A CEL snapshot: the routing columns' values, which name one shard.
     pub routing_context: Option<RoutingContext>,
+    /// A CEL predicate over the payload (its top-level fields are the
+    /// variables: `category == "a" && price < 10`), asked of each
+    /// candidate before the top-k cut: the `top_k` nearest vectors that
+    /// match, among the searched shards. Anything but `true` does not
+    /// match: a payload without the field, a hit without a payload (it
+    /// binds no variables), an error.
+    pub filter: Option<String>,
 }
 
 impl Default for SearchOptions {
@@ -61,6 +68,7 @@ impl Default for SearchOptions {
             num_probes: None,
             shard_ids: None,
             routing_context: None,
+            filter: None,
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::shard::{ShardEnv, ShardHandle, SlotKey};
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
 use crate::vector::{MAX_TOP_K, SearchHit, SearchOptions, SearchResults};
+use sf_router::filter::PayloadFilter;
 use sf_router::vector::{Hit, check_vector};
 
 /// Which of the snapshots a reader holds a read goes to.
@@ -305,6 +306,12 @@ pub(crate) async fn search_vectors(
     let meta = index.meta();
     check_vector(meta.metric, meta.dim as usize, query)
         .map_err(|e| Error::config("query", format!("the query {e}")))?;
+    let filter = match &opts.filter {
+        Some(expr) => Some(Arc::new(
+            PayloadFilter::compile(expr).map_err(|e| Error::config("filter", format!("the filter {e}")))?,
+        )),
+        None => None,
+    };
     let shards = index.targets(
         snap.manifest.build.num_dbs,
         &snap.router,
@@ -316,12 +323,15 @@ pub(crate) async fn search_vectors(
     let env = &state.env;
     let asks = shards.iter().map(|db| {
         let query = Arc::clone(&query);
+        let filter = filter.clone();
         async move {
             let Some(shard) = snap.shard(env, *db).await? else {
                 return Ok(Vec::new());
             };
             let max_vectors = snap.manifest.shard(*db).map_or(0, |r| r.row_count);
-            shard.vector_top_k(query, meta.metric, opts.top_k, max_vectors).await
+            shard
+                .vector_top_k(query, meta.metric, opts.top_k, max_vectors, filter)
+                .await
         }
     });
     let per_shard: Vec<Vec<VectorHit>> = futures::future::try_join_all(asks).await?;

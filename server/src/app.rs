@@ -46,6 +46,8 @@ pub(crate) struct SearchAsk {
     pub(crate) shard_ids: Option<Vec<u32>>,
     /// The routing context, as `column=value` texts.
     pub(crate) context: Option<ContextPairs>,
+    /// A CEL predicate over the payload.
+    pub(crate) filter: Option<String>,
 }
 
 /// The state every request handler shares.
@@ -285,6 +287,7 @@ impl App {
                 .as_ref()
                 .map(|ids| ids.iter().copied().map(sf_manifest::DbId).collect()),
             routing_context,
+            filter: ask.filter.clone(),
         };
         let mut answers = Vec::with_capacity(ask.queries.len());
         for query in &ask.queries {

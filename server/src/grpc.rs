@@ -457,6 +457,7 @@ impl Lookup for LookupService {
                 num_probes: (req.num_probes > 0).then_some(req.num_probes),
                 shard_ids: (!req.shard_ids.is_empty()).then_some(req.shard_ids),
                 context: req.context.map(context_pairs),
+                filter: (!req.filter.is_empty()).then_some(req.filter),
             };
             let results = self
                 .app

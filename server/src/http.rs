@@ -795,7 +795,7 @@ async fn multiget_inner(
 }
 
 /// A search's body: `vector` (one query) or `vectors` (a batch), and
-/// optionally `top_k`, `num_probes`, `shard_ids` and `context`.
+/// optionally `top_k`, `num_probes`, `shard_ids`, `context` and `filter`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SearchBody {
@@ -806,6 +806,7 @@ struct SearchBody {
     num_probes: Option<u32>,
     shard_ids: Option<Vec<u32>>,
     context: Option<JsonContext>,
+    filter: Option<String>,
 }
 
 fn default_top_k() -> usize {
@@ -864,6 +865,7 @@ async fn search_inner(
         num_probes: body.num_probes,
         shard_ids: body.shard_ids,
         context: body.context.map(context_pairs),
+        filter: body.filter,
     };
     let mut answers: Vec<serde_json::Value> = app
         .search_in(&view, &ask)

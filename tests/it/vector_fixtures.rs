@@ -396,7 +396,7 @@ async fn the_readers_search_the_references_vector_snapshots_as_it_does() {
                                     .map(|i| sf_manifest::DbId(i.as_u64().expect("id") as u32))
                                     .collect()
                             }),
-                            routing_context: None,
+                            ..Default::default()
                         };
                         let got = reader
                             .search(&query, &options)
@@ -423,6 +423,140 @@ async fn the_readers_search_the_references_vector_snapshots_as_it_does() {
                     }
                 }
                 assert!(searched >= 10, "{name}");
+            },
+        )
+        .await;
+    }
+}
+
+/// A set's vector metadata and its shards, decoded from the files.
+fn decoded(name: &str, set: &Value) -> (VectorMeta, BTreeMap<u32, Shard>) {
+    let current: Value = serde_json::from_slice(
+        &std::fs::read(local(
+            set,
+            &format!("{}/_CURRENT", set["s3_prefix"].as_str().expect("fixture field")),
+        ))
+        .expect("_CURRENT"),
+    )
+    .expect("_CURRENT JSON");
+    let manifest = Manifest::from_sqlite_bytes(
+        &std::fs::read(local(set, current["manifest_ref"].as_str().expect("manifest_ref"))).expect("manifest"),
+        name,
+    )
+    .expect("manifest");
+    let meta = VectorMeta::from_custom(&manifest.build.custom)
+        .expect("custom.vector")
+        .expect("vectors");
+    let mut shards: BTreeMap<u32, Shard> = BTreeMap::new();
+    for s in set["shards"].as_array().expect("shards") {
+        let db = s["db_id"].as_u64().expect("fixture field") as u32;
+        let path = root()
+            .join(s["local_dir"].as_str().expect("fixture field"))
+            .join("shard.db");
+        shards.insert(db, read_shard(&path, meta.dim as usize));
+    }
+    (meta, shards)
+}
+
+/// Every hit of `query` over all of `shards`, nearest first, that `keep`
+/// keeps (given its payload).
+fn exhaustive(meta: &VectorMeta, shards: &BTreeMap<u32, Shard>, query: &[f32], keep: &Keep) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = shards
+        .iter()
+        .flat_map(|(db, s)| {
+            s.rows
+                .iter()
+                .filter(|(_, (_, _, payload))| keep(payload.as_ref()))
+                .map(|(rowid, (v, _, _))| Hit {
+                    shard: *db,
+                    rowid: *rowid,
+                    score: distance(meta.metric, query, v),
+                })
+        })
+        .collect();
+    hits.sort_by(Hit::order);
+    hits
+}
+
+/// What a test's own filter keeps, given a hit's payload.
+type Keep = dyn Fn(Option<&Value>) -> bool;
+
+/// A payload filter keeps the `top_k` nearest hits that match, in every
+/// mode: the hits of an exhaustive search the test filters itself (so a
+/// filter applied after the cut, which returns fewer, fails), for a
+/// filter on a text field and a number, on a unified and a vector-only
+/// snapshot; a payload without the field, and a hit without a payload,
+/// never match; a filter that does not compile is refused saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_filter_keeps_the_nearest_matching_hits_in_every_mode() {
+    let expected = expected();
+    let field = |p: Option<&Value>, name: &str| p.and_then(|p| p.get(name)).cloned();
+    let cases: [(&str, &str, Box<Keep>); 3] = [
+        (
+            "unified_hash",
+            r#"tag == "red" && k >= 100"#,
+            Box::new(move |p| {
+                field(p, "tag") == Some(Value::from("red"))
+                    && field(p, "k").and_then(|k| k.as_i64()).is_some_and(|k| k >= 100)
+            }),
+        ),
+        (
+            "unified_l2",
+            r#"tag != "red""#,
+            Box::new(move |p| field(p, "tag").is_some_and(|t| t != "red")),
+        ),
+        (
+            "vec_cluster",
+            "i % 3 == 1",
+            Box::new(move |p| field(p, "i").and_then(|i| i.as_i64()).is_some_and(|i| i % 3 == 1)),
+        ),
+    ];
+    for (name, filter, keep) in &cases {
+        let set = &expected["sets"][*name];
+        let (meta, shards) = decoded(name, set);
+        let all: Vec<sf_manifest::DbId> = shards.keys().map(|d| sf_manifest::DbId(*d)).collect();
+        let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+        sf_tests::readers::read_in_every_mode(
+            &prefix.display().to_string(),
+            &sf_tests::readers::SQLITE_MODES,
+            async |reader| {
+                for q in set["queries"].as_array().expect("queries") {
+                    let query = vector(&q["vector_f32le_hex"]);
+                    let want = exhaustive(&meta, &shards, &query, keep.as_ref());
+                    let unfiltered = exhaustive(&meta, &shards, &query, &|_| true);
+                    assert!(
+                        want.len() >= 8 && want.len() < unfiltered.len(),
+                        "{name}: {} of {} match",
+                        want.len(),
+                        unfiltered.len()
+                    );
+                    for top_k in [8, want.len() + 5] {
+                        let options = sf_reader::SearchOptions {
+                            top_k,
+                            shard_ids: Some(all.clone()),
+                            filter: Some(filter.to_string()),
+                            ..Default::default()
+                        };
+                        let got = reader.search(&query, &options).await.expect("search");
+                        let got: Vec<(u32, Option<Value>)> =
+                            got.hits.iter().map(|h| (h.db_id.0, h.payload.clone())).collect();
+                        let want: Vec<(u32, Option<Value>)> = want
+                            .iter()
+                            .take(top_k)
+                            .map(|h| (h.shard, shards[&h.shard].rows[&h.rowid].2.clone()))
+                            .collect();
+                        assert_eq!(got, want, "{name} top {top_k} with {filter}");
+                    }
+                }
+                let options = sf_reader::SearchOptions {
+                    filter: Some("tag ==".into()),
+                    shard_ids: Some(all.clone()),
+                    ..Default::default()
+                };
+                let query = vector(&set["queries"][0]["vector_f32le_hex"]);
+                let e = reader.search(&query, &options).await.expect_err("bad filter");
+                assert_eq!(e.kind(), sf_manifest::ErrorKind::Config, "{e}");
+                assert!(e.to_string().contains("does not compile"), "{e}");
             },
         )
         .await;
@@ -682,6 +816,32 @@ fn sf_read_searches_from_the_command_line_and_stdin() {
     check(lines[0], &queries[1]);
     check(lines[1], &queries[2]);
 
+    // A payload filter: every hit matches it, and there are top_k of them.
+    let out = run(
+        &[
+            "search",
+            "--vector",
+            &text(&queries[0]),
+            "--top-k",
+            "5",
+            "--filter",
+            "i % 3 == 1",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).expect("a result line");
+    let results = got["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5, "{got}");
+    assert!(
+        results.iter().all(|r| r["payload"]["i"].as_i64().expect("i") % 3 == 1),
+        "{got}"
+    );
+    let out = run(&["search", "--vector", &text(&queries[0]), "--filter", "i %"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not compile"), "{err}");
+
     let out = run(&["search", "--vector", "[1, 2]"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -753,6 +913,17 @@ async fn the_lookup_service_answers_searches_over_http() {
         ids(&answer["results"]),
         ids(&search_of(&queries[0], serde_json::json!([1]))["results"])
     );
+
+    let body = serde_json::json!({ "vector": queries[0]["vector"], "top_k": 5, "filter": "tag == \"red\"" });
+    let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5, "{answer}");
+    assert!(results.iter().all(|r| r["payload"]["tag"] == "red"), "{answer}");
+    let body = serde_json::json!({ "vector": queries[0]["vector"], "filter": "tag ==" });
+    let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("does not compile"), "{answer}");
 
     let body = serde_json::json!({ "vector": [1.0, 2.0] });
     let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
@@ -916,6 +1087,24 @@ async fn the_lookup_service_answers_searches_over_grpc() {
         ids(&narrowed.results[0].hits),
         want_ids(&search_of(&queries[0], &|s| s["shard_ids"] == serde_json::json!([1])))
     );
+
+    let filtered = g
+        .search(with_token(
+            SearchRequest {
+                filter: r#"tag == "red""#.into(),
+                ..request("vecs", vec![query(&queries[0])])
+            },
+            "search-secret",
+        ))
+        .await
+        .expect("filter")
+        .into_inner();
+    let hits = &filtered.results[0].hits;
+    assert_eq!(hits.len(), 5);
+    for h in hits {
+        let payload: Value = serde_json::from_str(h.payload.as_deref().expect("a payload")).expect("JSON");
+        assert_eq!(payload["tag"], "red");
+    }
 
     // A CLUSTER snapshot: each recorded num_probes probes the shards the
     // reference probed, and finds its results.

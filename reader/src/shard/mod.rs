@@ -46,6 +46,7 @@ use download::DownloadCache;
 use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
 use sf_manifest::format::vector::Metric;
+use sf_router::filter::PayloadFilter;
 use slate::SlateShard;
 pub(crate) use spec::{ShardIdentity, ShardSpec};
 pub(crate) use sqlite::VectorHit;
@@ -506,6 +507,7 @@ impl ShardHandle {
         metric: Metric,
         k: usize,
         max_vectors: u64,
+        filter: Option<Arc<PayloadFilter>>,
     ) -> Result<Vec<VectorHit>> {
         if let Backend::Slate(_) = self.backend {
             return Err(self.read_error(
@@ -523,12 +525,12 @@ impl ShardHandle {
                 .get_or_try_init(|| self.load_vectors(*file_bytes, query.len(), metric))
                 .await?;
             if let Some(arena) = arena {
-                return self.memory_top_k(Arc::clone(arena), query, k).await;
+                return self.memory_top_k(Arc::clone(arena), query, k, filter).await;
             }
             // Too large for the memory left: read the file.
         }
         self.on_sqlite_pool("vector search", move |pool| {
-            pool.vector_top_k(db, &query, metric, k, max_vectors)
+            pool.vector_top_k(db, &query, metric, k, max_vectors, filter.as_deref())
         })
         .await
     }
@@ -566,10 +568,19 @@ impl ShardHandle {
     /// A search of a memory-mode shard's arena: inline when it is small,
     /// else on the blocking pool (a large scan takes milliseconds, which
     /// a runtime worker must not spend).
-    async fn memory_top_k(&self, arena: Arc<VectorArena>, query: Arc<[f32]>, k: usize) -> Result<Vec<VectorHit>> {
+    async fn memory_top_k(
+        &self,
+        arena: Arc<VectorArena>,
+        query: Arc<[f32]>,
+        k: usize,
+        filter: Option<Arc<PayloadFilter>>,
+    ) -> Result<Vec<VectorHit>> {
         let db = self.db_id.0;
-        let small = arena.is_small();
-        let scan = move || arena.top_k(db, &query, k, &mut |_| true);
+        let small = arena.is_small() && filter.is_none();
+        let scan = move || match &filter {
+            Some(f) => arena.top_k(db, &query, k, &mut |p| f.matches(p)),
+            None => arena.top_k(db, &query, k, &mut |_| true),
+        };
         let result = if small {
             scan()
         } else {
