@@ -97,6 +97,18 @@ pub struct SearchResults {
     pub run_id: String,
 }
 
+/// A search whose hits come with the key-value value of their ids, all
+/// read from one snapshot ([`Reader::search_then_get`](crate::Reader::search_then_get)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchWithValues {
+    /// The search.
+    pub results: SearchResults,
+    /// For each hit, in order, the value stored under its id taken as a
+    /// key (`None`: no such key, or an id that is not a key of the
+    /// snapshot's key type).
+    pub values: Vec<Option<bytes::Bytes>>,
+}
+
 /// A snapshot's vector metadata and the router its searches use.
 #[derive(Debug)]
 pub(crate) struct VectorIndex {

@@ -48,7 +48,12 @@ pub(crate) struct SearchAsk {
     pub(crate) context: Option<ContextPairs>,
     /// A CEL predicate over the payload.
     pub(crate) filter: Option<String>,
+    /// Whether each hit comes with the value of its id as a key.
+    pub(crate) with_values: bool,
 }
+
+/// One query's answer: its hits, and with `with_values` their values.
+pub(crate) type Searched = (sf_reader::SearchResults, Option<Vec<Option<Bytes>>>);
 
 /// The state every request handler shares.
 pub(crate) struct App {
@@ -268,11 +273,7 @@ impl App {
 
     /// Every query of `ask`, searched in `view` (one version for the
     /// whole batch), in order.
-    pub(crate) async fn search_in(
-        &self,
-        view: &SnapshotView,
-        ask: &SearchAsk,
-    ) -> Result<Vec<sf_reader::SearchResults>, ApiError> {
+    pub(crate) async fn search_in(&self, view: &SnapshotView, ask: &SearchAsk) -> Result<Vec<Searched>, ApiError> {
         let run = view.run_id().clone();
         let bad = |e: sf_reader::Error| ApiError::from(e).with_run(&run);
         let routing_context = match &ask.context {
@@ -291,7 +292,12 @@ impl App {
         };
         let mut answers = Vec::with_capacity(ask.queries.len());
         for query in &ask.queries {
-            answers.push(view.search(query, &options).await.map_err(bad)?);
+            answers.push(if ask.with_values {
+                let found = view.search_then_get(query, &options).await.map_err(bad)?;
+                (found.results, Some(found.values))
+            } else {
+                (view.search(query, &options).await.map_err(bad)?, None)
+            });
         }
         Ok(answers)
     }

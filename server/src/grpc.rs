@@ -351,6 +351,7 @@ fn search_hit(h: sf_reader::SearchHit) -> SearchHit {
         score: h.score,
         payload: h.payload.map(|p| p.to_string()),
         db_id: h.db_id.0,
+        value: None,
     }
 }
 
@@ -458,15 +459,32 @@ impl Lookup for LookupService {
                 shard_ids: (!req.shard_ids.is_empty()).then_some(req.shard_ids),
                 context: req.context.map(context_pairs),
                 filter: (!req.filter.is_empty()).then_some(req.filter),
+                with_values: req.with_values,
             };
             let results = self
                 .app
                 .search_in(&view, &ask)
                 .await?
                 .into_iter()
-                .map(|found| SearchResult {
-                    hits: found.hits.into_iter().map(search_hit).collect(),
-                    shards: found.shards.iter().map(|d| d.0).collect(),
+                .map(|(found, values)| {
+                    let mut values = values.map(Vec::into_iter);
+                    SearchResult {
+                        shards: found.shards.iter().map(|d| d.0).collect(),
+                        hits: found
+                            .hits
+                            .into_iter()
+                            .map(|h| {
+                                let value = values.as_mut().map(|v| match v.next().flatten() {
+                                    Some(b) => Value {
+                                        found: true,
+                                        value: b.to_vec(),
+                                    },
+                                    None => Value::default(),
+                                });
+                                SearchHit { value, ..search_hit(h) }
+                            })
+                            .collect(),
+                    }
                 })
                 .collect::<Vec<_>>();
             let body = SearchResponse {

@@ -795,7 +795,8 @@ async fn multiget_inner(
 }
 
 /// A search's body: `vector` (one query) or `vectors` (a batch), and
-/// optionally `top_k`, `num_probes`, `shard_ids`, `context` and `filter`.
+/// optionally `top_k`, `num_probes`, `shard_ids`, `context`, `filter`,
+/// `with_values` and `value_format`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SearchBody {
@@ -807,6 +808,10 @@ struct SearchBody {
     shard_ids: Option<Vec<u32>>,
     context: Option<JsonContext>,
     filter: Option<String>,
+    #[serde(default)]
+    with_values: bool,
+    #[serde(default)]
+    value_format: ValueFormat,
 }
 
 fn default_top_k() -> usize {
@@ -866,19 +871,31 @@ async fn search_inner(
         shard_ids: body.shard_ids,
         context: body.context.map(context_pairs),
         filter: body.filter,
+        with_values: body.with_values,
     };
+    let format = body.value_format;
     let mut answers: Vec<serde_json::Value> = app
         .search_in(&view, &ask)
         .await?
         .into_iter()
-        .map(|found| {
-            serde_json::json!({
-                "results": found.hits.iter().map(|h| serde_json::json!({
+        .map(|(found, values)| {
+            let results = found.hits.iter().enumerate().map(|(i, h)| {
+                let mut hit = serde_json::json!({
                     "id": h.id.to_json(),
                     "score": h.score,
                     "payload": h.payload,
                     "db_id": h.db_id.0,
-                })).collect::<Vec<_>>(),
+                });
+                if let Some(values) = &values {
+                    hit["value"] = values
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .map_or(serde_json::Value::Null, |v| serde_json::Value::from(format.show(v)));
+                }
+                hit
+            });
+            serde_json::json!({
+                "results": results.collect::<Vec<_>>(),
                 "shards": found.shards.iter().map(|d| d.0).collect::<Vec<_>>(),
             })
         })

@@ -698,6 +698,72 @@ async fn every_mode_returns_the_exhaustive_search() {
     }
 }
 
+/// `search_then_get` on the reference's unified snapshots, in every mode:
+/// the search's hits, each with the value stored under its id (the key),
+/// the values of the fixture's rows; on a vector-only snapshot it is
+/// refused, saying there are no values to get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_then_get_returns_each_hits_value_from_the_same_snapshot() {
+    let expected = expected();
+    for name in ["unified_hash", "unified_l2"] {
+        let set = &expected["sets"][name];
+        let values: BTreeMap<String, String> = set["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| {
+                (
+                    key_text(&r["id"]),
+                    r["value"]["__bytes__"].as_str().expect("value").to_string(),
+                )
+            })
+            .collect();
+        let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+        sf_tests::readers::read_in_every_mode(
+            &prefix.display().to_string(),
+            &sf_tests::readers::SQLITE_MODES,
+            async |reader| {
+                for q in set["queries"].as_array().expect("queries") {
+                    let query = vector(&q["vector_f32le_hex"]);
+                    let options = sf_reader::SearchOptions {
+                        top_k: 6,
+                        ..Default::default()
+                    };
+                    let got = reader.search_then_get(&query, &options).await.expect("search_then_get");
+                    assert_eq!(
+                        got.results,
+                        reader.search(&query, &options).await.expect("search"),
+                        "{name}"
+                    );
+                    assert_eq!(got.values.len(), 6);
+                    for (hit, value) in got.results.hits.iter().zip(&got.values) {
+                        let want = &values[&hit.id.to_string()];
+                        assert_eq!(value.as_deref(), Some(want.as_bytes()), "{name} id {}", hit.id);
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    let set = &expected["sets"]["vec_cluster"];
+    let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+    let cache = tempfile::tempdir().expect("cache");
+    let reader = sf_tests::readers::open(
+        &prefix.display().to_string(),
+        sf_tests::readers::settings(sf_reader::SqliteMode::Download, cache.path()),
+    )
+    .await;
+    let e = reader
+        .search_then_get(
+            &vector(&set["queries"][0]["vector_f32le_hex"]),
+            &sf_reader::SearchOptions::default(),
+        )
+        .await
+        .expect_err("vector-only");
+    assert_eq!(e.kind(), sf_manifest::ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("vector-only"), "{e}");
+}
+
 /// What a search refuses, with the reason: a query of the wrong length,
 /// with a NaN, zero under cosine; a top_k of 0; a shard the snapshot does
 /// not have; a snapshot without vectors.
@@ -920,6 +986,16 @@ async fn the_lookup_service_answers_searches_over_http() {
     let results = answer["results"].as_array().expect("results");
     assert_eq!(results.len(), 5, "{answer}");
     assert!(results.iter().all(|r| r["payload"]["tag"] == "red"), "{answer}");
+    // With values: each hit's value under its id (the key), from the same run.
+    let body = serde_json::json!({ "vector": queries[0]["vector"], "top_k": 4, "with_values": true });
+    let (status, header_run, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(header_run.as_deref(), Some(run.as_str()));
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), 4, "{answer}");
+    for r in results {
+        assert_eq!(r["value"], format!("v{}", r["id"]), "{answer}");
+    }
     let body = serde_json::json!({ "vector": queries[0]["vector"], "filter": "tag ==" });
     let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
     assert_eq!(status, 400, "{answer}");
@@ -1105,6 +1181,37 @@ async fn the_lookup_service_answers_searches_over_grpc() {
         let payload: Value = serde_json::from_str(h.payload.as_deref().expect("a payload")).expect("JSON");
         assert_eq!(payload["tag"], "red");
     }
+
+    let valued = g
+        .search(with_token(
+            SearchRequest {
+                with_values: true,
+                ..request("vecs", vec![query(&queries[0])])
+            },
+            "search-secret",
+        ))
+        .await
+        .expect("with values")
+        .into_inner();
+    for h in &valued.results[0].hits {
+        let value = h.value.clone().expect("a value");
+        assert!(value.found);
+        let id = ids(std::slice::from_ref(h))[0].clone();
+        assert_eq!(value.value, format!("v{id}").into_bytes());
+    }
+    assert!(filtered.results[0].hits.iter().all(|h| h.value.is_none()));
+    let e = g
+        .search(with_token(
+            SearchRequest {
+                with_values: true,
+                ..request("clustered", vec![query(&cluster["queries"][0])])
+            },
+            "search-secret",
+        ))
+        .await
+        .expect_err("a vector-only snapshot has no values");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("vector-only"), "{e:?}");
 
     // A CLUSTER snapshot: each recorded num_probes probes the shards the
     // reference probed, and finds its results.
