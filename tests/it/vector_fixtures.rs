@@ -921,6 +921,103 @@ fn sf_read_searches_from_the_command_line_and_stdin() {
     );
 }
 
+/// `sf-read search --exact` on the reference's CLUSTER snapshot: after
+/// each query's results a `recall` line whose recall@10 is the one the
+/// test computes (the exact top 10 over every shard against the top 10 of
+/// the query's one nearest shard, from the decoded files), then the mean;
+/// with one probe some of the exact hits are missed, with every shard
+/// probed none is.
+#[test]
+fn sf_read_search_exact_prints_recall_against_the_exhaustive_search() {
+    let expected = expected();
+    let set = &expected["sets"]["vec_cluster"];
+    let (meta, shards) = decoded("vec_cluster", set);
+    let centroids: Vec<f32> = set["routing_artifact"]["values"]
+        .as_array()
+        .expect("centroids")
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_f64().expect("value") as f32)
+        })
+        .collect();
+    let router = ClusterRouter::new(
+        npy::Matrix {
+            rows: shards.len(),
+            cols: meta.dim as usize,
+            values: centroids,
+        },
+        meta.metric,
+    );
+    let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+    let cache = tempfile::tempdir().expect("cache");
+    let queries = set["queries"].as_array().expect("queries");
+    let input: String = queries
+        .iter()
+        .map(|q| format!("{}\n", serde_json::to_string(&q["vector"]).expect("json")))
+        .collect();
+    let k = 10;
+    let run = |probes: usize| {
+        let mut cmd = std::process::Command::new(sf_tests::writer_support::binary("sf-read"));
+        cmd.arg("--current-url")
+            .arg(&prefix)
+            .args(["search", "--vector", "-", "--exact", "--top-k", "10", "--num-probes"])
+            .arg(probes.to_string())
+            .env("SF_CACHE_DIR", cache.path())
+            .env_remove("SF_CURRENT_URL");
+        let out = sf_tests::writer_support::output_with_input(&mut cmd, Some(&input));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect::<Vec<Value>>()
+    };
+    let mut means = Vec::new();
+    for probes in [1, shards.len()] {
+        let lines = run(probes);
+        assert_eq!(lines.len(), 2 * queries.len() + 1, "{lines:?}");
+        let mut sum = 0.0;
+        for (i, q) in queries.iter().enumerate() {
+            let query = vector(&q["vector_f32le_hex"]);
+            let exact: Vec<Hit> = exhaustive(&meta, &shards, &query, &|_| true)
+                .into_iter()
+                .take(k)
+                .collect();
+            let probed = router.probes(&query, probes);
+            let routed: Vec<Hit> = exhaustive(&meta, &shards, &query, &|_| true)
+                .into_iter()
+                .filter(|h| probed.contains(&h.shard))
+                .take(k)
+                .collect();
+            let want = exact.iter().filter(|h| routed.contains(h)).count() as f64 / exact.len() as f64;
+            sum += want;
+            let (results, recall) = (&lines[2 * i], &lines[2 * i + 1]);
+            assert_eq!(results["op"], "search");
+            assert_eq!(results["results"].as_array().expect("results").len(), k);
+            assert_eq!(recall["op"], "recall", "{recall}");
+            assert_eq!(recall["query"], i as u64 + 1);
+            assert_eq!(recall["k"], k as u64);
+            assert_eq!(recall["shards"], probes as u64);
+            assert_eq!(recall["exact_shards"], shards.len() as u64);
+            let got = recall["recall"].as_f64().expect("recall");
+            assert!(
+                (got - want).abs() < 1e-12,
+                "query {i} with {probes} probes: {got} vs {want}"
+            );
+        }
+        let last = lines.last().expect("the mean");
+        assert_eq!(last["op"], "recall_mean", "{last}");
+        assert_eq!(last["queries"], queries.len() as u64);
+        let mean = last["mean_recall"].as_f64().expect("mean");
+        assert!((mean - sum / queries.len() as f64).abs() < 1e-12, "{mean}");
+        means.push(mean);
+    }
+    assert!(means[0] < 1.0, "one probe misses some exact hits: {means:?}");
+    assert_eq!(means[1], 1.0, "every shard probed finds them all");
+}
+
 /// `POST /v1/snapshots/{name}/search` on the real `sf-serve`: one query
 /// and a batch answer with the reference's results and the run id, a
 /// shard list narrows the search, a query of the wrong length is a 400
