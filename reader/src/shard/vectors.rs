@@ -199,6 +199,9 @@ impl VectorArena {
             }
         }
         drop(rows);
+        // vec_index_rowids may count vectors no chunk holds live: the
+        // blocks end at the last live one.
+        arena.lanes.truncate(arena.len.div_ceil(LANES) * LANES * dim);
         // Ids and payloads by position: rowids are looked up in rowid
         // order (they are usually 0..n-1, but need not be).
         arena.by_rowid.extend(0..arena.len as u32);
@@ -501,6 +504,27 @@ mod tests {
                 assert_eq!(budget.used_bytes(), 0, "the arena gives its bytes back");
             }
         }
+    }
+
+    #[test]
+    fn rowids_counted_beyond_the_live_vectors_leave_no_empty_blocks() {
+        let dim = 3;
+        let vectors: Vec<Vec<f32>> = (0..20).map(|i| values(dim, i + 1)).collect();
+        let dir = tempfile::tempdir().expect("tmp");
+        let (path, _) = shard(dir.path(), dim, &vectors);
+        let conn = Connection::open(&path).expect("open");
+        for rowid in 1000..1030 {
+            conn.execute("INSERT INTO vec_index_rowids (rowid) VALUES (?1)", [rowid])
+                .expect("a stray rowid");
+        }
+        let size = std::fs::metadata(&path).expect("size").len();
+        let budget = MemoryBudget::new(u64::MAX);
+        let arena = VectorArena::load(&conn, &budget, size, dim, Metric::L2)
+            .expect("load")
+            .expect("fits");
+        assert_eq!(arena.len(), 18);
+        let hits = arena.top_k(0, &values(dim, 7), 100, &mut |_| true).expect("scan");
+        assert_eq!(hits.len(), 18);
     }
 
     #[test]
