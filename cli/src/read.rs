@@ -161,6 +161,18 @@ pub enum Command {
         /// (repeatable).
         #[arg(long = "ctx", visible_alias = "routing-context", value_name = "COLUMN=VALUE")]
         ctx: Vec<String>,
+        /// Keep only hits whose payload passes this CEL predicate (payload
+        /// fields are its variables: 'category == "a" && price < 10'),
+        /// checked before the top-k cut; a missing field does not match.
+        #[arg(long, value_name = "CEL")]
+        filter: Option<String>,
+        /// Also run the exact search (every shard of the snapshot, no
+        /// routing) and print, after each query's results, a `recall` line
+        /// (the share of the exact top-k the routed search found), and at
+        /// the end the mean over the queries: numbers to choose
+        /// --num-probes with.
+        #[arg(long)]
+        exact: bool,
     },
     /// The served snapshot.
     Info,
@@ -280,6 +292,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write, stdin: &mut dyn BufRead) -> Resu
             num_probes,
             shards,
             ctx,
+            filter,
+            exact,
         } => {
             let options = sf_reader::SearchOptions {
                 top_k: *top_k,
@@ -290,8 +304,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write, stdin: &mut dyn BufRead) -> Resu
                 } else {
                     Some(reader.parse_context(ctx.iter().map(String::as_str))?)
                 },
+                filter: filter.clone(),
             };
-            search(&reader, vector, &options, stdin, &printer, out).await
+            search(&reader, vector, &options, *exact, stdin, &printer, out).await
         }
         Command::Info => info(&reader, &printer, out),
         Command::Shards => shards(&reader, &printer, out),
@@ -478,10 +493,20 @@ async fn search(
     reader: &Reader,
     vector: &str,
     options: &sf_reader::SearchOptions,
+    exact: bool,
     stdin: &mut dyn BufRead,
     printer: &Printer,
     out: &mut dyn Write,
 ) -> Result<u8, Failure> {
+    // Both searches of a query, and every query, from one snapshot.
+    let view = reader.current();
+    let everywhere = sf_reader::SearchOptions {
+        shard_ids: Some(reader.shards().into_iter().map(|s| s.db_id).collect()),
+        num_probes: None,
+        routing_context: None,
+        ..options.clone()
+    };
+    let mut recalls = Vec::new();
     let queries: Vec<String> = if vector == "-" {
         read_keys(stdin)?.into_iter().filter(|l| !l.trim().is_empty()).collect()
     } else {
@@ -496,7 +521,7 @@ async fn search(
             };
             Failure::usage(place, e)
         })?;
-        let found = reader.search(&query, options).await?;
+        let found = view.search(&query, options).await?;
         let items: Vec<Json> = found
             .hits
             .iter()
@@ -519,8 +544,53 @@ async fn search(
             })
             .collect();
         printer.list(out, "search", "results", items)?;
+        if exact {
+            let truth = view.search(&query, &everywhere).await?;
+            let recall = recall(&found.hits, &truth.hits);
+            recalls.push(recall);
+            printer.single(
+                out,
+                &obj(vec![
+                    ("op", Json::str("recall")),
+                    ("query", Json::count(n as u64 + 1)),
+                    ("k", Json::count(options.top_k as u64)),
+                    ("recall", Json::Float(recall)),
+                    ("shards", Json::count(found.shards.len() as u64)),
+                    ("exact_shards", Json::count(truth.shards.len() as u64)),
+                ]),
+            )?;
+        }
+    }
+    if exact {
+        let mean = if recalls.is_empty() {
+            1.0
+        } else {
+            recalls.iter().sum::<f64>() / recalls.len() as f64
+        };
+        printer.single(
+            out,
+            &obj(vec![
+                ("op", Json::str("recall_mean")),
+                ("queries", Json::count(recalls.len() as u64)),
+                ("k", Json::count(options.top_k as u64)),
+                ("mean_recall", Json::Float(mean)),
+            ]),
+        )?;
     }
     Ok(exit::OK)
+}
+
+/// recall@k: the share of the exact search's hits (shard and id) that the
+/// routed search found; 1 when the exact search found none.
+fn recall(routed: &[sf_reader::SearchHit], exact: &[sf_reader::SearchHit]) -> f64 {
+    if exact.is_empty() {
+        return 1.0;
+    }
+    let found = exact
+        .iter()
+        .filter(|e| routed.iter().any(|r| r.db_id == e.db_id && r.id == e.id))
+        .count();
+    found as f64 / exact.len() as f64
 }
 
 /// A query vector from a JSON array of numbers.

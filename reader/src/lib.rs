@@ -87,7 +87,7 @@ pub use settings::{MAX_KEEP_VERSIONS, Pin, ReaderSettings, SqliteMode};
 pub use sf_manifest::format::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
 pub use snapshot::RoutingContext;
 pub use stats::{METRICS, ReaderStats};
-pub use vector::{SearchHit, SearchOptions, SearchResults};
+pub use vector::{SearchHit, SearchOptions, SearchResults, SearchWithValues, VectorId};
 pub use view::{SnapshotView, Version};
 
 /// Re-exported so callers can build routing contexts without naming `sf-router`.

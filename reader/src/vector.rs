@@ -2,7 +2,9 @@
 //! "Vector snapshots"), written by the reference library or by ShardForge.
 //!
 //! A search picks its shards, asks each for its `top_k` nearest vectors
-//! (an exact scan of the shard's `vec0` chunks, on the blocking pool), and
+//! (an exact scan of the shard's `vec0` chunks, on the blocking pool; in
+//! memory mode a scan of the shard's vectors held in one `f32` arena,
+//! loaded on its first search, with the same scores bit for bit), and
 //! merges them: ascending distance, equal distances by shard then rowid.
 //! Which shards:
 //! - `shard_ids`, when given, exactly those;
@@ -50,6 +52,13 @@ pub struct SearchOptions {
     pub shard_ids: Option<Vec<DbId>>,
     /// A CEL snapshot: the routing columns' values, which name one shard.
     pub routing_context: Option<RoutingContext>,
+    /// A CEL predicate over the payload (its top-level fields are the
+    /// variables: `category == "a" && price < 10`), asked of each
+    /// candidate before the top-k cut: the `top_k` nearest vectors that
+    /// match, among the searched shards. Anything but `true` does not
+    /// match: a payload without the field, a hit without a payload (it
+    /// binds no variables), an error.
+    pub filter: Option<String>,
 }
 
 impl Default for SearchOptions {
@@ -59,6 +68,7 @@ impl Default for SearchOptions {
             num_probes: None,
             shard_ids: None,
             routing_context: None,
+            filter: None,
         }
     }
 }
@@ -85,6 +95,18 @@ pub struct SearchResults {
     pub shards: Vec<DbId>,
     /// The run id of the snapshot searched.
     pub run_id: String,
+}
+
+/// A search whose hits come with the key-value value of their ids, all
+/// read from one snapshot ([`Reader::search_then_get`](crate::Reader::search_then_get)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchWithValues {
+    /// The search.
+    pub results: SearchResults,
+    /// For each hit, in order, the value stored under its id taken as a
+    /// key (`None`: no such key, or an id that is not a key of the
+    /// snapshot's key type).
+    pub values: Vec<Option<bytes::Bytes>>,
 }
 
 /// A snapshot's vector metadata and the router its searches use.

@@ -22,7 +22,8 @@ use crate::shard::VectorHit;
 use crate::shard::{ShardEnv, ShardHandle, SlotKey};
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
-use crate::vector::{MAX_TOP_K, SearchHit, SearchOptions, SearchResults};
+use crate::vector::{MAX_TOP_K, SearchHit, SearchOptions, SearchResults, SearchWithValues, VectorId};
+use sf_router::filter::PayloadFilter;
 use sf_router::vector::{Hit, check_vector};
 
 /// Which of the snapshots a reader holds a read goes to.
@@ -104,6 +105,14 @@ impl SnapshotView {
     pub async fn search(&self, query: &[f32], options: &SearchOptions) -> Result<SearchResults> {
         self.state.check_open()?;
         search_vectors(&self.state, &self.snap, query, options).await
+    }
+
+    /// [`search`](Self::search), then the value of each hit's id taken as
+    /// a key, from this same snapshot; see
+    /// [`Reader::search_then_get`](crate::Reader::search_then_get).
+    pub async fn search_then_get(&self, query: &[f32], options: &SearchOptions) -> Result<SearchWithValues> {
+        self.state.check_open()?;
+        search_then_get(&self.state, &self.snap, query, options).await
     }
 
     /// [`multi_get`](Self::multi_get) with a routing context per key
@@ -305,6 +314,12 @@ pub(crate) async fn search_vectors(
     let meta = index.meta();
     check_vector(meta.metric, meta.dim as usize, query)
         .map_err(|e| Error::config("query", format!("the query {e}")))?;
+    let filter = match &opts.filter {
+        Some(expr) => Some(Arc::new(
+            PayloadFilter::compile(expr).map_err(|e| Error::config("filter", format!("the filter {e}")))?,
+        )),
+        None => None,
+    };
     let shards = index.targets(
         snap.manifest.build.num_dbs,
         &snap.router,
@@ -316,12 +331,15 @@ pub(crate) async fn search_vectors(
     let env = &state.env;
     let asks = shards.iter().map(|db| {
         let query = Arc::clone(&query);
+        let filter = filter.clone();
         async move {
             let Some(shard) = snap.shard(env, *db).await? else {
                 return Ok(Vec::new());
             };
             let max_vectors = snap.manifest.shard(*db).map_or(0, |r| r.row_count);
-            shard.vector_top_k(query, meta.metric, opts.top_k, max_vectors).await
+            shard
+                .vector_top_k(query, meta.metric, opts.top_k, max_vectors, filter)
+                .await
         }
     });
     let per_shard: Vec<Vec<VectorHit>> = futures::future::try_join_all(asks).await?;
@@ -354,4 +372,71 @@ pub(crate) async fn search_vectors(
         shards,
         run_id: snap.manifest.build.run_id.as_str().to_string(),
     })
+}
+
+/// Searches `snap`, then reads the value of each hit's id, taken as a key
+/// of the snapshot's key type as `get` takes it, from `snap` too.
+pub(crate) async fn search_then_get(
+    state: &ReaderState,
+    snap: &Snapshot,
+    query: &[f32],
+    opts: &SearchOptions,
+) -> Result<SearchWithValues> {
+    let index = snap.vector_index(&state.store).await?;
+    if !index.meta().unified {
+        return Err(Error::config(
+            "search_then_get",
+            format!(
+                "snapshot {} is vector-only: it holds no values to get (search it without values)",
+                snap.manifest_ref
+            ),
+        ));
+    }
+    let results = search_vectors(state, snap, query, opts).await?;
+    let encoding = snap.manifest.build.key_encoding;
+    // An id that is not a key of this snapshot's type has no value.
+    let keys: Vec<Option<Key>> = results
+        .hits
+        .iter()
+        .map(|h| {
+            let text = match &h.id {
+                VectorId::Int(i) => i.to_string(),
+                VectorId::Str(s) => s.clone(),
+            };
+            parse_key(encoding, &text).ok()
+        })
+        .collect();
+    let mut values = vec![None; keys.len()];
+    if snap.router.needs_context() {
+        // Keys of a snapshot routed by other columns cannot route alone; a
+        // unified snapshot stores each vector in its key's shard, where
+        // the hit was found.
+        for ((slot, key), hit) in keys.iter().enumerate().zip(&results.hits) {
+            let Some(key) = key else { continue };
+            let Ok(encoded) = snap.router.encode_key(key) else {
+                continue;
+            };
+            if let Some(shard) = snap.shard(&state.env, hit.db_id).await? {
+                values[slot] = shard.get(&encoded).await?;
+            }
+        }
+    } else {
+        let asked: Vec<(usize, &Key)> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, k)| k.as_ref().map(|k| (slot, k)))
+            .filter(|(_, k)| snap.router.encode_key(k).is_ok())
+            .collect();
+        let found = multi_lookup(
+            &state.env,
+            snap,
+            state.settings.max_concurrency,
+            asked.iter().map(|(_, k)| (*k, None)),
+        )
+        .await?;
+        for ((slot, _), v) in asked.iter().zip(found) {
+            values[*slot] = v;
+        }
+    }
+    Ok(SearchWithValues { results, values })
 }

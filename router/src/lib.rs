@@ -37,6 +37,7 @@
 pub mod cel;
 pub mod cell;
 pub mod error;
+pub mod filter;
 pub mod kernel;
 pub mod key;
 mod router;

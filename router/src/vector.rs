@@ -260,6 +260,22 @@ pub fn merge(per_shard: impl IntoIterator<Item = Vec<Hit>>, k: usize) -> Vec<Hit
     top.into_sorted()
 }
 
+/// Whether a hit would be kept (for a caller that checks something costly,
+/// such as a filter, only of the hits that would enter the top `k`).
+impl TopK {
+    /// Whether [`push`](TopK::push)ing `hit` now would keep it.
+    pub fn admits(&self, hit: &Hit) -> bool {
+        if self.k == 0 || hit.score.is_nan() {
+            return false;
+        }
+        self.hits.len() < self.k
+            || self
+                .hits
+                .last()
+                .is_some_and(|worst| Hit::order(hit, worst) == std::cmp::Ordering::Less)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,29 @@ pub enum Contexts {
     PerKey(Vec<Option<ContextPairs>>),
 }
 
+/// The most queries one search request may carry (and `--max-keys`, if
+/// lower): every query scans whole shards, so a batch is bounded more
+/// tightly than a multiget's keys.
+pub(crate) const MAX_SEARCH_BATCH: usize = 256;
+
+/// A search as both front ends take it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SearchAsk {
+    pub(crate) queries: Vec<Vec<f32>>,
+    pub(crate) top_k: usize,
+    pub(crate) num_probes: Option<u32>,
+    pub(crate) shard_ids: Option<Vec<u32>>,
+    /// The routing context, as `column=value` texts.
+    pub(crate) context: Option<ContextPairs>,
+    /// A CEL predicate over the payload.
+    pub(crate) filter: Option<String>,
+    /// Whether each hit comes with the value of its id as a key.
+    pub(crate) with_values: bool,
+}
+
+/// One query's answer: its hits, and with `with_values` their values.
+pub(crate) type Searched = (sf_reader::SearchResults, Option<Vec<Option<Bytes>>>);
+
 /// The state every request handler shares.
 pub(crate) struct App {
     pub(crate) snapshots: BTreeMap<String, Arc<ServedSnapshot>>,
@@ -235,6 +258,50 @@ impl App {
     }
 
     /// Checks a multiget's size before any work.
+    /// Checks a search's batch against its bound (413 past it).
+    pub(crate) fn check_queries(&self, n: usize) -> Result<(), ApiError> {
+        let max_queries = self.limits.max_keys.min(MAX_SEARCH_BATCH);
+        if n > max_queries {
+            return Err(ApiError::new(
+                413,
+                "too_many_queries",
+                format!("more than {max_queries} queries is over this server's limit per search"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every query of `ask`, searched in `view` (one version for the
+    /// whole batch), in order.
+    pub(crate) async fn search_in(&self, view: &SnapshotView, ask: &SearchAsk) -> Result<Vec<Searched>, ApiError> {
+        let run = view.run_id().clone();
+        let bad = |e: sf_reader::Error| ApiError::from(e).with_run(&run);
+        let routing_context = match &ask.context {
+            Some(pairs) => Some(view.parse_context(pairs.iter().map(String::as_str)).map_err(bad)?),
+            None => None,
+        };
+        let options = sf_reader::SearchOptions {
+            top_k: ask.top_k,
+            num_probes: ask.num_probes,
+            shard_ids: ask
+                .shard_ids
+                .as_ref()
+                .map(|ids| ids.iter().copied().map(sf_manifest::DbId).collect()),
+            routing_context,
+            filter: ask.filter.clone(),
+        };
+        let mut answers = Vec::with_capacity(ask.queries.len());
+        for query in &ask.queries {
+            answers.push(if ask.with_values {
+                let found = view.search_then_get(query, &options).await.map_err(bad)?;
+                (found.results, Some(found.values))
+            } else {
+                (view.search(query, &options).await.map_err(bad)?, None)
+            });
+        }
+        Ok(answers)
+    }
+
     pub(crate) fn check_keys(&self, n: usize, limit: usize) -> Result<(), ApiError> {
         if n > limit {
             return Err(ApiError::new(
@@ -264,6 +331,20 @@ impl App {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks an answer of `bytes` bytes against
+    /// `limits.max_response_bytes`.
+    pub(crate) fn check_message_bytes(&self, bytes: usize) -> Result<(), ApiError> {
+        let limit = self.limits.max_response_bytes;
+        if bytes > limit {
+            return Err(ApiError::new(
+                413,
+                "response_too_large",
+                format!("the answer is over this server's limit of {limit} bytes; ask for fewer results"),
+            ));
         }
         Ok(())
     }

@@ -35,7 +35,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::api_error::ApiError;
-use crate::app::{App, Contexts};
+use crate::app::{App, Contexts, SearchAsk};
 use crate::conn::ConnInfo;
 use crate::http::RUN_ID_HEADER;
 use crate::metrics::{REQUESTS_ABANDONED, record_grpc};
@@ -71,7 +71,10 @@ pub const OPEN_METHODS: [&str; 4] = [
 
 /// How often the health service's statuses follow the readiness.
 const HEALTH_POLL: std::time::Duration = std::time::Duration::from_millis(500);
-use proto::{GetRequest, GetResponse, MultiGetChunk, MultiGetRequest, MultiGetResponse, Value};
+use proto::{
+    GetRequest, GetResponse, MultiGetChunk, MultiGetRequest, MultiGetResponse, SearchHit, SearchRequest,
+    SearchResponse, SearchResult, Value,
+};
 
 /// Keys per streamed chunk when the request does not say.
 pub const DEFAULT_CHUNK_SIZE: usize = 1000;
@@ -121,6 +124,7 @@ fn route_of(path: &str) -> &'static str {
         Some("Get") => "grpc_get",
         Some("MultiGet") => "grpc_multiget",
         Some("MultiGetStream") => "grpc_multiget_stream",
+        Some("Search") => "grpc_search",
         _ => "grpc_other",
     }
 }
@@ -338,6 +342,19 @@ fn found_values(v: Vec<Option<bytes::Bytes>>) -> Vec<Value> {
         .collect()
 }
 
+fn search_hit(h: sf_reader::SearchHit) -> SearchHit {
+    SearchHit {
+        id: Some(match h.id {
+            sf_reader::VectorId::Int(i) => proto::search_hit::Id::IntId(i),
+            sf_reader::VectorId::Str(s) => proto::search_hit::Id::StrId(s),
+        }),
+        score: h.score,
+        payload: h.payload.map(|p| p.to_string()),
+        db_id: h.db_id.0,
+        value: None,
+    }
+}
+
 fn with_run<T>(body: T, view: &SnapshotView) -> Response<T> {
     let mut resp = Response::new(body);
     if let Ok(v) = MetadataValue::try_from(view.run_id().as_str()) {
@@ -416,6 +433,67 @@ impl Lookup for LookupService {
                 run_id: view.run_id().to_string(),
                 values: found_values(found),
             };
+            Ok(with_run(body, &view))
+        })
+        .await
+    }
+
+    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        let (_, _admitted, req) = request.into_parts();
+        self.guarded("grpc_search", async {
+            if req.queries.is_empty() {
+                return Err(ApiError::bad_request(
+                    "bad_request",
+                    "a search needs at least one query",
+                ));
+            }
+            self.app.check_queries(req.queries.len())?;
+            let (_, view) = self.view(&req.snapshot, req.version)?;
+            let ask = SearchAsk {
+                queries: req.queries.into_iter().map(|q| q.vector).collect(),
+                top_k: match req.top_k {
+                    0 => 10,
+                    n => n as usize,
+                },
+                num_probes: (req.num_probes > 0).then_some(req.num_probes),
+                shard_ids: (!req.shard_ids.is_empty()).then_some(req.shard_ids),
+                context: req.context.map(context_pairs),
+                filter: (!req.filter.is_empty()).then_some(req.filter),
+                with_values: req.with_values,
+            };
+            let results = self
+                .app
+                .search_in(&view, &ask)
+                .await?
+                .into_iter()
+                .map(|(found, values)| {
+                    let mut values = values.map(Vec::into_iter);
+                    SearchResult {
+                        shards: found.shards.iter().map(|d| d.0).collect(),
+                        hits: found
+                            .hits
+                            .into_iter()
+                            .map(|h| {
+                                let value = values.as_mut().map(|v| match v.next().flatten() {
+                                    Some(b) => Value {
+                                        found: true,
+                                        value: b.to_vec(),
+                                    },
+                                    None => Value::default(),
+                                });
+                                SearchHit { value, ..search_hit(h) }
+                            })
+                            .collect(),
+                    }
+                })
+                .collect::<Vec<_>>();
+            let body = SearchResponse {
+                run_id: view.run_id().to_string(),
+                results,
+            };
+            self.app
+                .check_message_bytes(prost::Message::encoded_len(&body))
+                .map_err(|e| e.with_run(view.run_id()))?;
             Ok(with_run(body, &view))
         })
         .await
@@ -616,7 +694,7 @@ mod tests {
             assert!(!method.is_empty() && !method.contains('/'), "{path}");
         }
         assert_eq!(LOOKUP_SERVICE, "shardforge.v1.Lookup");
-        for lookup in ["Get", "MultiGet", "MultiGetStream"] {
+        for lookup in ["Get", "MultiGet", "MultiGetStream", "Search"] {
             let path = format!("/{LOOKUP_SERVICE}/{lookup}");
             assert!(!OPEN_METHODS.contains(&path.as_str()), "{path}");
         }

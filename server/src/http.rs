@@ -40,7 +40,7 @@ use serde::Deserialize;
 use sf_reader::{RollbackTarget, Version};
 
 use crate::api_error::ApiError;
-use crate::app::{App, Contexts};
+use crate::app::{App, Contexts, SearchAsk};
 use crate::auth::Caller;
 use crate::request_id::{REQUEST_ID_HEADER, RequestId};
 use crate::snapshot::ServedSnapshot;
@@ -795,7 +795,8 @@ async fn multiget_inner(
 }
 
 /// A search's body: `vector` (one query) or `vectors` (a batch), and
-/// optionally `top_k`, `num_probes`, `shard_ids` and `context`.
+/// optionally `top_k`, `num_probes`, `shard_ids`, `context`, `filter`,
+/// `with_values` and `value_format`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SearchBody {
@@ -806,11 +807,12 @@ struct SearchBody {
     num_probes: Option<u32>,
     shard_ids: Option<Vec<u32>>,
     context: Option<JsonContext>,
+    filter: Option<String>,
+    #[serde(default)]
+    with_values: bool,
+    #[serde(default)]
+    value_format: ValueFormat,
 }
-
-/// The most queries one search request may carry (and `--max-keys`, if
-/// lower).
-const MAX_SEARCH_BATCH: usize = 256;
 
 fn default_top_k() -> usize {
     10
@@ -859,47 +861,45 @@ async fn search_inner(
             ));
         }
     };
-    // Every query scans whole shards: a batch is bounded more tightly than
-    // a multiget's keys.
-    let max_queries = app.limits.max_keys.min(MAX_SEARCH_BATCH);
-    if queries.len() > max_queries {
-        return Err(ApiError::new(
-            413,
-            "too_many_queries",
-            format!("more than {max_queries} queries is over this server's limit per search"),
-        ));
-    }
+    app.check_queries(queries.len())?;
     let (_served, view) = app.view(name, &q.version.unwrap_or(Version::Current))?;
     let run = view.run_id().clone();
-    let bad = |e: sf_reader::Error| ApiError::from(e).with_run(&run);
-    let routing_context = match body.context {
-        Some(c) => Some(
-            view.parse_context(context_pairs(c).iter().map(String::as_str))
-                .map_err(bad)?,
-        ),
-        None => None,
-    };
-    let options = sf_reader::SearchOptions {
+    let ask = SearchAsk {
+        queries,
         top_k: body.top_k,
         num_probes: body.num_probes,
-        shard_ids: body
-            .shard_ids
-            .map(|ids| ids.into_iter().map(sf_manifest::DbId).collect()),
-        routing_context,
+        shard_ids: body.shard_ids,
+        context: body.context.map(context_pairs),
+        filter: body.filter,
+        with_values: body.with_values,
     };
-    let mut answers = Vec::with_capacity(queries.len());
-    for query in &queries {
-        let found = view.search(query, &options).await.map_err(bad)?;
-        answers.push(serde_json::json!({
-            "results": found.hits.iter().map(|h| serde_json::json!({
-                "id": h.id.to_json(),
-                "score": h.score,
-                "payload": h.payload,
-                "db_id": h.db_id.0,
-            })).collect::<Vec<_>>(),
-            "shards": found.shards.iter().map(|d| d.0).collect::<Vec<_>>(),
-        }));
-    }
+    let format = body.value_format;
+    let mut answers: Vec<serde_json::Value> = app
+        .search_in(&view, &ask)
+        .await?
+        .into_iter()
+        .map(|(found, values)| {
+            let results = found.hits.iter().enumerate().map(|(i, h)| {
+                let mut hit = serde_json::json!({
+                    "id": h.id.to_json(),
+                    "score": h.score,
+                    "payload": h.payload,
+                    "db_id": h.db_id.0,
+                });
+                if let Some(values) = &values {
+                    hit["value"] = values
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .map_or(serde_json::Value::Null, |v| serde_json::Value::from(format.show(v)));
+                }
+                hit
+            });
+            serde_json::json!({
+                "results": results.collect::<Vec<_>>(),
+                "shards": found.shards.iter().map(|d| d.0).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     let answer = if batch {
         serde_json::json!({ "run_id": run.as_str(), "batches": answers })
     } else {

@@ -6,8 +6,8 @@
 //!
 //! Label values: `route` is `livez`, `readyz`, `metrics`, `snapshots`,
 //! `get`, `multiget`, `search`, `rollback` (HTTP) or `grpc_get`, `grpc_multiget`,
-//! `grpc_multiget_stream`; latency is kept for the lookup routes only
-//! (`get`, `multiget`, `search` and the three gRPC ones). `status` is the HTTP status,
+//! `grpc_multiget_stream`, `grpc_search`; latency is kept for the lookup
+//! routes only (`get`, `multiget`, `search` and the four gRPC ones). `status` is the HTTP status,
 //! or the gRPC code in lower case (`ok`, `notfound`, ...). `result` is
 //! `found` or `missing`; `reason` is `overloaded`, `unauthenticated` or
 //! `forbidden` (a read token on an admin route). `what` is what a reload
@@ -152,7 +152,7 @@ fn status_label(status: u16) -> metrics::SharedString {
 fn timed(route: &str) -> bool {
     matches!(
         route,
-        "get" | "multiget" | "search" | "grpc_get" | "grpc_multiget" | "grpc_multiget_stream"
+        "get" | "multiget" | "search" | "grpc_get" | "grpc_multiget" | "grpc_multiget_stream" | "grpc_search"
     )
 }
 

@@ -396,7 +396,7 @@ async fn the_readers_search_the_references_vector_snapshots_as_it_does() {
                                     .map(|i| sf_manifest::DbId(i.as_u64().expect("id") as u32))
                                     .collect()
                             }),
-                            routing_context: None,
+                            ..Default::default()
                         };
                         let got = reader
                             .search(&query, &options)
@@ -427,6 +427,341 @@ async fn the_readers_search_the_references_vector_snapshots_as_it_does() {
         )
         .await;
     }
+}
+
+/// A set's vector metadata and its shards, decoded from the files.
+fn decoded(name: &str, set: &Value) -> (VectorMeta, BTreeMap<u32, Shard>) {
+    let current: Value = serde_json::from_slice(
+        &std::fs::read(local(
+            set,
+            &format!("{}/_CURRENT", set["s3_prefix"].as_str().expect("fixture field")),
+        ))
+        .expect("_CURRENT"),
+    )
+    .expect("_CURRENT JSON");
+    let manifest = Manifest::from_sqlite_bytes(
+        &std::fs::read(local(set, current["manifest_ref"].as_str().expect("manifest_ref"))).expect("manifest"),
+        name,
+    )
+    .expect("manifest");
+    let meta = VectorMeta::from_custom(&manifest.build.custom)
+        .expect("custom.vector")
+        .expect("vectors");
+    let mut shards: BTreeMap<u32, Shard> = BTreeMap::new();
+    for s in set["shards"].as_array().expect("shards") {
+        let db = s["db_id"].as_u64().expect("fixture field") as u32;
+        let path = root()
+            .join(s["local_dir"].as_str().expect("fixture field"))
+            .join("shard.db");
+        shards.insert(db, read_shard(&path, meta.dim as usize));
+    }
+    (meta, shards)
+}
+
+/// Every hit of `query` over all of `shards`, nearest first, that `keep`
+/// keeps (given its payload).
+fn exhaustive(meta: &VectorMeta, shards: &BTreeMap<u32, Shard>, query: &[f32], keep: &Keep) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = shards
+        .iter()
+        .flat_map(|(db, s)| {
+            s.rows
+                .iter()
+                .filter(|(_, (_, _, payload))| keep(payload.as_ref()))
+                .map(|(rowid, (v, _, _))| Hit {
+                    shard: *db,
+                    rowid: *rowid,
+                    score: distance(meta.metric, query, v),
+                })
+        })
+        .collect();
+    hits.sort_by(Hit::order);
+    hits
+}
+
+/// What a test's own filter keeps, given a hit's payload.
+type Keep = dyn Fn(Option<&Value>) -> bool;
+
+/// A payload filter keeps the `top_k` nearest hits that match, in every
+/// mode: the hits of an exhaustive search the test filters itself (so a
+/// filter applied after the cut, which returns fewer, fails), for a
+/// filter on a text field and a number, on a unified and a vector-only
+/// snapshot; a payload without the field, and a hit without a payload,
+/// never match; a filter that does not compile is refused saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_filter_keeps_the_nearest_matching_hits_in_every_mode() {
+    let expected = expected();
+    let field = |p: Option<&Value>, name: &str| p.and_then(|p| p.get(name)).cloned();
+    let cases: [(&str, &str, Box<Keep>); 3] = [
+        (
+            "unified_hash",
+            r#"tag == "red" && k >= 100"#,
+            Box::new(move |p| {
+                field(p, "tag") == Some(Value::from("red"))
+                    && field(p, "k").and_then(|k| k.as_i64()).is_some_and(|k| k >= 100)
+            }),
+        ),
+        (
+            "unified_l2",
+            r#"tag != "red""#,
+            Box::new(move |p| field(p, "tag").is_some_and(|t| t != "red")),
+        ),
+        (
+            "vec_cluster",
+            "i % 3 == 1",
+            Box::new(move |p| field(p, "i").and_then(|i| i.as_i64()).is_some_and(|i| i % 3 == 1)),
+        ),
+    ];
+    for (name, filter, keep) in &cases {
+        let set = &expected["sets"][*name];
+        let (meta, shards) = decoded(name, set);
+        let all: Vec<sf_manifest::DbId> = shards.keys().map(|d| sf_manifest::DbId(*d)).collect();
+        let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+        sf_tests::readers::read_in_every_mode(
+            &prefix.display().to_string(),
+            &sf_tests::readers::SQLITE_MODES,
+            async |reader| {
+                for q in set["queries"].as_array().expect("queries") {
+                    let query = vector(&q["vector_f32le_hex"]);
+                    let want = exhaustive(&meta, &shards, &query, keep.as_ref());
+                    let unfiltered = exhaustive(&meta, &shards, &query, &|_| true);
+                    assert!(
+                        want.len() >= 8 && want.len() < unfiltered.len(),
+                        "{name}: {} of {} match",
+                        want.len(),
+                        unfiltered.len()
+                    );
+                    for top_k in [8, want.len() + 5] {
+                        let options = sf_reader::SearchOptions {
+                            top_k,
+                            shard_ids: Some(all.clone()),
+                            filter: Some(filter.to_string()),
+                            ..Default::default()
+                        };
+                        let got = reader.search(&query, &options).await.expect("search");
+                        let got: Vec<(u32, Option<Value>)> =
+                            got.hits.iter().map(|h| (h.db_id.0, h.payload.clone())).collect();
+                        let want: Vec<(u32, Option<Value>)> = want
+                            .iter()
+                            .take(top_k)
+                            .map(|h| (h.shard, shards[&h.shard].rows[&h.rowid].2.clone()))
+                            .collect();
+                        assert_eq!(got, want, "{name} top {top_k} with {filter}");
+                    }
+                }
+                let options = sf_reader::SearchOptions {
+                    filter: Some("tag ==".into()),
+                    shard_ids: Some(all.clone()),
+                    ..Default::default()
+                };
+                let query = vector(&set["queries"][0]["vector_f32le_hex"]);
+                let e = reader.search(&query, &options).await.expect_err("bad filter");
+                assert_eq!(e.kind(), sf_manifest::ErrorKind::Config, "{e}");
+                assert!(e.to_string().contains("does not compile"), "{e}");
+            },
+        )
+        .await;
+    }
+}
+
+/// Every mode searches exactly: for every query of the four reference
+/// snapshots, a search of all shards returns, in download, range and
+/// memory mode alike, the hits of an exhaustive search the test computes
+/// over the decoded shard files (ids, payloads, order; scores within
+/// 1e-6), for a short and a full top-k. Memory mode answers from the
+/// vector arena it loads on the first search (the reader's memory grows
+/// then, and not on later searches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_returns_the_exhaustive_search() {
+    let expected = expected();
+    for (name, set) in expected["sets"].as_object().expect("sets") {
+        let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+        let current: Value = serde_json::from_slice(
+            &std::fs::read(local(
+                set,
+                &format!("{}/_CURRENT", set["s3_prefix"].as_str().expect("fixture field")),
+            ))
+            .expect("_CURRENT"),
+        )
+        .expect("_CURRENT JSON");
+        let manifest = Manifest::from_sqlite_bytes(
+            &std::fs::read(local(set, current["manifest_ref"].as_str().expect("manifest_ref"))).expect("manifest"),
+            name,
+        )
+        .expect("manifest");
+        let meta = VectorMeta::from_custom(&manifest.build.custom)
+            .expect("custom.vector")
+            .expect("vectors");
+        let mut shards: BTreeMap<u32, Shard> = BTreeMap::new();
+        for s in set["shards"].as_array().expect("shards") {
+            let db = s["db_id"].as_u64().expect("fixture field") as u32;
+            let path = root()
+                .join(s["local_dir"].as_str().expect("fixture field"))
+                .join("shard.db");
+            shards.insert(db, read_shard(&path, meta.dim as usize));
+        }
+        let total: usize = shards.values().map(|s| s.rows.len()).sum();
+        let all: Vec<sf_manifest::DbId> = shards.keys().map(|d| sf_manifest::DbId(*d)).collect();
+        let queries: Vec<Vec<f32>> = set["queries"]
+            .as_array()
+            .expect("queries")
+            .iter()
+            .map(|q| vector(&q["vector_f32le_hex"]))
+            .collect();
+        let mut by_mode = Vec::new();
+        for mode in sf_tests::readers::SQLITE_MODES {
+            let cache = tempfile::tempdir().expect("cache");
+            let reader = sf_tests::readers::open(
+                &prefix.display().to_string(),
+                sf_tests::readers::settings(mode, cache.path()),
+            )
+            .await;
+            let mut answers = Vec::new();
+            let mut memory_after_first = None;
+            for query in &queries {
+                let mut exhaustive: Vec<Hit> = shards
+                    .iter()
+                    .flat_map(|(db, s)| {
+                        s.rows.iter().map(|(rowid, (v, _, _))| Hit {
+                            shard: *db,
+                            rowid: *rowid,
+                            score: distance(meta.metric, query, v),
+                        })
+                    })
+                    .collect();
+                exhaustive.sort_by(Hit::order);
+                for top_k in [7, total] {
+                    let options = sf_reader::SearchOptions {
+                        top_k,
+                        shard_ids: Some(all.clone()),
+                        ..sf_reader::SearchOptions::default()
+                    };
+                    let got = reader
+                        .search(query, &options)
+                        .await
+                        .unwrap_or_else(|e| panic!("{name} {mode:?}: {e}"));
+                    assert_eq!(got.hits.len(), top_k.min(total), "{name} {mode:?}");
+                    for (hit, want) in got.hits.iter().zip(&exhaustive) {
+                        let (_, id, payload) = &shards[&want.shard].rows[&want.rowid];
+                        assert_eq!(
+                            (&hit.id, hit.db_id.0, &hit.payload),
+                            (id, want.shard, payload),
+                            "{name} {mode:?} top {top_k}"
+                        );
+                        assert!(
+                            (hit.score - want.score).abs() < 1e-6,
+                            "{name} {mode:?}: {} vs {}",
+                            hit.score,
+                            want.score
+                        );
+                    }
+                    answers.push(got.hits);
+                    let memory = reader.stats().memory_bytes;
+                    match memory_after_first {
+                        None => memory_after_first = Some(memory),
+                        Some(first) => assert_eq!(memory, first, "{name} {mode:?}: the arena loads once"),
+                    }
+                }
+            }
+            if mode == sf_reader::SqliteMode::Memory {
+                // The kv index alone of a fresh reader, then the arena.
+                let fresh_cache = tempfile::tempdir().expect("cache");
+                let fresh = sf_tests::readers::open(
+                    &prefix.display().to_string(),
+                    sf_tests::readers::settings(mode, fresh_cache.path()),
+                )
+                .await;
+                for db in &all {
+                    fresh.scan_shard(*db, None, 1).await.expect("open by a scan");
+                }
+                let opened = fresh.stats().memory_bytes;
+                let options = sf_reader::SearchOptions {
+                    shard_ids: Some(all.clone()),
+                    ..Default::default()
+                };
+                fresh.search(&queries[0], &options).await.expect("search");
+                let vectors = shards.values().map(|s| s.rows.len()).sum::<usize>() * meta.dim as usize * 4;
+                assert!(
+                    fresh.stats().memory_bytes >= opened + vectors as u64,
+                    "{name}: {} bytes held after the search, {opened} before, {vectors} bytes of vectors",
+                    fresh.stats().memory_bytes
+                );
+                assert_eq!(fresh.stats().memory_fallbacks, 0);
+                fresh.close();
+            }
+            reader.close();
+            by_mode.push(answers);
+        }
+        assert!(
+            by_mode.windows(2).all(|w| w[0] == w[1]),
+            "{name}: every mode answers alike"
+        );
+    }
+}
+
+/// `search_then_get` on the reference's unified snapshots, in every mode:
+/// the search's hits, each with the value stored under its id (the key),
+/// the values of the fixture's rows; on a vector-only snapshot it is
+/// refused, saying there are no values to get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_then_get_returns_each_hits_value_from_the_same_snapshot() {
+    let expected = expected();
+    for name in ["unified_hash", "unified_l2"] {
+        let set = &expected["sets"][name];
+        let values: BTreeMap<String, String> = set["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| {
+                (
+                    key_text(&r["id"]),
+                    r["value"]["__bytes__"].as_str().expect("value").to_string(),
+                )
+            })
+            .collect();
+        let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+        sf_tests::readers::read_in_every_mode(
+            &prefix.display().to_string(),
+            &sf_tests::readers::SQLITE_MODES,
+            async |reader| {
+                for q in set["queries"].as_array().expect("queries") {
+                    let query = vector(&q["vector_f32le_hex"]);
+                    let options = sf_reader::SearchOptions {
+                        top_k: 6,
+                        ..Default::default()
+                    };
+                    let got = reader.search_then_get(&query, &options).await.expect("search_then_get");
+                    assert_eq!(
+                        got.results,
+                        reader.search(&query, &options).await.expect("search"),
+                        "{name}"
+                    );
+                    assert_eq!(got.values.len(), 6);
+                    for (hit, value) in got.results.hits.iter().zip(&got.values) {
+                        let want = &values[&hit.id.to_string()];
+                        assert_eq!(value.as_deref(), Some(want.as_bytes()), "{name} id {}", hit.id);
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    let set = &expected["sets"]["vec_cluster"];
+    let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+    let cache = tempfile::tempdir().expect("cache");
+    let reader = sf_tests::readers::open(
+        &prefix.display().to_string(),
+        sf_tests::readers::settings(sf_reader::SqliteMode::Download, cache.path()),
+    )
+    .await;
+    let e = reader
+        .search_then_get(
+            &vector(&set["queries"][0]["vector_f32le_hex"]),
+            &sf_reader::SearchOptions::default(),
+        )
+        .await
+        .expect_err("vector-only");
+    assert_eq!(e.kind(), sf_manifest::ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("vector-only"), "{e}");
 }
 
 /// What a search refuses, with the reason: a query of the wrong length,
@@ -547,6 +882,32 @@ fn sf_read_searches_from_the_command_line_and_stdin() {
     check(lines[0], &queries[1]);
     check(lines[1], &queries[2]);
 
+    // A payload filter: every hit matches it, and there are top_k of them.
+    let out = run(
+        &[
+            "search",
+            "--vector",
+            &text(&queries[0]),
+            "--top-k",
+            "5",
+            "--filter",
+            "i % 3 == 1",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).expect("a result line");
+    let results = got["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5, "{got}");
+    assert!(
+        results.iter().all(|r| r["payload"]["i"].as_i64().expect("i") % 3 == 1),
+        "{got}"
+    );
+    let out = run(&["search", "--vector", &text(&queries[0]), "--filter", "i %"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not compile"), "{err}");
+
     let out = run(&["search", "--vector", "[1, 2]"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -558,6 +919,103 @@ fn sf_read_searches_from_the_command_line_and_stdin() {
         err.contains("--vector") && err.contains("not a JSON array of numbers"),
         "{err}"
     );
+}
+
+/// `sf-read search --exact` on the reference's CLUSTER snapshot: after
+/// each query's results a `recall` line whose recall@10 is the one the
+/// test computes (the exact top 10 over every shard against the top 10 of
+/// the query's one nearest shard, from the decoded files), then the mean;
+/// with one probe some of the exact hits are missed, with every shard
+/// probed none is.
+#[test]
+fn sf_read_search_exact_prints_recall_against_the_exhaustive_search() {
+    let expected = expected();
+    let set = &expected["sets"]["vec_cluster"];
+    let (meta, shards) = decoded("vec_cluster", set);
+    let centroids: Vec<f32> = set["routing_artifact"]["values"]
+        .as_array()
+        .expect("centroids")
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_f64().expect("value") as f32)
+        })
+        .collect();
+    let router = ClusterRouter::new(
+        npy::Matrix {
+            rows: shards.len(),
+            cols: meta.dim as usize,
+            values: centroids,
+        },
+        meta.metric,
+    );
+    let prefix = root().join(set["local_prefix"].as_str().expect("local_prefix"));
+    let cache = tempfile::tempdir().expect("cache");
+    let queries = set["queries"].as_array().expect("queries");
+    let input: String = queries
+        .iter()
+        .map(|q| format!("{}\n", serde_json::to_string(&q["vector"]).expect("json")))
+        .collect();
+    let k = 10;
+    let run = |probes: usize| {
+        let mut cmd = std::process::Command::new(sf_tests::writer_support::binary("sf-read"));
+        cmd.arg("--current-url")
+            .arg(&prefix)
+            .args(["search", "--vector", "-", "--exact", "--top-k", "10", "--num-probes"])
+            .arg(probes.to_string())
+            .env("SF_CACHE_DIR", cache.path())
+            .env_remove("SF_CURRENT_URL");
+        let out = sf_tests::writer_support::output_with_input(&mut cmd, Some(&input));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect::<Vec<Value>>()
+    };
+    let mut means = Vec::new();
+    for probes in [1, shards.len()] {
+        let lines = run(probes);
+        assert_eq!(lines.len(), 2 * queries.len() + 1, "{lines:?}");
+        let mut sum = 0.0;
+        for (i, q) in queries.iter().enumerate() {
+            let query = vector(&q["vector_f32le_hex"]);
+            let exact: Vec<Hit> = exhaustive(&meta, &shards, &query, &|_| true)
+                .into_iter()
+                .take(k)
+                .collect();
+            let probed = router.probes(&query, probes);
+            let routed: Vec<Hit> = exhaustive(&meta, &shards, &query, &|_| true)
+                .into_iter()
+                .filter(|h| probed.contains(&h.shard))
+                .take(k)
+                .collect();
+            let want = exact.iter().filter(|h| routed.contains(h)).count() as f64 / exact.len() as f64;
+            sum += want;
+            let (results, recall) = (&lines[2 * i], &lines[2 * i + 1]);
+            assert_eq!(results["op"], "search");
+            assert_eq!(results["results"].as_array().expect("results").len(), k);
+            assert_eq!(recall["op"], "recall", "{recall}");
+            assert_eq!(recall["query"], i as u64 + 1);
+            assert_eq!(recall["k"], k as u64);
+            assert_eq!(recall["shards"], probes as u64);
+            assert_eq!(recall["exact_shards"], shards.len() as u64);
+            let got = recall["recall"].as_f64().expect("recall");
+            assert!(
+                (got - want).abs() < 1e-12,
+                "query {i} with {probes} probes: {got} vs {want}"
+            );
+        }
+        let last = lines.last().expect("the mean");
+        assert_eq!(last["op"], "recall_mean", "{last}");
+        assert_eq!(last["queries"], queries.len() as u64);
+        let mean = last["mean_recall"].as_f64().expect("mean");
+        assert!((mean - sum / queries.len() as f64).abs() < 1e-12, "{mean}");
+        means.push(mean);
+    }
+    assert!(means[0] < 1.0, "one probe misses some exact hits: {means:?}");
+    assert_eq!(means[1], 1.0, "every shard probed finds them all");
 }
 
 /// `POST /v1/snapshots/{name}/search` on the real `sf-serve`: one query
@@ -619,6 +1077,27 @@ async fn the_lookup_service_answers_searches_over_http() {
         ids(&search_of(&queries[0], serde_json::json!([1]))["results"])
     );
 
+    let body = serde_json::json!({ "vector": queries[0]["vector"], "top_k": 5, "filter": "tag == \"red\"" });
+    let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5, "{answer}");
+    assert!(results.iter().all(|r| r["payload"]["tag"] == "red"), "{answer}");
+    // With values: each hit's value under its id (the key), from the same run.
+    let body = serde_json::json!({ "vector": queries[0]["vector"], "top_k": 4, "with_values": true });
+    let (status, header_run, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(header_run.as_deref(), Some(run.as_str()));
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), 4, "{answer}");
+    for r in results {
+        assert_eq!(r["value"], format!("v{}", r["id"]), "{answer}");
+    }
+    let body = serde_json::json!({ "vector": queries[0]["vector"], "filter": "tag ==" });
+    let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("does not compile"), "{answer}");
+
     let body = serde_json::json!({ "vector": [1.0, 2.0] });
     let (status, _, answer) = call(serve.post_json("/v1/snapshots/vecs/search", &body)).await;
     assert_eq!(status, 400, "{answer}");
@@ -649,6 +1128,254 @@ async fn the_lookup_service_answers_searches_over_http() {
             "sf_serve_requests_total",
             &[("route", "search"), ("status", "200")]
         ) >= 3.0,
+        "{samples:?}"
+    );
+}
+
+/// gRPC `Search` on the real `sf-serve`: without a token it is refused
+/// before its message is read; with one, one query and a batch answer
+/// with the reference's results and the run id (in the message and the
+/// metadata), a shard list and `num_probes` narrow the search as the
+/// reference narrowed it, a query of the wrong length is INVALID_ARGUMENT
+/// saying why, a batch past 256 RESOURCE_EXHAUSTED, and the calls are
+/// counted as `grpc_search`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lookup_service_answers_searches_over_grpc() {
+    use sf_server::grpc::proto::{Query, SearchRequest, search_hit};
+    use sf_tests::serve::{ServeProcess, metric, with_token, write_tokens};
+    let expected = expected();
+    let folder = tempfile::tempdir().expect("tokens");
+    let tokens = write_tokens(folder.path(), &["search-secret"]);
+    let unified = &expected["sets"]["unified_hash"];
+    let cluster = &expected["sets"]["vec_cluster"];
+    let url = |set: &Value| {
+        root()
+            .join(set["local_prefix"].as_str().expect("prefix"))
+            .display()
+            .to_string()
+    };
+    let (u, c) = (url(unified), url(cluster));
+    let serve = ServeProcess::serving(
+        &[("vecs", u.as_str()), ("clustered", c.as_str())],
+        &["--grpc-listen", "127.0.0.1:0", "--auth-token-file", &tokens],
+    );
+    serve.wait_ready().await;
+    let mut g = serve.grpc_client().await;
+    let query = |v: &Value| Query {
+        vector: vector(&v["vector_f32le_hex"]),
+    };
+    let ids = |hits: &[sf_server::grpc::proto::SearchHit]| -> Vec<Value> {
+        hits.iter()
+            .map(|h| match h.id.clone().expect("an id") {
+                search_hit::Id::IntId(i) => Value::from(i),
+                search_hit::Id::StrId(s) => Value::from(s),
+            })
+            .collect()
+    };
+    let want_ids = |search: &Value| -> Vec<Value> {
+        search["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|r| r["id"].clone())
+            .collect()
+    };
+    let search_of = |q: &Value, pick: &dyn Fn(&Value) -> bool| -> Value {
+        q["searches"]
+            .as_array()
+            .expect("searches")
+            .iter()
+            .find(|s| pick(s))
+            .cloned()
+            .expect("a search")
+    };
+    let queries = unified["queries"].as_array().expect("queries");
+    let request = |snapshot: &str, qs: Vec<Query>| SearchRequest {
+        snapshot: snapshot.into(),
+        queries: qs,
+        top_k: 5,
+        ..Default::default()
+    };
+
+    let e = g
+        .search(request("vecs", vec![query(&queries[0])]))
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+
+    let run = unified["write"]["run_id"].as_str().expect("run id");
+    let answer = g
+        .search(with_token(request("vecs", vec![query(&queries[0])]), "search-secret"))
+        .await
+        .expect("search");
+    assert_eq!(
+        answer.metadata().get("sf-run-id").and_then(|v| v.to_str().ok()),
+        Some(run)
+    );
+    let answer = answer.into_inner();
+    assert_eq!(answer.run_id, run);
+    assert_eq!(answer.results.len(), 1);
+    let want = search_of(&queries[0], &|s| s["shard_ids"].is_null());
+    assert_eq!(ids(&answer.results[0].hits), want_ids(&want));
+    for (hit, w) in answer.results[0]
+        .hits
+        .iter()
+        .zip(want["results"].as_array().expect("results"))
+    {
+        assert!((hit.score - w["score"].as_f64().expect("score")).abs() < 1e-5);
+        let payload: Value = hit
+            .payload
+            .as_deref()
+            .map_or(Value::Null, |p| serde_json::from_str(p).expect("payload JSON"));
+        assert_eq!(payload, w["payload"]);
+    }
+    assert_eq!(answer.results[0].shards.len(), 3);
+
+    let batch = g
+        .search(with_token(
+            request("vecs", queries[1..3].iter().map(query).collect()),
+            "search-secret",
+        ))
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(batch.results.len(), 2);
+    for (r, q) in batch.results.iter().zip(&queries[1..3]) {
+        assert_eq!(ids(&r.hits), want_ids(&search_of(q, &|s| s["shard_ids"].is_null())));
+    }
+
+    let narrowed = g
+        .search(with_token(
+            SearchRequest {
+                shard_ids: vec![1],
+                ..request("vecs", vec![query(&queries[0])])
+            },
+            "search-secret",
+        ))
+        .await
+        .expect("shard_ids")
+        .into_inner();
+    assert_eq!(narrowed.results[0].shards, vec![1]);
+    assert_eq!(
+        ids(&narrowed.results[0].hits),
+        want_ids(&search_of(&queries[0], &|s| s["shard_ids"] == serde_json::json!([1])))
+    );
+
+    let filtered = g
+        .search(with_token(
+            SearchRequest {
+                filter: r#"tag == "red""#.into(),
+                ..request("vecs", vec![query(&queries[0])])
+            },
+            "search-secret",
+        ))
+        .await
+        .expect("filter")
+        .into_inner();
+    let hits = &filtered.results[0].hits;
+    assert_eq!(hits.len(), 5);
+    for h in hits {
+        let payload: Value = serde_json::from_str(h.payload.as_deref().expect("a payload")).expect("JSON");
+        assert_eq!(payload["tag"], "red");
+    }
+
+    let valued = g
+        .search(with_token(
+            SearchRequest {
+                with_values: true,
+                ..request("vecs", vec![query(&queries[0])])
+            },
+            "search-secret",
+        ))
+        .await
+        .expect("with values")
+        .into_inner();
+    for h in &valued.results[0].hits {
+        let value = h.value.clone().expect("a value");
+        assert!(value.found);
+        let id = ids(std::slice::from_ref(h))[0].clone();
+        assert_eq!(value.value, format!("v{id}").into_bytes());
+    }
+    assert!(filtered.results[0].hits.iter().all(|h| h.value.is_none()));
+    let e = g
+        .search(with_token(
+            SearchRequest {
+                with_values: true,
+                ..request("clustered", vec![query(&cluster["queries"][0])])
+            },
+            "search-secret",
+        ))
+        .await
+        .expect_err("a vector-only snapshot has no values");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("vector-only"), "{e:?}");
+
+    // A CLUSTER snapshot: each recorded num_probes probes the shards the
+    // reference probed, and finds its results.
+    let mut probed = 0;
+    for q in cluster["queries"].as_array().expect("queries") {
+        for search in q["searches"].as_array().expect("searches") {
+            let Some(n) = search["num_probes"].as_u64() else {
+                continue;
+            };
+            let answer = g
+                .search(with_token(
+                    SearchRequest {
+                        num_probes: n as u32,
+                        ..request("clustered", vec![query(q)])
+                    },
+                    "search-secret",
+                ))
+                .await
+                .expect("probes")
+                .into_inner();
+            assert_eq!(
+                serde_json::to_value(&answer.results[0].shards).expect("json"),
+                search["route"]
+            );
+            assert_eq!(ids(&answer.results[0].hits), want_ids(search));
+            probed += 1;
+        }
+    }
+    assert!(probed > 0);
+
+    let e = g
+        .search(with_token(
+            request("vecs", vec![Query { vector: vec![1.0, 2.0] }]),
+            "search-secret",
+        ))
+        .await
+        .expect_err("wrong length");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("the snapshot's dimension is 8"), "{e:?}");
+    let e = g
+        .search(with_token(request("vecs", Vec::new()), "search-secret"))
+        .await
+        .expect_err("no query");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let many = std::iter::repeat_n(query(&queries[0]), 257).collect();
+    let e = g
+        .search(with_token(request("vecs", many), "search-secret"))
+        .await
+        .expect_err("past the bound");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("more than 256 queries"), "{e:?}");
+
+    let samples = serve.metrics(Some("search-secret")).await;
+    assert!(
+        metric(
+            &samples,
+            "sf_serve_requests_total",
+            &[("route", "grpc_search"), ("status", "ok")]
+        ) >= 4.0,
+        "{samples:?}"
+    );
+    assert!(
+        metric(
+            &samples,
+            "sf_serve_requests_total",
+            &[("route", "grpc_search"), ("status", "unauthenticated")]
+        ) >= 1.0,
         "{samples:?}"
     );
 }

@@ -156,6 +156,22 @@ impl Reader {
         crate::view::search_vectors(&self.state, &snap, query, options).await
     }
 
+    /// [`search`](Self::search) in the served snapshot, then, for each hit,
+    /// the value stored under its id taken as a key (an int id as an
+    /// integer key, a text id as text, parsed by the snapshot's key
+    /// encoding as `get` takes keys), read from the same snapshot even if
+    /// a refresh swaps in between. An id that is not a valid key of the
+    /// snapshot's type has no value. A vector-only snapshot has no values
+    /// to get: [`Error::Config`](crate::Error::Config).
+    pub async fn search_then_get(
+        &self,
+        query: &[f32],
+        options: &crate::vector::SearchOptions,
+    ) -> Result<crate::vector::SearchWithValues> {
+        self.check_open()?;
+        self.current().search_then_get(query, options).await
+    }
+
     async fn multi_lookup<'a>(
         &self,
         items: impl ExactSizeIterator<Item = (&'a Key, Option<&'a RoutingContext>)>,

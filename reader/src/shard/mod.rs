@@ -19,6 +19,7 @@ pub(crate) mod remote_file;
 pub(crate) mod slate;
 pub(crate) mod spec;
 pub(crate) mod sqlite;
+pub(crate) mod vectors;
 mod vfs;
 
 use std::path::PathBuf;
@@ -45,10 +46,12 @@ use download::DownloadCache;
 use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
 use sf_manifest::format::vector::Metric;
+use sf_router::filter::PayloadFilter;
 use slate::SlateShard;
 pub(crate) use spec::{ShardIdentity, ShardSpec};
 pub(crate) use sqlite::VectorHit;
 use sqlite::{ConnPool, Source, spawn_sqlite};
+use vectors::VectorArena;
 
 /// Multi-gets on a downloaded shard with at least this many keys run on
 /// the blocking pool in a task of their own, so that several shards'
@@ -122,7 +125,14 @@ enum Backend {
     Local(ConnPool),
     /// A downloaded SQLite file held in memory. Lookups use the index
     /// only; scans, which need key order, read the file through the pool.
-    Memory { index: Arc<MemoryShard>, pool: ConnPool },
+    /// Its vectors are loaded into an arena of their own on the first
+    /// search (`None`: they do not fit, searches read the file).
+    Memory {
+        index: Arc<MemoryShard>,
+        pool: ConnPool,
+        file_bytes: u64,
+        vectors: tokio::sync::OnceCell<Option<Arc<VectorArena>>>,
+    },
     /// A SQLite file read by range. The registration keeps the VFS name
     /// alive while the shard is open.
     Range {
@@ -311,6 +321,8 @@ impl ShardHandle {
                     Backend::Memory {
                         index: Arc::new(index),
                         pool,
+                        file_bytes: size,
+                        vectors: tokio::sync::OnceCell::new(),
                     },
                     Some(hold),
                 )))
@@ -495,6 +507,7 @@ impl ShardHandle {
         metric: Metric,
         k: usize,
         max_vectors: u64,
+        filter: Option<Arc<PayloadFilter>>,
     ) -> Result<Vec<VectorHit>> {
         if let Backend::Slate(_) = self.backend {
             return Err(self.read_error(
@@ -504,10 +517,78 @@ impl ShardHandle {
             ));
         }
         let db = self.db_id.0;
+        if let Backend::Memory {
+            file_bytes, vectors, ..
+        } = &self.backend
+        {
+            let arena = vectors
+                .get_or_try_init(|| self.load_vectors(*file_bytes, query.len(), metric))
+                .await?;
+            if let Some(arena) = arena {
+                return self.memory_top_k(Arc::clone(arena), query, k, filter).await;
+            }
+            // Too large for the memory left: read the file.
+        }
         self.on_sqlite_pool("vector search", move |pool| {
-            pool.vector_top_k(db, &query, metric, k, max_vectors)
+            pool.vector_top_k(db, &query, metric, k, max_vectors, filter.as_deref())
         })
         .await
+    }
+
+    /// Loads a memory-mode shard's vectors into an arena (see
+    /// [`vectors`]), within the reader's memory budget; `None` when they
+    /// do not fit.
+    async fn load_vectors(
+        self: &Arc<Self>,
+        file_bytes: u64,
+        dim: usize,
+        metric: Metric,
+    ) -> Result<Option<Arc<VectorArena>>> {
+        let budget = Arc::clone(&self.env.memory);
+        let loaded = self
+            .on_sqlite_pool("vector load", move |pool| {
+                pool.with_conn(|conn| VectorArena::load(conn, &budget, file_bytes, dim, metric))
+            })
+            .await?;
+        match &loaded {
+            Some(arena) => tracing::debug!(shard = %self.db_id, vectors = arena.len(), "vectors held in memory"),
+            None => {
+                bump(&self.env.counters.memory_fallbacks, 1);
+                tracing::info!(
+                    shard = %self.db_id,
+                    memory_bytes = self.env.memory.used_bytes(),
+                    memory_limit_bytes = self.env.settings.memory_limit_bytes,
+                    "the shard's vectors do not fit in the memory limit; searching them in the file"
+                );
+            }
+        }
+        Ok(loaded.map(Arc::new))
+    }
+
+    /// A search of a memory-mode shard's arena: inline when it is small,
+    /// else on the blocking pool (a large scan takes milliseconds, which
+    /// a runtime worker must not spend).
+    async fn memory_top_k(
+        &self,
+        arena: Arc<VectorArena>,
+        query: Arc<[f32]>,
+        k: usize,
+        filter: Option<Arc<PayloadFilter>>,
+    ) -> Result<Vec<VectorHit>> {
+        let db = self.db_id.0;
+        let small = arena.is_small() && filter.is_none();
+        let scan = move || match &filter {
+            Some(f) => arena.top_k(db, &query, k, &mut |p| f.matches(p)),
+            None => arena.top_k(db, &query, k, &mut |_| true),
+        };
+        let result = if small {
+            scan()
+        } else {
+            tokio::task::spawn_blocking(scan)
+                .await
+                .map_err(|e| Error::Internal(format!("vector search task failed: {e}")))?
+        };
+        result.map_err(|e| self.sqlite_error(e, None))
     }
 
     /// Up to `limit` rows in key order, strictly after `after`.

@@ -24,6 +24,7 @@ use rusqlite::{Connection, OpenFlags};
 use sf_manifest::format::kv;
 use sf_manifest::format::untrusted::{self, Budget};
 use sf_manifest::format::vector::{Chunk, Metric, VectorId, f32s};
+use sf_router::filter::PayloadFilter;
 use sf_router::vector::{Hit, TopK, distance};
 
 /// SQLite VM steps one point lookup (or one batch of [`BATCH`] keys) may
@@ -150,6 +151,15 @@ impl ConnPool {
         if idle.len() < self.max_idle {
             idle.push(conn);
         }
+    }
+
+    /// Runs `work` on a connection of the pool (kept for reuse when it
+    /// succeeds).
+    pub(crate) fn with_conn<T>(&self, work: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let conn = self.take()?;
+        let out = work(&conn)?;
+        self.give_back(conn);
+        Ok(out)
     }
 
     /// Adds an already opened connection to the pool.
@@ -281,9 +291,10 @@ impl ConnPool {
         metric: Metric,
         k: usize,
         max_vectors: u64,
+        filter: Option<&PayloadFilter>,
     ) -> rusqlite::Result<Vec<VectorHit>> {
         let conn = self.take()?;
-        let out = vector_top_k(&conn, shard, query, metric, k, max_vectors)?;
+        let out = vector_top_k(&conn, shard, query, metric, k, max_vectors, filter)?;
         self.give_back(conn);
         Ok(out)
     }
@@ -296,12 +307,21 @@ fn vector_top_k(
     metric: Metric,
     k: usize,
     max_vectors: u64,
+    filter: Option<&PayloadFilter>,
 ) -> rusqlite::Result<Vec<VectorHit>> {
     let chunks = max_vectors / 1024 + 2;
+    // A filter reads the payload of each candidate that would enter the
+    // top k: at most one lookup per vector.
+    let filtered = if filter.is_some() {
+        SCAN_STEPS_PER_ROW.saturating_mul(max_vectors.saturating_add(1024))
+    } else {
+        0
+    };
     let _budget = Budget::start(
         LOOKUP_STEP_BUDGET
             .saturating_mul(k as u64 + 1)
-            .saturating_add(SCAN_STEPS_PER_ROW.saturating_mul(chunks)),
+            .saturating_add(SCAN_STEPS_PER_ROW.saturating_mul(chunks))
+            .saturating_add(filtered),
     );
     let mut top = TopK::new(k);
     let mut vector = Vec::with_capacity(query.len());
@@ -322,11 +342,22 @@ fn vector_top_k(
             for (rowid, bytes) in chunk.live() {
                 vector.clear();
                 vector.extend(f32s(bytes));
-                top.push(Hit {
+                let hit = Hit {
                     shard,
                     rowid,
                     score: distance(metric, query, &vector),
-                });
+                };
+                if let Some(filter) = filter {
+                    if !top.admits(&hit) {
+                        continue;
+                    }
+                    let mut payloads = conn.prepare_cached(VECTOR_PAYLOAD)?;
+                    let payload = payloads.query_row([rowid], |r| r.get::<_, String>(0)).optional()?;
+                    if !filter.matches(payload.as_deref()) {
+                        continue;
+                    }
+                }
+                top.push(hit);
             }
         }
     }
@@ -349,7 +380,7 @@ fn vector_top_k(
 }
 
 /// The error for a file that is not a shard.
-fn not_a_shard(reason: String) -> rusqlite::Error {
+pub(crate) fn not_a_shard(reason: String) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
         Some(format!("not a shard: {reason}")),
