@@ -109,8 +109,10 @@ class Reader:
         num_probes: Optional[int] = None,
         shard_ids: Optional[Iterable[int]] = None,
         routing_context: Optional[Mapping[str, ContextValue]] = None,
+        filter: Optional[str] = None,
     ) -> List[SearchHit]:
-        """The ``top_k`` stored vectors nearest ``query``, nearest first (vector snapshots)."""
+        """The ``top_k`` stored vectors nearest ``query``, nearest first (vector snapshots);
+        ``filter`` is a CEL predicate over the payload's fields, applied before the top-k cut."""
     def info(self) -> SnapshotInfo:
         """The served snapshot."""
     def shards(self) -> List[ShardInfo]:
@@ -175,6 +177,7 @@ class AsyncReader:
         num_probes: Optional[int] = None,
         shard_ids: Optional[Iterable[int]] = None,
         routing_context: Optional[Mapping[str, ContextValue]] = None,
+        filter: Optional[str] = None,
     ) -> Awaitable[List[SearchHit]]: ...
     def history(self) -> Awaitable[List[HistoryEntry]]: ...
     def refresh(self) -> Awaitable[bool]: ...

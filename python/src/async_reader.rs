@@ -115,7 +115,8 @@ impl PyAsyncReader {
     }
 
     /// The `top_k` stored vectors nearest `query`, nearest first; awaitable.
-    #[pyo3(signature = (query, *, top_k = 10, num_probes = None, shard_ids = None, routing_context = None))]
+    #[pyo3(signature = (query, *, top_k = 10, num_probes = None, shard_ids = None, routing_context = None, filter = None))]
+    #[allow(clippy::too_many_arguments, reason = "one parameter per Python keyword argument")]
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -124,8 +125,9 @@ impl PyAsyncReader {
         num_probes: Option<u32>,
         shard_ids: Option<Vec<u32>>,
         routing_context: Option<&Bound<'py, PyAny>>,
+        filter: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let options = search_options(top_k, num_probes, shard_ids, routing_context)?;
+        let options = search_options(top_k, num_probes, shard_ids, routing_context, filter)?;
         let reader = self.inner.clone();
         future_into_py(py, async move {
             let results = reader.search(&query, &options).await.map_err(to_py)?;

@@ -57,12 +57,14 @@ pub(crate) fn search_options(
     num_probes: Option<u32>,
     shard_ids: Option<Vec<u32>>,
     routing_context: Option<&Bound<'_, PyAny>>,
+    filter: Option<String>,
 ) -> PyResult<SearchOptions> {
     Ok(SearchOptions {
         top_k,
         num_probes,
         shard_ids: shard_ids.map(|ids| ids.into_iter().map(DbId).collect()),
         routing_context: context(routing_context)?,
+        filter,
     })
 }
 
@@ -186,7 +188,8 @@ impl PyReader {
     }
 
     /// The `top_k` stored vectors nearest `query`, nearest first.
-    #[pyo3(signature = (query, *, top_k = 10, num_probes = None, shard_ids = None, routing_context = None))]
+    #[pyo3(signature = (query, *, top_k = 10, num_probes = None, shard_ids = None, routing_context = None, filter = None))]
+    #[allow(clippy::too_many_arguments, reason = "one parameter per Python keyword argument")]
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -195,8 +198,9 @@ impl PyReader {
         num_probes: Option<u32>,
         shard_ids: Option<Vec<u32>>,
         routing_context: Option<&Bound<'py, PyAny>>,
+        filter: Option<String>,
     ) -> PyResult<Hits> {
-        let options = search_options(top_k, num_probes, shard_ids, routing_context)?;
+        let options = search_options(top_k, num_probes, shard_ids, routing_context, filter)?;
         let reader = &self.inner;
         let results = py.detach(|| block_on(reader.search(&query, &options))).map_err(to_py)?;
         Ok(Hits(results))

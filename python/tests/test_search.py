@@ -64,3 +64,36 @@ def test_search_through_asyncio_and_bad_queries(cache_dir):
 
     message = asyncio.run(main())
     assert "8" in message, message
+
+
+def test_a_payload_filter_keeps_the_nearest_matching_vectors(cache_dir):
+    s = EXPECTED["sets"]["vec_cluster"]
+    assert s["params"]["metric"] == "l2"
+    q = query_of(s["queries"][0])
+    # The exhaustive answer among the rows whose payload says blue.
+    blue = []
+    for row in s["rows"]:
+        if (row.get("payload") or {}).get("label") == "blue":
+            raw = bytes.fromhex(row["vector_f32le_hex"])
+            v = struct.unpack(f"<{len(raw) // 4}f", raw)
+            blue.append((sum((a - b) ** 2 for a, b in zip(v, q)) ** 0.5, row["id"]))
+    blue.sort()
+    assert len(blue) > 5, len(blue)
+    every_shard = list(range(s["manifest"]["required"]["num_dbs"]))
+    url = str(VECTORS / s["local_prefix"] / "_CURRENT")
+    with shardforge.Reader(url, cache_dir=cache_dir) as r:
+        got = r.search(q, top_k=5, shard_ids=every_shard, filter='label == "blue"')
+        assert [h["id"] for h in got] == [i for _, i in blue[:5]]
+        assert all(h["payload"]["label"] == "blue" for h in got)
+        for h, (d, _) in zip(got, blue):
+            assert abs(h["score"] - d) < 1e-4, (h["score"], d)
+        # Unfiltered, the nearest rows are not all blue: the filter did the work.
+        plain = r.search(q, top_k=5, shard_ids=every_shard)
+        assert [h["id"] for h in plain] != [h["id"] for h in got]
+        # A predicate that does not compile is the reader's configuration error.
+        try:
+            r.search(q, top_k=5, filter="label ==")
+        except shardforge.ConfigError:
+            pass
+        else:
+            raise AssertionError("a broken filter was accepted")
