@@ -55,6 +55,56 @@ pub struct JobConfig {
     /// Old snapshots and abandoned runs removed after a successful publish.
     #[serde(default)]
     pub retention: Option<RetentionConfig>,
+    /// Each row's vector stored beside its key-value row (a unified
+    /// snapshot; see docs/vectors.md).
+    #[serde(default)]
+    pub vector: Option<VectorConfig>,
+}
+
+/// `[vector]`: every row also carries a vector, stored in its shard's
+/// sqlite-vec index next to the row's key and value (a unified snapshot,
+/// searchable by similarity and readable by key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorConfig {
+    /// The vector column: a list of floats (Arrow `FixedSizeList` or
+    /// `List` of `Float32`/`Float64`), or text holding a JSON array of
+    /// numbers (CSV, JSON inputs). Stored as 32-bit floats.
+    pub column: String,
+    /// Components of every vector (1..=8192).
+    pub dim: u32,
+    /// `cosine` (1 - cosine similarity) or `l2` (Euclidean distance).
+    /// `dot` cannot be stored by sqlite-vec shards and is refused.
+    #[serde(default = "default_vector_metric")]
+    pub metric: String,
+    /// The column whose value is each vector's id (integers are stored as
+    /// integer ids, anything else as text; bytes as hex). Default: the key.
+    #[serde(default)]
+    pub id_column: Option<String>,
+    /// Columns stored with each vector as a JSON object and returned with
+    /// search hits. None by default (hits then have no payload).
+    #[serde(default)]
+    pub payload_columns: Vec<String>,
+    /// What a row with an invalid vector (null, a length other than `dim`,
+    /// a NaN or infinite component, all zeros under cosine) does: `fail`
+    /// the build, or `skip` its vector (the key-value row is kept).
+    #[serde(default)]
+    pub on_invalid: OnInvalid,
+}
+
+fn default_vector_metric() -> String {
+    "cosine".to_string()
+}
+
+/// What a row with an invalid vector does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalid {
+    /// The build fails before anything is published, naming the row's key.
+    #[default]
+    Fail,
+    /// The row's vector is left out and counted in the build report.
+    Skip,
 }
 
 /// `[retention]`: after a successful publish, the build runs the same

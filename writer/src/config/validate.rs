@@ -100,7 +100,62 @@ impl JobConfig {
         self.check_gates_and_retention()?;
         self.check_routing()?;
         self.check_output()?;
-        self.check_write()
+        self.check_write()?;
+        self.check_vector()
+    }
+
+    /// `[vector]`: a column, a dimension, a metric the format can store,
+    /// and SQLite shards written in key order.
+    fn check_vector(&self) -> Result<()> {
+        let Some(v) = &self.vector else {
+            return Ok(());
+        };
+        if v.column.trim().is_empty() {
+            return Err(Error::config("vector.column", "must name the vector column"));
+        }
+        let max = sf_manifest::format::vector::MAX_DIM;
+        if !(1..=max).contains(&v.dim) {
+            return Err(Error::config(
+                "vector.dim",
+                format!("{} is not a dimension from 1 to {max}", v.dim),
+            ));
+        }
+        sf_manifest::format::vector::Metric::parse(&v.metric).map_err(|e| match e {
+            sf_manifest::Error::Invalid { reason, .. } => Error::config("vector.metric", reason),
+            other => Error::config("vector.metric", other.to_string()),
+        })?;
+        if v.id_column.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(Error::config(
+                "vector.id_column",
+                "must not be empty (omit it for the key)",
+            ));
+        }
+        if let Some(dup) = v
+            .payload_columns
+            .iter()
+            .enumerate()
+            .find(|(i, c)| v.payload_columns[..*i].contains(c))
+        {
+            return Err(Error::config(
+                "vector.payload_columns",
+                format!("{:?} is named twice", dup.1),
+            ));
+        }
+        if self.output.backend == Backend::Slatedb {
+            return Err(Error::config(
+                "vector",
+                "vector snapshots are SQLite shards holding a sqlite-vec index; the slatedb backend cannot \
+                 store one (set output.backend = \"sqlite\")",
+            ));
+        }
+        if !self.write.sort_within_shard {
+            return Err(Error::config(
+                "write.sort_within_shard",
+                "a job with [vector] writes each shard's rows in key order (each key and its vector once); \
+                 sort_within_shard = false is for key-value jobs only",
+            ));
+        }
+        Ok(())
     }
 
     /// The key, shard id and value columns.

@@ -230,6 +230,7 @@ pub async fn build_prepared(
     let heartbeat = spawn_heartbeat(store.clone(), record_key.clone(), Arc::clone(&record), lease);
 
     let (spec_num_dbs, spec_key_encoding) = (spec.num_dbs, spec.key_encoding);
+    let vector_meta = spec.vector.as_ref().map(unified_vector_meta);
     phase("writing shards");
     let write_started = Instant::now();
     let written = write_shards(&ctx, spec, routed, engine, options).await;
@@ -259,6 +260,7 @@ pub async fn build_prepared(
                     verify_checksums: job.write.verify_checksums,
                     upload_concurrency: job.write.upload_concurrency,
                     custom: options.custom.clone(),
+                    vector: vector_meta,
                     build_id: build_id.clone(),
                     validate: job.validate.clone(),
                     checks: options.checks.clone(),
@@ -296,6 +298,7 @@ pub async fn build_prepared(
                     gates: f.gates,
                     retention: None,
                     warnings: f.warnings,
+                    vectors_skipped: progress::run(&run_id, 1).vectors_skipped(),
                     phases: report::PhaseTimes {
                         input: tasks.input,
                         build_sum: tasks.build,
@@ -487,4 +490,19 @@ async fn write_shards(
         sink.progress(counters.rows(), counters.shards_done(), num_dbs);
     }
     outcome.map(|_| results)
+}
+
+/// The manifest's `custom.vector` of a unified build, with exactly the keys
+/// and values the reference writes for a unified sqlite-vec snapshot (its
+/// readers pick their sqlite-vec reader from `backend`).
+fn unified_vector_meta(v: &crate::route::vector::VectorSpec) -> serde_json::Value {
+    serde_json::json!({
+        "backend": "sqlite-vec",
+        "dim": v.dim,
+        "index_type": "hnsw",
+        "kv_backend": "sqlite-vec",
+        "metric": v.metric,
+        "quantization": null,
+        "unified": true,
+    })
 }

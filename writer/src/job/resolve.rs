@@ -16,11 +16,12 @@ use sf_manifest::{CelType, KeyEncoding, ManifestStore, ObjectManifestStore, Rout
 use sf_router::{CelRouting, Routed, Router, cel_column_type_fits, cel_tokens};
 
 use crate::build::spec::ShardWriteSpec;
-use crate::config::{CelMode, JobConfig, Strategy};
+use crate::config::{CelMode, JobConfig, Strategy, VectorConfig};
 use crate::error::{Error, Result};
 use crate::plan::node::ShardWriteNode;
 use crate::plan::udf::{PARTITION_KEY_COL, PartitionKeyUdf, RoutingSpec, ShardIdUdf};
 use crate::route::encode::{ValueSpec, binary_value_type_fits, default_key_encoding, key_type_fits};
+use crate::route::vector::{VectorSpec, id_type_fits, vector_type_fits};
 
 use super::engine::{Engine, capped_backend, memory_shares};
 
@@ -33,6 +34,7 @@ struct Resolved {
     num_dbs: u32,
     extra_cols: Vec<String>,
     input_schema: Vec<(String, String)>,
+    vector: Option<VectorSpec>,
 }
 
 /// The column names of `schema`, comma separated, for messages.
@@ -136,6 +138,9 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
     let mut keep: BTreeSet<&str> = resolved.value.columns().into_iter().collect();
     keep.insert(&job.key_col);
     keep.extend(resolved.extra_cols.iter().map(String::as_str));
+    if let Some(v) = &resolved.vector {
+        keep.extend(v.columns());
+    }
     let mut select: Vec<Expr> = keep.iter().map(|c| ident(*c)).collect();
     select.push(ShardIdUdf::udf(routing).call(args).alias(&job.shard_id_col));
     let routed = resolved.df.select(select)?.with_column(
@@ -160,6 +165,7 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
         work_dir: job.write.work_dir.clone(),
         upload_concurrency: job.write.upload_concurrency,
         build_id: sf_manifest::format::ids::unique_hex(),
+        vector: resolved.vector,
     };
     Ok(Prepared {
         ctx,
@@ -277,6 +283,9 @@ async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEn
                 .iter()
                 .map(|f| f.name().clone())
                 .filter(|n| *n != job.key_col)
+                // A vector is stored in the shard's vector index, not
+                // again as JSON in every value.
+                .filter(|n| job.vector.as_ref().is_none_or(|v| *n != v.column))
                 .collect();
             if cols.is_empty() {
                 return Err(Error::config(
@@ -391,6 +400,10 @@ async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEn
             }
         }
     };
+    let vector = match &job.vector {
+        Some(v) => Some(resolve_vector(job, v, &schema)?),
+        None => None,
+    };
     Ok(Resolved {
         df,
         key_encoding,
@@ -399,6 +412,55 @@ async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEn
         num_dbs,
         extra_cols,
         input_schema,
+        vector,
+    })
+}
+
+/// `[vector]` checked against the input's columns.
+fn resolve_vector(job: &JobConfig, v: &VectorConfig, schema: &Schema) -> Result<VectorSpec> {
+    let column = |key: &str, name: &str| {
+        schema.field_with_name(name).map_err(|_| {
+            Error::config(
+                key,
+                format!(
+                    "{name:?} is not a column of the input (columns: {})",
+                    field_list(schema)
+                ),
+            )
+        })
+    };
+    let f = column("vector.column", &v.column)?;
+    if !vector_type_fits(f.data_type()) {
+        return Err(Error::config(
+            "vector.column",
+            format!(
+                "{:?} has type {}; it must be a list of floats (FixedSizeList or List of Float32/Float64) or text holding JSON arrays",
+                v.column,
+                f.data_type()
+            ),
+        ));
+    }
+    let id_column = v.id_column.clone().unwrap_or_else(|| job.key_col.clone());
+    let f = column("vector.id_column", &id_column)?;
+    if !id_type_fits(f.data_type()) {
+        return Err(Error::config(
+            "vector.id_column",
+            format!(
+                "{id_column:?} has type {}; ids must be integers, text or binary",
+                f.data_type()
+            ),
+        ));
+    }
+    for p in &v.payload_columns {
+        column("vector.payload_columns", p)?;
+    }
+    Ok(VectorSpec {
+        column: v.column.clone(),
+        dim: v.dim,
+        metric: v.metric.clone(),
+        id_column,
+        payload_columns: v.payload_columns.clone(),
+        on_invalid: v.on_invalid,
     })
 }
 
