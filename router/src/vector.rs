@@ -16,9 +16,15 @@
 //!
 //! Scores are distances, lower is nearer, as sqlite-vec returns them:
 //! cosine `1 - cos` and Euclidean (not squared) distance.
+//!
+//! A build makes its own routing artifacts with [`train_centroids`]
+//! (k-means) and [`random_hyperplanes`].
 
 use sf_manifest::format::npy::Matrix;
 use sf_manifest::format::vector::Metric;
+
+mod train;
+pub use train::{random_hyperplanes, train_centroids};
 
 /// The distance between `a` and `b` as a search scores it (sqlite-vec's
 /// arithmetic: sums in `f32`, the ratio in `f64`). A zero vector under

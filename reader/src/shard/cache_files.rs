@@ -144,12 +144,15 @@ impl Folder {
             .map(|(_, e)| e.key.as_str())
             .collect();
         used.retain(|k, _| held.contains_key(k) || present.contains(k.as_str()));
+        // Set under the lock: two passes that overlap set the gauge in the
+        // order they listed the folder, so the last value is the last
+        // listing, never an older one.
+        counters.set_cache_bytes(left);
         drop(state);
         if evicted > 0 {
             bump(&counters.cache_evictions, evicted);
             tracing::debug!(folder = %self.dir.display(), files = evicted, bytes = left, "evicted cached shard files");
         }
-        counters.set_cache_bytes(left);
         if let Some(bound) = bound
             && left > bound
         {
