@@ -594,3 +594,416 @@ fn bad_vector_jobs_are_refused_before_anything_is_written() {
         .expect("run");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }
+
+// ---------------------------------------------------------------------
+// Vector-only snapshots.
+
+/// 4 Gaussian-ish blobs around distinct centres: clusters worth finding.
+fn blobs(n: usize, seed: u64) -> Rows {
+    let mut rng = Rng(seed);
+    let centres: Vec<Vec<f32>> = (0..4)
+        .map(|c| (0..DIM).map(|d| if d % 4 == c { 4.0 } else { -1.0 }).collect())
+        .collect();
+    Rows {
+        ids: (0..n as i64).collect(),
+        vectors: (0..n)
+            .map(|i| centres[i % 4].iter().map(|x| x + rng.next() * 0.8).collect())
+            .collect(),
+    }
+}
+
+/// The vector-only job of `strategy` (its own keys in `extra`).
+fn vector_only_job(input: &str, format: &str, prefix: &str, metric: &str, extra: &str) -> String {
+    format!(
+        r#"
+[input]
+format = "{format}"
+path = "{input}"
+[routing]
+num_dbs = 4
+[output]
+prefix = "{prefix}"
+[vector]
+column = "emb"
+dim = {DIM}
+metric = "{metric}"
+id_column = "id"
+payload_columns = ["tag"]
+{extra}
+"#
+    )
+}
+
+fn all_shards(n: u32) -> SearchOptions {
+    SearchOptions {
+        top_k: 10,
+        shard_ids: Some((0..n).map(sf_manifest::DbId).collect()),
+        ..SearchOptions::default()
+    }
+}
+
+/// Searches a vector-only snapshot: every shard asked, the results are the
+/// exhaustive search's; each stored vector is found first in its own
+/// shard (the first probe); the manifest is the reference's.
+async fn check_vector_only(
+    prefix: &str,
+    rows: &Rows,
+    metric: Metric,
+    strategy: &str,
+    probes: u32,
+) -> serde_json::Map<String, Value> {
+    let store = manifest_store(prefix);
+    let current = store.load_current().await.expect("current").expect("published");
+    let manifest = store
+        .load_manifest(&current.pointer.manifest_ref)
+        .await
+        .expect("manifest");
+    let custom = manifest.build.custom["vector"]
+        .as_object()
+        .expect("custom.vector")
+        .clone();
+    assert_eq!(custom["sharding_strategy"], strategy);
+    assert_eq!(custom["dim"], DIM);
+    assert_eq!(custom["metric"], metric.as_str());
+    assert_eq!(custom["num_probes"], probes);
+    assert_eq!(custom["index_type"], "hnsw");
+    assert_eq!(custom["quantization"], Value::Null);
+    assert_eq!(custom["total_vectors"], rows.ids.len());
+    assert!(
+        !custom.contains_key("unified") && !custom.contains_key("backend"),
+        "{custom:?}"
+    );
+    assert_eq!(manifest.build.key_col, "_vector_id");
+    assert_eq!(manifest.build.key_encoding, sf_manifest::KeyEncoding::Raw);
+    assert!(manifest.shards.iter().all(|s| s.row_count > 0 && s.min_key.is_none()));
+    assert_eq!(
+        manifest.shards.iter().map(|s| s.row_count).sum::<u64>(),
+        rows.ids.len() as u64
+    );
+
+    let mut rng = Rng(1234);
+    read_in_every_mode(prefix, &SQLITE_MODES, async |reader| {
+        for i in 0..4 {
+            let q: Vec<f32> = if i == 0 {
+                rows.vectors[9].clone()
+            } else {
+                (0..DIM).map(|_| rng.next() * 3.0).collect()
+            };
+            let found = reader.search(&q, &all_shards(4)).await.expect("search");
+            let want = rows.exact(metric, &q, 10);
+            let got: Vec<VectorId> = found.hits.iter().map(|h| h.id.clone()).collect();
+            assert_eq!(got, want.iter().map(|(id, _)| VectorId::Int(*id)).collect::<Vec<_>>());
+            for (hit, (id, score)) in found.hits.iter().zip(&want) {
+                assert!((hit.score - score).abs() < 1e-5, "{id}: {} vs {score}", hit.score);
+                assert_eq!(hit.payload, Some(json!({ "tag": Rows::tag(*id) })));
+            }
+        }
+        if strategy != "explicit" {
+            // A stored vector is in the first shard its own search probes.
+            for i in (0..rows.ids.len()).step_by(23) {
+                let found = reader
+                    .search(
+                        &rows.vectors[i],
+                        &SearchOptions {
+                            top_k: 1,
+                            num_probes: Some(1),
+                            ..SearchOptions::default()
+                        },
+                    )
+                    .await
+                    .expect("search");
+                assert_eq!(
+                    found.hits[0].id,
+                    VectorId::Int(rows.ids[i]),
+                    "vector {i} in its routed shard"
+                );
+            }
+        }
+    })
+    .await;
+    custom
+}
+
+/// The routing artifact a manifest names, read back.
+async fn artifact(url: &str) -> sf_manifest::format::npy::Matrix {
+    let loc = sf_manifest::resolve(url, &Default::default()).expect("artifact url");
+    let bytes = loc
+        .store
+        .get(&loc.path)
+        .await
+        .expect("artifact")
+        .bytes()
+        .await
+        .expect("bytes");
+    sf_manifest::format::npy::read(&bytes, url).expect("npy")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_only_cluster_trained_from_parquet_on_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = blobs(400, 21);
+    write_parquet(&dir.path().join("in.parquet"), &[rows.batch()]);
+    let prefix = dir.path().join("out").display().to_string();
+    let job = vector_only_job(
+        "in.parquet",
+        "parquet",
+        &prefix,
+        "l2",
+        "sharding = \"cluster\"\nnum_probes = 2\ntrain_sample = 200\n",
+    );
+    let (report, code, err) = build(dir.path(), &job);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(report["rows"], 400, "{report}");
+    let custom = check_vector_only(&prefix, &rows, Metric::L2, "cluster", 2).await;
+    let url = custom["centroids_ref"].as_str().expect("centroids_ref");
+    let run = report["run_id"].as_str().expect("run id");
+    assert!(
+        url.ends_with(&format!("/vector_meta/run_id={run}/centroids.npy")),
+        "{url}"
+    );
+    let m = artifact(url).await;
+    assert_eq!((m.rows, m.cols), (4, DIM));
+    // Trained again with the same seed and input: the same centroids.
+    let again = dir.path().join("again").display().to_string();
+    let (report, code, err) = build(dir.path(), &job.replace(&prefix, &again));
+    assert_eq!(code, Some(0), "{err}");
+    let store = manifest_store(&again);
+    let current = store.load_current().await.expect("current").expect("published");
+    let manifest = store
+        .load_manifest(&current.pointer.manifest_ref)
+        .await
+        .expect("manifest");
+    let url2 = manifest.build.custom["vector"]["centroids_ref"]
+        .as_str()
+        .expect("ref")
+        .to_string();
+    assert!(url2.contains(report["run_id"].as_str().expect("run")));
+    assert_eq!(artifact(&url2).await, m, "deterministic training");
+    // Every shard holds an empty kv table beside the vector tables.
+    for shard in &manifest.shards {
+        let url = shard.db_url.as_deref().expect("url");
+        let rel = url.split_once("/shards/").map(|(_, r)| r).expect("under shards");
+        let path = dir.path().join("again/shards").join(rel).join("shard.db");
+        let conn =
+            rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open");
+        let kv: i64 = conn.query_row("SELECT count(*) FROM kv", [], |r| r.get(0)).expect("kv");
+        let ids: i64 = conn
+            .query_row("SELECT count(*) FROM vec_id_map", [], |r| r.get(0))
+            .expect("ids");
+        assert_eq!((kv, ids as u64), (0, shard.row_count));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_only_cluster_with_given_centroids_on_s3() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = blobs(300, 8);
+    write_parquet(&dir.path().join("in.parquet"), &[rows.batch()]);
+    let centroids = sf_manifest::format::npy::Matrix {
+        rows: 4,
+        cols: DIM,
+        values: (0..4)
+            .flat_map(|c| (0..DIM).map(move |d| if d % 4 == c { 4.0 } else { -1.0 }))
+            .collect(),
+    };
+    std::fs::write(
+        dir.path().join("centroids.npy"),
+        sf_manifest::format::npy::write_f32(&centroids),
+    )
+    .expect("npy");
+    let prefix = s3_prefix("vector-cluster-given");
+    // num_dbs comes from the centroids.
+    let job = vector_only_job(
+        "in.parquet",
+        "parquet",
+        &prefix,
+        "cosine",
+        "sharding = \"cluster\"\ncentroids = \"centroids.npy\"\n",
+    )
+    .replace("[routing]\nnum_dbs = 4\n", "");
+    let (_, code, err) = build(dir.path(), &job);
+    assert_eq!(code, Some(0), "{err}");
+    let custom = check_vector_only(&prefix, &rows, Metric::Cosine, "cluster", 1).await;
+    assert_eq!(
+        artifact(custom["centroids_ref"].as_str().expect("ref")).await,
+        centroids
+    );
+    // Centroids that do not match the job are refused before anything is written.
+    let bad = vector_only_job(
+        "in.parquet",
+        "parquet",
+        &prefix,
+        "cosine",
+        "sharding = \"cluster\"\ncentroids = \"centroids.npy\"\n",
+    )
+    .replace("num_dbs = 4", "num_dbs = 3");
+    let (_, code, err) = build(dir.path(), &bad);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("vector.centroids") && err.contains("holds 4 centroids"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_only_lsh_from_csv_on_s3() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = Rows::new(300, 17);
+    write_csv(&dir.path().join("in.csv"), &[rows.text_batch()]);
+    let prefix = s3_prefix("vector-lsh-csv");
+    let job = vector_only_job(
+        "in.csv",
+        "csv",
+        &prefix,
+        "cosine",
+        "sharding = \"lsh\"\nnum_hash_bits = 4\nnum_probes = 2\nseed = 7\n",
+    );
+    let (_, code, err) = build(dir.path(), &job);
+    assert_eq!(code, Some(0), "{err}");
+    let custom = check_vector_only(&prefix, &rows, Metric::Cosine, "lsh", 2).await;
+    assert_eq!(custom["num_hash_bits"], 4);
+    let m = artifact(custom["hyperplanes_ref"].as_str().expect("hyperplanes_ref")).await;
+    assert_eq!(
+        m,
+        sf_router::vector::random_hyperplanes(4, DIM, 7),
+        "seeded hyperplanes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_only_explicit_lists_only_its_non_empty_shards() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = Rows::new(200, 4);
+    let b = rows.batch();
+    // Shards 0..3 of 4: shard 3 stays empty.
+    let shard = Int64Array::from_iter_values(rows.ids.iter().map(|i| i % 3));
+    let mut fields: Vec<Field> = b.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("shard", DataType::Int64, false));
+    let mut cols = b.columns().to_vec();
+    cols.push(Arc::new(shard));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("batch");
+    write_parquet(&dir.path().join("in.parquet"), &[batch]);
+    let prefix = dir.path().join("out").display().to_string();
+    let job = vector_only_job(
+        "in.parquet",
+        "parquet",
+        &prefix,
+        "l2",
+        "sharding = \"explicit\"\nshard_id_column = \"shard\"\n",
+    );
+    let (_, code, err) = build(dir.path(), &job);
+    assert_eq!(code, Some(0), "{err}");
+    let custom = check_vector_only(&prefix, &rows, Metric::L2, "explicit", 1).await;
+    assert!(!custom.contains_key("centroids_ref") && !custom.contains_key("hyperplanes_ref"));
+    let store = manifest_store(&prefix);
+    let current = store.load_current().await.expect("current").expect("published");
+    let manifest = store
+        .load_manifest(&current.pointer.manifest_ref)
+        .await
+        .expect("manifest");
+    assert_eq!(manifest.build.num_dbs, 4);
+    assert_eq!(
+        manifest.shards.iter().map(|s| s.db_id.0).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    // One shard asked: the exhaustive search of that shard's vectors.
+    let reader = sf_tests::readers::open(
+        &prefix,
+        sf_tests::readers::settings(sf_reader::SqliteMode::Download, dir.path()),
+    )
+    .await;
+    let q = rows.vectors[0].clone();
+    let found = reader
+        .search(
+            &q,
+            &SearchOptions {
+                top_k: 5,
+                shard_ids: Some(vec![sf_manifest::DbId(1)]),
+                ..SearchOptions::default()
+            },
+        )
+        .await
+        .expect("search");
+    let one = Rows {
+        ids: rows.ids.iter().copied().filter(|i| i % 3 == 1).collect(),
+        vectors: rows
+            .ids
+            .iter()
+            .zip(&rows.vectors)
+            .filter(|(i, _)| *i % 3 == 1)
+            .map(|(_, v)| v.clone())
+            .collect(),
+    };
+    let want: Vec<VectorId> = one
+        .exact(Metric::L2, &q, 5)
+        .iter()
+        .map(|(id, _)| VectorId::Int(*id))
+        .collect();
+    assert_eq!(found.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), want);
+    reader.close();
+
+    // A shard id outside 0..num_dbs is bad data: exit 3, nothing published.
+    let out = dir.path().join("bad").display().to_string();
+    let (_, code, err) = build(
+        dir.path(),
+        &job.replace(&prefix, &out).replace("num_dbs = 4", "num_dbs = 2"),
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("shard id 2, not one of 0..2"), "{err}");
+    assert!(!dir.path().join("bad/_CURRENT").exists());
+}
+
+#[test]
+fn bad_vector_only_jobs_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = Rows::new(20, 1);
+    write_parquet(&dir.path().join("in.parquet"), &[rows.batch()]);
+    let out = dir.path().join("out");
+    let prefix = out.display().to_string();
+    let job = |extra: &str| vector_only_job("in.parquet", "parquet", &prefix, "cosine", extra);
+    let cases: Vec<(String, &str)> = vec![
+        (job("sharding = \"cel\""), "vector.sharding: \"cel\" is not built yet"),
+        (
+            job("sharding = \"explicit\""),
+            "vector.shard_id_column: vector.sharding = \"explicit\" needs the column",
+        ),
+        (
+            job("sharding = \"explicit\"\nshard_id_column = \"id\"\nnum_probes = 2"),
+            "vector.num_probes: must be 1 for explicit sharding",
+        ),
+        (
+            job("sharding = \"lsh\"\ncentroids = \"c.npy\""),
+            "vector.centroids: is for vector.sharding = \"cluster\"",
+        ),
+        (
+            job("sharding = \"lsh\"\nnum_hash_bits = 64"),
+            "vector.num_hash_bits: 64 is not from 1 to 63",
+        ),
+        (
+            job("sharding = \"cluster\"\nnum_probes = 5"),
+            "vector.num_probes: is 5 but the snapshot has 4 shards",
+        ),
+        (
+            job("sharding = \"cluster\"") + "[value]\njson_cols = [\"name\"]\n",
+            "value: a vector-only job stores no values",
+        ),
+        (
+            job("sharding = \"cluster\"\ncentroids = \"missing.npy\""),
+            "vector.centroids: cannot read",
+        ),
+        (
+            format!("key_col = \"id\"\n{}", job("num_probes = 2")),
+            "vector.num_probes: is for a vector-only job",
+        ),
+        (
+            job("sharding = \"cluster\"").replace("id_column = \"id\"\n", ""),
+            "vector.id_column: a vector-only job needs the id column",
+        ),
+    ];
+    for (job, want) in cases {
+        let (_, code, err) = build(dir.path(), &job);
+        assert_eq!(code, Some(2), "{want}: {err}");
+        assert!(err.contains(want), "{want}: {err}");
+        assert!(!out.exists(), "{want}: nothing written");
+    }
+}

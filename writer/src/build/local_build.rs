@@ -44,6 +44,7 @@ pub(crate) fn build_context(spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> B
             dim: v.dim,
             // Checked when the job was validated.
             metric: v.metric().unwrap_or(sf_manifest::format::vector::Metric::Cosine),
+            vector_only: v.vector_only,
         }),
     }
 }

@@ -22,6 +22,6 @@ pub use document::{
 };
 pub use schema::{
     Backend, CelMode, CsvOptions, InputConfig, InputFormat, JobConfig, OnInvalid, OutputConfig, RetentionConfig,
-    RetryPolicy, RoutingConfig, Strategy, TableConfig, ValueConfig, VectorConfig, WriteConfig,
+    RetryPolicy, RoutingConfig, Strategy, TableConfig, ValueConfig, VectorConfig, VectorShardingConfig, WriteConfig,
     default_memory_limit_mib,
 };

@@ -24,6 +24,7 @@ use crate::route::encode::{ValueSpec, binary_value_type_fits, default_key_encodi
 use crate::route::vector::{VectorSpec, id_type_fits, vector_type_fits};
 
 use super::engine::{Engine, capped_backend, memory_shares};
+use super::vector_plan::VectorOnlyPlan;
 
 /// Routing resolved against the input.
 struct Resolved {
@@ -69,6 +70,8 @@ pub struct Prepared {
     pub extra_cols: Vec<String>,
     /// Input columns and types.
     pub input_schema: Vec<(String, String)>,
+    /// A vector-only build's routing and artifact.
+    pub vector_only: Option<VectorOnlyPlan>,
 }
 
 impl fmt::Debug for Prepared {
@@ -106,6 +109,18 @@ pub async fn read_input(job: &JobConfig, engine: &dyn Engine) -> Result<(Session
 #[tracing::instrument(name = "plan", skip_all)]
 pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) -> Result<Prepared> {
     job.validate_settings()?;
+    let vector_only = match job.vector.as_ref().filter(|v| v.vector_only()) {
+        Some(v) => Some(super::vector_plan::plan(job, v, &df).await?),
+        None => None,
+    };
+    let effective;
+    let job = match &vector_only {
+        Some(plan) => {
+            effective = plan.effective_job(job);
+            &effective
+        }
+        None => job,
+    };
     let storage = job.storage_options();
     let store = ObjectManifestStore::open(&job.output.prefix, &storage)
         .map_err(|e| Error::config("output.prefix", e.to_string()))?;
@@ -125,18 +140,37 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
     let router = Router::new(&resolved.sharding, resolved.num_dbs, resolved.key_encoding)
         .map_err(|e| Error::config("routing", e.to_string()))?;
 
-    let routing = RoutingSpec {
-        sharding: resolved.sharding.clone(),
-        num_dbs: resolved.num_dbs,
-        key_encoding: resolved.key_encoding,
-        key_col: job.key_col.clone(),
-        extra_cols: resolved.extra_cols.clone(),
+    let (routing, args) = match &vector_only {
+        Some(plan) => (
+            RoutingSpec {
+                sharding: resolved.sharding.clone(),
+                num_dbs: resolved.num_dbs,
+                key_encoding: resolved.key_encoding,
+                key_col: plan.routing_column.clone(),
+                extra_cols: vec![],
+                vector: Some(plan.routing.clone()),
+            },
+            vec![ident(&plan.routing_column)],
+        ),
+        None => (
+            RoutingSpec {
+                sharding: resolved.sharding.clone(),
+                num_dbs: resolved.num_dbs,
+                key_encoding: resolved.key_encoding,
+                key_col: job.key_col.clone(),
+                extra_cols: resolved.extra_cols.clone(),
+                vector: None,
+            },
+            std::iter::once(ident(&job.key_col))
+                .chain(resolved.extra_cols.iter().map(ident))
+                .collect::<Vec<Expr>>(),
+        ),
     };
-    let args: Vec<Expr> = std::iter::once(ident(&job.key_col))
-        .chain(resolved.extra_cols.iter().map(ident))
-        .collect();
     let mut keep: BTreeSet<&str> = resolved.value.columns().into_iter().collect();
     keep.insert(&job.key_col);
+    if let Some(plan) = &vector_only {
+        keep.insert(&plan.routing_column);
+    }
     keep.extend(resolved.extra_cols.iter().map(String::as_str));
     if let Some(v) = &resolved.vector {
         keep.extend(v.columns());
@@ -178,6 +212,7 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
         sharding: resolved.sharding,
         extra_cols: resolved.extra_cols,
         input_schema: resolved.input_schema,
+        vector_only,
     })
 }
 
@@ -250,7 +285,10 @@ async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEn
             ))
         })?,
     };
+    let vector_only = job.vector.as_ref().is_some_and(VectorConfig::vector_only);
     let value = match (&job.value.binary_col, &job.value.json_cols) {
+        // Vector-only shards store no values (their kv table is empty).
+        _ if vector_only => ValueSpec::JsonCols(vec![]),
         (Some(c), _) => {
             let f = schema.field_with_name(c).map_err(|_| {
                 Error::config(
@@ -455,6 +493,7 @@ fn resolve_vector(job: &JobConfig, v: &VectorConfig, schema: &Schema) -> Result<
         column("vector.payload_columns", p)?;
     }
     Ok(VectorSpec {
+        vector_only: v.vector_only(),
         column: v.column.clone(),
         dim: v.dim,
         metric: v.metric.clone(),

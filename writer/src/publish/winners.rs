@@ -235,7 +235,12 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
     ours.insert("duplicates".into(), json!(duplicates));
     build.custom.insert("shardforge".into(), Value::Object(ours));
     if let Some(vector) = &input.vector {
-        build.custom.insert("vector".into(), vector.clone());
+        let mut vector = vector.clone();
+        // A vector-only snapshot's vectors are its rows.
+        if let Some(total) = vector.get_mut("total_vectors") {
+            *total = json!(rows);
+        }
+        build.custom.insert("vector".into(), vector);
     }
     let mut manifest = Manifest { build, shards };
 

@@ -30,6 +30,9 @@ use crate::route::encode::{ValueSpec, encode_values};
 /// The vectors of a build, resolved against the input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VectorSpec {
+    /// A vector-only build: the shards hold no key-value rows.
+    #[serde(default)]
+    pub vector_only: bool,
     /// The vector column.
     pub column: String,
     /// Components per vector.
@@ -166,6 +169,18 @@ fn read_vectors(array: &dyn Array) -> Result<Vec<Read>> {
         }
     }
     Ok(out)
+}
+
+/// Each row's vector of a vector column, `None` for a null or unreadable
+/// one (checked later, where rows are encoded).
+pub(crate) fn read_vector_column(array: &dyn Array) -> Result<Vec<Option<Vec<f32>>>> {
+    Ok(read_vectors(array)?
+        .into_iter()
+        .map(|r| match r {
+            Read::Values(v) => Some(v),
+            Read::Null | Read::Unreadable(_) => None,
+        })
+        .collect())
 }
 
 fn read_ids(array: &dyn Array, column: &str) -> Result<Vec<Option<VectorId>>> {
@@ -359,6 +374,7 @@ mod tests {
 
     fn spec(on_invalid: OnInvalid) -> VectorSpec {
         VectorSpec {
+            vector_only: false,
             column: "emb".into(),
             dim: 2,
             metric: "cosine".into(),

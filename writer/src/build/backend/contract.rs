@@ -52,6 +52,10 @@ pub struct VectorShard {
     pub dim: u32,
     /// The index's distance.
     pub metric: sf_manifest::format::vector::Metric,
+    /// A vector-only shard: the rows' keys are ids and their values are
+    /// not stored (the `kv` table stays empty); the shard's row count is
+    /// its vector count.
+    pub vector_only: bool,
 }
 
 /// Facts about a shard's content that every backend records.

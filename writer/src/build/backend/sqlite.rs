@@ -293,16 +293,24 @@ impl ShardBuilder for SqliteBuilder {
         let Some(spool) = &mut self.vectors else {
             return self.add_kv(rows);
         };
-        // A unified build: each value carries its row's vector.
-        let dim = self.ctx.vector.map_or(0, |v| v.dim as usize);
-        let mut kv_rows = Vec::with_capacity(rows.len());
+        // Each value carries its row's vector; a vector-only shard stores
+        // the vectors alone.
+        let (dim, vector_only) = self.ctx.vector.map_or((0, false), |v| (v.dim as usize, v.vector_only));
+        let mut kv_rows = Vec::with_capacity(if vector_only { 0 } else { rows.len() });
         for (key, value) in rows {
             let (kv, vector) =
                 split_value(value, dim).map_err(|e| Error::Internal(format!("shard {}: {e}", self.ctx.db_id)))?;
             if let Some(v) = vector {
                 spool.push(v)?;
             }
-            kv_rows.push((*key, kv));
+            if !vector_only {
+                kv_rows.push((*key, kv));
+            }
+        }
+        if vector_only {
+            let bytes = rows.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() as u64;
+            self.limiter.acquire_blocking(rows.len() as u64, bytes);
+            return Ok(());
         }
         self.add_kv(&kv_rows)
     }
@@ -385,13 +393,18 @@ impl SqliteBuilder {
         };
         // The vector tables go into the finished file, before it is
         // hashed: the checksum and size cover the shard as uploaded.
-        if let Some(spool) = this.vectors {
-            spool.write_tables(&this.path, db_id)?;
-        }
-        let (row_count, min_key, max_key) = counted.unwrap_or_else(|| {
-            let max = this.first_key.is_some().then_some(this.last_key);
-            (this.rows_in, this.first_key, max)
-        });
+        let vectors = match this.vectors {
+            Some(spool) => Some(spool.write_tables(&this.path, db_id)?),
+            None => None,
+        };
+        let (row_count, min_key, max_key) = match (vectors, this.ctx.vector) {
+            // A vector-only shard's rows are its vectors; it has no keys.
+            (Some(n), Some(v)) if v.vector_only => (n, None, None),
+            _ => counted.unwrap_or_else(|| {
+                let max = this.first_key.is_some().then_some(this.last_key);
+                (this.rows_in, this.first_key, max)
+            }),
+        };
         // One sequential read of a file just written (so in the page
         // cache). The page writer cannot hash as it writes: pages 1 and 2
         // come first in the file but are known only at the end.
