@@ -273,3 +273,13 @@ mod tests {
         assert_eq!(extension_for("s3://b/folder", ".json"), ".json");
     }
 }
+
+/// The column names of `schema`, comma separated, for messages.
+pub fn field_list(schema: &arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

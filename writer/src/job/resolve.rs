@@ -18,6 +18,7 @@ use sf_router::{CelRouting, Routed, Router, cel_column_type_fits, cel_tokens};
 use crate::build::spec::ShardWriteSpec;
 use crate::config::{CelMode, JobConfig, Strategy, VectorConfig};
 use crate::error::{Error, Result};
+pub use crate::input::field_list;
 use crate::plan::node::ShardWriteNode;
 use crate::plan::udf::{PARTITION_KEY_COL, PartitionKeyUdf, RoutingSpec, ShardIdUdf};
 use crate::route::encode::{ValueSpec, binary_value_type_fits, default_key_encoding, key_type_fits};
@@ -36,16 +37,6 @@ struct Resolved {
     extra_cols: Vec<String>,
     input_schema: Vec<(String, String)>,
     vector: Option<VectorSpec>,
-}
-
-/// The column names of `schema`, comma separated, for messages.
-pub fn field_list(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A build planned against its input: everything checked, nothing written.

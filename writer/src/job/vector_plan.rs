@@ -136,7 +136,7 @@ pub async fn plan(job: &JobConfig, v: &VectorConfig, df: &DataFrame) -> Result<V
             format!(
                 "{:?} is not a column of the input (columns: {})",
                 v.column,
-                super::resolve::field_list(&schema)
+                crate::input::field_list(&schema)
             ),
         )
     })?;
@@ -239,7 +239,7 @@ pub async fn plan(job: &JobConfig, v: &VectorConfig, df: &DataFrame) -> Result<V
                     "vector.shard_id_column",
                     format!(
                         "{column:?} is not a column of the input (columns: {})",
-                        super::resolve::field_list(&schema)
+                        crate::input::field_list(&schema)
                     ),
                 )
             })?;

@@ -4,7 +4,7 @@
 //! The rows of a shard travel from routing to the shard builder as
 //! (key, value) pairs through the collector, its sort and its spills. A
 //! vector rides along inside the value, in an envelope
-//! ([`wrap_values`], read back by [`split_value`]), so it reaches the same
+//! ([`wrap_values`], read back by [`envelope::split_value`]), so it reaches the same
 //! shard as its row, is sorted with it, and is replaced with it when a
 //! later row has the same key (`on_duplicate = "last_wins"`). The builder
 //! writes the kv part as pages and the vectors into the shard's
@@ -26,6 +26,7 @@ use crate::build::backend::show_key;
 use crate::config::OnInvalid;
 use crate::error::{Error, Result};
 use crate::route::encode::{ValueSpec, encode_values};
+use crate::route::envelope;
 
 /// The vectors of a build, resolved against the input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,18 +221,9 @@ fn read_ids(array: &dyn Array, column: &str) -> Result<Vec<Option<VectorId>>> {
     }
 }
 
-/// Tag of a row whose vector was skipped (`on_invalid = "skip"`).
-const NO_VECTOR: u8 = 0;
-/// Tag of a row that carries a vector.
-const VECTOR: u8 = 1;
-/// Payload length of a vector without payload.
-const NO_PAYLOAD: u32 = u32::MAX;
-
-/// The values of a batch with each row's vector added (see the module
-/// docs): `kv length (u32 LE) | kv value | tag`, and after tag 1 `id
-/// length (u32 LE) | id (vec_id_map text) | payload length (u32 LE, MAX
-/// for none) | payload | dim f32 LE`. Returns the values and the number
-/// of rows whose vector was skipped.
+/// The values of a batch with each row's vector added, in the layout of
+/// [`envelope`]. Returns the values and the number of rows whose vector
+/// was skipped.
 pub fn wrap_values(
     batch: &RecordBatch,
     keys: &BinaryArray,
@@ -261,9 +253,7 @@ pub fn wrap_values(
     offsets.push(0i32);
     let mut skipped = 0u64;
     for (row, (read, id)) in vectors.into_iter().zip(ids).enumerate() {
-        let value = values.value(row);
-        data.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        data.extend_from_slice(value);
+        envelope::push_value(&mut data, values.value(row));
         let checked = match (read, id) {
             (_, None) => Err(format!("has no id (column {:?} is null)", spec.id_column)),
             (Read::Null, _) => Err("is null".to_string()),
@@ -272,26 +262,12 @@ pub fn wrap_values(
         };
         match checked {
             Ok((v, id)) => {
-                data.push(VECTOR);
-                let id = id.encode();
-                data.extend_from_slice(&(id.len() as u32).to_le_bytes());
-                data.extend_from_slice(id.as_bytes());
-                match &payloads {
-                    Some(p) => {
-                        let p = p.value(row);
-                        data.extend_from_slice(&(p.len() as u32).to_le_bytes());
-                        data.extend_from_slice(p);
-                    }
-                    None => data.extend_from_slice(&NO_PAYLOAD.to_le_bytes()),
-                }
-                for x in v {
-                    data.extend_from_slice(&x.to_le_bytes());
-                }
+                envelope::push_vector(&mut data, &id.encode(), payloads.as_ref().map(|p| p.value(row)), &v);
             }
             Err(why) if spec.on_invalid == OnInvalid::Skip => {
                 tracing::debug!(key = %show_key(keys.value(row), key_encoding), "vector skipped: {why}");
                 skipped += 1;
-                data.push(NO_VECTOR);
+                envelope::push_no_vector(&mut data);
             }
             Err(why) => {
                 return Err(Error::Data(format!(
@@ -318,51 +294,6 @@ pub fn wrap_values(
     Ok((wrapped, skipped))
 }
 
-/// One row's vector as the shard builder stores it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct VectorRef<'a> {
-    /// `vec_id_map.original_id`.
-    pub id: &'a str,
-    /// `vec_payloads.payload`, if the row has one.
-    pub payload: Option<&'a str>,
-    /// `dim` little-endian f32.
-    pub vector: &'a [u8],
-}
-
-/// A wrapped value taken apart: the kv value and the vector, if any.
-pub fn split_value(value: &[u8], dim: usize) -> std::result::Result<(&[u8], Option<VectorRef<'_>>), String> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> std::result::Result<&'a [u8], String> {
-        if b.len() < n {
-            return Err(format!("a wrapped value ends {} bytes early", n - b.len()));
-        }
-        let (head, tail) = b.split_at(n);
-        *b = tail;
-        Ok(head)
-    }
-    fn len(b: &mut &[u8]) -> std::result::Result<u32, String> {
-        let raw = take(b, 4)?;
-        Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
-    }
-    let mut b = value;
-    let n = len(&mut b)? as usize;
-    let kv = take(&mut b, n)?;
-    let tag = take(&mut b, 1)?[0];
-    if tag == NO_VECTOR {
-        return Ok((kv, None));
-    }
-    let n = len(&mut b)? as usize;
-    let id = std::str::from_utf8(take(&mut b, n)?).map_err(|e| e.to_string())?;
-    let payload = match len(&mut b)? {
-        NO_PAYLOAD => None,
-        n => Some(std::str::from_utf8(take(&mut b, n as usize)?).map_err(|e| e.to_string())?),
-    };
-    let vector = take(&mut b, dim * 4)?;
-    if !b.is_empty() {
-        return Err(format!("a wrapped value has {} bytes too many", b.len()));
-    }
-    Ok((kv, Some(VectorRef { id, payload, vector })))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -371,6 +302,7 @@ mod tests {
     use arrow::datatypes::{Field, Schema};
 
     use super::*;
+    use crate::route::envelope::split_value;
 
     fn spec(on_invalid: OnInvalid) -> VectorSpec {
         VectorSpec {

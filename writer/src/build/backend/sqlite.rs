@@ -35,7 +35,7 @@ use super::sqlite_pages::{PageError, SqliteFileWriter};
 use super::sqlite_vec::VectorSpool;
 use crate::build::ratelimit::RateLimiter;
 use crate::error::{Error, Result};
-use crate::route::vector::split_value;
+use crate::route::envelope::split_value;
 
 /// `[output.sqlite]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

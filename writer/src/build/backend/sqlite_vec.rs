@@ -27,13 +27,10 @@ use sf_manifest::{DbId, ErrorKind};
 
 use super::contract::VectorShard;
 use crate::error::{Error, Result};
-use crate::route::vector::VectorRef;
+use crate::route::envelope::{NO_PAYLOAD, VectorRef};
 
 /// File name of the spool, in the shard's work folder.
 const SPOOL_FILE: &str = "vectors.spool";
-
-/// Payload length of a spooled vector without payload.
-const NO_PAYLOAD: u32 = u32::MAX;
 
 /// A shard's vectors in arrival order, on local disk until the shard file
 /// is written.
