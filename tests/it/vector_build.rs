@@ -207,7 +207,7 @@ async fn check_unified(prefix: &str, rows: &Rows, metric: Metric) {
             let v: Value = serde_json::from_slice(&v).expect("json value");
             assert_eq!(v, json!({ "name": Rows::name(*id) }));
         }
-        assert_eq!(reader.get(&Key::Int(1)).await.expect("get"), None);
+        assert_eq!(reader.get(&Key::Int(1_000_000)).await.expect("get"), None);
     })
     .await;
 
@@ -1006,4 +1006,49 @@ fn bad_vector_only_jobs_are_refused() {
         assert!(err.contains(want), "{want}: {err}");
         assert!(!out.exists(), "{want}: nothing written");
     }
+}
+
+/// On a Ballista cluster: the driver trains the centroids, the executors
+/// route every vector in the kernel and build the shards; the snapshot is
+/// the one the embedded engine builds (an exhaustive search over the
+/// input, every stored vector in its first probe). A unified job runs
+/// there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_jobs_run_on_a_cluster() {
+    use sf_tests::cluster::{ClusterOptions, LocalCluster, upload};
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = blobs(400, 33);
+    let local = dir.path().join("in.parquet");
+    write_parquet(&local, &[rows.batch()]);
+    let input = format!("{}/in.parquet", s3_prefix("vector-cluster-input"));
+    upload(&local, &input).await;
+    let cluster = LocalCluster::start(&ClusterOptions::default());
+
+    let prefix = s3_prefix("vector-cluster-only");
+    let job = dir.path().join("only.toml");
+    std::fs::write(
+        &job,
+        vector_only_job(
+            &input,
+            "parquet",
+            &prefix,
+            "l2",
+            "sharding = \"cluster\"\nnum_probes = 2\n",
+        ),
+    )
+    .expect("job");
+    let report = cluster.sf_write_json(&job, std::time::Duration::from_secs(300));
+    assert_eq!(report["rows"], 400, "{report}");
+    check_vector_only(&prefix, &rows, Metric::L2, "cluster", 2).await;
+
+    let prefix = s3_prefix("vector-cluster-unified");
+    let job = dir.path().join("unified.toml");
+    std::fs::write(&job, unified_job(&input, "parquet", &prefix, "l2", "")).expect("job");
+    let report = cluster.sf_write_json(&job, std::time::Duration::from_secs(300));
+    assert_eq!(report["rows"], 400, "{report}");
+    let flat = Rows {
+        ids: rows.ids.clone(),
+        vectors: rows.vectors.clone(),
+    };
+    check_unified(&prefix, &flat, Metric::L2).await;
 }
