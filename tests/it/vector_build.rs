@@ -1052,3 +1052,79 @@ async fn vector_jobs_run_on_a_cluster() {
     };
     check_unified(&prefix, &flat, Metric::L2).await;
 }
+
+/// A unified job routed by CEL: each vector sits in its row's CEL shard,
+/// a search of every shard is the exhaustive one, and a search with a
+/// routing context asks that shard alone; gets with the context work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unified_with_cel_routing_keeps_each_vector_in_its_rows_shard() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = Rows::new(150, 13);
+    write_parquet(&dir.path().join("in.parquet"), &[rows.batch()]);
+    let prefix = dir.path().join("out").display().to_string();
+    let job = unified_job("in.parquet", "parquet", &prefix, "cosine", "").replace(
+        "[routing]\nnum_dbs = 3\n",
+        "[routing]\nstrategy = \"cel\"\nexpr = \"tag\"\ncolumns = { tag = \"string\" }\n",
+    );
+    let (_, code, err) = build(dir.path(), &job);
+    assert_eq!(code, Some(0), "{err}");
+    read_in_every_mode(&prefix, &SQLITE_MODES, async |reader| {
+        let q = rows.vectors[4].clone();
+        let found = reader
+            .search(
+                &q,
+                &SearchOptions {
+                    top_k: 10,
+                    ..SearchOptions::default()
+                },
+            )
+            .await
+            .expect("search");
+        let want: Vec<VectorId> = rows
+            .exact(Metric::Cosine, &q, 10)
+            .iter()
+            .map(|(id, _)| VectorId::Int(*id))
+            .collect();
+        assert_eq!(found.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), want);
+        let ctx = reader.parse_context(["tag=red"]).expect("context");
+        let red = reader
+            .search(
+                &q,
+                &SearchOptions {
+                    top_k: 10,
+                    routing_context: Some(ctx.clone()),
+                    ..SearchOptions::default()
+                },
+            )
+            .await
+            .expect("search");
+        assert_eq!(red.shards.len(), 1);
+        let only = Rows {
+            ids: rows.ids.iter().copied().filter(|i| Rows::tag(*i) == "red").collect(),
+            vectors: rows
+                .ids
+                .iter()
+                .zip(&rows.vectors)
+                .filter(|(i, _)| Rows::tag(**i) == "red")
+                .map(|(_, v)| v.clone())
+                .collect(),
+        };
+        let want: Vec<VectorId> = only
+            .exact(Metric::Cosine, &q, 10)
+            .iter()
+            .map(|(id, _)| VectorId::Int(*id))
+            .collect();
+        assert_eq!(red.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), want);
+        let id = only.ids[0];
+        let v = reader
+            .get_with_context(&Key::Int(id), &ctx)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&v).expect("json"),
+            json!({ "name": Rows::name(id) })
+        );
+    })
+    .await;
+}
