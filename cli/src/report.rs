@@ -163,6 +163,7 @@ pub fn document(result: &Result<Outcome, Failure>, run_id: Option<&str>, prefix:
             doc.insert("retries".into(), json!(summary.retries));
             doc.insert("losers_deleted".into(), json!(summary.losers_deleted));
             doc.insert("spilled_runs".into(), json!(summary.spilled_runs));
+            doc.insert("vectors_skipped".into(), json!(summary.vectors_skipped));
             doc.insert("peak_rss_bytes".into(), json!(summary.peak_rss_bytes));
             let p = &summary.phases;
             doc.insert(

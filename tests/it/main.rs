@@ -37,6 +37,7 @@ mod serve_ready;
 mod serve_tls;
 mod sessions;
 mod tracing_otlp;
+mod vector_build;
 mod vector_fixtures;
 mod warehouse;
 mod write_e2e;

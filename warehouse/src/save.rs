@@ -210,6 +210,7 @@ pub fn table_job(key_col: &str, num_dbs: u32) -> JobConfig {
             ..Default::default()
         },
         retention: None,
+        vector: None,
     }
 }
 

@@ -69,6 +69,7 @@ fn context(dir: &Path) -> BuildContext {
         sorted: true,
         limits: RateLimits::default(),
         key_encoding: KeyEncoding::U64Be,
+        vector: None,
     }
 }
 

@@ -260,6 +260,16 @@ pub async fn load(ctx: &SessionContext, input: &InputConfig) -> Result<DataFrame
     }
 }
 
+/// The column names of `schema`, comma separated, for messages.
+pub fn field_list(schema: &arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,13 @@
 //! - [`publish`]: winners picked and verified, the validation gates, the
 //!   manifest written and `_CURRENT` swapped.
 //!
+//! A job's `[vector]` section adds each row's vector to its shard in the
+//! reference's sqlite-vec layout (docs/vectors.md): the vectors are
+//! checked and carried with their rows by [`route::vector`], placed by
+//! [`plan::vector_route`] for vector-only jobs (planned by
+//! [`job::vector_plan`]), and written beside the `kv` pages by
+//! [`build::backend::sqlite_vec`].
+//!
 //! Around them: [`config`] (the job file), [`input`] (reading the input),
 //! [`job`] (running a build end to end), [`progress`] (a run's counters)
 //! and [`error`].

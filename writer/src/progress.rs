@@ -19,6 +19,7 @@ pub struct RunProgress {
     input_nanos: AtomicU64,
     step_nanos: [AtomicU64; 3],
     shards_built: AtomicU32,
+    vectors_skipped: AtomicU64,
 }
 
 /// A step of a shard task, timed summed over the run's shard tasks.
@@ -62,6 +63,16 @@ impl RunProgress {
 
     pub(crate) fn add_rows(&self, n: u64) {
         self.rows.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Rows whose vector was left out (`vector.on_invalid = "skip"`),
+    /// counted where rows are encoded in this process.
+    pub fn vectors_skipped(&self) -> u64 {
+        self.vectors_skipped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_vectors_skipped(&self, n: u64) {
+        self.vectors_skipped.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn shard_done(&self) {
@@ -115,6 +126,7 @@ pub fn run(run: &RunId, upload_concurrency: usize) -> Arc<RunProgress> {
             input_nanos: AtomicU64::new(0),
             step_nanos: Default::default(),
             shards_built: AtomicU32::new(0),
+            vectors_skipped: AtomicU64::new(0),
         })
     }))
 }

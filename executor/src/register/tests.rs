@@ -250,6 +250,7 @@ fn foreign_bytes_go_to_ballista_and_mismatched_functions_are_refused() {
         key_encoding: sf_manifest::KeyEncoding::U64Be,
         key_col: "id".into(),
         extra_cols: vec![],
+        vector: None,
     };
     let udf = sf_writer::plan::udf::ShardIdUdf::udf(spec.clone());
     let mut buf = vec![];

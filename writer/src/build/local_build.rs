@@ -9,6 +9,7 @@ use std::time::Instant;
 use sf_manifest::DbId;
 use tokio::sync::Semaphore;
 
+use crate::build::backend::VectorShard;
 use crate::build::backend::{BuildContext, StagedShard, backend_for};
 use crate::build::merge::{ShardRows, SortStats};
 use crate::build::spec::ShardWriteSpec;
@@ -39,6 +40,12 @@ pub(crate) fn build_context(spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> B
         sorted: spec.sort_within_shard,
         limits: spec.limits,
         key_encoding: spec.key_encoding,
+        vector: spec.vector.as_ref().map(|v| VectorShard {
+            dim: v.dim,
+            // Checked when the job was validated.
+            metric: v.metric().unwrap_or(sf_manifest::format::vector::Metric::Cosine),
+            vector_only: v.vector_only,
+        }),
     }
 }
 

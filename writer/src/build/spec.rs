@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::route::budget;
 use crate::route::collect::{CollectorSettings, MAX_RUN_BYTES};
 use crate::route::encode::ValueSpec;
+use crate::route::vector::VectorSpec;
 
 /// What every shard task of a run needs to know.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +62,9 @@ pub struct ShardWriteSpec {
     /// they share.
     #[serde(default)]
     pub build_id: String,
+    /// The rows' vectors, for a unified build (`[vector]`).
+    #[serde(default)]
+    pub vector: Option<VectorSpec>,
 }
 
 impl ShardWriteSpec {

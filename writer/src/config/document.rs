@@ -240,7 +240,8 @@ pub fn resolve_path(base: &Path, p: &str) -> String {
 }
 
 impl JobConfig {
-    /// Makes the job's relative paths (input, prefix, work folder) relative
+    /// Makes the job's relative paths (input, prefix, work folder, vector
+    /// routing artifacts) relative
     /// to `base`, the job file's folder.
     pub fn resolve_paths(&mut self, base: &Path) {
         if let Some(input) = &mut self.input {
@@ -256,6 +257,11 @@ impl JobConfig {
         }
         if let Some(w) = &self.write.work_dir {
             self.write.work_dir = Some(PathBuf::from(resolve_path(base, &w.to_string_lossy())));
+        }
+        if let Some(v) = &mut self.vector {
+            for p in [&mut v.centroids, &mut v.hyperplanes].into_iter().flatten() {
+                *p = resolve_path(base, p);
+            }
         }
     }
 }

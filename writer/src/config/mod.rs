@@ -21,6 +21,7 @@ pub use document::{
     read_job_file, resolve_path,
 };
 pub use schema::{
-    Backend, CelMode, CsvOptions, InputConfig, InputFormat, JobConfig, OutputConfig, RetentionConfig, RetryPolicy,
-    RoutingConfig, Strategy, TableConfig, ValueConfig, WriteConfig, default_memory_limit_mib,
+    Backend, CelMode, CsvOptions, InputConfig, InputFormat, JobConfig, OnInvalid, OutputConfig, RetentionConfig,
+    RetryPolicy, RoutingConfig, Strategy, TableConfig, ValueConfig, VectorConfig, VectorShardingConfig, WriteConfig,
+    default_memory_limit_mib,
 };

@@ -21,7 +21,9 @@ use crate::publish::gates::ValidateConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
-    /// Name of the key column.
+    /// Name of the key column (required, except for a vector-only job,
+    /// where it is the default id column).
+    #[serde(default)]
     pub key_col: String,
     /// `u64be`, `u32be`, `utf8` or `raw`; default from the key column's type.
     #[serde(default)]
@@ -55,6 +57,117 @@ pub struct JobConfig {
     /// Old snapshots and abandoned runs removed after a successful publish.
     #[serde(default)]
     pub retention: Option<RetentionConfig>,
+    /// Each row's vector: stored beside its key-value row (a unified
+    /// snapshot), or alone when `sharding` is set (a vector-only snapshot);
+    /// see docs/vectors.md.
+    #[serde(default)]
+    pub vector: Option<VectorConfig>,
+}
+
+/// `[vector]`: every row also carries a vector, stored in its shard's
+/// sqlite-vec index next to the row's key and value (a unified snapshot,
+/// searchable by similarity and readable by key), or, with `sharding`, a
+/// vector-only snapshot whose shards hold vectors placed by the vectors
+/// themselves (or an explicit shard id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorConfig {
+    /// The vector column: a list of floats (Arrow `FixedSizeList` or
+    /// `List` of `Float32`/`Float64`), or text holding a JSON array of
+    /// numbers (CSV, JSON inputs). Stored as 32-bit floats.
+    pub column: String,
+    /// Components of every vector (1..=8192).
+    pub dim: u32,
+    /// `cosine` (1 - cosine similarity) or `l2` (Euclidean distance).
+    /// `dot` cannot be stored by sqlite-vec shards and is refused.
+    #[serde(default = "default_vector_metric")]
+    pub metric: String,
+    /// The column whose value is each vector's id (integers are stored as
+    /// integer ids, anything else as text; bytes as hex). Default: the key.
+    #[serde(default)]
+    pub id_column: Option<String>,
+    /// Columns stored with each vector as a JSON object and returned with
+    /// search hits. None by default (hits then have no payload).
+    #[serde(default)]
+    pub payload_columns: Vec<String>,
+    /// What a row with an invalid vector (null, a length other than `dim`,
+    /// a NaN or infinite component, all zeros under cosine) does: `fail`
+    /// the build, or `skip` its vector (the key-value row is kept).
+    #[serde(default)]
+    pub on_invalid: OnInvalid,
+    /// Vector-only: how vectors are placed in shards (`cluster`, `lsh`,
+    /// `explicit`). Absent: a unified snapshot, routed by `[routing]`.
+    #[serde(default)]
+    pub sharding: Option<VectorShardingConfig>,
+    /// Vector-only: shards a search probes by default (1 for `explicit`).
+    #[serde(default)]
+    pub num_probes: Option<u32>,
+    /// `cluster`: a `.npy` file (path or URL) of `num_dbs` x `dim`
+    /// centroids. Absent: centroids trained by the build (k-means).
+    #[serde(default)]
+    pub centroids: Option<String>,
+    /// `cluster` without `centroids`: the first this many valid vectors of
+    /// the input train the centroids.
+    #[serde(default = "default_train_sample")]
+    pub train_sample: usize,
+    /// `cluster` training and `lsh` hyperplanes: the random seed (the same
+    /// seed and input give the same artifacts).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// `lsh`: bits of the hash (hyperplanes), 1 to 63.
+    #[serde(default)]
+    pub num_hash_bits: Option<u32>,
+    /// `lsh`: a `.npy` file (path or URL) of `num_hash_bits` x `dim`
+    /// hyperplanes. Absent: standard-normal hyperplanes drawn with `seed`.
+    #[serde(default)]
+    pub hyperplanes: Option<String>,
+    /// `explicit`: the integer column holding each vector's shard id.
+    #[serde(default)]
+    pub shard_id_column: Option<String>,
+}
+
+fn default_train_sample() -> usize {
+    100_000
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// How a vector-only job places its vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorShardingConfig {
+    /// The nearest of `num_dbs` centroids.
+    Cluster,
+    /// Random-hyperplane hash modulo `num_dbs`.
+    Lsh,
+    /// The shard id in `shard_id_column`.
+    Explicit,
+    /// A CEL expression over routing columns (not built yet: refused).
+    Cel,
+}
+
+impl VectorConfig {
+    /// Whether the job builds a vector-only snapshot.
+    pub fn vector_only(&self) -> bool {
+        self.sharding.is_some()
+    }
+}
+
+fn default_vector_metric() -> String {
+    "cosine".to_string()
+}
+
+/// What a row with an invalid vector does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalid {
+    /// The build fails before anything is published, naming the row's key.
+    #[default]
+    Fail,
+    /// The row's vector is left out and counted in the build report.
+    Skip,
 }
 
 /// `[retention]`: after a successful publish, the build runs the same

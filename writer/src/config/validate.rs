@@ -4,7 +4,9 @@
 
 use sf_manifest::RunId;
 
-use super::schema::{Backend, CelMode, InputConfig, InputFormat, JobConfig, Strategy};
+use super::schema::{
+    Backend, CelMode, InputConfig, InputFormat, JobConfig, Strategy, VectorConfig, VectorShardingConfig,
+};
 use crate::error::{Error, Result};
 
 fn check_input(i: &InputConfig) -> Result<()> {
@@ -100,12 +102,181 @@ impl JobConfig {
         self.check_gates_and_retention()?;
         self.check_routing()?;
         self.check_output()?;
-        self.check_write()
+        self.check_write()?;
+        self.check_vector()
+    }
+
+    /// `[vector]`: a column, a dimension, a metric the format can store,
+    /// and SQLite shards written in key order.
+    fn check_vector(&self) -> Result<()> {
+        let Some(v) = &self.vector else {
+            return Ok(());
+        };
+        if v.column.trim().is_empty() {
+            return Err(Error::config("vector.column", "must name the vector column"));
+        }
+        let max = sf_manifest::format::vector::MAX_DIM;
+        if !(1..=max).contains(&v.dim) {
+            return Err(Error::config(
+                "vector.dim",
+                format!("{} is not a dimension from 1 to {max}", v.dim),
+            ));
+        }
+        sf_manifest::format::vector::Metric::parse(&v.metric).map_err(|e| match e {
+            sf_manifest::Error::Invalid { reason, .. } => Error::config("vector.metric", reason),
+            other => Error::config("vector.metric", other.to_string()),
+        })?;
+        if v.id_column.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(Error::config(
+                "vector.id_column",
+                "must not be empty (omit it for the key)",
+            ));
+        }
+        if let Some(dup) = v
+            .payload_columns
+            .iter()
+            .enumerate()
+            .find(|(i, c)| v.payload_columns[..*i].contains(c))
+        {
+            return Err(Error::config(
+                "vector.payload_columns",
+                format!("{:?} is named twice", dup.1),
+            ));
+        }
+        if self.output.backend == Backend::Slatedb {
+            return Err(Error::config(
+                "vector",
+                "vector snapshots are SQLite shards holding a sqlite-vec index; the slatedb backend cannot \
+                 store one (set output.backend = \"sqlite\")",
+            ));
+        }
+        if !self.write.sort_within_shard {
+            return Err(Error::config(
+                "write.sort_within_shard",
+                "a job with [vector] writes each shard's rows in key order (each key and its vector once); \
+                 sort_within_shard = false is for key-value jobs only",
+            ));
+        }
+        match v.sharding {
+            None => {
+                let vector_only_keys = [
+                    ("vector.num_probes", v.num_probes.is_some()),
+                    ("vector.centroids", v.centroids.is_some()),
+                    ("vector.num_hash_bits", v.num_hash_bits.is_some()),
+                    ("vector.hyperplanes", v.hyperplanes.is_some()),
+                    ("vector.shard_id_column", v.shard_id_column.is_some()),
+                ];
+                if let Some((key, _)) = vector_only_keys.iter().find(|(_, set)| *set) {
+                    return Err(Error::config(
+                        *key,
+                        "is for a vector-only job (vector.sharding); a unified job's vectors go to their keys' shards",
+                    ));
+                }
+                Ok(())
+            }
+            Some(sharding) => self.check_vector_only(v, sharding),
+        }
+    }
+
+    /// `[vector]` with `sharding`: where vectors go, and nothing of the
+    /// key-value half.
+    fn check_vector_only(&self, v: &VectorConfig, sharding: VectorShardingConfig) -> Result<()> {
+        if sharding == VectorShardingConfig::Cel {
+            return Err(Error::config(
+                "vector.sharding",
+                "\"cel\" is not built yet; use cluster, lsh or explicit, or a unified job routed by CEL \
+                 ([routing] strategy = \"cel\" without vector.sharding)",
+            ));
+        }
+        if v.id_column.is_none() && self.key_col.trim().is_empty() {
+            return Err(Error::config(
+                "vector.id_column",
+                "a vector-only job needs the id column (vector.id_column, or key_col)",
+            ));
+        }
+        if self.value.binary_col.is_some() || self.value.json_cols.is_some() {
+            return Err(Error::config(
+                "value",
+                "a vector-only job stores no values; remove [value] (or drop vector.sharding for a unified job)",
+            ));
+        }
+        let r = &self.routing;
+        if r.strategy != Strategy::Hash || r.max_keys_per_shard.is_some() {
+            return Err(Error::config(
+                "routing",
+                "a vector-only job places vectors by vector.sharding; [routing] takes only num_dbs",
+            ));
+        }
+        let given_centroids = sharding == VectorShardingConfig::Cluster && v.centroids.is_some();
+        if r.num_dbs.is_none() && !given_centroids {
+            return Err(Error::config(
+                "routing.num_dbs",
+                "a vector-only job needs the number of shards (for cluster, unless vector.centroids gives them)",
+            ));
+        }
+        if v.num_probes == Some(0) {
+            return Err(Error::config("vector.num_probes", "must be at least 1"));
+        }
+        if let (Some(p), Some(n)) = (v.num_probes, r.num_dbs)
+            && p > n
+        {
+            return Err(Error::config(
+                "vector.num_probes",
+                format!("is {p} but the snapshot has {n} shards"),
+            ));
+        }
+        let only = |key: &str, set: bool, strategy: &str| {
+            if set {
+                Err(Error::config(key, format!("is for vector.sharding = \"{strategy}\"")))
+            } else {
+                Ok(())
+            }
+        };
+        let not = |s: VectorShardingConfig| sharding != s;
+        only(
+            "vector.centroids",
+            v.centroids.is_some() && not(VectorShardingConfig::Cluster),
+            "cluster",
+        )?;
+        only(
+            "vector.num_hash_bits",
+            v.num_hash_bits.is_some() && not(VectorShardingConfig::Lsh),
+            "lsh",
+        )?;
+        only(
+            "vector.hyperplanes",
+            v.hyperplanes.is_some() && not(VectorShardingConfig::Lsh),
+            "lsh",
+        )?;
+        only(
+            "vector.shard_id_column",
+            v.shard_id_column.is_some() && not(VectorShardingConfig::Explicit),
+            "explicit",
+        )?;
+        match sharding {
+            VectorShardingConfig::Cluster if v.train_sample == 0 => {
+                Err(Error::config("vector.train_sample", "must be at least 1"))
+            }
+            VectorShardingConfig::Lsh if !(1..=63).contains(&v.num_hash_bits.unwrap_or(8)) => Err(Error::config(
+                "vector.num_hash_bits",
+                format!("{} is not from 1 to 63", v.num_hash_bits.unwrap_or(8)),
+            )),
+            VectorShardingConfig::Explicit if v.shard_id_column.is_none() => Err(Error::config(
+                "vector.shard_id_column",
+                "vector.sharding = \"explicit\" needs the column holding each vector's shard id",
+            )),
+            VectorShardingConfig::Explicit if v.num_probes.unwrap_or(1) != 1 => Err(Error::config(
+                "vector.num_probes",
+                "must be 1 for explicit sharding: a query names its shards",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The key, shard id and value columns.
     fn check_columns(&self) -> Result<()> {
-        if self.key_col.trim().is_empty() {
+        let vector_only = self.vector.as_ref().is_some_and(VectorConfig::vector_only);
+        if self.key_col.trim().is_empty() && !vector_only {
             return Err(Error::config("key_col", "must name the key column"));
         }
         if self.shard_id_col.trim().is_empty() {
@@ -162,7 +333,10 @@ impl JobConfig {
         }
         match r.strategy {
             Strategy::Hash => {
-                if r.num_dbs.is_some() == r.max_keys_per_shard.is_some() {
+                // A vector-only job's shard count is checked with its
+                // sharding (cluster centroids may give it).
+                let vector_only = self.vector.as_ref().is_some_and(VectorConfig::vector_only);
+                if r.num_dbs.is_some() == r.max_keys_per_shard.is_some() && !vector_only {
                     return Err(Error::config(
                         "routing",
                         "hash routing needs exactly one of num_dbs or max_keys_per_shard",

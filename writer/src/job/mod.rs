@@ -40,6 +40,7 @@ pub mod report;
 pub mod resolve;
 #[cfg(test)]
 mod tests;
+pub mod vector_plan;
 
 pub use engine::{
     Embedded, Engine, MemoryShares, embedded_state_builder, job_runtime, job_session_config, memory_shares,
@@ -187,6 +188,7 @@ pub async fn build_prepared(
         sharding,
         extra_cols,
         input_schema,
+        vector_only,
     } = prepared;
 
     if options.dry_run {
@@ -206,7 +208,9 @@ pub async fn build_prepared(
     }
     let expected: Option<CurrentVersion> = current.map(|c| c.version);
 
-    if job.routing.verify_routing {
+    // A vector-only build's kernel routes with the readers' own vector
+    // routers; there is no key router to check it against.
+    if job.routing.verify_routing && vector_only.is_none() {
         phase("verifying routing on a sample");
         verify_sample(&routed, job, &router, &extra_cols).await?;
     }
@@ -229,7 +233,22 @@ pub async fn build_prepared(
     let record = Arc::new(Mutex::new(first));
     let heartbeat = spawn_heartbeat(store.clone(), record_key.clone(), Arc::clone(&record), lease);
 
-    let (spec_num_dbs, spec_key_encoding) = (spec.num_dbs, spec.key_encoding);
+    let (spec_num_dbs, mut spec_key_encoding) = (spec.num_dbs, spec.key_encoding);
+    let mut manifest_key_col = job.key_col.clone();
+    let vector_meta = match &vector_only {
+        Some(plan) => {
+            // The routing artifact is in place before any shard is
+            // written, so a published manifest never names a missing one.
+            let url = match &plan.artifact {
+                Some(a) => Some(write_artifact(&store, job, &run_id, a).await?),
+                None => None,
+            };
+            manifest_key_col = vector_plan::VECTOR_ONLY_KEY_COL.to_string();
+            spec_key_encoding = vector_plan::VECTOR_ONLY_KEY_ENCODING;
+            Some(plan.custom(url.as_deref()))
+        }
+        None => spec.vector.as_ref().map(unified_vector_meta),
+    };
     phase("writing shards");
     let write_started = Instant::now();
     let written = write_shards(&ctx, spec, routed, engine, options).await;
@@ -252,13 +271,14 @@ pub async fn build_prepared(
                     results,
                     run_id: run_id.clone(),
                     num_dbs: spec_num_dbs,
-                    key_col: job.key_col.clone(),
+                    key_col: manifest_key_col,
                     key_encoding: spec_key_encoding,
                     sharding: sharding.clone(),
                     expected,
                     verify_checksums: job.write.verify_checksums,
                     upload_concurrency: job.write.upload_concurrency,
                     custom: options.custom.clone(),
+                    vector: vector_meta,
                     build_id: build_id.clone(),
                     validate: job.validate.clone(),
                     checks: options.checks.clone(),
@@ -296,6 +316,7 @@ pub async fn build_prepared(
                     gates: f.gates,
                     retention: None,
                     warnings: f.warnings,
+                    vectors_skipped: progress::run(&run_id, 1).vectors_skipped(),
                     phases: report::PhaseTimes {
                         input: tasks.input,
                         build_sum: tasks.build,
@@ -487,4 +508,43 @@ async fn write_shards(
         sink.progress(counters.rows(), counters.shards_done(), num_dbs);
     }
     outcome.map(|_| results)
+}
+
+/// The manifest's `custom.vector` of a unified build, with exactly the keys
+/// and values the reference writes for a unified sqlite-vec snapshot (its
+/// readers pick their sqlite-vec reader from `backend`).
+fn unified_vector_meta(v: &crate::route::vector::VectorSpec) -> serde_json::Value {
+    serde_json::json!({
+        "backend": "sqlite-vec",
+        "dim": v.dim,
+        "index_type": "hnsw",
+        "kv_backend": "sqlite-vec",
+        "metric": v.metric,
+        "quantization": null,
+        "unified": true,
+    })
+}
+
+/// Writes a vector-only build's routing artifact under the snapshot prefix
+/// (`vector_meta/run_id=<run>/<name>`); returns its URL. The object
+/// belongs to the run: no attempt cleanup removes it, and a rebuild of the
+/// run replaces it before its manifest can name it.
+async fn write_artifact(
+    store: &ObjectManifestStore,
+    job: &JobConfig,
+    run_id: &RunId,
+    artifact: &vector_plan::Artifact,
+) -> Result<String> {
+    let prefix = sf_manifest::resolve(store.prefix_url(), &job.storage_options())?;
+    let loc = prefix.child(&vector_plan::artifact_key(run_id, artifact.name));
+    let bytes = sf_manifest::format::npy::write_f32(&artifact.matrix);
+    loc.store
+        .put(&loc.path, object_store::PutPayload::from(bytes))
+        .await
+        .map_err(|e| Error::Storage {
+            message: format!("writing the routing artifact {}: {e}", loc.url),
+            kind: sf_manifest::store_error_kind(&e),
+            source: Some(Box::new(e).into()),
+        })?;
+    Ok(loc.url)
 }

@@ -126,6 +126,9 @@ pub struct BuildSummary {
     /// Peak resident memory of the building process so far, where the
     /// system reports it (for `sf-write`: the build's).
     pub peak_rss_bytes: Option<u64>,
+    /// Rows stored without their vector (`[vector] on_invalid = "skip"`),
+    /// as counted by the processes that encoded the rows.
+    pub vectors_skipped: u64,
 }
 
 /// What a build's retention removed.
@@ -189,6 +192,13 @@ impl fmt::Display for BuildSummary {
             self.retries, self.losers_deleted
         )?;
         writeln!(f, "  sort spills:    {} runs written to disk", self.spilled_runs)?;
+        if self.vectors_skipped > 0 {
+            writeln!(
+                f,
+                "  vectors:        {} invalid vectors skipped (vector.on_invalid = \"skip\")",
+                self.vectors_skipped
+            )?;
+        }
         for g in self.gates.iter().filter(|g| g.verdict != Verdict::Pass) {
             writeln!(f, "  gate:           {g}")?;
         }

@@ -16,13 +16,16 @@ use sf_manifest::{CelType, KeyEncoding, ManifestStore, ObjectManifestStore, Rout
 use sf_router::{CelRouting, Routed, Router, cel_column_type_fits, cel_tokens};
 
 use crate::build::spec::ShardWriteSpec;
-use crate::config::{CelMode, JobConfig, Strategy};
+use crate::config::{CelMode, JobConfig, Strategy, VectorConfig};
 use crate::error::{Error, Result};
+pub use crate::input::field_list;
 use crate::plan::node::ShardWriteNode;
 use crate::plan::udf::{PARTITION_KEY_COL, PartitionKeyUdf, RoutingSpec, ShardIdUdf};
 use crate::route::encode::{ValueSpec, binary_value_type_fits, default_key_encoding, key_type_fits};
+use crate::route::vector::{VectorSpec, id_type_fits, vector_type_fits};
 
 use super::engine::{Engine, capped_backend, memory_shares};
+use super::vector_plan::VectorOnlyPlan;
 
 /// Routing resolved against the input.
 struct Resolved {
@@ -33,16 +36,7 @@ struct Resolved {
     num_dbs: u32,
     extra_cols: Vec<String>,
     input_schema: Vec<(String, String)>,
-}
-
-/// The column names of `schema`, comma separated, for messages.
-pub fn field_list(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    vector: Option<VectorSpec>,
 }
 
 /// A build planned against its input: everything checked, nothing written.
@@ -67,6 +61,8 @@ pub struct Prepared {
     pub extra_cols: Vec<String>,
     /// Input columns and types.
     pub input_schema: Vec<(String, String)>,
+    /// A vector-only build's routing and artifact.
+    pub vector_only: Option<VectorOnlyPlan>,
 }
 
 impl fmt::Debug for Prepared {
@@ -104,6 +100,18 @@ pub async fn read_input(job: &JobConfig, engine: &dyn Engine) -> Result<(Session
 #[tracing::instrument(name = "plan", skip_all)]
 pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) -> Result<Prepared> {
     job.validate_settings()?;
+    let vector_only = match job.vector.as_ref().filter(|v| v.vector_only()) {
+        Some(v) => Some(super::vector_plan::plan(job, v, &df).await?),
+        None => None,
+    };
+    let effective;
+    let job = match &vector_only {
+        Some(plan) => {
+            effective = plan.effective_job(job);
+            &effective
+        }
+        None => job,
+    };
     let storage = job.storage_options();
     let store = ObjectManifestStore::open(&job.output.prefix, &storage)
         .map_err(|e| Error::config("output.prefix", e.to_string()))?;
@@ -123,19 +131,41 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
     let router = Router::new(&resolved.sharding, resolved.num_dbs, resolved.key_encoding)
         .map_err(|e| Error::config("routing", e.to_string()))?;
 
-    let routing = RoutingSpec {
-        sharding: resolved.sharding.clone(),
-        num_dbs: resolved.num_dbs,
-        key_encoding: resolved.key_encoding,
-        key_col: job.key_col.clone(),
-        extra_cols: resolved.extra_cols.clone(),
+    let (routing, args) = match &vector_only {
+        Some(plan) => (
+            RoutingSpec {
+                sharding: resolved.sharding.clone(),
+                num_dbs: resolved.num_dbs,
+                key_encoding: resolved.key_encoding,
+                key_col: plan.routing_column.clone(),
+                extra_cols: vec![],
+                vector: Some(plan.routing.clone()),
+            },
+            vec![ident(&plan.routing_column)],
+        ),
+        None => (
+            RoutingSpec {
+                sharding: resolved.sharding.clone(),
+                num_dbs: resolved.num_dbs,
+                key_encoding: resolved.key_encoding,
+                key_col: job.key_col.clone(),
+                extra_cols: resolved.extra_cols.clone(),
+                vector: None,
+            },
+            std::iter::once(ident(&job.key_col))
+                .chain(resolved.extra_cols.iter().map(ident))
+                .collect::<Vec<Expr>>(),
+        ),
     };
-    let args: Vec<Expr> = std::iter::once(ident(&job.key_col))
-        .chain(resolved.extra_cols.iter().map(ident))
-        .collect();
     let mut keep: BTreeSet<&str> = resolved.value.columns().into_iter().collect();
     keep.insert(&job.key_col);
+    if let Some(plan) = &vector_only {
+        keep.insert(&plan.routing_column);
+    }
     keep.extend(resolved.extra_cols.iter().map(String::as_str));
+    if let Some(v) = &resolved.vector {
+        keep.extend(v.columns());
+    }
     let mut select: Vec<Expr> = keep.iter().map(|c| ident(*c)).collect();
     select.push(ShardIdUdf::udf(routing).call(args).alias(&job.shard_id_col));
     let routed = resolved.df.select(select)?.with_column(
@@ -160,6 +190,7 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
         work_dir: job.write.work_dir.clone(),
         upload_concurrency: job.write.upload_concurrency,
         build_id: sf_manifest::format::ids::unique_hex(),
+        vector: resolved.vector,
     };
     Ok(Prepared {
         ctx,
@@ -172,6 +203,7 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
         sharding: resolved.sharding,
         extra_cols: resolved.extra_cols,
         input_schema: resolved.input_schema,
+        vector_only,
     })
 }
 
@@ -244,7 +276,10 @@ async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEn
             ))
         })?,
     };
+    let vector_only = job.vector.as_ref().is_some_and(VectorConfig::vector_only);
     let value = match (&job.value.binary_col, &job.value.json_cols) {
+        // Vector-only shards store no values (their kv table is empty).
+        _ if vector_only => ValueSpec::JsonCols(vec![]),
         (Some(c), _) => {
             let f = schema.field_with_name(c).map_err(|_| {
                 Error::config(
@@ -277,6 +312,9 @@ async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEn
                 .iter()
                 .map(|f| f.name().clone())
                 .filter(|n| *n != job.key_col)
+                // A vector is stored in the shard's vector index, not
+                // again as JSON in every value.
+                .filter(|n| job.vector.as_ref().is_none_or(|v| *n != v.column))
                 .collect();
             if cols.is_empty() {
                 return Err(Error::config(
@@ -391,6 +429,10 @@ async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEn
             }
         }
     };
+    let vector = match &job.vector {
+        Some(v) => Some(resolve_vector(job, v, &schema)?),
+        None => None,
+    };
     Ok(Resolved {
         df,
         key_encoding,
@@ -399,6 +441,56 @@ async fn resolve(job: &JobConfig, df: DataFrame, previous_encoding: Option<KeyEn
         num_dbs,
         extra_cols,
         input_schema,
+        vector,
+    })
+}
+
+/// `[vector]` checked against the input's columns.
+fn resolve_vector(job: &JobConfig, v: &VectorConfig, schema: &Schema) -> Result<VectorSpec> {
+    let column = |key: &str, name: &str| {
+        schema.field_with_name(name).map_err(|_| {
+            Error::config(
+                key,
+                format!(
+                    "{name:?} is not a column of the input (columns: {})",
+                    field_list(schema)
+                ),
+            )
+        })
+    };
+    let f = column("vector.column", &v.column)?;
+    if !vector_type_fits(f.data_type()) {
+        return Err(Error::config(
+            "vector.column",
+            format!(
+                "{:?} has type {}; it must be a list of floats (FixedSizeList or List of Float32/Float64) or text holding JSON arrays",
+                v.column,
+                f.data_type()
+            ),
+        ));
+    }
+    let id_column = v.id_column.clone().unwrap_or_else(|| job.key_col.clone());
+    let f = column("vector.id_column", &id_column)?;
+    if !id_type_fits(f.data_type()) {
+        return Err(Error::config(
+            "vector.id_column",
+            format!(
+                "{id_column:?} has type {}; ids must be integers, text or binary",
+                f.data_type()
+            ),
+        ));
+    }
+    for p in &v.payload_columns {
+        column("vector.payload_columns", p)?;
+    }
+    Ok(VectorSpec {
+        vector_only: v.vector_only(),
+        column: v.column.clone(),
+        dim: v.dim,
+        metric: v.metric.clone(),
+        id_column,
+        payload_columns: v.payload_columns.clone(),
+        on_invalid: v.on_invalid,
     })
 }
 

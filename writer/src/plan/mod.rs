@@ -16,8 +16,11 @@
 //!   partition keys that put shard `i` in partition `i`
 //!   (`sf_partition_key`);
 //! - `node.rs`: the logical write node and its planners;
-//! - `layout.rs`: the physical rule that lays the shard partitions out.
+//! - `layout.rs`: the physical rule that lays the shard partitions out;
+//! - `vector_route.rs`: the shard of each vector of a vector-only build,
+//!   computed inside `sf_shard_id`.
 
 pub mod layout;
 pub mod node;
 pub mod udf;
+pub mod vector_route;

@@ -25,6 +25,7 @@ use sf_manifest::{KeyEncoding, ShardingSpec};
 use sf_router::Router;
 
 use crate::error::{Error, Result};
+use crate::plan::vector_route::VectorRouting;
 
 /// Name of the routing function.
 pub const SHARD_ID_UDF: &str = "sf_shard_id";
@@ -46,6 +47,10 @@ pub struct RoutingSpec {
     pub key_col: String,
     /// Names of the other arguments (CEL columns read from the input).
     pub extra_cols: Vec<String>,
+    /// A vector-only build: shards come from each row's vector (or
+    /// explicit shard id), the function's one argument, named `key_col`.
+    #[serde(default)]
+    pub vector: Option<VectorRouting>,
 }
 
 impl RoutingSpec {
@@ -124,8 +129,15 @@ impl ScalarUDFImpl for ShardIdUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let router = self.router()?;
         let n = args.number_rows;
+        if let Some(vector) = &self.spec.vector {
+            let array = args.args[0].to_array(n)?;
+            let ids = vector
+                .assign(array.as_ref(), self.spec.num_dbs, &self.spec.key_col)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            return Ok(ColumnarValue::Array(Arc::new(ids)));
+        }
+        let router = self.router()?;
         let arrays: Vec<ArrayRef> = args.args.iter().map(|a| a.to_array(n)).collect::<DfResult<_>>()?;
         let names = std::iter::once(&self.spec.key_col).chain(&self.spec.extra_cols);
         let fields: Vec<Field> = names

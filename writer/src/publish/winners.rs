@@ -43,6 +43,8 @@ pub(crate) struct PublishInput<'a> {
     pub verify_checksums: bool,
     pub upload_concurrency: usize,
     pub custom: serde_json::Map<String, Value>,
+    /// The manifest's `custom.vector` (a unified build).
+    pub vector: Option<Value>,
     /// This build's id: only attempts it claimed are its to delete.
     pub build_id: String,
     /// The gates.
@@ -232,6 +234,14 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
     ours.insert("rows".into(), json!(rows));
     ours.insert("duplicates".into(), json!(duplicates));
     build.custom.insert("shardforge".into(), Value::Object(ours));
+    if let Some(vector) = &input.vector {
+        let mut vector = vector.clone();
+        // A vector-only snapshot's vectors are its rows.
+        if let Some(total) = vector.get_mut("total_vectors") {
+            *total = json!(rows);
+        }
+        build.custom.insert("vector".into(), vector);
+    }
     let mut manifest = Manifest { build, shards };
 
     // The gates, on the manifest as it would be published.

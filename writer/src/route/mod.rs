@@ -9,6 +9,8 @@
 //!   budget, spilled to disk beyond it;
 //! - `chunk.rs`: one shard's rows in memory, sorted once sealed;
 //! - `spill.rs`: sorted rows on disk, as segments of spill files;
+//! - `vector.rs`: a build's vectors, checked and carried inside their rows'
+//!   values to the shard builder, in the layout of `envelope.rs`;
 //! - `exchange.rs`: in one process, every input partition collected, then
 //!   the shards built and uploaded in waves.
 
@@ -16,6 +18,8 @@ pub mod budget;
 pub mod chunk;
 pub mod collect;
 pub mod encode;
+pub mod envelope;
 pub mod exchange;
 pub mod routed_batch;
 pub mod spill;
+pub mod vector;

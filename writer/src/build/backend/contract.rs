@@ -40,6 +40,22 @@ pub struct BuildContext {
     pub limits: RateLimits,
     /// Key encoding, to show duplicate keys readably in errors.
     pub key_encoding: KeyEncoding,
+    /// A unified build: every value carries its row's vector
+    /// ([`crate::route::vector`]), stored in the shard's vector tables.
+    pub vector: Option<VectorShard>,
+}
+
+/// The vector index of a unified shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VectorShard {
+    /// Components per vector.
+    pub dim: u32,
+    /// The index's distance.
+    pub metric: sf_manifest::format::vector::Metric,
+    /// A vector-only shard: the rows' keys are ids and their values are
+    /// not stored (the `kv` table stays empty); the shard's row count is
+    /// its vector count.
+    pub vector_only: bool,
 }
 
 /// Facts about a shard's content that every backend records.

@@ -20,7 +20,9 @@
 //!
 //! The backends in files: `contract` (the traits and what they share),
 //! `select` (the configured choice), `sqlite` with `sqlite_pages` (the page
-//! writer) and `sqlite_insert` (the INSERT loop), `slatedb`.
+//! writer), `sqlite_insert` (the INSERT loop) and `sqlite_vec` (the
+//! vector tables of unified shards) with `vec0` (sqlite-vec registered on
+//! a connection), `slatedb`.
 
 mod contract;
 mod select;
@@ -28,10 +30,12 @@ pub mod slatedb;
 pub mod sqlite;
 mod sqlite_insert;
 pub mod sqlite_pages;
+pub mod sqlite_vec;
+pub mod vec0;
 
 pub use contract::{
     AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded,
-    show_key,
+    VectorShard, show_key,
 };
 pub use select::{BackendConfig, backend_for};
 pub use slatedb::SlateDbSettings;

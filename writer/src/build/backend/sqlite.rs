@@ -32,8 +32,10 @@ use super::contract::{
 };
 use super::sqlite_insert::{Insert, InsertError};
 use super::sqlite_pages::{PageError, SqliteFileWriter};
+use super::sqlite_vec::VectorSpool;
 use crate::build::ratelimit::RateLimiter;
 use crate::error::{Error, Result};
+use crate::route::envelope::split_value;
 
 /// `[output.sqlite]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,7 +133,7 @@ impl SqliteBackend {
             path,
             &self.settings,
             ctx,
-        )))
+        )?))
     }
 
     /// Starts a build of sorted input written as pages.
@@ -145,7 +147,7 @@ impl SqliteBackend {
             path,
             &self.settings,
             ctx,
-        )))
+        )?))
     }
 }
 
@@ -234,11 +236,18 @@ struct SqliteBuilder {
     last_key: Vec<u8>,
     settings: SqliteSettings,
     ctx: BuildContext,
+    /// A unified build's vectors, waiting for the kv rows to be written.
+    vectors: Option<VectorSpool>,
 }
 
 impl SqliteBuilder {
-    fn new(sink: Sink, path: PathBuf, settings: &SqliteSettings, ctx: BuildContext) -> Self {
-        SqliteBuilder {
+    fn new(sink: Sink, path: PathBuf, settings: &SqliteSettings, ctx: BuildContext) -> Result<Self> {
+        let vectors = match ctx.vector {
+            Some(layout) => Some(VectorSpool::create(&ctx.work_dir, layout)?),
+            None => None,
+        };
+        Ok(SqliteBuilder {
+            vectors,
             sink,
             path,
             limiter: RateLimiter::new(ctx.limits),
@@ -247,7 +256,7 @@ impl SqliteBuilder {
             last_key: Vec::new(),
             settings: settings.clone(),
             ctx,
-        }
+        })
     }
 
     /// The insert for this build. Sorted input has each key once, so a
@@ -281,6 +290,38 @@ impl SqliteBuilder {
 
 impl ShardBuilder for SqliteBuilder {
     fn add(&mut self, rows: &[Row<'_>]) -> Result<()> {
+        let Some(spool) = &mut self.vectors else {
+            return self.add_kv(rows);
+        };
+        // Each value carries its row's vector; a vector-only shard stores
+        // the vectors alone.
+        let (dim, vector_only) = self.ctx.vector.map_or((0, false), |v| (v.dim as usize, v.vector_only));
+        let mut kv_rows = Vec::with_capacity(if vector_only { 0 } else { rows.len() });
+        for (key, value) in rows {
+            let (kv, vector) =
+                split_value(value, dim).map_err(|e| Error::Internal(format!("shard {}: {e}", self.ctx.db_id)))?;
+            if let Some(v) = vector {
+                spool.push(v)?;
+            }
+            if !vector_only {
+                kv_rows.push((*key, kv));
+            }
+        }
+        if vector_only {
+            let bytes = rows.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() as u64;
+            self.limiter.acquire_blocking(rows.len() as u64, bytes);
+            return Ok(());
+        }
+        self.add_kv(&kv_rows)
+    }
+
+    fn finish(self: Box<Self>) -> Result<Arc<dyn StagedShard>> {
+        self.finish_shard()
+    }
+}
+
+impl SqliteBuilder {
+    fn add_kv(&mut self, rows: &[Row<'_>]) -> Result<()> {
         let db_id = self.ctx.db_id;
         let bytes = rows.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() as u64;
         self.limiter.acquire_blocking(rows.len() as u64, bytes);
@@ -325,7 +366,7 @@ impl ShardBuilder for SqliteBuilder {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Arc<dyn StagedShard>> {
+    fn finish_shard(self: Box<Self>) -> Result<Arc<dyn StagedShard>> {
         let this = *self;
         let db_id = this.ctx.db_id;
         let counted = match this.sink {
@@ -350,10 +391,20 @@ impl ShardBuilder for SqliteBuilder {
                 counted
             }
         };
-        let (row_count, min_key, max_key) = counted.unwrap_or_else(|| {
-            let max = this.first_key.is_some().then_some(this.last_key);
-            (this.rows_in, this.first_key, max)
-        });
+        // The vector tables go into the finished file, before it is
+        // hashed: the checksum and size cover the shard as uploaded.
+        let vectors = match this.vectors {
+            Some(spool) => Some(spool.write_tables(&this.path, db_id)?),
+            None => None,
+        };
+        let (row_count, min_key, max_key) = match (vectors, this.ctx.vector) {
+            // A vector-only shard's rows are its vectors; it has no keys.
+            (Some(n), Some(v)) if v.vector_only => (n, None, None),
+            _ => counted.unwrap_or_else(|| {
+                let max = this.first_key.is_some().then_some(this.last_key);
+                (this.rows_in, this.first_key, max)
+            }),
+        };
         // One sequential read of a file just written (so in the page
         // cache). The page writer cannot hash as it writes: pages 1 and 2
         // come first in the file but are known only at the end.
@@ -479,6 +530,7 @@ mod tests {
             sorted,
             limits: RateLimits::default(),
             key_encoding: KeyEncoding::U64Be,
+            vector: None,
         }
     }
 

@@ -49,6 +49,7 @@ fn ctx(dir: &std::path::Path, on_duplicate: DuplicatePolicy) -> BuildContext {
         sorted: true,
         limits: RateLimits::default(),
         key_encoding: KeyEncoding::U64Be,
+        vector: None,
     }
 }
 
