@@ -1,7 +1,7 @@
 //! Vector snapshots: build throughput and search speed and recall, each
 //! against a ceiling measured in the same run.
 //!
-//! `cargo bench -p sf-cli --bench vector [-- VECTORS] [--dim D] [--shards N] [--queries Q] [--rounds R] [--keep DIR]`
+//! `cargo bench -p sf-cli --bench vector [-- VECTORS] [--dim D] [--shards N] [--queries Q] [--rounds R] [--keep DIR] [--npy FILE]`
 //!
 //! Defaults: 1,000,000 vectors of dimension 128 in 64 Gaussian clusters
 //! (made here, seeded), 16 shards, 200 queries (stored vectors with a
@@ -21,6 +21,10 @@
 //!   process (the exact ceiling).
 //! - Recall@10 of the vector-only CLUSTER snapshot with 1, 2 and 4 probes
 //!   against the exact answer.
+//!
+//! `--npy FILE` takes the vectors from a two-dimensional NumPy file instead
+//! (a real embedding set: every row, its own dimension; `VECTORS` and
+//! `--dim` are then ignored).
 //!
 //! `--keep DIR` works in `DIR` and leaves the input, the snapshots
 //! (`out-unified`, `out-cluster`) and the queries (`queries.json`) there,
@@ -44,6 +48,7 @@ struct Args {
     queries: usize,
     rounds: usize,
     keep: Option<PathBuf>,
+    npy: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -54,6 +59,7 @@ fn args() -> Args {
         queries: 200,
         rounds: 2,
         keep: None,
+        npy: None,
     };
     let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
     while let Some(arg) = it.next() {
@@ -67,6 +73,7 @@ fn args() -> Args {
             "--shards" => a.shards = num("--shards") as u32,
             "--queries" => a.queries = num("--queries"),
             "--rounds" => a.rounds = num("--rounds").max(1),
+            "--npy" => a.npy = Some(PathBuf::from(it.next().expect("--npy needs a file"))),
             "--keep" => a.keep = Some(PathBuf::from(it.next().expect("--keep needs a folder"))),
             n => a.vectors = n.replace('_', "").parse().expect("VECTORS is a number"),
         }
@@ -287,7 +294,7 @@ fn recall(got: &[u64], want: &[u64]) -> f64 {
 }
 
 fn main() {
-    let a = args();
+    let mut a = args();
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let temp = tempfile::tempdir().expect("work dir");
     let dir_path = match &a.keep {
@@ -298,11 +305,23 @@ fn main() {
         None => temp.path().to_path_buf(),
     };
     let dir = dir_path.as_path();
+    let vectors = match &a.npy {
+        Some(path) => {
+            let bytes = std::fs::read(path).expect("--npy file");
+            let m = sf_manifest::format::npy::read(&bytes, &path.display().to_string()).expect("a 2-d .npy");
+            (a.vectors, a.dim) = (m.rows, m.cols);
+            m.values
+        }
+        None => clustered(a.vectors, a.dim),
+    };
+    let source = match &a.npy {
+        Some(path) => format!("from {}", path.display()),
+        None => format!("in {CLUSTERS} Gaussian clusters"),
+    };
     println!(
-        "{} vectors of dimension {} in {CLUSTERS} clusters, {} shards, {} queries, top {TOP_K}, l2, {cores} cores",
+        "{} vectors of dimension {} {source}, {} shards, {} queries, top {TOP_K}, l2, {cores} cores",
         a.vectors, a.dim, a.shards, a.queries
     );
-    let vectors = clustered(a.vectors, a.dim);
     let parquet = dir.join("in.parquet");
     write_parquet(&parquet, &vectors, a.dim);
     let mut noise = Rng(7);
