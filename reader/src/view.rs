@@ -19,7 +19,7 @@ use sf_router::ContextValue;
 use crate::error::{Error, Result};
 use crate::info::SnapshotInfo;
 use crate::shard::VectorHit;
-use crate::shard::{ShardEnv, ShardHandle, SlotKey};
+use crate::shard::{MEMORY_TASK_KEYS, ShardEnv, ShardHandle, SlotKey};
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
 use crate::vector::{MAX_TOP_K, SearchHit, SearchOptions, SearchResults, SearchWithValues, VectorId};
@@ -210,41 +210,67 @@ pub(crate) async fn multi_lookup<'a>(
     items: impl ExactSizeIterator<Item = (&'a Key, Option<&'a RoutingContext>)>,
 ) -> Result<Vec<Option<Bytes>>> {
     let n = items.len();
-    let mut routed: Vec<(DbId, usize, Vec<u8>)> = Vec::with_capacity(n);
+    // Every key encoded into one buffer; each routed key is its shard, its
+    // position and where its bytes end (they start where the previous
+    // routed key's end).
+    let mut key_bytes: Vec<u8> = Vec::with_capacity(n * 16);
+    let mut routed: Vec<Routed> = Vec::with_capacity(n);
     for (slot, (key, ctx)) in items.enumerate() {
-        let encoded = snap.router.encode_key(key)?;
-        if let Some(db) = snap.route(key, ctx)? {
-            routed.push((db, slot, encoded));
+        let start = key_bytes.len();
+        snap.router.encode_key_into(key, &mut key_bytes)?;
+        match snap.route(key, ctx)? {
+            Some(db) => routed.push(Routed {
+                db,
+                slot,
+                start,
+                end: key_bytes.len(),
+            }),
+            None => key_bytes.truncate(start),
         }
     }
     // By shard (and input position: no key comparisons here; a SQLite
     // shard sorts its own group by key, a memory shard needs no order).
-    routed.sort_unstable_by_key(|r| (r.0, r.1));
-    let mut groups: Vec<(DbId, Vec<SlotKey>)> = Vec::new();
-    for (db, slot, key) in routed {
+    routed.sort_unstable_by_key(|r| (r.db, r.slot));
+    let mut groups: Vec<(DbId, std::ops::Range<usize>)> = Vec::new();
+    for (i, r) in routed.iter().enumerate() {
         match groups.last_mut() {
-            Some((d, g)) if *d == db => g.push((slot, key)),
-            _ => groups.push((db, vec![(slot, key)])),
+            Some((d, g)) if *d == r.db => g.end = i + 1,
+            _ => groups.push((r.db, i..i + 1)),
         }
     }
+    // A batch this small is looked up in its memory-mode shards right here:
+    // a task per shard would cost more than the lookups.
+    let inline_memory = routed.len() < MEMORY_TASK_KEYS;
+    let (routed, key_bytes) = (&routed, &key_bytes);
+    let owned_keys = |range: std::ops::Range<usize>| -> Vec<SlotKey> {
+        routed[range]
+            .iter()
+            .map(|r| (r.slot, key_bytes[r.start..r.end].to_vec()))
+            .collect()
+    };
     let mut out: Vec<Option<Bytes>> = vec![None; n];
     // Shards open concurrently; small groups on downloaded shards wait
     // for the others' opens and then share one blocking task.
     let mut small = Vec::new();
+    let mut in_memory = Vec::new();
     let mut results = futures::stream::iter(groups)
-        .map(|(db, keys)| async move {
+        .map(|(db, range)| async move {
             match snap.shard(env, db).await? {
                 None => Ok::<_, Error>(None),
-                Some(shard) if shard.batches_small_groups(keys.len()) => {
-                    Ok(Some(Deferred::Small(Arc::clone(shard), keys)))
+                Some(shard) if inline_memory && shard.memory().is_some() => {
+                    Ok(Some(Deferred::Memory(Arc::clone(shard), range)))
                 }
-                Some(shard) => Ok(Some(Deferred::Done(shard.get_many(keys).await?))),
+                Some(shard) if shard.batches_small_groups(range.len()) => {
+                    Ok(Some(Deferred::Small(Arc::clone(shard), owned_keys(range))))
+                }
+                Some(shard) => Ok(Some(Deferred::Done(shard.get_many(owned_keys(range)).await?))),
             }
         })
         .buffer_unordered(max_concurrency);
     while let Some(part) = results.try_next().await? {
         match part {
             None => {}
+            Some(Deferred::Memory(shard, range)) => in_memory.push((shard, range)),
             Some(Deferred::Small(shard, keys)) => small.push((shard, keys)),
             Some(Deferred::Done(values)) => {
                 for (slot, v) in values {
@@ -252,6 +278,10 @@ pub(crate) async fn multi_lookup<'a>(
                 }
             }
         }
+    }
+    drop(results);
+    if !in_memory.is_empty() {
+        memory_lookups_into(&mut out, &in_memory, routed, key_bytes);
     }
     if !small.is_empty() {
         for (slot, v) in ShardHandle::get_small_groups(small).await? {
@@ -261,9 +291,55 @@ pub(crate) async fn multi_lookup<'a>(
     Ok(out)
 }
 
-/// A shard group's part of a multi-get: looked up, or left for the batch
-/// of small groups.
+/// A key of a multi-get, routed: its shard, its position in the batch and
+/// where its encoded bytes end in the batch's key buffer.
+struct Routed {
+    db: DbId,
+    slot: usize,
+    start: usize,
+    end: usize,
+}
+
+/// Looks up the groups of `routed` (ranges of it) in their memory-mode
+/// shards on the caller's thread, copying every value found into one
+/// buffer and handing each out as a slice of it: one allocation for the
+/// values of the whole batch, not one each. (A value kept holds the
+/// buffer, so the batch's values go back together.)
+fn memory_lookups_into(
+    out: &mut [Option<Bytes>],
+    groups: &[(Arc<ShardHandle>, std::ops::Range<usize>)],
+    routed: &[Routed],
+    key_bytes: &[u8],
+) {
+    let mut values: Vec<u8> = Vec::new();
+    let mut found: Vec<(usize, usize, usize)> = Vec::new();
+    let mut keys: Vec<(usize, &[u8])> = Vec::new();
+    for (shard, range) in groups {
+        let Some(index) = shard.memory() else { continue };
+        keys.clear();
+        keys.extend(
+            routed[range.clone()]
+                .iter()
+                .map(|r| (r.slot, &key_bytes[r.start..r.end])),
+        );
+        index.get_each(&keys, |slot, value| {
+            if let Some(v) = value {
+                let start = values.len();
+                values.extend_from_slice(v);
+                found.push((slot, start, values.len()));
+            }
+        });
+    }
+    let values = Bytes::from(values);
+    for (slot, start, end) in found {
+        out[slot] = Some(values.slice(start..end));
+    }
+}
+
+/// A shard group's part of a multi-get: looked up, left for the batch
+/// of small groups, or left for the caller's thread (a memory-mode shard).
 enum Deferred {
+    Memory(Arc<ShardHandle>, std::ops::Range<usize>),
     Small(Arc<ShardHandle>, Vec<SlotKey>),
     Done(Vec<(usize, Option<Bytes>)>),
 }

@@ -65,41 +65,58 @@ pub fn describe(key: &Key) -> String {
 
 /// The bytes a shard stores for `key` under `encoding`.
 pub fn encode_key(key: &Key, encoding: KeyEncoding) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_key_into(key, encoding, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode_key`], appended to `out` (which an error leaves as it was):
+/// many keys encoded into one buffer.
+pub fn encode_key_into(key: &Key, encoding: KeyEncoding, out: &mut Vec<u8>) -> Result<()> {
     let range = |reason: &str| Error::KeyOutOfRange {
         key: key.to_string(),
         encoding,
         reason: reason.to_string(),
     };
-    match encoding {
+    let bytes: &[u8] = match encoding {
         KeyEncoding::U64Be => match key {
-            Key::Int(i) => u64::try_from(*i)
-                .map(|u| u.to_be_bytes().to_vec())
-                .map_err(|_| range("u64be keys must be at least 0")),
-            Key::UInt(u) => Ok(u.to_be_bytes().to_vec()),
-            Key::Bytes(b) if b.len() == 8 => Ok(b.clone()),
-            other => Err(wrong_type(encoding, "an integer (or 8 bytes)", other)),
+            Key::Int(i) => {
+                let u = u64::try_from(*i).map_err(|_| range("u64be keys must be at least 0"))?;
+                out.extend_from_slice(&u.to_be_bytes());
+                return Ok(());
+            }
+            Key::UInt(u) => {
+                out.extend_from_slice(&u.to_be_bytes());
+                return Ok(());
+            }
+            Key::Bytes(b) if b.len() == 8 => b,
+            other => return Err(wrong_type(encoding, "an integer (or 8 bytes)", other)),
         },
         KeyEncoding::U32Be => match key {
-            Key::Int(i) => u32::try_from(*i)
-                .map(|u| u.to_be_bytes().to_vec())
-                .map_err(|_| range("u32be keys must lie in 0..=4294967295")),
-            Key::UInt(_) => Err(range("u32be keys must lie in 0..=4294967295")),
-            Key::Bytes(b) if b.len() == 4 => Ok(b.clone()),
-            other => Err(wrong_type(encoding, "an integer (or 4 bytes)", other)),
+            Key::Int(i) => {
+                let u = u32::try_from(*i).map_err(|_| range("u32be keys must lie in 0..=4294967295"))?;
+                out.extend_from_slice(&u.to_be_bytes());
+                return Ok(());
+            }
+            Key::UInt(_) => return Err(range("u32be keys must lie in 0..=4294967295")),
+            Key::Bytes(b) if b.len() == 4 => b,
+            other => return Err(wrong_type(encoding, "an integer (or 4 bytes)", other)),
         },
         KeyEncoding::Utf8 => match key {
-            Key::Str(s) => Ok(s.as_bytes().to_vec()),
+            Key::Str(s) => s.as_bytes(),
             Key::Bytes(b) => std::str::from_utf8(b)
-                .map(|s| s.as_bytes().to_vec())
-                .map_err(|_| range("utf8 keys must be valid UTF-8")),
-            other => Err(wrong_type(encoding, "text", other)),
+                .map_err(|_| range("utf8 keys must be valid UTF-8"))?
+                .as_bytes(),
+            other => return Err(wrong_type(encoding, "text", other)),
         },
         KeyEncoding::Raw => match key {
-            Key::Str(s) => Ok(s.as_bytes().to_vec()),
-            Key::Bytes(b) => Ok(b.clone()),
-            other => Err(wrong_type(encoding, "bytes or text", other)),
+            Key::Str(s) => s.as_bytes(),
+            Key::Bytes(b) => b,
+            other => return Err(wrong_type(encoding, "bytes or text", other)),
         },
-    }
+    };
+    out.extend_from_slice(bytes);
+    Ok(())
 }
 
 /// The key a shard's stored bytes stand for.
@@ -232,6 +249,23 @@ mod tests {
         assert!(encode_key(&Key::Str("3".into()), KeyEncoding::U64Be).is_err());
         assert!(encode_key(&Key::Int(3), KeyEncoding::Utf8).is_err());
         assert!(encode_key(&Key::Bytes(vec![0xff]), KeyEncoding::Utf8).is_err());
+    }
+
+    #[test]
+    fn keys_encoded_into_one_buffer_follow_each_other_and_a_refused_one_adds_nothing() {
+        let mut buf = vec![0xaa];
+        encode_key_into(&Key::Int(258), KeyEncoding::U32Be, &mut buf).expect("u32");
+        encode_key_into(&Key::Str("ab".into()), KeyEncoding::Raw, &mut buf).expect("raw");
+        assert_eq!(buf, [0xaa, 0, 0, 1, 2, b'a', b'b']);
+        for (key, encoding) in [
+            (Key::Int(-1), KeyEncoding::U64Be),
+            (Key::Int(1 << 32), KeyEncoding::U32Be),
+            (Key::Bytes(vec![0xff]), KeyEncoding::Utf8),
+            (Key::Int(3), KeyEncoding::Raw),
+        ] {
+            assert!(encode_key_into(&key, encoding, &mut buf).is_err());
+            assert_eq!(buf.len(), 7, "{key:?} under {encoding:?} left bytes behind");
+        }
     }
 
     #[test]

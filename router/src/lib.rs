@@ -47,5 +47,5 @@ pub use cel::{CelRouting, ContextValue, Routed};
 pub use cell::{context_value_at, key_at};
 pub use error::{Error, Result};
 pub use kernel::{cel_column_type_fits, cel_tokens};
-pub use key::{canonical_bytes, decode_key, encode_key, parse_key, shard_hash};
+pub use key::{canonical_bytes, decode_key, encode_key, encode_key_into, parse_key, shard_hash};
 pub use router::{KEY_VARIABLE, Router, key_as_context};

@@ -6,7 +6,7 @@ use sf_manifest::{BuildMeta, CelType, DbId, Key, KeyEncoding, ShardingSpec, Shar
 
 use crate::cel::{CelRouting, ContextValue, Routed};
 use crate::error::{Error, Result};
-use crate::key::{encode_key, shard_hash};
+use crate::key::{encode_key, encode_key_into, shard_hash};
 
 /// Name a CEL expression uses for the key when `cel_columns` is `{"key": ..}`.
 pub const KEY_VARIABLE: &str = "key";
@@ -83,6 +83,12 @@ impl Router {
     /// The bytes a shard stores for `key`.
     pub fn encode_key(&self, key: &Key) -> Result<Vec<u8>> {
         encode_key(key, self.key_encoding)
+    }
+
+    /// [`encode_key`](Self::encode_key), appended to `out` (which an error
+    /// leaves as it was).
+    pub fn encode_key_into(&self, key: &Key, out: &mut Vec<u8>) -> Result<()> {
+        encode_key_into(key, self.key_encoding, out)
     }
 
     /// `hash % num_dbs`.

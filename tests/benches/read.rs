@@ -5,9 +5,10 @@
 //! `cargo bench -p sf-tests --bench read` builds a 1,000,000-key snapshot
 //! in 8 SQLite shards (100-byte values) with the test helper that stands in
 //! for `sf-write`, warms a download-mode reader (every shard cached and
-//! open) and a memory-mode reader (every shard loaded), then prints:
+//! open) and two memory-mode readers (every shard loaded; one with
+//! transparent huge pages, the default, one with 4 KiB pages), then prints:
 //!
-//! - `get` p50/p99/p99.9 of both readers against a raw rusqlite lookup
+//! - `get` p50/p99/p99.9 of the readers against a raw rusqlite lookup
 //!   (prepared statement, same file, same open flags, no routing), in
 //!   alternating rounds — targets: download mode at the ceiling, memory
 //!   mode p99 < 1 µs;
@@ -53,6 +54,19 @@ struct Percentiles {
     p50: Duration,
     p99: Duration,
     p999: Duration,
+}
+
+/// Anonymous memory of this process backed by transparent huge pages, in
+/// KiB (0 where the kernel does not say).
+fn anon_huge_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("AnonHugePages:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
@@ -150,14 +164,16 @@ fn main() {
     let stats = reader.stats();
     assert_eq!(stats.downloads, u64::from(SHARDS));
 
-    // Memory mode over the same cache: no download, 8 shards loaded.
-    let t = Instant::now();
-    let memory = rt
-        .block_on(async {
+    // Memory mode over the same cache: no download, 8 shards loaded; once
+    // with huge pages (the default) and once without, to show what they buy.
+    let anon_huge_before = anon_huge_kib();
+    let open_memory = |huge_pages: bool| {
+        rt.block_on(async {
             let memory = Reader::builder(format!("{prefix}/_CURRENT"))
                 .with_settings(ReaderSettings {
                     cache_dir: Some(cache.clone()),
                     sqlite_mode: SqliteMode::Memory,
+                    memory_huge_pages: huge_pages,
                     ..ReaderSettings::default()
                 })
                 .build()
@@ -166,8 +182,13 @@ fn main() {
             memory.multi_get(&one_per_shard).await?;
             Ok::<_, sf_reader::Error>(memory)
         })
-        .expect("memory reader");
+        .expect("memory reader")
+    };
+    let t = Instant::now();
+    let memory = open_memory(true);
     let load_time = t.elapsed();
+    let anon_huge = anon_huge_kib().saturating_sub(anon_huge_before);
+    let memory_small = open_memory(false);
     let ms_stats = memory.stats();
     assert_eq!(
         (ms_stats.memory_shards, ms_stats.downloads),
@@ -182,6 +203,10 @@ fn main() {
         load_time.as_secs_f64(),
         KEYS as f64 / load_time.as_secs_f64() / 1e6,
         ms_stats.memory_bytes as f64 / 1048576.0
+    );
+    println!(
+        "  of which backed by transparent huge pages: {:.1} MiB (AnonHugePages; 0 where the kernel has them off)",
+        anon_huge as f64 / 1024.0
     );
 
     // The same bytes for the ceiling (the published shard files, which
@@ -220,6 +245,7 @@ fn main() {
     let encoded: Vec<(usize, [u8; 8])> = keys.iter().map(|k| (shard_of(*k), k.to_be_bytes())).collect();
     let mut reader_samples = Vec::with_capacity(GETS);
     let mut memory_samples = Vec::with_capacity(GETS);
+    let mut small_page_samples = Vec::with_capacity(GETS);
     let mut raw_samples = Vec::with_capacity(GETS);
     rt.block_on(async {
         for round in keys.chunks(10_000).enumerate() {
@@ -241,6 +267,14 @@ fn main() {
                 debug_assert_eq!(v.as_deref(), Some(value_of(*k).as_slice()));
                 black_box(v);
             }
+            for (j, k) in chunk.iter().enumerate() {
+                let key = &key_objs[base + j];
+                let t = Instant::now();
+                let v = memory_small.get(key).await.expect("get");
+                small_page_samples.push(t.elapsed());
+                debug_assert_eq!(v.as_deref(), Some(value_of(*k).as_slice()));
+                black_box(v);
+            }
             for (db, enc) in &encoded[base..base + chunk.len()] {
                 let t = Instant::now();
                 let v = raw.get(&mut stmts, *db, enc);
@@ -251,6 +285,7 @@ fn main() {
     });
     let g = percentiles(reader_samples);
     let mg = percentiles(memory_samples);
+    let sg = percentiles(small_page_samples);
     let c = percentiles(raw_samples);
     println!();
     println!("get, warm ({GETS} random keys of {KEYS}):");
@@ -267,6 +302,12 @@ fn main() {
         us(mg.p999)
     );
     println!(
+        "    the same, 4 KiB pages p50 {:>10}  p99 {:>10}  p99.9 {:>10}",
+        us(sg.p50),
+        us(sg.p99),
+        us(sg.p999)
+    );
+    println!(
         "  raw rusqlite            p50 {:>10}  p99 {:>10}  p99.9 {:>10}   (SQLite's ceiling: no routing, no pool)",
         us(c.p50),
         us(c.p99),
@@ -277,6 +318,7 @@ fn main() {
     // multi_get(1000) vs 1000 raw lookups.
     let mut multi = Vec::with_capacity(MULTI_ROUNDS);
     let mut memory_multi = Vec::with_capacity(MULTI_ROUNDS);
+    let mut small_page_multi = Vec::with_capacity(MULTI_ROUNDS);
     let mut raw_multi = Vec::with_capacity(MULTI_ROUNDS);
     rt.block_on(async {
         for _ in 0..MULTI_ROUNDS {
@@ -292,6 +334,10 @@ fn main() {
             memory_multi.push(t.elapsed());
             assert_eq!(v.iter().filter(|x| x.is_some()).count(), 1000);
             let t = Instant::now();
+            let v = memory_small.multi_get(&objs).await.expect("multi_get");
+            small_page_multi.push(t.elapsed());
+            assert_eq!(v.iter().filter(|x| x.is_some()).count(), 1000);
+            let t = Instant::now();
             for (db, e) in &enc {
                 black_box(raw.get(&mut stmts, *db, e));
             }
@@ -300,6 +346,7 @@ fn main() {
     });
     let m = percentiles(multi);
     let mm = percentiles(memory_multi);
+    let sm = percentiles(small_page_multi);
     let rm = percentiles(raw_multi);
     println!();
     println!("multi_get of 1,000 random keys, warm ({MULTI_ROUNDS} rounds):");
@@ -308,6 +355,11 @@ fn main() {
         "  reader, memory mode     p50 {:>10}  p99 {:>10}",
         ms(mm.p50),
         ms(mm.p99)
+    );
+    println!(
+        "    the same, 4 KiB pages p50 {:>10}  p99 {:>10}",
+        ms(sm.p50),
+        ms(sm.p99)
     );
     println!(
         "  raw rusqlite            p50 {:>10}  p99 {:>10}   (1,000 sequential lookups, one thread)",

@@ -247,7 +247,8 @@ async fn auto_mode_holds_shards_below_the_threshold_in_memory() {
 }
 
 /// Large `multi_get`s, split into tasks per shard and per 2,048 keys,
-/// with repeated keys and misses, answer in input order.
+/// and small ones, looked up on the caller's thread with their values in
+/// one buffer, with repeated keys and misses, answer in input order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_multi_gets_answer_in_input_order() {
     let root = tempfile::tempdir().expect("root");
@@ -262,11 +263,24 @@ async fn large_multi_gets_answer_in_input_order() {
         let n = 50_000i64;
         let keys: Vec<Key> = (0..n).map(|i| Key::Int((i * 7919) % n)).collect();
         let values = r.multi_get(&keys).await.expect("multi_get");
-        for (k, v) in keys.iter().zip(&values) {
-            let Key::Int(i) = k else { unreachable!("int keys") };
-            let want = (*i < 20_000).then(|| format!("{name}:{i}").into_bytes());
-            assert_eq!(v.as_deref(), want.as_deref(), "{name}: key {i}");
+        let check = |keys: &[Key], values: &[Option<bytes::Bytes>]| {
+            assert_eq!(keys.len(), values.len());
+            for (k, v) in keys.iter().zip(values) {
+                let Key::Int(i) = k else { unreachable!("int keys") };
+                let want = (*i < 20_000).then(|| format!("{name}:{i}").into_bytes());
+                assert_eq!(v.as_deref(), want.as_deref(), "{name}: key {i}");
+            }
+        };
+        check(&keys, &values);
+        // Batches of 1,000 with every key of the first batch again in the
+        // last; the first batch's values outlive the batches after it.
+        let mut batches: Vec<Vec<Key>> = keys[..10_000].chunks(1_000).map(<[Key]>::to_vec).collect();
+        batches.push(batches[0].iter().chain(&batches[0][..500]).cloned().collect());
+        let first = r.multi_get(&batches[0]).await.expect("first batch");
+        for batch in &batches {
+            check(batch, &r.multi_get(batch).await.expect("batch"));
         }
+        check(&batches[0], &first);
         assert_eq!(r.stats().memory_shards, u64::from(shards));
     }
 }

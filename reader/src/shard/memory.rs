@@ -36,6 +36,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::Connection;
+
+use super::huge_pages;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// The lookup table's own hash seed (any constant other than routing's 0).
@@ -263,13 +265,13 @@ impl<H: KeyHash> MemoryIndex<H> {
     /// are all touched before any is probed, then its records, so that
     /// the cache misses of a group overlap instead of following one
     /// another (a lookup in a large shard is two misses and little else).
-    pub(crate) fn get_each(&self, keys: &[(usize, Vec<u8>)], mut found: impl FnMut(usize, Option<&[u8]>)) {
+    pub(crate) fn get_each<K: AsRef<[u8]>>(&self, keys: &[(usize, K)], mut found: impl FnMut(usize, Option<&[u8]>)) {
         let mask = self.slots.len() - 1;
         for group in keys.chunks(GROUP) {
             let mut hashes = [0u64; GROUP];
             let mut touched = 0u64;
             for (h, (_, key)) in hashes.iter_mut().zip(group) {
-                *h = H::hash(key);
+                *h = H::hash(key.as_ref());
                 touched ^= self.slots[(*h >> self.shift) as usize];
             }
             // The first record whose tag matches: nearly always the key's.
@@ -290,7 +292,7 @@ impl<H: KeyHash> MemoryIndex<H> {
             }
             std::hint::black_box(touched);
             for (h, (at, key)) in hashes.iter().zip(group) {
-                found(*at, self.get_hashed(*h, key));
+                found(*at, self.get_hashed(*h, key.as_ref()));
             }
         }
     }
@@ -359,6 +361,9 @@ impl<H: KeyHash> MemoryIndex<H> {
 pub(crate) struct IndexBuilder<H: KeyHash = SeededXxh3> {
     arena: Vec<u8>,
     rows: u64,
+    /// Whether to ask for huge pages ([`huge_pages::advise`]) under the
+    /// arena and the table.
+    huge_pages: bool,
     reservation: Reservation,
     hash: PhantomData<H>,
 }
@@ -366,13 +371,17 @@ pub(crate) struct IndexBuilder<H: KeyHash = SeededXxh3> {
 impl<H: KeyHash> IndexBuilder<H> {
     /// A builder whose arena starts with room for `arena_bytes`; the
     /// reservation must already cover them.
-    fn new(reservation: Reservation, arena_bytes: u64) -> Result<Self, LoadError> {
+    fn new(reservation: Reservation, arena_bytes: u64, huge_pages: bool) -> Result<Self, LoadError> {
         let capacity = usize::try_from(arena_bytes).map_err(|_| LoadError::TooLarge)?;
         let mut arena = Vec::new();
         arena.try_reserve_exact(capacity).map_err(|_| LoadError::OverBudget)?;
+        if huge_pages {
+            huge_pages::advise(&arena);
+        }
         Ok(IndexBuilder {
             arena,
             rows: 0,
+            huge_pages,
             reservation,
             hash: PhantomData,
         })
@@ -399,6 +408,9 @@ impl<H: KeyHash> IndexBuilder<H> {
             self.arena
                 .try_reserve_exact(new_capacity - at)
                 .map_err(|_| LoadError::OverBudget)?;
+            if self.huge_pages {
+                huge_pages::advise(&self.arena);
+            }
         }
         self.arena.extend_from_slice(&key_len.to_le_bytes());
         self.arena.extend_from_slice(&value_len.to_le_bytes());
@@ -415,6 +427,10 @@ impl<H: KeyHash> IndexBuilder<H> {
         // space of the file) to the allocator.
         if self.arena.capacity() - self.arena.len() > self.arena.len() / 64 {
             self.arena.shrink_to_fit();
+            // A shrink may move the arena to a new mapping.
+            if self.huge_pages {
+                huge_pages::advise(&self.arena);
+            }
         }
         let slots_len = slot_count(self.rows);
         if !self
@@ -425,6 +441,9 @@ impl<H: KeyHash> IndexBuilder<H> {
         }
         let mut slots = Vec::new();
         slots.try_reserve_exact(slots_len).map_err(|_| LoadError::OverBudget)?;
+        if self.huge_pages {
+            huge_pages::advise(&slots);
+        }
         slots.resize(slots_len, 0u64);
         let mut index = MemoryIndex {
             arena: self.arena,
@@ -491,7 +510,7 @@ impl MemoryShard {
 
     /// [`MemoryIndex::get_each`].
     #[inline]
-    pub(crate) fn get_each(&self, keys: &[(usize, Vec<u8>)], found: impl FnMut(usize, Option<&[u8]>)) {
+    pub(crate) fn get_each<K: AsRef<[u8]>>(&self, keys: &[(usize, K)], found: impl FnMut(usize, Option<&[u8]>)) {
         self.index.get_each(keys, found)
     }
 
@@ -515,13 +534,16 @@ impl Drop for MemoryShard {
 /// Reads every row of the shard open on `conn` (a file of `file_bytes`
 /// bytes, `rows` rows by its manifest) into memory, within `reservation`,
 /// which must cover [`estimate`]`(file_bytes, rows)`.
+/// With `huge_pages`, the arena and the table ask for transparent huge
+/// pages ([`huge_pages::advise`]).
 pub(crate) fn load(
     conn: &Connection,
     reservation: Reservation,
     file_bytes: u64,
     rows: u64,
+    huge_pages: bool,
 ) -> Result<MemoryShard, LoadError> {
-    let (index, reservation) = load_index::<SeededXxh3>(conn, reservation, file_bytes, rows)?;
+    let (index, reservation) = load_index::<SeededXxh3>(conn, reservation, file_bytes, rows, huge_pages)?;
     Ok(MemoryShard::new(index, reservation))
 }
 
@@ -530,9 +552,10 @@ fn load_index<H: KeyHash>(
     reservation: Reservation,
     file_bytes: u64,
     rows: u64,
+    huge_pages: bool,
 ) -> Result<(MemoryIndex<H>, Reservation), LoadError> {
     // The estimate's table share stays reserved until the table is built.
-    let mut builder = IndexBuilder::<H>::new(reservation, arena_estimate(file_bytes, rows))?;
+    let mut builder = IndexBuilder::<H>::new(reservation, arena_estimate(file_bytes, rows), huge_pages)?;
     // `k` is the primary key of a WITHOUT ROWID table: this walks the
     // table's own B-tree in order, no sort.
     // A full read of a real table takes a few steps per row, and a row
@@ -575,7 +598,7 @@ mod tests {
     fn build<H: KeyHash>(rows: &[(Vec<u8>, Vec<u8>)]) -> (MemoryIndex<H>, Arc<MemoryBudget>) {
         let budget = MemoryBudget::new(u64::MAX);
         let reservation = budget.reserve(0).expect("unlimited");
-        let mut b = IndexBuilder::<H>::new(reservation, 0).expect("builder");
+        let mut b = IndexBuilder::<H>::new(reservation, 0, true).expect("builder");
         for (k, v) in rows {
             b.push(k, v).expect("push");
         }
@@ -704,7 +727,7 @@ mod tests {
     #[test]
     fn the_same_key_twice_is_refused() {
         let budget = MemoryBudget::new(u64::MAX);
-        let mut b = IndexBuilder::<SeededXxh3>::new(budget.reserve(0).expect("r"), 0).expect("b");
+        let mut b = IndexBuilder::<SeededXxh3>::new(budget.reserve(0).expect("r"), 0, false).expect("b");
         b.push(b"a", b"1").expect("push");
         b.push(b"b", b"2").expect("push");
         b.push(b"a", b"3").expect("push");
@@ -739,7 +762,7 @@ mod tests {
             .sum();
         // Room for the rows and the table, but an estimate of nothing.
         let budget = MemoryBudget::new(need * 2 + table_bytes(100));
-        let mut b = IndexBuilder::<SeededXxh3>::new(budget.reserve(0).expect("r"), 0).expect("b");
+        let mut b = IndexBuilder::<SeededXxh3>::new(budget.reserve(0).expect("r"), 0, false).expect("b");
         for (k, v) in &rows {
             b.push(k, v).expect("grows");
         }
@@ -750,7 +773,7 @@ mod tests {
 
         // Too little for the rows: the builder stops and gives it all back.
         let budget = MemoryBudget::new(need / 2);
-        let mut b = IndexBuilder::<SeededXxh3>::new(budget.reserve(0).expect("r"), 0).expect("b");
+        let mut b = IndexBuilder::<SeededXxh3>::new(budget.reserve(0).expect("r"), 0, false).expect("b");
         let failed = rows.iter().find_map(|(k, v)| b.push(k, v).err());
         assert!(matches!(failed, Some(LoadError::OverBudget)), "{failed:?}");
         assert!(budget.used_bytes() <= need / 2);
@@ -785,7 +808,14 @@ mod tests {
         let budget = MemoryBudget::new(u64::MAX);
         let conn = Connection::open(&path).expect("open");
         let estimate = estimate(size, rows.len() as u64);
-        let shard = load(&conn, budget.reserve(estimate).expect("r"), size, rows.len() as u64).expect("load");
+        let shard = load(
+            &conn,
+            budget.reserve(estimate).expect("r"),
+            size,
+            rows.len() as u64,
+            true,
+        )
+        .expect("load");
         check(&shard.index, &rows, &[vec![0xff; 8999], vec![0xfd]]);
         assert!(
             shard.bytes() <= estimate,
@@ -806,7 +836,7 @@ mod tests {
         conn.execute("INSERT INTO kv VALUES (?1, ?2)", (b"\xff".as_slice(), "text"))
             .expect("a TEXT value");
         let budget = MemoryBudget::new(u64::MAX);
-        let e = load(&conn, budget.reserve(estimate(size, 4)).expect("r"), size, 4)
+        let e = load(&conn, budget.reserve(estimate(size, 4)).expect("r"), size, 4, false)
             .expect_err("TEXT value")
             .to_string();
         assert!(e.contains("row 4 of kv holds a TEXT value"), "{e}");
@@ -815,7 +845,7 @@ mod tests {
         let other = dir.path().join("other.db");
         let conn = Connection::open(&other).expect("create");
         conn.execute_batch("CREATE TABLE other (a)").expect("ddl");
-        let e = load(&conn, budget.reserve(0).expect("r"), 0, 0).expect_err("no kv");
+        let e = load(&conn, budget.reserve(0).expect("r"), 0, 0, false).expect_err("no kv");
         assert!(matches!(e, LoadError::Sqlite(_)), "{e:?}");
     }
 }

@@ -14,6 +14,7 @@
 pub(crate) mod cache_dir;
 pub(crate) mod cache_files;
 pub(crate) mod download;
+pub(crate) mod huge_pages;
 pub(crate) mod memory;
 pub(crate) mod remote_file;
 pub(crate) mod slate;
@@ -70,7 +71,7 @@ const MEMORY_PARALLEL_GROUP: usize = 64;
 /// Keys per memory-mode lookup task: a few hundred microseconds of work at
 /// most, so that a huge `multi_get` on one shard still spreads over the
 /// cores and never holds a runtime worker for long.
-const MEMORY_TASK_KEYS: usize = 2048;
+pub(crate) const MEMORY_TASK_KEYS: usize = 2048;
 
 /// A key to look up, with its position in the caller's batch.
 pub(crate) type SlotKey = (usize, Vec<u8>);
@@ -177,6 +178,14 @@ impl Drop for ShardHandle {
 }
 
 impl ShardHandle {
+    /// The in-memory index of a memory-mode shard.
+    pub(crate) fn memory(&self) -> Option<&MemoryShard> {
+        match &self.backend {
+            Backend::Memory { index, .. } => Some(index),
+            _ => None,
+        }
+    }
+
     /// `sqlite-download`, `sqlite-memory`, `sqlite-range` or `slatedb`.
     pub(crate) fn backend_name(&self) -> &'static str {
         match self.backend {
@@ -303,12 +312,13 @@ impl ShardHandle {
                 .await
                 .map(|b| Some((b, Some(hold))));
         };
+        let huge_pages = env.settings.memory_huge_pages;
         // A full read of the file: off the runtime's workers.
         let (pool, loaded) = spawn_sqlite(move || {
             let loaded = pool
                 .open_connection()
                 .map_err(LoadError::from)
-                .and_then(|conn| memory::load(&conn, reservation, size, rows));
+                .and_then(|conn| memory::load(&conn, reservation, size, rows, huge_pages));
             (pool, loaded)
         })
         .await
