@@ -19,8 +19,8 @@
 //!
 //! `madvise` is a C function, reached through `libc`, and every foreign
 //! call is `unsafe`. The workspace denies `unsafe_code`; this module is one
-//! of its few exceptions (with the range VFS and the writer's SQLite
-//! insert), kept to one call. The advice given, `MADV_HUGEPAGE`, changes
+//! of its few audited exceptions (docs/development.md lists them), kept
+//! to one call. The advice given, `MADV_HUGEPAGE`, changes
 //! neither the contents nor the validity of any memory: it is a hint about
 //! how to back it, and the range it is given lies inside an allocation the
 //! caller owns.

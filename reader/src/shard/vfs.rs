@@ -6,8 +6,8 @@
 //! SQLite's only extension point for storage is the C VFS interface, and
 //! rusqlite offers no safe wrapper for writing one: a VFS is a table of
 //! `extern "C"` callbacks registered through `rusqlite::ffi`. The workspace
-//! denies `unsafe_code`; this module and sf-writer's SQLite insert are the
-//! exceptions, each kept small: this one
+//! denies `unsafe_code`; this module is one of the few audited exceptions
+//! (docs/development.md lists them), each kept small: this one
 //! translates callbacks into calls on [`RemoteFile`], which is safe code.
 //! Every `unsafe` block carries a `SAFETY:` note.
 //!

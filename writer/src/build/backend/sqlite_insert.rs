@@ -9,8 +9,8 @@
 //! reads the caller's bytes in place during the step; rusqlite has no safe
 //! way to ask for that, so this module prepares and steps the statement
 //! through `rusqlite::ffi`. The workspace denies `unsafe_code`; this module
-//! and sf-reader's VFS are the exceptions, each kept small. Every `unsafe`
-//! block carries a `SAFETY:` note.
+//! is one of the few audited exceptions (docs/development.md lists them),
+//! each kept small. Every `unsafe` block carries a `SAFETY:` note.
 
 #![allow(unsafe_code)]
 
