@@ -160,8 +160,11 @@ pub struct Args {
     pub stream_timeout: Option<String>,
 
     /// How SQLite shards are read: download (whole file, cached), range
-    /// (ranged GETs), auto (range above 256 MiB), or memory (downloaded,
-    /// then held in memory, up to 1 GiB in all).
+    /// (ranged GETs), auto (the whole snapshot in memory when it fits its
+    /// share of the 1 GiB memory limit, 1/(keep-versions + 1), so that a
+    /// refresh has room; otherwise range above 256 MiB and download below), or memory (downloaded, then held
+    /// in memory, up to 1 GiB in all). The metric
+    /// sf_serve_snapshot_shards_by_mode says which mode each shard got.
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub sqlite_mode: ModeArg,
 
@@ -256,6 +259,7 @@ pub fn config(args: &Args) -> Result<ServeConfig, Failure> {
             .max_concurrency
             .unwrap_or(ReaderSettings::default().max_concurrency),
         warmup_keys: args.warmup_keys.clone(),
+        auto_memory_when_fits: true,
         ..ReaderSettings::default()
     };
     let max_age = args.max_age.as_deref().map(|m| duration("--max-age", m)).transpose()?;

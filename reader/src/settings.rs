@@ -117,6 +117,14 @@ pub struct ReaderSettings {
     /// `db_bytes`, when it records one) are held in memory, within
     /// `memory_limit_bytes`. Default 0: none.
     pub auto_memory_threshold_bytes: u64,
+    /// In auto mode, hold every SQLite shard of a snapshot in memory when
+    /// the whole snapshot fits: its shards' memory estimate (the files'
+    /// sizes plus their tables, from the manifest's `db_bytes` and row
+    /// counts) within `memory_limit_bytes` shared by the versions a
+    /// refresh may hold at once (`keep_versions` + 1). A snapshot whose
+    /// manifest leaves a shard's size out is never held whole. Default
+    /// false; `sf-serve` turns it on.
+    pub auto_memory_when_fits: bool,
     /// Memory all memory-mode shards of the reader may hold together (keys,
     /// values and hash tables). A shard that does not fit in what is left
     /// stays in download mode; [`ReaderStats`](crate::ReaderStats) counts
@@ -177,6 +185,7 @@ impl Default for ReaderSettings {
             sqlite_mode: SqliteMode::Auto,
             auto_range_threshold_bytes: 256 * 1024 * 1024,
             auto_memory_threshold_bytes: 0,
+            auto_memory_when_fits: false,
             memory_limit_bytes: 1024 * 1024 * 1024,
             memory_huge_pages: true,
             range_block_bytes: 64 * 1024,

@@ -48,6 +48,30 @@ pub(crate) struct Snapshot {
     _files: Option<Hold>,
     /// The vector metadata and router, loaded by the first search.
     vector: OnceCell<Arc<VectorIndex>>,
+    /// Auto mode holds every SQLite shard in memory ([`fits_in_memory`]).
+    whole_snapshot_fits: bool,
+}
+
+/// Whether auto mode holds every SQLite shard of `manifest` in memory:
+/// [`ReaderSettings::auto_memory_when_fits`](crate::ReaderSettings::auto_memory_when_fits)
+/// is on and the shards' estimate fits the memory limit shared by the
+/// versions a refresh may hold at once.
+pub(crate) fn fits_in_memory(settings: &crate::ReaderSettings, manifest: &Manifest) -> bool {
+    if settings.sqlite_mode != crate::SqliteMode::Auto || !settings.auto_memory_when_fits {
+        return false;
+    }
+    let mut total = 0u64;
+    for row in &manifest.shards {
+        // A size the manifest does not record cannot be estimated.
+        if row.db_bytes == 0 {
+            return false;
+        }
+        total = total.saturating_add(crate::shard::memory_estimate(row.db_bytes, row.row_count));
+    }
+    let versions = u64::try_from(settings.keep_versions)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    total <= settings.memory_limit_bytes / versions
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -118,6 +142,7 @@ impl Snapshot {
             });
         }
         let files = env.map(|env| env.downloads.hold(slots.iter().flatten().map(|s| &s.identity)));
+        let whole_snapshot_fits = env.is_some_and(|env| fits_in_memory(&env.settings, &manifest));
         Ok(Snapshot {
             manifest_ref: manifest_ref.to_string(),
             pointer,
@@ -128,6 +153,7 @@ impl Snapshot {
             row_count,
             _files: files,
             vector: OnceCell::new(),
+            whole_snapshot_fits,
         })
     }
 
@@ -196,6 +222,7 @@ impl Snapshot {
             return Ok(Some(h));
         }
         let cell = Arc::clone(&slot.handle);
+        let whole_snapshot_fits = self.whole_snapshot_fits;
         let (task_env, row, location, url) = (
             Arc::clone(env),
             self.manifest.shards[slot.row].clone(),
@@ -208,6 +235,7 @@ impl Snapshot {
                 row: &row,
                 location: &location,
                 url: &url,
+                whole_snapshot_fits,
             };
             // Another task's open in progress is waited for, not repeated.
             cell.get_or_try_init(|| ShardHandle::open(&task_env, spec))

@@ -39,6 +39,7 @@
 //! [snapshot.reader]                    # sf_reader::ReaderSettings
 //! sqlite_mode = "download"
 //! refresh_interval = "30s"             # the server's default
+//! auto_memory_when_fits = true         # the server's default: in auto mode, a snapshot that fits is held in memory
 //! keep_versions = 1
 //! warmup_keys = ["1", "2"]
 //! [snapshot.storage]                   # options of this snapshot only
@@ -329,7 +330,8 @@ pub struct FileSnapshot {
     #[serde(default)]
     pub unready_when_stale: bool,
     /// Reader settings; `refresh_interval` defaults to
-    /// [`DEFAULT_REFRESH_INTERVAL`] here.
+    /// [`DEFAULT_REFRESH_INTERVAL`] and `auto_memory_when_fits` to true
+    /// here.
     #[serde(default)]
     pub reader: Option<toml::Table>,
     /// Storage options of this snapshot.
@@ -362,6 +364,10 @@ impl FileConfig {
                         "refresh_interval".into(),
                         toml::Value::String(format!("{}s", DEFAULT_REFRESH_INTERVAL.as_secs())),
                     );
+                }
+                // A service holds a snapshot in memory whenever it fits.
+                if !table.contains_key("auto_memory_when_fits") {
+                    table.insert("auto_memory_when_fits".into(), toml::Value::Boolean(true));
                 }
                 let reader: ReaderSettings =
                     toml::Value::Table(table)
@@ -546,6 +552,7 @@ mod tests {
             current_url = "/data/items"
             [snapshot.reader]
             refresh_interval = "1m"
+            auto_memory_when_fits = false
             "#,
         )
         .expect("parse");
@@ -563,6 +570,9 @@ mod tests {
         let region = |o: &StorageOptions| o.iter().find(|(k, _)| *k == "aws_region").map(|(_, v)| v.to_string());
         assert_eq!(region(&snaps[0].storage).as_deref(), Some("us-east-1"));
         assert_eq!(snaps[1].reader.refresh_interval, Some(Duration::from_secs(60)));
+        // The service holds snapshots that fit in memory unless told not to.
+        assert!(snaps[0].reader.auto_memory_when_fits);
+        assert!(!snaps[1].reader.auto_memory_when_fits);
         // A local path takes no server-wide storage options.
         assert!(snaps[1].storage.is_empty());
         assert_eq!(snaps[1].max_age, None);

@@ -27,6 +27,7 @@ pub(crate) const REQUESTS_REJECTED: &str = "sf_serve_requests_rejected_total";
 pub(crate) const SNAPSHOT_AGE: &str = "sf_serve_snapshot_age_seconds";
 pub(crate) const SNAPSHOT_INFO: &str = "sf_serve_snapshot_info";
 pub(crate) const SNAPSHOT_OPEN_SHARDS: &str = "sf_serve_snapshot_open_shards";
+pub(crate) const SNAPSHOT_SHARDS_BY_MODE: &str = "sf_serve_snapshot_shards_by_mode";
 pub(crate) const SNAPSHOT_READY: &str = "sf_serve_snapshot_ready";
 pub(crate) const CONNECTIONS_OPEN: &str = "sf_serve_connections_open";
 pub(crate) const CONNECTIONS_REFUSED: &str = "sf_serve_connections_refused_total";
@@ -65,6 +66,10 @@ pub const METRICS: &[(&str, &str)] = &[
     (
         SNAPSHOT_OPEN_SHARDS,
         "shards of the served snapshot open now, by snapshot (gauge)",
+    ),
+    (
+        SNAPSHOT_SHARDS_BY_MODE,
+        "open shards of the served snapshot by how they are read (sqlite-memory, sqlite-download, sqlite-range, slatedb), by snapshot (gauge)",
     ),
     (
         SNAPSHOT_READY,

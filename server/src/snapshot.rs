@@ -12,7 +12,7 @@ use crate::api_error::ApiError;
 use crate::config::SnapshotConfig;
 use crate::metrics::{
     KEYS_LOOKED_UP, SNAPSHOT_AGE, SNAPSHOT_FALLBACK, SNAPSHOT_INFO, SNAPSHOT_OPEN_SHARDS, SNAPSHOT_READY,
-    SNAPSHOT_STALE,
+    SNAPSHOT_SHARDS_BY_MODE, SNAPSHOT_STALE,
 };
 
 /// Where a served snapshot stands, as `/readyz` names it.
@@ -211,6 +211,18 @@ impl ServedSnapshot {
         let health = reader.health(self.config.max_age.unwrap_or(Duration::MAX));
         metrics::gauge!(SNAPSHOT_AGE, "snapshot" => name.clone()).set(health.snapshot_age_seconds);
         metrics::gauge!(SNAPSHOT_OPEN_SHARDS, "snapshot" => name.clone()).set(info.shards_open as f64);
+        let mut by_mode = [0u64; sf_reader::READ_MODES.len()];
+        for shard in reader.shard_infos() {
+            if let Some(i) = shard
+                .opened_as
+                .and_then(|m| sf_reader::READ_MODES.iter().position(|r| *r == m))
+            {
+                by_mode[i] += 1;
+            }
+        }
+        for (mode, n) in sf_reader::READ_MODES.iter().zip(by_mode) {
+            metrics::gauge!(SNAPSHOT_SHARDS_BY_MODE, "snapshot" => name.clone(), "mode" => *mode).set(n as f64);
+        }
         let run = info.run_id.to_string();
         let mut last = sf_manifest::sync::lock(&self.info_run);
         if last.as_deref() != Some(run.as_str()) {

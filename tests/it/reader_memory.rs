@@ -190,7 +190,7 @@ async fn refresh_and_close_give_the_memory_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_mode_holds_shards_below_the_threshold_in_memory() {
+async fn auto_mode_holds_shards_below_the_threshold_or_whole_snapshots_that_fit_in_memory() {
     let root = tempfile::tempdir().expect("root");
     let cache = tempfile::tempdir().expect("cache");
     let p = prefix(&root, "auto");
@@ -244,6 +244,37 @@ async fn auto_mode_holds_shards_below_the_threshold_in_memory() {
     read_all(&r, &stored(&built, KeyEncoding::U64Be), &[]).await;
     assert!(opened_as(&r).values().all(|b| *b == Some("sqlite-download")));
     assert_eq!(r.stats().memory_bytes, 0);
+
+    // A whole snapshot that fits its share of the limit is held in memory,
+    // the large shard too; one that does not stays on SQLite whole.
+    let files: u64 = sizes.values().sum();
+    // The estimate is the files plus a few bytes a row and the tables:
+    // above the files' size, below one and a half times it here.
+    for (limit, keep_versions, want) in [
+        (3 * files, 1, "sqlite-memory"),
+        (2 * files, 1, "sqlite-download"),
+        // The same limit shared by three versions instead of two.
+        (3 * files, 2, "sqlite-download"),
+    ] {
+        let r = open(
+            &p,
+            ReaderSettings {
+                cache_dir: Some(cache.path().to_path_buf()),
+                auto_memory_when_fits: true,
+                memory_limit_bytes: limit,
+                keep_versions,
+                ..ReaderSettings::default()
+            },
+        )
+        .await;
+        read_all(&r, &stored(&built, KeyEncoding::U64Be), &[Key::Int(1 << 40)]).await;
+        let modes = opened_as(&r);
+        assert!(
+            modes.values().all(|b| *b == Some(want)),
+            "limit {limit}, keep {keep_versions}: {modes:?}"
+        );
+        assert_eq!(r.stats().memory_fallbacks, 0);
+    }
 }
 
 /// Large `multi_get`s, split into tasks per shard and per 2,048 keys,

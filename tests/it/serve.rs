@@ -276,6 +276,18 @@ async fn every_route_and_error_over_files_http_and_grpc() {
         metric(&m, "sf_serve_snapshot_open_shards", &[("snapshot", "users")]),
         4.0
     );
+    // Auto mode: the snapshot fits the memory limit, so it is held whole.
+    for (mode, shards) in [("sqlite-memory", 4.0), ("sqlite-download", 0.0), ("sqlite-range", 0.0)] {
+        assert_eq!(
+            metric(
+                &m,
+                "sf_serve_snapshot_shards_by_mode",
+                &[("snapshot", "users"), ("mode", mode)]
+            ),
+            shards,
+            "{mode}"
+        );
+    }
     assert_age(
         metric(&m, "sf_serve_snapshot_age_seconds", &[("snapshot", "users")]),
         built_after,

@@ -404,6 +404,7 @@ mod tests {
                 row: &row,
                 location: &location,
                 url: &location.url,
+                whole_snapshot_fits: false,
             };
             let e = cache.cached_file(&spec).await.expect_err("wrong size");
             assert_eq!(sf_manifest::Classified::kind(&e), sf_manifest::ErrorKind::Data);

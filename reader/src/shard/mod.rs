@@ -44,6 +44,7 @@ use sf_manifest::format::checksum::{Coverage, file_checksum};
 
 use cache_files::Hold;
 use download::DownloadCache;
+pub(crate) use memory::estimate as memory_estimate;
 use memory::{LoadError, MemoryBudget, MemoryShard};
 use remote_file::RemoteFile;
 use sf_manifest::format::vector::Metric;
@@ -188,11 +189,12 @@ impl ShardHandle {
 
     /// `sqlite-download`, `sqlite-memory`, `sqlite-range` or `slatedb`.
     pub(crate) fn backend_name(&self) -> &'static str {
+        let [download, memory, range, slate] = crate::info::READ_MODES;
         match self.backend {
-            Backend::Local(_) => "sqlite-download",
-            Backend::Memory { .. } => "sqlite-memory",
-            Backend::Range { .. } => "sqlite-range",
-            Backend::Slate(_) => "slatedb",
+            Backend::Local(_) => download,
+            Backend::Memory { .. } => memory,
+            Backend::Range { .. } => range,
+            Backend::Slate(_) => slate,
         }
     }
 
@@ -245,6 +247,7 @@ impl ShardHandle {
         let db_bytes = spec.row.db_bytes;
         let mode = match s.sqlite_mode {
             // Only shards whose size the manifest records: 0 says nothing.
+            SqliteMode::Auto if spec.whole_snapshot_fits => SqliteMode::Memory,
             SqliteMode::Auto if db_bytes > 0 && db_bytes <= s.auto_memory_threshold_bytes => SqliteMode::Memory,
             SqliteMode::Auto if db_bytes > s.auto_range_threshold_bytes => SqliteMode::Range,
             SqliteMode::Auto => SqliteMode::Download,

@@ -16,6 +16,9 @@ pub(crate) struct ShardSpec<'a> {
     pub(crate) location: &'a Location,
     /// Its URL (as resolved).
     pub(crate) url: &'a String,
+    /// Auto mode holds this shard in memory: its whole snapshot fits
+    /// (`ReaderSettings::auto_memory_when_fits`).
+    pub(crate) whole_snapshot_fits: bool,
 }
 
 impl ShardSpec<'_> {
