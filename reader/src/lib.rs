@@ -88,7 +88,7 @@ pub use sf_manifest::format::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
 pub use snapshot::RoutingContext;
 pub use stats::{METRICS, ReaderStats};
 pub use vector::{SearchHit, SearchOptions, SearchResults, SearchWithValues, VectorId};
-pub use view::{SnapshotView, Version};
+pub use view::{Inline, SnapshotView, Version};
 
 /// Re-exported so callers can build routing contexts without naming `sf-router`.
 pub use sf_router::ContextValue;

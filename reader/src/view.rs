@@ -182,6 +182,47 @@ pub(crate) async fn lookup(
     }
 }
 
+/// What [`Reader::get_now`](crate::Reader::get_now) may do on the calling
+/// thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inline {
+    /// Shards held in memory only: no SQLite, no I/O, a lookup in the
+    /// shard's index (well under a microsecond).
+    Memory,
+    /// Shards in memory and downloaded SQLite files: a lookup may wait on
+    /// the local disk for a page that is not in the page cache.
+    LocalFiles,
+}
+
+/// [`lookup`] on the calling thread, when the key's shard is open and
+/// answers from local data as `inline` allows; `None` when it would have
+/// to wait (a shard to open, a range read, SlateDB) or when the calling
+/// thread is a runtime's (SQLite never runs on a runtime worker; see
+/// `shard::sqlite`).
+pub(crate) fn lookup_now(
+    snap: &Snapshot,
+    key: &Key,
+    context: Option<&RoutingContext>,
+    inline: Inline,
+) -> Option<Result<Option<Bytes>>> {
+    if inline == Inline::LocalFiles && tokio::runtime::Handle::try_current().is_ok() {
+        return None;
+    }
+    let encoded = match snap.router.encode_key(key) {
+        Ok(e) => e,
+        Err(e) => return Some(Err(e.into())),
+    };
+    let db = match snap.route(key, context) {
+        Ok(Some(db)) => db,
+        Ok(None) => return Some(Ok(None)),
+        Err(e) => return Some(Err(e)),
+    };
+    match snap.shard_if_open(db)? {
+        None => Some(Ok(None)),
+        Some(shard) => shard.get_now(&encoded, inline),
+    }
+}
+
 /// Keys grouped by shard; shards read concurrently (up to
 /// `max_concurrency`), all from `snap`; values in input order.
 /// A reader's multi_get: [`multi_lookup`] of `snap` with the reader's

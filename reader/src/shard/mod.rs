@@ -476,6 +476,22 @@ impl ShardHandle {
         }
     }
 
+    /// The value stored for an encoded key, looked up on the calling
+    /// thread when the shard answers from local data: always for a shard
+    /// in memory, and for a downloaded file when `inline` allows SQLite.
+    /// `None` for the others (read by range, SlateDB), which need
+    /// [`get`](Self::get). Never on a runtime worker (see
+    /// [`crate::Inline`]).
+    pub(crate) fn get_now(&self, key: &[u8], inline: crate::Inline) -> Option<Result<Option<Bytes>>> {
+        match &self.backend {
+            Backend::Memory { index, .. } => Some(Ok(index.get(key).map(Bytes::copy_from_slice))),
+            Backend::Local(pool) if inline == crate::Inline::LocalFiles => {
+                Some(pool.get(key).map_err(|e| self.sqlite_error(e, None)))
+            }
+            _ => None,
+        }
+    }
+
     /// The value stored for an encoded key.
     pub(crate) async fn get(self: &Arc<Self>, key: &[u8]) -> Result<Option<Bytes>> {
         match &self.backend {
