@@ -85,10 +85,11 @@ pub use info::{Health, HealthStatus, RefreshOutcome, RefreshStatus, RouteInfo, S
 pub use reader::{Reader, ReaderBuilder};
 pub use settings::{MAX_KEEP_VERSIONS, Pin, ReaderSettings, SqliteMode};
 pub use sf_manifest::format::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
+pub use shard::Inline;
 pub use snapshot::RoutingContext;
 pub use stats::{METRICS, ReaderStats};
 pub use vector::{SearchHit, SearchOptions, SearchResults, SearchWithValues, VectorId};
-pub use view::{Inline, SnapshotView, Version};
+pub use view::{SnapshotView, Version};
 
 /// Re-exported so callers can build routing contexts without naming `sf-router`.
 pub use sf_router::ContextValue;

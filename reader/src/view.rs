@@ -19,7 +19,7 @@ use sf_router::ContextValue;
 use crate::error::{Error, Result};
 use crate::info::SnapshotInfo;
 use crate::shard::VectorHit;
-use crate::shard::{ShardEnv, ShardHandle, SlotKey};
+use crate::shard::{Inline, ShardEnv, ShardHandle, SlotKey};
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
 use crate::vector::{MAX_TOP_K, SearchHit, SearchOptions, SearchResults, SearchWithValues, VectorId};
@@ -180,18 +180,6 @@ pub(crate) async fn lookup(
         None => Ok(None),
         Some(shard) => shard.get(&encoded).await,
     }
-}
-
-/// What [`Reader::get_now`](crate::Reader::get_now) may do on the calling
-/// thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inline {
-    /// Shards held in memory only: no SQLite, no I/O, a lookup in the
-    /// shard's index (well under a microsecond).
-    Memory,
-    /// Shards in memory and downloaded SQLite files: a lookup may wait on
-    /// the local disk for a page that is not in the page cache.
-    LocalFiles,
 }
 
 /// [`lookup`] on the calling thread, when the key's shard is open and

@@ -13,10 +13,11 @@ use crate::error::{Error, Result};
 use crate::info::{
     Health, HealthStatus, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, ShardInfos, SnapshotInfo,
 };
+use crate::shard::Inline;
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
 use crate::stats::ReaderStats;
-use crate::view::{Inline, SnapshotView, Version};
+use crate::view::{SnapshotView, Version};
 
 /// An online reader of one snapshot prefix.
 ///
