@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
-use pyo3_async_runtimes::tokio::future_into_py;
 use sf_reader::RefreshOutcome;
 
+use crate::awaitable::awaitable;
 use crate::convert::{self, History, Hits};
 use crate::errors::to_py;
 use crate::reader::{DEFAULT_MAX_AGE, builder, context, get, multi_get, search_options};
@@ -79,7 +79,7 @@ impl PyAsyncReader {
             verify_checksums,
             history_fallback,
         )?;
-        future_into_py(py, async move {
+        awaitable(py, async move {
             let inner = builder.build().await.map_err(to_py)?;
             Ok(PyAsyncReader { inner })
         })
@@ -96,7 +96,21 @@ impl PyAsyncReader {
         let key = convert::key(key)?;
         let context = context(routing_context)?;
         let reader = self.inner.clone();
-        future_into_py(py, async move { get(&reader, &key, context.as_ref()).await })
+        awaitable(py, async move { get(&reader, &key, context.as_ref()).await })
+    }
+
+    /// The db_id of the shard `key` routes to in the served snapshot, or
+    /// None for an unknown categorical token. Reads nothing: not awaitable.
+    #[pyo3(signature = (key, *, routing_context = None))]
+    fn route_key<'py>(
+        &self,
+        key: &Bound<'py, PyAny>,
+        routing_context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<u32>> {
+        let key = convert::key(key)?;
+        let context = context(routing_context)?;
+        let route = self.inner.route(&key, context.as_ref()).map_err(to_py)?;
+        Ok(route.db_id.map(|d| d.0))
     }
 
     /// The values of `keys`, in their order (None for a miss), all from
@@ -111,7 +125,7 @@ impl PyAsyncReader {
         let keys = convert::keys(keys)?;
         let context = context(routing_context)?;
         let reader = self.inner.clone();
-        future_into_py(py, async move { multi_get(&reader, keys, context).await })
+        awaitable(py, async move { multi_get(&reader, keys, context).await })
     }
 
     /// The `top_k` stored vectors nearest `query`, nearest first; awaitable.
@@ -129,7 +143,7 @@ impl PyAsyncReader {
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = search_options(top_k, num_probes, shard_ids, routing_context, filter)?;
         let reader = self.inner.clone();
-        future_into_py(py, async move {
+        awaitable(py, async move {
             let results = reader.search(&query, &options).await.map_err(to_py)?;
             Ok(Hits(results))
         })
@@ -138,7 +152,7 @@ impl PyAsyncReader {
     /// The prefix's manifests, newest first; awaitable.
     fn history<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let reader = self.inner.clone();
-        future_into_py(py, async move {
+        awaitable(py, async move {
             let entries = reader.history().await.map_err(to_py)?;
             Ok(History(entries))
         })
@@ -148,7 +162,7 @@ impl PyAsyncReader {
     /// reader now serves another manifest; awaitable.
     fn refresh<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let reader = self.inner.clone();
-        future_into_py(py, async move {
+        awaitable(py, async move {
             let outcome = reader.refresh().await.map_err(to_py)?;
             Ok(matches!(outcome, RefreshOutcome::Swapped { .. }))
         })
@@ -157,7 +171,7 @@ impl PyAsyncReader {
     /// Stops the background refresh and refuses further reads; awaitable.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let reader = self.inner.clone();
-        future_into_py(py, async move {
+        awaitable(py, async move {
             reader.close();
             Ok(())
         })
@@ -202,13 +216,13 @@ impl PyAsyncReader {
     }
 
     fn __aenter__<'py>(slf: Py<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        future_into_py(py, async move { Ok(slf) })
+        awaitable(py, async move { Ok(slf) })
     }
 
     #[pyo3(signature = (*_exc))]
     fn __aexit__<'py>(&self, py: Python<'py>, _exc: &Bound<'py, pyo3::types::PyTuple>) -> PyResult<Bound<'py, PyAny>> {
         let reader = self.inner.clone();
-        future_into_py(py, async move {
+        awaitable(py, async move {
             reader.close();
             Ok(false)
         })

@@ -10,9 +10,10 @@
 //!   and a context manager, its calls blocking the calling thread with
 //!   the GIL released;
 //! - `shardforge.AsyncReader`, the same reader for asyncio: `open`, `get`,
-//!   `multi_get`, `search`, `history`, `refresh` and `close` are awaitables
-//!   (pyo3-async-runtimes), Rust futures on the module's runtime, with no
-//!   thread per call;
+//!   `multi_get`, `search`, `history`, `refresh` and `close` are awaitables,
+//!   Rust futures on the module's runtime resolved into the event loop
+//!   (`awaitable`: an exit hook keeps the runtime's threads from touching a
+//!   finalizing interpreter), with no thread per call;
 //! - `shardforge.Error` and one subclass per [`sf_manifest::ErrorKind`]
 //!   (`ConfigError`, `RoutingError`, `DataError`, `ConflictError`,
 //!   `UnavailableError`, `GateError`, `InternalError`), with the Rust
@@ -29,7 +30,11 @@
 //! ```
 //!
 //! The GIL is released around every lookup batch, search, refresh, history
-//! listing and open, so other Python threads run while ShardForge reads;
+//! listing and open, so other Python threads run while ShardForge reads.
+//! A single `get` whose shard is open and local skips the runtime
+//! ([`sf_reader::Reader::get_now`]): a shard in memory answers with the GIL
+//! held (well under a microsecond, less than releasing it costs), a
+//! downloaded file on the calling thread with the GIL released;
 //! the reader is `Send + Sync` and its Python class is frozen, so one
 //! instance serves many threads. One multi-threaded tokio runtime per
 //! process, started on first use, runs every reader's I/O and background
@@ -46,6 +51,8 @@
 use pyo3::prelude::*;
 
 mod async_reader;
+mod awaitable;
+mod bench;
 mod convert;
 mod errors;
 mod reader;
@@ -58,5 +65,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<async_reader::PyAsyncReader>()?;
     runtime::share_with_asyncio();
     errors::register(m)?;
+    awaitable::register_exit_hook(m)?;
+    m.add_function(wrap_pyfunction!(bench::time_rust_gets, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::time_rust_multi_gets, m)?)?;
     Ok(())
 }

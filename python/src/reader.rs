@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use sf_manifest::{DbId, Key};
-use sf_reader::{ReaderBuilder, ReaderSettings, RefreshOutcome, RoutingContext, SearchOptions, SqliteMode};
+use sf_reader::{Inline, ReaderBuilder, ReaderSettings, RefreshOutcome, RoutingContext, SearchOptions, SqliteMode};
 
 use crate::convert::{self, Found, FoundMany, History, Hits};
 use crate::errors::to_py;
@@ -109,7 +109,7 @@ pub(crate) const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::fro
 #[pyclass(module = "shardforge", name = "Reader", frozen)]
 #[derive(Debug)]
 pub(crate) struct PyReader {
-    inner: sf_reader::Reader,
+    pub(crate) inner: sf_reader::Reader,
 }
 
 #[pymethods]
@@ -170,7 +170,32 @@ impl PyReader {
         let key = convert::key(key)?;
         let context = context(routing_context)?;
         let reader = &self.inner;
-        py.detach(|| block_on(get(reader, &key, context.as_ref())))
+        // A shard in memory answers in well under a microsecond: with the
+        // GIL held, no hand-off. A downloaded file is read on this thread
+        // with the GIL released (SQLite may wait on the disk); anything
+        // else (a shard to open, range reads) waits on the runtime.
+        if let Some(found) = reader.get_now(&key, context.as_ref(), Inline::Memory) {
+            return found.map(Found).map_err(to_py);
+        }
+        py.detach(|| match reader.get_now(&key, context.as_ref(), Inline::LocalFiles) {
+            Some(found) => found.map(Found).map_err(to_py),
+            None => block_on(get(reader, &key, context.as_ref())),
+        })
+    }
+
+    /// The db_id of the shard `key` routes to in the served snapshot, or
+    /// None for an unknown categorical token (a CEL snapshot whose routing
+    /// gives a value it was not built with). Reads nothing.
+    #[pyo3(signature = (key, *, routing_context = None))]
+    fn route_key<'py>(
+        &self,
+        key: &Bound<'py, PyAny>,
+        routing_context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<u32>> {
+        let key = convert::key(key)?;
+        let context = context(routing_context)?;
+        let route = self.inner.route(&key, context.as_ref()).map_err(to_py)?;
+        Ok(route.db_id.map(|d| d.0))
     }
 
     /// The values of `keys`, in their order (None for a miss), all from one snapshot.

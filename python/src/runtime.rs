@@ -44,3 +44,12 @@ pub(crate) fn enter<R>(f: impl FnOnce() -> R) -> R {
     let _guard = runtime().enter();
     f()
 }
+
+/// Spawns `future` on the runtime.
+pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    runtime().spawn(future)
+}

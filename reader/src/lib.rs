@@ -87,6 +87,7 @@ pub use info::{
 pub use reader::{Reader, ReaderBuilder};
 pub use settings::{MAX_KEEP_VERSIONS, Pin, ReaderSettings, SqliteMode};
 pub use sf_manifest::format::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
+pub use shard::Inline;
 pub use snapshot::RoutingContext;
 pub use stats::{METRICS, ReaderStats};
 pub use vector::{SearchHit, SearchOptions, SearchResults, SearchWithValues, VectorId};

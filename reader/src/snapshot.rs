@@ -209,6 +209,15 @@ impl Snapshot {
         })
     }
 
+    /// Shard `db` if it is already open: `Some(None)` for an empty shard,
+    /// `None` while it is not open yet (see [`shard`](Self::shard)).
+    pub(crate) fn shard_if_open(&self, db: DbId) -> Option<Option<&Arc<ShardHandle>>> {
+        match self.slots.get(db.index()) {
+            Some(Some(slot)) => slot.handle.get().map(Some),
+            _ => Some(None),
+        }
+    }
+
     /// The open shard `db`, opening it on first use; `None` for an empty
     /// shard. The open runs as a task of its own (see the module docs):
     /// concurrent first callers wait for one open, a caller that stops

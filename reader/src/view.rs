@@ -19,7 +19,7 @@ use sf_router::ContextValue;
 use crate::error::{Error, Result};
 use crate::info::SnapshotInfo;
 use crate::shard::VectorHit;
-use crate::shard::{MEMORY_TASK_KEYS, ShardEnv, ShardHandle, SlotKey};
+use crate::shard::{Inline, MEMORY_TASK_KEYS, ShardEnv, ShardHandle, SlotKey};
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
 use crate::vector::{MAX_TOP_K, SearchHit, SearchOptions, SearchResults, SearchWithValues, VectorId};
@@ -179,6 +179,35 @@ pub(crate) async fn lookup(
     match snap.shard(env, db).await? {
         None => Ok(None),
         Some(shard) => shard.get(&encoded).await,
+    }
+}
+
+/// [`lookup`] on the calling thread, when the key's shard is open and
+/// answers from local data as `inline` allows; `None` when it would have
+/// to wait (a shard to open, a range read, SlateDB) or when the calling
+/// thread is a runtime's (SQLite never runs on a runtime worker; see
+/// `shard::sqlite`).
+pub(crate) fn lookup_now(
+    snap: &Snapshot,
+    key: &Key,
+    context: Option<&RoutingContext>,
+    inline: Inline,
+) -> Option<Result<Option<Bytes>>> {
+    if inline == Inline::LocalFiles && tokio::runtime::Handle::try_current().is_ok() {
+        return None;
+    }
+    let encoded = match snap.router.encode_key(key) {
+        Ok(e) => e,
+        Err(e) => return Some(Err(e.into())),
+    };
+    let db = match snap.route(key, context) {
+        Ok(Some(db)) => db,
+        Ok(None) => return Some(Ok(None)),
+        Err(e) => return Some(Err(e)),
+    };
+    match snap.shard_if_open(db)? {
+        None => Some(Ok(None)),
+        Some(shard) => shard.get_now(&encoded, inline),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::info::{
     Health, HealthStatus, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, ShardInfos, SnapshotInfo,
 };
+use crate::shard::Inline;
 use crate::snapshot::{RoutingContext, Snapshot};
 use crate::state::ReaderState;
 use crate::stats::ReaderStats;
@@ -126,6 +127,29 @@ impl Reader {
     async fn lookup(&self, key: &Key, context: Option<&RoutingContext>) -> Result<Option<Bytes>> {
         self.check_open()?;
         crate::view::lookup(&self.state.env, &self.snapshot(), key, context).await
+    }
+
+    /// [`get`](Self::get) (or [`get_with_context`](Self::get_with_context))
+    /// answered on the calling thread, without the async runtime, when the
+    /// key's shard is already open and answers from local data as `inline`
+    /// allows: a shard in memory, or (with [`Inline::LocalFiles`]) a
+    /// downloaded SQLite file. `None` when it cannot answer so (the shard
+    /// is not open yet, is read by range, is SlateDB, or the calling thread
+    /// is an async runtime's, where SQLite never runs): call `get` then.
+    ///
+    /// For callers that block a thread on each lookup anyway (a binding to
+    /// another language, a synchronous server): it saves the hand-off to
+    /// the runtime and back, most of a warm lookup's cost.
+    pub fn get_now(
+        &self,
+        key: &Key,
+        context: Option<&RoutingContext>,
+        inline: Inline,
+    ) -> Option<Result<Option<Bytes>>> {
+        if let Err(e) = self.check_open() {
+            return Some(Err(e));
+        }
+        crate::view::lookup_now(&self.snapshot(), key, context, inline)
     }
 
     /// Values of many keys, in input order. Keys are grouped by shard;

@@ -149,6 +149,18 @@ enum Backend {
 /// An opened backend, and the hold on its cached file when it reads one.
 type Opened = (Backend, Option<Hold>);
 
+/// What [`Reader::get_now`](crate::Reader::get_now) may do on the calling
+/// thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inline {
+    /// Shards held in memory only: no SQLite, no I/O, a lookup in the
+    /// shard's index (well under a microsecond).
+    Memory,
+    /// Shards in memory and downloaded SQLite files: a lookup may wait on
+    /// the local disk for a page that is not in the page cache.
+    LocalFiles,
+}
+
 /// An open shard.
 pub(crate) struct ShardHandle {
     db_id: DbId,
@@ -486,6 +498,22 @@ impl ShardHandle {
                 Some(Box::new(e)),
             ),
             None => self.read_error(e.to_string(), ErrorKind::Data, Some(Box::new(e))),
+        }
+    }
+
+    /// The value stored for an encoded key, looked up on the calling
+    /// thread when the shard answers from local data: always for a shard
+    /// in memory, and for a downloaded file when `inline` allows SQLite.
+    /// `None` for the others (read by range, SlateDB), which need
+    /// [`get`](Self::get). Never on a runtime worker (see
+    /// [`Inline`]).
+    pub(crate) fn get_now(&self, key: &[u8], inline: Inline) -> Option<Result<Option<Bytes>>> {
+        match &self.backend {
+            Backend::Memory { index, .. } => Some(Ok(index.get(key).map(Bytes::copy_from_slice))),
+            Backend::Local(pool) if inline == Inline::LocalFiles => {
+                Some(pool.get(key).map_err(|e| self.sqlite_error(e, None)))
+            }
+            _ => None,
         }
     }
 
