@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use sf_manifest::format::vector::VectorMeta;
 use sf_manifest::{CelType, DbId, Key, KeyEncoding, RunId};
 use sf_router::ContextValue;
 
@@ -141,7 +142,17 @@ pub(crate) fn parse_key(encoding: KeyEncoding, text: &str) -> Result<Key> {
 }
 
 pub(crate) fn parse_context<'a>(snap: &Snapshot, pairs: impl IntoIterator<Item = &'a str>) -> Result<RoutingContext> {
-    let columns = snap.manifest.build.sharding.cel_columns.clone().unwrap_or_default();
+    // A vector-only CEL snapshot routes by the columns of its
+    // custom.vector (its key-value sharding is the reference's filler).
+    let columns = match &snap.manifest.build.sharding.cel_columns {
+        Some(c) => c.clone(),
+        None => VectorMeta::from_custom(&snap.manifest.build.custom)
+            .ok()
+            .flatten()
+            .and_then(|m| m.cel)
+            .map(|c| c.columns)
+            .unwrap_or_default(),
+    };
     let mut ctx = RoutingContext::new();
     for pair in pairs {
         let (name, value) = pair
