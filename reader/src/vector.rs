@@ -128,7 +128,7 @@ enum Routing {
     /// Vector-only `explicit`: the caller names the shards.
     Named(VectorSharding),
     /// Vector-only `cel`: the routing context names the shard.
-    Cel(Router),
+    Cel(Box<Router>),
 }
 
 impl VectorIndex {
@@ -199,7 +199,7 @@ impl VectorIndex {
                     .ok_or_else(|| bad("a cel snapshot without its cel_expr".into()))?;
                 let router = Router::new(&cel.sharding(), num_dbs, build.key_encoding)
                     .map_err(|e| bad(format!("its custom.vector CEL routing: {e}")))?;
-                Routing::Cel(router)
+                Routing::Cel(Box::new(router))
             }
             (false, other) => Routing::Named(other),
         };

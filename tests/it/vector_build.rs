@@ -1293,8 +1293,9 @@ async fn check_vector_only_cel(
 
 /// `sharding = "cel"` with categorical routing values over a bytes column
 /// (Parquet, files): the tokens go to `custom.vector` as the reference
-/// writes bytes, `{"__bytes_hex__": ...}`, and a context token the
-/// snapshot does not know searches no shard.
+/// writes bytes, `{"__bytes_hex__": ...}`, a context token the snapshot
+/// does not know searches no shard, and a row whose token is not one of
+/// `routing_values` fails the build (exit 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vector_only_cel_categorical_from_parquet_on_files() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -1347,6 +1348,18 @@ async fn vector_only_cel_categorical_from_parquet_on_files() {
         .expect("search");
     assert!(unknown.hits.is_empty() && unknown.shards.is_empty(), "{unknown:?}");
     reader.close();
+
+    // A row whose token is not one of routing_values is bad data: exit 3,
+    // nothing published.
+    let out = dir.path().join("two").display().to_string();
+    let (_, code, err) = build(
+        dir.path(),
+        &job.replace(&prefix, &out)
+            .replace(r#"["red", "green", "blue"]"#, r#"["red", "green"]"#),
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("is not one of the snapshot's routing_values"), "{err}");
+    assert!(!dir.path().join("two/_CURRENT").exists());
 }
 
 /// `sharding = "cel"` with a direct expression over the id column (CSV on
