@@ -33,7 +33,9 @@ Exit codes (the same for every ShardForge program):
   2  bad configuration or arguments; nothing was written
   3  bad input data (an empty, truncated or unreadable input file, keys
      of an unsupported type, null or out-of-range keys, duplicate keys,
-     routing errors, a missing or corrupt object); nothing was published
+     routing errors, an invalid vector: null, of the wrong length, not
+     finite or zero under cosine, a missing or corrupt object); nothing
+     was published
   4  conflict: another publisher changed _CURRENT, or a live run holds
      the run id; nothing was overwritten
   5  storage unavailable after retries, or the cluster (scheduler or

@@ -158,7 +158,8 @@ pub enum Command {
         #[arg(long = "shard", value_name = "DB_ID")]
         shards: Vec<u32>,
         /// Routing context naming the one shard of a CEL snapshot
-        /// (repeatable).
+        /// (repeatable): a unified one routed by CEL, or a vector-only
+        /// `cel` one (whose searches need it, or --shard).
         #[arg(long = "ctx", visible_alias = "routing-context", value_name = "COLUMN=VALUE")]
         ctx: Vec<String>,
         /// Keep only hits whose payload passes this CEL predicate (payload

@@ -128,9 +128,10 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_body_bytes: Option<usize>,
 
-    /// Bytes of one multiget answer, counted as values are encoded (413
-    /// `response_too_large` above; gRPC: RESOURCE_EXHAUSTED; the streamed
-    /// MultiGet: per chunk). Default 64 MiB.
+    /// Bytes of one multiget answer, counted as values are encoded, or of
+    /// one search answer (a batch whole) (413 `response_too_large` above;
+    /// gRPC: RESOURCE_EXHAUSTED; the streamed MultiGet: per chunk).
+    /// Default 64 MiB.
     #[arg(long, value_name = "N")]
     pub max_response_bytes: Option<usize>,
 

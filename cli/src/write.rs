@@ -79,7 +79,8 @@ struct Args {
 
     /// Print the build's report as one JSON object on stdout (on success
     /// and on failure): run id, outcome, exit code, each phase with its
-    /// duration, each validation gate, the summary, the error.
+    /// duration, each validation gate, the summary (rows, bytes, shards,
+    /// retries, `vectors_skipped` of a `[vector]` job, ...), the error.
     #[arg(long)]
     json: bool,
 

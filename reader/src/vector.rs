@@ -12,8 +12,11 @@
 //!   snapshot) the one shard the context routes to;
 //! - a vector-only snapshot: the `num_probes` nearest shards by its CLUSTER
 //!   centroids or LSH hyperplanes (loaded from the snapshot's `.npy`
-//!   artifacts on the first search). `explicit` and `cel` vector-only
-//!   snapshots are searched with `shard_ids`.
+//!   artifacts on the first search); an `explicit` one in the `shard_ids`
+//!   a search names; a `cel` one in the one shard its routing context
+//!   routes to (its `cel_expr` over `cel_columns`, with `routing_values`
+//!   as the categorical lookup; a context whose token the snapshot does
+//!   not know searches no shard), or in the `shard_ids` it names.
 //!
 //! A query is checked first: its length must be the snapshot's dimension,
 //! its components finite, and under cosine it must not be zero.
@@ -122,8 +125,10 @@ enum Routing {
     FanOut,
     Cluster(ClusterRouter),
     Lsh(LshRouter),
-    /// Vector-only `explicit` or `cel`: the caller names the shards.
+    /// Vector-only `explicit`: the caller names the shards.
     Named(VectorSharding),
+    /// Vector-only `cel`: the routing context names the shard.
+    Cel(Box<Router>),
 }
 
 impl VectorIndex {
@@ -187,6 +192,15 @@ impl VectorIndex {
                 let m = artifact(&meta.hyperplanes_ref, "hyperplanes", 63).await?;
                 Routing::Lsh(LshRouter::new(m, num_dbs).map_err(bad)?)
             }
+            (false, VectorSharding::Cel) => {
+                let cel = meta
+                    .cel
+                    .as_ref()
+                    .ok_or_else(|| bad("a cel snapshot without its cel_expr".into()))?;
+                let router = Router::new(&cel.sharding(), num_dbs, build.key_encoding)
+                    .map_err(|e| bad(format!("its custom.vector CEL routing: {e}")))?;
+                Routing::Cel(Box::new(router))
+            }
             (false, other) => Routing::Named(other),
         };
         Ok(VectorIndex { meta, routing })
@@ -234,6 +248,22 @@ impl VectorIndex {
             },
             Routing::Cluster(r) => Ok(r.probes(query, probes()).into_iter().map(DbId).collect()),
             Routing::Lsh(r) => Ok(r.probes(query, probes()).into_iter().map(DbId).collect()),
+            Routing::Cel(r) => match &opts.routing_context {
+                Some(ctx) => match r.route_context(ctx)? {
+                    Routed::Db(d) => Ok(vec![DbId(d)]),
+                    Routed::UnknownToken => Ok(Vec::new()),
+                },
+                None => Err(Error::config(
+                    "routing_context",
+                    format!(
+                        "a vector-only snapshot sharded by cel is searched in the shard its routing context names: \
+                         give the values of {} (or name shards with shard_ids)",
+                        r.cel()
+                            .map(|c| c.columns().keys().cloned().collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default()
+                    ),
+                )),
+            },
             Routing::Named(how) => Err(Error::config(
                 "shard_ids",
                 format!(

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use sf_manifest::format::vector::VectorMeta;
 use sf_manifest::{CelType, DbId, Key, KeyEncoding, RunId};
 use sf_router::ContextValue;
 
@@ -141,7 +142,17 @@ pub(crate) fn parse_key(encoding: KeyEncoding, text: &str) -> Result<Key> {
 }
 
 pub(crate) fn parse_context<'a>(snap: &Snapshot, pairs: impl IntoIterator<Item = &'a str>) -> Result<RoutingContext> {
-    let columns = snap.manifest.build.sharding.cel_columns.clone().unwrap_or_default();
+    // A vector-only CEL snapshot routes by the columns of its
+    // custom.vector (its key-value sharding is the reference's filler).
+    let columns = match &snap.manifest.build.sharding.cel_columns {
+        Some(c) => c.clone(),
+        None => VectorMeta::from_custom(&snap.manifest.build.custom)
+            .ok()
+            .flatten()
+            .and_then(|m| m.cel)
+            .map(|c| c.columns)
+            .unwrap_or_default(),
+    };
     let mut ctx = RoutingContext::new();
     for pair in pairs {
         let (name, value) = pair
@@ -455,15 +466,27 @@ pub(crate) async fn search_vectors(
     hits.truncate(opts.top_k);
     let mut out = Vec::with_capacity(hits.len());
     for VectorHit { hit, id, payload } in hits {
+        // A payload is a JSON object (the reference stores a dict's
+        // json.dumps): anything else is a damaged shard.
+        let bad_payload = |reason: String| Error::ShardRead {
+            db_id: DbId(hit.shard),
+            url: snap.shard_url(DbId(hit.shard)).unwrap_or_default().to_string(),
+            reason: format!("vec_payloads row {} {reason}", hit.rowid),
+            kind: sf_manifest::ErrorKind::Data,
+            source: None,
+        };
         let payload = match payload {
             None => None,
-            Some(text) => Some(serde_json::from_str(&text).map_err(|e| Error::ShardRead {
-                db_id: DbId(hit.shard),
-                url: snap.shard_url(DbId(hit.shard)).unwrap_or_default().to_string(),
-                reason: format!("vec_payloads row {} is not JSON: {e}", hit.rowid),
-                kind: sf_manifest::ErrorKind::Data,
-                source: None,
-            })?),
+            Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(object @ serde_json::Value::Object(_)) => Some(object),
+                Ok(other) => {
+                    return Err(bad_payload(format!(
+                        "is not a JSON object: {}",
+                        other.to_string().chars().take(60).collect::<String>()
+                    )));
+                }
+                Err(e) => return Err(bad_payload(format!("is not JSON: {e}"))),
+            },
         };
         out.push(SearchHit {
             id,

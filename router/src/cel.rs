@@ -268,6 +268,17 @@ impl CelRouting {
         }
     }
 
+    /// Whether the expression yields bytes (tried on zero values of its
+    /// columns, as at compile time): its categorical tokens are then
+    /// bytes, which a vector-only snapshot's `custom.vector` marks as such.
+    pub fn yields_bytes(&self) -> bool {
+        let mut scope = self.scope();
+        for (name, ty) in &self.columns {
+            scope.set(name, ContextValue::zero(*ty));
+        }
+        matches!(scope.eval(), Ok(Value::Bytes(_)))
+    }
+
     /// The expression text.
     pub fn expr(&self) -> &str {
         &self.expr
@@ -405,6 +416,19 @@ mod tests {
 
     fn cols(pairs: &[(&str, CelType)]) -> BTreeMap<String, CelType> {
         pairs.iter().map(|(n, t)| (n.to_string(), *t)).collect()
+    }
+
+    #[test]
+    fn an_expression_yielding_bytes_is_told_apart() {
+        let bytes = cols(&[("b", CelType::Bytes), ("s", CelType::String)]);
+        let yields = |expr: &str| {
+            CelRouting::compile_tokens(expr, &bytes)
+                .expect("compile")
+                .yields_bytes()
+        };
+        assert!(yields("b"));
+        assert!(!yields("s"));
+        assert!(!yields("shard_hash(b) % 4u"));
     }
 
     #[test]

@@ -39,5 +39,6 @@ mod sessions;
 mod tracing_otlp;
 mod vector_build;
 mod vector_fixtures;
+mod vector_hostile;
 mod warehouse;
 mod write_e2e;

@@ -20,13 +20,13 @@ use sf_tests::readers::{SQLITE_MODES, read_in_every_mode};
 use sf_tests::writer_support::{binary, write_csv, write_parquet};
 use sf_tests::{manifest_store, s3_prefix};
 
-const DIM: usize = 8;
+pub(crate) const DIM: usize = 8;
 
 /// Deterministic pseudo-random numbers (xorshift), so a failure repeats.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> f32 {
+    pub(crate) fn next(&mut self) -> f32 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -35,13 +35,13 @@ impl Rng {
 }
 
 /// The input rows: id, name, tag, vector.
-struct Rows {
-    ids: Vec<i64>,
-    vectors: Vec<Vec<f32>>,
+pub(crate) struct Rows {
+    pub(crate) ids: Vec<i64>,
+    pub(crate) vectors: Vec<Vec<f32>>,
 }
 
 impl Rows {
-    fn new(n: usize, seed: u64) -> Rows {
+    pub(crate) fn new(n: usize, seed: u64) -> Rows {
         let mut rng = Rng(seed);
         Rows {
             ids: (0..n as i64).map(|i| i * 7 + 3).collect(),
@@ -53,12 +53,12 @@ impl Rows {
         format!("user-{id}")
     }
 
-    fn tag(id: i64) -> String {
+    pub(crate) fn tag(id: i64) -> String {
         ["red", "green", "blue"][(id % 3) as usize].to_string()
     }
 
     /// With the vector as a list of f32 (Parquet).
-    fn batch(&self) -> RecordBatch {
+    pub(crate) fn batch(&self) -> RecordBatch {
         let emb = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
             self.vectors
                 .iter()
@@ -96,7 +96,7 @@ impl Rows {
     }
 
     /// The exhaustive search: every vector's distance, nearest first.
-    fn exact(&self, metric: Metric, q: &[f32], k: usize) -> Vec<(i64, f64)> {
+    pub(crate) fn exact(&self, metric: Metric, q: &[f32], k: usize) -> Vec<(i64, f64)> {
         let mut all: Vec<(i64, f64)> = self
             .ids
             .iter()
@@ -124,7 +124,7 @@ fn text(o: &[u8]) -> String {
 
 /// Writes `job` as job.toml in `dir` and builds it; returns the JSON
 /// report, the exit code and stderr.
-fn build(dir: &Path, job: &str) -> (Value, Option<i32>, String) {
+pub(crate) fn build(dir: &Path, job: &str) -> (Value, Option<i32>, String) {
     std::fs::write(dir.join("job.toml"), job).expect("job file");
     let out = sf_write(dir, &["--config", "job.toml", "--json", "--progress", "off"]);
     let report = text(&out.stdout)
@@ -135,7 +135,7 @@ fn build(dir: &Path, job: &str) -> (Value, Option<i32>, String) {
     (report, out.status.code(), text(&out.stderr))
 }
 
-fn unified_job(input: &str, format: &str, prefix: &str, metric: &str, extra: &str) -> String {
+pub(crate) fn unified_job(input: &str, format: &str, prefix: &str, metric: &str, extra: &str) -> String {
     format!(
         r#"
 key_col = "id"
@@ -962,7 +962,24 @@ fn bad_vector_only_jobs_are_refused() {
     let prefix = out.display().to_string();
     let job = |extra: &str| vector_only_job("in.parquet", "parquet", &prefix, "cosine", extra);
     let cases: Vec<(String, &str)> = vec![
-        (job("sharding = \"cel\""), "vector.sharding: \"cel\" is not built yet"),
+        (
+            job("sharding = \"cel\""),
+            "routing.strategy: vector.sharding = \"cel\" places each vector by the job's CEL routing",
+        ),
+        (
+            job("sharding = \"cel\"\nnum_probes = 2").replace(
+                "[routing]\nnum_dbs = 4\n",
+                "[routing]\nstrategy = \"cel\"\nexpr = \"tag\"\ncolumns = { tag = \"string\" }\n",
+            ),
+            "vector.num_probes: must be 1 for cel sharding",
+        ),
+        (
+            job("sharding = \"cluster\"").replace(
+                "[routing]\nnum_dbs = 4\n",
+                "[routing]\nstrategy = \"cel\"\nexpr = \"tag\"\ncolumns = { tag = \"string\" }\n",
+            ),
+            "routing: a vector-only job places vectors by vector.sharding",
+        ),
         (
             job("sharding = \"explicit\""),
             "vector.shard_id_column: vector.sharding = \"explicit\" needs the column",
@@ -1127,4 +1144,268 @@ async fn unified_with_cel_routing_keeps_each_vector_in_its_rows_shard() {
         );
     })
     .await;
+}
+
+impl Rows {
+    /// The rows whose id `keep` says yes to.
+    fn only(&self, keep: impl Fn(i64) -> bool) -> Rows {
+        let (ids, vectors) = self
+            .ids
+            .iter()
+            .zip(&self.vectors)
+            .filter(|(id, _)| keep(**id))
+            .map(|(id, v)| (*id, v.clone()))
+            .unzip();
+        Rows { ids, vectors }
+    }
+}
+
+/// A vector-only `cel` snapshot: its manifest as the reference writes one
+/// (`cel_expr`, `cel_columns`, `routing_values`, the filler `required`);
+/// searched in every read mode and with `sf-read search --ctx`, each
+/// routing context asks its one shard and gets the exhaustive search over
+/// that shard's rows; without a context a search is refused, naming the
+/// columns it needs; `shard_ids` still search any shards.
+async fn check_vector_only_cel(
+    prefix: &str,
+    rows: &Rows,
+    metric: Metric,
+    num_dbs: u32,
+    contexts: &[(String, u32)],
+    shard_of: impl Fn(i64) -> u32,
+) -> serde_json::Map<String, Value> {
+    let store = manifest_store(prefix);
+    let current = store.load_current().await.expect("current").expect("published");
+    let manifest = store
+        .load_manifest(&current.pointer.manifest_ref)
+        .await
+        .expect("manifest");
+    let custom = manifest.build.custom["vector"]
+        .as_object()
+        .expect("custom.vector")
+        .clone();
+    assert_eq!(custom["sharding_strategy"], "cel");
+    assert_eq!(custom["num_probes"], 1);
+    assert_eq!(custom["metric"], metric.as_str());
+    assert_eq!(custom["total_vectors"], rows.ids.len());
+    for absent in ["unified", "backend", "centroids_ref", "hyperplanes_ref"] {
+        assert!(!custom.contains_key(absent), "{absent}: {custom:?}");
+    }
+    assert_eq!(manifest.build.key_col, "_vector_id");
+    assert_eq!(manifest.build.sharding, sf_manifest::ShardingSpec::hash(), "the filler");
+    assert_eq!(manifest.build.num_dbs, num_dbs);
+    for s in &manifest.shards {
+        let want = rows.ids.iter().filter(|i| shard_of(**i) == s.db_id.0).count();
+        assert_eq!(s.row_count, want as u64, "shard {}", s.db_id);
+    }
+
+    let mut rng = Rng(4321);
+    let queries: Vec<Vec<f32>> = (0..3)
+        .map(|i| {
+            if i == 0 {
+                rows.vectors[5].clone()
+            } else {
+                (0..DIM).map(|_| rng.next()).collect()
+            }
+        })
+        .collect();
+    read_in_every_mode(prefix, &SQLITE_MODES, async |reader| {
+        for (ctx, db) in contexts {
+            let only = rows.only(|id| shard_of(id) == *db);
+            assert!(!only.ids.is_empty(), "shard {db} holds rows");
+            let opts = SearchOptions {
+                top_k: 10,
+                routing_context: Some(reader.parse_context([ctx.as_str()]).expect("context")),
+                ..SearchOptions::default()
+            };
+            for q in &queries {
+                let found = reader.search(q, &opts).await.expect("search");
+                assert_eq!(found.shards, vec![sf_manifest::DbId(*db)], "{ctx}");
+                let want = only.exact(metric, q, 10);
+                assert_eq!(
+                    found.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>(),
+                    want.iter().map(|(id, _)| VectorId::Int(*id)).collect::<Vec<_>>(),
+                    "{ctx}"
+                );
+                for (hit, (id, score)) in found.hits.iter().zip(&want) {
+                    assert!((hit.score - score).abs() < 1e-5, "{id}: {} vs {score}", hit.score);
+                    assert_eq!(hit.payload, Some(json!({ "tag": Rows::tag(*id) })));
+                }
+            }
+        }
+        let e = reader
+            .search(&queries[1], &SearchOptions::default())
+            .await
+            .expect_err("no routing context");
+        let columns: Vec<&String> = custom["cel_columns"].as_object().expect("columns").keys().collect();
+        assert!(
+            e.to_string().contains("routing context") && e.to_string().contains(columns[0].as_str()),
+            "{e}"
+        );
+        let everywhere = reader.search(&queries[1], &all_shards(num_dbs)).await.expect("search");
+        assert_eq!(
+            everywhere.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>(),
+            rows.exact(metric, &queries[1], 10)
+                .iter()
+                .map(|(id, _)| VectorId::Int(*id))
+                .collect::<Vec<_>>()
+        );
+    })
+    .await;
+
+    // sf-read search: with the context, that shard's nearest; without, a
+    // usage error naming what is missing.
+    let (ctx, db) = &contexts[0];
+    let only = rows.only(|id| shard_of(id) == *db);
+    let sf_read = |extra: &[&str]| {
+        let cache = tempfile::tempdir().expect("cache");
+        let q = serde_json::to_string(&queries[1]).expect("json");
+        std::process::Command::new(binary("sf-read"))
+            .arg("--current-url")
+            .arg(prefix)
+            .args(["search", "--vector", &q, "--top-k", "5"])
+            .args(extra)
+            .env("SF_CACHE_DIR", cache.path())
+            .env_remove("SF_CURRENT_URL")
+            .output()
+            .expect("sf-read")
+    };
+    let out = sf_read(&["--routing-context", ctx]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: Value = serde_json::from_str(text(&out.stdout).trim()).expect("json line");
+    let ids: Vec<Value> = got["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    let want: Vec<Value> = only
+        .exact(metric, &queries[1], 5)
+        .iter()
+        .map(|(id, _)| json!(id))
+        .collect();
+    assert_eq!(ids, want);
+    let out = sf_read(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("routing context"), "{}", text(&out.stderr));
+    custom
+}
+
+/// `sharding = "cel"` with categorical routing values over a bytes column
+/// (Parquet, files): the tokens go to `custom.vector` as the reference
+/// writes bytes, `{"__bytes_hex__": ...}`, a context token the snapshot
+/// does not know searches no shard, and a row whose token is not one of
+/// `routing_values` fails the build (exit 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_only_cel_categorical_from_parquet_on_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = Rows::new(240, 31);
+    let b = rows.batch();
+    let mut fields: Vec<Field> = b.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("btag", DataType::Binary, false));
+    let mut cols = b.columns().to_vec();
+    cols.push(Arc::new(arrow::array::BinaryArray::from_iter_values(
+        rows.ids.iter().map(|i| Rows::tag(*i).into_bytes()),
+    )));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("batch");
+    write_parquet(&dir.path().join("in.parquet"), &[batch]);
+    let prefix = dir.path().join("out").display().to_string();
+    let job = vector_only_job("in.parquet", "parquet", &prefix, "cosine", "sharding = \"cel\"\n").replace(
+        "[routing]\nnum_dbs = 4\n",
+        "[routing]\nstrategy = \"cel\"\nexpr = \"btag\"\ncolumns = { btag = \"bytes\" }\nrouting_values = [\"red\", \"green\", \"blue\"]\n",
+    );
+    let (report, code, err) = build(dir.path(), &job);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(report["rows"], 240, "{report}");
+    let order = ["red", "green", "blue"];
+    let shard_of = |id: i64| order.iter().position(|t| *t == Rows::tag(id)).expect("a tag") as u32;
+    let contexts: Vec<(String, u32)> = order
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("btag={t}"), i as u32))
+        .collect();
+    let custom = check_vector_only_cel(&prefix, &rows, Metric::Cosine, 3, &contexts, shard_of).await;
+    assert_eq!(custom["cel_expr"], "btag");
+    assert_eq!(custom["cel_columns"], json!({ "btag": "bytes" }));
+    assert_eq!(
+        custom["routing_values"],
+        json!([{"__bytes_hex__": "726564"}, {"__bytes_hex__": "677265656e"}, {"__bytes_hex__": "626c7565"}])
+    );
+    let reader = sf_tests::readers::open(
+        &prefix,
+        sf_tests::readers::settings(sf_reader::SqliteMode::Memory, dir.path()),
+    )
+    .await;
+    let unknown = reader
+        .search(
+            &rows.vectors[0],
+            &SearchOptions {
+                routing_context: Some(reader.parse_context(["btag=purple"]).expect("context")),
+                ..SearchOptions::default()
+            },
+        )
+        .await
+        .expect("search");
+    assert!(unknown.hits.is_empty() && unknown.shards.is_empty(), "{unknown:?}");
+    reader.close();
+
+    // A row whose token is not one of routing_values is bad data: exit 3,
+    // nothing published.
+    let out = dir.path().join("two").display().to_string();
+    let (_, code, err) = build(
+        dir.path(),
+        &job.replace(&prefix, &out)
+            .replace(r#"["red", "green", "blue"]"#, r#"["red", "green"]"#),
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("is not one of the snapshot's routing_values"), "{err}");
+    assert!(!dir.path().join("two/_CURRENT").exists());
+}
+
+/// `sharding = "cel"` with a direct expression over the id column (CSV on
+/// S3): the expression's value is the shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_only_cel_direct_from_csv_on_s3() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = Rows::new(200, 37);
+    write_csv(&dir.path().join("in.csv"), &[rows.text_batch()]);
+    let prefix = s3_prefix("vector-only-cel-direct");
+    let expr = "shard_hash(id) % 3u";
+    let job = vector_only_job("in.csv", "csv", &prefix, "l2", "sharding = \"cel\"\nnum_probes = 1\n").replace(
+        "[routing]\nnum_dbs = 4\n",
+        &format!("[routing]\nstrategy = \"cel\"\nnum_dbs = 3\nexpr = \"{expr}\"\ncolumns = {{ id = \"int\" }}\n"),
+    );
+    let (_, code, err) = build(dir.path(), &job);
+    assert_eq!(code, Some(0), "{err}");
+    let router = sf_router::Router::new(
+        &sf_manifest::ShardingSpec::cel(
+            expr,
+            std::collections::BTreeMap::from([("id".to_string(), sf_manifest::CelType::Int)]),
+            None,
+        ),
+        3,
+        sf_manifest::KeyEncoding::Raw,
+    )
+    .expect("router");
+    let shard_of = |id: i64| {
+        let ctx = std::collections::BTreeMap::from([("id".to_string(), sf_router::ContextValue::Int(id))]);
+        match router.route_context(&ctx).expect("route") {
+            sf_router::Routed::Db(d) => d,
+            other => panic!("{other:?}"),
+        }
+    };
+    let contexts: Vec<(String, u32)> = (0..3)
+        .map(|db| {
+            let id = *rows
+                .ids
+                .iter()
+                .find(|i| shard_of(**i) == db)
+                .expect("an id in every shard");
+            (format!("id={id}"), db)
+        })
+        .collect();
+    let custom = check_vector_only_cel(&prefix, &rows, Metric::L2, 3, &contexts, shard_of).await;
+    assert_eq!(custom["cel_expr"], expr);
+    assert_eq!(custom["cel_columns"], json!({ "id": "int" }));
+    assert!(!custom.contains_key("routing_values"), "direct: {custom:?}");
 }

@@ -119,6 +119,112 @@ pub struct VectorMeta {
     pub hyperplanes_ref: Option<String>,
     /// LSH: bits of the hash (the hyperplanes' count).
     pub num_hash_bits: Option<u32>,
+    /// CEL: how a routing context names a vector's shard.
+    pub cel: Option<VectorCel>,
+}
+
+/// A CEL vector-only snapshot's routing: `cel_expr` over `cel_columns`,
+/// its result the shard id, or with `routing_values` a token whose index
+/// is the shard id (as the key-value CEL routing of
+/// [`ShardingSpec`](crate::ShardingSpec)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorCel {
+    /// The expression.
+    pub expr: String,
+    /// The columns it reads, with their types.
+    pub columns: std::collections::BTreeMap<String, crate::CelType>,
+    /// Categorical tokens (bytes ones as
+    /// [`bytes_as_text`](crate::format::sharding::bytes_as_text) text).
+    pub routing_values: Option<Vec<crate::RoutingValue>>,
+}
+
+impl VectorCel {
+    /// As a key-value sharding spec (what routes a context to a shard).
+    pub fn sharding(&self) -> crate::ShardingSpec {
+        crate::ShardingSpec::cel(self.expr.clone(), self.columns.clone(), self.routing_values.clone())
+    }
+
+    /// `routing_values` as `custom.vector` holds them: integers and text
+    /// as themselves, the tokens of an expression yielding bytes
+    /// (`bytes_tokens`) as `{"__bytes_hex__": "<hex>"}`, as the reference
+    /// writes them.
+    pub fn routing_values_json(values: &[crate::RoutingValue], bytes_tokens: bool) -> Value {
+        use crate::RoutingValue;
+        Value::Array(
+            values
+                .iter()
+                .map(|v| match v {
+                    RoutingValue::Int(i) => Value::from(*i),
+                    RoutingValue::Str(s) if bytes_tokens => {
+                        let bytes = crate::format::sharding::text_as_bytes(s).unwrap_or_else(|_| s.as_bytes().to_vec());
+                        serde_json::json!({ "__bytes_hex__": hex::encode(bytes) })
+                    }
+                    RoutingValue::Str(s) => Value::from(s.as_str()),
+                })
+                .collect(),
+        )
+    }
+
+    fn from_custom(v: &Map<String, Value>) -> Result<VectorCel> {
+        let expr = match v.get("cel_expr").and_then(Value::as_str) {
+            Some(e) if !e.trim().is_empty() => e.to_string(),
+            _ => {
+                return Err(invalid(
+                    "custom.vector.cel_expr",
+                    "a cel snapshot needs its expression".into(),
+                ));
+            }
+        };
+        let columns: std::collections::BTreeMap<String, crate::CelType> = match v.get("cel_columns") {
+            Some(c) => serde_json::from_value(c.clone()).map_err(|e| {
+                invalid(
+                    "custom.vector.cel_columns",
+                    format!("{c} is not names and CEL types: {e}"),
+                )
+            })?,
+            None => Default::default(),
+        };
+        if columns.is_empty() {
+            return Err(invalid(
+                "custom.vector.cel_columns",
+                "a cel snapshot needs the columns its expression reads".into(),
+            ));
+        }
+        let routing_values = match v.get("routing_values") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|item| match item {
+                        Value::Number(n) => n
+                            .as_i64()
+                            .map(crate::RoutingValue::Int)
+                            .ok_or_else(|| format!("{n} is not a 64-bit integer")),
+                        Value::String(s) => Ok(crate::RoutingValue::Str(s.clone())),
+                        Value::Object(o) if o.len() == 1 => match o.get("__bytes_hex__").and_then(Value::as_str) {
+                            Some(h) => hex::decode(h)
+                                .map(|b| crate::RoutingValue::Str(crate::format::sharding::bytes_as_text(&b)))
+                                .map_err(|e| format!("{h:?} is not hex: {e}")),
+                            None => Err(format!("{item} is not a routing value")),
+                        },
+                        other => Err(format!("{other} is not a routing value")),
+                    })
+                    .collect::<std::result::Result<Vec<_>, String>>()
+                    .map_err(|e| invalid("custom.vector.routing_values", e))?,
+            ),
+            Some(other) => {
+                return Err(invalid(
+                    "custom.vector.routing_values",
+                    format!("{other} is not a list"),
+                ));
+            }
+        };
+        Ok(VectorCel {
+            expr,
+            columns,
+            routing_values,
+        })
+    }
 }
 
 impl VectorMeta {
@@ -162,6 +268,10 @@ impl VectorMeta {
                 }
             },
         };
+        let cel = match (unified, sharding) {
+            (false, VectorSharding::Cel) => Some(VectorCel::from_custom(v)?),
+            _ => None,
+        };
         Ok(Some(VectorMeta {
             dim,
             metric,
@@ -173,6 +283,7 @@ impl VectorMeta {
             centroids_ref: text("centroids_ref"),
             hyperplanes_ref: text("hyperplanes_ref"),
             num_hash_bits: v.get("num_hash_bits").and_then(Value::as_u64).map(|n| n as u32),
+            cel,
         }))
     }
 }
@@ -395,6 +506,50 @@ mod tests {
             assert!(VectorMeta::from_custom(&custom(bad.clone())).is_err(), "{bad}");
         }
         assert_eq!(VectorMeta::from_custom(&Map::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_cel_snapshot_reads_its_expression_columns_and_tokens() {
+        use crate::{CelType, RoutingValue};
+        let custom =
+            |v: Value| serde_json::from_value::<Map<String, Value>>(serde_json::json!({ "vector": v })).unwrap();
+        let m = VectorMeta::from_custom(&custom(serde_json::json!({
+            "dim": 4, "sharding_strategy": "cel", "cel_expr": "region", "cel_columns": {"region": "bytes"},
+            "routing_values": [{"__bytes_hex__": "6575"}, {"__bytes_hex__": "ff"}, "us"],
+        })))
+        .unwrap()
+        .unwrap();
+        let cel = m.cel.expect("cel");
+        assert_eq!(cel.expr, "region");
+        assert_eq!(cel.columns["region"], CelType::Bytes);
+        let values = cel.routing_values.clone().expect("values");
+        assert_eq!(
+            values,
+            vec![
+                RoutingValue::Str("eu".into()),
+                RoutingValue::Str("hex:ff".into()),
+                RoutingValue::Str("us".into())
+            ]
+        );
+        assert_eq!(
+            VectorCel::routing_values_json(&values, true),
+            serde_json::json!([{"__bytes_hex__": "6575"}, {"__bytes_hex__": "ff"}, {"__bytes_hex__": "7573"}])
+        );
+        assert_eq!(
+            VectorCel::routing_values_json(&[RoutingValue::Int(3), RoutingValue::Str("a".into())], false),
+            serde_json::json!([3, "a"])
+        );
+        for bad in [
+            serde_json::json!({"dim": 4, "sharding_strategy": "cel", "cel_columns": {"a": "int"}}),
+            serde_json::json!({"dim": 4, "sharding_strategy": "cel", "cel_expr": "a"}),
+            serde_json::json!({"dim": 4, "sharding_strategy": "cel", "cel_expr": "a", "cel_columns": {"a": "float"}}),
+            serde_json::json!({"dim": 4, "sharding_strategy": "cel", "cel_expr": "a", "cel_columns": {"a": "int"},
+                               "routing_values": [{"__bytes_hex__": "zz"}]}),
+            serde_json::json!({"dim": 4, "sharding_strategy": "cel", "cel_expr": "a", "cel_columns": {"a": "int"},
+                               "routing_values": [1.5]}),
+        ] {
+            assert!(VectorMeta::from_custom(&custom(bad.clone())).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -96,10 +96,12 @@ pub struct VectorConfig {
     #[serde(default)]
     pub on_invalid: OnInvalid,
     /// Vector-only: how vectors are placed in shards (`cluster`, `lsh`,
-    /// `explicit`). Absent: a unified snapshot, routed by `[routing]`.
+    /// `explicit`, `cel`). Absent: a unified snapshot, routed by
+    /// `[routing]`.
     #[serde(default)]
     pub sharding: Option<VectorShardingConfig>,
-    /// Vector-only: shards a search probes by default (1 for `explicit`).
+    /// Vector-only: shards a search probes by default (1 for `explicit`
+    /// and `cel`).
     #[serde(default)]
     pub num_probes: Option<u32>,
     /// `cluster`: a `.npy` file (path or URL) of `num_dbs` x `dim`
@@ -144,7 +146,8 @@ pub enum VectorShardingConfig {
     Lsh,
     /// The shard id in `shard_id_column`.
     Explicit,
-    /// A CEL expression over routing columns (not built yet: refused).
+    /// The job's `[routing]` CEL expression over routing columns (its
+    /// result the shard id, or a token of `routing_values`).
     Cel,
 }
 

@@ -181,13 +181,6 @@ impl JobConfig {
     /// `[vector]` with `sharding`: where vectors go, and nothing of the
     /// key-value half.
     fn check_vector_only(&self, v: &VectorConfig, sharding: VectorShardingConfig) -> Result<()> {
-        if sharding == VectorShardingConfig::Cel {
-            return Err(Error::config(
-                "vector.sharding",
-                "\"cel\" is not built yet; use cluster, lsh or explicit, or a unified job routed by CEL \
-                 ([routing] strategy = \"cel\" without vector.sharding)",
-            ));
-        }
         if v.id_column.is_none() && self.key_col.trim().is_empty() {
             return Err(Error::config(
                 "vector.id_column",
@@ -201,14 +194,29 @@ impl JobConfig {
             ));
         }
         let r = &self.routing;
-        if r.strategy != Strategy::Hash || r.max_keys_per_shard.is_some() {
+        let cel = sharding == VectorShardingConfig::Cel;
+        if cel && r.strategy != Strategy::Cel {
+            return Err(Error::config(
+                "routing.strategy",
+                "vector.sharding = \"cel\" places each vector by the job's CEL routing: set [routing] \
+                 strategy = \"cel\" with expr and columns (and routing_values, or num_dbs for a direct shard id)",
+            ));
+        }
+        if (!cel && r.strategy != Strategy::Hash) || r.max_keys_per_shard.is_some() {
             return Err(Error::config(
                 "routing",
-                "a vector-only job places vectors by vector.sharding; [routing] takes only num_dbs",
+                "a vector-only job places vectors by vector.sharding; [routing] takes only num_dbs \
+                 (and, for vector.sharding = \"cel\", the CEL routing)",
+            ));
+        }
+        if cel && v.num_probes.unwrap_or(1) != 1 {
+            return Err(Error::config(
+                "vector.num_probes",
+                "must be 1 for cel sharding: a query's routing context names its one shard",
             ));
         }
         let given_centroids = sharding == VectorShardingConfig::Cluster && v.centroids.is_some();
-        if r.num_dbs.is_none() && !given_centroids {
+        if r.num_dbs.is_none() && !given_centroids && !cel {
             return Err(Error::config(
                 "routing.num_dbs",
                 "a vector-only job needs the number of shards (for cluster, unless vector.centroids gives them)",
@@ -369,7 +377,9 @@ impl JobConfig {
                 // `key` to the key they are asked for; a snapshot whose
                 // expression reads the key column by its own name could
                 // only be read with the key passed again as context.
-                if self.key_col != sf_router::KEY_VARIABLE && r.columns.contains_key(&self.key_col) {
+                // (A vector-only search gives every column by its name.)
+                let vector_only = self.vector.as_ref().is_some_and(VectorConfig::vector_only);
+                if !vector_only && self.key_col != sf_router::KEY_VARIABLE && r.columns.contains_key(&self.key_col) {
                     return Err(Error::config(
                         format!("routing.columns.{}", self.key_col),
                         format!(

@@ -235,6 +235,7 @@ pub async fn build_prepared(
 
     let (spec_num_dbs, mut spec_key_encoding) = (spec.num_dbs, spec.key_encoding);
     let mut manifest_key_col = job.key_col.clone();
+    let mut manifest_sharding = sharding.clone();
     let vector_meta = match &vector_only {
         Some(plan) => {
             // The routing artifact is in place before any shard is
@@ -245,7 +246,15 @@ pub async fn build_prepared(
             };
             manifest_key_col = vector_plan::VECTOR_ONLY_KEY_COL.to_string();
             spec_key_encoding = vector_plan::VECTOR_ONLY_KEY_ENCODING;
-            Some(plan.custom(url.as_deref()))
+            // A `cel` build's routing goes to custom.vector; the manifest's
+            // sharding is the reference's hash filler.
+            let cel = (sharding.strategy == sf_manifest::ShardingStrategy::Cel).then(|| {
+                let bytes_tokens = router.cel().is_some_and(sf_router::CelRouting::yields_bytes);
+                (&sharding, bytes_tokens)
+            });
+            let custom = plan.custom(url.as_deref(), cel);
+            manifest_sharding = sf_manifest::ShardingSpec::hash();
+            Some(custom)
         }
         None => spec.vector.as_ref().map(unified_vector_meta),
     };
@@ -273,7 +282,7 @@ pub async fn build_prepared(
                     num_dbs: spec_num_dbs,
                     key_col: manifest_key_col,
                     key_encoding: spec_key_encoding,
-                    sharding: sharding.clone(),
+                    sharding: manifest_sharding,
                     expected,
                     verify_checksums: job.write.verify_checksums,
                     upload_concurrency: job.write.upload_concurrency,

@@ -131,17 +131,20 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
     let router = Router::new(&resolved.sharding, resolved.num_dbs, resolved.key_encoding)
         .map_err(|e| Error::config("routing", e.to_string()))?;
 
-    let (routing, args) = match &vector_only {
-        Some(plan) => (
+    // A vector-only build placed by its vectors runs its vector kernel; a
+    // `cel` one the key-value CEL routing over the row's columns.
+    let kernel = vector_only.as_ref().and_then(|p| p.kernel.as_ref());
+    let (routing, args) = match kernel {
+        Some(kernel) => (
             RoutingSpec {
                 sharding: resolved.sharding.clone(),
                 num_dbs: resolved.num_dbs,
                 key_encoding: resolved.key_encoding,
-                key_col: plan.routing_column.clone(),
+                key_col: kernel.column.clone(),
                 extra_cols: vec![],
-                vector: Some(plan.routing.clone()),
+                vector: Some(kernel.routing.clone()),
             },
-            vec![ident(&plan.routing_column)],
+            vec![ident(&kernel.column)],
         ),
         None => (
             RoutingSpec {
@@ -159,8 +162,8 @@ pub async fn prepare_frame(job: &JobConfig, ctx: SessionContext, df: DataFrame) 
     };
     let mut keep: BTreeSet<&str> = resolved.value.columns().into_iter().collect();
     keep.insert(&job.key_col);
-    if let Some(plan) = &vector_only {
-        keep.insert(&plan.routing_column);
+    if let Some(kernel) = kernel {
+        keep.insert(&kernel.column);
     }
     keep.extend(resolved.extra_cols.iter().map(String::as_str));
     if let Some(v) = &resolved.vector {

@@ -6,7 +6,10 @@
 //! A vector-only job runs through the same plan as a key-value job: the
 //! id column stands in for the key (rows are sorted and deduplicated by
 //! id in each shard), the shard id comes from the vector
-//! ([`VectorRouting`] inside `sf_shard_id`), and the shard builder writes
+//! ([`VectorRouting`] inside `sf_shard_id`) or, for `cel`, from the job's
+//! `[routing]` CEL expression over the row's columns, resolved and run
+//! exactly as a key-value job's (`routing_values` the categorical lookup,
+//! inferred from the data when absent), and the shard builder writes
 //! only the vector tables (an empty `kv` table, as the reference's shards
 //! have). The manifest's `required` block is the reference's filler for
 //! vector-only snapshots (key column `_vector_id`, `raw` keys, hash
@@ -16,8 +19,8 @@ use datafusion::dataframe::DataFrame;
 use datafusion::prelude::ident;
 use serde_json::{Value, json};
 use sf_manifest::format::npy::{self, Matrix};
-use sf_manifest::format::vector::Metric;
-use sf_manifest::{KeyEncoding, RunId, StorageOptions};
+use sf_manifest::format::vector::{Metric, VectorCel};
+use sf_manifest::{KeyEncoding, RunId, ShardingSpec, StorageOptions};
 use sf_router::vector::check_vector;
 
 use crate::config::{JobConfig, VectorConfig, VectorShardingConfig};
@@ -39,17 +42,27 @@ pub struct Artifact {
     pub matrix: Matrix,
 }
 
+/// What `sf_shard_id` runs for a vector-only build placed by its vectors
+/// (or explicit shard ids).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorKernel {
+    /// The routing.
+    pub routing: VectorRouting,
+    /// The column it reads (the vector, or the shard id column).
+    pub column: String,
+}
+
 /// A vector-only build, planned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorOnlyPlan {
     /// How vectors are placed.
     pub sharding: VectorShardingConfig,
-    /// What the kernel runs.
-    pub routing: VectorRouting,
-    /// The column the kernel reads (the vector, or the shard id column).
-    pub routing_column: String,
-    /// Shards.
-    pub num_dbs: u32,
+    /// What the kernel runs; `None` for `cel`, routed by the job's CEL
+    /// routing as a key-value job is.
+    pub kernel: Option<VectorKernel>,
+    /// Shards (`None` for `cel`: resolved with its routing, from
+    /// `routing_values` or the data when `num_dbs` is not given).
+    pub num_dbs: Option<u32>,
     /// Shards a search probes by default.
     pub num_probes: u32,
     /// The routing artifact, if the strategy has one.
@@ -152,7 +165,7 @@ pub async fn plan(job: &JobConfig, v: &VectorConfig, df: &DataFrame) -> Result<V
     }
     let storage = job.storage_options();
     let given_dbs = job.routing.num_dbs;
-    let (routing, routing_column, num_dbs, artifact) = match sharding {
+    let (kernel, num_dbs, artifact) = match sharding {
         VectorShardingConfig::Cluster => {
             let (centroids, num_dbs) = match &v.centroids {
                 Some(url) => {
@@ -178,12 +191,14 @@ pub async fn plan(job: &JobConfig, v: &VectorConfig, df: &DataFrame) -> Result<V
                 }
             };
             (
-                VectorRouting::Cluster {
-                    centroids: Bits::from(&centroids),
-                    metric: metric.as_str().into(),
-                },
-                v.column.clone(),
-                num_dbs,
+                Some(VectorKernel {
+                    routing: VectorRouting::Cluster {
+                        centroids: Bits::from(&centroids),
+                        metric: metric.as_str().into(),
+                    },
+                    column: v.column.clone(),
+                }),
+                Some(num_dbs),
                 Some(Artifact {
                     name: "centroids.npy",
                     matrix: centroids,
@@ -216,12 +231,14 @@ pub async fn plan(job: &JobConfig, v: &VectorConfig, df: &DataFrame) -> Result<V
                 }
             };
             (
-                VectorRouting::Lsh {
-                    hyperplanes: Bits::from(&hyperplanes),
-                    metric: metric.as_str().into(),
-                },
-                v.column.clone(),
-                n,
+                Some(VectorKernel {
+                    routing: VectorRouting::Lsh {
+                        hyperplanes: Bits::from(&hyperplanes),
+                        metric: metric.as_str().into(),
+                    },
+                    column: v.column.clone(),
+                }),
+                Some(n),
                 Some(Artifact {
                     name: "hyperplanes.npy",
                     matrix: hyperplanes,
@@ -249,14 +266,23 @@ pub async fn plan(job: &JobConfig, v: &VectorConfig, df: &DataFrame) -> Result<V
                     format!("{column:?} has type {}; shard ids are integers", f.data_type()),
                 ));
             }
-            (VectorRouting::Explicit, column, n, None)
+            (
+                Some(VectorKernel {
+                    routing: VectorRouting::Explicit,
+                    column,
+                }),
+                Some(n),
+                None,
+            )
         }
-        VectorShardingConfig::Cel => {
-            return Err(Error::config("vector.sharding", "\"cel\" is not built yet"));
-        }
+        // The job's [routing] CEL, resolved against the input with the
+        // key-value jobs' code (its columns checked there).
+        VectorShardingConfig::Cel => (None, given_dbs, None),
     };
     let num_probes = v.num_probes.unwrap_or(1);
-    if num_probes > num_dbs {
+    if let Some(num_dbs) = num_dbs
+        && num_probes > num_dbs
+    {
         return Err(Error::config(
             "vector.num_probes",
             format!("is {num_probes} but the snapshot has {num_dbs} shards"),
@@ -264,8 +290,7 @@ pub async fn plan(job: &JobConfig, v: &VectorConfig, df: &DataFrame) -> Result<V
     }
     Ok(VectorOnlyPlan {
         sharding,
-        routing,
-        routing_column,
+        kernel,
         num_dbs,
         num_probes,
         artifact,
@@ -284,14 +309,19 @@ impl VectorOnlyPlan {
             v.id_column = Some(id.clone());
             job.key_col = id;
         }
-        job.routing.num_dbs = Some(self.num_dbs);
+        if self.num_dbs.is_some() {
+            job.routing.num_dbs = self.num_dbs;
+        }
         job
     }
 
     /// The manifest's `custom.vector`, with the keys the reference writes
     /// for a vector-only snapshot (`total_vectors` is filled in at
-    /// publish, from the shards' counts).
-    pub fn custom(&self, artifact_url: Option<&str>) -> Value {
+    /// publish, from the shards' counts); `cel` is the resolved CEL
+    /// routing of a `cel` build (its `cel_expr`, `cel_columns` and
+    /// `routing_values`, bytes tokens as `{"__bytes_hex__": ...}` when the
+    /// expression yields bytes).
+    pub fn custom(&self, artifact_url: Option<&str>, cel: Option<(&ShardingSpec, bool)>) -> Value {
         let mut v = json!({
             "dim": self.dim,
             "index_type": "hnsw",
@@ -306,6 +336,16 @@ impl VectorOnlyPlan {
             },
             "total_vectors": 0,
         });
+        if let (Some((spec, bytes_tokens)), Some(obj)) = (cel, v.as_object_mut()) {
+            obj.insert("cel_expr".into(), json!(spec.cel_expr));
+            obj.insert("cel_columns".into(), json!(spec.cel_columns));
+            if let Some(values) = &spec.routing_values {
+                obj.insert(
+                    "routing_values".into(),
+                    VectorCel::routing_values_json(values, bytes_tokens),
+                );
+            }
+        }
         if let (Some(a), Some(url), Some(obj)) = (&self.artifact, artifact_url, v.as_object_mut()) {
             match a.name {
                 "centroids.npy" => {
