@@ -135,12 +135,9 @@ pub struct ShardInfo {
     pub checkpoint_id: Option<String>,
     /// Content checksum, when the writer recorded one.
     pub checksum: Option<String>,
-    /// One of [`READ_MODES`] once opened.
+    /// One of [`READ_MODES`](crate::READ_MODES) once opened.
     pub opened_as: Option<&'static str>,
 }
-
-/// How an open shard is read, as [`ShardInfo::opened_as`] names it.
-pub const READ_MODES: [&str; 4] = ["sqlite-download", "sqlite-memory", "sqlite-range", "slatedb"];
 
 fn key_json<S: serde::Serializer>(k: &Option<Key>, s: S) -> std::result::Result<S::Ok, S::Error> {
     // As the manifest stores key bounds: numbers, text, `hex:` for bytes.

@@ -81,13 +81,12 @@ mod view;
 
 pub use admin::{Admin, AdminBuilder, CleanupOptions, CleanupReport, Removal, RemovalReason, Rollback, RollbackTarget};
 pub use error::{Error, Result};
-pub use info::{
-    Health, HealthStatus, READ_MODES, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, ShardInfos, SnapshotInfo,
-};
+pub use info::{Health, HealthStatus, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, ShardInfos, SnapshotInfo};
 pub use reader::{Reader, ReaderBuilder};
 pub use settings::{MAX_KEEP_VERSIONS, Pin, ReaderSettings, SqliteMode};
 pub use sf_manifest::format::checksum::{FILE_ALGORITHM, KV_ALGORITHM};
 pub use shard::Inline;
+pub use shard::READ_MODES;
 pub use snapshot::RoutingContext;
 pub use stats::{METRICS, ReaderStats};
 pub use vector::{SearchHit, SearchOptions, SearchResults, SearchWithValues, VectorId};

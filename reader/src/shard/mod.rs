@@ -74,6 +74,10 @@ const MEMORY_PARALLEL_GROUP: usize = 64;
 /// cores and never holds a runtime worker for long.
 pub(crate) const MEMORY_TASK_KEYS: usize = 2048;
 
+/// How an open shard is read, as
+/// [`ShardInfo::opened_as`](crate::ShardInfo::opened_as) names it.
+pub const READ_MODES: [&str; 4] = ["sqlite-download", "sqlite-memory", "sqlite-range", "slatedb"];
+
 /// A key to look up, with its position in the caller's batch.
 pub(crate) type SlotKey = (usize, Vec<u8>);
 
@@ -201,7 +205,7 @@ impl ShardHandle {
 
     /// `sqlite-download`, `sqlite-memory`, `sqlite-range` or `slatedb`.
     pub(crate) fn backend_name(&self) -> &'static str {
-        let [download, memory, range, slate] = crate::info::READ_MODES;
+        let [download, memory, range, slate] = READ_MODES;
         match self.backend {
             Backend::Local(_) => download,
             Backend::Memory { .. } => memory,
