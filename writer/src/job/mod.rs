@@ -280,6 +280,9 @@ pub async fn build_prepared(
                     custom: options.custom.clone(),
                     vector: vector_meta,
                     build_id: build_id.clone(),
+                    claimed: engine
+                        .runs_locally()
+                        .then(|| crate::build::claim::take_claims(&run_id, &build_id)),
                     validate: job.validate.clone(),
                     checks: options.checks.clone(),
                     force: options.force,

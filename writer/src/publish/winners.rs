@@ -47,6 +47,9 @@ pub(crate) struct PublishInput<'a> {
     pub vector: Option<Value>,
     /// This build's id: only attempts it claimed are its to delete.
     pub build_id: String,
+    /// Every attempt the build claimed, when all its shard tasks ran in
+    /// this process (so it knows them without listing the run's folder).
+    pub claimed: Option<BTreeSet<(DbId, Attempt)>>,
     /// The gates.
     pub validate: ValidateConfig,
     /// Checks the caller installed (the canary).
@@ -341,7 +344,12 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
         if failpoint::sabotaged("keep-losers") {
             return Ok(0);
         }
-        gc::delete_own_attempts(input.store, &input.run_id, &input.build_id, &state.winners).await
+        match &input.claimed {
+            Some(claimed) => {
+                gc::delete_claimed_attempts(input.store, &input.run_id, &input.build_id, claimed, &state.winners).await
+            }
+            None => gc::delete_own_attempts(input.store, &input.run_id, &input.build_id, &state.winners).await,
+        }
     };
     let losers_deleted = match losers.instrument(tracing::info_span!("cleanup")).await {
         Ok(n) => n,
