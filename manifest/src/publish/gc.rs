@@ -168,8 +168,7 @@ pub async fn delete_claimed_attempts(
     }
     let mut deleted = 0;
     for &(db_id, attempt) in claimed {
-        let kept =
-            keep.contains(&(db_id, attempt)) && !crate::publish::failpoint::sabotaged("delete-referenced-shard");
+        let kept = keep.contains(&(db_id, attempt)) && !crate::publish::failpoint::sabotaged("delete-referenced-shard");
         if kept {
             continue;
         }

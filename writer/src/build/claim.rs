@@ -162,8 +162,7 @@ fn ensure_dir(dir: &Path) -> std::io::Result<()> {
 /// The attempts claimed in this process, by run and build: what a build
 /// whose every shard task ran here (one process, no cluster) deletes as
 /// its losers without listing the run's folder.
-static CLAIMED: LazyLock<Mutex<HashMap<(String, String), BTreeSet<(DbId, Attempt)>>>> =
-    LazyLock::new(Default::default);
+static CLAIMED: LazyLock<Mutex<HashMap<(String, String), BTreeSet<(DbId, Attempt)>>>> = LazyLock::new(Default::default);
 
 fn record_claim(run_id: &RunId, build_id: &str, db_id: DbId, attempt: Attempt) {
     sf_manifest::sync::lock(&CLAIMED)

@@ -109,8 +109,10 @@ impl ShardDir {
 impl Drop for ShardDir {
     fn drop(&mut self) {
         if let ShardDir::Sub(p) = self {
-            // Empty once its staged shard is gone (one `rmdir`); else
-            // whatever the build left in it goes too.
+            // A SQLite build leaves its one staged file (placed copies are
+            // links of their own): two calls, then. Whatever else a build
+            // left goes too.
+            let _ = std::fs::remove_file(p.join(sf_manifest::format::layout::SQLITE_SHARD_FILE));
             if std::fs::remove_dir(&*p).is_err() {
                 let _ = std::fs::remove_dir_all(&*p);
             }

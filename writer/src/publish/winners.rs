@@ -171,6 +171,7 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
                         min_key: w.min_key.clone(),
                         max_key: w.max_key.clone(),
                         checksum: w.checksum.clone().unwrap_or_default(),
+                        objects_checksum: w.objects_checksum.clone(),
                     };
                     backend.verify(&location, w.db_id, &content).await
                 }
@@ -407,6 +408,7 @@ mod tests {
             task_attempt_id: task,
             failed_tries: 0,
             spilled_runs: 0,
+            objects_checksum: None,
         }
     }
 

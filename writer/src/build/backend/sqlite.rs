@@ -448,6 +448,7 @@ impl SqliteBuilder {
                 min_key,
                 max_key,
                 checksum,
+                objects_checksum: None,
             },
         }))
     }
@@ -459,14 +460,6 @@ struct StagedSqlite {
     size: u64,
     settings: SqliteSettings,
     content: ShardContent,
-}
-
-impl Drop for StagedSqlite {
-    /// The staged file goes with the stage (placed copies are links of
-    /// their own).
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 #[async_trait]
@@ -528,6 +521,7 @@ impl StagedShard for StagedSqlite {
         Ok(Uploaded {
             db_bytes: self.size,
             checkpoint_id: self.content.checksum.trim_start_matches("xxh3_128:").to_string(),
+            objects_checksum: None,
         })
     }
 }
