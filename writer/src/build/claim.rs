@@ -53,18 +53,23 @@ pub async fn claim_attempt(
         }
         if let Some(file) = claim.local_file() {
             let body = body.clone();
+            let failed = |e: std::io::Error| {
+                let kind = sf_manifest::error::io_error_kind(&e);
+                Error::shard_caused(db_id, Some(attempt), format!("claiming {}: {e}", claim.url), kind, e)
+            };
             let claimed = tokio::task::spawn_blocking(move || claim_local_file(&file, &body))
                 .await
                 .map_err(|e| Error::Internal(format!("claiming {}: {e}", claim.url)))?
-                .map_err(|e| {
-                    let kind = sf_manifest::error::io_error_kind(&e);
-                    Error::shard_caused(db_id, Some(attempt), format!("claiming {}: {e}", claim.url), kind, e)
-                })?;
-            if claimed {
-                record_claim(run_id, build_id, db_id, attempt);
-                return Ok((attempt, location));
+                .map_err(failed)?;
+            match claimed {
+                None => continue,
+                Some(written) => {
+                    // Created: ours to delete, even if writing it failed.
+                    record_claim(run_id, build_id, db_id, attempt);
+                    written.map_err(failed)?;
+                    return Ok((attempt, location));
+                }
             }
-            continue;
         }
         let put = claim
             .store
@@ -101,12 +106,13 @@ pub async fn claim_attempt(
 /// Creates the claim marker `file` if absent, straight on the local file
 /// system: its attempt folder (and the shard's folder when new), then the
 /// marker itself created exclusively (`O_EXCL`: of two tasks creating it,
-/// one fails) and written in place, no staging file. Returns whether this
-/// call created it. Five system calls for a new shard.
+/// one fails) and written in place, no staging file. `None` when another
+/// task holds it, else whether writing the one this call created
+/// succeeded. Five system calls for a new shard.
 ///
 /// A marker is read only by the loser sweep, which treats one it cannot
 /// parse (being written) as nobody's.
-fn claim_local_file(file: &Path, body: &[u8]) -> std::io::Result<bool> {
+fn claim_local_file(file: &Path, body: &[u8]) -> std::io::Result<Option<std::io::Result<()>>> {
     use std::io::{ErrorKind, Write};
     let attempt_dir = file
         .parent()
@@ -122,11 +128,8 @@ fn claim_local_file(file: &Path, body: &[u8]) -> std::io::Result<bool> {
         Err(e) => return Err(e),
     }
     match std::fs::OpenOptions::new().write(true).create_new(true).open(file) {
-        Ok(mut f) => {
-            f.write_all(body)?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Ok(mut f) => Ok(Some(f.write_all(body))),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
         Err(e) => Err(e),
     }
 }

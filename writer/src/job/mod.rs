@@ -357,6 +357,9 @@ pub async fn build_prepared(
         }
         r.clone()
     };
+    // What this process remembers of the build's claims is done with
+    // (taken already when the build published).
+    let _ = crate::build::claim::take_claims(&run_id, &build_id);
     if outcome.is_err() {
         // Nothing new is visible: remove what this build wrote (only what
         // it claimed), keeping the winners of a manifest it wrote or may
