@@ -165,7 +165,10 @@ fn ensure_dir(dir: &Path) -> std::io::Result<()> {
 /// The attempts claimed in this process, by run and build: what a build
 /// whose every shard task ran here (one process, no cluster) deletes as
 /// its losers without listing the run's folder.
-static CLAIMED: LazyLock<Mutex<HashMap<(String, String), BTreeSet<(DbId, Attempt)>>>> = LazyLock::new(Default::default);
+static CLAIMED: LazyLock<Mutex<HashMap<(String, String), Claims>>> = LazyLock::new(Default::default);
+
+/// The attempts a build claimed, by shard.
+type Claims = BTreeSet<(DbId, Attempt)>;
 
 fn record_claim(run_id: &RunId, build_id: &str, db_id: DbId, attempt: Attempt) {
     sf_manifest::sync::lock(&CLAIMED)
@@ -176,7 +179,7 @@ fn record_claim(run_id: &RunId, build_id: &str, db_id: DbId, attempt: Attempt) {
 
 /// The attempts build `build_id` of `run_id` claimed in this process,
 /// forgotten as they are handed out.
-pub(crate) fn take_claims(run_id: &RunId, build_id: &str) -> BTreeSet<(DbId, Attempt)> {
+pub(crate) fn take_claims(run_id: &RunId, build_id: &str) -> Claims {
     sf_manifest::sync::lock(&CLAIMED)
         .remove(&(run_id.as_str().to_string(), build_id.to_string()))
         .unwrap_or_default()
