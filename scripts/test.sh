@@ -144,6 +144,8 @@ ensure_tools() {
   local missing=()
   command -v openssl >/dev/null || missing+=(openssl)
   command -v prlimit >/dev/null || missing+=(util-linux)
+  # tests/it/many_shards.rs counts the system calls a shard costs.
+  command -v strace >/dev/null || missing+=(strace)
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} (apt-get)"
     apt_install "${missing[@]}"

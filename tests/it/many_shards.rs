@@ -2,7 +2,8 @@
 //! would allow, peak memory measured by the build itself; 10,000 shards on
 //! local files, on S3 and on a Ballista cluster, and SlateDB with 1,000,
 //! each snapshot read back row by row; a 100,000-shard manifest published
-//! and opened, and `sf-read` on it.
+//! and opened, and `sf-read` on it; and what one more shard costs in
+//! file-system calls on a local prefix, counted with `strace`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -426,4 +427,141 @@ async fn a_manifest_of_100000_shards_publishes_opens_and_lists() {
     assert_eq!(last["db_id"], SHARDS - 1);
     let one = summary(&sf_read(&["shards", "--output", "json"]));
     assert_eq!(one["shards"].as_array().map(Vec::len), Some(in_manifest));
+}
+
+/// System calls that schedule threads, manage memory or handle signals:
+/// the runtime's, whatever the work. `fcntl` is std's check, in debug
+/// builds only, that a descriptor is open before closing it.
+const NOT_FILE_SYSTEM: &[&str] = &[
+    "futex",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_ctl",
+    "sched_yield",
+    "nanosleep",
+    "clock_nanosleep",
+    "mmap",
+    "munmap",
+    "mremap",
+    "mprotect",
+    "madvise",
+    "brk",
+    "rt_sigprocmask",
+    "rt_sigaction",
+    "rt_sigreturn",
+    "sigaltstack",
+    "clone",
+    "clone3",
+    "rseq",
+    "set_robust_list",
+    "prctl",
+    "gettid",
+    "getpid",
+    "getrandom",
+    "sched_getaffinity",
+    "exit",
+    "exit_group",
+    "fcntl",
+];
+
+/// Counts the system calls in an `strace -f -o` trace, by name, leaving
+/// out [`NOT_FILE_SYSTEM`] and the reads and writes of the runtime's
+/// wake-up descriptors (`eventfd2`): what is left is the build's own work
+/// on files and folders.
+fn file_system_calls(trace: &str) -> (u64, BTreeMap<String, u64>) {
+    let call = |line: &str| -> Option<(String, String)> {
+        // "1234  name(args..." (a call that finished, or was interrupted
+        // by another thread's: `<unfinished ...>`, counted once here).
+        let rest = line.split_once(char::is_whitespace)?.1.trim_start();
+        let (name, args) = rest.split_once('(')?;
+        (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .then(|| (name.to_string(), args.to_string()))
+    };
+    let wakers: Vec<String> = trace
+        .lines()
+        .filter_map(call)
+        .filter(|(name, _)| name == "eventfd2")
+        .filter_map(|(_, args)| args.rsplit_once("= ").map(|(_, fd)| fd.trim().to_string()))
+        .collect();
+    let mut by_name = BTreeMap::new();
+    let mut total = 0;
+    for (name, args) in trace.lines().filter_map(call) {
+        if NOT_FILE_SYSTEM.contains(&name.as_str()) {
+            continue;
+        }
+        let fd = args.split(',').next().unwrap_or("").trim();
+        if (name == "read" || name == "write") && wakers.iter().any(|w| w == fd) {
+            continue;
+        }
+        *by_name.entry(name).or_insert(0) += 1;
+        total += 1;
+    }
+    (total, by_name)
+}
+
+/// `sf-write` of `shards` shards under `strace -f`; its file-system calls.
+fn traced_build(dir: &Path, input: &Path, shards: u32) -> (u64, BTreeMap<String, u64>) {
+    let prefix = format!("file://{}/out-{shards}", dir.display());
+    let job = dir.join(format!("job-{shards}.toml"));
+    std::fs::write(&job, job_text(input, &prefix, shards, "")).expect("job file");
+    let trace = dir.join(format!("trace-{shards}.txt"));
+    let out = run_bounded(
+        Command::new("strace")
+            .arg("-f")
+            .arg("-o")
+            .arg(&trace)
+            .arg(binary("sf-write"))
+            .arg("--config")
+            .arg(&job)
+            .args(["--json", "--progress", "off"]),
+        Duration::from_secs(600),
+        "strace sf-write (scripts/test.sh installs strace)",
+    );
+    assert!(
+        out.status.success(),
+        "sf-write under strace failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out.stdout);
+    assert_eq!(s["shards_written"], serde_json::json!(shards), "every shard holds rows");
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    file_system_calls(&text)
+}
+
+/// What one more shard costs in system calls on a local prefix, counted
+/// by `strace` on the real `sf-write`: a build of 2N shards against one of
+/// N over the same rows, so that what every build does once cancels out.
+/// At most 20 file-system calls a shard (a work folder, the shard file
+/// written and hashed, the claim marker, the link into the attempt
+/// folder, the re-read before publishing, the staging removed). Thread
+/// wake-ups are not counted (see [`NOT_FILE_SYSTEM`]).
+#[test]
+fn a_shard_costs_at_most_twenty_file_system_calls_on_local_files() {
+    const N: u32 = 300;
+    const BUDGET: f64 = 20.0;
+    let dir = tempfile::tempdir().expect("tmp");
+    // 40 rows a shard on average at N, 20 at 2N: every shard holds rows.
+    let input = input(dir.path(), 12_000, 32);
+    let (small, small_calls) = traced_build(dir.path(), &input, N);
+    let (large, large_calls) = traced_build(dir.path(), &input, 2 * N);
+    let per_shard = (large as f64 - small as f64) / f64::from(N);
+    let mut extra: Vec<(String, f64)> = large_calls
+        .iter()
+        .map(|(name, n)| {
+            let before = small_calls.get(name).copied().unwrap_or(0);
+            (name.clone(), (*n as f64 - before as f64) / f64::from(N))
+        })
+        .filter(|(_, d)| d.abs() >= 0.05)
+        .collect();
+    extra.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let shown: Vec<String> = extra.iter().map(|(n, d)| format!("{n} {d:.2}")).collect();
+    assert!(
+        per_shard <= BUDGET,
+        "one more shard costs {per_shard:.1} file-system calls (budget {BUDGET}): {}",
+        shown.join(", ")
+    );
+    // The count saw the build's work at all.
+    assert!(per_shard >= 5.0, "{per_shard:.1} calls a shard: {}", shown.join(", "));
 }

@@ -148,6 +148,37 @@ pub async fn delete_own_attempts(
     Ok(deleted)
 }
 
+/// Deletes the attempt folders `claimed` of `run` (all claimed by the
+/// calling build, as it knows without listing: every shard task ran in its
+/// process), except those in `keep`; returns how many it deleted. Each
+/// folder is listed and deleted on its own; nothing else of the run is
+/// listed, so a build of N shards pays for its losers only, not for N
+/// folders read back.
+pub async fn delete_claimed_attempts(
+    store: &ObjectManifestStore,
+    run: &RunId,
+    build_id: &str,
+    claimed: &BTreeSet<(DbId, Attempt)>,
+    keep: &BTreeSet<(DbId, Attempt)>,
+) -> Result<usize> {
+    if crate::publish::failpoint::sabotaged("sweep-foreign-attempts") {
+        // Sabotage: the build takes every attempt of its run for its own,
+        // which only a listing can find.
+        return delete_own_attempts(store, run, build_id, keep).await;
+    }
+    let mut deleted = 0;
+    for &(db_id, attempt) in claimed {
+        let kept = keep.contains(&(db_id, attempt)) && !crate::publish::failpoint::sabotaged("delete-referenced-shard");
+        if kept {
+            continue;
+        }
+        crate::publish::failpoint::hit("delete-losers").await?;
+        delete_prefix(store, &layout::shard_attempt_key(run, db_id, attempt)).await?;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
 /// What [`cleanup`] may delete.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CleanupOptions {

@@ -17,3 +17,9 @@ pub(crate) fn hostname() -> &'static str {
             .unwrap_or_default()
     })
 }
+
+/// This process's id, asked of the system once.
+pub(crate) fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}

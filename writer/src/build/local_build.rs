@@ -77,11 +77,62 @@ pub(crate) async fn build_rows(spec: &ShardWriteSpec, rows: ShardRows, dir: &Pat
 
 /// A fresh staging folder for shard `db_id` under the run's `work_dir`
 /// (the system's temp folder by default), removed when dropped.
-pub(crate) fn work_dir(spec: &ShardWriteSpec, db_id: DbId) -> Result<tempfile::TempDir> {
+pub(crate) fn work_dir(spec: &ShardWriteSpec, db_id: DbId) -> Result<ShardDir> {
     let base = spec.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base).map_err(|e| Error::io(format!("creating work_dir {}", base.display()), e))?;
     tempfile::Builder::new()
         .prefix(&format!("sf-{}-{:05}-", spec.run_id, db_id.0))
         .tempdir_in(&base)
+        .map(ShardDir::Temp)
         .map_err(|e| Error::io(format!("creating a staging folder in {}", base.display()), e))
+}
+
+/// A shard's own staging folder, removed when dropped.
+#[derive(Debug)]
+pub(crate) enum ShardDir {
+    /// A folder of its own in the system's (or the run's) temp folder.
+    Temp(tempfile::TempDir),
+    /// A folder inside the build's work folder, made with one `mkdir`.
+    Sub(std::path::PathBuf),
+}
+
+impl ShardDir {
+    /// The folder.
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            ShardDir::Temp(t) => t.path(),
+            ShardDir::Sub(p) => p,
+        }
+    }
+}
+
+impl Drop for ShardDir {
+    fn drop(&mut self) {
+        if let ShardDir::Sub(p) = self {
+            // A SQLite build leaves its one staged file (placed copies are
+            // links of their own): two calls, then. Whatever else a build
+            // left goes too.
+            let _ = std::fs::remove_file(p.join(sf_manifest::format::layout::SQLITE_SHARD_FILE));
+            if std::fs::remove_dir(&*p).is_err() {
+                let _ = std::fs::remove_dir_all(&*p);
+            }
+        }
+    }
+}
+
+/// Shard `db_id`'s staging folder inside `build_dir`, the work folder of
+/// a build whose shards are all written in this process: one `mkdir`
+/// instead of a fresh temp folder per shard.
+pub(crate) fn shard_dir_in(build_dir: &Path, db_id: DbId) -> Result<ShardDir> {
+    let dir = build_dir.join(format!("db-{:05}", db_id.0));
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Left by an earlier task of the same shard: start empty.
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+    }
+    Ok(ShardDir::Sub(dir))
 }

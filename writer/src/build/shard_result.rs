@@ -32,6 +32,7 @@ pub fn result_schema() -> SchemaRef {
             Field::new("task_attempt_id", DataType::Int64, true),
             Field::new("failed_tries", DataType::UInt32, false),
             Field::new("spilled_runs", DataType::UInt32, false),
+            Field::new("objects_checksum", DataType::Utf8, true),
         ]))
     });
     Arc::clone(&SCHEMA)
@@ -70,6 +71,11 @@ pub struct ShardResult {
     pub failed_tries: u32,
     /// Sorted runs the shard's sort wrote to disk (0: it fit in memory).
     pub spilled_runs: u32,
+    /// Checksum of the objects the upload wrote, computed as it wrote
+    /// them (SlateDB: `xxh3_128-objects:<hex>`); verification re-reads
+    /// the objects against it. `None` for SQLite, whose one file's
+    /// checksum is [`checksum`](Self::checksum).
+    pub objects_checksum: Option<String>,
 }
 
 impl ShardResult {
@@ -90,6 +96,7 @@ impl ShardResult {
             task_attempt_id: task.task_attempt_id,
             failed_tries: 0,
             spilled_runs: 0,
+            objects_checksum: None,
         }
     }
 
@@ -111,6 +118,9 @@ impl ShardResult {
             Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.task_attempt_id))),
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.failed_tries))),
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.spilled_runs))),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.objects_checksum.as_deref()),
+            )),
         ];
         RecordBatch::try_new(result_schema(), cols).map_err(|e| Error::Internal(e.to_string()))
     }
@@ -148,6 +158,7 @@ impl ShardResult {
                 task_attempt_id: i64s(12).is_valid(r).then(|| i64s(12).value(r)),
                 failed_tries: u32s(13).value(r),
                 spilled_runs: u32s(14).value(r),
+                objects_checksum: opt_str(15, r),
             })
             .collect())
     }

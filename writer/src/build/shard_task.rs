@@ -218,7 +218,7 @@ async fn write_partition(
 ) -> Result<ShardResult> {
     let started = Instant::now();
     let run = progress::run(&spec.run_id, spec.upload_concurrency);
-    let mut intake: Option<(Intake, tempfile::TempDir)> = None;
+    let mut intake: Option<(Intake, crate::build::local_build::ShardDir)> = None;
     while let Some(batch) = input.next().await {
         let batch = batch?;
         if batch.num_rows() == 0 {

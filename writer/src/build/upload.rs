@@ -48,6 +48,7 @@ pub(crate) async fn upload_shard(
         task_attempt_id: task.task_attempt_id,
         failed_tries,
         spilled_runs: sorted.spilled_runs,
+        objects_checksum: uploaded.objects_checksum,
     })
 }
 

@@ -289,6 +289,9 @@ pub async fn build_prepared(
                     custom: options.custom.clone(),
                     vector: vector_meta,
                     build_id: build_id.clone(),
+                    claimed: engine
+                        .runs_locally()
+                        .then(|| crate::build::claim::take_claims(&run_id, &build_id)),
                     validate: job.validate.clone(),
                     checks: options.checks.clone(),
                     force: options.force,
@@ -363,6 +366,9 @@ pub async fn build_prepared(
         }
         r.clone()
     };
+    // What this process remembers of the build's claims is done with
+    // (taken already when the build published).
+    let _ = crate::build::claim::take_claims(&run_id, &build_id);
     if outcome.is_err() {
         // Nothing new is visible: remove what this build wrote (only what
         // it claimed), keeping the winners of a manifest it wrote or may

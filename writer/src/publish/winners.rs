@@ -47,6 +47,9 @@ pub(crate) struct PublishInput<'a> {
     pub vector: Option<Value>,
     /// This build's id: only attempts it claimed are its to delete.
     pub build_id: String,
+    /// Every attempt the build claimed, when all its shard tasks ran in
+    /// this process (so it knows them without listing the run's folder).
+    pub claimed: Option<BTreeSet<(DbId, Attempt)>>,
     /// The gates.
     pub validate: ValidateConfig,
     /// Checks the caller installed (the canary).
@@ -168,6 +171,7 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
                         min_key: w.min_key.clone(),
                         max_key: w.max_key.clone(),
                         checksum: w.checksum.clone().unwrap_or_default(),
+                        objects_checksum: w.objects_checksum.clone(),
                     };
                     backend.verify(&location, w.db_id, &content).await
                 }
@@ -341,7 +345,12 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
         if failpoint::sabotaged("keep-losers") {
             return Ok(0);
         }
-        gc::delete_own_attempts(input.store, &input.run_id, &input.build_id, &state.winners).await
+        match &input.claimed {
+            Some(claimed) => {
+                gc::delete_claimed_attempts(input.store, &input.run_id, &input.build_id, claimed, &state.winners).await
+            }
+            None => gc::delete_own_attempts(input.store, &input.run_id, &input.build_id, &state.winners).await,
+        }
     };
     let losers_deleted = match losers.instrument(tracing::info_span!("cleanup")).await {
         Ok(n) => n,
@@ -399,6 +408,7 @@ mod tests {
             task_attempt_id: task,
             failed_tries: 0,
             spilled_runs: 0,
+            objects_checksum: None,
         }
     }
 

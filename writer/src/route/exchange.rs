@@ -26,6 +26,7 @@
 //! shard, and the executors' task slots make the waves
 //! ([`crate::build::shard_task::InputMode::Partitioned`]).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -41,7 +42,7 @@ use tokio::sync::mpsc::Sender;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::build::local_build::{build_rows, build_slots, work_dir};
+use crate::build::local_build::{build_rows, build_slots, shard_dir_in};
 use crate::build::merge::{Order, ShardRows};
 use crate::build::shard_result::{ShardResult, result_schema};
 use crate::build::spec::ShardWriteSpec;
@@ -80,6 +81,8 @@ async fn exchange(
     let run = progress::run(&spec.run_id, spec.upload_concurrency);
     let base = spec.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base).map_err(|e| Error::io(format!("creating work_dir {}", base.display()), e))?;
+    // The build's one work folder: spilled rows, and each shard's staging
+    // folder while it is built and uploaded.
     let spill_dir = tempfile::Builder::new()
         .prefix(&format!("sf-{}-rows-", spec.run_id))
         .tempdir_in(&base)
@@ -141,7 +144,8 @@ async fn exchange(
                 }
                 Some(rows) => {
                     let span = tracing::info_span!("shard", db_id = db_id.0);
-                    tasks.spawn(write_shard(Arc::clone(&spec), rows).instrument(span));
+                    let dir = spill_dir.path().to_path_buf();
+                    tasks.spawn(write_shard(Arc::clone(&spec), rows, dir).instrument(span));
                 }
             }
         }
@@ -215,10 +219,10 @@ async fn collect_partition(
 }
 
 /// Builds and uploads one shard from its collected rows.
-async fn write_shard(spec: Arc<ShardWriteSpec>, rows: ShardRows) -> Result<ShardResult> {
+async fn write_shard(spec: Arc<ShardWriteSpec>, rows: ShardRows, build_dir: PathBuf) -> Result<ShardResult> {
     let started = Instant::now();
     let db_id = rows.db_id();
-    let dir = work_dir(&spec, db_id)?;
+    let dir = shard_dir_in(&build_dir, db_id)?;
     let built = build_rows(&spec, rows, dir.path()).await?;
     let result = upload_shard(&spec, db_id, built, started, TaskIds::default()).await;
     drop(dir);

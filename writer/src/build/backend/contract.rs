@@ -71,6 +71,10 @@ pub struct ShardContent {
     pub max_key: Option<Vec<u8>>,
     /// `<algorithm>:<hex>`; see each backend for what it covers.
     pub checksum: String,
+    /// What an upload's objects hashed to as they were written
+    /// ([`Uploaded::objects_checksum`]), when verifying a published
+    /// attempt; `None` in a stage.
+    pub objects_checksum: Option<String>,
 }
 
 /// One row: encoded key, value.
@@ -105,6 +109,11 @@ pub struct Uploaded {
     pub db_bytes: u64,
     /// Opaque identity of the content (32 hex digits).
     pub checkpoint_id: String,
+    /// Checksum of the objects the upload wrote and left, computed while
+    /// writing them, for backends that write more than one object
+    /// (SlateDB); verification re-reads the objects against it instead of
+    /// reading every row back.
+    pub objects_checksum: Option<String>,
 }
 
 /// Phase 2: a staged shard that can be written to attempt folders.
@@ -128,7 +137,8 @@ pub trait ShardBackend: Send + Sync + fmt::Debug {
     fn builder(&self, ctx: BuildContext) -> Result<Box<dyn ShardBuilder>>;
 
     /// Re-reads a published attempt and checks it holds `expected`
-    /// (row count and checksum); run by the driver before publishing.
+    /// (its checksum, or the checksum of the objects its upload wrote);
+    /// run by the driver before publishing.
     async fn verify(&self, attempt: &Location, db_id: DbId, expected: &ShardContent) -> Result<()>;
 }
 

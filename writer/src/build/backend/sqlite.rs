@@ -199,6 +199,24 @@ impl ShardBackend for SqliteBackend {
             url: file.url.clone(),
             message,
         };
+        if let Some(path) = file.local_file() {
+            // On the local file system: open, read to the end, close; no
+            // metadata asked, no task per piece read.
+            let found = tokio::task::spawn_blocking(move || hash_file(&path))
+                .await
+                .map_err(|e| Error::Internal(format!("re-reading {}: {e}", file.url)))?;
+            let found = match found {
+                Ok((found, _)) => found,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(fail("the shard file is missing".into()));
+                }
+                Err(e) => return Err(Error::io(format!("reading {} back", file.url), e)),
+            };
+            if found != expected.checksum {
+                return Err(fail(format!("checksum {found}, writer reported {}", expected.checksum)));
+            }
+            return Ok(());
+        }
         let res = file.store.get(&file.path).await.map_err(|e| match e {
             object_store::Error::NotFound { .. } => fail("the shard file is missing".into()),
             e => Error::shard_store(db_id, None, format!("reading {} back: {e}", file.url), e),
@@ -369,7 +387,15 @@ impl SqliteBuilder {
     fn finish_shard(self: Box<Self>) -> Result<Arc<dyn StagedShard>> {
         let this = *self;
         let db_id = this.ctx.db_id;
+        // The page writer hashes the file it just wrote through the same
+        // open file, unless the vector tables are still to be added.
+        let mut hashed = None;
         let counted = match this.sink {
+            Sink::Pages(writer) if this.vectors.is_none() => {
+                let (summary, checksum) = writer.finish_hashed().map_err(|e| page_err(db_id, &this.path, e))?;
+                hashed = Some((checksum, summary.bytes));
+                None
+            }
             Sink::Pages(writer) => {
                 writer.finish().map_err(|e| page_err(db_id, &this.path, e))?;
                 None
@@ -408,7 +434,10 @@ impl SqliteBuilder {
         // One sequential read of a file just written (so in the page
         // cache). The page writer cannot hash as it writes: pages 1 and 2
         // come first in the file but are known only at the end.
-        let (checksum, size) = hash_file(&this.path).map_err(|e| Error::io("hashing the shard file", e))?;
+        let (checksum, size) = match hashed {
+            Some(h) => h,
+            None => hash_file(&this.path).map_err(|e| Error::io("hashing the shard file", e))?,
+        };
         Ok(Arc::new(StagedSqlite {
             path: this.path,
             size,
@@ -419,6 +448,7 @@ impl SqliteBuilder {
                 min_key,
                 max_key,
                 checksum,
+                objects_checksum: None,
             },
         }))
     }
@@ -491,25 +521,40 @@ impl StagedShard for StagedSqlite {
         Ok(Uploaded {
             db_bytes: self.size,
             checkpoint_id: self.content.checksum.trim_start_matches("xxh3_128:").to_string(),
+            objects_checksum: None,
         })
     }
 }
 
 /// Puts the staged file at `dest` on the same machine: a hard link when
-/// both are on one file system (no bytes copied), a copy otherwise. The
-/// file appears under its name complete or not at all, as with a store's
-/// put. The staged file is never written again, so sharing it is safe.
+/// both are on one file system (no bytes copied; one system call into the
+/// claimed attempt folder), a copy otherwise. The file appears under its
+/// name complete or not at all, as with a store's put: a link names a
+/// finished file, and a copy is written to a staging name in the same
+/// folder and renamed. A link never replaces an existing `dest`. The
+/// staged file is never written again, so sharing it is safe.
 fn place_local_file(from: &Path, dest: &Path) -> std::io::Result<()> {
     let dir = dest
         .parent()
         .ok_or_else(|| std::io::Error::other(format!("{} has no parent folder", dest.display())))?;
-    std::fs::create_dir_all(dir)?;
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("shard");
-    let staging = dir.join(format!(".{name}.{}.partial", std::process::id()));
-    let _ = std::fs::remove_file(&staging);
-    if std::fs::hard_link(from, &staging).is_err() {
-        std::fs::copy(from, &staging)?;
+    match std::fs::hard_link(from, dest) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(e),
+        // The attempt folder is claimed, so it exists; create it anyway
+        // when it does not (a target nobody claimed).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            if std::fs::hard_link(from, dest).is_ok() {
+                return Ok(());
+            }
+        }
+        // Another file system: copy.
+        Err(_) => {}
     }
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("shard");
+    let staging = dir.join(format!(".{name}.{}.partial", crate::build::hostname::pid()));
+    let _ = std::fs::remove_file(&staging);
+    std::fs::copy(from, &staging)?;
     std::fs::rename(&staging, dest).inspect_err(|_| {
         let _ = std::fs::remove_file(&staging);
     })

@@ -36,7 +36,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
 use sf_manifest::format::kv;
@@ -184,7 +184,13 @@ impl SqliteFileWriter {
     /// bytes (a power of two, 512..=65536).
     pub fn create(path: &Path, page_size: u32) -> Result<Self, PageError> {
         let geometry = Geometry::new(page_size)?;
-        let file = File::create(path)?;
+        // Readable too: `finish_hashed` reads the file back through it.
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         let mut out = PageStream {
             out: BufWriter::with_capacity(WRITE_BUFFER, file),
             page_size,
@@ -274,7 +280,30 @@ impl SqliteFileWriter {
     }
 
     /// Writes the last pages, the root and page 1, and closes the file.
-    pub fn finish(mut self) -> Result<FileSummary, PageError> {
+    pub fn finish(self) -> Result<FileSummary, PageError> {
+        self.finish_file().map(|(summary, _)| summary)
+    }
+
+    /// [`finish`](Self::finish), then the file's `xxh3_128` checksum read
+    /// back through the still open file (no second open, no re-stat: the
+    /// pages are in the page cache, one positioned read per MiB).
+    pub fn finish_hashed(self) -> Result<(FileSummary, String), PageError> {
+        use std::os::unix::fs::FileExt;
+        let (summary, file) = self.finish_file()?;
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf = vec![0u8; (1usize << 20).min(summary.bytes as usize).max(1)];
+        let mut at = 0u64;
+        // Bounded by the file's size: every pass reads at least a byte or fails.
+        while at < summary.bytes {
+            let want = buf.len().min((summary.bytes - at) as usize);
+            file.read_exact_at(&mut buf[..want], at)?;
+            hasher.update(&buf[..want]);
+            at += want as u64;
+        }
+        Ok((summary, sf_manifest::format::checksum::file_checksum(&hasher)))
+    }
+
+    fn finish_file(mut self) -> Result<(FileSummary, File), PageError> {
         let mut level = 0;
         let mut root = loop {
             let interior = level > 0;
@@ -292,19 +321,25 @@ impl SqliteFileWriter {
             level += 1;
         };
         let pages = self.out.written;
-        let mut file = self.out.out.into_inner().map_err(|e| e.into_error())?;
-        file.seek(SeekFrom::Start(
-            u64::from(self.geometry.page_size) * u64::from(KV_ROOT - 1),
-        ))?;
-        file.write_all(root.finish())?;
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(&first_page(self.geometry.page_size, pages))?;
+        let file = self.out.out.into_inner().map_err(|e| e.into_error())?;
+        // Positioned writes: no seeks.
+        {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(
+                root.finish(),
+                u64::from(self.geometry.page_size) * u64::from(KV_ROOT - 1),
+            )?;
+            file.write_all_at(&first_page(self.geometry.page_size, pages), 0)?;
+        }
         let bytes = u64::from(pages) * u64::from(self.geometry.page_size);
-        Ok(FileSummary {
-            pages,
-            bytes,
-            rows: self.rows,
-        })
+        Ok((
+            FileSummary {
+                pages,
+                bytes,
+                rows: self.rows,
+            },
+            file,
+        ))
     }
 
     /// Writes the part of `record` after its first `local` bytes to a
@@ -855,6 +890,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rusqlite::{Connection, OpenFlags};
+    use std::io::{Seek, SeekFrom};
     use std::path::PathBuf;
     use std::time::Instant;
 

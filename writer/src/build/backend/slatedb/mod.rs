@@ -26,6 +26,15 @@
 //!    the final state. Its UUID, in simple hex, is the shard's
 //!    `checkpoint_id`.
 //!
+//! Every object the upload writes is hashed as it is written (`digest`),
+//! and the upload reports one checksum of the objects it left
+//! (`objects_checksum`). Verification before publishing checks the
+//! database's structure (a checkpoint of ours, nothing written after it,
+//! no WAL) and re-reads every object of the attempt folder against that
+//! checksum: a damaged, missing or extra object fails it, and no row is
+//! read back through SlateDB. Without an objects checksum (a result that
+//! carries none) it reads every row back and checks the content checksum.
+//!
 //! A reader opens the shard without writing to it through
 //! `DbReader::builder(attempt_path, store).with_checkpoint_id(uuid)`, where
 //! `uuid` is the manifest's `checkpoint_id`: at a checkpoint SlateDB neither
@@ -42,12 +51,14 @@
 //! The backend in files: `backend` (the
 //! [`ShardBackend`](crate::build::backend::ShardBackend)), `settings` (the
 //! knobs), `spool` (phase 1), `upload` (phase 2), `compaction` (the final
-//! merge), `read` (verification and reading back), and `ops`, what they
+//! merge), `digest` (the objects hashed as they are written), `read`
+//! (verification and reading back), and `ops`, what they
 //! all share: the per-operation context with its guarded store, stall
 //! timeout and errors.
 
 mod backend;
 mod compaction;
+mod digest;
 mod ops;
 mod read;
 mod settings;

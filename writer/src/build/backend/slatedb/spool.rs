@@ -118,6 +118,7 @@ impl ShardBuilder for SlateDbBuilder {
                 min_key: self.min_key,
                 max_key,
                 checksum: self.checksum.finish(),
+                objects_checksum: None,
             },
         }))
     }

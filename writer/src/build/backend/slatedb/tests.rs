@@ -551,8 +551,23 @@ async fn verify_catches_wrong_content_and_later_writes() {
     let input = rows(0..3_000u64, "v");
     let staged = build(&backend, work.path(), DuplicatePolicy::LastWins, &input, 1_000).expect("build");
     let location = memory("slatedb-verify");
-    staged.upload(&target(location.clone())).await.expect("upload");
+    let uploaded = staged.upload(&target(location.clone())).await.expect("upload");
+    // Without the upload's objects checksum: every row read back.
     backend.verify(&location, DB, staged.content()).await.expect("verify");
+    // With it (what a build does): the objects re-read, no row decoded.
+    let mut written = staged.content().clone();
+    written.objects_checksum = uploaded.objects_checksum.clone();
+    assert!(
+        written
+            .objects_checksum
+            .as_deref()
+            .is_some_and(|c| c.starts_with("xxh3_128-objects:")),
+        "{written:?}"
+    );
+    backend
+        .verify(&location, DB, &written)
+        .await
+        .expect("verify by objects");
 
     // Another stage's facts do not match.
     let mut changed = input.clone();
@@ -568,6 +583,49 @@ async fn verify_catches_wrong_content_and_later_writes() {
         msg.contains("shard 7") && msg.contains("checksum") && !msg.contains("rows,"),
         "{msg}"
     );
+    // Nor do the objects another upload wrote.
+    let elsewhere = memory("slatedb-verify-other");
+    let other_upload = wrong.upload(&target(elsewhere)).await.expect("upload");
+    let mut theirs = written.clone();
+    theirs.objects_checksum = other_upload.objects_checksum;
+    let e = backend.verify(&location, DB, &theirs).await.expect_err("other objects");
+    assert!(
+        matches!(e, Error::Verification { .. }) && e.to_string().contains("objects checksum"),
+        "{e}"
+    );
+
+    // One byte of one SST changed after the upload (damage in transit or
+    // at rest), the same length: caught by the objects checksum.
+    let damaged = memory("slatedb-verify-damaged");
+    let up = staged.upload(&target(damaged.clone())).await.expect("upload");
+    let mut facts = staged.content().clone();
+    facts.objects_checksum = up.objects_checksum;
+    backend.verify(&damaged, DB, &facts).await.expect("intact");
+    let sst = damaged
+        .store
+        .list(Some(&damaged.path))
+        .map(|m| m.expect("list").location)
+        .filter(|p| std::future::ready(p.as_ref().ends_with(".sst")))
+        .next()
+        .await
+        .expect("an SST");
+    let mut bytes = damaged
+        .store
+        .get(&sst)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes")
+        .to_vec();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    damaged.store.put(&sst, bytes.into()).await.expect("overwrite");
+    let e = backend.verify(&damaged, DB, &facts).await.expect_err("damaged SST");
+    assert!(
+        matches!(e, Error::Verification { .. }) && e.to_string().contains("objects checksum"),
+        "{e}"
+    );
 
     // A key written into the database after the upload.
     let db = Db::builder(location.path.clone(), Arc::clone(&location.store))
@@ -576,11 +634,10 @@ async fn verify_catches_wrong_content_and_later_writes() {
         .expect("writable db");
     db.put(u64::MAX.to_be_bytes(), b"intruder").await.expect("put");
     db.close().await.expect("close");
-    let e = backend
-        .verify(&location, DB, staged.content())
-        .await
-        .expect_err("tampered");
-    assert!(e.to_string().contains("written to after its checkpoint"), "{e}");
+    for facts in [staged.content(), &written] {
+        let e = backend.verify(&location, DB, facts).await.expect_err("tampered");
+        assert!(e.to_string().contains("written to after its checkpoint"), "{e}");
+    }
 
     // A key that only reached the WAL (the writer never flushed its
     // memtable): invisible at the checkpoint, seen by the reference's
@@ -640,6 +697,7 @@ async fn reads_a_shard_written_by_the_reference_without_writing_to_it() {
         min_key: Some(want[0].0.clone()),
         max_key: Some(want[2].0.clone()),
         checksum: checksum_of(&want),
+        objects_checksum: None,
     };
     let e = SlateDbBackend::new(SlateDbSettings::default())
         .verify(&probed, DbId(0), &content)

@@ -18,6 +18,7 @@ use super::compaction::{
     COMPACTION_POLL, MergeAllSupplier, MergeWatch, delete_replaced_ssts, release_compactor_checkpoints, sst_ids,
     watch_merge,
 };
+use super::digest::DigestStore;
 use super::ops::{CHECKPOINT_NAME, Ops, first_object, read_manifest};
 use super::settings::mib_to_bytes;
 use super::spool::{SPOOL_BUFFER, StagedSlateDb, read_field};
@@ -33,7 +34,10 @@ const CLOSE_AFTER_FAILURE: Duration = Duration::from_secs(5);
 impl StagedSlateDb {
     pub(super) async fn upload_with(&self, ops: &Ops<'_>, target: &AttemptTarget) -> Result<Uploaded> {
         let started = Instant::now();
-        let store: Arc<dyn ObjectStore> = ops.guard.clone();
+        // Every object SlateDB writes is hashed on its way (verification
+        // re-reads the objects against it).
+        let digest = Arc::new(DigestStore::new(ops.guard.clone()));
+        let store: Arc<dyn ObjectStore> = Arc::clone(&digest) as Arc<dyn ObjectStore>;
         let root = target.location.path.clone();
         self.ensure_no_database(ops, &store, &root).await?;
 
@@ -99,6 +103,7 @@ impl StagedSlateDb {
         Ok(Uploaded {
             db_bytes: 0,
             checkpoint_id: checkpoint.id.simple().to_string(),
+            objects_checksum: Some(digest.checksum(&root)),
         })
     }
 
