@@ -44,3 +44,13 @@ pub(crate) fn enter<R>(f: impl FnOnce() -> R) -> R {
     let _guard = runtime().enter();
     f()
 }
+
+/// Runs `future` as a task of the runtime (a build a Python thread waits
+/// for while it reports progress).
+pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    runtime().spawn(future)
+}
