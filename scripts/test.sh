@@ -58,6 +58,11 @@ AZURITE="$CACHE/azurite"
 PYVENV="$CACHE/pyvenv"
 MATURIN_VERSION="1.16.0"
 PYTEST_VERSION="9.2.0"
+# Data libraries the write tests hand to shardforge.write (CPython 3.11
+# x86_64 Linux wheels; pandas comes with its numpy).
+PYARROW_VERSION="26.0.1"
+PANDAS_VERSION="3.1.1"
+POLARS_VERSION="2.1.0"
 BUCKET="sf-test"
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
@@ -104,20 +109,23 @@ PY
 }
 
 ensure_pyvenv() {
-  if [ -x "$PYVENV/bin/python" ] && "$PYVENV/bin/python" - "$MATURIN_VERSION" "$PYTEST_VERSION" 2>/dev/null <<'PY'
+  if [ -x "$PYVENV/bin/python" ] && "$PYVENV/bin/python" - "$MATURIN_VERSION" "$PYTEST_VERSION" \
+       "$PYARROW_VERSION" "$PANDAS_VERSION" "$POLARS_VERSION" 2>/dev/null <<'PY'
 import sys
 from importlib.metadata import version
-sys.exit(version("maturin") != sys.argv[1] or version("pytest") != sys.argv[2])
+names = ["maturin", "pytest", "pyarrow", "pandas", "polars"]
+sys.exit(any(version(n) != v for n, v in zip(names, sys.argv[1:])))
 PY
   then
     return
   fi
-  log "installing maturin==$MATURIN_VERSION and pytest==$PYTEST_VERSION into $PYVENV"
+  log "installing maturin==$MATURIN_VERSION, pytest==$PYTEST_VERSION, pyarrow==$PYARROW_VERSION, pandas==$PANDAS_VERSION and polars==$POLARS_VERSION into $PYVENV"
   rm -rf "$PYVENV"
   mkdir -p "$CACHE"
   python3 -m venv "$PYVENV"
   "$PYVENV/bin/pip" install -q --disable-pip-version-check \
-    "maturin==$MATURIN_VERSION" "pytest==$PYTEST_VERSION"
+    "maturin==$MATURIN_VERSION" "pytest==$PYTEST_VERSION" \
+    "pyarrow==$PYARROW_VERSION" "pandas==$PANDAS_VERSION" "polars==$POLARS_VERSION"
 }
 
 # Builds the shardforge wheel with maturin (dev profile, the same target

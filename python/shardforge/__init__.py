@@ -39,3 +39,8 @@ __all__ = [
     "UnavailableError",
     "__version__",
 ]
+
+# Building snapshots: write, write_job (see _write.py).
+from ._write import ArgumentError, WriteResult, write, write_job  # noqa: E402
+
+__all__ += ["ArgumentError", "WriteResult", "write", "write_job"]

@@ -220,3 +220,33 @@ class InternalError(Error): ...
 # Reader, timed in Rust; nanoseconds per call. Not part of the API.
 def _time_rust_gets(reader: Reader, keys: List[int], how: Literal["async", "now"]) -> List[int]: ...
 def _time_rust_multi_gets(reader: Reader, batches: List[List[int]]) -> List[int]: ...
+
+# Building snapshots: the native part of shardforge.write and
+# shardforge.write_job (python/shardforge/_write.py holds the typed,
+# documented functions and WriteResult).
+
+def _write(
+    data: Any,
+    job: str,
+    *,
+    pairs: bool,
+    rebuild: bool,
+    force: bool,
+    progress: Optional[Any] = None,
+) -> dict:
+    """Builds and publishes a snapshot of ``data`` (an Arrow stream, or with
+    ``pairs`` an iterable of ``(key, value)`` pairs) with the job whose
+    sections ``job`` holds as JSON; the GIL is released while it runs.
+    Returns the fields of a ``WriteResult``."""
+
+def _write_job(
+    path: Union[str, "PathLike[str]"],
+    overrides: List[Any],
+    *,
+    rebuild: bool,
+    force: bool,
+    progress: Optional[Any] = None,
+) -> dict:
+    """Runs the job file at ``path`` as ``sf-write --config`` does, with
+    ``overrides`` as ``(SF_SECTION__KEY, value)`` pairs after the
+    environment's. Returns the fields of a ``WriteResult``."""

@@ -35,6 +35,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from . import _native
+from . import _compat_write
+from ._compat_errors import ConfigValidationError, ShardyfusionError
+
+# The reference's writer functions and config objects, on shardforge.write.
+from ._compat_write import *  # noqa: E402,F401,F403
 
 __all__ = [
     "AdaptiveSqliteReaderFactory",
@@ -76,6 +81,7 @@ __all__ = [
     "make_async_sqlite_reader_factory",
     "make_sqlite_reader_factory",
 ]
+__all__ += [name for name in _compat_write.__all__ if name not in __all__]
 
 KeyInput = Union[int, str, bytes]
 
@@ -84,16 +90,6 @@ _log = logging.getLogger("shardforge.compat")
 # ---------------------------------------------------------------------------
 # Exceptions: the reference's names, bases and `retryable` flags.
 # ---------------------------------------------------------------------------
-
-
-class ShardyfusionError(Exception):
-    """Base of the reference's errors; `retryable` says whether a retry may help."""
-
-    retryable: bool = False
-
-
-class ConfigValidationError(ShardyfusionError):
-    """Bad configuration or arguments."""
 
 
 class ShardAssignmentError(ShardyfusionError):

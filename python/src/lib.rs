@@ -17,7 +17,12 @@
 //! - `shardforge.Error` and one subclass per [`sf_manifest::ErrorKind`]
 //!   (`ConfigError`, `RoutingError`, `DataError`, `ConflictError`,
 //!   `UnavailableError`, `GateError`, `InternalError`), with the Rust
-//!   error's message.
+//!   error's message;
+//! - `shardforge.write` and `shardforge.write_job` (`write.rs`, wrapped by
+//!   `shardforge/_write.py`): the embedded build of `sf-write`, on an Arrow
+//!   stream (`__arrow_c_stream__`), an iterable of `(key, value)` pairs or
+//!   a job file, through [`sf_writer::job::build_table`] and
+//!   [`sf_warehouse::run_job`], with the GIL released while it runs.
 //!
 //! ```text
 //!  Python thread ── get/multi_get ──▶ convert keys (GIL held)
@@ -57,6 +62,7 @@ mod convert;
 mod errors;
 mod reader;
 mod runtime;
+mod write;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -68,5 +74,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     awaitable::register_exit_hook(m)?;
     m.add_function(wrap_pyfunction!(bench::time_rust_gets, m)?)?;
     m.add_function(wrap_pyfunction!(bench::time_rust_multi_gets, m)?)?;
+    m.add_function(wrap_pyfunction!(write::write, m)?)?;
+    m.add_function(wrap_pyfunction!(write::write_job, m)?)?;
     Ok(())
 }

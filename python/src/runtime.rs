@@ -45,7 +45,8 @@ pub(crate) fn enter<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Spawns `future` on the runtime.
+/// Runs `future` as a task of the runtime (a build a Python thread waits
+/// for while it reports progress).
 pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,

@@ -102,6 +102,32 @@ impl fmt::Debug for BuildOptions {
 /// unless `options.rebuild`; if that earlier build wrote its manifest but
 /// died before swapping `_CURRENT`, the swap is made now.
 pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions) -> Result<Outcome> {
+    build_from(job, None, engine, options).await
+}
+
+/// [`build`] of the rows of `table` instead of the job's `[input]`: a
+/// table provider of the caller's (an in-memory or streaming source, such
+/// as the Arrow stream the Python package hands in), read through a
+/// session of `engine` like a job's files. Everything else is the same
+/// build: the run-id check, planning, shard writes, verification, gates
+/// and publish.
+pub async fn build_table(
+    job: &JobConfig,
+    table: Arc<dyn datafusion::catalog::TableProvider>,
+    engine: &dyn Engine,
+    options: &BuildOptions,
+) -> Result<Outcome> {
+    build_from(job, Some(table), engine, options).await
+}
+
+/// [`build`] and [`build_table`]: the rows of `table`, else the job's
+/// `[input]`.
+async fn build_from(
+    job: &JobConfig,
+    table: Option<Arc<dyn datafusion::catalog::TableProvider>>,
+    engine: &dyn Engine,
+    options: &BuildOptions,
+) -> Result<Outcome> {
     let started = Instant::now();
     let phase = |name: &str| match &options.progress {
         Some(p) => p.phase(name),
@@ -111,7 +137,14 @@ pub async fn build(job: &JobConfig, engine: &dyn Engine, options: &BuildOptions)
         return Ok(Outcome::AlreadyPublished(done));
     }
     phase("reading input schema");
-    let prepared = prepare(job, engine).await?;
+    let prepared = match table {
+        None => prepare(job, engine).await?,
+        Some(table) => {
+            let ctx = engine.session(job).await?;
+            let df = ctx.read_table(table)?;
+            prepare_frame(job, ctx, df).await?
+        }
+    };
     build_prepared(job, prepared, engine, options, started).await
 }
 
