@@ -1288,6 +1288,59 @@ async fn check_vector_only_cel(
     let out = sf_read(&[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("routing context"), "{}", text(&out.stderr));
+
+    // sf-serve, HTTP and gRPC: the context names the shard searched; a
+    // search without one is a 400 saying what is missing.
+    let (column, token) = ctx.split_once('=').expect("column=value");
+    let serve = sf_tests::serve::ServeProcess::serving(&[("cel", prefix)], &["--grpc-listen", "127.0.0.1:0"]);
+    serve.wait_ready().await;
+    let body = json!({ "vector": queries[1], "top_k": 5, "context": { column: token } });
+    let (status, _, answer) = sf_tests::serve::call(serve.post_json("/v1/snapshots/cel/search", &body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let ids: Vec<Value> = answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(ids, want, "{answer}");
+    assert_eq!(answer["shards"], json!([db]), "{answer}");
+    let (status, _, refused) = sf_tests::serve::call(
+        serve.post_json("/v1/snapshots/cel/search", &json!({ "vector": queries[1], "top_k": 5 })),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["kind"], "bad_request", "{refused}");
+    let message = refused["error"]["message"].as_str().expect("message");
+    assert!(message.contains("routing context"), "{message}");
+
+    use sf_server::grpc::proto::{Context, Query, SearchRequest, search_hit};
+    let mut g = serve.grpc_client().await;
+    let answer = g
+        .search(SearchRequest {
+            snapshot: "cel".into(),
+            queries: vec![Query {
+                vector: queries[1].clone(),
+            }],
+            top_k: 5,
+            context: Some(Context {
+                values: [(column.to_string(), token.to_string())].into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("grpc search")
+        .into_inner();
+    let grpc_ids: Vec<Value> = answer.results[0]
+        .hits
+        .iter()
+        .map(|h| match h.id.clone().expect("an id") {
+            search_hit::Id::IntId(i) => json!(i),
+            search_hit::Id::StrId(s) => json!(s),
+        })
+        .collect();
+    assert_eq!(grpc_ids, want);
+    assert_eq!(answer.results[0].shards, vec![*db]);
     custom
 }
 
