@@ -124,7 +124,7 @@ def _section(argument: str, value: Any) -> Dict[str, Any]:
 
 
 def _is_arrow(data: Any) -> bool:
-    return hasattr(data, "__arrow_c_stream__") or type(data).__name__ == "RecordBatchReader"
+    return hasattr(data, "__arrow_c_stream__")
 
 
 def _arrowable(data: Any) -> Any:

@@ -55,6 +55,7 @@
 
 use pyo3::prelude::*;
 
+mod arrow_stream;
 mod async_reader;
 mod awaitable;
 mod bench;

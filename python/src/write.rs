@@ -29,7 +29,6 @@ use arrow::array::{ArrayRef, BinaryBuilder, Int64Builder, NullArray, RecordBatch
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::ffi_stream::ArrowArrayStreamReader;
-use arrow::pyarrow::FromPyArrow;
 use arrow::record_batch::RecordBatchReader;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -543,7 +542,7 @@ pub(crate) fn write<'py>(
         let p = Pairs::new(data, &job.key_col, Arc::clone(&error))?;
         (Arc::clone(&p.schema), Box::new(p))
     } else {
-        let reader = ArrowArrayStreamReader::from_pyarrow_bound(data).map_err(|e| {
+        let reader = crate::arrow_stream::stream_reader(data).map_err(|e| {
             let why = PyTypeError::new_err(format!(
                 "data exports no Arrow stream (`__arrow_c_stream__`): a PyArrow table or RecordBatchReader, a Polars or pandas DataFrame, a DuckDB result, or an iterable of (key, value) pairs ({e})"
             ));

@@ -200,6 +200,61 @@ def test_a_generator_error_is_raised_as_itself(tmp_path):
     assert not current_exists(prefix)
 
 
+class HostileStream:
+    """Claims the Arrow stream interface and returns what it is given."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        return self.make()
+
+
+def named_capsule(name):
+    """A capsule of another interface (a schema's name, a null-free
+    pointer to a small buffer): what a confused producer could return."""
+    import ctypes
+
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype = ctypes.py_object
+    new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    buffer = ctypes.create_string_buffer(64)
+    named_capsule.keep = (buffer, name)
+    return new(ctypes.addressof(buffer), name, None)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: 42, "not a capsule"),
+        (lambda: named_capsule(b"arrow_schema"), "arrow_schema"),
+        (lambda: (_ for _ in ()).throw(OSError("the producer broke")), "the producer broke"),
+    ],
+    ids=["an-int", "a-schema-capsule", "a-raising-method"],
+)
+def test_a_hostile_arrow_stream_is_one_clear_error(tmp_path, make, message):
+    prefix = str(tmp_path / "snap")
+    with pytest.raises(Exception, match=message):
+        shardforge.write(HostileStream(make), key="id", prefix=prefix, num_dbs=2)
+    assert not current_exists(prefix)
+    # The process is unharmed: the next build succeeds.
+    assert shardforge.write(arrow_table(10), key="id", value="payload", prefix=prefix, num_dbs=2).rows == 10
+
+
+def test_a_stream_that_fails_midway_publishes_nothing(tmp_path):
+    table = arrow_table(100)
+
+    def batches():
+        yield from table.to_batches(max_chunksize=10)[:3]
+        raise ValueError("the upstream query failed")
+
+    reader = pa.RecordBatchReader.from_batches(table.schema, batches())
+    prefix = str(tmp_path / "snap")
+    with pytest.raises(Exception, match="the upstream query failed"):
+        shardforge.write(reader, key="id", value="payload", prefix=prefix, num_dbs=2)
+    assert not current_exists(prefix)
+
+
 def test_a_published_run_id_is_not_built_again(tmp_path):
     prefix = str(tmp_path / "snap")
     first = shardforge.write(arrow_table(), key="id", value="payload", prefix=prefix, num_dbs=2, run_id="r1")
