@@ -15,6 +15,7 @@ mod fixtures;
 mod hostile;
 mod logs;
 mod many_shards;
+mod page_sizes;
 mod observability;
 mod publish;
 mod reader_admin;
