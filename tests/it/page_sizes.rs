@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use sf_manifest::{Key, ManifestStore};
 use sf_tests::readers::{SQLITE_MODES, read_in_every_mode};
 use sf_tests::writer_support::{binary, write_parquet};
 use sf_tests::{manifest_store, s3_prefix};
+use sha2::{Digest, Sha256};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/shardyfusion-pagesize")
@@ -45,7 +45,10 @@ async fn the_references_shards_of_every_page_size_read_in_every_mode() {
         let rows = set["rows"].as_array().expect("rows");
         let mut overflowing = 0;
         read_in_every_mode(&prefix.display().to_string(), &SQLITE_MODES, async |r| {
-            let keys: Vec<Key> = rows.iter().map(|row| Key::Int(row["key"].as_i64().expect("key"))).collect();
+            let keys: Vec<Key> = rows
+                .iter()
+                .map(|row| Key::Int(row["key"].as_i64().expect("key")))
+                .collect();
             let many = r.multi_get(&keys).await.expect("multi_get");
             for (row, (key, from_many)) in rows.iter().zip(keys.iter().zip(many)) {
                 let got = r.get(key).await.expect("get");
@@ -131,13 +134,19 @@ async fn build_auto_and_read(dir: &Path, prefix: &str, sorted: bool) {
 
     let store = manifest_store(prefix);
     let current = store.load_current().await.expect("current").expect("published");
-    let manifest = store.load_manifest(&current.pointer.manifest_ref).await.expect("manifest");
+    let manifest = store
+        .load_manifest(&current.pointer.manifest_ref)
+        .await
+        .expect("manifest");
     let ours = &manifest.build.custom["shardforge"];
     assert_eq!(ours["page_size"], "auto");
     assert_eq!(ours["page_sizes"], serde_json::json!({"16384": 3}));
     for shard in &manifest.shards {
         let file = store
-            .locate(shard.db_url.as_deref().expect("db_url"), Some(manifest.build.s3_prefix.as_str()))
+            .locate(
+                shard.db_url.as_deref().expect("db_url"),
+                Some(manifest.build.s3_prefix.as_str()),
+            )
             .expect("locate")
             .child("shard.db");
         let header = file.store.get_range(&file.path, 0..100).await.expect("header");
@@ -152,7 +161,11 @@ async fn build_auto_and_read(dir: &Path, prefix: &str, sorted: bool) {
             assert_eq!(got.as_deref(), want.as_deref(), "key {k} by multi_get");
         }
         for k in [0, 1, 3, 28, ROWS - 1] {
-            assert_eq!(r.get(&Key::Int(k)).await.expect("get").as_deref(), Some(&value(k)[..]), "key {k}");
+            assert_eq!(
+                r.get(&Key::Int(k)).await.expect("get").as_deref(),
+                Some(&value(k)[..]),
+                "key {k}"
+            );
         }
     })
     .await;
@@ -195,9 +208,7 @@ fn copy_tree(from: &Path, to: &Path) {
 async fn damaged_header(patch: impl Fn(&mut [u8]), want: &[&str]) {
     let dir = tempfile::tempdir().expect("tmp");
     copy_tree(&fixtures().join("bucket-sfpages/p8k"), dir.path());
-    let shard = dir
-        .path()
-        .join("shards/run_id=pages8192/db=00000/attempt=00/shard.db");
+    let shard = dir.path().join("shards/run_id=pages8192/db=00000/attempt=00/shard.db");
     let mut bytes = std::fs::read(&shard).expect("shard");
     patch(&mut bytes);
     std::fs::write(&shard, &bytes).expect("write");
@@ -228,12 +239,20 @@ async fn damaged_header(patch: impl Fn(&mut [u8]), want: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_size_that_is_no_power_of_two_is_one_clear_error() {
-    damaged_header(|b| b[16..18].copy_from_slice(&3000u16.to_be_bytes()), &["not a database"]).await;
+    damaged_header(
+        |b| b[16..18].copy_from_slice(&3000u16.to_be_bytes()),
+        &["not a database"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_size_out_of_range_is_one_clear_error() {
-    damaged_header(|b| b[16..18].copy_from_slice(&256u16.to_be_bytes()), &["not a database"]).await;
+    damaged_header(
+        |b| b[16..18].copy_from_slice(&256u16.to_be_bytes()),
+        &["not a database"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
