@@ -163,6 +163,15 @@ pub fn document(result: &Result<Outcome, Failure>, run_id: Option<&str>, prefix:
             doc.insert("retries".into(), json!(summary.retries));
             doc.insert("losers_deleted".into(), json!(summary.losers_deleted));
             doc.insert("spilled_runs".into(), json!(summary.spilled_runs));
+            doc.insert(
+                "page_sizes".into(),
+                summary
+                    .page_sizes
+                    .iter()
+                    .map(|(size, n)| (size.to_string(), json!(n)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            );
             doc.insert("vectors_skipped".into(), json!(summary.vectors_skipped));
             doc.insert("peak_rss_bytes".into(), json!(summary.peak_rss_bytes));
             let p = &summary.phases;

@@ -16,6 +16,7 @@ mod hostile;
 mod logs;
 mod many_shards;
 mod observability;
+mod page_sizes;
 mod publish;
 mod reader_admin;
 mod reader_cache;

@@ -70,6 +70,7 @@ fn context(dir: &Path) -> BuildContext {
         limits: RateLimits::default(),
         key_encoding: KeyEncoding::U64Be,
         vector: None,
+        sizes: None,
     }
 }
 

@@ -9,12 +9,12 @@ use std::time::Instant;
 use sf_manifest::DbId;
 use tokio::sync::Semaphore;
 
-use crate::build::backend::VectorShard;
-use crate::build::backend::{BuildContext, StagedShard, backend_for};
+use crate::build::backend::{BackendConfig, BuildContext, PageSize, SizeStats, StagedShard, VectorShard, backend_for};
 use crate::build::merge::{ShardRows, SortStats};
 use crate::build::spec::ShardWriteSpec;
 use crate::error::{Error, Result};
 use crate::progress::{self, Step};
+use crate::route::envelope::split_value;
 
 /// A shard built locally, ready to upload.
 pub(crate) struct Built {
@@ -46,6 +46,7 @@ pub(crate) fn build_context(spec: &ShardWriteSpec, db_id: DbId, dir: &Path) -> B
             metric: v.metric().unwrap_or(sf_manifest::format::vector::Metric::Cosine),
             vector_only: v.vector_only,
         }),
+        sizes: None,
     }
 }
 
@@ -59,10 +60,16 @@ pub(crate) async fn build_rows(spec: &ShardWriteSpec, rows: ShardRows, dir: &Pat
         .await
         .map_err(|e| Error::Internal(format!("shard {db_id} build slot: {e}")))?;
     let started = Instant::now();
-    let builder = backend_for(&spec.backend).builder(build_context(spec, db_id, dir))?;
+    let backend = backend_for(&spec.backend);
+    let mut ctx = build_context(spec, db_id, dir);
+    let measure = matches!(&spec.backend, BackendConfig::Sqlite(s) if s.page_size == PageSize::Auto) && ctx.sorted;
     let merge_dir = dir.join("merge");
     let built = tokio::task::spawn_blocking(move || {
-        let mut builder = builder;
+        let mut rows = rows;
+        if measure {
+            ctx.sizes = Some(measure_rows(&mut rows, &merge_dir, ctx.vector)?);
+        }
+        let mut builder = backend.builder(ctx)?;
         let sorted = rows.drain(&merge_dir, &mut |rows| builder.add(rows))?;
         Ok(Built {
             staged: builder.finish()?,
@@ -73,6 +80,28 @@ pub(crate) async fn build_rows(spec: &ShardWriteSpec, rows: ShardRows, dir: &Pat
     .map_err(join)?;
     progress::run(&spec.run_id, spec.upload_concurrency).add_time(Step::Build, started.elapsed());
     built
+}
+
+/// The sizes of the rows a shard will store, measured before its build
+/// (`output.sqlite.page_size = "auto"`): keys, and values as stored (a
+/// unified shard stores each value without its vector; a vector-only
+/// shard stores none).
+fn measure_rows(rows: &mut ShardRows, merge_dir: &Path, vector: Option<VectorShard>) -> Result<SizeStats> {
+    let mut sizes = SizeStats::default();
+    let db_id = rows.db_id();
+    rows.measure(merge_dir, &mut |key, value| {
+        match vector {
+            None => sizes.add(key.len(), value.len()),
+            Some(v) if v.vector_only => {}
+            Some(v) => {
+                let (kv, _) =
+                    split_value(value, v.dim as usize).map_err(|e| Error::Internal(format!("shard {db_id}: {e}")))?;
+                sizes.add(key.len(), kv.len());
+            }
+        }
+        Ok(())
+    })?;
+    Ok(sizes)
 }
 
 /// A fresh staging folder for shard `db_id` under the run's `work_dir`

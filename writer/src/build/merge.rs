@@ -72,6 +72,11 @@ pub struct ShardRows {
     duplicates: u64,
     /// Merge-pass outputs written so far (names their files).
     merged: u32,
+    /// Segments written by spills and merge passes, once [`measure`]
+    /// made the passes.
+    ///
+    /// [`measure`]: Self::measure
+    runs_counted: Option<u32>,
 }
 
 /// A merge source: a chunk in memory or a segment on disk.
@@ -110,6 +115,7 @@ impl ShardRows {
             segments,
             duplicates,
             merged: 0,
+            runs_counted: None,
         }
     }
 
@@ -124,7 +130,7 @@ impl ShardRows {
     /// `merge_dir`. Blocking.
     pub fn drain(mut self, merge_dir: &Path, sink: &mut dyn FnMut(&[Row<'_>]) -> Result<()>) -> Result<SortStats> {
         let (db_id, policy, encoding) = (self.db_id, self.on_duplicate, self.key_encoding);
-        let mut spilled_runs = self.segments.len() as u32;
+        let mut spilled_runs = self.runs_counted.unwrap_or(self.segments.len() as u32);
         if self.order == Order::Key {
             for c in &mut self.chunks {
                 c.sort(db_id, policy, encoding)?;
@@ -163,6 +169,36 @@ impl ShardRows {
             duplicates: self.duplicates,
             spilled_runs,
         })
+    }
+
+    /// Counts the sizes of the rows [`drain`](Self::drain) will hand on
+    /// (sorted only: in key order, each key once), as `measure` sees
+    /// them, for a builder that must know them before its first row
+    /// (`output.sqlite.page_size = "auto"`): the same merge with nothing
+    /// handed on, so rows on disk are read twice. Leaves the rows as they
+    /// were, sorted. Blocking.
+    pub fn measure(&mut self, merge_dir: &Path, measure: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        let (db_id, policy, encoding) = (self.db_id, self.on_duplicate, self.key_encoding);
+        if self.order != Order::Key {
+            return Err(Error::Internal(format!(
+                "shard {db_id}: only sorted rows are measured before their build"
+            )));
+        }
+        for c in &mut self.chunks {
+            c.sort(db_id, policy, encoding)?;
+            self.duplicates += std::mem::take(&mut c.duplicates);
+        }
+        // The passes drain would make; it finds them made.
+        let mut runs = self.segments.len() as u32;
+        while self.chunks.len() + self.segments.len() > MAX_FAN_IN {
+            runs += self.merge_pass(merge_dir)?;
+        }
+        self.runs_counted = Some(runs);
+        let mut cursors = self.cursors()?;
+        merge(&mut cursors, &self.chunks, db_id, policy, encoding, &mut |_, k, v| {
+            measure(k, v)
+        })?;
+        Ok(())
     }
 
     /// Cursors over every chunk and segment, oldest first (not advanced).

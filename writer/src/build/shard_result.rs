@@ -33,6 +33,7 @@ pub fn result_schema() -> SchemaRef {
             Field::new("failed_tries", DataType::UInt32, false),
             Field::new("spilled_runs", DataType::UInt32, false),
             Field::new("objects_checksum", DataType::Utf8, true),
+            Field::new("page_size", DataType::UInt32, true),
         ]))
     });
     Arc::clone(&SCHEMA)
@@ -76,6 +77,9 @@ pub struct ShardResult {
     /// the objects against it. `None` for SQLite, whose one file's
     /// checksum is [`checksum`](Self::checksum).
     pub objects_checksum: Option<String>,
+    /// Page size of a SQLite shard's file; `None` for SlateDB and empty
+    /// shards.
+    pub page_size: Option<u32>,
 }
 
 impl ShardResult {
@@ -97,6 +101,7 @@ impl ShardResult {
             failed_tries: 0,
             spilled_runs: 0,
             objects_checksum: None,
+            page_size: None,
         }
     }
 
@@ -121,6 +126,7 @@ impl ShardResult {
             Arc::new(StringArray::from_iter(
                 rows.iter().map(|r| r.objects_checksum.as_deref()),
             )),
+            Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.page_size))),
         ];
         RecordBatch::try_new(result_schema(), cols).map_err(|e| Error::Internal(e.to_string()))
     }
@@ -159,6 +165,7 @@ impl ShardResult {
                 failed_tries: u32s(13).value(r),
                 spilled_runs: u32s(14).value(r),
                 objects_checksum: opt_str(15, r),
+                page_size: u32s(16).is_valid(r).then(|| u32s(16).value(r)),
             })
             .collect())
     }

@@ -49,6 +49,7 @@ pub(crate) async fn upload_shard(
         failed_tries,
         spilled_runs: sorted.spilled_runs,
         objects_checksum: uploaded.objects_checksum,
+        page_size: content.page_size,
     })
 }
 

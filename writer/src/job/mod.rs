@@ -24,7 +24,7 @@ use sf_manifest::{
 };
 use tracing::Instrument;
 
-use crate::build::backend::backend_for;
+use crate::build::backend::{BackendConfig, backend_for};
 use crate::build::shard_result::ShardResult;
 use crate::build::spec::ShardWriteSpec;
 use crate::config::JobConfig;
@@ -319,7 +319,16 @@ pub async fn build_prepared(
                     expected,
                     verify_checksums: job.write.verify_checksums,
                     upload_concurrency: job.write.upload_concurrency,
-                    custom: options.custom.clone(),
+                    custom: {
+                        let mut custom = options.custom.clone();
+                        if let BackendConfig::Sqlite(s) = job.backend() {
+                            // As the reference records its setting: the
+                            // number, or "auto" (each file's header says
+                            // which size it got).
+                            custom.insert("page_size".into(), s.page_size.manifest_value());
+                        }
+                        custom
+                    },
                     vector: vector_meta,
                     build_id: build_id.clone(),
                     claimed: engine
@@ -354,6 +363,7 @@ pub async fn build_prepared(
                     retries: f.retries,
                     losers_deleted: f.losers_deleted,
                     spilled_runs: f.spilled_runs,
+                    page_sizes: f.page_sizes,
                     plan_time,
                     write_time,
                     publish_time: publish_started.elapsed(),

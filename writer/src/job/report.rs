@@ -1,6 +1,7 @@
 //! What a build reports: the plan of a dry run, the summary of a
 //! published build, and the outcome type every build and table save returns.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -129,6 +130,9 @@ pub struct BuildSummary {
     /// Rows stored without their vector (`[vector] on_invalid = "skip"`),
     /// as counted by the processes that encoded the rows.
     pub vectors_skipped: u64,
+    /// SQLite shards by page size (`output.sqlite.page_size = "auto"`
+    /// chooses per shard); empty for SlateDB.
+    pub page_sizes: BTreeMap<u32, u32>,
 }
 
 /// What a build's retention removed.
@@ -192,6 +196,14 @@ impl fmt::Display for BuildSummary {
             self.retries, self.losers_deleted
         )?;
         writeln!(f, "  sort spills:    {} runs written to disk", self.spilled_runs)?;
+        if !self.page_sizes.is_empty() {
+            let sizes: Vec<String> = self
+                .page_sizes
+                .iter()
+                .map(|(size, n)| format!("{size} bytes: {n} shard{}", if *n == 1 { "" } else { "s" }))
+                .collect();
+            writeln!(f, "  page sizes:     {}", sizes.join(", "))?;
+        }
         if self.vectors_skipped > 0 {
             writeln!(
                 f,

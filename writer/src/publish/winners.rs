@@ -82,6 +82,8 @@ pub(crate) struct PublishedBuild {
     pub retries: u32,
     pub losers_deleted: usize,
     pub spilled_runs: u32,
+    /// SQLite shards by page size.
+    pub page_sizes: BTreeMap<u32, u32>,
     pub gates: Vec<GateResult>,
     /// What went wrong after the publish (which stands).
     pub warnings: Vec<String>,
@@ -97,6 +99,15 @@ pub(crate) struct PublishTimes {
     pub publish: Duration,
     /// Losing attempts found and deleted.
     pub cleanup: Duration,
+}
+
+/// How many winning SQLite shards have each page size.
+fn page_sizes(winners: &BTreeMap<DbId, ShardResult>) -> BTreeMap<u32, u32> {
+    let mut sizes = BTreeMap::new();
+    for size in winners.values().filter_map(|w| w.page_size) {
+        *sizes.entry(size).or_insert(0) += 1;
+    }
+    sizes
 }
 
 /// The winner order of docs/FORMAT.md: the smallest
@@ -172,6 +183,7 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
                         max_key: w.max_key.clone(),
                         checksum: w.checksum.clone().unwrap_or_default(),
                         objects_checksum: w.objects_checksum.clone(),
+                        page_size: w.page_size,
                     };
                     backend.verify(&location, w.db_id, &content).await
                 }
@@ -237,6 +249,14 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
     ours.insert("backend".into(), json!(input.backend.name()));
     ours.insert("rows".into(), json!(rows));
     ours.insert("duplicates".into(), json!(duplicates));
+    let page_sizes = page_sizes(&winners);
+    if !page_sizes.is_empty() {
+        let counts: serde_json::Map<String, Value> = page_sizes
+            .iter()
+            .map(|(size, n)| (size.to_string(), json!(n)))
+            .collect();
+        ours.insert("page_sizes".into(), Value::Object(counts));
+    }
     build.custom.insert("shardforge".into(), Value::Object(ours));
     if let Some(vector) = &input.vector {
         let mut vector = vector.clone();
@@ -377,6 +397,7 @@ pub(crate) async fn publish_winners(input: PublishInput<'_>, state: &mut Publish
         retries: input.results.iter().map(|r| r.failed_tries).sum(),
         losers_deleted,
         spilled_runs: winners.values().map(|w| w.spilled_runs).sum(),
+        page_sizes,
         gates: results,
         warnings,
         times: PublishTimes {
@@ -409,6 +430,7 @@ mod tests {
             failed_tries: 0,
             spilled_runs: 0,
             objects_checksum: None,
+            page_size: None,
         }
     }
 

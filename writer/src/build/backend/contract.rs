@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sf_manifest::{Attempt, DbId, KeyEncoding, Location};
 
+use super::page_size::SizeStats;
 use crate::build::ratelimit::RateLimits;
 use crate::error::Result;
 
@@ -43,6 +44,10 @@ pub struct BuildContext {
     /// A unified build: every value carries its row's vector
     /// ([`crate::route::vector`]), stored in the shard's vector tables.
     pub vector: Option<VectorShard>,
+    /// The sizes of the rows this shard will store, when they were
+    /// measured before the build (`output.sqlite.page_size = "auto"` on
+    /// sorted input): the page writer chooses its page size from them.
+    pub sizes: Option<SizeStats>,
 }
 
 /// The vector index of a unified shard.
@@ -75,6 +80,8 @@ pub struct ShardContent {
     /// ([`Uploaded::objects_checksum`]), when verifying a published
     /// attempt; `None` in a stage.
     pub objects_checksum: Option<String>,
+    /// Page size of a SQLite shard file; `None` for other backends.
+    pub page_size: Option<u32>,
 }
 
 /// One row: encoded key, value.

@@ -20,11 +20,12 @@
 //!
 //! The backends in files: `contract` (the traits and what they share),
 //! `select` (the configured choice), `sqlite` with `sqlite_pages` (the page
-//! writer), `sqlite_insert` (the INSERT loop) and `sqlite_vec` (the
+//! writer) and `page_size` (`output.sqlite.page_size`, `"auto"`'s choice), `sqlite_insert` (the INSERT loop) and `sqlite_vec` (the
 //! vector tables of unified shards) with `vec0` (sqlite-vec registered on
 //! a connection), `slatedb`.
 
 mod contract;
+pub mod page_size;
 mod select;
 pub mod slatedb;
 pub mod sqlite;
@@ -37,6 +38,7 @@ pub use contract::{
     AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded,
     VectorShard, show_key,
 };
+pub use page_size::{PageSize, SizeStats};
 pub use select::{BackendConfig, backend_for};
 pub use slatedb::SlateDbSettings;
 pub use sqlite::SqliteSettings;

@@ -30,6 +30,7 @@ use super::contract::{
     AttemptTarget, BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, StagedShard, Uploaded,
     show_key,
 };
+use super::page_size::{AUTO_PAGE_SIZES, PageSize, SizeStats, recommend};
 use super::sqlite_insert::{Insert, InsertError};
 use super::sqlite_pages::{PageError, SqliteFileWriter};
 use super::sqlite_vec::VectorSpool;
@@ -41,10 +42,12 @@ use crate::route::envelope::split_value;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqliteSettings {
-    /// Page size of shard files, in bytes (512..=65536, a power of two).
-    /// 4096 matches the reference and suits ranged reads; larger pages make
-    /// smaller trees for big values but cost more per ranged read.
-    pub page_size: u32,
+    /// Page size of shard files, in bytes (512..=65536, a power of two),
+    /// or `"auto"`: chosen per shard from its rows (see
+    /// [`page_size`](super::page_size)). 4096 matches the reference and
+    /// suits ranged reads; larger pages keep big values out of overflow
+    /// chains and make smaller trees, but cost more per ranged read.
+    pub page_size: PageSize,
     /// Page cache of each shard built through SQLite's inserts, in MiB:
     /// that is only unsorted input (`sort_within_shard = false`), which
     /// wants the whole tree cached. Sorted input is written as pages
@@ -60,7 +63,7 @@ pub struct SqliteSettings {
 impl Default for SqliteSettings {
     fn default() -> Self {
         SqliteSettings {
-            page_size: 4096,
+            page_size: PageSize::default(),
             cache_mib: 64,
             multipart_threshold_mib: 32,
             part_size_mib: 16,
@@ -71,10 +74,12 @@ impl Default for SqliteSettings {
 impl SqliteSettings {
     /// Checks the settings make sense.
     pub fn validate(&self) -> Result<()> {
-        if !(512..=65536).contains(&self.page_size) || !self.page_size.is_power_of_two() {
+        if let PageSize::Fixed(n) = self.page_size
+            && (!(512..=65536).contains(&n) || !n.is_power_of_two())
+        {
             return Err(Error::config(
                 "output.sqlite.page_size",
-                format!("{} is not a power of two between 512 and 65536", self.page_size),
+                format!("{n} is not a power of two between 512 and 65536, nor \"auto\""),
             ));
         }
         if self.cache_mib == 0 {
@@ -87,6 +92,17 @@ impl SqliteSettings {
             ));
         }
         Ok(())
+    }
+
+    /// The page size a shard starts with: the fixed size, or under
+    /// `"auto"` the size its measured rows choose (4096 when they were
+    /// not measured: the build measures the finished file then).
+    fn initial_page_size(&self, sizes: Option<&SizeStats>) -> u32 {
+        match (self.page_size, sizes) {
+            (PageSize::Fixed(n), _) => n,
+            (PageSize::Auto, Some(s)) => s.choose(),
+            (PageSize::Auto, None) => AUTO_PAGE_SIZES[0],
+        }
     }
 }
 
@@ -112,6 +128,7 @@ impl SqliteBackend {
         let path = ctx.work_dir.join(SQLITE_SHARD_FILE);
         let db_id = ctx.db_id;
         let conn = Connection::open(&path).map_err(|e| sqlite_err(db_id, "creating the shard file", e))?;
+        let page_size = self.settings.initial_page_size(ctx.sizes.as_ref());
         // Durability is pointless for a file that is rebuilt from the input
         // if the process dies; speed is not.
         conn.execute_batch(&format!(
@@ -123,7 +140,7 @@ impl SqliteBackend {
              PRAGMA cache_size = -{cache_kib};
              {ddl};
              BEGIN;",
-            page = self.settings.page_size,
+            page = page_size,
             ddl = kv::DDL,
             cache_kib = u64::from(self.settings.cache_mib) * 1024,
         ))
@@ -131,6 +148,7 @@ impl SqliteBackend {
         Ok(Box::new(SqliteBuilder::new(
             Sink::Insert(conn),
             path,
+            page_size,
             &self.settings,
             ctx,
         )?))
@@ -140,11 +158,12 @@ impl SqliteBackend {
     fn page_builder(&self, ctx: BuildContext) -> Result<Box<dyn ShardBuilder>> {
         self.settings.validate()?;
         let path = ctx.work_dir.join(SQLITE_SHARD_FILE);
-        let writer =
-            SqliteFileWriter::create(&path, self.settings.page_size).map_err(|e| page_err(ctx.db_id, &path, e))?;
+        let page_size = self.settings.initial_page_size(ctx.sizes.as_ref());
+        let writer = SqliteFileWriter::create(&path, page_size).map_err(|e| page_err(ctx.db_id, &path, e))?;
         Ok(Box::new(SqliteBuilder::new(
             Sink::Pages(writer),
             path,
+            page_size,
             &self.settings,
             ctx,
         )?))
@@ -256,10 +275,12 @@ struct SqliteBuilder {
     ctx: BuildContext,
     /// A unified build's vectors, waiting for the kv rows to be written.
     vectors: Option<VectorSpool>,
+    /// The file's page size so far.
+    page_size: u32,
 }
 
 impl SqliteBuilder {
-    fn new(sink: Sink, path: PathBuf, settings: &SqliteSettings, ctx: BuildContext) -> Result<Self> {
+    fn new(sink: Sink, path: PathBuf, page_size: u32, settings: &SqliteSettings, ctx: BuildContext) -> Result<Self> {
         let vectors = match ctx.vector {
             Some(layout) => Some(VectorSpool::create(&ctx.work_dir, layout)?),
             None => None,
@@ -274,6 +295,7 @@ impl SqliteBuilder {
             last_key: Vec::new(),
             settings: settings.clone(),
             ctx,
+            page_size,
         })
     }
 
@@ -385,13 +407,16 @@ impl SqliteBuilder {
     }
 
     fn finish_shard(self: Box<Self>) -> Result<Arc<dyn StagedShard>> {
-        let this = *self;
+        let mut this = *self;
         let db_id = this.ctx.db_id;
+        // Under "auto" without sizes measured beforehand (unsorted input),
+        // the finished file is measured and rewritten if another size wins.
+        let settle = this.settings.page_size == PageSize::Auto && this.ctx.sizes.is_none();
         // The page writer hashes the file it just wrote through the same
         // open file, unless the vector tables are still to be added.
         let mut hashed = None;
         let counted = match this.sink {
-            Sink::Pages(writer) if this.vectors.is_none() => {
+            Sink::Pages(writer) if this.vectors.is_none() && !settle => {
                 let (summary, checksum) = writer.finish_hashed().map_err(|e| page_err(db_id, &this.path, e))?;
                 hashed = Some((checksum, summary.bytes));
                 None
@@ -417,6 +442,9 @@ impl SqliteBuilder {
                 counted
             }
         };
+        if settle {
+            this.page_size = repage(&this.path, db_id, this.page_size)?;
+        }
         // The vector tables go into the finished file, before it is
         // hashed: the checksum and size cover the shard as uploaded.
         let vectors = match this.vectors {
@@ -449,9 +477,41 @@ impl SqliteBuilder {
                 max_key,
                 checksum,
                 objects_checksum: None,
+                page_size: Some(this.page_size),
             },
         }))
     }
+}
+
+/// The reference's way to settle `"auto"` on a finished file: measure its
+/// rows (95th-percentile value length, longest key) and, when they choose
+/// a page size other than the file's `current` one, rewrite the file at
+/// that size (`VACUUM`). Returns the file's page size.
+fn repage(path: &Path, db_id: DbId, current: u32) -> Result<u32> {
+    let conn = Connection::open(path).map_err(|e| sqlite_err(db_id, "reopening the shard file", e))?;
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
+        .map_err(|e| sqlite_err(db_id, "counting rows", e))?;
+    if rows == 0 {
+        return Ok(current);
+    }
+    // Nearest rank: ceil(0.95 * n), 1-based.
+    let offset = ((rows as u64 * 95).div_ceil(100) - 1) as i64;
+    let (p95, max_key): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT length(v) FROM kv ORDER BY length(v) LIMIT 1 OFFSET ?1), (SELECT max(length(k)) FROM kv)",
+            [offset],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| sqlite_err(db_id, "measuring rows", e))?;
+    let target = recommend(p95.max(0) as u64, max_key.max(0) as u64);
+    if target != current {
+        conn.execute_batch(&format!("PRAGMA page_size = {target}; VACUUM;"))
+            .map_err(|e| sqlite_err(db_id, "rewriting the shard file at its chosen page size", e))?;
+    }
+    conn.close()
+        .map_err(|(_, e)| sqlite_err(db_id, "closing the shard file", e))?;
+    Ok(target)
 }
 
 #[derive(Debug)]
@@ -576,6 +636,7 @@ mod tests {
             limits: RateLimits::default(),
             key_encoding: KeyEncoding::U64Be,
             vector: None,
+            sizes: None,
         }
     }
 
@@ -787,9 +848,64 @@ mod tests {
     }
 
     #[test]
+    fn auto_chooses_the_page_size_from_the_rows_on_either_path() {
+        // 3000-byte values: 16 KiB keeps them whole (8 KiB holds 2030).
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..300u64)
+            .map(|k| {
+                (
+                    k.to_be_bytes().to_vec(),
+                    vec![(k % 251) as u8; if k % 50 == 0 { 70_000 } else { 3000 }],
+                )
+            })
+            .collect();
+        let mut sizes = SizeStats::default();
+        rows.iter().for_each(|(k, v)| sizes.add(k.len(), v.len()));
+        assert_eq!(sizes.choose(), 16384);
+        let backend = SqliteBackend::new(SqliteSettings {
+            page_size: PageSize::Auto,
+            ..SqliteSettings::default()
+        });
+        let sorted = |dir: &Path, sizes: Option<SizeStats>| BuildContext {
+            sizes,
+            ..ctx(dir, DuplicatePolicy::Error, true)
+        };
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+        let builders = [
+            // Measured beforehand: pages of the chosen size from the start.
+            backend.builder(sorted(dirs[0].path(), Some(sizes))).expect("pages"),
+            // Not measured: the finished file is measured and rewritten.
+            backend.builder(sorted(dirs[1].path(), None)).expect("pages"),
+            backend
+                .builder(ctx(dirs[2].path(), DuplicatePolicy::Error, false))
+                .expect("inserts"),
+        ];
+        for (mut b, dir) in builders.into_iter().zip(&dirs) {
+            add(&mut b, &rows).expect("add");
+            let content = b.finish().expect("finish").content().clone();
+            assert_eq!(content.page_size, Some(16384));
+            let file = staged_path(dir);
+            assert_eq!(read_rows(&file), rows);
+            let c = Connection::open(&file).expect("open");
+            let (size, check): (i64, String) = c
+                .query_row("SELECT * FROM pragma_page_size, pragma_integrity_check", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .expect("pragmas");
+            assert_eq!((size, check.as_str()), (16384, "ok"));
+            assert_eq!(content.checksum, hash_file(&file).expect("hash").0);
+        }
+        // An empty shard keeps the reference's 4096.
+        let dir = tempfile::tempdir().expect("tmp");
+        let b = backend
+            .builder(sorted(dir.path(), Some(SizeStats::default())))
+            .expect("empty");
+        assert_eq!(b.finish().expect("finish").content().page_size, Some(4096));
+    }
+
+    #[test]
     fn bad_settings_are_config_errors() {
         let s = SqliteSettings {
-            page_size: 1000,
+            page_size: PageSize::Fixed(1000),
             ..SqliteSettings::default()
         };
         assert!(s.validate().expect_err("page size").to_string().contains("page_size"));

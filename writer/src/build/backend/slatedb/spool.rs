@@ -119,6 +119,7 @@ impl ShardBuilder for SlateDbBuilder {
                 max_key,
                 checksum: self.checksum.finish(),
                 objects_checksum: None,
+                page_size: None,
             },
         }))
     }

@@ -50,6 +50,7 @@ fn ctx(dir: &std::path::Path, on_duplicate: DuplicatePolicy) -> BuildContext {
         limits: RateLimits::default(),
         key_encoding: KeyEncoding::U64Be,
         vector: None,
+        sizes: None,
     }
 }
 
@@ -698,6 +699,7 @@ async fn reads_a_shard_written_by_the_reference_without_writing_to_it() {
         max_key: Some(want[2].0.clone()),
         checksum: checksum_of(&want),
         objects_checksum: None,
+        page_size: None,
     };
     let e = SlateDbBackend::new(SlateDbSettings::default())
         .verify(&probed, DbId(0), &content)
