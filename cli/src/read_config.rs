@@ -129,9 +129,7 @@ pub fn parse(text: &str, place: &str) -> Result<ReaderFile, Failure> {
     reader
         .entry("history_fallback")
         .or_insert(toml::Value::Boolean(default_settings().history_fallback));
-    let settings: ReaderSettings = toml::Value::Table(reader)
-        .try_into()
-        .map_err(|e: toml::de::Error| Failure::usage(format!("{place}: [reader]"), e.message()))?;
+    let settings = reader_settings(reader, place)?;
     settings
         .validate()
         .map_err(|e| Failure::usage(format!("{place}: [reader]"), e))?;
@@ -167,6 +165,24 @@ pub fn parse(text: &str, place: &str) -> Result<ReaderFile, Failure> {
         values,
         null_repr,
         storage,
+    })
+}
+
+/// `[reader]`'s settings. A value of the wrong type is named by its key:
+/// serde's message for it does not say which key it was, so the keys are
+/// tried one by one (every setting has a default) to find it.
+fn reader_settings(table: toml::Table, place: &str) -> Result<ReaderSettings, Failure> {
+    let parse = |t: toml::Table| toml::Value::Table(t).try_into::<ReaderSettings>();
+    parse(table.clone()).map_err(|e| {
+        let culprit = table
+            .iter()
+            .find(|(k, v)| parse(toml::Table::from_iter([((*k).clone(), (*v).clone())])).is_err());
+        match culprit {
+            Some((k, _)) if !e.message().contains(k.as_str()) => {
+                Failure::usage(format!("{place}: [reader] {k}"), e.message())
+            }
+            _ => Failure::usage(format!("{place}: [reader]"), e.message()),
+        }
     })
 }
 
@@ -285,6 +301,11 @@ aws_allow_http = true
             ("[output]\nformt = \"json\"\n", "formt"),
             ("[output]\nformat = \"text\"\n", "text"),
             ("[reader]\nmax_workers = 2\nmax_concurrency = 3\n", "max_workers"),
+            (
+                "[reader]\ncache_dir = \"/c\"\nsqlite_mode = 5\n",
+                "[reader] sqlite_mode",
+            ),
+            ("[reader]\nverify_checksums = \"yes\"\n", "[reader] verify_checksums"),
         ] {
             let e = parse(text, "my-reader.toml").expect_err(text);
             assert_eq!(e.exit_code(), crate::exit::CONFIG, "{text}");
