@@ -145,13 +145,14 @@ python_suite() {
 }
 
 # The serving tests make TLS certificates with openssl and lower a
-# process's descriptor limit with util-linux prlimit; the alert rules are
+# process's descriptor limit with util-linux prlimit (sf-read shell's
+# terminal tests run it under util-linux script); the alert rules are
 # checked and unit-tested with Prometheus' promtool (Debian's prometheus
 # package, without its recommended extras; the server is not started).
 ensure_tools() {
   local missing=()
   command -v openssl >/dev/null || missing+=(openssl)
-  command -v prlimit >/dev/null || missing+=(util-linux)
+  { command -v prlimit && command -v script; } >/dev/null || missing+=(util-linux)
   # tests/it/many_shards.rs counts the system calls a shard costs.
   command -v strace >/dev/null || missing+=(strace)
   if [ "${#missing[@]}" -gt 0 ]; then

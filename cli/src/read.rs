@@ -1,9 +1,12 @@
 //! `sf-read`: the reader and the admin operations on the command line.
 //!
-//! One function per command; [`run`] parses nothing and prints only to the
-//! writer it is given, so tests drive it without a process. Output lines in
-//! `--output json` mirror the reference CLI's (same keys, order, spacing
-//! and escaping), so scripts written for it keep working.
+//! One function per command ([`crate::read_ops`] has the reads, and the
+//! session `exec` and `shell` run them in); [`run`] parses nothing and
+//! prints only to the writer it is given, so tests drive it without a
+//! process. Output lines in `--output json` mirror the reference CLI's
+//! (same keys, order, spacing and escaping), so scripts written for it
+//! keep working. Settings come from the flags, then `reader.toml`
+//! ([`crate::read_config`]), then the defaults.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -12,19 +15,27 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use sf_manifest::StorageOptions;
 use sf_reader::duration::parse_duration;
-use sf_reader::{
-    Admin, CleanupOptions, HealthStatus, Pin, Reader, ReaderSettings, RemovalReason, RollbackTarget, SqliteMode,
-};
+use sf_reader::{Admin, CleanupOptions, Pin, RemovalReason, RollbackTarget, SqliteMode};
 
 use crate::exit::{self, EXIT_CODES, Failure};
 use crate::output::{Json, OutputFormat, Printer, ValueFormat, obj, output_error};
+use crate::read_config::ReaderFile;
+pub use crate::read_ops::{HEALTH_STALE, read_keys};
+use crate::read_ops::{Session, history, info, multiget, route, search, search_options, shards};
 
 const AFTER_HELP: &str = "\
 A key that is not found is still a success (found=false). `health` has its
 own codes: 0 healthy, 1 stale (older than --max-age), 2 error.
 
 S3 settings come from the AWS_* environment variables (AWS_ENDPOINT,
-AWS_REGION, AWS_ACCESS_KEY_ID, ...) or --storage-option aws_endpoint=...";
+AWS_REGION, AWS_ACCESS_KEY_ID, ...), --storage-option aws_endpoint=...,
+or reader.toml's [storage].
+
+reader.toml (--config or SF_READ_CONFIG) holds the settings: [reader]
+(current_url, cache_dir, sqlite_mode, refresh_interval, any reader
+setting), [output] (format, value_encoding, null_repr) and [storage].
+Flags, and SF_CURRENT_URL and SF_CACHE_DIR, override it; an unknown key
+is refused (exit 2). Example: docs/reading.md.";
 
 /// Online reads and admin of a ShardForge snapshot.
 #[derive(Debug, Parser)]
@@ -34,6 +45,11 @@ pub struct Cli {
     /// az://, file:// or a local path.
     #[arg(long, env = "SF_CURRENT_URL", global = true)]
     pub current_url: Option<String>,
+
+    /// A reader.toml: [reader], [output] and [storage] settings, which
+    /// flags override.
+    #[arg(long, env = "SF_READ_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
 
     /// Read this manifest instead of `_CURRENT`'s (full URL or key under
     /// the prefix); the target of `rollback`.
@@ -45,24 +61,25 @@ pub struct Cli {
     #[arg(long, value_name = "N", global = true)]
     pub offset: Option<usize>,
 
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Json, global = true)]
-    pub output: OutputFormat,
+    /// Output format (default json, or reader.toml's [output] format).
+    #[arg(long, value_enum, global = true)]
+    pub output: Option<OutputFormat>,
 
     /// How values are printed: utf8 (as text; bytes that are not UTF-8 as
-    /// `hex:<hex>`), hex, or base64.
-    #[arg(long, value_enum, default_value_t = ValueFormat::Utf8, global = true)]
-    pub value_format: ValueFormat,
+    /// `hex:<hex>`), hex, or base64 (default utf8, or reader.toml's
+    /// [output] value_encoding).
+    #[arg(long, value_enum, global = true)]
+    pub value_format: Option<ValueFormat>,
 
     /// A storage option (repeatable), e.g. aws_endpoint=http://127.0.0.1:9000.
     #[arg(long = "storage-option", value_name = "KEY=VALUE", global = true)]
     pub storage_options: Vec<String>,
 
     /// How SQLite shards are read: download (whole file, cached), range
-    /// (ranged GETs), auto (range above 256 MiB), or memory (downloaded,
-    /// then held in memory, up to 1 GiB in all).
-    #[arg(long, value_enum, default_value_t = ModeArg::Auto, global = true)]
-    pub sqlite_mode: ModeArg,
+    /// (ranged GETs), auto (range above 256 MiB; the default), or memory
+    /// (downloaded, then held in memory, up to 1 GiB in all).
+    #[arg(long, value_enum, global = true)]
+    pub sqlite_mode: Option<ModeArg>,
 
     /// Folder of downloaded shards, shared across runs. Default:
     /// `<temp dir>/shardforge-cache-<uid>`, private to the user.
@@ -195,6 +212,37 @@ pub enum Command {
         #[arg(long)]
         run_id: Option<String>,
     },
+    /// Run a batch file of read ops (JSON or YAML) against one open
+    /// reader: a JSON line per op, in order (exit 0 when every op
+    /// succeeded, 1 when one failed, 2 for a malformed script, refused
+    /// before any op runs).
+    Exec {
+        /// The script: a list of ops (`- op: get` / `  key: 42`), or a
+        /// mapping `{commands: [...], on_error: stop|continue}`; ops get,
+        /// multiget, search, route, info, shards, health, history, refresh.
+        #[arg(long, value_name = "FILE")]
+        script: PathBuf,
+        /// Write the result lines to this file (created or emptied)
+        /// instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output_file: Option<PathBuf>,
+        /// Stop at the first op that fails (its error line is the last).
+        #[arg(long)]
+        stop_on_error: bool,
+    },
+    /// An interactive shell against one open reader: get, multiget,
+    /// search, route, info, shards, health, history, refresh, use, help,
+    /// quit. Line editing, history and Tab completion on a terminal;
+    /// commands line by line from a pipe.
+    Shell {
+        /// The history file (default: sf-read-history under
+        /// $XDG_DATA_HOME/shardforge, or ~/.local/share/shardforge).
+        #[arg(long, value_name = "FILE", conflicts_with = "no_history")]
+        history: Option<PathBuf>,
+        /// Keep no history file.
+        #[arg(long)]
+        no_history: bool,
+    },
     /// Delete losing attempts, and with --keep-last/--older-than old runs;
     /// never what _CURRENT or a kept manifest references.
     Cleanup {
@@ -218,8 +266,6 @@ fn after_help() -> String {
     format!("{EXIT_CODES}\n\n{AFTER_HELP}")
 }
 
-/// `sf-read health`'s code for a snapshot older than `--max-age`.
-pub const HEALTH_STALE: u8 = 1;
 /// `sf-read health`'s code for any error.
 pub const HEALTH_ERROR: u8 = 2;
 
@@ -243,28 +289,91 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The settings the flags and `reader.toml` describe, flags first.
+struct Resolved {
+    current_url: String,
+    settings: sf_reader::ReaderSettings,
+    storage: StorageOptions,
+    printer: Printer,
+    miss: String,
+}
+
+fn resolve(cli: &Cli) -> Result<Resolved, Failure> {
+    let file = match &cli.config {
+        Some(path) => Some(crate::read_config::load(path)?),
+        None => None,
+    };
+    let ReaderFile {
+        current_url,
+        mut settings,
+        format,
+        values,
+        null_repr,
+        storage: file_storage,
+    } = file.unwrap_or_else(|| ReaderFile {
+        current_url: None,
+        settings: crate::read_config::default_settings(),
+        format: None,
+        values: None,
+        null_repr: None,
+        storage: Vec::new(),
+    });
+    let current_url = cli.current_url.clone().or(current_url).ok_or_else(|| {
+        Failure::usage(
+            "--current-url",
+            "is required (or set SF_CURRENT_URL, or current_url in reader.toml's [reader])",
+        )
+    })?;
+    let mut storage = StorageOptions::new();
+    for (k, v) in &file_storage {
+        storage.insert(k, v);
+    }
+    for pair in &cli.storage_options {
+        storage.insert_pair(pair)?;
+    }
+    if let Some(dir) = &cli.cache_dir {
+        settings.cache_dir = Some(dir.clone());
+    }
+    if let Some(bytes) = cli.cache_max_bytes {
+        settings.cache_max_bytes = Some(bytes);
+    }
+    if let Some(mode) = cli.sqlite_mode {
+        settings.sqlite_mode = mode.into();
+    }
+    match (&cli.manifest_ref, cli.offset) {
+        (Some(r), _) => settings.pin = Pin::Ref(r.clone()),
+        (None, Some(n)) => settings.pin = Pin::Offset(n),
+        (None, None) => {}
+    }
+    Ok(Resolved {
+        current_url,
+        settings,
+        storage,
+        printer: Printer {
+            format: cli.output.or(format).unwrap_or(OutputFormat::Json),
+            values: cli.value_format.or(values).unwrap_or(ValueFormat::Utf8),
+        },
+        miss: null_repr.unwrap_or_else(|| "null".to_string()),
+    })
+}
+
 /// Runs one command, writing its output to `out`; returns the exit code
 /// for a success (0, or [`HEALTH_STALE`] for a stale `health`).
 pub async fn run(cli: Cli, out: &mut dyn Write, stdin: &mut dyn BufRead) -> Result<u8, Failure> {
-    let current_url = cli
-        .current_url
-        .clone()
-        .ok_or_else(|| Failure::usage("--current-url", "is required (or set SF_CURRENT_URL)"))?;
-    let mut options = StorageOptions::new();
-    for pair in &cli.storage_options {
-        options.insert_pair(pair)?;
-    }
-    let printer = Printer {
-        format: cli.output,
-        values: cli.value_format,
-    };
+    let Resolved {
+        current_url,
+        settings,
+        storage,
+        printer,
+        miss,
+    } = resolve(&cli)?;
     let admin = || {
         Admin::builder(&current_url)
-            .with_storage_options(options.clone())
+            .with_storage_options(storage.clone())
             .build()
     };
     match &cli.command {
-        Command::History => return history(&admin()?, &printer, out).await,
+        Command::History => return history(&admin()?, None, &printer, out).await,
         Command::Rollback { run_id } => return rollback(&admin()?, &cli, run_id.as_deref(), &printer, out).await,
         Command::Cleanup {
             dry_run,
@@ -282,10 +391,31 @@ pub async fn run(cli: Cli, out: &mut dyn Write, stdin: &mut dyn BufRead) -> Resu
         }
         _ => {}
     }
-    let reader = open_reader(&cli, &current_url, options).await?;
+    // A script is checked whole before the reader opens.
+    let script = match &cli.command {
+        Command::Exec { script, .. } => {
+            if cli.output == Some(OutputFormat::Table) {
+                return Err(Failure::usage(
+                    "--output table",
+                    "exec prints JSON lines (--output json or jsonl)",
+                ));
+            }
+            Some(crate::read_exec::load(script)?)
+        }
+        _ => None,
+    };
+    let mut session = Session::open(current_url, settings, storage, miss).await?;
+    let reader = session.reader().clone();
     let code = match &cli.command {
-        Command::Get { key, ctx } => get(&reader, key, ctx, &printer, out).await,
-        Command::Multiget { keys, ctx } => multiget(&reader, keys, ctx, stdin, &printer, out).await,
+        Command::Get { key, ctx } => crate::read_ops::get(&reader, key, ctx, &printer, &session.miss, out).await,
+        Command::Multiget { keys, ctx } => {
+            let texts = if keys.len() == 1 && keys[0] == "-" {
+                read_keys(stdin)?
+            } else {
+                keys.clone()
+            };
+            multiget(&reader, &texts, ctx, &printer, out).await
+        }
         Command::Route { key, ctx } => route(&reader, key, ctx, &printer, out),
         Command::Search {
             vector,
@@ -296,70 +426,53 @@ pub async fn run(cli: Cli, out: &mut dyn Write, stdin: &mut dyn BufRead) -> Resu
             filter,
             exact,
         } => {
-            let options = sf_reader::SearchOptions {
-                top_k: *top_k,
-                num_probes: *num_probes,
-                shard_ids: (!shards.is_empty()).then(|| shards.iter().map(|d| sf_manifest::DbId(*d)).collect()),
-                routing_context: if ctx.is_empty() {
-                    None
-                } else {
-                    Some(reader.parse_context(ctx.iter().map(String::as_str))?)
-                },
-                filter: filter.clone(),
+            let options = search_options(&reader, *top_k, *num_probes, shards, ctx, filter.clone())?;
+            let from_stdin = vector == "-";
+            let queries: Vec<String> = if from_stdin {
+                read_keys(stdin)?.into_iter().filter(|l| !l.trim().is_empty()).collect()
+            } else {
+                vec![vector.clone()]
             };
-            search(&reader, vector, &options, *exact, stdin, &printer, out).await
+            search(&reader, &queries, from_stdin, &options, *exact, &printer, out).await
         }
         Command::Info => info(&reader, &printer, out),
         Command::Shards => shards(&reader, &printer, out),
-        Command::Health { max_age } => health(&reader, max_age, &printer, out),
+        Command::Health { max_age } => {
+            let max_age = parse_duration(max_age)?;
+            crate::read_ops::health(&reader, max_age, &printer, out)
+        }
+        Command::Exec {
+            output_file,
+            stop_on_error,
+            ..
+        } => {
+            let script = script
+                .as_ref()
+                .ok_or_else(|| Failure::new(sf_manifest::ErrorKind::Internal, "the script is loaded above"))?;
+            match output_file {
+                Some(path) => {
+                    let mut file = std::fs::File::create(path)
+                        .map_err(|e| Failure::usage(path.display(), format!("cannot be written: {e}")))?;
+                    crate::read_exec::exec(&session, script, printer.values, *stop_on_error, &mut file).await
+                }
+                None => crate::read_exec::exec(&session, script, printer.values, *stop_on_error, out).await,
+            }
+        }
+        Command::Shell { history, no_history } => {
+            let history = if *no_history {
+                None
+            } else {
+                history.clone().or_else(crate::read_shell::default_history_file)
+            };
+            crate::read_shell::shell(&mut session, &printer, history, stdin, out).await
+        }
         Command::History | Command::Rollback { .. } | Command::Cleanup { .. } => Err(Failure::new(
             sf_manifest::ErrorKind::Internal,
             "admin commands are handled above",
         )),
     };
-    reader.close();
+    session.close();
     code
-}
-
-/// The reader the read commands share: pinned by `--ref`/`--offset`.
-async fn open_reader(cli: &Cli, current_url: &str, options: StorageOptions) -> Result<Reader, Failure> {
-    let pin = match (&cli.manifest_ref, cli.offset) {
-        (Some(r), _) => Pin::Ref(r.clone()),
-        (None, Some(n)) => Pin::Offset(n),
-        (None, None) => Pin::Current,
-    };
-    let settings = ReaderSettings {
-        cache_dir: cli.cache_dir.clone(),
-        cache_max_bytes: cli.cache_max_bytes,
-        sqlite_mode: cli.sqlite_mode.into(),
-        pin,
-        // One read, asked for now: a broken current manifest is the answer
-        // (exit 3), not an older run.
-        history_fallback: false,
-        ..ReaderSettings::default()
-    };
-    Ok(Reader::builder(current_url)
-        .with_settings(settings)
-        .with_storage_options(options)
-        .build()
-        .await?)
-}
-
-async fn history(admin: &Admin, printer: &Printer, out: &mut dyn Write) -> Result<u8, Failure> {
-    let history = sf_manifest::ManifestStore::history(admin.store()).await?;
-    let items: Vec<Json> = history
-        .iter()
-        .map(|h| {
-            obj(vec![
-                ("offset", Json::count(h.offset as u64)),
-                ("run_id", Json::str(h.run_id.as_str())),
-                ("published_at", Json::str(h.published_at.to_rfc3339_offset())),
-                ("ref", Json::str(&h.manifest_ref)),
-            ])
-        })
-        .collect();
-    printer.list(out, "history", "manifests", items)?;
-    Ok(exit::OK)
 }
 
 async fn rollback(
@@ -461,287 +574,6 @@ async fn cleanup(
     Ok(exit::OK)
 }
 
-async fn get(
-    reader: &Reader,
-    key: &str,
-    ctx: &[String],
-    printer: &Printer,
-    out: &mut dyn Write,
-) -> Result<u8, Failure> {
-    let k = reader.parse_key(key)?;
-    let value = if ctx.is_empty() {
-        reader.get(&k).await?
-    } else {
-        let c = reader.parse_context(ctx.iter().map(String::as_str))?;
-        reader.get_with_context(&k, &c).await?
-    };
-    // A miss prints "value": "null" (a string), as the reference does.
-    let line = obj(vec![
-        ("op", Json::str("get")),
-        ("key", Json::str(key)),
-        ("found", Json::Bool(value.is_some())),
-        (
-            "value",
-            Json::str(value.as_ref().map_or_else(|| "null".to_string(), |v| printer.value(v))),
-        ),
-    ]);
-    printer.single(out, &line)?;
-    Ok(exit::OK)
-}
-
-/// `search`: one result line per query, `--vector` or each line of stdin.
-async fn search(
-    reader: &Reader,
-    vector: &str,
-    options: &sf_reader::SearchOptions,
-    exact: bool,
-    stdin: &mut dyn BufRead,
-    printer: &Printer,
-    out: &mut dyn Write,
-) -> Result<u8, Failure> {
-    // Both searches of a query, and every query, from one snapshot.
-    let view = reader.current();
-    let everywhere = sf_reader::SearchOptions {
-        shard_ids: Some(reader.shards().into_iter().map(|s| s.db_id).collect()),
-        num_probes: None,
-        routing_context: None,
-        ..options.clone()
-    };
-    let mut recalls = Vec::new();
-    let queries: Vec<String> = if vector == "-" {
-        read_keys(stdin)?.into_iter().filter(|l| !l.trim().is_empty()).collect()
-    } else {
-        vec![vector.to_string()]
-    };
-    for (n, text) in queries.iter().enumerate() {
-        let query = parse_vector(text).map_err(|e| {
-            let place = if vector == "-" {
-                format!("stdin line {}", n + 1)
-            } else {
-                "--vector".to_string()
-            };
-            Failure::usage(place, e)
-        })?;
-        let found = view.search(&query, options).await?;
-        let items: Vec<Json> = found
-            .hits
-            .iter()
-            .map(|h| {
-                obj(vec![
-                    (
-                        "id",
-                        match &h.id {
-                            sf_reader::vector::VectorId::Int(i) => Json::Int(*i),
-                            sf_reader::vector::VectorId::Str(s) => Json::str(s.as_str()),
-                        },
-                    ),
-                    ("score", Json::Float(h.score)),
-                    (
-                        "payload",
-                        h.payload.as_ref().map_or(Json::Null, |p| Json::Raw(p.to_string())),
-                    ),
-                    ("db_id", Json::count(u64::from(h.db_id.0))),
-                ])
-            })
-            .collect();
-        printer.list(out, "search", "results", items)?;
-        if exact {
-            let truth = view.search(&query, &everywhere).await?;
-            let recall = recall(&found.hits, &truth.hits);
-            recalls.push(recall);
-            printer.single(
-                out,
-                &obj(vec![
-                    ("op", Json::str("recall")),
-                    ("query", Json::count(n as u64 + 1)),
-                    ("k", Json::count(options.top_k as u64)),
-                    ("recall", Json::Float(recall)),
-                    ("shards", Json::count(found.shards.len() as u64)),
-                    ("exact_shards", Json::count(truth.shards.len() as u64)),
-                ]),
-            )?;
-        }
-    }
-    if exact {
-        let mean = if recalls.is_empty() {
-            1.0
-        } else {
-            recalls.iter().sum::<f64>() / recalls.len() as f64
-        };
-        printer.single(
-            out,
-            &obj(vec![
-                ("op", Json::str("recall_mean")),
-                ("queries", Json::count(recalls.len() as u64)),
-                ("k", Json::count(options.top_k as u64)),
-                ("mean_recall", Json::Float(mean)),
-            ]),
-        )?;
-    }
-    Ok(exit::OK)
-}
-
-/// recall@k: the share of the exact search's hits (shard and id) that the
-/// routed search found; 1 when the exact search found none.
-fn recall(routed: &[sf_reader::SearchHit], exact: &[sf_reader::SearchHit]) -> f64 {
-    if exact.is_empty() {
-        return 1.0;
-    }
-    let found = exact
-        .iter()
-        .filter(|e| routed.iter().any(|r| r.db_id == e.db_id && r.id == e.id))
-        .count();
-    found as f64 / exact.len() as f64
-}
-
-/// A query vector from a JSON array of numbers.
-fn parse_vector(text: &str) -> Result<Vec<f32>, String> {
-    let values: Vec<f64> =
-        serde_json::from_str(text.trim()).map_err(|e| format!("{text:?} is not a JSON array of numbers: {e}"))?;
-    Ok(values.into_iter().map(|v| v as f32).collect())
-}
-
-/// Keys from stdin, one per line (`\r\n` endings too). Every line is a
-/// key, a blank one included: the empty string is a valid `utf8` key.
-pub fn read_keys(stdin: &mut dyn BufRead) -> Result<Vec<String>, Failure> {
-    let mut keys = Vec::new();
-    for line in stdin.lines() {
-        let line = line.map_err(|e| Failure::usage("reading keys from stdin", e))?;
-        keys.push(line.strip_suffix('\r').unwrap_or(&line).to_string());
-    }
-    Ok(keys)
-}
-
-async fn multiget(
-    reader: &Reader,
-    keys: &[String],
-    ctx: &[String],
-    stdin: &mut dyn BufRead,
-    printer: &Printer,
-    out: &mut dyn Write,
-) -> Result<u8, Failure> {
-    let texts: Vec<String> = if keys.len() == 1 && keys[0] == "-" {
-        read_keys(stdin)?
-    } else {
-        keys.to_vec()
-    };
-    let parsed: Vec<_> = texts
-        .iter()
-        .map(|t| reader.parse_key(t))
-        .collect::<sf_reader::Result<_>>()?;
-    let values = if ctx.is_empty() {
-        reader.multi_get(&parsed).await?
-    } else {
-        let c = reader.parse_context(ctx.iter().map(String::as_str))?;
-        let items: Vec<_> = parsed.into_iter().map(|k| (k, c.clone())).collect();
-        reader.multi_get_with_context(&items).await?
-    };
-    let items: Vec<Json> = texts
-        .iter()
-        .zip(&values)
-        .map(|(t, v)| {
-            let mut f = vec![("key", Json::str(t)), ("found", Json::Bool(v.is_some()))];
-            if let Some(v) = v {
-                f.push(("value", Json::str(printer.value(v))));
-            }
-            obj(f)
-        })
-        .collect();
-    printer.list(out, "multiget", "results", items)?;
-    Ok(exit::OK)
-}
-
-fn route(reader: &Reader, key: &str, ctx: &[String], printer: &Printer, out: &mut dyn Write) -> Result<u8, Failure> {
-    let k = reader.parse_key(key)?;
-    let c = if ctx.is_empty() {
-        None
-    } else {
-        Some(reader.parse_context(ctx.iter().map(String::as_str))?)
-    };
-    let r = reader.route(&k, c.as_ref())?;
-    let line = obj(vec![
-        ("op", Json::str("route")),
-        ("key", Json::str(key)),
-        ("db_id", r.db_id.map_or(Json::Null, |d| Json::Int(i64::from(d.0)))),
-    ]);
-    printer.single(out, &line)?;
-    Ok(exit::OK)
-}
-
-fn info(reader: &Reader, printer: &Printer, out: &mut dyn Write) -> Result<u8, Failure> {
-    let i = reader.info();
-    let line = obj(vec![
-        ("op", Json::str("info")),
-        ("run_id", Json::str(i.run_id.as_str())),
-        ("num_dbs", Json::Int(i64::from(i.num_dbs))),
-        (
-            "sharding",
-            Json::str(match i.sharding {
-                sf_manifest::ShardingStrategy::Hash => "hash",
-                sf_manifest::ShardingStrategy::Cel => "cel",
-            }),
-        ),
-        ("created_at", Json::str(i.created_at.to_rfc3339_offset())),
-        ("manifest_ref", Json::str(&i.manifest_ref)),
-        ("row_count", Json::count(i.row_count)),
-        ("key_encoding", Json::str(i.key_encoding.as_str())),
-        ("hash_algorithm", Json::str("xxh3_64")),
-    ]);
-    printer.single(out, &line)?;
-    Ok(exit::OK)
-}
-
-fn shards(reader: &Reader, printer: &Printer, out: &mut dyn Write) -> Result<u8, Failure> {
-    let key = |k: &Option<sf_manifest::Key>| match k {
-        Some(k) => Json::Raw(sf_manifest::format::json::to_sorted_string(
-            &k.to_json(),
-            sf_manifest::format::json::JsonStyle::Python,
-        )),
-        None => Json::Null,
-    };
-    // Streamed: a snapshot may have 100,000 shards. One snapshot for
-    // every pass, whatever a refresh does meanwhile.
-    let infos = reader.shard_infos();
-    let items = || {
-        infos.clone().map(|s| {
-            obj(vec![
-                ("db_id", Json::Int(i64::from(s.db_id.0))),
-                ("row_count", Json::count(s.row_count)),
-                ("min_key", key(&s.min_key)),
-                ("max_key", key(&s.max_key)),
-                ("db_url", Json::opt_str(s.db_url.as_deref())),
-            ])
-        })
-    };
-    printer.list_stream(out, "shards", "shards", items)?;
-    Ok(exit::OK)
-}
-
-fn health(reader: &Reader, max_age: &str, printer: &Printer, out: &mut dyn Write) -> Result<u8, Failure> {
-    let max_age = parse_duration(max_age)?;
-    let h = reader.health(max_age);
-    let line = obj(vec![
-        ("op", Json::str("health")),
-        (
-            "status",
-            Json::str(match h.status {
-                HealthStatus::Healthy => "healthy",
-                HealthStatus::Stale => "stale",
-            }),
-        ),
-        ("manifest_ref", Json::str(&h.manifest_ref)),
-        ("manifest_age_seconds", Json::Float(h.snapshot_age_seconds)),
-        ("num_shards", Json::count(h.num_shards as u64)),
-        ("is_closed", Json::Bool(h.is_closed)),
-        ("max_age_seconds", Json::Float(h.max_age_seconds)),
-    ]);
-    printer.single(out, &line)?;
-    Ok(match h.status {
-        HealthStatus::Healthy => exit::OK,
-        HealthStatus::Stale => HEALTH_STALE,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,7 +595,7 @@ mod tests {
         ])
         .expect("parse");
         assert_eq!(cli.offset, Some(1));
-        assert_eq!(cli.output, OutputFormat::Table);
+        assert_eq!(cli.output, Some(OutputFormat::Table));
         match cli.command {
             Command::Get { key, ctx } => {
                 assert_eq!(key, "-5");

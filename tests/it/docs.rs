@@ -467,6 +467,16 @@ fn load_serve_config(text: &str, line: usize) -> Result<(), String> {
     sf_cli::serve::config(&args).map(drop).map_err(|e| e.to_string())
 }
 
+/// A `reader.toml` through `sf-read --config`'s own loader, its text
+/// starting at `line` of the page (so the loader's line numbers are the
+/// page's).
+fn load_reader_config(text: &str, line: usize) -> Result<(), String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("reader.toml");
+    std::fs::write(&file, format!("{}{text}", "\n".repeat(line - 1))).expect("write reader.toml");
+    sf_cli::read_config::load(&file).map(drop).map_err(|e| e.to_string())
+}
+
 /// Catalogs as `sf-sql --config FILE` reads them: the `[sf]` table.
 fn load_catalogs(text: &str) -> Result<(), String> {
     let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
@@ -485,7 +495,8 @@ fn load_catalogs(text: &str) -> Result<(), String> {
 /// string (docs/development.md lists them).
 const TOML_KINDS: &str = "```toml (a whole job file), ```toml partial (a fragment of one), \
                           ```toml serve.toml (sf-serve's configuration), ```toml catalogs \
-                          (sf-sql's --config) or ```toml Cargo.toml (TOML only)";
+                          (sf-sql's --config), ```toml reader.toml (sf-read's --config) \
+                          or ```toml Cargo.toml (TOML only)";
 
 /// Checks an example of the kind its info string names; its text starts
 /// at `line` of `file`.
@@ -505,6 +516,7 @@ fn check_toml(kind: &str, text: &str, file: &str, line: usize, failures: &mut Ve
         },
         "serve.toml" => load_serve_config(text, line),
         "catalogs" => load_catalogs(text),
+        "reader.toml" => load_reader_config(text, line),
         "Cargo.toml" => text.parse::<toml::Table>().map(drop).map_err(|e| e.to_string()),
         other => Err(format!("unknown kind {other:?}: write {TOML_KINDS}")),
     };
