@@ -74,6 +74,21 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", global = true)]
     pub cache_max_bytes: Option<u64>,
 
+    /// Keys read per second at most (token bucket holding one second's
+    /// worth; a multiget counts its keys). Above zero. Default: no limit.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, global = true)]
+    pub max_keys_per_second: Option<f64>,
+
+    /// Bytes of values read per second at most, charged as each read ends.
+    /// Above zero. Default: no limit.
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true, global = true)]
+    pub max_bytes_per_second: Option<f64>,
+
+    /// The longest a read waits for those limits (e.g. `500ms`, `2s`); a
+    /// read that would wait longer fails at once (rate limited, exit 5).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s", global = true)]
+    pub rate_limit_max_wait: std::time::Duration,
+
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -336,6 +351,9 @@ async fn open_reader(cli: &Cli, current_url: &str, options: StorageOptions) -> R
         // One read, asked for now: a broken current manifest is the answer
         // (exit 3), not an older run.
         history_fallback: false,
+        max_keys_per_second: cli.max_keys_per_second,
+        max_bytes_per_second: cli.max_bytes_per_second,
+        rate_limit_max_wait: cli.rate_limit_max_wait,
         ..ReaderSettings::default()
     };
     Ok(Reader::builder(current_url)
