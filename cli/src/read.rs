@@ -91,6 +91,22 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", global = true)]
     pub cache_max_bytes: Option<u64>,
 
+    /// Keys read per second at most (token bucket holding one second's
+    /// worth; a multiget counts its keys). Above zero. Default: no limit.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, global = true)]
+    pub max_keys_per_second: Option<f64>,
+
+    /// Bytes of values read per second at most, charged as each read ends.
+    /// Above zero. Default: no limit.
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true, global = true)]
+    pub max_bytes_per_second: Option<f64>,
+
+    /// The longest a read waits for those limits (e.g. `500ms`, `2s`); a
+    /// read that would wait longer fails at once (rate limited, exit 5).
+    /// Default: 1s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub rate_limit_max_wait: Option<std::time::Duration>,
+
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -336,6 +352,15 @@ fn resolve(cli: &Cli) -> Result<Resolved, Failure> {
     }
     if let Some(bytes) = cli.cache_max_bytes {
         settings.cache_max_bytes = Some(bytes);
+    }
+    if let Some(n) = cli.max_keys_per_second {
+        settings.max_keys_per_second = Some(n);
+    }
+    if let Some(n) = cli.max_bytes_per_second {
+        settings.max_bytes_per_second = Some(n);
+    }
+    if let Some(wait) = cli.rate_limit_max_wait {
+        settings.rate_limit_max_wait = wait;
     }
     if let Some(mode) = cli.sqlite_mode {
         settings.sqlite_mode = mode.into();

@@ -17,7 +17,9 @@
 //! - [`error`]: the scaffolding every crate's errors share ([`ErrorKind`],
 //!   [`Classified`], [`Cause`], [`chain`]) and the one classification of
 //!   object-store failures ([`store_error_kind`]);
-//! - [`sync`]: the one policy for poisoned locks.
+//! - [`sync`]: the one policy for poisoned locks;
+//! - [`ratelimit`]: the one token bucket (writes and reads are limited
+//!   with it) and its replaceable clock.
 //!
 //! The codec and types build without any engine; `store` (on by default)
 //! adds object_store and tokio.
@@ -47,6 +49,7 @@
 pub mod error;
 pub mod format;
 pub mod publish;
+pub mod ratelimit;
 #[cfg(feature = "store")]
 pub mod storage;
 pub mod sync;

@@ -94,6 +94,21 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A read was refused by the reader's rate limits (see
+    /// [`crate::ratelimit`]): it would have had to wait `retry_after`,
+    /// longer than the `max_wait` a read may wait. Of kind `Unavailable`:
+    /// the same read is let in after `retry_after`.
+    #[error(
+        "rate limited: this read would wait {:.3} s, longer than the {:.3} s a read may wait (rate_limit_max_wait); try again in {:.3} s",
+        retry_after.as_secs_f64(),
+        max_wait.as_secs_f64(),
+        retry_after.as_secs_f64()
+    )]
+    RateLimited {
+        retry_after: std::time::Duration,
+        max_wait: std::time::Duration,
+    },
+
     /// The reader was closed.
     #[error("the reader of {location} is closed")]
     Closed { location: String },
@@ -118,6 +133,7 @@ impl Classified for Error {
             Error::ShardOpen { kind, .. } | Error::ShardRead { kind, .. } => *kind,
             Error::Io { source, .. } => sf_manifest::error::io_error_kind(source),
             Error::Closed { .. } => ErrorKind::Config,
+            Error::RateLimited { .. } => ErrorKind::Unavailable,
             Error::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -28,6 +28,8 @@
 //! Refresh (manual or background) loads the new manifest and opens the
 //! shards in use before swapping; calls in flight finish on the snapshot
 //! they started on, and a bad new snapshot leaves the old one serving.
+//! Reads may be limited in keys and bytes per second ([`ratelimit`]): a
+//! read waits a bounded time or is refused at once, never more.
 //! [`Admin`] rolls `_CURRENT` back (compare-and-swap) and cleans up old
 //! data. The `sf-read` program (in `sf-cli`) is a thin face over this crate.
 //!
@@ -70,6 +72,7 @@ pub use sf_manifest::format::duration;
 mod error;
 mod info;
 mod prefix;
+pub mod ratelimit;
 mod reader;
 mod settings;
 mod shard;
@@ -82,6 +85,7 @@ mod view;
 pub use admin::{Admin, AdminBuilder, CleanupOptions, CleanupReport, Removal, RemovalReason, Rollback, RollbackTarget};
 pub use error::{Error, Result};
 pub use info::{Health, HealthStatus, RefreshOutcome, RefreshStatus, RouteInfo, ShardInfo, ShardInfos, SnapshotInfo};
+pub use ratelimit::{ReadLimiter, ReadLimits};
 pub use reader::{Reader, ReaderBuilder};
 pub use settings::{MAX_KEEP_VERSIONS, Pin, ReaderSettings, SqliteMode};
 pub use sf_manifest::format::checksum::{FILE_ALGORITHM, KV_ALGORITHM};

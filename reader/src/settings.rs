@@ -172,6 +172,20 @@ pub struct ReaderSettings {
     /// good one. Off: the start fails with the current manifest's error,
     /// as `sf-read` wants it. Default on.
     pub history_fallback: bool,
+    /// Keys read per second, across every caller of the reader (a `get` is
+    /// one key, a `multi_get` its keys, a search one plus the values it
+    /// fetches), as a token bucket holding one second's worth; see
+    /// [`crate::ratelimit`]. Must be above zero. Default `None`: no limit.
+    pub max_keys_per_second: Option<f64>,
+    /// Bytes of values returned per second, charged when each read ends.
+    /// Must be above zero. Default `None`: no limit.
+    pub max_bytes_per_second: Option<f64>,
+    /// The longest a read waits for the limits above to let it in,
+    /// computed before it starts; a read that would wait longer fails at
+    /// once with [`Error::RateLimited`](crate::Error::RateLimited), naming
+    /// when to try again. `0s`: never wait. Default 1 s.
+    #[serde(with = "sf_manifest::format::duration::serde")]
+    pub rate_limit_max_wait: Duration,
 }
 
 impl Default for ReaderSettings {
@@ -196,6 +210,9 @@ impl Default for ReaderSettings {
             keep_versions: 1,
             warmup_keys: Vec::new(),
             history_fallback: true,
+            max_keys_per_second: None,
+            max_bytes_per_second: None,
+            rate_limit_max_wait: Duration::from_secs(1),
         }
     }
 }
@@ -207,6 +224,15 @@ impl ReaderSettings {
         match &self.cache_dir {
             Some(dir) => Ok(dir.clone()),
             None => crate::shard::cache_dir::default_cache_dir(),
+        }
+    }
+
+    /// The read limits these settings name.
+    pub fn read_limits(&self) -> crate::ratelimit::ReadLimits {
+        crate::ratelimit::ReadLimits {
+            keys_per_second: self.max_keys_per_second,
+            bytes_per_second: self.max_bytes_per_second,
+            max_wait: self.rate_limit_max_wait,
         }
     }
 
@@ -250,6 +276,8 @@ impl ReaderSettings {
         if self.refresh_max_backoff.is_zero() {
             return Err(Error::config("refresh_max_backoff", "must be above zero"));
         }
+        self.read_limits()
+            .validate("max_keys_per_second", "max_bytes_per_second")?;
         Ok(())
     }
 }
@@ -306,6 +334,14 @@ mod tests {
                 keep_versions: 17,
                 ..Default::default()
             },
+            ReaderSettings {
+                max_keys_per_second: Some(0.0),
+                ..Default::default()
+            },
+            ReaderSettings {
+                max_bytes_per_second: Some(-1.0),
+                ..Default::default()
+            },
         ];
         for (s, field) in bad.iter().zip([
             "max_concurrency",
@@ -313,6 +349,8 @@ mod tests {
             "page_cache_bytes",
             "refresh_interval",
             "keep_versions",
+            "max_keys_per_second",
+            "max_bytes_per_second",
         ]) {
             let e = s.validate().expect_err(field).to_string();
             assert!(e.contains(field), "{e}");

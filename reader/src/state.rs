@@ -14,6 +14,7 @@ use sf_manifest::{ManifestStore, ObjectManifestStore, Timestamp};
 
 use crate::error::{Error, Result};
 use crate::info::RefreshStatus;
+use crate::ratelimit::{ReadLimiter, ReadLimits};
 use crate::settings::{Pin, ReaderSettings};
 use crate::shard::ShardEnv;
 use crate::snapshot::Snapshot;
@@ -42,6 +43,8 @@ pub(crate) struct ReaderState {
     /// reader serves an older manifest of the history (see
     /// `lifecycle::fallback`); cleared by a refresh that reads `_CURRENT`'s.
     degraded: Mutex<Option<String>>,
+    /// The read limits of the settings, when any is set.
+    pub(crate) limiter: Option<ReadLimiter>,
 }
 
 impl ReaderState {
@@ -54,6 +57,7 @@ impl ReaderState {
         counters: Arc<Counters>,
         snapshot: Snapshot,
     ) -> Self {
+        let settings_limits = settings.read_limits();
         ReaderState {
             current_url,
             store,
@@ -66,6 +70,7 @@ impl ReaderState {
             status: Mutex::new(RefreshStatus::default()),
             closed: AtomicBool::new(false),
             degraded: Mutex::new(None),
+            limiter: settings_limiter(&settings_limits),
         }
     }
 
@@ -81,6 +86,25 @@ impl ReaderState {
             });
         }
         Ok(())
+    }
+
+    /// Lets a read of `keys` keys in under the reader's limits (waiting at
+    /// most `rate_limit_max_wait`), runs it, and charges the further keys
+    /// and the bytes `cost` counts in its answer.
+    pub(crate) async fn limited<T>(
+        &self,
+        keys: usize,
+        read: impl std::future::Future<Output = Result<T>>,
+        cost: impl FnOnce(&T) -> (u64, u64),
+    ) -> Result<T> {
+        let Some(limiter) = &self.limiter else {
+            return read.await;
+        };
+        limiter.admit(keys as u64).await?;
+        let answer = read.await?;
+        let (more_keys, bytes) = cost(&answer);
+        limiter.charge(more_keys, bytes);
+        Ok(answer)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -137,4 +161,8 @@ impl ReaderState {
             }
         }
     }
+}
+
+fn settings_limiter(limits: &ReadLimits) -> Option<ReadLimiter> {
+    limits.is_limited().then(|| ReadLimiter::new(*limits))
 }

@@ -86,26 +86,30 @@ impl SnapshotView {
     /// The value of `key` in this snapshot.
     pub async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
         self.state.check_open()?;
-        lookup(&self.state.env, &self.snap, key, None).await
+        let read = lookup(&self.state.env, &self.snap, key, None);
+        self.state.limited(1, read, one_cost).await
     }
 
     /// [`get`](Self::get) with a routing context.
     pub async fn get_with_context(&self, key: &Key, context: &RoutingContext) -> Result<Option<Bytes>> {
         self.state.check_open()?;
-        lookup(&self.state.env, &self.snap, key, Some(context)).await
+        let read = lookup(&self.state.env, &self.snap, key, Some(context));
+        self.state.limited(1, read, one_cost).await
     }
 
     /// Values of many keys from this snapshot, in input order.
     pub async fn multi_get(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
         self.state.check_open()?;
-        served_multi_lookup(&self.state, &self.snap, keys.iter().map(|k| (k, None))).await
+        let read = served_multi_lookup(&self.state, &self.snap, keys.iter().map(|k| (k, None)));
+        self.state.limited(keys.len(), read, many_cost).await
     }
 
     /// The vectors of this snapshot nearest `query`; see
     /// [`Reader::search`](crate::Reader::search).
     pub async fn search(&self, query: &[f32], options: &SearchOptions) -> Result<SearchResults> {
         self.state.check_open()?;
-        search_vectors(&self.state, &self.snap, query, options).await
+        let read = search_vectors(&self.state, &self.snap, query, options);
+        self.state.limited(1, read, |_| (0, 0)).await
     }
 
     /// [`search`](Self::search), then the value of each hit's id taken as
@@ -113,14 +117,16 @@ impl SnapshotView {
     /// [`Reader::search_then_get`](crate::Reader::search_then_get).
     pub async fn search_then_get(&self, query: &[f32], options: &SearchOptions) -> Result<SearchWithValues> {
         self.state.check_open()?;
-        search_then_get(&self.state, &self.snap, query, options).await
+        let read = search_then_get(&self.state, &self.snap, query, options);
+        self.state.limited(1, read, search_cost).await
     }
 
     /// [`multi_get`](Self::multi_get) with a routing context per key
     /// (`None`: the key alone routes).
     pub async fn multi_get_with_contexts(&self, items: &[(Key, Option<RoutingContext>)]) -> Result<Vec<Option<Bytes>>> {
         self.state.check_open()?;
-        served_multi_lookup(&self.state, &self.snap, items.iter().map(|(k, c)| (k, c.as_ref()))).await
+        let read = served_multi_lookup(&self.state, &self.snap, items.iter().map(|(k, c)| (k, c.as_ref())));
+        self.state.limited(items.len(), read, many_cost).await
     }
 
     /// Parses a key as `sf-read` does, by this snapshot's key encoding.
@@ -132,6 +138,22 @@ impl SnapshotView {
     pub fn parse_context<'a>(&self, pairs: impl IntoIterator<Item = &'a str>) -> Result<RoutingContext> {
         parse_context(&self.snap, pairs)
     }
+}
+
+/// What a `get` costs past its key: its value's bytes.
+pub(crate) fn one_cost(v: &Option<Bytes>) -> (u64, u64) {
+    (0, crate::ratelimit::value_bytes([v]))
+}
+
+/// What a `multi_get` costs past its keys: its values' bytes.
+pub(crate) fn many_cost(v: &Vec<Option<Bytes>>) -> (u64, u64) {
+    (0, crate::ratelimit::value_bytes(v))
+}
+
+/// What a search with values costs past its one key: a key per value
+/// fetched, and their bytes.
+pub(crate) fn search_cost(found: &SearchWithValues) -> (u64, u64) {
+    (found.values.len() as u64, crate::ratelimit::value_bytes(&found.values))
 }
 
 pub(crate) fn parse_key(encoding: KeyEncoding, text: &str) -> Result<Key> {

@@ -126,7 +126,9 @@ impl Reader {
 
     async fn lookup(&self, key: &Key, context: Option<&RoutingContext>) -> Result<Option<Bytes>> {
         self.check_open()?;
-        crate::view::lookup(&self.state.env, &self.snapshot(), key, context).await
+        let snap = self.snapshot();
+        let read = crate::view::lookup(&self.state.env, &snap, key, context);
+        self.state.limited(1, read, crate::view::one_cost).await
     }
 
     /// [`get`](Self::get) (or [`get_with_context`](Self::get_with_context))
@@ -135,7 +137,8 @@ impl Reader {
     /// allows: a shard in memory, or (with [`Inline::LocalFiles`]) a
     /// downloaded SQLite file. `None` when it cannot answer so (the shard
     /// is not open yet, is read by range, is SlateDB, or the calling thread
-    /// is an async runtime's, where SQLite never runs): call `get` then.
+    /// is an async runtime's, where SQLite never runs, or the read limits
+    /// would make the read wait): call `get` then.
     ///
     /// For callers that block a thread on each lookup anyway (a binding to
     /// another language, a synchronous server): it saves the hand-off to
@@ -149,7 +152,21 @@ impl Reader {
         if let Err(e) = self.check_open() {
             return Some(Err(e));
         }
-        crate::view::lookup_now(&self.snapshot(), key, context, inline)
+        let Some(limiter) = &self.state.limiter else {
+            return crate::view::lookup_now(&self.snapshot(), key, context, inline);
+        };
+        // A read that would wait goes through `get`, which may sleep.
+        if !limiter.wait_for(1).is_zero() {
+            return None;
+        }
+        let found = crate::view::lookup_now(&self.snapshot(), key, context, inline)?;
+        if let Err(e) = limiter.acquire(1) {
+            return Some(Err(e));
+        }
+        if let Ok(v) = &found {
+            limiter.charge(0, crate::view::one_cost(v).1);
+        }
+        Some(found)
     }
 
     /// Values of many keys, in input order. Keys are grouped by shard;
@@ -177,7 +194,8 @@ impl Reader {
     ) -> Result<crate::vector::SearchResults> {
         self.check_open()?;
         let snap = self.snapshot();
-        crate::view::search_vectors(&self.state, &snap, query, options).await
+        let read = crate::view::search_vectors(&self.state, &snap, query, options);
+        self.state.limited(1, read, |_| (0, 0)).await
     }
 
     /// [`search`](Self::search) in the served snapshot, then, for each hit,
@@ -202,7 +220,9 @@ impl Reader {
     ) -> Result<Vec<Option<Bytes>>> {
         self.check_open()?;
         let snap = self.snapshot();
-        crate::view::served_multi_lookup(&self.state, &snap, items).await
+        let keys = items.len();
+        let read = crate::view::served_multi_lookup(&self.state, &snap, items);
+        self.state.limited(keys, read, crate::view::many_cost).await
     }
 
     /// Where `key` lives in the served snapshot.

@@ -7,11 +7,12 @@
 //! callers sleep with whatever fits their thread (`std::thread::sleep` on a
 //! blocking thread, `tokio::time::sleep` in async code).
 
-use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sf_manifest::ratelimit::Bucket;
+pub use sf_manifest::ratelimit::{Clock, SystemClock};
 
 /// Write limits for one shard attempt; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -26,65 +27,6 @@ impl RateLimits {
     /// Whether any limit is set.
     pub fn is_limited(&self) -> bool {
         self.rows_per_second.is_some() || self.bytes_per_second.is_some()
-    }
-}
-
-/// A source of monotonic time, replaceable in tests.
-pub trait Clock: Send + Sync + fmt::Debug {
-    /// Time elapsed since an arbitrary fixed origin.
-    fn now(&self) -> Duration;
-}
-
-/// The real monotonic clock.
-#[derive(Debug)]
-pub struct SystemClock {
-    origin: Instant,
-}
-
-impl Default for SystemClock {
-    fn default() -> Self {
-        SystemClock { origin: Instant::now() }
-    }
-}
-
-impl Clock for SystemClock {
-    fn now(&self) -> Duration {
-        self.origin.elapsed()
-    }
-}
-
-/// One token bucket: `rate` tokens per second, holding at most `burst`.
-#[derive(Debug, Clone)]
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Duration,
-}
-
-impl Bucket {
-    fn new(rate: f64, now: Duration) -> Self {
-        // One second of tokens is the burst: smooth, yet a batch never
-        // waits longer than its own size requires.
-        let burst = rate.max(1.0);
-        Bucket {
-            rate,
-            burst,
-            tokens: burst,
-            last: now,
-        }
-    }
-
-    fn take(&mut self, n: f64, now: Duration) -> Duration {
-        let elapsed = now.saturating_sub(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.tokens -= n;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
     }
 }
 
@@ -105,7 +47,7 @@ impl RateLimiter {
     /// A limiter on `clock`.
     pub fn with_clock(limits: RateLimits, clock: Arc<dyn Clock>) -> Self {
         let now = clock.now();
-        let bucket = |r: Option<f64>| r.filter(|r| *r > 0.0 && r.is_finite()).map(|r| Bucket::new(r, now));
+        let bucket = |r: Option<f64>| r.and_then(|r| Bucket::new(r, now));
         RateLimiter {
             rows: bucket(limits.rows_per_second),
             bytes: bucket(limits.bytes_per_second),
@@ -149,23 +91,8 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
-    /// A clock that only moves when the test says so.
-    #[derive(Debug, Default)]
-    struct ManualClock(Mutex<Duration>);
-
-    impl ManualClock {
-        fn advance(&self, d: Duration) {
-            *sf_manifest::sync::lock(&self.0) += d;
-        }
-    }
-
-    impl Clock for ManualClock {
-        fn now(&self) -> Duration {
-            *sf_manifest::sync::lock(&self.0)
-        }
-    }
+    use sf_manifest::ratelimit::ManualClock;
 
     fn secs(d: Duration) -> f64 {
         d.as_secs_f64()
