@@ -46,7 +46,7 @@ pub struct Cli {
     #[arg(long, env = "SF_CURRENT_URL", global = true)]
     pub current_url: Option<String>,
 
-    /// A reader.toml: [reader], [output] and [storage] settings, which
+    /// A reader.toml: `[reader]`, `[output]` and `[storage]` settings, which
     /// flags override.
     #[arg(long, env = "SF_READ_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
@@ -61,13 +61,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", global = true)]
     pub offset: Option<usize>,
 
-    /// Output format (default json, or reader.toml's [output] format).
+    /// Output format (default json, or reader.toml's `[output]` format).
     #[arg(long, value_enum, global = true)]
     pub output: Option<OutputFormat>,
 
     /// How values are printed: utf8 (as text; bytes that are not UTF-8 as
     /// `hex:<hex>`), hex, or base64 (default utf8, or reader.toml's
-    /// [output] value_encoding).
+    /// `[output]` value_encoding).
     #[arg(long, value_enum, global = true)]
     pub value_format: Option<ValueFormat>,
 

@@ -12,7 +12,7 @@
 //!   is taken: the keys are taken from the bucket at once (so callers that
 //!   come later queue behind), then the read sleeps that long and runs;
 //! - a longer wait fails at once, before any work, with
-//!   [`Error::RateLimited`](crate::Error::RateLimited), which names the
+//!   [`Error::RateLimited`], which names the
 //!   time after which the same read would be let in. No read waits longer
 //!   than `rate_limit_max_wait`, and none waits forever: a read of more
 //!   keys than the bucket holds waits for a full bucket and leaves the

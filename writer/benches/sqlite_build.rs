@@ -22,7 +22,7 @@ use sf_manifest::{DbId, KeyEncoding};
 use sf_writer::build::backend::sqlite::SqliteBackend;
 use sf_writer::build::backend::sqlite_pages::SqliteFileWriter;
 use sf_writer::build::backend::{
-    BuildContext, DuplicatePolicy, Row, ShardBackend, ShardBuilder, ShardContent, SqliteSettings,
+    BuildContext, DuplicatePolicy, PageSize, Row, ShardBackend, ShardBuilder, ShardContent, SqliteSettings,
 };
 use sf_writer::build::merge::CHUNK_ROWS;
 use sf_writer::build::ratelimit::RateLimits;
@@ -155,7 +155,12 @@ fn main() {
 
         let dir = tempfile::tempdir().expect("work dir");
         let t = Instant::now();
-        let mut writer = SqliteFileWriter::create(&dir.path().join("alone.db"), settings.page_size).expect("create");
+        // The bench writes with a fixed page size (the default, 4096).
+        let page_size = match settings.page_size {
+            PageSize::Fixed(n) => n,
+            PageSize::Auto => 4096,
+        };
+        let mut writer = SqliteFileWriter::create(&dir.path().join("alone.db"), page_size).expect("create");
         for i in 0..rows.len() {
             let (k, v) = rows.row(i);
             writer.push(k, v).expect("push");

@@ -29,6 +29,8 @@ use crate::error::{Error, Result};
 use crate::route::chunk::{Chunk, duplicate_error, key_prefix};
 use crate::route::spill::{Segment, SegmentReader, SegmentWriter, SpillFile};
 
+/// What [`ShardRows::measure`] calls with each row's key and value.
+pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 /// Sources merged at once; more are merged in several passes.
 pub const MAX_FAN_IN: usize = 16;
 /// Rows handed to the builder per call.
@@ -177,7 +179,7 @@ impl ShardRows {
     /// (`output.sqlite.page_size = "auto"`): the same merge with nothing
     /// handed on, so rows on disk are read twice. Leaves the rows as they
     /// were, sorted. Blocking.
-    pub fn measure(&mut self, merge_dir: &Path, measure: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    pub fn measure(&mut self, merge_dir: &Path, measure: &mut RowVisitor<'_>) -> Result<()> {
         let (db_id, policy, encoding) = (self.db_id, self.on_duplicate, self.key_encoding);
         if self.order != Order::Key {
             return Err(Error::Internal(format!(

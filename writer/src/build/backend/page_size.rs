@@ -154,7 +154,7 @@ impl SizeStats {
 
     /// The 95th-percentile value length (nearest rank, as the reference
     /// computes it), `None` without rows. A value longer than any page
-    /// keeps whole is reported as [`LARGEST_FITTING`]` + 1`: the choice
+    /// keeps whole is reported as `LARGEST_FITTING + 1`: the choice
     /// is the largest page then, whatever its exact length.
     pub fn p95_value(&self) -> Option<u64> {
         if self.rows == 0 {
