@@ -1257,6 +1257,8 @@ macro_rules! named_paths {
 }
 
 named_paths! {
+    sf_manifest::ratelimit::ManualClock,
+    sf_reader::ratelimit,
     sf_cli::report::METRICS,
     sf_cli::write,
     sf_executor::ClusterEngine,
